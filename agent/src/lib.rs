@@ -1,0 +1,1 @@
+//! The Convoy agent library (placeholder until issue #5 lands).

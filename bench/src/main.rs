@@ -1,0 +1,74 @@
+//! `convoy-bench`: every Convoy benchmark behind one command, printed as one table.
+//!
+//! Run all: `cargo run --release -p convoy-bench`. Run some:
+//! `cargo run --release -p convoy-bench -- --only kube-sim,artifacts`.
+//! Each area module measures our code and, where the issue asks for one, a
+//! baseline (kubectl, `git archive`, nginx) in the same run, and reports medians.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod report;
+
+use report::Measurement;
+
+/// Command line of `convoy-bench`.
+#[derive(Debug, Parser)]
+#[command(name = "convoy-bench")]
+struct Args {
+    /// Comma-separated areas to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Smaller sizes and fewer repetitions, for a smoke run.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// Options every area receives.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// Smaller sizes and fewer repetitions.
+    pub quick: bool,
+    /// ../shared/corpus, resolved.
+    pub corpus: std::path::PathBuf,
+}
+
+type AreaFn = fn(Ctx) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<Measurement>>>>>;
+
+/// The areas, in run order. Each area module adds itself here.
+const AREAS: &[(&str, AreaFn)] = &[];
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let corpus = report::corpus_dir();
+    let ctx = Ctx { quick: args.quick, corpus };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let mut all = Vec::new();
+    let mut failed = false;
+    for (name, f) in AREAS {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
+            continue;
+        }
+        eprintln!("== {name}");
+        match rt.block_on(f(ctx.clone())) {
+            Ok(ms) => all.extend(ms),
+            Err(e) => {
+                eprintln!("benchmark area {name} failed: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    println!("{}", report::table(&all));
+    println!("{}", report::machine_line());
+    if let Some(path) = args.json {
+        if let Err(e) = std::fs::write(&path, serde_json::to_vec_pretty(&all).unwrap_or_default()) {
+            eprintln!("cannot write {}: {e}", path.display());
+        }
+    }
+    if failed || all.iter().any(|m| m.pass == Some(false)) { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}

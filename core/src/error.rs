@@ -1,0 +1,57 @@
+//! The one error type of convoy-core.
+
+/// Everything that can go wrong while parsing or validating domain input.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// A YAML document did not parse.
+    #[error("{file}: document {index}{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Yaml {
+        /// The file the text came from (as given by the caller).
+        file: String,
+        /// The 0-based document index in the file.
+        index: usize,
+        /// The 1-based line in the file, when known.
+        line: Option<u32>,
+        /// What the parser said.
+        message: String,
+    },
+    /// A document parsed but is not valid.
+    #[error("{file}: {kind} {name:?}: {message}")]
+    Invalid {
+        /// The file the document came from.
+        file: String,
+        /// The document kind.
+        kind: String,
+        /// The document name (may be empty when missing).
+        name: String,
+        /// Why it is invalid.
+        message: String,
+    },
+    /// A label selector did not parse.
+    #[error("invalid label selector {selector:?}: {message}")]
+    Selector {
+        /// The selector text.
+        selector: String,
+        /// Why it is invalid.
+        message: String,
+    },
+    /// A duration did not parse.
+    #[error("invalid duration {value:?}: {message}")]
+    Duration {
+        /// The text.
+        value: String,
+        /// Why it is invalid.
+        message: String,
+    },
+    /// A name or identity is not valid.
+    #[error("invalid name {name:?}: {message}")]
+    Name {
+        /// The name.
+        name: String,
+        /// Why it is invalid.
+        message: String,
+    },
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

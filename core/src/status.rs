@@ -1,0 +1,226 @@
+//! Bundle phases, Kubernetes-style conditions and event severities.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The Ready condition type: the bundle is applied and healthy.
+pub const READY: &str = "Ready";
+/// The Reconciling condition type: work is in progress.
+pub const RECONCILING: &str = "Reconciling";
+/// The Stalled condition type: no progress without a change.
+pub const STALLED: &str = "Stalled";
+/// The Healthy condition type: every object passed its health check.
+pub const HEALTHY: &str = "Healthy";
+/// The Drifted condition type: objects differ from the desired state.
+pub const DRIFTED: &str = "Drifted";
+
+/// A bundle's phase on one cluster (or a source's, on the hub).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub enum Phase {
+    /// Nothing reported yet.
+    #[default]
+    Unknown,
+    /// Waiting for dependencies or the artifact.
+    Pending,
+    /// Applying or waiting for health.
+    Reconciling,
+    /// Applied and healthy.
+    Ready,
+    /// Applied, not healthy.
+    NotReady,
+    /// Cannot progress without a change.
+    Stalled,
+    /// Suspended by an operator.
+    Suspended,
+}
+
+impl Phase {
+    /// All phases, in display order.
+    pub const ALL: [Phase; 7] = [
+        Phase::Unknown,
+        Phase::Pending,
+        Phase::Reconciling,
+        Phase::Ready,
+        Phase::NotReady,
+        Phase::Stalled,
+        Phase::Suspended,
+    ];
+
+    /// The CamelCase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Unknown => "Unknown",
+            Phase::Pending => "Pending",
+            Phase::Reconciling => "Reconciling",
+            Phase::Ready => "Ready",
+            Phase::NotReady => "NotReady",
+            Phase::Stalled => "Stalled",
+            Phase::Suspended => "Suspended",
+        }
+    }
+
+    /// Parse a phase name, case-insensitively, with or without `-`/`_`.
+    pub fn parse(s: &str) -> Option<Phase> {
+        let norm: String = s.chars().filter(|c| *c != '-' && *c != '_').collect::<String>().to_ascii_lowercase();
+        let norm = norm.strip_prefix("phase").unwrap_or(&norm).to_string();
+        Phase::ALL.into_iter().find(|p| p.as_str().to_ascii_lowercase() == norm)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A condition's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum ConditionStatus {
+    /// The condition holds.
+    True,
+    /// The condition does not hold.
+    False,
+    /// Not known yet.
+    #[default]
+    Unknown,
+}
+
+impl ConditionStatus {
+    /// "True", "False" or "Unknown".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+
+    /// Parse "True", "False" or anything else as Unknown.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "True" => ConditionStatus::True,
+            "False" => ConditionStatus::False,
+            _ => ConditionStatus::Unknown,
+        }
+    }
+}
+
+impl From<bool> for ConditionStatus {
+    fn from(b: bool) -> Self {
+        if b { ConditionStatus::True } else { ConditionStatus::False }
+    }
+}
+
+/// A Kubernetes-style condition.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Ready, Reconciling, Stalled, ...
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: ConditionStatus,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Human-readable message.
+    pub message: String,
+    /// When the status last changed (Unix ms).
+    pub last_transition_unix_ms: i64,
+}
+
+impl Condition {
+    /// A new condition.
+    pub fn new(type_: &str, status: impl Into<ConditionStatus>, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_unix_ms: 0,
+        }
+    }
+}
+
+/// Set `cond` in `conds`, keeping the old transition time when the status did
+/// not change (as Kubernetes' meta.SetStatusCondition does).
+pub fn set_condition(conds: &mut Vec<Condition>, mut cond: Condition, now_unix_ms: i64) {
+    if let Some(old) = conds.iter_mut().find(|c| c.type_ == cond.type_) {
+        cond.last_transition_unix_ms =
+            if old.status == cond.status { old.last_transition_unix_ms } else { now_unix_ms };
+        *old = cond;
+    } else {
+        cond.last_transition_unix_ms = now_unix_ms;
+        conds.push(cond);
+    }
+}
+
+/// Find a condition by type.
+pub fn find_condition<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conds.iter().find(|c| c.type_ == type_)
+}
+
+/// How serious an event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Normal operation.
+    #[default]
+    Info,
+    /// Worth a look.
+    Warning,
+    /// A failure.
+    Error,
+}
+
+impl Severity {
+    /// "info", "warning" or "error".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
+
+    /// Parse "info", "warning"/"warn" or "error", case-insensitively.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "info" => Some(Severity::Info),
+            "warning" | "warn" => Some(Severity::Warning),
+            "error" => Some(Severity::Error),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time_kept_when_status_same() {
+        let mut conds = vec![];
+        set_condition(&mut conds, Condition::new(READY, false, "Progressing", "a"), 10);
+        set_condition(&mut conds, Condition::new(READY, false, "Progressing", "b"), 20);
+        assert_eq!(conds[0].last_transition_unix_ms, 10);
+        assert_eq!(conds[0].message, "b");
+        set_condition(&mut conds, Condition::new(READY, true, "Applied", "c"), 30);
+        assert_eq!(conds[0].last_transition_unix_ms, 30);
+        assert_eq!(conds.len(), 1);
+    }
+
+    #[test]
+    fn phase_parse() {
+        assert_eq!(Phase::parse("ready"), Some(Phase::Ready));
+        assert_eq!(Phase::parse("NOT_READY"), Some(Phase::NotReady));
+        assert_eq!(Phase::parse("PHASE_STALLED"), Some(Phase::Stalled));
+        assert_eq!(Phase::parse("nope"), None);
+    }
+}
