@@ -1,0 +1,1 @@
+//! Git sources and the artifact pipeline (placeholder until issue #3 lands).
