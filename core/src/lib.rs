@@ -8,6 +8,7 @@
 pub mod config;
 pub mod duration;
 pub mod identity;
+pub mod pipeline;
 pub mod selector;
 pub mod status;
 pub mod yaml;
