@@ -37,7 +37,8 @@ pub struct Ctx {
     pub corpus: std::path::PathBuf,
 }
 
-type AreaFn = fn(Ctx) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<Measurement>>>>>;
+type AreaFn =
+    fn(Ctx) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<Measurement>>>>>;
 
 /// The areas, in run order. Each area module adds itself here.
 const AREAS: &[(&str, AreaFn)] = &[];

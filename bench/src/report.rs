@@ -63,7 +63,7 @@ pub fn percentile(samples: &[f64], p: f64) -> f64 {
 /// Render the results table.
 pub fn table(ms: &[Measurement]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED);
+    t.load_style(UTF8_FULL_CONDENSED);
     t.set_header(["area", "benchmark", "median", "max", "baseline", "ratio", "target", "ok"]);
     for m in ms {
         let fmt = |v: f64| format!("{} {}", trim(v), m.unit);
@@ -89,7 +89,13 @@ pub fn table(ms: &[Measurement]) -> Table {
 }
 
 fn trim(v: f64) -> String {
-    if v.abs() >= 100.0 { format!("{v:.0}") } else if v.abs() >= 1.0 { format!("{v:.2}") } else { format!("{v:.3}") }
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
 }
 
 /// ../shared/corpus next to the repository (or CONVOY_CORPUS).
@@ -106,7 +112,11 @@ pub fn machine_line() -> String {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     format!("machine: {cpus} CPUs, {model}")
 }

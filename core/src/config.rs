@@ -514,14 +514,13 @@ impl FleetConfig {
             if s.spec.url.trim().is_empty() {
                 return Err(invalid("spec.url must not be empty".into()));
             }
-            if let Some(c) = &s.spec.git_ref.commit {
-                if c.len() != 40 || !c.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(invalid(format!("spec.ref.commit {c:?} is not a full 40-hex SHA-1")));
-                }
+            if let Some(c) = &s.spec.git_ref.commit
+                && (c.len() != 40 || !c.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                return Err(invalid(format!("spec.ref.commit {c:?} is not a full 40-hex SHA-1")));
             }
             if let Some(r) = &s.spec.git_ref.semver {
-                semver::VersionReq::parse(r)
-                    .map_err(|e| invalid(format!("spec.ref.semver {r:?}: {e}")))?;
+                semver::VersionReq::parse(r).map_err(|e| invalid(format!("spec.ref.semver {r:?}: {e}")))?;
             }
             if let Some(auth) = &s.spec.auth {
                 let n = [auth.basic.is_some(), auth.bearer_token_file.is_some(), auth.ssh.is_some()]
@@ -532,10 +531,11 @@ impl FleetConfig {
                     return Err(invalid("spec.auth: set only one of basic, bearerTokenFile, ssh".into()));
                 }
             }
-            if let Some(v) = &s.spec.verify {
-                if v.mode != "ssh" && v.mode != "gpg" {
-                    return Err(invalid(format!("spec.verify.mode must be ssh or gpg, found {:?}", v.mode)));
-                }
+            if let Some(v) = &s.spec.verify
+                && v.mode != "ssh"
+                && v.mode != "gpg"
+            {
+                return Err(invalid(format!("spec.verify.mode must be ssh or gpg, found {:?}", v.mode)));
             }
         }
         for (name, p) in &self.providers {
@@ -547,7 +547,11 @@ impl FleetConfig {
             };
             const TYPES: [&str; 6] = ["webhook", "generic-hmac", "slack", "teams", "discord", "alertmanager"];
             if !TYPES.contains(&p.spec.type_.as_str()) {
-                return Err(invalid(format!("spec.type must be one of {}, found {:?}", TYPES.join(", "), p.spec.type_)));
+                return Err(invalid(format!(
+                    "spec.type must be one of {}, found {:?}",
+                    TYPES.join(", "),
+                    p.spec.type_
+                )));
             }
             if p.spec.address.is_none() == p.spec.address_file.is_none() {
                 return Err(invalid("set exactly one of spec.address and spec.addressFile".into()));
@@ -625,7 +629,10 @@ impl FleetConfig {
     }
 
     /// The bundles built from a source.
-    pub fn bundles_of_source<'a>(&'a self, source: &'a str) -> impl Iterator<Item = &'a Named<BundleSpec>> + 'a {
+    pub fn bundles_of_source<'a>(
+        &'a self,
+        source: &'a str,
+    ) -> impl Iterator<Item = &'a Named<BundleSpec>> + 'a {
         self.bundles.values().filter(move |b| b.spec.source == source)
     }
 }

@@ -28,9 +28,7 @@ impl Identity {
     /// Parse a SAN URI back into an identity.
     pub fn parse_uri(uri: &str) -> Result<Self> {
         let bad = |m: &str| Error::Name { name: uri.into(), message: m.into() };
-        let rest = uri
-            .strip_prefix("spiffe://")
-            .ok_or_else(|| bad("not a spiffe:// URI"))?;
+        let rest = uri.strip_prefix("spiffe://").ok_or_else(|| bad("not a spiffe:// URI"))?;
         let rest = rest
             .strip_prefix(TRUST_DOMAIN)
             .and_then(|r| r.strip_prefix('/'))

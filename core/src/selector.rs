@@ -155,7 +155,9 @@ fn split_set(term: &str, op: &str) -> Option<(String, std::result::Result<Vec<St
     let vals = rest
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
-        .map(|inner| inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect::<Vec<_>>())
+        .map(|inner| {
+            inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect::<Vec<_>>()
+        })
         .ok_or_else(|| format!("expected (v1,v2) after {:?}", op.trim()));
     Some((k.trim().to_string(), vals))
 }

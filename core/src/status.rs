@@ -62,7 +62,8 @@ impl Phase {
 
     /// Parse a phase name, case-insensitively, with or without `-`/`_`.
     pub fn parse(s: &str) -> Option<Phase> {
-        let norm: String = s.chars().filter(|c| *c != '-' && *c != '_').collect::<String>().to_ascii_lowercase();
+        let norm: String =
+            s.chars().filter(|c| *c != '-' && *c != '_').collect::<String>().to_ascii_lowercase();
         let norm = norm.strip_prefix("phase").unwrap_or(&norm).to_string();
         Phase::ALL.into_iter().find(|p| p.as_str().to_ascii_lowercase() == norm)
     }
@@ -131,7 +132,12 @@ pub struct Condition {
 
 impl Condition {
     /// A new condition.
-    pub fn new(type_: &str, status: impl Into<ConditionStatus>, reason: &str, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &str,
+        status: impl Into<ConditionStatus>,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             type_: type_.into(),
             status: status.into(),

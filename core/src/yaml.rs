@@ -27,9 +27,8 @@ pub fn documents(text: &str) -> Vec<Document<'_>> {
     let mut docs = Vec::new();
     let mut start = 0usize; // byte offset of the current document
     let mut start_line = 1u32;
-    let mut line_no = 1u32;
     let mut offset = 0usize;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (1u32..).zip(text.split_inclusive('\n')) {
         let bare = line.trim_end_matches(['\n', '\r']);
         let marker_with_content = bare.starts_with("--- ") || bare.starts_with("---\t");
         if bare == "---" || bare == "..." || marker_with_content {
@@ -44,7 +43,6 @@ pub fn documents(text: &str) -> Vec<Document<'_>> {
             }
         }
         offset += line.len();
-        line_no += 1;
     }
     push(&mut docs, &text[start..], start_line);
     docs
@@ -77,10 +75,10 @@ pub fn yaml_error(file: &str, doc: &Document<'_>, e: &serde_saphyr::Error) -> Er
 fn strip_location_prefix(s: &str) -> &str {
     let s = s.strip_prefix("error: ").unwrap_or(s);
     // "line 4 column 6: message"
-    if let Some(rest) = s.strip_prefix("line ") {
-        if let Some((_, msg)) = rest.split_once(": ") {
-            return msg;
-        }
+    if let Some(rest) = s.strip_prefix("line ")
+        && let Some((_, msg)) = rest.split_once(": ")
+    {
+        return msg;
     }
     s
 }
