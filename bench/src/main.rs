@@ -9,9 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-mod report;
-
-use report::Measurement;
+use convoy_bench::report::{self, Measurement};
 
 /// Command line of `convoy-bench`.
 #[derive(Debug, Parser)]
@@ -66,10 +64,10 @@ fn main() -> ExitCode {
     }
     println!("{}", report::table(&all));
     println!("{}", report::machine_line());
-    if let Some(path) = args.json {
-        if let Err(e) = std::fs::write(&path, serde_json::to_vec_pretty(&all).unwrap_or_default()) {
-            eprintln!("cannot write {}: {e}", path.display());
-        }
+    if let Some(path) = args.json
+        && let Err(e) = std::fs::write(&path, serde_json::to_vec_pretty(&all).unwrap_or_default())
+    {
+        eprintln!("cannot write {}: {e}", path.display());
     }
     if failed || all.iter().any(|m| m.pass == Some(false)) { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }

@@ -1,0 +1,3 @@
+//! Shared pieces of the benchmark harness: measurements, statistics, the table.
+
+pub mod report;
