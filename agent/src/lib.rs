@@ -1,1 +1,17 @@
-//! The Convoy agent library (placeholder until issue #5 lands).
+//! The Convoy agent: one per cluster. It verifies what the hub sends, applies
+//! it with server-side apply in stages, prunes what left a bundle, checks
+//! health, corrects drift, and streams status and events back through a
+//! durable outbox, going on with its last verified state while the hub is away.
+
+pub mod backoff;
+pub mod diff;
+pub mod discovery;
+pub mod engine;
+pub mod health;
+pub mod inventory;
+pub mod kubeapi;
+pub mod objects;
+
+mod error;
+
+pub use error::{Error, FieldConflict, Result};

@@ -1,0 +1,203 @@
+//! API discovery, cached per group-version: which resource serves a kind and
+//! whether it is namespaced. Refreshed for a group-version on a miss and after
+//! CRDs become Established.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::objects::{Manifest, group_of, version_of};
+use crate::{Error, Result};
+
+/// How a kind is served.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResourceInfo {
+    /// The API group ("" for core).
+    pub group: String,
+    /// The version.
+    pub version: String,
+    /// The kind.
+    pub kind: String,
+    /// The plural resource name used in URLs.
+    pub plural: String,
+    /// Namespaced or cluster-scoped.
+    pub namespaced: bool,
+}
+
+impl ResourceInfo {
+    /// `group/version` or `v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    /// The collection URL for a namespace (or cluster-wide).
+    pub fn url_path(&self, namespace: Option<&str>) -> String {
+        let base = if self.group.is_empty() {
+            format!("/api/{}", self.version)
+        } else {
+            format!("/apis/{}/{}", self.group, self.version)
+        };
+        match namespace {
+            Some(ns) if self.namespaced => format!("{base}/namespaces/{ns}/{}", self.plural),
+            _ => format!("{base}/{}", self.plural),
+        }
+    }
+
+    /// The kube-rs dynamic resource description.
+    pub fn api_resource(&self) -> kube::core::ApiResource {
+        kube::core::ApiResource {
+            group: self.group.clone(),
+            version: self.version.clone(),
+            api_version: self.api_version(),
+            kind: self.kind.clone(),
+            plural: self.plural.clone(),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn test(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool) -> Self {
+        Self {
+            group: group.into(),
+            version: version.into(),
+            kind: kind.into(),
+            plural: plural.into(),
+            namespaced,
+        }
+    }
+}
+
+type GvResources = Arc<Vec<ResourceInfo>>;
+
+/// A discovery cache shared by every apply (cheap to clone).
+#[derive(Clone)]
+pub struct Discovery {
+    client: kube::Client,
+    cache: Arc<Mutex<HashMap<String, Option<GvResources>>>>,
+}
+
+impl Discovery {
+    /// An empty cache.
+    pub fn new(client: kube::Client) -> Self {
+        Self { client, cache: Arc::default() }
+    }
+
+    /// Resolve `kind` in `api_version`: `Ok(None)` when the cluster does not
+    /// serve it (yet).
+    pub async fn resolve(&self, api_version: &str, kind: &str) -> Result<Option<ResourceInfo>> {
+        let cached = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(api_version).cloned();
+        let list = match cached {
+            Some(Some(l)) if l.iter().any(|r| r.kind == kind) => l,
+            // A miss or an absent group-version: ask again (a CRD may have
+            // been established since).
+            _ => self.fetch(api_version).await?.unwrap_or_default(),
+        };
+        Ok(list.iter().find(|r| r.kind == kind).cloned())
+    }
+
+    /// Forget a group-version so the next resolve asks the API server.
+    pub fn invalidate(&self, api_version: &str) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(api_version);
+    }
+
+    async fn fetch(&self, api_version: &str) -> Result<Option<GvResources>> {
+        let res = crate::kubeapi::retry_transient(&format!("discover {api_version}"), || async {
+            if api_version.contains('/') {
+                self.client.list_api_group_resources(api_version).await
+            } else {
+                self.client.list_core_api_resources(api_version).await
+            }
+        })
+        .await;
+        let list = match res {
+            Ok(l) => l,
+            Err(kube::Error::Api(s)) if s.is_not_found() => {
+                self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(api_version.into(), None);
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::kube(format!("discover {api_version}"), e)),
+        };
+        let group = group_of(api_version).to_string();
+        let version = version_of(api_version).to_string();
+        let infos: Vec<ResourceInfo> = list
+            .resources
+            .into_iter()
+            .filter(|r| !r.name.contains('/'))
+            .map(|r| ResourceInfo {
+                group: group.clone(),
+                version: version.clone(),
+                kind: r.kind,
+                plural: r.name,
+                namespaced: r.namespaced,
+            })
+            .collect();
+        let infos = Arc::new(infos);
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(api_version.into(), Some(infos.clone()));
+        Ok(Some(infos))
+    }
+}
+
+/// The kinds that CRDs in a bundle define, so that custom resources of the
+/// same bundle can be planned before their CRD exists in the cluster.
+pub fn crd_resources(manifests: &[Manifest]) -> Vec<ResourceInfo> {
+    let mut out = Vec::new();
+    for m in manifests {
+        if m.group() != "apiextensions.k8s.io" || m.kind != "CustomResourceDefinition" {
+            continue;
+        }
+        let spec = &m.value["spec"];
+        let (Some(group), Some(kind), Some(plural)) =
+            (spec["group"].as_str(), spec["names"]["kind"].as_str(), spec["names"]["plural"].as_str())
+        else {
+            continue;
+        };
+        let namespaced = spec["scope"].as_str() != Some("Cluster");
+        let versions: Vec<&str> = match &spec["versions"] {
+            Value::Array(vs) => vs
+                .iter()
+                .filter(|v| v["served"].as_bool().unwrap_or(true))
+                .filter_map(|v| v["name"].as_str())
+                .collect(),
+            _ => spec["version"].as_str().into_iter().collect(),
+        };
+        for v in versions {
+            out.push(ResourceInfo {
+                group: group.into(),
+                version: v.into(),
+                kind: kind.into(),
+                plural: plural.into(),
+                namespaced,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::Origin;
+    use serde_json::json;
+
+    #[test]
+    fn urls() {
+        let r = ResourceInfo::test("apps", "v1", "Deployment", "deployments", true);
+        assert_eq!(r.url_path(Some("x")), "/apis/apps/v1/namespaces/x/deployments");
+        assert_eq!(r.url_path(None), "/apis/apps/v1/deployments");
+        let r = ResourceInfo::test("", "v1", "Namespace", "namespaces", false);
+        assert_eq!(r.url_path(Some("x")), "/api/v1/namespaces");
+        assert_eq!(r.api_version(), "v1");
+    }
+
+    #[test]
+    fn crd_kinds_from_bundle() {
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Cluster",
+                     "names": {"kind": "Widget", "plural": "widgets"},
+                     "versions": [{"name": "v1", "served": true}, {"name": "v0", "served": false}]}});
+        let ms = Manifest::from_value(Origin { file: "c.yaml".into(), index: 0 }, crd).unwrap();
+        let rs = crd_resources(&ms);
+        assert_eq!(rs, vec![ResourceInfo::test("example.com", "v1", "Widget", "widgets", false)]);
+    }
+}

@@ -1,0 +1,258 @@
+//! The thin Kubernetes adapter: typed requests for dynamic resources (apply,
+//! dry-run apply, get, get metadata, delete), retries of transient failures,
+//! and turning 409 apply responses into field conflicts.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::core::Request;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::backoff::Backoff;
+use crate::discovery::ResourceInfo;
+use crate::error::FieldConflict;
+use crate::objects::ObjKey;
+use crate::{Error, Result};
+
+/// How many times one request is tried before its error is returned.
+const ATTEMPTS: u32 = 6;
+
+/// Only the metadata of an object: parsing skips everything else, so large
+/// objects (CRDs) cost little memory.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct MetaOnly {
+    /// The object's metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+}
+
+impl MetaOnly {
+    /// metadata.resourceVersion or "".
+    pub fn rv(&self) -> &str {
+        self.metadata.resource_version.as_deref().unwrap_or("")
+    }
+    /// metadata.generation or 0.
+    pub fn generation(&self) -> i64 {
+        self.metadata.generation.unwrap_or(0)
+    }
+    /// metadata.labels.
+    pub fn labels(&self) -> Option<&BTreeMap<String, String>> {
+        self.metadata.labels.as_ref()
+    }
+    /// metadata.annotations.
+    pub fn annotations(&self) -> Option<&BTreeMap<String, String>> {
+        self.metadata.annotations.as_ref()
+    }
+}
+
+/// Whether an error is worth retrying unchanged.
+pub fn is_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code >= 500 || s.code == 429 || s.reason == "ServerTimeout",
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        _ => false,
+    }
+}
+
+/// Run `f` until it succeeds, fails permanently, or [`ATTEMPTS`] tries
+/// failed transiently (exponential backoff with full jitter, 50 ms .. 2 s).
+pub async fn retry_transient<T, F, Fut>(what: &str, mut f: F) -> std::result::Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, kube::Error>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
+                let d = backoff.next_delay();
+                tracing::debug!(error = %e, what, attempt, delay_ms = d.as_millis() as u64, "retrying");
+                tokio::time::sleep(d).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Requests for one object.
+pub struct ObjApi<'a> {
+    client: &'a kube::Client,
+    req: Request,
+    name: &'a str,
+    what: String,
+}
+
+impl<'a> ObjApi<'a> {
+    /// Requests for `key` served as `res`.
+    pub fn new(client: &'a kube::Client, res: &ResourceInfo, key: &'a ObjKey) -> Self {
+        Self {
+            client,
+            req: Request::new(res.url_path(key.namespace.as_deref())),
+            name: &key.name,
+            what: key.to_string(),
+        }
+    }
+
+    /// GET the metadata only; `None` when the object does not exist.
+    pub async fn get_meta(&self) -> Result<Option<MetaOnly>> {
+        let r = retry_transient(&self.what, || async {
+            let req = self.req.get(self.name, &Default::default()).map_err(kube::Error::BuildRequest)?;
+            self.client.request::<MetaOnly>(req).await
+        })
+        .await;
+        not_found_is_none(r).map_err(|e| Error::kube(format!("get {}", self.what), e))
+    }
+
+    /// GET the whole object; `None` when it does not exist.
+    pub async fn get(&self) -> Result<Option<Value>> {
+        let r = retry_transient(&self.what, || async {
+            let req = self.req.get(self.name, &Default::default()).map_err(kube::Error::BuildRequest)?;
+            self.client.request::<Value>(req).await
+        })
+        .await;
+        not_found_is_none(r).map_err(|e| Error::kube(format!("get {}", self.what), e))
+    }
+
+    fn apply_params(force: bool, dry_run: bool) -> PatchParams {
+        let mut pp = PatchParams::apply(convoy_core::FIELD_MANAGER);
+        pp.force = force;
+        pp.dry_run = dry_run;
+        pp
+    }
+
+    /// Server-side apply `body`; returns the resulting metadata.
+    pub async fn apply(&self, body: &str, force: bool) -> Result<MetaOnly> {
+        self.apply_as::<MetaOnly>(body, force, false).await
+    }
+
+    /// Server-side dry-run apply; returns the whole object the apply would produce.
+    pub async fn dry_run(&self, body: &str, force: bool) -> Result<Value> {
+        self.apply_as::<Value>(body, force, true).await
+    }
+
+    async fn apply_as<T: serde::de::DeserializeOwned>(
+        &self,
+        body: &str,
+        force: bool,
+        dry: bool,
+    ) -> Result<T> {
+        let raw: &RawValue = serde_json::from_str(body)
+            .map_err(|e| Error::Config(format!("{}: body is not JSON: {e}", self.what)))?;
+        let pp = Self::apply_params(force, dry);
+        let r = retry_transient(&self.what, || async {
+            let req =
+                self.req.patch(self.name, &pp, &Patch::Apply(raw)).map_err(kube::Error::BuildRequest)?;
+            self.client.request::<T>(req).await
+        })
+        .await;
+        r.map_err(|e| match conflicts(&self.what, &e) {
+            Some(c) => Error::Conflict(c),
+            None => Error::kube(format!("apply {}", self.what), e),
+        })
+    }
+
+    /// DELETE with background propagation; `false` when it was already gone.
+    pub async fn delete(&self) -> Result<bool> {
+        let dp =
+            DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+        let r = retry_transient(&self.what, || async {
+            let req = self.req.delete(self.name, &dp).map_err(kube::Error::BuildRequest)?;
+            self.client.request::<Value>(req).await
+        })
+        .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
+            Err(e) => Err(Error::kube(format!("delete {}", self.what), e)),
+        }
+    }
+}
+
+fn not_found_is_none<T>(
+    r: std::result::Result<T, kube::Error>,
+) -> std::result::Result<Option<T>, kube::Error> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The field conflicts of a 409 server-side apply response, if it is one.
+pub fn conflicts(object: &str, e: &kube::Error) -> Option<Vec<FieldConflict>> {
+    let kube::Error::Api(s) = e else { return None };
+    if s.code != 409 {
+        return None;
+    }
+    let causes = s.details.as_ref().map(|d| d.causes.as_slice()).unwrap_or_default();
+    let mut out: Vec<FieldConflict> = causes
+        .iter()
+        .filter(|c| c.reason.is_empty() || c.reason == "FieldManagerConflict")
+        .map(|c| FieldConflict { object: object.into(), field: c.field.clone(), message: c.message.clone() })
+        .collect();
+    if out.is_empty() {
+        out.push(FieldConflict { object: object.into(), field: String::new(), message: s.message.clone() });
+    }
+    Some(out)
+}
+
+/// Make sure a namespace exists (server-side apply of a bare Namespace).
+pub async fn ensure_namespace(client: &kube::Client, ns: &str) -> Result<()> {
+    let res = ResourceInfo {
+        group: String::new(),
+        version: "v1".into(),
+        kind: "Namespace".into(),
+        plural: "namespaces".into(),
+        namespaced: false,
+    };
+    let key = ObjKey::new("", "Namespace", None, ns);
+    let api = ObjApi::new(client, &res, &key);
+    if api.get_meta().await?.is_some() {
+        return Ok(());
+    }
+    let body =
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string();
+    api.apply(&body, false).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::response::StatusDetails;
+
+    #[test]
+    fn conflict_causes_become_field_conflicts() {
+        let details: StatusDetails = serde_json::from_value(serde_json::json!({
+            "causes": [{"reason": "FieldManagerConflict", "field": ".spec.replicas",
+                        "message": "conflict with \"kubectl-edit\" using apps/v1"}]
+        }))
+        .unwrap();
+        let st = kube::core::Status::failure("Apply failed with 1 conflict", "Conflict")
+            .with_code(409)
+            .with_details(details);
+        let c = conflicts("Deployment/a/b", &kube::Error::Api(st.boxed())).unwrap();
+        assert_eq!(c[0].field, ".spec.replicas");
+        assert!(c[0].message.contains("kubectl-edit"));
+        let not = kube::core::Status::failure("x", "NotFound").with_code(404);
+        assert!(conflicts("x", &kube::Error::Api(not.boxed())).is_none());
+    }
+
+    #[test]
+    fn transient_classification() {
+        let e = |code| kube::Error::Api(kube::core::Status::failure("x", "y").with_code(code).boxed());
+        assert!(is_transient(&e(500)));
+        assert!(is_transient(&e(503)));
+        assert!(is_transient(&e(429)));
+        assert!(!is_transient(&e(404)));
+        assert!(!is_transient(&e(409)));
+        assert!(!is_transient(&e(422)));
+    }
+}

@@ -1,0 +1,2 @@
+//! The `convoy-agent` binary.
+fn main() {}
