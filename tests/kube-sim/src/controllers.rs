@@ -1,0 +1,784 @@
+//! Simulated controllers: workload status (Deployments, ReplicaSets,
+//! StatefulSets, DaemonSets, Jobs, Pods) after a readiness delay, unpullable
+//! images that never become ready, PVC binding, LoadBalancer IPs, namespace
+//! termination, garbage collection through ownerReferences (background,
+//! foreground, orphan), and per-namespace defaults (ServiceAccount `default`,
+//! ConfigMap `kube-root-ca.crt`). Also the objects every cluster starts with.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::api::{Inner, Query, gr, now_rfc3339};
+use crate::registry::{GroupResource, ResourceType};
+use crate::store::{Event, EventType};
+
+/// The annotation that makes a workload's image unpullable.
+pub const UNPULLABLE_ANNOTATION: &str = "kube-sim.convoy.dev/unpullable";
+const MANAGER: &str = "kube-controller-manager";
+const NODE: &str = "kube-sim-node";
+
+type ObjKey = (GroupResource, String, String);
+
+fn meta_str<'a>(v: &'a Value, f: &str) -> &'a str {
+    v.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).unwrap_or("")
+}
+
+fn key_of(gr: &GroupResource, v: &Value) -> ObjKey {
+    (gr.clone(), meta_str(v, "namespace").to_string(), meta_str(v, "name").to_string())
+}
+
+/// Create the objects every cluster has.
+pub fn seed(inner: &Arc<Inner>) {
+    let q = Query(HashMap::from([("fieldManager".to_string(), "kube-apiserver".to_string())]));
+    let h = HeaderMap::new();
+    let create = |g: &str, v: &str, plural: &str, ns: &str, body: Value| {
+        if let Some(rt) = inner.lookup(g, v, plural)
+            && let Err(e) = inner.create(&rt, ns, body, &q, &h, false)
+        {
+            tracing::warn!(error = %e.message, "seed object not created");
+        }
+    };
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        create(
+            "",
+            "v1",
+            "namespaces",
+            "",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        );
+    }
+    create(
+        "",
+        "v1",
+        "services",
+        "default",
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "namespace": "default",
+            "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}}),
+    );
+    create(
+        "",
+        "v1",
+        "nodes",
+        "",
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}}}),
+    );
+    create(
+        "storage.k8s.io",
+        "v1",
+        "storageclasses",
+        "",
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "standard",
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}, "provisioner": "kube-sim.convoy.dev/hostpath"}),
+    );
+    if let Some(rt) = inner.lookup("", "v1", "nodes") {
+        let _ = inner.patch_with(&rt, "", NODE, Some("status"), "kubelet", false, &mut |cur| {
+            let mut v = (**cur).clone();
+            v["status"] = json!({
+                "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+                "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status",
+                    "lastHeartbeatTime": now_rfc3339(), "lastTransitionTime": now_rfc3339()}],
+                "addresses": [{"type": "InternalIP", "address": "172.18.0.2"}, {"type": "Hostname", "address": NODE}],
+                "nodeInfo": {"kubeletVersion": "v1.32.0", "operatingSystem": "linux", "architecture": "amd64", "containerRuntimeVersion": "kube-sim://1",
+                    "kernelVersion": "6.1.0", "osImage": "kube-sim", "kubeProxyVersion": "v1.32.0", "machineID": "", "systemUUID": "", "bootID": ""}
+            });
+            Ok(v)
+        });
+    }
+}
+
+/// Start the controllers' task.
+pub fn start(inner: Arc<Inner>) -> JoinHandle<()> {
+    let rx = inner.store.subscribe_all();
+    tokio::spawn(Controllers::new(inner).run(rx).instrument(tracing::info_span!("kube-sim-controllers")))
+}
+
+struct Controllers {
+    inner: Arc<Inner>,
+    timers: BinaryHeap<Reverse<(Instant, u64, ObjKey)>>,
+    seq: u64,
+    /// (uid, generation) -> when the controller first saw that generation.
+    first_seen: HashMap<(String, i64), Instant>,
+    /// owner uid -> dependents.
+    dependents: HashMap<String, HashSet<ObjKey>>,
+    /// Objects waiting for their dependents (foreground / orphan / namespaces).
+    finalizing: HashSet<ObjKey>,
+}
+
+const WORKLOADS: &[(&str, &str)] = &[
+    ("apps", "deployments"),
+    ("apps", "replicasets"),
+    ("apps", "statefulsets"),
+    ("apps", "daemonsets"),
+    ("batch", "jobs"),
+    ("", "persistentvolumeclaims"),
+    ("", "services"),
+    ("", "pods"),
+];
+
+impl Controllers {
+    fn new(inner: Arc<Inner>) -> Controllers {
+        Controllers {
+            inner,
+            timers: BinaryHeap::new(),
+            seq: 0,
+            first_seen: HashMap::new(),
+            dependents: HashMap::new(),
+            finalizing: HashSet::new(),
+        }
+    }
+
+    fn schedule(&mut self, at: Instant, key: ObjKey) {
+        self.seq += 1;
+        self.timers.push(Reverse((at, self.seq, key)));
+    }
+
+    async fn run(mut self, mut rx: tokio::sync::broadcast::Receiver<Arc<Event>>) {
+        let shutdown = self.inner.shutdown.clone();
+        self.resync();
+        let mut sweep = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            let next = self
+                .timers
+                .peek()
+                .map(|Reverse((t, _, _))| *t)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = rx.recv() => match r {
+                    Ok(ev) => self.on_event(&ev),
+                    Err(RecvError::Lagged(_)) => self.resync(),
+                    Err(RecvError::Closed) => return,
+                },
+                _ = tokio::time::sleep_until(next) => {
+                    let now = Instant::now();
+                    let mut due = Vec::new();
+                    while let Some(Reverse((t, _, _))) = self.timers.peek() {
+                        if *t > now { break; }
+                        if let Some(Reverse((_, _, k))) = self.timers.pop() { due.push(k); }
+                    }
+                    let mut seen = HashSet::new();
+                    for k in due {
+                        if seen.insert(k.clone()) { self.reconcile(&k); }
+                    }
+                }
+                _ = sweep.tick() => {
+                    for k in self.finalizing.clone() { self.reconcile(&k); }
+                }
+            }
+        }
+    }
+
+    /// Look at everything (start-up, or after missing events).
+    fn resync(&mut self) {
+        for g in self.inner.store.resources() {
+            let (items, _) = self.inner.store.list(&g, None);
+            for it in items {
+                self.index(&g, &it, false);
+                self.reconcile(&key_of(&g, &it));
+            }
+        }
+    }
+
+    fn index(&mut self, g: &GroupResource, v: &Value, deleted: bool) {
+        let k = key_of(g, v);
+        if let Some(refs) = v.pointer("/metadata/ownerReferences").and_then(Value::as_array) {
+            for r in refs {
+                if let Some(uid) = r.get("uid").and_then(Value::as_str) {
+                    let set = self.dependents.entry(uid.to_string()).or_default();
+                    if deleted {
+                        set.remove(&k);
+                    } else {
+                        set.insert(k.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: &Event) {
+        if let Some(old) = &ev.old {
+            self.index(&ev.gr, old, true);
+        }
+        let deleted = ev.typ == EventType::Deleted;
+        self.index(&ev.gr, &ev.object, deleted);
+        let key = key_of(&ev.gr, &ev.object);
+        if deleted {
+            self.finalizing.remove(&key);
+            let uid = meta_str(&ev.object, "uid").to_string();
+            // garbage-collect dependents of the deleted object
+            if let Some(deps) = self.dependents.remove(&uid) {
+                for d in deps {
+                    self.collect_dependent(&d, &uid);
+                }
+            }
+            // an owner waiting for this dependent may be done now
+            if let Some(refs) = ev.object.pointer("/metadata/ownerReferences").and_then(Value::as_array) {
+                let owners: Vec<String> = refs
+                    .iter()
+                    .filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_string))
+                    .collect();
+                for k in self.finalizing.clone() {
+                    if let Some(o) = self.inner.store.get(&k.0, &k.1, &k.2)
+                        && owners.iter().any(|u| u == meta_str(&o, "uid"))
+                    {
+                        self.reconcile(&k);
+                    }
+                }
+            }
+            // a namespace waiting for its content
+            if !key.1.is_empty() {
+                let nk = (gr("", "namespaces"), String::new(), key.1.clone());
+                if self.finalizing.contains(&nk) {
+                    self.reconcile(&nk);
+                }
+            }
+            return;
+        }
+        if ev.gr == gr("", "namespaces") && ev.typ == EventType::Added {
+            self.namespace_defaults(meta_str(&ev.object, "name"));
+        }
+        self.reconcile(&key);
+    }
+
+    fn rt_for(&self, g: &GroupResource) -> Option<Arc<ResourceType>> {
+        let reg = self.inner.registry.read();
+        let mut vs = reg.versions_of(g);
+        vs.sort_by(|a, b| {
+            crate::registry::version_priority(&b.version).cmp(&crate::registry::version_priority(&a.version))
+        });
+        vs.into_iter().next()
+    }
+
+    fn namespace_defaults(&self, ns: &str) {
+        let q = Query(HashMap::from([("fieldManager".to_string(), MANAGER.to_string())]));
+        let h = HeaderMap::new();
+        if let Some(rt) = self.inner.lookup("", "v1", "serviceaccounts") {
+            let _ = self.inner.create(&rt, ns, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}}), &q, &h, false);
+        }
+        if let Some(rt) = self.inner.lookup("", "v1", "configmaps") {
+            let _ = self.inner.create(
+                &rt,
+                ns,
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": ns,
+                    "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+                    "data": {"ca.crt": "-----BEGIN CERTIFICATE-----\nkube-sim\n-----END CERTIFICATE-----\n"}}),
+                &q,
+                &h,
+                false,
+            );
+        }
+    }
+
+    /// A dependent whose owner `owner_uid` is gone: delete it unless another owner lives.
+    fn collect_dependent(&mut self, d: &ObjKey, owner_uid: &str) {
+        let Some(rt) = self.rt_for(&d.0) else { return };
+        let Some(obj) = self.inner.store.get(&d.0, &d.1, &d.2) else { return };
+        let refs: Vec<Value> =
+            obj.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
+        let others_alive =
+            refs.iter().filter(|r| r["uid"].as_str() != Some(owner_uid)).any(|r| self.owner_exists(r, &d.1));
+        if others_alive {
+            let _ = self.inner.patch_with(
+                &rt,
+                &d.1,
+                &d.2,
+                None,
+                "kube-controller-manager-gc",
+                false,
+                &mut |cur| {
+                    let mut v = (**cur).clone();
+                    if let Some(a) = v.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut)
+                    {
+                        a.retain(|r| r["uid"].as_str() != Some(owner_uid));
+                    }
+                    Ok(v)
+                },
+            );
+        } else {
+            let _ = self.inner.delete(
+                &rt,
+                &d.1,
+                &d.2,
+                &Query::default(),
+                &json!({"propagationPolicy": "Background"}),
+                false,
+            );
+        }
+    }
+
+    fn owner_exists(&self, r: &Value, ns: &str) -> bool {
+        let av = r["apiVersion"].as_str().unwrap_or("");
+        let (g, v) = av.rsplit_once('/').unwrap_or(("", av));
+        let kind = r["kind"].as_str().unwrap_or("");
+        let Some(rt) = self.inner.registry.read().by_kind(g, v, kind) else { return false };
+        let ns = if rt.namespaced { ns } else { "" };
+        self.inner
+            .store
+            .get(&rt.gr(), ns, r["name"].as_str().unwrap_or(""))
+            .is_some_and(|o| Some(meta_str(&o, "uid")) == r["uid"].as_str())
+    }
+
+    fn reconcile(&mut self, k: &ObjKey) {
+        let Some(obj) = self.inner.store.get(&k.0, &k.1, &k.2) else {
+            self.finalizing.remove(k);
+            return;
+        };
+        if obj.pointer("/metadata/deletionTimestamp").is_some() {
+            self.finalize(k, &obj);
+            return;
+        }
+        if WORKLOADS.iter().any(|(g, r)| k.0.group == *g && k.0.resource == *r) {
+            self.workload(k, &obj);
+        }
+    }
+
+    /// Deletion in progress: namespaces, foregroundDeletion, orphan.
+    fn finalize(&mut self, k: &ObjKey, obj: &Value) {
+        let Some(rt) = self.rt_for(&k.0) else { return };
+        let finalizers: Vec<String> = obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .unwrap_or_default();
+        let uid = meta_str(obj, "uid").to_string();
+        if k.0 == gr("", "namespaces") {
+            self.finalizing.insert(k.clone());
+            let ns = k.2.clone();
+            let types: Vec<Arc<ResourceType>> = {
+                let reg = self.inner.registry.read();
+                let mut seen = HashSet::new();
+                reg.all().filter(|t| t.namespaced && seen.insert(t.gr())).cloned().collect()
+            };
+            let mut remaining = 0;
+            for t in types {
+                let (items, _) = self.inner.store.list(&t.gr(), Some(&ns));
+                for it in items {
+                    remaining += 1;
+                    if it.pointer("/metadata/deletionTimestamp").is_none() {
+                        let _ = self.inner.delete(
+                            &t,
+                            &ns,
+                            meta_str(&it, "name"),
+                            &Query::default(),
+                            &json!({"propagationPolicy": "Background"}),
+                            false,
+                        );
+                    }
+                }
+            }
+            if remaining == 0 {
+                let _ = self.inner.patch_with(
+                    &rt,
+                    "",
+                    &ns,
+                    Some("finalize"),
+                    "kube-controller-manager",
+                    false,
+                    &mut |cur| {
+                        let mut v = (**cur).clone();
+                        if let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut) {
+                            spec.insert("finalizers".into(), json!([]));
+                        }
+                        Ok(v)
+                    },
+                );
+            }
+            return;
+        }
+        let deps: Vec<ObjKey> =
+            self.dependents.get(&uid).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        if finalizers.iter().any(|f| f == "orphan") {
+            for d in &deps {
+                if let Some(drt) = self.rt_for(&d.0) {
+                    let _ = self.inner.patch_with(
+                        &drt,
+                        &d.1,
+                        &d.2,
+                        None,
+                        "kube-controller-manager-gc",
+                        false,
+                        &mut |cur| {
+                            let mut v = (**cur).clone();
+                            if let Some(a) =
+                                v.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut)
+                            {
+                                a.retain(|r| r["uid"].as_str() != Some(uid.as_str()));
+                            }
+                            if v.pointer("/metadata/ownerReferences")
+                                .and_then(Value::as_array)
+                                .is_some_and(Vec::is_empty)
+                                && let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut)
+                            {
+                                m.shift_remove("ownerReferences");
+                            }
+                            Ok(v)
+                        },
+                    );
+                }
+            }
+            self.remove_finalizer(&rt, k, "orphan");
+            return;
+        }
+        if finalizers.iter().any(|f| f == "foregroundDeletion") {
+            self.finalizing.insert(k.clone());
+            let mut remaining = 0;
+            for d in &deps {
+                if let Some(dobj) = self.inner.store.get(&d.0, &d.1, &d.2) {
+                    remaining += 1;
+                    if dobj.pointer("/metadata/deletionTimestamp").is_none()
+                        && let Some(drt) = self.rt_for(&d.0)
+                    {
+                        let _ = self.inner.delete(
+                            &drt,
+                            &d.1,
+                            &d.2,
+                            &Query::default(),
+                            &json!({"propagationPolicy": "Foreground"}),
+                            false,
+                        );
+                    }
+                }
+            }
+            if remaining == 0 {
+                self.remove_finalizer(&rt, k, "foregroundDeletion");
+            }
+        }
+    }
+
+    fn remove_finalizer(&mut self, rt: &ResourceType, k: &ObjKey, f: &str) {
+        let _ =
+            self.inner.patch_with(rt, &k.1, &k.2, None, "kube-controller-manager-gc", false, &mut |cur| {
+                let mut v = (**cur).clone();
+                if let Some(a) = v.pointer_mut("/metadata/finalizers").and_then(Value::as_array_mut) {
+                    a.retain(|x| x.as_str() != Some(f));
+                }
+                if v.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(Vec::is_empty)
+                    && let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut)
+                {
+                    m.shift_remove("finalizers");
+                }
+                Ok(v)
+            });
+        self.finalizing.remove(k);
+    }
+
+    /// Readiness of this generation: Ok(true) ready, Ok(false) not yet (timer set), Err(deadline passed) for unpullable.
+    fn readiness(&mut self, k: &ObjKey, obj: &Value, template: Option<&Value>) -> (bool, bool, bool) {
+        let uid = meta_str(obj, "uid").to_string();
+        let generation = obj.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+        let now = Instant::now();
+        let seen = *self.first_seen.entry((uid, generation)).or_insert(now);
+        let unpullable = is_unpullable(obj, template);
+        let delay = self.inner.readiness_delay;
+        let deadline = Duration::from_secs(
+            obj.pointer("/spec/progressDeadlineSeconds").and_then(Value::as_u64).unwrap_or(600),
+        );
+        if unpullable {
+            let exceeded = now >= seen + deadline;
+            if !exceeded {
+                self.schedule(seen + deadline, k.clone());
+            }
+            return (false, true, exceeded);
+        }
+        if now >= seen + delay {
+            (true, false, false)
+        } else {
+            self.schedule(seen + delay, k.clone());
+            (false, false, false)
+        }
+    }
+
+    fn write_status(&self, k: &ObjKey, f: &mut dyn FnMut(&Value) -> Value) {
+        let Some(rt) = self.rt_for(&k.0) else { return };
+        let _ = self.inner.patch_with(&rt, &k.1, &k.2, Some("status"), MANAGER, false, &mut |cur| {
+            let mut v = (**cur).clone();
+            v["status"] = f(cur);
+            Ok(v)
+        });
+    }
+
+    fn workload(&mut self, k: &ObjKey, obj: &Value) {
+        let group = k.0.group.clone();
+        let resource = k.0.resource.clone();
+        let template = obj.pointer("/spec/template").cloned();
+        let generation = obj.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+        let name = k.2.clone();
+        let now = now_rfc3339();
+        match (group.as_str(), resource.as_str()) {
+            ("apps", "deployments") => {
+                let (ready, unpullable, exceeded) = self.readiness(k, obj, template.as_ref());
+                let replicas = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+                let rs = format!("{name}-{}", template_hash(template.as_ref()));
+                let prev_available = condition(obj, "Available") == Some("True");
+                let ready = ready || replicas == 0;
+                self.write_status(k, &mut |cur| {
+                    let mut s = json!({"observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas});
+                    let (ready_n, available) = if ready {
+                        (replicas, true)
+                    } else if unpullable && prev_available {
+                        // old pods keep serving while the new ReplicaSet is stuck
+                        s["replicas"] = json!(replicas + 1);
+                        s["updatedReplicas"] = json!(1);
+                        s["unavailableReplicas"] = json!(1);
+                        (replicas, true)
+                    } else {
+                        s["unavailableReplicas"] = json!(replicas);
+                        (0, false)
+                    };
+                    if ready_n > 0 {
+                        s["readyReplicas"] = json!(ready_n);
+                        s["availableReplicas"] = json!(ready_n);
+                    }
+                    let avail = if available {
+                        ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.".to_string())
+                    } else {
+                        ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".to_string())
+                    };
+                    let prog = if ready {
+                        ("True", "NewReplicaSetAvailable", format!("ReplicaSet \"{rs}\" has successfully progressed."))
+                    } else if exceeded {
+                        ("False", "ProgressDeadlineExceeded", format!("ReplicaSet \"{rs}\" has timed out progressing."))
+                    } else {
+                        ("True", "ReplicaSetUpdated", format!("ReplicaSet \"{rs}\" is progressing."))
+                    };
+                    s["conditions"] = json!([cond(cur, "Available", avail, &now), cond(cur, "Progressing", prog, &now)]);
+                    s
+                });
+            }
+            ("apps", "replicasets") => {
+                let (ready, _, _) = self.readiness(k, obj, template.as_ref());
+                let replicas = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+                self.write_status(k, &mut |_| {
+                    let mut s = json!({"observedGeneration": generation, "replicas": replicas, "fullyLabeledReplicas": replicas});
+                    if ready && replicas > 0 {
+                        s["readyReplicas"] = json!(replicas);
+                        s["availableReplicas"] = json!(replicas);
+                    }
+                    s
+                });
+            }
+            ("apps", "statefulsets") => {
+                let (ready, _, _) = self.readiness(k, obj, template.as_ref());
+                let replicas = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+                let rev = format!("{name}-{}", template_hash(template.as_ref()));
+                self.write_status(k, &mut |cur| {
+                    let mut s = json!({"observedGeneration": generation, "replicas": replicas, "currentReplicas": replicas,
+                        "updatedReplicas": replicas, "currentRevision": rev, "updateRevision": rev, "collisionCount": 0,
+                        "availableReplicas": 0});
+                    if ready || replicas == 0 {
+                        s["readyReplicas"] = json!(replicas);
+                        s["availableReplicas"] = json!(replicas);
+                    } else if let Some(old) = cur.pointer("/status/currentRevision").filter(|r| r.as_str() != Some(rev.as_str())) {
+                        s["currentRevision"] = old.clone();
+                        s["currentReplicas"] = json!(0);
+                    }
+                    s
+                });
+            }
+            ("apps", "daemonsets") => {
+                let (ready, _, _) = self.readiness(k, obj, template.as_ref());
+                self.write_status(k, &mut |_| {
+                    let r = if ready { 1 } else { 0 };
+                    let mut s = json!({"observedGeneration": generation, "currentNumberScheduled": 1, "desiredNumberScheduled": 1,
+                        "numberMisscheduled": 0, "numberReady": r, "updatedNumberScheduled": 1});
+                    if ready {
+                        s["numberAvailable"] = json!(1);
+                    } else {
+                        s["numberUnavailable"] = json!(1);
+                    }
+                    s
+                });
+            }
+            ("batch", "jobs") => {
+                let suspended = obj.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false);
+                if suspended {
+                    return;
+                }
+                let (ready, _, _) = self.readiness(k, obj, template.as_ref());
+                let completions = obj.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1);
+                let parallelism = obj.pointer("/spec/parallelism").and_then(Value::as_i64).unwrap_or(1);
+                self.write_status(k, &mut |cur| {
+                    if condition(cur, "Complete") == Some("True") {
+                        return cur["status"].clone();
+                    }
+                    let start = cur.pointer("/status/startTime").cloned().unwrap_or(json!(now));
+                    if ready {
+                        let msg = "Reached expected number of succeeded pods";
+                        json!({"startTime": start, "completionTime": now, "succeeded": completions, "ready": 0, "terminating": 0,
+                            "uncountedTerminatedPods": {},
+                            "conditions": [
+                                {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "message": msg, "lastProbeTime": now, "lastTransitionTime": now},
+                                {"type": "Complete", "status": "True", "reason": "CompletionsReached", "message": msg, "lastProbeTime": now, "lastTransitionTime": now}
+                            ]})
+                    } else {
+                        json!({"startTime": start, "active": parallelism.min(completions), "ready": 0, "terminating": 0, "uncountedTerminatedPods": {}})
+                    }
+                });
+            }
+            ("", "persistentvolumeclaims") => {
+                if obj.pointer("/status/phase").and_then(Value::as_str) == Some("Bound") {
+                    return;
+                }
+                let sc = obj.pointer("/spec/storageClassName").and_then(Value::as_str).unwrap_or("");
+                if !sc.is_empty()
+                    && let Some(scobj) = self.inner.store.get(&gr("storage.k8s.io", "storageclasses"), "", sc)
+                    && scobj.get("volumeBindingMode").and_then(Value::as_str) == Some("WaitForFirstConsumer")
+                {
+                    return;
+                }
+                let (ready, _, _) = self.readiness(k, obj, None);
+                if !ready {
+                    return;
+                }
+                let Some(rt) = self.rt_for(&k.0) else { return };
+                let volume = format!("pvc-{}", meta_str(obj, "uid"));
+                let _ = self.inner.patch_with(&rt, &k.1, &k.2, None, MANAGER, false, &mut |cur| {
+                    let mut v = (**cur).clone();
+                    v["spec"]["volumeName"] = json!(volume);
+                    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                        let a = m.entry("annotations").or_insert_with(|| json!({}));
+                        a["pv.kubernetes.io/bind-completed"] = json!("yes");
+                        a["pv.kubernetes.io/bound-by-controller"] = json!("yes");
+                    }
+                    Ok(v)
+                });
+                let storage =
+                    obj.pointer("/spec/resources/requests/storage").cloned().unwrap_or(json!("1Gi"));
+                let modes = obj.pointer("/spec/accessModes").cloned().unwrap_or(json!(["ReadWriteOnce"]));
+                self.write_status(k, &mut |_| json!({"phase": "Bound", "accessModes": modes, "capacity": {"storage": storage}}));
+            }
+            ("", "services") => {
+                if obj.pointer("/spec/type").and_then(Value::as_str) != Some("LoadBalancer") {
+                    return;
+                }
+                if obj
+                    .pointer("/status/loadBalancer/ingress")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty())
+                {
+                    return;
+                }
+                let (ready, _, _) = self.readiness(k, obj, None);
+                if !ready {
+                    return;
+                }
+                let ip = self.inner.ips.lock().lb_ip();
+                self.write_status(
+                    k,
+                    &mut |_| json!({"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}}),
+                );
+            }
+            ("", "pods") => {
+                let spec = obj.get("spec").cloned().unwrap_or(json!({}));
+                let tmpl =
+                    json!({"metadata": obj.get("metadata").cloned().unwrap_or(json!({})), "spec": spec});
+                let (ready, unpullable, _) = self.readiness(k, obj, Some(&tmpl));
+                let containers =
+                    spec.get("containers").and_then(Value::as_array).cloned().unwrap_or_default();
+                self.write_status(k, &mut |cur| {
+                    let start = cur.pointer("/status/startTime").cloned().unwrap_or(json!(now));
+                    let statuses: Vec<Value> = containers
+                        .iter()
+                        .map(|c| {
+                            let image = c["image"].clone();
+                            let state = if ready {
+                                json!({"running": {"startedAt": now}})
+                            } else if unpullable {
+                                json!({"waiting": {"reason": "ImagePullBackOff", "message": format!("Back-off pulling image {}", image)}})
+                            } else {
+                                json!({"waiting": {"reason": "ContainerCreating"}})
+                            };
+                            json!({"name": c["name"], "image": image, "imageID": "", "ready": ready, "restartCount": 0, "started": ready, "state": state})
+                        })
+                        .collect();
+                    let r = if ready { "True" } else { "False" };
+                    json!({"phase": if ready { "Running" } else { "Pending" }, "hostIP": "172.18.0.2", "podIP": if ready { json!("10.244.0.10") } else { Value::Null },
+                        "startTime": start, "qosClass": "BestEffort",
+                        "conditions": [
+                            {"type": "PodScheduled", "status": "True", "lastTransitionTime": start, "lastProbeTime": null},
+                            {"type": "Initialized", "status": "True", "lastTransitionTime": start, "lastProbeTime": null},
+                            {"type": "ContainersReady", "status": r, "lastTransitionTime": start, "lastProbeTime": null},
+                            {"type": "Ready", "status": r, "lastTransitionTime": start, "lastProbeTime": null}
+                        ],
+                        "containerStatuses": statuses})
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+fn condition<'a>(obj: &'a Value, t: &str) -> Option<&'a str> {
+    obj.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == t)?.get("status")?.as_str()
+}
+
+/// A condition keeping lastTransitionTime while the status does not change,
+/// and lastUpdateTime while nothing changes.
+fn cond(cur: &Value, t: &str, (status, reason, message): (&str, &str, String), now: &str) -> Value {
+    let old = cur
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|c| c["type"] == t))
+        .cloned();
+    let same_status = old.as_ref().is_some_and(|o| o["status"] == status);
+    let same_all = same_status
+        && old.as_ref().is_some_and(|o| o["reason"] == reason && o["message"] == message.as_str());
+    let transition = if same_status {
+        old.as_ref().map(|o| o["lastTransitionTime"].clone()).unwrap_or(json!(now))
+    } else {
+        json!(now)
+    };
+    let update = if same_all {
+        old.as_ref().map(|o| o["lastUpdateTime"].clone()).unwrap_or(json!(now))
+    } else {
+        json!(now)
+    };
+    json!({"type": t, "status": status, "lastUpdateTime": update, "lastTransitionTime": transition, "reason": reason, "message": message})
+}
+
+fn is_unpullable(obj: &Value, template: Option<&Value>) -> bool {
+    let ann = |v: &Value| {
+        v.pointer("/metadata/annotations").and_then(|a| a.get(UNPULLABLE_ANNOTATION)).and_then(Value::as_str)
+            == Some("true")
+    };
+    if ann(obj) || template.is_some_and(ann) {
+        return true;
+    }
+    let Some(t) = template else { return false };
+    ["containers", "initContainers"].iter().any(|f| {
+        t.pointer(&format!("/spec/{f}")).and_then(Value::as_array).is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["image"].as_str().is_some_and(|i| {
+                    i.rsplit('/').next().is_some_and(|last| last.ends_with(":does-not-exist"))
+                })
+            })
+        })
+    })
+}
+
+/// A stable pod-template-hash-like suffix.
+fn template_hash(t: Option<&Value>) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.map(|t| crate::fieldpath::canonical(t)).unwrap_or_default().hash(&mut h);
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut n = h.finish();
+    (0..10)
+        .map(|_| {
+            let c = ALPHABET[(n % ALPHABET.len() as u64) as usize] as char;
+            n /= ALPHABET.len() as u64;
+            c
+        })
+        .collect()
+}
