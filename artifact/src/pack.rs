@@ -200,23 +200,6 @@ pub fn pack_files(
 ) -> Result<PackedArtifact> {
     let mut files: Vec<_> = files.into_iter().collect();
     files.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let mut p = Packer::new(*limits);
-    for (path, content) in &files {
-        p.add(path, content)?;
-    }
-    p.finish()
-}
-
-/// Pack the manifests under `base` in `tree`, honouring ignore rules. Files
-/// are read one at a time; manifests are checked on a second thread while the
-/// archive is compressed, so the whole bundle is never held twice.
-pub fn pack_tree(
-    tree: &dyn Tree,
-    base: &str,
-    rules: &IgnoreRules,
-    limits: &Limits,
-) -> Result<PackedArtifact> {
-    let files = select_files(tree, base, rules, Selection::Manifests)?;
     if files.len() as u64 > limits.max_files as u64 {
         return Err(Error::Limit {
             what: "file count",
@@ -225,38 +208,134 @@ pub fn pack_tree(
             path: None,
         });
     }
-    // Reading, tar and gzip on this thread; YAML parsing on a helper thread,
-    // fed through a small bounded channel. Both must succeed.
-    std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(String, std::sync::Arc<Vec<u8>>)>(4);
-        let checker = s.spawn(move || -> Result<Vec<usize>> {
-            let mut counts = Vec::new();
-            for (path, content) in rx {
-                counts.push(manifest::check_file(&path, &content)?);
-            }
-            Ok(counts)
+    let mut total = 0u64;
+    for (path, content) in &files {
+        total += content.len() as u64;
+        check_size(limits, path, content.len() as u64, total)?;
+    }
+    pack_sorted(&files, limits)
+}
+
+/// Pack the manifests under `base` in `tree`, honouring ignore rules.
+///
+/// The bundle's files are read one by one (stopping at the first limit
+/// exceeded; the repository is never read as a whole), then archived and
+/// compressed on this thread while the manifests are checked in parallel, one
+/// YAML document per work item, on the other cores.
+pub fn pack_tree(
+    tree: &dyn Tree,
+    base: &str,
+    rules: &IgnoreRules,
+    limits: &Limits,
+) -> Result<PackedArtifact> {
+    let selected = select_files(tree, base, rules, Selection::Manifests)?;
+    if selected.len() as u64 > limits.max_files as u64 {
+        return Err(Error::Limit {
+            what: "file count",
+            limit: limits.max_files as u64,
+            actual: selected.len() as u64,
+            path: None,
         });
+    }
+    let mut files = Vec::with_capacity(selected.len());
+    let mut total = 0u64;
+    for f in selected {
+        let content = tree.read_file(&f.source)?;
+        total += content.len() as u64;
+        check_size(limits, &f.path, content.len() as u64, total)?;
+        files.push((f.path, content));
+    }
+    pack_sorted(&files, limits)
+}
+
+fn check_size(limits: &Limits, path: &str, len: u64, total: u64) -> Result<()> {
+    if len > limits.max_file_bytes {
+        return Err(Error::Limit {
+            what: "file size",
+            limit: limits.max_file_bytes,
+            actual: len,
+            path: Some(path.into()),
+        });
+    }
+    if total > limits.max_total_bytes {
+        return Err(Error::Limit {
+            what: "artifact size (uncompressed)",
+            limit: limits.max_total_bytes,
+            actual: total,
+            path: None,
+        });
+    }
+    Ok(())
+}
+
+/// Archive sorted files on this thread while other threads check the
+/// manifests; the first failing document (in file and document order) wins
+/// over any packing error.
+fn pack_sorted(files: &[(String, Vec<u8>)], limits: &Limits) -> Result<PackedArtifact> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let mut units = Vec::new();
+    for (i, (path, content)) in files.iter().enumerate() {
+        check_path(path)?;
+        for u in manifest::check_units(path, content)? {
+            units.push((i, u));
+        }
+    }
+    let next = AtomicUsize::new(0);
+    let first_error = AtomicUsize::new(usize::MAX);
+    let errors: Mutex<Vec<(usize, Error)>> = Mutex::new(Vec::new());
+    let objects = AtomicUsize::new(0);
+    let work = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= units.len() {
+                break;
+            }
+            if i > first_error.load(Ordering::Relaxed) {
+                continue;
+            }
+            let (f, unit) = &units[i];
+            let (path, content) = &files[*f];
+            match manifest::check_unit(path, content, unit) {
+                Ok(n) => {
+                    objects.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    first_error.fetch_min(i, Ordering::Relaxed);
+                    errors.lock().unwrap_or_else(|p| p.into_inner()).push((i, e));
+                }
+            }
+        }
+    };
+    let helpers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(2, 4) - 1;
+    let helpers = helpers.min(units.len().saturating_sub(1));
+    let packed = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..helpers).map(|_| s.spawn(work)).collect();
         let packed = (|| {
             let mut p = Packer::new(*limits);
-            for f in &files {
-                let content = std::sync::Arc::new(tree.read_file(&f.source)?);
-                p.check(&f.path, content.len() as u64)?;
-                // The checker may have stopped on an error: keep packing; its
-                // error is reported below.
-                let _ = tx.send((f.path.clone(), content.clone()));
-                p.append(&f.path, &content)?;
+            for (path, content) in files {
+                p.check(path, content.len() as u64)?;
+                p.append(path, content)?;
             }
-            drop(tx);
             p.finish()
         })();
-        let counts = checker.join().map_err(|_| Error::Other("manifest checker panicked".into()))?;
-        // A manifest error names the file; report it before a packing error
-        // that it may have caused.
-        let counts = counts?;
-        let mut packed = packed?;
-        packed.objects = counts.iter().sum::<usize>() as u32;
+        work();
+        for h in handles {
+            if h.join().is_err() {
+                return Err(Error::Other("manifest check panicked".into()));
+            }
+        }
         Ok(packed)
-    })
+    })?;
+    let mut errors = errors.into_inner().unwrap_or_else(|p| p.into_inner());
+    errors.sort_by_key(|(i, _)| *i);
+    if let Some((_, e)) = errors.into_iter().next() {
+        return Err(e);
+    }
+    let mut packed = packed?;
+    packed.objects = objects.into_inner() as u32;
+    Ok(packed)
 }
 
 /// Pack the manifests of a directory on disk (the `convoy build` path for a

@@ -208,3 +208,31 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The fast manifest check and the full parse agree on every real-world file.
+#[test]
+fn fast_check_agrees_with_full_parse_on_the_corpus() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if convoy_artifact::tree::is_manifest_name(&p.to_string_lossy()) {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&corpus(), &mut files);
+    assert!(files.len() > 20, "{files:?}");
+    let mut objects = 0;
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        let name = f.to_string_lossy();
+        let full = convoy_artifact::parse_file(&name, &bytes).map(|v| v.len()).map_err(|e| e.to_string());
+        let fast = convoy_artifact::manifest::check_file(&name, &bytes).map_err(|e| e.to_string());
+        assert_eq!(fast, full, "{name}");
+        objects += full.unwrap_or(0);
+    }
+    assert!(objects > 100, "{objects}");
+}
