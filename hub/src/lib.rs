@@ -1,1 +1,44 @@
-//! The Convoy hub library (placeholder until issues #3 and #4 land).
+//! The Convoy hub: identities and mTLS, the state store, the desired-state
+//! fan-out to agents over gRPC, and the fleet query API.
+//!
+//! Layers (linkerd2 policy-controller style):
+//! - [`domain`]: no I/O. Records, targeting and desired-state diffs, phase
+//!   summaries, authorization decisions, token rules, outbox sequence rules.
+//! - [`store`]: the [`store::Store`] trait (narrow, transactional) and its redb
+//!   implementation.
+//! - [`state`] and [`writer`]: the single-writer tasks that own the in-memory
+//!   indexes (fleet view and per-cluster desired state; statuses and events).
+//! - [`grpc`]: tonic adapters for Registration, Agent and Fleet, plus health
+//!   and reflection; proto types are converted here and nowhere else.
+//! - [`runtime`]: wires it together with TLS, HTTP, metrics, config reload and
+//!   one `CancellationToken` drain. [`Hub::start`] runs a hub in-process.
+
+pub mod config;
+pub mod domain;
+pub mod files;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod pipeline;
+pub mod pki;
+pub mod runtime;
+pub mod session;
+pub mod state;
+pub mod store;
+pub mod tls;
+pub mod writer;
+
+mod error;
+
+pub use config::HubConfig;
+pub use error::{Error, Result};
+pub use pipeline::{SourcePipeline, StaticPipeline};
+pub use runtime::{AdminCredentials, Hub, HubHandle, HubOptions};
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

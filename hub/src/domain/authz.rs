@@ -1,0 +1,97 @@
+//! Who may call what. The caller is read from the verified client certificate
+//! (or an admin bearer token); request fields never name the caller.
+
+use super::{ClusterRecord, Rejection};
+
+/// The authenticated caller of an RPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// No client certificate and no admin token.
+    Anonymous,
+    /// A cluster certificate issued by the hub CA.
+    Cluster {
+        /// The cluster name from the URI SAN.
+        name: String,
+        /// The certificate serial, lowercase hex.
+        serial: String,
+    },
+    /// An admin certificate or the admin token.
+    Admin {
+        /// The admin name from the URI SAN (`token` for the bearer token).
+        name: String,
+    },
+}
+
+/// Which group of RPCs is being called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Registration: anyone (the token is checked by the call itself).
+    Register,
+    /// Agent calls: a cluster certificate the hub still honours.
+    Agent,
+    /// Fleet calls: an admin.
+    Fleet,
+}
+
+/// Decide whether `caller` may make a call of kind `access`. For cluster
+/// callers, `cluster` is the stored record of the named cluster, if any.
+pub fn authorize(
+    caller: &Caller,
+    access: Access,
+    cluster: Option<&ClusterRecord>,
+    now_unix_ms: i64,
+) -> Result<(), Rejection> {
+    match (access, caller) {
+        (Access::Register, _) => Ok(()),
+        (Access::Agent, Caller::Cluster { name, serial }) => match cluster {
+            None => Err(Rejection::PermissionDenied(format!("cluster {name:?} is not registered"))),
+            Some(c) if c.revoked => Err(Rejection::PermissionDenied(format!("cluster {name:?} was revoked"))),
+            Some(c) if !c.honours(serial, now_unix_ms) => Err(Rejection::PermissionDenied(format!(
+                "the certificate presented for cluster {name:?} was replaced or has expired"
+            ))),
+            Some(_) => Ok(()),
+        },
+        (Access::Agent, Caller::Admin { .. }) => {
+            Err(Rejection::PermissionDenied("agent calls need a cluster certificate".into()))
+        }
+        (Access::Fleet, Caller::Admin { .. }) => Ok(()),
+        (Access::Fleet, Caller::Cluster { name, .. }) => {
+            Err(Rejection::PermissionDenied(format!("cluster {name:?} may not call fleet (operator) RPCs")))
+        }
+        (_, Caller::Anonymous) => Err(Rejection::Unauthenticated(
+            "a client certificate (or, for fleet calls, an admin token) is required".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::CertRef;
+
+    #[test]
+    fn matrix() {
+        let rec = ClusterRecord {
+            name: "a".into(),
+            certs: vec![CertRef { serial: "01".into(), not_after_unix_ms: 100 }],
+            ..Default::default()
+        };
+        let cluster = Caller::Cluster { name: "a".into(), serial: "01".into() };
+        let admin = Caller::Admin { name: "root".into() };
+        assert!(authorize(&cluster, Access::Agent, Some(&rec), 10).is_ok());
+        assert!(authorize(&cluster, Access::Agent, Some(&rec), 100).is_err(), "expired");
+        assert!(authorize(&cluster, Access::Agent, None, 10).is_err());
+        assert!(authorize(&cluster, Access::Fleet, Some(&rec), 10).is_err());
+        assert!(authorize(&admin, Access::Fleet, None, 10).is_ok());
+        assert!(authorize(&admin, Access::Agent, None, 10).is_err());
+        assert!(matches!(
+            authorize(&Caller::Anonymous, Access::Fleet, None, 10),
+            Err(Rejection::Unauthenticated(_))
+        ));
+        assert!(authorize(&Caller::Anonymous, Access::Register, None, 10).is_ok());
+        let revoked = ClusterRecord { revoked: true, ..rec.clone() };
+        assert!(authorize(&cluster, Access::Agent, Some(&revoked), 10).is_err());
+        let other = Caller::Cluster { name: "a".into(), serial: "02".into() };
+        assert!(authorize(&other, Access::Agent, Some(&rec), 10).is_err());
+    }
+}

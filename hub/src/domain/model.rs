@@ -1,0 +1,324 @@
+//! Records the hub stores and indexes: clusters, tokens, deployments (the signed
+//! current generation of each bundle), per cluster × bundle status, and events.
+
+use std::collections::BTreeMap;
+
+use convoy_core::selector::Labels;
+use convoy_core::status::{Condition, Phase, Severity};
+use serde::{Deserialize, Serialize};
+
+/// A certificate the hub issued to a cluster and still honours.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRef {
+    /// The serial number, lowercase hex.
+    pub serial: String,
+    /// When it expires (Unix ms).
+    pub not_after_unix_ms: i64,
+}
+
+/// A registered cluster, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ClusterRecord {
+    /// The cluster name (from its certificate).
+    pub name: String,
+    /// Its labels.
+    pub labels: Labels,
+    /// When it first registered (Unix ms).
+    pub registered_unix_ms: i64,
+    /// Certificates that still work: the newest last. Revocation empties it.
+    pub certs: Vec<CertRef>,
+    /// Whether an operator revoked it.
+    pub revoked: bool,
+}
+
+impl ClusterRecord {
+    /// Whether a certificate with `serial` is honoured at `now`.
+    pub fn honours(&self, serial: &str, now_unix_ms: i64) -> bool {
+        !self.revoked && self.certs.iter().any(|c| c.serial == serial && c.not_after_unix_ms > now_unix_ms)
+    }
+
+    /// Record a newly issued certificate; keep at most `keep` unexpired ones.
+    pub fn add_cert(&mut self, cert: CertRef, now_unix_ms: i64, keep: usize) {
+        self.certs.retain(|c| c.not_after_unix_ms > now_unix_ms);
+        self.certs.push(cert);
+        let n = self.certs.len();
+        if n > keep {
+            self.certs.drain(..n - keep);
+        }
+    }
+
+    /// When the newest certificate expires.
+    pub fn cert_not_after(&self) -> i64 {
+        self.certs.last().map(|c| c.not_after_unix_ms).unwrap_or(0)
+    }
+}
+
+/// What the hub last heard from a cluster's agent (kept apart from
+/// [`ClusterRecord`] because it changes far more often).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Liveness {
+    /// When the hub last heard from the agent (Unix ms).
+    pub last_seen_unix_ms: i64,
+    /// The agent version it reported.
+    pub agent_version: String,
+}
+
+/// A bootstrap token, as stored (the secret itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The public id (the part before the dot).
+    pub id: String,
+    /// SHA-256 of the secret part, hex.
+    pub hash: String,
+    /// When it was created (Unix ms).
+    pub created_unix_ms: i64,
+    /// When it stops working (Unix ms).
+    pub expires_unix_ms: i64,
+    /// Whether it works once only.
+    pub single_use: bool,
+    /// How many registrations used it.
+    pub uses: u32,
+    /// The only cluster name it may register, if bound.
+    pub cluster: Option<String>,
+    /// Labels given to the cluster at registration (they win over the agent's).
+    pub labels: Labels,
+}
+
+/// The signed current generation of a bundle. The same digest always keeps the
+/// same record (statement bytes and signature), across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    /// The bundle name.
+    pub bundle: String,
+    /// The hub-assigned generation, increasing per bundle.
+    pub generation: u64,
+    /// `sha256:<hex>` of the artifact.
+    pub digest: String,
+    /// Artifact size in bytes.
+    pub size: u64,
+    /// The source revision, `<ref>@sha1:<commit>`.
+    pub revision: String,
+    /// The source name.
+    pub source: String,
+    /// The exact statement bytes that were signed.
+    #[serde(with = "b64")]
+    pub statement: Vec<u8>,
+    /// DER ECDSA signature over SHA-256 of `statement`.
+    #[serde(with = "b64")]
+    pub signature: Vec<u8>,
+    /// When this generation was created (Unix ms).
+    pub created_unix_ms: i64,
+}
+
+mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Object counts of a bundle on a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ObjectCounts {
+    /// Objects in the bundle.
+    pub total: u32,
+    /// Healthy objects.
+    pub ready: u32,
+    /// Created by the last apply.
+    pub created: u32,
+    /// Changed by the last apply.
+    pub configured: u32,
+    /// Already in sync at the last apply.
+    pub unchanged: u32,
+    /// Deleted by prune at the last apply.
+    pub pruned: u32,
+    /// Drift corrections since this generation was applied.
+    pub drift_corrected: u32,
+    /// Drifted and not corrected.
+    pub drifted: u32,
+}
+
+/// The status of one bundle on one cluster, as the agent reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StatusRecord {
+    /// The bundle name.
+    pub bundle: String,
+    /// The generation the agent works on or applied.
+    pub generation: u64,
+    /// Its revision.
+    pub revision: String,
+    /// Its digest.
+    pub digest: String,
+    /// The phase.
+    pub phase: Phase,
+    /// Conditions.
+    pub conditions: Vec<Condition>,
+    /// Object counts.
+    pub objects: ObjectCounts,
+    /// One-line summary.
+    pub message: String,
+    /// Last apply duration.
+    pub apply_duration_ms: u64,
+    /// Last apply plus wait duration.
+    pub ready_duration_ms: u64,
+    /// When the agent observed it (agent clock, Unix ms).
+    pub observed_unix_ms: i64,
+    /// Last successfully applied generation.
+    pub applied_generation: u64,
+    /// Last successfully applied revision.
+    pub applied_revision: String,
+    /// When the hub stored it (Unix ms).
+    pub updated_unix_ms: i64,
+}
+
+/// Something that happened on a cluster or in the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct EventRecord {
+    /// How serious.
+    pub severity: Severity,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Human-readable text.
+    pub message: String,
+    /// The bundle concerned, or empty.
+    pub bundle: String,
+    /// The object concerned, or empty.
+    pub object: String,
+    /// The revision concerned, or empty.
+    pub revision: String,
+    /// When it happened (reporter's clock, Unix ms).
+    pub time_unix_ms: i64,
+    /// Extra details.
+    pub details: BTreeMap<String, String>,
+}
+
+/// The cluster name used for events the hub itself records.
+pub const HUB_EVENT_SOURCE: &str = "hub";
+
+/// An event in the hub's bounded event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Position in the log (increasing, never reused).
+    pub id: u64,
+    /// The reporting cluster, or `hub`.
+    pub cluster: String,
+    /// The event.
+    pub event: EventRecord,
+    /// When the hub stored it (Unix ms).
+    pub stored_unix_ms: i64,
+}
+
+/// One outbox entry from an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxEntry {
+    /// A bundle status.
+    Status(StatusRecord),
+    /// An event.
+    Event(EventRecord),
+}
+
+/// Outbox entries of one cluster and epoch, in seq order, to store in one
+/// transaction with the new last seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentBatch {
+    /// The cluster (from its certificate).
+    pub cluster: String,
+    /// The agent's outbox epoch.
+    pub epoch: u64,
+    /// `(seq, entry)` pairs, in the order received.
+    pub entries: Vec<(u64, OutboxEntry)>,
+}
+
+/// What storing an [`AgentBatch`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BatchOutcome {
+    /// The cluster.
+    pub cluster: String,
+    /// The highest seq durably stored for the cluster and epoch (the ack).
+    pub acked_seq: u64,
+    /// Statuses newly stored (entries at or below the stored seq are skipped).
+    pub statuses: Vec<StatusRecord>,
+    /// Events newly stored, with their log ids.
+    pub events: Vec<StoredEvent>,
+}
+
+/// Which entries of a batch are new: those with seq above `stored` and above
+/// every earlier entry of the batch (duplicates and reordering are dropped).
+pub fn fresh_entries(stored: u64, entries: &[(u64, OutboxEntry)]) -> (u64, Vec<usize>) {
+    let mut last = stored;
+    let mut keep = Vec::new();
+    for (i, (seq, _)) in entries.iter().enumerate() {
+        if *seq > last {
+            last = *seq;
+            keep.push(i);
+        }
+    }
+    (last, keep)
+}
+
+/// A filter over the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventFilter {
+    /// Only this cluster (`hub` for hub events).
+    pub cluster: Option<String>,
+    /// Only this bundle.
+    pub bundle: Option<String>,
+    /// Only this severity or worse.
+    pub min_severity: Severity,
+    /// Only ids above this.
+    pub after_id: u64,
+    /// At most this many, the newest.
+    pub limit: usize,
+}
+
+impl EventFilter {
+    /// Whether an event passes the filter (ignoring `limit`).
+    pub fn matches(&self, e: &StoredEvent) -> bool {
+        e.id > self.after_id
+            && self.cluster.as_ref().is_none_or(|c| *c == e.cluster)
+            && self.bundle.as_ref().is_none_or(|b| *b == e.event.bundle)
+            && e.event.severity >= self.min_severity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(b: &str) -> OutboxEntry {
+        OutboxEntry::Status(StatusRecord { bundle: b.into(), ..Default::default() })
+    }
+
+    #[test]
+    fn fresh_entries_skip_stored_and_duplicates() {
+        let entries = vec![(3, st("a")), (4, st("b")), (4, st("b")), (2, st("c")), (7, st("d"))];
+        let (last, keep) = fresh_entries(3, &entries);
+        assert_eq!(last, 7);
+        assert_eq!(keep, vec![1, 4]);
+        let (last, keep) = fresh_entries(9, &entries);
+        assert_eq!(last, 9);
+        assert!(keep.is_empty());
+    }
+
+    #[test]
+    fn certs_are_bounded_and_revocation_wins() {
+        let mut c = ClusterRecord { name: "a".into(), ..Default::default() };
+        c.add_cert(CertRef { serial: "01".into(), not_after_unix_ms: 100 }, 0, 2);
+        c.add_cert(CertRef { serial: "02".into(), not_after_unix_ms: 200 }, 0, 2);
+        c.add_cert(CertRef { serial: "03".into(), not_after_unix_ms: 300 }, 0, 2);
+        assert!(!c.honours("01", 10));
+        assert!(c.honours("02", 10));
+        assert!(c.honours("03", 250));
+        assert!(!c.honours("02", 250), "expired");
+        c.revoked = true;
+        assert!(!c.honours("03", 10));
+    }
+}

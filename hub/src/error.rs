@@ -1,0 +1,82 @@
+//! The one error type of convoy-hub.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the hub library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The hub or fleet configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A domain error from convoy-core (YAML, validation, names, selectors).
+    #[error(transparent)]
+    Core(#[from] convoy_core::Error),
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A socket or other I/O operation without a file failed.
+    #[error("{context}: {source}")]
+    Net {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The state store failed.
+    #[error("store: {0}")]
+    Store(String),
+    /// Certificates, keys or TLS set-up failed.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// Signing a statement failed.
+    #[error("signing: {0}")]
+    Signing(String),
+    /// A request was refused by domain rules (bad token, unknown cluster, ...).
+    #[error("{0}")]
+    Rejected(#[from] crate::domain::Rejection),
+    /// The source pipeline refused an action.
+    #[error("sources: {0}")]
+    Sources(String),
+    /// The hub is shutting down.
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    /// Wrap an I/O error with the file it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
+
+impl From<redb::Error> for Error {
+    fn from(e: redb::Error) -> Self {
+        Error::Store(e.to_string())
+    }
+}
+
+macro_rules! store_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Store(e.to_string())
+            }
+        }
+    )*};
+}
+store_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,96 @@
+//! `convoy.v1.Agent`: the Sync stream, artifact download and certificate renewal.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use convoy_proto::v1 as pb;
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::info;
+
+use super::{Core, status};
+
+/// Artifacts are streamed in chunks of this size.
+pub const CHUNK_SIZE: usize = 64 * 1024;
+
+/// The Agent service.
+pub struct AgentService {
+    core: Arc<Core>,
+}
+
+impl AgentService {
+    /// A service over `core`.
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::agent_server::Agent for AgentService {
+    type SyncStream = BoxStream<pb::HubMessage>;
+    type DownloadArtifactStream = BoxStream<pb::ArtifactChunk>;
+
+    async fn sync(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        let entry = self.core.agent(&req)?;
+        let out = crate::session::start(self.core.clone(), entry, req.into_inner()).await?;
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn download_artifact(
+        &self,
+        req: Request<pb::DownloadArtifactRequest>,
+    ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        let entry = self.core.agent(&req)?;
+        let pb::DownloadArtifactRequest { digest, offset } = req.into_inner();
+        if !entry.shared.desired().has_digest(&digest) {
+            return Err(Status::permission_denied(format!(
+                "cluster {:?} is not targeted by a bundle whose current artifact is {digest:?}",
+                entry.record.name
+            )));
+        }
+        let path = self
+            .core
+            .pipeline
+            .artifact_path(&digest)
+            .ok_or_else(|| Status::not_found(format!("artifact {digest:?} is not stored on the hub")))?;
+        let bytes = self.core.artifacts.get(&digest, &path).await.map_err(status)?;
+        let total = bytes.len() as u64;
+        if offset > total {
+            return Err(Status::out_of_range(format!(
+                "offset {offset} is past the artifact's {total} bytes"
+            )));
+        }
+        let metrics = self.core.metrics.clone();
+        let start = offset as usize;
+        let chunks = futures::stream::iter((start..bytes.len()).step_by(CHUNK_SIZE)).map(move |off| {
+            let end = (off + CHUNK_SIZE).min(bytes.len());
+            metrics.artifact_bytes_served.inc_by((end - off) as u64);
+            Ok(pb::ArtifactChunk {
+                offset: off as u64,
+                data: bytes.slice(off..end).to_vec(),
+                total_size: total,
+            })
+        });
+        Ok(Response::new(Box::pin(chunks)))
+    }
+
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let entry = self.core.agent(&req)?;
+        let csr = req.into_inner().csr_pem;
+        let cert = self.core.state.renew(entry.record.name.clone(), csr).await.map_err(status)?;
+        info!(cluster = %entry.record.name, "certificate renewed");
+        Ok(Response::new(pb::RenewCertificateResponse {
+            certificate_pem: cert.pem,
+            ca_pem: self.core.ca_pem.clone(),
+            not_after_unix_ms: cert.not_after_unix_ms,
+        }))
+    }
+}

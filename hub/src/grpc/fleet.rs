@@ -1,0 +1,487 @@
+//! `convoy.v1.Fleet`: operator queries answered from the in-memory indexes
+//! (events from the store's indexed log), and operator actions.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use convoy_core::selector::{LabelSelector, parse_labels};
+use convoy_core::status::{Condition, Phase};
+use convoy_proto::v1 as pb;
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, info, info_span};
+
+use super::convert::{
+    condition_to_pb, phase_to_pb, severity_from_pb, source_to_pb, status_to_pb, stored_event_to_pb,
+    summary_to_pb,
+};
+use super::{Core, rejection, status};
+use crate::domain::summary::{PhaseCounts, effective_phase};
+use crate::domain::{EventFilter, Rejection};
+use crate::metrics::RpcLabels;
+use crate::state::{ClusterEntry, FleetView, TokenInput};
+
+/// The Fleet service.
+pub struct FleetService {
+    core: Arc<Core>,
+}
+
+impl FleetService {
+    /// A service over `core`.
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
+    fn timed(&self, rpc: &'static str) -> Timer<'_> {
+        Timer { core: &self.core, rpc, start: Instant::now() }
+    }
+}
+
+struct Timer<'a> {
+    core: &'a Core,
+    rpc: &'static str,
+    start: Instant,
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        self.core
+            .metrics
+            .query_seconds
+            .get_or_create(&RpcLabels { rpc: self.rpc })
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+fn selector(s: &str) -> Result<LabelSelector, Status> {
+    let sel = LabelSelector::parse(s).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    sel.validate().map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(sel)
+}
+
+/// One fleet-matrix cell.
+fn cell(view: &FleetView, entry: &ClusterEntry, bundle: &str) -> pb::ClusterBundleStatus {
+    let desired = view.index.deployments.get(bundle);
+    let statuses = entry.shared.statuses();
+    let st = statuses.get(bundle);
+    let desired_generation = desired.map(|d| d.record.generation).unwrap_or(0);
+    pb::ClusterBundleStatus {
+        cluster: entry.record.name.clone(),
+        bundle: bundle.into(),
+        status: st.map(|s| status_to_pb(s)),
+        desired_generation,
+        desired_revision: desired.map(|d| d.record.revision.clone()).unwrap_or_default(),
+        updated_unix_ms: st.map(|s| s.updated_unix_ms).unwrap_or(0),
+        phase: phase_to_pb(effective_phase(desired_generation, st.map(|s| &**s))) as i32,
+    }
+}
+
+/// The bundles targeted at a cluster, as cells.
+fn cluster_cells(view: &FleetView, entry: &ClusterEntry) -> Vec<pb::ClusterBundleStatus> {
+    view.fleet
+        .bundles
+        .iter()
+        .filter(|(_, b)| b.spec.targets_cluster(&entry.record.name, &entry.record.labels))
+        .map(|(name, _)| cell(view, entry, name))
+        .collect()
+}
+
+fn count(cells: &[pb::ClusterBundleStatus]) -> PhaseCounts {
+    let mut c = PhaseCounts::default();
+    for cell in cells {
+        c.add(super::convert::phase_from_pb(cell.phase));
+    }
+    c
+}
+
+fn cluster_pb(entry: &ClusterEntry, cells: &[pb::ClusterBundleStatus]) -> pb::Cluster {
+    let r = &entry.record;
+    pb::Cluster {
+        name: r.name.clone(),
+        labels: r.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        connected: entry.shared.connected(),
+        last_seen_unix_ms: entry.shared.last_seen(),
+        agent_version: (*entry.shared.agent_version()).clone(),
+        bundles: Some(summary_to_pb(&count(cells))),
+        registered_unix_ms: r.registered_unix_ms,
+        certificate_not_after_unix_ms: r.cert_not_after(),
+        revoked: r.revoked,
+    }
+}
+
+/// The hub-side conditions of a bundle: its build.
+fn build_conditions(view: &FleetView, bundle: &str) -> Vec<Condition> {
+    let build = view.builds.get(bundle);
+    let record = view.records.get(bundle);
+    let mut out = Vec::new();
+    match (build.and_then(|b| b.error.as_ref()), record) {
+        (Some(err), _) => {
+            let keep = record.map(|r| format!(" (serving generation {})", r.generation)).unwrap_or_default();
+            let mut ready = Condition::new("Ready", false, &err.reason, format!("{}{keep}", err.message));
+            ready.last_transition_unix_ms = err.at_unix_ms;
+            let mut stalled = Condition::new("Stalled", true, &err.reason, err.message.clone());
+            stalled.last_transition_unix_ms = err.at_unix_ms;
+            out.push(ready);
+            out.push(stalled);
+        }
+        (None, Some(r)) => {
+            let mut ready = Condition::new(
+                "Ready",
+                true,
+                "Built",
+                format!("generation {} of {} ({})", r.generation, r.revision, r.digest),
+            );
+            ready.last_transition_unix_ms = r.created_unix_ms;
+            out.push(ready);
+        }
+        (None, None) => {
+            out.push(Condition::new("Ready", false, "Pending", "no artifact built yet"));
+            out.push(Condition::new("Reconciling", true, "Pending", "waiting for the first build"));
+        }
+    }
+    out
+}
+
+fn bundle_view(view: &FleetView, name: &str, sel: &LabelSelector) -> Option<pb::BundleView> {
+    let b = view.fleet.bundles.get(name)?;
+    let record = view.records.get(name);
+    let cells: Vec<_> = view
+        .clusters
+        .values()
+        .filter(|e| b.spec.targets_cluster(&e.record.name, &e.record.labels) && sel.matches(&e.record.labels))
+        .map(|e| cell(view, e, name))
+        .collect();
+    Some(pb::BundleView {
+        name: name.into(),
+        source: b.spec.source.clone(),
+        path: b.spec.path.clone(),
+        revision: record.map(|r| r.revision.clone()).unwrap_or_default(),
+        digest: record.map(|r| r.digest.clone()).unwrap_or_default(),
+        generation: record.map(|r| r.generation).unwrap_or(0),
+        suspended: b.spec.suspend || view.suspended.contains(name),
+        conditions: build_conditions(view, name).iter().map(condition_to_pb).collect(),
+        summary: Some(summary_to_pb(&count(&cells))),
+        clusters: cells,
+        depends_on: b.spec.depends_on.clone(),
+        size: record.map(|r| r.size).unwrap_or(0),
+    })
+}
+
+fn event_filter(r: &pb::ListEventsRequest) -> EventFilter {
+    EventFilter {
+        cluster: (!r.cluster.is_empty()).then(|| r.cluster.clone()),
+        bundle: (!r.bundle.is_empty()).then(|| r.bundle.clone()),
+        min_severity: severity_from_pb(r.min_severity),
+        after_id: r.after_id,
+        limit: if r.limit == 0 { 100 } else { (r.limit as usize).min(10_000) },
+    }
+}
+
+async fn list_events(core: &Core, f: EventFilter) -> Result<Vec<crate::domain::StoredEvent>, Status> {
+    let store = core.store.clone();
+    tokio::task::spawn_blocking(move || store.list_events(&f))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(status)
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::fleet_server::Fleet for FleetService {
+    type FollowEventsStream = BoxStream<pb::StoredEvent>;
+
+    async fn list_clusters(
+        &self,
+        req: Request<pb::ListClustersRequest>,
+    ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        let _t = self.timed("ListClusters");
+        self.core.admin(&req)?;
+        let sel = selector(&req.get_ref().label_selector)?;
+        let view = self.core.state.view();
+        let clusters = view
+            .clusters
+            .values()
+            .filter(|e| sel.matches(&e.record.labels))
+            .map(|e| cluster_pb(e, &cluster_cells(&view, e)))
+            .collect();
+        Ok(Response::new(pb::ListClustersResponse { clusters }))
+    }
+
+    async fn get_cluster(
+        &self,
+        req: Request<pb::GetClusterRequest>,
+    ) -> Result<Response<pb::ClusterDetail>, Status> {
+        let _t = self.timed("GetCluster");
+        self.core.admin(&req)?;
+        let name = &req.get_ref().name;
+        let view = self.core.state.view();
+        let e = view
+            .clusters
+            .get(name)
+            .ok_or_else(|| Status::not_found(format!("cluster {name:?} is not registered")))?;
+        let cells = cluster_cells(&view, e);
+        Ok(Response::new(pb::ClusterDetail { cluster: Some(cluster_pb(e, &cells)), bundles: cells }))
+    }
+
+    async fn list_bundles(
+        &self,
+        req: Request<pb::ListBundlesRequest>,
+    ) -> Result<Response<pb::ListBundlesResponse>, Status> {
+        let _t = self.timed("ListBundles");
+        self.core.admin(&req)?;
+        let r = req.get_ref();
+        let sel = selector(&r.cluster_selector)?;
+        let phase = match r.phase.trim() {
+            "" => None,
+            p => Some(
+                Phase::parse(p).ok_or_else(|| Status::invalid_argument(format!("unknown phase {p:?}")))?,
+            ),
+        };
+        let view = self.core.state.view();
+        let bundles = view
+            .fleet
+            .bundles
+            .keys()
+            .filter_map(|n| bundle_view(&view, n, &sel))
+            .filter(|b| {
+                phase.is_none_or(|p| b.clusters.iter().any(|c| super::convert::phase_from_pb(c.phase) == p))
+            })
+            .collect();
+        Ok(Response::new(pb::ListBundlesResponse { bundles }))
+    }
+
+    async fn get_bundle(
+        &self,
+        req: Request<pb::GetBundleRequest>,
+    ) -> Result<Response<pb::BundleView>, Status> {
+        let _t = self.timed("GetBundle");
+        self.core.admin(&req)?;
+        let r = req.get_ref();
+        let sel = selector(&r.cluster_selector)?;
+        let view = self.core.state.view();
+        bundle_view(&view, &r.name, &sel)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("bundle {:?} is not in the fleet config", r.name)))
+    }
+
+    async fn list_sources(
+        &self,
+        req: Request<pb::ListSourcesRequest>,
+    ) -> Result<Response<pb::ListSourcesResponse>, Status> {
+        let _t = self.timed("ListSources");
+        self.core.admin(&req)?;
+        let statuses = self.core.pipeline.statuses().borrow().clone();
+        let view = self.core.state.view();
+        let mut sources: Vec<pb::SourceView> = statuses.values().map(source_to_pb).collect();
+        // Sources in the config that the pipeline has not reported on yet.
+        for (name, s) in &view.fleet.sources {
+            if !statuses.contains_key(name) {
+                sources.push(pb::SourceView {
+                    name: name.clone(),
+                    url: s.spec.url.clone(),
+                    suspended: s.spec.suspend,
+                    interval_seconds: u32::try_from(s.spec.interval.get().as_secs()).unwrap_or(u32::MAX),
+                    conditions: vec![condition_to_pb(&Condition::new(
+                        "Ready",
+                        false,
+                        "Pending",
+                        "not fetched yet",
+                    ))],
+                    ..Default::default()
+                });
+            }
+        }
+        sources.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(pb::ListSourcesResponse { sources }))
+    }
+
+    async fn list_events(
+        &self,
+        req: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let _t = self.timed("ListEvents");
+        self.core.admin(&req)?;
+        let events = list_events(&self.core, event_filter(req.get_ref())).await?;
+        Ok(Response::new(pb::ListEventsResponse { events: events.iter().map(stored_event_to_pb).collect() }))
+    }
+
+    async fn follow_events(
+        &self,
+        req: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<Self::FollowEventsStream>, Status> {
+        self.core.admin(&req)?;
+        let filter = event_filter(req.get_ref());
+        // Subscribe first, then read the backlog: nothing falls in between.
+        let mut sub = self.core.events.subscribe();
+        let backlog = list_events(&self.core, filter.clone()).await?;
+        let (tx, rx) = mpsc::channel(64);
+        let core = self.core.clone();
+        tokio::spawn(
+            async move {
+                let mut last = filter.after_id;
+                for e in backlog {
+                    last = last.max(e.id);
+                    if tx.send(Ok(stored_event_to_pb(&e))).await.is_err() {
+                        return;
+                    }
+                }
+                loop {
+                    let e = tokio::select! {
+                        _ = core.drain.cancelled() => {
+                            let _ = tx.send(Err(Status::unavailable("the hub is shutting down"))).await;
+                            return;
+                        }
+                        _ = tx.closed() => return,
+                        r = sub.recv() => r,
+                    };
+                    let batch = match e {
+                        Ok(e) => vec![(*e).clone()],
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            // Too slow for the live feed: catch up from the store.
+                            let f = EventFilter { after_id: last, limit: 10_000, ..filter.clone() };
+                            match list_events(&core, f).await {
+                                Ok(v) => v,
+                                Err(s) => {
+                                    let _ = tx.send(Err(s)).await;
+                                    return;
+                                }
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    for e in batch {
+                        if e.id <= last || !(EventFilter { after_id: last, ..filter.clone() }).matches(&e) {
+                            continue;
+                        }
+                        last = e.id;
+                        if tx.send(Ok(stored_event_to_pb(&e))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            .instrument(info_span!("follow_events")),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn reconcile(&self, req: Request<pb::ObjectRef>) -> Result<Response<pb::ActionResponse>, Status> {
+        let _t = self.timed("Reconcile");
+        self.core.admin(&req)?;
+        let r = req.into_inner();
+        let source = match pb::ObjectKind::try_from(r.kind).unwrap_or(pb::ObjectKind::Unspecified) {
+            pb::ObjectKind::Source => r.name.clone(),
+            pb::ObjectKind::Bundle => {
+                let view = self.core.state.view();
+                let b = view.fleet.bundles.get(&r.name).ok_or_else(|| {
+                    Status::not_found(format!("bundle {:?} is not in the fleet config", r.name))
+                })?;
+                b.spec.source.clone()
+            }
+            pb::ObjectKind::Unspecified => {
+                return Err(Status::invalid_argument("kind must be source or bundle"));
+            }
+        };
+        self.core.pipeline.reconcile(&source).map_err(status)?;
+        info!(source = %source, "reconcile requested");
+        Ok(Response::new(pb::ActionResponse { message: format!("source {source} will be fetched now") }))
+    }
+
+    async fn suspend(&self, req: Request<pb::ObjectRef>) -> Result<Response<pb::ActionResponse>, Status> {
+        let _t = self.timed("Suspend");
+        self.core.admin(&req)?;
+        self.suspend_resume(req.into_inner(), true).await
+    }
+
+    async fn resume(&self, req: Request<pb::ObjectRef>) -> Result<Response<pb::ActionResponse>, Status> {
+        let _t = self.timed("Resume");
+        self.core.admin(&req)?;
+        self.suspend_resume(req.into_inner(), false).await
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let _t = self.timed("CreateToken");
+        self.core.admin(&req)?;
+        let r = req.into_inner();
+        let labels = parse_labels(
+            r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().iter().map(|s| s.as_str()),
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let out = self
+            .core
+            .state
+            .create_token(TokenInput {
+                cluster: (!r.cluster.is_empty()).then_some(r.cluster),
+                labels,
+                ttl: Duration::from_secs(r.ttl_seconds),
+                single_use: r.single_use,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: out.token,
+            token_id: out.id,
+            expires_unix_ms: out.expires_unix_ms,
+        }))
+    }
+
+    async fn revoke_cluster(
+        &self,
+        req: Request<pb::RevokeClusterRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let _t = self.timed("RevokeCluster");
+        self.core.admin(&req)?;
+        let name = req.into_inner().name;
+        self.core.state.revoke(name.clone()).await.map_err(status)?;
+        Ok(Response::new(pb::ActionResponse {
+            message: format!("cluster {name} revoked; its certificates no longer work"),
+        }))
+    }
+
+    async fn set_cluster_labels(
+        &self,
+        req: Request<pb::SetClusterLabelsRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let _t = self.timed("SetClusterLabels");
+        self.core.admin(&req)?;
+        let r = req.into_inner();
+        self.core.state.set_labels(r.name.clone(), r.labels.into_iter().collect()).await.map_err(status)?;
+        Ok(Response::new(pb::ActionResponse {
+            message: format!("labels of cluster {} replaced; bundles re-targeted", r.name),
+        }))
+    }
+}
+
+impl FleetService {
+    async fn suspend_resume(
+        &self,
+        r: pb::ObjectRef,
+        suspend: bool,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let verb = if suspend { "suspended" } else { "resumed" };
+        match pb::ObjectKind::try_from(r.kind).unwrap_or(pb::ObjectKind::Unspecified) {
+            pb::ObjectKind::Bundle => {
+                self.core.state.set_suspended(r.name.clone(), suspend).await.map_err(status)?;
+                Ok(Response::new(pb::ActionResponse { message: format!("bundle {} {verb}", r.name) }))
+            }
+            pb::ObjectKind::Source => {
+                if !self.core.state.view().fleet.sources.contains_key(&r.name) {
+                    return Err(rejection(Rejection::NotFound(format!(
+                        "source {:?} is not in the fleet config",
+                        r.name
+                    ))));
+                }
+                self.core.pipeline.set_suspended(&r.name, suspend).map_err(status)?;
+                Ok(Response::new(pb::ActionResponse { message: format!("source {} {verb}", r.name) }))
+            }
+            pb::ObjectKind::Unspecified => Err(Status::invalid_argument("kind must be source or bundle")),
+        }
+    }
+}

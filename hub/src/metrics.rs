@@ -1,0 +1,150 @@
+//! Prometheus metrics of the hub, served on the metrics port at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of stream message counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageLabels {
+    /// `in` (agent to hub) or `out` (hub to agent).
+    pub direction: &'static str,
+    /// hello, status, event, heartbeat, snapshot, update, ack.
+    pub kind: &'static str,
+}
+
+/// Labels of per-RPC metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// The RPC name.
+    pub rpc: &'static str,
+}
+
+/// Labels of results.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// ok or an error kind.
+    pub result: &'static str,
+}
+
+/// Every hub metric.
+pub struct Metrics {
+    /// The registry they are registered in.
+    pub registry: Registry,
+    /// Agents holding a Sync stream.
+    pub connected_agents: Gauge,
+    /// Sync stream messages.
+    pub stream_messages: Family<MessageLabels, Counter>,
+    /// Messages waiting in per-agent send queues, summed.
+    pub send_queue_depth: Gauge,
+    /// Desired-state updates sent (snapshot or incremental).
+    pub desired_pushes: Counter,
+    /// Fleet query latency.
+    pub query_seconds: Family<RpcLabels, Histogram>,
+    /// Artifact bytes served by DownloadArtifact.
+    pub artifact_bytes_served: Counter,
+    /// Registrations by result.
+    pub registrations: Family<ResultLabels, Counter>,
+    /// Store commit latency.
+    pub store_commit_seconds: Histogram,
+    /// Writes per store commit (group commit size).
+    pub store_commit_writes: Histogram,
+    /// Signed bundle generations created.
+    pub generations_created: Counter,
+    /// Fleet config reloads by result.
+    pub config_reloads: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("convoy_hub");
+        let connected_agents = Gauge::default();
+        registry.register("connected_agents", "Agents holding a Sync stream", connected_agents.clone());
+        let stream_messages = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "stream_messages",
+            "Sync stream messages by direction and kind",
+            stream_messages.clone(),
+        );
+        let send_queue_depth = Gauge::default();
+        registry.register(
+            "send_queue_depth",
+            "Messages queued to agents, summed over streams",
+            send_queue_depth.clone(),
+        );
+        let desired_pushes = Counter::default();
+        registry.register(
+            "desired_pushes",
+            "Desired-state snapshots and updates sent to agents",
+            desired_pushes.clone(),
+        );
+        let query_seconds = Family::<RpcLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+        });
+        registry.register("query_duration_seconds", "Fleet RPC latency", query_seconds.clone());
+        let artifact_bytes_served = Counter::default();
+        registry.register(
+            "artifact_bytes_served",
+            "Artifact bytes sent by DownloadArtifact",
+            artifact_bytes_served.clone(),
+        );
+        let registrations = Family::<ResultLabels, Counter>::default();
+        registry.register("registrations", "Cluster registrations by result", registrations.clone());
+        let store_commit_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register(
+            "store_commit_duration_seconds",
+            "State store commit latency",
+            store_commit_seconds.clone(),
+        );
+        let store_commit_writes = Histogram::new(exponential_buckets(1.0, 4.0, 8));
+        registry.register(
+            "store_commit_writes",
+            "Writes grouped into one store commit",
+            store_commit_writes.clone(),
+        );
+        let generations_created = Counter::default();
+        registry.register(
+            "generations_created",
+            "Signed bundle generations created",
+            generations_created.clone(),
+        );
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("config_reloads", "Fleet config reloads by result", config_reloads.clone());
+        Self {
+            registry,
+            connected_agents,
+            stream_messages,
+            send_queue_depth,
+            desired_pushes,
+            query_seconds,
+            artifact_bytes_served,
+            registrations,
+            store_commit_seconds,
+            store_commit_writes,
+            generations_created,
+            config_reloads,
+        }
+    }
+
+    /// Count a stream message.
+    pub fn message(&self, direction: &'static str, kind: &'static str) {
+        self.stream_messages.get_or_create(&MessageLabels { direction, kind }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

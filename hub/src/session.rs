@@ -1,0 +1,316 @@
+//! One agent's Sync stream: Hello, then the ack and the desired-state snapshot;
+//! then outbox entries in, stored in batches and acknowledged, and
+//! desired-state updates out whenever the cluster's desired set changes.
+//!
+//! Flow control: each session owns a small bounded queue toward its agent.
+//! Desired state is read through the cluster's `watch`, which keeps only the
+//! latest value; while the agent is slow to read, changes collapse into one
+//! diff against what was last sent. A slow agent therefore holds a few
+//! messages of memory and never slows the fan-out to others.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use convoy_proto::v1 as pb;
+use convoy_proto::v1::agent_message::Msg as In;
+use convoy_proto::v1::hub_message::Msg as Out;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::domain::desired::{ClusterDesired, diff};
+use crate::domain::{AgentBatch, OutboxEntry, StatusRecord};
+use crate::grpc::Core;
+use crate::grpc::convert::{deployment_to_pb, event_from_pb, status_from_pb};
+use crate::state::{ClusterEntry, ClusterShared};
+use crate::store::{Write, WriteOutcome};
+use crate::{Result, now_ms};
+
+/// Entries received but not yet submitted are bounded; past this the session
+/// stops reading from the agent until the store catches up.
+const MAX_PENDING: usize = 1024;
+
+type Reply = Result<pb::HubMessage, Status>;
+
+/// Validate the Hello, send the ack and snapshot, and start the session task.
+pub async fn start(
+    core: Arc<Core>,
+    entry: ClusterEntry,
+    mut inbound: Streaming<pb::AgentMessage>,
+) -> std::result::Result<ReceiverStream<Reply>, Status> {
+    let name = entry.record.name.clone();
+    let hello = match tokio::time::timeout(core.sessions.hello_timeout, inbound.message()).await {
+        Ok(Ok(Some(pb::AgentMessage { msg: Some(In::Hello(h)) }))) => h,
+        Ok(Ok(Some(_))) => {
+            return Err(Status::invalid_argument("the first message on a Sync stream must be Hello"));
+        }
+        Ok(Ok(None)) => return Err(Status::cancelled("the stream closed before Hello")),
+        Ok(Err(s)) => return Err(s),
+        Err(_) => return Err(Status::deadline_exceeded("no Hello in time")),
+    };
+    core.metrics.message("in", "hello");
+    let shared = entry.shared.clone();
+    let now = now_ms();
+    shared.set_agent_version(&hello.agent_version);
+    shared.touch(now);
+    let epoch = hello.outbox_epoch;
+    let store = core.store.clone();
+    let n = name.clone();
+    let acked = tokio::task::spawn_blocking(move || store.last_seq(&n, epoch))
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(crate::grpc::status)?;
+
+    // What the agent says it has applied fills cells the hub knows nothing about.
+    let statuses = shared.statuses();
+    let seeds: Vec<StatusRecord> = hello
+        .applied
+        .iter()
+        .filter(|a| !a.bundle.is_empty() && !statuses.contains_key(&a.bundle))
+        .map(|a| StatusRecord {
+            bundle: a.bundle.clone(),
+            generation: a.generation,
+            revision: a.revision.clone(),
+            digest: a.digest.clone(),
+            applied_generation: a.generation,
+            applied_revision: a.revision.clone(),
+            message: "applied (reported at connect)".into(),
+            ..Default::default()
+        })
+        .collect();
+    if !seeds.is_empty() {
+        let _ =
+            core.writer.submit(vec![Write::SeedStatuses { cluster: name.clone(), statuses: seeds }]).await;
+    }
+
+    let (tx, rx) = mpsc::channel(core.sessions.send_queue.max(2));
+    let mut desired = shared.subscribe_desired();
+    let snapshot = desired.borrow_and_update().clone();
+    let _ = tx.try_send(Ok(ack(acked)));
+    let _ = tx.try_send(Ok(snapshot_msg(&snapshot)));
+    core.metrics.message("out", "ack");
+    core.metrics.message("out", "snapshot");
+    core.metrics.desired_pushes.inc();
+
+    let token = core.drain.child_token();
+    let id = shared.begin_session(token.clone());
+    core.metrics.connected_agents.inc();
+    info!(cluster = %name, epoch, acked, bundles = snapshot.bundles.len(), agent_version = %hello.agent_version, "agent connected");
+    let session = Session {
+        core: core.clone(),
+        shared,
+        name: name.clone(),
+        epoch,
+        last_sent: snapshot,
+        stored_seq: acked,
+        received_seq: acked,
+        pending: Vec::new(),
+        queue_depth: 0,
+    };
+    tokio::spawn(
+        async move {
+            let reason = session.run(inbound, tx, desired, token, id).await;
+            debug!(reason, "sync session ended");
+        }
+        .instrument(info_span!("sync", cluster = %name)),
+    );
+    Ok(ReceiverStream::new(rx))
+}
+
+fn ack(seq: u64) -> pb::HubMessage {
+    pb::HubMessage { msg: Some(Out::Ack(pb::Ack { acked_seq: seq })) }
+}
+
+fn snapshot_msg(d: &ClusterDesired) -> pb::HubMessage {
+    pb::HubMessage {
+        msg: Some(Out::Snapshot(pb::DesiredState {
+            version: d.version,
+            bundles: d.bundles.values().map(|b| deployment_to_pb(b)).collect(),
+        })),
+    }
+}
+
+struct Session {
+    core: Arc<Core>,
+    shared: Arc<ClusterShared>,
+    name: String,
+    epoch: u64,
+    last_sent: Arc<ClusterDesired>,
+    /// The highest seq the store holds (the last ack).
+    stored_seq: u64,
+    /// The highest seq accepted into `pending` or stored.
+    received_seq: u64,
+    pending: Vec<(u64, OutboxEntry)>,
+    queue_depth: i64,
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<pb::AgentMessage>,
+        tx: mpsc::Sender<Reply>,
+        mut desired: watch::Receiver<Arc<ClusterDesired>>,
+        token: CancellationToken,
+        id: u64,
+    ) -> &'static str {
+        let mut out: VecDeque<pb::HubMessage> = VecDeque::new();
+        let mut inflight: Option<oneshot::Receiver<Result<Vec<WriteOutcome>>>> = None;
+        let mut dirty = false;
+        let idle = self.core.sessions.idle_timeout;
+        let mut last_heard = Instant::now();
+        let reason = loop {
+            self.track_queue(&tx, out.len());
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => break self.close_reason(&tx).await,
+                r = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
+                    inflight = None;
+                    match r {
+                        Ok(Ok(outcomes)) => {
+                            if let Some(WriteOutcome::Batch(b)) = outcomes.into_iter().next() {
+                                self.stored_seq = b.acked_seq;
+                                out.push_back(ack(b.acked_seq));
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "cannot store agent reports; closing the stream so the agent resends");
+                            let _ = tx.send(Err(Status::unavailable("the hub cannot store reports right now"))).await;
+                            break "store failed";
+                        }
+                        Err(_) => break "hub shutting down",
+                    }
+                    if !self.pending.is_empty() {
+                        inflight = Some(self.submit().await);
+                    }
+                }
+                permit = tx.reserve(), if !out.is_empty() || dirty => {
+                    let Ok(permit) = permit else { break "agent went away" };
+                    if let Some(m) = out.pop_front() {
+                        self.core.metrics.message("out", "ack");
+                        permit.send(Ok(m));
+                    } else {
+                        dirty = false;
+                        let cur = desired.borrow_and_update().clone();
+                        let d = diff(&self.last_sent.bundles, &cur.bundles);
+                        self.last_sent = cur.clone();
+                        if !d.is_empty() {
+                            self.core.metrics.message("out", "update");
+                            self.core.metrics.desired_pushes.inc();
+                            permit.send(Ok(pb::HubMessage { msg: Some(Out::Update(pb::DesiredStateUpdate {
+                                version: cur.version,
+                                upserts: d.upserts.iter().map(|b| deployment_to_pb(b)).collect(),
+                                removed: d.removed,
+                            }))}));
+                        }
+                    }
+                }
+                changed = desired.changed(), if !dirty => {
+                    if changed.is_err() {
+                        break "cluster removed";
+                    }
+                    dirty = true;
+                }
+                msg = inbound.message(), if self.pending.len() < MAX_PENDING => {
+                    last_heard = Instant::now();
+                    match msg {
+                        Ok(Some(m)) => {
+                            self.shared.touch(now_ms());
+                            match self.on_message(m) {
+                                Ok(Some(dup_ack)) if inflight.is_none() && self.pending.is_empty() => out.push_back(ack(dup_ack)),
+                                Ok(_) => {}
+                                Err(s) => {
+                                    let _ = tx.send(Err(s)).await;
+                                    break "protocol error";
+                                }
+                            }
+                            if inflight.is_none() && !self.pending.is_empty() {
+                                inflight = Some(self.submit().await);
+                            }
+                        }
+                        Ok(None) => break "agent closed the stream",
+                        Err(s) => {
+                            debug!(error = %s, "agent stream error");
+                            break "agent stream error";
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(last_heard + idle) => {
+                    warn!(idle_secs = idle.as_secs(), "no message from the agent; closing the stream");
+                    break "idle timeout";
+                }
+            }
+        };
+        self.track_queue(&tx, 0);
+        self.shared.touch(now_ms());
+        self.shared.end_session(id);
+        self.core.metrics.connected_agents.dec();
+        info!(cluster = %self.name, reason, "agent disconnected");
+        reason
+    }
+
+    /// Account this session's queued messages in the global gauge.
+    fn track_queue(&mut self, tx: &mpsc::Sender<Reply>, out_len: usize) {
+        let depth = (tx.max_capacity() - tx.capacity() + out_len) as i64;
+        if depth != self.queue_depth {
+            self.core.metrics.send_queue_depth.inc_by(depth - self.queue_depth);
+            self.queue_depth = depth;
+        }
+    }
+
+    async fn close_reason(&self, tx: &mpsc::Sender<Reply>) -> &'static str {
+        let (status, reason) = if self.core.drain.is_cancelled() {
+            (Status::unavailable("the hub is shutting down; reconnect later"), "hub draining")
+        } else if self.core.state.view().clusters.get(&self.name).is_none_or(|e| e.record.revoked) {
+            (Status::permission_denied(format!("cluster {:?} was revoked", self.name)), "revoked")
+        } else {
+            (Status::aborted("replaced by a newer Sync stream of the same cluster"), "replaced")
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Err(status))).await;
+        reason
+    }
+
+    /// Handle one agent message. Returns `Some(seq)` when the message was a
+    /// duplicate that needs only a re-ack.
+    fn on_message(&mut self, m: pb::AgentMessage) -> std::result::Result<Option<u64>, Status> {
+        let (seq, entry) = match m.msg {
+            Some(In::Status(s)) => {
+                self.core.metrics.message("in", "status");
+                let st = s.status.ok_or_else(|| Status::invalid_argument("StatusReport without status"))?;
+                if st.bundle.is_empty() {
+                    return Err(Status::invalid_argument("StatusReport.status.bundle is empty"));
+                }
+                (s.seq, OutboxEntry::Status(status_from_pb(&st)))
+            }
+            Some(In::Event(e)) => {
+                self.core.metrics.message("in", "event");
+                let ev = e.event.ok_or_else(|| Status::invalid_argument("EventReport without event"))?;
+                (e.seq, OutboxEntry::Event(event_from_pb(&ev)))
+            }
+            Some(In::Heartbeat(_)) => {
+                self.core.metrics.message("in", "heartbeat");
+                return Ok(None);
+            }
+            Some(In::Hello(_)) => {
+                return Err(Status::invalid_argument("Hello may only be the first message"));
+            }
+            None => return Err(Status::invalid_argument("empty AgentMessage")),
+        };
+        if seq <= self.received_seq {
+            // Already stored or queued: acknowledged cumulatively.
+            return Ok(Some(self.stored_seq));
+        }
+        self.received_seq = seq;
+        self.pending.push((seq, entry));
+        Ok(None)
+    }
+
+    async fn submit(&mut self) -> oneshot::Receiver<Result<Vec<WriteOutcome>>> {
+        let entries = std::mem::take(&mut self.pending);
+        let batch = AgentBatch { cluster: self.name.clone(), epoch: self.epoch, entries };
+        self.core.writer.submit(vec![Write::AgentBatch(batch)]).await
+    }
+}

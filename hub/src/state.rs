@@ -1,0 +1,869 @@
+//! The fleet state actor: the one writer of clusters, tokens, signed bundle
+//! generations and the desired-state index.
+//!
+//! It applies operator and registration commands, turns new builds into signed
+//! generations, re-targets bundles when the fleet config, a cluster's labels or
+//! the set of clusters changes, and publishes:
+//! - a [`FleetView`] snapshot through a `watch` (authorization and queries read it);
+//! - per cluster, an `Arc<ClusterDesired>` through that cluster's own `watch`,
+//!   so a change wakes only the sessions of the clusters it concerns.
+//!
+//! Writes go to the store writer; replies are sent once they are committed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use convoy_artifact::{SigningKey, Statement};
+use convoy_core::config::FleetConfig;
+use convoy_core::identity::{Identity, validate_name};
+use convoy_core::pipeline::BundleBuildState;
+use convoy_core::selector::Labels;
+use convoy_core::status::Severity;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::domain::desired::{ClusterDesired, DesiredIndex, next_generation, same_bundles};
+use crate::domain::tokens::{self, check_registration};
+use crate::domain::{
+    CertRef, ClusterRecord, DeploymentRecord, EventRecord, HUB_EVENT_SOURCE, Liveness, Rejection,
+    StatusRecord, TokenRecord,
+};
+use crate::metrics::Metrics;
+use crate::pipeline::Builds;
+use crate::pki::{Ca, IssuedCert};
+use crate::store::{Loaded, Write};
+use crate::writer::WriterHandle;
+use crate::{Error, Result, now_ms};
+
+/// How many certificates of one cluster stay valid at once (renewal overlap).
+const CERTS_KEPT: usize = 3;
+
+/// Live state of one cluster shared by its sessions, the writer and queries.
+pub struct ClusterShared {
+    name: String,
+    streams: AtomicU32,
+    last_seen_ms: AtomicI64,
+    agent_version: ArcSwap<String>,
+    statuses: ArcSwap<BTreeMap<String, Arc<StatusRecord>>>,
+    desired: watch::Sender<Arc<ClusterDesired>>,
+    session: Mutex<Option<(u64, CancellationToken)>>,
+    liveness_dirty: AtomicBool,
+}
+
+impl ClusterShared {
+    fn new(name: &str, liveness: Liveness) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            streams: AtomicU32::new(0),
+            last_seen_ms: AtomicI64::new(liveness.last_seen_unix_ms),
+            agent_version: ArcSwap::from_pointee(liveness.agent_version),
+            statuses: ArcSwap::from_pointee(BTreeMap::new()),
+            desired: watch::Sender::new(Arc::default()),
+            session: Mutex::new(None),
+            liveness_dirty: AtomicBool::new(false),
+        })
+    }
+
+    /// The cluster name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether an agent holds a Sync stream.
+    pub fn connected(&self) -> bool {
+        self.streams.load(Ordering::Relaxed) > 0
+    }
+
+    /// When the hub last heard from the agent (Unix ms).
+    pub fn last_seen(&self) -> i64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    /// The agent version reported last.
+    pub fn agent_version(&self) -> Arc<String> {
+        self.agent_version.load_full()
+    }
+
+    /// The last status of each bundle on this cluster.
+    pub fn statuses(&self) -> Arc<BTreeMap<String, Arc<StatusRecord>>> {
+        self.statuses.load_full()
+    }
+
+    /// Store committed statuses in the index (store writer only).
+    pub(crate) fn put_statuses(&self, statuses: &[StatusRecord]) {
+        let mut m = (*self.statuses.load_full()).clone();
+        for s in statuses {
+            m.insert(s.bundle.clone(), Arc::new(s.clone()));
+        }
+        self.statuses.store(Arc::new(m));
+    }
+
+    /// Subscribe to this cluster's desired state.
+    pub fn subscribe_desired(&self) -> watch::Receiver<Arc<ClusterDesired>> {
+        self.desired.subscribe()
+    }
+
+    /// The current desired state.
+    pub fn desired(&self) -> Arc<ClusterDesired> {
+        self.desired.borrow().clone()
+    }
+
+    /// Record that the agent was heard from now.
+    pub fn touch(&self, now: i64) {
+        self.last_seen_ms.store(now, Ordering::Relaxed);
+        self.liveness_dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Record the agent version.
+    pub fn set_agent_version(&self, v: &str) {
+        if **self.agent_version.load() != v {
+            self.agent_version.store(Arc::new(v.to_string()));
+            self.liveness_dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn take_liveness_dirty(&self) -> bool {
+        self.liveness_dirty.swap(false, Ordering::Relaxed)
+    }
+
+    pub(crate) fn liveness(&self) -> Liveness {
+        Liveness { last_seen_unix_ms: self.last_seen(), agent_version: (*self.agent_version()).clone() }
+    }
+
+    /// A Sync session starts: the previous one of this cluster (a half-dead
+    /// connection the agent gave up on) is closed. Returns the session id.
+    pub(crate) fn begin_session(&self, token: CancellationToken) -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        if let Some((_, old)) = self.session.lock().replace((id, token)) {
+            old.cancel();
+        }
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        id
+    }
+
+    /// A Sync session ended.
+    pub(crate) fn end_session(&self, id: u64) {
+        let mut s = self.session.lock();
+        if s.as_ref().is_some_and(|(cur, _)| *cur == id) {
+            *s = None;
+        }
+        drop(s);
+        self.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Close every open session of this cluster (revocation).
+    pub(crate) fn kill_sessions(&self) {
+        if let Some((_, t)) = self.session.lock().take() {
+            t.cancel();
+        }
+    }
+}
+
+/// A registered cluster: its stored record and its live state.
+#[derive(Clone)]
+pub struct ClusterEntry {
+    /// The stored record.
+    pub record: Arc<ClusterRecord>,
+    /// Live state.
+    pub shared: Arc<ClusterShared>,
+}
+
+/// A consistent snapshot of the fleet, published by the state actor.
+#[derive(Clone, Default)]
+pub struct FleetView {
+    /// The fleet config in force.
+    pub fleet: Arc<FleetConfig>,
+    /// Registered clusters by name.
+    pub clusters: Arc<BTreeMap<String, ClusterEntry>>,
+    /// Bundles with a signed generation, with their apply options.
+    pub index: Arc<DesiredIndex>,
+    /// The current signed generation of every bundle ever built.
+    pub records: Arc<BTreeMap<String, Arc<DeploymentRecord>>>,
+    /// The latest builds.
+    pub builds: Builds,
+    /// Bundles suspended by an operator.
+    pub suspended: Arc<BTreeSet<String>>,
+}
+
+/// A registration request, converted from the proto at the edge.
+#[derive(Debug, Clone)]
+pub struct RegisterInput {
+    /// The bootstrap token.
+    pub token: String,
+    /// The requested cluster name.
+    pub cluster: String,
+    /// Labels the agent reports.
+    pub labels: Labels,
+    /// The agent's CSR, PEM.
+    pub csr_pem: String,
+    /// The agent version.
+    pub agent_version: String,
+}
+
+/// A successful registration.
+#[derive(Debug, Clone)]
+pub struct RegisterOutput {
+    /// The new certificate.
+    pub cert: IssuedCert,
+    /// The labels recorded.
+    pub labels: Labels,
+}
+
+/// A token to create.
+#[derive(Debug, Clone, Default)]
+pub struct TokenInput {
+    /// The only cluster name it registers, if set.
+    pub cluster: Option<String>,
+    /// Labels given at registration.
+    pub labels: Labels,
+    /// Lifetime.
+    pub ttl: Duration,
+    /// Works once only.
+    pub single_use: bool,
+}
+
+/// A created token.
+#[derive(Debug, Clone)]
+pub struct TokenOutput {
+    /// The secret token, shown once.
+    pub token: String,
+    /// Its public id.
+    pub id: String,
+    /// When it expires (Unix ms).
+    pub expires_unix_ms: i64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum Cmd {
+    Register(RegisterInput, Reply<RegisterOutput>),
+    Renew { cluster: String, csr_pem: String, reply: Reply<IssuedCert> },
+    Revoke { cluster: String, reply: Reply<()> },
+    SetLabels { cluster: String, labels: Labels, reply: Reply<()> },
+    SetSuspended { bundle: String, suspended: bool, reply: Reply<()> },
+    CreateToken(TokenInput, Reply<TokenOutput>),
+    SetFleet(Arc<FleetConfig>, Option<Reply<()>>),
+}
+
+/// Sends commands to the state actor.
+#[derive(Clone)]
+pub struct StateHandle {
+    tx: mpsc::Sender<Cmd>,
+    view: watch::Receiver<Arc<FleetView>>,
+}
+
+impl StateHandle {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| Error::ShuttingDown)?;
+        rx.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// The current fleet view.
+    pub fn view(&self) -> Arc<FleetView> {
+        self.view.borrow().clone()
+    }
+
+    /// Subscribe to fleet view changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<FleetView>> {
+        self.view.clone()
+    }
+
+    /// Register a cluster with a bootstrap token.
+    pub async fn register(&self, input: RegisterInput) -> Result<RegisterOutput> {
+        self.call(|r| Cmd::Register(input, r)).await
+    }
+
+    /// Renew a cluster's certificate.
+    pub async fn renew(&self, cluster: String, csr_pem: String) -> Result<IssuedCert> {
+        self.call(|reply| Cmd::Renew { cluster, csr_pem, reply }).await
+    }
+
+    /// Revoke a cluster.
+    pub async fn revoke(&self, cluster: String) -> Result<()> {
+        self.call(|reply| Cmd::Revoke { cluster, reply }).await
+    }
+
+    /// Replace a cluster's labels.
+    pub async fn set_labels(&self, cluster: String, labels: Labels) -> Result<()> {
+        self.call(|reply| Cmd::SetLabels { cluster, labels, reply }).await
+    }
+
+    /// Suspend or resume a bundle.
+    pub async fn set_suspended(&self, bundle: String, suspended: bool) -> Result<()> {
+        self.call(|reply| Cmd::SetSuspended { bundle, suspended, reply }).await
+    }
+
+    /// Create a bootstrap token.
+    pub async fn create_token(&self, input: TokenInput) -> Result<TokenOutput> {
+        self.call(|r| Cmd::CreateToken(input, r)).await
+    }
+
+    /// Replace the fleet config and wait until it is in force.
+    pub async fn set_fleet(&self, fleet: Arc<FleetConfig>) -> Result<()> {
+        self.call(|r| Cmd::SetFleet(fleet, Some(r))).await
+    }
+}
+
+/// What the actor needs to start.
+pub struct StateDeps {
+    /// The CA.
+    pub ca: Arc<Ca>,
+    /// The statement signing key.
+    pub signer: Arc<SigningKey>,
+    /// The store writer.
+    pub writer: WriterHandle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Lifetime of cluster certificates.
+    pub cluster_cert_ttl: Duration,
+}
+
+struct Actor {
+    fleet: Arc<FleetConfig>,
+    builds: Builds,
+    records: Arc<BTreeMap<String, Arc<DeploymentRecord>>>,
+    suspended: Arc<BTreeSet<String>>,
+    index: Arc<DesiredIndex>,
+    clusters: Arc<BTreeMap<String, ClusterEntry>>,
+    tokens: HashMap<String, TokenRecord>,
+    version: u64,
+    reported_errors: HashMap<String, String>,
+    deps: StateDeps,
+    view_tx: watch::Sender<Arc<FleetView>>,
+    dirty: bool,
+}
+
+/// Build the actor from the loaded store and start it. The view is published
+/// before this returns, so sessions and queries can start at once.
+pub fn spawn(
+    loaded: Loaded,
+    fleet: Arc<FleetConfig>,
+    builds: watch::Receiver<Builds>,
+    deps: StateDeps,
+    view_tx: watch::Sender<Arc<FleetView>>,
+    shutdown: CancellationToken,
+) -> (StateHandle, tokio::task::JoinHandle<()>) {
+    let liveness: HashMap<String, Liveness> = loaded.liveness.into_iter().collect();
+    let mut statuses: HashMap<String, Vec<StatusRecord>> = HashMap::new();
+    for (c, s) in loaded.statuses {
+        statuses.entry(c).or_default().push(s);
+    }
+    let mut clusters = BTreeMap::new();
+    for rec in loaded.clusters {
+        let shared = ClusterShared::new(&rec.name, liveness.get(&rec.name).cloned().unwrap_or_default());
+        if let Some(s) = statuses.get(&rec.name) {
+            shared.put_statuses(s);
+        }
+        clusters.insert(rec.name.clone(), ClusterEntry { record: Arc::new(rec), shared });
+    }
+    let now = now_ms();
+    let mut actor = Actor {
+        fleet,
+        builds: builds.borrow().clone(),
+        records: Arc::new(loaded.deployments.into_iter().map(|d| (d.bundle.clone(), Arc::new(d))).collect()),
+        suspended: Arc::new(loaded.suspended),
+        index: Arc::default(),
+        clusters: Arc::new(clusters),
+        tokens: loaded
+            .tokens
+            .into_iter()
+            .filter(|t| t.expires_unix_ms > now)
+            .map(|t| (t.id.clone(), t))
+            .collect(),
+        version: 0,
+        reported_errors: HashMap::new(),
+        deps,
+        view_tx,
+        dirty: true,
+    };
+    actor.rebuild_index();
+    actor.retarget(None);
+    actor.publish();
+    let (tx, rx) = mpsc::channel(4096);
+    let handle = StateHandle { tx, view: actor.view_tx.subscribe() };
+    let task = tokio::spawn(actor.run(rx, builds, shutdown).instrument(info_span!("fleet_state")));
+    (handle, task)
+}
+
+fn hub_event(severity: Severity, reason: &str, bundle: &str, message: String) -> (String, EventRecord) {
+    (
+        HUB_EVENT_SOURCE.to_string(),
+        EventRecord {
+            severity,
+            reason: reason.into(),
+            message,
+            bundle: bundle.into(),
+            time_unix_ms: now_ms(),
+            ..Default::default()
+        },
+    )
+}
+
+/// Answer `reply` once `writes` are committed.
+async fn reply_after_commit<T: Send + 'static>(
+    writer: &WriterHandle,
+    writes: Vec<Write>,
+    reply: Reply<T>,
+    value: T,
+) {
+    let done = writer.submit(writes).await;
+    tokio::spawn(async move {
+        let r = match done.await {
+            Ok(Ok(_)) => Ok(value),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::ShuttingDown),
+        };
+        let _ = reply.send(r);
+    });
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Cmd>,
+        mut builds: watch::Receiver<Builds>,
+        shutdown: CancellationToken,
+    ) {
+        // Builds present at start are processed now (new digests since the last run).
+        self.on_builds().await;
+        self.publish();
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.handle(cmd).await;
+                    // Take whatever else is queued before publishing once.
+                    for _ in 0..256 {
+                        match rx.try_recv() {
+                            Ok(cmd) => self.handle(cmd).await,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                changed = builds.changed() => {
+                    if changed.is_err() {
+                        // The pipeline is gone; keep serving what we have.
+                        builds = watch::Sender::new(self.builds.clone()).subscribe();
+                        continue;
+                    }
+                    self.builds = builds.borrow_and_update().clone();
+                    self.on_builds().await;
+                }
+                _ = shutdown.cancelled() => break,
+            }
+            self.publish();
+        }
+    }
+
+    fn publish(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        self.view_tx.send_replace(Arc::new(FleetView {
+            fleet: self.fleet.clone(),
+            clusters: self.clusters.clone(),
+            index: self.index.clone(),
+            records: self.records.clone(),
+            builds: self.builds.clone(),
+            suspended: self.suspended.clone(),
+        }));
+    }
+
+    fn rebuild_index(&mut self) {
+        self.index = Arc::new(DesiredIndex::build(&self.fleet, &self.records, &self.suspended, &self.index));
+        self.dirty = true;
+    }
+
+    /// Recompute the desired set of `only` clusters (all when `None`) and
+    /// publish to those whose set changed.
+    fn retarget(&mut self, only: Option<&str>) {
+        let clusters = self.clusters.clone();
+        let targets: Box<dyn Iterator<Item = &ClusterEntry>> = match only {
+            Some(n) => Box::new(clusters.get(n).into_iter()),
+            None => Box::new(clusters.values()),
+        };
+        let mut changed = 0usize;
+        for entry in targets {
+            let bundles = self.index.for_cluster(&self.fleet, &entry.record.name, &entry.record.labels);
+            let current = entry.shared.desired.borrow().clone();
+            if same_bundles(&current.bundles, &bundles) && (current.version > 0 || bundles.is_empty()) {
+                continue;
+            }
+            self.version += 1;
+            entry.shared.desired.send_replace(Arc::new(ClusterDesired { version: self.version, bundles }));
+            changed += 1;
+        }
+        if changed > 0 {
+            self.dirty = true;
+        }
+    }
+
+    async fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Register(input, reply) => match self.register(input) {
+                Ok((writes, out)) => reply_after_commit(&self.deps.writer, writes, reply, out).await,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Cmd::Renew { cluster, csr_pem, reply } => match self.renew(&cluster, &csr_pem) {
+                Ok((writes, out)) => reply_after_commit(&self.deps.writer, writes, reply, out).await,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Cmd::Revoke { cluster, reply } => match self.revoke(&cluster) {
+                Ok(writes) => reply_after_commit(&self.deps.writer, writes, reply, ()).await,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Cmd::SetLabels { cluster, labels, reply } => match self.set_labels(&cluster, labels) {
+                Ok(writes) => reply_after_commit(&self.deps.writer, writes, reply, ()).await,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Cmd::SetSuspended { bundle, suspended, reply } => match self.set_suspended(&bundle, suspended) {
+                Ok(writes) => reply_after_commit(&self.deps.writer, writes, reply, ()).await,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Cmd::CreateToken(input, reply) => match self.create_token(input) {
+                Ok((writes, out)) => reply_after_commit(&self.deps.writer, writes, reply, out).await,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Cmd::SetFleet(fleet, reply) => {
+                self.fleet = fleet;
+                self.rebuild_index();
+                // Bundles new to the fleet may already have builds.
+                self.on_builds().await;
+                self.rebuild_index();
+                self.retarget(None);
+                self.publish();
+                info!(
+                    bundles = self.fleet.bundles.len(),
+                    sources = self.fleet.sources.len(),
+                    "fleet config in force"
+                );
+                if let Some(r) = reply {
+                    let _ = r.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    fn register(&mut self, input: RegisterInput) -> Result<(Vec<Write>, RegisterOutput)> {
+        let now = now_ms();
+        validate_name(&input.cluster).map_err(|e| Rejection::InvalidArgument(e.to_string()))?;
+        let parsed = tokens::parse_token(&input.token)?;
+        let existing = self.clusters.get(&input.cluster).map(|e| e.record.clone());
+        let token = self.tokens.get(parsed.id).cloned();
+        check_registration(token.as_ref(), parsed.secret, &input.cluster, existing.as_deref(), now)?;
+        let mut token = token.expect("checked above");
+        let cert = self.deps.ca.issue_from_csr(
+            &input.csr_pem,
+            &Identity::Cluster(input.cluster.clone()),
+            self.deps.cluster_cert_ttl,
+            now,
+        )?;
+        token.uses += 1;
+        let mut labels = input.labels.clone();
+        labels.extend(token.labels.clone());
+        let mut record = match &existing {
+            Some(r) => ClusterRecord { revoked: false, ..(**r).clone() },
+            None => {
+                ClusterRecord { name: input.cluster.clone(), registered_unix_ms: now, ..Default::default() }
+            }
+        };
+        if existing.is_none() || existing.as_ref().is_some_and(|r| r.revoked) {
+            record.labels = labels.clone();
+        } else {
+            // A re-registration keeps operator-set labels, plus the token's.
+            record.labels.extend(token.labels.clone());
+        }
+        record.add_cert(
+            CertRef { serial: cert.serial.clone(), not_after_unix_ms: cert.not_after_unix_ms },
+            now,
+            CERTS_KEPT,
+        );
+        let labels = record.labels.clone();
+        let record = Arc::new(record);
+        let shared = match self.clusters.get(&input.cluster) {
+            Some(e) => e.shared.clone(),
+            None => ClusterShared::new(&input.cluster, Liveness::default()),
+        };
+        shared.set_agent_version(&input.agent_version);
+        shared.touch(now);
+        Arc::make_mut(&mut self.clusters)
+            .insert(input.cluster.clone(), ClusterEntry { record: record.clone(), shared });
+        self.tokens.insert(token.id.clone(), token.clone());
+        self.retarget(Some(&input.cluster));
+        self.dirty = true;
+        self.deps.metrics.registrations.get_or_create(&crate::metrics::ResultLabels { result: "ok" }).inc();
+        info!(cluster = %input.cluster, token_id = %token.id, serial = %cert.serial, "cluster registered");
+        let writes = vec![
+            Write::PutToken(token.clone()),
+            Write::PutCluster((*record).clone()),
+            Write::AppendEvents(vec![hub_event(
+                Severity::Info,
+                "ClusterRegistered",
+                "",
+                format!("cluster {} registered with token {}", input.cluster, token.id),
+            )]),
+        ];
+        Ok((writes, RegisterOutput { cert, labels }))
+    }
+
+    fn entry(&self, cluster: &str) -> Result<&ClusterEntry> {
+        self.clusters.get(cluster).ok_or_else(|| Rejection::NotFound(format!("cluster {cluster:?}")).into())
+    }
+
+    fn renew(&mut self, cluster: &str, csr_pem: &str) -> Result<(Vec<Write>, IssuedCert)> {
+        let now = now_ms();
+        let entry = self.entry(cluster)?.clone();
+        if entry.record.revoked {
+            return Err(Rejection::PermissionDenied(format!("cluster {cluster:?} was revoked")).into());
+        }
+        let cert = self.deps.ca.issue_from_csr(
+            csr_pem,
+            &Identity::Cluster(cluster.into()),
+            self.deps.cluster_cert_ttl,
+            now,
+        )?;
+        let mut record = (*entry.record).clone();
+        record.add_cert(
+            CertRef { serial: cert.serial.clone(), not_after_unix_ms: cert.not_after_unix_ms },
+            now,
+            CERTS_KEPT,
+        );
+        Arc::make_mut(&mut self.clusters)
+            .insert(cluster.into(), ClusterEntry { record: Arc::new(record.clone()), shared: entry.shared });
+        self.dirty = true;
+        info!(cluster, serial = %cert.serial, "certificate renewed");
+        let writes = vec![
+            Write::PutCluster(record),
+            Write::AppendEvents(vec![hub_event(
+                Severity::Info,
+                "CertificateRenewed",
+                "",
+                format!("cluster {cluster} renewed its certificate (serial {})", cert.serial),
+            )]),
+        ];
+        Ok((writes, cert))
+    }
+
+    fn revoke(&mut self, cluster: &str) -> Result<Vec<Write>> {
+        let entry = self.entry(cluster)?.clone();
+        let record = ClusterRecord { revoked: true, certs: Vec::new(), ..(*entry.record).clone() };
+        entry.shared.kill_sessions();
+        Arc::make_mut(&mut self.clusters)
+            .insert(cluster.into(), ClusterEntry { record: Arc::new(record.clone()), shared: entry.shared });
+        self.dirty = true;
+        warn!(cluster, "cluster revoked");
+        Ok(vec![
+            Write::PutCluster(record),
+            Write::AppendEvents(vec![hub_event(
+                Severity::Warning,
+                "ClusterRevoked",
+                "",
+                format!("cluster {cluster} was revoked; its certificates no longer work"),
+            )]),
+        ])
+    }
+
+    fn set_labels(&mut self, cluster: &str, labels: Labels) -> Result<Vec<Write>> {
+        for k in labels.keys() {
+            if k.is_empty() || k.contains(char::is_whitespace) {
+                return Err(Rejection::InvalidArgument(format!("bad label key {k:?}")).into());
+            }
+        }
+        let entry = self.entry(cluster)?.clone();
+        let record = ClusterRecord { labels, ..(*entry.record).clone() };
+        Arc::make_mut(&mut self.clusters)
+            .insert(cluster.into(), ClusterEntry { record: Arc::new(record.clone()), shared: entry.shared });
+        self.retarget(Some(cluster));
+        self.dirty = true;
+        Ok(vec![
+            Write::PutCluster(record.clone()),
+            Write::AppendEvents(vec![hub_event(
+                Severity::Info,
+                "ClusterLabelsChanged",
+                "",
+                format!(
+                    "cluster {cluster} labels set to {}",
+                    record.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+                ),
+            )]),
+        ])
+    }
+
+    fn set_suspended(&mut self, bundle: &str, suspended: bool) -> Result<Vec<Write>> {
+        if !self.fleet.bundles.contains_key(bundle) {
+            return Err(Rejection::NotFound(format!("bundle {bundle:?}")).into());
+        }
+        let s = Arc::make_mut(&mut self.suspended);
+        if suspended {
+            s.insert(bundle.into());
+        } else {
+            s.remove(bundle);
+        }
+        self.rebuild_index();
+        self.retarget(None);
+        Ok(vec![
+            Write::SetSuspended { bundle: bundle.into(), suspended },
+            Write::AppendEvents(vec![hub_event(
+                Severity::Info,
+                if suspended { "BundleSuspended" } else { "BundleResumed" },
+                bundle,
+                format!("bundle {bundle} {}", if suspended { "suspended" } else { "resumed" }),
+            )]),
+        ])
+    }
+
+    fn create_token(&mut self, input: TokenInput) -> Result<(Vec<Write>, TokenOutput)> {
+        if let Some(c) = &input.cluster {
+            validate_name(c).map_err(|e| Rejection::InvalidArgument(e.to_string()))?;
+        }
+        let now = now_ms();
+        let id = random_b64(9);
+        let secret = random_b64(32);
+        let ttl = if input.ttl.is_zero() { Duration::from_secs(86400) } else { input.ttl };
+        let rec = TokenRecord {
+            id: id.clone(),
+            hash: tokens::hash_secret(&secret),
+            created_unix_ms: now,
+            expires_unix_ms: now.saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64),
+            single_use: input.single_use,
+            uses: 0,
+            cluster: input.cluster.clone(),
+            labels: input.labels,
+        };
+        self.tokens.retain(|_, t| t.expires_unix_ms > now);
+        self.tokens.insert(id.clone(), rec.clone());
+        info!(token_id = %id, cluster = ?input.cluster, single_use = input.single_use, "bootstrap token created");
+        let out = TokenOutput {
+            token: tokens::format_token(&id, &secret),
+            id: id.clone(),
+            expires_unix_ms: rec.expires_unix_ms,
+        };
+        let writes = vec![
+            Write::PutToken(rec),
+            Write::AppendEvents(vec![hub_event(
+                Severity::Info,
+                "TokenCreated",
+                "",
+                format!(
+                    "bootstrap token {id} created{}",
+                    input.cluster.map(|c| format!(" for cluster {c}")).unwrap_or_default()
+                ),
+            )]),
+        ];
+        Ok((writes, out))
+    }
+
+    /// Turn new digests into signed generations (committed before anyone sees
+    /// them), record build failures as events, and re-target.
+    async fn on_builds(&mut self) {
+        let mut writes = Vec::new();
+        let mut new_records = Vec::new();
+        let mut events = Vec::new();
+        for (name, state) in self.builds.iter() {
+            if !self.fleet.bundles.contains_key(name) {
+                continue;
+            }
+            match &state.error {
+                Some(err) => {
+                    let message = format!("{}: {}", err.reason, err.message);
+                    if self.reported_errors.get(name) != Some(&message) {
+                        warn!(bundle = %name, error = %message, "bundle build failed; the last good generation stays");
+                        self.reported_errors.insert(name.clone(), message.clone());
+                        events.push(hub_event(Severity::Error, "BuildFailed", name, message));
+                    }
+                }
+                None => {
+                    self.reported_errors.remove(name);
+                }
+            }
+            let Some(art) = &state.artifact else { continue };
+            let current = self.records.get(name);
+            let Some(generation) = next_generation(current.map(|r| &**r), art) else { continue };
+            let statement =
+                Statement::new(name, &art.source_url, &art.revision, &art.digest, art.size, generation);
+            let (bytes, signature) = match self.deps.signer.sign_statement(&statement) {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(bundle = %name, error = %e, "cannot sign statement");
+                    continue;
+                }
+            };
+            let rec = DeploymentRecord {
+                bundle: name.clone(),
+                generation,
+                digest: art.digest.clone(),
+                size: art.size,
+                revision: art.revision.clone(),
+                source: art.source.clone(),
+                statement: bytes,
+                signature,
+                created_unix_ms: now_ms(),
+            };
+            info!(bundle = %name, generation, digest = %art.digest, revision = %art.revision, "new bundle generation");
+            events.push(hub_event(
+                Severity::Info,
+                "NewGeneration",
+                name,
+                format!("generation {generation} of {name}: {} ({})", art.revision, art.digest),
+            ));
+            writes.push(Write::PutDeployment(rec.clone()));
+            new_records.push(rec);
+        }
+        if !events.is_empty() {
+            writes.push(Write::AppendEvents(events));
+        }
+        if writes.is_empty() {
+            self.dirty = true;
+            return;
+        }
+        if !new_records.is_empty() {
+            // Agents see a generation only once it is durable: a restart must
+            // never re-sign the same generation for another digest.
+            if let Err(e) = self.deps.writer.commit(writes).await {
+                warn!(error = %e, "cannot store new generations; agents keep the previous ones");
+                return;
+            }
+            let m = Arc::make_mut(&mut self.records);
+            for r in new_records {
+                m.insert(r.bundle.clone(), Arc::new(r));
+                self.deps.metrics.generations_created.inc();
+            }
+            self.rebuild_index();
+            self.retarget(None);
+        } else {
+            let _ = self.deps.writer.submit(writes).await;
+        }
+        self.dirty = true;
+    }
+}
+
+fn random_b64(n: usize) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = (0..n).map(|_| rand::random::<u8>()).collect();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The build state of a bundle, for views.
+pub fn build_of<'a>(view: &'a FleetView, bundle: &str) -> Option<&'a BundleBuildState> {
+    view.builds.get(bundle)
+}

@@ -1,0 +1,107 @@
+//! The state store: a narrow, transactional trait and its redb implementation.
+//!
+//! The hub keeps its working indexes in memory, fed by single writer tasks;
+//! the store is the source of truth after a restart. Every mutation goes
+//! through [`Store::commit`], which applies a list of [`Write`]s in ONE
+//! transaction, so a batch of agent statuses and the new last-acked sequence
+//! number land together or not at all. A distributed backend (etcd, for several
+//! hub replicas) implements the same trait.
+//!
+//! Calls block: callers run them in `spawn_blocking`.
+
+mod redb_store;
+
+use std::collections::BTreeSet;
+
+pub use redb_store::RedbStore;
+
+use crate::Result;
+use crate::domain::{
+    AgentBatch, BatchOutcome, ClusterRecord, DeploymentRecord, EventFilter, EventRecord, Liveness,
+    StatusRecord, StoredEvent, TokenRecord,
+};
+
+/// Everything the in-memory indexes are rebuilt from at start.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// Registered clusters.
+    pub clusters: Vec<ClusterRecord>,
+    /// Bootstrap tokens (hashed).
+    pub tokens: Vec<TokenRecord>,
+    /// Last seen and agent version, by cluster.
+    pub liveness: Vec<(String, Liveness)>,
+    /// The current signed generation of each bundle.
+    pub deployments: Vec<DeploymentRecord>,
+    /// Bundles an operator suspended.
+    pub suspended: BTreeSet<String>,
+    /// The last status of every cluster × bundle: (cluster, status).
+    pub statuses: Vec<(String, StatusRecord)>,
+    /// The id of the newest stored event (0 if none).
+    pub last_event_id: u64,
+}
+
+/// One mutation, applied inside a [`Store::commit`] transaction.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Insert or replace a cluster.
+    PutCluster(ClusterRecord),
+    /// Insert or replace a token.
+    PutToken(TokenRecord),
+    /// Insert or replace a bundle's current generation.
+    PutDeployment(DeploymentRecord),
+    /// Mark a bundle suspended (or not) by an operator.
+    SetSuspended {
+        /// The bundle.
+        bundle: String,
+        /// Suspended or resumed.
+        suspended: bool,
+    },
+    /// Record last seen / agent version of clusters.
+    PutLiveness(Vec<(String, Liveness)>),
+    /// Store statuses that carry no sequence number (seeded from a Hello's
+    /// applied list when the hub has none for that bundle).
+    SeedStatuses {
+        /// The cluster.
+        cluster: String,
+        /// Statuses to store where none exists yet.
+        statuses: Vec<StatusRecord>,
+    },
+    /// Append events to the bounded log.
+    AppendEvents(Vec<(String, EventRecord)>),
+    /// Store an agent's outbox entries with seq above the stored one, and the
+    /// new last seq, idempotently.
+    AgentBatch(AgentBatch),
+}
+
+/// What one [`Write`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Nothing to report.
+    Done,
+    /// Statuses that were actually stored (SeedStatuses).
+    Seeded {
+        /// The cluster.
+        cluster: String,
+        /// The statuses stored.
+        statuses: Vec<StatusRecord>,
+    },
+    /// The events as stored, with ids (AppendEvents).
+    Events(Vec<StoredEvent>),
+    /// The result of an AgentBatch.
+    Batch(BatchOutcome),
+}
+
+/// The hub's durable state.
+pub trait Store: Send + Sync + 'static {
+    /// Read everything the in-memory indexes need.
+    fn load(&self) -> Result<Loaded>;
+    /// A token by id.
+    fn get_token(&self, id: &str) -> Result<Option<TokenRecord>>;
+    /// The last stored outbox seq of a cluster's epoch (0 for an unknown epoch).
+    fn last_seq(&self, cluster: &str, epoch: u64) -> Result<u64>;
+    /// Events matching a filter, oldest first, at most `filter.limit` (the newest).
+    fn list_events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>>;
+    /// Apply `writes` in order in one transaction: all or nothing. `now` stamps
+    /// stored statuses and events.
+    fn commit(&self, writes: Vec<Write>, now_unix_ms: i64) -> Result<Vec<WriteOutcome>>;
+}

@@ -1,0 +1,451 @@
+//! [`Store`] on redb: one file in the data dir, ACID transactions, fsync on commit.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{Loaded, Store, Write, WriteOutcome};
+use crate::domain::{
+    AgentBatch, BatchOutcome, EventFilter, OutboxEntry, StatusRecord, StoredEvent, fresh_entries,
+};
+use crate::{Error, Result};
+
+const CLUSTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("clusters");
+const LIVENESS: TableDefinition<&str, &[u8]> = TableDefinition::new("liveness");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
+const SUSPENDED: TableDefinition<&str, u8> = TableDefinition::new("suspended_bundles");
+/// (cluster, bundle) -> StatusRecord
+const STATUSES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("statuses");
+/// (cluster, outbox epoch) -> last stored seq
+const SEQS: TableDefinition<(&str, u64), u64> = TableDefinition::new("outbox_seqs");
+/// event id -> StoredEvent
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// (cluster, event id) -> 0: events of a cluster, in id order
+const EVENTS_BY_CLUSTER: TableDefinition<(&str, u64), u8> = TableDefinition::new("events_by_cluster");
+/// (bundle, event id) -> 0: events of a bundle, in id order
+const EVENTS_BY_BUNDLE: TableDefinition<(&str, u64), u8> = TableDefinition::new("events_by_bundle");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_EVENT_ID: &str = "next_event_id";
+
+/// The redb-backed store.
+pub struct RedbStore {
+    db: Database,
+    event_capacity: u64,
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| Error::Store(format!("encode: {e}")))
+}
+
+fn dec<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(|e| Error::Store(format!("decode: {e}")))
+}
+
+impl RedbStore {
+    /// Open (or create) the database file. `event_capacity` bounds the event
+    /// log: the oldest events are dropped beyond it. `cache_bytes` bounds
+    /// redb's page cache.
+    pub fn open(path: &Path, event_capacity: u64, cache_bytes: usize) -> Result<Self> {
+        let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
+        let tx = db.begin_write()?;
+        {
+            // Create every table so read transactions never meet a missing one.
+            tx.open_table(CLUSTERS)?;
+            tx.open_table(LIVENESS)?;
+            tx.open_table(TOKENS)?;
+            tx.open_table(DEPLOYMENTS)?;
+            tx.open_table(SUSPENDED)?;
+            tx.open_table(STATUSES)?;
+            tx.open_table(SEQS)?;
+            tx.open_table(EVENTS)?;
+            tx.open_table(EVENTS_BY_CLUSTER)?;
+            tx.open_table(EVENTS_BY_BUNDLE)?;
+            tx.open_table(META)?;
+        }
+        tx.commit()?;
+        Ok(Self { db, event_capacity: event_capacity.max(1) })
+    }
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> Result<Loaded> {
+        let tx = self.db.begin_read()?;
+        let mut out = Loaded::default();
+        for row in tx.open_table(CLUSTERS)?.iter()? {
+            let (_, v) = row?;
+            out.clusters.push(dec(v.value())?);
+        }
+        for row in tx.open_table(TOKENS)?.iter()? {
+            let (_, v) = row?;
+            out.tokens.push(dec(v.value())?);
+        }
+        for row in tx.open_table(LIVENESS)?.iter()? {
+            let (k, v) = row?;
+            out.liveness.push((k.value().to_string(), dec(v.value())?));
+        }
+        for row in tx.open_table(DEPLOYMENTS)?.iter()? {
+            let (_, v) = row?;
+            out.deployments.push(dec(v.value())?);
+        }
+        for row in tx.open_table(SUSPENDED)?.iter()? {
+            let (k, _) = row?;
+            out.suspended.insert(k.value().to_string());
+        }
+        for row in tx.open_table(STATUSES)?.iter()? {
+            let (k, v) = row?;
+            let (cluster, _) = k.value();
+            out.statuses.push((cluster.to_string(), dec(v.value())?));
+        }
+        out.last_event_id = tx.open_table(EVENTS)?.last()?.map(|(k, _)| k.value()).unwrap_or(0);
+        Ok(out)
+    }
+
+    fn get_token(&self, id: &str) -> Result<Option<crate::domain::TokenRecord>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(TOKENS)?;
+        t.get(id)?.map(|v| dec(v.value())).transpose()
+    }
+
+    fn last_seq(&self, cluster: &str, epoch: u64) -> Result<u64> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SEQS)?;
+        Ok(t.get((cluster, epoch))?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    fn list_events(&self, f: &EventFilter) -> Result<Vec<StoredEvent>> {
+        let limit = if f.limit == 0 { 100 } else { f.limit };
+        let tx = self.db.begin_read()?;
+        let events = tx.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        let start = f.after_id.saturating_add(1);
+        // Walk the most selective index newest-first, keep the newest `limit`.
+        let mut ids: Box<dyn Iterator<Item = Result<u64>>> = if let Some(c) = &f.cluster {
+            let idx = tx.open_table(EVENTS_BY_CLUSTER)?;
+            let rows: Vec<_> = idx
+                .range((c.as_str(), start)..=(c.as_str(), u64::MAX))?
+                .rev()
+                .map(|r| r.map(|(k, _)| k.value().1).map_err(Error::from))
+                .collect();
+            Box::new(rows.into_iter())
+        } else if let Some(b) = &f.bundle {
+            let idx = tx.open_table(EVENTS_BY_BUNDLE)?;
+            let rows: Vec<_> = idx
+                .range((b.as_str(), start)..=(b.as_str(), u64::MAX))?
+                .rev()
+                .map(|r| r.map(|(k, _)| k.value().1).map_err(Error::from))
+                .collect();
+            Box::new(rows.into_iter())
+        } else {
+            let rows: Vec<_> = events
+                .range(start..)?
+                .rev()
+                .map(|r| r.map(|(k, _)| k.value()).map_err(Error::from))
+                .collect();
+            Box::new(rows.into_iter())
+        };
+        for id in ids.by_ref() {
+            let id = id?;
+            let Some(v) = events.get(id)? else { continue };
+            let e: StoredEvent = dec(v.value())?;
+            if f.matches(&e) {
+                out.push(e);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn commit(&self, writes: Vec<Write>, now: i64) -> Result<Vec<WriteOutcome>> {
+        let tx = self.db.begin_write()?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        {
+            let mut clusters = tx.open_table(CLUSTERS)?;
+            let mut liveness = tx.open_table(LIVENESS)?;
+            let mut tokens = tx.open_table(TOKENS)?;
+            let mut deployments = tx.open_table(DEPLOYMENTS)?;
+            let mut suspended = tx.open_table(SUSPENDED)?;
+            let mut statuses = tx.open_table(STATUSES)?;
+            let mut seqs = tx.open_table(SEQS)?;
+            let mut log = EventLog {
+                events: tx.open_table(EVENTS)?,
+                by_cluster: tx.open_table(EVENTS_BY_CLUSTER)?,
+                by_bundle: tx.open_table(EVENTS_BY_BUNDLE)?,
+                meta: tx.open_table(META)?,
+                capacity: self.event_capacity,
+            };
+            for w in writes {
+                let outcome = match w {
+                    Write::PutCluster(c) => {
+                        clusters.insert(c.name.as_str(), enc(&c)?.as_slice())?;
+                        WriteOutcome::Done
+                    }
+                    Write::PutToken(t) => {
+                        tokens.insert(t.id.as_str(), enc(&t)?.as_slice())?;
+                        WriteOutcome::Done
+                    }
+                    Write::PutDeployment(d) => {
+                        deployments.insert(d.bundle.as_str(), enc(&d)?.as_slice())?;
+                        WriteOutcome::Done
+                    }
+                    Write::SetSuspended { bundle, suspended: s } => {
+                        if s {
+                            suspended.insert(bundle.as_str(), 0)?;
+                        } else {
+                            suspended.remove(bundle.as_str())?;
+                        }
+                        WriteOutcome::Done
+                    }
+                    Write::PutLiveness(rows) => {
+                        for (name, l) in rows {
+                            liveness.insert(name.as_str(), enc(&l)?.as_slice())?;
+                        }
+                        WriteOutcome::Done
+                    }
+                    Write::SeedStatuses { cluster, statuses: seeds } => {
+                        let mut stored = Vec::new();
+                        for mut s in seeds {
+                            if statuses.get((cluster.as_str(), s.bundle.as_str()))?.is_none() {
+                                s.updated_unix_ms = now;
+                                statuses
+                                    .insert((cluster.as_str(), s.bundle.as_str()), enc(&s)?.as_slice())?;
+                                stored.push(s);
+                            }
+                        }
+                        WriteOutcome::Seeded { cluster, statuses: stored }
+                    }
+                    Write::AppendEvents(evs) => {
+                        let mut stored = Vec::with_capacity(evs.len());
+                        for (cluster, event) in evs {
+                            stored.push(log.append(cluster, event, now)?);
+                        }
+                        WriteOutcome::Events(stored)
+                    }
+                    Write::AgentBatch(batch) => {
+                        WriteOutcome::Batch(store_batch(batch, now, &mut statuses, &mut seqs, &mut log)?)
+                    }
+                };
+                outcomes.push(outcome);
+            }
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+}
+
+struct EventLog<'t> {
+    events: redb::Table<'t, u64, &'static [u8]>,
+    by_cluster: redb::Table<'t, (&'static str, u64), u8>,
+    by_bundle: redb::Table<'t, (&'static str, u64), u8>,
+    meta: redb::Table<'t, &'static str, u64>,
+    capacity: u64,
+}
+
+impl EventLog<'_> {
+    fn append(
+        &mut self,
+        cluster: String,
+        event: crate::domain::EventRecord,
+        now: i64,
+    ) -> Result<StoredEvent> {
+        let id = self.meta.get(NEXT_EVENT_ID)?.map(|v| v.value()).unwrap_or(1);
+        self.meta.insert(NEXT_EVENT_ID, id + 1)?;
+        let stored = StoredEvent { id, cluster, event, stored_unix_ms: now };
+        self.events.insert(id, enc(&stored)?.as_slice())?;
+        self.by_cluster.insert((stored.cluster.as_str(), id), 0)?;
+        if !stored.event.bundle.is_empty() {
+            self.by_bundle.insert((stored.event.bundle.as_str(), id), 0)?;
+        }
+        // The ring: drop the event that fell out of the window.
+        if id > self.capacity {
+            let old_id = id - self.capacity;
+            let old = self.events.remove(old_id)?.map(|v| dec::<StoredEvent>(v.value())).transpose()?;
+            if let Some(old) = old {
+                self.by_cluster.remove((old.cluster.as_str(), old_id))?;
+                if !old.event.bundle.is_empty() {
+                    self.by_bundle.remove((old.event.bundle.as_str(), old_id))?;
+                }
+            }
+        }
+        Ok(stored)
+    }
+}
+
+fn store_batch(
+    batch: AgentBatch,
+    now: i64,
+    statuses: &mut redb::Table<'_, (&'static str, &'static str), &'static [u8]>,
+    seqs: &mut redb::Table<'_, (&'static str, u64), u64>,
+    log: &mut EventLog<'_>,
+) -> Result<BatchOutcome> {
+    let cluster = batch.cluster.as_str();
+    let existing = seqs.get((cluster, batch.epoch))?.map(|v| v.value());
+    let stored = existing.unwrap_or(0);
+    let (last, keep) = fresh_entries(stored, &batch.entries);
+    let mut out = BatchOutcome { cluster: batch.cluster.clone(), acked_seq: last, ..Default::default() };
+    if keep.is_empty() {
+        return Ok(out);
+    }
+    if existing.is_none() {
+        // A new outbox epoch: earlier epochs of this cluster are finished.
+        let old: Vec<u64> = seqs
+            .range((cluster, 0)..=(cluster, u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<std::result::Result<_, _>>()?;
+        for e in old {
+            seqs.remove((cluster, e))?;
+        }
+    }
+    let mut entries: Vec<Option<(u64, OutboxEntry)>> = batch.entries.into_iter().map(Some).collect();
+    for i in keep {
+        let Some((_, entry)) = entries[i].take() else { continue };
+        match entry {
+            OutboxEntry::Status(mut s) => {
+                s.updated_unix_ms = now;
+                statuses.insert((cluster, s.bundle.as_str()), enc(&s)?.as_slice())?;
+                out.statuses.push(s);
+            }
+            OutboxEntry::Event(e) => out.events.push(log.append(cluster.to_string(), e, now)?),
+        }
+    }
+    seqs.insert((cluster, batch.epoch), last)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+/// Statuses of one cluster from a loaded snapshot, for tests.
+pub fn statuses_of<'a>(loaded: &'a Loaded, cluster: &'a str) -> impl Iterator<Item = &'a StatusRecord> + 'a {
+    loaded.statuses.iter().filter(move |(c, _)| c == cluster).map(|(_, s)| s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ClusterRecord, EventRecord};
+    use convoy_core::status::{Phase, Severity};
+
+    fn open(dir: &tempfile::TempDir, cap: u64) -> RedbStore {
+        RedbStore::open(&dir.path().join("state.redb"), cap, 8 << 20).unwrap()
+    }
+
+    fn status(b: &str, gen_: u64) -> OutboxEntry {
+        OutboxEntry::Status(StatusRecord {
+            bundle: b.into(),
+            generation: gen_,
+            phase: Phase::Ready,
+            ..Default::default()
+        })
+    }
+
+    fn event(b: &str, reason: &str) -> OutboxEntry {
+        OutboxEntry::Event(EventRecord { bundle: b.into(), reason: reason.into(), ..Default::default() })
+    }
+
+    #[test]
+    fn agent_batches_are_idempotent_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(&dir, 100);
+            let b = AgentBatch {
+                cluster: "c1".into(),
+                epoch: 7,
+                entries: vec![(1, status("a", 1)), (2, event("a", "Applied"))],
+            };
+            let out = s.commit(vec![Write::AgentBatch(b.clone())], 5).unwrap();
+            let WriteOutcome::Batch(o) = &out[0] else { panic!() };
+            assert_eq!(o.acked_seq, 2);
+            assert_eq!(o.statuses.len(), 1);
+            assert_eq!(o.events.len(), 1);
+            // Resending the same entries stores nothing new but still acks.
+            let out = s.commit(vec![Write::AgentBatch(b)], 6).unwrap();
+            let WriteOutcome::Batch(o) = &out[0] else { panic!() };
+            assert_eq!(o.acked_seq, 2);
+            assert!(o.statuses.is_empty() && o.events.is_empty());
+        }
+        let s = open(&dir, 100);
+        assert_eq!(s.last_seq("c1", 7).unwrap(), 2);
+        assert_eq!(s.last_seq("c1", 8).unwrap(), 0);
+        let loaded = s.load().unwrap();
+        assert_eq!(statuses_of(&loaded, "c1").count(), 1);
+        assert_eq!(s.list_events(&EventFilter::default()).unwrap().len(), 1);
+        // A new epoch replaces the old one.
+        let b = AgentBatch { cluster: "c1".into(), epoch: 9, entries: vec![(1, status("a", 2))] };
+        s.commit(vec![Write::AgentBatch(b)], 7).unwrap();
+        assert_eq!(s.last_seq("c1", 7).unwrap(), 0);
+        assert_eq!(s.last_seq("c1", 9).unwrap(), 1);
+    }
+
+    #[test]
+    fn event_log_is_a_bounded_indexed_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir, 5);
+        for i in 0..12u64 {
+            let cluster = if i % 2 == 0 { "even" } else { "odd" };
+            let ev = EventRecord {
+                bundle: format!("b{}", i % 3),
+                severity: if i == 11 { Severity::Error } else { Severity::Info },
+                ..Default::default()
+            };
+            s.commit(vec![Write::AppendEvents(vec![(cluster.into(), ev)])], i as i64).unwrap();
+        }
+        let all = s.list_events(&EventFilter { limit: 100, ..Default::default() }).unwrap();
+        assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), vec![8, 9, 10, 11, 12]);
+        let odd = s
+            .list_events(&EventFilter { cluster: Some("odd".into()), limit: 100, ..Default::default() })
+            .unwrap();
+        assert_eq!(odd.iter().map(|e| e.id).collect::<Vec<_>>(), vec![8, 10, 12]);
+        let b1 = s
+            .list_events(&EventFilter { bundle: Some("b1".into()), limit: 100, ..Default::default() })
+            .unwrap();
+        assert!(b1.iter().all(|e| e.event.bundle == "b1"));
+        let newest = s.list_events(&EventFilter { limit: 2, ..Default::default() }).unwrap();
+        assert_eq!(newest.iter().map(|e| e.id).collect::<Vec<_>>(), vec![11, 12]);
+        let after = s.list_events(&EventFilter { after_id: 10, limit: 100, ..Default::default() }).unwrap();
+        assert_eq!(after.len(), 2);
+        let errors = s
+            .list_events(&EventFilter { min_severity: Severity::Error, limit: 100, ..Default::default() })
+            .unwrap();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(s.load().unwrap().last_event_id, 12);
+    }
+
+    #[test]
+    fn commit_is_all_or_nothing_per_call_and_records_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir, 5);
+        let c = ClusterRecord { name: "c1".into(), ..Default::default() };
+        s.commit(
+            vec![
+                Write::PutCluster(c.clone()),
+                Write::SetSuspended { bundle: "web".into(), suspended: true },
+                Write::SeedStatuses {
+                    cluster: "c1".into(),
+                    statuses: vec![StatusRecord { bundle: "x".into(), ..Default::default() }],
+                },
+            ],
+            1,
+        )
+        .unwrap();
+        let out = s
+            .commit(
+                vec![Write::SeedStatuses {
+                    cluster: "c1".into(),
+                    statuses: vec![StatusRecord { bundle: "x".into(), generation: 9, ..Default::default() }],
+                }],
+                2,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![WriteOutcome::Seeded { cluster: "c1".into(), statuses: vec![] }],
+            "seeding never overwrites"
+        );
+        let l = s.load().unwrap();
+        assert_eq!(l.clusters, vec![c]);
+        assert!(l.suspended.contains("web"));
+        assert_eq!(l.statuses.len(), 1);
+    }
+}

@@ -1,0 +1,189 @@
+//! The store writer: the one task that commits to the store, with group commit.
+//!
+//! Every component submits a list of [`Write`]s and awaits its outcome. The
+//! writer takes whatever is queued (up to a bound), commits it in ONE
+//! transaction in `spawn_blocking`, then, before answering anyone, feeds the
+//! committed results into the in-memory indexes it owns: the per-cluster status
+//! maps and the event feed. So an ack reaches an agent only after its entries
+//! are durable, and a fleet query never shows a status that is not stored.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info_span};
+
+use crate::domain::{Liveness, StatusRecord, StoredEvent};
+use crate::metrics::Metrics;
+use crate::state::FleetView;
+use crate::store::{Store, Write, WriteOutcome};
+use crate::{Error, Result, now_ms};
+
+/// Most writes committed in one transaction.
+const MAX_GROUP: usize = 4096;
+
+struct Job {
+    writes: Vec<Write>,
+    reply: oneshot::Sender<Result<Vec<WriteOutcome>>>,
+}
+
+/// A cheap handle to submit writes.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Job>,
+}
+
+impl WriterHandle {
+    /// Queue writes; the returned receiver resolves once they are committed.
+    pub async fn submit(&self, writes: Vec<Write>) -> oneshot::Receiver<Result<Vec<WriteOutcome>>> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(Job { writes, reply }).await {
+            let _ = job.reply.send(Err(Error::ShuttingDown));
+        }
+        rx
+    }
+
+    /// Queue writes and wait for the commit.
+    pub async fn commit(&self, writes: Vec<Write>) -> Result<Vec<WriteOutcome>> {
+        self.submit(writes).await.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+}
+
+/// Start the writer task. It ends when every handle is dropped, or on
+/// `shutdown` after committing what is queued.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    view: watch::Receiver<Arc<FleetView>>,
+    events: broadcast::Sender<Arc<StoredEvent>>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> (WriterHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(8192);
+    let task =
+        tokio::spawn(run(store, view, events, metrics, rx, shutdown).instrument(info_span!("store_writer")));
+    (WriterHandle { tx }, task)
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    view: watch::Receiver<Arc<FleetView>>,
+    events: broadcast::Sender<Arc<StoredEvent>>,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::Receiver<Job>,
+    shutdown: CancellationToken,
+) {
+    let mut liveness_tick = tokio::time::interval(Duration::from_secs(15));
+    liveness_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = false;
+    loop {
+        let first = tokio::select! {
+            job = rx.recv() => match job {
+                Some(j) => Some(j),
+                None => break,
+            },
+            _ = liveness_tick.tick() => None,
+            _ = shutdown.cancelled(), if !stopping => {
+                // Commit what is queued and what arrives while sessions close,
+                // then the last liveness; the runtime drops handles to end us.
+                stopping = true;
+                None
+            }
+        };
+        let mut jobs = Vec::new();
+        let mut n = 0;
+        if let Some(j) = first {
+            n += j.writes.len();
+            jobs.push(j);
+            while n < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(j) => {
+                        n += j.writes.len();
+                        jobs.push(j);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let liveness = dirty_liveness(&view.borrow());
+        if jobs.is_empty() && liveness.is_empty() {
+            continue;
+        }
+        let mut writes: Vec<Write> = Vec::with_capacity(n + 1);
+        let mut counts = Vec::with_capacity(jobs.len());
+        let mut replies = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            counts.push(j.writes.len());
+            writes.extend(j.writes);
+            replies.push(j.reply);
+        }
+        let has_liveness = !liveness.is_empty();
+        if has_liveness {
+            writes.push(Write::PutLiveness(liveness));
+        }
+        let started = Instant::now();
+        let st = store.clone();
+        let result = match tokio::task::spawn_blocking(move || st.commit(writes, now_ms())).await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Store(format!("commit task failed: {e}"))),
+        };
+        metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.store_commit_writes.observe(n as f64);
+        match result {
+            Ok(mut outcomes) => {
+                if has_liveness {
+                    outcomes.pop();
+                }
+                apply_outcomes(&view.borrow(), &outcomes, &events);
+                let mut it = outcomes.into_iter();
+                for (count, reply) in counts.into_iter().zip(replies) {
+                    let part: Vec<WriteOutcome> = it.by_ref().take(count).collect();
+                    let _ = reply.send(Ok(part));
+                }
+            }
+            Err(e) => {
+                error!(error = %e, writes = n, "store commit failed");
+                let msg = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(Error::Store(msg.clone())));
+                }
+            }
+        }
+    }
+    debug!("store writer stopped");
+}
+
+fn dirty_liveness(view: &FleetView) -> Vec<(String, Liveness)> {
+    view.clusters
+        .values()
+        .filter(|c| c.shared.take_liveness_dirty())
+        .map(|c| (c.record.name.clone(), c.shared.liveness()))
+        .collect()
+}
+
+/// Feed committed results into the in-memory indexes, then the event feed.
+fn apply_outcomes(view: &FleetView, outcomes: &[WriteOutcome], events: &broadcast::Sender<Arc<StoredEvent>>) {
+    let mut stored_events: Vec<&StoredEvent> = Vec::new();
+    for o in outcomes {
+        match o {
+            WriteOutcome::Batch(b) => {
+                if !b.statuses.is_empty() {
+                    put_statuses(view, &b.cluster, &b.statuses);
+                }
+                stored_events.extend(b.events.iter());
+            }
+            WriteOutcome::Seeded { cluster, statuses } => put_statuses(view, cluster, statuses),
+            WriteOutcome::Events(evs) => stored_events.extend(evs.iter()),
+            WriteOutcome::Done => {}
+        }
+    }
+    for e in stored_events {
+        let _ = events.send(Arc::new(e.clone()));
+    }
+}
+
+fn put_statuses(view: &FleetView, cluster: &str, statuses: &[StatusRecord]) {
+    if let Some(entry) = view.clusters.get(cluster) {
+        entry.shared.put_statuses(statuses);
+    }
+}
