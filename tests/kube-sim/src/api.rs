@@ -1136,6 +1136,12 @@ impl Inner {
                 }
                 Some(cur) => {
                     created = false;
+                    if let Some(rv) = cfg.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+                        && !rv.is_empty()
+                        && rv != rv_of(cur).to_string()
+                    {
+                        return Err(ApiError::stale(rt, name));
+                    }
                     let mut new = managed::apply(cur, &cfg, &rt.schema, &req).map_err(conflict_error)?;
                     Self::finish_update(rt, cur, &mut new);
                     Self::keep_allocations(rt, cur, &mut new);

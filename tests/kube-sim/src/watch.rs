@@ -195,7 +195,6 @@ fn stream_response(body: Body) -> Response<Body> {
         .status(200)
         .header("content-type", "application/json")
         .header("cache-control", "no-cache, private")
-        .header("transfer-encoding", "chunked")
         .body(body)
         .expect("response")
 }
