@@ -1,0 +1,331 @@
+//! The real kubectl (/usr/bin/kubectl) against the simulator: server-side
+//! apply of the corpus, get, wait, delete, watch, field-manager conflicts,
+//! diff, client-side apply, short names, TLS.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Sim, corpus, eventually};
+use kube_sim::SimConfig;
+use serde_json::Value;
+
+const NS_ARGOCD: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: argocd\n";
+
+fn count_lines(s: &str, needle: &str) -> usize {
+    s.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_kubectl_server_side_apply_of_the_corpus() {
+    let s = Sim::start().await;
+    let nginx = corpus().join("ingress-nginx/deploy/static/provider/cloud");
+    let argo = corpus().join("argo-cd/manifests/install.yaml");
+
+    // ingress-nginx: every file of the directory (kustomization.yaml is kustomize input, applied with -k)
+    let out =
+        s.kubectl_ok(&["apply", "--server-side", "-f", nginx.join("deploy.yaml").to_str().unwrap()]).await;
+    assert_eq!(count_lines(&out, "serverside-applied"), 19, "{out}");
+    let out = s.kubectl_ok(&["apply", "--server-side", "-k", nginx.to_str().unwrap()]).await;
+    assert_eq!(count_lines(&out, "serverside-applied"), 19, "{out}");
+
+    // argo-cd: big CRDs and 50+ objects
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(NS_ARGOCD)).await;
+    let out = s.kubectl_ok(&["apply", "--server-side", "-n", "argocd", "-f", argo.to_str().unwrap()]).await;
+    let applied = count_lines(&out, "serverside-applied");
+    assert!(applied >= 55, "only {applied} objects applied:\n{out}");
+    assert_eq!(s.kubectl_ok(&["get", "crd", "-o", "name"]).await.lines().count(), 3);
+    let ar = s.kubectl_ok(&["api-resources", "--api-group=argoproj.io", "-o", "name"]).await;
+    assert!(ar.contains("applications.argoproj.io"), "{ar}");
+
+    // re-applying everything unchanged changes nothing
+    let before = s.sim.stats();
+    s.kubectl_ok(&["apply", "--server-side", "-n", "argocd", "-f", argo.to_str().unwrap()]).await;
+    s.kubectl_ok(&["apply", "--server-side", "-f", nginx.join("deploy.yaml").to_str().unwrap()]).await;
+    let after = s.sim.stats();
+    assert!(after.writes > before.writes);
+    assert_eq!(after.changed, before.changed, "an unchanged re-apply must not change state");
+
+    // diff --server-side: nothing to show (exit 0); then a change shows (exit 1)
+    let (code, out, err) =
+        s.kubectl(&["diff", "--server-side", "-n", "argocd", "-f", argo.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let changed = std::fs::read_to_string(nginx.join("deploy.yaml"))
+        .unwrap()
+        .replace("--election-id=ingress-nginx-leader", "--election-id=changed");
+    let (code, out, err) = s.kubectl_stdin(&["diff", "--server-side", "-f", "-"], Some(&changed)).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(out.contains("+        - --election-id=changed"), "{out}");
+    assert!(out.contains("-        - --election-id=ingress-nginx-leader"), "{out}");
+
+    // get -o yaml, wait for Available, jobs complete
+    let y = s
+        .kubectl_ok(&["get", "deploy", "-n", "ingress-nginx", "ingress-nginx-controller", "-o", "yaml"])
+        .await;
+    assert!(y.contains("kind: Deployment") && y.contains("progressDeadlineSeconds: 600"), "{y}");
+    s.kubectl_ok(&["wait", "--for=condition=Available", "deploy", "--all", "-n", "argocd", "--timeout=60s"])
+        .await;
+    s.kubectl_ok(&[
+        "wait",
+        "--for=condition=Complete",
+        "job",
+        "--all",
+        "-n",
+        "ingress-nginx",
+        "--timeout=60s",
+    ])
+    .await;
+    s.kubectl_ok(&[
+        "rollout",
+        "status",
+        "statefulset/argocd-application-controller",
+        "-n",
+        "argocd",
+        "--timeout=60s",
+    ])
+    .await;
+    let svc = eventually(30, || async {
+        let out = s
+            .kubectl_ok(&[
+                "get",
+                "svc",
+                "-n",
+                "ingress-nginx",
+                "ingress-nginx-controller",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[0].ip}",
+            ])
+            .await;
+        (!out.is_empty()).then_some(out)
+    })
+    .await;
+    assert!(svc.starts_with("172.18.255."), "{svc}");
+
+    // tables with short names
+    let out = s.kubectl_ok(&["get", "deploy,sts,svc,cm", "-n", "argocd"]).await;
+    assert!(out.contains("deployment.apps/argocd-server") && out.contains("1/1"), "{out}");
+    assert!(out.contains("statefulset.apps/argocd-application-controller"), "{out}");
+    let out = s.kubectl_ok(&["get", "appproj,crds"]).await;
+    assert!(out.contains("applications.argoproj.io"), "{out}");
+
+    // delete the namespace: its content goes, cluster-scoped objects stay
+    s.kubectl_ok(&["delete", "ns", "ingress-nginx", "--timeout=60s"]).await;
+    let (code, _, err) = s.kubectl(&["get", "ns", "ingress-nginx"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("NotFound") || err.contains("not found"), "{err}");
+    assert!(
+        s.sim.objects("apps", "deployments").iter().all(|d| d["metadata"]["namespace"] != "ingress-nginx")
+    );
+    s.kubectl_ok(&["get", "clusterrole", "ingress-nginx"]).await;
+    s.kubectl_ok(&["delete", "-n", "argocd", "-f", argo.to_str().unwrap(), "--timeout=60s"]).await;
+    assert!(s.kubectl_ok(&["get", "crd", "-o", "name"]).await.trim().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_kubectl_field_manager_conflict_and_force() {
+    let s = Sim::start().await;
+    let cm = |v: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\ndata:\n  key: \"{v}\"\n")
+    };
+    s.kubectl_stdin(&["apply", "--server-side", "--field-manager=team-a", "-f", "-"], Some(&cm("a"))).await;
+    let (code, _, err) = s
+        .kubectl_stdin(&["apply", "--server-side", "--field-manager=team-b", "-f", "-"], Some(&cm("b")))
+        .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("Apply failed with 1 conflict: conflict with \"team-a\": .data.key"), "{err}");
+    assert!(err.contains("--force-conflicts"), "{err}");
+    let (code, out, err) = s
+        .kubectl_stdin(
+            &["apply", "--server-side", "--field-manager=team-b", "--force-conflicts", "-f", "-"],
+            Some(&cm("b")),
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("configmap/shared serverside-applied"));
+    let json = s.kubectl_ok(&["get", "cm", "shared", "-o", "json", "--show-managed-fields"]).await;
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["data"]["key"], "b");
+    let mf = v["metadata"]["managedFields"].as_array().unwrap();
+    let a = mf.iter().find(|e| e["manager"] == "team-a");
+    assert!(a.is_none_or(|a| a["fieldsV1"]["f:data"].get("f:key").is_none()), "{mf:?}");
+    // diff as team-a now conflicts
+    let (code, _, err) = s
+        .kubectl_stdin(&["diff", "--server-side", "--field-manager=team-a", "-f", "-"], Some(&cm("a")))
+        .await;
+    assert!(code > 1, "{err}");
+    assert!(err.contains("conflict with \"team-b\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_kubectl_client_side_apply_edit_scale_and_delete() {
+    let s = Sim::start().await;
+    let dep = |image: &str, extra_env: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n      - name: nginx\n        image: {image}\n        ports:\n        - containerPort: 80\n        env:\n        - {{name: A, value: \"1\"}}\n{extra_env}"
+        )
+    };
+    let (code, out, err) = s
+        .kubectl_stdin(&["apply", "-f", "-"], Some(&dep("nginx:1.25", "        - {name: B, value: \"2\"}\n")))
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deployment.apps/web created"));
+    // client-side apply again with a change and one env var removed: strategic merge patch with the last-applied annotation
+    let (code, out, err) = s.kubectl_stdin(&["apply", "-f", "-"], Some(&dep("nginx:1.26", ""))).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    let v: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "deploy", "web", "-o", "json"]).await).unwrap();
+    let c = &v["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "nginx:1.26");
+    assert_eq!(c["env"].as_array().unwrap().len(), 1, "{c}");
+    assert_eq!(v["metadata"]["generation"], 2);
+    let (code, out, _) = s.kubectl_stdin(&["apply", "-f", "-"], Some(&dep("nginx:1.26", ""))).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("deployment.apps/web unchanged"), "{out}");
+    // label, annotate, scale, patch
+    s.kubectl_ok(&["label", "deploy", "web", "tier=frontend"]).await;
+    s.kubectl_ok(&["annotate", "deploy", "web", "note=hello"]).await;
+    s.kubectl_ok(&["scale", "deploy", "web", "--replicas=3"]).await;
+    s.kubectl_ok(&["patch", "deploy", "web", "--type=merge", "-p", "{\"spec\":{\"minReadySeconds\":1}}"])
+        .await;
+    let v: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "deploy", "web", "-o", "json"]).await).unwrap();
+    assert_eq!(v["metadata"]["labels"]["tier"], "frontend");
+    assert_eq!(v["metadata"]["annotations"]["note"], "hello");
+    assert_eq!(v["spec"]["replicas"], 3);
+    assert_eq!(v["spec"]["minReadySeconds"], 1);
+    s.kubectl_ok(&["rollout", "status", "deploy/web", "--timeout=60s"]).await;
+    // short names and label selectors
+    let out = s.kubectl_ok(&["get", "deploy", "-l", "tier=frontend", "-o", "name"]).await;
+    assert_eq!(out.trim(), "deployment.apps/web");
+    let out = s.kubectl_ok(&["get", "ns,sa,cm,svc", "-n", "default"]).await;
+    assert!(
+        out.contains("namespace/default")
+            && out.contains("serviceaccount/default")
+            && out.contains("service/kubernetes"),
+        "{out}"
+    );
+    // delete and wait
+    let out = s.kubectl_ok(&["delete", "deploy", "web", "--timeout=60s"]).await;
+    assert!(out.contains("deployment.apps \"web\" deleted"), "{out}");
+    let (code, _, err) = s.kubectl(&["get", "deploy", "web"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("Error from server (NotFound): deployments.apps \"web\" not found"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_kubectl_get_watch_sees_changes() {
+    let s = Sim::start().await;
+    let mut child = tokio::process::Command::new("kubectl")
+        .args(["get", "cm", "--watch", "-o", "name"])
+        .env("KUBECONFIG", &s.kubeconfig)
+        .env("HOME", s.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let l2 = lines.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut r = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(l)) = r.next_line().await {
+            l2.lock().push(l);
+        }
+    });
+    // the initial list arrives first
+    eventually(30, || async { lines.lock().iter().any(|l| l.contains("kube-root-ca.crt")).then_some(()) })
+        .await;
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: watched\ndata:\n  a: \"1\"\n"),
+    )
+    .await;
+    eventually(30, || async { lines.lock().iter().any(|l| l.contains("configmap/watched")).then_some(()) })
+        .await;
+    s.kubectl_ok(&["delete", "cm", "watched"]).await;
+    eventually(30, || async {
+        (lines.lock().iter().filter(|l| l.contains("configmap/watched")).count() >= 2).then_some(())
+    })
+    .await;
+    // the table form of --watch (server-side Table events)
+    let mut child2 = tokio::process::Command::new("kubectl")
+        .args(["get", "cm", "--watch-only"])
+        .env("KUBECONFIG", &s.kubeconfig)
+        .env("HOME", s.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout2 = child2.stdout.take().unwrap();
+    let lines2 = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let l3 = lines2.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut r = tokio::io::BufReader::new(stdout2).lines();
+        while let Ok(Some(l)) = r.next_line().await {
+            l3.lock().push(l);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut i = 0;
+    eventually(30, || {
+        i += 1;
+        let body =
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: table{i}\ndata:\n  a: \"1\"\n");
+        let s = &s;
+        let lines2 = lines2.clone();
+        async move {
+            s.kubectl_stdin(&["apply", "-f", "-"], Some(&body)).await;
+            let l = lines2.lock();
+            (l.iter().any(|x| x.starts_with("table") && x.contains(" 1 "))).then_some(())
+        }
+    })
+    .await;
+    let _ = child.kill().await;
+    let _ = child2.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_kubectl_wait_readiness_and_unpullable_image() {
+    let s = Sim::with(SimConfig { readiness_delay: Duration::from_millis(300), ..Default::default() }).await;
+    let dep = |name: &str, image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  progressDeadlineSeconds: 3\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n      - name: c\n        image: {image}\n"
+        )
+    };
+    s.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&dep("good", "nginx:1.27"))).await;
+    s.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&dep("bad", "nginx:does-not-exist"))).await;
+    s.kubectl_ok(&["wait", "--for=condition=Available", "deploy/good", "--timeout=60s"]).await;
+    let (code, _, err) =
+        s.kubectl(&["wait", "--for=condition=Available", "deploy/bad", "--timeout=2s"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("timed out"), "{err}");
+    s.kubectl_ok(&["wait", "--for=condition=Progressing=false", "deploy/bad", "--timeout=60s"]).await;
+    let v: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "deploy", "bad", "-o", "json"]).await).unwrap();
+    let conds = v["status"]["conditions"].as_array().unwrap();
+    let avail = conds.iter().find(|c| c["type"] == "Available").unwrap();
+    assert_eq!(avail["status"], "False");
+    assert_eq!(avail["reason"], "MinimumReplicasUnavailable");
+    let prog = conds.iter().find(|c| c["type"] == "Progressing").unwrap();
+    assert_eq!(prog["reason"], "ProgressDeadlineExceeded");
+    assert!(v["status"].get("readyReplicas").is_none());
+    let (code, _, err) = s.kubectl(&["rollout", "status", "deploy/bad", "--timeout=5s"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("exceeded its progress deadline"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_kubectl_over_tls() {
+    let s = Sim::with(SimConfig { tls: true, ..Default::default() }).await;
+    assert!(s.sim.url().starts_with("https://127.0.0.1:"));
+    let out = s.kubectl_ok(&["get", "ns", "-o", "name"]).await;
+    assert!(out.contains("namespace/kube-system"), "{out}");
+    let out = s.kubectl_ok(&["version", "-o", "json"]).await;
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["serverVersion"]["minor"], "32");
+}
