@@ -5,9 +5,7 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Loaded, Store, Write, WriteOutcome};
-use crate::domain::{
-    AgentBatch, BatchOutcome, EventFilter, OutboxEntry, StatusRecord, StoredEvent, fresh_entries,
-};
+use crate::domain::{AgentBatch, BatchOutcome, EventFilter, OutboxEntry, StoredEvent, fresh_entries};
 use crate::{Error, Result};
 
 const CLUSTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("clusters");
@@ -317,7 +315,10 @@ fn store_batch(
 
 #[cfg(test)]
 /// Statuses of one cluster from a loaded snapshot, for tests.
-pub fn statuses_of<'a>(loaded: &'a Loaded, cluster: &'a str) -> impl Iterator<Item = &'a StatusRecord> + 'a {
+pub fn statuses_of<'a>(
+    loaded: &'a Loaded,
+    cluster: &'a str,
+) -> impl Iterator<Item = &'a crate::domain::StatusRecord> + 'a {
     loaded.statuses.iter().filter(move |(c, _)| c == cluster).map(|(_, s)| s)
 }
 

@@ -1,0 +1,276 @@
+//! Helpers for the hub's in-process gRPC tests: start a hub, build mTLS and
+//! token clients, register fake agents, drive Sync streams.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use convoy_core::config::FleetConfig;
+use convoy_core::selector::Labels;
+use convoy_hub::{Hub, HubConfig, HubHandle, HubOptions, StaticPipeline};
+use convoy_proto::v1 as pb;
+use convoy_proto::v1::agent_message::Msg as In;
+use convoy_proto::v1::hub_message::Msg as Out;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Request, Status, Streaming};
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt().with_env_filter("warn,convoy_hub=info").with_test_writer().try_init();
+}
+
+pub const FLEET: &str = r#"
+apiVersion: convoy.dev/v1
+kind: GitSource
+metadata: {name: repo}
+spec: {url: "https://git.example/fleet.git"}
+---
+apiVersion: convoy.dev/v1
+kind: Bundle
+metadata: {name: web}
+spec:
+  source: repo
+  path: web
+  targets: [{clusterSelector: {matchLabels: {env: prod}}}]
+---
+apiVersion: convoy.dev/v1
+kind: Bundle
+metadata: {name: db}
+spec:
+  source: repo
+  path: db
+  dependsOn: [web]
+  targets: [{clusterName: c2}]
+"#;
+
+pub fn fleet(text: &str) -> FleetConfig {
+    FleetConfig::parse([("fleet.yaml", text)]).unwrap()
+}
+
+pub struct TestHub {
+    pub hub: HubHandle,
+    pub pipeline: Arc<StaticPipeline>,
+    pub dir: std::path::PathBuf,
+}
+
+pub async fn start(dir: &std::path::Path, fleet_text: &str) -> TestHub {
+    init();
+    let pipeline = StaticPipeline::new(dir.join("artifacts"));
+    let mut cfg = HubConfig::local(dir.join("data"));
+    cfg.certificates.cluster_ttl = convoy_core::duration::HumanDuration::from_secs(3600);
+    let hub =
+        Hub::start(cfg, HubOptions { pipeline: Some(pipeline.clone()), fleet: Some(fleet(fleet_text)) })
+            .await
+            .unwrap();
+    TestHub { hub, pipeline, dir: dir.to_path_buf() }
+}
+
+pub async fn channel(hub: &HubHandle, identity: Option<(&str, &str)>) -> Channel {
+    channel_with_window(hub, identity, None).await
+}
+
+pub async fn channel_with_window(
+    hub: &HubHandle,
+    identity: Option<(&str, &str)>,
+    window: Option<u32>,
+) -> Channel {
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&hub.ca_pem)).domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(hub.endpoint())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window)
+        .connect()
+        .await
+        .unwrap()
+}
+
+pub async fn admin(hub: &HubHandle) -> pb::fleet_client::FleetClient<Channel> {
+    pb::fleet_client::FleetClient::new(channel(hub, Some((&hub.admin.cert_pem, &hub.admin.key_pem))).await)
+}
+
+pub fn csr() -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default().serialize_request(&key).unwrap().pem().unwrap();
+    (csr, key.serialize_pem())
+}
+
+#[derive(Clone)]
+pub struct AgentIdentity {
+    pub cluster: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+pub async fn register_with(
+    hub: &HubHandle,
+    token: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Result<AgentIdentity, Status> {
+    let mut c = pb::registration_client::RegistrationClient::new(channel(hub, None).await);
+    let (csr, key) = csr();
+    let r = c
+        .register(pb::RegisterRequest {
+            token: token.into(),
+            cluster_name: name.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            csr_pem: csr,
+            agent_version: "test/1".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(r.identity, format!("spiffe://convoy/cluster/{name}"));
+    assert_eq!(r.ca_pem, hub.ca_pem);
+    Ok(AgentIdentity { cluster: name.into(), cert_pem: r.certificate_pem, key_pem: key })
+}
+
+pub async fn register(hub: &HubHandle, name: &str, labels: &[(&str, &str)]) -> AgentIdentity {
+    let t = hub.create_token(Some(name), Labels::new(), Duration::from_secs(600), true).await.unwrap();
+    register_with(hub, &t.token, name, labels).await.unwrap()
+}
+
+pub async fn agent_client(hub: &HubHandle, id: &AgentIdentity) -> pb::agent_client::AgentClient<Channel> {
+    pb::agent_client::AgentClient::new(channel(hub, Some((&id.cert_pem, &id.key_pem))).await)
+}
+
+/// A fake agent's Sync stream.
+pub struct Stream {
+    pub tx: mpsc::Sender<pb::AgentMessage>,
+    pub rx: Streaming<pb::HubMessage>,
+    pub client: pb::agent_client::AgentClient<Channel>,
+}
+
+pub fn hello(epoch: u64) -> pb::AgentMessage {
+    pb::AgentMessage {
+        msg: Some(In::Hello(pb::Hello {
+            agent_version: "test/1".into(),
+            outbox_epoch: epoch,
+            applied: vec![],
+        })),
+    }
+}
+
+pub async fn open(
+    hub: &HubHandle,
+    id: &AgentIdentity,
+    epoch: u64,
+) -> Result<(Stream, u64, pb::DesiredState), Status> {
+    open_with_window(hub, id, epoch, 0).await
+}
+
+pub async fn open_with_window(
+    hub: &HubHandle,
+    id: &AgentIdentity,
+    epoch: u64,
+    window: u32,
+) -> Result<(Stream, u64, pb::DesiredState), Status> {
+    let ch =
+        channel_with_window(hub, Some((&id.cert_pem, &id.key_pem)), (window > 0).then_some(window)).await;
+    let mut client = pb::agent_client::AgentClient::new(ch);
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(hello(epoch)).await.unwrap();
+    let mut rx = client.sync(Request::new(ReceiverStream::new(rx))).await?.into_inner();
+    let ack = match rx.message().await?.and_then(|m| m.msg) {
+        Some(Out::Ack(a)) => a.acked_seq,
+        other => panic!("expected Ack first, got {other:?}"),
+    };
+    let snap = match rx.message().await?.and_then(|m| m.msg) {
+        Some(Out::Snapshot(s)) => s,
+        other => panic!("expected Snapshot second, got {other:?}"),
+    };
+    Ok((Stream { tx, rx, client }, ack, snap))
+}
+
+impl Stream {
+    pub async fn send_status(&self, seq: u64, bundle: &str, generation: u64, phase: pb::Phase) {
+        let status = pb::BundleStatus {
+            bundle: bundle.into(),
+            generation,
+            phase: phase as i32,
+            message: format!("seq {seq}"),
+            ..Default::default()
+        };
+        self.tx
+            .send(pb::AgentMessage { msg: Some(In::Status(pb::StatusReport { seq, status: Some(status) })) })
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_event(&self, seq: u64, bundle: &str, reason: &str) {
+        let event = pb::Event {
+            severity: pb::Severity::Info as i32,
+            reason: reason.into(),
+            message: format!("seq {seq}"),
+            bundle: bundle.into(),
+            ..Default::default()
+        };
+        self.tx
+            .send(pb::AgentMessage { msg: Some(In::Event(pb::EventReport { seq, event: Some(event) })) })
+            .await
+            .unwrap();
+    }
+
+    /// Read messages until `f` returns Some, within WAIT.
+    pub async fn until<T>(&mut self, mut f: impl FnMut(&Out) -> Option<T>) -> T {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let m = self.rx.message().await.expect("stream error").expect("stream ended");
+                if let Some(msg) = m.msg {
+                    if let Some(t) = f(&msg) {
+                        return t;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("timed out waiting for a hub message")
+    }
+
+    pub async fn until_ack(&mut self, seq: u64) {
+        self.until(|m| matches!(m, Out::Ack(a) if a.acked_seq >= seq).then_some(())).await
+    }
+
+    /// Wait for an update or snapshot containing `bundle` at `generation`.
+    pub async fn until_generation(&mut self, bundle: &str, generation: u64) -> pb::BundleDeployment {
+        self.until(|m| {
+            let list = match m {
+                Out::Update(u) => &u.upserts,
+                Out::Snapshot(s) => &s.bundles,
+                Out::Ack(_) => return None,
+            };
+            list.iter().find(|b| b.name == bundle && b.generation == generation).cloned()
+        })
+        .await
+    }
+
+    pub async fn until_removed(&mut self, bundle: &str) {
+        self.until(|m| matches!(m, Out::Update(u) if u.removed.iter().any(|r| r == bundle)).then_some(()))
+            .await
+    }
+}
+
+/// Poll `f` until it returns Some, within WAIT.
+pub async fn eventually<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(t) = f().await {
+            return t;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition not reached in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
