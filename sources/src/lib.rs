@@ -1,1 +1,11 @@
-//! Git sources and the artifact pipeline (placeholder until issue #3 lands).
+//! Git sources and the artifact pipeline of the hub: fetch with gix, render
+//! bundles (plain YAML or kustomize), store artifacts by digest, webhooks.
+
+pub mod git;
+pub mod redact;
+pub mod store;
+
+mod error;
+
+pub use error::{Error, Result};
+pub use store::ArtifactStore;

@@ -1,0 +1,503 @@
+//! Fetching with gix into a bare cache repository per source, resolving refs
+//! to commits, and reading trees straight from the object database.
+//!
+//! What a poll does:
+//! 1. An exact commit already in the cache: nothing at all (commits never change).
+//! 2. Otherwise one connection: handshake and `ls-refs` limited to the ref
+//!    (`refs/heads/<b>`, `refs/tags/<t>`, `refs/tags/*` for semver, or the
+//!    full name). The ref resolves to a commit (annotated tags peeled). If it
+//!    is the commit we already have, the connection is closed: no pack, no
+//!    checkout, no artifact work.
+//! 3. Otherwise the pack is fetched **shallow (depth 1)** for branches, tags,
+//!    semver tags and full names, since only the tree at the tip is needed;
+//!    refspecs are forced (`+`), so force-pushes just move the ref. A semver
+//!    range fetches only the chosen tag, over a second connection. An exact
+//!    commit is fetched by id with depth 1 when no branch is given, or with the
+//!    branch's full history when one is (the commit may be anywhere in it).
+//!
+//! The cache is opened *isolated*: no system, global or user git config, no
+//! credential helpers, no prompts. Credentials come only from the GitSource's
+//! files.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use convoy_artifact::{EntryKind, Tree, TreeEntry};
+use convoy_core::config::{RefSpec, format_revision};
+use gix::ObjectId;
+use gix::bstr::ByteSlice;
+use gix::remote::Direction;
+use gix::remote::fetch::{Shallow, Tags};
+
+use crate::redact::{Secrets, redact_url};
+use crate::{Error, Result};
+
+/// Credentials for one fetch, read from the GitSource's files.
+#[derive(Clone, Default)]
+pub struct FetchAuth {
+    /// HTTP basic auth: user name and password.
+    pub basic: Option<(String, String)>,
+    /// HTTP bearer token.
+    pub bearer: Option<String>,
+    /// SSH: a private key file (already 0600) and a known_hosts file.
+    pub ssh: Option<(PathBuf, PathBuf)>,
+    /// HTTP connect timeout and ssh ConnectTimeout.
+    pub connect_timeout: Option<std::time::Duration>,
+}
+
+impl std::fmt::Debug for FetchAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchAuth")
+            .field("basic", &self.basic.as_ref().map(|(u, _)| u))
+            .field("bearer", &self.bearer.as_ref().map(|_| "***"))
+            .field("ssh", &self.ssh)
+            .finish()
+    }
+}
+
+/// A ref resolved to a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The commit id, 40 hex digits.
+    pub commit: String,
+    /// The `<ref>` part of the revision (`main`, `v1.2.3`, `refs/pull/1/head`, `HEAD`).
+    pub reference: String,
+    /// Whether a pack was fetched (false: the commit was already in the cache).
+    pub fetched: bool,
+}
+
+impl Resolved {
+    /// `<ref>@sha1:<commit>`.
+    pub fn revision(&self) -> String {
+        format_revision(&self.reference, &self.commit)
+    }
+}
+
+/// A bare repository that caches one source's objects.
+#[derive(Debug, Clone)]
+pub struct GitCache {
+    dir: PathBuf,
+}
+
+impl GitCache {
+    /// A cache at `dir` (created on first fetch).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The repository directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn open(&self, overrides: Vec<String>) -> Result<gix::Repository> {
+        let err = |e: &dyn std::fmt::Display| Error::Fetch {
+            url: self.dir.display().to_string(),
+            message: format!("cannot open the cache repository: {e}"),
+        };
+        if !self.dir.join("HEAD").exists() {
+            std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+            gix::init_bare(&self.dir).map_err(|e| err(&e))?;
+        }
+        let opts = gix::open::Options::isolated().config_overrides(overrides);
+        let mut repo = gix::open_opts(&self.dir, opts).map_err(|e| err(&e))?;
+        repo.object_cache_size_if_unset(4 << 20);
+        Ok(repo)
+    }
+
+    /// Open the cache for reading trees.
+    pub fn repo(&self) -> Result<gix::Repository> {
+        self.open(Vec::new())
+    }
+
+    /// Resolve `spec` on the remote and fetch what is needed. `last` is the
+    /// commit of the previous successful poll: when the ref still points
+    /// there, nothing is fetched.
+    pub fn fetch(
+        &self,
+        url: &str,
+        spec: &RefSpec,
+        auth: &FetchAuth,
+        secrets: &Secrets,
+        last: Option<&str>,
+        interrupt: &AtomicBool,
+    ) -> Result<Resolved> {
+        let mut overrides = vec!["gitoxide.userAgent=convoy".to_string(), "protocol.version=2".to_string()];
+        if let Some((key, known_hosts)) = &auth.ssh {
+            overrides
+                .push(format!("core.sshCommand={}", ssh_command(key, known_hosts, auth.connect_timeout)));
+            overrides.push("ssh.variant=ssh".into());
+        }
+        let repo = self.open(overrides)?;
+        let f = Fetcher { repo: &repo, url, auth, secrets, interrupt };
+
+        if let RefSpec::Commit { commit, branch } = spec {
+            let id = parse_id(commit)?;
+            let reference = spec.revision_prefix(None);
+            if is_commit(&repo, id) {
+                return Ok(Resolved { commit: commit.clone(), reference, fetched: false });
+            }
+            match branch {
+                Some(b) => f.fetch_refspec(&format!("+refs/heads/{b}:refs/heads/{b}"), None)?,
+                None => f.fetch_refspec(&format!("+{commit}:refs/convoy/commit"), NonZeroU32::new(1))?,
+            };
+            if !is_commit(&repo, id) {
+                return Err(Error::RefNotFound {
+                    url: redact_url(url),
+                    reference: format!("commit {commit}"),
+                });
+            }
+            return Ok(Resolved { commit: commit.clone(), reference, fetched: true });
+        }
+
+        let (list_spec, display) = match spec {
+            RefSpec::Branch(b) => (format!("+refs/heads/{b}:refs/heads/{b}"), format!("branch {b}")),
+            RefSpec::Tag(t) => (format!("+refs/tags/{t}:refs/tags/{t}"), format!("tag {t}")),
+            RefSpec::Name(n) => (format!("+{n}:{n}"), format!("ref {n}")),
+            RefSpec::Semver(r) => {
+                ("+refs/tags/*:refs/tags/*".to_string(), format!("a tag matching semver {r:?}"))
+            }
+            RefSpec::Commit { .. } => unreachable!("handled above"),
+        };
+        let not_found = || Error::RefNotFound { url: redact_url(url), reference: display.clone() };
+        let remote = f.remote(&list_spec)?;
+        let conn = f.connect(&remote)?;
+        let prepare = conn
+            .prepare_fetch(gix::progress::Discard, gix::remote::ref_map::Options::default())
+            .map_err(|e| f.classify(&e))?;
+        let refs: Vec<(String, ObjectId)> = prepare
+            .ref_map()
+            .mappings
+            .iter()
+            .filter_map(|m| match &m.remote {
+                gix::remote::fetch::refmap::Source::Ref(r) => {
+                    let (name, direct, peeled) = r.unpack();
+                    Some((name.to_str_lossy().into_owned(), peeled.or(direct)?.to_owned()))
+                }
+                gix::remote::fetch::refmap::Source::ObjectId(_) => None,
+            })
+            .collect();
+        let (name, commit) = match spec {
+            RefSpec::Semver(range) => pick_semver(range, &refs)?.ok_or_else(not_found)?,
+            _ => refs.into_iter().next().ok_or_else(not_found)?,
+        };
+        let reference = match spec {
+            RefSpec::Semver(_) => spec.revision_prefix(name.strip_prefix("refs/tags/")),
+            _ => spec.revision_prefix(None),
+        };
+        let hex = commit.to_hex().to_string();
+        if last == Some(hex.as_str()) && is_commit(&repo, commit) {
+            // Unchanged: dropping `prepare` ends the session without a pack.
+            return Ok(Resolved { commit: hex, reference, fetched: false });
+        }
+        if matches!(spec, RefSpec::Semver(_)) {
+            drop(prepare);
+            f.fetch_refspec(&format!("+{name}:{name}"), NonZeroU32::new(1))?;
+        } else {
+            f.receive(prepare, NonZeroU32::new(1))?;
+        }
+        if !is_commit(&repo, commit) {
+            return Err(Error::Fetch {
+                url: redact_url(url),
+                message: format!("{display} points to {hex}, which is not a commit we received"),
+            });
+        }
+        Ok(Resolved { commit: hex, reference, fetched: true })
+    }
+
+    /// The tree of a commit in the cache.
+    pub fn tree(&self, commit: &str) -> Result<GitTree> {
+        let repo = self.repo()?;
+        let id = parse_id(commit)?;
+        let tree = repo.find_commit(id).and_then(|c| c.tree_id().map(|t| t.detach())).map_err(|e| {
+            Error::Fetch { url: self.dir.display().to_string(), message: format!("commit {commit}: {e}") }
+        })?;
+        Ok(GitTree { repo, root: tree, dirs: Default::default() })
+    }
+}
+
+fn parse_id(hex: &str) -> Result<ObjectId> {
+    ObjectId::from_hex(hex.as_bytes()).map_err(|e| Error::Config(format!("{hex:?} is not a commit id: {e}")))
+}
+
+fn is_commit(repo: &gix::Repository, id: ObjectId) -> bool {
+    repo.try_find_header(id).ok().flatten().is_some_and(|h| h.kind() == gix::object::Kind::Commit)
+}
+
+/// The highest tag whose version matches `range` (a leading `v` is allowed).
+fn pick_semver(range: &str, refs: &[(String, ObjectId)]) -> Result<Option<(String, ObjectId)>> {
+    let req =
+        semver::VersionReq::parse(range).map_err(|e| Error::Config(format!("semver {range:?}: {e}")))?;
+    Ok(refs
+        .iter()
+        .filter_map(|(name, id)| {
+            let tag = name.strip_prefix("refs/tags/")?;
+            let v = semver::Version::parse(tag.strip_prefix(['v', 'V']).unwrap_or(tag)).ok()?;
+            req.matches(&v).then_some((v, name, id))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)))
+        .map(|(_, n, id)| (n.clone(), *id)))
+}
+
+/// A shell-quoted ssh command with the source's key and strict host checking.
+fn ssh_command(key: &Path, known_hosts: &Path, connect_timeout: Option<std::time::Duration>) -> String {
+    let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+    let timeout = connect_timeout.map_or(30, |d| d.as_secs().max(1));
+    format!(
+        "ssh -F /dev/null -i {} -o IdentitiesOnly=yes -o IdentityAgent=none -o UserKnownHostsFile={} \
+         -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes \
+         -o PasswordAuthentication=no -o ConnectTimeout={timeout}",
+        q(key),
+        q(known_hosts)
+    )
+}
+
+struct Fetcher<'a> {
+    repo: &'a gix::Repository,
+    url: &'a str,
+    auth: &'a FetchAuth,
+    secrets: &'a Secrets,
+    interrupt: &'a AtomicBool,
+}
+
+type Conn<'r, 'a> = gix::remote::Connection<
+    'r,
+    'a,
+    'a,
+    Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send>,
+>;
+
+impl<'a> Fetcher<'a> {
+    fn remote(&self, refspec: &str) -> Result<gix::Remote<'a>> {
+        self.repo
+            .remote_at(self.url)
+            .map_err(|e| {
+                Error::Config(format!(
+                    "url {}: {}",
+                    redact_url(self.url),
+                    self.secrets.scrub(&e.to_string(), self.url)
+                ))
+            })?
+            .with_fetch_tags(Tags::None)
+            .with_refspecs([refspec], Direction::Fetch)
+            .map_err(|e| Error::Config(format!("refspec {refspec:?}: {e}")))
+    }
+
+    fn connect<'r>(&self, remote: &'r gix::Remote<'a>) -> Result<Conn<'r, 'a>> {
+        let mut conn = remote.connect(Direction::Fetch).map_err(|e| self.classify(&e))?;
+        let basic = self.auth.basic.clone();
+        conn.set_credentials(move |action| match action {
+            gix::credentials::helper::Action::Get(ctx) => match &basic {
+                Some((user, password)) => Ok(Some(gix::credentials::protocol::Outcome {
+                    identity: gix::sec::identity::Account {
+                        username: user.clone(),
+                        password: password.clone(),
+                        oauth_refresh_token: None,
+                    },
+                    next: ctx.into(),
+                })),
+                // No credentials configured: fail instead of prompting.
+                None => Ok(None),
+            },
+            _ => Ok(None),
+        });
+        let lower = self.url.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            let mut opts = gix::protocol::transport::client::blocking_io::http::Options {
+                user_agent: Some(format!("convoy/{}", env!("CARGO_PKG_VERSION"))),
+                connect_timeout: self.auth.connect_timeout,
+                // Abort a transfer that stalls below 1 KiB/s for 30 s.
+                low_speed_limit_bytes_per_second: 1024,
+                low_speed_time_seconds: 30,
+                ..Default::default()
+            };
+            if let Some(token) = &self.auth.bearer {
+                opts.extra_headers.push(format!("Authorization: Bearer {token}"));
+            }
+            conn.set_transport_options(Box::new(opts));
+        }
+        Ok(conn)
+    }
+
+    fn receive(
+        &self,
+        prepare: gix::remote::fetch::Prepare<
+            '_,
+            '_,
+            impl gix::protocol::transport::client::blocking_io::Transport,
+        >,
+        depth: Option<NonZeroU32>,
+    ) -> Result<()> {
+        let prepare = match depth {
+            Some(d) => prepare.with_shallow(Shallow::DepthAtRemote(d)),
+            None => prepare,
+        };
+        prepare
+            .with_write_packed_refs_only(true)
+            .receive(gix::progress::Discard, self.interrupt)
+            .map_err(|e| self.classify(&e))?;
+        Ok(())
+    }
+
+    fn fetch_refspec(&self, refspec: &str, depth: Option<NonZeroU32>) -> Result<()> {
+        let remote = self.remote(refspec)?;
+        let conn = self.connect(&remote)?;
+        let prepare = conn
+            .prepare_fetch(gix::progress::Discard, gix::remote::ref_map::Options::default())
+            .map_err(|e| self.classify(&e))?;
+        if prepare.ref_map().mappings.is_empty() {
+            return Err(Error::RefNotFound {
+                url: redact_url(self.url),
+                reference: refspec.trim_start_matches('+').to_string(),
+            });
+        }
+        self.receive(prepare, depth)
+    }
+
+    /// Turn a gix error into ours, scrubbed of secrets.
+    fn classify(&self, e: &dyn std::fmt::Display) -> Error {
+        let message = self.secrets.scrub(&format!("{e:#}"), self.url);
+        classify_message(self.url, message)
+    }
+}
+
+fn classify_message(url: &str, message: String) -> Error {
+    let lower = message.to_ascii_lowercase();
+    let url = redact_url(url);
+    let auth_hints = [
+        "authentication",
+        "401",
+        "403",
+        "permission denied",
+        "unauthorized",
+        "forbidden",
+        "host key verification failed",
+        "credentials",
+    ];
+    if auth_hints.iter().any(|h| lower.contains(h)) {
+        Error::Auth { url, message }
+    } else {
+        Error::Fetch { url, message }
+    }
+}
+
+/// The decoded entries of one directory: name, kind, object id.
+type Entries = std::rc::Rc<Vec<(String, EntryKind, ObjectId)>>;
+
+/// A commit's tree as a [`Tree`], read blob by blob from the object database.
+pub struct GitTree {
+    repo: gix::Repository,
+    root: ObjectId,
+    /// Directory entries by path, decoded once.
+    dirs: std::cell::RefCell<std::collections::HashMap<String, Entries>>,
+}
+
+impl GitTree {
+    fn entries(&self, dir: &str) -> convoy_artifact::Result<Entries> {
+        if let Some(e) = self.dirs.borrow().get(dir) {
+            return Ok(e.clone());
+        }
+        let tree_id = if dir.is_empty() {
+            self.root
+        } else {
+            let (parent, name) = dir.rsplit_once('/').unwrap_or(("", dir));
+            let parent = self.entries(parent)?;
+            match parent.iter().find(|(n, _, _)| n == name) {
+                Some((_, EntryKind::Dir, id)) => *id,
+                Some(_) => return Err(not_found(dir, "not a directory")),
+                None => return Err(not_found(dir, "no such directory")),
+            }
+        };
+        let tree = self.repo.find_tree(tree_id).map_err(|e| git_err(dir, e))?;
+        let decoded = tree.decode().map_err(|e| git_err(dir, e))?;
+        let mut out = Vec::with_capacity(decoded.entries.len());
+        for e in &decoded.entries {
+            let name = e.filename.to_str().map_err(|_| convoy_artifact::Error::Path {
+                path: format!("{dir}/{}", e.filename.to_str_lossy()),
+                message: "file name is not UTF-8".into(),
+            })?;
+            let kind = match e.mode.kind() {
+                gix::object::tree::EntryKind::Tree => EntryKind::Dir,
+                gix::object::tree::EntryKind::Blob | gix::object::tree::EntryKind::BlobExecutable => {
+                    EntryKind::File
+                }
+                gix::object::tree::EntryKind::Link => EntryKind::Symlink,
+                gix::object::tree::EntryKind::Commit => EntryKind::Other,
+            };
+            out.push((name.to_string(), kind, e.oid.to_owned()));
+        }
+        let out = std::rc::Rc::new(out);
+        self.dirs.borrow_mut().insert(dir.to_string(), out.clone());
+        Ok(out)
+    }
+
+    fn blob(&self, path: &str) -> convoy_artifact::Result<Vec<u8>> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let entries = self.entries(dir)?;
+        let Some((_, _, id)) = entries.iter().find(|(n, k, _)| n == name && *k != EntryKind::Dir) else {
+            return Err(not_found(path, "no such file"));
+        };
+        let mut blob = self.repo.find_blob(*id).map_err(|e| git_err(path, e))?;
+        Ok(blob.take_data())
+    }
+
+    /// The commit tree's id.
+    pub fn root(&self) -> ObjectId {
+        self.root
+    }
+}
+
+fn not_found(path: &str, msg: &str) -> convoy_artifact::Error {
+    convoy_artifact::Error::Io {
+        path: path.to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, msg.to_string()),
+    }
+}
+
+fn git_err(path: &str, e: impl std::fmt::Display) -> convoy_artifact::Error {
+    convoy_artifact::Error::Io { path: path.to_string(), source: std::io::Error::other(e.to_string()) }
+}
+
+impl Tree for GitTree {
+    fn read_dir(&self, dir: &str) -> convoy_artifact::Result<Vec<TreeEntry>> {
+        Ok(self.entries(dir)?.iter().map(|(n, k, _)| TreeEntry { name: n.clone(), kind: *k }).collect())
+    }
+
+    fn read_file(&self, path: &str) -> convoy_artifact::Result<Vec<u8>> {
+        self.blob(path)
+    }
+
+    fn read_link(&self, path: &str) -> convoy_artifact::Result<String> {
+        String::from_utf8(self.blob(path)?).map_err(|_| convoy_artifact::Error::Symlink {
+            path: path.into(),
+            message: "target is not UTF-8".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semver_picks_the_highest_match() {
+        let id = ObjectId::null(gix::hash::Kind::Sha1);
+        let refs: Vec<(String, ObjectId)> = ["v1.0.0", "v1.2.0", "1.10.1", "v2.0.0", "v1.3.0-rc.1", "junk"]
+            .iter()
+            .map(|t| (format!("refs/tags/{t}"), id))
+            .collect();
+        assert_eq!(pick_semver(">=1.0.0, <2.0.0", &refs).unwrap().unwrap().0, "refs/tags/1.10.1");
+        assert_eq!(pick_semver("~1.2", &refs).unwrap().unwrap().0, "refs/tags/v1.2.0");
+        assert_eq!(pick_semver("*", &refs).unwrap().unwrap().0, "refs/tags/v2.0.0");
+        assert!(pick_semver(">=3", &refs).unwrap().is_none());
+        assert!(pick_semver("not a range", &refs).is_err());
+    }
+
+    #[test]
+    fn ssh_command_quotes_paths() {
+        let c = ssh_command(Path::new("/d/it's key"), Path::new("/d/kh"), None);
+        assert!(c.contains(r"-i '/d/it'\''s key'"), "{c}");
+        assert!(c.contains("StrictHostKeyChecking=yes") && c.contains("BatchMode=yes"), "{c}");
+    }
+}
