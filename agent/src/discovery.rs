@@ -145,7 +145,8 @@ pub fn crd_resources(manifests: &[Manifest]) -> Vec<ResourceInfo> {
         if m.group() != "apiextensions.k8s.io" || m.kind != "CustomResourceDefinition" {
             continue;
         }
-        let spec = &m.value["spec"];
+        let value = m.value();
+        let spec = &value["spec"];
         let (Some(group), Some(kind), Some(plural)) =
             (spec["group"].as_str(), spec["names"]["kind"].as_str(), spec["names"]["plural"].as_str())
         else {

@@ -352,6 +352,26 @@ impl Engine {
             report.writes += 1;
         }
 
+        // Namespaced objects go to namespaces that must exist: create the ones
+        // the bundle uses but does not define (never pruned: not in the inventory).
+        let defined: HashSet<&str> = plan
+            .objects
+            .iter()
+            .filter(|o| o.key.group.is_empty() && o.key.kind == "Namespace")
+            .map(|o| o.key.name.as_str())
+            .collect();
+        let used: std::collections::BTreeSet<&str> = plan
+            .objects
+            .iter()
+            .filter_map(|o| o.key.namespace.as_deref())
+            .filter(|ns| !defined.contains(ns))
+            .collect();
+        for ns in used {
+            if crate::kubeapi::ensure_namespace(&self.client, ns).await? {
+                report.writes += 1;
+            }
+        }
+
         let mut entries: BTreeMap<ObjKey, Entry> = BTreeMap::new();
         for stage in Stage::ALL {
             if cancel.is_cancelled() {
@@ -755,7 +775,11 @@ fn merge_errors(mut errs: Vec<Error>) -> Error {
         return Error::Conflict(conflicts);
     }
     let transient = conflicts.is_empty() && others.iter().all(Error::is_transient);
-    let mut parts: Vec<String> = others.iter().map(ToString::to_string).collect();
+    let total = others.len();
+    let mut parts: Vec<String> = others.iter().take(5).map(ToString::to_string).collect();
+    if total > 5 {
+        parts.push(format!("and {} more failures", total - 5));
+    }
     if !conflicts.is_empty() {
         parts.push(Error::Conflict(conflicts).to_string());
     }

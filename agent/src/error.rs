@@ -31,7 +31,7 @@ pub enum Error {
     },
 
     /// A Kubernetes API call failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", KubeMsg(.source))]
     Kube {
         /// What we were doing (`apply Deployment/ns/x`).
         context: String,
@@ -111,6 +111,25 @@ pub struct FieldConflict {
     pub field: String,
     /// The API server's message, naming the other manager.
     pub message: String,
+}
+
+struct KubeMsg<'a>(&'a kube::Error);
+
+impl fmt::Display for KubeMsg<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            kube::Error::Api(s) => write!(f, "{} {}: {}", s.code, s.reason, s.message),
+            e => {
+                write!(f, "{e}")?;
+                let mut src = std::error::Error::source(e);
+                while let Some(s) = src {
+                    write!(f, ": {s}")?;
+                    src = s.source();
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 struct Conflicts<'a>(&'a [FieldConflict]);

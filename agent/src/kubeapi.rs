@@ -204,8 +204,9 @@ pub fn conflicts(object: &str, e: &kube::Error) -> Option<Vec<FieldConflict>> {
     Some(out)
 }
 
-/// Make sure a namespace exists (server-side apply of a bare Namespace).
-pub async fn ensure_namespace(client: &kube::Client, ns: &str) -> Result<()> {
+/// Make sure a namespace exists (server-side apply of a bare Namespace);
+/// `true` when it had to be created.
+pub async fn ensure_namespace(client: &kube::Client, ns: &str) -> Result<bool> {
     let res = ResourceInfo {
         group: String::new(),
         version: "v1".into(),
@@ -216,11 +217,11 @@ pub async fn ensure_namespace(client: &kube::Client, ns: &str) -> Result<()> {
     let key = ObjKey::new("", "Namespace", None, ns);
     let api = ObjApi::new(client, &res, &key);
     if api.get_meta().await?.is_some() {
-        return Ok(());
+        return Ok(false);
     }
     let body =
         serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string();
-    api.apply(&body, false).await.map(|_| ())
+    api.apply(&body, false).await.map(|_| true)
 }
 
 #[cfg(test)]

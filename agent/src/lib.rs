@@ -3,7 +3,11 @@
 //! health, corrects drift, and streams status and events back through a
 //! durable outbox, going on with its last verified state while the hub is away.
 
+pub mod agent;
 pub mod backoff;
+pub mod bundle;
+pub mod cli;
+pub mod config;
 pub mod diff;
 pub mod discovery;
 pub mod engine;
@@ -11,6 +15,7 @@ pub mod health;
 pub mod inventory;
 pub mod kubeapi;
 pub mod objects;
+pub mod oneshot;
 
 mod error;
 

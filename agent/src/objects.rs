@@ -130,8 +130,9 @@ pub struct Manifest {
     pub name: String,
     /// metadata.namespace, if set.
     pub namespace: Option<String>,
-    /// The whole document.
-    pub value: Value,
+    /// The whole document as compact JSON (text costs far less memory than a
+    /// parsed value; large bundles are held as text until applied).
+    pub body: String,
 }
 
 impl Manifest {
@@ -179,7 +180,13 @@ impl Manifest {
         let namespace = str_field(meta, "namespace").filter(|s| !s.is_empty());
         let (api_version, kind, name) = (api_version.to_string(), kind.to_string(), name.to_string());
         let namespace = namespace.map(str::to_string);
-        Ok(vec![Manifest { origin, api_version, kind, name, namespace, value }])
+        let body = serde_json::to_string(&value).map_err(|e| bad(e.to_string()))?;
+        Ok(vec![Manifest { origin, api_version, kind, name, namespace, body }])
+    }
+
+    /// The document as a JSON value.
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
 
     /// The API group of this manifest.
@@ -241,7 +248,13 @@ impl DesiredObject {
         bundle: &str,
         default_namespace: &str,
     ) -> Result<DesiredObject> {
-        let Manifest { origin, kind, name, namespace, mut value, .. } = m;
+        let Manifest { origin, kind, name, namespace, body, .. } = m;
+        let mut value: Value = serde_json::from_str(&body).map_err(|e| Error::Manifest {
+            file: origin.file.clone(),
+            index: origin.index,
+            message: e.to_string(),
+        })?;
+        drop(body);
         let namespace = if resource.namespaced {
             Some(namespace.unwrap_or_else(|| default_namespace.to_string()))
         } else {

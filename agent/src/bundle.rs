@@ -1,0 +1,367 @@
+//! Bundles as the agent sees them: the domain form of a hub deployment, the
+//! verification rules of the Sync protocol (signature by a trusted key, digest,
+//! size, bundle name, generation order), and turning a verified artifact into
+//! manifests through convoy-artifact's safe unpacker. Nothing here talks to the
+//! hub or the cluster.
+
+use std::time::Duration;
+
+use convoy_artifact::{Limits, Statement, TrustedKeys};
+use serde::{Deserialize, Serialize};
+
+use crate::objects::{Manifest, Origin};
+use crate::{Error, Result};
+
+/// What to do about drift, per bundle or agent-wide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftMode {
+    /// Put drifted objects back and report DriftCorrected.
+    #[default]
+    Correct,
+    /// Only report DriftDetected.
+    Detect,
+}
+
+/// How to apply a bundle (the hub's ApplyOptions, in domain form).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleOptions {
+    /// Namespace for namespaced objects without one.
+    pub target_namespace: Option<String>,
+    /// Delete objects that left the bundle, and everything when the bundle leaves.
+    pub prune: bool,
+    /// Wait for health before Ready.
+    pub wait: bool,
+    /// Apply plus wait timeout; `None` means the agent default.
+    pub timeout: Option<Duration>,
+    /// Bundles that must be Ready first.
+    pub depends_on: Vec<String>,
+    /// Leave the bundle alone.
+    pub suspend: bool,
+    /// Take ownership of fields other managers own.
+    pub force: bool,
+    /// The hub deliberately sends an older generation.
+    pub rollback: bool,
+    /// Drift handling; `None` means the agent default.
+    pub drift: Option<DriftMode>,
+}
+
+impl BundleOptions {
+    /// Whether two option sets produce different objects (so that a change
+    /// needs a re-apply even at the same generation).
+    pub fn affects_objects(&self, other: &BundleOptions) -> bool {
+        self.target_namespace != other.target_namespace || self.force != other.force
+    }
+}
+
+/// One bundle as the hub wants it on this cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// The bundle name.
+    pub name: String,
+    /// The exact signed statement bytes.
+    pub statement: Vec<u8>,
+    /// The DER signature over `statement`.
+    pub signature: Vec<u8>,
+    /// sha256:<hex> of the artifact.
+    pub digest: String,
+    /// Artifact size in bytes.
+    pub size: u64,
+    /// The statement generation.
+    pub generation: u64,
+    /// How to apply it.
+    pub options: BundleOptions,
+}
+
+/// The revision of a bundle that is applied on this cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRevision {
+    /// The generation.
+    pub generation: u64,
+    /// The artifact digest.
+    pub digest: String,
+    /// The source revision from the statement.
+    pub revision: String,
+    /// The signed statement that authorized it (re-verified on restart).
+    pub statement: Vec<u8>,
+    /// Its signature.
+    pub signature: Vec<u8>,
+    /// The options it was applied with.
+    pub options: BundleOptions,
+}
+
+/// What the protocol rules say about a desired deployment given what is applied.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Same generation and digest, same object-affecting options: nothing to do.
+    UpToDate,
+    /// Verify, download and apply it.
+    Apply,
+    /// Refuse it (rollback without the rollback flag, or a tampered generation).
+    Refuse(&'static str, String),
+}
+
+/// Rule 6 of the Sync protocol.
+pub fn decide(desired: &Deployment, applied: Option<&AppliedRevision>) -> Decision {
+    let Some(a) = applied else { return Decision::Apply };
+    if desired.generation < a.generation && !desired.options.rollback {
+        return Decision::Refuse(
+            "GenerationRollback",
+            format!(
+                "refusing generation {} of bundle {}: generation {} is applied and the hub did not mark a rollback",
+                desired.generation, desired.name, a.generation
+            ),
+        );
+    }
+    if desired.generation == a.generation {
+        if desired.digest != a.digest {
+            return Decision::Refuse(
+                "GenerationTampered",
+                format!(
+                    "refusing bundle {} generation {}: digest {} differs from the applied {} for the same generation",
+                    desired.name, desired.generation, desired.digest, a.digest
+                ),
+            );
+        }
+        if desired.options.affects_objects(&a.options) {
+            return Decision::Apply;
+        }
+        return Decision::UpToDate;
+    }
+    Decision::Apply
+}
+
+fn verify_err(e: convoy_artifact::Error) -> Error {
+    let reason = e.reason();
+    Error::Verification { reason, message: e.to_string() }
+}
+
+/// Check the signed statement of a deployment before anything is downloaded:
+/// a trusted key signed the exact bytes, the statement names this bundle, and
+/// digest, size and generation agree with the deployment.
+pub fn verify_statement(d: &Deployment, trusted: &TrustedKeys) -> Result<Statement> {
+    let st = convoy_artifact::verify_statement(&d.statement, &d.signature, trusted).map_err(verify_err)?;
+    if st.bundle != d.name {
+        return Err(Error::verification(
+            "BundleMismatch",
+            format!("the statement is for bundle {:?}, the hub sent it as {:?}", st.bundle, d.name),
+        ));
+    }
+    if st.artifact.digest != d.digest {
+        return Err(Error::verification(
+            "DigestMismatch",
+            format!("the statement names artifact {}, the hub sent {}", st.artifact.digest, d.digest),
+        ));
+    }
+    if st.artifact.size != d.size {
+        return Err(Error::verification(
+            "SizeMismatch",
+            format!("the statement says {} bytes, the hub says {}", st.artifact.size, d.size),
+        ));
+    }
+    if st.generation != d.generation {
+        return Err(Error::verification(
+            "GenerationMismatch",
+            format!("the statement has generation {}, the hub sent {}", st.generation, d.generation),
+        ));
+    }
+    Ok(st)
+}
+
+/// Check downloaded (or cached) artifact bytes against a verified statement.
+pub fn verify_artifact(st: &Statement, bundle: &str, bytes: &[u8]) -> Result<()> {
+    let digest = convoy_artifact::digest_of(bytes);
+    convoy_artifact::check_artifact(st, bundle, &digest, bytes.len() as u64).map_err(verify_err)
+}
+
+/// The whole check of a signed directory or cached artifact: signature,
+/// bundle name (when one is expected), digest and size.
+pub fn verify_all(
+    statement: &[u8],
+    signature: &[u8],
+    artifact: &[u8],
+    trusted: &TrustedKeys,
+    bundle: Option<&str>,
+) -> Result<Statement> {
+    let st = convoy_artifact::verify_statement(statement, signature, trusted).map_err(verify_err)?;
+    let name = bundle.unwrap_or(&st.bundle).to_string();
+    verify_artifact(&st, &name, artifact)?;
+    Ok(st)
+}
+
+/// Unpack a verified artifact safely (no traversal, absolute paths or links;
+/// size and count limits) and parse every document. One bad document
+/// rejects the bundle, naming file, document index and reason.
+pub fn load_manifests(targz: &[u8], limits: &Limits) -> Result<Vec<Manifest>> {
+    let files = convoy_artifact::unpack(targz, limits)
+        .map_err(|e| Error::Artifact { reason: e.reason(), message: e.to_string() })?;
+    let mut out = Vec::new();
+    for f in files {
+        let parsed = convoy_artifact::parse_file(&f.path, &f.content).map_err(|e| match e {
+            convoy_artifact::Error::Manifest { file, index, line, message } => Error::Manifest {
+                file,
+                index,
+                message: match line {
+                    Some(l) => format!("line {l}: {message}"),
+                    None => message,
+                },
+            },
+            e => Error::Artifact { reason: e.reason(), message: e.to_string() },
+        })?;
+        drop(f);
+        for m in parsed {
+            let origin = Origin { file: m.file, index: m.index };
+            out.extend(Manifest::from_value(origin, m.object)?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use convoy_artifact::{SigningKey, pack_files};
+
+    fn signed(
+        key: &SigningKey,
+        bundle: &str,
+        generation: u64,
+        files: &[(&str, &str)],
+    ) -> (Deployment, Vec<u8>) {
+        let packed =
+            pack_files(files.iter().map(|(p, c)| (p.to_string(), c.as_bytes().to_vec())), &Limits::default())
+                .unwrap();
+        let st = Statement::new(
+            bundle,
+            "https://git.example/r.git",
+            "main@sha1:0000000000000000000000000000000000000000",
+            packed.digest.clone(),
+            packed.size,
+            generation,
+        );
+        let (bytes, sig) = key.sign_statement(&st).unwrap();
+        let d = Deployment {
+            name: bundle.into(),
+            statement: bytes,
+            signature: sig,
+            digest: packed.digest.clone(),
+            size: packed.size,
+            generation,
+            options: BundleOptions::default(),
+        };
+        (d, packed.bytes)
+    }
+
+    const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  k: v\n";
+
+    #[test]
+    fn good_bundle_verifies_and_parses() {
+        let key = SigningKey::generate().unwrap();
+        let trusted = TrustedKeys::new([key.public_key()]);
+        let (d, bytes) = signed(&key, "app", 3, &[("cm.yaml", CM)]);
+        let st = verify_statement(&d, &trusted).unwrap();
+        verify_artifact(&st, "app", &bytes).unwrap();
+        let ms = load_manifests(&bytes, &Limits::default()).unwrap();
+        assert_eq!(ms.len(), 1);
+        assert_eq!(ms[0].kind, "ConfigMap");
+        assert_eq!(ms[0].origin.file, "cm.yaml");
+    }
+
+    #[test]
+    fn wrong_key_tampered_artifact_and_wrong_bundle_are_refused() {
+        let key = SigningKey::generate().unwrap();
+        let other = SigningKey::generate().unwrap();
+        let (d, bytes) = signed(&key, "app", 3, &[("cm.yaml", CM)]);
+        let e = verify_statement(&d, &TrustedKeys::new([other.public_key()])).unwrap_err();
+        assert_eq!(e.reason(), "SignatureInvalid");
+
+        let trusted = TrustedKeys::new([other.public_key(), key.public_key()]);
+        let st = verify_statement(&d, &trusted).expect("any trusted key verifies (rotation)");
+        let mut tampered = bytes.clone();
+        let n = tampered.len();
+        tampered[n - 10] ^= 0xff;
+        assert_eq!(verify_artifact(&st, "app", &tampered).unwrap_err().reason(), "DigestMismatch");
+
+        let mut renamed = d.clone();
+        renamed.name = "other".into();
+        assert_eq!(verify_statement(&renamed, &trusted).unwrap_err().reason(), "BundleMismatch");
+        let mut lying = d.clone();
+        lying.generation = 9;
+        assert_eq!(verify_statement(&lying, &trusted).unwrap_err().reason(), "GenerationMismatch");
+    }
+
+    /// A .tar.gz built by hand (the packer refuses broken manifests, an
+    /// attacker's archive would not).
+    pub(crate) fn raw_targz(files: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, content) in files {
+            let mut h = tar::Header::new_old();
+            h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(content.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, content.as_bytes()).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn broken_document_names_file_and_index() {
+        let broken = format!("{CM}---\napiVersion: v1\nkind: ConfigMap\nmetadata: [oops\n");
+        let bytes = raw_targz(&[("a.yaml", CM), ("x/bad.yaml", &broken)]);
+        let e = load_manifests(&bytes, &Limits::default()).unwrap_err();
+        match &e {
+            Error::Manifest { file, index, .. } => {
+                assert_eq!(file, "x/bad.yaml");
+                assert_eq!(*index, 1);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let missing_name = raw_targz(&[("a.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n")]);
+        let e = load_manifests(&missing_name, &Limits::default()).unwrap_err();
+        assert!(e.to_string().contains("a.yaml: document 0"), "{e}");
+        let traversal = raw_targz(&[("../evil.yaml", CM)]);
+        assert!(load_manifests(&traversal, &Limits::default()).is_err());
+    }
+
+    #[test]
+    fn generation_rules() {
+        let applied = AppliedRevision {
+            generation: 5,
+            digest: "sha256:a".into(),
+            revision: "r".into(),
+            statement: vec![],
+            signature: vec![],
+            options: BundleOptions::default(),
+        };
+        let mut d = Deployment {
+            name: "b".into(),
+            statement: vec![],
+            signature: vec![],
+            digest: "sha256:a".into(),
+            size: 1,
+            generation: 5,
+            options: BundleOptions::default(),
+        };
+        assert_eq!(decide(&d, None), Decision::Apply);
+        assert_eq!(decide(&d, Some(&applied)), Decision::UpToDate);
+        d.options.target_namespace = Some("x".into());
+        assert_eq!(decide(&d, Some(&applied)), Decision::Apply);
+        d.options.target_namespace = None;
+        d.options.prune = true;
+        assert_eq!(decide(&d, Some(&applied)), Decision::UpToDate);
+        d.digest = "sha256:b".into();
+        assert!(matches!(decide(&d, Some(&applied)), Decision::Refuse("GenerationTampered", _)));
+        d.generation = 4;
+        assert!(matches!(decide(&d, Some(&applied)), Decision::Refuse("GenerationRollback", _)));
+        d.options.rollback = true;
+        assert_eq!(decide(&d, Some(&applied)), Decision::Apply);
+        d.generation = 6;
+        d.options.rollback = false;
+        assert_eq!(decide(&d, Some(&applied)), Decision::Apply);
+    }
+}

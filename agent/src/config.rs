@@ -1,0 +1,180 @@
+//! The agent's configuration as a library value (the binary fills it from
+//! flags and env), with defaults and the tuning knobs tests shorten.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::bundle::DriftMode;
+use crate::{Error, Result};
+
+/// Where the agent finds its cluster.
+#[derive(Clone, Default)]
+pub enum KubeSource {
+    /// KUBECONFIG / in-cluster / ~/.kube/config, as kube-rs infers.
+    #[default]
+    Infer,
+    /// A kubeconfig file.
+    Kubeconfig(PathBuf),
+    /// A ready client (in-process agents: `convoy dev`, tests).
+    Client(kube::Client),
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KubeSource::Infer => f.write_str("Infer"),
+            KubeSource::Kubeconfig(p) => write!(f, "Kubeconfig({})", p.display()),
+            KubeSource::Client(_) => f.write_str("Client(..)"),
+        }
+    }
+}
+
+impl KubeSource {
+    /// Build the client.
+    pub async fn client(&self) -> Result<kube::Client> {
+        match self {
+            KubeSource::Client(c) => Ok(c.clone()),
+            KubeSource::Infer => {
+                kube::Client::try_default().await.map_err(|e| Error::kube("kubernetes client", e))
+            }
+            KubeSource::Kubeconfig(p) => {
+                let kc = kube::config::Kubeconfig::read_from(p)
+                    .map_err(|e| Error::Config(format!("kubeconfig {}: {e}", p.display())))?;
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .map_err(|e| Error::Config(format!("kubeconfig {}: {e}", p.display())))?;
+                kube::Client::try_from(cfg).map_err(|e| Error::kube("kubernetes client", e))
+            }
+        }
+    }
+}
+
+/// Timers and bounds; defaults suit production, tests shorten them.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Heartbeat when the stream is idle.
+    pub heartbeat: Duration,
+    /// First reconnect delay ceiling (full jitter below it).
+    pub reconnect_base: Duration,
+    /// Largest reconnect delay ceiling.
+    pub reconnect_cap: Duration,
+    /// Drift events for a bundle are collected this long before one check.
+    pub drift_debounce: Duration,
+    /// A NotReady bundle's health is checked again this often.
+    pub health_recheck: Duration,
+    /// Apply plus wait timeout when the hub sends 0.
+    pub default_timeout: Duration,
+    /// Failed reconciles are retried with backoff from this ...
+    pub retry_base: Duration,
+    /// ... up to this.
+    pub retry_cap: Duration,
+    /// At most this many events wait in the outbox (oldest dropped beyond;
+    /// statuses are coalesced per bundle and never dropped).
+    pub outbox_max_events: usize,
+    /// Renew the certificate after this fraction of its lifetime.
+    pub renew_fraction: f64,
+    /// Bundles reconciled at once.
+    pub bundle_workers: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(15),
+            reconnect_base: Duration::from_millis(500),
+            reconnect_cap: Duration::from_secs(60),
+            drift_debounce: Duration::from_millis(500),
+            health_recheck: Duration::from_secs(30),
+            default_timeout: Duration::from_secs(300),
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(120),
+            outbox_max_events: 10_000,
+            renew_fraction: 2.0 / 3.0,
+            bundle_workers: 2,
+        }
+    }
+}
+
+/// Everything the agent needs to run.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The hub's gRPC address, `https://hub.example:8443`.
+    pub hub_address: String,
+    /// The hub CA (PEM file) for the first contact; later the CA from the
+    /// identity Secret is used.
+    pub hub_ca: Option<PathBuf>,
+    /// The bootstrap token file (only read when the agent has no identity).
+    pub token_file: Option<PathBuf>,
+    /// The cluster name asked for at registration.
+    pub cluster_name: String,
+    /// Labels reported at registration.
+    pub labels: BTreeMap<String, String>,
+    /// Trusted statement-signing public keys (PEM files), pinned separately from TLS.
+    pub trusted_keys: Vec<PathBuf>,
+    /// The cluster.
+    pub kube: KubeSource,
+    /// The agent's own namespace (identity Secret, inventories).
+    pub namespace: String,
+    /// Local state: outbox, applied revisions, artifact cache.
+    pub state_dir: PathBuf,
+    /// Objects applied at once within a stage.
+    pub concurrency: usize,
+    /// Where /metrics, /healthz and /readyz are served (`None`: not served).
+    pub metrics_address: Option<SocketAddr>,
+    /// Drift handling when a bundle does not say.
+    pub drift_mode: DriftMode,
+    /// Timers and bounds.
+    pub tuning: Tuning,
+}
+
+impl AgentConfig {
+    /// A config with defaults for everything but the essentials.
+    pub fn new(hub_address: &str, cluster_name: &str, state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            hub_address: hub_address.into(),
+            hub_ca: None,
+            token_file: None,
+            cluster_name: cluster_name.into(),
+            labels: BTreeMap::new(),
+            trusted_keys: Vec::new(),
+            kube: KubeSource::Infer,
+            namespace: "convoy-system".into(),
+            state_dir: state_dir.into(),
+            concurrency: 8,
+            metrics_address: None,
+            drift_mode: DriftMode::Correct,
+            tuning: Tuning::default(),
+        }
+    }
+}
+
+/// Parse `k=v,k=v` labels.
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) =
+            part.split_once('=').ok_or_else(|| Error::Config(format!("label {part:?} is not key=value")))?;
+        if k.trim().is_empty() {
+            return Err(Error::Config(format!("label {part:?} has an empty key")));
+        }
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        let l = parse_labels("env=prod, region=eu ,").unwrap();
+        assert_eq!(l.get("env").unwrap(), "prod");
+        assert_eq!(l.get("region").unwrap(), "eu");
+        assert!(parse_labels("nope").is_err());
+        assert!(parse_labels("=x").is_err());
+        assert!(parse_labels("").unwrap().is_empty());
+    }
+}
