@@ -62,6 +62,9 @@ impl IpAlloc {
     }
 }
 
+/// Computes the new object from the current one (None = unchanged).
+pub type UpdateFn<'a> = dyn FnMut(Option<&Arc<Value>>) -> Result<Option<Value>, ApiError> + 'a;
+
 /// Request options common to writes.
 #[derive(Debug, Default, Clone)]
 pub struct Query(pub HashMap<String, String>);
@@ -93,7 +96,7 @@ fn pct_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 => {
+            b'%' if i + 2 < b.len() => {
                 let h =
                     std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
                 match h {
@@ -261,11 +264,9 @@ impl Inner {
     ) -> Result<Response<Body>, ApiError> {
         let rt = self.lookup(&t.group, &t.version, &t.plural).ok_or_else(ApiError::no_resource)?;
         if rt.namespaced != t.namespace.is_some()
-            && !(rt.namespaced && t.name.is_none() && matches!(method, Method::GET | Method::DELETE))
+            && !(rt.namespaced && t.name.is_none() && method == Method::GET)
         {
-            if !rt.namespaced || t.name.is_some() || method != Method::GET {
-                return Err(ApiError::no_resource());
-            }
+            return Err(ApiError::no_resource());
         }
         if let Some(sub) = &t.sub {
             let ok = (sub == "status" && rt.status)
@@ -530,7 +531,7 @@ impl Inner {
         if kind.is_empty() {
             return Err(ApiError::bad_request("Object 'Kind' is missing in the request body"));
         }
-        let (g, _ver) = av.rsplit_once('/').map(|(g, v)| (g, v)).unwrap_or(("", av));
+        let (g, _ver) = av.rsplit_once('/').unwrap_or(("", av));
         if kind != rt.kind || g != rt.group {
             return Err(ApiError::bad_request(format!(
                 "the API version in the data ({av}) does not match the expected API version ({})",
@@ -598,12 +599,12 @@ impl Inner {
                         spec.insert("clusterIPs".into(), json!(["None"]));
                     }
                 }
-                if ty == "NodePort" || ty == "LoadBalancer" {
-                    if let Some(Value::Array(ps)) = spec.get_mut("ports") {
-                        for p in ps.iter_mut().filter_map(Value::as_object_mut) {
-                            if p.get("nodePort").is_none() {
-                                p.insert("nodePort".into(), json!(ips.node_port()));
-                            }
+                if (ty == "NodePort" || ty == "LoadBalancer")
+                    && let Some(Value::Array(ps)) = spec.get_mut("ports")
+                {
+                    for p in ps.iter_mut().filter_map(Value::as_object_mut) {
+                        if p.get("nodePort").is_none() {
+                            p.insert("nodePort".into(), json!(ips.node_port()));
                         }
                     }
                 }
@@ -694,7 +695,7 @@ impl Inner {
         ns: &str,
         name: &str,
         dry_run: bool,
-        f: &mut dyn FnMut(Option<&Arc<Value>>) -> Result<Option<Value>, ApiError>,
+        f: &mut UpdateFn<'_>,
     ) -> Result<(Arc<Value>, bool), ApiError> {
         let gr = rt.gr();
         let key = (ns.to_string(), name.to_string());
@@ -960,6 +961,7 @@ impl Inner {
     }
 
     /// Internal write by a controller or the server itself (manager, operation Update).
+    #[allow(clippy::too_many_arguments)]
     pub fn patch_with(
         &self,
         rt: &ResourceType,

@@ -771,7 +771,7 @@ fn is_unpullable(obj: &Value, template: Option<&Value>) -> bool {
 fn template_hash(t: Option<&Value>) -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    t.map(|t| crate::fieldpath::canonical(t)).unwrap_or_default().hash(&mut h);
+    t.map(crate::fieldpath::canonical).unwrap_or_default().hash(&mut h);
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut n = h.finish();
     (0..10)

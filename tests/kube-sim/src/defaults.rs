@@ -485,7 +485,7 @@ pub fn validate(rt: &ResourceType, v: &Value) -> Vec<Cause> {
             if s.len() > 63
                 || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
             {
-                c.push(invalid_value(&format!("metadata.labels"), val, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+                c.push(invalid_value("metadata.labels", val, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
             }
             let _ = k;
         }
@@ -568,11 +568,7 @@ fn validate_crd(v: &Value, name: &str, c: &mut Vec<Cause>) {
         c.push(required("spec.names.kind", ""));
     }
     if !group.is_empty() && !plural.is_empty() && name != format!("{plural}.{group}") {
-        c.push(invalid_value(
-            "metadata.name",
-            &json!(name),
-            &format!("must be spec.names.plural+\".\"+spec.group"),
-        ));
+        c.push(invalid_value("metadata.name", &json!(name), "must be spec.names.plural+\".\"+spec.group"));
     }
     match v.pointer("/spec/scope").and_then(Value::as_str) {
         Some("Namespaced" | "Cluster") => {}

@@ -33,12 +33,14 @@ pub struct Faults {
     cfg: RwLock<FaultConfig>,
     paused: watch::Sender<bool>,
     drop_epoch: AtomicU64,
+    drops: watch::Sender<u64>,
 }
 
 impl Faults {
     pub fn new(cfg: FaultConfig) -> Faults {
         let (paused, _) = watch::channel(cfg.paused);
-        Faults { cfg: RwLock::new(cfg), paused, drop_epoch: AtomicU64::new(0) }
+        let (drops, _) = watch::channel(0);
+        Faults { cfg: RwLock::new(cfg), paused, drop_epoch: AtomicU64::new(0), drops }
     }
 
     /// The current settings.
@@ -82,7 +84,13 @@ impl Faults {
 
     /// End every open watch stream now (clients see the stream close).
     pub fn drop_watches(&self) {
-        self.drop_epoch.fetch_add(1, Ordering::SeqCst);
+        let e = self.drop_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.drops.send_replace(e);
+    }
+
+    /// Notified when watches must be dropped.
+    pub(crate) fn drop_signal(&self) -> watch::Receiver<u64> {
+        self.drops.subscribe()
     }
 
     pub(crate) fn watch_drop_epoch(&self) -> u64 {

@@ -213,7 +213,7 @@ impl FieldSet {
 
     /// Leaf paths: members that have no members below them.
     pub fn leaves(&self) -> Vec<Path> {
-        self.paths().into_iter().filter(|p| !self.children_of(&p.0).is_some_and(|c| !c.is_empty())).collect()
+        self.paths().into_iter().filter(|p| self.children_of(&p.0).is_none_or(|c| c.is_empty())).collect()
     }
 
     fn children_of(&self, path: &[PathElement]) -> Option<&FieldSet> {

@@ -410,16 +410,16 @@ async fn handler(
         return control(&inner, &parts.method, ctl, &body);
     }
     let verb = verb_of(&parts.method, &path, query.as_deref().unwrap_or(""));
-    if path.starts_with("/api") {
-        if let Err(code) = inner.faults.before(&path, verb).await {
-            inner.stats.injected();
-            let e = if code == 429 {
-                status::ApiError::too_many_requests()
-            } else {
-                status::ApiError::internal("injected fault: internal error")
-            };
-            return api::error_response(&e);
-        }
+    if path.starts_with("/api")
+        && let Err(code) = inner.faults.before(&path, verb).await
+    {
+        inner.stats.injected();
+        let e = if code == 429 {
+            status::ApiError::too_many_requests()
+        } else {
+            status::ApiError::internal("injected fault: internal error")
+        };
+        return api::error_response(&e);
     }
     let body = match axum::body::to_bytes(body, api::MAX_BODY).await {
         Ok(b) => b,

@@ -404,6 +404,7 @@ fn rebuild(live: &Value, cfg: &Value, result_s: &Value, scope: Scope) -> Value {
 
 /// Ownership bookkeeping for an ordinary write (create, update, patch):
 /// the manager takes every field it changed; others lose those fields.
+#[allow(clippy::too_many_arguments)]
 pub fn update(
     old: Option<&Value>,
     new: &mut Value,

@@ -299,7 +299,7 @@ impl Registry {
         }
         let mut out: Vec<(String, Vec<String>)> = m.into_iter().filter(|(g, _)| !g.is_empty()).collect();
         for (_, vs) in out.iter_mut() {
-            vs.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+            vs.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
         }
         out.sort_by_key(|(g, _)| (GROUP_ORDER.iter().position(|x| x == g).unwrap_or(usize::MAX), g.clone()));
         out

@@ -44,7 +44,7 @@ impl Filter {
         if self.label.as_ref().is_some_and(|l| !l.matches(v.pointer("/metadata/labels"))) {
             return false;
         }
-        !self.field.as_ref().is_some_and(|f| !f.matches(v))
+        self.field.as_ref().is_none_or(|f| f.matches(v))
     }
 }
 
@@ -114,6 +114,7 @@ pub async fn serve(
     }
     let faults = inner.faults.clone();
     let drop_epoch = faults.watch_drop_epoch();
+    let mut drop_rx = faults.drop_signal();
     let rt2 = rt.clone();
     let shutdown = inner.shutdown.clone();
     let q2 = q.clone();
@@ -148,6 +149,7 @@ pub async fn serve(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(deadline) => return,
+                _ = drop_rx.changed() => return,
                 _ = tick.tick() => {
                     if faults.watch_drop_epoch() != drop_epoch { return; }
                     if bookmarks {

@@ -1,0 +1,308 @@
+//! Simulated controllers (readiness after a delay, unpullable images, jobs,
+//! PVCs, load balancers, pods), fault injection and many instances per process.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Sim, eventually};
+use kube_sim::{FaultConfig, SimConfig};
+use serde_json::{Value, json};
+
+fn workload(kind: &str, name: &str, image: &str, annotations: Value) -> Value {
+    let group = if kind == "Job" { "batch/v1" } else { "apps/v1" };
+    let mut spec = json!({"selector": {"matchLabels": {"app": name}},
+        "template": {"metadata": {"labels": {"app": name}, "annotations": annotations}, "spec": {"containers": [{"name": "c", "image": image}]}}});
+    if kind == "Job" {
+        spec.as_object_mut().unwrap().remove("selector");
+        spec["template"]["spec"]["restartPolicy"] = json!("Never");
+    }
+    if kind == "Deployment" {
+        spec["replicas"] = json!(2);
+    }
+    json!({"apiVersion": group, "kind": kind, "metadata": {"name": name}, "spec": spec})
+}
+
+fn cond<'a>(v: &'a Value, t: &str) -> Option<&'a Value> {
+    v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_become_ready_after_the_delay() {
+    let delay = Duration::from_millis(700);
+    let s = Sim::with(SimConfig { readiness_delay: delay, ..Default::default() }).await;
+    let t0 = Instant::now();
+    for (kind, plural) in [
+        ("Deployment", "deployments"),
+        ("StatefulSet", "statefulsets"),
+        ("DaemonSet", "daemonsets"),
+        ("ReplicaSet", "replicasets"),
+    ] {
+        let (c, v) = s
+            .apply(
+                &format!("/apis/apps/v1/namespaces/default/{plural}/w"),
+                "t",
+                false,
+                workload(kind, "w", "nginx:1", json!({})),
+            )
+            .await;
+        assert_eq!(c, 201, "{kind}: {v}");
+    }
+    let (c, _) = s
+        .apply(
+            "/apis/batch/v1/namespaces/default/jobs/j",
+            "t",
+            false,
+            workload("Job", "j", "busybox:1", json!({})),
+        )
+        .await;
+    assert_eq!(c, 201);
+    let (c, _) = s
+        .apply(
+            "/api/v1/namespaces/default/persistentvolumeclaims/data",
+            "t",
+            false,
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+        )
+        .await;
+    assert_eq!(c, 201);
+    let (c, _) = s
+        .apply(
+            "/api/v1/namespaces/default/services/lb",
+            "t",
+            false,
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb"},
+            "spec": {"type": "LoadBalancer", "selector": {"app": "w"}, "ports": [{"port": 80}]}}),
+        )
+        .await;
+    assert_eq!(c, 201);
+    let (c, _) = s.apply("/api/v1/namespaces/default/pods/p", "t", false, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "nginx:1"}]}})).await;
+    assert_eq!(c, 201);
+
+    // before the delay: progressing but not available
+    let d = eventually(20, || async {
+        let (_, d) = s.get("/apis/apps/v1/namespaces/default/deployments/w").await;
+        (d["status"]["observedGeneration"] == 1).then_some(d)
+    })
+    .await;
+    if t0.elapsed() < delay {
+        assert_eq!(cond(&d, "Available").unwrap()["status"], "False", "{d}");
+        assert_eq!(cond(&d, "Available").unwrap()["reason"], "MinimumReplicasUnavailable");
+        assert_eq!(cond(&d, "Progressing").unwrap()["reason"], "ReplicaSetUpdated");
+    }
+    // after: ready, with the real controllers' reasons
+    let d = eventually(30, || async {
+        let (_, d) = s.get("/apis/apps/v1/namespaces/default/deployments/w").await;
+        (d["status"]["availableReplicas"] == 2).then_some(d)
+    })
+    .await;
+    assert!(t0.elapsed() >= delay);
+    assert_eq!(d["status"]["readyReplicas"], 2);
+    assert_eq!(d["status"]["updatedReplicas"], 2);
+    assert_eq!(cond(&d, "Available").unwrap()["reason"], "MinimumReplicasAvailable");
+    let p = cond(&d, "Progressing").unwrap();
+    assert_eq!(p["reason"], "NewReplicaSetAvailable");
+    assert!(p["message"].as_str().unwrap().starts_with("ReplicaSet \"w-"), "{p}");
+    let sts = eventually(30, || async {
+        let (_, v) = s.get("/apis/apps/v1/namespaces/default/statefulsets/w").await;
+        (v["status"]["readyReplicas"] == 1).then_some(v)
+    })
+    .await;
+    assert_eq!(sts["status"]["currentRevision"], sts["status"]["updateRevision"]);
+    eventually(30, || async {
+        let (_, v) = s.get("/apis/apps/v1/namespaces/default/daemonsets/w").await;
+        (v["status"]["numberReady"] == 1 && v["status"]["desiredNumberScheduled"] == 1).then_some(())
+    })
+    .await;
+    eventually(30, || async {
+        let (_, v) = s.get("/apis/apps/v1/namespaces/default/replicasets/w").await;
+        (v["status"]["readyReplicas"] == 1).then_some(())
+    })
+    .await;
+    let job = eventually(30, || async {
+        let (_, v) = s.get("/apis/batch/v1/namespaces/default/jobs/j").await;
+        (cond(&v, "Complete").is_some_and(|c| c["status"] == "True")).then_some(v)
+    })
+    .await;
+    assert_eq!(job["status"]["succeeded"], 1);
+    assert_eq!(
+        job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+        job["metadata"]["uid"]
+    );
+    let pvc = eventually(30, || async {
+        let (_, v) = s.get("/api/v1/namespaces/default/persistentvolumeclaims/data").await;
+        (v["status"]["phase"] == "Bound").then_some(v)
+    })
+    .await;
+    assert_eq!(pvc["status"]["capacity"]["storage"], "1Gi");
+    assert!(pvc["spec"]["volumeName"].as_str().unwrap().starts_with("pvc-"));
+    eventually(30, || async {
+        let (_, v) = s.get("/api/v1/namespaces/default/services/lb").await;
+        v["status"]["loadBalancer"]["ingress"][0]["ip"].as_str().map(|_| ())
+    })
+    .await;
+    let (_, svc) = s.get("/api/v1/namespaces/default/services/lb").await;
+    assert!(svc["spec"]["clusterIP"].as_str().unwrap().starts_with("10.96."));
+    assert!(svc["spec"]["ports"][0]["nodePort"].as_i64().unwrap() >= 30000);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 80);
+    eventually(30, || async {
+        let (_, v) = s.get("/api/v1/namespaces/default/pods/p").await;
+        (v["status"]["phase"] == "Running").then_some(())
+    })
+    .await;
+    // the status writes are the controller's, under the status subresource
+    let mf = d["metadata"]["managedFields"].as_array().unwrap();
+    assert!(mf.iter().any(|e| e["manager"] == "kube-controller-manager" && e["subresource"] == "status"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpullable_images_never_become_ready() {
+    let s = Sim::start().await;
+    let mut d = workload("Deployment", "bad", "registry.example/app:does-not-exist", json!({}));
+    d["spec"]["progressDeadlineSeconds"] = json!(1);
+    let (c, _) = s.apply("/apis/apps/v1/namespaces/default/deployments/bad", "t", false, d).await;
+    assert_eq!(c, 201);
+    let (c, _) = s
+        .apply(
+            "/apis/apps/v1/namespaces/default/statefulsets/ann",
+            "t",
+            false,
+            workload("StatefulSet", "ann", "nginx:1", json!({"kube-sim.convoy.dev/unpullable": "true"})),
+        )
+        .await;
+    assert_eq!(c, 201);
+    let (c, _) = s
+        .apply("/api/v1/namespaces/default/pods/bp", "t", false, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bp"}, "spec": {"containers": [{"name": "c", "image": "nginx:does-not-exist"}]}}))
+        .await;
+    assert_eq!(c, 201);
+    let d = eventually(30, || async {
+        let (_, v) = s.get("/apis/apps/v1/namespaces/default/deployments/bad").await;
+        cond(&v, "Progressing").is_some_and(|c| c["reason"] == "ProgressDeadlineExceeded").then_some(v)
+    })
+    .await;
+    assert_eq!(cond(&d, "Progressing").unwrap()["status"], "False");
+    assert_eq!(cond(&d, "Available").unwrap()["status"], "False");
+    assert_eq!(d["status"]["unavailableReplicas"], 2);
+    assert!(d["status"].get("availableReplicas").is_none());
+    let (_, sts) = s.get("/apis/apps/v1/namespaces/default/statefulsets/ann").await;
+    assert_eq!(sts["status"]["observedGeneration"], 1);
+    assert_ne!(sts["status"]["readyReplicas"], 1);
+    let pod = eventually(30, || async {
+        let (_, v) = s.get("/api/v1/namespaces/default/pods/bp").await;
+        (v["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff").then_some(v)
+    })
+    .await;
+    assert_eq!(pod["status"]["phase"], "Pending");
+
+    // a good rollout that is later broken: stays Available on the old pods, Progressing fails
+    let mut good = workload("Deployment", "roll", "nginx:1", json!({}));
+    good["spec"]["progressDeadlineSeconds"] = json!(1);
+    s.apply("/apis/apps/v1/namespaces/default/deployments/roll", "t", false, good.clone()).await;
+    eventually(30, || async {
+        let (_, v) = s.get("/apis/apps/v1/namespaces/default/deployments/roll").await;
+        (v["status"]["availableReplicas"] == 2).then_some(())
+    })
+    .await;
+    good["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:does-not-exist");
+    s.apply("/apis/apps/v1/namespaces/default/deployments/roll", "t", false, good).await;
+    let v = eventually(30, || async {
+        let (_, v) = s.get("/apis/apps/v1/namespaces/default/deployments/roll").await;
+        cond(&v, "Progressing").is_some_and(|c| c["reason"] == "ProgressDeadlineExceeded").then_some(v)
+    })
+    .await;
+    assert_eq!(cond(&v, "Available").unwrap()["status"], "True");
+    assert_eq!(v["status"]["observedGeneration"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_errors_latency_pause() {
+    let s = Sim::start().await;
+    let path = "/api/v1/namespaces/default/configmaps";
+    // every request fails with 500, then 429
+    s.sim.faults().set_error_rate(1.0);
+    let (c, e) = s.get(path).await;
+    assert_eq!(c, 500);
+    assert_eq!(e["reason"], "InternalError");
+    s.sim.faults().set_error_rate(0.0);
+    s.sim.faults().set_throttle_rate(1.0);
+    let resp = s.http.get(s.url(path)).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    s.sim.faults().clear();
+    assert_eq!(s.get(path).await.0, 200);
+    assert!(s.sim.stats().injected_errors >= 2);
+    // a rate of 0.5 fails some requests and not others
+    s.sim.faults().set_error_rate(0.5);
+    let mut codes = std::collections::HashSet::new();
+    for _ in 0..60 {
+        codes.insert(s.get(path).await.0);
+    }
+    assert!(codes.contains(&500) && codes.contains(&200), "{codes:?}");
+    s.sim.faults().clear();
+    // latency
+    s.sim.faults().set_latency(Duration::from_millis(300));
+    let t = Instant::now();
+    assert_eq!(s.get(path).await.0, 200);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    s.sim.faults().clear();
+    // pause: a request waits until resumed
+    s.sim.faults().pause();
+    let url = s.url(path);
+    let http = s.http.clone();
+    let pending = tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pending.is_finished(), "request answered while paused");
+    s.sim.faults().resume();
+    assert_eq!(pending.await.unwrap().unwrap(), 200);
+    // the control endpoint
+    let (c, v) = s
+        .req("PUT", "/_sim/faults", "application/json", Some(json!({"errorRate": 1.0, "verbs": ["create"]})))
+        .await;
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(
+        s.sim.faults().get(),
+        FaultConfig { error_rate: 1.0, verbs: vec!["create".into()], ..Default::default() }
+    );
+    assert_eq!(s.get(path).await.0, 200, "only creates fail");
+    let (c, _) = s
+        .req(
+            "POST",
+            path,
+            "application/json",
+            Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "f"}})),
+        )
+        .await;
+    assert_eq!(c, 500);
+    let (c, _) = s.req("PUT", "/_sim/faults", "application/json", Some(json!({}))).await;
+    assert_eq!(c, 200);
+    let (c, st) = s.get("/_sim/stats").await;
+    assert_eq!(c, 200);
+    assert!(st["requests"]["list"].as_u64().unwrap() > 0, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_at_start_and_many_instances() {
+    let sims = futures::future::join_all((0..3).map(|_| Sim::start())).await;
+    let ports: std::collections::HashSet<u16> = sims.iter().map(|s| s.sim.addr().port()).collect();
+    assert_eq!(ports.len(), 3);
+    let (c, _) = sims[0]
+        .req(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            "application/json",
+            Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "only-here"}})),
+        )
+        .await;
+    assert_eq!(c, 201);
+    assert_eq!(sims[1].get("/api/v1/namespaces/default/configmaps/only-here").await.0, 404);
+    let paused = Sim::with(SimConfig {
+        faults: FaultConfig { throttle_rate: 1.0, ..Default::default() },
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(paused.get("/api/v1/namespaces").await.0, 429);
+    for s in sims {
+        s.sim.shutdown().await;
+    }
+}
