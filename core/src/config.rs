@@ -65,7 +65,32 @@ pub struct GitSourceSpec {
     /// Verify the commit signature before using a revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<CommitVerification>,
+    /// A PEM file of CA certificates to trust for https URLs, in addition
+    /// to the system's roots (for git servers with a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Accept push webhooks for this source at `POST /hooks/<name>` on the
+    /// hub's HTTP port; a valid one triggers an immediate fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
 }
+
+/// The webhook receiver of a GitSource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookSpec {
+    /// A file holding the shared secret: the HMAC key (GitHub, generic) or
+    /// the token (GitLab).
+    pub secret_file: String,
+    /// Which scheme to accept: `github` (`X-Hub-Signature-256`), `gitlab`
+    /// (`X-Gitlab-Token`) or `generic` (`X-Signature: sha256=<hex>`).
+    /// Unset: any of them.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+}
+
+/// The webhook types a [`WebhookSpec`] may name.
+pub const WEBHOOK_TYPES: [&str; 3] = ["github", "gitlab", "generic"];
 
 fn default_interval() -> HumanDuration {
     HumanDuration::from_secs(60)
@@ -531,6 +556,14 @@ impl FleetConfig {
                     return Err(invalid("spec.auth: set only one of basic, bearerTokenFile, ssh".into()));
                 }
             }
+            if let Some(t) = s.spec.webhook.as_ref().and_then(|w| w.type_.as_ref())
+                && !WEBHOOK_TYPES.contains(&t.as_str())
+            {
+                return Err(invalid(format!(
+                    "spec.webhook.type must be one of {}, found {t:?}",
+                    WEBHOOK_TYPES.join(", ")
+                )));
+            }
             if let Some(v) = &s.spec.verify
                 && v.mode != "ssh"
                 && v.mode != "gpg"
@@ -779,6 +812,21 @@ spec:
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown kind"), "{err}");
+    }
+
+    #[test]
+    fn webhook_and_ca_file() {
+        let text = FLEET.replace(
+            "  interval: 30s",
+            "  interval: 30s\n  caFile: /etc/convoy/ca.pem\n  webhook:\n    secretFile: /s\n    type: github",
+        );
+        let cfg = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap();
+        let spec = &cfg.sources["fleet"].spec;
+        assert_eq!(spec.ca_file.as_deref(), Some("/etc/convoy/ca.pem"));
+        assert_eq!(spec.webhook.as_ref().unwrap().type_.as_deref(), Some("github"));
+        let bad = text.replace("type: github", "type: bitbucket");
+        let err = FleetConfig::parse([("f.yaml", bad.as_str())]).unwrap_err().to_string();
+        assert!(err.contains("spec.webhook.type"), "{err}");
     }
 
     #[test]
