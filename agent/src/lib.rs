@@ -6,16 +6,22 @@
 pub mod agent;
 pub mod backoff;
 pub mod bundle;
+pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod convert;
 pub mod diff;
 pub mod discovery;
 pub mod engine;
 pub mod health;
+pub mod identity;
 pub mod inventory;
 pub mod kubeapi;
+pub mod metrics;
 pub mod objects;
 pub mod oneshot;
+pub mod status;
+pub mod store;
 
 mod error;
 
