@@ -73,7 +73,7 @@ impl ArtifactCache {
         if offset > size {
             offset = 0;
         }
-        let mut file = tokio::fs::OpenOptions::new()
+        let file = tokio::fs::OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(false)
