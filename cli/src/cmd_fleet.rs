@@ -70,28 +70,28 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// List clusters, bundles or sources.
-    Get(GetArgs),
+    Get(Box<GetArgs>),
     /// One bundle: its cluster × status table.
-    Status(StatusArgs),
+    Status(Box<StatusArgs>),
     /// Hub and cluster events (newest last); `--follow` to stream new ones.
-    Events(EventsArgs),
+    Events(Box<EventsArgs>),
     /// Fetch a source (or a bundle's source) now.
-    Reconcile(ObjectArgs),
+    Reconcile(Box<ObjectArgs>),
     /// Suspend a bundle (agents leave it alone) or a source (no polling).
-    Suspend(ObjectArgs),
+    Suspend(Box<ObjectArgs>),
     /// Resume a suspended bundle or source.
-    Resume(ObjectArgs),
+    Resume(Box<ObjectArgs>),
     /// Replace a cluster's labels: `convoy label cluster NAME k=v...`.
-    Label(LabelArgs),
+    Label(Box<LabelArgs>),
     /// Revoke a cluster: its certificates stop working at once.
-    Revoke(RevokeArgs),
+    Revoke(Box<RevokeArgs>),
 }
 
 /// `convoy token ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCommand {
     /// Create a bootstrap token (printed once; the hub keeps only its hash).
-    Create(TokenCreateArgs),
+    Create(Box<TokenCreateArgs>),
 }
 
 /// `convoy token create`
@@ -283,15 +283,15 @@ pub type Result<T> = std::result::Result<T, Failure>;
 /// Run an operator command.
 pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     let result = match cmd {
-        Command::Token(TokenCommand::Create(a)) => token_create(a).await,
-        Command::Get(a) => get(a).await,
-        Command::Status(a) => status(a).await,
-        Command::Events(a) => events(a).await,
-        Command::Reconcile(a) => action(a, Action::Reconcile).await,
-        Command::Suspend(a) => action(a, Action::Suspend).await,
-        Command::Resume(a) => action(a, Action::Resume).await,
-        Command::Label(a) => label(a).await,
-        Command::Revoke(a) => revoke(a).await,
+        Command::Token(TokenCommand::Create(a)) => token_create(*a).await,
+        Command::Get(a) => get(*a).await,
+        Command::Status(a) => status(*a).await,
+        Command::Events(a) => events(*a).await,
+        Command::Reconcile(a) => action(*a, Action::Reconcile).await,
+        Command::Suspend(a) => action(*a, Action::Suspend).await,
+        Command::Resume(a) => action(*a, Action::Resume).await,
+        Command::Label(a) => label(*a).await,
+        Command::Revoke(a) => revoke(*a).await,
     };
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),

@@ -515,28 +515,32 @@ fn spawn_reload(
                         fleet_tx.send_replace(fleet.clone());
                         metrics.config_reloads.get_or_create(&ResultLabels { result: "ok" }).inc();
                         info!(bundles = fleet.bundles.len(), "fleet config reloaded");
-                        let _ = writer
-                            .submit(vec![hub_event(
-                                Severity::Info,
-                                "FleetConfigReloaded",
-                                format!(
-                                    "fleet config reloaded: {} sources, {} bundles",
-                                    fleet.sources.len(),
-                                    fleet.bundles.len()
-                                ),
-                            )])
-                            .await;
+                        drop(
+                            writer
+                                .submit(vec![hub_event(
+                                    Severity::Info,
+                                    "FleetConfigReloaded",
+                                    format!(
+                                        "fleet config reloaded: {} sources, {} bundles",
+                                        fleet.sources.len(),
+                                        fleet.bundles.len()
+                                    ),
+                                )])
+                                .await,
+                        );
                     }
                     Ok(Err(e)) => {
                         metrics.config_reloads.get_or_create(&ResultLabels { result: "error" }).inc();
                         warn!(error = %e, "fleet config is invalid; keeping the previous one");
-                        let _ = writer
-                            .submit(vec![hub_event(
-                                Severity::Error,
-                                "FleetConfigInvalid",
-                                format!("fleet config not applied (the previous one stays): {e}"),
-                            )])
-                            .await;
+                        drop(
+                            writer
+                                .submit(vec![hub_event(
+                                    Severity::Error,
+                                    "FleetConfigInvalid",
+                                    format!("fleet config not applied (the previous one stays): {e}"),
+                                )])
+                                .await,
+                        );
                     }
                     Err(_) => break,
                 }

@@ -83,8 +83,7 @@ pub async fn start(
         })
         .collect();
     if !seeds.is_empty() {
-        let _ =
-            core.writer.submit(vec![Write::SeedStatuses { cluster: name.clone(), statuses: seeds }]).await;
+        drop(core.writer.submit(vec![Write::SeedStatuses { cluster: name.clone(), statuses: seeds }]).await);
     }
 
     let (tx, rx) = mpsc::channel(core.sessions.send_queue.max(2));

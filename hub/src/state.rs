@@ -851,7 +851,7 @@ impl Actor {
             self.rebuild_index();
             self.retarget(None);
         } else {
-            let _ = self.deps.writer.submit(writes).await;
+            drop(self.deps.writer.submit(writes).await);
         }
         self.dirty = true;
     }

@@ -78,7 +78,7 @@ pub fn condition_from_pb(c: &pb::Condition) -> Condition {
 
 /// An agent's status report to a record.
 pub fn status_from_pb(s: &pb::BundleStatus) -> StatusRecord {
-    let o = s.objects.clone().unwrap_or_default();
+    let o = s.objects.unwrap_or_default();
     StatusRecord {
         bundle: s.bundle.clone(),
         generation: s.generation,

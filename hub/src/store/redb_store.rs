@@ -325,7 +325,7 @@ pub fn statuses_of<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ClusterRecord, EventRecord};
+    use crate::domain::{ClusterRecord, EventRecord, StatusRecord};
     use convoy_core::status::{Phase, Severity};
 
     fn open(dir: &tempfile::TempDir, cap: u64) -> RedbStore {

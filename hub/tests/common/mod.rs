@@ -225,10 +225,10 @@ impl Stream {
         tokio::time::timeout(WAIT, async {
             loop {
                 let m = self.rx.message().await.expect("stream error").expect("stream ended");
-                if let Some(msg) = m.msg {
-                    if let Some(t) = f(&msg) {
-                        return t;
-                    }
+                if let Some(msg) = m.msg
+                    && let Some(t) = f(&msg)
+                {
+                    return t;
                 }
             }
         })
