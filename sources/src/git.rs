@@ -33,25 +33,41 @@ use gix::remote::fetch::{Shallow, Tags};
 use crate::redact::{Secrets, redact_url};
 use crate::{Error, Result};
 
-/// Credentials for one fetch, read from the GitSource's files.
+/// How to reach a remote: credentials (read from the GitSource's files) and
+/// transport settings.
 #[derive(Clone, Default)]
-pub struct FetchAuth {
-    /// HTTP basic auth: user name and password.
+pub struct FetchOptions {
+    /// HTTP basic auth: user name and password (https only: gix refuses to
+    /// send a password over plain http).
     pub basic: Option<(String, String)>,
     /// HTTP bearer token.
     pub bearer: Option<String>,
-    /// SSH: a private key file (already 0600) and a known_hosts file.
-    pub ssh: Option<(PathBuf, PathBuf)>,
+    /// SSH key and known_hosts.
+    pub ssh: Option<SshKeys>,
+    /// Extra CA certificates (PEM) to trust for https.
+    pub ca_pem: Option<Vec<u8>>,
     /// HTTP connect timeout and ssh ConnectTimeout.
     pub connect_timeout: Option<std::time::Duration>,
 }
 
-impl std::fmt::Debug for FetchAuth {
+/// SSH credentials: a private key file (mode 0600, as ssh requires) and a
+/// known_hosts file; host keys are always checked strictly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshKeys {
+    /// The private key file.
+    pub key: PathBuf,
+    /// The known_hosts file.
+    pub known_hosts: PathBuf,
+}
+
+impl std::fmt::Debug for FetchOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FetchAuth")
+        f.debug_struct("FetchOptions")
             .field("basic", &self.basic.as_ref().map(|(u, _)| u))
             .field("bearer", &self.bearer.as_ref().map(|_| "***"))
             .field("ssh", &self.ssh)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
+            .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
 }
@@ -106,6 +122,12 @@ impl GitCache {
         Ok(repo)
     }
 
+    fn ssh_stderr(&self) -> PathBuf {
+        let mut name = self.dir.file_name().unwrap_or_default().to_os_string();
+        name.push(".ssh-stderr");
+        self.dir.with_file_name(name)
+    }
+
     /// Open the cache for reading trees.
     pub fn repo(&self) -> Result<gix::Repository> {
         self.open(Vec::new())
@@ -118,19 +140,27 @@ impl GitCache {
         &self,
         url: &str,
         spec: &RefSpec,
-        auth: &FetchAuth,
+        auth: &FetchOptions,
         secrets: &Secrets,
         last: Option<&str>,
         interrupt: &AtomicBool,
     ) -> Result<Resolved> {
         let mut overrides = vec!["gitoxide.userAgent=convoy".to_string(), "protocol.version=2".to_string()];
-        if let Some((key, known_hosts)) = &auth.ssh {
-            overrides
-                .push(format!("core.sshCommand={}", ssh_command(key, known_hosts, auth.connect_timeout)));
+        if let Some(keys) = &auth.ssh {
+            let cmd = ssh_command(&keys.key, &keys.known_hosts, auth.connect_timeout, &self.ssh_stderr());
+            overrides.push(format!("core.sshCommand={cmd}"));
             overrides.push("ssh.variant=ssh".into());
         }
         let repo = self.open(overrides)?;
-        let f = Fetcher { repo: &repo, url, auth, secrets, interrupt };
+        let stderr = self.ssh_stderr();
+        let f = Fetcher {
+            repo: &repo,
+            url,
+            auth,
+            secrets,
+            interrupt,
+            ssh_stderr: auth.ssh.as_ref().map(|_| stderr),
+        };
 
         if let RefSpec::Commit { commit, branch } = spec {
             let id = parse_id(commit)?;
@@ -240,25 +270,33 @@ fn pick_semver(range: &str, refs: &[(String, ObjectId)]) -> Result<Option<(Strin
         .map(|(_, n, id)| (n.clone(), *id)))
 }
 
-/// A shell-quoted ssh command with the source's key and strict host checking.
-fn ssh_command(key: &Path, known_hosts: &Path, connect_timeout: Option<std::time::Duration>) -> String {
+/// A shell-quoted ssh command with the source's key and strict host checking;
+/// its stderr goes to a file so that failures can be explained.
+fn ssh_command(
+    key: &Path,
+    known_hosts: &Path,
+    connect_timeout: Option<std::time::Duration>,
+    stderr: &Path,
+) -> String {
     let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
     let timeout = connect_timeout.map_or(30, |d| d.as_secs().max(1));
     format!(
         "ssh -F /dev/null -i {} -o IdentitiesOnly=yes -o IdentityAgent=none -o UserKnownHostsFile={} \
          -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes \
-         -o PasswordAuthentication=no -o ConnectTimeout={timeout}",
+         -o PasswordAuthentication=no -o LogLevel=ERROR -o ConnectTimeout={timeout} 2>{}",
         q(key),
-        q(known_hosts)
+        q(known_hosts),
+        q(stderr)
     )
 }
 
 struct Fetcher<'a> {
     repo: &'a gix::Repository,
     url: &'a str,
-    auth: &'a FetchAuth,
+    auth: &'a FetchOptions,
     secrets: &'a Secrets,
     interrupt: &'a AtomicBool,
+    ssh_stderr: Option<PathBuf>,
 }
 
 type Conn<'r, 'a> = gix::remote::Connection<
@@ -304,6 +342,12 @@ impl<'a> Fetcher<'a> {
         });
         let lower = self.url.to_ascii_lowercase();
         if lower.starts_with("http://") || lower.starts_with("https://") {
+            if rustls::crypto::CryptoProvider::get_default().is_none() {
+                return Err(Error::Config(
+                    "no rustls crypto provider is installed; the binary must install ring's before fetching over HTTP"
+                        .into(),
+                ));
+            }
             let mut opts = gix::protocol::transport::client::blocking_io::http::Options {
                 user_agent: Some(format!("convoy/{}", env!("CARGO_PKG_VERSION"))),
                 connect_timeout: self.auth.connect_timeout,
@@ -314,6 +358,21 @@ impl<'a> Fetcher<'a> {
             };
             if let Some(token) = &self.auth.bearer {
                 opts.extra_headers.push(format!("Authorization: Bearer {token}"));
+            }
+            if let Some(pem) = &self.auth.ca_pem {
+                let certs = reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| Error::Config(format!("caFile: not a PEM bundle of certificates: {e}")))?;
+                let configure = move |mut b: reqwest::blocking::ClientBuilder| {
+                    for c in &certs {
+                        b = b.add_root_certificate(c.clone());
+                    }
+                    Ok(b)
+                };
+                let backend = gix::protocol::transport::client::blocking_io::http::reqwest::Options {
+                    configure_client: Some(Box::new(configure)),
+                    ..Default::default()
+                };
+                opts.backend = Some(std::sync::Arc::new(std::sync::Mutex::new(backend)));
             }
             conn.set_transport_options(Box::new(opts));
         }
@@ -355,10 +414,18 @@ impl<'a> Fetcher<'a> {
         self.receive(prepare, depth)
     }
 
-    /// Turn a gix error into ours, scrubbed of secrets.
+    /// Turn a gix error into ours, scrubbed of secrets, with what ssh said.
     fn classify(&self, e: &dyn std::fmt::Display) -> Error {
-        let message = self.secrets.scrub(&format!("{e:#}"), self.url);
-        classify_message(self.url, message)
+        let mut message = format!("{e:#}");
+        if let Some(path) = &self.ssh_stderr
+            && let Ok(text) = std::fs::read_to_string(path)
+        {
+            let said: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            if !said.is_empty() {
+                message = format!("ssh: {}; {message}", said.join("; "));
+            }
+        }
+        classify_message(self.url, self.secrets.scrub(&message, self.url))
     }
 }
 
@@ -496,7 +563,7 @@ mod tests {
 
     #[test]
     fn ssh_command_quotes_paths() {
-        let c = ssh_command(Path::new("/d/it's key"), Path::new("/d/kh"), None);
+        let c = ssh_command(Path::new("/d/it's key"), Path::new("/d/kh"), None, Path::new("/d/err"));
         assert!(c.contains(r"-i '/d/it'\''s key'"), "{c}");
         assert!(c.contains("StrictHostKeyChecking=yes") && c.contains("BatchMode=yes"), "{c}");
     }
