@@ -66,7 +66,7 @@ mod error;
 
 pub use error::{Error, Result, VerifyFailure};
 pub use keys::{PublicKey, SigningKey, TrustedKeys, check_artifact, verify_bundle, verify_statement};
-pub use manifest::{Manifest, check_object, parse_file, parse_files};
+pub use manifest::{Manifest, check_object, for_each_manifest, parse_file, parse_files};
 pub use pack::{
     Limits, PackedArtifact, Packer, check_path, digest_of, is_valid_digest, pack_dir, pack_files, pack_tree,
 };

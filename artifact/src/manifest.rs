@@ -69,6 +69,14 @@ pub fn parse_file(file: &str, bytes: &[u8]) -> Result<Vec<Manifest>> {
     Ok(out)
 }
 
+/// Call `f` with each object of a manifest file as it is parsed, so that a
+/// caller can convert and drop objects one at a time instead of holding a
+/// whole file as values. Same objects and errors as [`parse_file`]; an error
+/// returned by `f` stops the walk and is returned.
+pub fn for_each_manifest(file: &str, bytes: &[u8], f: impl FnMut(Manifest) -> Result<()>) -> Result<()> {
+    for_each_object(file, bytes, f)
+}
+
 /// Parse every file; the first bad document fails the whole set.
 pub fn parse_files<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Vec<Manifest>> {
     let mut out = Vec::new();
@@ -486,6 +494,25 @@ mod tests {
         assert!(err.to_string().contains("expected a mapping, found a list"), "{err}");
         let err = parse_file("x.yaml", b"apiVersion: v1\nkind: 3\nmetadata: {name: a}\n").unwrap_err();
         assert!(err.to_string().contains("kind must be a string"), "{err}");
+    }
+
+    #[test]
+    fn for_each_manifest_streams_objects_and_stops_on_error() {
+        let text = format!("{CM}---\n{}", CM.replace("name: a", "name: b"));
+        let mut names = Vec::new();
+        for_each_manifest("x.yaml", text.as_bytes(), |m| {
+            names.push(m.name().to_string());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(names, ["a", "b"]);
+        let mut seen = 0;
+        let err = for_each_manifest("x.yaml", text.as_bytes(), |_| {
+            seen += 1;
+            Err(Error::Other("stop".into()))
+        })
+        .unwrap_err();
+        assert_eq!((seen, err.to_string()), (1, "stop".to_string()));
     }
 
     #[test]
