@@ -11,6 +11,8 @@ use clap::Parser;
 
 use convoy_bench::report::{self, Measurement};
 
+mod kubesim;
+
 /// Command line of `convoy-bench`.
 #[derive(Debug, Parser)]
 #[command(name = "convoy-bench")]
@@ -39,7 +41,7 @@ type AreaFn =
     fn(Ctx) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<Measurement>>>>>;
 
 /// The areas, in run order. Each area module adds itself here.
-const AREAS: &[(&str, AreaFn)] = &[];
+const AREAS: &[(&str, AreaFn)] = &[("kube-sim", kubesim::run)];
 
 fn main() -> ExitCode {
     let args = Args::parse();
