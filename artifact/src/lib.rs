@@ -68,7 +68,8 @@ pub use error::{Error, Result, VerifyFailure};
 pub use keys::{PublicKey, SigningKey, TrustedKeys, check_artifact, verify_bundle, verify_statement};
 pub use manifest::{Manifest, check_object, for_each_manifest, parse_file, parse_files};
 pub use pack::{
-    Limits, PackedArtifact, Packer, check_path, digest_of, is_valid_digest, pack_dir, pack_files, pack_tree,
+    Limits, PackedArtifact, Packer, check_path, digest_of, is_valid_digest, pack_dir, pack_files,
+    pack_selected, pack_tree,
 };
 pub use rules::{DEFAULT_RULES, IGNORE_FILE, IgnoreRules};
 pub use statement::{Statement, StatementArtifact, StatementSource};

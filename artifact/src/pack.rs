@@ -14,7 +14,7 @@ use sha2::{Digest as _, Sha256};
 use crate::gzip::GzipWriter;
 use crate::manifest;
 use crate::rules::IgnoreRules;
-use crate::tree::{FsTree, Selection, Tree, select_files};
+use crate::tree::{FsTree, SelectedFile, Selection, Tree, select_files};
 use crate::{Error, Result};
 
 /// Size and count limits, checked while packing and unpacking.
@@ -228,7 +228,16 @@ pub fn pack_tree(
     rules: &IgnoreRules,
     limits: &Limits,
 ) -> Result<PackedArtifact> {
-    let selected = select_files(tree, base, rules, Selection::Manifests)?;
+    pack_selected(tree, select_files(tree, base, rules, Selection::Manifests)?, limits)
+}
+
+/// Pack files already chosen by [`select_files`] (sorted by path), for
+/// callers that inspect the selection first.
+pub fn pack_selected(
+    tree: &dyn Tree,
+    selected: Vec<SelectedFile>,
+    limits: &Limits,
+) -> Result<PackedArtifact> {
     if selected.len() as u64 > limits.max_files as u64 {
         return Err(Error::Limit {
             what: "file count",

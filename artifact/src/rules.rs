@@ -64,7 +64,17 @@ impl IgnoreRules {
     /// The defaults plus optional config rules (gitignore syntax, anchored at
     /// the tree root).
     pub fn new(config: Option<&str>) -> Result<Self> {
-        let defaults = build("", "defaults", DEFAULT_RULES)?;
+        Self::build_rules(config, DEFAULT_RULES)
+    }
+
+    /// Like [`IgnoreRules::new`] but without [`DEFAULT_RULES`]: for inputs
+    /// such as a kustomization's files, where `.env` files and the like matter.
+    pub fn without_defaults(config: Option<&str>) -> Result<Self> {
+        Self::build_rules(config, "")
+    }
+
+    fn build_rules(config: Option<&str>, defaults: &str) -> Result<Self> {
+        let defaults = build("", "defaults", defaults)?;
         let config = match config {
             Some(text) if !text.trim().is_empty() => Some(build("", "config", text)?),
             _ => None,
@@ -152,6 +162,13 @@ mod tests {
         assert!(r.is_ignored("ab/keep.json", false));
         r.truncate_to("b");
         assert!(r.is_ignored("a/keep.json", false));
+    }
+
+    #[test]
+    fn without_defaults_keeps_dotfiles() {
+        let r = IgnoreRules::without_defaults(Some("*.tmp\n")).unwrap();
+        assert!(!r.is_ignored(".env", false));
+        assert!(r.is_ignored("x.tmp", false));
     }
 
     #[test]

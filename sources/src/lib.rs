@@ -3,6 +3,7 @@
 
 pub mod git;
 pub mod redact;
+pub mod render;
 pub mod store;
 
 mod error;
