@@ -236,6 +236,7 @@ impl Controllers {
                     }
                 }
             }
+            self.reconcile_owner(&ev.object);
             // a namespace waiting for its content
             if !key.1.is_empty() {
                 let nk = (gr("", "namespaces"), String::new(), key.1.clone());
@@ -249,6 +250,29 @@ impl Controllers {
             self.namespace_defaults(meta_str(&ev.object, "name"));
         }
         self.reconcile(&key);
+        self.reconcile_owner(&ev.object);
+    }
+
+    /// A child (Pod, ReplicaSet) changed: its controller re-computes its status.
+    fn reconcile_owner(&mut self, child: &Value) {
+        let Some(refs) = child.pointer("/metadata/ownerReferences").and_then(Value::as_array) else { return };
+        let ns = meta_str(child, "namespace").to_string();
+        for r in refs.iter().filter(|r| r["controller"].as_bool() == Some(true)) {
+            let av = r["apiVersion"].as_str().unwrap_or("");
+            let (g, v) = av.rsplit_once('/').unwrap_or(("", av));
+            let kind = r["kind"].as_str().unwrap_or("");
+            let owner_rt = self.inner.registry.read().by_kind(g, v, kind);
+            if let Some(rt) = owner_rt
+                && WORKLOADS.iter().any(|(wg, wr)| rt.group == *wg && rt.plural == *wr)
+            {
+                let k = (
+                    rt.gr(),
+                    if rt.namespaced { ns.clone() } else { String::new() },
+                    r["name"].as_str().unwrap_or("").to_string(),
+                );
+                self.reconcile(&k);
+            }
+        }
     }
 
     fn rt_for(&self, g: &GroupResource) -> Option<Arc<ResourceType>> {
@@ -499,6 +523,300 @@ impl Controllers {
         }
     }
 
+    /// Objects of `g` in `ns` whose controller owner has `uid` (read from the store, always current).
+    fn owned(&self, g: &GroupResource, ns: &str, uid: &str) -> Vec<Arc<Value>> {
+        let (items, _) = self.inner.store.list(g, Some(ns));
+        items
+            .into_iter()
+            .filter(|o| {
+                o.pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.iter().any(|r| r["uid"].as_str() == Some(uid)))
+            })
+            .collect()
+    }
+
+    fn create_child(&self, group: &str, version: &str, plural: &str, ns: &str, body: Value) {
+        let Some(rt) = self.inner.lookup(group, version, plural) else { return };
+        let q = Query(HashMap::from([("fieldManager".to_string(), MANAGER.to_string())]));
+        if let Err(e) = self.inner.create(&rt, ns, body, &q, &HeaderMap::new(), false) {
+            tracing::debug!(error = %e.message, "child not created");
+        }
+    }
+
+    fn delete_child(&self, g: &GroupResource, ns: &str, name: &str) {
+        if let Some(rt) = self.rt_for(g) {
+            let _ = self.inner.delete(
+                &rt,
+                ns,
+                name,
+                &Query::default(),
+                &json!({"propagationPolicy": "Background"}),
+                false,
+            );
+        }
+    }
+
+    /// Make the Pods of a workload match: `count` pods from its template, named by
+    /// `name_of(i)` (empty = generated), carrying `revision` as a label; pods of
+    /// another revision are replaced. Returns the live pods.
+    fn sync_pods(
+        &self,
+        k: &ObjKey,
+        obj: &Value,
+        count: i64,
+        name_of: &dyn Fn(i64) -> String,
+        revision: Option<(&str, String)>,
+    ) -> Vec<Arc<Value>> {
+        let uid = meta_str(obj, "uid").to_string();
+        let pods_gr = gr("", "pods");
+        let mut pods: Vec<Arc<Value>> = self
+            .owned(&pods_gr, &k.1, &uid)
+            .into_iter()
+            .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+            .collect();
+        // replace pods of an old revision
+        if let Some((key, rev)) = &revision {
+            for p in pods.iter().filter(|p| label(p, key) != *rev) {
+                self.delete_child(&pods_gr, &k.1, meta_str(p, "name"));
+            }
+            pods.retain(|p| label(p, key) == *rev);
+        }
+        let count = count.max(0) as usize;
+        // scale down: not-ready pods first, then the newest
+        if pods.len() > count {
+            pods.sort_by_key(|p| {
+                (pod_ready(p), std::cmp::Reverse(meta_str(p, "creationTimestamp").to_string()))
+            });
+            for p in pods.drain(..pods.len() - count) {
+                self.delete_child(&pods_gr, &k.1, meta_str(&p, "name"));
+            }
+        }
+        if pods.len() < count {
+            let api_version = obj["apiVersion"].as_str().unwrap_or("v1").to_string();
+            let kind = obj["kind"].as_str().unwrap_or("").to_string();
+            let owner = json!([{"apiVersion": api_version, "kind": kind, "name": k.2, "uid": uid, "controller": true, "blockOwnerDeletion": true}]);
+            let template = obj.pointer("/spec/template").cloned().unwrap_or(json!({}));
+            let workload_unpullable = obj
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(UNPULLABLE_ANNOTATION))
+                .and_then(Value::as_str)
+                == Some("true");
+            let existing: HashSet<String> = pods.iter().map(|p| meta_str(p, "name").to_string()).collect();
+            let mut i = 0i64;
+            let mut created = 0;
+            while pods.len() + created < count && i < (count as i64) * 4 + 8 {
+                let fixed = name_of(i);
+                i += 1;
+                let name = if fixed.is_empty() { format!("{}-{}", k.2, random_suffix()) } else { fixed };
+                if existing.contains(&name) {
+                    continue;
+                }
+                let mut labels = template.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+                if let Some((key, rev)) = &revision {
+                    labels[*key] = json!(rev);
+                }
+                if kind == "StatefulSet" {
+                    labels["statefulset.kubernetes.io/pod-name"] = json!(name);
+                }
+                let mut annotations = template.pointer("/metadata/annotations").cloned().unwrap_or(json!({}));
+                if !annotations.is_object() {
+                    annotations = json!({});
+                }
+                if workload_unpullable {
+                    annotations[UNPULLABLE_ANNOTATION] = json!("true");
+                }
+                let mut spec = template.get("spec").cloned().unwrap_or(json!({}));
+                spec["nodeName"] = json!(NODE);
+                if kind == "StatefulSet" {
+                    spec["hostname"] = json!(name);
+                }
+                self.create_child(
+                    "",
+                    "v1",
+                    "pods",
+                    &k.1,
+                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": k.1, "labels": labels,
+                        "annotations": annotations, "ownerReferences": owner}, "spec": spec}),
+                );
+                created += 1;
+            }
+            pods = self
+                .owned(&pods_gr, &k.1, &uid)
+                .into_iter()
+                .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+                .collect();
+        }
+        pods
+    }
+
+    /// Deployment: one ReplicaSet per pod template (named `NAME-HASH`), old ones
+    /// scaled to zero once the new one is available; status from the ReplicaSets.
+    fn deployment(&mut self, k: &ObjKey, obj: &Value) {
+        let name = k.2.clone();
+        let uid = meta_str(obj, "uid").to_string();
+        let generation = obj.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+        let replicas = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+        let template = obj.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let hash = template_hash(Some(&template));
+        let rs_name = format!("{name}-{hash}");
+        let rs_gr = gr("apps", "replicasets");
+        let now = now_rfc3339();
+        let first_seen = *self.first_seen.entry((uid.clone(), generation)).or_insert_with(Instant::now);
+        let deadline = Duration::from_secs(
+            obj.pointer("/spec/progressDeadlineSeconds").and_then(Value::as_u64).unwrap_or(600),
+        );
+        let rss = self.owned(&rs_gr, &k.1, &uid);
+        let revision = |r: &Value| {
+            r.pointer("/metadata/annotations/deployment.kubernetes.io~1revision")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        let max_rev = rss.iter().map(|r| revision(r)).max().unwrap_or(0);
+        let mut new_rs = rss.iter().find(|r| meta_str(r, "name") == rs_name).cloned();
+        let mut created_now = false;
+        if new_rs.is_none() {
+            let mut labels = template.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+            labels["pod-template-hash"] = json!(hash);
+            let mut tmpl = template.clone();
+            tmpl["metadata"]["labels"] = labels.clone();
+            let mut selector = obj.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+            selector["matchLabels"]["pod-template-hash"] = json!(hash);
+            let mut annotations = json!({"deployment.kubernetes.io/desired-replicas": replicas.to_string(),
+                "deployment.kubernetes.io/max-replicas": replicas.to_string(), "deployment.kubernetes.io/revision": (max_rev + 1).to_string()});
+            if let Some(u) = obj.pointer("/metadata/annotations").and_then(|a| a.get(UNPULLABLE_ANNOTATION)) {
+                annotations[UNPULLABLE_ANNOTATION] = u.clone();
+            }
+            self.create_child(
+                "apps",
+                "v1",
+                "replicasets",
+                &k.1,
+                json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": rs_name, "namespace": k.1, "labels": labels,
+                    "annotations": annotations,
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": uid, "controller": true, "blockOwnerDeletion": true}]},
+                    "spec": {"replicas": replicas, "minReadySeconds": obj.pointer("/spec/minReadySeconds").cloned().unwrap_or(json!(0)),
+                        "selector": selector, "template": tmpl}}),
+            );
+            created_now = true;
+            new_rs = self.inner.store.get(&rs_gr, &k.1, &rs_name);
+        }
+        let Some(new_rs) = new_rs else { return };
+        let rs_rt = self.rt_for(&rs_gr);
+        // keep the new ReplicaSet at the desired size
+        if new_rs.pointer("/spec/replicas").and_then(Value::as_i64) != Some(replicas)
+            && let Some(rt) = &rs_rt
+        {
+            let _ = self.inner.patch_with(rt, &k.1, &rs_name, None, MANAGER, false, &mut |cur| {
+                let mut v = (**cur).clone();
+                v["spec"]["replicas"] = json!(replicas);
+                Ok(v)
+            });
+        }
+        let st = |r: &Value, f: &str| r.pointer(&format!("/status/{f}")).and_then(Value::as_i64).unwrap_or(0);
+        let new_available = st(&new_rs, "availableReplicas");
+        // old ReplicaSets go to zero once the new one is fully available
+        if new_available >= replicas
+            && let Some(rt) = &rs_rt
+        {
+            for old in rss.iter().filter(|r| meta_str(r, "name") != rs_name) {
+                if old.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0) != 0 {
+                    let _ = self.inner.patch_with(
+                        rt,
+                        &k.1,
+                        meta_str(old, "name"),
+                        None,
+                        MANAGER,
+                        false,
+                        &mut |cur| {
+                            let mut v = (**cur).clone();
+                            v["spec"]["replicas"] = json!(0);
+                            Ok(v)
+                        },
+                    );
+                }
+            }
+        }
+        // revision annotation on the Deployment itself
+        let rev = revision(&new_rs).to_string();
+        if obj.pointer("/metadata/annotations/deployment.kubernetes.io~1revision").and_then(Value::as_str)
+            != Some(rev.as_str())
+            && let Some(rt) = self.rt_for(&k.0)
+        {
+            let _ = self.inner.patch_with(&rt, &k.1, &name, None, MANAGER, false, &mut |cur| {
+                let mut v = (**cur).clone();
+                if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                    let a = m.entry("annotations").or_insert_with(|| json!({}));
+                    a["deployment.kubernetes.io/revision"] = json!(rev);
+                }
+                Ok(v)
+            });
+        }
+        let rss: Vec<Arc<Value>> = self.owned(&rs_gr, &k.1, &uid);
+        let total: i64 = rss.iter().map(|r| st(r, "replicas")).sum();
+        let ready: i64 = rss.iter().map(|r| st(r, "readyReplicas")).sum();
+        let available: i64 = rss.iter().map(|r| st(r, "availableReplicas")).sum();
+        let new_rs = rss.iter().find(|r| meta_str(r, "name") == rs_name).cloned().unwrap_or(new_rs);
+        let updated = st(&new_rs, "replicas");
+        let old_total: i64 =
+            rss.iter().filter(|r| meta_str(r, "name") != rs_name).map(|r| st(r, "replicas")).sum();
+        let max_unavailable = resolve_int_or_percent(
+            obj.pointer("/spec/strategy/rollingUpdate/maxUnavailable"),
+            replicas,
+            false,
+            1,
+        );
+        let is_available = available >= replicas - max_unavailable;
+        let complete = st(&new_rs, "availableReplicas") >= replicas && updated == replicas && old_total == 0;
+        let exceeded = !complete && Instant::now() >= first_seen + deadline;
+        if !complete && !exceeded {
+            self.schedule(first_seen + deadline, k.clone());
+        }
+        self.write_status(k, &mut |cur| {
+            let mut s =
+                json!({"observedGeneration": generation, "replicas": total, "updatedReplicas": updated});
+            if ready > 0 {
+                s["readyReplicas"] = json!(ready);
+            }
+            if available > 0 {
+                s["availableReplicas"] = json!(available);
+            }
+            if total - available > 0 {
+                s["unavailableReplicas"] = json!(total - available);
+            }
+            let avail = if is_available {
+                ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.".to_string())
+            } else {
+                (
+                    "False",
+                    "MinimumReplicasUnavailable",
+                    "Deployment does not have minimum availability.".to_string(),
+                )
+            };
+            let prog = if complete {
+                (
+                    "True",
+                    "NewReplicaSetAvailable",
+                    format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
+                )
+            } else if exceeded {
+                (
+                    "False",
+                    "ProgressDeadlineExceeded",
+                    format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
+                )
+            } else if created_now || condition(cur, "Progressing").is_none() {
+                ("True", "NewReplicaSetCreated", format!("Created new replica set \"{rs_name}\""))
+            } else {
+                ("True", "ReplicaSetUpdated", format!("ReplicaSet \"{rs_name}\" is progressing."))
+            };
+            s["conditions"] =
+                json!([cond(cur, "Available", avail, &now), cond(cur, "Progressing", prog, &now)]);
+            s
+        });
+    }
+
     fn write_status(&self, k: &ObjKey, f: &mut dyn FnMut(&Value) -> Value) {
         let Some(rt) = self.rt_for(&k.0) else { return };
         let _ = self.inner.patch_with(&rt, &k.1, &k.2, Some("status"), MANAGER, false, &mut |cur| {
@@ -516,113 +834,114 @@ impl Controllers {
         let name = k.2.clone();
         let now = now_rfc3339();
         match (group.as_str(), resource.as_str()) {
-            ("apps", "deployments") => {
-                let (ready, unpullable, exceeded) = self.readiness(k, obj, template.as_ref());
-                let replicas = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
-                let rs = format!("{name}-{}", template_hash(template.as_ref()));
-                let prev_available = condition(obj, "Available") == Some("True");
-                let ready = ready || replicas == 0;
-                self.write_status(k, &mut |cur| {
-                    let mut s = json!({"observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas});
-                    let (ready_n, available) = if ready {
-                        (replicas, true)
-                    } else if unpullable && prev_available {
-                        // old pods keep serving while the new ReplicaSet is stuck
-                        s["replicas"] = json!(replicas + 1);
-                        s["updatedReplicas"] = json!(1);
-                        s["unavailableReplicas"] = json!(1);
-                        (replicas, true)
-                    } else {
-                        s["unavailableReplicas"] = json!(replicas);
-                        (0, false)
-                    };
-                    if ready_n > 0 {
-                        s["readyReplicas"] = json!(ready_n);
-                        s["availableReplicas"] = json!(ready_n);
-                    }
-                    let avail = if available {
-                        ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.".to_string())
-                    } else {
-                        ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".to_string())
-                    };
-                    let prog = if ready {
-                        ("True", "NewReplicaSetAvailable", format!("ReplicaSet \"{rs}\" has successfully progressed."))
-                    } else if exceeded {
-                        ("False", "ProgressDeadlineExceeded", format!("ReplicaSet \"{rs}\" has timed out progressing."))
-                    } else {
-                        ("True", "ReplicaSetUpdated", format!("ReplicaSet \"{rs}\" is progressing."))
-                    };
-                    s["conditions"] = json!([cond(cur, "Available", avail, &now), cond(cur, "Progressing", prog, &now)]);
-                    s
-                });
-            }
+            ("apps", "deployments") => self.deployment(k, obj),
             ("apps", "replicasets") => {
-                let (ready, _, _) = self.readiness(k, obj, template.as_ref());
                 let replicas = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+                let pods = self.sync_pods(k, obj, replicas, &|_| "".into(), None);
+                let (n, ready) = (pods.len() as i64, pods.iter().filter(|p| pod_ready(p)).count() as i64);
                 self.write_status(k, &mut |_| {
-                    let mut s = json!({"observedGeneration": generation, "replicas": replicas, "fullyLabeledReplicas": replicas});
-                    if ready && replicas > 0 {
-                        s["readyReplicas"] = json!(replicas);
-                        s["availableReplicas"] = json!(replicas);
+                    let mut s =
+                        json!({"observedGeneration": generation, "replicas": n, "fullyLabeledReplicas": n});
+                    if ready > 0 {
+                        s["readyReplicas"] = json!(ready);
+                        s["availableReplicas"] = json!(ready);
                     }
                     s
                 });
             }
             ("apps", "statefulsets") => {
-                let (ready, _, _) = self.readiness(k, obj, template.as_ref());
                 let replicas = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
                 let rev = format!("{name}-{}", template_hash(template.as_ref()));
+                let rev2 = rev.clone();
+                let n2 = name.clone();
+                let pods = self.sync_pods(
+                    k,
+                    obj,
+                    replicas,
+                    &move |i| format!("{n2}-{i}"),
+                    Some(("controller-revision-hash", rev2.clone())),
+                );
+                let updated =
+                    pods.iter().filter(|p| label(p, "controller-revision-hash") == rev).count() as i64;
+                let ready = pods.iter().filter(|p| pod_ready(p)).count() as i64;
+                let all_done = updated == replicas && ready == replicas && pods.len() as i64 == replicas;
                 self.write_status(k, &mut |cur| {
-                    let mut s = json!({"observedGeneration": generation, "replicas": replicas, "currentReplicas": replicas,
-                        "updatedReplicas": replicas, "currentRevision": rev, "updateRevision": rev, "collisionCount": 0,
-                        "availableReplicas": 0});
-                    if ready || replicas == 0 {
-                        s["readyReplicas"] = json!(replicas);
-                        s["availableReplicas"] = json!(replicas);
-                    } else if let Some(old) = cur.pointer("/status/currentRevision").filter(|r| r.as_str() != Some(rev.as_str())) {
-                        s["currentRevision"] = old.clone();
-                        s["currentReplicas"] = json!(0);
+                    let current_rev = if all_done {
+                        json!(rev)
+                    } else {
+                        cur.pointer("/status/currentRevision").cloned().unwrap_or(json!(rev))
+                    };
+                    let current = if all_done { updated } else { pods.len() as i64 - updated };
+                    let mut s = json!({"observedGeneration": generation, "replicas": pods.len(), "currentReplicas": current,
+                        "updatedReplicas": updated, "currentRevision": current_rev, "updateRevision": rev, "collisionCount": 0,
+                        "availableReplicas": ready});
+                    if ready > 0 {
+                        s["readyReplicas"] = json!(ready);
                     }
                     s
                 });
             }
             ("apps", "daemonsets") => {
-                let (ready, _, _) = self.readiness(k, obj, template.as_ref());
+                let rev = template_hash(template.as_ref());
+                let pods = self.sync_pods(
+                    k,
+                    obj,
+                    1,
+                    &|_| "".into(),
+                    Some(("controller-revision-hash", rev.clone())),
+                );
+                let updated =
+                    pods.iter().filter(|p| label(p, "controller-revision-hash") == rev).count() as i64;
+                let ready = pods.iter().filter(|p| pod_ready(p)).count() as i64;
                 self.write_status(k, &mut |_| {
-                    let r = if ready { 1 } else { 0 };
-                    let mut s = json!({"observedGeneration": generation, "currentNumberScheduled": 1, "desiredNumberScheduled": 1,
-                        "numberMisscheduled": 0, "numberReady": r, "updatedNumberScheduled": 1});
-                    if ready {
-                        s["numberAvailable"] = json!(1);
-                    } else {
-                        s["numberUnavailable"] = json!(1);
+                    let mut s = json!({"observedGeneration": generation, "currentNumberScheduled": pods.len(), "desiredNumberScheduled": 1,
+                        "numberMisscheduled": 0, "numberReady": ready, "updatedNumberScheduled": updated});
+                    if ready > 0 {
+                        s["numberAvailable"] = json!(ready);
+                    }
+                    if ready < 1 {
+                        s["numberUnavailable"] = json!(1 - ready);
                     }
                     s
                 });
             }
             ("batch", "jobs") => {
                 let suspended = obj.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false);
-                if suspended {
+                if suspended || condition(obj, "Complete") == Some("True") {
                     return;
                 }
-                let (ready, _, _) = self.readiness(k, obj, template.as_ref());
                 let completions = obj.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1);
                 let parallelism = obj.pointer("/spec/parallelism").and_then(Value::as_i64).unwrap_or(1);
+                let existing = self.owned(&gr("", "pods"), &k.1, meta_str(obj, "uid"));
+                let succeeded = existing
+                    .iter()
+                    .filter(|p| p.pointer("/status/phase").and_then(Value::as_str) == Some("Succeeded"))
+                    .count() as i64;
+                let active = existing.len() as i64 - succeeded;
+                let want_active = parallelism.min(completions - succeeded).max(0);
+                let pods = self.sync_pods(k, obj, succeeded + want_active.max(active), &|_| "".into(), None);
+                let succeeded = pods
+                    .iter()
+                    .filter(|p| p.pointer("/status/phase").and_then(Value::as_str) == Some("Succeeded"))
+                    .count() as i64;
+                let active = pods.len() as i64 - succeeded;
+                let ready = pods.iter().filter(|p| pod_ready(p)).count() as i64;
                 self.write_status(k, &mut |cur| {
-                    if condition(cur, "Complete") == Some("True") {
-                        return cur["status"].clone();
-                    }
                     let start = cur.pointer("/status/startTime").cloned().unwrap_or(json!(now));
-                    if ready {
+                    if succeeded >= completions {
                         let msg = "Reached expected number of succeeded pods";
-                        json!({"startTime": start, "completionTime": now, "succeeded": completions, "ready": 0, "terminating": 0,
+                        json!({"startTime": start, "completionTime": now, "succeeded": succeeded, "ready": 0, "terminating": 0,
                             "uncountedTerminatedPods": {},
                             "conditions": [
                                 {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "message": msg, "lastProbeTime": now, "lastTransitionTime": now},
                                 {"type": "Complete", "status": "True", "reason": "CompletionsReached", "message": msg, "lastProbeTime": now, "lastTransitionTime": now}
                             ]})
                     } else {
-                        json!({"startTime": start, "active": parallelism.min(completions), "ready": 0, "terminating": 0, "uncountedTerminatedPods": {}})
+                        let mut s = json!({"startTime": start, "active": active, "ready": ready, "terminating": 0, "uncountedTerminatedPods": {}});
+                        if succeeded > 0 {
+                            s["succeeded"] = json!(succeeded);
+                        }
+                        s
                     }
                 });
             }
@@ -686,7 +1005,40 @@ impl Controllers {
                 let (ready, unpullable, _) = self.readiness(k, obj, Some(&tmpl));
                 let containers =
                     spec.get("containers").and_then(Value::as_array).cloned().unwrap_or_default();
+                let job_pod = obj
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| a.iter().any(|r| r["kind"] == "Job"));
+                let pod_ip = {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    meta_str(obj, "uid").hash(&mut h);
+                    let n = h.finish();
+                    format!("10.244.{}.{}", (n >> 8) % 256, n % 253 + 2)
+                };
+                if job_pod && ready {
+                    self.write_status(k, &mut |cur| {
+                        let start = cur.pointer("/status/startTime").cloned().unwrap_or(json!(now));
+                        let statuses: Vec<Value> = containers
+                            .iter()
+                            .map(|c| json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": false, "restartCount": 0, "started": false,
+                                "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": start, "finishedAt": now}}}))
+                            .collect();
+                        json!({"phase": "Succeeded", "hostIP": "172.18.0.2", "startTime": start, "qosClass": "BestEffort",
+                            "conditions": [
+                                {"type": "PodScheduled", "status": "True", "lastTransitionTime": start, "lastProbeTime": null},
+                                {"type": "Initialized", "status": "True", "lastTransitionTime": start, "lastProbeTime": null, "reason": "PodCompleted"},
+                                {"type": "ContainersReady", "status": "False", "lastTransitionTime": now, "lastProbeTime": null, "reason": "PodCompleted"},
+                                {"type": "Ready", "status": "False", "lastTransitionTime": now, "lastProbeTime": null, "reason": "PodCompleted"}
+                            ],
+                            "containerStatuses": statuses})
+                    });
+                    return;
+                }
                 self.write_status(k, &mut |cur| {
+                    if cur.pointer("/status/phase").and_then(Value::as_str) == Some("Succeeded") {
+                        return cur["status"].clone();
+                    }
                     let start = cur.pointer("/status/startTime").cloned().unwrap_or(json!(now));
                     let statuses: Vec<Value> = containers
                         .iter()
@@ -703,7 +1055,7 @@ impl Controllers {
                         })
                         .collect();
                     let r = if ready { "True" } else { "False" };
-                    json!({"phase": if ready { "Running" } else { "Pending" }, "hostIP": "172.18.0.2", "podIP": if ready { json!("10.244.0.10") } else { Value::Null },
+                    json!({"phase": if ready { "Running" } else { "Pending" }, "hostIP": "172.18.0.2", "podIP": if ready { json!(cur.pointer("/status/podIP").and_then(Value::as_str).unwrap_or(&pod_ip)) } else { Value::Null },
                         "startTime": start, "qosClass": "BestEffort",
                         "conditions": [
                             {"type": "PodScheduled", "status": "True", "lastTransitionTime": start, "lastProbeTime": null},
@@ -760,7 +1112,9 @@ fn is_unpullable(obj: &Value, template: Option<&Value>) -> bool {
         t.pointer(&format!("/spec/{f}")).and_then(Value::as_array).is_some_and(|cs| {
             cs.iter().any(|c| {
                 c["image"].as_str().is_some_and(|i| {
-                    i.rsplit('/').next().is_some_and(|last| last.ends_with(":does-not-exist"))
+                    let last = i.rsplit('/').next().unwrap_or("");
+                    let repo = last.split(['@', ':']).next().unwrap_or("");
+                    last.ends_with(":does-not-exist") || repo == "does-not-exist"
                 })
             })
         })
@@ -781,4 +1135,33 @@ fn template_hash(t: Option<&Value>) -> String {
             c
         })
         .collect()
+}
+
+fn label(v: &Value, key: &str) -> String {
+    v.pointer("/metadata/labels").and_then(|l| l.get(key)).and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+fn pod_ready(p: &Value) -> bool {
+    p.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect()
+}
+
+/// An int-or-percent field (maxUnavailable, maxSurge) against a total.
+fn resolve_int_or_percent(v: Option<&Value>, total: i64, round_up: bool, default: i64) -> i64 {
+    match v {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(default),
+        Some(Value::String(s)) if s.ends_with('%') => {
+            let p: f64 = s.trim_end_matches('%').parse().unwrap_or(0.0);
+            let x = total as f64 * p / 100.0;
+            if round_up { x.ceil() as i64 } else { x.floor() as i64 }
+        }
+        Some(Value::String(s)) => s.parse().unwrap_or(default),
+        _ => default,
+    }
 }

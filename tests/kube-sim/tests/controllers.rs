@@ -89,7 +89,8 @@ async fn workloads_become_ready_after_the_delay() {
     if t0.elapsed() < delay {
         assert_eq!(cond(&d, "Available").unwrap()["status"], "False", "{d}");
         assert_eq!(cond(&d, "Available").unwrap()["reason"], "MinimumReplicasUnavailable");
-        assert_eq!(cond(&d, "Progressing").unwrap()["reason"], "ReplicaSetUpdated");
+        let reason = cond(&d, "Progressing").unwrap()["reason"].as_str().unwrap().to_string();
+        assert!(reason == "NewReplicaSetCreated" || reason == "ReplicaSetUpdated", "{reason}");
     }
     // after: ready, with the real controllers' reasons
     let d = eventually(30, || async {
@@ -151,6 +152,61 @@ async fn workloads_become_ready_after_the_delay() {
         (v["status"]["phase"] == "Running").then_some(())
     })
     .await;
+    // Pods behind the Deployment: owned by a ReplicaSet NAME-HASH owned by the Deployment
+    let (_, pods) = s.get("/api/v1/namespaces/default/pods?labelSelector=app%3Dw").await;
+    let pods = pods["items"].as_array().unwrap();
+    let rs_pods: Vec<&Value> =
+        pods.iter().filter(|p| p["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet").collect();
+    assert!(rs_pods.len() >= 2, "{pods:?}");
+    let (_, rsl) = s.get("/apis/apps/v1/namespaces/default/replicasets").await;
+    let owned_rs = rsl["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metadata"]["ownerReferences"][0]["kind"] == "Deployment")
+        .unwrap()
+        .clone();
+    let hash = owned_rs["metadata"]["labels"]["pod-template-hash"].as_str().unwrap().to_string();
+    assert_eq!(owned_rs["metadata"]["name"], format!("w-{hash}"));
+    assert_eq!(owned_rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
+    assert!(
+        rs_pods.iter().filter(|p| p["metadata"]["labels"]["pod-template-hash"] == hash.as_str()).count() == 2
+    );
+    assert!(pods.iter().any(|p| p["metadata"]["name"] == "w-0"), "StatefulSet pod w-0");
+    assert_eq!(d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
+    // a new template rolls out through a second ReplicaSet; the old one goes to zero
+    let mut w2 = workload("Deployment", "w", "nginx:2", json!({}));
+    w2["spec"]["replicas"] = json!(2);
+    s.apply("/apis/apps/v1/namespaces/default/deployments/w", "t", false, w2).await;
+    eventually(30, || async {
+        let (_, d) = s.get("/apis/apps/v1/namespaces/default/deployments/w").await;
+        (d["status"]["observedGeneration"] == 2
+            && d["status"]["updatedReplicas"] == 2
+            && d["status"]["availableReplicas"] == 2
+            && d["status"]["replicas"] == 2
+            && cond(&d, "Progressing").is_some_and(|c| c["reason"] == "NewReplicaSetAvailable"))
+        .then_some(())
+    })
+    .await;
+    let (_, old) = s.get(&format!("/apis/apps/v1/namespaces/default/replicasets/w-{hash}")).await;
+    assert_eq!(old["spec"]["replicas"], 0);
+    // deleting the Deployment collects its ReplicaSets and Pods
+    s.req("DELETE", "/apis/apps/v1/namespaces/default/deployments/w", "", None).await;
+    eventually(30, || async {
+        let (_, pods) = s.get("/api/v1/namespaces/default/pods?labelSelector=app%3Dw").await;
+        let left = pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| {
+                p["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet"
+                    && p["metadata"]["ownerReferences"][0]["name"].as_str().unwrap().starts_with("w-")
+                    && p["metadata"]["ownerReferences"][0]["name"] != "w"
+            })
+            .count();
+        (left == 0).then_some(())
+    })
+    .await;
     // the status writes are the controller's, under the status subresource
     let mf = d["metadata"]["managedFields"].as_array().unwrap();
     assert!(mf.iter().any(|e| e["manager"] == "kube-controller-manager" && e["subresource"] == "status"));
@@ -194,6 +250,26 @@ async fn unpullable_images_never_become_ready() {
     })
     .await;
     assert_eq!(pod["status"]["phase"], "Pending");
+    // the Deployment's own Pods say why
+    let (_, pods) = s.get("/api/v1/namespaces/default/pods?labelSelector=app%3Dbad").await;
+    let pods = pods["items"].as_array().unwrap().clone();
+    assert_eq!(pods.len(), 2);
+    for p in &pods {
+        let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+        assert_eq!(w["reason"], "ImagePullBackOff", "{p}");
+        assert_eq!(w["message"], "Back-off pulling image \"registry.example/app:does-not-exist\"");
+    }
+    // an image called just does-not-exist is unpullable too
+    let (c, _) = s
+        .apply("/api/v1/namespaces/default/pods/bare", "t", false, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare"}, "spec": {"containers": [{"name": "c", "image": "does-not-exist"}]}}))
+        .await;
+    assert_eq!(c, 201);
+    eventually(30, || async {
+        let (_, v) = s.get("/api/v1/namespaces/default/pods/bare").await;
+        (v["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff")
+            .then_some(())
+    })
+    .await;
 
     // a good rollout that is later broken: stays Available on the old pods, Progressing fails
     let mut good = workload("Deployment", "roll", "nginx:1", json!({}));
