@@ -4,12 +4,12 @@
 #
 #   Debian: git (http-backend), lighttpd + fcgiwrap (smart HTTP), nginx (download
 #           baseline), openssh-server (SSH git), apache2-utils (htpasswd),
-#           hyperfine (command timing)
+#           hyperfine (command timing), gnupg (signed-commit tests)
 #   PyPI:   grpcio + grpcio-reflection (independent gRPC client),
 #           helm-python-sdk (Helm's Go engine, to lint and render the chart)
 set -euo pipefail
 
-APT_PACKAGES=(git lighttpd fcgiwrap nginx openssh-server openssh-client apache2-utils hyperfine)
+APT_PACKAGES=(git lighttpd fcgiwrap nginx openssh-server openssh-client apache2-utils hyperfine gnupg)
 PIP_PACKAGES=(grpcio grpcio-reflection helm-python-sdk)
 
 missing=()

@@ -1,12 +1,16 @@
 //! Git sources and the artifact pipeline of the hub: fetch with gix, render
 //! bundles (plain YAML or kustomize), store artifacts by digest, webhooks.
 
+pub mod controller;
 pub mod git;
 pub mod redact;
 pub mod render;
 pub mod store;
+pub mod verify;
+pub mod webhook;
 
 mod error;
 
+pub use controller::{Sources, SourcesConfig};
 pub use error::{Error, Result};
 pub use store::ArtifactStore;

@@ -84,6 +84,7 @@ impl Upstream {
         let bare = root.path().join("srv").join(format!("{name}.git"));
         std::fs::create_dir_all(&bare).unwrap();
         git(&bare, &["init", "-q", "--bare"]);
+        git(&bare, &["config", "receive.denyDeleteCurrent", "ignore"]);
         let work = root.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
         git(&work, &["init", "-q"]);

@@ -1,0 +1,852 @@
+//! The source pipeline: one worker task per GitSource polls, fetches and
+//! builds its bundles; one supervisor task owns the published state.
+//!
+//! - The supervisor is the only writer of the `statuses` and `builds` watch
+//!   channels. It follows the fleet config (starting, restarting and
+//!   stopping workers), applies suspend overrides, and runs artifact GC.
+//! - A worker waits for its interval (or a reconcile, or a webhook), then
+//!   fetches in `spawn_blocking` under a semaphore shared by all sources,
+//!   with the source's timeout. On failure it backs off exponentially with
+//!   jitter. When the commit, a bundle's path or the ignore rules changed, it
+//!   renders the affected bundles (again in `spawn_blocking`, same
+//!   semaphore) and stores the artifacts. A poll that finds the same commit
+//!   and no changed bundle does nothing else.
+//! - A failed build keeps the bundle's last good artifact and records the
+//!   error. A failed fetch leaves artifacts alone; only bundles that never
+//!   built get a `FetchFailed` error, so that they say why they are pending.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use convoy_artifact::Limits;
+use convoy_core::config::{FleetConfig, GitSourceSpec, Named, RefSpec};
+use convoy_core::pipeline::{BuildError, BuiltArtifact, BundleBuildState, SourceStatus};
+use convoy_core::status::{Condition, Phase, READY, RECONCILING, STALLED, set_condition};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::git::{FetchOptions, GitCache, Resolved, SshKeys};
+use crate::redact::{Secrets, redact_url};
+use crate::render::{Kustomize, RenderOptions, render};
+use crate::store::ArtifactStore;
+use crate::{Error, Result};
+
+/// Settings of the source pipeline.
+#[derive(Debug, Clone)]
+pub struct SourcesConfig {
+    /// The hub's data dir: git caches go to `<data_dir>/sources`, artifacts
+    /// to `<data_dir>/artifacts`.
+    pub data_dir: PathBuf,
+    /// How many fetches and builds may run at once, across all sources.
+    pub max_concurrent: usize,
+    /// Artifact limits.
+    pub limits: Limits,
+    /// Which kustomize to run.
+    pub kustomize: Kustomize,
+    /// First retry delay after a failed fetch; doubles per failure (with jitter).
+    pub backoff_base: Duration,
+    /// The longest retry delay.
+    pub backoff_max: Duration,
+    /// Delete artifacts no bundle references once they are this old; `None`
+    /// disables the periodic GC (the hub may run [`ArtifactStore::gc`] itself).
+    pub artifact_retention: Option<Duration>,
+    /// How often the GC runs.
+    pub gc_interval: Duration,
+}
+
+impl SourcesConfig {
+    /// Defaults for a data dir: 4 concurrent fetches, backoff 2s..5m, GC of
+    /// unreferenced artifacts after 24h, every 10m.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            max_concurrent: 4,
+            limits: Limits::default(),
+            kustomize: Kustomize::Auto,
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(300),
+            artifact_retention: Some(Duration::from_secs(24 * 3600)),
+            gc_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What a worker is asked to do.
+#[derive(Debug)]
+enum Trigger {
+    /// Fetch now and rebuild every bundle.
+    Reconcile,
+    /// The source's bundles changed.
+    Bundles(Vec<BundleRef>),
+    /// Suspend or resume.
+    Suspend(bool),
+}
+
+/// What a worker reports.
+enum Event {
+    Status(Box<SourceStatus>),
+    Built { bundle: String, result: std::result::Result<BuiltArtifact, BuildError> },
+    FetchFailed { source: String, error: BuildError },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BundleRef {
+    name: String,
+    path: String,
+}
+
+struct WorkerHandle {
+    spec: GitSourceSpec,
+    tx: mpsc::Sender<Trigger>,
+    token: CancellationToken,
+    task: JoinHandle<()>,
+    bundles: Vec<BundleRef>,
+}
+
+/// A cheap handle to the running pipeline.
+#[derive(Clone)]
+pub struct Sources {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: ArtifactStore,
+    statuses: watch::Receiver<Arc<BTreeMap<String, SourceStatus>>>,
+    builds: watch::Receiver<Arc<BTreeMap<String, BundleBuildState>>>,
+    fleet: watch::Receiver<Arc<FleetConfig>>,
+    /// Worker trigger channels by source name (written by the supervisor).
+    triggers: Mutex<HashMap<String, mpsc::Sender<Trigger>>>,
+    control: mpsc::UnboundedSender<(String, bool)>,
+    suspended: Mutex<HashMap<String, bool>>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources").field("store", &self.inner.store.dir()).finish_non_exhaustive()
+    }
+}
+
+impl Sources {
+    /// Start the pipeline. The returned task ends after `shutdown` is
+    /// cancelled and every worker has stopped; await it.
+    pub fn start(
+        cfg: SourcesConfig,
+        fleet: watch::Receiver<Arc<FleetConfig>>,
+        shutdown: CancellationToken,
+    ) -> Result<(Sources, JoinHandle<()>)> {
+        let store = ArtifactStore::open(&cfg.data_dir.join("artifacts"))?;
+        let cfg_max = cfg.max_concurrent;
+        let sources_dir = cfg.data_dir.join("sources");
+        std::fs::create_dir_all(&sources_dir).map_err(|e| Error::io(&sources_dir, e))?;
+        let (status_tx, status_rx) = watch::channel(Arc::new(BTreeMap::new()));
+        let (builds_tx, builds_rx) = watch::channel(Arc::new(BTreeMap::new()));
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            store: store.clone(),
+            statuses: status_rx,
+            builds: builds_rx,
+            fleet: fleet.clone(),
+            triggers: Mutex::new(HashMap::new()),
+            control: control_tx,
+            suspended: Mutex::new(HashMap::new()),
+        });
+        let (events_tx, events_rx) = mpsc::channel(256);
+        let sup = Supervisor {
+            pending: Pending::default(),
+            cfg: Arc::new(cfg),
+            store,
+            sources_dir,
+            fleet,
+            status_tx,
+            builds_tx,
+            events_tx,
+            semaphore: Arc::new(Semaphore::new(cfg_max.max(1))),
+            workers: HashMap::new(),
+            inner: inner.clone(),
+        };
+        let task = tokio::spawn(sup.run(events_rx, control_rx, shutdown).instrument(info_span!("sources")));
+        Ok((Sources { inner }, task))
+    }
+
+    /// Fetch status by source name.
+    pub fn statuses(&self) -> watch::Receiver<Arc<BTreeMap<String, SourceStatus>>> {
+        self.inner.statuses.clone()
+    }
+
+    /// Build state by bundle name.
+    pub fn builds(&self) -> watch::Receiver<Arc<BTreeMap<String, BundleBuildState>>> {
+        self.inner.builds.clone()
+    }
+
+    /// Fetch a source now (and rebuild its bundles).
+    pub fn reconcile(&self, source: &str) -> Result<()> {
+        if self.is_suspended(source) {
+            return Err(Error::Suspended(source.into()));
+        }
+        let tx = self.inner.triggers.lock().unwrap_or_else(|p| p.into_inner()).get(source).cloned();
+        match tx {
+            None => Err(Error::UnknownSource(source.into())),
+            Some(tx) => match tx.try_send(Trigger::Reconcile) {
+                // A full queue already holds a pending trigger: that one fetches.
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Shutdown),
+            },
+        }
+    }
+
+    /// Suspend or resume polling of a source, on top of its `suspend` setting
+    /// (not persisted: the hub reapplies it after a restart).
+    pub fn set_suspended(&self, source: &str, suspended: bool) -> Result<()> {
+        if !self.inner.fleet.borrow().sources.contains_key(source) {
+            return Err(Error::UnknownSource(source.into()));
+        }
+        self.inner.suspended.lock().unwrap_or_else(|p| p.into_inner()).insert(source.into(), suspended);
+        self.inner.control.send((source.into(), suspended)).map_err(|_| Error::Shutdown)
+    }
+
+    fn is_suspended(&self, source: &str) -> bool {
+        let over = self.inner.suspended.lock().unwrap_or_else(|p| p.into_inner()).get(source).copied();
+        let config = self.inner.fleet.borrow().sources.get(source).is_some_and(|s| s.spec.suspend);
+        over.unwrap_or(false) || config
+    }
+
+    /// The artifact store.
+    pub fn store(&self) -> &ArtifactStore {
+        &self.inner.store
+    }
+
+    /// The webhook receiver, to mount on the hub's HTTP port.
+    pub fn webhook_router(&self) -> axum::Router {
+        crate::webhook::router(self.clone())
+    }
+
+    pub(crate) fn fleet(&self) -> Arc<FleetConfig> {
+        self.inner.fleet.borrow().clone()
+    }
+}
+
+/// Digests stored by a worker whose build event the supervisor has not
+/// processed yet; GC treats them as referenced.
+type Pending = Arc<Mutex<HashMap<String, usize>>>;
+
+struct Supervisor {
+    pending: Pending,
+    cfg: Arc<SourcesConfig>,
+    store: ArtifactStore,
+    sources_dir: PathBuf,
+    fleet: watch::Receiver<Arc<FleetConfig>>,
+    status_tx: watch::Sender<Arc<BTreeMap<String, SourceStatus>>>,
+    builds_tx: watch::Sender<Arc<BTreeMap<String, BundleBuildState>>>,
+    events_tx: mpsc::Sender<Event>,
+    semaphore: Arc<Semaphore>,
+    workers: HashMap<String, WorkerHandle>,
+    inner: Arc<Inner>,
+}
+
+impl Supervisor {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        mut control: mpsc::UnboundedReceiver<(String, bool)>,
+        shutdown: CancellationToken,
+    ) {
+        self.apply_fleet();
+        let mut gc = tokio::time::interval(self.cfg.gc_interval.max(Duration::from_secs(1)));
+        gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = self.fleet.changed() => {
+                    if changed.is_err() {
+                        // The config sender is gone: keep running with the last config.
+                        shutdown.cancelled().await;
+                        break;
+                    }
+                    self.apply_fleet();
+                }
+                Some(ev) = events.recv() => self.on_event(ev),
+                Some((source, suspended)) = control.recv() => {
+                    if let Some(w) = self.workers.get(&source) {
+                        let _ = w.tx.try_send(Trigger::Suspend(suspended || w.spec.suspend));
+                    }
+                }
+                _ = gc.tick() => self.gc().await,
+            }
+        }
+        for (_, w) in self.workers.drain() {
+            w.token.cancel();
+            let _ = w.task.await;
+        }
+        debug!("source pipeline stopped");
+    }
+
+    fn apply_fleet(&mut self) {
+        let fleet = self.fleet.borrow_and_update().clone();
+        // Stop workers whose source is gone or changed.
+        let stale: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(name, w)| fleet.sources.get(*name).is_none_or(|s| s.spec != w.spec))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in stale {
+            if let Some(w) = self.workers.remove(&name) {
+                w.token.cancel();
+                self.inner.triggers.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+            }
+        }
+        for (name, src) in &fleet.sources {
+            let bundles: Vec<BundleRef> = fleet
+                .bundles_of_source(name)
+                .map(|b| BundleRef { name: b.name.clone(), path: b.spec.path.clone() })
+                .collect();
+            match self.workers.get_mut(name) {
+                Some(w) => {
+                    if w.bundles != bundles {
+                        w.bundles = bundles.clone();
+                        let _ = w.tx.try_send(Trigger::Bundles(bundles));
+                    }
+                }
+                None => self.spawn_worker(src, bundles),
+            }
+        }
+        // Forget removed sources and bundles.
+        self.status_tx.send_if_modified(|m| {
+            let before = m.len();
+            Arc::make_mut(m).retain(|k, _| fleet.sources.contains_key(k));
+            before != m.len()
+        });
+        self.builds_tx.send_if_modified(|m| {
+            let before = m.len();
+            Arc::make_mut(m).retain(|k, _| fleet.bundles.contains_key(k));
+            before != m.len()
+        });
+    }
+
+    fn spawn_worker(&mut self, src: &Named<GitSourceSpec>, bundles: Vec<BundleRef>) {
+        let (tx, rx) = mpsc::channel(8);
+        let token = CancellationToken::new();
+        let over = self.inner.suspended.lock().unwrap_or_else(|p| p.into_inner()).get(&src.name).copied();
+        let url_key = hex::encode(&Sha256::digest(src.spec.url.as_bytes())[..8]);
+        let dir = self.sources_dir.join(format!("{}-{url_key}", src.name));
+        let worker = Worker {
+            name: src.name.clone(),
+            spec: src.spec.clone(),
+            cfg: self.cfg.clone(),
+            cache: GitCache::new(dir.join("repo.git")),
+            work_dir: dir,
+            store: self.store.clone(),
+            pending: self.pending.clone(),
+            semaphore: self.semaphore.clone(),
+            events: self.events_tx.clone(),
+            bundles: bundles.clone(),
+            suspended: src.spec.suspend || over.unwrap_or(false),
+            status: initial_status(&src.name, &src.spec),
+            last: None,
+            built: HashMap::new(),
+        };
+        let span = info_span!("source", source = %src.name);
+        let task = tokio::spawn(worker.run(rx, token.clone()).instrument(span));
+        self.inner.triggers.lock().unwrap_or_else(|p| p.into_inner()).insert(src.name.clone(), tx.clone());
+        self.workers
+            .insert(src.name.clone(), WorkerHandle { spec: src.spec.clone(), tx, token, task, bundles });
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Status(s) => {
+                if !self.workers.contains_key(&s.name) {
+                    return;
+                }
+                self.status_tx.send_modify(|m| {
+                    Arc::make_mut(m).insert(s.name.clone(), *s);
+                });
+            }
+            Event::Built { bundle, result } => {
+                if !self.fleet.borrow().bundles.contains_key(&bundle) {
+                    if let Ok(a) = &result {
+                        unpend(&self.pending, &a.digest);
+                    }
+                    return;
+                }
+                let digest = result.as_ref().ok().map(|a| a.digest.clone());
+                self.builds_tx.send_modify(|m| {
+                    let st = Arc::make_mut(m)
+                        .entry(bundle.clone())
+                        .or_insert_with(|| BundleBuildState { bundle: bundle.clone(), ..Default::default() });
+                    match result {
+                        Ok(a) => {
+                            st.artifact = Some(a);
+                            st.error = None;
+                        }
+                        Err(e) => st.error = Some(e),
+                    }
+                });
+                if let Some(d) = digest {
+                    unpend(&self.pending, &d);
+                }
+            }
+            Event::FetchFailed { source, error } => {
+                let fleet = self.fleet.borrow().clone();
+                let bundles: Vec<String> = fleet.bundles_of_source(&source).map(|b| b.name.clone()).collect();
+                self.builds_tx.send_if_modified(|m| {
+                    let map = Arc::make_mut(m);
+                    let mut changed = false;
+                    for b in &bundles {
+                        let st = map
+                            .entry(b.clone())
+                            .or_insert_with(|| BundleBuildState { bundle: b.clone(), ..Default::default() });
+                        if st.artifact.is_none() && st.error.as_ref() != Some(&error) {
+                            st.error = Some(error.clone());
+                            changed = true;
+                        }
+                    }
+                    changed
+                });
+            }
+        }
+    }
+
+    async fn gc(&self) {
+        let Some(retention) = self.cfg.artifact_retention else { return };
+        let mut referenced: HashSet<String> = self
+            .builds_tx
+            .borrow()
+            .values()
+            .filter_map(|b| b.artifact.as_ref().map(|a| a.digest.clone()))
+            .collect();
+        referenced.extend(self.pending.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned());
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.gc(&referenced, retention)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(deleted = n, "garbage-collected unreferenced artifacts"),
+            Ok(Err(error)) => warn!(%error, "artifact gc failed"),
+            Err(error) => warn!(%error, "artifact gc panicked"),
+        }
+    }
+}
+
+fn unpend(pending: &Pending, digest: &str) {
+    let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = p.get_mut(digest) {
+        *n -= 1;
+        if *n == 0 {
+            p.remove(digest);
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn describe_ref(spec: &RefSpec) -> String {
+    match spec {
+        RefSpec::Branch(b) => format!("branch {b}"),
+        RefSpec::Tag(t) => format!("tag {t}"),
+        RefSpec::Semver(r) => format!("semver {r}"),
+        RefSpec::Name(n) => format!("ref {n}"),
+        RefSpec::Commit { commit, branch: Some(b) } => format!("commit {commit} on {b}"),
+        RefSpec::Commit { commit, branch: None } => format!("commit {commit}"),
+    }
+}
+
+fn initial_status(name: &str, spec: &GitSourceSpec) -> SourceStatus {
+    SourceStatus {
+        name: name.into(),
+        url: redact_url(&spec.url),
+        reference: describe_ref(&spec.git_ref.resolve()),
+        revision: None,
+        phase: if spec.suspend { Phase::Suspended } else { Phase::Pending },
+        conditions: Vec::new(),
+        last_fetch_unix_ms: 0,
+        failures: 0,
+        suspended: spec.suspend,
+        interval: spec.interval.get(),
+    }
+}
+
+/// Exponential backoff with jitter: base * 2^(failures-1), capped, then a
+/// random point in [50%, 100%] of it.
+pub fn backoff(failures: u32, base: Duration, max: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32.checked_shl(failures.saturating_sub(1).min(20)).unwrap_or(u32::MAX));
+    let capped = exp.min(max);
+    let jitter = rand::random_range(0.5..=1.0);
+    capped.mul_f64(jitter)
+}
+
+/// What a build depends on besides the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BuildKey {
+    commit: String,
+    path: String,
+    ignore: Option<String>,
+}
+
+struct Worker {
+    name: String,
+    spec: GitSourceSpec,
+    cfg: Arc<SourcesConfig>,
+    cache: GitCache,
+    work_dir: PathBuf,
+    store: ArtifactStore,
+    pending: Pending,
+    semaphore: Arc<Semaphore>,
+    events: mpsc::Sender<Event>,
+    bundles: Vec<BundleRef>,
+    suspended: bool,
+    status: SourceStatus,
+    last: Option<Resolved>,
+    built: HashMap<String, BuildKey>,
+}
+
+enum Wake {
+    Poll,
+    Reconcile,
+    Rebuild,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Trigger>, token: CancellationToken) {
+        let mut next = Instant::now();
+        self.publish_suspension().await;
+        loop {
+            let wake = tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tokio::time::sleep_until(next), if !self.suspended => Wake::Poll,
+                t = rx.recv() => match t {
+                    None => return,
+                    Some(Trigger::Reconcile) => Wake::Reconcile,
+                    Some(Trigger::Bundles(b)) => {
+                        self.bundles = b;
+                        self.built.retain(|k, _| self.bundles.iter().any(|b| &b.name == k));
+                        Wake::Rebuild
+                    }
+                    Some(Trigger::Suspend(s)) => {
+                        let resumed = self.suspended && !s;
+                        self.suspended = s;
+                        self.publish_suspension().await;
+                        if resumed {
+                            next = Instant::now();
+                        }
+                        continue;
+                    }
+                },
+            };
+            match wake {
+                Wake::Rebuild => {
+                    if !self.suspended {
+                        self.build_changed(false, &token).await;
+                    }
+                }
+                Wake::Poll | Wake::Reconcile => {
+                    if self.suspended {
+                        continue;
+                    }
+                    let force = matches!(wake, Wake::Reconcile);
+                    let ok = tokio::select! {
+                        _ = token.cancelled() => return,
+                        ok = self.poll(force) => ok,
+                    };
+                    next = Instant::now()
+                        + if ok {
+                            self.spec.interval.get()
+                        } else {
+                            backoff(self.status.failures, self.cfg.backoff_base, self.cfg.backoff_max)
+                        };
+                    if ok {
+                        self.build_changed(force, &token).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn publish(&self) {
+        let _ = self.events.send(Event::Status(Box::new(self.status.clone()))).await;
+    }
+
+    async fn publish_suspension(&mut self) {
+        self.status.suspended = self.suspended;
+        if self.suspended {
+            self.status.phase = Phase::Suspended;
+        } else if self.status.phase == Phase::Suspended {
+            self.status.phase = if self.last.is_some() { Phase::Ready } else { Phase::Pending };
+        }
+        self.publish().await;
+    }
+
+    /// Fetch; true on success.
+    async fn poll(&mut self, force: bool) -> bool {
+        let first = self.last.is_none() || self.status.failures > 0;
+        if first || force {
+            self.status.phase = Phase::Reconciling;
+            let msg = format!("fetching {}", self.status.reference);
+            set_condition(
+                &mut self.status.conditions,
+                Condition::new(RECONCILING, true, "Progressing", msg),
+                now_ms(),
+            );
+            self.publish().await;
+        }
+        let started = std::time::Instant::now();
+        let result = self.fetch().await;
+        let now = now_ms();
+        self.status.last_fetch_unix_ms = now;
+        set_condition(&mut self.status.conditions, Condition::new(RECONCILING, false, "Idle", ""), now);
+        match result {
+            Ok(r) => {
+                let changed = self.last.as_ref().map(|l| &l.commit) != Some(&r.commit);
+                if changed {
+                    info!(revision = %r.revision(), elapsed_ms = started.elapsed().as_millis() as u64, "new revision");
+                } else {
+                    debug!(revision = %r.revision(), elapsed_ms = started.elapsed().as_millis() as u64, "unchanged");
+                }
+                self.status.revision = Some(r.revision());
+                self.status.failures = 0;
+                self.status.phase = Phase::Ready;
+                let msg = format!("revision {}", r.revision());
+                set_condition(
+                    &mut self.status.conditions,
+                    Condition::new(READY, true, "Succeeded", msg),
+                    now,
+                );
+                self.status.conditions.retain(|c| c.type_ != STALLED);
+                self.last = Some(r);
+                self.publish().await;
+                true
+            }
+            Err(error) => {
+                self.status.failures += 1;
+                self.status.phase = Phase::Stalled;
+                let reason = error.reason();
+                let message = error.to_string();
+                warn!(%error, failures = self.status.failures, "fetch failed");
+                set_condition(
+                    &mut self.status.conditions,
+                    Condition::new(READY, false, reason, message.clone()),
+                    now,
+                );
+                set_condition(
+                    &mut self.status.conditions,
+                    Condition::new(STALLED, true, reason, message.clone()),
+                    now,
+                );
+                self.publish().await;
+                let error = BuildError {
+                    revision: self.status.revision.clone(),
+                    reason: reason.into(),
+                    message,
+                    at_unix_ms: now,
+                };
+                let _ = self.events.send(Event::FetchFailed { source: self.name.clone(), error }).await;
+                false
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<Resolved> {
+        let permit = self.semaphore.clone().acquire_owned().await.map_err(|_| Error::Shutdown)?;
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let (cache, spec, work_dir) = (self.cache.clone(), self.spec.clone(), self.work_dir.clone());
+        let last = self.last.as_ref().map(|l| l.commit.clone());
+        let flag = interrupt.clone();
+        let timeout = self.spec.timeout.get();
+        let task = tokio::task::spawn_blocking(move || {
+            // The permit is held until the blocking work really ends, even
+            // after a timeout gave up on it.
+            let _permit = permit;
+            let (opts, secrets) = load_fetch_options(&spec, &work_dir, timeout)?;
+            let resolved =
+                cache.fetch(&spec.url, &spec.git_ref.resolve(), &opts, &secrets, last.as_deref(), &flag)?;
+            if let Some(v) = &spec.verify {
+                crate::verify::verify_commit(&cache, &resolved.commit, v)?;
+            }
+            Ok(resolved)
+        });
+        match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(join)) => Err(Error::Fetch {
+                url: redact_url(&self.spec.url),
+                message: format!("fetch task failed: {join}"),
+            }),
+            Err(_) => {
+                interrupt.store(true, Ordering::Relaxed);
+                Err(Error::Timeout { what: format!("fetch {}", redact_url(&self.spec.url)), after: timeout })
+            }
+        }
+    }
+
+    /// Build the bundles whose inputs changed (all of them when forced).
+    async fn build_changed(&mut self, force: bool, token: &CancellationToken) {
+        let Some(last) = self.last.clone() else { return };
+        for b in self.bundles.clone() {
+            let key = BuildKey {
+                commit: last.commit.clone(),
+                path: b.path.clone(),
+                ignore: self.spec.ignore.clone(),
+            };
+            if !force && self.built.get(&b.name) == Some(&key) {
+                continue;
+            }
+            let result = tokio::select! {
+                _ = token.cancelled() => return,
+                r = self.build(&b, &last) => r,
+            };
+            let result = result.map_err(|e| {
+                warn!(bundle = %b.name, error = %e, "build failed");
+                BuildError {
+                    revision: Some(last.revision()),
+                    reason: e.reason().into(),
+                    message: e.to_string(),
+                    at_unix_ms: now_ms(),
+                }
+            });
+            if let Ok(a) = &result {
+                info!(bundle = %b.name, digest = %a.digest, size = a.size, files = a.files, "built artifact");
+            }
+            self.built.insert(b.name.clone(), key);
+            let _ = self.events.send(Event::Built { bundle: b.name.clone(), result }).await;
+        }
+    }
+
+    async fn build(&self, b: &BundleRef, resolved: &Resolved) -> Result<BuiltArtifact> {
+        let permit = self.semaphore.clone().acquire_owned().await.map_err(|_| Error::Shutdown)?;
+        let cache = self.cache.clone();
+        let store = self.store.clone();
+        let pending = self.pending.clone();
+        let opts = RenderOptions {
+            limits: self.cfg.limits,
+            ignore: self.spec.ignore.clone(),
+            kustomize: self.cfg.kustomize.clone(),
+            timeout: self.spec.timeout.get(),
+        };
+        let (bundle, path, source) = (b.name.clone(), b.path.clone(), self.name.clone());
+        let (commit, revision) = (resolved.commit.clone(), resolved.revision());
+        let url = redact_url(&self.spec.url);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let tree = cache.tree(&commit)?;
+            let rendered = render(&tree, &path, &revision, &opts)?;
+            let a = rendered.artifact;
+            // Referenced from now until the supervisor has recorded the build.
+            *pending.lock().unwrap_or_else(|p| p.into_inner()).entry(a.digest.clone()).or_default() += 1;
+            if let Err(e) = store.put(&a.bytes) {
+                unpend(&pending, &a.digest);
+                return Err(e);
+            }
+            Ok(BuiltArtifact {
+                bundle,
+                source,
+                source_url: url,
+                revision,
+                digest: a.digest,
+                size: a.size,
+                files: a.files,
+                built_unix_ms: now_ms(),
+            })
+        })
+        .await
+        .map_err(|e| Error::Config(format!("build task failed: {e}")))?
+    }
+}
+
+fn read_secret(path: &str, what: &str) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::Credentials(format!("{what} {path}: {e}")))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Read the source's credential files into fetch options. The ssh key is
+/// copied to a private 0600 file in the source's work dir, because ssh
+/// refuses keys readable by others (as mounted Secrets often are).
+pub(crate) fn load_fetch_options(
+    spec: &GitSourceSpec,
+    work_dir: &Path,
+    timeout: Duration,
+) -> Result<(FetchOptions, Secrets)> {
+    let mut opts =
+        FetchOptions { connect_timeout: Some(timeout.min(Duration::from_secs(30))), ..Default::default() };
+    let mut secrets = Secrets::default();
+    if let Some(auth) = &spec.auth {
+        if let Some(basic) = &auth.basic {
+            let user = match (&basic.username, &basic.username_file) {
+                (Some(u), _) => u.clone(),
+                (None, Some(f)) => read_secret(f, "usernameFile")?,
+                (None, None) => String::new(),
+            };
+            let password = read_secret(&basic.password_file, "passwordFile")?;
+            secrets.add(&password);
+            opts.basic = Some((user, password));
+        }
+        if let Some(f) = &auth.bearer_token_file {
+            let token = read_secret(f, "bearerTokenFile")?;
+            secrets.add(&token);
+            opts.bearer = Some(token);
+        }
+        if let Some(ssh) = &auth.ssh {
+            let key = std::fs::read(&ssh.private_key_file)
+                .map_err(|e| Error::Credentials(format!("privateKeyFile {}: {e}", ssh.private_key_file)))?;
+            let dir = work_dir.join("ssh");
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            let copy = dir.join("id");
+            if std::fs::read(&copy).ok().as_deref() != Some(key.as_slice()) {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let tmp = dir.join("id.tmp");
+                let _ = std::fs::remove_file(&tmp);
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(|e| Error::io(&tmp, e))?;
+                f.write_all(&key).map_err(|e| Error::io(&tmp, e))?;
+                std::fs::rename(&tmp, &copy).map_err(|e| Error::io(&copy, e))?;
+            }
+            if !Path::new(&ssh.known_hosts_file).is_file() {
+                return Err(Error::Credentials(format!(
+                    "knownHostsFile {}: not a file",
+                    ssh.known_hosts_file
+                )));
+            }
+            opts.ssh = Some(SshKeys { key: copy, known_hosts: PathBuf::from(&ssh.known_hosts_file) });
+        }
+    }
+    if let Some(ca) = &spec.ca_file {
+        opts.ca_pem = Some(std::fs::read(ca).map_err(|e| Error::Credentials(format!("caFile {ca}: {e}")))?);
+    }
+    // Credentials embedded in the URL are secrets too.
+    if let Some((_, rest)) = spec.url.split_once("://")
+        && let Some((userinfo, _)) = rest.split('/').next().unwrap_or_default().rsplit_once('@')
+        && let Some((_, pw)) = userinfo.split_once(':')
+    {
+        secrets.add(pw);
+    }
+    Ok((opts, secrets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let (base, max) = (Duration::from_secs(2), Duration::from_secs(60));
+        for _ in 0..50 {
+            let d1 = backoff(1, base, max);
+            assert!(d1 >= Duration::from_secs(1) && d1 <= Duration::from_secs(2), "{d1:?}");
+            let d3 = backoff(3, base, max);
+            assert!(d3 >= Duration::from_secs(4) && d3 <= Duration::from_secs(8), "{d3:?}");
+            let d30 = backoff(30, base, max);
+            assert!(d30 >= Duration::from_secs(30) && d30 <= max, "{d30:?}");
+        }
+    }
+}
