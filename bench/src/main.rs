@@ -11,6 +11,7 @@ use clap::Parser;
 
 use convoy_bench::report::{self, Measurement};
 
+mod hub;
 mod kubesim;
 
 /// Command line of `convoy-bench`.
@@ -41,7 +42,7 @@ type AreaFn =
     fn(Ctx) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<Measurement>>>>>;
 
 /// The areas, in run order. Each area module adds itself here.
-const AREAS: &[(&str, AreaFn)] = &[("kube-sim", kubesim::run)];
+const AREAS: &[(&str, AreaFn)] = &[("kube-sim", kubesim::run), ("hub", hub::run)];
 
 fn main() -> ExitCode {
     let args = Args::parse();

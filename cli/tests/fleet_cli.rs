@@ -12,7 +12,7 @@ const FLEET: &str = r#"
 apiVersion: convoy.dev/v1
 kind: GitSource
 metadata: {name: repo}
-spec: {url: "https://git.example/fleet.git"}
+spec: {url: "file:///nonexistent/convoy-test/fleet.git"}
 ---
 apiVersion: convoy.dev/v1
 kind: Bundle

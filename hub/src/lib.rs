@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod pki;
 pub mod runtime;
 pub mod session;
+pub mod sources_pipeline;
 pub mod state;
 pub mod store;
 pub mod tls;

@@ -30,7 +30,7 @@ use crate::grpc::fleet::FleetService;
 use crate::grpc::registration::RegistrationService;
 use crate::grpc::{Core, SessionSettings};
 use crate::metrics::{Metrics, ResultLabels};
-use crate::pipeline::{SourcePipeline, StaticPipeline};
+use crate::pipeline::SourcePipeline;
 use crate::pki::{Ca, certs_from_pem, key_from_pem};
 use crate::state::{FleetView, StateDeps, StateHandle, TokenInput, TokenOutput};
 use crate::store::{RedbStore, Store, Write};
@@ -43,8 +43,8 @@ const GRACE: Duration = Duration::from_secs(10);
 /// Options for an in-process hub beyond its config.
 #[derive(Default, Clone)]
 pub struct HubOptions {
-    /// The source pipeline. Default: a [`StaticPipeline`] over
-    /// `<dataDir>/artifacts` (convoy-sources is wired here once it lands).
+    /// The source pipeline. Default: convoy-sources (git) over the data dir;
+    /// tests pass a [`crate::StaticPipeline`].
     pub pipeline: Option<Arc<dyn SourcePipeline>>,
     /// An initial fleet config instead of reading files (no reload then; use
     /// [`HubHandle::set_fleet`] to change it).
@@ -240,18 +240,28 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
         None => load_fleet(&cfg)?,
     };
     let fleet = Arc::new(fleet);
-    let (fleet_tx, _fleet_rx) = watch::channel(fleet.clone());
+    let (fleet_tx, fleet_rx) = watch::channel(fleet.clone());
+    let shutdown = CancellationToken::new();
+    let mut sources_task = None;
     let pipeline: Arc<dyn SourcePipeline> = match options.pipeline {
         Some(p) => p,
         None => {
-            warn!(
-                "convoy-sources is not wired into the hub yet: serving stored generations only (no git fetching)"
-            );
-            StaticPipeline::new(dir.join("artifacts"))
+            let (p, task) = crate::sources_pipeline::GitPipeline::start(
+                dir.clone(),
+                cfg.artifacts.retention.get(),
+                fleet_rx,
+                shutdown.clone(),
+            )?;
+            sources_task = Some(task);
+            p
         }
     };
+    for source in &loaded.suspended_sources {
+        if let Err(e) = pipeline.set_suspended(source, true) {
+            warn!(source = %source, error = %e, "cannot re-apply the suspension of a source");
+        }
+    }
 
-    let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
     let (events_tx, _) = broadcast::channel(4096);
     let (view_tx, view_rx) = watch::channel(Arc::new(FleetView::default()));
@@ -291,6 +301,9 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     });
 
     let mut tasks = vec![("fleet_state", state_task)];
+    if let Some(t) = sources_task {
+        tasks.push(("sources", t));
+    }
 
     // gRPC.
     let listener = bind("gRPC", &cfg.grpc.listen).await?;

@@ -374,7 +374,12 @@ impl pb::fleet_server::Fleet for FleetService {
         self.core.admin(&req)?;
         let r = req.into_inner();
         let source = match pb::ObjectKind::try_from(r.kind).unwrap_or(pb::ObjectKind::Unspecified) {
-            pb::ObjectKind::Source => r.name.clone(),
+            pb::ObjectKind::Source => {
+                if !self.core.state.view().fleet.sources.contains_key(&r.name) {
+                    return Err(Status::not_found(format!("source {:?} is not in the fleet config", r.name)));
+                }
+                r.name.clone()
+            }
             pb::ObjectKind::Bundle => {
                 let view = self.core.state.view();
                 let b = view.fleet.bundles.get(&r.name).ok_or_else(|| {
@@ -479,6 +484,28 @@ impl FleetService {
                     ))));
                 }
                 self.core.pipeline.set_suspended(&r.name, suspend).map_err(status)?;
+                // The pipeline does not persist it: the hub does, and reapplies it at start.
+                let event = crate::domain::EventRecord {
+                    severity: convoy_core::status::Severity::Info,
+                    reason: if suspend { "SourceSuspended" } else { "SourceResumed" }.into(),
+                    message: format!("source {} {verb}", r.name),
+                    time_unix_ms: crate::now_ms(),
+                    ..Default::default()
+                };
+                self.core
+                    .writer
+                    .commit(vec![
+                        crate::store::Write::SetSourceSuspended {
+                            source: r.name.clone(),
+                            suspended: suspend,
+                        },
+                        crate::store::Write::AppendEvents(vec![(
+                            crate::domain::HUB_EVENT_SOURCE.into(),
+                            event,
+                        )]),
+                    ])
+                    .await
+                    .map_err(status)?;
                 Ok(Response::new(pb::ActionResponse { message: format!("source {} {verb}", r.name) }))
             }
             pb::ObjectKind::Unspecified => Err(Status::invalid_argument("kind must be source or bundle")),

@@ -34,6 +34,8 @@ pub struct Loaded {
     pub deployments: Vec<DeploymentRecord>,
     /// Bundles an operator suspended.
     pub suspended: BTreeSet<String>,
+    /// Sources an operator suspended.
+    pub suspended_sources: BTreeSet<String>,
     /// The last status of every cluster × bundle: (cluster, status).
     pub statuses: Vec<(String, StatusRecord)>,
     /// The id of the newest stored event (0 if none).
@@ -53,6 +55,13 @@ pub enum Write {
     SetSuspended {
         /// The bundle.
         bundle: String,
+        /// Suspended or resumed.
+        suspended: bool,
+    },
+    /// Mark a source suspended (or not) by an operator.
+    SetSourceSuspended {
+        /// The source.
+        source: String,
         /// Suspended or resumed.
         suspended: bool,
     },

@@ -13,6 +13,7 @@ const LIVENESS: TableDefinition<&str, &[u8]> = TableDefinition::new("liveness");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 const SUSPENDED: TableDefinition<&str, u8> = TableDefinition::new("suspended_bundles");
+const SUSPENDED_SOURCES: TableDefinition<&str, u8> = TableDefinition::new("suspended_sources");
 /// (cluster, bundle) -> StatusRecord
 const STATUSES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("statuses");
 /// (cluster, outbox epoch) -> last stored seq
@@ -54,6 +55,7 @@ impl RedbStore {
             tx.open_table(TOKENS)?;
             tx.open_table(DEPLOYMENTS)?;
             tx.open_table(SUSPENDED)?;
+            tx.open_table(SUSPENDED_SOURCES)?;
             tx.open_table(STATUSES)?;
             tx.open_table(SEQS)?;
             tx.open_table(EVENTS)?;
@@ -89,6 +91,10 @@ impl Store for RedbStore {
         for row in tx.open_table(SUSPENDED)?.iter()? {
             let (k, _) = row?;
             out.suspended.insert(k.value().to_string());
+        }
+        for row in tx.open_table(SUSPENDED_SOURCES)?.iter()? {
+            let (k, _) = row?;
+            out.suspended_sources.insert(k.value().to_string());
         }
         for row in tx.open_table(STATUSES)?.iter()? {
             let (k, v) = row?;
@@ -166,6 +172,7 @@ impl Store for RedbStore {
             let mut tokens = tx.open_table(TOKENS)?;
             let mut deployments = tx.open_table(DEPLOYMENTS)?;
             let mut suspended = tx.open_table(SUSPENDED)?;
+            let mut suspended_sources = tx.open_table(SUSPENDED_SOURCES)?;
             let mut statuses = tx.open_table(STATUSES)?;
             let mut seqs = tx.open_table(SEQS)?;
             let mut log = EventLog {
@@ -194,6 +201,14 @@ impl Store for RedbStore {
                             suspended.insert(bundle.as_str(), 0)?;
                         } else {
                             suspended.remove(bundle.as_str())?;
+                        }
+                        WriteOutcome::Done
+                    }
+                    Write::SetSourceSuspended { source, suspended: s } => {
+                        if s {
+                            suspended_sources.insert(source.as_str(), 0)?;
+                        } else {
+                            suspended_sources.remove(source.as_str())?;
                         }
                         WriteOutcome::Done
                     }
@@ -422,6 +437,7 @@ mod tests {
             vec![
                 Write::PutCluster(c.clone()),
                 Write::SetSuspended { bundle: "web".into(), suspended: true },
+                Write::SetSourceSuspended { source: "repo".into(), suspended: true },
                 Write::SeedStatuses {
                     cluster: "c1".into(),
                     statuses: vec![StatusRecord { bundle: "x".into(), ..Default::default() }],
@@ -447,6 +463,7 @@ mod tests {
         let l = s.load().unwrap();
         assert_eq!(l.clusters, vec![c]);
         assert!(l.suspended.contains("web"));
+        assert!(l.suspended_sources.contains("repo"));
         assert_eq!(l.statuses.len(), 1);
     }
 }
