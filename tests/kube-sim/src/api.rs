@@ -1369,8 +1369,17 @@ fn parse_yaml_or_json(b: &Bytes) -> Result<Value, ApiError> {
 
 fn parse_body(b: &Bytes, headers: &HeaderMap) -> Result<Value, ApiError> {
     let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
-    if ct.contains("protobuf") || ct.contains("cbor") {
-        return Err(ApiError::unsupported_media_type(ct, "application/json, application/yaml"));
+    if ct.contains("protobuf") {
+        return crate::proto::decode(b).map_err(|e| {
+            tracing::debug!(body = %hex_dump(b), "protobuf body not decoded");
+            ApiError::unsupported_media_type(ct, &format!("application/json, application/yaml ({e})"))
+        });
+    }
+    if ct.contains("cbor") {
+        return Err(ApiError::unsupported_media_type(
+            ct,
+            "application/json, application/yaml, application/vnd.kubernetes.protobuf",
+        ));
     }
     if ct.contains("yaml") { parse_yaml_or_json(b) } else { parse_json(b) }
 }
@@ -1431,4 +1440,8 @@ fn set_scale(rt: &ResourceType, v: &mut Value, replicas: Value) {
 /// Re-exported for controllers.
 pub fn gr(group: &str, resource: &str) -> GroupResource {
     GroupResource { group: group.into(), resource: resource.into() }
+}
+
+fn hex_dump(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

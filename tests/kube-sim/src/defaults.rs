@@ -314,11 +314,12 @@ pub fn apply_defaults(rt: &ResourceType, v: &mut Value) {
         ("apps", "Deployment") => {
             let spec = obj(v, "spec");
             set_default(spec, "replicas", json!(1));
-            set_default(
-                spec,
-                "strategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
-            );
+            if !spec.get("strategy").is_some_and(Value::is_object) {
+                spec.insert("strategy".into(), json!({}));
+            }
+            if let Some(s) = spec.get_mut("strategy").and_then(Value::as_object_mut) {
+                set_default(s, "type", json!("RollingUpdate"));
+            }
             if let Some(s) = spec.get_mut("strategy").and_then(Value::as_object_mut)
                 && s.get("type").and_then(Value::as_str) == Some("RollingUpdate")
             {

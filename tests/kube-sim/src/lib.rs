@@ -38,6 +38,7 @@ pub mod fieldpath;
 pub mod managed;
 mod openapi;
 pub mod patch;
+mod proto;
 pub mod registry;
 pub mod schema;
 mod selector;

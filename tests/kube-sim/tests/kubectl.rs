@@ -320,6 +320,50 @@ async fn heavy_kubectl_wait_readiness_and_unpullable_image() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_kubectl_create_generators_send_protobuf() {
+    let s = Sim::start().await;
+    s.kubectl_ok(&["create", "namespace", "gen"]).await;
+    s.kubectl_ok(&["create", "configmap", "c", "-n", "gen", "--from-literal=a=1", "--from-literal=b=two"])
+        .await;
+    s.kubectl_ok(&["create", "secret", "generic", "s", "-n", "gen", "--from-literal=pw=hunter2"]).await;
+    s.kubectl_ok(&["create", "serviceaccount", "robot", "-n", "gen"]).await;
+    s.kubectl_ok(&[
+        "create",
+        "deployment",
+        "web",
+        "-n",
+        "gen",
+        "--image=nginx:1.27",
+        "--port=8080",
+        "--replicas=2",
+    ])
+    .await;
+    let cm: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "cm", "c", "-n", "gen", "-o", "json"]).await).unwrap();
+    assert_eq!(cm["data"], serde_json::json!({"a": "1", "b": "two"}));
+    assert!(cm["metadata"].get("generateName").is_none());
+    let sec: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "secret", "s", "-n", "gen", "-o", "json"]).await)
+            .unwrap();
+    assert_eq!(sec["data"]["pw"], "aHVudGVyMg==");
+    assert_eq!(sec["type"], "Opaque");
+    let d: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "deploy", "web", "-n", "gen", "-o", "json"]).await)
+            .unwrap();
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.27");
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 8080);
+    s.kubectl_ok(&["rollout", "status", "deploy/web", "-n", "gen", "--timeout=60s"]).await;
+    let pods = s.kubectl_ok(&["get", "pods", "-n", "gen", "-l", "app=web", "-o", "name"]).await;
+    assert_eq!(pods.lines().count(), 2, "{pods}");
+    // a generator kind without a protobuf table is refused with a clear message
+    let (code, _, err) = s.kubectl(&["create", "job", "j", "-n", "gen", "--image=busybox"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("not supported by kube-sim"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_kubectl_over_tls() {
     let s = Sim::with(SimConfig { tls: true, ..Default::default() }).await;
     assert!(s.sim.url().starts_with("https://127.0.0.1:"));
