@@ -154,7 +154,7 @@ fn text(b: &[u8]) -> Result<String, String> {
 
 fn map_entry(b: &[u8], bytes: bool) -> Result<(String, Value), String> {
     let mut k = String::new();
-    let mut v = if bytes { json!("") } else { json!("") };
+    let mut v = json!("");
     for (n, w) in fields(b)? {
         if let Wire::Len(x) = w {
             match n {
