@@ -641,6 +641,8 @@ impl Inner {
 
     /// Generation bump and server-owned fields when an object changes.
     fn finish_update(rt: &ResourceType, old: &Value, new: &mut Value) {
+        // decoding into the API types drops JSON nulls (e.g. `creationTimestamp: null`)
+        managed::drop_nulls(new);
         // server-owned metadata always comes from the stored object
         let old_meta = old.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
         if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -792,6 +794,7 @@ impl Inner {
         dry: bool,
     ) -> Result<Value, ApiError> {
         self.check_type(rt, &body)?;
+        managed::drop_nulls(&mut body);
         self.field_validation(rt, &mut body, q, false)?;
         let name = self.prepare_create(rt, ns, &mut body)?;
         self.validate(rt, &body)?;

@@ -657,7 +657,11 @@ impl Controllers {
         let uid = meta_str(obj, "uid").to_string();
         let generation = obj.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
         let replicas = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
-        let template = obj.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        let mut template = obj.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        // the hash ignores a pod-template-hash label (rollbacks copy it from the old ReplicaSet)
+        if let Some(l) = template.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
+            l.shift_remove("pod-template-hash");
+        }
         let hash = template_hash(Some(&template));
         let rs_name = format!("{name}-{hash}");
         let rs_gr = gr("apps", "replicasets");
@@ -702,8 +706,22 @@ impl Controllers {
             created_now = true;
             new_rs = self.inner.store.get(&rs_gr, &k.1, &rs_name);
         }
-        let Some(new_rs) = new_rs else { return };
+        let Some(mut new_rs) = new_rs else { return };
         let rs_rt = self.rt_for(&rs_gr);
+        // an older ReplicaSet becoming current again (rollback) gets the next revision
+        let others_max =
+            rss.iter().filter(|r| meta_str(r, "name") != rs_name).map(|r| revision(r)).max().unwrap_or(0);
+        if revision(&new_rs) < others_max
+            && let Some(rt) = &rs_rt
+            && let Ok((v, _)) = self.inner.patch_with(rt, &k.1, &rs_name, None, MANAGER, false, &mut |cur| {
+                let mut v = (**cur).clone();
+                v["metadata"]["annotations"]["deployment.kubernetes.io/revision"] =
+                    json!((others_max + 1).to_string());
+                Ok(v)
+            })
+        {
+            new_rs = Arc::new(v);
+        }
         // keep the new ReplicaSet at the desired size
         if new_rs.pointer("/spec/replicas").and_then(Value::as_i64) != Some(replicas)
             && let Some(rt) = &rs_rt

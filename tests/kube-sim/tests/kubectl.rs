@@ -357,6 +357,20 @@ async fn heavy_kubectl_create_generators_send_protobuf() {
     s.kubectl_ok(&["rollout", "status", "deploy/web", "-n", "gen", "--timeout=60s"]).await;
     let pods = s.kubectl_ok(&["get", "pods", "-n", "gen", "-l", "app=web", "-o", "name"]).await;
     assert_eq!(pods.lines().count(), 2, "{pods}");
+    // set image, roll back: the old ReplicaSet is reused with the next revision
+    s.kubectl_ok(&["set", "image", "deploy/web", "-n", "gen", "nginx=nginx:1.28"]).await;
+    s.kubectl_ok(&["rollout", "status", "deploy/web", "-n", "gen", "--timeout=60s"]).await;
+    s.kubectl_ok(&["rollout", "undo", "deploy/web", "-n", "gen"]).await;
+    s.kubectl_ok(&["rollout", "status", "deploy/web", "-n", "gen", "--timeout=60s"]).await;
+    let hist = s.kubectl_ok(&["rollout", "history", "deploy/web", "-n", "gen"]).await;
+    let revs: Vec<&str> = hist
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(revs, vec!["2", "3"], "{hist}");
+    let rs = s.kubectl_ok(&["get", "rs", "-n", "gen", "-o", "name"]).await;
+    assert_eq!(rs.lines().count(), 2, "{rs}");
     // a generator kind without a protobuf table is refused with a clear message
     let (code, _, err) = s.kubectl(&["create", "job", "j", "-n", "gen", "--image=busybox"]).await;
     assert_ne!(code, 0);
