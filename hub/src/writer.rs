@@ -23,6 +23,9 @@ use crate::{Error, Result, now_ms};
 /// Most writes committed in one transaction.
 const MAX_GROUP: usize = 4096;
 
+/// How often last-seen times and agent versions are persisted.
+const LIVENESS_PERIOD: Duration = Duration::from_secs(60);
+
 struct Job {
     writes: Vec<Write>,
     reply: oneshot::Sender<Result<Vec<WriteOutcome>>>,
@@ -73,20 +76,37 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
     shutdown: CancellationToken,
 ) {
-    let mut liveness_tick = tokio::time::interval(Duration::from_secs(15));
+    // Last-seen times change with every heartbeat; they are persisted in one
+    // batch per tick (and at shutdown), not with every commit.
+    let mut liveness_tick = tokio::time::interval(LIVENESS_PERIOD);
     liveness_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    liveness_tick.tick().await;
     let mut stopping = false;
+    let mut final_flush = false;
     loop {
+        let mut flush_liveness = false;
         let first = tokio::select! {
             job = rx.recv() => match job {
                 Some(j) => Some(j),
-                None => break,
+                None => {
+                    if final_flush {
+                        break;
+                    }
+                    // Every handle is gone: persist the last liveness, then stop.
+                    final_flush = true;
+                    flush_liveness = true;
+                    None
+                }
             },
-            _ = liveness_tick.tick() => None,
+            _ = liveness_tick.tick() => {
+                flush_liveness = true;
+                None
+            }
             _ = shutdown.cancelled(), if !stopping => {
-                // Commit what is queued and what arrives while sessions close,
-                // then the last liveness; the runtime drops handles to end us.
+                // Keep committing what arrives while sessions close; the
+                // runtime drops the handles to end us.
                 stopping = true;
+                flush_liveness = true;
                 None
             }
         };
@@ -105,8 +125,11 @@ async fn run(
                 }
             }
         }
-        let liveness = dirty_liveness(&view.borrow());
+        let liveness = if flush_liveness { dirty_liveness(&view.borrow()) } else { Vec::new() };
         if jobs.is_empty() && liveness.is_empty() {
+            if final_flush {
+                break;
+            }
             continue;
         }
         let mut writes: Vec<Write> = Vec::with_capacity(n + 1);

@@ -251,17 +251,24 @@ async fn sync_delivers_signed_generations_and_downloads_are_scoped() {
     assert!(
         view.conditions.iter().any(|c| c.message.contains("deploy.yaml") && c.message.contains("line 3"))
     );
-    let evs = fleet
-        .list_events(pb::ListEventsRequest {
-            cluster: "hub".into(),
-            bundle: "web".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
-    assert!(evs.iter().any(|e| e.event.as_ref().unwrap().reason == "BuildFailed"));
+    // The failure is also an event (committed a moment after the view shows it).
+    eventually(|| {
+        let mut fleet = fleet.clone();
+        async move {
+            let evs = fleet
+                .list_events(pb::ListEventsRequest {
+                    cluster: "hub".into(),
+                    bundle: "web".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .events;
+            evs.iter().any(|e| e.event.as_ref().unwrap().reason == "BuildFailed").then_some(())
+        }
+    })
+    .await;
 
     // Re-targeting on a label change: c2 becomes prod and gets web.
     let (mut s2, _, snap2) = open(hub, &c2, 1).await.unwrap();
