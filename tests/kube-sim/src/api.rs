@@ -1147,7 +1147,22 @@ impl Inner {
                     {
                         return Err(ApiError::stale(rt, name));
                     }
-                    let mut new = managed::apply(cur, &cfg, &rt.schema, &req).map_err(conflict_error)?;
+                    let mut new = match managed::apply(cur, &cfg, &rt.schema, &req) {
+                        Ok(v) => v,
+                        // kubectl upgrading from client-side apply: conflicts on fields of the
+                        // last-applied configuration are forced (the API server's lastAppliedManager)
+                        Err(conflicts)
+                            if manager == "kubectl" && last_applied_allows(cur, &conflicts, &rt.schema) =>
+                        {
+                            let forced = ApplyRequest { force: true, ..req };
+                            managed::apply(cur, &cfg, &rt.schema, &forced).map_err(conflict_error)?
+                        }
+                        Err(conflicts) => return Err(conflict_error(conflicts)),
+                    };
+                    // ... and keeps the annotation in sync (lastAppliedUpdater)
+                    if manager == "kubectl" && last_applied(cur).is_some() {
+                        set_last_applied(&mut new, &cfg);
+                    }
                     Self::finish_update(rt, cur, &mut new);
                     Self::keep_allocations(rt, cur, &mut new);
                     defaults::apply_defaults(rt, &mut new);
@@ -1294,6 +1309,32 @@ impl Inner {
         let name = cur.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
         let uid = cur.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
         json_response(200, &status::success(rt, name, uid))
+    }
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+fn last_applied(v: &Value) -> Option<Value> {
+    let s = v.pointer("/metadata/annotations")?.get(LAST_APPLIED)?.as_str()?;
+    serde_json::from_str(s).ok()
+}
+
+/// Whether every conflict is on a field of the client-side last-applied configuration.
+fn last_applied_allows(cur: &Value, conflicts: &[managed::Conflict], schema: &crate::schema::Schema) -> bool {
+    let Some(la) = last_applied(cur) else { return false };
+    let set = crate::fieldpath::to_field_set(&managed::strip(&la, Scope::Main { has_status: false }), schema);
+    conflicts.iter().all(|c| set.has(&c.path.0))
+}
+
+fn set_last_applied(new: &mut Value, cfg: &Value) {
+    let mut c = cfg.clone();
+    if let Some(a) = c.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+        a.shift_remove(LAST_APPLIED);
+    }
+    let text = crate::fieldpath::canonical(&c) + "\n";
+    if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+        let a = meta.entry("annotations").or_insert_with(|| json!({}));
+        a[LAST_APPLIED] = json!(text);
     }
 }
 

@@ -214,6 +214,36 @@ async fn heavy_kubectl_client_side_apply_edit_scale_and_delete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_kubectl_client_side_to_server_side_upgrade() {
+    let s = Sim::start().await;
+    let cm =
+        |b: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: up\ndata:\n  a: \"1\"\n{b}");
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(&cm("  b: \"2\"\n"))).await;
+    // the first server-side apply changes a field owned by client-side apply: no conflict for kubectl
+    let (code, out, err) =
+        s.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&cm("  b: \"3\"\n"))).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("serverside-applied"));
+    let v: Value = serde_json::from_str(
+        &s.kubectl_ok(&["get", "cm", "up", "-o", "json", "--show-managed-fields"]).await,
+    )
+    .unwrap();
+    assert_eq!(v["data"]["b"], "3");
+    let mf = v["metadata"]["managedFields"].as_array().unwrap();
+    assert!(
+        mf.iter().all(|e| e["manager"] != "kubectl-client-side-apply"),
+        "kubectl migrated ownership: {mf:?}"
+    );
+    let la =
+        v["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"].as_str().unwrap();
+    assert!(la.contains("\"b\":\"3\""), "last-applied kept in sync: {la}");
+    // after the migration, dropping a field removes it
+    s.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&cm(""))).await;
+    let v: Value = serde_json::from_str(&s.kubectl_ok(&["get", "cm", "up", "-o", "json"]).await).unwrap();
+    assert_eq!(v["data"], serde_json::json!({"a": "1"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_kubectl_get_watch_sees_changes() {
     let s = Sim::start().await;
     let mut child = tokio::process::Command::new("kubectl")
