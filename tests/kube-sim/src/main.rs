@@ -71,7 +71,17 @@ async fn main() -> anyhow::Result<()> {
         sim.write_kubeconfig(p)?;
     }
     println!("kube-sim listening on {}", sim.url());
-    tokio::signal::ctrl_c().await?;
+    shutdown_signal().await?;
     sim.shutdown().await;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     Ok(())
 }
