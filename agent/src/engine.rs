@@ -381,14 +381,17 @@ impl Engine {
             if objs.is_empty() {
                 continue;
             }
-            let results: Vec<(ObjKey, Result<Applied>)> = futures::stream::iter(objs.iter())
-                .map(|o| async {
-                    let r = self.apply_one(o, prev_by_key.get(&o.key), opts.force).await;
-                    (o.key.clone(), r)
-                })
-                .buffered(self.concurrency)
-                .collect()
-                .await;
+            let results: Vec<(ObjKey, Result<Applied>)> = futures::stream::iter(
+                objs.iter()
+                    .map(|o| async {
+                        let r = self.apply_one(o, prev_by_key.get(&o.key), opts.force).await;
+                        (o.key.clone(), r)
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .buffered(self.concurrency)
+            .collect()
+            .await;
             let mut failures: Vec<Error> = Vec::new();
             for (key, r) in results {
                 match r {
@@ -433,11 +436,12 @@ impl Engine {
             if group.is_empty() {
                 continue;
             }
-            let results: Vec<(ObjectResult, bool)> = futures::stream::iter(group)
-                .map(|e| self.prune_one(&plan.bundle, e, opts.prune))
-                .buffered(self.concurrency)
-                .collect()
-                .await;
+            let results: Vec<(ObjectResult, bool)> = futures::stream::iter(
+                group.into_iter().map(|e| self.prune_one(&plan.bundle, e, opts.prune)).collect::<Vec<_>>(),
+            )
+            .buffered(self.concurrency)
+            .collect()
+            .await;
             for ((r, wrote), e) in results.into_iter().zip(stale.iter().filter(|e| e.stage == *stage)) {
                 if wrote {
                     report.writes += 1;
@@ -607,33 +611,37 @@ impl Engine {
     /// that would be created, configured (with fields) or pruned. Writes nothing.
     pub async fn diff(&self, plan: &Plan, prune: bool) -> Result<Vec<ObjectResult>> {
         let prev = self.inventory(&plan.bundle).await?.unwrap_or_default();
-        let results: Vec<Result<ObjectResult>> = futures::stream::iter(plan.objects.iter())
-            .map(|o| async move {
-                let api = ObjApi::new(&self.client, &o.resource, &o.key);
-                let Some(live) = api.get().await? else {
-                    return Ok(ObjectResult::new(o.key.clone(), Action::WouldCreate));
-                };
-                let dry = api.dry_run(&o.body, false).await;
-                let dry = match dry {
-                    Ok(d) => d,
-                    Err(Error::Conflict(c)) => {
-                        let mut r = ObjectResult::new(o.key.clone(), Action::Failed);
-                        r.message = Error::Conflict(c).to_string();
-                        return Ok(r);
-                    }
-                    Err(e) => return Err(e),
-                };
-                let fields = changed_fields(&live, &dry);
-                let mut r = ObjectResult::new(
-                    o.key.clone(),
-                    if fields.is_empty() { Action::Unchanged } else { Action::WouldConfigure },
-                );
-                r.fields = fields;
-                Ok(r)
-            })
-            .buffered(self.concurrency)
-            .collect()
-            .await;
+        let results: Vec<Result<ObjectResult>> = futures::stream::iter(
+            plan.objects
+                .iter()
+                .map(|o| async move {
+                    let api = ObjApi::new(&self.client, &o.resource, &o.key);
+                    let Some(live) = api.get().await? else {
+                        return Ok(ObjectResult::new(o.key.clone(), Action::WouldCreate));
+                    };
+                    let dry = api.dry_run(&o.body, false).await;
+                    let dry = match dry {
+                        Ok(d) => d,
+                        Err(Error::Conflict(c)) => {
+                            let mut r = ObjectResult::new(o.key.clone(), Action::Failed);
+                            r.message = Error::Conflict(c).to_string();
+                            return Ok(r);
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let fields = changed_fields(&live, &dry);
+                    let mut r = ObjectResult::new(
+                        o.key.clone(),
+                        if fields.is_empty() { Action::Unchanged } else { Action::WouldConfigure },
+                    );
+                    r.fields = fields;
+                    Ok(r)
+                })
+                .collect::<Vec<_>>(),
+        )
+        .buffered(self.concurrency)
+        .collect()
+        .await;
         let mut out: Vec<ObjectResult> = results.into_iter().collect::<Result<_>>()?;
         for e in prev.entries.iter().filter(|e| plan.get(&e.key()).is_none()) {
             let key = e.key();

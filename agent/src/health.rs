@@ -329,11 +329,12 @@ pub async fn check(
     targets: &[(ObjKey, ResourceInfo)],
     concurrency: usize,
 ) -> Result<Vec<ObjectHealth>> {
-    let results: Vec<Result<ObjectHealth>> = futures::stream::iter(targets.iter())
-        .map(|(key, res)| check_one(client, key, res, false))
-        .buffered(concurrency.max(1))
-        .collect()
-        .await;
+    let results: Vec<Result<ObjectHealth>> = futures::stream::iter(
+        targets.iter().map(|(key, res)| check_one(client, key, res, false)).collect::<Vec<_>>(),
+    )
+    .buffered(concurrency.max(1))
+    .collect()
+    .await;
     results.into_iter().collect()
 }
 
@@ -377,11 +378,12 @@ pub async fn wait(
     let mut interval = Duration::from_millis(200);
     loop {
         let last = Instant::now() >= deadline;
-        let results: Vec<Result<ObjectHealth>> = futures::stream::iter(pending.iter())
-            .map(|(k, r)| check_one(client, k, r, last))
-            .buffered(concurrency.max(1))
-            .collect()
-            .await;
+        let results: Vec<Result<ObjectHealth>> = futures::stream::iter(
+            pending.iter().map(|(k, r)| check_one(client, k, r, last)).collect::<Vec<_>>(),
+        )
+        .buffered(concurrency.max(1))
+        .collect()
+        .await;
         let mut still = Vec::new();
         for (t, r) in pending.iter().zip(results) {
             let h = match r {

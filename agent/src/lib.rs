@@ -9,9 +9,11 @@ pub mod bundle;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod convert;
 pub mod diff;
 pub mod discovery;
+pub mod drift;
 pub mod engine;
 pub mod health;
 pub mod identity;
@@ -20,9 +22,14 @@ pub mod kubeapi;
 pub mod metrics;
 pub mod objects;
 pub mod oneshot;
+pub mod outbox;
 pub mod status;
 pub mod store;
+pub mod sync;
 
 mod error;
 
+pub use agent::{Agent, RunningAgent};
+pub use config::{AgentConfig, KubeSource, Tuning};
 pub use error::{Error, FieldConflict, Result};
+pub use oneshot::{OneShotOptions, apply_dir, diff_dir};

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use convoy_artifact::{Limits, PackedArtifact, SigningKey, Statement};
 use kube_sim::{KubeSim, SimConfig};
 
+pub mod fakehub;
+
 pub fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let _ = tracing_subscriber::fmt()

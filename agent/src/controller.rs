@@ -1,0 +1,1326 @@
+//! The bundle controller: one task owning every bundle's state. It takes the
+//! hub's desired state (snapshot, updates), drift signals and job results;
+//! decides per bundle what to do (verify + apply, remove, correct drift,
+//! re-check health, wait for dependencies, leave suspended bundles alone);
+//! runs that work as bounded concurrent jobs; persists what it must to the
+//! local store; and writes statuses and events to the outbox. It works the
+//! same whether the hub is connected or not.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use convoy_artifact::{Limits, TrustedKeys};
+use convoy_core::status::{Condition, ConditionStatus, Phase, Severity, set_condition};
+use convoy_proto::v1::agent_client::AgentClient;
+use futures::StreamExt;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::bundle::{self, AppliedRevision, Decision, Deployment, DriftMode};
+use crate::cache::ArtifactCache;
+use crate::config::Tuning;
+use crate::discovery::ResourceInfo;
+use crate::drift::{DriftSignal, Watchers};
+use crate::engine::{Action, ApplyOptions, ApplyReport, DriftOutcome, Engine, Plan, live_matches};
+use crate::health::{self, HealthStatus, ObjectHealth};
+use crate::identity::now_ms;
+use crate::inventory::{Entry, Inventory};
+use crate::metrics::{BundleLabel, BundleResult, Metrics};
+use crate::objects::{MetaKey, ObjKey};
+use crate::outbox::OutboxWriter;
+use crate::status::{AgentEvent, BundleState, ObjectCounts};
+use crate::store::{BundleRecord, OutboxItem, Store};
+use crate::{Error, Result};
+
+/// Input from the hub session.
+#[derive(Debug)]
+pub enum HubInput {
+    /// The complete desired state.
+    Snapshot(Vec<Deployment>),
+    /// A change.
+    Update {
+        /// Added or changed.
+        upserts: Vec<Deployment>,
+        /// Removed.
+        removed: Vec<String>,
+    },
+}
+
+/// What the jobs share.
+pub struct Ctx {
+    /// The apply engine.
+    pub engine: Engine,
+    /// The artifact cache.
+    pub cache: ArtifactCache,
+    /// Trusted signing keys.
+    pub trusted: TrustedKeys,
+    /// The current hub channel, when connected.
+    pub hub: watch::Receiver<Option<Channel>>,
+    /// Timers and bounds.
+    pub tuning: Tuning,
+    /// Drift mode when the bundle does not say.
+    pub default_drift: DriftMode,
+    /// Unpack limits.
+    pub limits: Limits,
+    /// Shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// An applied object the controller tracks for drift and health.
+#[derive(Debug, Clone)]
+struct Tracked {
+    entry: Entry,
+    meta_keys: Vec<MetaKey>,
+    resource: ResourceInfo,
+}
+
+#[derive(Debug)]
+struct Slot {
+    desired: Option<Deployment>,
+    applied: Option<AppliedRevision>,
+    /// Tracked objects; `None` until restored from the cluster inventory.
+    tracked: Option<HashMap<ObjKey, Tracked>>,
+    /// Inventory header (revision, generation, digest) for saves after drift.
+    inv_header: (String, u64, String),
+    state: BundleState,
+    published: Option<BundleState>,
+    busy: bool,
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    /// The deployment refused last (not retried until it changes).
+    refused: Option<Deployment>,
+    drift_dirty: BTreeSet<ObjKey>,
+    drift_due: Option<Instant>,
+    detected: BTreeMap<ObjKey, Vec<String>>,
+    health_due: Option<Instant>,
+    restore_failed: bool,
+}
+
+impl Slot {
+    fn new(name: &str, tuning: &Tuning) -> Self {
+        Slot {
+            desired: None,
+            applied: None,
+            tracked: None,
+            inv_header: Default::default(),
+            state: BundleState { bundle: name.to_string(), ..Default::default() },
+            published: None,
+            busy: false,
+            retry_at: None,
+            backoff: Backoff::new(tuning.retry_base, tuning.retry_cap),
+            refused: None,
+            drift_dirty: BTreeSet::new(),
+            drift_due: None,
+            detected: BTreeMap::new(),
+            health_due: None,
+            restore_failed: false,
+        }
+    }
+
+    fn drift_mode(&self, default: DriftMode) -> DriftMode {
+        self.desired
+            .as_ref()
+            .and_then(|d| d.options.drift)
+            .or_else(|| self.applied.as_ref().and_then(|a| a.options.drift))
+            .unwrap_or(default)
+    }
+
+    fn suspended(&self) -> bool {
+        self.desired.as_ref().is_some_and(|d| d.options.suspend)
+    }
+}
+
+/// The result of restoring a bundle after a restart.
+struct Restored {
+    tracked: HashMap<ObjKey, Tracked>,
+    header: (String, u64, String),
+    health: Vec<ObjectHealth>,
+    /// Objects whose live metadata no longer matches the inventory.
+    dirty: Vec<ObjKey>,
+}
+
+/// The result of applying a deployment.
+struct Applied {
+    revision: AppliedRevision,
+    report: ApplyReport,
+    tracked: HashMap<ObjKey, Tracked>,
+    health: Vec<ObjectHealth>,
+    waited: bool,
+    ready_ms: u64,
+}
+
+enum Failure {
+    /// Verification or manifests: nothing applied; not retried until the deployment changes.
+    Refused(Error),
+    /// The apply itself failed; `true` when some objects were written
+    /// before it stopped. Retried with backoff.
+    Failed(Error, bool),
+}
+
+enum JobOut {
+    Restored(String, Result<Restored>),
+    Reconciled(String, Deployment, Box<Result<Applied, Failure>>),
+    Removed(String, ApplyReport),
+    Drift(String, Vec<(ObjKey, Result<DriftOutcome>)>, Result<()>),
+    Health(String, Result<Vec<ObjectHealth>>),
+}
+
+/// The controller task.
+pub struct Controller {
+    ctx: Arc<Ctx>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    outbox: OutboxWriter,
+    slots: BTreeMap<String, Slot>,
+    owners: HashMap<ObjKey, String>,
+    jobs: JoinSet<JobOut>,
+    watchers: Watchers,
+    hub_rx: mpsc::Receiver<HubInput>,
+    drift_rx: mpsc::Receiver<DriftSignal>,
+    /// Bundles whose applied state is not restored yet (readiness waits for them).
+    restore_pending: HashSet<String>,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Store(format!("blocking task: {e}")))?
+}
+
+impl Controller {
+    /// A controller over the persisted bundles.
+    pub fn new(
+        ctx: Arc<Ctx>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        outbox: OutboxWriter,
+        hub_rx: mpsc::Receiver<HubInput>,
+        records: BTreeMap<String, BundleRecord>,
+    ) -> Self {
+        let (drift_tx, drift_rx) = mpsc::channel(1024);
+        let watchers = Watchers::new(ctx.engine.client().clone(), drift_tx, ctx.shutdown.clone());
+        let mut slots = BTreeMap::new();
+        for (name, rec) in records {
+            let mut s = Slot::new(&name, &ctx.tuning);
+            s.desired = rec.desired;
+            s.applied = rec.applied;
+            if let Some(a) = &s.applied {
+                s.state.applied_generation = a.generation;
+                s.state.applied_revision = a.revision.clone();
+                s.state.generation = a.generation;
+                s.state.revision = a.revision.clone();
+                s.state.digest = a.digest.clone();
+            }
+            slots.insert(name, s);
+        }
+        Controller {
+            ctx,
+            store,
+            metrics,
+            outbox,
+            slots,
+            owners: HashMap::new(),
+            jobs: JoinSet::new(),
+            watchers,
+            hub_rx,
+            drift_rx,
+            restore_pending: HashSet::new(),
+        }
+    }
+
+    /// Run until shutdown; in-flight jobs are awaited (they observe the
+    /// shutdown token themselves).
+    pub async fn run(mut self) -> Result<()> {
+        self.restore_pending =
+            self.slots.iter().filter(|(_, s)| s.applied.is_some()).map(|(n, _)| n.clone()).collect();
+        self.metrics.set_ready(self.restore_pending.is_empty());
+        self.schedule();
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                _ = self.ctx.shutdown.cancelled() => break,
+                Some(input) = self.hub_rx.recv() => self.on_hub(input).await,
+                Some(sig) = self.drift_rx.recv() => self.on_drift(sig),
+                Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => match done {
+                    Ok(out) => self.on_job(out).await,
+                    Err(e) => tracing::error!(error = %e, "a bundle job panicked"),
+                },
+                _ = sleep_until(wake) => {}
+            }
+            self.schedule();
+        }
+        tracing::info!(jobs = self.jobs.len(), "controller stopping");
+        while let Some(done) = self.jobs.join_next().await {
+            if let Ok(out) = done {
+                self.on_job(out).await;
+            }
+        }
+        self.watchers.stop().await;
+        Ok(())
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        self.slots
+            .values()
+            .filter(|s| !s.busy)
+            .flat_map(|s| [s.retry_at, s.drift_due, s.health_due])
+            .flatten()
+            .min()
+    }
+
+    // ------------------------------------------------------------------
+    // Inputs
+    // ------------------------------------------------------------------
+
+    async fn on_hub(&mut self, input: HubInput) {
+        let (upserts, removed, snapshot) = match input {
+            HubInput::Snapshot(all) => {
+                let names: HashSet<String> = all.iter().map(|d| d.name.clone()).collect();
+                let removed = self.slots.keys().filter(|n| !names.contains(*n)).cloned().collect();
+                (all, removed, true)
+            }
+            HubInput::Update { upserts, removed } => (upserts, removed, false),
+        };
+        tracing::debug!(snapshot, upserts = upserts.len(), removed = removed.len(), "desired state");
+        let mut changed: Vec<String> = Vec::new();
+        for d in upserts {
+            let name = d.name.clone();
+            if convoy_core::identity::validate_name(&name).is_err() {
+                tracing::warn!(bundle = %name, "ignoring a deployment with an invalid bundle name");
+                continue;
+            }
+            let tuning = self.ctx.tuning.clone();
+            let slot = self.slots.entry(name.clone()).or_insert_with(|| Slot::new(&name, &tuning));
+            if slot.desired.as_ref() != Some(&d) {
+                slot.desired = Some(d);
+                slot.retry_at = None;
+                slot.backoff.reset();
+                changed.push(name);
+            }
+        }
+        for name in removed {
+            if let Some(slot) = self.slots.get_mut(&name)
+                && slot.desired.is_some()
+            {
+                slot.desired = None;
+                slot.retry_at = None;
+                changed.push(name);
+            }
+        }
+        for name in changed {
+            self.persist(&name).await;
+        }
+    }
+
+    fn on_drift(&mut self, sig: DriftSignal) {
+        let now = Instant::now();
+        let debounce = self.ctx.tuning.drift_debounce;
+        let mark = |slots: &mut BTreeMap<String, Slot>, owner: &str, key: ObjKey, dirty: bool| {
+            if let Some(slot) = slots.get_mut(owner) {
+                if dirty {
+                    slot.drift_dirty.insert(key);
+                    slot.drift_due.get_or_insert(now + debounce);
+                } else {
+                    slot.drift_dirty.remove(&key);
+                }
+            }
+        };
+        match sig {
+            DriftSignal::Seen { key, meta } => {
+                let Some(owner) = self.owners.get(&key).cloned() else { return };
+                let Some(t) =
+                    self.slots.get(&owner).and_then(|s| s.tracked.as_ref()).and_then(|t| t.get(&key))
+                else {
+                    return;
+                };
+                let ok = live_matches(&t.entry, &meta, &t.meta_keys);
+                mark(&mut self.slots, &owner, key, !ok);
+            }
+            DriftSignal::Gone { key } => {
+                if let Some(owner) = self.owners.get(&key).cloned() {
+                    mark(&mut self.slots, &owner, key, true);
+                }
+            }
+            DriftSignal::Relisted { group, kind, present } => {
+                let missing: Vec<(ObjKey, String)> = self
+                    .owners
+                    .iter()
+                    .filter(|(k, _)| k.group == group && k.kind == kind && !present.contains(*k))
+                    .map(|(k, o)| (k.clone(), o.clone()))
+                    .collect();
+                for (key, owner) in missing {
+                    mark(&mut self.slots, &owner, key, true);
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Scheduling
+    // ------------------------------------------------------------------
+
+    fn deps_ready(&self, d: &Deployment) -> std::result::Result<(), String> {
+        let mut waiting = Vec::new();
+        for dep in &d.options.depends_on {
+            match self.slots.get(dep) {
+                Some(s)
+                    if s.state.phase == Phase::Ready
+                        && s.applied.as_ref().map(|a| a.generation)
+                            == s.desired.as_ref().map(|d| d.generation) => {}
+                Some(s) => waiting.push(format!("{dep} ({})", s.state.phase)),
+                None => waiting.push(format!("{dep} (not on this cluster)")),
+            }
+        }
+        if waiting.is_empty() { Ok(()) } else { Err(waiting.join(", ")) }
+    }
+
+    fn schedule(&mut self) {
+        let now = Instant::now();
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        let mut drop_slots = Vec::new();
+        for name in names {
+            if self.jobs.len() >= self.ctx.tuning.bundle_workers.max(1) {
+                break;
+            }
+            if self.ctx.shutdown.is_cancelled() {
+                return;
+            }
+            let Some(slot) = self.slots.get(&name) else { continue };
+            if slot.busy {
+                continue;
+            }
+            let restore_needed = slot.applied.is_some() && slot.tracked.is_none();
+            let Some(d) = slot.desired.clone() else {
+                // Removal needs only the inventory in the cluster.
+                if slot.applied.is_some() {
+                    if slot.retry_at.is_none_or(|t| t <= now) {
+                        self.start_remove(&name);
+                    }
+                } else {
+                    drop_slots.push(name.clone());
+                }
+                continue;
+            };
+            if d.options.suspend {
+                self.set_suspended(&name);
+                continue;
+            }
+            if slot.retry_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            match bundle::decide(&d, slot.applied.as_ref()) {
+                Decision::Refuse(reason, message) => {
+                    if slot.refused.as_ref() != Some(&d) {
+                        self.refuse(&name, &d, Error::verification(reason, message));
+                    } else if restore_needed {
+                        self.start_restore(&name);
+                    }
+                }
+                Decision::Apply => {
+                    if slot.refused.as_ref() == Some(&d) {
+                        if restore_needed {
+                            self.start_restore(&name);
+                        }
+                        continue;
+                    }
+                    match self.deps_ready(&d) {
+                        Ok(()) => self.start_reconcile(&name, d),
+                        Err(waiting) => {
+                            self.set_pending(&name, &d, &waiting);
+                            if restore_needed {
+                                self.start_restore(&name);
+                            }
+                        }
+                    }
+                }
+                Decision::UpToDate => {
+                    let applied_gen = slot.applied.as_ref().map(|a| a.generation).unwrap_or(0);
+                    let stale = !matches!(slot.state.phase, Phase::Ready | Phase::NotReady)
+                        || slot.state.generation != applied_gen;
+                    if restore_needed {
+                        self.start_restore(&name);
+                    } else if slot.drift_due.is_some_and(|t| t <= now) {
+                        self.start_drift(&name);
+                    } else if slot.health_due.is_some_and(|t| t <= now) || stale {
+                        self.start_health(&name);
+                    }
+                }
+            }
+        }
+        for name in drop_slots {
+            self.slots.remove(&name);
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                let n = name.clone();
+                if let Err(error) = blocking(move || store.put_bundle(&n, None)).await {
+                    tracing::warn!(%error, bundle = %name, "cannot forget bundle");
+                }
+            });
+        }
+        self.update_watches();
+    }
+
+    fn update_watches(&mut self) {
+        let mut wanted = HashSet::new();
+        for s in self.slots.values() {
+            if s.suspended() {
+                continue;
+            }
+            for t in s.tracked.iter().flat_map(|m| m.values()) {
+                wanted.insert(t.resource.clone());
+            }
+        }
+        self.watchers.ensure(&wanted);
+    }
+
+    fn set_owners(&mut self, name: &str) {
+        self.owners.retain(|_, o| o != name);
+        if let Some(t) = self.slots.get(name).and_then(|s| s.tracked.as_ref()) {
+            for k in t.keys() {
+                self.owners.insert(k.clone(), name.to_string());
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Jobs
+    // ------------------------------------------------------------------
+
+    fn spawn(
+        &mut self,
+        name: &str,
+        what: &'static str,
+        fut: impl std::future::Future<Output = JobOut> + Send + 'static,
+    ) {
+        if let Some(s) = self.slots.get_mut(name) {
+            s.busy = true;
+        }
+        let span = tracing::info_span!("bundle-job", bundle = %name, job = what);
+        self.jobs.spawn(fut.instrument(span));
+    }
+
+    fn start_restore(&mut self, name: &str) {
+        let slot = &self.slots[name];
+        let Some(applied) = slot.applied.clone() else { return };
+        let ctx = self.ctx.clone();
+        let n = name.to_string();
+        self.spawn(name, "restore", async move {
+            let r = restore(&ctx, &n, &applied).await;
+            JobOut::Restored(n, r)
+        });
+    }
+
+    fn start_reconcile(&mut self, name: &str, d: Deployment) {
+        let applied = self.slots[name].applied.clone();
+        let ctx = self.ctx.clone();
+        let n = name.to_string();
+        let slot = self.slots.get_mut(name).expect("slot");
+        slot.state.phase = Phase::Reconciling;
+        slot.state.generation = d.generation;
+        slot.state.digest = d.digest.clone();
+        slot.state.message = format!("applying generation {}", d.generation);
+        set_conditions(&mut slot.state, None);
+        self.publish(name);
+        self.spawn(name, "reconcile", async move {
+            let r = reconcile(&ctx, &d, applied.as_ref()).await;
+            JobOut::Reconciled(n, d, Box::new(r))
+        });
+    }
+
+    fn start_remove(&mut self, name: &str) {
+        let prune = self.slots[name].applied.as_ref().is_some_and(|a| a.options.prune);
+        let ctx = self.ctx.clone();
+        let n = name.to_string();
+        self.spawn(name, "remove", async move {
+            let r = ctx.engine.remove(&n, prune, &ctx.shutdown).await;
+            JobOut::Removed(n, r)
+        });
+    }
+
+    fn start_drift(&mut self, name: &str) {
+        let detect_only = self.slots[name].drift_mode(self.ctx.default_drift) == DriftMode::Detect;
+        let slot = self.slots.get_mut(name).expect("slot");
+        let keys: Vec<ObjKey> = std::mem::take(&mut slot.drift_dirty).into_iter().collect();
+        slot.drift_due = None;
+        let (Some(applied), Some(tracked)) = (slot.applied.clone(), slot.tracked.clone()) else { return };
+        let keys: Vec<ObjKey> = keys.into_iter().filter(|k| tracked.contains_key(k)).collect();
+        if keys.is_empty() {
+            return;
+        }
+        let header = slot.inv_header.clone();
+        let ctx = self.ctx.clone();
+        let n = name.to_string();
+        self.spawn(name, "drift", async move {
+            let (results, saved) = drift_pass(&ctx, &n, &applied, tracked, header, keys, detect_only).await;
+            JobOut::Drift(n, results, saved)
+        });
+    }
+
+    fn start_health(&mut self, name: &str) {
+        let slot = self.slots.get_mut(name).expect("slot");
+        slot.health_due = None;
+        let Some(tracked) = slot.tracked.as_ref() else { return };
+        let targets: Vec<(ObjKey, ResourceInfo)> =
+            tracked.iter().map(|(k, t)| (k.clone(), t.resource.clone())).collect();
+        let ctx = self.ctx.clone();
+        let n = name.to_string();
+        self.spawn(name, "health", async move {
+            let r = health::check(ctx.engine.client(), &targets, ctx.engine.concurrency()).await;
+            JobOut::Health(n, r)
+        });
+    }
+
+    async fn on_job(&mut self, out: JobOut) {
+        let name = match &out {
+            JobOut::Restored(n, _)
+            | JobOut::Reconciled(n, _, _)
+            | JobOut::Removed(n, _)
+            | JobOut::Drift(n, _, _)
+            | JobOut::Health(n, _) => n.clone(),
+        };
+        if let Some(s) = self.slots.get_mut(&name) {
+            s.busy = false;
+        }
+        match out {
+            JobOut::Restored(name, r) => self.on_restored(&name, r),
+            JobOut::Reconciled(name, d, r) => self.on_reconciled(&name, d, *r).await,
+            JobOut::Removed(name, report) => self.on_removed(&name, report).await,
+            JobOut::Drift(name, results, saved) => self.on_drift_done(&name, results, saved),
+            JobOut::Health(name, r) => self.on_health(&name, r),
+        }
+        self.publish(&name);
+    }
+
+    fn on_restored(&mut self, name: &str, r: Result<Restored>) {
+        self.restore_pending.remove(name);
+        if self.restore_pending.is_empty() {
+            self.metrics.set_ready(true);
+        }
+        let recheck = self.ctx.tuning.health_recheck;
+        let debounce = self.ctx.tuning.drift_debounce;
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        match r {
+            Ok(restored) => {
+                slot.tracked = Some(restored.tracked);
+                slot.inv_header = restored.header;
+                slot.restore_failed = false;
+                let gate = slot.applied.as_ref().is_some_and(|a| a.options.wait);
+                apply_health(slot, &restored.health, recheck, gate);
+                // What changed while the agent was away.
+                if !restored.dirty.is_empty() {
+                    slot.drift_dirty.extend(restored.dirty);
+                    slot.drift_due = Some(Instant::now() + debounce);
+                }
+                tracing::info!(bundle = %name, objects = slot.tracked.as_ref().map_or(0, |t| t.len()), "restored applied bundle");
+            }
+            Err(e) => {
+                // Keep the applied revision (replay protection needs it);
+                // try again later, e.g. once the hub can send the artifact.
+                let delay = slot.backoff.next_delay().max(Duration::from_secs(1));
+                slot.retry_at = Some(Instant::now() + delay);
+                slot.restore_failed = true;
+                slot.state.message =
+                    format!("cannot restore the applied state: {e}; retrying in {:.0}s", delay.as_secs_f64());
+                tracing::warn!(error = %e, bundle = %name, "cannot restore the applied bundle");
+            }
+        }
+        self.set_owners(name);
+    }
+
+    async fn on_reconciled(&mut self, name: &str, d: Deployment, r: std::result::Result<Applied, Failure>) {
+        let recheck = self.ctx.tuning.health_recheck;
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        let labels = BundleResult { bundle: name.to_string(), result: String::new() };
+        match r {
+            Ok(a) => {
+                let c = a.report.counts();
+                let result = BundleResult { result: "success".into(), ..labels };
+                self.metrics.applies.get_or_create(&result).inc();
+                self.metrics.apply_duration.get_or_create(&result).observe(a.report.duration.as_secs_f64());
+                for (action, n) in [
+                    ("created", c.created),
+                    ("configured", c.configured),
+                    ("unchanged", c.unchanged),
+                    ("pruned", c.pruned),
+                ] {
+                    self.metrics.count_objects(name, action, n);
+                }
+                let new_generation = slot.applied.as_ref().map(|p| p.generation)
+                    != Some(a.revision.generation)
+                    || slot.applied.as_ref().map(|p| &p.digest) != Some(&a.revision.digest);
+                slot.applied = Some(a.revision.clone());
+                slot.tracked = Some(a.tracked);
+                slot.inv_header =
+                    (a.revision.revision.clone(), a.revision.generation, a.revision.digest.clone());
+                slot.refused = None;
+                slot.retry_at = None;
+                slot.backoff.reset();
+                slot.detected.clear();
+                // Keys marked during the apply are mostly our own writes; the
+                // watch events that follow clear those, the rest get checked.
+                if !slot.drift_dirty.is_empty() {
+                    slot.drift_due = Some(Instant::now() + self.ctx.tuning.drift_debounce);
+                }
+                let st = &mut slot.state;
+                st.generation = a.revision.generation;
+                st.revision = a.revision.revision.clone();
+                st.digest = a.revision.digest.clone();
+                st.applied_generation = a.revision.generation;
+                st.applied_revision = a.revision.revision.clone();
+                st.apply_duration_ms = a.report.duration.as_millis() as u64;
+                st.ready_duration_ms = a.ready_ms;
+                st.objects = ObjectCounts {
+                    total: c.total,
+                    created: c.created,
+                    configured: c.configured,
+                    unchanged: c.unchanged,
+                    pruned: c.pruned,
+                    ..Default::default()
+                };
+                apply_health(slot, &a.health, recheck, a.waited);
+                let rev = a.revision.revision.clone();
+                let gen_ = a.revision.generation;
+                let summary = format!(
+                    "applied generation {gen_} ({rev}): {} created, {} configured, {} unchanged, {} pruned in {} ms",
+                    c.created,
+                    c.configured,
+                    c.unchanged,
+                    c.pruned,
+                    a.report.duration.as_millis()
+                );
+                if new_generation || a.report.changed() {
+                    let mut ev = AgentEvent::new(Severity::Info, "Applied", name, summary)
+                        .revision(&rev)
+                        .detail("generation", gen_)
+                        .detail("created", c.created)
+                        .detail("configured", c.configured)
+                        .detail("unchanged", c.unchanged)
+                        .detail("pruned", c.pruned);
+                    let changed: Vec<String> = a
+                        .report
+                        .objects
+                        .iter()
+                        .filter(|o| matches!(o.action, Action::Configured))
+                        .take(20)
+                        .map(|o| format!("{} ({})", o.key, o.fields.join(", ")))
+                        .collect();
+                    if !changed.is_empty() {
+                        ev = ev.detail("configured_objects", changed.join("; "));
+                    }
+                    let pruned: Vec<String> = a
+                        .report
+                        .objects
+                        .iter()
+                        .filter(|o| o.action == Action::Pruned)
+                        .take(20)
+                        .map(|o| o.key.to_string())
+                        .collect();
+                    if !pruned.is_empty() {
+                        ev = ev.detail("pruned_objects", pruned.join(", "));
+                    }
+                    self.emit(ev);
+                }
+                let slot = self.slots.get_mut(name).expect("slot");
+                if slot.state.phase == Phase::NotReady && a.waited {
+                    let msg = slot.state.message.clone();
+                    self.emit(AgentEvent::new(Severity::Warning, "NotReady", name, msg).revision(&rev));
+                }
+                self.set_owners(name);
+                self.persist(name).await;
+            }
+            Err(Failure::Refused(e)) => {
+                let result = BundleResult { result: "refused".into(), ..labels };
+                self.metrics.applies.get_or_create(&result).inc();
+                self.refuse(name, &d, e);
+            }
+            Err(Failure::Failed(e, applied_some)) => {
+                let result = BundleResult { result: "failure".into(), ..labels };
+                self.metrics.applies.get_or_create(&result).inc();
+                let transient = e.is_transient();
+                let delay = slot.backoff.next_delay().max(Duration::from_millis(100));
+                slot.retry_at = Some(Instant::now() + delay);
+                let st = &mut slot.state;
+                st.phase = if transient { Phase::Reconciling } else { Phase::Stalled };
+                st.message = format!(
+                    "{}{}; retrying in {:.1}s",
+                    e,
+                    if applied_some { " (some objects of this generation were applied)" } else { "" },
+                    delay.as_secs_f64()
+                );
+                let reason = e.reason();
+                set_conditions(st, Some(reason));
+                let sev = if transient { Severity::Warning } else { Severity::Error };
+                let msg = st.message.clone();
+                tracing::warn!(bundle = %name, error = %e, transient, "apply failed");
+                self.emit(
+                    AgentEvent::new(sev, reason, name, msg)
+                        .detail("generation", d.generation)
+                        .detail("digest", &d.digest),
+                );
+            }
+        }
+    }
+
+    async fn on_removed(&mut self, name: &str, report: ApplyReport) {
+        let c = report.counts();
+        if let Some(e) = report.error {
+            let delay = self.slots.get_mut(name).map(|s| {
+                let d = s.backoff.next_delay().max(Duration::from_millis(100));
+                s.retry_at = Some(Instant::now() + d);
+                d
+            });
+            tracing::warn!(bundle = %name, error = %e, "removing the bundle failed");
+            self.emit(AgentEvent::new(
+                Severity::Warning,
+                "RemoveFailed",
+                name,
+                format!("{e}; retrying in {delay:?}"),
+            ));
+            return;
+        }
+        let orphaned = report.objects.iter().filter(|o| o.action == Action::Orphaned).count();
+        self.metrics.count_objects(name, "pruned", c.pruned);
+        self.emit(
+            AgentEvent::new(
+                Severity::Info,
+                "Removed",
+                name,
+                format!("bundle left the cluster: {} objects pruned, {} orphaned", c.pruned, orphaned),
+            )
+            .detail("pruned", c.pruned)
+            .detail("orphaned", orphaned),
+        );
+        self.metrics.bundle_ready.remove(&BundleLabel { bundle: name.to_string() });
+        self.slots.remove(name);
+        self.owners.retain(|_, o| o != name);
+        let store = self.store.clone();
+        let n = name.to_string();
+        if let Err(error) = blocking(move || store.put_bundle(&n, None)).await {
+            tracing::warn!(%error, bundle = %name, "cannot forget the bundle");
+        }
+        self.gc_cache();
+    }
+
+    fn on_drift_done(&mut self, name: &str, results: Vec<(ObjKey, Result<DriftOutcome>)>, saved: Result<()>) {
+        if let Err(error) = saved {
+            tracing::warn!(%error, bundle = %name, "inventory not saved after drift correction");
+        }
+        let mut events = Vec::new();
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        let revision = slot.state.revision.clone();
+        for (key, r) in results {
+            match r {
+                Ok(DriftOutcome::InSync(entry)) => {
+                    if let Some(t) = slot.tracked.as_mut().and_then(|t| t.get_mut(&key)) {
+                        t.entry = entry;
+                    }
+                    slot.detected.remove(&key);
+                }
+                Ok(DriftOutcome::Corrected { fields, entry }) => {
+                    if let Some(t) = slot.tracked.as_mut().and_then(|t| t.get_mut(&key)) {
+                        t.entry = entry;
+                    }
+                    slot.detected.remove(&key);
+                    slot.state.objects.drift_corrected += 1;
+                    self.metrics
+                        .drift_corrections
+                        .get_or_create(&BundleLabel { bundle: name.to_string() })
+                        .inc();
+                    tracing::info!(bundle = %name, object = %key, fields = %fields.join(","), "drift corrected");
+                    events.push(
+                        AgentEvent::new(
+                            Severity::Info,
+                            "DriftCorrected",
+                            name,
+                            format!(
+                                "{key} was changed outside Convoy and was put back: {}",
+                                fields.join(", ")
+                            ),
+                        )
+                        .object(&key)
+                        .revision(&revision)
+                        .detail("fields", fields.join(",")),
+                    );
+                }
+                Ok(DriftOutcome::Detected { fields }) => {
+                    if slot.detected.get(&key) != Some(&fields) {
+                        self.metrics
+                            .drift_detected
+                            .get_or_create(&BundleLabel { bundle: name.to_string() })
+                            .inc();
+                        events.push(
+                            AgentEvent::new(
+                                Severity::Warning,
+                                "DriftDetected",
+                                name,
+                                format!(
+                                    "{key} differs from the bundle (detect-only mode): {}",
+                                    fields.join(", ")
+                                ),
+                            )
+                            .object(&key)
+                            .revision(&revision)
+                            .detail("fields", fields.join(",")),
+                        );
+                        slot.detected.insert(key, fields);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(bundle = %name, object = %key, error = %e, "drift check failed; retrying");
+                    slot.drift_dirty.insert(key);
+                    slot.drift_due = Some(Instant::now() + Duration::from_secs(2));
+                }
+            }
+        }
+        slot.state.objects.drifted = slot.detected.len() as u32;
+        let drifted = slot.detected.len();
+        let cond = if drifted > 0 {
+            Condition::new(
+                convoy_core::status::DRIFTED,
+                true,
+                "DriftDetected",
+                format!("{drifted} objects differ from the bundle"),
+            )
+        } else {
+            Condition::new(convoy_core::status::DRIFTED, false, "InSync", "objects match the bundle")
+        };
+        set_condition(&mut slot.state.conditions, cond, now_ms());
+        for ev in events {
+            self.emit(ev);
+        }
+    }
+
+    fn on_health(&mut self, name: &str, r: Result<Vec<ObjectHealth>>) {
+        let recheck = self.ctx.tuning.health_recheck;
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        match r {
+            Ok(hs) => {
+                let was = slot.state.phase;
+                apply_health(slot, &hs, recheck, slot.desired.as_ref().is_some_and(|d| d.options.wait));
+                if was == Phase::NotReady && slot.state.phase == Phase::Ready {
+                    let rev = slot.state.revision.clone();
+                    self.emit(
+                        AgentEvent::new(Severity::Info, "Ready", name, "every object is healthy")
+                            .revision(&rev),
+                    );
+                }
+            }
+            Err(e) => {
+                slot.health_due = Some(Instant::now() + recheck);
+                tracing::debug!(bundle = %name, error = %e, "health check failed");
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // State, status and events
+    // ------------------------------------------------------------------
+
+    fn refuse(&mut self, name: &str, d: &Deployment, e: Error) {
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        slot.refused = Some(d.clone());
+        let st = &mut slot.state;
+        st.phase = Phase::Stalled;
+        st.generation = d.generation;
+        st.digest = d.digest.clone();
+        st.message = format!(
+            "{e}; nothing applied{}",
+            match &slot.applied {
+                Some(a) => format!(", generation {} stays applied", a.generation),
+                None => String::new(),
+            }
+        );
+        let reason = e.reason();
+        set_conditions(st, Some(reason));
+        let msg = st.message.clone();
+        tracing::warn!(bundle = %name, error = %e, "refused");
+        self.emit(
+            AgentEvent::new(Severity::Error, reason, name, msg)
+                .detail("generation", d.generation)
+                .detail("digest", &d.digest),
+        );
+        self.publish(name);
+    }
+
+    fn set_pending(&mut self, name: &str, d: &Deployment, waiting: &str) {
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        let msg = format!("waiting for dependencies: {waiting}");
+        if slot.state.phase == Phase::Pending && slot.state.message == msg {
+            return;
+        }
+        slot.state.phase = Phase::Pending;
+        slot.state.generation = d.generation;
+        slot.state.digest = d.digest.clone();
+        slot.state.message = msg;
+        set_conditions(&mut slot.state, Some("DependencyNotReady"));
+        self.publish(name);
+    }
+
+    fn set_suspended(&mut self, name: &str) {
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        if slot.state.phase == Phase::Suspended {
+            return;
+        }
+        slot.state.phase = Phase::Suspended;
+        slot.state.message = "suspended: no apply, prune or drift correction".into();
+        slot.drift_dirty.clear();
+        slot.drift_due = None;
+        set_conditions(&mut slot.state, Some("Suspended"));
+        self.publish(name);
+    }
+
+    fn emit(&mut self, ev: AgentEvent) {
+        let bytes = crate::convert::event(&ev).encode_to_vec();
+        self.outbox.push(OutboxItem::Event(bytes));
+    }
+
+    fn publish(&mut self, name: &str) {
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        let mut st = slot.state.clone();
+        st.observed_unix_ms = 0;
+        if slot.published.as_ref() == Some(&st) {
+            return;
+        }
+        slot.published = Some(st);
+        slot.state.observed_unix_ms = now_ms();
+        self.metrics
+            .bundle_ready
+            .get_or_create(&BundleLabel { bundle: name.to_string() })
+            .set(i64::from(slot.state.phase == Phase::Ready));
+        let bytes = crate::convert::status(&slot.state).encode_to_vec();
+        self.outbox.push(OutboxItem::Status { bundle: name.to_string(), bytes });
+    }
+
+    async fn persist(&mut self, name: &str) {
+        let rec = self
+            .slots
+            .get(name)
+            .map(|s| BundleRecord { desired: s.desired.clone(), applied: s.applied.clone() });
+        let store = self.store.clone();
+        let n = name.to_string();
+        if let Err(error) = blocking(move || store.put_bundle(&n, rec.as_ref())).await {
+            tracing::error!(%error, bundle = %name, "cannot persist bundle state");
+        }
+    }
+
+    fn gc_cache(&self) {
+        let keep: HashSet<String> = self
+            .slots
+            .values()
+            .flat_map(|s| {
+                [s.desired.as_ref().map(|d| d.digest.clone()), s.applied.as_ref().map(|a| a.digest.clone())]
+            })
+            .flatten()
+            .collect();
+        let cache = self.ctx.cache.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = cache.gc(&keep) {
+                tracing::debug!(%error, "artifact cache gc");
+            }
+        });
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Set Ready / Reconciling / Stalled from the phase; `reason` for failures.
+fn set_conditions(st: &mut BundleState, reason: Option<&str>) {
+    use convoy_core::status::{READY, RECONCILING, STALLED};
+    let now = now_ms();
+    let msg = st.message.clone();
+    let (ready, ready_reason) = match st.phase {
+        Phase::Ready => (ConditionStatus::True, "Applied"),
+        Phase::Reconciling => (ConditionStatus::Unknown, reason.unwrap_or("Progressing")),
+        _ => (ConditionStatus::False, reason.unwrap_or(st.phase.as_str())),
+    };
+    set_condition(&mut st.conditions, Condition::new(READY, ready, ready_reason, msg.clone()), now);
+    let reconciling = matches!(st.phase, Phase::Reconciling | Phase::Pending);
+    set_condition(
+        &mut st.conditions,
+        Condition::new(
+            RECONCILING,
+            reconciling,
+            if reconciling { reason.unwrap_or("Progressing") } else { "Done" },
+            if reconciling { msg.clone() } else { String::new() },
+        ),
+        now,
+    );
+    let stalled = st.phase == Phase::Stalled;
+    set_condition(
+        &mut st.conditions,
+        Condition::new(
+            STALLED,
+            stalled,
+            if stalled { reason.unwrap_or("Stalled") } else { "Progressing" },
+            if stalled { msg } else { String::new() },
+        ),
+        now,
+    );
+}
+
+/// Fold a health check into the bundle state.
+fn apply_health(slot: &mut Slot, hs: &[ObjectHealth], recheck: Duration, gate: bool) {
+    let ready = hs.iter().filter(|h| h.status == HealthStatus::Current).count() as u32;
+    let st = &mut slot.state;
+    st.objects.ready = ready;
+    if st.objects.total == 0 {
+        st.objects.total = hs.len() as u32;
+    }
+    let bad = health::not_ready_summary(hs);
+    let healthy = bad.is_empty();
+    set_condition(
+        &mut st.conditions,
+        if healthy {
+            Condition::new(convoy_core::status::HEALTHY, true, "Healthy", "every object is healthy")
+        } else {
+            Condition::new(convoy_core::status::HEALTHY, false, "NotHealthy", bad.clone())
+        },
+        now_ms(),
+    );
+    if healthy || !gate {
+        st.phase = Phase::Ready;
+        st.message = if healthy {
+            format!("applied generation {} ({}); every object is healthy", st.generation, st.revision)
+        } else {
+            format!("applied generation {} (not waiting for health: {})", st.generation, bad)
+        };
+    } else {
+        st.phase = Phase::NotReady;
+        st.message = format!("not ready: {bad}");
+    }
+    slot.health_due = if healthy { None } else { Some(Instant::now() + recheck) };
+    set_conditions(&mut slot.state, if healthy { None } else { Some("HealthCheckFailed") });
+}
+
+fn tracked_from(plan: &Plan, inv: &Inventory) -> HashMap<ObjKey, Tracked> {
+    let entries = inv.by_key();
+    plan.objects
+        .iter()
+        .filter_map(|o| {
+            let e = entries.get(&o.key)?;
+            Some((
+                o.key.clone(),
+                Tracked { entry: (*e).clone(), meta_keys: o.meta_keys.clone(), resource: o.resource.clone() },
+            ))
+        })
+        .collect()
+}
+
+async fn hub_client(ctx: &Ctx) -> Option<AgentClient<Channel>> {
+    ctx.hub.borrow().clone().map(AgentClient::new)
+}
+
+/// The artifact bytes: from the cache, else downloaded from the hub.
+async fn artifact(ctx: &Ctx, digest: &str, size: u64) -> Result<Vec<u8>> {
+    if let Some(b) = ctx.cache.get(digest)? {
+        return Ok(b);
+    }
+    match hub_client(ctx).await {
+        Some(mut c) => ctx.cache.fetch(&mut c, digest, size).await,
+        None => {
+            Err(Error::Transport(format!("the hub is not connected and artifact {digest} is not cached")))
+        }
+    }
+}
+
+async fn manifests(ctx: &Ctx, bytes: Vec<u8>) -> Result<Vec<crate::objects::Manifest>> {
+    let limits = ctx.limits;
+    blocking(move || bundle::load_manifests(&bytes, &limits)).await
+}
+
+/// Verify, download, unpack, plan, apply, wait.
+async fn reconcile(
+    ctx: &Ctx,
+    d: &Deployment,
+    applied: Option<&AppliedRevision>,
+) -> std::result::Result<Applied, Failure> {
+    let start = Instant::now();
+    if let Decision::Refuse(reason, message) = bundle::decide(d, applied) {
+        return Err(Failure::Refused(Error::verification(reason, message)));
+    }
+    // Verification first: the statement before any download.
+    let st = bundle::verify_statement(d, &ctx.trusted).map_err(Failure::Refused)?;
+    let bytes = artifact(ctx, &d.digest, d.size).await.map_err(|e| match e {
+        e @ Error::Verification { .. } => Failure::Refused(e),
+        e => Failure::Failed(e, false),
+    })?;
+    bundle::verify_artifact(&st, &d.name, &bytes).map_err(Failure::Refused)?;
+    let ms = manifests(ctx, bytes).await.map_err(|e| match e {
+        e @ (Error::Manifest { .. } | Error::Artifact { .. }) => Failure::Refused(e),
+        e => Failure::Failed(e, false),
+    })?;
+    let opts = &d.options;
+    let plan = ctx
+        .engine
+        .plan(
+            &d.name,
+            &st.source.revision,
+            st.generation,
+            &st.artifact.digest,
+            ms,
+            opts.target_namespace.as_deref(),
+        )
+        .await
+        .map_err(|e| match e {
+            e @ Error::Manifest { .. } => Failure::Refused(e),
+            e => Failure::Failed(e, false),
+        })?;
+    let report =
+        ctx.engine.apply(&plan, ApplyOptions { force: opts.force, prune: opts.prune }, &ctx.shutdown).await;
+    if let Some(e) = report.error {
+        let changed = report
+            .objects
+            .iter()
+            .any(|o| matches!(o.action, Action::Created | Action::Configured | Action::Pruned));
+        return Err(Failure::Failed(e, changed));
+    }
+    let timeout = opts.timeout.unwrap_or(ctx.tuning.default_timeout);
+    let targets = plan.targets();
+    let health = if opts.wait {
+        let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_secs(1));
+        health::wait(ctx.engine.client(), &targets, left, ctx.engine.concurrency(), &ctx.shutdown).await
+    } else {
+        health::check(ctx.engine.client(), &targets, ctx.engine.concurrency()).await
+    }
+    .map_err(|e| Failure::Failed(e, true))?;
+    let tracked = tracked_from(&plan, &report.inventory);
+    Ok(Applied {
+        revision: AppliedRevision {
+            generation: st.generation,
+            digest: st.artifact.digest.clone(),
+            revision: st.source.revision.clone(),
+            statement: d.statement.clone(),
+            signature: d.signature.clone(),
+            options: d.options.clone(),
+        },
+        report,
+        tracked,
+        health,
+        waited: opts.wait,
+        ready_ms: start.elapsed().as_millis() as u64,
+    })
+}
+
+/// Rebuild the plan of an applied revision from the local cache (the hub
+/// may be away), re-verifying the stored statement and signature.
+async fn applied_plan(ctx: &Ctx, name: &str, a: &AppliedRevision) -> Result<Plan> {
+    let st = convoy_artifact::verify_statement(&a.statement, &a.signature, &ctx.trusted)
+        .map_err(|e| Error::verification(e.reason(), e.to_string()))?;
+    let bytes = artifact(ctx, &a.digest, st.artifact.size).await?;
+    bundle::verify_artifact(&st, name, &bytes)?;
+    let ms = manifests(ctx, bytes).await?;
+    ctx.engine
+        .plan(name, &a.revision, a.generation, &a.digest, ms, a.options.target_namespace.as_deref())
+        .await
+}
+
+async fn restore(ctx: &Ctx, name: &str, a: &AppliedRevision) -> Result<Restored> {
+    let plan = applied_plan(ctx, name, a).await?;
+    let inv = ctx
+        .engine
+        .inventory(name)
+        .await?
+        .ok_or_else(|| Error::Store(format!("bundle {name} has no inventory in the cluster")))?;
+    let tracked = tracked_from(&plan, &inv);
+    // One GET per object gives both health and what drifted while we were away.
+    let checks: Vec<Result<(ObjectHealth, bool)>> = futures::stream::iter(
+        tracked
+            .iter()
+            .map(|(key, t)| async move {
+                let live = crate::kubeapi::ObjApi::new(ctx.engine.client(), &t.resource, key).get().await?;
+                Ok(match live {
+                    None => (
+                        ObjectHealth {
+                            key: key.clone(),
+                            status: HealthStatus::NotFound,
+                            message: "not found".into(),
+                        },
+                        true,
+                    ),
+                    Some(obj) => {
+                        let (status, message) = health::assess(&key.group, &key.kind, &obj);
+                        let meta = crate::engine::meta_of(&obj);
+                        (
+                            ObjectHealth { key: key.clone(), status, message },
+                            !live_matches(&t.entry, &meta, &t.meta_keys),
+                        )
+                    }
+                })
+            })
+            .collect::<Vec<_>>(),
+    )
+    .buffer_unordered(ctx.engine.concurrency())
+    .collect()
+    .await;
+    let mut health = Vec::with_capacity(checks.len());
+    let mut dirty = Vec::new();
+    for c in checks {
+        let (h, drifted) = c?;
+        if drifted {
+            dirty.push(h.key.clone());
+        }
+        health.push(h);
+    }
+    Ok(Restored { tracked, header: (inv.revision, inv.generation, inv.digest), health, dirty })
+}
+
+async fn drift_pass(
+    ctx: &Ctx,
+    name: &str,
+    applied: &AppliedRevision,
+    mut tracked: HashMap<ObjKey, Tracked>,
+    header: (String, u64, String),
+    keys: Vec<ObjKey>,
+    detect_only: bool,
+) -> (Vec<(ObjKey, Result<DriftOutcome>)>, Result<()>) {
+    let plan = match applied_plan(ctx, name, applied).await {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = e.to_string();
+            let results = keys
+                .into_iter()
+                .map(|k| (k, Err(Error::Store(format!("cannot load the applied bundle: {msg}")))))
+                .collect();
+            return (results, Ok(()));
+        }
+    };
+    let mut results = Vec::with_capacity(keys.len());
+    let mut changed = false;
+    for key in keys {
+        let (Some(obj), Some(t)) = (plan.get(&key), tracked.get(&key)) else { continue };
+        let r = ctx.engine.check_drift(obj, &t.entry, detect_only).await;
+        if let Ok(DriftOutcome::InSync(e) | DriftOutcome::Corrected { entry: e, .. }) = &r
+            && e != &t.entry
+        {
+            changed = true;
+            if let Some(t) = tracked.get_mut(&key) {
+                t.entry = e.clone();
+            }
+        }
+        results.push((key, r));
+    }
+    let saved = if changed {
+        let entries: Vec<Entry> =
+            plan.objects.iter().filter_map(|o| tracked.get(&o.key).map(|t| t.entry.clone())).collect();
+        let inv = Inventory {
+            bundle: name.to_string(),
+            revision: header.0,
+            generation: header.1,
+            digest: header.2,
+            entries,
+        };
+        ctx.engine.save_inventory(&inv).await
+    } else {
+        Ok(())
+    };
+    (results, saved)
+}

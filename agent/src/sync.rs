@@ -1,0 +1,282 @@
+//! The hub session: obtain an identity (Secret, else register with the
+//! bootstrap token), hold the Sync stream (Hello, Ack, snapshot, updates),
+//! send the outbox in order after the hub's ack and then as it grows,
+//! heartbeat when idle, renew the certificate before expiry (then reconnect
+//! with it), and reconnect with exponential backoff and full jitter.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use convoy_proto::v1 as pb;
+use convoy_proto::v1::agent_client::AgentClient;
+use pb::agent_message::Msg as Out;
+use pb::hub_message::Msg as In;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::backoff::Backoff;
+use crate::config::Tuning;
+use crate::controller::HubInput;
+use crate::identity::{self, AGENT_VERSION, ClusterIdentity, now_ms};
+use crate::metrics::Metrics;
+use crate::store::{OutboxItem, Store};
+use crate::{Error, Result};
+
+/// What the session needs.
+pub struct SyncCtx {
+    /// Hub address.
+    pub address: String,
+    /// Hub CA file for the first contact.
+    pub hub_ca: Option<PathBuf>,
+    /// Bootstrap token file.
+    pub token_file: Option<PathBuf>,
+    /// Cluster name.
+    pub cluster: String,
+    /// Labels for registration.
+    pub labels: BTreeMap<String, String>,
+    /// The agent namespace (identity Secret).
+    pub namespace: String,
+    /// Kubernetes (identity Secret).
+    pub kube: kube::Client,
+    /// The outbox.
+    pub store: Store,
+    /// Woken when the outbox grows.
+    pub outbox: Arc<Notify>,
+    /// Desired state to the controller.
+    pub to_controller: mpsc::Sender<HubInput>,
+    /// The current channel, for artifact downloads.
+    pub channel: watch::Sender<Option<Channel>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Timers.
+    pub tuning: Tuning,
+    /// Shutdown.
+    pub shutdown: CancellationToken,
+}
+
+enum End {
+    Shutdown,
+    Renewed,
+}
+
+/// Run sessions until shutdown.
+pub async fn run(ctx: SyncCtx) {
+    let mut backoff = Backoff::new(ctx.tuning.reconnect_base, ctx.tuning.reconnect_cap);
+    let mut identity: Option<ClusterIdentity> = None;
+    loop {
+        if ctx.shutdown.is_cancelled() {
+            break;
+        }
+        let started = Instant::now();
+        let result = async {
+            let id = match identity.take() {
+                Some(id) => id,
+                None => obtain_identity(&ctx).await?,
+            };
+            ctx.metrics.cert_expiry.set(id.not_after_ms / 1000);
+            let r = session(&ctx, &id).await;
+            identity = Some(id);
+            r
+        }
+        .await;
+        ctx.metrics.hub_connected.set(0);
+        ctx.channel.send_replace(None);
+        match result {
+            Ok(End::Shutdown) => break,
+            Ok(End::Renewed) => {
+                identity = None; // reload the renewed identity from the Secret
+                backoff.reset();
+                continue;
+            }
+            Err(e) => {
+                // A stream that lived a while was a success: start over small.
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff.reset();
+                }
+                if matches!(&e, Error::Hub { code, .. } if code == "Unauthenticated" || code == "PermissionDenied")
+                {
+                    // The certificate may have been revoked or expired: read it again next time.
+                    identity = None;
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "hub session ended");
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+fn read_ca(ctx: &SyncCtx) -> Result<String> {
+    let p = ctx.hub_ca.as_ref().ok_or_else(|| {
+        Error::Config("no identity yet and no --hub-ca to trust the hub at first contact".into())
+    })?;
+    std::fs::read_to_string(p).map_err(|e| Error::io(format!("read hub CA {}", p.display()), e))
+}
+
+async fn obtain_identity(ctx: &SyncCtx) -> Result<ClusterIdentity> {
+    if let Some(id) = identity::load(&ctx.kube, &ctx.namespace).await? {
+        if !id.expired() {
+            return Ok(id);
+        }
+        tracing::warn!("the stored certificate has expired; registering again with the bootstrap token");
+    }
+    let token_file = ctx.token_file.as_ref().ok_or_else(|| {
+        Error::Config("no valid identity in the cluster and no --token-file to register with".into())
+    })?;
+    let token = identity::read_token(token_file)?;
+    let ca = read_ca(ctx)?;
+    let id = identity::register(identity::Registration {
+        address: &ctx.address,
+        ca_pem: &ca,
+        token: &token,
+        cluster: &ctx.cluster,
+        labels: &ctx.labels,
+    })
+    .await?;
+    identity::save(&ctx.kube, &ctx.namespace, &ctx.cluster, &id).await?;
+    tracing::info!(cluster = %ctx.cluster, not_after_ms = id.not_after_ms, "registered with the hub");
+    Ok(id)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Store(format!("blocking task: {e}")))?
+}
+
+fn wire(seq: u64, item: OutboxItem) -> Option<pb::AgentMessage> {
+    use prost::Message;
+    let msg = match item {
+        OutboxItem::Status { bytes, .. } => Out::Status(pb::StatusReport {
+            seq,
+            status: Some(pb::BundleStatus::decode(bytes.as_slice()).ok()?),
+        }),
+        OutboxItem::Event(bytes) => {
+            Out::Event(pb::EventReport { seq, event: Some(pb::Event::decode(bytes.as_slice()).ok()?) })
+        }
+    };
+    Some(pb::AgentMessage { msg: Some(msg) })
+}
+
+async fn renew_and_store(ctx: &SyncCtx, channel: Channel, id: &ClusterIdentity) -> Result<()> {
+    let new = identity::renew(channel, id, &ctx.cluster).await?;
+    identity::save(&ctx.kube, &ctx.namespace, &ctx.cluster, &new).await?;
+    ctx.metrics.cert_expiry.set(new.not_after_ms / 1000);
+    tracing::info!(not_after_ms = new.not_after_ms, "certificate renewed");
+    Ok(())
+}
+
+async fn session(ctx: &SyncCtx, id: &ClusterIdentity) -> Result<End> {
+    let channel = id.endpoint(&ctx.address)?.connect().await?;
+    let renew_at = id.renew_at_ms(ctx.tuning.renew_fraction);
+    if now_ms() >= renew_at {
+        renew_and_store(ctx, channel, id).await?;
+        return Ok(End::Renewed);
+    }
+    ctx.metrics.reconnects.inc();
+    let applied: Vec<pb::AppliedBundle> = {
+        let store = ctx.store.clone();
+        blocking(move || store.bundles())
+            .await?
+            .iter()
+            .filter_map(|(n, r)| r.applied.as_ref().map(|a| crate::convert::applied(n, a)))
+            .collect()
+    };
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
+    let hello =
+        pb::Hello { agent_version: AGENT_VERSION.to_string(), outbox_epoch: ctx.store.epoch(), applied };
+    tx.send(pb::AgentMessage { msg: Some(Out::Hello(hello)) })
+        .await
+        .map_err(|_| Error::Transport("stream closed".into()))?;
+    let mut client = AgentClient::new(channel.clone());
+    let mut inbound = client.sync(ReceiverStream::new(rx)).await?.into_inner();
+    ctx.channel.send_replace(Some(channel.clone()));
+    ctx.metrics.hub_connected.set(1);
+    tracing::info!(address = %ctx.address, "connected to the hub");
+
+    // Entries with seq <= sent were handed to the stream; None until the hub's first ack.
+    let mut sent: Option<u64> = None;
+    let mut last_send = Instant::now();
+    let renew_in = Duration::from_millis((renew_at - now_ms()).max(0) as u64);
+    let renew_timer = tokio::time::sleep(renew_in);
+    tokio::pin!(renew_timer);
+    loop {
+        let heartbeat_at = last_send + ctx.tuning.heartbeat;
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return Ok(End::Shutdown),
+            _ = &mut renew_timer => {
+                renew_and_store(ctx, channel.clone(), id).await?;
+                return Ok(End::Renewed);
+            }
+            msg = inbound.message() => {
+                let Some(msg) = msg? else {
+                    return Err(Error::Transport("the hub closed the stream".into()));
+                };
+                match msg.msg {
+                    Some(In::Ack(a)) => {
+                        let store = ctx.store.clone();
+                        let acked = a.acked_seq;
+                        let depth = blocking(move || { store.ack(acked)?; store.depth() }).await?;
+                        ctx.metrics.outbox_depth.set(depth as i64);
+                        if sent.is_none() {
+                            // The first ack says where the hub stands: resend everything after it.
+                            sent = Some(acked);
+                            flush(ctx, &tx, &mut sent, &mut last_send).await?;
+                        }
+                    }
+                    Some(In::Snapshot(s)) => {
+                        let ds = s.bundles.into_iter().map(crate::convert::deployment).collect();
+                        ctx.to_controller.send(HubInput::Snapshot(ds)).await.map_err(|_| Error::Cancelled)?;
+                    }
+                    Some(In::Update(u)) => {
+                        let upserts = u.upserts.into_iter().map(crate::convert::deployment).collect();
+                        ctx.to_controller
+                            .send(HubInput::Update { upserts, removed: u.removed })
+                            .await
+                            .map_err(|_| Error::Cancelled)?;
+                    }
+                    None => {}
+                }
+            }
+            _ = ctx.outbox.notified(), if sent.is_some() => {
+                flush(ctx, &tx, &mut sent, &mut last_send).await?;
+            }
+            _ = tokio::time::sleep_until(heartbeat_at.into()) => {
+                let hb = pb::Heartbeat { time_unix_ms: now_ms() };
+                tx.send(pb::AgentMessage { msg: Some(Out::Heartbeat(hb)) })
+                    .await
+                    .map_err(|_| Error::Transport("stream closed".into()))?;
+                last_send = Instant::now();
+            }
+        }
+    }
+}
+
+/// Send every outbox entry after `sent`, in order.
+async fn flush(
+    ctx: &SyncCtx,
+    tx: &mpsc::Sender<pb::AgentMessage>,
+    sent: &mut Option<u64>,
+    last_send: &mut Instant,
+) -> Result<()> {
+    loop {
+        let after = sent.unwrap_or(0);
+        let store = ctx.store.clone();
+        let batch = blocking(move || store.pending(after, 256)).await?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        for (seq, item) in batch {
+            if let Some(m) = wire(seq, item) {
+                tx.send(m).await.map_err(|_| Error::Transport("stream closed".into()))?;
+                *last_send = Instant::now();
+            }
+            *sent = Some(seq);
+        }
+    }
+}
