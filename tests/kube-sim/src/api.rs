@@ -224,6 +224,17 @@ impl Inner {
                     .body(Body::from("ok"))
                     .expect("response");
             }
+            "/api" | "/apis" if wants_aggregated(headers) => {
+                let doc = self.registry.read().aggregated(path == "/api");
+                let mut r = json_response(200, &doc);
+                r.headers_mut().insert(
+                    "content-type",
+                    http::HeaderValue::from_static(
+                        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+                    ),
+                );
+                return r;
+            }
             "/api" => {
                 let addr = self.server_addr.read().clone();
                 return json_response(
@@ -1488,4 +1499,19 @@ pub fn gr(group: &str, resource: &str) -> GroupResource {
 
 fn hex_dump(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Whether the client asks for aggregated discovery (apidiscovery.k8s.io/v2).
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers.get("accept").and_then(|v| v.to_str().ok()).is_some_and(|a| {
+        a.split(',').any(|part| {
+            part.contains("g=apidiscovery.k8s.io")
+                && part.contains("v=v2;")
+                && part.contains("as=APIGroupDiscoveryList")
+        }) || a.split(',').any(|part| {
+            part.contains("g=apidiscovery.k8s.io")
+                && part.trim_end().ends_with("v=v2")
+                && part.contains("as=APIGroupDiscoveryList")
+        })
+    })
 }

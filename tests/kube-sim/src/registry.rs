@@ -339,6 +339,60 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Aggregated discovery (`apidiscovery.k8s.io/v2` APIGroupDiscoveryList) for
+    /// `/api` (core) or `/apis` (every other group).
+    pub fn aggregated(&self, core: bool) -> Value {
+        let groups: Vec<(String, Vec<String>)> =
+            if core { vec![(String::new(), vec!["v1".to_string()])] } else { self.groups() };
+        let items: Vec<Value> = groups
+            .into_iter()
+            .map(|(g, vs)| {
+                let versions: Vec<Value> = vs
+                    .iter()
+                    .map(|v| {
+                        let resources: Vec<Value> = self
+                            .types
+                            .values()
+                            .filter(|t| t.group == g && t.version == *v)
+                            .map(|t| {
+                                let kind = json!({"group": t.group, "version": t.version, "kind": t.kind});
+                                let mut subs = Vec::new();
+                                if t.scale {
+                                    subs.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
+                                }
+                                if t.status {
+                                    subs.push(json!({"subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"]}));
+                                }
+                                let mut r = json!({
+                                    "resource": t.plural,
+                                    "responseKind": kind,
+                                    "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
+                                    "singularResource": t.singular,
+                                    "verbs": t.verbs(),
+                                });
+                                if !t.short_names.is_empty() {
+                                    r["shortNames"] = json!(t.short_names);
+                                }
+                                if !t.categories.is_empty() {
+                                    r["categories"] = json!(t.categories);
+                                }
+                                if !subs.is_empty() {
+                                    r["subresources"] = Value::Array(subs);
+                                }
+                                r
+                            })
+                            .collect();
+                        json!({"version": v, "resources": resources, "freshness": "Current"})
+                    })
+                    .collect();
+                json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
+            })
+            .collect();
+        json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+    }
+}
+
 fn group_json(g: &str, vs: &[String]) -> Value {
     let versions: Vec<Value> =
         vs.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();

@@ -625,3 +625,46 @@ async fn snapshot_round_trip() {
     assert_eq!(v["data"]["a"], "b");
     assert!(s2.sim.resource_version() >= last);
 }
+
+#[tokio::test]
+async fn discovery_legacy_and_aggregated() {
+    let s = Sim::start().await;
+    let (c, v) = s.get("/apis").await;
+    assert_eq!(c, 200);
+    assert_eq!(v["kind"], "APIGroupList");
+    let (_, v) = s.get("/api/v1").await;
+    let cm = v["resources"].as_array().unwrap().iter().find(|r| r["name"] == "configmaps").unwrap().clone();
+    assert_eq!(cm["shortNames"], json!(["cm"]));
+    assert_eq!(cm["namespaced"], true);
+    let resp = s
+        .http
+        .get(s.url("/apis"))
+        .header(
+            "accept",
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+    );
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["kind"], "APIGroupDiscoveryList");
+    let apps =
+        v["items"].as_array().unwrap().iter().find(|g| g["metadata"]["name"] == "apps").unwrap().clone();
+    let deploy = apps["versions"][0]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == "deployments")
+        .unwrap()
+        .clone();
+    assert_eq!(deploy["scope"], "Namespaced");
+    assert_eq!(deploy["shortNames"], json!(["deploy"]));
+    assert!(deploy["subresources"].as_array().unwrap().iter().any(|s| s["subresource"] == "scale"));
+    let (c, v) = s.get("/version").await;
+    assert_eq!(c, 200);
+    assert_eq!(v["major"], "1");
+}
