@@ -197,7 +197,26 @@ pub fn load_manifests(targz: &[u8], limits: &Limits) -> Result<Vec<Manifest>> {
         .map_err(|e| Error::Artifact { reason: e.reason(), message: e.to_string() })?;
     let mut out = Vec::new();
     for f in files {
-        let parsed = convoy_artifact::parse_file(&f.path, &f.content).map_err(|e| match e {
+        // Each object becomes compact JSON text as it is parsed; the parsed
+        // value is dropped at once (a large file never exists as values).
+        let mut local_err = None;
+        let r = convoy_artifact::for_each_manifest(&f.path, &f.content, |m| {
+            let origin = Origin { file: m.file, index: m.index };
+            match Manifest::from_value(origin, m.object) {
+                Ok(ms) => {
+                    out.extend(ms);
+                    Ok(())
+                }
+                Err(e) => {
+                    local_err = Some(e);
+                    Err(convoy_artifact::Error::Other("stopped".into()))
+                }
+            }
+        });
+        if let Some(e) = local_err {
+            return Err(e);
+        }
+        r.map_err(|e| match e {
             convoy_artifact::Error::Manifest { file, index, line, message } => Error::Manifest {
                 file,
                 index,
@@ -208,11 +227,6 @@ pub fn load_manifests(targz: &[u8], limits: &Limits) -> Result<Vec<Manifest>> {
             },
             e => Error::Artifact { reason: e.reason(), message: e.to_string() },
         })?;
-        drop(f);
-        for m in parsed {
-            let origin = Origin { file: m.file, index: m.index };
-            out.extend(Manifest::from_value(origin, m.object)?);
-        }
     }
     Ok(out)
 }

@@ -93,6 +93,9 @@ pub fn endpoint(address: &str, ca_pem: &str, identity: Option<(&str, &str)>) -> 
         .map_err(|e| Error::Config(format!("hub address {address:?}: {e}")))?
         .tls_config(tls)?
         .connect_timeout(Duration::from_secs(10))
+        // Artifacts come in 64 KiB chunks: a large window avoids a round trip per chunk.
+        .initial_stream_window_size(Some(1 << 20))
+        .initial_connection_window_size(Some(2 << 20))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))

@@ -556,6 +556,42 @@ async fn heavy_interrupted_download_resumes_from_its_offset() {
     stop(agent, token).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_server_errors_and_latency_are_retried_until_the_bundle_converges() {
+    let env = Env::new(Duration::from_secs(3600)).await;
+    let files: Vec<(String, String)> =
+        (0..12).map(|i| (format!("cm{i}.yaml"), configmap(&format!("cm-{i}"), "v"))).collect();
+    let refs: Vec<(&str, String)> = files.iter().map(|(p, c)| (p.as_str(), c.clone())).collect();
+    let (agent, token) = env.start(env.config()).await;
+    eventually(30, "connected", || async { env.hub.connected().then_some(()) }).await;
+    // Most writes fail with 500 for a while, and every request is slow.
+    env.sim.faults().set(kube_sim::FaultConfig {
+        latency_ms: 30,
+        error_rate: 0.95,
+        verbs: vec!["patch".into()],
+        ..Default::default()
+    });
+    env.hub.set_desired(vec![env.deployment("app", 1, &refs, opts("apps"))]);
+    // The agent reports that it is retrying ...
+    eventually(60, "a transient failure", || async {
+        env.hub.events().into_iter().find(|e| e.bundle == "app" && e.severity == pb::Severity::Warning as i32)
+    })
+    .await;
+    // ... and converges while half of the writes still fail.
+    env.sim.faults().set_error_rate(0.5);
+    let st = phase_of(&env.hub, "app", 1, pb::Phase::Ready).await;
+    assert_eq!(st.objects.unwrap().total, 12);
+    assert!(env.sim.stats().injected_errors > 0);
+    let ours = env
+        .sim
+        .objects("", "configmaps")
+        .into_iter()
+        .filter(|c| c["metadata"]["labels"]["convoy.dev/bundle"] == "app")
+        .count();
+    assert_eq!(ours, 12);
+    stop(agent, token).await;
+}
+
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

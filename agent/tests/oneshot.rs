@@ -206,7 +206,7 @@ async fn unpullable_image_reports_not_ready_with_the_reason() {
     let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad-pod\nspec:\n  containers:\n  - name: app\n    image: registry.example/app:does-not-exist\n";
     let packed = pack(&[
         ("ok.yaml", deployment("good", "nginx:1.27", 1)),
-        ("bad.yaml", deployment("bad", "registry.example/app:does-not-exist", 1)),
+        ("bad.yaml", deployment("bad", "does-not-exist", 1)),
         ("pod.yaml", pod.to_string()),
     ]);
     let d = tmp.path().join("out");
