@@ -21,6 +21,17 @@ use crate::status::{self, ApiError, Cause};
 use crate::store::{CommitError, Store, rv_of};
 use crate::{Stats, crd, defaults, table, watch};
 
+tokio::task_local! {
+    /// Warnings of the request being served (answered as `Warning` headers).
+    pub static WARNINGS: std::cell::RefCell<Vec<String>>;
+}
+
+/// Add warnings to the current request's response (no-op outside a request).
+pub fn add_warnings(w: impl Iterator<Item = String>) {
+    let w: Vec<String> = w.collect();
+    let _ = WARNINGS.try_with(|cell| cell.borrow_mut().extend(w));
+}
+
 /// Largest accepted request body (the API server's limit).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
@@ -523,6 +534,9 @@ impl Inner {
             };
             return Err(ApiError::bad_request(msg));
         }
+        if q.get("fieldValidation") != Some("Ignore") {
+            add_warnings(unknown.iter().map(|p| format!("unknown field {p:?}")));
+        }
         defaults::prune(v, &unknown);
         Ok(())
     }
@@ -717,6 +731,17 @@ impl Inner {
             let Some(mut new) = f(cur.as_ref())? else {
                 return cur.map(|c| (c, false)).ok_or_else(|| ApiError::not_found(rt, name));
             };
+            // ObjectMeta fields are omitempty: empty maps and lists are not stored
+            if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+                for k in ["labels", "annotations", "finalizers", "ownerReferences", "managedFields"] {
+                    if m.get(k).is_some_and(|v| {
+                        v.as_object().is_some_and(|o| o.is_empty())
+                            || v.as_array().is_some_and(|a| a.is_empty())
+                    }) {
+                        m.shift_remove(k);
+                    }
+                }
+            }
             if let Some(c) = &cur {
                 // identical content: a no-op, no new resourceVersion
                 let mut probe = new.clone();
@@ -1052,6 +1077,9 @@ impl Inner {
                                 .collect::<Vec<_>>()
                                 .join(", ")
                         )));
+                    }
+                    if q.get("fieldValidation") != Some("Ignore") {
+                        add_warnings(unknown.iter().map(|p| format!("unknown field {p:?}")));
                     }
                     defaults::prune(&mut v, &unknown);
                 }

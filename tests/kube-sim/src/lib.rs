@@ -426,7 +426,19 @@ async fn handler(
         Ok(b) => b,
         Err(_) => return api::error_response(&status::ApiError::too_large()),
     };
-    inner.handle(parts.method, &path, query.as_deref(), &parts.headers, body).await
+    let (mut resp, warnings) = api::WARNINGS
+        .scope(std::cell::RefCell::new(Vec::new()), async {
+            let r = inner.handle(parts.method, &path, query.as_deref(), &parts.headers, body).await;
+            (r, api::WARNINGS.with(|w| w.borrow().clone()))
+        })
+        .await;
+    for w in warnings {
+        let text = format!("299 - {}", serde_json::Value::String(w));
+        if let Ok(v) = http::HeaderValue::from_str(&text) {
+            resp.headers_mut().append("warning", v);
+        }
+    }
+    resp
 }
 
 fn control(inner: &Arc<api::Inner>, method: &http::Method, path: &str, body: &[u8]) -> Response<Body> {
