@@ -150,8 +150,9 @@ pub async fn serve(
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(deadline) => return,
                 _ = drop_rx.changed() => return,
+                _ = tx.closed() => return,
                 _ = tick.tick() => {
-                    if faults.watch_drop_epoch() != drop_epoch { return; }
+                    if faults.watch_drop_epoch() != drop_epoch || tx.is_closed() { return; }
                     if bookmarks {
                         let b = json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": last_rv.to_string()}}});
                         if tx.send(Ok(line(&b))).await.is_err() { return; }
