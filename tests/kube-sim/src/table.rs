@@ -78,6 +78,9 @@ fn columns(rt: &ResourceType) -> Vec<(String, String, i64, String)> {
             ("Up-to-date", "string", 0),
             ("Available", "string", 0),
             ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
         ],
         ("apps", "StatefulSet") => &[("Name", "string", 0), ("Ready", "string", 0), ("Age", "string", 0)],
         ("apps", "ReplicaSet") => &[
@@ -103,7 +106,86 @@ fn columns(rt: &ResourceType) -> Vec<(String, String, i64, String)> {
             ("Status", "string", 0),
             ("Restarts", "string", 0),
             ("Age", "string", 0),
+            ("IP", "string", 1),
+            ("Node", "string", 1),
+            ("Nominated Node", "string", 1),
+            ("Readiness Gates", "string", 1),
         ],
+        ("", "ServiceAccount") => &[("Name", "string", 0), ("Secrets", "string", 0), ("Age", "string", 0)],
+        ("", "Node") => &[
+            ("Name", "string", 0),
+            ("Status", "string", 0),
+            ("Roles", "string", 0),
+            ("Age", "string", 0),
+            ("Version", "string", 0),
+        ],
+        ("", "Endpoints") => &[("Name", "string", 0), ("Endpoints", "string", 0), ("Age", "string", 0)],
+        ("networking.k8s.io", "Ingress") => &[
+            ("Name", "string", 0),
+            ("Class", "string", 0),
+            ("Hosts", "string", 0),
+            ("Address", "string", 0),
+            ("Ports", "string", 0),
+            ("Age", "string", 0),
+        ],
+        ("networking.k8s.io", "IngressClass") => &[
+            ("Name", "string", 0),
+            ("Controller", "string", 0),
+            ("Parameters", "string", 0),
+            ("Age", "string", 0),
+        ],
+        ("networking.k8s.io", "NetworkPolicy") => {
+            &[("Name", "string", 0), ("Pod-Selector", "string", 0), ("Age", "string", 0)]
+        }
+        ("batch", "CronJob") => &[
+            ("Name", "string", 0),
+            ("Schedule", "string", 0),
+            ("Timezone", "string", 0),
+            ("Suspend", "boolean", 0),
+            ("Active", "integer", 0),
+            ("Last Schedule", "string", 0),
+            ("Age", "string", 0),
+        ],
+        ("autoscaling", "HorizontalPodAutoscaler") => &[
+            ("Name", "string", 0),
+            ("Reference", "string", 0),
+            ("Targets", "string", 0),
+            ("MinPods", "string", 0),
+            ("MaxPods", "integer", 0),
+            ("Replicas", "integer", 0),
+            ("Age", "string", 0),
+        ],
+        ("policy", "PodDisruptionBudget") => &[
+            ("Name", "string", 0),
+            ("Min Available", "string", 0),
+            ("Max Unavailable", "string", 0),
+            ("Allowed Disruptions", "integer", 0),
+            ("Age", "string", 0),
+        ],
+        ("storage.k8s.io", "StorageClass") => &[
+            ("Name", "string", 0),
+            ("Provisioner", "string", 0),
+            ("ReclaimPolicy", "string", 0),
+            ("VolumeBindingMode", "string", 0),
+            ("AllowVolumeExpansion", "string", 0),
+            ("Age", "string", 0),
+        ],
+        ("scheduling.k8s.io", "PriorityClass") => &[
+            ("Name", "string", 0),
+            ("Value", "integer", 0),
+            ("Global-Default", "boolean", 0),
+            ("Preemptionpolicy", "string", 0),
+            ("Age", "string", 0),
+        ],
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => {
+            &[("Name", "string", 0), ("Created At", "string", 0)]
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            &[("Name", "string", 0), ("Role", "string", 0), ("Age", "string", 0)]
+        }
+        ("coordination.k8s.io", "Lease") => {
+            &[("Name", "string", 0), ("Holder", "string", 0), ("Age", "string", 0)]
+        }
         ("", "Service") => &[
             ("Name", "string", 0),
             ("Type", "string", 0),
@@ -159,13 +241,172 @@ fn cells(rt: &ResourceType, v: &Value) -> Vec<Value> {
         return c;
     }
     match (rt.group.as_str(), rt.kind.as_str()) {
-        ("apps", "Deployment") => vec![
+        ("apps", "Deployment") => {
+            let cs = v
+                .pointer("/spec/template/spec/containers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let names: Vec<&str> = cs.iter().filter_map(|c| c["name"].as_str()).collect();
+            let images: Vec<&str> = cs.iter().filter_map(|c| c["image"].as_str()).collect();
+            vec![
+                name,
+                json!(format!("{}/{}", i(v, "/status/readyReplicas"), i(v, "/spec/replicas"))),
+                json!(i(v, "/status/updatedReplicas")),
+                json!(i(v, "/status/availableReplicas")),
+                json!(age(v)),
+                json!(names.join(",")),
+                json!(images.join(",")),
+                json!(selector_text(v.pointer("/spec/selector"))),
+            ]
+        }
+        ("", "ServiceAccount") => vec![
             name,
-            json!(format!("{}/{}", i(v, "/status/readyReplicas"), i(v, "/spec/replicas"))),
-            json!(i(v, "/status/updatedReplicas")),
-            json!(i(v, "/status/availableReplicas")),
+            json!(v.get("secrets").and_then(Value::as_array).map(Vec::len).unwrap_or(0)),
             json!(age(v)),
         ],
+        ("", "Node") => {
+            let ready = v
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| if c["status"] == "True" { "Ready" } else { "NotReady" })
+                .unwrap_or("Unknown");
+            vec![
+                name,
+                json!(ready),
+                json!("<none>"),
+                json!(age(v)),
+                json!(s(v, "/status/nodeInfo/kubeletVersion")),
+            ]
+        }
+        ("", "Endpoints") => {
+            let eps: Vec<String> = v
+                .get("subsets")
+                .and_then(Value::as_array)
+                .map(|ss| {
+                    ss.iter()
+                        .flat_map(|sub| {
+                            let ports: Vec<i64> = sub["ports"]
+                                .as_array()
+                                .map(|p| p.iter().filter_map(|x| x["port"].as_i64()).collect())
+                                .unwrap_or_default();
+                            sub["addresses"].as_array().cloned().unwrap_or_default().into_iter().flat_map(
+                                move |a| {
+                                    let ip = a["ip"].as_str().unwrap_or("").to_string();
+                                    ports.clone().into_iter().map(move |p| format!("{ip}:{p}"))
+                                },
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            vec![
+                name,
+                json!(if eps.is_empty() { "<none>".to_string() } else { eps.join(",") }),
+                json!(age(v)),
+            ]
+        }
+        ("networking.k8s.io", "Ingress") => {
+            let hosts: Vec<&str> = v
+                .pointer("/spec/rules")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|r| r["host"].as_str()).collect())
+                .unwrap_or_default();
+            let addr: Vec<&str> = v
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|x| x["ip"].as_str().or(x["hostname"].as_str())).collect())
+                .unwrap_or_default();
+            let tls = v.pointer("/spec/tls").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+            let class = v.pointer("/spec/ingressClassName").and_then(Value::as_str).unwrap_or("<none>");
+            vec![
+                name,
+                json!(class),
+                json!(if hosts.is_empty() { "*".to_string() } else { hosts.join(",") }),
+                json!(addr.join(",")),
+                json!(if tls { "80, 443" } else { "80" }),
+                json!(age(v)),
+            ]
+        }
+        ("networking.k8s.io", "IngressClass") => {
+            let params = v.pointer("/spec/parameters/name").and_then(Value::as_str).unwrap_or("<none>");
+            vec![name, json!(s(v, "/spec/controller")), json!(params), json!(age(v))]
+        }
+        ("networking.k8s.io", "NetworkPolicy") => {
+            let sel = selector_text(v.pointer("/spec/podSelector"));
+            vec![name, json!(if sel == "<none>" { "<none>".to_string() } else { sel }), json!(age(v))]
+        }
+        ("batch", "CronJob") => vec![
+            name,
+            json!(s(v, "/spec/schedule")),
+            json!(v.pointer("/spec/timeZone").and_then(Value::as_str).unwrap_or("<none>")),
+            json!(v.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false)),
+            json!(v.pointer("/status/active").and_then(Value::as_array).map(Vec::len).unwrap_or(0)),
+            json!(
+                v.pointer("/status/lastScheduleTime")
+                    .and_then(Value::as_str)
+                    .map(|_| "<set>")
+                    .unwrap_or("<none>")
+            ),
+            json!(age(v)),
+        ],
+        ("autoscaling", "HorizontalPodAutoscaler") => vec![
+            name,
+            json!(format!("{}/{}", s(v, "/spec/scaleTargetRef/kind"), s(v, "/spec/scaleTargetRef/name"))),
+            json!("<unknown>"),
+            json!(v.pointer("/spec/minReplicas").and_then(Value::as_i64).unwrap_or(1).to_string()),
+            json!(i(v, "/spec/maxReplicas")),
+            json!(i(v, "/status/currentReplicas")),
+            json!(age(v)),
+        ],
+        ("policy", "PodDisruptionBudget") => {
+            let f = |p: &str| match v.pointer(p) {
+                Some(Value::String(x)) => x.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => "N/A".into(),
+            };
+            vec![
+                name,
+                json!(f("/spec/minAvailable")),
+                json!(f("/spec/maxUnavailable")),
+                json!(i(v, "/status/disruptionsAllowed")),
+                json!(age(v)),
+            ]
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            let default = v
+                .pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+                .and_then(Value::as_str)
+                == Some("true");
+            let n = if default {
+                format!("{} (default)", s(v, "/metadata/name"))
+            } else {
+                s(v, "/metadata/name")
+            };
+            vec![
+                json!(n),
+                json!(s(v, "/provisioner")),
+                json!(s(v, "/reclaimPolicy")),
+                json!(s(v, "/volumeBindingMode")),
+                json!(v.get("allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false).to_string()),
+                json!(age(v)),
+            ]
+        }
+        ("scheduling.k8s.io", "PriorityClass") => vec![
+            name,
+            json!(i(v, "/value")),
+            json!(v.get("globalDefault").and_then(Value::as_bool).unwrap_or(false)),
+            json!(s(v, "/preemptionPolicy")),
+            json!(age(v)),
+        ],
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => {
+            vec![name, json!(s(v, "/metadata/creationTimestamp"))]
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            vec![name, json!(format!("{}/{}", s(v, "/roleRef/kind"), s(v, "/roleRef/name"))), json!(age(v))]
+        }
+        ("coordination.k8s.io", "Lease") => vec![name, json!(s(v, "/spec/holderIdentity")), json!(age(v))],
         ("apps", "StatefulSet") => vec![
             name,
             json!(format!("{}/{}", i(v, "/status/readyReplicas"), i(v, "/spec/replicas"))),
@@ -207,11 +448,26 @@ fn cells(rt: &ResourceType, v: &Value) -> Vec<Value> {
                 .unwrap_or(0);
             let waiting = v.pointer("/status/containerStatuses").and_then(Value::as_array).and_then(|a| {
                 a.iter().find_map(|c| {
-                    c.pointer("/state/waiting/reason").and_then(Value::as_str).map(str::to_string)
+                    c.pointer("/state/waiting/reason")
+                        .or_else(|| c.pointer("/state/terminated/reason"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
                 })
             });
             let phase = waiting.unwrap_or_else(|| s(v, "/status/phase"));
-            vec![name, json!(format!("{ready}/{total}")), json!(phase), json!("0"), json!(age(v))]
+            let ip = v.pointer("/status/podIP").and_then(Value::as_str).unwrap_or("<none>");
+            let node = v.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("<none>");
+            vec![
+                name,
+                json!(format!("{ready}/{total}")),
+                json!(phase),
+                json!("0"),
+                json!(age(v)),
+                json!(ip),
+                json!(node),
+                json!("<none>"),
+                json!("<none>"),
+            ]
         }
         ("", "Service") => {
             let ports = v
@@ -316,6 +572,33 @@ fn cells(rt: &ResourceType, v: &Value) -> Vec<Value> {
         }
         _ => vec![name, json!(age(v))],
     }
+}
+
+/// A label selector as kubectl prints it (`a=b,c in (d)`).
+fn selector_text(sel: Option<&Value>) -> String {
+    let Some(sel) = sel else { return "<none>".into() };
+    let mut parts: Vec<String> = sel
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect())
+        .unwrap_or_default();
+    if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
+        for e in exprs {
+            let vals: Vec<&str> = e["values"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let key = e["key"].as_str().unwrap_or("");
+            parts.push(match e["operator"].as_str().unwrap_or("") {
+                "In" => format!("{key} in ({})", vals.join(",")),
+                "NotIn" => format!("{key} notin ({})", vals.join(",")),
+                "Exists" => key.to_string(),
+                "DoesNotExist" => format!("!{key}"),
+                o => format!("{key} {o}"),
+            });
+        }
+    }
+    if parts.is_empty() { "<none>".into() } else { parts.join(",") }
 }
 
 fn row(rt: &ResourceType, v: &Value, q: &Query) -> Value {

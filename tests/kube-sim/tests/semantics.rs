@@ -193,7 +193,14 @@ async fn validation_errors_look_like_the_api_server() {
     assert_eq!(c, 400);
     assert_eq!(e["message"], ".bogus: field not declared in schema");
     // without Strict the unknown field is dropped, with a warning
-    let resp = s.http.post(s.url(CMS)).header("content-type", "application/json").body(body.to_string()).send().await.unwrap();
+    let resp = s
+        .http
+        .post(s.url(CMS))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.headers()["warning"], "299 - \"unknown field \\\"bogus\\\"\"");
     let v: Value = resp.json().await.unwrap();
