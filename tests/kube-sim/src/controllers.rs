@@ -108,7 +108,7 @@ struct Controllers {
     timers: BinaryHeap<Reverse<(Instant, u64, ObjKey)>>,
     seq: u64,
     /// (uid, generation) -> when the controller first saw that generation.
-    first_seen: HashMap<(String, i64), Instant>,
+    first_seen: HashMap<String, (i64, Instant)>,
     /// owner uid -> dependents.
     dependents: HashMap<String, HashSet<ObjKey>>,
     /// Objects waiting for their dependents (foreground / orphan / namespaces).
@@ -136,6 +136,15 @@ impl Controllers {
             dependents: HashMap::new(),
             finalizing: HashSet::new(),
         }
+    }
+
+    /// When the controller first saw this generation of the object.
+    fn seen(&mut self, uid: &str, generation: i64) -> Instant {
+        let e = self.first_seen.entry(uid.to_string()).or_insert((generation, Instant::now()));
+        if e.0 != generation {
+            *e = (generation, Instant::now());
+        }
+        e.1
     }
 
     fn schedule(&mut self, at: Instant, key: ObjKey) {
@@ -216,6 +225,7 @@ impl Controllers {
         if deleted {
             self.finalizing.remove(&key);
             let uid = meta_str(&ev.object, "uid").to_string();
+            self.first_seen.remove(&uid);
             // garbage-collect dependents of the deleted object
             if let Some(deps) = self.dependents.remove(&uid) {
                 for d in deps {
@@ -502,7 +512,7 @@ impl Controllers {
         let uid = meta_str(obj, "uid").to_string();
         let generation = obj.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
         let now = Instant::now();
-        let seen = *self.first_seen.entry((uid, generation)).or_insert(now);
+        let seen = self.seen(&uid, generation);
         let unpullable = is_unpullable(obj, template);
         let delay = self.inner.readiness_delay;
         let deadline = Duration::from_secs(
@@ -666,7 +676,7 @@ impl Controllers {
         let rs_name = format!("{name}-{hash}");
         let rs_gr = gr("apps", "replicasets");
         let now = now_rfc3339();
-        let first_seen = *self.first_seen.entry((uid.clone(), generation)).or_insert_with(Instant::now);
+        let first_seen = self.seen(&uid, generation);
         let deadline = Duration::from_secs(
             obj.pointer("/spec/progressDeadlineSeconds").and_then(Value::as_u64).unwrap_or(600),
         );
