@@ -367,6 +367,8 @@ pub fn compare(old: &Value, new: &Value, schema: &Schema) -> Comparison {
     let b = to_field_set(new, schema);
     let mut c =
         Comparison { added: b.difference(&a), removed: a.difference(&b), modified: FieldSet::default() };
+    // a granular map that appears is itself added (SMD reports the map's own path)
+    added_maps(old, new, schema, &mut Vec::new(), &mut c.added);
     let both = a.intersection(&b);
     for p in both.leaves() {
         if get_path(old, &p.0, schema) != get_path(new, &p.0, schema) {
@@ -374,6 +376,37 @@ pub fn compare(old: &Value, new: &Value, schema: &Schema) -> Comparison {
         }
     }
     c
+}
+
+fn added_maps(old: &Value, new: &Value, schema: &Schema, prefix: &mut Vec<PathElement>, out: &mut FieldSet) {
+    if schema.is_atomic() {
+        return;
+    }
+    if let Value::Object(nm) = new {
+        for (k, nv) in nm {
+            let (cs, _) = schema.field(k);
+            let ov = old.as_object().and_then(|o| o.get(k));
+            prefix.push(PathElement::Field(k.clone()));
+            if matches!(cs, Schema::Map(_)) && nv.is_object() && ov.is_none_or(Value::is_null) {
+                out.insert(prefix);
+            }
+            if nv.is_object() {
+                added_maps(ov.unwrap_or(&Value::Null), nv, &cs, prefix, out);
+            } else if let (Value::Array(items), Some((kind @ ListKind::Map(_), elem))) = (nv, cs.list()) {
+                for it in items {
+                    if let Some(pe) = item_key(it, kind) {
+                        let old_item = ov
+                            .and_then(Value::as_array)
+                            .and_then(|a| a.iter().find(|o| item_key(o, kind).as_ref() == Some(&pe)));
+                        prefix.push(pe);
+                        added_maps(old_item.unwrap_or(&Value::Null), it, elem, prefix, out);
+                        prefix.pop();
+                    }
+                }
+            }
+            prefix.pop();
+        }
+    }
 }
 
 /// The value at a path.

@@ -134,6 +134,15 @@ async fn ssa_update_ownership_and_status_reset() {
         .clone();
     assert_eq!(editor["operation"], "Update");
     assert_eq!(editor["fieldsV1"], json!({"f:data": {"f:a": {}}}));
+    // a manager that creates a map owns the map itself too (".")
+    let (c, created) = s
+        .req("POST", &format!("{CMS}?fieldManager=creator"), "application/json", Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "made", "labels": {"x": "y"}}, "data": {"k": "v"}})))
+        .await;
+    assert_eq!(c, 201);
+    assert_eq!(
+        created["metadata"]["managedFields"][0]["fieldsV1"],
+        json!({"f:data": {".": {}, "f:k": {}}, "f:metadata": {"f:labels": {".": {}, "f:x": {}}}})
+    );
     // re-applying the old value now conflicts with the Update manager
     let (c, e) = s.apply(&format!("{CMS}/c"), "applier", false, cm).await;
     assert_eq!(c, 409);
