@@ -93,9 +93,10 @@ pub fn parse_files<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> 
 /// about (a syntax error, tags, aliases, merge keys, a scalar that might not
 /// be a string, a `v1/List`) goes through [`parse_file`]'s path.
 pub fn check_file(file: &str, bytes: &[u8]) -> Result<usize> {
+    let text = manifest_text(file, bytes)?;
     let mut n = 0;
-    for unit in check_units(file, bytes)? {
-        n += check_unit(file, bytes, &unit)?;
+    for unit in check_units(file, text) {
+        n += check_unit(file, text, &unit)?;
     }
     Ok(n)
 }
@@ -110,24 +111,23 @@ pub(crate) enum CheckUnit {
 }
 
 /// Split a file into independently checkable units (YAML documents).
-pub(crate) fn check_units(file: &str, bytes: &[u8]) -> Result<Vec<CheckUnit>> {
-    let text = manifest_text(file, bytes)?;
+/// `text` comes from [`manifest_text`].
+pub(crate) fn check_units(file: &str, text: &str) -> Vec<CheckUnit> {
     if is_json(file) {
-        return Ok(vec![CheckUnit::Json]);
+        return vec![CheckUnit::Json];
     }
     let base = text.as_ptr() as usize;
-    Ok(convoy_core::yaml::documents(text)
+    convoy_core::yaml::documents(text)
         .into_iter()
         .map(|d| {
             let start = d.text.as_ptr() as usize - base;
             CheckUnit::Yaml { start, end: start + d.text.len(), index: d.index, line: d.start_line }
         })
-        .collect())
+        .collect()
 }
 
 /// Check one unit; returns its object count.
-pub(crate) fn check_unit(file: &str, bytes: &[u8], unit: &CheckUnit) -> Result<usize> {
-    let text = manifest_text(file, bytes)?;
+pub(crate) fn check_unit(file: &str, text: &str, unit: &CheckUnit) -> Result<usize> {
     match *unit {
         CheckUnit::Json => {
             let mut n = 0;
@@ -158,7 +158,7 @@ fn is_json(file: &str) -> bool {
 }
 
 /// The UTF-8 text of a manifest file (without a BOM), or the error naming it.
-fn manifest_text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str> {
+pub(crate) fn manifest_text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str> {
     if !is_manifest_name(file) {
         return Err(Error::Manifest {
             file: file.into(),

@@ -285,11 +285,14 @@ fn pack_sorted(files: &[(String, Vec<u8>)], limits: &Limits) -> Result<PackedArt
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     let mut units = Vec::new();
+    let mut texts = Vec::with_capacity(files.len());
     for (i, (path, content)) in files.iter().enumerate() {
         check_path(path)?;
-        for u in manifest::check_units(path, content)? {
+        let text = manifest::manifest_text(path, content)?;
+        for u in manifest::check_units(path, text) {
             units.push((i, u));
         }
+        texts.push(text);
     }
     let next = AtomicUsize::new(0);
     let first_error = AtomicUsize::new(usize::MAX);
@@ -305,8 +308,7 @@ fn pack_sorted(files: &[(String, Vec<u8>)], limits: &Limits) -> Result<PackedArt
                 continue;
             }
             let (f, unit) = &units[i];
-            let (path, content) = &files[*f];
-            match manifest::check_unit(path, content, unit) {
+            match manifest::check_unit(&files[*f].0, texts[*f], unit) {
                 Ok(n) => {
                     objects.fetch_add(n, Ordering::Relaxed);
                 }

@@ -194,7 +194,7 @@ fn golden_digest() {
     assert_eq!(p.digest, GOLDEN, "artifact bytes changed");
 }
 
-const GOLDEN: &str = "sha256:ad98974bd99594c7555a3dbe1d5be27903c72e559ca8dd953f5cf86484042d95";
+const GOLDEN: &str = "sha256:ab4730eb7bbbb87a66569012de92c08a783f43f85c4bdcb68c447d454ed8bfd2";
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
