@@ -480,15 +480,63 @@ pub fn validate(rt: &ResourceType, v: &Value) -> Vec<Cause> {
             c.push(invalid_value("metadata.name", &json!(name), msg));
         }
     }
-    if let Some(labels) = v.pointer("/metadata/labels").and_then(Value::as_object) {
-        for (k, val) in labels {
-            let s = val.as_str().unwrap_or("");
-            if s.len() > 63
-                || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-            {
-                c.push(invalid_value("metadata.labels", val, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+    for (field, labels) in [
+        ("metadata.labels", v.pointer("/metadata/labels")),
+        ("spec.template.metadata.labels", v.pointer("/spec/template/metadata/labels")),
+    ] {
+        for (k, val) in labels.and_then(Value::as_object).into_iter().flatten() {
+            if let Some(msg) = qualified_name_problem(k) {
+                c.push(invalid_value(field, &json!(k), &msg));
             }
-            let _ = k;
+            let s = val.as_str().unwrap_or("");
+            if s.len() > 63 {
+                c.push(invalid_value(field, val, "must be no more than 63 characters"));
+            } else if !is_label_value(s) {
+                c.push(invalid_value(field, val, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"));
+            }
+        }
+    }
+    if let Some(ann) = v.pointer("/metadata/annotations").and_then(Value::as_object) {
+        let total: usize = ann.iter().map(|(k, v)| k.len() + v.as_str().map(str::len).unwrap_or(0)).sum();
+        if total > 262_144 {
+            c.push(Cause {
+                reason: "FieldValueTooLong".into(),
+                message: "Too long: must have at most 262144 bytes".into(),
+                field: "metadata.annotations".into(),
+            });
+        }
+        for k in ann.keys() {
+            if let Some(msg) = qualified_name_problem(k) {
+                c.push(invalid_value("metadata.annotations", &json!(k), &msg));
+            }
+        }
+    }
+    if rt.crd.is_none() && rt.group.is_empty() && (rt.kind == "ConfigMap" || rt.kind == "Secret") {
+        let size = |f: &str, decode: bool| -> usize {
+            v.get(f)
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, x)| {
+                            let s = x.as_str().unwrap_or("");
+                            k.len() + if decode { s.len() / 4 * 3 } else { s.len() }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        };
+        let total = if rt.kind == "ConfigMap" {
+            size("data", false) + size("binaryData", true)
+        } else {
+            size("data", true)
+        };
+        if total > 1_048_576 {
+            let field = if rt.kind == "ConfigMap" { "[]" } else { "data" };
+            c.push(Cause {
+                reason: "FieldValueTooLong".into(),
+                message: "Too long: must have at most 1048576 bytes".into(),
+                field: field.into(),
+            });
         }
     }
     let pod_spec_path = match (rt.group.as_str(), rt.kind.as_str()) {
@@ -606,4 +654,34 @@ fn validate_crd(v: &Value, name: &str, c: &mut Vec<Cause>) {
             }
         }
     }
+}
+
+fn is_label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
+}
+
+/// Problems of a label/annotation key (`prefix/name`), worded like the API server.
+fn qualified_name_problem(k: &str) -> Option<String> {
+    let (prefix, name) = match k.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    if let Some(p) = prefix
+        && !is_dns1123_subdomain(p)
+    {
+        return Some("prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".into());
+    }
+    if name.is_empty() {
+        return Some("name part must be non-empty".into());
+    }
+    if name.len() > 63 {
+        return Some("name part must be no more than 63 characters".into());
+    }
+    if !is_label_value(name) {
+        return Some("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')".into());
+    }
+    None
 }

@@ -122,6 +122,25 @@ async fn heavy_kubectl_server_side_apply_of_the_corpus() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_kubectl_client_side_apply_of_big_crds_fails_like_a_real_cluster() {
+    let s = Sim::start().await;
+    let argo = corpus().join("argo-cd/manifests/install.yaml");
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(NS_ARGOCD)).await;
+    // the last-applied annotation of the ApplicationSet CRD exceeds the 256 KiB annotation limit
+    let (code, out, err) = s.kubectl(&["apply", "-n", "argocd", "-f", argo.to_str().unwrap()]).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("The CustomResourceDefinition \"applicationsets.argoproj.io\" is invalid: metadata.annotations: Too long: must have at most 262144 bytes"),
+        "{err}"
+    );
+    assert!(
+        out.contains("customresourcedefinition.apiextensions.k8s.io/applications.argoproj.io created"),
+        "{out}"
+    );
+    assert!(out.contains("deployment.apps/argocd-server created"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_kubectl_field_manager_conflict_and_force() {
     let s = Sim::start().await;
     let cm = |v: &str| {

@@ -219,6 +219,15 @@ async fn validation_errors_look_like_the_api_server() {
     let (c, e) = s.req("POST", CMS, "application/json", Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}, "data": {"k": big}}))).await;
     assert_eq!(c, 413);
     assert_eq!(e["reason"], "RequestEntityTooLarge");
+    // a ConfigMap over 1 MiB of data
+    let big = "x".repeat(1024 * 1024 + 1);
+    let (c, e) = s.req("POST", CMS, "application/json", Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "mib"}, "data": {"k": big}}))).await;
+    assert_eq!(c, 422);
+    assert_eq!(e["message"], "ConfigMap \"mib\" is invalid: []: Too long: must have at most 1048576 bytes");
+    // label keys and values
+    let (c, e) = s.req("POST", CMS, "application/json", Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "lbl", "labels": {"ok": "-bad-"}}}))).await;
+    assert_eq!(c, 422);
+    assert_eq!(e["details"]["causes"][0]["field"], "metadata.labels");
     // already exists
     let (c, e) = s
         .req(
