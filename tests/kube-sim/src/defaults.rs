@@ -248,6 +248,9 @@ fn default_template(v: &mut Value) {
 /// Apply the defaults real API servers set (a documented subset).
 pub fn apply_defaults(rt: &ResourceType, v: &mut Value) {
     if rt.crd.is_some() {
+        if let Some(schema) = &rt.openapi {
+            crate::crdschema::apply_defaults(v, schema);
+        }
         return;
     }
     match (rt.group.as_str(), rt.kind.as_str()) {
@@ -597,6 +600,11 @@ pub fn validate(rt: &ResourceType, v: &Value) -> Vec<Cause> {
         if ty != "ExternalName" && !headless && ports == 0 {
             c.push(required("spec.ports", ""));
         }
+    }
+    if rt.crd.is_some()
+        && let Some(schema) = &rt.openapi
+    {
+        c.extend(crate::crdschema::validate(v, schema));
     }
     if rt.kind == "CustomResourceDefinition" && rt.group == "apiextensions.k8s.io" {
         validate_crd(v, name, &mut c);

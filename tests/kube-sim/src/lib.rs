@@ -32,6 +32,7 @@ use tracing::Instrument;
 mod api;
 mod controllers;
 mod crd;
+mod crdschema;
 mod defaults;
 pub mod faults;
 pub mod fieldpath;

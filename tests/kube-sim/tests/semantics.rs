@@ -537,6 +537,7 @@ async fn crd_types_are_served_with_schema_pruning_and_status() {
                 "schema": {"openAPIV3Schema": {"type": "object", "properties": {
                     "spec": {"type": "object", "properties": {
                         "size": {"type": "integer"},
+                        "color": {"type": "string", "default": "blue", "enum": ["blue", "red"]},
                         "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
                                   "items": {"type": "object", "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}}}}},
                     "status": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}}}]}});
@@ -557,6 +558,21 @@ async fn crd_types_are_served_with_schema_pruning_and_status() {
     let (c, a) = s.apply(path, "a", false, w(json!([{"name": "http", "port": 80}]))).await;
     assert_eq!(c, 201, "{a}");
     assert!(a["spec"].get("extra").is_none(), "unknown fields are pruned");
+    assert_eq!(a["spec"]["color"], "blue", "schema defaults are applied");
+    // values are validated against the schema
+    let (c, e) = s
+        .apply(
+            "/apis/example.com/v1/namespaces/default/widgets/bad",
+            "a",
+            false,
+            json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "bad"}, "spec": {"size": "big", "color": "green"}}),
+        )
+        .await;
+    assert_eq!(c, 422, "{e}");
+    assert_eq!(
+        e["message"],
+        "Widget.example.com \"bad\" is invalid: [spec.size: Invalid value: \"string\": spec.size in body must be of type integer: \"string\", spec.color: Unsupported value: \"green\": supported values: \"blue\", \"red\"]"
+    );
     // associative list from the schema: b adds an item without conflict
     let (c, b) = s.apply(path, "b", false, json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"ports": [{"name": "https", "port": 443}]}})).await;
     assert_eq!(c, 200, "{b}");
