@@ -11,6 +11,7 @@ use clap::Parser;
 
 use convoy_bench::report::{self, Measurement};
 
+mod artifacts;
 mod hub;
 mod kubesim;
 
@@ -42,7 +43,8 @@ type AreaFn =
     fn(Ctx) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<Measurement>>>>>;
 
 /// The areas, in run order. Each area module adds itself here.
-const AREAS: &[(&str, AreaFn)] = &[("kube-sim", kubesim::run), ("hub", hub::run)];
+const AREAS: &[(&str, AreaFn)] =
+    &[("kube-sim", kubesim::run), ("hub", hub::run), ("artifacts", artifacts::run)];
 
 fn main() -> ExitCode {
     let args = Args::parse();
