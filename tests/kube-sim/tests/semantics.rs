@@ -711,3 +711,48 @@ async fn discovery_legacy_and_aggregated() {
     assert_eq!(c, 200);
     assert_eq!(v["major"], "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_serialized() {
+    let s = std::sync::Arc::new(Sim::start().await);
+    // the same name created 16 times at once: one 201, fifteen AlreadyExists
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.req(
+                "POST",
+                CMS,
+                "application/json",
+                Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "race"}})),
+            )
+            .await
+            .0
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 201).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 409).count(), 15, "{codes:?}");
+    // 16 managers apply their own key concurrently: every key lands, each manager owns its key
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "race"}, "data": {format!("k{i}"): i.to_string()}});
+            s.apply(&format!("{CMS}/race"), &format!("m{i}"), false, cm).await.0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let (_, v) = s.get(&format!("{CMS}/race")).await;
+    assert_eq!(v["data"].as_object().unwrap().len(), 16);
+    let mf = v["metadata"]["managedFields"].as_array().unwrap();
+    for i in 0..16 {
+        let e = mf.iter().find(|e| e["manager"] == format!("m{i}").as_str()).unwrap();
+        assert_eq!(e["fieldsV1"]["f:data"], json!({format!("f:k{i}"): {}}));
+    }
+}
