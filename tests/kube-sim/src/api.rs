@@ -1290,7 +1290,7 @@ impl Inner {
                 // mark for deletion; controllers (or clients) remove finalizers
                 if already && extra.is_none() {
                     return Ok(json_response(
-                        if rt.crd.is_some() || is_ns { 200 } else { 202 },
+                        if is_ns { 200 } else { 202 },
                         &for_version(rt, &cur),
                     ));
                 }
@@ -1315,7 +1315,7 @@ impl Inner {
                     Ok((_, Some(obj))) => {
                         self.kick.notify_one();
                         return Ok(json_response(
-                            if is_ns || rt.crd.is_some() { 200 } else { 202 },
+                            if is_ns { 200 } else { 202 },
                             &for_version(rt, &obj),
                         ));
                     }
