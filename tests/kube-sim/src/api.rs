@@ -1289,10 +1289,7 @@ impl Inner {
             if !finalizers.is_empty() || is_ns {
                 // mark for deletion; controllers (or clients) remove finalizers
                 if already && extra.is_none() {
-                    return Ok(json_response(
-                        if is_ns { 200 } else { 202 },
-                        &for_version(rt, &cur),
-                    ));
+                    return Ok(json_response(if is_ns { 200 } else { 202 }, &for_version(rt, &cur)));
                 }
                 let mut v = (*cur).clone();
                 if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -1314,10 +1311,7 @@ impl Inner {
                 match self.store.commit(&gr, &key, Some(&cur), Some(v)) {
                     Ok((_, Some(obj))) => {
                         self.kick.notify_one();
-                        return Ok(json_response(
-                            if is_ns { 200 } else { 202 },
-                            &for_version(rt, &obj),
-                        ));
+                        return Ok(json_response(if is_ns { 200 } else { 202 }, &for_version(rt, &obj)));
                     }
                     Ok(_) => return Err(ApiError::internal("object vanished")),
                     Err(_) => continue,

@@ -1,6 +1,7 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), which
 //! kubectl's typed generators send (`kubectl create namespace|configmap|secret|
-//! serviceaccount|deployment`): the `k8s\0` envelope (runtime.Unknown), the protobuf wire
+//! serviceaccount|deployment|service|job|cronjob|role|rolebinding|clusterrole|
+//! clusterrolebinding`): the `k8s\0` envelope (runtime.Unknown), the protobuf wire
 //! format, and a field table for the kinds those generators produce, decoded
 //! into the JSON form the rest of the server works with. Other kinds answer 415.
 
@@ -19,6 +20,8 @@ enum Ty {
     RepStr,
     RepMsg(&'static [F]),
     Time,
+    /// intstr.IntOrString {type, intVal, strVal}
+    IntOrString,
 }
 
 type F = (u32, &'static str, Ty);
@@ -78,6 +81,54 @@ const DEPLOYMENT_SPEC: &[F] = &[
     (5, "minReadySeconds", Ty::Int),
 ];
 const DEPLOYMENT: &[F] = &[(1, "metadata", Ty::Msg(OBJECT_META)), (2, "spec", Ty::Msg(DEPLOYMENT_SPEC))];
+
+const SERVICE_PORT: &[F] = &[
+    (1, "name", Ty::Str),
+    (2, "protocol", Ty::Str),
+    (3, "port", Ty::Int),
+    (4, "targetPort", Ty::IntOrString),
+    (5, "nodePort", Ty::Int),
+];
+const SERVICE_SPEC: &[F] = &[
+    (1, "ports", Ty::RepMsg(SERVICE_PORT)),
+    (2, "selector", Ty::MapStr),
+    (3, "clusterIP", Ty::Str),
+    (4, "type", Ty::Str),
+    (10, "externalName", Ty::Str),
+];
+const SERVICE: &[F] = &[(1, "metadata", Ty::Msg(OBJECT_META)), (2, "spec", Ty::Msg(SERVICE_SPEC))];
+const JOB_SPEC: &[F] = &[
+    (1, "parallelism", Ty::Int),
+    (2, "completions", Ty::Int),
+    (3, "activeDeadlineSeconds", Ty::Int),
+    (6, "template", Ty::Msg(POD_TEMPLATE)),
+    (7, "backoffLimit", Ty::Int),
+];
+const JOB: &[F] = &[(1, "metadata", Ty::Msg(OBJECT_META)), (2, "spec", Ty::Msg(JOB_SPEC))];
+const JOB_TEMPLATE: &[F] = &[(1, "metadata", Ty::Msg(OBJECT_META)), (2, "spec", Ty::Msg(JOB_SPEC))];
+const CRON_JOB_SPEC: &[F] = &[
+    (1, "schedule", Ty::Str),
+    (3, "concurrencyPolicy", Ty::Str),
+    (5, "jobTemplate", Ty::Msg(JOB_TEMPLATE)),
+    (8, "timeZone", Ty::Str),
+];
+const CRON_JOB: &[F] = &[(1, "metadata", Ty::Msg(OBJECT_META)), (2, "spec", Ty::Msg(CRON_JOB_SPEC))];
+const POLICY_RULE: &[F] = &[
+    (1, "verbs", Ty::RepStr),
+    (2, "apiGroups", Ty::RepStr),
+    (3, "resources", Ty::RepStr),
+    (4, "resourceNames", Ty::RepStr),
+    (5, "nonResourceURLs", Ty::RepStr),
+];
+const ROLE: &[F] = &[(1, "metadata", Ty::Msg(OBJECT_META)), (2, "rules", Ty::RepMsg(POLICY_RULE))];
+const SUBJECT: &[F] =
+    &[(1, "kind", Ty::Str), (2, "apiGroup", Ty::Str), (3, "name", Ty::Str), (4, "namespace", Ty::Str)];
+const ROLE_REF: &[F] = &[(1, "apiGroup", Ty::Str), (2, "kind", Ty::Str), (3, "name", Ty::Str)];
+const ROLE_BINDING: &[F] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META)),
+    (2, "subjects", Ty::RepMsg(SUBJECT)),
+    (3, "roleRef", Ty::Msg(ROLE_REF)),
+];
 
 const CONFIG_MAP: &[F] = &[
     (1, "metadata", Ty::Msg(OBJECT_META)),
@@ -213,6 +264,18 @@ fn message(b: &[u8], table: &[F]) -> Result<Map<String, Value>, String> {
                     a.push(Value::Object(m));
                 }
             }
+            (Ty::IntOrString, Wire::Len(x)) => {
+                let (mut ty, mut int, mut st) = (0u64, 0i64, String::new());
+                for (m, w2) in fields(x)? {
+                    match (m, w2) {
+                        (1, Wire::Varint(v)) => ty = v,
+                        (2, Wire::Varint(v)) => int = v as i64,
+                        (3, Wire::Len(b)) => st = text(b)?,
+                        _ => {}
+                    }
+                }
+                out.insert(name, if ty == 1 { json!(st) } else { json!(int) });
+            }
             (Ty::Time, Wire::Len(x)) => {
                 let mut secs = 0i64;
                 for (n, w) in fields(x)? {
@@ -262,6 +325,11 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
         ("v1", "Namespace") => NAMESPACE,
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
         ("apps/v1", "Deployment") => DEPLOYMENT,
+        ("v1", "Service") => SERVICE,
+        ("batch/v1", "Job") => JOB,
+        ("batch/v1", "CronJob") => CRON_JOB,
+        ("rbac.authorization.k8s.io/v1", "Role" | "ClusterRole") => ROLE,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => ROLE_BINDING,
         _ => {
             return Err(format!(
                 "protobuf bodies of {api_version} {kind} are not supported by kube-sim; send JSON"

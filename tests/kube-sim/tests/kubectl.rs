@@ -420,8 +420,49 @@ async fn heavy_kubectl_create_generators_send_protobuf() {
     assert_eq!(revs, vec!["2", "3"], "{hist}");
     let rs = s.kubectl_ok(&["get", "rs", "-n", "gen", "-o", "name"]).await;
     assert_eq!(rs.lines().count(), 2, "{rs}");
+    s.kubectl_ok(&["create", "service", "clusterip", "web", "-n", "gen", "--tcp=80:8080"]).await;
+    s.kubectl_ok(&["create", "job", "once", "-n", "gen", "--image=busybox:1", "--", "echo", "hi"]).await;
+    s.kubectl_ok(&["create", "role", "reader", "-n", "gen", "--verb=get,list", "--resource=pods"]).await;
+    s.kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "reader",
+        "-n",
+        "gen",
+        "--role=reader",
+        "--serviceaccount=gen:robot",
+    ])
+    .await;
+    s.kubectl_ok(&["wait", "--for=condition=Complete", "job/once", "-n", "gen", "--timeout=60s"]).await;
+    let svc: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "svc", "web", "-n", "gen", "-o", "json"]).await).unwrap();
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(svc["spec"]["selector"]["app"], "web");
+    let role: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "role", "reader", "-n", "gen", "-o", "json"]).await)
+            .unwrap();
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}])
+    );
+    let rb: Value = serde_json::from_str(
+        &s.kubectl_ok(&["get", "rolebinding", "reader", "-n", "gen", "-o", "json"]).await,
+    )
+    .unwrap();
+    assert_eq!(rb["subjects"][0]["name"], "robot");
+    assert_eq!(rb["roleRef"]["kind"], "Role");
     // a generator kind without a protobuf table is refused with a clear message
-    let (code, _, err) = s.kubectl(&["create", "job", "j", "-n", "gen", "--image=busybox"]).await;
+    let (code, _, err) = s
+        .kubectl(&[
+            "create",
+            "poddisruptionbudget",
+            "p",
+            "-n",
+            "gen",
+            "--selector=app=web",
+            "--min-available=1",
+        ])
+        .await;
     assert_ne!(code, 0);
     assert!(err.contains("not supported by kube-sim"), "{err}");
 }
