@@ -372,6 +372,27 @@ impl Engine {
             }
         }
 
+        // Live metadata of every object the inventory knows, fetched at once
+        // (not stage by stage): an unchanged bundle needs nothing else.
+        let known: Vec<&DesiredObject> = plan
+            .objects
+            .iter()
+            .filter(|o| prev_by_key.get(&o.key).is_some_and(|e| !e.hash.is_empty()))
+            .collect();
+        let metas: Vec<Result<Option<MetaOnly>>> = futures::stream::iter(
+            known
+                .iter()
+                .map(|o| async move { ObjApi::new(&self.client, &o.resource, &o.key).get_meta().await })
+                .collect::<Vec<_>>(),
+        )
+        .buffered(self.concurrency)
+        .collect()
+        .await;
+        let mut live: HashMap<ObjKey, Option<MetaOnly>> = HashMap::with_capacity(known.len());
+        for (o, m) in known.iter().zip(metas) {
+            live.insert(o.key.clone(), m?);
+        }
+
         let mut entries: BTreeMap<ObjKey, Entry> = BTreeMap::new();
         for stage in Stage::ALL {
             if cancel.is_cancelled() {
@@ -381,10 +402,12 @@ impl Engine {
             if objs.is_empty() {
                 continue;
             }
+            let stage_start = Instant::now();
             let results: Vec<(ObjKey, Result<Applied>)> = futures::stream::iter(
                 objs.iter()
                     .map(|o| async {
-                        let r = self.apply_one(o, prev_by_key.get(&o.key), opts.force).await;
+                        let r =
+                            self.apply_one(o, prev_by_key.get(&o.key), live.get(&o.key), opts.force).await;
                         (o.key.clone(), r)
                     })
                     .collect::<Vec<_>>(),
@@ -418,6 +441,12 @@ impl Engine {
                     }
                 }
             }
+            tracing::debug!(
+                ?stage,
+                objects = objs.len(),
+                elapsed_ms = stage_start.elapsed().as_millis() as u64,
+                "stage applied"
+            );
             if !failures.is_empty() {
                 return Err(merge_errors(failures));
             }
@@ -481,17 +510,32 @@ impl Engine {
         Ok(())
     }
 
-    async fn apply_one(&self, obj: &DesiredObject, prev: Option<&Entry>, force: bool) -> Result<Applied> {
+    async fn apply_one(
+        &self,
+        obj: &DesiredObject,
+        prev: Option<&Entry>,
+        live: Option<&Option<MetaOnly>>,
+        force: bool,
+    ) -> Result<Applied> {
         let api = ObjApi::new(&self.client, &obj.resource, &obj.key);
-        let Some(live) = api.get_meta().await? else {
+        let Some(prev) = prev.filter(|p| !p.hash.is_empty()) else {
+            // Not applied by this bundle before: apply directly. The API
+            // server says whether that created it (201) or adopted an
+            // existing object (200).
+            let (created, m) = api.apply_created(&obj.body, force).await?;
+            let action = if created { Action::Created } else { Action::Configured };
+            return Ok((action, Vec::new(), entry_for(obj, Some(&m), obj.hash.clone())));
+        };
+        let live = match live {
+            Some(l) => l.clone(),
+            None => api.get_meta().await?,
+        };
+        let Some(live) = live else {
             let m = api.apply(&obj.body, force).await?;
             return Ok((Action::Created, Vec::new(), entry_for(obj, Some(&m), obj.hash.clone())));
         };
-        if let Some(p) = prev
-            && p.hash == obj.hash
-            && live_matches(p, &live, &obj.meta_keys)
-        {
-            return Ok((Action::Unchanged, Vec::new(), p.clone()));
+        if prev.hash == obj.hash && live_matches(prev, &live, &obj.meta_keys) {
+            return Ok((Action::Unchanged, Vec::new(), prev.clone()));
         }
         let dry = api.dry_run(&obj.body, force).await?;
         let Some(full) = api.get().await? else {
@@ -502,9 +546,10 @@ impl Engine {
         if fields.is_empty() {
             // In sync already. Keep the recorded entry when only the live
             // metadata moved (a status update), so that nothing is written.
-            let entry = match prev {
-                Some(p) if p.hash == obj.hash => p.clone(),
-                _ => entry_for(obj, Some(&live), obj.hash.clone()),
+            let entry = if prev.hash == obj.hash {
+                prev.clone()
+            } else {
+                entry_for(obj, Some(&meta_of(&full)), obj.hash.clone())
             };
             return Ok((Action::Unchanged, Vec::new(), entry));
         }

@@ -375,7 +375,7 @@ pub async fn wait(
     let deadline = Instant::now() + timeout;
     let mut done: Vec<ObjectHealth> = Vec::with_capacity(targets.len());
     let mut pending: Vec<&(ObjKey, ResourceInfo)> = targets.iter().collect();
-    let mut interval = Duration::from_millis(200);
+    let mut interval = Duration::from_millis(25);
     loop {
         let last = Instant::now() >= deadline;
         let results: Vec<Result<ObjectHealth>> = futures::stream::iter(

@@ -82,6 +82,32 @@ where
     }
 }
 
+/// Send a request and decode a JSON body, returning the HTTP status too
+/// (server-side apply answers 201 when it created the object). API errors
+/// become `kube::Error::Api` exactly as `Client::request` makes them.
+pub async fn send_json<T: serde::de::DeserializeOwned>(
+    client: &kube::Client,
+    req: http::Request<Vec<u8>>,
+) -> std::result::Result<(u16, T), kube::Error> {
+    use http_body_util::BodyExt;
+    let res = client.send(req.map(kube::client::Body::from)).await?;
+    let status = res.status();
+    let bytes = res.into_body().collect().await?.to_bytes();
+    if status.is_client_error() || status.is_server_error() {
+        let st = match serde_json::from_slice::<kube::core::Status>(&bytes) {
+            Ok(s) => s,
+            Err(_) => kube::core::Status::failure(
+                String::from_utf8_lossy(&bytes).trim(),
+                "Failed to parse error data",
+            )
+            .with_code(status.as_u16()),
+        };
+        return Err(kube::Error::Api(st.boxed()));
+    }
+    let v = serde_json::from_slice(&bytes).map_err(kube::Error::SerdeError)?;
+    Ok((status.as_u16(), v))
+}
+
 /// Requests for one object.
 pub struct ObjApi<'a> {
     client: &'a kube::Client,
@@ -101,10 +127,12 @@ impl<'a> ObjApi<'a> {
         }
     }
 
-    /// GET the metadata only; `None` when the object does not exist.
+    /// GET the metadata only (a PartialObjectMetadata request: API servers
+    /// that support it send no spec); `None` when the object does not exist.
     pub async fn get_meta(&self) -> Result<Option<MetaOnly>> {
         let r = retry_transient(&self.what, || async {
-            let req = self.req.get(self.name, &Default::default()).map_err(kube::Error::BuildRequest)?;
+            let req =
+                self.req.get_metadata(self.name, &Default::default()).map_err(kube::Error::BuildRequest)?;
             self.client.request::<MetaOnly>(req).await
         })
         .await;
@@ -130,12 +158,18 @@ impl<'a> ObjApi<'a> {
 
     /// Server-side apply `body`; returns the resulting metadata.
     pub async fn apply(&self, body: &str, force: bool) -> Result<MetaOnly> {
-        self.apply_as::<MetaOnly>(body, force, false).await
+        self.apply_as::<MetaOnly>(body, force, false).await.map(|(_, m)| m)
+    }
+
+    /// Server-side apply `body`; returns whether it created the object, and
+    /// the resulting metadata.
+    pub async fn apply_created(&self, body: &str, force: bool) -> Result<(bool, MetaOnly)> {
+        self.apply_as::<MetaOnly>(body, force, false).await.map(|(code, m)| (code == 201, m))
     }
 
     /// Server-side dry-run apply; returns the whole object the apply would produce.
     pub async fn dry_run(&self, body: &str, force: bool) -> Result<Value> {
-        self.apply_as::<Value>(body, force, true).await
+        self.apply_as::<Value>(body, force, true).await.map(|(_, v)| v)
     }
 
     async fn apply_as<T: serde::de::DeserializeOwned>(
@@ -143,14 +177,14 @@ impl<'a> ObjApi<'a> {
         body: &str,
         force: bool,
         dry: bool,
-    ) -> Result<T> {
+    ) -> Result<(u16, T)> {
         let raw: &RawValue = serde_json::from_str(body)
             .map_err(|e| Error::Config(format!("{}: body is not JSON: {e}", self.what)))?;
         let pp = Self::apply_params(force, dry);
         let r = retry_transient(&self.what, || async {
             let req =
                 self.req.patch(self.name, &pp, &Patch::Apply(raw)).map_err(kube::Error::BuildRequest)?;
-            self.client.request::<T>(req).await
+            send_json::<T>(self.client, req).await
         })
         .await;
         r.map_err(|e| match conflicts(&self.what, &e) {

@@ -211,11 +211,20 @@ pub async fn apply_dir(
 ) -> Result<OneShotReport> {
     let start = Instant::now();
     let v = verify_dir(&opts.dir, &opts.keys, opts.bundle.as_deref())?;
+    let verified = start.elapsed();
     let (bundle, generation, revision) =
         (v.statement.bundle.clone(), v.statement.generation, v.statement.source.revision.clone());
     let engine = Engine::new(client, &opts.namespace, opts.concurrency);
     let plan = plan_dir(&engine, v, opts).await?;
+    let planned = start.elapsed();
     let apply = engine.apply(&plan, ApplyOptions { force: opts.force, prune: opts.prune }, cancel).await;
+    tracing::debug!(
+        verify_ms = verified.as_millis() as u64,
+        plan_ms = (planned - verified).as_millis() as u64,
+        apply_ms = apply.duration.as_millis() as u64,
+        objects = plan.objects.len(),
+        "one-shot apply"
+    );
     let mut health = Vec::new();
     if opts.wait && apply.error.is_none() {
         let left = opts.timeout.saturating_sub(start.elapsed());
