@@ -649,6 +649,18 @@ impl Controllers {
                     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": k.1, "labels": labels,
                         "annotations": annotations, "ownerReferences": owner}, "spec": spec}),
                 );
+                let component = match kind.as_str() {
+                    "ReplicaSet" => "replicaset-controller",
+                    "StatefulSet" => "statefulset-controller",
+                    "DaemonSet" => "daemonset-controller",
+                    _ => "job-controller",
+                };
+                let msg = if kind == "StatefulSet" {
+                    format!("create Pod {name} in StatefulSet {} successful", k.2)
+                } else {
+                    format!("Created pod: {name}")
+                };
+                self.event(obj, "Normal", "SuccessfulCreate", &msg, component);
                 created += 1;
             }
             pods = self
@@ -715,6 +727,13 @@ impl Controllers {
             );
             created_now = true;
             new_rs = self.inner.store.get(&rs_gr, &k.1, &rs_name);
+            self.event(
+                obj,
+                "Normal",
+                "ScalingReplicaSet",
+                &format!("Scaled up replica set {rs_name} from 0 to {replicas}"),
+                "deployment-controller",
+            );
         }
         let Some(mut new_rs) = new_rs else { return };
         let rs_rt = self.rt_for(&rs_gr);
@@ -749,7 +768,15 @@ impl Controllers {
             && let Some(rt) = &rs_rt
         {
             for old in rss.iter().filter(|r| meta_str(r, "name") != rs_name) {
-                if old.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0) != 0 {
+                let from = old.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+                if from != 0 {
+                    self.event(
+                        obj,
+                        "Normal",
+                        "ScalingReplicaSet",
+                        &format!("Scaled down replica set {} from {from} to 0", meta_str(old, "name")),
+                        "deployment-controller",
+                    );
                     let _ = self.inner.patch_with(
                         rt,
                         &k.1,
@@ -845,13 +872,42 @@ impl Controllers {
         });
     }
 
-    fn write_status(&self, k: &ObjKey, f: &mut dyn FnMut(&Value) -> Value) {
-        let Some(rt) = self.rt_for(&k.0) else { return };
-        let _ = self.inner.patch_with(&rt, &k.1, &k.2, Some("status"), MANAGER, false, &mut |cur| {
-            let mut v = (**cur).clone();
-            v["status"] = f(cur);
-            Ok(v)
-        });
+    /// Write the status; returns (old status, new status) when it changed.
+    fn write_status(&self, k: &ObjKey, f: &mut dyn FnMut(&Value) -> Value) -> Option<(Value, Value)> {
+        let rt = self.rt_for(&k.0)?;
+        let mut old = Value::Null;
+        let (v, changed) = self
+            .inner
+            .patch_with(&rt, &k.1, &k.2, Some("status"), MANAGER, false, &mut |cur| {
+                old = cur.get("status").cloned().unwrap_or(Value::Null);
+                let mut v = (**cur).clone();
+                v["status"] = f(cur);
+                Ok(v)
+            })
+            .ok()?;
+        changed.then(|| (old, v.get("status").cloned().unwrap_or(Value::Null)))
+    }
+
+    /// Record a core/v1 Event about `obj`, as the named controller would.
+    fn event(&self, obj: &Value, type_: &str, reason: &str, message: &str, component: &str) {
+        let ns = match meta_str(obj, "namespace") {
+            "" => "default".to_string(),
+            n => n.to_string(),
+        };
+        let now = now_rfc3339();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let name = format!("{}.{:x}{}", meta_str(obj, "name"), nanos, random_suffix());
+        let body = json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": ns},
+            "involvedObject": {"kind": obj["kind"], "namespace": meta_str(obj, "namespace"), "name": meta_str(obj, "name"),
+                "uid": meta_str(obj, "uid"), "apiVersion": obj["apiVersion"], "resourceVersion": meta_str(obj, "resourceVersion")},
+            "reason": reason, "message": message, "source": {"component": component},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1, "type": type_,
+            "reportingComponent": component, "reportingInstance": ""});
+        self.create_child("", "v1", "events", &ns, body);
     }
 
     fn workload(&mut self, k: &ObjKey, obj: &Value) {
@@ -954,7 +1010,7 @@ impl Controllers {
                     .count() as i64;
                 let active = pods.len() as i64 - succeeded;
                 let ready = pods.iter().filter(|p| pod_ready(p)).count() as i64;
-                self.write_status(k, &mut |cur| {
+                let changed = self.write_status(k, &mut |cur| {
                     let start = cur.pointer("/status/startTime").cloned().unwrap_or(json!(now));
                     if succeeded >= completions {
                         let msg = "Reached expected number of succeeded pods";
@@ -972,6 +1028,12 @@ impl Controllers {
                         s
                     }
                 });
+                if let Some((old, new)) = changed
+                    && condition(&json!({"status": old}), "Complete") != Some("True")
+                    && condition(&json!({"status": new}), "Complete") == Some("True")
+                {
+                    self.event(obj, "Normal", "Completed", "Job completed", "job-controller");
+                }
             }
             ("", "persistentvolumeclaims") => {
                 if obj.pointer("/status/phase").and_then(Value::as_str) == Some("Bound") {
@@ -1045,7 +1107,7 @@ impl Controllers {
                     format!("10.244.{}.{}", (n >> 8) % 256, n % 253 + 2)
                 };
                 if job_pod && ready {
-                    self.write_status(k, &mut |cur| {
+                    let changed = self.write_status(k, &mut |cur| {
                         let start = cur.pointer("/status/startTime").cloned().unwrap_or(json!(now));
                         let statuses: Vec<Value> = containers
                             .iter()
@@ -1061,9 +1123,12 @@ impl Controllers {
                             ],
                             "containerStatuses": statuses})
                     });
+                    if let Some((old, _)) = changed {
+                        self.pod_events(obj, &old, &containers, true, false);
+                    }
                     return;
                 }
-                self.write_status(k, &mut |cur| {
+                let changed = self.write_status(k, &mut |cur| {
                     if cur.pointer("/status/phase").and_then(Value::as_str) == Some("Succeeded") {
                         return cur["status"].clone();
                     }
@@ -1093,8 +1158,66 @@ impl Controllers {
                         ],
                         "containerStatuses": statuses})
                 });
+                if let Some((old, _)) = changed {
+                    self.pod_events(obj, &old, &containers, ready, unpullable);
+                }
             }
             _ => {}
+        }
+    }
+
+    /// The kubelet's and scheduler's events for a pod status transition.
+    fn pod_events(&self, pod: &Value, old: &Value, containers: &[Value], ready: bool, unpullable: bool) {
+        let ns = meta_str(pod, "namespace");
+        let name = meta_str(pod, "name");
+        if old.is_null() || old.get("startTime").is_none() {
+            self.event(
+                pod,
+                "Normal",
+                "Scheduled",
+                &format!("Successfully assigned {ns}/{name} to {NODE}"),
+                "default-scheduler",
+            );
+        }
+        let was_running =
+            old.get("phase").and_then(Value::as_str).is_some_and(|p| p == "Running" || p == "Succeeded");
+        let was_backoff = old.get("containerStatuses").and_then(Value::as_array).is_some_and(|a| {
+            a.iter().any(|c| {
+                c.pointer("/state/waiting/reason").and_then(Value::as_str) == Some("ImagePullBackOff")
+            })
+        });
+        for c in containers {
+            let image = c["image"].as_str().unwrap_or("");
+            let cname = c["name"].as_str().unwrap_or("");
+            if ready && !was_running {
+                self.event(
+                    pod,
+                    "Normal",
+                    "Pulled",
+                    &format!("Container image \"{image}\" already present on machine"),
+                    "kubelet",
+                );
+                self.event(pod, "Normal", "Created", &format!("Created container: {cname}"), "kubelet");
+                self.event(pod, "Normal", "Started", &format!("Started container {cname}"), "kubelet");
+            } else if unpullable && !was_backoff {
+                self.event(pod, "Normal", "Pulling", &format!("Pulling image \"{image}\""), "kubelet");
+                self.event(
+                    pod,
+                    "Warning",
+                    "Failed",
+                    &format!("Failed to pull image \"{image}\": rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": not found"),
+                    "kubelet",
+                );
+                self.event(pod, "Warning", "Failed", "Error: ErrImagePull", "kubelet");
+                self.event(
+                    pod,
+                    "Normal",
+                    "BackOff",
+                    &format!("Back-off pulling image \"{image}\""),
+                    "kubelet",
+                );
+                self.event(pod, "Warning", "Failed", "Error: ImagePullBackOff", "kubelet");
+            }
         }
     }
 }

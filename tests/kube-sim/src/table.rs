@@ -112,6 +112,18 @@ fn columns(rt: &ResourceType) -> Vec<(String, String, i64, String)> {
             ("Readiness Gates", "string", 1),
         ],
         ("", "ServiceAccount") => &[("Name", "string", 0), ("Secrets", "string", 0), ("Age", "string", 0)],
+        ("", "Event") => &[
+            ("Last Seen", "string", 0),
+            ("Type", "string", 0),
+            ("Reason", "string", 0),
+            ("Object", "string", 0),
+            ("Subobject", "string", 1),
+            ("Source", "string", 1),
+            ("Message", "string", 0),
+            ("First Seen", "string", 1),
+            ("Count", "string", 1),
+            ("Name", "string", 1),
+        ],
         ("", "Node") => &[
             ("Name", "string", 0),
             ("Status", "string", 0),
@@ -258,6 +270,35 @@ fn cells(rt: &ResourceType, v: &Value) -> Vec<Value> {
                 json!(names.join(",")),
                 json!(images.join(",")),
                 json!(selector_text(v.pointer("/spec/selector"))),
+            ]
+        }
+        ("", "Event") => {
+            let seen = |f: &str| {
+                v.get(f)
+                    .and_then(Value::as_str)
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map(|t| human_age(jiff::Timestamp::now().as_second() - t.as_second()))
+                    .unwrap_or_else(|| "<unknown>".into())
+            };
+            vec![
+                json!(seen("lastTimestamp")),
+                json!(s(v, "/type")),
+                json!(s(v, "/reason")),
+                json!(format!(
+                    "{}/{}",
+                    s(v, "/involvedObject/kind").to_lowercase(),
+                    s(v, "/involvedObject/name")
+                )),
+                json!(s(v, "/involvedObject/fieldPath")),
+                json!(
+                    format!("{}, {}", s(v, "/source/component"), s(v, "/source/host"))
+                        .trim_end_matches(", ")
+                        .to_string()
+                ),
+                json!(s(v, "/message")),
+                json!(seen("firstTimestamp")),
+                json!(i(v, "/count")),
+                name,
             ]
         }
         ("", "ServiceAccount") => vec![

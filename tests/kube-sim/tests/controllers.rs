@@ -259,6 +259,31 @@ async fn unpullable_images_never_become_ready() {
         assert_eq!(w["reason"], "ImagePullBackOff", "{p}");
         assert_eq!(w["message"], "Back-off pulling image \"registry.example/app:does-not-exist\"");
     }
+    // the kubelet's events say so too
+    let pod_name = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let evs = eventually(30, || {
+        let path =
+            format!("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{pod_name}");
+        let s = &s;
+        async move {
+            let (_, l) = s.get(&path).await;
+            let items = l["items"].as_array().cloned().unwrap_or_default();
+            items.iter().any(|e| e["message"] == "Error: ImagePullBackOff").then_some(items)
+        }
+    })
+    .await;
+    assert!(
+        evs.iter().any(|e| e["type"] == "Warning"
+            && e["reason"] == "Failed"
+            && e["message"] == "Error: ErrImagePull"),
+        "{evs:?}"
+    );
+    assert!(
+        evs.iter().all(|e| e["involvedObject"]["kind"] == "Pod" && e["source"]["component"] == "kubelet"
+            || e["reason"] == "Scheduled")
+    );
+    let (_, l) = s.get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dbad,involvedObject.kind%3DDeployment").await;
+    assert_eq!(l["items"][0]["reason"], "ScalingReplicaSet", "{l}");
     // an image called just does-not-exist is unpullable too
     let (c, _) = s
         .apply("/api/v1/namespaces/default/pods/bare", "t", false, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare"}, "spec": {"containers": [{"name": "c", "image": "does-not-exist"}]}}))
