@@ -124,6 +124,7 @@ const WORKLOADS: &[(&str, &str)] = &[
     ("", "persistentvolumeclaims"),
     ("", "services"),
     ("", "pods"),
+    ("autoscaling", "horizontalpodautoscalers"),
 ];
 
 impl Controllers {
@@ -261,6 +262,19 @@ impl Controllers {
         }
         self.reconcile(&key);
         self.reconcile_owner(&ev.object);
+        // HorizontalPodAutoscalers watching this object keep its replicas within bounds
+        if ev.gr.group == "apps" && !key.1.is_empty() {
+            let hpa_gr = gr("autoscaling", "horizontalpodautoscalers");
+            let (hpas, _) = self.inner.store.list(&hpa_gr, Some(&key.1));
+            for h in hpas {
+                if h.pointer("/spec/scaleTargetRef/name").and_then(Value::as_str) == Some(key.2.as_str())
+                    && h.pointer("/spec/scaleTargetRef/kind").and_then(Value::as_str)
+                        == ev.object["kind"].as_str()
+                {
+                    self.reconcile(&(hpa_gr.clone(), key.1.clone(), meta_str(&h, "name").to_string()));
+                }
+            }
+        }
     }
 
     /// A child (Pod, ReplicaSet) changed: its controller re-computes its status.
@@ -1035,6 +1049,7 @@ impl Controllers {
                     self.event(obj, "Normal", "Completed", "Job completed", "job-controller");
                 }
             }
+            ("autoscaling", "horizontalpodautoscalers") => self.hpa(k, obj),
             ("", "persistentvolumeclaims") => {
                 if obj.pointer("/status/phase").and_then(Value::as_str) == Some("Bound") {
                     return;
@@ -1164,6 +1179,74 @@ impl Controllers {
             }
             _ => {}
         }
+    }
+
+    /// HorizontalPodAutoscaler without a metrics API: replicas are kept within
+    /// [minReplicas, maxReplicas]; metrics are reported unavailable, like a cluster
+    /// without metrics-server.
+    fn hpa(&mut self, k: &ObjKey, obj: &Value) {
+        let target_kind =
+            obj.pointer("/spec/scaleTargetRef/kind").and_then(Value::as_str).unwrap_or("").to_string();
+        let target_name =
+            obj.pointer("/spec/scaleTargetRef/name").and_then(Value::as_str).unwrap_or("").to_string();
+        let av = obj
+            .pointer("/spec/scaleTargetRef/apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("apps/v1")
+            .to_string();
+        let (g, v) = av.rsplit_once('/').unwrap_or(("", av.as_str()));
+        let min = obj.pointer("/spec/minReplicas").and_then(Value::as_i64).unwrap_or(1);
+        let max = obj.pointer("/spec/maxReplicas").and_then(Value::as_i64).unwrap_or(min);
+        let generation = obj.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+        let now = now_rfc3339();
+        let target_rt = self.inner.registry.read().by_kind(g, v, &target_kind);
+        let target = target_rt.as_ref().and_then(|rt| self.inner.store.get(&rt.gr(), &k.1, &target_name));
+        let Some((rt, target)) = target_rt.zip(target) else {
+            let msg = format!(
+                "the HPA controller was unable to get the target's current scale: {}.{g} \"{target_name}\" not found",
+                target_kind.to_lowercase()
+            );
+            self.write_status(k, &mut |cur| {
+                json!({"observedGeneration": generation, "currentReplicas": 0, "desiredReplicas": 0,
+                    "conditions": [cond_simple(cur, "AbleToScale", "False", "FailedGetScale", &msg, &now)]})
+            });
+            return;
+        };
+        let current = target.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+        let desired = current.clamp(min, max.max(min));
+        if desired != current {
+            let _ = self.inner.patch_with(&rt, &k.1, &target_name, None, MANAGER, false, &mut |cur| {
+                let mut v = (**cur).clone();
+                v["spec"]["replicas"] = json!(desired);
+                Ok(v)
+            });
+            let why = if current < min {
+                "Current number of replicas below Spec.MinReplicas"
+            } else {
+                "Current number of replicas above Spec.MaxReplicas"
+            };
+            self.event(
+                obj,
+                "Normal",
+                "SuccessfulRescale",
+                &format!("New size: {desired}; reason: {why}"),
+                "horizontal-pod-autoscaler",
+            );
+        }
+        let scaled = desired != current;
+        self.write_status(k, &mut |cur| {
+            let last = if scaled { json!(now) } else { cur.pointer("/status/lastScaleTime").cloned().unwrap_or(Value::Null) };
+            let mut st = json!({"observedGeneration": generation, "currentReplicas": current, "desiredReplicas": desired,
+                "conditions": [
+                    cond_simple(cur, "AbleToScale", "True", "SucceededGetScale", "the HPA controller was able to get the target's current scale", &now),
+                    cond_simple(cur, "ScalingActive", "False", "FailedGetResourceMetric",
+                        "the HPA was unable to compute the replica count: failed to get cpu utilization: unable to get metrics for resource cpu: no metrics returned from resource metrics API", &now),
+                ]});
+            if !last.is_null() {
+                st["lastScaleTime"] = last;
+            }
+            st
+        });
     }
 
     /// The kubelet's and scheduler's events for a pod status transition.
@@ -1315,4 +1398,17 @@ fn resolve_int_or_percent(v: Option<&Value>, total: i64, round_up: bool, default
         Some(Value::String(s)) => s.parse().unwrap_or(default),
         _ => default,
     }
+}
+
+/// A condition without lastUpdateTime (HPA, PDB style), keeping lastTransitionTime.
+fn cond_simple(cur: &Value, t: &str, status: &str, reason: &str, message: &str, now: &str) -> Value {
+    let old = cur
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|c| c["type"] == t));
+    let transition = match old {
+        Some(o) if o["status"] == status => o["lastTransitionTime"].clone(),
+        _ => json!(now),
+    };
+    json!({"type": t, "status": status, "lastTransitionTime": transition, "reason": reason, "message": message})
 }

@@ -407,3 +407,43 @@ async fn faults_at_start_and_many_instances() {
         s.sim.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hpa_keeps_replicas_within_bounds_and_owns_them() {
+    let s = Sim::start().await;
+    let mut d = workload("Deployment", "web", "nginx:1", json!({}));
+    d["spec"].as_object_mut().unwrap().remove("replicas");
+    let (c, _) = s.apply("/apis/apps/v1/namespaces/default/deployments/web", "agent", false, d.clone()).await;
+    assert_eq!(c, 201);
+    let hpa = json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "web"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}, "minReplicas": 3, "maxReplicas": 5}});
+    let (c, _) = s
+        .apply("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/web", "agent", false, hpa)
+        .await;
+    assert_eq!(c, 201);
+    let dep = eventually(30, || async {
+        let (_, v) = s.get("/apis/apps/v1/namespaces/default/deployments/web").await;
+        (v["spec"]["replicas"] == 3).then_some(v)
+    })
+    .await;
+    let owner = dep["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["manager"] == "kube-controller-manager" && e["subresource"].is_null())
+        .cloned();
+    assert!(owner.is_some_and(|o| o["fieldsV1"]["f:spec"]["f:replicas"].is_object()));
+    let h = eventually(30, || async {
+        let (_, v) = s.get("/apis/autoscaling/v2/namespaces/default/horizontalpodautoscalers/web").await;
+        (v["status"]["desiredReplicas"] == 3).then_some(v)
+    })
+    .await;
+    assert_eq!(cond(&h, "ScalingActive").unwrap()["reason"], "FailedGetResourceMetric");
+    // applying replicas now conflicts with the autoscaler's ownership, as on a real cluster
+    let mut with_replicas = d.clone();
+    with_replicas["spec"]["replicas"] = json!(1);
+    let (c, e) =
+        s.apply("/apis/apps/v1/namespaces/default/deployments/web", "agent", false, with_replicas).await;
+    assert_eq!(c, 409, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("conflict with \"kube-controller-manager\""), "{e}");
+}
