@@ -125,6 +125,7 @@ const WORKLOADS: &[(&str, &str)] = &[
     ("", "services"),
     ("", "pods"),
     ("autoscaling", "horizontalpodautoscalers"),
+    ("policy", "poddisruptionbudgets"),
 ];
 
 impl Controllers {
@@ -262,6 +263,14 @@ impl Controllers {
         }
         self.reconcile(&key);
         self.reconcile_owner(&ev.object);
+        // PodDisruptionBudgets count the pods they select
+        if ev.gr == gr("", "pods") {
+            let pdb_gr = gr("policy", "poddisruptionbudgets");
+            let (pdbs, _) = self.inner.store.list(&pdb_gr, Some(&key.1));
+            for p in pdbs {
+                self.reconcile(&(pdb_gr.clone(), key.1.clone(), meta_str(&p, "name").to_string()));
+            }
+        }
         // HorizontalPodAutoscalers watching this object keep its replicas within bounds
         if ev.gr.group == "apps" && !key.1.is_empty() {
             let hpa_gr = gr("autoscaling", "horizontalpodautoscalers");
@@ -1050,6 +1059,36 @@ impl Controllers {
                 }
             }
             ("autoscaling", "horizontalpodautoscalers") => self.hpa(k, obj),
+            ("policy", "poddisruptionbudgets") => {
+                let sel = obj.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+                let (pods, _) = self.inner.store.list(&gr("", "pods"), Some(&k.1));
+                let selected: Vec<&Arc<Value>> = pods
+                    .iter()
+                    .filter(|p| {
+                        p.pointer("/metadata/deletionTimestamp").is_none()
+                            && selector_matches(&sel, p.pointer("/metadata/labels"))
+                    })
+                    .collect();
+                let expected = selected.len() as i64;
+                let healthy = selected.iter().filter(|p| pod_ready(p)).count() as i64;
+                let desired = if let Some(min) = obj.pointer("/spec/minAvailable") {
+                    resolve_int_or_percent(Some(min), expected, true, 0)
+                } else if let Some(maxu) = obj.pointer("/spec/maxUnavailable") {
+                    (expected - resolve_int_or_percent(Some(maxu), expected, true, 0)).max(0)
+                } else {
+                    0
+                };
+                let allowed = (healthy - desired).max(0);
+                self.write_status(k, &mut |cur| {
+                    let c = if allowed > 0 {
+                        cond_simple(cur, "DisruptionAllowed", "True", "SufficientPods", "", &now)
+                    } else {
+                        cond_simple(cur, "DisruptionAllowed", "False", "InsufficientPods", "", &now)
+                    };
+                    json!({"observedGeneration": generation, "currentHealthy": healthy, "desiredHealthy": desired,
+                        "disruptionsAllowed": allowed, "expectedPods": expected, "conditions": [c]})
+                });
+            }
             ("", "persistentvolumeclaims") => {
                 if obj.pointer("/status/phase").and_then(Value::as_str) == Some("Bound") {
                     return;
@@ -1411,4 +1450,30 @@ fn cond_simple(cur: &Value, t: &str, status: &str, reason: &str, message: &str, 
         _ => json!(now),
     };
     json!({"type": t, "status": status, "lastTransitionTime": transition, "reason": reason, "message": message})
+}
+
+/// A metav1.LabelSelector (matchLabels and matchExpressions) against labels.
+fn selector_matches(sel: &Value, labels: Option<&Value>) -> bool {
+    let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    let labels_ok = sel
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .is_none_or(|m| m.iter().all(|(k, v)| get(k) == v.as_str()));
+    let exprs_ok = sel.get("matchExpressions").and_then(Value::as_array).is_none_or(|es| {
+        es.iter().all(|e| {
+            let key = e["key"].as_str().unwrap_or("");
+            let vals: Vec<&str> = e["values"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            match e["operator"].as_str().unwrap_or("") {
+                "In" => get(key).is_some_and(|v| vals.contains(&v)),
+                "NotIn" => get(key).is_none_or(|v| !vals.contains(&v)),
+                "Exists" => get(key).is_some(),
+                "DoesNotExist" => get(key).is_none(),
+                _ => false,
+            }
+        })
+    });
+    labels_ok && exprs_ok
 }

@@ -439,6 +439,21 @@ async fn hpa_keeps_replicas_within_bounds_and_owns_them() {
     })
     .await;
     assert_eq!(cond(&h, "ScalingActive").unwrap()["reason"], "FailedGetResourceMetric");
+    // a PodDisruptionBudget counts the ready pods it selects
+    let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "web"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}});
+    let (c, _) =
+        s.apply("/apis/policy/v1/namespaces/default/poddisruptionbudgets/web", "agent", false, pdb).await;
+    assert_eq!(c, 201);
+    let p = eventually(30, || async {
+        let (_, v) = s.get("/apis/policy/v1/namespaces/default/poddisruptionbudgets/web").await;
+        (v["status"]["currentHealthy"] == 3).then_some(v)
+    })
+    .await;
+    assert_eq!(p["status"]["desiredHealthy"], 2);
+    assert_eq!(p["status"]["disruptionsAllowed"], 1);
+    assert_eq!(p["status"]["expectedPods"], 3);
+    assert_eq!(cond(&p, "DisruptionAllowed").unwrap()["reason"], "SufficientPods");
     // applying replicas now conflicts with the autoscaler's ownership, as on a real cluster
     let mut with_replicas = d.clone();
     with_replicas["spec"]["replicas"] = json!(1);
