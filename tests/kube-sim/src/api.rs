@@ -293,7 +293,8 @@ impl Inner {
         if let Some(sub) = &t.sub {
             let ok = (sub == "status" && rt.status)
                 || (sub == "scale" && rt.scale)
-                || (sub == "finalize" && rt.kind == "Namespace");
+                || (sub == "finalize" && rt.kind == "Namespace")
+                || (sub == "log" && rt.kind == "Pod" && rt.group.is_empty() && method == Method::GET);
             if !ok {
                 return Err(ApiError::no_resource());
             }
@@ -328,6 +329,9 @@ impl Inner {
                     self.store.get(&rt.gr(), &ns, name).ok_or_else(|| ApiError::not_found(&rt, name))?;
                 if t.sub.as_deref() == Some("scale") {
                     return Ok(json_response(200, &scale_of(&rt, &obj)));
+                }
+                if t.sub.as_deref() == Some("log") {
+                    return Ok(pod_log(&obj, &q));
                 }
                 let obj = for_version(&rt, &obj);
                 if want_table {
@@ -1536,4 +1540,55 @@ fn wants_aggregated(headers: &HeaderMap) -> bool {
                 && part.contains("as=APIGroupDiscoveryList")
         })
     })
+}
+
+/// `pods/log`: simulated containers write one line when they start.
+fn pod_log(pod: &Value, q: &Query) -> Response<Body> {
+    let containers: Vec<&str> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default();
+    let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let container = match q.get("container") {
+        Some(c) => c.to_string(),
+        None if containers.len() == 1 => containers[0].to_string(),
+        None => {
+            let e = ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            ));
+            return error_response(&e);
+        }
+    };
+    if !containers.contains(&container.as_str()) {
+        return error_response(&ApiError::bad_request(format!(
+            "container {container} is not valid for pod {name}"
+        )));
+    }
+    let running = pod
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|c| c["name"] == container.as_str()))
+        .is_some_and(|c| c.pointer("/state/running").is_some() || c.pointer("/state/terminated").is_some());
+    if !running {
+        let reason = pod
+            .pointer("/status/containerStatuses")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().find(|c| c["name"] == container.as_str()))
+            .and_then(|c| c.pointer("/state/waiting/reason").and_then(Value::as_str))
+            .unwrap_or("ContainerCreating");
+        let why = if reason == "ImagePullBackOff" { "trying and failing to pull image" } else { reason };
+        return error_response(&ApiError::bad_request(format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: {why}"
+        )));
+    }
+    let started = pod.pointer("/status/startTime").and_then(Value::as_str).unwrap_or("");
+    let body =
+        format!("{started} kube-sim: container {container} of pod {name} is simulated and writes no logs\n");
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/plain")
+        .body(Body::from(body))
+        .expect("response")
 }

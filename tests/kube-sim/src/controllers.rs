@@ -249,6 +249,18 @@ impl Controllers {
                 }
             }
             self.reconcile_owner(&ev.object);
+            // the endpoints controller removes a deleted Service's Endpoints
+            if ev.gr == gr("", "services") {
+                self.delete_child(&gr("", "endpoints"), &key.1, &key.2);
+            }
+            // pods going away change the endpoints of the Services selecting them
+            if ev.gr == gr("", "pods") {
+                let svc_gr = gr("", "services");
+                let (svcs, _) = self.inner.store.list(&svc_gr, Some(&key.1));
+                for sv in svcs {
+                    self.reconcile(&(svc_gr.clone(), key.1.clone(), meta_str(&sv, "name").to_string()));
+                }
+            }
             // a namespace waiting for its content
             if !key.1.is_empty() {
                 let nk = (gr("", "namespaces"), String::new(), key.1.clone());
@@ -263,6 +275,16 @@ impl Controllers {
         }
         self.reconcile(&key);
         self.reconcile_owner(&ev.object);
+        // Services track the pods they select (Endpoints, EndpointSlices)
+        if ev.gr == gr("", "pods") {
+            let svc_gr = gr("", "services");
+            let (svcs, _) = self.inner.store.list(&svc_gr, Some(&key.1));
+            for sv in svcs {
+                if sv.pointer("/spec/selector").and_then(Value::as_object).is_some_and(|m| !m.is_empty()) {
+                    self.reconcile(&(svc_gr.clone(), key.1.clone(), meta_str(&sv, "name").to_string()));
+                }
+            }
+        }
         // PodDisruptionBudgets count the pods they select
         if ev.gr == gr("", "pods") {
             let pdb_gr = gr("policy", "poddisruptionbudgets");
@@ -1122,6 +1144,7 @@ impl Controllers {
                 self.write_status(k, &mut |_| json!({"phase": "Bound", "accessModes": modes, "capacity": {"storage": storage}}));
             }
             ("", "services") => {
+                self.endpoints(k, obj);
                 if obj.pointer("/spec/type").and_then(Value::as_str) != Some("LoadBalancer") {
                     return;
                 }
@@ -1217,6 +1240,124 @@ impl Controllers {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The endpoints controllers: `Endpoints` and one `EndpointSlice` per Service
+    /// with a selector, from the pods it selects (ready ones as addresses).
+    fn endpoints(&self, k: &ObjKey, svc: &Value) {
+        let Some(selector) =
+            svc.pointer("/spec/selector").and_then(Value::as_object).filter(|m| !m.is_empty())
+        else {
+            return;
+        };
+        let sel = json!({"matchLabels": selector});
+        let (pods, _) = self.inner.store.list(&gr("", "pods"), Some(&k.1));
+        let pods: Vec<&Arc<Value>> = pods
+            .iter()
+            .filter(|p| {
+                p.pointer("/metadata/deletionTimestamp").is_none()
+                    && selector_matches(&sel, p.pointer("/metadata/labels"))
+            })
+            .filter(|p| p.pointer("/status/podIP").and_then(Value::as_str).is_some())
+            .collect();
+        let svc_ports = svc.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+        // a named targetPort resolves through the first pod's container ports
+        let resolve = |p: &Value, pod: Option<&&Arc<Value>>| -> i64 {
+            match p.get("targetPort") {
+                Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
+                Some(Value::String(name)) => pod
+                    .and_then(|pod| pod.pointer("/spec/containers").and_then(Value::as_array))
+                    .and_then(|cs| {
+                        cs.iter()
+                            .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+                            .find(|cp| cp["name"] == name.as_str())
+                    })
+                    .and_then(|cp| cp["containerPort"].as_i64())
+                    .unwrap_or(0),
+                _ => p.get("port").and_then(Value::as_i64).unwrap_or(0),
+            }
+        };
+        let ports: Vec<Value> = svc_ports
+            .iter()
+            .map(|p| {
+                let mut e = json!({"port": resolve(p, pods.first()), "protocol": p.get("protocol").cloned().unwrap_or(json!("TCP"))});
+                if let Some(n) = p.get("name") {
+                    e["name"] = n.clone();
+                }
+                e
+            })
+            .collect();
+        let addr = |p: &Value| {
+            json!({"ip": p.pointer("/status/podIP"), "nodeName": NODE,
+                "targetRef": {"kind": "Pod", "namespace": k.1, "name": meta_str(p, "name"), "uid": meta_str(p, "uid")}})
+        };
+        let ready: Vec<Value> = pods.iter().filter(|p| pod_ready(p)).map(|p| addr(p)).collect();
+        let not_ready: Vec<Value> = pods.iter().filter(|p| !pod_ready(p)).map(|p| addr(p)).collect();
+        let mut subset = json!({"ports": ports});
+        if !ready.is_empty() {
+            subset["addresses"] = json!(ready);
+        }
+        if !not_ready.is_empty() {
+            subset["notReadyAddresses"] = json!(not_ready);
+        }
+        let subsets = if pods.is_empty() { json!([]) } else { json!([subset]) };
+        let owner = json!([{"apiVersion": "v1", "kind": "Service", "name": k.2, "uid": meta_str(svc, "uid"), "controller": true, "blockOwnerDeletion": true}]);
+        self.upsert(&gr("", "endpoints"), "v1", "Endpoints", &k.1, &k.2, "endpoint-controller", &mut |v| {
+            v["metadata"]["labels"] = svc.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+            if subsets.as_array().is_some_and(|a| a.is_empty()) {
+                if let Some(m) = v.as_object_mut() {
+                    m.shift_remove("subsets");
+                }
+            } else {
+                v["subsets"] = subsets.clone();
+            }
+        });
+        let slice_name = format!("{}-{}", k.2, &template_hash(Some(&json!(meta_str(svc, "uid"))))[..5]);
+        let endpoints: Vec<Value> = pods
+            .iter()
+            .map(|p| {
+                let r = pod_ready(p);
+                json!({"addresses": [p.pointer("/status/podIP")], "conditions": {"ready": r, "serving": r, "terminating": false},
+                    "nodeName": NODE, "targetRef": {"kind": "Pod", "namespace": k.1, "name": meta_str(p, "name"), "uid": meta_str(p, "uid")}})
+            })
+            .collect();
+        self.upsert(&gr("discovery.k8s.io", "endpointslices"), "discovery.k8s.io/v1", "EndpointSlice", &k.1, &slice_name, "endpointslice-controller", &mut |v| {
+            v["metadata"]["labels"] = json!({"kubernetes.io/service-name": k.2, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"});
+            v["metadata"]["ownerReferences"] = owner.clone();
+            v["addressType"] = json!("IPv4");
+            v["endpoints"] = json!(endpoints);
+            v["ports"] = json!(ports);
+        });
+    }
+
+    /// Create or update an object owned by a controller.
+    #[allow(clippy::too_many_arguments)]
+    fn upsert(
+        &self,
+        g: &GroupResource,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        manager: &str,
+        f: &mut dyn FnMut(&mut Value),
+    ) {
+        let Some(rt) = self.rt_for(g) else { return };
+        match self.inner.store.get(g, ns, name) {
+            Some(_) => {
+                let _ = self.inner.patch_with(&rt, ns, name, None, manager, false, &mut |cur| {
+                    let mut v = (**cur).clone();
+                    f(&mut v);
+                    Ok(v)
+                });
+            }
+            None => {
+                let mut v = json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": ns}});
+                f(&mut v);
+                let q = Query(HashMap::from([("fieldManager".to_string(), manager.to_string())]));
+                let _ = self.inner.create(&rt, ns, v, &q, &HeaderMap::new(), false);
+            }
         }
     }
 

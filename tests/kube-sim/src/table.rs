@@ -132,6 +132,13 @@ fn columns(rt: &ResourceType) -> Vec<(String, String, i64, String)> {
             ("Version", "string", 0),
         ],
         ("", "Endpoints") => &[("Name", "string", 0), ("Endpoints", "string", 0), ("Age", "string", 0)],
+        ("discovery.k8s.io", "EndpointSlice") => &[
+            ("Name", "string", 0),
+            ("AddressType", "string", 0),
+            ("Ports", "string", 0),
+            ("Endpoints", "string", 0),
+            ("Age", "string", 0),
+        ],
         ("networking.k8s.io", "Ingress") => &[
             ("Name", "string", 0),
             ("Class", "string", 0),
@@ -299,6 +306,30 @@ fn cells(rt: &ResourceType, v: &Value) -> Vec<Value> {
                 json!(seen("firstTimestamp")),
                 json!(i(v, "/count")),
                 name,
+            ]
+        }
+        ("discovery.k8s.io", "EndpointSlice") => {
+            let ports: Vec<String> = v
+                .get("ports")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|p| p["port"].as_i64()).map(|p| p.to_string()).collect())
+                .unwrap_or_default();
+            let eps: Vec<String> = v
+                .get("endpoints")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            vec![
+                name,
+                json!(s(v, "/addressType")),
+                json!(if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") }),
+                json!(if eps.is_empty() { "<unset>".to_string() } else { eps.join(",") }),
+                json!(age(v)),
             ]
         }
         ("", "ServiceAccount") => vec![

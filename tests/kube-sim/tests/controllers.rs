@@ -439,6 +439,19 @@ async fn hpa_keeps_replicas_within_bounds_and_owns_them() {
     })
     .await;
     assert_eq!(cond(&h, "ScalingActive").unwrap()["reason"], "FailedGetResourceMetric");
+    // a Service selecting the pods gets Endpoints and an EndpointSlice with their IPs
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}});
+    let (c, _) = s.apply("/api/v1/namespaces/default/services/web", "agent", false, svc).await;
+    assert_eq!(c, 201);
+    let ep = eventually(30, || async {
+        let (_, v) = s.get("/api/v1/namespaces/default/endpoints/web").await;
+        (v["subsets"][0]["addresses"].as_array().map(Vec::len) == Some(3)).then_some(v)
+    })
+    .await;
+    assert_eq!(ep["subsets"][0]["ports"][0], json!({"name": "http", "port": 8080, "protocol": "TCP"}));
+    let (_, slices) = s.get("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dweb").await;
+    assert_eq!(slices["items"][0]["endpoints"].as_array().unwrap().len(), 3);
     // a PodDisruptionBudget counts the ready pods it selects
     let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "web"},
         "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}});
