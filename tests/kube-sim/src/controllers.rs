@@ -273,6 +273,16 @@ impl Controllers {
         if ev.gr == gr("", "namespaces") && ev.typ == EventType::Added {
             self.namespace_defaults(meta_str(&ev.object, "name"));
         }
+        // garbage collection of dependents whose owners do not exist (or were recreated)
+        let refs_changed = ev.old.as_ref().map(|o| o.pointer("/metadata/ownerReferences"))
+            != Some(ev.object.pointer("/metadata/ownerReferences"));
+        if refs_changed
+            && ev.object.pointer("/metadata/deletionTimestamp").is_none()
+            && self.owners_all_absent(&ev.object)
+        {
+            self.delete_child(&ev.gr, &key.1, &key.2);
+            return;
+        }
         self.reconcile(&key);
         self.reconcile_owner(&ev.object);
         // Services track the pods they select (Endpoints, EndpointSlices)
@@ -394,6 +404,22 @@ impl Controllers {
                 false,
             );
         }
+    }
+
+    /// Every owner reference resolves to a kind, and none of the owners exists.
+    fn owners_all_absent(&self, obj: &Value) -> bool {
+        let Some(refs) =
+            obj.pointer("/metadata/ownerReferences").and_then(Value::as_array).filter(|a| !a.is_empty())
+        else {
+            return false;
+        };
+        let ns = meta_str(obj, "namespace");
+        refs.iter().all(|r| {
+            let av = r["apiVersion"].as_str().unwrap_or("");
+            let (g, v) = av.rsplit_once('/').unwrap_or(("", av));
+            let known = self.inner.registry.read().by_kind(g, v, r["kind"].as_str().unwrap_or("")).is_some();
+            known && !self.owner_exists(r, ns)
+        })
     }
 
     fn owner_exists(&self, r: &Value, ns: &str) -> bool {

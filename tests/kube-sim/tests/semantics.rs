@@ -472,6 +472,12 @@ async fn deletion_cascades_through_owner_references() {
     eventually(20, || async { (s.get(&format!("{CMS}/fgdep")).await.0 == 404).then_some(()) }).await;
     eventually(20, || async { (s.get(&format!("{CMS}/fg")).await.0 == 404).then_some(()) }).await;
 
+    // a dependent of an owner that does not exist is collected
+    let ghost = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ghost-child", "ownerReferences": [{
+        "apiVersion": "v1", "kind": "ConfigMap", "name": "never-existed", "uid": "00000000-0000-0000-0000-000000000000"}]}});
+    let (c, _) = s.req("POST", CMS, "application/json", Some(ghost)).await;
+    assert_eq!(c, 201);
+    eventually(20, || async { (s.get(&format!("{CMS}/ghost-child")).await.0 == 404).then_some(()) }).await;
     // orphan: dependents stay, without the owner reference
     let (_, owner) = s.req("POST", CMS, "application/json", Some(mk("orph"))).await;
     s.req("POST", CMS, "application/json", Some(owned_cm("orphdep", &owner))).await;
