@@ -771,6 +771,50 @@ impl Controllers {
                 .unwrap_or(0)
         };
         let max_rev = rss.iter().map(|r| revision(r)).max().unwrap_or(0);
+        if obj.pointer("/spec/paused").and_then(Value::as_bool) == Some(true) {
+            // a paused Deployment rolls nothing out; it reports what its ReplicaSets have
+            let st =
+                |r: &Value, f: &str| r.pointer(&format!("/status/{f}")).and_then(Value::as_i64).unwrap_or(0);
+            let total: i64 = rss.iter().map(|r| st(r, "replicas")).sum();
+            let available: i64 = rss.iter().map(|r| st(r, "availableReplicas")).sum();
+            let ready: i64 = rss.iter().map(|r| st(r, "readyReplicas")).sum();
+            let updated =
+                rss.iter().find(|r| meta_str(r, "name") == rs_name).map(|r| st(r, "replicas")).unwrap_or(0);
+            let max_unavailable = resolve_int_or_percent(
+                obj.pointer("/spec/strategy/rollingUpdate/maxUnavailable"),
+                replicas,
+                false,
+                1,
+            );
+            let is_available = available >= replicas - max_unavailable;
+            self.write_status(k, &mut |cur| {
+                let mut s =
+                    json!({"observedGeneration": generation, "replicas": total, "updatedReplicas": updated});
+                if ready > 0 {
+                    s["readyReplicas"] = json!(ready);
+                }
+                if available > 0 {
+                    s["availableReplicas"] = json!(available);
+                }
+                if total - available > 0 {
+                    s["unavailableReplicas"] = json!(total - available);
+                }
+                let avail = if is_available {
+                    ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.".to_string())
+                } else {
+                    (
+                        "False",
+                        "MinimumReplicasUnavailable",
+                        "Deployment does not have minimum availability.".to_string(),
+                    )
+                };
+                let prog = ("Unknown", "DeploymentPaused", "Deployment is paused".to_string());
+                s["conditions"] =
+                    json!([cond(cur, "Available", avail, &now), cond(cur, "Progressing", prog, &now)]);
+                s
+            });
+            return;
+        }
         let mut new_rs = rss.iter().find(|r| meta_str(r, "name") == rs_name).cloned();
         let mut created_now = false;
         if new_rs.is_none() {

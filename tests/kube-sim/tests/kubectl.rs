@@ -420,6 +420,16 @@ async fn heavy_kubectl_create_generators_send_protobuf() {
     assert_eq!(revs, vec!["2", "3"], "{hist}");
     let rs = s.kubectl_ok(&["get", "rs", "-n", "gen", "-o", "name"]).await;
     assert_eq!(rs.lines().count(), 2, "{rs}");
+    // a paused Deployment rolls nothing out until resumed
+    s.kubectl_ok(&["rollout", "pause", "deploy/web", "-n", "gen"]).await;
+    s.kubectl_ok(&["set", "image", "deploy/web", "-n", "gen", "nginx=nginx:1.29"]).await;
+    let (code, out, _) = s.kubectl(&["rollout", "status", "deploy/web", "-n", "gen", "--timeout=2s"]).await;
+    assert_ne!(code, 0);
+    assert!(out.contains("0 out of 2 new replicas have been updated"), "{out}");
+    assert_eq!(s.kubectl_ok(&["get", "rs", "-n", "gen", "-o", "name"]).await.lines().count(), 2);
+    s.kubectl_ok(&["rollout", "resume", "deploy/web", "-n", "gen"]).await;
+    s.kubectl_ok(&["rollout", "status", "deploy/web", "-n", "gen", "--timeout=60s"]).await;
+    assert_eq!(s.kubectl_ok(&["get", "rs", "-n", "gen", "-o", "name"]).await.lines().count(), 3);
     s.kubectl_ok(&["create", "service", "clusterip", "web", "-n", "gen", "--tcp=80:8080"]).await;
     s.kubectl_ok(&["create", "job", "once", "-n", "gen", "--image=busybox:1", "--", "echo", "hi"]).await;
     s.kubectl_ok(&["create", "role", "reader", "-n", "gen", "--verb=get,list", "--resource=pods"]).await;
