@@ -376,8 +376,27 @@ async fn grpc_downloads(agents: &[Agent], digest: &str, size: u64) -> anyhow::Re
 }
 
 struct Nginx {
-    _child: Kill,
+    child: Child,
     port: u16,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM lets the master stop its workers (SIGKILL would orphan them).
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn start_nginx(dir: &Path, cert: &Path, key: &Path, file: &Path) -> anyhow::Result<Nginx> {
@@ -416,7 +435,7 @@ http {{\n  access_log off;\n  sendfile on;\n  keepalive_timeout 600s;\n  keepali
         .args(["-g", "daemon off;"])
         .spawn()
         .context("start nginx (scripts/setup.sh installs it)")?;
-    let child = Kill(child);
+    let nginx = Nginx { child, port };
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
@@ -427,7 +446,7 @@ http {{\n  access_log off;\n  sendfile on;\n  keepalive_timeout 600s;\n  keepali
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(Nginx { _child: child, port })
+    Ok(nginx)
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>;

@@ -335,6 +335,7 @@ struct Actor {
     tokens: HashMap<String, TokenRecord>,
     version: u64,
     reported_errors: HashMap<String, String>,
+    after_publish: Vec<AfterPublish>,
     deps: StateDeps,
     view_tx: watch::Sender<Arc<FleetView>>,
     dirty: bool,
@@ -379,6 +380,7 @@ pub fn spawn(
             .collect(),
         version: 0,
         reported_errors: HashMap::new(),
+        after_publish: Vec::new(),
         deps,
         view_tx,
         dirty: true,
@@ -406,22 +408,27 @@ fn hub_event(severity: Severity, reason: &str, bundle: &str, message: String) ->
     )
 }
 
-/// Answer `reply` once `writes` are committed.
+/// A reply waiting for its commit; spawned only after the view that includes
+/// the change is published, so a caller never acts on a reply before the
+/// hub's view shows it (an agent registering and connecting at once).
+type AfterPublish = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Answer `reply` once `writes` are committed (and the view is published).
 async fn reply_after_commit<T: Send + 'static>(
     writer: &WriterHandle,
     writes: Vec<Write>,
     reply: Reply<T>,
     value: T,
-) {
+) -> AfterPublish {
     let done = writer.submit(writes).await;
-    tokio::spawn(async move {
+    Box::pin(async move {
         let r = match done.await {
             Ok(Ok(_)) => Ok(value),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::ShuttingDown),
         };
         let _ = reply.send(r);
-    });
+    })
 }
 
 impl Actor {
@@ -463,18 +470,21 @@ impl Actor {
     }
 
     fn publish(&mut self) {
-        if !self.dirty {
-            return;
+        if self.dirty {
+            self.dirty = false;
+            self.view_tx.send_replace(Arc::new(FleetView {
+                fleet: self.fleet.clone(),
+                clusters: self.clusters.clone(),
+                index: self.index.clone(),
+                records: self.records.clone(),
+                builds: self.builds.clone(),
+                suspended: self.suspended.clone(),
+            }));
         }
-        self.dirty = false;
-        self.view_tx.send_replace(Arc::new(FleetView {
-            fleet: self.fleet.clone(),
-            clusters: self.clusters.clone(),
-            index: self.index.clone(),
-            records: self.records.clone(),
-            builds: self.builds.clone(),
-            suspended: self.suspended.clone(),
-        }));
+        // Replies go out only once the view that shows their change is out.
+        for f in self.after_publish.drain(..) {
+            tokio::spawn(f);
+        }
     }
 
     fn rebuild_index(&mut self) {
@@ -509,37 +519,55 @@ impl Actor {
     async fn handle(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Register(input, reply) => match self.register(input) {
-                Ok((writes, out)) => reply_after_commit(&self.deps.writer, writes, reply, out).await,
+                Ok((writes, out)) => {
+                    let f = reply_after_commit(&self.deps.writer, writes, reply, out).await;
+                    self.after_publish.push(f);
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
             Cmd::Renew { cluster, csr_pem, reply } => match self.renew(&cluster, &csr_pem) {
-                Ok((writes, out)) => reply_after_commit(&self.deps.writer, writes, reply, out).await,
+                Ok((writes, out)) => {
+                    let f = reply_after_commit(&self.deps.writer, writes, reply, out).await;
+                    self.after_publish.push(f);
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
             Cmd::Revoke { cluster, reply } => match self.revoke(&cluster) {
-                Ok(writes) => reply_after_commit(&self.deps.writer, writes, reply, ()).await,
+                Ok(writes) => {
+                    let f = reply_after_commit(&self.deps.writer, writes, reply, ()).await;
+                    self.after_publish.push(f);
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
             Cmd::SetLabels { cluster, labels, reply } => match self.set_labels(&cluster, labels) {
-                Ok(writes) => reply_after_commit(&self.deps.writer, writes, reply, ()).await,
+                Ok(writes) => {
+                    let f = reply_after_commit(&self.deps.writer, writes, reply, ()).await;
+                    self.after_publish.push(f);
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
             Cmd::SetSuspended { bundle, suspended, reply } => match self.set_suspended(&bundle, suspended) {
-                Ok(writes) => reply_after_commit(&self.deps.writer, writes, reply, ()).await,
+                Ok(writes) => {
+                    let f = reply_after_commit(&self.deps.writer, writes, reply, ()).await;
+                    self.after_publish.push(f);
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
             Cmd::CreateToken(input, reply) => match self.create_token(input) {
-                Ok((writes, out)) => reply_after_commit(&self.deps.writer, writes, reply, out).await,
+                Ok((writes, out)) => {
+                    let f = reply_after_commit(&self.deps.writer, writes, reply, out).await;
+                    self.after_publish.push(f);
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }

@@ -647,3 +647,25 @@ async fn fleet_queries_and_actions() {
     assert!(m.contains("convoy_hub_stream_messages_total{direction=\"in\",kind=\"status\"}"));
     t.hub.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_can_sync_as_soon_as_its_registration_returns() {
+    // Many registrations at once are batched by the state actor; each reply
+    // must only arrive once the hub's view already knows the cluster.
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path(), FLEET).await;
+    let token = t.hub.create_token(None, Labels::new(), Duration::from_secs(60), false).await.unwrap().token;
+    let hub = &t.hub;
+    let results = futures::future::join_all((0..64).map(|i| {
+        let token = token.clone();
+        async move {
+            let id = register_with(hub, &token, &format!("burst-{i}"), &[("env", "prod")]).await?;
+            open(hub, &id, 1).await.map(|_| ())
+        }
+    }))
+    .await;
+    for r in results {
+        r.unwrap();
+    }
+    t.hub.shutdown().await.unwrap();
+}
