@@ -149,3 +149,19 @@ async fn list_pagination_and_label_selectors() {
     assert_eq!(names.len(), 7);
     let _ = Duration::from_secs(0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_over_tls_with_the_kubeconfig() {
+    let s = Sim::with(kube_sim::SimConfig { tls: true, ..Default::default() }).await;
+    let c = client(&s).await;
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(c);
+    let names: Vec<String> = nss
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert!(names.contains(&"kube-system".to_string()), "{names:?}");
+}
