@@ -90,6 +90,9 @@ impl Resolved {
     }
 }
 
+/// Memory for decompressed delta bases while reading a commit's files.
+const PACK_CACHE_BYTES: usize = 16 << 20;
+
 /// A bare repository that caches one source's objects.
 #[derive(Debug, Clone)]
 pub struct GitCache {
@@ -107,7 +110,7 @@ impl GitCache {
         &self.dir
     }
 
-    fn open(&self, overrides: Vec<String>) -> Result<gix::Repository> {
+    fn open(&self, mut overrides: Vec<String>) -> Result<gix::Repository> {
         let err = |e: &dyn std::fmt::Display| Error::Fetch {
             url: self.dir.display().to_string(),
             message: format!("cannot open the cache repository: {e}"),
@@ -116,9 +119,13 @@ impl GitCache {
             std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
             gix::init_bare(&self.dir).map_err(|e| err(&e))?;
         }
+        // Bound memory: the delta-base cache defaults to 96 MiB, and would
+        // fill up while a large bundle is read. Blobs are read once, so no
+        // object cache (trees are cached by GitTree).
+        overrides.push(format!("gitoxide.core.defaultPackCacheMemoryLimit={}", PACK_CACHE_BYTES));
         let opts = gix::open::Options::isolated().config_overrides(overrides);
         let mut repo = gix::open_opts(&self.dir, opts).map_err(|e| err(&e))?;
-        repo.object_cache_size_if_unset(4 << 20);
+        repo.object_cache_size(0);
         Ok(repo)
     }
 
@@ -283,7 +290,8 @@ fn ssh_command(
     format!(
         "ssh -F /dev/null -i {} -o IdentitiesOnly=yes -o IdentityAgent=none -o UserKnownHostsFile={} \
          -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes \
-         -o PasswordAuthentication=no -o LogLevel=ERROR -o ConnectTimeout={timeout} 2>{}",
+         -o PasswordAuthentication=no -o LogLevel=ERROR -o ConnectTimeout={timeout} \
+         -o ServerAliveInterval=15 -o ServerAliveCountMax=3 2>{}",
         q(key),
         q(known_hosts),
         q(stderr)
@@ -404,6 +412,9 @@ impl<'a> Fetcher<'a> {
         let read =
             TcpStream::connect_timeout(&addr, timeout).map_err(|e| err(format!("cannot connect: {e}")))?;
         read.set_nodelay(true).map_err(|e| err(format!("socket: {e}")))?;
+        // A server that stops talking must not hold a fetch slot forever.
+        read.set_read_timeout(Some(timeout.max(std::time::Duration::from_secs(30))))
+            .map_err(|e| err(format!("socket: {e}")))?;
         let write = read.try_clone().map_err(|e| err(format!("socket: {e}")))?;
         Ok(Box::new(gix::protocol::transport::client::git::blocking_io::Connection::new(
             read,
@@ -542,8 +553,10 @@ impl GitTree {
         let Some((_, _, id)) = entries.iter().find(|(n, k, _)| n == name && *k != EntryKind::Dir) else {
             return Err(not_found(path, "no such file"));
         };
-        let mut blob = self.repo.find_blob(*id).map_err(|e| git_err(path, e))?;
-        Ok(blob.take_data())
+        let blob = self.repo.find_blob(*id).map_err(|e| git_err(path, e))?;
+        // Copy out exactly: the decode buffer can be much larger than the
+        // blob, and goes back to the repository's free list for the next read.
+        Ok(blob.data.clone())
     }
 
     /// The commit tree's id.

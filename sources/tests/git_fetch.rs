@@ -118,7 +118,9 @@ fn unreachable_repositories_fail_cleanly() {
     let cache = GitCache::new(cache_dir.path().join("repo.git"));
     let err = fetch(&cache, "/nonexistent/repo.git", &branch("main"), None).unwrap_err();
     assert!(matches!(err, Error::Fetch { .. }), "{err}");
-    let port = free_port();
+    // Port 1 on loopback: nothing listens there (a port from free_port()
+    // could be taken by another test process meanwhile).
+    let port = 1;
     let err = fetch(&cache, &format!("git://127.0.0.1:{port}/x.git"), &branch("main"), None).unwrap_err();
     assert!(matches!(err, Error::Fetch { .. }), "{err}");
     let err = fetch(&cache, &format!("http://127.0.0.1:{port}/x.git"), &branch("main"), None).unwrap_err();
