@@ -192,16 +192,85 @@ pub fn verify_all(
 /// Unpack a verified artifact safely (no traversal, absolute paths or links;
 /// size and count limits) and parse every document. One bad document
 /// rejects the bundle, naming file, document index and reason.
+///
+/// YAML files are split into documents and the documents are parsed on up
+/// to four threads (parsing dominates the cost of a large bundle); each
+/// object becomes compact JSON text as soon as it is parsed.
 pub fn load_manifests(targz: &[u8], limits: &Limits) -> Result<Vec<Manifest>> {
     let files = convoy_artifact::unpack(targz, limits)
         .map_err(|e| Error::Artifact { reason: e.reason(), message: e.to_string() })?;
+    // Units of work: (file, document index, first line, text).
+    let mut units: Vec<Unit<'_>> = Vec::new();
+    for f in &files {
+        let yaml = !f.path.to_ascii_lowercase().ends_with(".json");
+        match std::str::from_utf8(&f.content) {
+            Ok(text) if yaml => {
+                let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+                for d in convoy_core::yaml::documents(text) {
+                    units.push(Unit {
+                        file: &f.path,
+                        index: Some(d.index),
+                        start_line: d.start_line,
+                        bytes: d.text.as_bytes(),
+                    });
+                }
+            }
+            // JSON, or not UTF-8 (the parser names the problem): one unit.
+            _ => units.push(Unit { file: &f.path, index: None, start_line: 1, bytes: &f.content }),
+        }
+    }
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+    let total: usize = units.iter().map(|u| u.bytes.len()).sum();
+    if threads == 1 || total < 256 * 1024 || units.len() < 2 {
+        return parse_units(&units);
+    }
+    // Contiguous chunks of about equal size keep the output in order.
+    let per = total.div_ceil(threads);
+    let mut chunks: Vec<&[Unit<'_>]> = Vec::new();
+    let (mut start, mut acc) = (0, 0);
+    for (i, u) in units.iter().enumerate() {
+        acc += u.bytes.len();
+        if acc >= per && chunks.len() + 1 < threads {
+            chunks.push(&units[start..=i]);
+            start = i + 1;
+            acc = 0;
+        }
+    }
+    if start < units.len() {
+        chunks.push(&units[start..]);
+    }
+    let results: Vec<Result<Vec<Manifest>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks.iter().map(|c| s.spawn(|| parse_units(c))).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| Err(Error::Config("manifest parser thread panicked".into())))
+            })
+            .collect()
+    });
     let mut out = Vec::new();
-    for f in files {
-        // Each object becomes compact JSON text as it is parsed; the parsed
-        // value is dropped at once (a large file never exists as values).
+    for r in results {
+        // The first failing chunk in order holds the first bad document.
+        out.extend(r?);
+    }
+    Ok(out)
+}
+
+struct Unit<'a> {
+    file: &'a str,
+    /// The document index in its file (`None`: the whole file is one unit).
+    index: Option<usize>,
+    start_line: u32,
+    bytes: &'a [u8],
+}
+
+fn parse_units(units: &[Unit<'_>]) -> Result<Vec<Manifest>> {
+    let mut out = Vec::new();
+    for u in units {
         let mut local_err = None;
-        let r = convoy_artifact::for_each_manifest(&f.path, &f.content, |m| {
-            let origin = Origin { file: m.file, index: m.index };
+        let r = convoy_artifact::for_each_manifest(u.file, u.bytes, |m| {
+            let index = u.index.unwrap_or(m.index);
+            let origin = Origin { file: m.file, index };
             match Manifest::from_value(origin, m.object) {
                 Ok(ms) => {
                     out.extend(ms);
@@ -217,14 +286,19 @@ pub fn load_manifests(targz: &[u8], limits: &Limits) -> Result<Vec<Manifest>> {
             return Err(e);
         }
         r.map_err(|e| match e {
-            convoy_artifact::Error::Manifest { file, index, line, message } => Error::Manifest {
-                file,
-                index,
-                message: match line {
-                    Some(l) => format!("line {l}: {message}"),
-                    None => message,
-                },
-            },
+            convoy_artifact::Error::Manifest { file, index, line, message } => {
+                // A document parsed alone: its index and lines are the file's.
+                let index = u.index.unwrap_or(index);
+                let line = line.map(|l| l + u.start_line - 1);
+                Error::Manifest {
+                    file,
+                    index,
+                    message: match line {
+                        Some(l) => format!("line {l}: {message}"),
+                        None => message,
+                    },
+                }
+            }
             e => Error::Artifact { reason: e.reason(), message: e.to_string() },
         })?;
     }
@@ -340,6 +414,36 @@ mod tests {
         assert!(e.to_string().contains("a.yaml: document 0"), "{e}");
         let traversal = raw_targz(&[("../evil.yaml", CM)]);
         assert!(load_manifests(&traversal, &Limits::default()).is_err());
+    }
+
+    #[test]
+    fn large_files_parse_in_order_with_file_indexes_and_lines() {
+        let mut text = String::new();
+        for i in 0..400 {
+            text.push_str(&format!(
+                "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i}\ndata:\n  pad: \"{}\"\n",
+                "x".repeat(1000)
+            ));
+        }
+        let ok = raw_targz(&[("big.yaml", &text)]);
+        let ms = load_manifests(&ok, &Limits::default()).unwrap();
+        assert_eq!(ms.len(), 400);
+        assert!(ms.iter().enumerate().all(|(i, m)| m.name == format!("cm-{i}") && m.origin.index == i));
+        // Break document 317: the error names it and its line in the file.
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        let pos = lines.iter().position(|l| l == "  name: cm-317").unwrap();
+        lines[pos] = "  name: [broken".into();
+        let bad = lines.join("\n");
+        let e = load_manifests(&raw_targz(&[("big.yaml", &bad)]), &Limits::default()).unwrap_err();
+        match e {
+            Error::Manifest { file, index, message } => {
+                assert_eq!((file.as_str(), index), ("big.yaml", 317));
+                let line: u32 =
+                    message.strip_prefix("line ").and_then(|r| r.split(':').next()).unwrap().parse().unwrap();
+                assert!((pos as u32..=pos as u32 + 3).contains(&line), "line {line} near {}", pos + 1);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

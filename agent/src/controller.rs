@@ -100,6 +100,9 @@ struct Slot {
     detected: BTreeMap<ObjKey, Vec<String>>,
     health_due: Option<Instant>,
     restore_failed: bool,
+    /// The applied revision's planned objects (compact JSON), kept for drift
+    /// correction and re-applies without unpacking and parsing again.
+    plan: Option<Arc<Plan>>,
 }
 
 impl Slot {
@@ -120,6 +123,7 @@ impl Slot {
             detected: BTreeMap::new(),
             health_due: None,
             restore_failed: false,
+            plan: None,
         }
     }
 
@@ -138,6 +142,7 @@ impl Slot {
 
 /// The result of restoring a bundle after a restart.
 struct Restored {
+    plan: Arc<Plan>,
     tracked: HashMap<ObjKey, Tracked>,
     header: (String, u64, String),
     health: Vec<ObjectHealth>,
@@ -147,6 +152,7 @@ struct Restored {
 
 /// The result of applying a deployment.
 struct Applied {
+    plan: Arc<Plan>,
     revision: AppliedRevision,
     report: ApplyReport,
     tracked: HashMap<ObjKey, Tracked>,
@@ -167,7 +173,7 @@ enum JobOut {
     Restored(String, Result<Restored>),
     Reconciled(String, Deployment, Box<Result<Applied, Failure>>),
     Removed(String, ApplyReport),
-    Drift(String, Vec<(ObjKey, Result<DriftOutcome>)>, Result<()>),
+    Drift(String, Vec<(ObjKey, Result<DriftOutcome>)>, Result<()>, Option<Arc<Plan>>),
     Health(String, Result<Vec<ObjectHealth>>),
 }
 
@@ -516,6 +522,11 @@ impl Controller {
 
     fn start_reconcile(&mut self, name: &str, d: Deployment) {
         let applied = self.slots[name].applied.clone();
+        // Same artifact and namespace as applied (e.g. only `force` changed): reuse the plan.
+        let cached = self.slots[name].plan.clone().filter(|p| {
+            p.digest == d.digest
+                && applied.as_ref().is_some_and(|a| a.options.target_namespace == d.options.target_namespace)
+        });
         let ctx = self.ctx.clone();
         let n = name.to_string();
         let slot = self.slots.get_mut(name).expect("slot");
@@ -526,7 +537,7 @@ impl Controller {
         set_conditions(&mut slot.state, None);
         self.publish(name);
         self.spawn(name, "reconcile", async move {
-            let r = reconcile(&ctx, &d, applied.as_ref()).await;
+            let r = reconcile(&ctx, &d, applied.as_ref(), cached).await;
             JobOut::Reconciled(n, d, Box::new(r))
         });
     }
@@ -552,11 +563,13 @@ impl Controller {
             return;
         }
         let header = slot.inv_header.clone();
+        let plan = slot.plan.clone();
         let ctx = self.ctx.clone();
         let n = name.to_string();
         self.spawn(name, "drift", async move {
-            let (results, saved) = drift_pass(&ctx, &n, &applied, tracked, header, keys, detect_only).await;
-            JobOut::Drift(n, results, saved)
+            let (results, saved, plan) =
+                drift_pass(&ctx, &n, &applied, plan, tracked, header, keys, detect_only).await;
+            JobOut::Drift(n, results, saved, plan)
         });
     }
 
@@ -579,20 +592,33 @@ impl Controller {
             JobOut::Restored(n, _)
             | JobOut::Reconciled(n, _, _)
             | JobOut::Removed(n, _)
-            | JobOut::Drift(n, _, _)
+            | JobOut::Drift(n, _, _, _)
             | JobOut::Health(n, _) => n.clone(),
         };
         if let Some(s) = self.slots.get_mut(&name) {
             s.busy = false;
         }
+        let heavy = matches!(
+            out,
+            JobOut::Restored(..) | JobOut::Reconciled(..) | JobOut::Removed(..) | JobOut::Drift(..)
+        );
         match out {
             JobOut::Restored(name, r) => self.on_restored(&name, r),
             JobOut::Reconciled(name, d, r) => self.on_reconciled(&name, d, *r).await,
             JobOut::Removed(name, report) => self.on_removed(&name, report).await,
-            JobOut::Drift(name, results, saved) => self.on_drift_done(&name, results, saved),
+            JobOut::Drift(name, results, saved, plan) => {
+                if let (Some(p), Some(s)) = (plan, self.slots.get_mut(&name)) {
+                    s.plan = Some(p);
+                }
+                self.on_drift_done(&name, results, saved)
+            }
             JobOut::Health(name, r) => self.on_health(&name, r),
         }
         self.publish(&name);
+        if heavy && self.jobs.is_empty() {
+            // Large applies leave freed memory in the allocator: give it back.
+            tokio::task::spawn_blocking(crate::mem::trim);
+        }
     }
 
     fn on_restored(&mut self, name: &str, r: Result<Restored>) {
@@ -605,6 +631,7 @@ impl Controller {
         let Some(slot) = self.slots.get_mut(name) else { return };
         match r {
             Ok(restored) => {
+                slot.plan = Some(restored.plan);
                 slot.tracked = Some(restored.tracked);
                 slot.inv_header = restored.header;
                 slot.restore_failed = false;
@@ -653,6 +680,7 @@ impl Controller {
                     != Some(a.revision.generation)
                     || slot.applied.as_ref().map(|p| &p.digest) != Some(&a.revision.digest);
                 slot.applied = Some(a.revision.clone());
+                slot.plan = Some(a.plan.clone());
                 slot.tracked = Some(a.tracked);
                 slot.inv_header =
                     (a.revision.revision.clone(), a.revision.generation, a.revision.digest.clone());
@@ -1142,6 +1170,7 @@ async fn reconcile(
     ctx: &Ctx,
     d: &Deployment,
     applied: Option<&AppliedRevision>,
+    cached: Option<Arc<Plan>>,
 ) -> std::result::Result<Applied, Failure> {
     let start = Instant::now();
     if let Decision::Refuse(reason, message) = bundle::decide(d, applied) {
@@ -1149,31 +1178,37 @@ async fn reconcile(
     }
     // Verification first: the statement before any download.
     let st = bundle::verify_statement(d, &ctx.trusted).map_err(Failure::Refused)?;
-    let bytes = artifact(ctx, &d.digest, d.size).await.map_err(|e| match e {
-        e @ Error::Verification { .. } => Failure::Refused(e),
-        e => Failure::Failed(e, false),
-    })?;
-    bundle::verify_artifact(&st, &d.name, &bytes).map_err(Failure::Refused)?;
-    let ms = manifests(ctx, bytes).await.map_err(|e| match e {
-        e @ (Error::Manifest { .. } | Error::Artifact { .. }) => Failure::Refused(e),
-        e => Failure::Failed(e, false),
-    })?;
     let opts = &d.options;
-    let plan = ctx
-        .engine
-        .plan(
-            &d.name,
-            &st.source.revision,
-            st.generation,
-            &st.artifact.digest,
-            ms,
-            opts.target_namespace.as_deref(),
-        )
-        .await
-        .map_err(|e| match e {
-            e @ Error::Manifest { .. } => Failure::Refused(e),
-            e => Failure::Failed(e, false),
-        })?;
+    let plan = match cached {
+        Some(p) => p,
+        None => {
+            let bytes = artifact(ctx, &d.digest, d.size).await.map_err(|e| match e {
+                e @ Error::Verification { .. } => Failure::Refused(e),
+                e => Failure::Failed(e, false),
+            })?;
+            bundle::verify_artifact(&st, &d.name, &bytes).map_err(Failure::Refused)?;
+            let ms = manifests(ctx, bytes).await.map_err(|e| match e {
+                e @ (Error::Manifest { .. } | Error::Artifact { .. }) => Failure::Refused(e),
+                e => Failure::Failed(e, false),
+            })?;
+            let plan = ctx
+                .engine
+                .plan(
+                    &d.name,
+                    &st.source.revision,
+                    st.generation,
+                    &st.artifact.digest,
+                    ms,
+                    opts.target_namespace.as_deref(),
+                )
+                .await
+                .map_err(|e| match e {
+                    e @ Error::Manifest { .. } => Failure::Refused(e),
+                    e => Failure::Failed(e, false),
+                })?;
+            Arc::new(plan)
+        }
+    };
     let report =
         ctx.engine.apply(&plan, ApplyOptions { force: opts.force, prune: opts.prune }, &ctx.shutdown).await;
     if let Some(e) = report.error {
@@ -1194,6 +1229,7 @@ async fn reconcile(
     .map_err(|e| Failure::Failed(e, true))?;
     let tracked = tracked_from(&plan, &report.inventory);
     Ok(Applied {
+        plan,
         revision: AppliedRevision {
             generation: st.generation,
             digest: st.artifact.digest.clone(),
@@ -1236,7 +1272,7 @@ async fn restore(ctx: &Ctx, name: &str, a: &AppliedRevision) -> Result<Restored>
         tracked
             .iter()
             .map(|(key, t)| async move {
-                let live = crate::kubeapi::ObjApi::new(ctx.engine.client(), &t.resource, key).get().await?;
+                let live = health::get_slim(ctx.engine.client(), key, &t.resource).await?;
                 Ok(match live {
                     None => (
                         ObjectHealth {
@@ -1246,9 +1282,8 @@ async fn restore(ctx: &Ctx, name: &str, a: &AppliedRevision) -> Result<Restored>
                         },
                         true,
                     ),
-                    Some(obj) => {
+                    Some((obj, meta)) => {
                         let (status, message) = health::assess(&key.group, &key.kind, &obj);
-                        let meta = crate::engine::meta_of(&obj);
                         (
                             ObjectHealth { key: key.clone(), status, message },
                             !live_matches(&t.entry, &meta, &t.meta_keys),
@@ -1270,28 +1305,39 @@ async fn restore(ctx: &Ctx, name: &str, a: &AppliedRevision) -> Result<Restored>
         }
         health.push(h);
     }
-    Ok(Restored { tracked, header: (inv.revision, inv.generation, inv.digest), health, dirty })
+    Ok(Restored {
+        plan: Arc::new(plan),
+        tracked,
+        header: (inv.revision, inv.generation, inv.digest),
+        health,
+        dirty,
+    })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drift_pass(
     ctx: &Ctx,
     name: &str,
     applied: &AppliedRevision,
+    plan: Option<Arc<Plan>>,
     mut tracked: HashMap<ObjKey, Tracked>,
     header: (String, u64, String),
     keys: Vec<ObjKey>,
     detect_only: bool,
-) -> (Vec<(ObjKey, Result<DriftOutcome>)>, Result<()>) {
-    let plan = match applied_plan(ctx, name, applied).await {
-        Ok(p) => p,
-        Err(e) => {
-            let msg = e.to_string();
-            let results = keys
-                .into_iter()
-                .map(|k| (k, Err(Error::Store(format!("cannot load the applied bundle: {msg}")))))
-                .collect();
-            return (results, Ok(()));
-        }
+) -> (Vec<(ObjKey, Result<DriftOutcome>)>, Result<()>, Option<Arc<Plan>>) {
+    let plan = match plan {
+        Some(p) => p,
+        None => match applied_plan(ctx, name, applied).await {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                let msg = e.to_string();
+                let results = keys
+                    .into_iter()
+                    .map(|k| (k, Err(Error::Store(format!("cannot load the applied bundle: {msg}")))))
+                    .collect();
+                return (results, Ok(()), None);
+            }
+        },
     };
     let mut results = Vec::with_capacity(keys.len());
     let mut changed = false;
@@ -1322,5 +1368,5 @@ async fn drift_pass(
     } else {
         Ok(())
     };
-    (results, saved)
+    (results, saved, Some(plan))
 }

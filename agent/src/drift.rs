@@ -1,24 +1,27 @@
-//! Drift watchers: one metadata-only watch per resource type that some
+//! Drift watchers: one metadata-only list+watch per resource type that some
 //! bundle's inventory holds, cluster-wide, selecting objects that carry the
 //! bundle label. Events are reduced to what drift detection needs (key,
-//! resourceVersion, generation, labels, annotations) and sent to the
-//! controller; whole objects are never kept. The set of watches follows the
-//! inventories (bounded by the number of distinct resource types).
+//! resourceVersion, generation, labels, annotations, parsed lean: even
+//! managedFields are never allocated) and sent to the controller; whole
+//! objects are never kept. The set of watches follows the inventories
+//! (bounded by the number of distinct resource types). A watch resumes from
+//! its last resourceVersion (bookmarks keep it fresh) and relists on 410 Gone.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{Api, DynamicObject};
-use kube::core::PartialObjectMeta;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
+use kube::api::{ListParams, WatchParams};
+use kube::core::{Request, WatchEvent};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::backoff::Backoff;
 use crate::discovery::ResourceInfo;
-use crate::kubeapi::MetaOnly;
+use crate::kubeapi::{LeanMeta, MetaOnly};
 use crate::objects::ObjKey;
 
 /// What a watch saw.
@@ -110,13 +113,65 @@ impl Watchers {
     }
 }
 
-fn key_of(res: &ResourceInfo, m: &PartialObjectMeta<DynamicObject>) -> ObjKey {
+fn key_of(res: &ResourceInfo, m: &LeanMeta) -> ObjKey {
     ObjKey {
         group: res.group.clone(),
         kind: res.kind.clone(),
-        namespace: m.metadata.namespace.clone().filter(|_| res.namespaced),
-        name: m.metadata.name.clone().unwrap_or_default(),
+        namespace: m.namespace.clone().filter(|_| res.namespaced),
+        name: m.name.clone().unwrap_or_default(),
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct LeanList {
+    #[serde(default)]
+    metadata: ListMeta,
+    #[serde(default)]
+    items: Vec<MetaOnly>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListMeta {
+    #[serde(default)]
+    resource_version: Option<String>,
+    #[serde(default, rename = "continue")]
+    continue_: Option<String>,
+}
+
+/// List every labelled object (paginated); their keys and metadata, and the
+/// list's resourceVersion to watch from.
+async fn list(
+    client: &kube::Client,
+    req: &Request,
+    res: &ResourceInfo,
+) -> Result<(Vec<MetaOnly>, String), kube::Error> {
+    let mut items = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().labels(convoy_core::BUNDLE_LABEL).limit(200);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let r = req.list_metadata(&lp).map_err(kube::Error::BuildRequest)?;
+        let page: LeanList = client.request(r).await?;
+        items.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(t) => token = Some(t),
+            None => {
+                let rv = page.metadata.resource_version.unwrap_or_default();
+                tracing::debug!(kind = %res.kind, objects = items.len(), %rv, "listed");
+                return Ok((items, rv));
+            }
+        }
+    }
+}
+
+enum WatchEnd {
+    /// The resourceVersion is too old: list again.
+    Gone,
+    /// The stream ended (timeout) or failed: watch again from the last version.
+    Again,
 }
 
 async fn watch(
@@ -125,44 +180,112 @@ async fn watch(
     tx: mpsc::Sender<DriftSignal>,
     cancel: CancellationToken,
 ) {
-    let ar = res.api_resource();
-    let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &ar);
-    let cfg = watcher::Config::default().labels(convoy_core::BUNDLE_LABEL).page_size(100);
-    let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
-    let mut present: HashSet<ObjKey> = HashSet::new();
+    let req = Request::new(res.url_path(None));
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut rv: Option<String> = None;
     loop {
-        let ev = tokio::select! {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let version = match rv.clone() {
+            Some(v) => v,
+            None => {
+                let listed = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = list(&client, &req, &res) => r,
+                };
+                match listed {
+                    Ok((items, version)) => {
+                        let mut present = HashSet::with_capacity(items.len());
+                        for m in items {
+                            let key = key_of(&res, &m.metadata);
+                            present.insert(key.clone());
+                            if tx.send(DriftSignal::Seen { key, meta: Box::new(m) }).await.is_err() {
+                                return;
+                            }
+                        }
+                        let relisted = DriftSignal::Relisted {
+                            group: res.group.clone(),
+                            kind: res.kind.clone(),
+                            present,
+                        };
+                        if tx.send(relisted).await.is_err() {
+                            return;
+                        }
+                        rv = Some(version.clone());
+                        version
+                    }
+                    Err(error) => {
+                        let d = backoff.next_delay();
+                        tracing::debug!(%error, retry_ms = d.as_millis() as u64, "drift list failed");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(d) => continue,
+                        }
+                    }
+                }
+            }
+        };
+        let end = tokio::select! {
             _ = cancel.cancelled() => return,
-            ev = stream.next() => ev,
+            e = watch_once(&client, &req, &res, &version, &tx, &mut rv) => e,
         };
-        let Some(ev) = ev else { return };
-        let signal = match ev {
-            Ok(Event::Init) => {
-                present.clear();
-                continue;
+        match end {
+            Ok(WatchEnd::Gone) => {
+                rv = None;
+                backoff.reset();
             }
-            Ok(Event::InitApply(m)) => {
-                let key = key_of(&res, &m);
-                present.insert(key.clone());
-                DriftSignal::Seen { key, meta: Box::new(MetaOnly { metadata: m.metadata }) }
-            }
-            Ok(Event::InitDone) => DriftSignal::Relisted {
-                group: res.group.clone(),
-                kind: res.kind.clone(),
-                present: std::mem::take(&mut present),
-            },
-            Ok(Event::Apply(m)) => {
-                let key = key_of(&res, &m);
-                DriftSignal::Seen { key, meta: Box::new(MetaOnly { metadata: m.metadata }) }
-            }
-            Ok(Event::Delete(m)) => DriftSignal::Gone { key: key_of(&res, &m) },
+            Ok(WatchEnd::Again) => backoff.reset(),
             Err(error) => {
-                tracing::debug!(%error, "drift watch error; the watcher retries with backoff");
-                continue;
+                let d = backoff.next_delay();
+                tracing::debug!(%error, retry_ms = d.as_millis() as u64, "drift watch failed");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(d) => {}
+                }
             }
-        };
-        if tx.send(signal).await.is_err() {
+        }
+        if tx.is_closed() {
             return;
         }
     }
+}
+
+async fn watch_once(
+    client: &kube::Client,
+    req: &Request,
+    res: &ResourceInfo,
+    version: &str,
+    tx: &mpsc::Sender<DriftSignal>,
+    rv: &mut Option<String>,
+) -> Result<WatchEnd, kube::Error> {
+    let wp = WatchParams::default().labels(convoy_core::BUNDLE_LABEL).timeout(290);
+    let r = req.watch_metadata(&wp, version).map_err(kube::Error::BuildRequest)?;
+    let stream = client.request_events::<MetaOnly>(r).await?;
+    let mut stream = std::pin::pin!(stream);
+    let res_of = |m: &MetaOnly| m.metadata.resource_version.clone();
+    while let Some(ev) = stream.next().await {
+        let signal = match ev? {
+            WatchEvent::Added(m) | WatchEvent::Modified(m) => {
+                *rv = res_of(&m).or(rv.take());
+                let key = key_of(res, &m.metadata);
+                DriftSignal::Seen { key, meta: Box::new(m) }
+            }
+            WatchEvent::Deleted(m) => {
+                *rv = res_of(&m).or(rv.take());
+                let key = key_of(res, &m.metadata);
+                DriftSignal::Gone { key }
+            }
+            WatchEvent::Bookmark(b) => {
+                *rv = Some(b.metadata.resource_version);
+                continue;
+            }
+            WatchEvent::Error(s) if s.code == 410 => return Ok(WatchEnd::Gone),
+            WatchEvent::Error(s) => return Err(kube::Error::Api(s)),
+        };
+        if tx.send(signal).await.is_err() {
+            return Ok(WatchEnd::Again);
+        }
+    }
+    Ok(WatchEnd::Again)
 }

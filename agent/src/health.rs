@@ -320,6 +320,72 @@ pub async fn pod_reasons(client: &kube::Client, obj: &Value) -> Vec<String> {
     out
 }
 
+/// The part of an object health checks read: metadata, a few spec fields
+/// and the status. A large CRD's schema is skipped while parsing.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Slim {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: crate::kubeapi::LeanMeta,
+    #[serde(default)]
+    spec: SlimSpec,
+    #[serde(default)]
+    status: Value,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlimSpec {
+    #[serde(default)]
+    replicas: Option<i64>,
+    #[serde(default, rename = "type")]
+    type_: Option<String>,
+    #[serde(default)]
+    selector: Option<Value>,
+    #[serde(default)]
+    update_strategy: Option<Value>,
+}
+
+/// GET an object for health checks: a small JSON value with what [`assess`]
+/// reads, and its metadata. `None` when it does not exist.
+pub async fn get_slim(
+    client: &kube::Client,
+    key: &ObjKey,
+    res: &ResourceInfo,
+) -> Result<Option<(Value, crate::kubeapi::MetaOnly)>> {
+    let Some(s) = ObjApi::new(client, res, key).get_as::<Slim>().await? else {
+        return Ok(None);
+    };
+    let m = &s.metadata;
+    let mut spec = serde_json::Map::new();
+    if let Some(r) = s.spec.replicas {
+        spec.insert("replicas".into(), r.into());
+    }
+    if let Some(t) = &s.spec.type_ {
+        spec.insert("type".into(), t.clone().into());
+    }
+    if let Some(sel) = s.spec.selector {
+        spec.insert("selector".into(), sel);
+    }
+    if let Some(u) = s.spec.update_strategy {
+        spec.insert("updateStrategy".into(), u);
+    }
+    let v = serde_json::json!({
+        "kind": s.kind,
+        "metadata": {
+            "name": m.name,
+            "namespace": m.namespace,
+            "uid": m.uid,
+            "generation": m.generation,
+            "deletionTimestamp": m.deletion_timestamp,
+        },
+        "spec": spec,
+        "status": s.status,
+    });
+    Ok(Some((v, crate::kubeapi::MetaOnly { metadata: s.metadata })))
+}
+
 /// The objects to check, with how they are served.
 pub type Targets = Vec<(ObjKey, ResourceInfo)>;
 

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::core::Request;
 use serde::Deserialize;
@@ -22,13 +21,45 @@ use crate::{Error, Result};
 /// How many times one request is tried before its error is returned.
 const ATTEMPTS: u32 = 6;
 
+/// The metadata fields the agent uses. Everything else, notably
+/// `managedFields` (hundreds of KiB on a large CRD), is skipped while
+/// parsing and never allocated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeanMeta {
+    /// metadata.name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// metadata.namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// metadata.uid.
+    #[serde(default)]
+    pub uid: Option<String>,
+    /// metadata.resourceVersion.
+    #[serde(default)]
+    pub resource_version: Option<String>,
+    /// metadata.generation.
+    #[serde(default)]
+    pub generation: Option<i64>,
+    /// metadata.labels.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// metadata.annotations.
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// metadata.deletionTimestamp.
+    #[serde(default)]
+    pub deletion_timestamp: Option<String>,
+}
+
 /// Only the metadata of an object: parsing skips everything else, so large
 /// objects (CRDs) cost little memory.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
 pub struct MetaOnly {
     /// The object's metadata.
     #[serde(default)]
-    pub metadata: ObjectMeta,
+    pub metadata: LeanMeta,
 }
 
 impl MetaOnly {
@@ -134,6 +165,17 @@ impl<'a> ObjApi<'a> {
             let req =
                 self.req.get_metadata(self.name, &Default::default()).map_err(kube::Error::BuildRequest)?;
             self.client.request::<MetaOnly>(req).await
+        })
+        .await;
+        not_found_is_none(r).map_err(|e| Error::kube(format!("get {}", self.what), e))
+    }
+
+    /// GET the object decoded as `T` (fields `T` does not name are skipped
+    /// without being allocated); `None` when it does not exist.
+    pub async fn get_as<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>> {
+        let r = retry_transient(&self.what, || async {
+            let req = self.req.get(self.name, &Default::default()).map_err(kube::Error::BuildRequest)?;
+            self.client.request::<T>(req).await
         })
         .await;
         not_found_is_none(r).map_err(|e| Error::kube(format!("get {}", self.what), e))

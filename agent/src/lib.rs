@@ -19,6 +19,7 @@ pub mod health;
 pub mod identity;
 pub mod inventory;
 pub mod kubeapi;
+pub mod mem;
 pub mod metrics;
 pub mod objects;
 pub mod oneshot;

@@ -7,6 +7,8 @@ use clap::Parser;
 use convoy_agent::cli::{Cli, init_logging, run};
 
 fn main() -> ExitCode {
+    // A small async process: two malloc arenas are plenty and fragment less.
+    convoy_agent::mem::limit_arenas(2);
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
