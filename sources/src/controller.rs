@@ -89,11 +89,18 @@ enum Trigger {
     Suspend(bool),
 }
 
-/// What a worker reports.
+/// What a worker reports, tagged with the worker's id so that a replaced
+/// worker's late reports are ignored.
+struct Report {
+    source: String,
+    worker: u64,
+    event: Event,
+}
+
 enum Event {
     Status(Box<SourceStatus>),
     Built { bundle: String, result: std::result::Result<BuiltArtifact, BuildError> },
-    FetchFailed { source: String, error: BuildError },
+    FetchFailed { error: BuildError },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +110,7 @@ struct BundleRef {
 }
 
 struct WorkerHandle {
+    id: u64,
     spec: GitSourceSpec,
     tx: mpsc::Sender<Trigger>,
     token: CancellationToken,
@@ -169,6 +177,8 @@ impl Sources {
             events_tx,
             semaphore: Arc::new(Semaphore::new(cfg_max.max(1))),
             workers: HashMap::new(),
+            stopping: Vec::new(),
+            next_id: 0,
             inner: inner.clone(),
         };
         let task = tokio::spawn(sup.run(events_rx, control_rx, shutdown).instrument(info_span!("sources")));
@@ -244,16 +254,19 @@ struct Supervisor {
     fleet: watch::Receiver<Arc<FleetConfig>>,
     status_tx: watch::Sender<Arc<BTreeMap<String, SourceStatus>>>,
     builds_tx: watch::Sender<Arc<BTreeMap<String, BundleBuildState>>>,
-    events_tx: mpsc::Sender<Event>,
+    events_tx: mpsc::Sender<Report>,
     semaphore: Arc<Semaphore>,
     workers: HashMap<String, WorkerHandle>,
+    /// Replaced workers, cancelled and awaited at shutdown.
+    stopping: Vec<JoinHandle<()>>,
+    next_id: u64,
     inner: Arc<Inner>,
 }
 
 impl Supervisor {
     async fn run(
         mut self,
-        mut events: mpsc::Receiver<Event>,
+        mut events: mpsc::Receiver<Report>,
         mut control: mpsc::UnboundedReceiver<(String, bool)>,
         shutdown: CancellationToken,
     ) {
@@ -282,7 +295,10 @@ impl Supervisor {
         }
         for (_, w) in self.workers.drain() {
             w.token.cancel();
-            let _ = w.task.await;
+            self.stopping.push(w.task);
+        }
+        for task in self.stopping.drain(..) {
+            let _ = task.await;
         }
         debug!("source pipeline stopped");
     }
@@ -296,9 +312,11 @@ impl Supervisor {
             .filter(|(name, w)| fleet.sources.get(*name).is_none_or(|s| s.spec != w.spec))
             .map(|(n, _)| n.clone())
             .collect();
+        self.stopping.retain(|t| !t.is_finished());
         for name in stale {
             if let Some(w) = self.workers.remove(&name) {
                 w.token.cancel();
+                self.stopping.push(w.task);
                 self.inner.triggers.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
             }
         }
@@ -336,7 +354,10 @@ impl Supervisor {
         let over = self.inner.suspended.lock().unwrap_or_else(|p| p.into_inner()).get(&src.name).copied();
         let url_key = hex::encode(&Sha256::digest(src.spec.url.as_bytes())[..8]);
         let dir = self.sources_dir.join(format!("{}-{url_key}", src.name));
+        self.next_id += 1;
+        let id = self.next_id;
         let worker = Worker {
+            id,
             name: src.name.clone(),
             spec: src.spec.clone(),
             cfg: self.cfg.clone(),
@@ -356,13 +377,14 @@ impl Supervisor {
         let task = tokio::spawn(worker.run(rx, token.clone()).instrument(span));
         self.inner.triggers.lock().unwrap_or_else(|p| p.into_inner()).insert(src.name.clone(), tx.clone());
         self.workers
-            .insert(src.name.clone(), WorkerHandle { spec: src.spec.clone(), tx, token, task, bundles });
+            .insert(src.name.clone(), WorkerHandle { id, spec: src.spec.clone(), tx, token, task, bundles });
     }
 
-    fn on_event(&mut self, ev: Event) {
-        match ev {
+    fn on_event(&mut self, report: Report) {
+        let current = self.workers.get(&report.source).is_some_and(|w| w.id == report.worker);
+        match report.event {
             Event::Status(s) => {
-                if !self.workers.contains_key(&s.name) {
+                if !current {
                     return;
                 }
                 self.status_tx.send_modify(|m| {
@@ -370,7 +392,7 @@ impl Supervisor {
                 });
             }
             Event::Built { bundle, result } => {
-                if !self.fleet.borrow().bundles.contains_key(&bundle) {
+                if !current || !self.fleet.borrow().bundles.contains_key(&bundle) {
                     if let Ok(a) = &result {
                         unpend(&self.pending, &a.digest);
                     }
@@ -393,7 +415,11 @@ impl Supervisor {
                     unpend(&self.pending, &d);
                 }
             }
-            Event::FetchFailed { source, error } => {
+            Event::FetchFailed { error } => {
+                if !current {
+                    return;
+                }
+                let source = report.source;
                 let fleet = self.fleet.borrow().clone();
                 let bundles: Vec<String> = fleet.bundles_of_source(&source).map(|b| b.name.clone()).collect();
                 self.builds_tx.send_if_modified(|m| {
@@ -491,6 +517,7 @@ struct BuildKey {
 }
 
 struct Worker {
+    id: u64,
     name: String,
     spec: GitSourceSpec,
     cfg: Arc<SourcesConfig>,
@@ -499,7 +526,7 @@ struct Worker {
     store: ArtifactStore,
     pending: Pending,
     semaphore: Arc<Semaphore>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Report>,
     bundles: Vec<BundleRef>,
     suspended: bool,
     status: SourceStatus,
@@ -569,8 +596,12 @@ impl Worker {
         }
     }
 
+    async fn report(&self, event: Event) {
+        let _ = self.events.send(Report { source: self.name.clone(), worker: self.id, event }).await;
+    }
+
     async fn publish(&self) {
-        let _ = self.events.send(Event::Status(Box::new(self.status.clone()))).await;
+        self.report(Event::Status(Box::new(self.status.clone()))).await;
     }
 
     async fn publish_suspension(&mut self) {
@@ -646,7 +677,7 @@ impl Worker {
                     message,
                     at_unix_ms: now,
                 };
-                let _ = self.events.send(Event::FetchFailed { source: self.name.clone(), error }).await;
+                self.report(Event::FetchFailed { error }).await;
                 false
             }
         }
@@ -713,7 +744,7 @@ impl Worker {
                 info!(bundle = %b.name, digest = %a.digest, size = a.size, files = a.files, "built artifact");
             }
             self.built.insert(b.name.clone(), key);
-            let _ = self.events.send(Event::Built { bundle: b.name.clone(), result }).await;
+            self.report(Event::Built { bundle: b.name.clone(), result }).await;
         }
     }
 

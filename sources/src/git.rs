@@ -371,21 +371,27 @@ impl<'a> Fetcher<'a> {
             if let Some(token) = &self.auth.bearer {
                 opts.extra_headers.push(format!("Authorization: Bearer {token}"));
             }
-            if let Some(pem) = &self.auth.ca_pem {
-                let certs = reqwest::Certificate::from_pem_bundle(pem)
-                    .map_err(|e| Error::Config(format!("caFile: not a PEM bundle of certificates: {e}")))?;
-                let configure = move |mut b: reqwest::blocking::ClientBuilder| {
-                    for c in &certs {
-                        b = b.add_root_certificate(c.clone());
-                    }
-                    Ok(b)
-                };
-                let backend = gix::protocol::transport::client::blocking_io::http::reqwest::Options {
-                    configure_client: Some(Box::new(configure)),
-                    ..Default::default()
-                };
-                opts.backend = Some(std::sync::Arc::new(std::sync::Mutex::new(backend)));
-            }
+            let certs = match &self.auth.ca_pem {
+                Some(pem) => reqwest::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| Error::Config(format!("caFile: not a PEM bundle of certificates: {e}")))?,
+                None => Vec::new(),
+            };
+            // gix's reqwest backend hard-codes a 20 s connect timeout; use the
+            // source's (reqwest's blocking client bounds each request at 30 s
+            // of inactivity by default, so a silent server cannot hold a fetch
+            // slot for long after the fetch timed out).
+            let connect = self.auth.connect_timeout.unwrap_or(std::time::Duration::from_secs(20));
+            let configure = move |mut b: reqwest::blocking::ClientBuilder| {
+                for c in &certs {
+                    b = b.add_root_certificate(c.clone());
+                }
+                Ok(b.connect_timeout(connect))
+            };
+            let backend = gix::protocol::transport::client::blocking_io::http::reqwest::Options {
+                configure_client: Some(Box::new(configure)),
+                ..Default::default()
+            };
+            opts.backend = Some(std::sync::Arc::new(std::sync::Mutex::new(backend)));
             conn.set_transport_options(Box::new(opts));
         }
         Ok(conn)
