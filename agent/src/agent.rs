@@ -112,8 +112,9 @@ impl Agent {
         if cfg.trusted_keys.is_empty() {
             return Err(Error::Config("no trusted signing key (--trusted-key)".into()));
         }
+        let key_files = crate::config::expand_key_paths(&cfg.trusted_keys)?;
         let trusted =
-            TrustedKeys::load(&cfg.trusted_keys).map_err(|e| Error::Config(format!("trusted keys: {e}")))?;
+            TrustedKeys::load(&key_files).map_err(|e| Error::Config(format!("trusted keys: {e}")))?;
         let client = cfg.kube.client().await?;
         let state_dir = cfg.state_dir.clone();
         let max_events = cfg.tuning.outbox_max_events;

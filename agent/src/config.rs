@@ -150,6 +150,33 @@ impl AgentConfig {
     }
 }
 
+/// Trusted key paths with directories expanded to their `*.pem` files
+/// (sorted), as mounted from a ConfigMap.
+pub fn expand_key_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let rd = std::fs::read_dir(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
+            let mut files: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|f| f.extension().is_some_and(|x| x == "pem") && f.is_file())
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(Error::Config(format!(
+                    "trusted key directory {} holds no .pem file",
+                    p.display()
+                )));
+            }
+            out.extend(files);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// Parse `k=v,k=v` labels.
 pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
@@ -167,6 +194,20 @@ pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_directories_expand_to_pem_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("b.pem"), "x").unwrap();
+        std::fs::write(d.path().join("a.pem"), "x").unwrap();
+        std::fs::write(d.path().join("README"), "x").unwrap();
+        std::fs::create_dir(d.path().join("..data")).unwrap();
+        let one = d.path().join("a.pem");
+        let got = expand_key_paths(&[d.path().to_path_buf(), one.clone()]).unwrap();
+        assert_eq!(got, vec![d.path().join("a.pem"), d.path().join("b.pem"), one]);
+        let empty = tempfile::tempdir().unwrap();
+        assert!(expand_key_paths(&[empty.path().to_path_buf()]).is_err());
+    }
 
     #[test]
     fn labels() {

@@ -191,6 +191,8 @@ pub struct Controller {
     drift_rx: mpsc::Receiver<DriftSignal>,
     /// Bundles whose applied state is not restored yet (readiness waits for them).
     restore_pending: HashSet<String>,
+    /// When to give freed memory back to the OS (after large work settles).
+    trim_due: Option<Instant>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -235,6 +237,7 @@ impl Controller {
             hub_rx,
             drift_rx,
             restore_pending: HashSet::new(),
+            trim_due: None,
         }
     }
 
@@ -244,6 +247,7 @@ impl Controller {
         self.restore_pending =
             self.slots.iter().filter(|(_, s)| s.applied.is_some()).map(|(n, _)| n.clone()).collect();
         self.metrics.set_ready(self.restore_pending.is_empty());
+        self.ctx.engine.prefetch_discovery().await;
         self.schedule();
         loop {
             let wake = self.next_wake();
@@ -256,6 +260,11 @@ impl Controller {
                     Err(e) => tracing::error!(error = %e, "a bundle job panicked"),
                 },
                 _ = sleep_until(wake) => {}
+            }
+            if self.trim_due.is_some_and(|t| t <= Instant::now()) && self.jobs.is_empty() {
+                self.trim_due = None;
+                // Large applies and relists leave freed memory in the allocator: give it back.
+                tokio::task::spawn_blocking(crate::mem::trim);
             }
             self.schedule();
         }
@@ -275,6 +284,7 @@ impl Controller {
             .filter(|s| !s.busy)
             .flat_map(|s| [s.retry_at, s.drift_due, s.health_due])
             .flatten()
+            .chain(self.trim_due)
             .min()
     }
 
@@ -352,6 +362,7 @@ impl Controller {
                 }
             }
             DriftSignal::Relisted { group, kind, present } => {
+                self.trim_due = Some(now + Duration::from_secs(1));
                 let missing: Vec<(ObjKey, String)> = self
                     .owners
                     .iter()
@@ -615,9 +626,8 @@ impl Controller {
             JobOut::Health(name, r) => self.on_health(&name, r),
         }
         self.publish(&name);
-        if heavy && self.jobs.is_empty() {
-            // Large applies leave freed memory in the allocator: give it back.
-            tokio::task::spawn_blocking(crate::mem::trim);
+        if heavy {
+            self.trim_due = Some(Instant::now() + Duration::from_secs(1));
         }
     }
 

@@ -95,6 +95,44 @@ impl Discovery {
         Ok(list.iter().find(|r| r.kind == kind).cloned())
     }
 
+    /// Fill the cache for every group at once with aggregated discovery
+    /// (two requests: `/api` and `/apis`). Best effort: an API server
+    /// without it is discovered per group-version on demand instead.
+    pub async fn prefetch(&self) {
+        let (core, groups) = tokio::join!(
+            self.client.list_core_api_versions_aggregated(),
+            self.client.list_api_groups_aggregated()
+        );
+        let mut n = 0;
+        for list in [core, groups].into_iter().flatten() {
+            for g in list.items {
+                let group = g.metadata.as_ref().and_then(|m| m.name.clone()).unwrap_or_default();
+                for v in g.versions {
+                    let Some(version) = v.version else { continue };
+                    let infos: Vec<ResourceInfo> = v
+                        .resources
+                        .into_iter()
+                        .filter_map(|r| {
+                            let plural = r.resource?;
+                            let kind = r.response_kind.and_then(|k| k.kind)?;
+                            Some(ResourceInfo {
+                                group: group.clone(),
+                                version: version.clone(),
+                                kind,
+                                plural,
+                                namespaced: r.scope.as_deref() == Some("Namespaced"),
+                            })
+                        })
+                        .collect();
+                    let av = if group.is_empty() { version.clone() } else { format!("{group}/{version}") };
+                    n += infos.len();
+                    self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(av, Some(Arc::new(infos)));
+                }
+            }
+        }
+        tracing::debug!(resources = n, "aggregated discovery");
+    }
+
     /// Forget a group-version so the next resolve asks the API server.
     pub fn invalidate(&self, api_version: &str) {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(api_version);

@@ -230,6 +230,11 @@ impl Engine {
         }
     }
 
+    /// Warm the discovery cache (aggregated discovery, best effort).
+    pub async fn prefetch_discovery(&self) {
+        self.discovery.prefetch().await
+    }
+
     /// The Kubernetes client.
     pub fn client(&self) -> &kube::Client {
         &self.client

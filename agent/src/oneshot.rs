@@ -86,7 +86,8 @@ pub fn verify_dir(dir: &Path, keys: &[PathBuf], bundle: Option<&str>) -> Result<
     if keys.is_empty() {
         return Err(Error::Config("no trusted key given (--key PUB)".into()));
     }
-    let trusted = TrustedKeys::load(keys).map_err(|e| Error::Config(format!("trusted keys: {e}")))?;
+    let keys = crate::config::expand_key_paths(keys)?;
+    let trusted = TrustedKeys::load(&keys).map_err(|e| Error::Config(format!("trusted keys: {e}")))?;
     let statement_bytes = read(dir, STATEMENT_FILE)?;
     let signature = read(dir, SIGNATURE_FILE)?;
     let artifact = read(dir, ARTIFACT_FILE)?;
@@ -163,6 +164,16 @@ fn line(out: &mut String, o: &ObjectResult) {
     let _ = writeln!(out, "{s}");
 }
 
+/// Verify and parse the directory (on a blocking thread) while warming
+/// discovery; then plan against the cluster.
+async fn verify_and_plan(engine: &Engine, opts: &OneShotOptions) -> Result<Plan> {
+    let (dir, keys, bundle) = (opts.dir.clone(), opts.keys.clone(), opts.bundle.clone());
+    let verify = tokio::task::spawn_blocking(move || verify_dir(&dir, &keys, bundle.as_deref()));
+    let ((), v) = tokio::join!(engine.prefetch_discovery(), verify);
+    let v = v.map_err(|e| Error::Config(format!("verification task failed: {e}")))??;
+    plan_dir(engine, v, opts).await
+}
+
 async fn plan_dir(engine: &Engine, v: VerifiedDir, opts: &OneShotOptions) -> Result<Plan> {
     let st = &v.statement;
     // Replays: the same rules as the agent, against the inventory in the cluster.
@@ -210,17 +221,13 @@ pub async fn apply_dir(
     cancel: &CancellationToken,
 ) -> Result<OneShotReport> {
     let start = Instant::now();
-    let v = verify_dir(&opts.dir, &opts.keys, opts.bundle.as_deref())?;
-    let verified = start.elapsed();
-    let (bundle, generation, revision) =
-        (v.statement.bundle.clone(), v.statement.generation, v.statement.source.revision.clone());
     let engine = Engine::new(client, &opts.namespace, opts.concurrency);
-    let plan = plan_dir(&engine, v, opts).await?;
+    let plan = verify_and_plan(&engine, opts).await?;
     let planned = start.elapsed();
+    let (bundle, generation, revision) = (plan.bundle.clone(), plan.generation, plan.revision.clone());
     let apply = engine.apply(&plan, ApplyOptions { force: opts.force, prune: opts.prune }, cancel).await;
     tracing::debug!(
-        verify_ms = verified.as_millis() as u64,
-        plan_ms = (planned - verified).as_millis() as u64,
+        verify_and_plan_ms = planned.as_millis() as u64,
         apply_ms = apply.duration.as_millis() as u64,
         objects = plan.objects.len(),
         "one-shot apply"
@@ -284,9 +291,8 @@ impl DiffReport {
 /// Verify a build directory and show what applying it would change, by
 /// server-side dry-run. Writes nothing.
 pub async fn diff_dir(client: kube::Client, opts: &OneShotOptions) -> Result<DiffReport> {
-    let v = verify_dir(&opts.dir, &opts.keys, opts.bundle.as_deref())?;
     let engine = Engine::new(client, &opts.namespace, opts.concurrency);
-    let plan = plan_dir(&engine, v, opts).await?;
+    let plan = verify_and_plan(&engine, opts).await?;
     let objects = engine.diff(&plan, opts.prune).await?;
     Ok(DiffReport { bundle: plan.bundle, objects })
 }
