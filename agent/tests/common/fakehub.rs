@@ -261,7 +261,7 @@ impl Agent for Svc {
                 }
                 let chunk = pb::ArtifactChunk {
                     offset: off as u64,
-                    data: bytes[off..end].to_vec(),
+                    data: bytes[off..end].to_vec().into(),
                     total_size: total,
                 };
                 sent += (end - off) as u64;
