@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::diff::changed_fields;
 use crate::discovery::{Discovery, ResourceInfo, crd_resources};
-use crate::health::{self, HealthStatus, ObjectHealth};
+use crate::health::{self, HealthStatus};
 use crate::inventory::{self, Entry, Inventory};
 use crate::kubeapi::{MetaOnly, ObjApi};
 use crate::objects::{DesiredObject, Manifest, MetaKey, ObjKey, Stage, meta_hash};
@@ -178,8 +178,23 @@ impl Plan {
     }
 }
 
-/// What one object's apply did: the action, changed fields, the new entry.
-type Applied = (Action, Vec<String>, Entry);
+/// What one object's apply did.
+struct Applied {
+    action: Action,
+    /// Changed field paths (Configured).
+    fields: Vec<String>,
+    /// The inventory entry after the apply.
+    entry: Entry,
+    /// The API server's answer already says Established=True (CRDs).
+    established: bool,
+}
+
+impl Applied {
+    fn new(action: Action, fields: Vec<String>, entry: Entry, m: Option<&MetaOnly>) -> Self {
+        let established = m.is_some_and(|m| m.condition_true("Established"));
+        Applied { action, fields, entry, established }
+    }
+}
 
 /// Apply options of a bundle.
 #[derive(Debug, Clone, Copy, Default)]
@@ -346,19 +361,22 @@ impl Engine {
         let prev_by_key: BTreeMap<ObjKey, Entry> =
             prev.entries.iter().map(|e| (e.key(), e.clone())).collect();
 
-        // Record objects we are about to create before creating them, so that
-        // a crash half-way leaves them in the inventory (and prunable).
+        // Before any object is written, three independent things, at once:
+        // record the objects we are about to create in the inventory (a crash
+        // half-way leaves them prunable); create the namespaces the bundle
+        // uses but does not define (never pruned: not in the inventory); and
+        // read the live metadata of every object the inventory knows (an
+        // unchanged bundle needs nothing else).
         let new_keys: Vec<&DesiredObject> =
             plan.objects.iter().filter(|o| !prev_by_key.contains_key(&o.key)).collect();
-        if !new_keys.is_empty() {
+        let pending = async {
+            if new_keys.is_empty() {
+                return Ok(0u32);
+            }
             let mut pending = prev.clone();
             pending.entries.extend(new_keys.iter().map(|o| entry_for(o, None, String::new())));
-            inventory::save(&self.client, &self.namespace, &pending).await?;
-            report.writes += 1;
-        }
-
-        // Namespaced objects go to namespaces that must exist: create the ones
-        // the bundle uses but does not define (never pruned: not in the inventory).
+            inventory::save(&self.client, &self.namespace, &pending).await.map(|_| 1)
+        };
         let defined: HashSet<&str> = plan
             .objects
             .iter()
@@ -369,30 +387,30 @@ impl Engine {
             .objects
             .iter()
             .filter_map(|o| o.key.namespace.as_deref())
-            .filter(|ns| !defined.contains(ns))
+            .filter(|ns| !defined.contains(ns) && *ns != self.namespace)
             .collect();
-        for ns in used {
-            if crate::kubeapi::ensure_namespace(&self.client, ns).await? {
-                report.writes += 1;
-            }
-        }
-
-        // Live metadata of every object the inventory knows, fetched at once
-        // (not stage by stage): an unchanged bundle needs nothing else.
+        let namespaces = async {
+            let created: Vec<Result<bool>> = futures::future::join_all(
+                used.iter().map(|ns| crate::kubeapi::ensure_namespace(&self.client, ns)),
+            )
+            .await;
+            created.into_iter().try_fold(0u32, |n, r| r.map(|c| n + u32::from(c)))
+        };
         let known: Vec<&DesiredObject> = plan
             .objects
             .iter()
             .filter(|o| prev_by_key.get(&o.key).is_some_and(|e| !e.hash.is_empty()))
             .collect();
-        let metas: Vec<Result<Option<MetaOnly>>> = futures::stream::iter(
+        let metas = futures::stream::iter(
             known
                 .iter()
                 .map(|o| async move { ObjApi::new(&self.client, &o.resource, &o.key).get_meta().await })
                 .collect::<Vec<_>>(),
         )
         .buffered(self.concurrency)
-        .collect()
-        .await;
+        .collect::<Vec<Result<Option<MetaOnly>>>>();
+        let (pending_writes, ns_writes, metas) = tokio::join!(pending, namespaces, metas);
+        report.writes += pending_writes? + ns_writes?;
         let mut live: HashMap<ObjKey, Option<MetaOnly>> = HashMap::with_capacity(known.len());
         for (o, m) in known.iter().zip(metas) {
             live.insert(o.key.clone(), m?);
@@ -421,11 +439,18 @@ impl Engine {
             .collect()
             .await;
             let mut failures: Vec<Error> = Vec::new();
+            // CRDs this apply created or changed and that are not known to be established yet.
+            let mut to_establish: Vec<&DesiredObject> = Vec::new();
             for (key, r) in results {
                 match r {
-                    Ok((action, fields, entry)) => {
+                    Ok(Applied { action, fields, entry, established }) => {
                         if matches!(action, Action::Created | Action::Configured) {
                             report.writes += 1;
+                            if !established
+                                && let Some(o) = objs.iter().find(|o| o.key == key && is_crd(&o.key))
+                            {
+                                to_establish.push(o);
+                            }
                         }
                         report.objects.push(ObjectResult {
                             key: key.clone(),
@@ -456,7 +481,7 @@ impl Engine {
                 return Err(merge_errors(failures));
             }
             if stage == Stage::Definitions {
-                self.wait_crds_established(&objs, cancel).await?;
+                self.wait_crds_established(&objs, &to_establish, cancel).await?;
             }
         }
 
@@ -529,7 +554,12 @@ impl Engine {
             // existing object (200).
             let (created, m) = api.apply_created(&obj.body, force).await?;
             let action = if created { Action::Created } else { Action::Configured };
-            return Ok((action, Vec::new(), entry_for(obj, Some(&m), obj.hash.clone())));
+            return Ok(Applied::new(
+                action,
+                Vec::new(),
+                entry_for(obj, Some(&m), obj.hash.clone()),
+                Some(&m),
+            ));
         };
         let live = match live {
             Some(l) => l.clone(),
@@ -537,15 +567,25 @@ impl Engine {
         };
         let Some(live) = live else {
             let m = api.apply(&obj.body, force).await?;
-            return Ok((Action::Created, Vec::new(), entry_for(obj, Some(&m), obj.hash.clone())));
+            return Ok(Applied::new(
+                Action::Created,
+                Vec::new(),
+                entry_for(obj, Some(&m), obj.hash.clone()),
+                Some(&m),
+            ));
         };
         if prev.hash == obj.hash && live_matches(prev, &live, &obj.meta_keys) {
-            return Ok((Action::Unchanged, Vec::new(), prev.clone()));
+            return Ok(Applied::new(Action::Unchanged, Vec::new(), prev.clone(), None));
         }
         let dry = api.dry_run(&obj.body, force).await?;
         let Some(full) = api.get().await? else {
             let m = api.apply(&obj.body, force).await?;
-            return Ok((Action::Created, Vec::new(), entry_for(obj, Some(&m), obj.hash.clone())));
+            return Ok(Applied::new(
+                Action::Created,
+                Vec::new(),
+                entry_for(obj, Some(&m), obj.hash.clone()),
+                Some(&m),
+            ));
         };
         let fields = changed_fields(&full, &dry);
         if fields.is_empty() {
@@ -556,10 +596,10 @@ impl Engine {
             } else {
                 entry_for(obj, Some(&meta_of(&full)), obj.hash.clone())
             };
-            return Ok((Action::Unchanged, Vec::new(), entry));
+            return Ok(Applied::new(Action::Unchanged, Vec::new(), entry, None));
         }
         let m = api.apply(&obj.body, force).await?;
-        Ok((Action::Configured, fields, entry_for(obj, Some(&m), obj.hash.clone())))
+        Ok(Applied::new(Action::Configured, fields, entry_for(obj, Some(&m), obj.hash.clone()), Some(&m)))
     }
 
     async fn prune_one(&self, bundle: &str, e: &Entry, prune: bool) -> (ObjectResult, bool) {
@@ -597,30 +637,46 @@ impl Engine {
         }
     }
 
-    async fn wait_crds_established(&self, objs: &[&DesiredObject], cancel: &CancellationToken) -> Result<()> {
-        let crds: Vec<(ObjKey, ResourceInfo)> = objs
-            .iter()
-            .filter(|o| o.key.group == "apiextensions.k8s.io" && o.key.kind == "CustomResourceDefinition")
-            .map(|o| (o.key.clone(), o.resource.clone()))
-            .collect();
-        if crds.is_empty() {
-            return Ok(());
-        }
-        let hs = health::wait(&self.client, &crds, CRD_ESTABLISH_TIMEOUT, self.concurrency, cancel).await?;
-        let bad: Vec<&ObjectHealth> = hs.iter().filter(|h| h.status != HealthStatus::Current).collect();
-        if !bad.is_empty() {
-            return Err(Error::Timeout(format!(
-                "CustomResourceDefinitions not established: {}",
-                health::not_ready_summary(&hs)
-            )));
+    /// Wait until the CRDs this apply created or changed are Established
+    /// (those whose apply response said so already are not asked again), then
+    /// make discovery forget the group-versions they serve.
+    async fn wait_crds_established(
+        &self,
+        objs: &[&DesiredObject],
+        pending: &[&DesiredObject],
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        let crds: Vec<(ObjKey, ResourceInfo)> =
+            pending.iter().map(|o| (o.key.clone(), o.resource.clone())).collect();
+        if !crds.is_empty() {
+            let hs =
+                health::wait(&self.client, &crds, CRD_ESTABLISH_TIMEOUT, self.concurrency, cancel).await?;
+            if hs.iter().any(|h| h.status != HealthStatus::Current) {
+                return Err(Error::Timeout(format!(
+                    "CustomResourceDefinitions not established: {}",
+                    health::not_ready_summary(&hs)
+                )));
+            }
         }
         // The new kinds are served now: forget what discovery said before.
-        for o in objs.iter().filter(|o| o.key.kind == "CustomResourceDefinition") {
-            let v = o.value();
-            let group = v["spec"]["group"].as_str().unwrap_or("");
-            for ver in v["spec"]["versions"].as_array().into_iter().flatten() {
-                if let Some(name) = ver["name"].as_str() {
-                    self.discovery.invalidate(&format!("{group}/{name}"));
+        #[derive(serde::Deserialize)]
+        struct Crd {
+            spec: CrdSpec,
+        }
+        #[derive(serde::Deserialize)]
+        struct CrdSpec {
+            group: String,
+            #[serde(default)]
+            versions: Vec<CrdVersion>,
+        }
+        #[derive(serde::Deserialize)]
+        struct CrdVersion {
+            name: String,
+        }
+        for o in objs.iter().filter(|o| is_crd(&o.key)) {
+            if let Ok(c) = serde_json::from_str::<Crd>(&o.body) {
+                for v in c.spec.versions {
+                    self.discovery.invalidate(&format!("{}/{}", c.spec.group, v.name));
                 }
             }
         }
@@ -752,6 +808,10 @@ impl Engine {
     pub async fn save_inventory(&self, inv: &Inventory) -> Result<()> {
         inventory::save(&self.client, &self.namespace, inv).await
     }
+}
+
+fn is_crd(k: &ObjKey) -> bool {
+    k.group == "apiextensions.k8s.io" && k.kind == "CustomResourceDefinition"
 }
 
 /// Why an object that left the bundle must not be deleted, if it must not.

@@ -383,7 +383,7 @@ pub async fn get_slim(
         "spec": spec,
         "status": s.status,
     });
-    Ok(Some((v, crate::kubeapi::MetaOnly { metadata: s.metadata })))
+    Ok(Some((v, crate::kubeapi::MetaOnly { metadata: s.metadata, ..Default::default() })))
 }
 
 /// The objects to check, with how they are served.

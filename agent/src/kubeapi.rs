@@ -53,13 +53,50 @@ pub struct LeanMeta {
     pub deletion_timestamp: Option<String>,
 }
 
-/// Only the metadata of an object: parsing skips everything else, so large
-/// objects (CRDs) cost little memory.
+/// A condition's type and status, nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct LeanCondition {
+    /// The condition type.
+    #[serde(default, rename = "type")]
+    pub type_: String,
+    /// "True", "False", "Unknown".
+    #[serde(default)]
+    pub status: String,
+}
+
+/// `status.conditions` only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct LeanStatus {
+    /// The conditions.
+    #[serde(default)]
+    pub conditions: Vec<LeanCondition>,
+}
+
+/// Only the metadata of an object (and its status conditions): parsing
+/// skips everything else, so large objects (CRDs) cost little memory.
 #[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
 pub struct MetaOnly {
     /// The object's metadata.
     #[serde(default)]
     pub metadata: LeanMeta,
+    /// The object's status conditions, when it has them.
+    #[serde(default, deserialize_with = "lenient_status")]
+    pub status: LeanStatus,
+}
+
+/// Objects whose `status` is not a mapping with a `conditions` list still parse.
+fn lenient_status<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<LeanStatus, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Any {
+        Status(LeanStatus),
+        #[allow(dead_code)]
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Any::deserialize(d)? {
+        Any::Status(s) => s,
+        Any::Other(_) => LeanStatus::default(),
+    })
 }
 
 impl MetaOnly {
@@ -78,6 +115,10 @@ impl MetaOnly {
     /// metadata.annotations.
     pub fn annotations(&self) -> Option<&BTreeMap<String, String>> {
         self.metadata.annotations.as_ref()
+    }
+    /// Whether status.conditions has `type_` with status True.
+    pub fn condition_true(&self, type_: &str) -> bool {
+        self.status.conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
     }
 }
 
