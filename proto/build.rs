@@ -8,6 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("convoy_v1_descriptor.bin"))
+        // Artifact chunks as `bytes::Bytes`: the hub sends slices of one
+        // shared buffer, and clients decode without another copy.
+        .bytes(".convoy.v1.ArtifactChunk.data")
         .compile_protos(&["proto/convoy/v1/convoy.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

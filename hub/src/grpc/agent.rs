@@ -72,7 +72,7 @@ impl pb::agent_server::Agent for AgentService {
             metrics.artifact_bytes_served.inc_by((end - off) as u64);
             Ok(pb::ArtifactChunk {
                 offset: off as u64,
-                data: bytes.slice(off..end).to_vec(),
+                data: bytes.slice(off..end),
                 total_size: total,
             })
         });
