@@ -70,11 +70,7 @@ impl pb::agent_server::Agent for AgentService {
         let chunks = futures::stream::iter((start..bytes.len()).step_by(CHUNK_SIZE)).map(move |off| {
             let end = (off + CHUNK_SIZE).min(bytes.len());
             metrics.artifact_bytes_served.inc_by((end - off) as u64);
-            Ok(pb::ArtifactChunk {
-                offset: off as u64,
-                data: bytes.slice(off..end),
-                total_size: total,
-            })
+            Ok(pb::ArtifactChunk { offset: off as u64, data: bytes.slice(off..end), total_size: total })
         });
         Ok(Response::new(Box::pin(chunks)))
     }
