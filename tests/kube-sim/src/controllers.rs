@@ -110,7 +110,7 @@ struct Controllers {
     /// (uid, generation) -> when the controller first saw that generation.
     first_seen: HashMap<String, (i64, Instant)>,
     /// owner uid -> dependents.
-    dependents: HashMap<String, HashSet<ObjKey>>,
+    dependents: std::cell::RefCell<HashMap<String, HashSet<ObjKey>>>,
     /// Objects waiting for their dependents (foreground / orphan / namespaces).
     finalizing: HashSet<ObjKey>,
 }
@@ -135,7 +135,7 @@ impl Controllers {
             timers: BinaryHeap::new(),
             seq: 0,
             first_seen: HashMap::new(),
-            dependents: HashMap::new(),
+            dependents: std::cell::RefCell::new(HashMap::new()),
             finalizing: HashSet::new(),
         }
     }
@@ -201,12 +201,13 @@ impl Controllers {
         }
     }
 
-    fn index(&mut self, g: &GroupResource, v: &Value, deleted: bool) {
+    fn index(&self, g: &GroupResource, v: &Value, deleted: bool) {
         let k = key_of(g, v);
         if let Some(refs) = v.pointer("/metadata/ownerReferences").and_then(Value::as_array) {
             for r in refs {
                 if let Some(uid) = r.get("uid").and_then(Value::as_str) {
-                    let set = self.dependents.entry(uid.to_string()).or_default();
+                    let mut deps = self.dependents.borrow_mut();
+                    let set = deps.entry(uid.to_string()).or_default();
                     if deleted {
                         set.remove(&k);
                     } else {
@@ -229,7 +230,8 @@ impl Controllers {
             let uid = meta_str(&ev.object, "uid").to_string();
             self.first_seen.remove(&uid);
             // garbage-collect dependents of the deleted object
-            if let Some(deps) = self.dependents.remove(&uid) {
+            let removed = self.dependents.borrow_mut().remove(&uid);
+            if let Some(deps) = removed {
                 for d in deps {
                     self.collect_dependent(&d, &uid);
                 }
@@ -502,7 +504,7 @@ impl Controllers {
             return;
         }
         let deps: Vec<ObjKey> =
-            self.dependents.get(&uid).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+            self.dependents.borrow().get(&uid).map(|s| s.iter().cloned().collect()).unwrap_or_default();
         if finalizers.iter().any(|f| f == "orphan") {
             for d in &deps {
                 if let Some(drt) = self.rt_for(&d.0) {
@@ -604,24 +606,35 @@ impl Controllers {
         }
     }
 
-    /// Objects of `g` in `ns` whose controller owner has `uid` (read from the store, always current).
+    /// Objects of `g` in `ns` owned by `uid`: candidates from the owner index
+    /// (fed by events and by our own creates), checked against the store.
     fn owned(&self, g: &GroupResource, ns: &str, uid: &str) -> Vec<Arc<Value>> {
-        let (items, _) = self.inner.store.list(g, Some(ns));
-        items
-            .into_iter()
+        let keys: Vec<ObjKey> = self
+            .dependents
+            .borrow()
+            .get(uid)
+            .map(|s| s.iter().filter(|k| k.0 == *g && k.1 == ns).cloned().collect())
+            .unwrap_or_default();
+        let mut out: Vec<Arc<Value>> = keys
+            .iter()
+            .filter_map(|k| self.inner.store.get(&k.0, &k.1, &k.2))
             .filter(|o| {
                 o.pointer("/metadata/ownerReferences")
                     .and_then(Value::as_array)
                     .is_some_and(|a| a.iter().any(|r| r["uid"].as_str() == Some(uid)))
             })
-            .collect()
+            .collect();
+        out.sort_by(|a, b| meta_str(a, "name").cmp(meta_str(b, "name")));
+        out
     }
 
     fn create_child(&self, group: &str, version: &str, plural: &str, ns: &str, body: Value) {
         let Some(rt) = self.inner.lookup(group, version, plural) else { return };
         let q = Query(HashMap::from([("fieldManager".to_string(), MANAGER.to_string())]));
-        if let Err(e) = self.inner.create(&rt, ns, body, &q, &HeaderMap::new(), false) {
-            tracing::debug!(error = %e.message, "child not created");
+        match self.inner.create(&rt, ns, body, &q, &HeaderMap::new(), false) {
+            // index it now: a reconcile before its ADDED event must see it
+            Ok(v) => self.index(&rt.gr(), &v, false),
+            Err(e) => tracing::debug!(error = %e.message, "child not created"),
         }
     }
 
