@@ -11,6 +11,7 @@ use clap::Parser;
 
 use convoy_bench::report::{self, Measurement};
 
+mod agent;
 mod artifacts;
 mod hub;
 mod kubesim;
@@ -44,7 +45,7 @@ type AreaFn =
 
 /// The areas, in run order. Each area module adds itself here.
 const AREAS: &[(&str, AreaFn)] =
-    &[("kube-sim", kubesim::run), ("hub", hub::run), ("artifacts", artifacts::run)];
+    &[("kube-sim", kubesim::run), ("hub", hub::run), ("artifacts", artifacts::run), ("agent", agent::run)];
 
 fn main() -> ExitCode {
     let args = Args::parse();
