@@ -353,7 +353,18 @@ pub struct ProviderSpec {
     /// Stop delivering.
     #[serde(default)]
     pub suspend: bool,
+    /// The channel to post to (slack: overrides the webhook's default
+    /// channel where the endpoint allows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// The sender name shown (slack, discord).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
 }
+
+/// The provider types a [`ProviderSpec`] may name.
+pub const PROVIDER_TYPES: [&str; 6] =
+    ["webhook", "generic-hmac", "slack", "teams", "discord", "alertmanager"];
 
 fn default_provider_timeout() -> HumanDuration {
     HumanDuration::from_secs(10)
@@ -578,29 +589,47 @@ impl FleetConfig {
                 name: name.clone(),
                 message: m,
             };
-            const TYPES: [&str; 6] = ["webhook", "generic-hmac", "slack", "teams", "discord", "alertmanager"];
-            if !TYPES.contains(&p.spec.type_.as_str()) {
+            if !PROVIDER_TYPES.contains(&p.spec.type_.as_str()) {
                 return Err(invalid(format!(
                     "spec.type must be one of {}, found {:?}",
-                    TYPES.join(", "),
+                    PROVIDER_TYPES.join(", "),
                     p.spec.type_
                 )));
             }
             if p.spec.address.is_none() == p.spec.address_file.is_none() {
                 return Err(invalid("set exactly one of spec.address and spec.addressFile".into()));
             }
+            if let Some(a) = &p.spec.address
+                && !is_http_url(a)
+            {
+                // The address may hold a secret (a Slack webhook path): do not echo it.
+                return Err(invalid("spec.address must be an http:// or https:// URL".into()));
+            }
             if p.spec.type_ == "generic-hmac" && p.spec.secret_file.is_none() {
                 return Err(invalid("generic-hmac needs spec.secretFile".into()));
             }
+            if p.spec.timeout.get().is_zero() {
+                return Err(invalid("spec.timeout must be more than 0".into()));
+            }
         }
         for (name, a) in &self.alerts {
+            let invalid = |m: String| Error::Invalid {
+                file: a.origin.clone(),
+                kind: "Alert".into(),
+                name: name.clone(),
+                message: m,
+            };
             if !self.providers.contains_key(&a.spec.provider_ref) {
-                return Err(Error::Invalid {
-                    file: a.origin.clone(),
-                    kind: "Alert".into(),
-                    name: name.clone(),
-                    message: format!("spec.providerRef: no Provider named {:?}", a.spec.provider_ref),
-                });
+                return Err(invalid(format!(
+                    "spec.providerRef: no Provider named {:?}",
+                    a.spec.provider_ref
+                )));
+            }
+            if let Some(sel) = &a.spec.cluster_selector {
+                sel.validate().map_err(|e| invalid(format!("spec.clusterSelector: {e}")))?;
+            }
+            if a.spec.reasons.iter().any(|r| r.trim().is_empty()) {
+                return Err(invalid("spec.reasons: empty reason".into()));
             }
         }
         Ok(())
@@ -668,6 +697,12 @@ impl FleetConfig {
     ) -> impl Iterator<Item = &'a Named<BundleSpec>> + 'a {
         self.bundles.values().filter(move |b| b.spec.source == source)
     }
+}
+
+/// Whether `s` looks like an absolute http(s) URL with a host.
+fn is_http_url(s: &str) -> bool {
+    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
 }
 
 /// A bundle path must be relative and stay inside the repository.
@@ -827,6 +862,34 @@ spec:
         let bad = text.replace("type: github", "type: bitbucket");
         let err = FleetConfig::parse([("f.yaml", bad.as_str())]).unwrap_err().to_string();
         assert!(err.contains("spec.webhook.type"), "{err}");
+    }
+
+    #[test]
+    fn providers_and_alerts_are_validated() {
+        let base = format!(
+            "{FLEET}---\napiVersion: convoy.dev/v1\nkind: Provider\nmetadata: {{name: ops}}\nspec: {{type: slack, addressFile: /s/url, username: convoy}}\n---\napiVersion: convoy.dev/v1\nkind: Alert\nmetadata: {{name: prod}}\nspec:\n  providerRef: ops\n  severity: error\n  bundles: [app]\n  clusterSelector: {{matchLabels: {{env: prod}}}}\n"
+        );
+        let cfg = FleetConfig::parse([("f.yaml", base.as_str())]).unwrap();
+        assert_eq!(cfg.providers["ops"].spec.username.as_deref(), Some("convoy"));
+        assert_eq!(cfg.alerts["prod"].spec.severity, Severity::Error);
+        assert_eq!(cfg.alerts["prod"].spec.suppress_window.get().as_secs(), 300);
+        for (from, to, expect) in [
+            ("providerRef: ops", "providerRef: nope", "no Provider named"),
+            ("type: slack", "type: pager", "spec.type"),
+            ("addressFile: /s/url", "address: \"ftp://secret-path\"", "http:// or https://"),
+            ("addressFile: /s/url", "address: https://x, addressFile: /s/url", "exactly one"),
+            ("type: slack", "type: generic-hmac", "secretFile"),
+            (
+                "{matchLabels: {env: prod}}",
+                "{matchExpressions: [{key: env, operator: In}]}",
+                "clusterSelector",
+            ),
+        ] {
+            let text = base.replace(from, to);
+            let err = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+            assert!(err.contains(expect), "{from} -> {to}: {err}");
+            assert!(!err.contains("secret-path"), "the address is not echoed: {err}");
+        }
     }
 
     #[test]
