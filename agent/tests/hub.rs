@@ -68,7 +68,7 @@ async fn heavy_real_hub_registration_apply_prune_and_drift() {
         .domain_name(hub.server_name())
         .identity(Identity::from_pem(&hub.admin.cert_pem, &hub.admin.key_pem));
     let ch = Endpoint::from_shared(hub.endpoint()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
-    let mut fleet = pb::fleet_client::FleetClient::new(ch);
+    let fleet = pb::fleet_client::FleetClient::new(ch);
 
     let st = eventually(60, "app Ready at generation 1 in the hub's view", || {
         let mut f = fleet.clone();
