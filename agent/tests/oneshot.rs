@@ -282,3 +282,51 @@ fn raw_targz(files: &[(&str, &str)]) -> Vec<u8> {
     std::io::Write::write_all(&mut gz, &tar).unwrap();
     gz.finish().unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_with_other_managers_name_object_field_and_manager_and_force_takes_over() {
+    init();
+    let sim = sim().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = tmp.path().join("kubeconfig");
+    sim.write_kubeconfig(&kc).unwrap();
+    // Another tool owns .data.k of the same ConfigMap.
+    let theirs = tmp.path().join("theirs.yaml");
+    std::fs::write(
+        &theirs,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\n  namespace: apps\ndata:\n  k: theirs\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["create", "namespace", "apps"],
+        vec!["apply", "--server-side", "--field-manager", "other-tool", "-f", theirs.to_str().unwrap()],
+    ] {
+        let out = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let key = SigningKey::generate().unwrap();
+    let pubkey = write_pub(tmp.path(), &key);
+    let d = tmp.path().join("out");
+    write_build_dir(&d, &key, "app", 1, &pack(&[("cm.yaml", configmap("shared", "ours"))]));
+    let mut o = opts(&d, &pubkey);
+    let r = apply_dir(client(&sim), &o, &CancellationToken::new()).await.unwrap();
+    let e = r.apply.error.as_ref().expect("a conflict");
+    assert_eq!(e.reason(), "FieldConflict", "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("ConfigMap/apps/shared") && msg.contains(".data.k") && msg.contains("other-tool"),
+        "{msg}"
+    );
+    assert_eq!(sim.object("", "configmaps", "apps", "shared").unwrap()["data"]["k"], "theirs");
+
+    o.force = true;
+    let r = apply_dir(client(&sim), &o, &CancellationToken::new()).await.unwrap();
+    assert!(r.ok(), "{}", r.render());
+    assert_eq!(sim.object("", "configmaps", "apps", "shared").unwrap()["data"]["k"], "ours");
+}
