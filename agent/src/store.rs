@@ -102,7 +102,7 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         let path = dir.join("state.redb");
         // A small page cache: the agent's state is tiny and memory matters.
-        let db = Database::builder().set_cache_size(512 * 1024).create(&path)?;
+        let db = Database::builder().set_cache_size(128 * 1024).create(&path)?;
         let tx = db.begin_write()?;
         let epoch = {
             let mut meta = tx.open_table(META)?;
