@@ -352,7 +352,10 @@ impl Controllers {
     }
 
     fn namespace_defaults(&self, ns: &str) {
-        let q = Query(HashMap::from([("fieldManager".to_string(), MANAGER.to_string())]));
+        let q = Query(HashMap::from([
+            ("fieldManager".to_string(), MANAGER.to_string()),
+            (crate::api::TRUSTED.to_string(), String::new()),
+        ]));
         let h = HeaderMap::new();
         if let Some(rt) = self.inner.lookup("", "v1", "serviceaccounts") {
             let _ = self.inner.create(&rt, ns, json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}}), &q, &h, false);
@@ -630,7 +633,10 @@ impl Controllers {
 
     fn create_child(&self, group: &str, version: &str, plural: &str, ns: &str, body: Value) {
         let Some(rt) = self.inner.lookup(group, version, plural) else { return };
-        let q = Query(HashMap::from([("fieldManager".to_string(), MANAGER.to_string())]));
+        let q = Query(HashMap::from([
+            ("fieldManager".to_string(), MANAGER.to_string()),
+            (crate::api::TRUSTED.to_string(), String::new()),
+        ]));
         match self.inner.create(&rt, ns, body, &q, &HeaderMap::new(), false) {
             // index it now: a reconcile before its ADDED event must see it
             Ok(v) => self.index(&rt.gr(), &v, false),
@@ -1003,6 +1009,13 @@ impl Controllers {
     /// Write the status; returns (old status, new status) when it changed.
     fn write_status(&self, k: &ObjKey, f: &mut dyn FnMut(&Value) -> Value) -> Option<(Value, Value)> {
         let rt = self.rt_for(&k.0)?;
+        // most reconciles change nothing: skip the write path then
+        let cur = self.inner.store.get(&k.0, &k.1, &k.2)?;
+        let mut want = f(&cur);
+        crate::managed::drop_nulls(&mut want);
+        if cur.get("status") == Some(&want) {
+            return None;
+        }
         let mut old = Value::Null;
         let (v, changed) = self
             .inner
@@ -1428,7 +1441,12 @@ impl Controllers {
     ) {
         let Some(rt) = self.rt_for(g) else { return };
         match self.inner.store.get(g, ns, name) {
-            Some(_) => {
+            Some(cur) => {
+                let mut probe = (*cur).clone();
+                f(&mut probe);
+                if probe == *cur {
+                    return;
+                }
                 let _ = self.inner.patch_with(&rt, ns, name, None, manager, false, &mut |cur| {
                     let mut v = (**cur).clone();
                     f(&mut v);

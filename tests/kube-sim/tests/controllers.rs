@@ -450,8 +450,13 @@ async fn hpa_keeps_replicas_within_bounds_and_owns_them() {
     })
     .await;
     assert_eq!(ep["subsets"][0]["ports"][0], json!({"name": "http", "port": 8080, "protocol": "TCP"}));
-    let (_, slices) = s.get("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dweb").await;
-    assert_eq!(slices["items"][0]["endpoints"].as_array().unwrap().len(), 3);
+    eventually(30, || async {
+        let (_, slices) = s
+            .get("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dweb")
+            .await;
+        (slices["items"][0]["endpoints"].as_array().map(Vec::len) == Some(3)).then_some(())
+    })
+    .await;
     // a PodDisruptionBudget counts the ready pods it selects
     let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "web"},
         "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}});
