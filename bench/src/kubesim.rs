@@ -66,6 +66,45 @@ async fn apply_round(
     Ok((CLIENTS * per_client) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Server-side applies of Deployments (the simulated controllers then create
+/// ReplicaSets, Pods and Events for the new ones); returns applies per second.
+async fn deployment_round(
+    url: &str,
+    http: &reqwest::Client,
+    per_client: usize,
+    round: usize,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let http = http.clone();
+        let url = url.to_string();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_client {
+                let name = format!("bench-{c}-{i}");
+                let body = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": {"app": name}},
+                    "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                        "template": {"metadata": {"labels": {"app": name}, "annotations": {"round": round.to_string()}},
+                            "spec": {"containers": [{"name": "app", "image": "nginx:1.27", "ports": [{"containerPort": 80}],
+                                "env": [{"name": "ROUND", "value": round.to_string()}]}]}}}});
+                let r = http
+                    .patch(format!("{url}/apis/apps/v1/namespaces/default/deployments/{name}?fieldManager=bench&force=true"))
+                    .header("content-type", "application/apply-patch+yaml")
+                    .body(serde_json::to_vec(&body)?)
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status().is_success(), "apply failed: {}", r.status());
+                r.bytes().await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((CLIENTS * per_client) as f64 / start.elapsed().as_secs_f64())
+}
+
 async fn version_round(url: &str, http: &reqwest::Client, per_client: usize) -> anyhow::Result<f64> {
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -185,6 +224,30 @@ pub fn run(
         let after = sim.stats();
         anyhow::ensure!(after.changed == before.changed, "unchanged re-applies changed state");
 
+        // Deployments: first round creates (controllers add ReplicaSets, Pods, Events), later rounds change the template
+        let dep_per_client = if ctx.quick { 5 } else { 25 };
+        let mut deps = Vec::new();
+        for r in 0..rounds.min(5) {
+            deps.push(deployment_round(&url, &http, dep_per_client, r).await?);
+        }
+
+        // wait until the controllers have rolled every Deployment out (so later rounds measure a quiet simulator)
+        let settle_start = Instant::now();
+        loop {
+            let deps = sim.objects("apps", "deployments");
+            let done = deps.iter().all(|d| {
+                d["status"]["observedGeneration"] == d["metadata"]["generation"]
+                    && d["status"]["availableReplicas"] == 1
+                    && d["status"]["replicas"] == 1
+            });
+            if done {
+                break;
+            }
+            anyhow::ensure!(settle_start.elapsed() < Duration::from_secs(300), "Deployments did not settle");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let settle = settle_start.elapsed().as_secs_f64() * 1000.0;
+
         let mut ev_rates = Vec::new();
         let mut ev_lat = Vec::new();
         for r in 0..rounds.min(3) {
@@ -213,9 +276,27 @@ pub fn run(
         );
         noop.baseline = Some("GET /version".into());
         noop.baseline_value = Some(base_med);
+        let mut dep = m(
+            &format!("server-side apply, Deployment rollout, {CLIENTS} clients"),
+            "ops/s",
+            &deps,
+            "informational",
+            None,
+        );
+        dep.baseline = Some("GET /version".into());
+        dep.baseline_value = Some(base_med);
+        let n_deps = CLIENTS * dep_per_client;
         Ok(vec![
             changed,
             noop,
+            dep,
+            m(
+                &format!("controllers settle after the last rollout of {n_deps} Deployments"),
+                "ms",
+                &[settle],
+                "informational",
+                None,
+            ),
             m(
                 &format!("watch events delivered, {WATCHERS} watchers x {writes} creates"),
                 "events/s",
