@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
-
 use crate::objects::{Manifest, group_of, version_of};
 use crate::{Error, Result};
 
@@ -176,35 +174,57 @@ impl Discovery {
 }
 
 /// The kinds that CRDs in a bundle define, so that custom resources of the
-/// same bundle can be planned before their CRD exists in the cluster.
+/// same bundle can be planned before their CRD exists in the cluster. Reads
+/// only the names, scope and versions (a CRD's schema is skipped, not parsed).
 pub fn crd_resources(manifests: &[Manifest]) -> Vec<ResourceInfo> {
+    #[derive(serde::Deserialize)]
+    struct Crd {
+        spec: Spec,
+    }
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        group: String,
+        names: Names,
+        #[serde(default)]
+        scope: Option<String>,
+        #[serde(default)]
+        versions: Vec<Version>,
+        #[serde(default)]
+        version: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Names {
+        kind: String,
+        plural: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Version {
+        name: String,
+        #[serde(default = "yes")]
+        served: bool,
+    }
+    fn yes() -> bool {
+        true
+    }
     let mut out = Vec::new();
     for m in manifests {
         if m.group() != "apiextensions.k8s.io" || m.kind != "CustomResourceDefinition" {
             continue;
         }
-        let value = m.value();
-        let spec = &value["spec"];
-        let (Some(group), Some(kind), Some(plural)) =
-            (spec["group"].as_str(), spec["names"]["kind"].as_str(), spec["names"]["plural"].as_str())
-        else {
-            continue;
-        };
-        let namespaced = spec["scope"].as_str() != Some("Cluster");
-        let versions: Vec<&str> = match &spec["versions"] {
-            Value::Array(vs) => vs
-                .iter()
-                .filter(|v| v["served"].as_bool().unwrap_or(true))
-                .filter_map(|v| v["name"].as_str())
-                .collect(),
-            _ => spec["version"].as_str().into_iter().collect(),
+        let Ok(crd) = serde_json::from_str::<Crd>(&m.body) else { continue };
+        let spec = crd.spec;
+        let namespaced = spec.scope.as_deref() != Some("Cluster");
+        let versions: Vec<String> = if spec.versions.is_empty() {
+            spec.version.into_iter().collect()
+        } else {
+            spec.versions.into_iter().filter(|v| v.served).map(|v| v.name).collect()
         };
         for v in versions {
             out.push(ResourceInfo {
-                group: group.into(),
-                version: v.into(),
-                kind: kind.into(),
-                plural: plural.into(),
+                group: spec.group.clone(),
+                version: v,
+                kind: spec.names.kind.clone(),
+                plural: spec.names.plural.clone(),
                 namespaced,
             });
         }

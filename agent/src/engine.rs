@@ -278,9 +278,8 @@ impl Engine {
         target_namespace: Option<&str>,
     ) -> Result<Plan> {
         let from_crds = crd_resources(&manifests);
-        let default_ns = target_namespace.filter(|s| !s.is_empty()).unwrap_or("default");
-        let mut objects = Vec::with_capacity(manifests.len());
-        let mut seen: HashMap<ObjKey, (String, usize)> = HashMap::new();
+        let default_ns = target_namespace.filter(|s| !s.is_empty()).unwrap_or("default").to_string();
+        let mut resolved: Vec<(Manifest, ResourceInfo)> = Vec::with_capacity(manifests.len());
         for m in manifests {
             let found = self.discovery.resolve(&m.api_version, &m.kind).await?;
             let info = match found {
@@ -300,7 +299,18 @@ impl Engine {
                     }
                 },
             };
-            let obj = DesiredObject::build(m, info, bundle, default_ns)?;
+            resolved.push((m, info));
+        }
+        // Normalizing (parse, label, namespace, serialize, hash) is CPU work:
+        // do it off the async threads, on up to four threads.
+        let bundle_name = bundle.to_string();
+        let built: Vec<DesiredObject> =
+            tokio::task::spawn_blocking(move || build_objects(resolved, &bundle_name, &default_ns))
+                .await
+                .map_err(|e| Error::Config(format!("planning task failed: {e}")))??;
+        let mut objects = Vec::with_capacity(built.len());
+        let mut seen: HashMap<ObjKey, (String, usize)> = HashMap::new();
+        for obj in built {
             if let Some((file, index)) = seen.get(&obj.key) {
                 return Err(Error::Manifest {
                     file: obj.origin.file.clone(),
@@ -417,16 +427,27 @@ impl Engine {
         }
 
         let mut entries: BTreeMap<ObjKey, Entry> = BTreeMap::new();
+        // The wait for CRDs to be Established runs while stage 2 (cluster-wide
+        // RBAC and classes, which never need them) is applied, and must finish
+        // before stage 3, where their custom resources are.
+        let mut establishing: Option<
+            std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>>,
+        > = None;
         for stage in Stage::ALL {
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled);
+            }
+            if stage >= Stage::Workloads
+                && let Some(wait) = establishing.take()
+            {
+                wait.await?;
             }
             let objs: Vec<&DesiredObject> = plan.objects.iter().filter(|o| o.stage == stage).collect();
             if objs.is_empty() {
                 continue;
             }
             let stage_start = Instant::now();
-            let results: Vec<(ObjKey, Result<Applied>)> = futures::stream::iter(
+            let apply_stage = futures::stream::iter(
                 objs.iter()
                     .map(|o| async {
                         let r =
@@ -436,8 +457,18 @@ impl Engine {
                     .collect::<Vec<_>>(),
             )
             .buffered(self.concurrency)
-            .collect()
-            .await;
+            .collect::<Vec<(ObjKey, Result<Applied>)>>();
+            let results = match establishing.take() {
+                Some(wait) if stage == Stage::ClusterWide => {
+                    let (results, waited) = tokio::join!(apply_stage, wait);
+                    waited?;
+                    results
+                }
+                other => {
+                    establishing = other;
+                    apply_stage.await
+                }
+            };
             let mut failures: Vec<Error> = Vec::new();
             // CRDs this apply created or changed and that are not known to be established yet.
             let mut to_establish: Vec<&DesiredObject> = Vec::new();
@@ -481,8 +512,15 @@ impl Engine {
                 return Err(merge_errors(failures));
             }
             if stage == Stage::Definitions {
-                self.wait_crds_established(&objs, &to_establish, cancel).await?;
+                let pending: Vec<(ObjKey, ResourceInfo)> =
+                    to_establish.iter().map(|o| (o.key.clone(), o.resource.clone())).collect();
+                let served: Vec<String> =
+                    objs.iter().filter(|o| is_crd(&o.key)).flat_map(|o| crd_versions(o)).collect();
+                establishing = Some(Box::pin(self.wait_crds_established(pending, served, cancel)));
             }
+        }
+        if let Some(wait) = establishing.take() {
+            wait.await?;
         }
 
         // Prune what left the bundle, in reverse stage order.
@@ -642,15 +680,13 @@ impl Engine {
     /// make discovery forget the group-versions they serve.
     async fn wait_crds_established(
         &self,
-        objs: &[&DesiredObject],
-        pending: &[&DesiredObject],
+        pending: Vec<(ObjKey, ResourceInfo)>,
+        served: Vec<String>,
         cancel: &CancellationToken,
     ) -> Result<()> {
-        let crds: Vec<(ObjKey, ResourceInfo)> =
-            pending.iter().map(|o| (o.key.clone(), o.resource.clone())).collect();
-        if !crds.is_empty() {
+        if !pending.is_empty() {
             let hs =
-                health::wait(&self.client, &crds, CRD_ESTABLISH_TIMEOUT, self.concurrency, cancel).await?;
+                health::wait(&self.client, &pending, CRD_ESTABLISH_TIMEOUT, self.concurrency, cancel).await?;
             if hs.iter().any(|h| h.status != HealthStatus::Current) {
                 return Err(Error::Timeout(format!(
                     "CustomResourceDefinitions not established: {}",
@@ -659,26 +695,8 @@ impl Engine {
             }
         }
         // The new kinds are served now: forget what discovery said before.
-        #[derive(serde::Deserialize)]
-        struct Crd {
-            spec: CrdSpec,
-        }
-        #[derive(serde::Deserialize)]
-        struct CrdSpec {
-            group: String,
-            #[serde(default)]
-            versions: Vec<CrdVersion>,
-        }
-        #[derive(serde::Deserialize)]
-        struct CrdVersion {
-            name: String,
-        }
-        for o in objs.iter().filter(|o| is_crd(&o.key)) {
-            if let Ok(c) = serde_json::from_str::<Crd>(&o.body) {
-                for v in c.spec.versions {
-                    self.discovery.invalidate(&format!("{}/{}", c.spec.group, v.name));
-                }
-            }
+        for gv in served {
+            self.discovery.invalidate(&gv);
         }
         Ok(())
     }
@@ -808,6 +826,72 @@ impl Engine {
     pub async fn save_inventory(&self, inv: &Inventory) -> Result<()> {
         inventory::save(&self.client, &self.namespace, inv).await
     }
+}
+
+/// The `group/version`s a CRD object serves (read without parsing its schema).
+fn crd_versions(o: &DesiredObject) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Crd {
+        spec: CrdSpec,
+    }
+    #[derive(serde::Deserialize)]
+    struct CrdSpec {
+        group: String,
+        #[serde(default)]
+        versions: Vec<CrdVersion>,
+    }
+    #[derive(serde::Deserialize)]
+    struct CrdVersion {
+        name: String,
+    }
+    match serde_json::from_str::<Crd>(&o.body) {
+        Ok(c) => c.spec.versions.into_iter().map(|v| format!("{}/{}", c.spec.group, v.name)).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Build desired objects in order, on up to four threads for large bundles.
+fn build_objects(
+    resolved: Vec<(Manifest, ResourceInfo)>,
+    bundle: &str,
+    default_ns: &str,
+) -> Result<Vec<DesiredObject>> {
+    let total: usize = resolved.iter().map(|(m, _)| m.body.len()).sum();
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+    if threads == 1 || total < 256 * 1024 || resolved.len() < 2 {
+        return resolved.into_iter().map(|(m, i)| DesiredObject::build(m, i, bundle, default_ns)).collect();
+    }
+    // Contiguous chunks of about equal size keep the order.
+    let per = total.div_ceil(threads);
+    let mut chunks: Vec<Vec<(Manifest, ResourceInfo)>> = vec![Vec::new()];
+    let mut acc = 0;
+    for item in resolved {
+        acc += item.0.body.len();
+        chunks.last_mut().expect("a chunk").push(item);
+        if acc >= per && chunks.len() < threads {
+            chunks.push(Vec::new());
+            acc = 0;
+        }
+    }
+    let results: Vec<Result<Vec<DesiredObject>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| {
+                s.spawn(move || {
+                    c.into_iter().map(|(m, i)| DesiredObject::build(m, i, bundle, default_ns)).collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Config("planning thread panicked".into()))))
+            .collect()
+    });
+    let mut out = Vec::new();
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
 }
 
 fn is_crd(k: &ObjKey) -> bool {

@@ -330,3 +330,34 @@ async fn conflicts_with_other_managers_name_object_field_and_manager_and_force_t
     assert!(r.ok(), "{}", r.render());
     assert_eq!(sim.object("", "configmaps", "apps", "shared").unwrap()["data"]["k"], "ours");
 }
+
+#[tokio::test]
+async fn custom_resources_apply_after_their_crd_in_the_same_bundle() {
+    init();
+    let sim = sim().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let pubkey = write_pub(tmp.path(), &key);
+    let crd = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.example.com\nspec:\n  group: example.com\n  scope: Namespaced\n  names:\n    kind: Widget\n    plural: widgets\n    singular: widget\n    listKind: WidgetList\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec:\n            type: object\n            properties:\n              size:\n                type: integer\n";
+    let cr = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: 3\n";
+    let role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: widget-reader\nrules:\n- apiGroups: [example.com]\n  resources: [widgets]\n  verbs: [get, list]\n";
+    // The CR comes first in the files: staging, not file order, decides.
+    let packed = pack(&[
+        ("a-cr.yaml", cr.to_string()),
+        ("b-role.yaml", role.to_string()),
+        ("c-crd.yaml", crd.to_string()),
+    ]);
+    let d = tmp.path().join("out");
+    write_build_dir(&d, &key, "widgets", 1, &packed);
+    let r = apply_dir(client(&sim), &opts(&d, &pubkey), &CancellationToken::new()).await.unwrap();
+    assert!(r.ok(), "{}", r.render());
+    let order: Vec<&str> = r.apply.objects.iter().map(|o| o.key.kind.as_str()).collect();
+    assert_eq!(order, ["CustomResourceDefinition", "ClusterRole", "Widget"]);
+    let w = sim.object("example.com", "widgets", "apps", "w1").expect("the custom resource exists");
+    assert_eq!(w["spec"]["size"], 3);
+    // And again: all unchanged, no writes.
+    sim.reset_stats();
+    let r = apply_dir(client(&sim), &opts(&d, &pubkey), &CancellationToken::new()).await.unwrap();
+    assert_eq!(r.apply.counts().unchanged, 3, "{}", r.render());
+    assert_eq!(sim.stats().writes, 0);
+}
