@@ -55,6 +55,9 @@ pub struct HubConfig {
     /// The embedded store.
     #[serde(default)]
     pub store: StoreSettings,
+    /// Alert delivery (the Provider and Alert documents are fleet config).
+    #[serde(default)]
+    pub alerts: AlertSettings,
     /// The file this config was read from (fleet documents in it are loaded too).
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
@@ -240,6 +243,61 @@ impl Default for StoreSettings {
     }
 }
 
+/// Alert delivery settings shared by every Provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AlertSettings {
+    /// The hub name put in every notification. Default: the host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_name: Option<String>,
+    /// Notifications queued per provider; beyond it the oldest is dropped.
+    /// Default 1000.
+    #[serde(default = "default_alert_queue")]
+    pub queue_size: usize,
+    /// Delivery attempts per notification (the first included). Default 6.
+    #[serde(default = "default_alert_attempts")]
+    pub max_attempts: u32,
+    /// The first retry delay; it doubles per attempt, with jitter. Default 1s.
+    #[serde(default = "default_alert_backoff")]
+    pub backoff_base: HumanDuration,
+    /// The longest retry delay. Default 60s.
+    #[serde(default = "default_alert_backoff_max")]
+    pub backoff_max: HumanDuration,
+    /// How long a draining hub keeps delivering what is queued (one attempt
+    /// each). Default 3s.
+    #[serde(default = "default_alert_flush")]
+    pub shutdown_flush: HumanDuration,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            hub_name: None,
+            queue_size: default_alert_queue(),
+            max_attempts: default_alert_attempts(),
+            backoff_base: default_alert_backoff(),
+            backoff_max: default_alert_backoff_max(),
+            shutdown_flush: default_alert_flush(),
+        }
+    }
+}
+
+fn default_alert_queue() -> usize {
+    1000
+}
+fn default_alert_attempts() -> u32 {
+    6
+}
+fn default_alert_backoff() -> HumanDuration {
+    HumanDuration::from_secs(1)
+}
+fn default_alert_backoff_max() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
+fn default_alert_flush() -> HumanDuration {
+    HumanDuration::from_secs(3)
+}
+
 fn default_grpc_listen() -> String {
     "0.0.0.0:8443".into()
 }
@@ -322,6 +380,7 @@ impl HubConfig {
             artifacts: ArtifactSettings::default(),
             fleet: FleetSettings::default(),
             store: StoreSettings::default(),
+            alerts: AlertSettings::default(),
             config_file: None,
         }
     }

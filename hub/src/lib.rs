@@ -10,9 +10,12 @@
 //!   indexes (fleet view and per-cluster desired state; statuses and events).
 //! - [`grpc`]: tonic adapters for Registration, Agent and Fleet, plus health
 //!   and reflection; proto types are converted here and nowhere else.
+//! - [`alerts`]: routes stored events to notification providers (webhook,
+//!   HMAC, Slack, Teams, Discord, Alertmanager) by the fleet's Alert rules.
 //! - [`runtime`]: wires it together with TLS, HTTP, metrics, config reload and
 //!   one `CancellationToken` drain. [`Hub::start`] runs a hub in-process.
 
+pub mod alerts;
 pub mod config;
 pub mod domain;
 pub mod files;

@@ -30,6 +30,29 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels of alert delivery results.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertSentLabels {
+    /// The Provider name.
+    pub provider: String,
+    /// `ok`, or `error` (given up after retries, or refused by the endpoint).
+    pub result: &'static str,
+}
+
+/// Labels of per-provider alert metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// The Provider name.
+    pub provider: String,
+}
+
+/// Labels of per-rule alert metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// The Alert name.
+    pub alert: String,
+}
+
 /// Every hub metric.
 pub struct Metrics {
     /// The registry they are registered in.
@@ -56,6 +79,14 @@ pub struct Metrics {
     pub generations_created: Counter,
     /// Fleet config reloads by result.
     pub config_reloads: Family<ResultLabels, Counter>,
+    /// Notifications delivered or given up, by provider and result.
+    pub alerts_sent: Family<AlertSentLabels, Counter>,
+    /// Duplicate notifications suppressed, by Alert.
+    pub alerts_suppressed: Family<AlertLabels, Counter>,
+    /// Notifications dropped from a full provider queue (the oldest go first).
+    pub alerts_dropped: Family<ProviderLabels, Counter>,
+    /// Notifications waiting per provider.
+    pub alerts_queue_depth: Family<ProviderLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -120,6 +151,30 @@ impl Metrics {
         );
         let config_reloads = Family::<ResultLabels, Counter>::default();
         registry.register("config_reloads", "Fleet config reloads by result", config_reloads.clone());
+        let alerts_sent = Family::<AlertSentLabels, Counter>::default();
+        registry.register(
+            "alerts_sent",
+            "Alert notifications delivered (ok) or given up (error), by provider",
+            alerts_sent.clone(),
+        );
+        let alerts_suppressed = Family::<AlertLabels, Counter>::default();
+        registry.register(
+            "alerts_suppressed",
+            "Duplicate alert notifications suppressed within the window, by Alert",
+            alerts_suppressed.clone(),
+        );
+        let alerts_dropped = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "alerts_dropped",
+            "Alert notifications dropped because the provider queue was full",
+            alerts_dropped.clone(),
+        );
+        let alerts_queue_depth = Family::<ProviderLabels, Gauge>::default();
+        registry.register(
+            "alerts_queue_depth",
+            "Alert notifications waiting for delivery, by provider",
+            alerts_queue_depth.clone(),
+        );
         Self {
             registry,
             connected_agents,
@@ -133,6 +188,10 @@ impl Metrics {
             store_commit_writes,
             generations_created,
             config_reloads,
+            alerts_sent,
+            alerts_suppressed,
+            alerts_dropped,
+            alerts_queue_depth,
         }
     }
 

@@ -264,6 +264,8 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
 
     let metrics = Arc::new(Metrics::new());
     let (events_tx, _) = broadcast::channel(4096);
+    // Subscribed before anything commits, so alerts see every event.
+    let alert_events = events_tx.subscribe();
     let (view_tx, view_rx) = watch::channel(Arc::new(FleetView::default()));
     let (writer, writer_task) =
         crate::writer::spawn(store.clone(), view_rx, events_tx.clone(), metrics.clone(), shutdown.clone());
@@ -300,7 +302,18 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
         artifacts: ArtifactCache::new(cfg.artifacts.cache_mib << 20),
     });
 
-    let mut tasks = vec![("fleet_state", state_task)];
+    let alerts_task = crate::alerts::spawn(
+        crate::alerts::AlertDeps {
+            state: state.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            settings: cfg.alerts.clone(),
+            events: alert_events,
+        },
+        shutdown.clone(),
+    );
+
+    let mut tasks = vec![("fleet_state", state_task), ("alerts", alerts_task)];
     if let Some(t) = sources_task {
         tasks.push(("sources", t));
     }
