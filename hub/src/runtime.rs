@@ -270,6 +270,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     let (writer, writer_task) =
         crate::writer::spawn(store.clone(), view_rx, events_tx.clone(), metrics.clone(), shutdown.clone());
     let ca = Arc::new(ca);
+    let initial_fleet = fleet.clone();
     let (state, state_task) = crate::state::spawn(
         loaded,
         fleet,
@@ -305,6 +306,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     let alerts_task = crate::alerts::spawn(
         crate::alerts::AlertDeps {
             state: state.clone(),
+            fleet: initial_fleet,
             store: store.clone(),
             metrics: metrics.clone(),
             settings: cfg.alerts.clone(),

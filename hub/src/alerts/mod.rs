@@ -28,7 +28,7 @@ use std::time::Duration;
 use convoy_core::config::{FleetConfig, Named, ProviderSpec};
 use convoy_core::identity::Identity;
 use convoy_core::selector::LabelSelector;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -55,6 +55,8 @@ const DROP_WARN_EVERY: Duration = Duration::from_secs(10);
 pub struct AlertDeps {
     /// The fleet state (config in force, cluster labels).
     pub state: StateHandle,
+    /// The fleet config at start (in force until the state actor publishes).
+    pub fleet: Arc<FleetConfig>,
     /// The store, to catch up after the live feed lagged.
     pub store: Arc<dyn Store>,
     /// Metrics.
@@ -114,7 +116,7 @@ struct Running {
 }
 
 struct Dispatcher {
-    state: StateHandle,
+    views: watch::Receiver<Arc<FleetView>>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     settings: AlertSettings,
@@ -130,12 +132,14 @@ struct Dispatcher {
 }
 
 async fn run(deps: AlertDeps, shutdown: CancellationToken) {
-    let AlertDeps { state, store, metrics, settings, mut events } = deps;
+    let AlertDeps { state, fleet, store, metrics, settings, mut events } = deps;
     let hub_name =
         settings.hub_name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(default_hub_name);
-    let mut views = state.subscribe();
+    // Marks the view current at subscription as seen: until the state actor
+    // publishes, the config given at start is the one in force.
+    let views = state.subscribe();
     let mut d = Dispatcher {
-        state,
+        views,
         store,
         metrics,
         settings,
@@ -149,21 +153,21 @@ async fn run(deps: AlertDeps, shutdown: CancellationToken) {
         suppressor: Suppressor::new(SUPPRESSOR_CAPACITY),
         last_id: 0,
     };
-    let view = views.borrow_and_update().clone();
-    d.configure(&view);
+    d.configure(&fleet);
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            changed = views.changed() => {
+            changed = d.views.changed() => {
                 if changed.is_err() {
                     // The state actor stopped: only a drain follows.
                     shutdown.cancelled().await;
                     break;
                 }
-                let view = views.borrow_and_update().clone();
-                d.configure(&view);
+                // changed() marked the value seen: take it up unconditionally.
+                let fleet = d.views.borrow_and_update().fleet.clone();
+                d.configure(&fleet);
             }
             r = events.recv() => match r {
                 Ok(e) => d.route(&e),
@@ -183,13 +187,21 @@ async fn run(deps: AlertDeps, shutdown: CancellationToken) {
 }
 
 impl Dispatcher {
-    /// Put the Provider and Alert documents of `view.fleet` in force, if
-    /// they are not already.
-    fn configure(&mut self, view: &FleetView) {
-        if self.fleet.as_ref().is_some_and(|f| Arc::ptr_eq(f, &view.fleet)) {
+    /// Take up a newly published fleet view's config, if any.
+    fn refresh(&mut self) {
+        if self.views.has_changed().unwrap_or(false) {
+            let fleet = self.views.borrow_and_update().fleet.clone();
+            self.configure(&fleet);
+        }
+    }
+
+    /// Put the Provider and Alert documents of `fleet` in force, if they are
+    /// not already.
+    fn configure(&mut self, fleet: &Arc<FleetConfig>) {
+        if self.fleet.as_ref().is_some_and(|f| Arc::ptr_eq(f, fleet)) {
             return;
         }
-        let fleet = view.fleet.clone();
+        let fleet = fleet.clone();
         self.fleet = Some(fleet.clone());
         let mut rules: Vec<Rule> = fleet
             .alerts
@@ -304,8 +316,8 @@ impl Dispatcher {
         self.last_id = e.id;
         // The config in force when the event is routed: a reload published
         // before the event was committed is always seen.
-        let view = self.state.view();
-        self.configure(&view);
+        self.refresh();
+        let view = self.views.borrow().clone();
         if self.rules.is_empty() {
             return;
         }

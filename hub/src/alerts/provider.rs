@@ -112,14 +112,17 @@ impl Queue {
         dropped
     }
 
-    /// Put an entry back at the head (an interrupted delivery).
-    fn push_front(&self, n: Arc<Notification>) {
+    /// Put an entry back at the head (an interrupted delivery); returns
+    /// false when the queue filled up meanwhile and it was dropped instead.
+    fn push_front(&self, n: Arc<Notification>) -> bool {
         let mut q = self.items.lock();
-        if q.len() < self.capacity {
+        let room = q.len() < self.capacity;
+        if room {
             q.push_front(n);
         }
         drop(q);
         self.notify.notify_one();
+        room
     }
 
     /// Take the head, if any.
@@ -369,7 +372,12 @@ pub async fn run(
                 warn!(provider = %d.name, alert = %n.alert, event_id = n.event_id, %error, "alert not delivered; giving up");
             }
             Outcome::Stopped => {
-                queue.push_front(n);
+                if !queue.push_front(n) {
+                    d.metrics
+                        .alerts_dropped
+                        .get_or_create(&ProviderLabels { provider: d.name.clone() })
+                        .inc();
+                }
                 break;
             }
         }
@@ -387,7 +395,7 @@ async fn flush(d: &Delivery, queue: &Queue) {
     while let Some(n) = queue.try_pop() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            queue.push_front(n);
+            let _ = queue.push_front(n);
             break;
         }
         let body = d.render(&n);
