@@ -595,6 +595,14 @@ impl Actor {
     fn register(&mut self, input: RegisterInput) -> Result<(Vec<Write>, RegisterOutput)> {
         let now = now_ms();
         validate_name(&input.cluster).map_err(|e| Rejection::InvalidArgument(e.to_string()))?;
+        if input.cluster == HUB_EVENT_SOURCE {
+            // Events the hub records carry this name: a cluster with it would
+            // pass as the hub in the event log and in alerts.
+            return Err(Rejection::InvalidArgument(format!(
+                "cluster name {HUB_EVENT_SOURCE:?} is reserved for the hub's own events"
+            ))
+            .into());
+        }
         let parsed = tokens::parse_token(&input.token)?;
         let existing = self.clusters.get(&input.cluster).map(|e| e.record.clone());
         let token = self.tokens.get(parsed.id).cloned();

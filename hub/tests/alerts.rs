@@ -273,6 +273,10 @@ async fn webhook_and_hmac_deliver_agent_events_and_build_failures_with_identity(
         alert("web", "signed", "  severity: warning\n  bundles: [web]\n"),
     );
     let t = start_hub(dir.path(), &fleet_text, config(dir.path())).await;
+    // `hub` is the origin of hub events: no cluster may pass as it.
+    let tok = t.hub.create_token(None, Default::default(), Duration::from_secs(60), false).await.unwrap();
+    let e = register_with(&t.hub, &tok.token, "hub", &[]).await.err().expect("refused");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     let mut c1 = agent(&t.hub, "c1", &[("env", "prod"), ("region", "eu")]).await;
 
     c1.event(pb::Severity::Error, "web", "ApplyFailed", "Deployment web: field is immutable").await;

@@ -282,7 +282,9 @@ impl Dispatcher {
         self.rules = rules;
     }
 
-    /// Read events the live feed dropped from the store.
+    /// Read events the live feed dropped from the store, in batches. (The
+    /// store returns the newest of a batch: after a lag of more than
+    /// `CATCH_UP_BATCH` events the oldest missed ones are skipped.)
     async fn catch_up(&mut self) {
         loop {
             let store = self.store.clone();
