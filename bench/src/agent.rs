@@ -164,31 +164,52 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
                     kubectl.push(ms);
                 }
                 1 => {
-                    let client = kube::Client::try_from(kube::Config::new(sim.url().parse()?))?;
-                    let engine = Engine::new(client, "convoy-system", 8);
-                    engine.prefetch_discovery().await;
-                    let bytes = packed.bytes.clone();
-                    let start = Instant::now();
-                    let st = verify_all(&statement, &signature, &bytes, &trusted, Some("argo-cd"))?;
-                    let ms = tokio::task::spawn_blocking(move || load_manifests(&bytes, &Limits::default()))
-                        .await??;
-                    let plan = engine
-                        .plan(
-                            "argo-cd",
-                            &st.source.revision,
-                            st.generation,
-                            &st.artifact.digest,
-                            ms,
-                            Some("default"),
-                        )
-                        .await?;
-                    let report = engine
-                        .apply(&plan, ApplyOptions { force: false, prune: true }, &CancellationToken::new())
-                        .await;
-                    ours.push(start.elapsed().as_secs_f64() * 1000.0);
-                    if let Some(e) = report.error {
-                        bail!("apply failed: {e}");
-                    }
+                    // The agent's own runtime on its own threads, as in its own process
+                    // (kube-sim keeps this process's runtime to itself).
+                    let url: http::Uri = sim.url().parse()?;
+                    let (statement, signature, bytes, trusted) =
+                        (statement.clone(), signature.clone(), packed.bytes.clone(), trusted.clone());
+                    let ms = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+                        let rt = tokio::runtime::Builder::new_multi_thread()
+                            .worker_threads(2)
+                            .enable_all()
+                            .build()?;
+                        rt.block_on(async move {
+                            let client = kube::Client::try_from(kube::Config::new(url))?;
+                            let engine = Engine::new(client, "convoy-system", 8);
+                            engine.prefetch_discovery().await;
+                            let start = Instant::now();
+                            let st = verify_all(&statement, &signature, &bytes, &trusted, Some("argo-cd"))?;
+                            let ms = tokio::task::spawn_blocking(move || {
+                                load_manifests(&bytes, &Limits::default())
+                            })
+                            .await??;
+                            let plan = engine
+                                .plan(
+                                    "argo-cd",
+                                    &st.source.revision,
+                                    st.generation,
+                                    &st.artifact.digest,
+                                    ms,
+                                    Some("default"),
+                                )
+                                .await?;
+                            let report = engine
+                                .apply(
+                                    &plan,
+                                    ApplyOptions { force: false, prune: true },
+                                    &CancellationToken::new(),
+                                )
+                                .await;
+                            let ms = start.elapsed().as_secs_f64() * 1000.0;
+                            if let Some(e) = report.error {
+                                bail!("apply failed: {e}");
+                            }
+                            Ok(ms)
+                        })
+                    })
+                    .await??;
+                    ours.push(ms);
                 }
                 _ => {
                     let ms = timed(
