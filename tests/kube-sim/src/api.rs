@@ -709,17 +709,8 @@ impl Inner {
             m.insert("kind".into(), json!(rt.kind));
         }
         if rt.generation {
-            let strip = |v: &Value| {
-                let mut v = v.clone();
-                if let Some(m) = v.as_object_mut() {
-                    m.shift_remove("metadata");
-                    if rt.status {
-                        m.shift_remove("status");
-                    }
-                }
-                v
-            };
-            if strip(old) != strip(new) {
+            let skip = |k: &str| k == "metadata" || (rt.status && k == "status");
+            if !eq_except(old, new, &skip) {
                 let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
                 if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.insert("generation".into(), json!(g));
@@ -758,14 +749,11 @@ impl Inner {
             }
             if let Some(c) = &cur {
                 // identical content: a no-op, no new resourceVersion
-                let mut probe = new.clone();
-                if let Some(m) = probe.get_mut("metadata").and_then(Value::as_object_mut) {
-                    m.insert(
-                        "resourceVersion".into(),
-                        c.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null),
-                    );
-                }
-                if probe == **c {
+                let same_meta = match (new.get("metadata"), c.get("metadata")) {
+                    (Some(a), Some(b)) => eq_except(a, b, &|k: &str| k == "resourceVersion"),
+                    (a, b) => a == b,
+                };
+                if same_meta && eq_except(&new, c, &|k: &str| k == "metadata") {
                     return Ok((c.clone(), false));
                 }
             }
@@ -1601,4 +1589,16 @@ fn pod_log(pod: &Value, q: &Query) -> Response<Body> {
         .header("content-type", "text/plain")
         .body(Body::from(body))
         .expect("response")
+}
+
+/// Object equality ignoring some top-level keys (no clones).
+fn eq_except(a: &Value, b: &Value, skip: &dyn Fn(&str) -> bool) -> bool {
+    match (a.as_object(), b.as_object()) {
+        (Some(x), Some(y)) => {
+            let xs = x.iter().filter(|(k, _)| !skip(k));
+            let ys = y.iter().filter(|(k, _)| !skip(k));
+            xs.clone().count() == ys.count() && xs.into_iter().all(|(k, v)| y.get(k) == Some(v))
+        }
+        _ => a == b,
+    }
 }

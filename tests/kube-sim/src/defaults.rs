@@ -9,9 +9,13 @@ use crate::registry::ResourceType;
 use crate::schema::Schema;
 use crate::status::{Cause, invalid_value, required};
 
+/// Hashes of CRD schemas that decoded without unknown fields.
+static CHECKED_SCHEMAS: std::sync::LazyLock<parking_lot::Mutex<std::collections::HashSet<u64>>> =
+    std::sync::LazyLock::new(Default::default);
+
 /// Round-trip through the typed k8s-openapi struct: what it drops is unknown.
 fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> Result<Value, String> {
-    let t: T = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+    let t: T = T::deserialize(v).map_err(|e| e.to_string())?;
     serde_json::to_value(&t).map_err(|e| e.to_string())
 }
 
@@ -131,6 +135,9 @@ pub fn unknown_fields(rt: &ResourceType, v: &Value) -> Result<Vec<String>, Strin
         unknown_crd(&body, &rt.schema, "", &mut out);
         return Ok(out);
     }
+    if rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition" {
+        return crd_unknown_fields(v);
+    }
     match typed_roundtrip(&rt.group, &rt.kind, v) {
         Some(Ok(t)) => {
             missing(v, &t, "", &mut out);
@@ -139,6 +146,83 @@ pub fn unknown_fields(rt: &ResourceType, v: &Value) -> Result<Vec<String>, Strin
         Some(Err(e)) => Err(e),
         None => Ok(out),
     }
+}
+
+/// CRDs: the typed round trip of every `openAPIV3Schema` (JSONSchemaProps) is the
+/// bulk of the cost of applying a big CRD, so the schemas are decoded on their own,
+/// each once, and the rest of the CRD through the typed struct without them.
+fn crd_unknown_fields(v: &Value) -> Result<Vec<String>, String> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
+    let mut out = Vec::new();
+    // the CRD without its schemas (a shallow copy: schemas are replaced by {})
+    let mut shell = Value::Object(Map::new());
+    if let Value::Object(m) = v {
+        let mut sm = Map::new();
+        for (k, x) in m {
+            if k == "spec" {
+                let mut spec = Map::new();
+                for (sk, sx) in x.as_object().into_iter().flatten() {
+                    if sk == "versions" {
+                        let vers: Vec<Value> = sx
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|ver| match ver.as_object() {
+                                        Some(vo) => Value::Object(
+                                            vo.iter()
+                                                .map(|(vk, vx)| {
+                                                    if vk == "schema" {
+                                                        (vk.clone(), json!({}))
+                                                    } else {
+                                                        (vk.clone(), vx.clone())
+                                                    }
+                                                })
+                                                .collect(),
+                                        ),
+                                        None => ver.clone(),
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        spec.insert(sk.clone(), Value::Array(vers));
+                    } else {
+                        spec.insert(sk.clone(), sx.clone());
+                    }
+                }
+                sm.insert(k.clone(), Value::Object(spec));
+            } else {
+                sm.insert(k.clone(), x.clone());
+            }
+        }
+        shell = Value::Object(sm);
+    }
+    let typed = roundtrip::<apiext::CustomResourceDefinition>(&shell)?;
+    missing(&shell, &typed, "", &mut out);
+    for (i, ver) in v.pointer("/spec/versions").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        if let Some(schema) = ver.get("schema") {
+            // a schema already checked (re-applies, other versions) is not decoded again
+            let key = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                serde_json::to_string(schema).unwrap_or_default().hash(&mut h);
+                h.finish()
+            };
+            if CHECKED_SCHEMAS.lock().contains(&key) {
+                continue;
+            }
+            let t = roundtrip::<apiext::CustomResourceValidation>(schema)?;
+            let before = out.len();
+            missing(schema, &t, &format!("spec.versions[{i}].schema"), &mut out);
+            if out.len() == before {
+                let mut c = CHECKED_SCHEMAS.lock();
+                if c.len() > 1024 {
+                    c.clear();
+                }
+                c.insert(key);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Remove the given dotted paths (as reported by `unknown_fields`).
@@ -636,7 +720,8 @@ fn validate_crd(v: &Value, name: &str, c: &mut Vec<Cause>) {
         }),
         None => c.push(required("spec.scope", "")),
     }
-    let versions = v.pointer("/spec/versions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let empty = Vec::new();
+    let versions = v.pointer("/spec/versions").and_then(Value::as_array).unwrap_or(&empty);
     if versions.is_empty() {
         c.push(invalid_value(
             "spec.versions",

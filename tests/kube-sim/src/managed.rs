@@ -335,14 +335,14 @@ pub fn apply(
     }
 
     // 4. rebuild the full object: server-owned metadata from live, the rest from the result
-    let mut out = rebuild(live, cfg, &pruned_s, req.scope);
+    let mut out = rebuild(live, cfg, pruned_s, req.scope);
     write(&mut out, managers);
     Ok(out)
 }
 
 /// Put the server-owned parts of `live` back around a stripped result.
-fn rebuild(live: &Value, cfg: &Value, result_s: &Value, scope: Scope) -> Value {
-    let mut out = result_s.clone();
+fn rebuild(live: &Value, cfg: &Value, result_s: Value, scope: Scope) -> Value {
+    let mut out = result_s;
     let om = out.as_object_mut().expect("object");
     // apiVersion/kind first, like the API server prints them
     let mut head = Map::new();
