@@ -512,6 +512,21 @@ async fn memory(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let peak_mib = peak / 1024.0;
+    if let Ok(r) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+        let f = |k: &str| {
+            r.lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1024.0
+        };
+        eprintln!(
+            "agent bench: idle RSS breakdown: {:.1} MiB anonymous (heap, stacks), {:.1} MiB file-backed (code)",
+            f("Anonymous:"),
+            f("Rss:") - f("Anonymous:")
+        );
+    }
     eprintln!(
         "agent bench: agent peak RSS {peak_mib:.1} MiB while applying ({} samples, sampled max {:.1} MiB), idle {:.1} MiB",
         samples.len(),
