@@ -58,7 +58,8 @@ pub struct RunningAgent {
 
 impl RunningAgent {
     /// Wait for the agent to stop (after its shutdown token is cancelled),
-    /// giving in-flight work the grace period.
+    /// giving in-flight work the grace period. If the controller stops on its
+    /// own (an error), every other task is stopped too.
     pub async fn join(self) -> Result<()> {
         let RunningAgent { shutdown, grace, controller, sync, outbox, server, .. } = self;
         let mut controller = controller;
@@ -66,6 +67,7 @@ impl RunningAgent {
             _ = shutdown.cancelled() => None,
             r = &mut controller => Some(r),
         };
+        shutdown.cancel();
         let drain = async {
             let r = match early {
                 Some(r) => r,
@@ -107,8 +109,12 @@ impl Agent {
         running.join().await
     }
 
-    /// Start every task and return at once.
+    /// Start every task and return at once. The tasks stop when `shutdown`
+    /// is cancelled.
     pub async fn start(cfg: AgentConfig, shutdown: CancellationToken) -> Result<RunningAgent> {
+        // Our own child token: `join` can stop everything when the controller
+        // fails without cancelling the caller's token.
+        let shutdown = shutdown.child_token();
         if cfg.trusted_keys.is_empty() {
             return Err(Error::Config("no trusted signing key (--trusted-key)".into()));
         }

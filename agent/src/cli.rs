@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use convoy_core::duration::HumanDuration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::bundle::DriftMode;
 use crate::config::{AgentConfig, KubeSource, Tuning, parse_labels};
@@ -256,11 +257,14 @@ pub async fn run(cli: Cli) -> ExitCode {
     let shutdown = CancellationToken::new();
     {
         let s = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            tracing::info!("shutdown requested");
-            s.cancel();
-        });
+        tokio::spawn(
+            async move {
+                shutdown_signal().await;
+                tracing::info!("shutdown requested");
+                s.cancel();
+            }
+            .instrument(tracing::info_span!("signals")),
+        );
     }
     match cli.command {
         Command::Run(args) => {

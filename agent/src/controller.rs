@@ -193,6 +193,8 @@ pub struct Controller {
     restore_pending: HashSet<String>,
     /// When to give freed memory back to the OS (after large work settles).
     trim_due: Option<Instant>,
+    /// Bundles to delete from the store (left without anything applied).
+    forget: Vec<String>,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -238,6 +240,7 @@ impl Controller {
             drift_rx,
             restore_pending: HashSet::new(),
             trim_due: None,
+            forget: Vec::new(),
         }
     }
 
@@ -267,6 +270,7 @@ impl Controller {
                 tokio::task::spawn_blocking(crate::mem::trim);
             }
             self.schedule();
+            self.forget_dropped().await;
         }
         tracing::info!(jobs = self.jobs.len(), "controller stopping");
         while let Some(done) = self.jobs.join_next().await {
@@ -470,15 +474,20 @@ impl Controller {
         }
         for name in drop_slots {
             self.slots.remove(&name);
-            let store = self.store.clone();
-            tokio::spawn(async move {
-                let n = name.clone();
-                if let Err(error) = blocking(move || store.put_bundle(&n, None)).await {
-                    tracing::warn!(%error, bundle = %name, "cannot forget bundle");
-                }
-            });
+            self.forget.push(name);
         }
         self.update_watches();
+    }
+
+    /// Delete the records of bundles that left without anything applied.
+    async fn forget_dropped(&mut self) {
+        for name in std::mem::take(&mut self.forget) {
+            let store = self.store.clone();
+            let n = name.clone();
+            if let Err(error) = blocking(move || store.put_bundle(&n, None)).await {
+                tracing::warn!(%error, bundle = %name, "cannot forget bundle");
+            }
+        }
     }
 
     fn update_watches(&mut self) {
