@@ -273,14 +273,16 @@ impl Supervisor {
         self.apply_fleet();
         let mut gc = tokio::time::interval(self.cfg.gc_interval.max(Duration::from_secs(1)));
         gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The config sender may go away (a hub started with a fixed fleet
+        // config): the pipeline then keeps running with the last config.
+        let mut fleet_open = true;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                changed = self.fleet.changed() => {
+                changed = self.fleet.changed(), if fleet_open => {
                     if changed.is_err() {
-                        // The config sender is gone: keep running with the last config.
-                        shutdown.cancelled().await;
-                        break;
+                        fleet_open = false;
+                        continue;
                     }
                     self.apply_fleet();
                 }

@@ -280,3 +280,35 @@ async fn heavy_a_silent_server_times_out_and_secrets_stay_out_of_status() {
     tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap();
     drop(hold);
 }
+
+/// A hub started with a fixed fleet config drops the config sender at once:
+/// the pipeline must go on polling and publishing builds with the last config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_keeps_building_after_the_config_sender_is_gone() {
+    let up = Upstream::new("fleet", &[("apps/a.yaml", &configmap("a"))]);
+    let url = up.bare.to_str().unwrap().to_string();
+    let (fleet_tx, fleet_rx) = watch::channel(fleet(&url, "", &[("plain", "apps")]));
+    drop(fleet_tx);
+    let data = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let (sources, task) =
+        Sources::start(SourcesConfig::new(data.path()), fleet_rx, shutdown.clone()).unwrap();
+    let mut builds = sources.builds();
+    let c1 = up.head();
+    wait_for(&mut builds, "the first build", |m: &Builds| {
+        m.get("plain").and_then(|s| s.artifact.as_ref()).is_some_and(|a| a.revision.ends_with(&c1))
+    })
+    .await;
+    // Later commits are still picked up (polls and build reports go on).
+    let c2 = up.commit(&[("apps/b.yaml", &configmap("b"))], "more");
+    up.push(&["origin", "main"]);
+    let b = wait_for(&mut builds, "the second build", |m: &Builds| {
+        m.get("plain").and_then(|s| s.artifact.as_ref()).is_some_and(|a| a.revision.ends_with(&c2))
+    })
+    .await;
+    assert_eq!(b["plain"].artifact.as_ref().unwrap().files, 2);
+    // Reconcile and shutdown still work.
+    sources.reconcile("fleet").unwrap();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), task).await.expect("stops").unwrap();
+}
