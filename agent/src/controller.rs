@@ -1195,6 +1195,24 @@ async fn reconcile(
     if let Decision::Refuse(reason, message) = bundle::decide(d, applied) {
         return Err(Failure::Refused(Error::verification(reason, message)));
     }
+    // Without local state (a new state directory), the inventory in the
+    // cluster still says which generation is applied: no replays either.
+    if applied.is_none() {
+        let inv = ctx.engine.inventory(&d.name).await.map_err(|e| Failure::Failed(e, false))?;
+        if let Some(inv) = inv.filter(|i| i.generation > 0) {
+            let floor = AppliedRevision {
+                generation: inv.generation,
+                digest: inv.digest,
+                revision: inv.revision,
+                statement: Vec::new(),
+                signature: Vec::new(),
+                options: d.options.clone(),
+            };
+            if let Decision::Refuse(reason, message) = bundle::decide(d, Some(&floor)) {
+                return Err(Failure::Refused(Error::verification(reason, message)));
+            }
+        }
+    }
     // Verification first: the statement before any download.
     let st = bundle::verify_statement(d, &ctx.trusted).map_err(Failure::Refused)?;
     let opts = &d.options;

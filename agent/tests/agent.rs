@@ -592,6 +592,29 @@ async fn heavy_server_errors_and_latency_are_retried_until_the_bundle_converges(
     stop(agent, token).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_lost_state_dir_still_refuses_replays_from_the_cluster_inventory() {
+    let env = Env::new(Duration::from_secs(3600)).await;
+    env.hub.set_desired(vec![env.deployment("app", 2, &[("cm.yaml", configmap("a", "2"))], opts("apps"))]);
+    let (agent, token) = env.start(env.config()).await;
+    phase_of(&env.hub, "app", 2, pb::Phase::Ready).await;
+    stop(agent, token).await;
+    // The pod comes back with an empty state directory (emptyDir) and the hub
+    // (or someone impersonating it) offers an older, validly signed generation.
+    env.hub.set_desired(vec![env.deployment("app", 1, &[("cm.yaml", configmap("a", "1"))], opts("apps"))]);
+    let mut cfg = env.config();
+    cfg.state_dir = env.tmp.path().join("fresh-state");
+    let (agent, token) = env.start(cfg).await;
+    let st = phase_of(&env.hub, "app", 1, pb::Phase::Stalled).await;
+    assert_eq!(
+        st.conditions.iter().find(|c| c.r#type == "Ready").unwrap().reason,
+        "GenerationRollback",
+        "{st:?}"
+    );
+    assert_eq!(env.sim.object("", "configmaps", "apps", "a").unwrap()["data"]["k"], "2");
+    stop(agent, token).await;
+}
+
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -86,6 +86,8 @@ pub struct HubState {
     pub stored: Mutex<HashMap<u64, u64>>,
     /// Every stored outbox entry: (epoch, seq) -> message.
     pub entries: Mutex<BTreeMap<(u64, u64), pb::AgentMessage>>,
+    /// The same entries in the order they were stored (across epochs).
+    pub log: Mutex<Vec<pb::AgentMessage>>,
     /// Duplicates received (seq <= stored), for the test to inspect.
     pub duplicates: AtomicU64,
     pub hellos: Mutex<Vec<pb::Hello>>,
@@ -217,6 +219,7 @@ impl Agent for Svc {
                             if seq <= *cur {
                                 st.duplicates.fetch_add(1, Ordering::Relaxed);
                             } else {
+                                st.log.lock().push(m.clone());
                                 st.entries.lock().insert((epoch, seq), m);
                                 *cur = seq;
                             }
@@ -389,7 +392,7 @@ impl FakeHub {
     /// The latest stored status per bundle.
     pub fn statuses(&self) -> BTreeMap<String, pb::BundleStatus> {
         let mut out = BTreeMap::new();
-        for m in self.state.entries.lock().values() {
+        for m in self.state.log.lock().iter() {
             if let Some(In::Status(s)) = &m.msg
                 && let Some(st) = &s.status
             {
@@ -406,9 +409,9 @@ impl FakeHub {
     /// Every stored event, in seq order.
     pub fn events(&self) -> Vec<pb::Event> {
         self.state
-            .entries
+            .log
             .lock()
-            .values()
+            .iter()
             .filter_map(|m| match &m.msg {
                 Some(In::Event(e)) => e.event.clone(),
                 _ => None,
