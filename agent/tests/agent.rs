@@ -462,8 +462,13 @@ async fn heavy_certificate_is_renewed_and_the_stream_reconnects_with_it() {
         (env.hub.state.renewals.load(Ordering::Relaxed) >= 1).then_some(())
     })
     .await;
-    let second = env.sim.object("", "secrets", "convoy-system", "convoy-agent-identity").unwrap();
-    assert_ne!(first["data"]["tls.crt"], second["data"]["tls.crt"]);
+    // The renewed certificate is stored once the agent has it.
+    let second = eventually(30, "renewed certificate stored", || async {
+        env.sim
+            .object("", "secrets", "convoy-system", "convoy-agent-identity")
+            .filter(|s| s["data"]["tls.crt"] != first["data"]["tls.crt"])
+    })
+    .await;
     assert_ne!(first["data"]["tls.key"], second["data"]["tls.key"], "a new key with each renewal");
     // The agent goes on working with the renewed certificate.
     let hellos = env.hub.state.hellos.lock().len();
