@@ -184,6 +184,10 @@ async fn heavy_registers_applies_reports_and_restarts_without_registering_again(
     assert!(metrics.contains("convoy_agent_hub_connected 1"), "{metrics}");
     assert!(metrics.contains("convoy_agent_applies_total{bundle=\"app\",result=\"success\"} 1"), "{metrics}");
     assert!(http_get(addr, "/readyz").await.contains("ok"));
+    eventually(30, "heartbeats on the idle stream", || async {
+        (env.hub.state.heartbeats.load(Ordering::Relaxed) >= 2).then_some(())
+    })
+    .await;
     stop(agent, token).await;
 
     // Restart: the identity comes from the Secret, the applied state from disk;
