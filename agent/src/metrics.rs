@@ -40,6 +40,15 @@ pub struct BundleAction {
     pub action: String,
 }
 
+/// Labels: bundle and event reason.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BundleReason {
+    /// The bundle ("" for events about no bundle).
+    pub bundle: String,
+    /// The event reason.
+    pub reason: String,
+}
+
 /// Labels: bundle.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BundleLabel {
@@ -62,6 +71,9 @@ pub struct Metrics {
     pub applies: Family<BundleResult, Counter>,
     /// convoy_agent_objects_total{bundle,action}
     pub objects: Family<BundleAction, Counter>,
+    /// convoy_agent_events_total{bundle,reason}: events recorded in the
+    /// durable outbox (what the agent sends; the hub acks each one).
+    pub events: Family<BundleReason, Counter>,
     /// convoy_agent_drift_corrections_total{bundle}
     pub drift_corrections: Family<BundleLabel, Counter>,
     /// convoy_agent_drift_detected_total{bundle}
@@ -95,6 +107,7 @@ impl Metrics {
         let applies = Family::<BundleResult, Counter>::default();
         let objects = Family::<BundleAction, Counter>::default();
         let drift_corrections = Family::<BundleLabel, Counter>::default();
+        let events = Family::<BundleReason, Counter>::default();
         let drift_detected = Family::<BundleLabel, Counter>::default();
         let bundle_ready = Family::<BundleLabel, Gauge>::default();
         let hub_connected = Gauge::default();
@@ -111,6 +124,7 @@ impl Metrics {
         registry.register("applies", "Bundle applies by result", applies.clone());
         registry.register("objects", "Objects handled by applies, by action", objects.clone());
         registry.register("drift_corrections", "Drifted objects put back", drift_corrections.clone());
+        registry.register("events", "Events recorded in the outbox, by bundle and reason", events.clone());
         registry.register(
             "drift_detected",
             "Drifted objects reported in detect-only mode",
@@ -143,6 +157,7 @@ impl Metrics {
             apply_duration,
             applies,
             objects,
+            events,
             drift_corrections,
             drift_detected,
             bundle_ready,
@@ -235,6 +250,7 @@ mod tests {
             .observe(0.2);
         m.hub_connected.set(1);
         m.count_objects("a", "created", 3);
+        m.events.get_or_create(&BundleReason { bundle: "a".into(), reason: "Applied".into() }).inc();
         let text = m.encode();
         for name in [
             "convoy_agent_applies_total{bundle=\"a\",result=\"success\"} 1",
@@ -242,6 +258,7 @@ mod tests {
             "convoy_agent_hub_connected 1",
             "convoy_agent_objects_total{bundle=\"a\",action=\"created\"} 3",
             "convoy_agent_outbox_depth 0",
+            "convoy_agent_events_total{bundle=\"a\",reason=\"Applied\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -40,15 +40,26 @@ pub fn start(
                 batch.push(more);
             }
             let s = store.clone();
-            let r = tokio::task::spawn_blocking(move || -> crate::Result<(u64, u64)> {
-                for item in &batch {
-                    s.append(item)?;
-                }
-                Ok((s.depth()?, s.dropped_events()))
-            })
-            .await;
+            let r =
+                tokio::task::spawn_blocking(move || -> crate::Result<(u64, u64, Vec<(String, String)>)> {
+                    let mut recorded = Vec::new();
+                    for item in &batch {
+                        s.append(item)?;
+                        if let OutboxItem::Event(bytes) = item
+                            && let Ok(e) =
+                                <convoy_proto::v1::Event as prost::Message>::decode(bytes.as_slice())
+                        {
+                            recorded.push((e.bundle, e.reason));
+                        }
+                    }
+                    Ok((s.depth()?, s.dropped_events(), recorded))
+                })
+                .await;
             match r {
-                Ok(Ok((depth, dropped))) => {
+                Ok(Ok((depth, dropped, recorded))) => {
+                    for (bundle, reason) in recorded {
+                        metrics.events.get_or_create(&crate::metrics::BundleReason { bundle, reason }).inc();
+                    }
                     metrics.outbox_depth.set(depth as i64);
                     let seen = metrics.outbox_dropped.get();
                     if dropped > seen {

@@ -183,6 +183,7 @@ async fn heavy_registers_applies_reports_and_restarts_without_registering_again(
     let metrics = http_get(addr, "/metrics").await;
     assert!(metrics.contains("convoy_agent_hub_connected 1"), "{metrics}");
     assert!(metrics.contains("convoy_agent_applies_total{bundle=\"app\",result=\"success\"} 1"), "{metrics}");
+    assert!(metrics.contains("convoy_agent_events_total{bundle=\"app\",reason=\"Applied\"} 1"), "{metrics}");
     assert!(http_get(addr, "/readyz").await.contains("ok"));
     eventually(30, "heartbeats on the idle stream", || async {
         (env.hub.state.heartbeats.load(Ordering::Relaxed) >= 2).then_some(())
