@@ -10,6 +10,9 @@ use tokio::sync::{Notify, mpsc};
 use crate::metrics::Metrics;
 use crate::store::{OutboxItem, Store};
 
+/// After a batch: outbox depth, events dropped so far, (bundle, reason) of each event recorded.
+type Appended = (u64, u64, Vec<(String, String)>);
+
 /// The sending side (cheap to clone).
 #[derive(Clone)]
 pub struct OutboxWriter {
@@ -40,21 +43,19 @@ pub fn start(
                 batch.push(more);
             }
             let s = store.clone();
-            let r =
-                tokio::task::spawn_blocking(move || -> crate::Result<(u64, u64, Vec<(String, String)>)> {
-                    let mut recorded = Vec::new();
-                    for item in &batch {
-                        s.append(item)?;
-                        if let OutboxItem::Event(bytes) = item
-                            && let Ok(e) =
-                                <convoy_proto::v1::Event as prost::Message>::decode(bytes.as_slice())
-                        {
-                            recorded.push((e.bundle, e.reason));
-                        }
+            let r = tokio::task::spawn_blocking(move || -> crate::Result<Appended> {
+                let mut recorded = Vec::new();
+                for item in &batch {
+                    s.append(item)?;
+                    if let OutboxItem::Event(bytes) = item
+                        && let Ok(e) = <convoy_proto::v1::Event as prost::Message>::decode(bytes.as_slice())
+                    {
+                        recorded.push((e.bundle, e.reason));
                     }
-                    Ok((s.depth()?, s.dropped_events(), recorded))
-                })
-                .await;
+                }
+                Ok((s.depth()?, s.dropped_events(), recorded))
+            })
+            .await;
             match r {
                 Ok(Ok((depth, dropped, recorded))) => {
                     for (bundle, reason) in recorded {
