@@ -52,7 +52,10 @@ pub enum Command {
 /// Exit codes: 0 success, 1 a check failed or something would change, 2 usage
 /// or input error, 3 the hub is unreachable, 4 not authorized, 5 not found.
 pub fn main(cli: Cli) -> ExitCode {
-    logging::init(&cli.log, cli.log_format);
+    // `convoy dev` logs to a file in its data dir: its terminal shows the fleet.
+    if !matches!(cli.command, Command::Dev(_)) {
+        logging::init(&cli.log, cli.log_format);
+    }
     install_crypto_provider();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -64,7 +67,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             Command::Hub(args) => cmd_hub::run(args).await,
-            Command::Dev(args) => cmd_dev::run(args).await,
+            Command::Dev(args) => cmd_dev::run(args, &cli.log, cli.log_format).await,
             Command::Fleet(cmd) => cmd_fleet::run(cmd).await,
             Command::Artifact(cmd) => cmd_artifact::run(cmd).await,
         }
