@@ -13,6 +13,7 @@ use convoy_bench::report::{self, Measurement};
 
 mod agent;
 mod artifacts;
+mod e2e;
 mod hub;
 mod kubesim;
 
@@ -44,8 +45,13 @@ type AreaFn =
     fn(Ctx) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<Measurement>>>>>;
 
 /// The areas, in run order. Each area module adds itself here.
-const AREAS: &[(&str, AreaFn)] =
-    &[("kube-sim", kubesim::run), ("hub", hub::run), ("artifacts", artifacts::run), ("agent", agent::run)];
+const AREAS: &[(&str, AreaFn)] = &[
+    ("kube-sim", kubesim::run),
+    ("hub", hub::run),
+    ("artifacts", artifacts::run),
+    ("agent", agent::run),
+    ("e2e", e2e::run),
+];
 
 fn main() -> ExitCode {
     let args = Args::parse();
