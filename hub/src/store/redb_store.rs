@@ -26,6 +26,12 @@ const EVENTS_BY_CLUSTER: TableDefinition<(&str, u64), u8> = TableDefinition::new
 const EVENTS_BY_BUNDLE: TableDefinition<(&str, u64), u8> = TableDefinition::new("events_by_bundle");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NEXT_EVENT_ID: &str = "next_event_id";
+const SCHEMA_VERSION_KEY: &str = "schema_version";
+
+/// The layout version of `state.redb` this hub writes. A hub refuses to open a
+/// file written by a newer layout (a downgrade would misread it); older
+/// layouts are migrated on open (there are none yet).
+pub const SCHEMA_VERSION: u64 = 1;
 
 /// The redb-backed store.
 pub struct RedbStore {
@@ -61,7 +67,21 @@ impl RedbStore {
             tx.open_table(EVENTS)?;
             tx.open_table(EVENTS_BY_CLUSTER)?;
             tx.open_table(EVENTS_BY_BUNDLE)?;
-            tx.open_table(META)?;
+            let mut meta = tx.open_table(META)?;
+            let found = meta.get(SCHEMA_VERSION_KEY)?.map(|v| v.value());
+            match found {
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(Error::Store(format!(
+                        "{} was written by a newer hub (state schema v{v}; this hub knows v{SCHEMA_VERSION}): \
+                         run the newer hub, or restore a backup of the data dir made with this version",
+                        path.display()
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+                }
+            }
         }
         tx.commit()?;
         Ok(Self { db, event_capacity: event_capacity.max(1) })
@@ -342,6 +362,26 @@ mod tests {
     use super::*;
     use crate::domain::{ClusterRecord, EventRecord, StatusRecord};
     use convoy_core::status::{Phase, Severity};
+
+    #[test]
+    fn refuses_a_state_file_from_a_newer_hub() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        drop(RedbStore::open(&path, 10, 1 << 20).unwrap());
+        {
+            // Reopening the same version is fine, and the version was recorded.
+            let s = RedbStore::open(&path, 10, 1 << 20).unwrap();
+            let tx = s.db.begin_write().unwrap();
+            {
+                let mut meta = tx.open_table(META).unwrap();
+                assert_eq!(meta.get(SCHEMA_VERSION_KEY).unwrap().unwrap().value(), SCHEMA_VERSION);
+                meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION + 1).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let err = RedbStore::open(&path, 10, 1 << 20).err().expect("a newer schema must be refused");
+        assert!(err.to_string().contains("newer hub"), "{err}");
+    }
 
     fn open(dir: &tempfile::TempDir, cap: u64) -> RedbStore {
         RedbStore::open(&dir.path().join("state.redb"), cap, 8 << 20).unwrap()
