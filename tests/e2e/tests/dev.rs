@@ -227,3 +227,51 @@ fn heavy_convoy_dev_exit_when_ready() {
     assert!(root.file_name().unwrap().to_string_lossy().starts_with("convoy-dev-"), "{}", root.display());
     assert!(!root.exists(), "{} was not removed", root.display());
 }
+
+/// `--kubeconfig` adds a real cluster with its own agent (here a kube-sim
+/// over TLS standing in for kind or k3d, reached only through the file):
+/// it registers as `local` with `env=staging,region=local` and gets `infra`
+/// and `web-staging`.
+#[test]
+fn heavy_convoy_dev_with_a_kubeconfig_adds_that_cluster() {
+    convoy_e2e::init();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let sim = rt
+        .block_on(kube_sim::KubeSim::start(kube_sim::SimConfig {
+            tls: true,
+            name: "kind-dev".into(),
+            ..Default::default()
+        }))
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = tmp.path().join("kubeconfig");
+    sim.write_kubeconfig(&kc).unwrap();
+    let mut dev =
+        Dev::spawn(&["--exit-when-ready", "--readiness-delay", "0s", "--kubeconfig", kc.to_str().unwrap()]);
+    let st = dev.wait_exit(120);
+    assert!(st.success(), "exit status {st:?}:\n{}", dev.seen.join("\n"));
+    assert!(
+        dev.seen.iter().any(|l| l.contains("local")
+            && l.contains("env=staging,region=local")
+            && l.contains("real cluster")),
+        "{}",
+        dev.seen.join("\n")
+    );
+    assert!(
+        dev.seen.iter().any(|l| l.contains("web-staging") && l.contains("Ready on local, staging")),
+        "{}",
+        dev.seen.join("\n")
+    );
+    let d = sim.object("apps", "deployments", "web", "web").expect("web-staging applied to the cluster");
+    assert_eq!(d["metadata"]["labels"]["convoy.dev/bundle"], "web-staging");
+    assert_eq!(d["spec"]["replicas"], 1);
+    assert!(
+        sim.object("", "secrets", "convoy-system", "convoy-agent-identity").is_some(),
+        "the agent keeps its identity in the cluster"
+    );
+    assert!(
+        sim.object("apps", "daemonsets", "monitoring", "node-exporter").is_none(),
+        "monitoring is for prod only"
+    );
+    drop(sim);
+}
