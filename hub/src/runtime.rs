@@ -127,6 +127,9 @@ pub struct HubHandle {
     shutdown: CancellationToken,
     tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
     writer_task: Option<tokio::task::JoinHandle<()>>,
+    /// The source pipeline's fleet config, for hubs started with a fixed
+    /// config (`HubOptions::fleet`): `set_fleet` updates it.
+    fleet_tx: Option<watch::Sender<Arc<FleetConfig>>>,
 }
 
 /// Starts hubs.
@@ -344,8 +347,12 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
         ));
     }
 
-    // Fleet config reload.
-    if !fixed_fleet {
+    // Fleet config reload (files), or changes through `HubHandle::set_fleet`,
+    // which must reach the source pipeline too.
+    let mut fixed_fleet_tx = None;
+    if fixed_fleet {
+        fixed_fleet_tx = Some(fleet_tx);
+    } else {
         tasks.push((
             "reload",
             spawn_reload(
@@ -401,6 +408,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
         shutdown,
         tasks,
         writer_task: Some(writer_task),
+        fleet_tx: fixed_fleet_tx,
     })
 }
 
@@ -609,7 +617,13 @@ impl HubHandle {
 
     /// Replace the fleet config (for hubs started with [`HubOptions::fleet`]).
     pub async fn set_fleet(&self, fleet: FleetConfig) -> Result<()> {
-        self.state.set_fleet(Arc::new(fleet)).await
+        let fleet = Arc::new(fleet);
+        self.state.set_fleet(fleet.clone()).await?;
+        // The source pipeline follows (new or changed sources and bundle paths).
+        if let Some(tx) = &self.fleet_tx {
+            tx.send_replace(fleet);
+        }
+        Ok(())
     }
 
     /// The state actor handle (fleet view, commands).

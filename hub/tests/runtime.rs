@@ -129,3 +129,65 @@ async fn restart_keeps_generations_statement_bytes_and_clusters() {
     eventually(|| async { (t.hub.state().view().records["web"].generation == 2).then_some(()) }).await;
     t.hub.shutdown().await.unwrap();
 }
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A hub started with a fixed fleet config (`HubOptions::fleet`) and the
+/// default git pipeline builds its bundles, and `set_fleet` reaches the
+/// pipeline: a bundle added later is fetched, built and signed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_fleet_with_the_git_pipeline_builds_and_follows_set_fleet() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    for (p, name) in [("a/cm.yaml", "a"), ("b/cm.yaml", "b")] {
+        let f = repo.join(p);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n")).unwrap();
+    }
+    git(&repo, &["init", "-q"]);
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "fleet"]);
+    let source = format!(
+        "apiVersion: convoy.dev/v1\nkind: GitSource\nmetadata: {{name: repo}}\nspec: {{url: \"file://{}\", interval: 1h}}\n",
+        repo.display()
+    );
+    let bundle = |n: &str| {
+        format!(
+            "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: {n}}}\nspec: {{source: repo, path: {n}, targets: [{{clusterSelector: {{}}}}]}}\n"
+        )
+    };
+    let hub = Hub::start(
+        HubConfig::local(dir.path().join("data")),
+        HubOptions { pipeline: None, fleet: Some(fleet(&format!("{source}{}", bundle("a")))) },
+    )
+    .await
+    .unwrap();
+    let generation = |name: &str| hub.state().view().records.get(name).map(|r| r.generation);
+    let deadline = std::time::Instant::now() + WAIT;
+    while generation("a").is_none() {
+        assert!(std::time::Instant::now() < deadline, "bundle a was never built and signed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    hub.set_fleet(fleet(&format!("{source}{}{}", bundle("a"), bundle("b")))).await.unwrap();
+    while generation("b").is_none() {
+        assert!(std::time::Instant::now() < deadline, "bundle b, added with set_fleet, was never built");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(generation("a"), Some(1));
+    hub.shutdown().await.unwrap();
+}
