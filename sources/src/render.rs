@@ -93,7 +93,7 @@ pub fn render(tree: &dyn Tree, path: &str, revision: &str, opts: &RenderOptions)
         _ => return Err(Error::PathNotFound { path: display_path(&path), revision: revision.to_string() }),
     }
     if kustomization_in(tree, &path)?.is_some() {
-        let artifact = kustomize(tree, &path, opts)?;
+        let artifact = kustomize(tree, &path, opts).map_err(|e| in_repo(e, &path, true))?;
         return Ok(Rendered { artifact, kustomized: true });
     }
     let rules = IgnoreRules::new(opts.ignore.as_deref())?;
@@ -109,8 +109,32 @@ pub fn render(tree: &dyn Tree, path: &str, revision: &str, opts: &RenderOptions)
             display_path(&path)
         )));
     }
-    let artifact = pack_selected(tree, selected, &opts.limits)?;
+    let artifact =
+        pack_selected(tree, selected, &opts.limits).map_err(|e| in_repo(e.into(), &path, false))?;
     Ok(Rendered { artifact, kustomized: false })
+}
+
+/// Name the file of a manifest or per-file limit error by its path in the
+/// repository (`apps/web/deploy.yaml`), not in the artifact (`deploy.yaml`), so
+/// that an operator reading the hub's status knows which file to fix. For a
+/// kustomize bundle the file is the overlay's rendered output.
+fn in_repo(e: Error, bundle_path: &str, kustomized: bool) -> Error {
+    let locate = |file: String| {
+        if kustomized {
+            format!("{} (kustomize output)", display_path(bundle_path))
+        } else {
+            join(bundle_path, &file)
+        }
+    };
+    match e {
+        Error::Artifact(convoy_artifact::Error::Manifest { file, index, line, message }) => {
+            Error::Artifact(convoy_artifact::Error::Manifest { file: locate(file), index, line, message })
+        }
+        Error::Artifact(convoy_artifact::Error::Limit { what, limit, actual, path: Some(p) }) => {
+            Error::Artifact(convoy_artifact::Error::Limit { what, limit, actual, path: Some(locate(p)) })
+        }
+        other => other,
+    }
 }
 
 fn display_path(path: &str) -> String {

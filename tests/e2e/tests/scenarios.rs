@@ -289,7 +289,7 @@ async fn heavy_broken_yaml_stalls_keeps_previous_revision_and_alerts() {
     let stalled = condition(&b, "Stalled").unwrap();
     assert_eq!(stalled.reason, "InvalidManifest", "{stalled:?}");
     // The file (relative to the bundle's path, `monitoring/`) and the line.
-    assert!(stalled.message.starts_with("config.yaml: document 0, line 7"), "{}", stalled.message);
+    assert!(stalled.message.starts_with("monitoring/config.yaml: document 0, line 7"), "{}", stalled.message);
     assert_eq!(condition(&b, "Ready").map(|c| c.status.as_str()), Some("False"));
     // The last good generation stays in force, Ready everywhere.
     assert_eq!((b.generation, &b.revision, &b.digest), (before.generation, &before.revision, &before.digest));
@@ -307,7 +307,10 @@ async fn heavy_broken_yaml_stalls_keeps_previous_revision_and_alerts() {
     }
     // `convoy status` tells the operator.
     let out = fleet.convoy_ok(&convoy_bin(), &["status", "monitoring"]).await.unwrap();
-    assert!(out.contains("InvalidManifest") && out.contains("config.yaml: document 0, line 7"), "{out}");
+    assert!(
+        out.contains("InvalidManifest") && out.contains("monitoring/config.yaml: document 0, line 7"),
+        "{out}"
+    );
 
     // The hub recorded it, and the alert was delivered with file and line.
     let evs = fleet.events("hub").await.unwrap();
@@ -322,7 +325,7 @@ async fn heavy_broken_yaml_stalls_keeps_previous_revision_and_alerts() {
         receiver.notifications().into_iter().find(|n| n.reason == "BuildFailed" && n.bundle == "monitoring")
     })
     .await;
-    assert!(n.message.contains("config.yaml: document 0, line 7"), "{}", n.message);
+    assert!(n.message.contains("monitoring/config.yaml: document 0, line 7"), "{}", n.message);
     assert_eq!(n.origin, "hub");
     assert_eq!(n.hub, "e2e-hub");
     assert_eq!(format!("{:?}", n.severity).to_lowercase(), "error");
