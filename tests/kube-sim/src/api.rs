@@ -137,7 +137,7 @@ pub fn now_rfc3339() -> String {
     ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-pub fn json_response(code: u16, v: &Value) -> Response<Body> {
+pub fn json_response(code: u16, v: &impl serde::Serialize) -> Response<Body> {
     let body = serde_json::to_vec(v).unwrap_or_default();
     Response::builder()
         .status(code)
@@ -339,11 +339,11 @@ impl Inner {
                 if t.sub.as_deref() == Some("log") {
                     return Ok(pod_log(&obj, &q));
                 }
-                let obj = for_version(&rt, &obj);
                 if want_table {
+                    let obj = for_version(&rt, &obj);
                     return Ok(json_response(200, &table::object_table(&rt, &obj, &q)));
                 }
-                Ok(json_response(200, &obj))
+                Ok(versioned_response(200, &rt, &obj))
             }
             (Method::POST, None) => {
                 let dry = q.dry_run();
@@ -353,8 +353,7 @@ impl Inner {
                 if !dry {
                     self.stats.changed();
                 }
-                let code = 201;
-                Ok(json_response(code, &for_version(&rt, &out)))
+                Ok(versioned_response(201, &rt, &out))
             }
             (Method::PUT, Some(name)) => {
                 let dry = q.dry_run();
@@ -367,7 +366,7 @@ impl Inner {
                 if t.sub.as_deref() == Some("scale") {
                     return Ok(json_response(200, &scale_of(&rt, &out)));
                 }
-                Ok(json_response(200, &for_version(&rt, &out)))
+                Ok(versioned_response(200, &rt, &out))
             }
             (Method::PATCH, Some(name)) => {
                 let dry = q.dry_run();
@@ -394,7 +393,7 @@ impl Inner {
                 if t.sub.as_deref() == Some("scale") {
                     return Ok(json_response(200, &scale_of(&rt, &out)));
                 }
-                Ok(json_response(if created { 201 } else { 200 }, &for_version(&rt, &out)))
+                Ok(versioned_response(if created { 201 } else { 200 }, &rt, &out))
             }
             (Method::DELETE, Some(name)) => {
                 let dry = q.dry_run();
@@ -807,7 +806,7 @@ impl Inner {
         Err(ApiError::internal("too many concurrent updates"))
     }
 
-    fn after_write(&self, rt: &ResourceType, obj: &Value) {
+    fn after_write(&self, rt: &ResourceType, obj: &Arc<Value>) {
         if rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition" {
             crd::sync(self, obj);
         }
@@ -830,7 +829,7 @@ impl Inner {
         q: &Query,
         headers: &HeaderMap,
         dry: bool,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Arc<Value>, ApiError> {
         self.check_type(rt, &body)?;
         managed::drop_nulls(&mut body);
         self.field_validation(rt, &mut body, q, false)?;
@@ -864,7 +863,7 @@ impl Inner {
             }
             Ok(body.take())
         })?;
-        Ok((*obj).clone())
+        Ok(obj)
     }
 
     /// PUT (main resource, status or scale).
@@ -879,7 +878,7 @@ impl Inner {
         q: &Query,
         headers: &HeaderMap,
         dry: bool,
-    ) -> Result<(Value, bool), ApiError> {
+    ) -> Result<(Arc<Value>, bool), ApiError> {
         let manager = Self::manager(q, headers);
         if sub == Some("scale") {
             let replicas = body.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
@@ -914,7 +913,7 @@ impl Inner {
             self.finish_write(rt, cur, &mut new, &manager, &sub_s)?;
             Ok(Some(new))
         })?;
-        Ok(((*obj).clone(), changed))
+        Ok((obj, changed))
     }
 
     /// Combine a request body with the stored object according to the scope
@@ -1012,7 +1011,7 @@ impl Inner {
         manager: &str,
         dry: bool,
         f: &mut dyn FnMut(&Arc<Value>) -> Result<Value, ApiError>,
-    ) -> Result<(Value, bool), ApiError> {
+    ) -> Result<(Arc<Value>, bool), ApiError> {
         let sub_s = sub.unwrap_or("").to_string();
         let (obj, changed) = self.guaranteed_update(rt, ns, name, dry, &mut |cur| {
             let Some(cur) = cur else { return Err(ApiError::not_found(rt, name)) };
@@ -1024,7 +1023,7 @@ impl Inner {
             self.finish_write(rt, cur, &mut new, manager, &sub_s)?;
             Ok(Some(new))
         })?;
-        Ok(((*obj).clone(), changed))
+        Ok((obj, changed))
     }
 
     /// PATCH (all four types). Returns (object, changed, created).
@@ -1040,7 +1039,7 @@ impl Inner {
         q: &Query,
         headers: &HeaderMap,
         dry: bool,
-    ) -> Result<(Value, bool, bool), ApiError> {
+    ) -> Result<(Arc<Value>, bool, bool), ApiError> {
         let patch_v: Value =
             if pt == PatchType::Apply { parse_yaml_or_json(body)? } else { parse_json(body)? };
         if pt == PatchType::Apply {
@@ -1107,7 +1106,7 @@ impl Inner {
         mut cfg: Value,
         q: &Query,
         dry: bool,
-    ) -> Result<(Value, bool, bool), ApiError> {
+    ) -> Result<(Arc<Value>, bool, bool), ApiError> {
         let Some(manager) = q.get("fieldManager").map(str::to_string) else {
             return Err(ApiError::new(
                 422,
@@ -1212,7 +1211,7 @@ impl Inner {
                 }
             }
         })?;
-        Ok(((*obj).clone(), changed, created && changed))
+        Ok((obj, changed, created && changed))
     }
 
     /// DELETE of one object.
@@ -1291,7 +1290,7 @@ impl Inner {
             if !finalizers.is_empty() || is_ns {
                 // mark for deletion; controllers (or clients) remove finalizers
                 if already && extra.is_none() {
-                    return Ok(json_response(if is_ns { 200 } else { 202 }, &for_version(rt, &cur)));
+                    return Ok(versioned_response(if is_ns { 200 } else { 202 }, rt, &cur));
                 }
                 let mut v = (*cur).clone();
                 if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -1308,12 +1307,12 @@ impl Inner {
                     st["phase"] = json!("Terminating");
                 }
                 if dry {
-                    return Ok(json_response(200, &for_version(rt, &v)));
+                    return Ok(versioned_response(200, rt, &v));
                 }
                 match self.store.commit(&gr, &key, Some(&cur), Some(v)) {
                     Ok((_, Some(obj))) => {
                         self.kick.notify_one();
-                        return Ok(json_response(if is_ns { 200 } else { 202 }, &for_version(rt, &obj)));
+                        return Ok(versioned_response(if is_ns { 200 } else { 202 }, rt, &obj));
                     }
                     Ok(_) => return Err(ApiError::internal("object vanished")),
                     Err(_) => continue,
@@ -1339,7 +1338,7 @@ impl Inner {
             || rt.kind == "Namespace"
             || rt.kind == "CustomResourceDefinition"
         {
-            return json_response(200, &for_version(rt, cur));
+            return versioned_response(200, rt, cur);
         }
         let name = cur.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
         let uid = cur.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
@@ -1396,6 +1395,46 @@ fn apply_patch(
         PatchType::Json => patch::json_patch(cur, p).map_err(|e| ApiError::new(422, "Invalid", e)),
         PatchType::Strategic => patch::strategic(cur, p, schema).map_err(ApiError::bad_request),
         PatchType::Apply => Err(ApiError::internal("apply handled elsewhere")),
+    }
+}
+
+/// A JSON response with an object as served at `rt`'s version (see [`for_version`]),
+/// serialized without copying the object.
+pub fn versioned_response(code: u16, rt: &ResourceType, v: &Value) -> Response<Body> {
+    match (rt.crd.is_some(), v.as_object()) {
+        (true, Some(m)) => {
+            let av = rt.api_version();
+            if m.get("apiVersion").and_then(Value::as_str) == Some(av.as_str()) {
+                return json_response(code, v);
+            }
+            json_response(code, &Versioned { obj: m, api_version: &av })
+        }
+        _ => json_response(code, v),
+    }
+}
+
+/// An object whose `apiVersion` is replaced (or appended), as [`for_version`] does.
+struct Versioned<'a> {
+    obj: &'a serde_json::Map<String, Value>,
+    api_version: &'a str,
+}
+
+impl serde::Serialize for Versioned<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let has = self.obj.contains_key("apiVersion");
+        let mut m = ser.serialize_map(Some(self.obj.len() + usize::from(!has)))?;
+        for (k, v) in self.obj {
+            if k == "apiVersion" {
+                m.serialize_entry(k, self.api_version)?;
+            } else {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        if !has {
+            m.serialize_entry("apiVersion", self.api_version)?;
+        }
+        m.end()
     }
 }
 

@@ -883,7 +883,7 @@ impl Controllers {
                 Ok(v)
             })
         {
-            new_rs = Arc::new(v);
+            new_rs = v;
         }
         // keep the new ReplicaSet at the desired size
         if new_rs.pointer("/spec/replicas").and_then(Value::as_i64) != Some(replicas)

@@ -17,7 +17,7 @@ fn str_list(v: Option<&Value>) -> Vec<String> {
 }
 
 /// Register (or re-register) a CRD's served versions and set its status.
-pub fn sync(inner: &Inner, crd: &Value) {
+pub fn sync(inner: &Inner, crd: &Arc<Value>) {
     let name = crd.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
     if crd.pointer("/metadata/deletionTimestamp").is_some() {
         return;
@@ -36,9 +36,12 @@ pub fn sync(inner: &Inner, crd: &Value) {
         .read()
         .all()
         .any(|t| t.group == group && t.plural == plural && t.crd.as_deref() != Some(name.as_str()));
-    let mut types = Vec::new();
-    if !clash {
-        for ver in spec["versions"].as_array().cloned().unwrap_or_default() {
+    // Types already registered from this very spec (e.g. after a status write) stay as they
+    // are: registering them again would give the same types (no clash can appear for a
+    // registered CRD: a later CRD with the same names is the one refused).
+    if !clash && !inner.registry.read().crd_registered_from(&name, crd) {
+        let mut types = Vec::new();
+        for ver in spec["versions"].as_array().into_iter().flatten() {
             if ver["served"].as_bool() != Some(true) {
                 continue;
             }
@@ -102,27 +105,26 @@ pub fn sync(inner: &Inner, crd: &Value) {
         for t in types {
             reg.insert(t);
         }
+        reg.set_crd_source(&name, crd.clone());
     }
-    // status, as the apiextensions controllers set it
+    // status, as the apiextensions controllers set it; nothing to write when it is current
     let storage: Vec<Value> = spec["versions"]
         .as_array()
         .map(|a| {
             a.iter().filter(|v| v["storage"].as_bool() == Some(true)).map(|v| v["name"].clone()).collect()
         })
         .unwrap_or_default();
-    let Some(crd_rt) = inner.lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions") else {
-        return;
-    };
-    let _ = inner.patch_with(&crd_rt, "", &name, Some("status"), "kube-apiserver", false, &mut |cur| {
-        let mut v = (**cur).clone();
+    let desired = |cur: &Value| {
         let now = now_rfc3339();
-        let mut stored: Vec<Value> = cur.pointer("/status/storedVersions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut stored: Vec<Value> =
+            cur.pointer("/status/storedVersions").and_then(Value::as_array).cloned().unwrap_or_default();
         for s in &storage {
             if !stored.contains(s) {
                 stored.push(s.clone());
             }
         }
-        let old_conds = cur.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let old_conds: &[Value] =
+            cur.pointer("/status/conditions").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
         let keep_time = |t: &str, status: &str| {
             old_conds
                 .iter()
@@ -144,8 +146,17 @@ pub fn sync(inner: &Inner, crd: &Value) {
                 accepted[k] = x.clone();
             }
         }
-        v["status"] = json!({"conditions": conditions, "acceptedNames": accepted, "storedVersions": stored});
-        Ok(v)
+        json!({"conditions": conditions, "acceptedNames": accepted, "storedVersions": stored})
+    };
+    if crd.get("status") == Some(&desired(crd)) {
+        return;
+    }
+    let Some(crd_rt) = inner.lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions") else {
+        return;
+    };
+    // a status write takes only `status` from what the closure returns
+    let _ = inner.patch_with(&crd_rt, "", &name, Some("status"), "kube-apiserver", false, &mut |cur| {
+        Ok(json!({ "status": desired(cur) }))
     });
 }
 

@@ -504,7 +504,7 @@ fn load_snapshot(inner: &api::Inner, path: &Path) -> Result<(), Error> {
         let objs: Vec<Value> = res[k].as_array().cloned().unwrap_or_default();
         if group == "apiextensions.k8s.io" && resource == "customresourcedefinitions" {
             for o in &objs {
-                crd::sync(inner, o);
+                crd::sync(inner, &Arc::new(o.clone()));
             }
         }
         inner.store.load(&registry::GroupResource { group, resource }, objs);

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::fieldpath::{self, FieldSet, Path, compare, item_key, remove_path, to_field_set};
+use crate::fieldpath::{self, FieldSet, Path, PathElement, compare, item_key, remove_path, to_field_set};
 use crate::schema::{ListKind, Schema};
 
 /// One `managedFields` entry.
@@ -123,29 +123,33 @@ const STRIPPED_META: &[&str] = &[
 /// The object as field ownership sees it: no apiVersion/kind, no
 /// server-owned metadata, and only the part a (sub)resource may change.
 pub fn strip(obj: &Value, scope: Scope) -> Value {
-    let mut v = obj.clone();
-    if let Some(m) = v.as_object_mut() {
-        m.shift_remove("apiVersion");
-        m.shift_remove("kind");
-        match scope {
-            Scope::Main { has_status: true } => {
-                m.shift_remove("status");
-            }
-            Scope::Main { has_status: false } => {}
-            Scope::Status => {
-                m.retain(|k, _| k == "status");
-            }
+    // copy only what is kept (the object may be large: clone-then-remove would copy it all)
+    let Some(m) = obj.as_object() else { return obj.clone() };
+    let mut out = Map::new();
+    for (k, v) in m {
+        let keep = match scope {
+            Scope::Status => k == "status",
+            Scope::Main { has_status } => k != "apiVersion" && k != "kind" && !(has_status && k == "status"),
+        };
+        if !keep {
+            continue;
         }
-        if let Some(meta) = m.get_mut("metadata").and_then(Value::as_object_mut) {
-            for f in STRIPPED_META {
-                meta.shift_remove(*f);
+        if k == "metadata"
+            && let Some(meta) = v.as_object()
+        {
+            let kept: Map<String, Value> = meta
+                .iter()
+                .filter(|(f, _)| !STRIPPED_META.contains(&f.as_str()))
+                .map(|(f, x)| (f.clone(), x.clone()))
+                .collect();
+            if !kept.is_empty() {
+                out.insert(k.clone(), Value::Object(kept));
             }
-            if meta.is_empty() {
-                m.shift_remove("metadata");
-            }
+            continue;
         }
+        out.insert(k.clone(), v.clone());
     }
-    v
+    Value::Object(out)
 }
 
 /// Which part of an object a request may change.
@@ -193,41 +197,55 @@ pub fn merge(live: &Value, cfg: &Value, s: &Schema) -> Value {
     if s.is_atomic() {
         return cfg.clone();
     }
+    merge_values(live.clone(), cfg.clone(), s)
+}
+
+/// [`merge`] consuming both sides: no node is copied.
+fn merge_values(live: Value, cfg: Value, s: &Schema) -> Value {
+    if s.is_atomic() {
+        return cfg;
+    }
     match (live, cfg) {
-        (Value::Object(l), Value::Object(c)) => {
-            let mut out = l.clone();
+        (Value::Object(mut out), Value::Object(c)) => {
             for (k, cv) in c {
-                let (cs, _) = s.field(k);
-                let nv = match l.get(k) {
-                    Some(lv) => merge(lv, cv, &cs),
-                    None => cv.clone(),
-                };
-                out.insert(k.clone(), nv);
+                let (cs, _) = s.field(&k);
+                match out.get_mut(&k) {
+                    Some(lv) => {
+                        let l = std::mem::take(lv);
+                        *lv = merge_values(l, cv, &cs);
+                    }
+                    None => {
+                        out.insert(k, cv);
+                    }
+                }
             }
             Value::Object(out)
         }
-        (Value::Array(l), Value::Array(c)) => match s.list() {
+        (Value::Array(mut out), Value::Array(c)) => match s.list() {
             Some((kind @ (ListKind::Map(_) | ListKind::Set), elem)) => {
-                let mut out = l.clone();
+                // keys of the items so far (live items, then appended config items)
+                let mut keys: Vec<Option<PathElement>> = out.iter().map(|li| item_key(li, kind)).collect();
                 for ci in c {
-                    let key = item_key(ci, kind);
-                    match key
-                        .as_ref()
-                        .and_then(|k| out.iter().position(|li| item_key(li, kind).as_ref() == Some(k)))
-                    {
+                    let key = item_key(&ci, kind);
+                    match key.as_ref().and_then(|k| keys.iter().position(|lk| lk.as_ref() == Some(k))) {
                         Some(pos) => {
                             if matches!(kind, ListKind::Map(_)) {
-                                out[pos] = merge(&out[pos], ci, elem);
+                                let l = std::mem::take(&mut out[pos]);
+                                out[pos] = merge_values(l, ci, elem);
+                                keys[pos] = item_key(&out[pos], kind);
                             }
                         }
-                        None => out.push(ci.clone()),
+                        None => {
+                            out.push(ci);
+                            keys.push(key);
+                        }
                     }
                 }
                 Value::Array(out)
             }
-            _ => cfg.clone(),
+            _ => Value::Array(c),
         },
-        _ => cfg.clone(),
+        (_, c) => c,
     }
 }
 
@@ -273,7 +291,8 @@ pub fn apply(
     let last_set = idx.map(|i| managers[i].set.clone()).unwrap_or_default();
 
     // 1. merge and detect conflicts with every other manager
-    let merged_s = merge(&live_s, &cfg_s, schema);
+    // the merge takes both sides by value: the stripped configuration is not needed after it
+    let merged_s = if schema.is_atomic() { cfg_s } else { merge_values(live_s.clone(), cfg_s, schema) };
     let cmp = compare(&live_s, &merged_s, schema);
     let changed = cmp.changed();
     let mut conflicts = Vec::new();

@@ -231,6 +231,8 @@ const GROUP_ORDER: &[&str] = &[
 pub struct Registry {
     /// (group, version, plural) -> type
     types: BTreeMap<(String, String, String), Arc<ResourceType>>,
+    /// CRD name -> the CRD object its served types were registered from.
+    crd_sources: BTreeMap<String, Arc<Value>>,
 }
 
 impl Registry {
@@ -267,6 +269,19 @@ impl Registry {
     /// Remove every version served by a CRD.
     pub fn remove_crd(&mut self, crd_name: &str) {
         self.types.retain(|_, t| t.crd.as_deref() != Some(crd_name));
+        self.crd_sources.remove(crd_name);
+    }
+
+    /// Remember the CRD object a CRD's types were registered from.
+    pub fn set_crd_source(&mut self, crd_name: &str, crd: Arc<Value>) {
+        self.crd_sources.insert(crd_name.to_string(), crd);
+    }
+
+    /// Whether the CRD's types are registered from a CRD with exactly this spec.
+    pub fn crd_registered_from(&self, crd_name: &str, crd: &Arc<Value>) -> bool {
+        self.crd_sources
+            .get(crd_name)
+            .is_some_and(|s| Arc::ptr_eq(s, crd) || s.get("spec") == crd.get("spec"))
     }
 
     pub fn get(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceType>> {
