@@ -34,7 +34,7 @@ use crate::inventory::{Entry, Inventory};
 use crate::metrics::{BundleLabel, BundleResult, Metrics};
 use crate::objects::{MetaKey, ObjKey};
 use crate::outbox::OutboxWriter;
-use crate::status::{AgentEvent, BundleState, ObjectCounts};
+use crate::status::{self, BundleStatus, Event, ObjectCounts};
 use crate::store::{BundleRecord, OutboxItem, Store};
 use crate::{Error, Result};
 
@@ -88,8 +88,8 @@ struct Slot {
     tracked: Option<HashMap<ObjKey, Tracked>>,
     /// Inventory header (revision, generation, digest) for saves after drift.
     inv_header: (String, u64, String),
-    state: BundleState,
-    published: Option<BundleState>,
+    state: BundleStatus,
+    published: Option<BundleStatus>,
     busy: bool,
     retry_at: Option<Instant>,
     backoff: Backoff,
@@ -112,7 +112,7 @@ impl Slot {
             applied: None,
             tracked: None,
             inv_header: Default::default(),
-            state: BundleState { bundle: name.to_string(), ..Default::default() },
+            state: BundleStatus { bundle: name.to_string(), ..Default::default() },
             published: None,
             busy: false,
             retry_at: None,
@@ -740,7 +740,7 @@ impl Controller {
                     a.report.duration.as_millis()
                 );
                 if new_generation || a.report.changed() {
-                    let mut ev = AgentEvent::new(Severity::Info, "Applied", name, summary)
+                    let mut ev = status::event(Severity::Info, "Applied", name, summary)
                         .revision(&rev)
                         .detail("generation", gen_)
                         .detail("created", c.created)
@@ -774,7 +774,7 @@ impl Controller {
                 let slot = self.slots.get_mut(name).expect("slot");
                 if slot.state.phase == Phase::NotReady && a.waited {
                     let msg = slot.state.message.clone();
-                    self.emit(AgentEvent::new(Severity::Warning, "NotReady", name, msg).revision(&rev));
+                    self.emit(status::event(Severity::Warning, "NotReady", name, msg).revision(&rev));
                 }
                 self.set_owners(name);
                 self.persist(name).await;
@@ -804,7 +804,7 @@ impl Controller {
                 let msg = st.message.clone();
                 tracing::warn!(bundle = %name, error = %e, transient, "apply failed");
                 self.emit(
-                    AgentEvent::new(sev, reason, name, msg)
+                    status::event(sev, reason, name, msg)
                         .detail("generation", d.generation)
                         .detail("digest", &d.digest),
                 );
@@ -821,7 +821,7 @@ impl Controller {
                 d
             });
             tracing::warn!(bundle = %name, error = %e, "removing the bundle failed");
-            self.emit(AgentEvent::new(
+            self.emit(status::event(
                 Severity::Warning,
                 "RemoveFailed",
                 name,
@@ -832,7 +832,7 @@ impl Controller {
         let orphaned = report.objects.iter().filter(|o| o.action == Action::Orphaned).count();
         self.metrics.count_objects(name, "pruned", c.pruned);
         self.emit(
-            AgentEvent::new(
+            status::event(
                 Severity::Info,
                 "Removed",
                 name,
@@ -879,7 +879,7 @@ impl Controller {
                         .inc();
                     tracing::info!(bundle = %name, object = %key, fields = %fields.join(","), "drift corrected");
                     events.push(
-                        AgentEvent::new(
+                        status::event(
                             Severity::Info,
                             "DriftCorrected",
                             name,
@@ -900,7 +900,7 @@ impl Controller {
                             .get_or_create(&BundleLabel { bundle: name.to_string() })
                             .inc();
                         events.push(
-                            AgentEvent::new(
+                            status::event(
                                 Severity::Warning,
                                 "DriftDetected",
                                 name,
@@ -951,7 +951,7 @@ impl Controller {
                 if was == Phase::NotReady && slot.state.phase == Phase::Ready {
                     let rev = slot.state.revision.clone();
                     self.emit(
-                        AgentEvent::new(Severity::Info, "Ready", name, "every object is healthy")
+                        status::event(Severity::Info, "Ready", name, "every object is healthy")
                             .revision(&rev),
                     );
                 }
@@ -986,7 +986,7 @@ impl Controller {
         let msg = st.message.clone();
         tracing::warn!(bundle = %name, error = %e, "refused");
         self.emit(
-            AgentEvent::new(Severity::Error, reason, name, msg)
+            status::event(Severity::Error, reason, name, msg)
                 .detail("generation", d.generation)
                 .detail("digest", &d.digest),
         );
@@ -1020,8 +1020,8 @@ impl Controller {
         self.publish(name);
     }
 
-    fn emit(&mut self, ev: AgentEvent) {
-        let bytes = crate::convert::event(&ev).encode_to_vec();
+    fn emit(&mut self, ev: Event) {
+        let bytes = convoy_proto::convert::event_to_pb(&ev).encode_to_vec();
         self.outbox.push(OutboxItem::Event(bytes));
     }
 
@@ -1038,7 +1038,7 @@ impl Controller {
             .bundle_ready
             .get_or_create(&BundleLabel { bundle: name.to_string() })
             .set(i64::from(slot.state.phase == Phase::Ready));
-        let bytes = crate::convert::status(&slot.state).encode_to_vec();
+        let bytes = convoy_proto::convert::status_to_pb(&slot.state).encode_to_vec();
         self.outbox.push(OutboxItem::Status { bundle: name.to_string(), bytes });
     }
 
@@ -1080,7 +1080,7 @@ async fn sleep_until(t: Option<Instant>) {
 }
 
 /// Set Ready / Reconciling / Stalled from the phase; `reason` for failures.
-fn set_conditions(st: &mut BundleState, reason: Option<&str>) {
+fn set_conditions(st: &mut BundleStatus, reason: Option<&str>) {
     use convoy_core::status::{READY, RECONCILING, STALLED};
     let now = now_ms();
     let msg = st.message.clone();

@@ -1,5 +1,7 @@
-//! Bundle phases, Kubernetes-style conditions and event severities.
+//! Bundle phases, Kubernetes-style conditions, event severities, and what an
+//! agent reports about a bundle (status and events), shared by agent and hub.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -203,6 +205,117 @@ impl Severity {
 impl fmt::Display for Severity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Object counts of a bundle on one cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ObjectCounts {
+    /// Objects in the bundle.
+    pub total: u32,
+    /// Healthy objects.
+    pub ready: u32,
+    /// Created by the last apply.
+    pub created: u32,
+    /// Changed by the last apply.
+    pub configured: u32,
+    /// Already in sync at the last apply.
+    pub unchanged: u32,
+    /// Deleted by prune at the last apply.
+    pub pruned: u32,
+    /// Drift corrections since this generation was applied.
+    pub drift_corrected: u32,
+    /// Drifted and not corrected (detect mode).
+    pub drifted: u32,
+}
+
+/// The status of one bundle on one cluster, as its agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct BundleStatus {
+    /// The bundle name.
+    pub bundle: String,
+    /// The generation the agent works on or applied.
+    pub generation: u64,
+    /// Its source revision.
+    pub revision: String,
+    /// Its artifact digest.
+    pub digest: String,
+    /// The phase.
+    pub phase: Phase,
+    /// Ready, Reconciling, Stalled, Healthy, Drifted.
+    pub conditions: Vec<Condition>,
+    /// Object counts.
+    pub objects: ObjectCounts,
+    /// One line: why this phase.
+    pub message: String,
+    /// Last apply duration.
+    pub apply_duration_ms: u64,
+    /// Last apply plus wait duration.
+    pub ready_duration_ms: u64,
+    /// When the agent observed it (agent clock, Unix ms).
+    pub observed_unix_ms: i64,
+    /// The last generation applied successfully (kept on failure).
+    pub applied_generation: u64,
+    /// The last revision applied successfully.
+    pub applied_revision: String,
+}
+
+/// Something that happened on a cluster or in the hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Event {
+    /// How serious.
+    pub severity: Severity,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Human-readable text.
+    pub message: String,
+    /// The bundle concerned, or empty.
+    pub bundle: String,
+    /// The object concerned (`Kind/namespace/name`), or empty.
+    pub object: String,
+    /// The revision concerned, or empty.
+    pub revision: String,
+    /// When it happened (reporter's clock, Unix ms).
+    pub time_unix_ms: i64,
+    /// Field paths, counts, ...
+    pub details: BTreeMap<String, String>,
+}
+
+impl Event {
+    /// A new event about a bundle (empty for none), at `time_unix_ms`.
+    pub fn new(
+        severity: Severity,
+        reason: &str,
+        bundle: &str,
+        message: impl Into<String>,
+        time_unix_ms: i64,
+    ) -> Self {
+        Self {
+            severity,
+            reason: reason.into(),
+            bundle: bundle.into(),
+            message: message.into(),
+            time_unix_ms,
+            ..Default::default()
+        }
+    }
+
+    /// Name the object.
+    pub fn object(mut self, o: impl ToString) -> Self {
+        self.object = o.to_string();
+        self
+    }
+
+    /// Name the revision.
+    pub fn revision(mut self, r: &str) -> Self {
+        self.revision = r.into();
+        self
+    }
+
+    /// Add a detail.
+    pub fn detail(mut self, k: &str, v: impl ToString) -> Self {
+        self.details.insert(k.into(), v.to_string());
+        self
     }
 }
 

@@ -493,13 +493,7 @@ async fn serve_grpc(
 fn hub_event(severity: Severity, reason: &str, message: String) -> Write {
     Write::AppendEvents(vec![(
         HUB_EVENT_SOURCE.to_string(),
-        EventRecord {
-            severity,
-            reason: reason.into(),
-            message,
-            time_unix_ms: now_ms(),
-            ..Default::default()
-        },
+        EventRecord::new(severity, reason, "", message, now_ms()),
     )])
 }
 

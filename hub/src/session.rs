@@ -29,6 +29,7 @@ use crate::grpc::convert::{deployment_to_pb, event_from_pb, status_from_pb};
 use crate::state::{ClusterEntry, ClusterShared};
 use crate::store::{Write, WriteOutcome};
 use crate::{Result, now_ms};
+use convoy_core::status::BundleStatus;
 
 /// Entries received but not yet submitted are bounded; past this the session
 /// stops reading from the agent until the store catches up.
@@ -72,13 +73,16 @@ pub async fn start(
         .iter()
         .filter(|a| !a.bundle.is_empty() && !statuses.contains_key(&a.bundle))
         .map(|a| StatusRecord {
-            bundle: a.bundle.clone(),
-            generation: a.generation,
-            revision: a.revision.clone(),
-            digest: a.digest.clone(),
-            applied_generation: a.generation,
-            applied_revision: a.revision.clone(),
-            message: "applied (reported at connect)".into(),
+            status: BundleStatus {
+                bundle: a.bundle.clone(),
+                generation: a.generation,
+                revision: a.revision.clone(),
+                digest: a.digest.clone(),
+                applied_generation: a.generation,
+                applied_revision: a.revision.clone(),
+                message: "applied (reported at connect)".into(),
+                ..Default::default()
+            },
             ..Default::default()
         })
         .collect();

@@ -98,7 +98,7 @@ impl ClusterShared {
     pub(crate) fn put_statuses(&self, statuses: &[StatusRecord]) {
         let mut m = (*self.statuses.load_full()).clone();
         for s in statuses {
-            m.insert(s.bundle.clone(), Arc::new(s.clone()));
+            m.insert(s.status.bundle.clone(), Arc::new(s.clone()));
         }
         self.statuses.store(Arc::new(m));
     }
@@ -395,17 +395,7 @@ pub fn spawn(
 }
 
 fn hub_event(severity: Severity, reason: &str, bundle: &str, message: String) -> (String, EventRecord) {
-    (
-        HUB_EVENT_SOURCE.to_string(),
-        EventRecord {
-            severity,
-            reason: reason.into(),
-            message,
-            bundle: bundle.into(),
-            time_unix_ms: now_ms(),
-            ..Default::default()
-        },
-    )
+    (HUB_EVENT_SOURCE.to_string(), EventRecord::new(severity, reason, bundle, message, now_ms()))
 }
 
 /// A reply waiting for its commit; spawned only after the view that includes

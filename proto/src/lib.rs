@@ -3,7 +3,7 @@
 //! The source of truth is `proto/convoy/v1/convoy.proto`. Code is generated at
 //! build time with a vendored `protoc`, so builds are reproducible without a
 //! system protoc. Convert these types to domain types at the edge; do not pass
-//! them through core logic.
+//! them through core logic; [`convert`] holds the mappings agent and hub share.
 
 #![allow(clippy::doc_lazy_continuation, clippy::large_enum_variant)]
 
@@ -16,3 +16,5 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+pub mod convert;

@@ -1,10 +1,8 @@
 //! Records the hub stores and indexes: clusters, tokens, deployments (the signed
 //! current generation of each bundle), per cluster × bundle status, and events.
 
-use std::collections::BTreeMap;
-
 use convoy_core::selector::Labels;
-use convoy_core::status::{Condition, Phase, Severity};
+use convoy_core::status::{BundleStatus, Event, Severity};
 use serde::{Deserialize, Serialize};
 
 /// A certificate the hub issued to a cluster and still honours.
@@ -125,80 +123,19 @@ mod b64 {
     }
 }
 
-/// Object counts of a bundle on a cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct ObjectCounts {
-    /// Objects in the bundle.
-    pub total: u32,
-    /// Healthy objects.
-    pub ready: u32,
-    /// Created by the last apply.
-    pub created: u32,
-    /// Changed by the last apply.
-    pub configured: u32,
-    /// Already in sync at the last apply.
-    pub unchanged: u32,
-    /// Deleted by prune at the last apply.
-    pub pruned: u32,
-    /// Drift corrections since this generation was applied.
-    pub drift_corrected: u32,
-    /// Drifted and not corrected.
-    pub drifted: u32,
-}
-
-/// The status of one bundle on one cluster, as the agent reported it.
+/// The status of one bundle on one cluster, as the agent reported it and the
+/// hub stored it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct StatusRecord {
-    /// The bundle name.
-    pub bundle: String,
-    /// The generation the agent works on or applied.
-    pub generation: u64,
-    /// Its revision.
-    pub revision: String,
-    /// Its digest.
-    pub digest: String,
-    /// The phase.
-    pub phase: Phase,
-    /// Conditions.
-    pub conditions: Vec<Condition>,
-    /// Object counts.
-    pub objects: ObjectCounts,
-    /// One-line summary.
-    pub message: String,
-    /// Last apply duration.
-    pub apply_duration_ms: u64,
-    /// Last apply plus wait duration.
-    pub ready_duration_ms: u64,
-    /// When the agent observed it (agent clock, Unix ms).
-    pub observed_unix_ms: i64,
-    /// Last successfully applied generation.
-    pub applied_generation: u64,
-    /// Last successfully applied revision.
-    pub applied_revision: String,
+    /// What the agent reported.
+    #[serde(flatten)]
+    pub status: BundleStatus,
     /// When the hub stored it (Unix ms).
     pub updated_unix_ms: i64,
 }
 
-/// Something that happened on a cluster or in the hub.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct EventRecord {
-    /// How serious.
-    pub severity: Severity,
-    /// CamelCase reason.
-    pub reason: String,
-    /// Human-readable text.
-    pub message: String,
-    /// The bundle concerned, or empty.
-    pub bundle: String,
-    /// The object concerned, or empty.
-    pub object: String,
-    /// The revision concerned, or empty.
-    pub revision: String,
-    /// When it happened (reporter's clock, Unix ms).
-    pub time_unix_ms: i64,
-    /// Extra details.
-    pub details: BTreeMap<String, String>,
-}
+/// An event as the hub records it (the shared domain event).
+pub type EventRecord = Event;
 
 /// The cluster name used for events the hub itself records.
 pub const HUB_EVENT_SOURCE: &str = "hub";
@@ -294,7 +231,10 @@ mod tests {
     use super::*;
 
     fn st(b: &str) -> OutboxEntry {
-        OutboxEntry::Status(StatusRecord { bundle: b.into(), ..Default::default() })
+        OutboxEntry::Status(StatusRecord {
+            status: BundleStatus { bundle: b.into(), ..Default::default() },
+            ..Default::default()
+        })
     }
 
     #[test]

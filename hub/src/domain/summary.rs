@@ -43,25 +43,35 @@ pub fn effective_phase(desired_generation: u64, status: Option<&StatusRecord>) -
     match status {
         None => Phase::Unknown,
         Some(s)
-            if s.phase == Phase::Ready && desired_generation > 0 && s.generation != desired_generation =>
+            if s.status.phase == Phase::Ready
+                && desired_generation > 0
+                && s.status.generation != desired_generation =>
         {
             Phase::Reconciling
         }
-        Some(s) => s.phase,
+        Some(s) => s.status.phase,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use convoy_core::status::BundleStatus;
+
     use super::*;
 
     #[test]
     fn counts_and_effective_phase() {
-        let ready = StatusRecord { generation: 2, phase: Phase::Ready, ..Default::default() };
+        let ready = StatusRecord {
+            status: BundleStatus { generation: 2, phase: Phase::Ready, ..Default::default() },
+            ..Default::default()
+        };
         assert_eq!(effective_phase(2, Some(&ready)), Phase::Ready);
         assert_eq!(effective_phase(3, Some(&ready)), Phase::Reconciling);
         assert_eq!(effective_phase(3, None), Phase::Unknown);
-        let stalled = StatusRecord { generation: 2, phase: Phase::Stalled, ..Default::default() };
+        let stalled = StatusRecord {
+            status: BundleStatus { generation: 2, phase: Phase::Stalled, ..Default::default() },
+            ..Default::default()
+        };
         assert_eq!(effective_phase(3, Some(&stalled)), Phase::Stalled);
         let mut c = PhaseCounts::default();
         for p in [Phase::Ready, Phase::Unknown, Phase::Stalled, Phase::Ready] {

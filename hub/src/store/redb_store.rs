@@ -241,10 +241,12 @@ impl Store for RedbStore {
                     Write::SeedStatuses { cluster, statuses: seeds } => {
                         let mut stored = Vec::new();
                         for mut s in seeds {
-                            if statuses.get((cluster.as_str(), s.bundle.as_str()))?.is_none() {
+                            if statuses.get((cluster.as_str(), s.status.bundle.as_str()))?.is_none() {
                                 s.updated_unix_ms = now;
-                                statuses
-                                    .insert((cluster.as_str(), s.bundle.as_str()), enc(&s)?.as_slice())?;
+                                statuses.insert(
+                                    (cluster.as_str(), s.status.bundle.as_str()),
+                                    enc(&s)?.as_slice(),
+                                )?;
                                 stored.push(s);
                             }
                         }
@@ -338,7 +340,7 @@ fn store_batch(
         match entry {
             OutboxEntry::Status(mut s) => {
                 s.updated_unix_ms = now;
-                statuses.insert((cluster, s.bundle.as_str()), enc(&s)?.as_slice())?;
+                statuses.insert((cluster, s.status.bundle.as_str()), enc(&s)?.as_slice())?;
                 out.statuses.push(s);
             }
             OutboxEntry::Event(e) => out.events.push(log.append(cluster.to_string(), e, now)?),
@@ -361,7 +363,7 @@ pub fn statuses_of<'a>(
 mod tests {
     use super::*;
     use crate::domain::{ClusterRecord, EventRecord, StatusRecord};
-    use convoy_core::status::{Phase, Severity};
+    use convoy_core::status::{BundleStatus, Phase, Severity};
 
     #[test]
     fn refuses_a_state_file_from_a_newer_hub() {
@@ -389,9 +391,12 @@ mod tests {
 
     fn status(b: &str, gen_: u64) -> OutboxEntry {
         OutboxEntry::Status(StatusRecord {
-            bundle: b.into(),
-            generation: gen_,
-            phase: Phase::Ready,
+            status: BundleStatus {
+                bundle: b.into(),
+                generation: gen_,
+                phase: Phase::Ready,
+                ..Default::default()
+            },
             ..Default::default()
         })
     }
@@ -480,7 +485,10 @@ mod tests {
                 Write::SetSourceSuspended { source: "repo".into(), suspended: true },
                 Write::SeedStatuses {
                     cluster: "c1".into(),
-                    statuses: vec![StatusRecord { bundle: "x".into(), ..Default::default() }],
+                    statuses: vec![StatusRecord {
+                        status: BundleStatus { bundle: "x".into(), ..Default::default() },
+                        ..Default::default()
+                    }],
                 },
             ],
             1,
@@ -490,7 +498,10 @@ mod tests {
             .commit(
                 vec![Write::SeedStatuses {
                     cluster: "c1".into(),
-                    statuses: vec![StatusRecord { bundle: "x".into(), generation: 9, ..Default::default() }],
+                    statuses: vec![StatusRecord {
+                        status: BundleStatus { bundle: "x".into(), generation: 9, ..Default::default() },
+                        ..Default::default()
+                    }],
                 }],
                 2,
             )
