@@ -12,16 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::objects::{Manifest, Origin};
 use crate::{Error, Result};
 
-/// What to do about drift, per bundle or agent-wide.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DriftMode {
-    /// Put drifted objects back and report DriftCorrected.
-    #[default]
-    Correct,
-    /// Only report DriftDetected.
-    Detect,
-}
+/// What to do about drift, per bundle or agent-wide (the fleet config's type).
+pub use convoy_core::config::DriftMode;
 
 /// How to apply a bundle (the hub's ApplyOptions, in domain form).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -105,7 +105,7 @@ pub struct RunArgs {
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "CONVOY_METRICS_ADDRESS", default_value = "0.0.0.0:9091")]
     pub metrics_address: SocketAddr,
-    /// Drift handling for bundles that do not set one.
+    /// Drift handling for bundles that do not set one: correct or detect.
     #[arg(long, env = "CONVOY_DRIFT_MODE", default_value = "correct")]
     pub drift_mode: DriftMode,
     /// Heartbeat interval on an idle stream.

@@ -29,18 +29,7 @@ use crate::Ctx;
 const AREA: &str = "agent";
 
 fn m(name: &str, unit: &str, samples: &[f64], target: &str, pass: Option<bool>) -> Measurement {
-    Measurement {
-        area: AREA.into(),
-        name: name.into(),
-        unit: unit.into(),
-        value: median(samples),
-        max: samples.iter().copied().reduce(f64::max),
-        baseline: None,
-        baseline_value: None,
-        target: target.into(),
-        pass,
-        samples: samples.len(),
-    }
+    Measurement::from_samples(AREA, name, unit, samples, target, pass)
 }
 
 /// The agent area.

@@ -27,18 +27,7 @@ pub fn run(
 }
 
 fn m(name: &str, unit: &str, samples: &[f64], target: &str) -> Measurement {
-    Measurement {
-        area: "artifacts".into(),
-        name: name.into(),
-        unit: unit.into(),
-        value: median(samples),
-        max: samples.iter().copied().reduce(f64::max),
-        baseline: None,
-        baseline_value: None,
-        target: target.into(),
-        pass: None,
-        samples: samples.len(),
-    }
+    Measurement::from_samples("artifacts", name, unit, samples, target, None)
 }
 
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {

@@ -37,18 +37,7 @@ pub fn run(
 }
 
 fn m(name: &str, samples: &[f64], target: &str, pass: Option<bool>) -> Measurement {
-    Measurement {
-        area: AREA.into(),
-        name: name.into(),
-        unit: "ms".into(),
-        value: median(samples),
-        max: samples.iter().copied().reduce(f64::max),
-        baseline: None,
-        baseline_value: None,
-        target: target.into(),
-        pass,
-        samples: samples.len(),
-    }
+    Measurement::from_samples(AREA, name, "ms", samples, target, pass)
 }
 
 /// Replace the web image tag with `tag`, commit; returns the commit.

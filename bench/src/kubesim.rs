@@ -16,26 +16,17 @@ const CLIENTS: usize = 16;
 const WATCHERS: usize = 200;
 
 fn m(name: &str, unit: &str, samples: &[f64], target: &str, pass: Option<bool>) -> Measurement {
-    Measurement {
-        area: "kube-sim".into(),
-        name: name.into(),
-        unit: unit.into(),
-        value: median(samples),
-        max: samples.iter().copied().reduce(f64::max),
-        baseline: None,
-        baseline_value: None,
-        target: target.into(),
-        pass,
-        samples: samples.len(),
-    }
+    Measurement::from_samples("kube-sim", name, unit, samples, target, pass)
 }
 
-/// One round: every client applies `per_client` ConfigMaps (new objects on the
-/// first round, changed data on later rounds); returns applies per second.
-async fn apply_round(
+/// One round of server-side applies: every client applies `per_client`
+/// objects, `object(client, i)` giving each one's URL path (below the server
+/// URL) and body; returns applies per second.
+async fn ssa_round(
     url: &str,
     http: &reqwest::Client,
     per_client: usize,
+    object: fn(usize, usize, usize) -> (String, serde_json::Value),
     round: usize,
 ) -> anyhow::Result<f64> {
     let start = Instant::now();
@@ -45,11 +36,9 @@ async fn apply_round(
         let url = url.to_string();
         tasks.push(tokio::spawn(async move {
             for i in 0..per_client {
-                let name = format!("bench-{c}-{i}");
-                let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": {"app": "bench", "client": c.to_string()}},
-                    "data": {"round": round.to_string(), "payload": "x".repeat(64)}});
+                let (path, body) = object(c, i, round);
                 let r = http
-                    .patch(format!("{url}/api/v1/namespaces/default/configmaps/{name}?fieldManager=bench&force=true"))
+                    .patch(format!("{url}{path}?fieldManager=bench&force=true"))
                     .header("content-type", "application/apply-patch+yaml")
                     .body(serde_json::to_vec(&body)?)
                     .send()
@@ -66,43 +55,24 @@ async fn apply_round(
     Ok((CLIENTS * per_client) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Server-side applies of Deployments (the simulated controllers then create
-/// ReplicaSets, Pods and Events for the new ones); returns applies per second.
-async fn deployment_round(
-    url: &str,
-    http: &reqwest::Client,
-    per_client: usize,
-    round: usize,
-) -> anyhow::Result<f64> {
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
-        let http = http.clone();
-        let url = url.to_string();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..per_client {
-                let name = format!("bench-{c}-{i}");
-                let body = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": {"app": name}},
-                    "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
-                        "template": {"metadata": {"labels": {"app": name}, "annotations": {"round": round.to_string()}},
-                            "spec": {"containers": [{"name": "app", "image": "nginx:1.27", "ports": [{"containerPort": 80}],
-                                "env": [{"name": "ROUND", "value": round.to_string()}]}]}}}});
-                let r = http
-                    .patch(format!("{url}/apis/apps/v1/namespaces/default/deployments/{name}?fieldManager=bench&force=true"))
-                    .header("content-type", "application/apply-patch+yaml")
-                    .body(serde_json::to_vec(&body)?)
-                    .send()
-                    .await?;
-                anyhow::ensure!(r.status().is_success(), "apply failed: {}", r.status());
-                r.bytes().await?;
-            }
-            Ok::<_, anyhow::Error>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok((CLIENTS * per_client) as f64 / start.elapsed().as_secs_f64())
+/// A small ConfigMap (new on the first round, changed data on later rounds).
+fn configmap(c: usize, i: usize, round: usize) -> (String, serde_json::Value) {
+    let name = format!("bench-{c}-{i}");
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": {"app": "bench", "client": c.to_string()}},
+        "data": {"round": round.to_string(), "payload": "x".repeat(64)}});
+    (format!("/api/v1/namespaces/default/configmaps/{name}"), body)
+}
+
+/// A Deployment whose pod template changes each round (the simulated
+/// controllers then create ReplicaSets, Pods and Events for it).
+fn deployment(c: usize, i: usize, round: usize) -> (String, serde_json::Value) {
+    let name = format!("bench-{c}-{i}");
+    let body = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}, "annotations": {"round": round.to_string()}},
+                "spec": {"containers": [{"name": "app", "image": "nginx:1.27", "ports": [{"containerPort": 80}],
+                    "env": [{"name": "ROUND", "value": round.to_string()}]}]}}}});
+    (format!("/apis/apps/v1/namespaces/default/deployments/{name}"), body)
 }
 
 async fn version_round(url: &str, http: &reqwest::Client, per_client: usize) -> anyhow::Result<f64> {
@@ -213,14 +183,14 @@ pub fn run(
         let mut applies = Vec::new();
         let mut noops = Vec::new();
         // warm-up creates the objects
-        apply_round(&url, &http, per_client, 0).await?;
+        ssa_round(&url, &http, per_client, configmap, 0).await?;
         for r in 0..rounds {
             base.push(version_round(&url, &http, per_client).await?);
-            applies.push(apply_round(&url, &http, per_client, r + 1).await?);
-            noops.push(apply_round(&url, &http, per_client, r + 1).await?);
+            applies.push(ssa_round(&url, &http, per_client, configmap, r + 1).await?);
+            noops.push(ssa_round(&url, &http, per_client, configmap, r + 1).await?);
         }
         let before = sim.stats();
-        apply_round(&url, &http, per_client, rounds).await?;
+        ssa_round(&url, &http, per_client, configmap, rounds).await?;
         let after = sim.stats();
         anyhow::ensure!(after.changed == before.changed, "unchanged re-applies changed state");
 
@@ -228,7 +198,7 @@ pub fn run(
         let dep_per_client = if ctx.quick { 5 } else { 25 };
         let mut deps = Vec::new();
         for r in 0..rounds.min(5) {
-            deps.push(deployment_round(&url, &http, dep_per_client, r).await?);
+            deps.push(ssa_round(&url, &http, dep_per_client, deployment, r).await?);
         }
 
         // wait until the controllers have rolled every Deployment out (so later rounds measure a quiet simulator)

@@ -29,6 +29,30 @@ pub struct Measurement {
 }
 
 impl Measurement {
+    /// A figure from samples: the median, the worst, and how many, with no
+    /// baseline (set `baseline` and `baseline_value` after, when there is one).
+    pub fn from_samples(
+        area: &str,
+        name: &str,
+        unit: &str,
+        samples: &[f64],
+        target: &str,
+        pass: Option<bool>,
+    ) -> Self {
+        Measurement {
+            area: area.into(),
+            name: name.into(),
+            unit: unit.into(),
+            value: median(samples),
+            max: samples.iter().copied().reduce(f64::max),
+            baseline: None,
+            baseline_value: None,
+            target: target.into(),
+            pass,
+            samples: samples.len(),
+        }
+    }
+
     /// value / baseline_value.
     pub fn ratio(&self) -> Option<f64> {
         match self.baseline_value {

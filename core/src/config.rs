@@ -290,11 +290,39 @@ fn default_bundle_timeout() -> HumanDuration {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DriftMode {
-    /// Re-apply and report.
+    /// Put drifted objects back and report DriftCorrected.
     #[default]
     Correct,
-    /// Report only.
+    /// Only report DriftDetected.
     Detect,
+}
+
+impl DriftMode {
+    /// The config and flag spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftMode::Correct => "correct",
+            DriftMode::Detect => "detect",
+        }
+    }
+}
+
+impl std::str::FromStr for DriftMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "correct" => Ok(DriftMode::Correct),
+            "detect" => Ok(DriftMode::Detect),
+            _ => Err(format!("unknown drift mode {s:?} (expected correct or detect)")),
+        }
+    }
+}
+
+impl std::fmt::Display for DriftMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One target entry. When both fields are set, both must match.
