@@ -173,46 +173,28 @@ fn check_tools() -> Result<()> {
     Ok(())
 }
 
-/// Run git in `dir` (the user's git, for the example repository only; the hub
-/// fetches with gix). Returns trimmed stdout.
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "core.hooksPath=/dev/null",
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("run git {args:?}"))?;
-    if !out.status.success() {
-        bail!("git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+/// Write the embedded example fleet to `repo` and commit it on `main` (with
+/// gix; the user's own git then works there as usual).
+fn create_repo(repo: &Path) -> Result<()> {
+    let who = convoy_sources::local::Identity { name: "Convoy Dev", email: "dev@convoy.local" };
+    convoy_sources::local::init_with_files(
+        repo,
+        embedded::FLEET_FILES.iter().copied(),
+        "main",
+        "The example fleet",
+        &who,
+    )?;
+    Ok(())
 }
 
-/// Write the embedded example fleet to `repo` and commit it on `main`.
-fn create_repo(repo: &Path) -> Result<()> {
-    for (rel, bytes) in embedded::FLEET_FILES {
-        let p = repo.join(rel);
-        if let Some(d) = p.parent() {
-            std::fs::create_dir_all(d)?;
-        }
-        std::fs::write(&p, bytes).with_context(|| format!("write {}", p.display()))?;
-    }
-    git(repo, &["init", "-q"])?;
-    git(repo, &["symbolic-ref", "HEAD", "refs/heads/main"])?;
-    // A local identity so that `git commit` works in the tour on any machine.
-    git(repo, &["config", "user.name", "Convoy Dev"])?;
-    git(repo, &["config", "user.email", "dev@convoy.local"])?;
-    git(repo, &["add", "-A"])?;
-    git(repo, &["commit", "-q", "-m", "The example fleet"])?;
-    Ok(())
+/// The commit `main` points at and its subject, read with gix off the runtime.
+async fn main_head(repo: &Path) -> Option<(String, String)> {
+    let repo = repo.to_path_buf();
+    tokio::task::spawn_blocking(move || convoy_sources::local::branch_head(&repo, "main"))
+        .await
+        .ok()?
+        .inspect_err(|e| warn!(error = %e, "read the example repository"))
+        .ok()?
 }
 
 /// What changes when `main` moves: the mtimes and sizes of the ref files.
@@ -438,7 +420,7 @@ impl DevFleet {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut fp = refs_fingerprint(&self.repo);
-        let mut head = git(&self.repo, &["rev-parse", "main"]).unwrap_or_default();
+        let mut head = main_head(&self.repo).await.map(|(id, _)| id).unwrap_or_default();
         let mut change_at = started;
         let mut settled = false;
         let mut cells: BTreeMap<(String, String), String> = BTreeMap::new();
@@ -457,10 +439,9 @@ impl DevFleet {
             let now_fp = refs_fingerprint(&self.repo);
             if now_fp != fp {
                 fp = now_fp;
-                let new_head = git(&self.repo, &["rev-parse", "main"]).unwrap_or_default();
+                let (new_head, subject) = main_head(&self.repo).await.unwrap_or_default();
                 if !new_head.is_empty() && new_head != head {
                     head = new_head;
-                    let subject = git(&self.repo, &["log", "-1", "--format=%s", "main"]).unwrap_or_default();
                     println!("{}  main is now {} \"{subject}\": fetching", clock(), short(&head));
                     change_at = Instant::now();
                     settled = false;

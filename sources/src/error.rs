@@ -90,6 +90,14 @@ pub enum Error {
     /// A setting is invalid.
     #[error("config: {0}")]
     Config(String),
+    /// Creating or reading a local working repository failed.
+    #[error("git repository {path}: {message}")]
+    LocalRepo {
+        /// The repository's directory.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The pipeline has shut down.
     #[error("the source pipeline has shut down")]
     Shutdown,
@@ -118,6 +126,7 @@ impl Error {
             Error::UnknownSource(_) => "NotFound",
             Error::Suspended(_) => "Suspended",
             Error::Config(_) => "InvalidConfig",
+            Error::LocalRepo { .. } => "GitRepositoryError",
             Error::Shutdown => "Shutdown",
         }
     }
