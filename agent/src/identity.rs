@@ -168,14 +168,7 @@ pub async fn save(client: &kube::Client, namespace: &str, cluster: &str, id: &Cl
     .to_string();
     let key = ObjKey::new("", "Secret", Some(namespace), SECRET_NAME);
     let api = ObjApi::new(client, &secrets(), &key);
-    match api.apply(&body, true).await {
-        Ok(_) => Ok(()),
-        Err(Error::Kube { source: kube::Error::Api(s), .. }) if s.is_not_found() => {
-            crate::kubeapi::ensure_namespace(client, namespace).await?;
-            api.apply(&body, true).await.map(|_| ())
-        }
-        Err(e) => Err(e),
-    }
+    api.apply_own(&body, namespace).await
 }
 
 /// What registration needs.

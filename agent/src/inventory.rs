@@ -179,15 +179,7 @@ pub async fn save(client: &kube::Client, namespace: &str, inv: &Inventory) -> Re
     .to_string();
     let key = ObjKey::new("", "ConfigMap", Some(namespace), &name);
     let api = ObjApi::new(client, &configmaps(), &key);
-    match api.apply(&body, true).await {
-        Ok(_) => Ok(()),
-        Err(Error::Kube { source: kube::Error::Api(s), .. }) if s.is_not_found() => {
-            // The agent namespace does not exist yet (one-shot mode on a fresh cluster).
-            crate::kubeapi::ensure_namespace(client, namespace).await?;
-            api.apply(&body, true).await.map(|_| ())
-        }
-        Err(e) => Err(e),
-    }
+    api.apply_own(&body, namespace).await
 }
 
 /// Delete a bundle's inventory.

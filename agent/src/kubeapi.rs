@@ -244,6 +244,20 @@ impl<'a> ObjApi<'a> {
         self.apply_as::<MetaOnly>(body, force, false).await.map(|(_, m)| m)
     }
 
+    /// Server-side apply (forced) of one of the agent's own objects in its
+    /// `namespace`, creating the namespace first when it does not exist yet
+    /// (one-shot mode, or a first start, on a fresh cluster).
+    pub async fn apply_own(&self, body: &str, namespace: &str) -> Result<()> {
+        match self.apply(body, true).await {
+            Ok(_) => Ok(()),
+            Err(Error::Kube { source: kube::Error::Api(s), .. }) if s.is_not_found() => {
+                ensure_namespace(self.client, namespace).await?;
+                self.apply(body, true).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Server-side apply `body`; returns whether it created the object, and
     /// the resulting metadata.
     pub async fn apply_created(&self, body: &str, force: bool) -> Result<(bool, MetaOnly)> {
