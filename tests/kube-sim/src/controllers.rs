@@ -256,12 +256,10 @@ impl Controllers {
                 self.delete_child(&gr("", "endpoints"), &key.1, &key.2);
             }
             // pods going away change the endpoints of the Services selecting them
+            // and the budgets counting them
             if ev.gr == gr("", "pods") {
-                let svc_gr = gr("", "services");
-                let (svcs, _) = self.inner.store.list(&svc_gr, Some(&key.1));
-                for sv in svcs {
-                    self.reconcile(&(svc_gr.clone(), key.1.clone(), meta_str(&sv, "name").to_string()));
-                }
+                self.reconcile_each(gr("", "services"), &key.1, |_| true);
+                self.reconcile_each(gr("policy", "poddisruptionbudgets"), &key.1, |_| true);
             }
             // a namespace waiting for its content
             if !key.1.is_empty() {
@@ -287,36 +285,29 @@ impl Controllers {
         }
         self.reconcile(&key);
         self.reconcile_owner(&ev.object);
-        // Services track the pods they select (Endpoints, EndpointSlices)
         if ev.gr == gr("", "pods") {
-            let svc_gr = gr("", "services");
-            let (svcs, _) = self.inner.store.list(&svc_gr, Some(&key.1));
-            for sv in svcs {
-                if sv.pointer("/spec/selector").and_then(Value::as_object).is_some_and(|m| !m.is_empty()) {
-                    self.reconcile(&(svc_gr.clone(), key.1.clone(), meta_str(&sv, "name").to_string()));
-                }
-            }
-        }
-        // PodDisruptionBudgets count the pods they select
-        if ev.gr == gr("", "pods") {
-            let pdb_gr = gr("policy", "poddisruptionbudgets");
-            let (pdbs, _) = self.inner.store.list(&pdb_gr, Some(&key.1));
-            for p in pdbs {
-                self.reconcile(&(pdb_gr.clone(), key.1.clone(), meta_str(&p, "name").to_string()));
-            }
+            // Services track the pods they select (Endpoints, EndpointSlices)
+            self.reconcile_each(gr("", "services"), &key.1, |sv| {
+                sv.pointer("/spec/selector").and_then(Value::as_object).is_some_and(|m| !m.is_empty())
+            });
+            // PodDisruptionBudgets count the pods they select
+            self.reconcile_each(gr("policy", "poddisruptionbudgets"), &key.1, |_| true);
         }
         // HorizontalPodAutoscalers watching this object keep its replicas within bounds
         if ev.gr.group == "apps" && !key.1.is_empty() {
-            let hpa_gr = gr("autoscaling", "horizontalpodautoscalers");
-            let (hpas, _) = self.inner.store.list(&hpa_gr, Some(&key.1));
-            for h in hpas {
-                if h.pointer("/spec/scaleTargetRef/name").and_then(Value::as_str) == Some(key.2.as_str())
-                    && h.pointer("/spec/scaleTargetRef/kind").and_then(Value::as_str)
-                        == ev.object["kind"].as_str()
-                {
-                    self.reconcile(&(hpa_gr.clone(), key.1.clone(), meta_str(&h, "name").to_string()));
-                }
-            }
+            let kind = ev.object["kind"].as_str();
+            self.reconcile_each(gr("autoscaling", "horizontalpodautoscalers"), &key.1, |h| {
+                h.pointer("/spec/scaleTargetRef/name").and_then(Value::as_str) == Some(key.2.as_str())
+                    && h.pointer("/spec/scaleTargetRef/kind").and_then(Value::as_str) == kind
+            });
+        }
+    }
+
+    /// Reconcile the objects of `g` in `ns` that `wanted` picks.
+    fn reconcile_each(&mut self, g: GroupResource, ns: &str, wanted: impl Fn(&Value) -> bool) {
+        let (items, _) = self.inner.store.list(&g, Some(ns));
+        for it in items.iter().filter(|it| wanted(it)) {
+            self.reconcile(&(g.clone(), ns.to_string(), meta_str(it, "name").to_string()));
         }
     }
 
@@ -325,11 +316,7 @@ impl Controllers {
         let Some(refs) = child.pointer("/metadata/ownerReferences").and_then(Value::as_array) else { return };
         let ns = meta_str(child, "namespace").to_string();
         for r in refs.iter().filter(|r| r["controller"].as_bool() == Some(true)) {
-            let av = r["apiVersion"].as_str().unwrap_or("");
-            let (g, v) = av.rsplit_once('/').unwrap_or(("", av));
-            let kind = r["kind"].as_str().unwrap_or("");
-            let owner_rt = self.inner.registry.read().by_kind(g, v, kind);
-            if let Some(rt) = owner_rt
+            if let Some(rt) = self.ref_type(r)
                 && WORKLOADS.iter().any(|(wg, wr)| rt.group == *wg && rt.plural == *wr)
             {
                 let k = (
@@ -419,24 +406,26 @@ impl Controllers {
             return false;
         };
         let ns = meta_str(obj, "namespace");
-        refs.iter().all(|r| {
-            let av = r["apiVersion"].as_str().unwrap_or("");
-            let (g, v) = av.rsplit_once('/').unwrap_or(("", av));
-            let known = self.inner.registry.read().by_kind(g, v, r["kind"].as_str().unwrap_or("")).is_some();
-            known && !self.owner_exists(r, ns)
-        })
+        refs.iter().all(|r| self.ref_type(r).is_some() && !self.owner_exists(r, ns))
     }
 
     fn owner_exists(&self, r: &Value, ns: &str) -> bool {
+        self.resolve_ref(r, ns).is_some()
+    }
+
+    /// The resource type an owner reference's apiVersion and kind name.
+    fn ref_type(&self, r: &Value) -> Option<Arc<ResourceType>> {
         let av = r["apiVersion"].as_str().unwrap_or("");
         let (g, v) = av.rsplit_once('/').unwrap_or(("", av));
-        let kind = r["kind"].as_str().unwrap_or("");
-        let Some(rt) = self.inner.registry.read().by_kind(g, v, kind) else { return false };
+        self.inner.registry.read().by_kind(g, v, r["kind"].as_str().unwrap_or(""))
+    }
+
+    /// The object an owner reference names, if it exists with that uid.
+    fn resolve_ref(&self, r: &Value, ns: &str) -> Option<(Arc<ResourceType>, Arc<Value>)> {
+        let rt = self.ref_type(r)?;
         let ns = if rt.namespaced { ns } else { "" };
-        self.inner
-            .store
-            .get(&rt.gr(), ns, r["name"].as_str().unwrap_or(""))
-            .is_some_and(|o| Some(meta_str(&o, "uid")) == r["uid"].as_str())
+        let obj = self.inner.store.get(&rt.gr(), ns, r["name"].as_str().unwrap_or(""))?;
+        (Some(meta_str(&obj, "uid")) == r["uid"].as_str()).then_some((rt, obj))
     }
 
     fn reconcile(&mut self, k: &ObjKey) {
@@ -1177,36 +1166,7 @@ impl Controllers {
                 }
             }
             ("autoscaling", "horizontalpodautoscalers") => self.hpa(k, obj),
-            ("policy", "poddisruptionbudgets") => {
-                let sel = obj.pointer("/spec/selector").cloned().unwrap_or(json!({}));
-                let (pods, _) = self.inner.store.list(&gr("", "pods"), Some(&k.1));
-                let selected: Vec<&Arc<Value>> = pods
-                    .iter()
-                    .filter(|p| {
-                        p.pointer("/metadata/deletionTimestamp").is_none()
-                            && selector_matches(&sel, p.pointer("/metadata/labels"))
-                    })
-                    .collect();
-                let expected = selected.len() as i64;
-                let healthy = selected.iter().filter(|p| pod_ready(p)).count() as i64;
-                let desired = if let Some(min) = obj.pointer("/spec/minAvailable") {
-                    resolve_int_or_percent(Some(min), expected, true, 0)
-                } else if let Some(maxu) = obj.pointer("/spec/maxUnavailable") {
-                    (expected - resolve_int_or_percent(Some(maxu), expected, true, 0)).max(0)
-                } else {
-                    0
-                };
-                let allowed = (healthy - desired).max(0);
-                self.write_status(k, &mut |cur| {
-                    let c = if allowed > 0 {
-                        cond_simple(cur, "DisruptionAllowed", "True", "SufficientPods", "", &now)
-                    } else {
-                        cond_simple(cur, "DisruptionAllowed", "False", "InsufficientPods", "", &now)
-                    };
-                    json!({"observedGeneration": generation, "currentHealthy": healthy, "desiredHealthy": desired,
-                        "disruptionsAllowed": allowed, "expectedPods": expected, "conditions": [c]})
-                });
-            }
+            ("policy", "poddisruptionbudgets") => self.disruption_budget(k, obj),
             ("", "persistentvolumeclaims") => {
                 if obj.pointer("/status/phase").and_then(Value::as_str) == Some("Bound") {
                     return;
@@ -1337,6 +1297,103 @@ impl Controllers {
             }
             _ => {}
         }
+    }
+
+    /// The disruption controller (kube-controller-manager's semantics): the
+    /// pods the selector matches (none without a selector, all with an empty
+    /// one); `minAvailable: <int>` expects every matched pod, a percentage or
+    /// `maxUnavailable` expects the summed scale of the matched pods'
+    /// controllers (pods without a controller are left out); pods being
+    /// deleted are never healthy; nothing may be disrupted while no pod is
+    /// expected. When a pod's controller cannot be resolved the status keeps
+    /// its counts and says `DisruptionAllowed=False, SyncFailed`, as failSafe does.
+    fn disruption_budget(&self, k: &ObjKey, obj: &Value) {
+        let generation = obj.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+        let now = now_rfc3339();
+        let pods: Vec<Arc<Value>> = match obj.pointer("/spec/selector").filter(|s| !s.is_null()) {
+            Some(sel) => {
+                let (pods, _) = self.inner.store.list(&gr("", "pods"), Some(&k.1));
+                pods.into_iter().filter(|p| selector_matches(sel, p.pointer("/metadata/labels"))).collect()
+            }
+            None => Vec::new(),
+        };
+        let spec = |f: &str| obj.pointer(&format!("/spec/{f}")).filter(|v| !v.is_null());
+        let counts = match (spec("maxUnavailable"), spec("minAvailable")) {
+            (Some(max), _) => self.expected_scale(&pods).map(|expected| {
+                (expected, (expected - resolve_int_or_percent(Some(max), expected, true, 0)).max(0))
+            }),
+            (None, Some(Value::Number(min))) => Ok((pods.len() as i64, min.as_i64().unwrap_or(0))),
+            (None, Some(min)) => self
+                .expected_scale(&pods)
+                .map(|expected| (expected, resolve_int_or_percent(Some(min), expected, true, 0))),
+            (None, None) => Ok((0, 0)),
+        };
+        let (expected, desired) = match counts {
+            Ok(c) => c,
+            Err(message) => {
+                self.write_status(k, &mut |cur| {
+                    let mut s = cur.get("status").cloned().unwrap_or(json!({}));
+                    // the counts keep their last values (0 before the first sync)
+                    for f in ["currentHealthy", "desiredHealthy", "expectedPods"] {
+                        if s.get(f).is_none() {
+                            s[f] = json!(0);
+                        }
+                    }
+                    let observed = s.get("observedGeneration").cloned().unwrap_or(json!(0));
+                    let mut c = cond_simple(cur, "DisruptionAllowed", "False", "SyncFailed", &message, &now);
+                    c["observedGeneration"] = observed;
+                    s["disruptionsAllowed"] = json!(0);
+                    s["conditions"] = json!([c]);
+                    s
+                });
+                return;
+            }
+        };
+        let healthy = pods
+            .iter()
+            .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none() && pod_ready(p))
+            .count() as i64;
+        let allowed = if expected > 0 { (healthy - desired).max(0) } else { 0 };
+        self.write_status(k, &mut |cur| {
+            let (status, reason) =
+                if allowed > 0 { ("True", "SufficientPods") } else { ("False", "InsufficientPods") };
+            let mut c = cond_simple(cur, "DisruptionAllowed", status, reason, "", &now);
+            c["observedGeneration"] = json!(generation);
+            json!({"observedGeneration": generation, "currentHealthy": healthy, "desiredHealthy": desired,
+                "disruptionsAllowed": allowed, "expectedPods": expected, "conditions": [c]})
+        });
+    }
+
+    /// The sum of the scales of the pods' controllers, each counted once: a
+    /// ReplicaSet's Deployment when it has one, else the controller's scale
+    /// subresource. Err names a pod whose controller is gone or cannot scale.
+    fn expected_scale(&self, pods: &[Arc<Value>]) -> Result<i64, String> {
+        let mut scales: HashMap<String, i64> = HashMap::new();
+        for pod in pods {
+            let ns = meta_str(pod, "namespace");
+            let Some(r) = controller_ref(pod) else { continue };
+            if r["uid"].as_str().is_some_and(|u| scales.contains_key(u)) {
+                continue;
+            }
+            let Some((rt, owner)) = self.resolve_ref(r, ns) else {
+                return Err(format!("found no controllers for pod {:?}", meta_str(pod, "name")));
+            };
+            // a ReplicaSet run by a Deployment counts as that Deployment
+            let (rt, owner) = match controller_ref(&owner)
+                .filter(|_| rt.group == "apps" && rt.kind == "ReplicaSet")
+                .filter(|d| d["kind"] == "Deployment")
+                .and_then(|d| self.resolve_ref(d, ns))
+            {
+                Some(deployment) => deployment,
+                None => (rt, owner),
+            };
+            if !rt.scale {
+                return Err(format!("{} does not implement the scale subresource", rt.qualified()));
+            }
+            let replicas = crate::api::scale_of(&rt, &owner)["spec"]["replicas"].as_i64().unwrap_or(0);
+            scales.insert(meta_str(&owner, "uid").to_string(), replicas);
+        }
+        Ok(scales.values().sum())
     }
 
     /// The endpoints controllers: `Endpoints` and one `EndpointSlice` per Service
@@ -1584,6 +1641,14 @@ impl Controllers {
             }
         }
     }
+}
+
+/// The owner reference with `controller: true`.
+fn controller_ref(obj: &Value) -> Option<&Value> {
+    obj.pointer("/metadata/ownerReferences")?
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"].as_bool() == Some(true))
 }
 
 fn condition<'a>(obj: &'a Value, t: &str) -> Option<&'a str> {
