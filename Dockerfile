@@ -1,0 +1,17 @@
+# The convoy-agent image the Helm chart runs (charts/convoy-agent, values
+# image.repository/tag). No image is published yet; build and push your own:
+#   docker build -t REGISTRY/convoy-agent:0.1.0 .
+# protoc is vendored (protoc-bin-vendored), so the build needs nothing but cargo.
+FROM docker.io/library/rust:1.89-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p convoy-agent --bin convoy-agent \
+ && strip target/release/convoy-agent
+
+# glibc and libgcc only (rustls with ring: no OpenSSL); runs as 65532 like the
+# chart's podSecurityContext, on a read-only root filesystem.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/convoy-agent /usr/local/bin/convoy-agent
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/convoy-agent"]
+CMD ["run"]
