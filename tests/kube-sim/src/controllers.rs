@@ -370,31 +370,9 @@ impl Controllers {
         let others_alive =
             refs.iter().filter(|r| r["uid"].as_str() != Some(owner_uid)).any(|r| self.owner_exists(r, &d.1));
         if others_alive {
-            let _ = self.inner.patch_with(
-                &rt,
-                &d.1,
-                &d.2,
-                None,
-                "kube-controller-manager-gc",
-                false,
-                &mut |cur| {
-                    let mut v = (**cur).clone();
-                    if let Some(a) = v.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut)
-                    {
-                        a.retain(|r| r["uid"].as_str() != Some(owner_uid));
-                    }
-                    Ok(v)
-                },
-            );
+            self.drop_owner_ref(&rt, d, owner_uid);
         } else {
-            let _ = self.inner.delete(
-                &rt,
-                &d.1,
-                &d.2,
-                &Query::default(),
-                &json!({"propagationPolicy": "Background"}),
-                false,
-            );
+            self.delete_with(&rt, &d.1, &d.2, "Background");
         }
     }
 
@@ -465,14 +443,7 @@ impl Controllers {
                 for it in items {
                     remaining += 1;
                     if it.pointer("/metadata/deletionTimestamp").is_none() {
-                        let _ = self.inner.delete(
-                            &t,
-                            &ns,
-                            meta_str(&it, "name"),
-                            &Query::default(),
-                            &json!({"propagationPolicy": "Background"}),
-                            false,
-                        );
+                        self.delete_with(&t, &ns, meta_str(&it, "name"), "Background");
                     }
                 }
             }
@@ -500,30 +471,7 @@ impl Controllers {
         if finalizers.iter().any(|f| f == "orphan") {
             for d in &deps {
                 if let Some(drt) = self.rt_for(&d.0) {
-                    let _ = self.inner.patch_with(
-                        &drt,
-                        &d.1,
-                        &d.2,
-                        None,
-                        "kube-controller-manager-gc",
-                        false,
-                        &mut |cur| {
-                            let mut v = (**cur).clone();
-                            if let Some(a) =
-                                v.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut)
-                            {
-                                a.retain(|r| r["uid"].as_str() != Some(uid.as_str()));
-                            }
-                            if v.pointer("/metadata/ownerReferences")
-                                .and_then(Value::as_array)
-                                .is_some_and(Vec::is_empty)
-                                && let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut)
-                            {
-                                m.shift_remove("ownerReferences");
-                            }
-                            Ok(v)
-                        },
-                    );
+                    self.drop_owner_ref(&drt, d, &uid);
                 }
             }
             self.remove_finalizer(&rt, k, "orphan");
@@ -538,14 +486,7 @@ impl Controllers {
                     if dobj.pointer("/metadata/deletionTimestamp").is_none()
                         && let Some(drt) = self.rt_for(&d.0)
                     {
-                        let _ = self.inner.delete(
-                            &drt,
-                            &d.1,
-                            &d.2,
-                            &Query::default(),
-                            &json!({"propagationPolicy": "Foreground"}),
-                            false,
-                        );
+                        self.delete_with(&drt, &d.1, &d.2, "Foreground");
                     }
                 }
             }
@@ -556,20 +497,31 @@ impl Controllers {
     }
 
     fn remove_finalizer(&mut self, rt: &ResourceType, k: &ObjKey, f: &str) {
+        self.gc_remove(rt, k, "finalizers", &|x| x.as_str() == Some(f));
+        self.finalizing.remove(k);
+    }
+
+    /// The garbage collector drops the owner reference to `owner_uid` from a dependent.
+    fn drop_owner_ref(&self, rt: &ResourceType, k: &ObjKey, owner_uid: &str) {
+        self.gc_remove(rt, k, "ownerReferences", &|r| r["uid"].as_str() == Some(owner_uid));
+    }
+
+    /// Remove the entries `drop` picks from the list `metadata.<field>` of an
+    /// object (and the field once it is empty), as the garbage collector.
+    fn gc_remove(&self, rt: &ResourceType, k: &ObjKey, field: &str, drop: &dyn Fn(&Value) -> bool) {
         let _ =
             self.inner.patch_with(rt, &k.1, &k.2, None, "kube-controller-manager-gc", false, &mut |cur| {
                 let mut v = (**cur).clone();
-                if let Some(a) = v.pointer_mut("/metadata/finalizers").and_then(Value::as_array_mut) {
-                    a.retain(|x| x.as_str() != Some(f));
-                }
-                if v.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(Vec::is_empty)
-                    && let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut)
+                if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut)
+                    && let Some(a) = m.get_mut(field).and_then(Value::as_array_mut)
                 {
-                    m.shift_remove("finalizers");
+                    a.retain(|x| !drop(x));
+                    if a.is_empty() {
+                        m.shift_remove(field);
+                    }
                 }
                 Ok(v)
             });
-        self.finalizing.remove(k);
     }
 
     /// Readiness of this generation: Ok(true) ready, Ok(false) not yet (timer set), Err(deadline passed) for unpullable.
@@ -635,15 +587,20 @@ impl Controllers {
 
     fn delete_child(&self, g: &GroupResource, ns: &str, name: &str) {
         if let Some(rt) = self.rt_for(g) {
-            let _ = self.inner.delete(
-                &rt,
-                ns,
-                name,
-                &Query::default(),
-                &json!({"propagationPolicy": "Background"}),
-                false,
-            );
+            self.delete_with(&rt, ns, name, "Background");
         }
+    }
+
+    /// Delete an object with a propagation policy (Background, Foreground, Orphan).
+    fn delete_with(&self, rt: &ResourceType, ns: &str, name: &str, propagation: &str) {
+        let _ = self.inner.delete(
+            rt,
+            ns,
+            name,
+            &Query::default(),
+            &json!({"propagationPolicy": propagation}),
+            false,
+        );
     }
 
     /// Make the Pods of a workload match: `count` pods from its template, named by
@@ -781,45 +738,15 @@ impl Controllers {
         let max_rev = rss.iter().map(|r| revision(r)).max().unwrap_or(0);
         if obj.pointer("/spec/paused").and_then(Value::as_bool) == Some(true) {
             // a paused Deployment rolls nothing out; it reports what its ReplicaSets have
-            let st =
-                |r: &Value, f: &str| r.pointer(&format!("/status/{f}")).and_then(Value::as_i64).unwrap_or(0);
-            let total: i64 = rss.iter().map(|r| st(r, "replicas")).sum();
-            let available: i64 = rss.iter().map(|r| st(r, "availableReplicas")).sum();
-            let ready: i64 = rss.iter().map(|r| st(r, "readyReplicas")).sum();
-            let updated =
-                rss.iter().find(|r| meta_str(r, "name") == rs_name).map(|r| st(r, "replicas")).unwrap_or(0);
-            let max_unavailable = resolve_int_or_percent(
-                obj.pointer("/spec/strategy/rollingUpdate/maxUnavailable"),
-                replicas,
-                false,
-                1,
-            );
-            let is_available = available >= replicas - max_unavailable;
+            let updated = rss
+                .iter()
+                .find(|r| meta_str(r, "name") == rs_name)
+                .map(|r| status_count(r, "replicas"))
+                .unwrap_or(0);
+            let min_available = deployment_min_available(obj, replicas);
             self.write_status(k, &mut |cur| {
-                let mut s =
-                    json!({"observedGeneration": generation, "replicas": total, "updatedReplicas": updated});
-                if ready > 0 {
-                    s["readyReplicas"] = json!(ready);
-                }
-                if available > 0 {
-                    s["availableReplicas"] = json!(available);
-                }
-                if total - available > 0 {
-                    s["unavailableReplicas"] = json!(total - available);
-                }
-                let avail = if is_available {
-                    ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.".to_string())
-                } else {
-                    (
-                        "False",
-                        "MinimumReplicasUnavailable",
-                        "Deployment does not have minimum availability.".to_string(),
-                    )
-                };
                 let prog = ("Unknown", "DeploymentPaused", "Deployment is paused".to_string());
-                s["conditions"] =
-                    json!([cond(cur, "Available", avail, &now), cond(cur, "Progressing", prog, &now)]);
-                s
+                deployment_status(cur, generation, &rss, updated, min_available, prog, &now)
             });
             return;
         }
@@ -884,8 +811,7 @@ impl Controllers {
                 Ok(v)
             });
         }
-        let st = |r: &Value, f: &str| r.pointer(&format!("/status/{f}")).and_then(Value::as_i64).unwrap_or(0);
-        let new_available = st(&new_rs, "availableReplicas");
+        let new_available = status_count(&new_rs, "availableReplicas");
         // old ReplicaSets go to zero once the new one is fully available
         if new_available >= replicas
             && let Some(rt) = &rs_rt
@@ -932,46 +858,18 @@ impl Controllers {
             });
         }
         let rss: Vec<Arc<Value>> = self.owned(&rs_gr, &k.1, &uid);
-        let total: i64 = rss.iter().map(|r| st(r, "replicas")).sum();
-        let ready: i64 = rss.iter().map(|r| st(r, "readyReplicas")).sum();
-        let available: i64 = rss.iter().map(|r| st(r, "availableReplicas")).sum();
         let new_rs = rss.iter().find(|r| meta_str(r, "name") == rs_name).cloned().unwrap_or(new_rs);
-        let updated = st(&new_rs, "replicas");
+        let updated = status_count(&new_rs, "replicas");
         let old_total: i64 =
-            rss.iter().filter(|r| meta_str(r, "name") != rs_name).map(|r| st(r, "replicas")).sum();
-        let max_unavailable = resolve_int_or_percent(
-            obj.pointer("/spec/strategy/rollingUpdate/maxUnavailable"),
-            replicas,
-            false,
-            1,
-        );
-        let is_available = available >= replicas - max_unavailable;
-        let complete = st(&new_rs, "availableReplicas") >= replicas && updated == replicas && old_total == 0;
+            rss.iter().filter(|r| meta_str(r, "name") != rs_name).map(|r| status_count(r, "replicas")).sum();
+        let min_available = deployment_min_available(obj, replicas);
+        let complete =
+            status_count(&new_rs, "availableReplicas") >= replicas && updated == replicas && old_total == 0;
         let exceeded = !complete && Instant::now() >= first_seen + deadline;
         if !complete && !exceeded {
             self.schedule(first_seen + deadline, k.clone());
         }
         self.write_status(k, &mut |cur| {
-            let mut s =
-                json!({"observedGeneration": generation, "replicas": total, "updatedReplicas": updated});
-            if ready > 0 {
-                s["readyReplicas"] = json!(ready);
-            }
-            if available > 0 {
-                s["availableReplicas"] = json!(available);
-            }
-            if total - available > 0 {
-                s["unavailableReplicas"] = json!(total - available);
-            }
-            let avail = if is_available {
-                ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.".to_string())
-            } else {
-                (
-                    "False",
-                    "MinimumReplicasUnavailable",
-                    "Deployment does not have minimum availability.".to_string(),
-                )
-            };
             let prog = if complete {
                 (
                     "True",
@@ -989,9 +887,7 @@ impl Controllers {
             } else {
                 ("True", "ReplicaSetUpdated", format!("ReplicaSet \"{rs_name}\" is progressing."))
             };
-            s["conditions"] =
-                json!([cond(cur, "Available", avail, &now), cond(cur, "Progressing", prog, &now)]);
-            s
+            deployment_status(cur, generation, &rss, updated, min_available, prog, &now)
         });
     }
 
@@ -1641,6 +1537,56 @@ impl Controllers {
             }
         }
     }
+}
+
+/// An integer field of an object's status (0 when absent).
+fn status_count(v: &Value, f: &str) -> i64 {
+    v.pointer(&format!("/status/{f}")).and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// How many replicas a Deployment needs available to be Available:
+/// replicas minus the rolling update's maxUnavailable (default 1).
+fn deployment_min_available(obj: &Value, replicas: i64) -> i64 {
+    replicas
+        - resolve_int_or_percent(
+            obj.pointer("/spec/strategy/rollingUpdate/maxUnavailable"),
+            replicas,
+            false,
+            1,
+        )
+}
+
+/// A Deployment's status: replica counts summed over its ReplicaSets,
+/// `updated` from the current one, the Available condition from
+/// `min_available`, and the given Progressing condition.
+fn deployment_status(
+    cur: &Value,
+    generation: i64,
+    rss: &[Arc<Value>],
+    updated: i64,
+    min_available: i64,
+    progressing: (&str, &str, String),
+    now: &str,
+) -> Value {
+    let sum = |f: &str| rss.iter().map(|r| status_count(r, f)).sum::<i64>();
+    let (total, ready, available) = (sum("replicas"), sum("readyReplicas"), sum("availableReplicas"));
+    let mut s = json!({"observedGeneration": generation, "replicas": total, "updatedReplicas": updated});
+    if ready > 0 {
+        s["readyReplicas"] = json!(ready);
+    }
+    if available > 0 {
+        s["availableReplicas"] = json!(available);
+    }
+    if total - available > 0 {
+        s["unavailableReplicas"] = json!(total - available);
+    }
+    let avail = if available >= min_available {
+        ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.".to_string())
+    } else {
+        ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".to_string())
+    };
+    s["conditions"] = json!([cond(cur, "Available", avail, now), cond(cur, "Progressing", progressing, now)]);
+    s
 }
 
 /// The owner reference with `controller: true`.

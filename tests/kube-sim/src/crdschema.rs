@@ -90,6 +90,15 @@ fn invalid(path: &str, v: &Value, msg: String) -> Cause {
     }
 }
 
+/// maxItems / maxProperties exceeded (the API server says "items" for both).
+fn too_many(path: &str, n: usize, max: u64) -> Cause {
+    Cause {
+        reason: "FieldValueTooMany".into(),
+        message: format!("Too many: {n}: must have at most {max} items"),
+        field: path.into(),
+    }
+}
+
 fn check(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
     let p = if path.is_empty() { "<root>" } else { path };
     if v.is_null() {
@@ -180,11 +189,7 @@ fn check(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
             if let Some(max) = s.get("maxItems").and_then(Value::as_u64)
                 && a.len() as u64 > max
             {
-                out.push(Cause {
-                    reason: "FieldValueTooMany".into(),
-                    message: format!("Too many: {}: must have at most {max} items", a.len()),
-                    field: p.into(),
-                });
+                out.push(too_many(p, a.len(), max));
             }
             if let Some(min) = s.get("minItems").and_then(Value::as_u64)
                 && (a.len() as u64) < min
@@ -223,11 +228,7 @@ fn check(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
             if let Some(max) = s.get("maxProperties").and_then(Value::as_u64)
                 && m.len() as u64 > max
             {
-                out.push(Cause {
-                    reason: "FieldValueTooMany".into(),
-                    message: format!("Too many: {}: must have at most {max} items", m.len()),
-                    field: p.into(),
-                });
+                out.push(too_many(p, m.len(), max));
             }
         }
         _ => {}

@@ -69,6 +69,17 @@ impl ResourceType {
         vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
     }
 
+    /// Short names and categories (when there are any) on a discovery entry,
+    /// legacy or aggregated.
+    fn add_names(&self, entry: &mut Value) {
+        if !self.short_names.is_empty() {
+            entry["shortNames"] = json!(self.short_names);
+        }
+        if !self.categories.is_empty() {
+            entry["categories"] = json!(self.categories);
+        }
+    }
+
     fn discovery(&self) -> Vec<Value> {
         let mut main = json!({
             "name": self.plural,
@@ -77,27 +88,25 @@ impl ResourceType {
             "kind": self.kind,
             "verbs": self.verbs(),
         });
-        if !self.short_names.is_empty() {
-            main["shortNames"] = json!(self.short_names);
-        }
-        if !self.categories.is_empty() {
-            main["categories"] = json!(self.categories);
-        }
+        self.add_names(&mut main);
         let mut out = vec![main];
         if self.status {
             out.push(json!({"name": format!("{}/status", self.plural), "singularName": "", "namespaced": self.namespaced,
-                "kind": self.kind, "verbs": ["get", "patch", "update"]}));
+                "kind": self.kind, "verbs": SUBRESOURCE_VERBS}));
         }
         if self.kind == "Pod" && self.group.is_empty() {
             out.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
         }
         if self.scale {
             out.push(json!({"name": format!("{}/scale", self.plural), "singularName": "", "namespaced": self.namespaced,
-                "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
+                "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": SUBRESOURCE_VERBS}));
         }
         out
     }
 }
+
+/// What the status and scale subresources serve.
+const SUBRESOURCE_VERBS: [&str; 3] = ["get", "patch", "update"];
 
 struct Builtin {
     group: &'static str,
@@ -377,10 +386,10 @@ impl Registry {
                                 let kind = json!({"group": t.group, "version": t.version, "kind": t.kind});
                                 let mut subs = Vec::new();
                                 if t.scale {
-                                    subs.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
+                                    subs.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": SUBRESOURCE_VERBS}));
                                 }
                                 if t.status {
-                                    subs.push(json!({"subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"]}));
+                                    subs.push(json!({"subresource": "status", "responseKind": kind, "verbs": SUBRESOURCE_VERBS}));
                                 }
                                 let mut r = json!({
                                     "resource": t.plural,
@@ -389,12 +398,7 @@ impl Registry {
                                     "singularResource": t.singular,
                                     "verbs": t.verbs(),
                                 });
-                                if !t.short_names.is_empty() {
-                                    r["shortNames"] = json!(t.short_names);
-                                }
-                                if !t.categories.is_empty() {
-                                    r["categories"] = json!(t.categories);
-                                }
+                                t.add_names(&mut r);
                                 if !subs.is_empty() {
                                     r["subresources"] = Value::Array(subs);
                                 }

@@ -481,6 +481,31 @@ async fn hpa_keeps_replicas_within_bounds_and_owns_them() {
     assert!(e["message"].as_str().unwrap().contains("conflict with \"kube-controller-manager\""), "{e}");
 }
 
+const PDBS: &str = "/apis/policy/v1/namespaces/default/poddisruptionbudgets";
+
+/// A PDB's (currentHealthy, desiredHealthy, expectedPods, disruptionsAllowed), -1 when absent.
+type PdbCounts = (i64, i64, i64, i64);
+
+/// A PDB's counts and the object.
+async fn pdb_counts(s: &Sim, name: &str) -> (PdbCounts, Value) {
+    let (_, v) = s.get(&format!("{PDBS}/{name}")).await;
+    let n = |f: &str| v["status"][f].as_i64().unwrap_or(-1);
+    ((n("currentHealthy"), n("desiredHealthy"), n("expectedPods"), n("disruptionsAllowed")), v)
+}
+
+/// Wait until every named PDB reports these counts.
+async fn pdbs_reach(s: &Sim, want: &[(&str, PdbCounts)]) {
+    eventually(30, || async {
+        for (name, counts) in want {
+            if pdb_counts(s, name).await.0 != *counts {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await
+}
+
 /// The disruption controller's status, as kube-controller-manager computes it:
 /// `minAvailable: <int>` counts every selected pod as expected, a percentage or
 /// `maxUnavailable` counts the replicas of the pods' controllers (the Deployment,
@@ -489,7 +514,6 @@ async fn hpa_keeps_replicas_within_bounds_and_owns_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pdb_status_follows_a_rollout() {
     let s = Sim::with(SimConfig { readiness_delay: Duration::from_millis(300), ..Default::default() }).await;
-    const PDBS: &str = "/apis/policy/v1/namespaces/default/poddisruptionbudgets";
     const DEPLOY: &str = "/apis/apps/v1/namespaces/default/deployments/web";
     let mut d = workload("Deployment", "web", "nginx:1", json!({}));
     d["spec"]["replicas"] = json!(3);
@@ -503,38 +527,15 @@ async fn pdb_status_follows_a_rollout() {
         let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": name}, "spec": spec});
         assert_eq!(s.apply(&format!("{PDBS}/{name}"), "agent", false, pdb).await.0, 201);
     }
-    // (currentHealthy, desiredHealthy, expectedPods, disruptionsAllowed) of each PDB
-    let status_of = |name: &'static str| {
-        let s = &s;
-        async move {
-            let (_, v) = s.get(&format!("{PDBS}/{name}")).await;
-            let n = |f: &str| v["status"][f].as_i64().unwrap_or(-1);
-            ((n("currentHealthy"), n("desiredHealthy"), n("expectedPods"), n("disruptionsAllowed")), v)
-        }
-    };
-    let settled = || async {
-        for (name, want) in [("web", (3, 2, 3, 1)), ("web-pct", (3, 2, 3, 1)), ("web-max", (3, 2, 3, 1))] {
-            let (got, _) = status_of(name).await;
-            if got != want {
-                return None;
-            }
-        }
-        Some(())
-    };
-    eventually(30, settled).await;
+    let settled = [("web", (3, 2, 3, 1)), ("web-pct", (3, 2, 3, 1)), ("web-max", (3, 2, 3, 1))];
+    pdbs_reach(&s, &settled).await;
 
     // a rollout stuck on an unpullable image: old and new pods coexist; the
     // integer budget expects all six pods, the others the Deployment's three replicas
     let mut stuck = d.clone();
     stuck["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:does-not-exist");
     assert_eq!(s.apply(DEPLOY, "agent", false, stuck).await.0, 200);
-    eventually(30, || async {
-        let (web, _) = status_of("web").await;
-        let (pct, _) = status_of("web-pct").await;
-        let (max, _) = status_of("web-max").await;
-        (web == (3, 2, 6, 1) && pct == (3, 2, 3, 1) && max == (3, 2, 3, 1)).then_some(())
-    })
-    .await;
+    pdbs_reach(&s, &[("web", (3, 2, 6, 1)), ("web-pct", (3, 2, 3, 1)), ("web-max", (3, 2, 3, 1))]).await;
     // a pullable template: a third ReplicaSet, then the old ones scaled to zero
     let mut d3 = d.clone();
     d3["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:2");
@@ -554,8 +555,8 @@ async fn pdb_status_follows_a_rollout() {
     })
     .await;
     // once the old pods are gone, every budget counts the three new ones
-    eventually(30, settled).await;
-    let (_, p) = status_of("web").await;
+    pdbs_reach(&s, &settled).await;
+    let (_, p) = pdb_counts(&s, "web").await;
     assert_eq!(p["status"]["observedGeneration"], p["metadata"]["generation"], "{p}");
     let c = cond(&p, "DisruptionAllowed").unwrap();
     assert_eq!(
@@ -568,72 +569,40 @@ async fn pdb_status_follows_a_rollout() {
     let (_, pods) = s.get("/api/v1/namespaces/default/pods?labelSelector=app%3Dweb").await;
     let victim = pods["items"][0]["metadata"]["name"].as_str().unwrap().to_string();
     let pod_path = format!("/api/v1/namespaces/default/pods/{victim}");
-    let (c, _) = s
-        .req(
-            "PATCH",
-            &pod_path,
-            "application/merge-patch+json",
-            Some(json!({"metadata": {"finalizers": ["test.convoy.dev/hold"]}})),
-        )
-        .await;
-    assert_eq!(c, 200);
+    let set_finalizers = |finalizers: Value| {
+        let (s, pod_path) = (&s, &pod_path);
+        async move {
+            let patch = json!({"metadata": {"finalizers": finalizers}});
+            let (c, v) = s.req("PATCH", pod_path, "application/merge-patch+json", Some(patch)).await;
+            assert_eq!(c, 200, "{v}");
+        }
+    };
+    set_finalizers(json!(["test.convoy.dev/hold"])).await;
     let (c, _) = s.req("DELETE", &pod_path, "", None).await;
     assert!(c == 200 || c == 202, "{c}");
     // the ReplicaSet replaces it; the integer budget expects 4 pods, 3 of them healthy
-    eventually(30, || async {
-        let (web, _) = status_of("web").await;
-        let (max, _) = status_of("web-max").await;
-        (web == (3, 2, 4, 1) && max == (3, 2, 3, 1)).then_some(())
-    })
-    .await;
+    pdbs_reach(&s, &[("web", (3, 2, 4, 1)), ("web-max", (3, 2, 3, 1))]).await;
     // an unmanaged pod does not count towards a percentage budget's expected pods
-    let (c, _) = s
-        .apply(
-            "/api/v1/namespaces/default/pods/stray",
-            "agent",
-            false,
-            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stray", "labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "c", "image": "nginx:1"}]}}),
-        )
-        .await;
-    assert_eq!(c, 201);
-    eventually(30, || async {
-        let (web, _) = status_of("web").await;
-        let (pct, _) = status_of("web-pct").await;
-        (web == (4, 2, 5, 2) && pct == (4, 2, 3, 2)).then_some(())
-    })
-    .await;
+    let stray = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stray", "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "c", "image": "nginx:1"}]}});
+    assert_eq!(s.apply("/api/v1/namespaces/default/pods/stray", "agent", false, stray).await.0, 201);
+    pdbs_reach(&s, &[("web", (4, 2, 5, 2)), ("web-pct", (4, 2, 3, 2))]).await;
     // releasing the finalizer deletes the pod for good
-    let (c, _) = s
-        .req(
-            "PATCH",
-            &pod_path,
-            "application/merge-patch+json",
-            Some(json!({"metadata": {"finalizers": null}})),
-        )
-        .await;
-    assert_eq!(c, 200);
-    eventually(30, || async {
-        let (web, _) = status_of("web").await;
-        (web == (4, 2, 4, 2)).then_some(())
-    })
-    .await;
+    set_finalizers(Value::Null).await;
+    pdbs_reach(&s, &[("web", (4, 2, 4, 2))]).await;
+
     // a percentage or maxUnavailable budget over pods whose controller cannot scale
     // (a DaemonSet) fails safe: nothing may be disrupted, and the condition says why
-    let (c, _) = s
-        .apply(
-            "/apis/apps/v1/namespaces/default/daemonsets/node-agent",
-            "agent",
-            false,
-            workload("DaemonSet", "node-agent", "busybox:1", json!({})),
-        )
-        .await;
-    assert_eq!(c, 201);
+    let ds = workload("DaemonSet", "node-agent", "busybox:1", json!({}));
+    assert_eq!(
+        s.apply("/apis/apps/v1/namespaces/default/daemonsets/node-agent", "agent", false, ds).await.0,
+        201
+    );
     let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "node-agent"},
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "node-agent"}}}});
     assert_eq!(s.apply(&format!("{PDBS}/node-agent"), "agent", false, pdb).await.0, 201);
     let p = eventually(30, || async {
-        let (_, v) = status_of("node-agent").await;
+        let (_, v) = pdb_counts(&s, "node-agent").await;
         (cond(&v, "DisruptionAllowed").is_some_and(|c| c["reason"] == "SyncFailed")).then_some(v)
     })
     .await;

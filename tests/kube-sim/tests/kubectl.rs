@@ -265,25 +265,7 @@ async fn heavy_kubectl_client_side_to_server_side_upgrade() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_kubectl_get_watch_sees_changes() {
     let s = Sim::start().await;
-    let mut child = tokio::process::Command::new("kubectl")
-        .args(["get", "cm", "--watch", "-o", "name"])
-        .env("KUBECONFIG", &s.kubeconfig)
-        .env("HOME", s.dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
-    let l2 = lines.clone();
-    tokio::spawn(async move {
-        use tokio::io::AsyncBufReadExt;
-        let mut r = tokio::io::BufReader::new(stdout).lines();
-        while let Ok(Some(l)) = r.next_line().await {
-            l2.lock().push(l);
-        }
-    });
+    let (mut child, lines) = s.kubectl_lines(&["get", "cm", "--watch", "-o", "name"]);
     // the initial list arrives first
     eventually(30, || async { lines.lock().iter().any(|l| l.contains("kube-root-ca.crt")).then_some(()) })
         .await;
@@ -300,25 +282,7 @@ async fn heavy_kubectl_get_watch_sees_changes() {
     })
     .await;
     // the table form of --watch (server-side Table events)
-    let mut child2 = tokio::process::Command::new("kubectl")
-        .args(["get", "cm", "--watch-only"])
-        .env("KUBECONFIG", &s.kubeconfig)
-        .env("HOME", s.dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout2 = child2.stdout.take().unwrap();
-    let lines2 = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
-    let l3 = lines2.clone();
-    tokio::spawn(async move {
-        use tokio::io::AsyncBufReadExt;
-        let mut r = tokio::io::BufReader::new(stdout2).lines();
-        while let Ok(Some(l)) = r.next_line().await {
-            l3.lock().push(l);
-        }
-    });
+    let (mut child2, lines2) = s.kubectl_lines(&["get", "cm", "--watch-only"]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut i = 0;
     eventually(30, || {

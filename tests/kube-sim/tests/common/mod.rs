@@ -3,9 +3,11 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube_sim::{KubeSim, SimConfig};
+use parking_lot::Mutex;
 use serde_json::Value;
 
 pub struct Sim {
@@ -37,6 +39,18 @@ impl Sim {
         Sim { sim, dir, kubeconfig, http }
     }
 
+    /// kubectl against this simulator (its kubeconfig, a private HOME), stdout
+    /// piped, killed when dropped.
+    fn kubectl_command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("kubectl");
+        cmd.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
     /// Run kubectl (60 s deadline); returns (exit code, stdout, stderr).
     pub async fn kubectl(&self, args: &[&str]) -> (i32, String, String) {
         self.kubectl_stdin(args, None).await
@@ -44,15 +58,12 @@ impl Sim {
 
     pub async fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
         use tokio::io::AsyncWriteExt;
-        let mut cmd = tokio::process::Command::new("kubectl");
-        cmd.args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.dir.path())
+        let mut child = self
+            .kubectl_command(args)
             .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
-            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("kubectl runs");
+            .spawn()
+            .expect("kubectl runs");
         if let Some(s) = stdin {
             let mut i = child.stdin.take().expect("stdin");
             i.write_all(s.as_bytes()).await.expect("write stdin");
@@ -67,6 +78,24 @@ impl Sim {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// A long-running kubectl (`get --watch`): the child (killed on drop) and
+    /// the stdout lines it has printed so far, collected by a background task.
+    pub fn kubectl_lines(&self, args: &[&str]) -> (tokio::process::Child, Arc<Mutex<Vec<String>>>) {
+        let mut child =
+            self.kubectl_command(args).stderr(std::process::Stdio::null()).spawn().expect("kubectl runs");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut r = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                sink.lock().push(l);
+            }
+        });
+        (child, lines)
     }
 
     /// kubectl that must succeed; returns stdout.
