@@ -18,11 +18,12 @@ use anyhow::{Context, anyhow, bail};
 use convoy_agent::bundle::{load_manifests, verify_all};
 use convoy_agent::engine::{ApplyOptions, Engine};
 use convoy_artifact::{Limits, SigningKey, Statement, TrustedKeys};
+use convoy_bench::hubproc::Creds;
 use convoy_bench::report::{Measurement, median};
 use convoy_proto::v1 as pb;
 use kube_sim::{KubeSim, SimConfig};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Endpoint;
 
 use crate::Ctx;
 
@@ -360,15 +361,6 @@ fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Creds {
-    hub: String,
-    ca: String,
-    cert: String,
-    key: String,
-}
-
 async fn memory(
     dir: &Path,
     agent_bin: &Path,
@@ -405,20 +397,8 @@ async fn memory(
     );
     let data = cfg.parent().unwrap_or(dir).join("data");
     let creds_file = data.join("admin-credentials.yaml");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !creds_file.exists() {
-        if Instant::now() > deadline {
-            bail!("the hub did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let creds: Creds = serde_saphyr::from_str(&std::fs::read_to_string(&creds_file)?)?;
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&creds.ca))
-        .domain_name("localhost")
-        .identity(Identity::from_pem(&creds.cert, &creds.key));
-    let ch = Endpoint::from_shared(creds.hub.clone())?.tls_config(tls)?.connect().await?;
+    let creds = Creds::wait_for(&creds_file).await?;
+    let ch = Endpoint::from_shared(creds.hub.clone())?.tls_config(creds.admin_tls())?.connect().await?;
     let mut fleet = pb::fleet_client::FleetClient::new(ch);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

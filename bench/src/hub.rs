@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
+use convoy_bench::hubproc::{Creds, hub_tls};
 use convoy_bench::report::{Measurement, median, percentile};
 use convoy_proto::v1 as pb;
 use convoy_proto::v1::agent_message::Msg as In;
@@ -21,7 +22,7 @@ use convoy_proto::v1::hub_message::Msg as Out;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::Ctx;
 
@@ -134,15 +135,6 @@ fn convoy_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Creds {
-    hub: String,
-    ca: String,
-    cert: String,
-    key: String,
-}
-
 /// One simulated agent's shared state.
 #[derive(Default)]
 struct AgentState {
@@ -166,14 +158,6 @@ struct Load {
     registrar: pb::registration_client::RegistrationClient<Channel>,
     token: String,
     agents: Vec<Agent>,
-}
-
-fn tls(ca: &str, identity: Option<(&str, &str)>) -> ClientTlsConfig {
-    let mut t = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
-    if let Some((c, k)) = identity {
-        t = t.identity(Identity::from_pem(c, k));
-    }
-    t
 }
 
 impl Load {
@@ -206,7 +190,7 @@ impl Load {
                         .await?
                         .into_inner();
                     let ch = Endpoint::from_shared(endpoint)?
-                        .tls_config(tls(&ca, Some((&r.certificate_pem, &key.serialize_pem()))))?
+                        .tls_config(hub_tls(&ca, Some((&r.certificate_pem, &key.serialize_pem()))))?
                         .initial_stream_window_size(Some(1 << 20))
                         .initial_connection_window_size(Some(2 << 20))
                         .connect()
@@ -534,18 +518,8 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     );
     let pid = hub.0.id();
     let creds_file = dir.join("data/admin-credentials.yaml");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !creds_file.exists() {
-        if Instant::now() > deadline {
-            bail!("the hub did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let creds: Creds = serde_saphyr::from_str(&std::fs::read_to_string(&creds_file)?)?;
-    let admin_ch = Endpoint::from_shared(creds.hub.clone())?
-        .tls_config(tls(&creds.ca, Some((&creds.cert, &creds.key))))?
-        .connect()
-        .await?;
+    let creds = Creds::wait_for(&creds_file).await?;
+    let admin_ch = Endpoint::from_shared(creds.hub.clone())?.tls_config(creds.admin_tls())?.connect().await?;
     let mut fleet = pb::fleet_client::FleetClient::new(admin_ch);
     // Wait for the first builds.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -568,7 +542,7 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss0 = rss_kib(pid)?;
     let registrar = pb::registration_client::RegistrationClient::new(
-        Endpoint::from_shared(creds.hub.clone())?.tls_config(tls(&creds.ca, None))?.connect().await?,
+        Endpoint::from_shared(creds.hub.clone())?.tls_config(hub_tls(&creds.ca, None))?.connect().await?,
     );
     let mut load =
         Load { endpoint: creds.hub.clone(), ca: creds.ca.clone(), registrar, token, agents: Vec::new() };

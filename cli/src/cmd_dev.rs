@@ -18,6 +18,7 @@ use comfy_table::{Table, presets::NOTHING};
 use convoy_agent::{Agent, AgentConfig, KubeSource, RunningAgent};
 use convoy_core::duration::HumanDuration;
 use convoy_core::pipeline::BundleBuildState;
+use convoy_core::status::Phase;
 use convoy_hub::{Hub, HubConfig, HubHandle, HubOptions};
 use convoy_proto::v1 as pb;
 use kube_sim::{KubeSim, SimConfig};
@@ -269,18 +270,9 @@ impl DevFleet {
         std::fs::write(fleet_dir.join("bundles.yaml"), embedded::BUNDLES_YAML)?;
         let cfg = HubConfig::from_file(&hub_config)?;
         let hub = Hub::start(cfg, HubOptions::default()).await.context("start the hub")?;
-        let admin = connect(&Conn {
-            credentials: Some(hub.admin.file.clone()),
-            hub: None,
-            ca: None,
-            cert: None,
-            key: None,
-            admin_token: None,
-            server_name: None,
-            timeout: HumanDuration::from_secs(10),
-        })
-        .await
-        .map_err(|f| anyhow::anyhow!("connect to the hub: {}", f.message))?;
+        let admin = connect(&Conn::from_credentials(hub.admin.file.clone(), HumanDuration::from_secs(10)))
+            .await
+            .map_err(|f| anyhow::anyhow!("connect to the hub: {}", f.message))?;
 
         let mut fleet = DevFleet {
             dir: dir.to_path_buf(),
@@ -606,15 +598,11 @@ fn ready_at(c: &pb::ClusterBundleStatus, generation: u64) -> bool {
     c.phase == pb::Phase::Ready as i32 && c.status.as_ref().is_some_and(|s| s.generation == generation)
 }
 
+/// A cell's phase; "Waiting" before the cluster has reported anything.
 fn phase_name(p: i32) -> &'static str {
-    match pb::Phase::try_from(p).unwrap_or(pb::Phase::Unspecified) {
-        pb::Phase::Unspecified => "Waiting",
-        pb::Phase::Pending => "Pending",
-        pb::Phase::Reconciling => "Reconciling",
-        pb::Phase::Ready => "Ready",
-        pb::Phase::NotReady => "NotReady",
-        pb::Phase::Stalled => "Stalled",
-        pb::Phase::Suspended => "Suspended",
+    match convoy_proto::convert::phase_from_pb(p) {
+        Phase::Unknown => "Waiting",
+        p => p.as_str(),
     }
 }
 

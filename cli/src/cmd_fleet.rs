@@ -50,6 +50,22 @@ pub struct Conn {
     pub timeout: HumanDuration,
 }
 
+impl Conn {
+    /// Everything from a hub-written credentials file.
+    pub fn from_credentials(file: PathBuf, timeout: HumanDuration) -> Self {
+        Conn {
+            credentials: Some(file),
+            hub: None,
+            ca: None,
+            cert: None,
+            key: None,
+            admin_token: None,
+            server_name: None,
+            timeout,
+        }
+    }
+}
+
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -482,15 +498,7 @@ fn age(unix_ms: i64) -> String {
 }
 
 fn phase_name(p: i32) -> &'static str {
-    match pb::Phase::try_from(p).unwrap_or(pb::Phase::Unspecified) {
-        pb::Phase::Unspecified => "Unknown",
-        pb::Phase::Pending => "Pending",
-        pb::Phase::Reconciling => "Reconciling",
-        pb::Phase::Ready => "Ready",
-        pb::Phase::NotReady => "NotReady",
-        pb::Phase::Stalled => "Stalled",
-        pb::Phase::Suspended => "Suspended",
-    }
+    convoy_proto::convert::phase_from_pb(p).as_str()
 }
 
 fn severity_name(s: i32) -> &'static str {

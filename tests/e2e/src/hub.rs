@@ -149,16 +149,8 @@ impl HubRunner {
 
     /// An operator client (admin certificate from the credentials file).
     pub async fn admin(&self) -> Result<FleetClient> {
-        let conn = Conn {
-            credentials: Some(self.credentials()),
-            hub: None,
-            ca: None,
-            cert: None,
-            key: None,
-            admin_token: None,
-            server_name: None,
-            timeout: convoy_core::duration::HumanDuration::from_secs(5),
-        };
+        let conn =
+            Conn::from_credentials(self.credentials(), convoy_core::duration::HumanDuration::from_secs(5));
         connect(&conn).await.map_err(|f| anyhow::anyhow!("connect to the hub: {}", f.message))
     }
 
