@@ -10,7 +10,7 @@
 //!   the real `convoy hub` binary, sampled from /proc while it applies the
 //!   bundle (VmHWM) and once it is idle (VmRSS).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use anyhow::{Context, anyhow, bail};
 use convoy_agent::bundle::{load_manifests, verify_all};
 use convoy_agent::engine::{ApplyOptions, Engine};
 use convoy_artifact::{Limits, SigningKey, Statement, TrustedKeys};
-use convoy_bench::hubproc::Creds;
+use convoy_bench::hubproc::{Creds, workspace_binary};
 use convoy_bench::report::{Measurement, median};
 use convoy_proto::v1 as pb;
 use kube_sim::{KubeSim, SimConfig};
@@ -47,24 +47,6 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// A workspace binary next to this one (built with the same profile if missing).
-fn binary(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.parent().ok_or_else(|| anyhow!("no exe dir"))?.join(bin);
-    if !path.exists() {
-        let release = exe.to_string_lossy().contains("/release/");
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "-p", package, "--bin", bin]);
-        if release {
-            cmd.arg("--release");
-        }
-        if !cmd.status()?.success() {
-            bail!("cannot build {bin}");
-        }
-    }
-    Ok(path)
 }
 
 async fn sim() -> anyhow::Result<KubeSim> {
@@ -107,7 +89,7 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     let rounds = if ctx.quick { 3 } else { 7 };
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    let agent_bin = binary("convoy-agent", "convoy-agent")?;
+    let agent_bin = workspace_binary("convoy-agent", "convoy-agent", Some("agent"))?;
     let manifests = ctx.corpus.join("argo-cd/manifests");
     let install = manifests.join("install.yaml");
     let key = SigningKey::generate()?;
@@ -367,7 +349,7 @@ async fn memory(
     manifests: &Path,
     quick: bool,
 ) -> anyhow::Result<Vec<Measurement>> {
-    let convoy = binary("convoy-cli", "convoy")?;
+    let convoy = workspace_binary("convoy-cli", "convoy", None)?;
     let repo = dir.join("repo");
     std::fs::create_dir_all(repo.join("argo"))?;
     std::fs::copy(manifests.join("install.yaml"), repo.join("argo/install.yaml"))?;

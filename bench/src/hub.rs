@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
-use convoy_bench::hubproc::{Creds, hub_tls};
+use convoy_bench::hubproc::{Creds, hub_tls, workspace_binary};
 use convoy_bench::report::{Measurement, median, percentile};
 use convoy_proto::v1 as pb;
 use convoy_proto::v1::agent_message::Msg as In;
@@ -116,23 +116,6 @@ fn write_app(repo: &Path, n: u64) -> anyhow::Result<()> {
         ),
     )?;
     Ok(())
-}
-
-fn convoy_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().ok_or_else(|| anyhow!("no exe dir"))?.join("convoy");
-    if !bin.exists() {
-        let profile_release = exe.to_string_lossy().contains("/release/");
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "-p", "convoy-cli", "--bin", "convoy"]);
-        if profile_release {
-            cmd.arg("--release");
-        }
-        if !cmd.status()?.success() {
-            bail!("cannot build the convoy binary");
-        }
-    }
-    Ok(bin)
 }
 
 /// One simulated agent's shared state.
@@ -496,7 +479,7 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let repo = make_repo(dir)?;
-    let convoy = convoy_binary()?;
+    let convoy = workspace_binary("convoy-cli", "convoy", None)?;
     let cfg = dir.join("hub.yaml");
     std::fs::write(
         &cfg,

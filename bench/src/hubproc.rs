@@ -1,11 +1,39 @@
-//! Talking to a `convoy hub` process a benchmark started: its admin
-//! credentials file and TLS settings for the hub's gRPC port.
+//! The workspace binaries a benchmark runs (`convoy`, `convoy-agent`), and
+//! talking to a `convoy hub` process it started: its admin credentials file
+//! and TLS settings for the hub's gRPC port.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{anyhow, bail};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+/// A workspace binary built (or brought up to date: cargo does nothing when
+/// it is) with the benchmark's own profile, or with `profile` when the
+/// benchmark runs optimized, so a benchmark never measures a stale binary.
+pub fn workspace_binary(package: &str, bin: &str, profile: Option<&str>) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().ok_or_else(|| anyhow!("no exe dir"))?;
+    let release = exe.to_string_lossy().contains("/release/");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    let path = match (release, profile) {
+        (true, Some(p)) => {
+            cmd.args(["--profile", p]);
+            dir.parent().ok_or_else(|| anyhow!("no target dir"))?.join(p).join(bin)
+        }
+        (true, None) => {
+            cmd.arg("--release");
+            dir.join(bin)
+        }
+        (false, _) => dir.join(bin),
+    };
+    if !cmd.status()?.success() {
+        bail!("cannot build {bin}");
+    }
+    Ok(path)
+}
 
 /// The admin credentials a hub writes to `<dataDir>/admin-credentials.yaml`.
 #[derive(Debug, Clone, serde::Deserialize)]
