@@ -267,7 +267,7 @@ async fn heavy_refuses_wrong_key_replay_tamper_and_broken_yaml_keeping_the_appli
     // A broken YAML document: refused whole, naming file and document.
     let broken =
         format!("{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: [x\n", configmap("b", "5"));
-    let raw = raw_targz(&[("ok.yaml", configmap("c", "5")), ("bad.yaml", broken)]);
+    let raw = raw_targz(&[("ok.yaml", &configmap("c", "5")), ("bad.yaml", &broken)]);
     env.hub.set_desired(vec![signed_deployment(&env.hub, &env.key, "app", 5, raw, opts("apps"))]);
     let st = stalled(5, "ManifestInvalid").await;
     assert!(st.message.contains("bad.yaml") && st.message.contains("document 1"), "{}", st.message);
@@ -634,19 +634,4 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
-}
-
-fn raw_targz(files: &[(&str, String)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, content) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, path, content.as_bytes()).unwrap();
-    }
-    let tar = b.into_inner().unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    std::io::Write::write_all(&mut gz, &tar).unwrap();
-    gz.finish().unwrap()
 }
