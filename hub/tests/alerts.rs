@@ -132,20 +132,10 @@ fn hmac_hex(key: &[u8], body: &[u8]) -> String {
 // Hub and agents
 // ---------------------------------------------------------------------------
 
-const SOURCES: &str = r#"
-apiVersion: convoy.dev/v1
-kind: GitSource
-metadata: {name: repo}
-spec: {url: "https://git.example/fleet.git"}
----
-apiVersion: convoy.dev/v1
-kind: Bundle
-metadata: {name: web}
-spec:
-  source: repo
-  path: web
-  targets: [{clusterSelector: {matchLabels: {env: prod}}}]
----
+/// `repo` and `web`, `db` on cluster c2, and `all` everywhere.
+const SOURCES: &str = concat!(
+    repo_and_web!(),
+    r#"---
 apiVersion: convoy.dev/v1
 kind: Bundle
 metadata: {name: db}
@@ -161,7 +151,8 @@ spec:
   source: repo
   path: all
   targets: [{clusterSelector: {}}]
-"#;
+"#
+);
 
 fn provider(name: &str, type_: &str, extra: &str) -> String {
     format!(

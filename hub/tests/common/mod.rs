@@ -23,7 +23,12 @@ pub fn init() {
     let _ = tracing_subscriber::fmt().with_env_filter("warn,convoy_hub=info").with_test_writer().try_init();
 }
 
-pub const FLEET: &str = r#"
+/// The GitSource `repo` and the Bundle `web` (clusters labelled env=prod)
+/// every test fleet starts with; a macro so that fleets can `concat!` it.
+#[macro_export]
+macro_rules! repo_and_web {
+    () => {
+        r#"
 apiVersion: convoy.dev/v1
 kind: GitSource
 metadata: {name: repo}
@@ -36,7 +41,14 @@ spec:
   source: repo
   path: web
   targets: [{clusterSelector: {matchLabels: {env: prod}}}]
----
+"#
+    };
+}
+
+/// `repo`, `web`, and `db` on cluster c2 after `web`.
+pub const FLEET: &str = concat!(
+    repo_and_web!(),
+    r#"---
 apiVersion: convoy.dev/v1
 kind: Bundle
 metadata: {name: db}
@@ -45,7 +57,8 @@ spec:
   path: db
   dependsOn: [web]
   targets: [{clusterName: c2}]
-"#;
+"#
+);
 
 pub fn fleet(text: &str) -> FleetConfig {
     FleetConfig::parse([("fleet.yaml", text)]).unwrap()
