@@ -239,7 +239,10 @@ impl DevFleet {
         // The git repository.
         let repo = dir.join("fleet");
         std::fs::create_dir_all(&repo)?;
-        create_repo(&repo).context("create the example repository")?;
+        let r = repo.clone();
+        tokio::task::spawn_blocking(move || create_repo(&r))
+            .await?
+            .context("create the example repository")?;
 
         // The hub: a config file like any other, with the fleet in a directory.
         let hub_dir = dir.join("hub");
