@@ -230,6 +230,22 @@ impl EventFilter {
 mod tests {
     use super::*;
 
+    #[test]
+    fn status_records_keep_their_flat_stored_form() {
+        // as hubs before the shared BundleStatus stored it: one flat object
+        let stored = r#"{"bundle":"web","generation":3,"revision":"main@sha1:ab","digest":"sha256:cd",
+            "phase":"Ready","conditions":[],"objects":{"total":2,"ready":2,"created":0,"configured":0,
+            "unchanged":2,"pruned":0,"drift_corrected":0,"drifted":0},"message":"ok","apply_duration_ms":5,
+            "ready_duration_ms":9,"observed_unix_ms":11,"applied_generation":3,
+            "applied_revision":"main@sha1:ab","updated_unix_ms":12}"#;
+        let r: StatusRecord = serde_json::from_str(stored).unwrap();
+        assert_eq!(r.status.bundle, "web");
+        assert_eq!(r.status.objects.unchanged, 2);
+        assert_eq!(r.updated_unix_ms, 12);
+        let again: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(again, serde_json::from_str::<serde_json::Value>(stored).unwrap());
+    }
+
     fn st(b: &str) -> OutboxEntry {
         OutboxEntry::Status(StatusRecord {
             status: BundleStatus { bundle: b.into(), ..Default::default() },
