@@ -11,14 +11,14 @@
 //!   bundle (VmHWM) and once it is idle (VmRSS).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use convoy_agent::bundle::{load_manifests, verify_all};
 use convoy_agent::engine::{ApplyOptions, Engine};
 use convoy_artifact::{Limits, SigningKey, Statement, TrustedKeys};
-use convoy_bench::hubproc::{Creds, workspace_binary};
+use convoy_bench::hubproc::{Kill, start_hub, workspace_binary};
 use convoy_bench::report::{Measurement, median};
 use convoy_proto::v1 as pb;
 use kube_sim::{KubeSim, SimConfig};
@@ -38,15 +38,6 @@ pub fn run(
     ctx: Ctx,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Vec<Measurement>>>>> {
     Box::pin(run_inner(ctx))
-}
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 async fn sim() -> anyhow::Result<KubeSim> {
@@ -358,28 +349,9 @@ async fn memory(
     git(&repo, &["commit", "-q", "-m", "argo-cd"])?;
     let hub_dir = dir.join("hub");
     std::fs::create_dir_all(&hub_dir)?;
-    let cfg = hub_dir.join("hub.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "apiVersion: convoy.dev/v1\nkind: HubConfig\nspec:\n  dataDir: data\n  grpc: {{listen: \"127.0.0.1:0\"}}\n  http: {{listen: \"127.0.0.1:0\"}}\n  metrics: {{listen: \"127.0.0.1:0\"}}\n\
----\napiVersion: convoy.dev/v1\nkind: GitSource\nmetadata: {{name: repo}}\nspec: {{url: \"{r}\", interval: 1h}}\n\
----\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: argo-cd}}\nspec: {{source: repo, path: argo, targetNamespace: argocd, targets: [{{clusterSelector: {{}}}}]}}\n",
-            r = repo.display()
-        ),
-    )?;
-    let _hub = Kill(
-        Command::new(&convoy)
-            .args(["hub", "--config"])
-            .arg(&cfg)
-            .current_dir(&hub_dir)
-            .env("CONVOY_LOG", "warn")
-            .spawn()
-            .context("start convoy hub")?,
-    );
-    let data = cfg.parent().unwrap_or(dir).join("data");
-    let creds_file = data.join("admin-credentials.yaml");
-    let creds = Creds::wait_for(&creds_file).await?;
+    let bundle = "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {name: argo-cd}\nspec: {source: repo, path: argo, targetNamespace: argocd, targets: [{clusterSelector: {}}]}\n";
+    let (_hub, creds) = start_hub(&convoy, &hub_dir, &repo.display().to_string(), bundle).await?;
+    let data = hub_dir.join("data");
     let ch = Endpoint::from_shared(creds.hub.clone())?.tls_config(creds.admin_tls())?.connect().await?;
     let mut fleet = pb::fleet_client::FleetClient::new(ch);
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
-use convoy_bench::hubproc::{Creds, hub_tls, workspace_binary};
+use convoy_bench::hubproc::{hub_tls, start_hub, workspace_binary};
 use convoy_bench::report::{Measurement, median, percentile};
 use convoy_proto::v1 as pb;
 use convoy_proto::v1::agent_message::Msg as In;
@@ -54,15 +54,6 @@ fn rss_kib(pid: u32) -> anyhow::Result<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = s.lines().find(|l| l.starts_with("VmRSS:")).ok_or_else(|| anyhow!("no VmRSS"))?;
     Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
-}
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -480,28 +471,10 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     let dir = tmp.path();
     let repo = make_repo(dir)?;
     let convoy = workspace_binary("convoy-cli", "convoy", None)?;
-    let cfg = dir.join("hub.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "apiVersion: convoy.dev/v1\nkind: HubConfig\nspec:\n  dataDir: data\n  grpc: {{listen: \"127.0.0.1:0\"}}\n  http: {{listen: \"127.0.0.1:0\"}}\n  metrics: {{listen: \"127.0.0.1:0\"}}\n\
----\napiVersion: convoy.dev/v1\nkind: GitSource\nmetadata: {{name: repo}}\nspec: {{url: \"{r}\", interval: 1h}}\n\
----\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: app}}\nspec: {{source: repo, path: app, targets: [{{clusterSelector: {{}}}}]}}\n\
----\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: big}}\nspec: {{source: repo, path: big, targets: [{{clusterSelector: {{matchLabels: {{dl: \"yes\"}}}}}}]}}\n",
-            r = repo.display()
-        ),
-    )?;
-    let hub = Kill(
-        Command::new(&convoy)
-            .args(["hub", "--config"])
-            .arg(&cfg)
-            .env("CONVOY_LOG", "warn")
-            .spawn()
-            .context("start convoy hub")?,
-    );
+    let bundles = "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {name: app}\nspec: {source: repo, path: app, targets: [{clusterSelector: {}}]}\n\
+---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {name: big}\nspec: {source: repo, path: big, targets: [{clusterSelector: {matchLabels: {dl: \"yes\"}}}]}\n";
+    let (hub, creds) = start_hub(&convoy, dir, &repo.display().to_string(), bundles).await?;
     let pid = hub.0.id();
-    let creds_file = dir.join("data/admin-credentials.yaml");
-    let creds = Creds::wait_for(&creds_file).await?;
     let admin_ch = Endpoint::from_shared(creds.hub.clone())?.tls_config(creds.admin_tls())?.connect().await?;
     let mut fleet = pb::fleet_client::FleetClient::new(admin_ch);
     // Wait for the first builds.

@@ -3,10 +3,10 @@
 //! and TLS settings for the hub's gRPC port.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use anyhow::{Context, anyhow, bail};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// A workspace binary built (or brought up to date: cargo does nothing when
@@ -33,6 +33,48 @@ pub fn workspace_binary(package: &str, bin: &str, profile: Option<&str>) -> anyh
         bail!("cannot build {bin}");
     }
     Ok(path)
+}
+
+/// A child process, killed and reaped when dropped.
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `convoy` (the binary) as a hub in `dir`: `dir/hub.yaml` with
+/// loopback listeners on free ports, data in `dir/data`, the GitSource `repo`
+/// at `repo_url` polled hourly (so only webhooks and Reconcile fetch), then
+/// `bundles` (Bundle documents, each starting with `---`). Returns the
+/// process and its admin credentials once the hub has written them.
+pub async fn start_hub(
+    convoy: &Path,
+    dir: &Path,
+    repo_url: &str,
+    bundles: &str,
+) -> anyhow::Result<(Kill, Creds)> {
+    let cfg = dir.join("hub.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "apiVersion: convoy.dev/v1\nkind: HubConfig\nspec:\n  dataDir: data\n  grpc: {{listen: \"127.0.0.1:0\"}}\n  http: {{listen: \"127.0.0.1:0\"}}\n  metrics: {{listen: \"127.0.0.1:0\"}}\n\
+---\napiVersion: convoy.dev/v1\nkind: GitSource\nmetadata: {{name: repo}}\nspec: {{url: \"{repo_url}\", interval: 1h}}\n{bundles}"
+        ),
+    )?;
+    let hub = Kill(
+        Command::new(convoy)
+            .args(["hub", "--config"])
+            .arg(&cfg)
+            .current_dir(dir)
+            .env("CONVOY_LOG", "warn")
+            .spawn()
+            .context("start convoy hub")?,
+    );
+    let creds = Creds::wait_for(&dir.join("data/admin-credentials.yaml")).await?;
+    Ok((hub, creds))
 }
 
 /// The admin credentials a hub writes to `<dataDir>/admin-credentials.yaml`.
