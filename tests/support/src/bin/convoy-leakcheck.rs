@@ -1,0 +1,22 @@
+//! `convoy-leakcheck [MARKER]`: the guard at the end of `scripts/test.sh`
+//! and of the benchmark runner. Lists every live process that carries the
+//! run marker (`CONVOY_TEST_RUN`, default: this environment's value), except
+//! itself and its ancestors, kills them, and exits 1 if there was any.
+
+fn main() {
+    let marker = std::env::args().nth(1).or_else(|| std::env::var(convoy_testsupport::MARKER_VAR).ok());
+    let Some(marker) = marker.filter(|m| !m.is_empty()) else {
+        eprintln!("convoy-leakcheck: no marker (pass one, or set {})", convoy_testsupport::MARKER_VAR);
+        std::process::exit(2);
+    };
+    let found = convoy_testsupport::reap_leaks(&marker);
+    if found.is_empty() {
+        println!("leak check: no process of run {marker} is left");
+        return;
+    }
+    eprintln!("leak check: {} process(es) of run {marker} outlived it (now killed):", found.len());
+    for p in &found {
+        eprintln!("  {p}");
+    }
+    std::process::exit(1);
+}
