@@ -1,8 +1,29 @@
 #!/usr/bin/env bash
 # The whole test suite: set-up, format and lint gates, then every test.
 # This is the README's test command, and .ci/run calls exactly this.
+#
+# Leak guard: every process of this run inherits CONVOY_TEST_RUN=<id>. When
+# the script ends (passed, failed or interrupted), convoy-leakcheck lists
+# every process still carrying it, kills them and fails the run if there was
+# any (see docs/reliability.md, "Test hygiene").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+export CONVOY_TEST_RUN="${CONVOY_TEST_RUN:-$(cat /proc/sys/kernel/random/uuid)}"
+
+leak_guard() {
+  local status=$?
+  trap - EXIT INT TERM
+  echo "== leak check (run $CONVOY_TEST_RUN)"
+  if ! cargo run --quiet --locked -p convoy-testsupport --bin convoy-leakcheck -- "$CONVOY_TEST_RUN"; then
+    echo "test.sh: processes started by the suite outlived it (listed above)" >&2
+    [ "$status" -ne 0 ] || status=1
+  fi
+  exit "$status"
+}
+trap leak_guard EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 ./scripts/setup.sh
 

@@ -381,25 +381,27 @@ async fn memory(
     let kc = dir.join("kubeconfig-memory");
     sim.write_kubeconfig(&kc)?;
     let mut agent = Kill(
-        Command::new(agent_bin)
-            .arg("run")
-            .args(["--hub-address", &creds.hub])
-            .arg("--hub-ca")
-            .arg(data.join("ca.crt"))
-            .arg("--token-file")
-            .arg(&token_file)
-            .args(["--cluster-name", "bench"])
-            .arg("--trusted-key")
-            .arg(data.join("signing.pub"))
-            .arg("--kubeconfig")
-            .arg(&kc)
-            .arg("--state-dir")
-            .arg(dir.join("agent-state"))
-            .args(["--metrics-address", "127.0.0.1:0"])
-            .env("CONVOY_LOG", "warn")
-            .env_remove("CONVOY_TRUSTED_KEYS")
-            .spawn()
-            .context("start convoy-agent run")?,
+        convoy_testsupport::ProcessGuard::spawn(
+            "convoy-agent run",
+            Command::new(agent_bin)
+                .arg("run")
+                .args(["--hub-address", &creds.hub])
+                .arg("--hub-ca")
+                .arg(data.join("ca.crt"))
+                .arg("--token-file")
+                .arg(&token_file)
+                .args(["--cluster-name", "bench"])
+                .arg("--trusted-key")
+                .arg(data.join("signing.pub"))
+                .arg("--kubeconfig")
+                .arg(&kc)
+                .arg("--state-dir")
+                .arg(dir.join("agent-state"))
+                .args(["--metrics-address", "127.0.0.1:0"])
+                .env("CONVOY_LOG", "warn")
+                .env_remove("CONVOY_TRUSTED_KEYS"),
+        )
+        .context("start convoy-agent run")?,
     );
     let pid = agent.0.id();
     // Sample while it registers, downloads and applies; stop once the hub shows it Ready.

@@ -165,24 +165,28 @@ fn run_blocking(ctx: &Ctx) -> anyhow::Result<Vec<Measurement>> {
     Ok(out)
 }
 
+/// `git daemon`; its guard ends the `git` wrapper and the real
+/// `git-daemon` child (one process group) on drop, panic or Ctrl-C.
 struct GitDaemon {
-    child: std::process::Child,
+    _child: convoy_testsupport::ProcessGuard,
     port: u16,
 }
 
 impl GitDaemon {
     fn start(repo: &Path) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new("git")
-            .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", repo.display()))
-            .arg(repo)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("git daemon")?;
-        let d = GitDaemon { child, port };
+        let child = convoy_testsupport::ProcessGuard::spawn(
+            "git daemon",
+            Command::new("git")
+                .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+                .arg(format!("--port={port}"))
+                .arg(format!("--base-path={}", repo.display()))
+                .arg(repo)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .context("git daemon")?;
+        let d = GitDaemon { _child: child, port };
         let deadline = Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
@@ -191,13 +195,6 @@ impl GitDaemon {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         Ok(d)
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

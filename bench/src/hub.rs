@@ -8,7 +8,7 @@
 //!   pre-connected clients in the same run.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -323,26 +323,15 @@ async fn grpc_downloads(agents: &[Agent], digest: &str, size: u64) -> anyhow::Re
 }
 
 struct Nginx {
-    child: Child,
+    child: convoy_testsupport::ProcessGuard,
     port: u16,
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGTERM lets the master stop its workers (SIGKILL would orphan them).
-        // SAFETY: signalling our own child by pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGTERM lets the master stop its workers; whatever is left after
+        // 10 s (workers included: one process group) is killed by the guard.
+        let _ = self.child.stop(libc::SIGTERM, Duration::from_secs(10));
     }
 }
 
@@ -374,14 +363,12 @@ http {{\n  access_log off;\n  sendfile on;\n  keepalive_timeout 600s;\n  keepali
         .into_iter()
         .find(|p| Path::new(p).exists() || *p == "nginx")
         .unwrap_or("nginx");
-    let child = Command::new(nginx)
-        .args(["-p"])
-        .arg(&ng)
-        .arg("-c")
-        .arg(&conf_path)
-        .args(["-g", "daemon off;"])
-        .spawn()
-        .context("start nginx (scripts/setup.sh installs it)")?;
+    let mut child = convoy_testsupport::ProcessGuard::spawn(
+        "nginx",
+        Command::new(nginx).args(["-p"]).arg(&ng).arg("-c").arg(&conf_path).args(["-g", "daemon off;"]),
+    )
+    .context("start nginx (scripts/setup.sh installs it)")?;
+    child.watch_pid_file(ng.join("nginx.pid"));
     let nginx = Nginx { child, port };
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -3,10 +3,11 @@
 //! and TLS settings for the hub's gRPC port.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use convoy_testsupport::ProcessGuard;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// A workspace binary built (or brought up to date: cargo does nothing when
@@ -35,15 +36,9 @@ pub fn workspace_binary(package: &str, bin: &str, profile: Option<&str>) -> anyh
     Ok(path)
 }
 
-/// A child process, killed and reaped when dropped.
-pub struct Kill(pub Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// A child process: its [`ProcessGuard`] ends it and its process group
+/// when dropped, on panic and on Ctrl-C.
+pub struct Kill(pub ProcessGuard);
 
 /// Start `convoy` (the binary) as a hub in `dir`: `dir/hub.yaml` with
 /// loopback listeners on free ports, data in `dir/data`, the GitSource `repo`
@@ -65,13 +60,15 @@ pub async fn start_hub(
         ),
     )?;
     let hub = Kill(
-        Command::new(convoy)
-            .args(["hub", "--config"])
-            .arg(&cfg)
-            .current_dir(dir)
-            .env("CONVOY_LOG", "warn")
-            .spawn()
-            .context("start convoy hub")?,
+        ProcessGuard::spawn(
+            "convoy hub",
+            Command::new(convoy)
+                .args(["hub", "--config"])
+                .arg(&cfg)
+                .current_dir(dir)
+                .env("CONVOY_LOG", "warn"),
+        )
+        .context("start convoy hub")?,
     );
     let creds = Creds::wait_for(&dir.join("data/admin-credentials.yaml")).await?;
     Ok((hub, creds))

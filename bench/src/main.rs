@@ -54,6 +54,12 @@ const AREAS: &[(&str, AreaFn)] = &[
 ];
 
 fn main() -> ExitCode {
+    // The run marker, in this process's environment before any thread
+    // exists, so that every process the benchmarks start (guarded or not)
+    // inherits it and the leak check below finds whatever outlives them.
+    let marker = convoy_testsupport::run_marker();
+    // SAFETY: no other thread runs yet (the runtime is built below).
+    unsafe { std::env::set_var(convoy_testsupport::MARKER_VAR, marker) };
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let corpus = report::corpus_dir();
@@ -80,6 +86,19 @@ fn main() -> ExitCode {
         && let Err(e) = std::fs::write(&path, serde_json::to_vec_pretty(&all).unwrap_or_default())
     {
         eprintln!("cannot write {}: {e}", path.display());
+    }
+    drop(rt);
+    // The runner's leak guard: nothing a benchmark started may outlive it.
+    let leaks = convoy_testsupport::reap_leaks(marker);
+    if !leaks.is_empty() {
+        eprintln!(
+            "leak check: {} process(es) started by the benchmarks outlived them (now killed):",
+            leaks.len()
+        );
+        for p in &leaks {
+            eprintln!("  {p}");
+        }
+        failed = true;
     }
     if failed || all.iter().any(|m| m.pass == Some(false)) { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }

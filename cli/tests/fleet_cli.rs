@@ -2,7 +2,7 @@
 //! tables, JSON, exit codes) and one spawned with `convoy hub --config`.
 
 use std::path::Path;
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use convoy_core::config::FleetConfig;
@@ -131,14 +131,8 @@ async fn heavy_fleet_commands_print_tables_json_and_meaningful_exit_codes() {
     hub.shutdown().await.unwrap();
 }
 
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// The hub process; its guard ends it and its process group on drop, panic or Ctrl-C.
+struct Kill(convoy_testsupport::ProcessGuard);
 
 #[test]
 fn heavy_convoy_hub_serves_its_config_and_drains_on_sigterm() {
@@ -153,12 +147,14 @@ fn heavy_convoy_hub_serves_its_config_and_drains_on_sigterm() {
     )
     .unwrap();
     let mut child = Kill(
-        Command::new(env!("CARGO_BIN_EXE_convoy"))
-            .args(["hub", "--config"])
-            .arg(&cfg)
-            .env("CONVOY_LOG", "warn")
-            .spawn()
-            .unwrap(),
+        convoy_testsupport::ProcessGuard::spawn(
+            "convoy hub",
+            Command::new(env!("CARGO_BIN_EXE_convoy"))
+                .args(["hub", "--config"])
+                .arg(&cfg)
+                .env("CONVOY_LOG", "warn"),
+        )
+        .unwrap(),
     );
     let creds = dir.path().join("data/admin-credentials.yaml");
     let deadline = Instant::now() + Duration::from_secs(60);

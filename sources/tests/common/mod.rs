@@ -1,12 +1,16 @@
 //! Test fixtures: git repositories made with the git CLI, and real git
 //! servers (git daemon, nginx + fcgiwrap + git http-backend, sshd) on
-//! loopback ports, killed on drop.
+//! loopback ports, each owned by a [`ProcessGuard`] that ends it and its
+//! children (git-daemon, nginx workers, fcgiwrap's CGIs, sshd sessions) on
+//! drop, on panic and on Ctrl-C.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use convoy_testsupport::ProcessGuard;
 
 /// The shared real-world corpus.
 pub fn corpus() -> PathBuf {
@@ -129,7 +133,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-pub fn wait_port(port: u16, child: &mut Child, what: &str) {
+pub fn wait_port(port: u16, child: &mut ProcessGuard, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -143,35 +147,29 @@ pub fn wait_port(port: u16, child: &mut Child, what: &str) {
     panic!("{what} did not listen on {port} within 30s");
 }
 
-/// A child process killed (and reaped) on drop.
+/// Server processes, each ended with its process group on drop (before
+/// `dir`, which they serve from, is removed).
 pub struct Server {
-    pub children: Vec<Child>,
+    pub children: Vec<ProcessGuard>,
     pub port: u16,
     pub dir: Option<tempfile::TempDir>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// `git daemon` exporting every repository under `base`.
 pub fn git_daemon(base: &Path) -> Server {
     for _ in 0..3 {
         let port = free_port();
-        let mut child = Command::new("git")
-            .args(["daemon", "--reuseaddr", "--export-all", "--informative-errors", "--listen=127.0.0.1"])
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", base.display()))
-            .arg(base)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("git daemon starts");
+        let mut child = ProcessGuard::spawn(
+            "git daemon",
+            Command::new("git")
+                .args(["daemon", "--reuseaddr", "--export-all", "--informative-errors", "--listen=127.0.0.1"])
+                .arg(format!("--port={port}"))
+                .arg(format!("--base-path={}", base.display()))
+                .arg(base)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .expect("git daemon starts");
         std::thread::sleep(Duration::from_millis(100));
         if child.try_wait().unwrap().is_none() {
             wait_port(port, &mut child, "git daemon");
@@ -219,13 +217,15 @@ pub fn https_server(base: &Path, user: &str, password: &str) -> (Server, String)
         .unwrap();
     assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
     let sock = d.join("fcgi.sock");
-    let mut fcgi = Command::new("/usr/sbin/fcgiwrap")
-        .arg("-s")
-        .arg(format!("unix:{}", sock.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fcgiwrap starts");
+    let mut fcgi = ProcessGuard::spawn(
+        "fcgiwrap",
+        Command::new("/usr/sbin/fcgiwrap")
+            .arg("-s")
+            .arg(format!("unix:{}", sock.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("fcgiwrap starts");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !sock.exists() {
         assert!(Instant::now() < deadline, "fcgiwrap socket");
@@ -292,15 +292,18 @@ http {{
             sock = sock.display(),
         );
         std::fs::write(d.join("nginx.conf"), conf).unwrap();
-        let mut nginx = Command::new("/usr/sbin/nginx")
-            .arg("-p")
-            .arg(d)
-            .arg("-c")
-            .arg(d.join("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("nginx starts");
+        let mut nginx = ProcessGuard::spawn(
+            "nginx",
+            Command::new("/usr/sbin/nginx")
+                .arg("-p")
+                .arg(d)
+                .arg("-c")
+                .arg(d.join("nginx.conf"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        )
+        .expect("nginx starts");
+        nginx.watch_pid_file(d.join("nginx.pid"));
         std::thread::sleep(Duration::from_millis(150));
         if nginx.try_wait().unwrap().is_none() {
             wait_port(port, &mut nginx, "nginx");
@@ -352,13 +355,16 @@ pub fn ssh_server() -> Ssh {
             d = d.display()
         );
         std::fs::write(d.join("sshd_config"), conf).unwrap();
-        let mut child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sshd starts");
+        let mut child = ProcessGuard::spawn(
+            "sshd",
+            Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(d.join("sshd_config"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .expect("sshd starts");
+        child.watch_pid_file(d.join("sshd.pid"));
         std::thread::sleep(Duration::from_millis(150));
         if child.try_wait().unwrap().is_none() {
             wait_port(port, &mut child, "sshd");

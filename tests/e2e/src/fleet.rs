@@ -10,9 +10,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use convoy_cli::cmd_fleet::FleetClient;
 use convoy_proto::v1 as pb;
+use convoy_testsupport::TestDir;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use tempfile::TempDir;
 
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::git::{GitDaemon, GitRepo};
@@ -43,6 +43,8 @@ pub struct FleetOptions {
     pub files: Vec<(String, Vec<u8>)>,
     /// The Bundle documents (default: `examples/bundles.yaml`).
     pub bundles_yaml: String,
+    /// Put the hub's data dir on a tmpfs of this many bytes (full-disk scenarios).
+    pub hub_data_tmpfs: Option<u64>,
 }
 
 impl Default for FleetOptions {
@@ -56,6 +58,7 @@ impl Default for FleetOptions {
             poll_interval: "2s".into(),
             files: crate::examples::fleet_files(),
             bundles_yaml: crate::examples::bundles_yaml(),
+            hub_data_tmpfs: None,
         }
     }
 }
@@ -71,8 +74,6 @@ pub fn default_clusters() -> Vec<ClusterSpec> {
 
 /// A running fleet.
 pub struct Fleet {
-    /// Everything lives under this directory (removed on drop).
-    pub dir: TempDir,
     /// The working repository (commit here, then [`Fleet::push`]).
     pub repo: GitRepo,
     /// The git server the hub fetches from.
@@ -86,13 +87,17 @@ pub struct Fleet {
     webhook_secret: String,
     admin: FleetClient,
     http: reqwest::Client,
+    /// Everything lives under this directory: removed on drop, or kept (its
+    /// path printed) when the test fails. Last, so that it outlives every
+    /// process serving from it.
+    pub dir: TestDir,
 }
 
 impl Fleet {
     /// Start everything; returns once every agent runs (not yet converged).
     pub async fn start(opts: FleetOptions) -> Result<Fleet> {
         crate::init();
-        let dir = tempfile::Builder::new().prefix("convoy-e2e-").tempdir()?;
+        let dir = TestDir::new("convoy-e2e-")?;
         let root = dir.path().to_path_buf();
         let repo =
             GitRepo::init_with_bare(&root.join("work/fleet"), &root.join("git/fleet.git"), &opts.files)?;
@@ -127,7 +132,7 @@ impl Fleet {
             None
         };
 
-        let hub = HubRunner::start(&hub_dir, opts.hub.clone()).await?;
+        let hub = HubRunner::start_with(&hub_dir, opts.hub.clone(), opts.hub_data_tmpfs).await?;
         let mut admin = hub.admin().await?;
         let mut clusters = Vec::new();
         for spec in &opts.clusters {
@@ -154,7 +159,6 @@ impl Fleet {
             clusters.push(c);
         }
         Ok(Fleet {
-            dir,
             repo,
             git,
             hub,
@@ -163,6 +167,7 @@ impl Fleet {
             webhook_secret,
             admin,
             http: reqwest::Client::new(),
+            dir,
         })
     }
 
@@ -338,6 +343,39 @@ impl Fleet {
             bail!("convoy {args:?} exited {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Wait (at most `secs`) until every agent is connected with an empty
+    /// outbox and the hub's stored events per (bundle, reason) equal what
+    /// the agent recorded (`convoy_agent_events_total`): nothing lost (hub
+    /// below agent) and nothing stored twice (hub above agent). Also checks
+    /// that stored event ids strictly increase. Panics with the difference.
+    pub async fn assert_hub_holds_what_agents_sent(&self, secs: u64) {
+        for c in &self.clusters {
+            let mut last = (BTreeMap::new(), BTreeMap::new());
+            let r = tokio::time::timeout(Duration::from_secs(secs), async {
+                loop {
+                    if c.agent_connected()
+                        && c.outbox_depth() == 0
+                        && let Ok(evs) = self.events(&c.name).await
+                    {
+                        let hub = event_counts(&evs);
+                        let agent = c.agent_event_counts();
+                        if hub == agent && !agent.is_empty() {
+                            return evs;
+                        }
+                        last = (hub, agent);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await;
+            let evs = r.unwrap_or_else(|_| {
+                panic!("{}: hub events {:?} != agent events {:?} after {secs} s", c.name, last.0, last.1)
+            });
+            let ids: Vec<u64> = evs.iter().map(|e| e.id).collect();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "{}: event ids {ids:?}", c.name);
+        }
     }
 
     /// Stop agents, hub, simulators and the git server.

@@ -4,10 +4,11 @@
 //! fetches with gix, never with the git CLI).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use convoy_testsupport::ProcessGuard;
 
 /// Run git in `dir` isolated from the machine's git config, with a fixed
 /// identity; returns trimmed stdout.
@@ -125,9 +126,11 @@ impl GitRepo {
     }
 }
 
-/// `git daemon` exporting every repository under a base directory; killed on drop.
+/// `git daemon` exporting every repository under a base directory. Its
+/// [`ProcessGuard`] ends the `git` wrapper and the real `git-daemon` it
+/// runs (one process group) on drop, on panic and on Ctrl-C.
 pub struct GitDaemon {
-    child: Child,
+    _guard: ProcessGuard,
     /// The port it listens on (127.0.0.1).
     pub port: u16,
 }
@@ -137,27 +140,33 @@ impl GitDaemon {
     pub fn start(base: &Path) -> Result<GitDaemon> {
         for _ in 0..5 {
             let port = crate::free_port();
-            let mut child = Command::new("git")
-                .args(["daemon", "--reuseaddr", "--export-all", "--informative-errors", "--listen=127.0.0.1"])
-                .arg(format!("--port={port}"))
-                .arg(format!("--base-path={}", base.display()))
-                .arg(base)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("start git daemon (is git installed?)")?;
+            let mut child = ProcessGuard::spawn(
+                "git daemon",
+                Command::new("git")
+                    .args([
+                        "daemon",
+                        "--reuseaddr",
+                        "--export-all",
+                        "--informative-errors",
+                        "--listen=127.0.0.1",
+                    ])
+                    .arg(format!("--port={port}"))
+                    .arg(format!("--base-path={}", base.display()))
+                    .arg(base)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )
+            .context("start git daemon (is git installed?)")?;
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if child.try_wait()?.is_some() {
                     break; // port taken: try another
                 }
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Ok(GitDaemon { child, port });
+                    return Ok(GitDaemon { _guard: child, port });
                 }
                 if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
                     bail!("git daemon did not listen on port {port}");
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -169,12 +178,5 @@ impl GitDaemon {
     /// The URL of repository `name` (a directory under the base).
     pub fn url(&self, name: &str) -> String {
         format!("git://127.0.0.1:{}/{name}", self.port)
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

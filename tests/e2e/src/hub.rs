@@ -5,13 +5,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use convoy_cli::cmd_fleet::{Conn, FleetClient, connect};
 use convoy_hub::{Hub, HubConfig, HubHandle, HubOptions};
 use convoy_proto::v1 as pb;
+use convoy_testsupport::ProcessGuard;
 
 /// How the hub runs.
 #[derive(Debug, Clone)]
@@ -38,13 +39,24 @@ pub struct HubRunner {
     pub http_addr: SocketAddr,
     mode: HubMode,
     inproc: Option<HubHandle>,
-    child: Option<Child>,
+    /// The hub process; its guard ends it (and anything it started) on drop.
+    child: Option<ProcessGuard>,
     starts: u32,
+    /// A tmpfs mounted on the data dir (full-disk scenarios); after `child`,
+    /// so that the hub is gone before it is unmounted.
+    tmpfs: Option<crate::Tmpfs>,
 }
 
 impl HubRunner {
     /// Write `dir/hub.yaml` (fleet documents are read from `dir/fleet`) and start the hub.
     pub async fn start(dir: &Path, mode: HubMode) -> Result<HubRunner> {
+        HubRunner::start_with(dir, mode, None).await
+    }
+
+    /// Like [`HubRunner::start`], with the data dir on a tmpfs of
+    /// `data_tmpfs` bytes when given (mounted before the hub starts; the
+    /// test fails if it cannot be mounted).
+    pub async fn start_with(dir: &Path, mode: HubMode, data_tmpfs: Option<u64>) -> Result<HubRunner> {
         let fleet_dir = dir.join("fleet");
         std::fs::create_dir_all(&fleet_dir)?;
         let (grpc, http, metrics) = (crate::free_port(), crate::free_port(), crate::free_port());
@@ -66,7 +78,11 @@ impl HubRunner {
             inproc: None,
             child: None,
             starts: 0,
+            tmpfs: None,
         };
+        if let Some(bytes) = data_tmpfs {
+            hub.tmpfs = Some(crate::Tmpfs::mount(&hub.data_dir, bytes)?);
+        }
         hub.launch().await?;
         Ok(hub)
     }
@@ -80,16 +96,18 @@ impl HubRunner {
             }
             HubMode::Process(bin) => {
                 let log = std::fs::File::create(self.dir.join(format!("hub-{}.log", self.starts)))?;
-                let child = Command::new(bin)
-                    .arg("hub")
-                    .arg("--config")
-                    .arg(&self.config)
-                    .env("CONVOY_LOG", "info")
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone()?)
-                    .stderr(log)
-                    .spawn()
-                    .with_context(|| format!("spawn {} hub", bin.display()))?;
+                let child = ProcessGuard::spawn(
+                    "convoy hub",
+                    Command::new(bin)
+                        .arg("hub")
+                        .arg("--config")
+                        .arg(&self.config)
+                        .env("CONVOY_LOG", "info")
+                        .stdin(Stdio::null())
+                        .stdout(log.try_clone()?)
+                        .stderr(log),
+                )
+                .with_context(|| format!("spawn {} hub", bin.display()))?;
                 self.child = Some(child);
             }
         }
@@ -164,11 +182,21 @@ impl HubRunner {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The tmpfs under the data dir, if the hub was started with one.
+    pub fn tmpfs(&self) -> Option<&crate::Tmpfs> {
+        self.tmpfs.as_ref()
+    }
+
+    /// The hub process's exit status if it has exited (None while it runs,
+    /// or when it runs in-process or is stopped).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// SIGKILL the hub process: no drain, no flush, nothing after this instant.
     pub fn kill(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else { bail!("only a hub process can be killed") };
         child.kill().context("SIGKILL the hub")?;
-        child.wait()?;
         Ok(())
     }
 
@@ -186,28 +214,16 @@ impl HubRunner {
             let _ = h.shutdown().await;
         }
         if let Some(mut child) = self.child.take() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-            }
+            child.signal(libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
-                    return;
+                    break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            // Whatever is left of its process group ends with the guard.
             let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for HubRunner {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod git;
 pub mod hub;
 pub mod proxy;
 pub mod receiver;
+pub mod tmpfs;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ pub use git::{GitDaemon, GitRepo};
 pub use hub::{HubMode, HubRunner};
 pub use proxy::CutProxy;
 pub use receiver::AlertReceiver;
+pub use tmpfs::Tmpfs;
 
 /// The rustls provider (ring) and a test log subscriber (`CONVOY_TEST_LOG`,
 /// default `warn`). Call at the start of every test; repeated calls are fine.

@@ -5,7 +5,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use convoy_testsupport::ProcessGuard;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -15,23 +17,26 @@ fn convoy_bin() -> PathBuf {
 
 /// A running `convoy dev` with its stdout lines.
 struct Dev {
-    child: Child,
+    /// Ends `convoy dev` and its process group on drop, panic or Ctrl-C.
+    child: ProcessGuard,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
 
 impl Dev {
     fn spawn(args: &[&str]) -> Dev {
-        let mut child = Command::new(convoy_bin())
-            .arg("dev")
-            .args(args)
-            .env("CONVOY_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn convoy dev");
-        let out = child.stdout.take().unwrap();
+        let mut child = ProcessGuard::spawn(
+            "convoy dev",
+            Command::new(convoy_bin())
+                .arg("dev")
+                .args(args)
+                .env("CONVOY_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        )
+        .expect("spawn convoy dev");
+        let out = child.child_mut().stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -73,10 +78,7 @@ impl Dev {
     }
 
     fn interrupt(&self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
-        }
+        self.child.signal(libc::SIGINT);
     }
 
     fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
@@ -95,13 +97,6 @@ impl Dev {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

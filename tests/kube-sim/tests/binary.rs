@@ -5,14 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// The kube-sim process; its guard ends it on drop, panic or Ctrl-C.
+struct Child(convoy_testsupport::ProcessGuard);
 
 fn kubectl(kc: &std::path::Path, home: &std::path::Path, args: &[&str]) -> (i32, String) {
     let out =
@@ -39,9 +33,10 @@ fn heavy_binary_serves_kubectl_and_saves_a_snapshot() {
         if tls {
             cmd.arg("--tls");
         }
-        let mut child = Child(cmd.spawn().expect("kube-sim starts"));
+        let mut child =
+            Child(convoy_testsupport::ProcessGuard::spawn("kube-sim", &mut cmd).expect("kube-sim starts"));
         let mut line = String::new();
-        BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.0.child_mut().stdout.take().unwrap()).read_line(&mut line).unwrap();
         let url = line.trim().strip_prefix("kube-sim listening on ").expect("address printed").to_string();
         (child, url)
     };

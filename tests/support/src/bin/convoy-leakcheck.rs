@@ -1,7 +1,10 @@
-//! `convoy-leakcheck [MARKER]`: the guard at the end of `scripts/test.sh`
-//! and of the benchmark runner. Lists every live process that carries the
-//! run marker (`CONVOY_TEST_RUN`, default: this environment's value), except
-//! itself and its ancestors, kills them, and exits 1 if there was any.
+//! `convoy-leakcheck [MARKER]`: the guard at the end of `scripts/test.sh`.
+//! Lists every live process that carries the run marker (`CONVOY_TEST_RUN`,
+//! default: this environment's value), except itself and its ancestors;
+//! gives them 2 s to finish exiting, then kills those still there, names
+//! them and exits 1. Exits 0 when none is left, 2 without a marker.
+
+use std::time::{Duration, Instant};
 
 fn main() {
     let marker = std::env::args().nth(1).or_else(|| std::env::var(convoy_testsupport::MARKER_VAR).ok());
@@ -9,6 +12,11 @@ fn main() {
         eprintln!("convoy-leakcheck: no marker (pass one, or set {})", convoy_testsupport::MARKER_VAR);
         std::process::exit(2);
     };
+    // A process killed a moment ago may still be on its way out.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !convoy_testsupport::leaked(&marker).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let found = convoy_testsupport::reap_leaks(&marker);
     if found.is_empty() {
         println!("leak check: no process of run {marker} is left");
