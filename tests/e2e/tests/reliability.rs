@@ -1,0 +1,237 @@
+//! The reliability suite (docs/reliability.md): scripted fault scenarios at
+//! a size CI can afford, each checking that the fleet recovers and that
+//! nothing was lost, stored twice or shown before it was durable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use convoy_e2e::fleet::{all_ready, cell_ready_at};
+use convoy_e2e::{ClusterSpec, Fleet, FleetOptions, HubMode, HubRunner, eventually};
+use convoy_proto::v1 as pb;
+use convoy_testsupport::TestDir;
+
+const DEPLOYMENT: &str = "apps/web/base/deployment.yaml";
+const IMAGE: &str = "ghcr.io/stefanprodan/podinfo:6.7.0";
+
+fn convoy_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_convoy-e2e-convoy"))
+}
+
+fn staging_only() -> Vec<ClusterSpec> {
+    vec![ClusterSpec::new("staging", "env=staging,region=eu")]
+}
+
+/// The bundles that target `staging` (the others target no cluster here).
+const STAGING_BUNDLES: [&str; 2] = ["infra", "web-staging"];
+
+/// Wait until every bundle staging gets is Ready there; returns them.
+async fn wait_staging_ready(fleet: &Fleet) -> Vec<pb::BundleView> {
+    let mut out = Vec::new();
+    for name in STAGING_BUNDLES {
+        out.push(fleet.wait_bundle(name, 120, &format!("{name} Ready on staging"), all_ready).await);
+    }
+    out
+}
+
+fn bundle_ref(name: &str) -> pb::ObjectRef {
+    pb::ObjectRef { kind: pb::ObjectKind::Bundle as i32, name: name.into() }
+}
+
+/// `Applied` events the hub stored for `bundle` on `cluster`, by generation.
+async fn applied_generations(fleet: &Fleet, cluster: &str, bundle: &str) -> Vec<String> {
+    let mut v: Vec<String> = fleet
+        .events(cluster)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.event)
+        .filter(|e| e.bundle == bundle && e.reason == "Applied")
+        .map(|e| e.details.get("generation").cloned().unwrap_or_default())
+        .collect();
+    v.sort();
+    v
+}
+
+/// kube-sim answers 500 and 429 to a third of the agent's requests with
+/// 50 ms of added latency while a commit rolls out; then the API server is
+/// paused and every watch dropped while a second commit is pushed. Both
+/// generations become Ready, each is applied once (one `Applied` event per
+/// generation), and the hub holds exactly the events the agent sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_kube_api_errors_latency_dropped_watches_and_pause() {
+    let fleet = Fleet::start(FleetOptions {
+        clusters: staging_only(),
+        readiness_delay: Duration::from_millis(100),
+        poll_interval: "1h".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let before = wait_staging_ready(&fleet).await;
+    let gen0 = before.iter().find(|b| b.name == "web-staging").unwrap().generation;
+    let staging = fleet.cluster("staging");
+    let faults = staging.sim.faults();
+
+    // 1. Errors, throttling and latency during a rollout.
+    staging.sim.reset_stats();
+    faults.set_error_rate(0.2);
+    faults.set_throttle_rate(0.15);
+    faults.set_latency(Duration::from_millis(50));
+    fleet.repo.replace(DEPLOYMENT, IMAGE, "ghcr.io/stefanprodan/podinfo:6.7.1").unwrap();
+    fleet.repo.commit("web 6.7.1").unwrap();
+    let c1 = fleet.push().await.unwrap();
+    let b = fleet.wait_rolled_out("web-staging", &c1, 120).await;
+    assert_eq!(b.generation, gen0 + 1);
+    let injected = staging.sim.stats().injected_errors;
+    assert!(injected > 0, "the faults were hit: {injected} injected errors");
+    faults.clear();
+
+    // 2. A paused API server with every watch dropped while a commit arrives.
+    faults.pause();
+    faults.drop_watches();
+    fleet.repo.replace(DEPLOYMENT, "podinfo:6.7.1", "podinfo:6.7.2").unwrap();
+    fleet.repo.commit("web 6.7.2").unwrap();
+    let c2 = fleet.push().await.unwrap();
+    fleet
+        .wait_bundle("web-staging", 60, "the hub built the second commit", |b| b.generation == gen0 + 2)
+        .await;
+    // Paused: nothing can be applied (the image is the old one) and the
+    // cell is not Ready at the new generation.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(staging.deployment_image("web", "web").unwrap().ends_with(":6.7.1"));
+    let b = fleet.bundle("web-staging").await.unwrap();
+    assert!(!b.clusters.iter().any(|c| cell_ready_at(c, gen0 + 2)), "not Ready while paused: {b:?}");
+    faults.resume();
+    let b = fleet.wait_rolled_out("web-staging", &c2, 120).await;
+    assert!(all_ready(&b));
+    assert!(staging.deployment_image("web", "web").unwrap().ends_with(":6.7.2"));
+
+    // Nothing applied twice, nothing lost.
+    fleet.assert_hub_holds_what_agents_sent(60).await;
+    let applied = applied_generations(&fleet, "staging", "web-staging").await;
+    let mut want: Vec<String> = [gen0, gen0 + 1, gen0 + 2].iter().map(|g| g.to_string()).collect();
+    want.sort();
+    assert_eq!(applied, want, "one Applied event per generation");
+    fleet.shutdown().await;
+}
+
+/// The hub's data dir on a 24 MiB tmpfs made by the test, filled to
+/// ENOSPC. A commit pushed meanwhile cannot be fetched or built: the source
+/// reports the failure (Ready=False, failures counted) and no new
+/// generation is signed or shown; operator writes keep their answer
+/// (success only if durable, else an error, never a hang) and the hub
+/// process keeps serving. When space returns, a reconcile builds the commit,
+/// it rolls out, an operator write made after recovery survives SIGKILL and
+/// restart, and the agent's events sent meanwhile are all stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_full_disk_on_the_hub_data_dir_fails_writes_cleanly_then_recovers() {
+    let mut fleet = Fleet::start(FleetOptions {
+        clusters: staging_only(),
+        hub: HubMode::Process(convoy_bin()),
+        hub_data_tmpfs: Some(24 << 20),
+        poll_interval: "1h".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let before = wait_staging_ready(&fleet).await;
+    let gen0 = before.iter().find(|b| b.name == "web-staging").unwrap().generation;
+    let (filler, bytes) = fleet.hub.tmpfs().unwrap().fill("filler").unwrap();
+    assert!(bytes > 0, "the tmpfs had room to fill");
+
+    // A commit while the disk is full: the fetch/build fails visibly.
+    fleet.repo.replace(DEPLOYMENT, IMAGE, "ghcr.io/stefanprodan/podinfo:6.7.1").unwrap();
+    fleet.repo.commit("web 6.7.1").unwrap();
+    let commit = fleet.push().await.unwrap();
+    let source = eventually(30, "the source reports the failed fetch", || async {
+        let s = fleet.admin().list_sources(pb::ListSourcesRequest::default()).await.ok()?.into_inner();
+        let s = s.sources.into_iter().find(|s| s.name == "fleet")?;
+        (s.failures > 0).then_some(s)
+    })
+    .await;
+    let ready = source.conditions.iter().find(|c| c.r#type == "Ready").expect("a Ready condition");
+    eprintln!("source on a full disk: {ready:?}");
+    assert_ne!(ready.status, "True", "a failed fetch is not Ready: {ready:?}");
+    assert!(!ready.message.is_empty(), "the failure says why: {ready:?}");
+    assert_ne!(convoy_e2e::commit_of(&source.revision), commit, "the new commit was not resolved");
+    assert_eq!(fleet.bundle("web-staging").await.unwrap().generation, gen0, "no generation signed");
+
+    // Operator writes: durable success or a clean error, never a hang.
+    let r = tokio::time::timeout(Duration::from_secs(20), fleet.admin().suspend(bundle_ref("monitoring"))).await;
+    match r {
+        Ok(Ok(_)) => assert!(fleet.bundle("monitoring").await.unwrap().suspended, "a reported write is visible"),
+        Ok(Err(status)) => {
+            eprintln!("suspend on a full disk: {status:?}");
+            assert!(!fleet.bundle("monitoring").await.unwrap().suspended, "a failed write is not shown");
+        }
+        Err(_) => panic!("a write on a full disk hung for 20 s"),
+    }
+    assert!(fleet.hub.exited().is_none(), "the hub survives a full disk");
+    assert!(fleet.hub_cluster("staging").await.unwrap().cluster.unwrap().connected);
+
+    // Space returns: the commit is built and rolls out.
+    std::fs::remove_file(&filler).unwrap();
+    fleet.reconcile().await.unwrap();
+    eventually(30, "Suspend succeeds once space returns", || async {
+        fleet.admin().suspend(bundle_ref("monitoring")).await.ok()
+    })
+    .await;
+    fleet.wait_rolled_out("web-staging", &commit, 120).await;
+    assert_eq!(fleet.bundle("web-staging").await.unwrap().generation, gen0 + 1);
+
+    fleet.hub.kill().unwrap();
+    fleet.hub.restart().await.unwrap();
+    assert!(fleet.bundle("monitoring").await.unwrap().suspended, "the write after recovery is durable");
+    fleet.admin().resume(bundle_ref("monitoring")).await.unwrap();
+    wait_staging_ready(&fleet).await;
+    fleet.assert_hub_holds_what_agents_sent(60).await;
+    fleet.shutdown().await;
+}
+
+/// A hub whose `state.redb` is corrupted (its header overwritten) refuses
+/// to start with an error naming the store; it does not start empty, and
+/// the file is left as it was for the operator (restore a backup).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_corrupted_state_file_is_refused_not_reset() {
+    convoy_e2e::init();
+    let dir = TestDir::new("convoy-rel-redb-").unwrap();
+    let mut hub = HubRunner::start(dir.path(), HubMode::Process(convoy_bin())).await.unwrap();
+    let mut admin = hub.admin().await.unwrap();
+    admin
+        .create_token(pb::CreateTokenRequest {
+            cluster: "edge".into(),
+            ttl_seconds: 3600,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    hub.shutdown().await;
+    let state = hub.data_dir.join("state.redb");
+    let mut bytes = std::fs::read(&state).unwrap();
+    assert!(bytes.len() > 4096, "a state file to corrupt");
+    for b in &mut bytes[..4096] {
+        *b = 0xA5;
+    }
+    std::fs::write(&state, &bytes).unwrap();
+
+    let err = hub.restart().await.expect_err("a hub with a corrupted state file must not start");
+    let text = format!("{err:#}");
+    eprintln!("{text}");
+    assert!(text.contains("exited at start"), "it stops by itself with an error: {text}");
+    assert!(
+        text.to_lowercase().contains("state") || text.contains("redb"),
+        "the error names the store: {text}"
+    );
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        bytes,
+        "the corrupted file is left untouched (no silent reset)"
+    );
+    let others: Vec<_> = std::fs::read_dir(&hub.data_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".redb") && n != "state.redb")
+        .collect();
+    assert!(others.is_empty(), "no fresh store beside it: {others:?}");
+}
