@@ -216,20 +216,7 @@ impl Cluster {
     /// Every object labelled `convoy.dev/bundle=<bundle>`, as `Kind/ns/name`
     /// (`Kind/name` when cluster-scoped), sorted.
     pub fn bundle_objects(&self, bundle: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        for (group, plural, kind) in SCANNED {
-            for o in self.sim.objects(group, plural) {
-                if o["metadata"]["labels"][BUNDLE_LABEL].as_str() == Some(bundle) {
-                    let name = o["metadata"]["name"].as_str().unwrap_or_default();
-                    match o["metadata"]["namespace"].as_str() {
-                        Some(ns) if !ns.is_empty() => out.push(format!("{kind}/{ns}/{name}")),
-                        _ => out.push(format!("{kind}/{name}")),
-                    }
-                }
-            }
-        }
-        out.sort();
-        out
+        bundle_objects(&self.sim, bundle)
     }
 
     /// Whether the agent's inventory of `bundle` exists on the cluster.
@@ -268,4 +255,23 @@ pub fn sim_client(sim: &KubeSim) -> Result<kube::Client> {
     let mut cfg = kube::Config::new(sim.url().parse().context("kube-sim URL")?);
     cfg.read_timeout = Some(Duration::from_secs(60));
     kube::Client::try_from(cfg).context("kube client")
+}
+
+/// Every object of a simulator labelled `convoy.dev/bundle=<bundle>`, as
+/// `Kind/ns/name` (`Kind/name` when cluster-scoped), sorted.
+pub fn bundle_objects(sim: &KubeSim, bundle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (group, plural, kind) in SCANNED {
+        for o in sim.objects(group, plural) {
+            if o["metadata"]["labels"][BUNDLE_LABEL].as_str() == Some(bundle) {
+                let name = o["metadata"]["name"].as_str().unwrap_or_default();
+                match o["metadata"]["namespace"].as_str() {
+                    Some(ns) if !ns.is_empty() => out.push(format!("{kind}/{ns}/{name}")),
+                    _ => out.push(format!("{kind}/{name}")),
+                }
+            }
+        }
+    }
+    out.sort();
+    out
 }

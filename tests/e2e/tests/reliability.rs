@@ -11,6 +11,7 @@ use convoy_proto::v1 as pb;
 use convoy_testsupport::TestDir;
 
 const DEPLOYMENT: &str = "apps/web/base/deployment.yaml";
+const SERVICE: &str = "apps/web/base/service.yaml";
 const IMAGE: &str = "ghcr.io/stefanprodan/podinfo:6.7.0";
 
 fn convoy_bin() -> PathBuf {
@@ -157,9 +158,12 @@ async fn heavy_full_disk_on_the_hub_data_dir_fails_writes_cleanly_then_recovers(
     assert_eq!(fleet.bundle("web-staging").await.unwrap().generation, gen0, "no generation signed");
 
     // Operator writes: durable success or a clean error, never a hang.
-    let r = tokio::time::timeout(Duration::from_secs(20), fleet.admin().suspend(bundle_ref("monitoring"))).await;
+    let r =
+        tokio::time::timeout(Duration::from_secs(20), fleet.admin().suspend(bundle_ref("monitoring"))).await;
     match r {
-        Ok(Ok(_)) => assert!(fleet.bundle("monitoring").await.unwrap().suspended, "a reported write is visible"),
+        Ok(Ok(_)) => {
+            assert!(fleet.bundle("monitoring").await.unwrap().suspended, "a reported write is visible")
+        }
         Ok(Err(status)) => {
             eprintln!("suspend on a full disk: {status:?}");
             assert!(!fleet.bundle("monitoring").await.unwrap().suspended, "a failed write is not shown");
@@ -234,4 +238,237 @@ async fn heavy_corrupted_state_file_is_refused_not_reset() {
         .filter(|n| n.ends_with(".redb") && n != "state.redb")
         .collect();
     assert!(others.is_empty(), "no fresh store beside it: {others:?}");
+}
+
+/// A commit changes two objects of `web-staging` (the Deployment's image and
+/// an annotation on the Service). The real `convoy-agent run` process is
+/// SIGKILLed as soon as the first of them shows the new content (one object
+/// at a time, kube-sim adding 300 ms per request: the inventory, written
+/// after the objects, still records the previous generation, which the test
+/// asserts), then restarted on the same state dir. The hub
+/// never shows that generation Ready before the restarted agent finished
+/// it; afterwards it is Ready with the new image, and the inventory
+/// ConfigMap records exactly the bundle's objects live in the cluster at
+/// that generation and revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_agent_killed_mid_apply_restarts_with_a_consistent_inventory() {
+    use std::process::{Command, Stdio};
+
+    use convoy_testsupport::ProcessGuard;
+    use kube_sim::{KubeSim, SimConfig};
+
+    let fleet =
+        Fleet::start(FleetOptions { clusters: Vec::new(), poll_interval: "1h".into(), ..Default::default() })
+            .await
+            .unwrap();
+    let dir = fleet.root().join("agent-process");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sim = KubeSim::start(SimConfig {
+        readiness_delay: Duration::from_millis(500),
+        name: "staging".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let kc = dir.join("kubeconfig");
+    sim.write_kubeconfig(&kc).unwrap();
+    let token = fleet
+        .admin()
+        .create_token(pb::CreateTokenRequest {
+            cluster: "staging".into(),
+            labels: [("env", "staging"), ("region", "eu")].map(|(k, v)| (k.into(), v.into())).into(),
+            ttl_seconds: 3600,
+            single_use: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let mut starts = 0;
+    let mut spawn_agent = || {
+        starts += 1;
+        let log = std::fs::File::create(dir.join(format!("agent-{starts}.log"))).unwrap();
+        ProcessGuard::spawn(
+            "convoy-agent run",
+            Command::new(env!("CARGO_BIN_EXE_convoy-e2e-agent"))
+                .arg("run")
+                .args(["--hub-address", &fleet.hub.endpoint()])
+                .arg("--hub-ca")
+                .arg(fleet.hub.ca_file())
+                .arg("--token-file")
+                .arg(&token_file)
+                .args(["--cluster-name", "staging"])
+                .arg("--trusted-key")
+                .arg(fleet.hub.trusted_keys_file())
+                .arg("--kubeconfig")
+                .arg(&kc)
+                .arg("--state-dir")
+                .arg(dir.join("state"))
+                .args(["--metrics-address", "127.0.0.1:0", "--reconnect-max", "1s", "--health-recheck", "1s"])
+                .env("CONVOY_LOG", "info")
+                // One object at a time: the kill lands between two writes.
+                .env("CONVOY_APPLY_CONCURRENCY", "1")
+                .env_remove("CONVOY_TRUSTED_KEYS")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log),
+        )
+        .unwrap()
+    };
+    let mut agent = spawn_agent();
+    let before = wait_staging_ready(&fleet).await;
+    let gen0 = before.iter().find(|b| b.name == "web-staging").unwrap().generation;
+
+    sim.faults().set_latency(Duration::from_millis(300));
+    fleet.repo.replace(DEPLOYMENT, IMAGE, "ghcr.io/stefanprodan/podinfo:6.7.1").unwrap();
+    fleet
+        .repo
+        .replace(SERVICE, "  name: web\n", "  name: web\n  annotations:\n    convoy.test/rev: \"2\"\n")
+        .unwrap();
+    fleet.repo.commit("web 6.7.1, service annotated").unwrap();
+    let commit = fleet.push().await.unwrap();
+    // Observe the cluster every 2 ms; kill the agent as soon as one of the
+    // two changed objects shows the new generation's content.
+    let state = || {
+        let image = sim.object("apps", "deployments", "web", "web").unwrap()["spec"]["template"]["spec"]
+            ["containers"][0]["image"]
+            .as_str()
+            .map(|i| i.ends_with(":6.7.1"))
+            .unwrap_or(false);
+        let svc = sim.object("", "services", "web", "web").unwrap()["metadata"]["annotations"]["convoy.test/rev"]
+            == "2";
+        let inv = sim.object("", "configmaps", "convoy-system", "convoy-inventory-web-staging").unwrap()["data"]
+            ["generation"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        (image, svc, inv)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        let st = state();
+        if st.0 || st.1 {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new generation was never applied");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    agent.kill().unwrap();
+    eprintln!(
+        "killed with deployment updated={} service updated={} inventory generation={}",
+        seen.0, seen.1, seen.2
+    );
+    assert_eq!(seen.2, gen0.to_string(), "the inventory was not yet written for the new generation");
+    let b = fleet.bundle("web-staging").await.unwrap();
+    assert_eq!(b.generation, gen0 + 1, "the hub signed the new generation");
+    assert!(!b.clusters.iter().any(|c| cell_ready_at(c, gen0 + 1)), "not Ready mid-apply: {b:?}");
+    drop(agent);
+
+    sim.faults().clear();
+    let _agent = spawn_agent();
+    let b = fleet.wait_rolled_out("web-staging", &commit, 120).await;
+    assert!(all_ready(&b));
+    let image =
+        sim.object("apps", "deployments", "web", "web").unwrap()["spec"]["template"]["spec"]["containers"][0]
+            ["image"]
+            .clone();
+    assert_eq!(image, "ghcr.io/stefanprodan/podinfo:6.7.1");
+
+    let inv =
+        sim.object("", "configmaps", "convoy-system", "convoy-inventory-web-staging").expect("an inventory");
+    assert_eq!(inv["data"]["generation"], (gen0 + 1).to_string(), "{inv}");
+    assert!(inv["data"]["revision"].as_str().unwrap().contains(&commit), "{inv}");
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(inv["data"]["objects"].as_str().unwrap()).unwrap();
+    let mut listed: Vec<String> = entries
+        .iter()
+        .map(|e| match e["ns"].as_str() {
+            Some(ns) => format!("{}/{ns}/{}", e["k"].as_str().unwrap(), e["n"].as_str().unwrap()),
+            None => format!("{}/{}", e["k"].as_str().unwrap(), e["n"].as_str().unwrap()),
+        })
+        .collect();
+    listed.sort();
+    let live = convoy_e2e::cluster::bundle_objects(&sim, "web-staging");
+    assert!(!live.is_empty());
+    assert_eq!(listed, live, "the inventory lists exactly the bundle's live objects");
+    let applied = applied_generations(&fleet, "staging", "web-staging").await;
+    assert!(applied.contains(&(gen0 + 1).to_string()), "the restarted agent reported the apply: {applied:?}");
+    fleet.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// Peak resident memory (VmHWM) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The number of agents in the reconnect herd (CI size).
+const HERD: usize = 100;
+
+/// A reconnect herd at CI size: 100 clusters (a kube-sim and a real agent
+/// each) hold one small bundle; the `convoy hub` process is SIGKILLed and
+/// restarted, and every agent reconnects at once. All come back connected
+/// and Ready at the same generation, and the hub holds exactly the events
+/// each agent sent (none lost, none twice). The restarted hub's peak RSS is
+/// printed (docs/reliability.md states it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_reconnect_herd_after_a_hub_restart() {
+    let files = vec![(
+        "tiny/configmap.yaml".to_string(),
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: tiny\n  namespace: default\ndata:\n  k: v\n"
+            .to_vec(),
+    )];
+    let bundles = "apiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: tiny\nspec:\n  source: fleet\n  path: tiny\n  targets:\n    - clusterSelector: {}\n".to_string();
+    let clusters = (0..HERD).map(|i| ClusterSpec::new(&format!("c{i:03}"), "env=herd")).collect();
+    let mut fleet = Fleet::start(FleetOptions {
+        clusters,
+        hub: HubMode::Process(convoy_bin()),
+        readiness_delay: Duration::ZERO,
+        poll_interval: "1h".into(),
+        files,
+        bundles_yaml: bundles,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let before = fleet.wait_converged(120).await;
+    assert_eq!(before[0].clusters.len(), HERD);
+    let generation = before[0].generation;
+
+    fleet.hub.kill().unwrap();
+    eventually(30, "every agent saw the hub go", || async {
+        fleet.clusters.iter().all(|c| !c.agent_connected()).then_some(())
+    })
+    .await;
+    let t = std::time::Instant::now();
+    fleet.hub.restart().await.unwrap();
+    eventually(60, "every agent reconnected", || async {
+        fleet.clusters.iter().all(|c| c.agent_connected()).then_some(())
+    })
+    .await;
+    let after = fleet.wait_converged(60).await;
+    let back = t.elapsed();
+    assert_eq!(after[0].generation, generation, "the restarted hub kept the generation");
+    assert!(after[0].clusters.iter().all(|c| cell_ready_at(c, generation)));
+    for c in &fleet.clusters {
+        assert!(fleet.hub_cluster(&c.name).await.unwrap().cluster.unwrap().connected, "{}", c.name);
+    }
+    fleet.assert_hub_holds_what_agents_sent(60).await;
+    let peak = peak_rss_kib(fleet.hub.pid().unwrap());
+    eprintln!(
+        "reconnect herd: {HERD} agents back and Ready {:.1} s after the restart began; hub peak RSS {:.1} MiB",
+        back.as_secs_f64(),
+        peak as f64 / 1024.0
+    );
+    assert!(peak > 0);
+    fleet.shutdown().await;
 }
