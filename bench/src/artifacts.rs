@@ -175,17 +175,20 @@ struct GitDaemon {
 impl GitDaemon {
     fn start(repo: &Path) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = convoy_testsupport::ProcessGuard::spawn(
+        let pid_file = repo.parent().unwrap_or(repo).join(format!("git-daemon-{port}.pid"));
+        let mut child = convoy_testsupport::ProcessGuard::spawn(
             "git daemon",
             Command::new("git")
                 .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
                 .arg(format!("--port={port}"))
+                .arg(format!("--pid-file={}", pid_file.display()))
                 .arg(format!("--base-path={}", repo.display()))
                 .arg(repo)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         )
         .context("git daemon")?;
+        child.watch_pid_file(&pid_file);
         let d = GitDaemon { _child: child, port };
         let deadline = Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -59,6 +59,9 @@ pub async fn start_hub(
 ---\napiVersion: convoy.dev/v1\nkind: GitSource\nmetadata: {{name: repo}}\nspec: {{url: \"{repo_url}\", interval: 1h}}\n{bundles}"
         ),
     )?;
+    // Its scratch dirs (kustomize renders) under `dir`, removed with it.
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp)?;
     let hub = Kill(
         ProcessGuard::spawn(
             "convoy hub",
@@ -66,7 +69,8 @@ pub async fn start_hub(
                 .args(["hub", "--config"])
                 .arg(&cfg)
                 .current_dir(dir)
-                .env("CONVOY_LOG", "warn"),
+                .env("CONVOY_LOG", "warn")
+                .env("TMPDIR", &tmp),
         )
         .context("start convoy hub")?,
     );

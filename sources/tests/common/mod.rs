@@ -159,17 +159,20 @@ pub struct Server {
 pub fn git_daemon(base: &Path) -> Server {
     for _ in 0..3 {
         let port = free_port();
+        let pid_file = base.parent().unwrap_or(base).join(format!("git-daemon-{port}.pid"));
         let mut child = ProcessGuard::spawn(
             "git daemon",
             Command::new("git")
                 .args(["daemon", "--reuseaddr", "--export-all", "--informative-errors", "--listen=127.0.0.1"])
                 .arg(format!("--port={port}"))
+                .arg(format!("--pid-file={}", pid_file.display()))
                 .arg(format!("--base-path={}", base.display()))
                 .arg(base)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         )
         .expect("git daemon starts");
+        child.watch_pid_file(&pid_file);
         std::thread::sleep(Duration::from_millis(100));
         if child.try_wait().unwrap().is_none() {
             wait_port(port, &mut child, "git daemon");

@@ -140,6 +140,9 @@ impl GitDaemon {
     pub fn start(base: &Path) -> Result<GitDaemon> {
         for _ in 0..5 {
             let port = crate::free_port();
+            // The real `git-daemon` (git's child) writes its pid here; the
+            // guard ends it by pid too, not only by process group.
+            let pid_file = base.parent().unwrap_or(base).join(format!("git-daemon-{port}.pid"));
             let mut child = ProcessGuard::spawn(
                 "git daemon",
                 Command::new("git")
@@ -151,6 +154,7 @@ impl GitDaemon {
                         "--listen=127.0.0.1",
                     ])
                     .arg(format!("--port={port}"))
+                    .arg(format!("--pid-file={}", pid_file.display()))
                     .arg(format!("--base-path={}", base.display()))
                     .arg(base)
                     .stdin(Stdio::null())
@@ -158,6 +162,7 @@ impl GitDaemon {
                     .stderr(Stdio::null()),
             )
             .context("start git daemon (is git installed?)")?;
+            child.watch_pid_file(&pid_file);
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if child.try_wait()?.is_some() {

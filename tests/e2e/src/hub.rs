@@ -96,6 +96,10 @@ impl HubRunner {
             }
             HubMode::Process(bin) => {
                 let log = std::fs::File::create(self.dir.join(format!("hub-{}.log", self.starts)))?;
+                // Its scratch dirs (kustomize renders) under the test's own
+                // directory: a SIGKILL mid-render leaves nothing in /tmp.
+                let tmp = self.dir.join("tmp");
+                std::fs::create_dir_all(&tmp)?;
                 let child = ProcessGuard::spawn(
                     "convoy hub",
                     Command::new(bin)
@@ -103,6 +107,7 @@ impl HubRunner {
                         .arg("--config")
                         .arg(&self.config)
                         .env("CONVOY_LOG", "info")
+                        .env("TMPDIR", &tmp)
                         .stdin(Stdio::null())
                         .stdout(log.try_clone()?)
                         .stderr(log),
