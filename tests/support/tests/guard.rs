@@ -202,3 +202,42 @@ fn test_dirs_are_removed_or_kept_when_the_test_fails() {
     assert!(kept.is_dir(), "kept on a failing test");
     std::fs::remove_dir_all(kept).unwrap();
 }
+
+/// scripts/leak-guard.sh (what scripts/test.sh sources) run by a tiny
+/// "suite" that leaks a `sleep` (in its own session, so nothing but the
+/// marker finds it) and otherwise succeeds: the run fails, names the sleep
+/// and kills it. The same suite without the leak passes.
+#[test]
+fn the_test_script_guard_fails_a_run_that_leaks_a_process() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/leak-guard.sh");
+    let tmp = TestDir::new("guard-script-").unwrap();
+    let run = |suite: &str, marker: &str| {
+        Command::new("bash")
+            .arg("-c")
+            .arg(format!(". {}; {suite}", script.display()))
+            .env("CONVOY_LEAKCHECK", env!("CARGO_BIN_EXE_convoy-leakcheck"))
+            .env(MARKER_VAR, marker)
+            .env("TMPDIR", tmp.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let marker = format!("script-leak-{}", std::process::id());
+    let out = run("setsid sleep 300 < /dev/null > /dev/null 2>&1 & echo leaked $!; exit 0", &marker);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a leaking run fails: {stdout} {stderr}");
+    let pid: i32 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("leaked "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the suite printed the pid it leaked");
+    assert!(stderr.contains(&format!("pid {pid} ")) && stderr.contains("sleep 300"), "{stderr}");
+    eventually("the leaked sleep killed", || tagged(MARKER_VAR, &marker).is_empty());
+
+    let out = run("true", &format!("script-clean-{}", std::process::id()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run("exit 3", &format!("script-fail-{}", std::process::id()));
+    assert_eq!(out.status.code(), Some(3), "a failing run keeps its status");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "empty run directories are removed");
+}
