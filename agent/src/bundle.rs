@@ -36,13 +36,19 @@ pub struct BundleOptions {
     pub rollback: bool,
     /// Drift handling; `None` means the agent default.
     pub drift: Option<DriftMode>,
+    /// Which namespaces and kinds the bundle may use (checked before apply).
+    /// Default (records stored before it existed): unrestricted.
+    #[serde(default)]
+    pub tenancy: convoy_core::tenancy::Tenancy,
 }
 
 impl BundleOptions {
     /// Whether two option sets produce different objects (so that a change
     /// needs a re-apply even at the same generation).
     pub fn affects_objects(&self, other: &BundleOptions) -> bool {
-        self.target_namespace != other.target_namespace || self.force != other.force
+        self.target_namespace != other.target_namespace
+            || self.force != other.force
+            || self.tenancy != other.tenancy
     }
 }
 

@@ -182,6 +182,15 @@ pub struct OneShotArgs {
     /// Accept a generation older than the one applied.
     #[arg(long)]
     pub allow_rollback: bool,
+    /// Tenancy: a namespace (or `prefix-*`) the bundle may use; repeatable. Default: any.
+    #[arg(long = "allowed-namespace", value_delimiter = ',')]
+    pub allowed_namespaces: Vec<String>,
+    /// Tenancy: a kind (`ConfigMap`, `Deployment.apps`, `*.apps`) the bundle may contain; repeatable. Default: any.
+    #[arg(long = "allowed-kind", value_delimiter = ',')]
+    pub allowed_kinds: Vec<String>,
+    /// Tenancy: refuse cluster-scoped objects.
+    #[arg(long)]
+    pub deny_cluster_scoped: bool,
     /// Cluster access.
     #[command(flatten)]
     pub kube: KubeArgs,
@@ -201,6 +210,11 @@ impl OneShotArgs {
             timeout: self.timeout.get(),
             allow_rollback: self.allow_rollback,
             concurrency: self.kube.concurrency,
+            tenancy: convoy_core::tenancy::Tenancy {
+                allowed_namespaces: self.allowed_namespaces.clone(),
+                allowed_kinds: self.allowed_kinds.clone(),
+                allow_cluster_scoped: !self.deny_cluster_scoped,
+            },
         }
     }
 }

@@ -1246,6 +1246,10 @@ async fn reconcile(
             Arc::new(plan)
         }
     };
+    crate::ownership::enforce(&ctx.engine, &plan, &opts.tenancy).await.map_err(|e| match e {
+        e @ Error::Policy(_) => Failure::Refused(e),
+        e => Failure::Failed(e, false),
+    })?;
     let report =
         ctx.engine.apply(&plan, ApplyOptions { force: opts.force, prune: opts.prune }, &ctx.shutdown).await;
     if let Some(e) = report.error {

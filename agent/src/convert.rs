@@ -33,6 +33,11 @@ pub fn deployment(d: pb::BundleDeployment) -> Deployment {
             force: o.force,
             rollback: o.rollback,
             drift,
+            tenancy: convoy_core::tenancy::Tenancy {
+                allowed_namespaces: o.allowed_namespaces,
+                allowed_kinds: o.allowed_kinds,
+                allow_cluster_scoped: !o.deny_cluster_scoped,
+            },
         },
     }
 }

@@ -100,6 +100,11 @@ pub enum Error {
     /// The operation was cancelled by shutdown.
     #[error("cancelled")]
     Cancelled,
+
+    /// The bundle touches what it may not (the agent's own objects, another
+    /// bundle's objects, or what its tenancy rules exclude): nothing applied.
+    #[error("{0}")]
+    Policy(crate::policy::Violations),
 }
 
 /// A field owned by another field manager, from a 409 apply response.
@@ -177,6 +182,7 @@ impl Error {
             Error::Store(_) | Error::Io { .. } => "LocalStateError",
             Error::Artifact { reason, .. } => reason,
             Error::Cancelled => "Cancelled",
+            Error::Policy(v) => v.reason(),
         }
     }
 

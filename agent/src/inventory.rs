@@ -128,6 +128,33 @@ pub async fn load(client: &kube::Client, namespace: &str, bundle: &str) -> Resul
     let Some(cm) = ObjApi::new(client, &configmaps(), &key).get().await? else {
         return Ok(None);
     };
+    parse(&cm, namespace, &key.name, bundle).map(Some)
+}
+
+/// Every bundle's inventory in `namespace` (one list by the inventory label).
+pub async fn list_all(client: &kube::Client, namespace: &str) -> Result<Vec<Inventory>> {
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
+    );
+    let list = api
+        .list(&kube::api::ListParams::default().labels(INVENTORY_LABEL))
+        .await
+        .map_err(|e| Error::Kube { context: format!("list inventories in {namespace}"), source: e })?;
+    let mut out = Vec::with_capacity(list.items.len());
+    for cm in list.items {
+        let name = cm.metadata.name.clone().unwrap_or_default();
+        let bundle =
+            cm.metadata.labels.as_ref().and_then(|l| l.get(INVENTORY_LABEL)).cloned().unwrap_or_default();
+        let v = serde_json::json!({ "data": cm.data["data"] });
+        out.push(parse(&v, namespace, &name, &bundle)?);
+    }
+    Ok(out)
+}
+
+fn parse(cm: &serde_json::Value, namespace: &str, name: &str, bundle: &str) -> Result<Inventory> {
+    let key = ObjKey::new("", "ConfigMap", Some(namespace), name);
     let data = &cm["data"];
     let s = |k: &str| data[k].as_str().unwrap_or("").to_string();
     let entries: Vec<Entry> = match data["objects"].as_str() {
@@ -135,13 +162,13 @@ pub async fn load(client: &kube::Client, namespace: &str, bundle: &str) -> Resul
             .map_err(|e| Error::Store(format!("inventory {namespace}/{}: objects: {e}", key.name)))?,
         None => Vec::new(),
     };
-    Ok(Some(Inventory {
+    Ok(Inventory {
         bundle: bundle.to_string(),
         revision: s("revision"),
         generation: s("generation").parse().unwrap_or(0),
         digest: s("digest"),
         entries,
-    }))
+    })
 }
 
 /// Write a bundle's inventory (server-side apply, the agent owns it).

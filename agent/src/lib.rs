@@ -24,6 +24,8 @@ pub mod metrics;
 pub mod objects;
 pub mod oneshot;
 pub mod outbox;
+pub mod ownership;
+pub mod policy;
 pub mod status;
 pub mod store;
 pub mod sync;

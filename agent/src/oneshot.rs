@@ -42,6 +42,8 @@ pub struct OneShotOptions {
     pub allow_rollback: bool,
     /// Objects applied at once.
     pub concurrency: usize,
+    /// Which namespaces and kinds the bundle may use.
+    pub tenancy: convoy_core::tenancy::Tenancy,
 }
 
 impl OneShotOptions {
@@ -59,6 +61,7 @@ impl OneShotOptions {
             timeout: Duration::from_secs(300),
             allow_rollback: false,
             concurrency: 8,
+            tenancy: convoy_core::tenancy::Tenancy::default(),
         }
     }
 }
@@ -225,6 +228,7 @@ pub async fn apply_dir(
     let plan = verify_and_plan(&engine, opts).await?;
     let planned = start.elapsed();
     let (bundle, generation, revision) = (plan.bundle.clone(), plan.generation, plan.revision.clone());
+    crate::ownership::enforce(&engine, &plan, &opts.tenancy).await?;
     let apply = engine.apply(&plan, ApplyOptions { force: opts.force, prune: opts.prune }, cancel).await;
     tracing::debug!(
         verify_and_plan_ms = planned.as_millis() as u64,

@@ -635,3 +635,89 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// Issue 12 items 2-3 through the agent: two bundles declaring one object,
+/// a bundle reaching for the agent's identity Secret, and a tenancy rule are
+/// each Stalled with the reason named, nothing of them applied, while the
+/// owner keeps its object; the takeover annotation moves the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_ownership_reserved_objects_and_tenancy_are_enforced_before_apply() {
+    let env = Env::new(Duration::from_secs(3600)).await;
+    let shared =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\n  namespace: team\ndata:\n  k: \"v\"\n";
+    let a1 = env.deployment("a", 1, &[("s.yaml", shared.to_string())], opts("team"));
+    env.hub.set_desired(vec![a1.clone()]);
+    let (agent, token) = env.start(env.config()).await;
+    phase_of(&env.hub, "a", 1, pb::Phase::Ready).await;
+
+    // b declares a's ConfigMap plus one of its own: Stalled, nothing applied.
+    let b1 = env.deployment(
+        "b",
+        1,
+        &[("s.yaml", shared.replace("\"v\"", "\"from-b\"")), ("own.yaml", configmap("b-own", "1"))],
+        opts("team"),
+    );
+    // c reaches for the agent's identity Secret.
+    let c1 = env.deployment(
+        "c",
+        1,
+        &[(
+            "id.yaml",
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: convoy-agent-identity\n  namespace: convoy-system\nstringData:\n  tls.key: stolen\n"
+                .to_string(),
+        )],
+        opts("team"),
+    );
+    // d may only use namespace `d-*` and ConfigMaps.
+    let mut d_opts = opts("elsewhere");
+    d_opts.allowed_namespaces = vec!["d-*".into()];
+    d_opts.allowed_kinds = vec!["ConfigMap".into()];
+    let d1 = env.deployment("d", 1, &[("x.yaml", configmap("d-x", "1"))], d_opts);
+    env.hub.set_desired(vec![a1.clone(), b1, c1, d1]);
+
+    let b = phase_of(&env.hub, "b", 1, pb::Phase::Stalled).await;
+    assert!(b.message.contains("ConfigMap/team/shared belongs to bundle a"), "{}", b.message);
+    assert!(b.conditions.iter().any(|c| c.reason == "OwnershipConflict"), "{:?}", b.conditions);
+    let c = phase_of(&env.hub, "c", 1, pb::Phase::Stalled).await;
+    assert!(c.conditions.iter().any(|c| c.reason == "Reserved"), "{:?}", c.conditions);
+    let d = phase_of(&env.hub, "d", 1, pb::Phase::Stalled).await;
+    assert!(d.conditions.iter().any(|c| c.reason == "NotAllowed"), "{:?}", d.conditions);
+    assert!(
+        d.message.contains("namespace elsewhere is not in the bundle's allowedNamespaces"),
+        "{}",
+        d.message
+    );
+
+    let cm = env.sim.object("", "configmaps", "team", "shared").expect("a's ConfigMap");
+    assert_eq!(cm["data"]["k"], "v", "b did not overwrite a's object");
+    assert_eq!(cm["metadata"]["labels"]["convoy.dev/bundle"], "a");
+    assert!(env.sim.object("", "configmaps", "team", "b-own").is_none(), "nothing of b applied");
+    assert!(env.sim.object("", "configmaps", "elsewhere", "d-x").is_none(), "nothing of d applied");
+    let id = env.sim.object("", "secrets", "convoy-system", "convoy-agent-identity").expect("identity");
+    assert!(id["data"]["tls.key"].as_str().is_some_and(|k| !k.is_empty()) && id["stringData"].is_null());
+    assert!(env.sim.object("", "configmaps", "convoy-system", "convoy-inventory-b").is_none());
+
+    // With the takeover annotation b takes the object; a, whose next
+    // revision drops it, no longer prunes it.
+    let taken = shared.replace(
+        "  namespace: team\n",
+        "  namespace: team\n  annotations:\n    convoy.dev/takeover-from: a\n",
+    );
+    let b2 = env.deployment(
+        "b",
+        2,
+        &[("s.yaml", taken.replace("\"v\"", "\"from-b\"")), ("own.yaml", configmap("b-own", "1"))],
+        opts("team"),
+    );
+    env.hub.set_desired(vec![a1, b2.clone()]);
+    phase_of(&env.hub, "b", 2, pb::Phase::Ready).await;
+    let cm = env.sim.object("", "configmaps", "team", "shared").unwrap();
+    assert_eq!(cm["data"]["k"], "from-b");
+    assert_eq!(cm["metadata"]["labels"]["convoy.dev/bundle"], "b");
+    let a2 = env.deployment("a", 2, &[("other.yaml", configmap("a-other", "1"))], opts("team"));
+    env.hub.set_desired(vec![a2, b2]);
+    let st = phase_of(&env.hub, "a", 2, pb::Phase::Ready).await;
+    assert_eq!(st.objects.unwrap().pruned, 0, "a no longer holds the taken object");
+    assert!(env.sim.object("", "configmaps", "team", "shared").is_some(), "not pruned by its old bundle");
+    stop(agent, token).await;
+}

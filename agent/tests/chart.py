@@ -20,11 +20,16 @@ with helm.Chart.load(chart_dir) as chart:
     variant["persistence"] = {"enabled": True, "size": "1Gi"}
     variant["metrics"] = {"port": 9191, "service": {"enabled": True, "type": "ClusterIP"}, "serviceMonitor": {"enabled": True, "interval": "15s"}}
     out["render_variant"] = chart.render(variant, name="edge", namespace="agents", is_install=True)
+    restricted = json.loads(json.dumps(values))
+    restricted["rbac"] = {"mode": "restricted", "extraRules": [{"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["get"]}]}
+    out["lint_restricted"] = helm.chart.lint(chart_dir, restricted, strict=True, namespace="convoy-system", kube_version="v1.32.0")
+    out["render_restricted"] = chart.render(restricted, name="convoy-agent", namespace="convoy-system", is_install=True)
     errors = {}
     for label, bad in [
         ("drift", {"agent": {"driftMode": "sometimes"}}),
         ("address", {"hub": {"address": "http://plaintext:8443"}}),
         ("concurrency", {"agent": {"concurrency": 0}}),
+        ("rbac_mode", {"rbac": {"mode": "admin"}}),
     ]:
         merged = json.loads(json.dumps(values))
         for k, v in bad.items():

@@ -169,8 +169,36 @@ fn heavy_chart_lints_and_renders_with_helm() {
     assert!(vols.iter().any(|v| v["secret"]["secretName"] == "my-token"));
     assert!(vols.iter().any(|v| v["persistentVolumeClaim"]["claimName"] == "edge-convoy-agent-state"));
 
+    // rbac.mode restricted: no escalate/bind, no pods/exec (no wildcard
+    // resources either), no cluster-wide list/watch of Secrets; extraRules added.
+    assert_eq!(r["lint_restricted"]["errors"], json!([]), "{}", r["lint_restricted"]);
+    let objs = objects(&r["render_restricted"]);
+    let rules = find(&objs, "ClusterRole")[0]["rules"].as_array().unwrap().clone();
+    let has = |r: &Value, field: &str, v: &str| r[field].as_array().is_some_and(|a| a.iter().any(|x| x == v));
+    for rule in &rules {
+        assert!(!has(rule, "verbs", "escalate") && !has(rule, "verbs", "bind"), "{rule}");
+        assert!(
+            !has(rule, "verbs", "*") && !has(rule, "resources", "*") && !has(rule, "apiGroups", "*"),
+            "{rule}"
+        );
+        assert!(!has(rule, "resources", "pods/exec"), "{rule}");
+        if has(rule, "resources", "secrets") {
+            assert!(!has(rule, "verbs", "list") && !has(rule, "verbs", "watch"), "{rule}");
+        }
+    }
+    assert!(rules.iter().any(|r| has(r, "resources", "deployments") && has(r, "verbs", "patch")));
+    assert!(rules.iter().any(|r| has(r, "apiGroups", "example.com")), "extraRules are added");
+    // The agent's own Role is the same in both modes.
+    assert!(
+        find(&objs, "Role")[0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resourceNames"] == json!(["convoy-agent-identity"]))
+    );
+
     // values.schema.json and required values.
-    for k in ["drift", "address", "concurrency"] {
+    for k in ["drift", "address", "concurrency", "rbac_mode"] {
         assert!(r["schema_errors"][k].is_string(), "schema accepts a bad {k}: {}", r["schema_errors"]);
     }
     assert!(r["missing_keys_error"].as_str().unwrap().contains("trustedKeys"));

@@ -272,6 +272,17 @@ pub struct BundleSpec {
     /// `correct` (default) or `detect`.
     #[serde(default)]
     pub drift: DriftMode,
+    /// Tenancy: namespaces the bundle's namespaced objects may use (names or
+    /// `prefix-*`). Empty: any. Enforced by the agent before anything is applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_namespaces: Vec<String>,
+    /// Tenancy: kinds the bundle may contain (`ConfigMap`, `Deployment.apps`,
+    /// `*.apps`, `*`). Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_kinds: Vec<String>,
+    /// Tenancy: whether the bundle may contain cluster-scoped objects. Default true.
+    #[serde(default = "default_true")]
+    pub allow_cluster_scoped: bool,
 }
 
 fn default_path() -> String {
@@ -352,6 +363,15 @@ impl BundleSpec {
     /// Whether the bundle targets the cluster.
     pub fn targets_cluster(&self, cluster: &str, labels: &Labels) -> bool {
         self.targets.iter().any(|t| t.matches(cluster, labels))
+    }
+
+    /// The bundle's tenancy rules.
+    pub fn tenancy(&self) -> crate::tenancy::Tenancy {
+        crate::tenancy::Tenancy {
+            allowed_namespaces: self.allowed_namespaces.clone(),
+            allowed_kinds: self.allowed_kinds.clone(),
+            allow_cluster_scoped: self.allow_cluster_scoped,
+        }
     }
 }
 
@@ -543,6 +563,9 @@ impl FleetConfig {
                 return Err(invalid(format!("spec.source: no GitSource named {:?}", b.spec.source)));
             }
             check_bundle_path(&b.spec.path).map_err(invalid)?;
+            if let Some(e) = b.spec.tenancy().validate().into_iter().next() {
+                return Err(invalid(format!("spec.{e}")));
+            }
             for d in &b.spec.depends_on {
                 if !self.bundles.contains_key(d) {
                     return Err(invalid(format!("spec.dependsOn: no Bundle named {d:?}")));
@@ -864,6 +887,25 @@ spec:
         let text = FLEET.replace("path: infra", "path: ../../etc");
         let err = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
         assert!(err.contains("escapes"), "{err}");
+    }
+
+    #[test]
+    fn tenancy_fields_parse_and_validate() {
+        let text = FLEET.replace(
+            "  targetNamespace: app\n",
+            "  targetNamespace: app\n  allowedNamespaces: [app, app-*]\n  allowedKinds: [ConfigMap, Deployment.apps]\n  allowClusterScoped: false\n",
+        );
+        let cfg = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap();
+        let t = cfg.bundles["app"].spec.tenancy();
+        assert_eq!(t.allowed_namespaces, ["app", "app-*"]);
+        assert_eq!(t.allowed_kinds, ["ConfigMap", "Deployment.apps"]);
+        assert!(!t.allow_cluster_scoped);
+        assert!(cfg.bundles["infra"].spec.tenancy().is_unrestricted());
+
+        let text =
+            FLEET.replace("  targetNamespace: app\n", "  targetNamespace: app\n  allowedNamespaces: [App]\n");
+        let err = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(err.contains("spec.allowedNamespaces") && err.contains("\"App\""), "{err}");
     }
 
     #[test]

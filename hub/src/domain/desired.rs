@@ -7,6 +7,7 @@ use std::sync::Arc;
 use convoy_core::config::{BundleSpec, DriftMode, FleetConfig};
 use convoy_core::pipeline::BuiltArtifact;
 use convoy_core::selector::Labels;
+use convoy_core::tenancy::Tenancy;
 
 use super::DeploymentRecord;
 
@@ -31,6 +32,8 @@ pub struct ApplyOptions {
     pub rollback: bool,
     /// Correct or only detect drift.
     pub drift: DriftMode,
+    /// The bundle's tenancy rules, enforced by the agent.
+    pub tenancy: Tenancy,
 }
 
 impl ApplyOptions {
@@ -47,6 +50,7 @@ impl ApplyOptions {
             force: spec.force,
             rollback: false,
             drift: spec.drift,
+            tenancy: spec.tenancy(),
         }
     }
 }

@@ -59,6 +59,9 @@ pub fn deployment_to_pb(d: &Deployment) -> pb::BundleDeployment {
                 DriftMode::Correct => pb::DriftMode::Correct,
                 DriftMode::Detect => pb::DriftMode::Detect,
             } as i32,
+            allowed_namespaces: o.tenancy.allowed_namespaces.clone(),
+            allowed_kinds: o.tenancy.allowed_kinds.clone(),
+            deny_cluster_scoped: !o.tenancy.allow_cluster_scoped,
         }),
     }
 }
