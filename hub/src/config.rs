@@ -496,6 +496,9 @@ impl HubConfig {
             abs(p);
         }
         self.fleet.paths.iter_mut().for_each(abs);
+        if let Some(t) = &mut self.store.tls {
+            [&mut t.ca, &mut t.cert, &mut t.key].into_iter().flatten().for_each(abs);
+        }
     }
 }
 
