@@ -4,12 +4,14 @@
 #
 #   Debian: git (http-backend), lighttpd + fcgiwrap (smart HTTP), nginx (download
 #           baseline), openssh-server (SSH git), apache2-utils (htpasswd),
-#           hyperfine (command timing), gnupg (signed-commit tests)
+#           hyperfine (command timing), gnupg (signed-commit tests),
+#           etcd-server (the HA hub's store, started by tests), protobuf-compiler
+#           (protoc, for etcd-client's build: the hub's `etcd` feature)
 #   PyPI:   grpcio + grpcio-reflection (independent gRPC client),
 #           helm-python-sdk (Helm's Go engine, to lint and render the chart)
 set -euo pipefail
 
-APT_PACKAGES=(git lighttpd fcgiwrap nginx openssh-server openssh-client apache2-utils hyperfine gnupg)
+APT_PACKAGES=(git lighttpd fcgiwrap nginx openssh-server openssh-client apache2-utils hyperfine gnupg etcd-server protobuf-compiler)
 PIP_PACKAGES=(grpcio grpcio-reflection helm-python-sdk)
 
 missing=()

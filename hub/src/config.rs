@@ -235,12 +235,61 @@ pub struct StoreSettings {
     /// redb page cache, MiB. Default 64.
     #[serde(default = "default_store_cache")]
     pub cache_mib: usize,
+    /// `redb` (default: one hub, `state.redb` in the data dir) or `etcd`
+    /// (several hub replicas; needs a hub built with the `etcd` feature).
+    #[serde(default, rename = "type")]
+    pub type_: StoreType,
+    /// etcd client URLs (`https://etcd-0:2379`), for `type: etcd`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// Key prefix in etcd. Default `/convoy/`.
+    #[serde(default = "default_store_prefix")]
+    pub prefix: String,
+    /// TLS to etcd: CA to verify it, client certificate and key (PEM files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<StoreTls>,
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
-        Self { cache_mib: default_store_cache() }
+        Self {
+            cache_mib: default_store_cache(),
+            type_: StoreType::default(),
+            endpoints: Vec::new(),
+            prefix: default_store_prefix(),
+            tls: None,
+        }
     }
+}
+
+fn default_store_prefix() -> String {
+    "/convoy/".into()
+}
+
+/// Which store backend the hub uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreType {
+    /// The embedded redb file.
+    #[default]
+    Redb,
+    /// etcd, shared by several hub replicas.
+    Etcd,
+}
+
+/// TLS files for the etcd connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoreTls {
+    /// CA certificate (PEM) that signed etcd's server certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM), with `key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM), with `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
 }
 
 /// Alert delivery settings shared by every Provider.
@@ -447,6 +496,9 @@ impl HubConfig {
             abs(p);
         }
         self.fleet.paths.iter_mut().for_each(abs);
+        if let Some(t) = &mut self.store.tls {
+            [&mut t.ca, &mut t.cert, &mut t.key].into_iter().flatten().for_each(abs);
+        }
     }
 }
 

@@ -33,7 +33,7 @@ use crate::metrics::{Metrics, ResultLabels};
 use crate::pipeline::SourcePipeline;
 use crate::pki::{Ca, certs_from_pem, key_from_pem};
 use crate::state::{FleetView, StateDeps, StateHandle, TokenInput, TokenOutput};
-use crate::store::{RedbStore, Store, Write};
+use crate::store::{Store, Write};
 use crate::writer::WriterHandle;
 use crate::{Error, Result, files, now_ms};
 
@@ -229,11 +229,12 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     let (admin_cert, admin_key) = admin_cert(&ca, &dir, cfg.certificates.admin_ttl.get(), now)?;
 
     // Store and indexes.
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(
-        &dir.join("state.redb"),
-        cfg.events.retain,
-        cfg.store.cache_mib.max(1) << 20,
-    )?);
+    let store: Arc<dyn Store> = {
+        let (settings, dir, retain) = (cfg.store.clone(), dir.clone(), cfg.events.retain);
+        tokio::task::spawn_blocking(move || crate::store::open_configured(&settings, &dir, retain))
+            .await
+            .map_err(|e| Error::Store(e.to_string()))??
+    };
     let st = store.clone();
     let loaded =
         tokio::task::spawn_blocking(move || st.load()).await.map_err(|e| Error::Store(e.to_string()))??;

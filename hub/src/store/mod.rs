@@ -9,10 +9,16 @@
 //!
 //! Calls block: callers run them in `spawn_blocking`.
 
+#[cfg(feature = "etcd")]
+mod etcd_store;
+mod open;
 mod redb_store;
 
 use std::collections::BTreeSet;
 
+#[cfg(feature = "etcd")]
+pub use etcd_store::{EtcdOptions, EtcdStore};
+pub use open::open_configured;
 pub use redb_store::RedbStore;
 
 use crate::Result;

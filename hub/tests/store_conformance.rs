@@ -1,0 +1,348 @@
+//! One `Store` conformance suite, run against the embedded redb store and
+//! (with the `etcd` feature, as scripts/test.sh runs it) against a real etcd:
+//! Debian's `etcd-server`, started by each test on loopback and killed when
+//! the test ends. Plus what only a shared store has: several replicas
+//! committing at once, and a prefix written by a newer hub.
+
+use convoy_core::status::{BundleStatus, Phase, Severity};
+use convoy_hub::domain::{
+    AgentBatch, ClusterRecord, EventFilter, EventRecord, OutboxEntry, StatusRecord, TokenRecord,
+};
+use convoy_hub::store::{RedbStore, Store, Write, WriteOutcome};
+
+/// A store under test and how to open it again (a restart, or another replica).
+trait Backend {
+    fn open(&self, event_capacity: u64) -> Box<dyn Store>;
+}
+
+struct Redb(tempfile::TempDir);
+
+impl Backend for Redb {
+    fn open(&self, cap: u64) -> Box<dyn Store> {
+        Box::new(RedbStore::open(&self.0.path().join("state.redb"), cap, 8 << 20).unwrap())
+    }
+}
+
+fn redb() -> Redb {
+    Redb(tempfile::tempdir().unwrap())
+}
+
+fn status(b: &str, gen_: u64) -> OutboxEntry {
+    OutboxEntry::Status(StatusRecord {
+        status: BundleStatus {
+            bundle: b.into(),
+            generation: gen_,
+            phase: Phase::Ready,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+}
+
+fn event(b: &str, reason: &str) -> OutboxEntry {
+    OutboxEntry::Event(EventRecord { bundle: b.into(), reason: reason.into(), ..Default::default() })
+}
+
+fn batch_outcome(out: &[WriteOutcome]) -> &convoy_hub::domain::BatchOutcome {
+    match &out[0] {
+        WriteOutcome::Batch(o) => o,
+        other => panic!("not a batch outcome: {other:?}"),
+    }
+}
+
+fn agent_batches_are_idempotent_and_survive_reopen(b: &dyn Backend) {
+    {
+        let s = b.open(100);
+        let batch = AgentBatch {
+            cluster: "c1".into(),
+            epoch: 7,
+            entries: vec![(1, status("a", 1)), (2, event("a", "Applied"))],
+        };
+        let out = s.commit(vec![Write::AgentBatch(batch.clone())], 5).unwrap();
+        let o = batch_outcome(&out);
+        assert_eq!((o.acked_seq, o.statuses.len(), o.events.len()), (2, 1, 1));
+        assert_eq!(o.statuses[0].updated_unix_ms, 5);
+        // Resending the same entries stores nothing new but still acks.
+        let out = s.commit(vec![Write::AgentBatch(batch)], 6).unwrap();
+        let o = batch_outcome(&out);
+        assert_eq!(o.acked_seq, 2);
+        assert!(o.statuses.is_empty() && o.events.is_empty());
+        // A partly new batch stores only what is new.
+        let more = AgentBatch {
+            cluster: "c1".into(),
+            epoch: 7,
+            entries: vec![(2, event("a", "Applied")), (3, status("a", 2))],
+        };
+        let out = s.commit(vec![Write::AgentBatch(more)], 7).unwrap();
+        let o = batch_outcome(&out);
+        assert_eq!((o.acked_seq, o.statuses.len(), o.events.len()), (3, 1, 0));
+    }
+    let s = b.open(100);
+    assert_eq!(s.last_seq("c1", 7).unwrap(), 3);
+    assert_eq!(s.last_seq("c1", 8).unwrap(), 0);
+    let loaded = s.load().unwrap();
+    let c1: Vec<_> = loaded.statuses.iter().filter(|(c, _)| c == "c1").collect();
+    assert_eq!(c1.len(), 1);
+    assert_eq!(c1[0].1.status.generation, 2);
+    assert_eq!(s.list_events(&EventFilter::default()).unwrap().len(), 1);
+    // A new epoch replaces the old one.
+    let batch = AgentBatch { cluster: "c1".into(), epoch: 9, entries: vec![(1, status("a", 3))] };
+    s.commit(vec![Write::AgentBatch(batch)], 8).unwrap();
+    assert_eq!(s.last_seq("c1", 7).unwrap(), 0);
+    assert_eq!(s.last_seq("c1", 9).unwrap(), 1);
+}
+
+fn event_log_is_a_bounded_indexed_ring(b: &dyn Backend) {
+    let s = b.open(5);
+    for i in 0..12u64 {
+        let cluster = if i % 2 == 0 { "even" } else { "odd" };
+        let ev = EventRecord {
+            bundle: format!("b{}", i % 3),
+            severity: if i == 11 { Severity::Error } else { Severity::Info },
+            ..Default::default()
+        };
+        s.commit(vec![Write::AppendEvents(vec![(cluster.into(), ev)])], i as i64).unwrap();
+    }
+    let ids = |f: EventFilter| s.list_events(&f).unwrap().iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(EventFilter { limit: 100, ..Default::default() }), vec![8, 9, 10, 11, 12]);
+    assert_eq!(
+        ids(EventFilter { cluster: Some("odd".into()), limit: 100, ..Default::default() }),
+        vec![8, 10, 12]
+    );
+    let b1 =
+        s.list_events(&EventFilter { bundle: Some("b1".into()), limit: 100, ..Default::default() }).unwrap();
+    assert!(!b1.is_empty() && b1.iter().all(|e| e.event.bundle == "b1"));
+    assert_eq!(ids(EventFilter { limit: 2, ..Default::default() }), vec![11, 12]);
+    assert_eq!(ids(EventFilter { after_id: 10, limit: 100, ..Default::default() }), vec![11, 12]);
+    let errors = ids(EventFilter { min_severity: Severity::Error, limit: 100, ..Default::default() });
+    assert_eq!(errors, vec![12]);
+    assert_eq!(s.load().unwrap().last_event_id, 12);
+    // Several events in one commit get consecutive ids.
+    let evs = (0..3).map(|_| ("odd".to_string(), EventRecord::default())).collect();
+    let out = s.commit(vec![Write::AppendEvents(evs)], 20).unwrap();
+    let WriteOutcome::Events(stored) = &out[0] else { panic!("{out:?}") };
+    assert_eq!(stored.iter().map(|e| e.id).collect::<Vec<_>>(), vec![13, 14, 15]);
+    assert_eq!(ids(EventFilter { limit: 100, ..Default::default() }), vec![11, 12, 13, 14, 15]);
+}
+
+fn records_round_trip_and_seeding_never_overwrites(b: &dyn Backend) {
+    let s = b.open(5);
+    let c = ClusterRecord { name: "c1".into(), ..Default::default() };
+    let t = TokenRecord {
+        id: "tok-1".into(),
+        hash: "ab".repeat(32),
+        created_unix_ms: 1,
+        expires_unix_ms: 2,
+        single_use: true,
+        uses: 0,
+        cluster: Some("c1".into()),
+        labels: Default::default(),
+    };
+    let seed = |generation| Write::SeedStatuses {
+        cluster: "c1".into(),
+        statuses: vec![StatusRecord {
+            status: BundleStatus { bundle: "x".into(), generation, ..Default::default() },
+            ..Default::default()
+        }],
+    };
+    let out = s
+        .commit(
+            vec![
+                Write::PutCluster(c.clone()),
+                Write::PutToken(t.clone()),
+                Write::SetSuspended { bundle: "web".into(), suspended: true },
+                Write::SetSuspended { bundle: "api".into(), suspended: true },
+                Write::SetSourceSuspended { source: "repo".into(), suspended: true },
+                seed(1),
+                // A later write of the same commit sees the earlier one.
+                seed(2),
+            ],
+            1,
+        )
+        .unwrap();
+    let WriteOutcome::Seeded { statuses, .. } = &out[5] else { panic!("{out:?}") };
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(out[6], WriteOutcome::Seeded { cluster: "c1".into(), statuses: vec![] });
+    s.commit(vec![Write::SetSuspended { bundle: "api".into(), suspended: false }], 2).unwrap();
+    let out = s.commit(vec![seed(9)], 3).unwrap();
+    assert_eq!(
+        out,
+        vec![WriteOutcome::Seeded { cluster: "c1".into(), statuses: vec![] }],
+        "never overwrites"
+    );
+    // What a restart (or another replica) reads back.
+    drop(s);
+    let s = b.open(5);
+    let l = s.load().unwrap();
+    assert_eq!(l.clusters, vec![c]);
+    assert_eq!(l.tokens, vec![t.clone()]);
+    assert_eq!(l.suspended.iter().collect::<Vec<_>>(), ["web"]);
+    assert!(l.suspended_sources.contains("repo"));
+    assert_eq!(l.statuses.len(), 1);
+    assert_eq!(l.statuses[0].1.status.generation, 1);
+    assert_eq!(s.get_token("tok-1").unwrap(), Some(t));
+    assert_eq!(s.get_token("nope").unwrap(), None);
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[test]
+            fn redb() {
+                super::$case(&super::redb());
+            }
+            #[cfg(feature = "etcd")]
+            #[test]
+            fn etcd() {
+                let server = super::etcd::Server::start();
+                super::$case(&server.backend("/convoy-test/"));
+            }
+        }
+    )*};
+}
+
+conformance!(
+    agent_batches_are_idempotent_and_survive_reopen,
+    event_log_is_a_bounded_indexed_ring,
+    records_round_trip_and_seeding_never_overwrites,
+);
+
+#[cfg(feature = "etcd")]
+mod etcd {
+    use std::net::TcpListener;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use convoy_hub::store::{EtcdOptions, EtcdStore, Store, Write};
+
+    use super::Backend;
+
+    /// A real etcd on loopback, killed (and its data dir removed) on drop.
+    pub struct Server {
+        child: Child,
+        pub url: String,
+        _dir: tempfile::TempDir,
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    impl Server {
+        pub fn start() -> Server {
+            let dir = tempfile::tempdir().unwrap();
+            let (client, peer) = (free_port(), free_port());
+            let url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let child = Command::new("etcd")
+                .args(["--name", "t", "--data-dir"])
+                .arg(dir.path().join("data"))
+                .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("t={peer_url}")])
+                // A group commit of many statuses is one transaction (docs/operations.md).
+                .args(["--max-txn-ops", "10000", "--max-request-bytes", "10485760"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("etcd runs (scripts/setup.sh installs Debian's etcd-server)");
+            let server = Server { child, url, _dir: dir };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if std::net::TcpStream::connect(server.url.trim_start_matches("http://")).is_ok()
+                    && EtcdStore::open(&EtcdOptions::new(vec![server.url.clone()], "/probe/"), 1).is_ok()
+                {
+                    return server;
+                }
+                assert!(Instant::now() < deadline, "etcd did not start at {}", server.url);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        pub fn backend(&self, prefix: &str) -> Etcd {
+            Etcd { url: self.url.clone(), prefix: prefix.to_string() }
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    pub struct Etcd {
+        url: String,
+        prefix: String,
+    }
+
+    impl Backend for Etcd {
+        fn open(&self, cap: u64) -> Box<dyn Store> {
+            Box::new(EtcdStore::open(&EtcdOptions::new(vec![self.url.clone()], &self.prefix), cap).unwrap())
+        }
+    }
+
+    /// Three replicas appending events at once: every commit lands exactly
+    /// once, ids are unique and consecutive, the ring's indexes agree.
+    #[test]
+    fn replicas_committing_at_once_are_serialized() {
+        let server = Server::start();
+        let b = server.backend("/race/");
+        let handles: Vec<_> = (0..3)
+            .map(|r| {
+                let s = b.open(10_000);
+                std::thread::spawn(move || {
+                    for i in 0..20 {
+                        let ev = convoy_hub::domain::EventRecord {
+                            bundle: format!("r{r}"),
+                            reason: format!("{i}"),
+                            ..Default::default()
+                        };
+                        s.commit(vec![Write::AppendEvents(vec![(format!("c{r}"), ev)])], i).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let s = b.open(10_000);
+        let all =
+            s.list_events(&convoy_hub::domain::EventFilter { limit: 1000, ..Default::default() }).unwrap();
+        assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), (1..=60).collect::<Vec<u64>>());
+        for r in 0..3 {
+            let mine = s
+                .list_events(&convoy_hub::domain::EventFilter {
+                    cluster: Some(format!("c{r}")),
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .unwrap();
+            let reasons: Vec<String> = mine.iter().map(|e| e.event.reason.clone()).collect();
+            assert_eq!(reasons, (0..20).map(|i| i.to_string()).collect::<Vec<_>>(), "replica {r} in order");
+        }
+        assert_eq!(s.load().unwrap().last_event_id, 60);
+    }
+
+    /// Prefixes are separate hubs; a prefix written by a newer hub is refused.
+    #[test]
+    fn prefixes_are_separate_and_a_newer_schema_is_refused() {
+        let server = Server::start();
+        let a = server.backend("/a/").open(10);
+        a.commit(vec![Write::SetSuspended { bundle: "web".into(), suspended: true }], 1).unwrap();
+        assert!(server.backend("/b/").open(10).load().unwrap().suspended.is_empty());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([server.url.as_str()], None).await.unwrap();
+            c.put("/a/meta/schema", "2", None).await.unwrap();
+        });
+        let err =
+            EtcdStore::open(&EtcdOptions::new(vec![server.url.clone()], "/a/"), 10).err().expect("refused");
+        assert!(err.to_string().contains("newer hub"), "{err}");
+        let mut unreachable = EtcdOptions::new(vec!["http://127.0.0.1:1".into()], "/a/");
+        unreachable.connect_timeout = std::time::Duration::from_millis(500);
+        unreachable.request_timeout = std::time::Duration::from_secs(1);
+        let err = EtcdStore::open(&unreachable, 10).err();
+        assert!(err.is_some(), "an unreachable etcd is an error, not an empty store");
+    }
+}
