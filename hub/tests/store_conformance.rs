@@ -210,16 +210,17 @@ conformance!(
 #[cfg(feature = "etcd")]
 mod etcd {
     use std::net::TcpListener;
-    use std::process::{Child, Command, Stdio};
+    use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
     use convoy_hub::store::{EtcdOptions, EtcdStore, Store, Write};
 
     use super::Backend;
 
-    /// A real etcd on loopback, killed (and its data dir removed) on drop.
+    /// A real etcd on loopback, killed with its process group (and its data
+    /// dir removed) on drop.
     pub struct Server {
-        child: Child,
+        _guard: convoy_testsupport::ProcessGuard,
         pub url: String,
         _dir: tempfile::TempDir,
     }
@@ -234,19 +235,21 @@ mod etcd {
             let (client, peer) = (free_port(), free_port());
             let url = format!("http://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
-            let child = Command::new("etcd")
-                .args(["--name", "t", "--data-dir"])
-                .arg(dir.path().join("data"))
-                .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &format!("t={peer_url}")])
-                // A group commit of many statuses is one transaction (docs/operations.md).
-                .args(["--max-txn-ops", "10000", "--max-request-bytes", "10485760"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("etcd runs (scripts/setup.sh installs Debian's etcd-server)");
-            let server = Server { child, url, _dir: dir };
+            let guard = convoy_testsupport::ProcessGuard::spawn(
+                "etcd",
+                Command::new("etcd")
+                    .args(["--name", "t", "--data-dir"])
+                    .arg(dir.path().join("data"))
+                    .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+                    .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                    .args(["--initial-cluster", &format!("t={peer_url}")])
+                    // A group commit of many statuses is one transaction (docs/operations.md).
+                    .args(["--max-txn-ops", "10000", "--max-request-bytes", "10485760"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )
+            .expect("etcd runs (scripts/setup.sh installs Debian's etcd-server)");
+            let server = Server { _guard: guard, url, _dir: dir };
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if std::net::TcpStream::connect(server.url.trim_start_matches("http://")).is_ok()
@@ -261,13 +264,6 @@ mod etcd {
 
         pub fn backend(&self, prefix: &str) -> Etcd {
             Etcd { url: self.url.clone(), prefix: prefix.to_string() }
-        }
-    }
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 
