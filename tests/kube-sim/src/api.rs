@@ -38,6 +38,26 @@ pub const TRUSTED: &str = "\u{0}kube-sim-controller";
 /// Largest accepted request body (the API server's limit).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
+/// etcd's default request size limit (`--max-request-bytes`, 1.5 MiB).
+pub const ETCD_MAX_REQUEST: usize = 1536 * 1024;
+
+/// Size of an object's stored form (compact JSON), counted without allocating it.
+pub fn stored_size(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
 /// Shared state of one simulated cluster.
 pub struct Inner {
     pub store: Store,
@@ -899,6 +919,10 @@ impl Inner {
             }
             if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
                 m.shift_remove("resourceVersion");
+            }
+            // etcd's default --max-request-bytes (dry-run never reaches etcd)
+            if stored_size(&new) + gr.resource.len() + ns.len() + name.len() > ETCD_MAX_REQUEST {
+                return Err(ApiError::etcd_too_large());
             }
             match self.store.commit(&gr, &key, cur.as_ref(), Some(new)) {
                 Ok((_, Some(obj))) => {

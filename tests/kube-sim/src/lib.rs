@@ -36,6 +36,7 @@ mod crdschema;
 mod defaults;
 pub mod faults;
 pub mod fieldpath;
+mod gnostic;
 pub mod immutable;
 pub mod managed;
 mod openapi;
