@@ -155,7 +155,17 @@ pub fn v2_doc(inner: &Arc<Inner>) -> Value {
             paths.insert(p.clone(), item);
         }
         for (n, sch) in doc["components"]["schemas"].as_object().into_iter().flatten() {
-            definitions.insert(n.clone(), v2_schema(sch));
+            let mut d = v2_schema(sch);
+            // the API server adds the envelope fields to a CRD's published schema
+            // (metadata is left arbitrary: ObjectMeta's schema is not served)
+            if let Some(props) = d.get_mut("properties").and_then(Value::as_object_mut) {
+                props.entry("apiVersion").or_insert_with(|| json!({"type": "string"}));
+                props.entry("kind").or_insert_with(|| json!({"type": "string"}));
+                props
+                    .entry("metadata")
+                    .or_insert_with(|| json!({"description": "Standard object's metadata."}));
+            }
+            definitions.insert(n.clone(), d);
         }
     }
     json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths, "definitions": definitions})
