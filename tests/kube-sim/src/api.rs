@@ -1810,3 +1810,32 @@ fn eq_except(a: &Value, b: &Value, skip: &dyn Fn(&str) -> bool) -> bool {
         _ => a == b,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn cluster_ip_allocation_is_unique_and_in_range() {
+        let range = parse_cidr("10.100.0.7/29").unwrap();
+        assert_eq!(range, (u32::from(std::net::Ipv4Addr::new(10, 100, 0, 0)), 29));
+        assert!(parse_cidr("10.0.0.0/31").is_none() && parse_cidr("nonsense").is_none());
+        let mut a = IpAlloc::new(range);
+        assert_eq!(a.first(), "10.100.0.1");
+        assert_eq!(a.cidr(), "10.100.0.0/29");
+        let stored: HashSet<u32> = HashSet::from([u32::from(std::net::Ipv4Addr::new(10, 100, 0, 2))]);
+        a.request("10.100.0.1", &stored).unwrap();
+        let got: Vec<String> = (0..4).map(|_| a.cluster_ip(&stored).unwrap()).collect();
+        assert_eq!(got, ["10.100.0.3", "10.100.0.4", "10.100.0.5", "10.100.0.6"].map(String::from));
+        assert!(matches!(a.cluster_ip(&stored), Err(IpError::Full(_))));
+        assert_eq!(a.request("10.100.0.2", &stored), Err(IpError::Taken));
+        for out in ["10.100.0.0", "10.100.0.7", "10.100.0.8", "10.101.0.1"] {
+            assert_eq!(a.request(out, &stored), Err(IpError::OutOfRange("10.100.0.0/29".into())), "{out}");
+        }
+        assert_eq!(a.request("x", &stored), Err(IpError::Invalid));
+        a.release("10.100.0.4");
+        assert_eq!(a.cluster_ip(&stored).unwrap(), "10.100.0.4");
+    }
+}

@@ -214,3 +214,23 @@ pub fn serve(inner: &Arc<Inner>, path: &str, headers: &HeaderMap) -> Response<Bo
         None => error_response(&ApiError::no_resource()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_schema_drops_what_v2_cannot_say() {
+        let s = json!({"type": "object", "nullable": true, "properties": {
+            "any": {"type": "object", "x-kubernetes-preserve-unknown-fields": true, "properties": {"a": {"type": "string"}}},
+            "port": {"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}]},
+            "list": {"type": "array", "items": {"type": "string", "nullable": true}},
+            "rule": {"type": "string", "x-kubernetes-validations": [{"rule": "self != ''"}]}}});
+        let v = v2_schema(&s);
+        assert!(v.get("nullable").is_none());
+        assert_eq!(v["properties"]["any"], json!({"x-kubernetes-preserve-unknown-fields": true}));
+        assert_eq!(v["properties"]["port"], json!({"x-kubernetes-int-or-string": true}));
+        assert_eq!(v["properties"]["list"], json!({"type": "array", "items": {"type": "string"}}));
+        assert_eq!(v["properties"]["rule"], json!({"type": "string"}));
+    }
+}
