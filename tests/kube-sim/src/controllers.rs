@@ -56,6 +56,7 @@ pub fn seed(inner: &Arc<Inner>) {
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
         );
     }
+    let first_ip = inner.ips.lock().first();
     create(
         "",
         "v1",
@@ -63,7 +64,7 @@ pub fn seed(inner: &Arc<Inner>) {
         "default",
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "namespace": "default",
             "labels": {"component": "apiserver", "provider": "kubernetes"}},
-            "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}}),
+            "spec": {"clusterIP": first_ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}}),
     );
     create(
         "",
@@ -126,6 +127,7 @@ const WORKLOADS: &[(&str, &str)] = &[
     ("", "pods"),
     ("autoscaling", "horizontalpodautoscalers"),
     ("policy", "poddisruptionbudgets"),
+    ("apiregistration.k8s.io", "apiservices"),
 ];
 
 impl Controllers {
@@ -254,6 +256,7 @@ impl Controllers {
             // the endpoints controller removes a deleted Service's Endpoints
             if ev.gr == gr("", "services") {
                 self.delete_child(&gr("", "endpoints"), &key.1, &key.2);
+                self.reconcile_api_services(&key.1, &key.2);
             }
             // pods going away change the endpoints of the Services selecting them
             // and the budgets counting them
@@ -285,6 +288,9 @@ impl Controllers {
         }
         self.reconcile(&key);
         self.reconcile_owner(&ev.object);
+        if ev.gr == gr("", "services") && ev.typ == EventType::Added {
+            self.reconcile_api_services(&key.1, &key.2);
+        }
         if ev.gr == gr("", "pods") {
             // Services track the pods they select (Endpoints, EndpointSlices)
             self.reconcile_each(gr("", "services"), &key.1, |sv| {
@@ -301,6 +307,14 @@ impl Controllers {
                     && h.pointer("/spec/scaleTargetRef/kind").and_then(Value::as_str) == kind
             });
         }
+    }
+
+    /// APIServices backed by the Service `ns/name` (it appeared or went away).
+    fn reconcile_api_services(&mut self, ns: &str, name: &str) {
+        self.reconcile_each(gr("apiregistration.k8s.io", "apiservices"), "", |a| {
+            a.pointer("/spec/service/namespace").and_then(Value::as_str) == Some(ns)
+                && a.pointer("/spec/service/name").and_then(Value::as_str) == Some(name)
+        });
     }
 
     /// Reconcile the objects of `g` in `ns` that `wanted` picks.
@@ -1094,6 +1108,40 @@ impl Controllers {
                     obj.pointer("/spec/resources/requests/storage").cloned().unwrap_or(json!("1Gi"));
                 let modes = obj.pointer("/spec/accessModes").cloned().unwrap_or(json!(["ReadWriteOnce"]));
                 self.write_status(k, &mut |_| json!({"phase": "Bound", "accessModes": modes, "capacity": {"storage": storage}}));
+            }
+            ("apiregistration.k8s.io", "apiservices") => {
+                let (status, reason, message) = match obj.pointer("/spec/service") {
+                    None | Some(Value::Null) => {
+                        ("True", "Local", "Local APIServices are always available".to_string())
+                    }
+                    Some(svc) => {
+                        let sns = svc.get("namespace").and_then(Value::as_str).unwrap_or("");
+                        let sname = svc.get("name").and_then(Value::as_str).unwrap_or("");
+                        if self.inner.store.get(&gr("", "services"), sns, sname).is_some() {
+                            ("True", "Passed", "all checks passed".to_string())
+                        } else {
+                            (
+                                "False",
+                                "ServiceNotFound",
+                                format!("service/{sname} in \"{sns}\" is not present"),
+                            )
+                        }
+                    }
+                };
+                let now = now_rfc3339();
+                self.write_status(k, &mut |cur| {
+                    let prev = cur
+                        .pointer("/status/conditions")
+                        .and_then(Value::as_array)
+                        .and_then(|a| a.iter().find(|c| c["type"] == "Available"))
+                        .cloned();
+                    let since = match &prev {
+                        Some(p) if p["status"] == status => p["lastTransitionTime"].clone(),
+                        _ => json!(now),
+                    };
+                    json!({"conditions": [{"type": "Available", "status": status, "lastTransitionTime": since,
+                        "reason": reason, "message": message}]})
+                });
             }
             ("", "services") => {
                 self.endpoints(k, obj);

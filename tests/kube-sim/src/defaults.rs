@@ -69,6 +69,9 @@ fn typed_roundtrip(group: &str, kind: &str, v: &Value) -> Option<Result<Value, S
         }
         ("coordination.k8s.io", "Lease") => roundtrip::<coord::Lease>(v),
         ("discovery.k8s.io", "EndpointSlice") => roundtrip::<disc::EndpointSlice>(v),
+        ("apiregistration.k8s.io", "APIService") => {
+            roundtrip::<k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService>(v)
+        }
         _ => return None,
     })
 }
@@ -551,7 +554,10 @@ pub fn validate(rt: &ResourceType, v: &Value) -> Vec<Cause> {
         c.push(required("metadata.name", "name or generateName is required"));
     } else {
         let label_kinds = ["Namespace", "Service"];
-        let ok = if rt.crd.is_none() && label_kinds.contains(&rt.kind.as_str()) {
+        let service = rt.crd.is_none() && rt.group.is_empty() && rt.kind == "Service";
+        let ok = if service {
+            is_dns1123_label(name) && name.starts_with(|c: char| c.is_ascii_lowercase())
+        } else if rt.crd.is_none() && label_kinds.contains(&rt.kind.as_str()) {
             is_dns1123_label(name)
         } else {
             is_dns1123_subdomain(name)
@@ -559,7 +565,9 @@ pub fn validate(rt: &ResourceType, v: &Value) -> Vec<Cause> {
         let ok =
             ok || (rt.group == "rbac.authorization.k8s.io" && !name.contains('/') && !name.contains('%'));
         if !ok {
-            let msg = if label_kinds.contains(&rt.kind.as_str()) {
+            let msg = if service {
+                "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"
+            } else if label_kinds.contains(&rt.kind.as_str()) {
                 "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
             } else {
                 "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"

@@ -1,6 +1,7 @@
-//! `/openapi/v3` (and a minimal `/openapi/v2`): one document per
-//! group/version with the PATCH operations and their query parameters, so that
-//! kubectl detects server-side field validation; CRD schemas are included.
+//! `/openapi/v3` (one document per group/version) and `/openapi/v2` (one
+//! document, JSON or gnostic protobuf): the same operations for every served
+//! kind with their query parameters, so that kubectl detects server-side field
+//! validation, and the same CRD schemas (with `x-kubernetes-group-version-kind`).
 
 use std::sync::Arc;
 
@@ -75,14 +76,117 @@ fn gv_doc(inner: &Arc<Inner>, group: &str, version: &str) -> Option<Value> {
     )
 }
 
+/// The CRD schema as published in OpenAPI v2: what v2 cannot say is dropped,
+/// and objects that keep unknown fields become arbitrary values (no `type`), as
+/// the API server publishes them.
+fn v2_schema(v: &Value) -> Value {
+    let Some(m) = v.as_object() else { return v.clone() };
+    let mut out = Map::new();
+    let preserve = m.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
+    let int_or_string = m.get("x-kubernetes-int-or-string") == Some(&json!(true));
+    for (k, x) in m {
+        match k.as_str() {
+            "nullable" | "oneOf" | "anyOf" | "not" | "x-kubernetes-validations" => {}
+            "type" if preserve || int_or_string => {}
+            "properties" if preserve => {}
+            "properties" => {
+                let props: Map<String, Value> =
+                    x.as_object().into_iter().flatten().map(|(n, p)| (n.clone(), v2_schema(p))).collect();
+                out.insert(k.clone(), Value::Object(props));
+            }
+            "items" | "additionalProperties" if x.is_object() => {
+                out.insert(k.clone(), v2_schema(x));
+            }
+            "allOf" => {
+                out.insert(
+                    k.clone(),
+                    Value::Array(x.as_array().into_iter().flatten().map(v2_schema).collect()),
+                );
+            }
+            _ => {
+                out.insert(k.clone(), x.clone());
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// The whole OpenAPI v2 document: every served kind's operations (as in the
+/// v3 documents) and the CRD schemas.
+pub fn v2_doc(inner: &Arc<Inner>) -> Value {
+    let reg = inner.registry.read();
+    let mut gvs: Vec<(String, String)> = reg.all().map(|t| (t.group.clone(), t.version.clone())).collect();
+    gvs.sort();
+    gvs.dedup();
+    drop(reg);
+    let mut paths = Map::new();
+    let mut definitions = Map::new();
+    for (g, v) in gvs {
+        let Some(doc) = gv_doc(inner, &g, &v) else { continue };
+        for (p, item) in doc["paths"].as_object().into_iter().flatten() {
+            let mut item = item.clone();
+            // v2 parameters carry their type directly (v3 has a schema)
+            for op in item.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+                for prm in op.get_mut("parameters").and_then(Value::as_array_mut).into_iter().flatten() {
+                    if let Some(sch) = prm.as_object_mut().and_then(|m| m.shift_remove("schema")) {
+                        prm["type"] = sch["type"].clone();
+                        prm["uniqueItems"] = json!(true);
+                    }
+                }
+                if let Some(gvk) = op.get_mut("x-kubernetes-group-version-kind") {
+                    // an operation names one kind (a definition lists them)
+                    if let Some(first) = gvk.as_array().and_then(|a| a.first()).cloned() {
+                        *gvk = first;
+                    }
+                }
+                if let Some(m) = op.as_object_mut() {
+                    m.insert(
+                        "consumes".into(),
+                        json!([
+                            "application/json-patch+json",
+                            "application/merge-patch+json",
+                            "application/strategic-merge-patch+json",
+                            "application/apply-patch+yaml"
+                        ]),
+                    );
+                    m.insert("produces".into(), json!(["application/json", "application/yaml"]));
+                }
+            }
+            paths.insert(p.clone(), item);
+        }
+        for (n, sch) in doc["components"]["schemas"].as_object().into_iter().flatten() {
+            let mut d = v2_schema(sch);
+            // the API server adds the envelope fields to a CRD's published schema
+            // (metadata is left arbitrary: ObjectMeta's schema is not served)
+            if let Some(props) = d.get_mut("properties").and_then(Value::as_object_mut) {
+                props.entry("apiVersion").or_insert_with(|| json!({"type": "string"}));
+                props.entry("kind").or_insert_with(|| json!({"type": "string"}));
+                props
+                    .entry("metadata")
+                    .or_insert_with(|| json!({"description": "Standard object's metadata."}));
+            }
+            definitions.insert(n.clone(), d);
+        }
+    }
+    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths, "definitions": definitions})
+}
+
 /// Serve `/openapi/v2` and `/openapi/v3[/...]`.
-pub fn serve(inner: &Arc<Inner>, path: &str, _headers: &HeaderMap) -> Response<Body> {
+pub fn serve(inner: &Arc<Inner>, path: &str, headers: &HeaderMap) -> Response<Body> {
     if path == "/openapi/v2" {
-        // kubectl only needs v2 when v3 is missing; an empty document is valid
-        return json_response(
-            200,
-            &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": {}, "definitions": {}}),
-        );
+        let doc = v2_doc(inner);
+        let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
+        if accept.contains("protobuf") {
+            return Response::builder()
+                .status(200)
+                // the media type kubectl asks for has an `@`, which is not a valid MIME token;
+                // the API server answers with the `.v1.0` spelling
+                .header("content-type", "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")
+                .header("cache-control", "no-cache, private")
+                .body(Body::from(crate::gnostic::encode(&doc)))
+                .expect("response");
+        }
+        return json_response(200, &doc);
     }
     let rest = path.trim_start_matches("/openapi/v3").trim_start_matches('/');
     if rest.is_empty() {
@@ -108,5 +212,25 @@ pub fn serve(inner: &Arc<Inner>, path: &str, _headers: &HeaderMap) -> Response<B
     match doc {
         Some(d) => json_response(200, &d),
         None => error_response(&ApiError::no_resource()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_schema_drops_what_v2_cannot_say() {
+        let s = json!({"type": "object", "nullable": true, "properties": {
+            "any": {"type": "object", "x-kubernetes-preserve-unknown-fields": true, "properties": {"a": {"type": "string"}}},
+            "port": {"x-kubernetes-int-or-string": true, "anyOf": [{"type": "integer"}, {"type": "string"}]},
+            "list": {"type": "array", "items": {"type": "string", "nullable": true}},
+            "rule": {"type": "string", "x-kubernetes-validations": [{"rule": "self != ''"}]}}});
+        let v = v2_schema(&s);
+        assert!(v.get("nullable").is_none());
+        assert_eq!(v["properties"]["any"], json!({"x-kubernetes-preserve-unknown-fields": true}));
+        assert_eq!(v["properties"]["port"], json!({"x-kubernetes-int-or-string": true}));
+        assert_eq!(v["properties"]["list"], json!({"type": "array", "items": {"type": "string"}}));
+        assert_eq!(v["properties"]["rule"], json!({"type": "string"}));
     }
 }

@@ -211,6 +211,7 @@ const BUILTINS: &[Builtin] = &[
     ),
     b("coordination.k8s.io", "v1", "Lease", "leases", &[], true, ""),
     b("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", &[], true, ""),
+    b("apiregistration.k8s.io", "v1", "APIService", "apiservices", &[], false, "s"),
 ];
 
 /// Groups in the order real clusters list them (core first).

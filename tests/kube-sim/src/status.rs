@@ -108,6 +108,12 @@ impl ApiError {
         ApiError::new(413, "RequestEntityTooLarge", "Request entity too large: limit is 3145728")
     }
 
+    /// What the API server answers when etcd refuses a write over its request
+    /// size limit: the etcd error as an unknown-reason 500.
+    pub fn etcd_too_large() -> ApiError {
+        ApiError::new(500, "", "etcdserver: request is too large")
+    }
+
     pub fn method_not_supported(rt: &ResourceType, verb: &str) -> ApiError {
         ApiError::new(
             405,
@@ -155,6 +161,11 @@ impl ApiError {
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": self.message, "reason": self.reason, "code": self.code,
         });
+        if self.reason.is_empty()
+            && let Some(m) = v.as_object_mut()
+        {
+            m.shift_remove("reason");
+        }
         if let Some(d) = &self.details {
             v["details"] = d.clone();
         }
