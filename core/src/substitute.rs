@@ -10,6 +10,7 @@
 //!         | "cluster.labels" key | "cluster.vars" key
 //! key     = "." [A-Za-z0-9_-]+ | "[" quoted "]"
 //! quoted  = '"' { any char but '"' and '\' | '\"' | '\\' } '"'
+//!           (any other backslash is kept as written: "a\nb" is 4 characters)
 //! escape  = "$${{"   (emits a literal "${{")
 //! ```
 //!
@@ -461,7 +462,12 @@ impl<'a> Parser<'a> {
                     return Ok(Some(out));
                 }
                 '\\' => match chars.next() {
-                    Some((_, e)) => out.push(e),
+                    Some((_, e @ ('"' | '\\'))) => out.push(e),
+                    // Any other backslash is kept as written (`\n` stays two characters).
+                    Some((_, e)) => {
+                        out.push('\\');
+                        out.push(e);
+                    }
                     None => return Err(()),
                 },
                 c => out.push(c),
@@ -889,7 +895,7 @@ mod tests {
     fn result_is_still_a_valid_document() {
         let doc = json!({"data": {"q": "${{ cluster.vars.quote | default \"a \\\"b\\\": c\\n- d\" }}"}});
         let got = one(&doc).unwrap();
-        assert_eq!(got.document["data"]["q"], json!("a \"b\": cn- d"));
+        assert_eq!(got.document["data"]["q"], json!("a \"b\": c\\n- d"));
         let text = serde_json::to_string(&got.document).unwrap();
         let back: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(back, got.document);
