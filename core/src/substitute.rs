@@ -335,7 +335,10 @@ impl Run<'_> {
         let nth = *n;
         *n += 1;
         let doc = self.source?;
-        let (offset, _) = doc.text.match_indices(raw).nth(nth)?;
+        // `$${{ … }}` in the source is an escape, not an occurrence.
+        let bytes = doc.text.as_bytes();
+        let (offset, _) =
+            doc.text.match_indices(raw).filter(|(i, _)| *i == 0 || bytes[i - 1] != b'$').nth(nth)?;
         let lines_before = doc.text[..offset].matches('\n').count() as u32;
         Some(doc.start_line + lines_before)
     }
@@ -410,7 +413,13 @@ fn parse(s: &str) -> std::result::Result<(Expr, usize), (ProblemKind, usize)> {
         Ok((Expr { variable, default }, p.pos))
     } else if s[p.pos..].contains("}}") {
         let found: String = s[p.pos..].chars().take_while(|c| *c != '}').collect();
-        Err(malformed(&p, ProblemKind::UnknownPath(format!("unexpected {:?} before `}}}}`", found.trim()))))
+        let message = format!("unexpected {:?} before `}}}}`", found.trim());
+        let kind = if default.is_some() {
+            ProblemKind::BadDefault(message)
+        } else {
+            ProblemKind::UnknownPath(message)
+        };
+        Err(malformed(&p, kind))
     } else {
         Err((ProblemKind::Unclosed, s.len()))
     }
@@ -808,6 +817,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn lines_follow_repeated_expressions_and_skip_escapes() {
+        let text = "# comment\nkind: ConfigMap\ndata:\n  a: $${{ cluster.vars.zone }}\n  b: ${{ cluster.vars.zone }}\n  c: ok\n  d: ${{ cluster.vars.zone }} and ${{ cluster.vars.zone }}\n";
+        let docs = crate::yaml::documents(text);
+        let doc = json!({
+            "kind": "ConfigMap",
+            "data": {
+                "a": "$${{ cluster.vars.zone }}",
+                "b": "${{ cluster.vars.zone }}",
+                "c": "ok",
+                "d": "${{ cluster.vars.zone }} and ${{ cluster.vars.zone }}",
+            }
+        });
+        let ps = problems(one_at(&doc, 0, Some(&docs[0])));
+        let lines: Vec<(Option<u32>, &str)> = ps.iter().map(|p| (p.line, p.path.as_str())).collect();
+        assert_eq!(lines, vec![(Some(5), "$.data.b"), (Some(7), "$.data.d"), (Some(7), "$.data.d")]);
+        // An expression written differently in the source (here: a YAML
+        // double-quoted scalar with escaped quotes) is reported without a line.
+        let text = "a: \"${{ cluster.vars.zone | default \\\"x\\\" | nope }}\"\n";
+        let docs = crate::yaml::documents(text);
+        let doc = json!({"a": "${{ cluster.vars.zone | default \"x\" | nope }}"});
+        let ps = problems(one_at(&doc, 0, Some(&docs[0])));
+        assert_eq!(ps.len(), 1);
+        assert_eq!(ps[0].line, None);
+    }
+
     fn one_at(v: &Value, index: usize, source: Option<&Document<'_>>) -> Result<Substituted> {
         substitute(&vars(), "bundle.yaml", Input { value: v, index, source })
     }
@@ -870,7 +905,12 @@ mod tests {
             (
                 "${{ cluster.vars.x | default \"a\" \"b\" }}",
                 "${{ cluster.vars.x | default \"a\" \"b\" }}",
-                "unexpected",
+                "bad default: unexpected",
+            ),
+            (
+                "${{ cluster.name | default \"a\" | nope }}",
+                "${{ cluster.name | default \"a\" | nope }}",
+                "bad default",
             ),
         ];
         for (input, expr, msg) in cases {
