@@ -51,6 +51,14 @@ pub enum Error {
         /// Why it is invalid.
         message: String,
     },
+    /// Cluster-variable substitution failed for one cluster (see `substitute`).
+    #[error("{file}: {} substitution problem(s): {}", problems.len(), problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Substitution {
+        /// The file the documents came from.
+        file: String,
+        /// Every problem found, in document order.
+        problems: Vec<crate::substitute::Problem>,
+    },
 }
 
 /// Result with [`Error`].

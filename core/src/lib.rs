@@ -11,6 +11,7 @@ pub mod identity;
 pub mod pipeline;
 pub mod selector;
 pub mod status;
+pub mod substitute;
 pub mod tenancy;
 pub mod yaml;
 
