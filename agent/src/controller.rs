@@ -32,7 +32,7 @@ use crate::health::{self, HealthStatus, ObjectHealth};
 use crate::identity::now_ms;
 use crate::inventory::{Entry, Inventory};
 use crate::metrics::{BundleLabel, BundleResult, Metrics};
-use crate::objects::{MetaKey, ObjKey};
+use crate::objects::{MetaKey, ObjKey, Stage};
 use crate::outbox::OutboxWriter;
 use crate::status::{self, BundleStatus, Event, ObjectCounts};
 use crate::store::{BundleRecord, OutboxItem, Store};
@@ -165,8 +165,9 @@ enum Failure {
     /// Verification or manifests: nothing applied; not retried until the deployment changes.
     Refused(Error),
     /// The apply itself failed; `true` when some objects were written
-    /// before it stopped. Retried with backoff.
-    Failed(Error, bool),
+    /// before it stopped, and the stage that failed when one did. Retried
+    /// with backoff.
+    Failed(Error, bool, Option<Stage>),
 }
 
 enum JobOut {
@@ -771,6 +772,23 @@ impl Controller {
                     }
                     self.emit(ev);
                 }
+                for o in a.report.objects.iter().filter(|o| o.action == Action::Recreated) {
+                    self.emit(
+                        status::event(
+                            Severity::Warning,
+                            "Recreated",
+                            name,
+                            format!(
+                                "{} was deleted and created again: {} cannot change in place (force)",
+                                o.key,
+                                o.fields.join(", ")
+                            ),
+                        )
+                        .object(&o.key)
+                        .revision(&rev)
+                        .detail("fields", o.fields.join(",")),
+                    );
+                }
                 let slot = self.slots.get_mut(name).expect("slot");
                 if slot.state.phase == Phase::NotReady && a.waited {
                     let msg = slot.state.message.clone();
@@ -784,7 +802,7 @@ impl Controller {
                 self.metrics.applies.get_or_create(&result).inc();
                 self.refuse(name, &d, e);
             }
-            Err(Failure::Failed(e, applied_some)) => {
+            Err(Failure::Failed(e, applied_some, stage)) => {
                 let result = BundleResult { result: "failure".into(), ..labels };
                 self.metrics.applies.get_or_create(&result).inc();
                 let transient = e.is_transient();
@@ -793,8 +811,12 @@ impl Controller {
                 let st = &mut slot.state;
                 st.phase = if transient { Phase::Reconciling } else { Phase::Stalled };
                 st.message = format!(
-                    "{}{}; retrying in {:.1}s",
+                    "{}{}{}; retrying in {:.1}s",
                     e,
+                    match stage {
+                        Some(s) => format!(" (stage {} {} failed)", s as u8, s.name()),
+                        None => String::new(),
+                    },
                     if applied_some { " (some objects of this generation were applied)" } else { "" },
                     delay.as_secs_f64()
                 );
@@ -1198,7 +1220,7 @@ async fn reconcile(
     // Without local state (a new state directory), the inventory in the
     // cluster still says which generation is applied: no replays either.
     if applied.is_none() {
-        let inv = ctx.engine.inventory(&d.name).await.map_err(|e| Failure::Failed(e, false))?;
+        let inv = ctx.engine.inventory(&d.name).await.map_err(|e| Failure::Failed(e, false, None))?;
         if let Some(inv) = inv.filter(|i| i.generation > 0) {
             let floor = AppliedRevision {
                 generation: inv.generation,
@@ -1221,12 +1243,12 @@ async fn reconcile(
         None => {
             let bytes = artifact(ctx, &d.digest, d.size).await.map_err(|e| match e {
                 e @ Error::Verification { .. } => Failure::Refused(e),
-                e => Failure::Failed(e, false),
+                e => Failure::Failed(e, false, None),
             })?;
             bundle::verify_artifact(&st, &d.name, &bytes).map_err(Failure::Refused)?;
             let ms = manifests(ctx, bytes).await.map_err(|e| match e {
                 e @ (Error::Manifest { .. } | Error::Artifact { .. }) => Failure::Refused(e),
-                e => Failure::Failed(e, false),
+                e => Failure::Failed(e, false, None),
             })?;
             let plan = ctx
                 .engine
@@ -1241,7 +1263,7 @@ async fn reconcile(
                 .await
                 .map_err(|e| match e {
                     e @ Error::Manifest { .. } => Failure::Refused(e),
-                    e => Failure::Failed(e, false),
+                    e => Failure::Failed(e, false, None),
                 })?;
             Arc::new(plan)
         }
@@ -1252,8 +1274,8 @@ async fn reconcile(
         let changed = report
             .objects
             .iter()
-            .any(|o| matches!(o.action, Action::Created | Action::Configured | Action::Pruned));
-        return Err(Failure::Failed(e, changed));
+            .any(|o| matches!(o.action, Action::Created | Action::Configured | Action::Recreated | Action::Pruned));
+        return Err(Failure::Failed(e, changed, report.failed_stage));
     }
     let timeout = opts.timeout.unwrap_or(ctx.tuning.default_timeout);
     let targets = plan.targets();
@@ -1263,7 +1285,7 @@ async fn reconcile(
     } else {
         health::check(ctx.engine.client(), &targets, ctx.engine.concurrency()).await
     }
-    .map_err(|e| Failure::Failed(e, true))?;
+    .map_err(|e| Failure::Failed(e, true, None))?;
     let tracked = tracked_from(&plan, &report.inventory);
     Ok(Applied {
         plan,

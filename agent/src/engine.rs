@@ -30,6 +30,9 @@ use crate::kubeapi::{MetaOnly, ObjApi};
 use crate::objects::{DesiredObject, Manifest, MetaKey, ObjKey, Stage, meta_hash};
 use crate::{Error, Result};
 
+/// How long a recreate (`force`) waits for the deleted object to be gone.
+const RECREATE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How long stage 1 waits for CRDs to be Established.
 const CRD_ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -54,6 +57,9 @@ pub enum Action {
     WouldConfigure,
     /// Would be deleted (diff).
     WouldPrune,
+    /// Deleted and created again: a field it changes cannot change in
+    /// place (`force`); `fields` names them.
+    Recreated,
     /// The apply of this object failed.
     Failed,
 }
@@ -70,6 +76,7 @@ impl fmt::Display for Action {
             Action::WouldCreate => "would create",
             Action::WouldConfigure => "would configure",
             Action::WouldPrune => "would prune",
+            Action::Recreated => "recreated",
             Action::Failed => "failed",
         })
     }
@@ -125,6 +132,8 @@ pub struct ApplyReport {
     /// Why the apply stopped, if it did. Objects of earlier stages (and some
     /// of the failing stage) may have been applied: `objects` says which.
     pub error: Option<Error>,
+    /// The stage whose objects failed, when the apply stopped there.
+    pub failed_stage: Option<Stage>,
 }
 
 impl ApplyReport {
@@ -133,7 +142,7 @@ impl ApplyReport {
         let mut c = Counts::default();
         for o in &self.objects {
             match o.action {
-                Action::Created => c.created += 1,
+                Action::Created | Action::Recreated => c.created += 1,
                 Action::Configured => c.configured += 1,
                 Action::Unchanged => c.unchanged += 1,
                 Action::Pruned => c.pruned += 1,
@@ -146,7 +155,9 @@ impl ApplyReport {
 
     /// Whether anything was written to the bundle's objects.
     pub fn changed(&self) -> bool {
-        self.objects.iter().any(|o| matches!(o.action, Action::Created | Action::Configured | Action::Pruned))
+        self.objects.iter().any(|o| {
+            matches!(o.action, Action::Created | Action::Configured | Action::Recreated | Action::Pruned)
+        })
     }
 }
 
@@ -199,7 +210,8 @@ impl Applied {
 /// Apply options of a bundle.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyOptions {
-    /// Take ownership of fields owned by other managers.
+    /// Take ownership of fields owned by other managers, and recreate
+    /// objects whose change touches immutable fields.
     pub force: bool,
     /// Delete objects that left the bundle.
     pub prune: bool,
@@ -475,7 +487,7 @@ impl Engine {
             for (key, r) in results {
                 match r {
                     Ok(Applied { action, fields, entry, established }) => {
-                        if matches!(action, Action::Created | Action::Configured) {
+                        if matches!(action, Action::Created | Action::Configured | Action::Recreated) {
                             report.writes += 1;
                             if !established
                                 && let Some(o) = objs.iter().find(|o| o.key == key && is_crd(&o.key))
@@ -509,6 +521,7 @@ impl Engine {
                 "stage applied"
             );
             if !failures.is_empty() {
+                report.failed_stage = Some(stage);
                 return Err(merge_errors(failures));
             }
             if stage == Stage::Definitions {
@@ -578,7 +591,53 @@ impl Engine {
         Ok(())
     }
 
+    /// Apply one object; with `force`, an object the API server refuses to
+    /// change in place (immutable fields) is deleted, awaited and created again.
     async fn apply_one(
+        &self,
+        obj: &DesiredObject,
+        prev: Option<&Entry>,
+        live: Option<&Option<MetaOnly>>,
+        force: bool,
+    ) -> Result<Applied> {
+        match self.apply_in_place(obj, prev, live, force).await {
+            Err(Error::Immutable(fields)) if force => self.recreate(obj, fields).await,
+            r => r,
+        }
+    }
+
+    /// Delete the object (foreground for workloads, so their pods go too),
+    /// wait until it is gone, then create it from the bundle.
+    async fn recreate(&self, obj: &DesiredObject, fields: Vec<crate::error::ImmutableField>) -> Result<Applied> {
+        use kube::api::PropagationPolicy;
+        let api = ObjApi::new(&self.client, &obj.resource, &obj.key);
+        let propagation = if crate::kubeapi::foreground_delete(&obj.key.group, &obj.key.kind) {
+            PropagationPolicy::Foreground
+        } else {
+            PropagationPolicy::Background
+        };
+        let names: Vec<String> = fields.iter().map(|f| f.field.clone()).filter(|f| !f.is_empty()).collect();
+        tracing::info!(object = %obj.key, fields = %names.join(","), "immutable fields changed: recreating");
+        api.delete_with(propagation).await?;
+        let deadline = Instant::now() + RECREATE_TIMEOUT;
+        let mut pause = Duration::from_millis(50);
+        while api.get_meta().await?.is_some() {
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(format!(
+                    "{} still exists {}s after its delete (recreating it for {})",
+                    obj.key,
+                    RECREATE_TIMEOUT.as_secs(),
+                    names.join(", ")
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+        let (_, m) = api.apply_created(&obj.body, true).await?;
+        Ok(Applied::new(Action::Recreated, names, entry_for(obj, Some(&m), obj.hash.clone()), Some(&m)))
+    }
+
+    async fn apply_in_place(
         &self,
         obj: &DesiredObject,
         prev: Option<&Entry>,
@@ -966,17 +1025,25 @@ fn merge_errors(mut errs: Vec<Error>) -> Error {
         return errs.remove(0);
     }
     let mut conflicts = Vec::new();
+    let mut immutable = Vec::new();
     let mut others = Vec::new();
     for e in errs {
         match e {
             Error::Conflict(c) => conflicts.extend(c),
+            Error::Immutable(f) => immutable.extend(f),
             e => others.push(e),
         }
     }
-    if others.is_empty() {
+    if others.is_empty() && immutable.is_empty() {
         return Error::Conflict(conflicts);
     }
-    let transient = conflicts.is_empty() && others.iter().all(Error::is_transient);
+    if others.is_empty() && conflicts.is_empty() {
+        return Error::Immutable(immutable);
+    }
+    let transient = conflicts.is_empty() && immutable.is_empty() && others.iter().all(Error::is_transient);
+    if !immutable.is_empty() {
+        others.push(Error::Immutable(immutable));
+    }
     let total = others.len();
     let mut parts: Vec<String> = others.iter().take(5).map(ToString::to_string).collect();
     if total > 5 {

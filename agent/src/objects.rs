@@ -65,6 +65,16 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The stage's name in messages: definitions, cluster-wide, workloads, admission.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Definitions => "definitions",
+            Stage::ClusterWide => "cluster-wide",
+            Stage::Workloads => "workloads",
+            Stage::Admission => "admission",
+        }
+    }
+
     /// Every stage in apply order.
     pub const ALL: [Stage; 4] = [Stage::Definitions, Stage::ClusterWide, Stage::Workloads, Stage::Admission];
 

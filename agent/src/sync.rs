@@ -97,7 +97,7 @@ pub async fn run(ctx: SyncCtx) {
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff.reset();
                 }
-                if matches!(&e, Error::Hub { code, .. } if code == "Unauthenticated" || code == "PermissionDenied")
+                if matches!(&e, Error::Hub { code: crate::error::HubCode::Unauthenticated | crate::error::HubCode::PermissionDenied, .. })
                 {
                     // The certificate may have been revoked or expired: read it again next time.
                     identity = None;
