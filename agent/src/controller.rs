@@ -14,7 +14,6 @@ use convoy_artifact::{Limits, TrustedKeys};
 use convoy_core::status::{Condition, ConditionStatus, Phase, Severity, set_condition};
 use convoy_proto::v1::agent_client::AgentClient;
 use futures::StreamExt;
-use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +24,7 @@ use crate::backoff::Backoff;
 use crate::bundle::{self, AppliedRevision, Decision, Deployment, DriftMode};
 use crate::cache::ArtifactCache;
 use crate::config::Tuning;
-use crate::discovery::ResourceInfo;
+use crate::resource::ResourceInfo;
 use crate::drift::{DriftSignal, Watchers};
 use crate::engine::{Action, ApplyOptions, ApplyReport, DriftOutcome, Engine, Plan, live_matches};
 use crate::health::{self, HealthStatus, ObjectHealth};
@@ -33,9 +32,10 @@ use crate::identity::now_ms;
 use crate::inventory::{Entry, Inventory};
 use crate::metrics::{BundleLabel, BundleResult, Metrics};
 use crate::objects::{MetaKey, ObjKey, Stage};
-use crate::outbox::OutboxWriter;
+use crate::outbox::{OutboxWriter, Published};
+use crate::reconcile::{self, BundleState, Effect, Input};
 use crate::status::{self, BundleStatus, Event, ObjectCounts};
-use crate::store::{BundleRecord, OutboxItem, Store};
+use crate::store::{BundleRecord, Store};
 use crate::{Error, Result};
 
 /// Input from the hub session.
@@ -72,6 +72,15 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
 }
 
+/// Which revision a bundle's inventory in the cluster records (kept to
+/// write the inventory again after a drift correction).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct InvHeader {
+    revision: String,
+    generation: u64,
+    digest: String,
+}
+
 /// An applied object the controller tracks for drift and health.
 #[derive(Debug, Clone)]
 struct Tracked {
@@ -80,26 +89,26 @@ struct Tracked {
     resource: ResourceInfo,
 }
 
+/// One bundle: the pure state machine's state and what the loop keeps
+/// around it (tracked objects, status, backoff, drift bookkeeping).
 #[derive(Debug)]
 struct Slot {
-    desired: Option<Deployment>,
-    applied: Option<AppliedRevision>,
+    /// The reconcile state machine's state (desired, applied, refused, timers).
+    b: BundleState,
     /// Tracked objects; `None` until restored from the cluster inventory.
     tracked: Option<HashMap<ObjKey, Tracked>>,
-    /// Inventory header (revision, generation, digest) for saves after drift.
-    inv_header: (String, u64, String),
+    /// The applied inventory's header, for saves after drift.
+    inv_header: InvHeader,
+    /// The status as it is now.
     state: BundleStatus,
-    published: Option<BundleStatus>,
-    busy: bool,
-    retry_at: Option<Instant>,
+    /// The last status handed to the outbox (without its timestamp).
+    queued: Option<BundleStatus>,
+    /// Retry delays after failures.
     backoff: Backoff,
-    /// The deployment refused last (not retried until it changes).
-    refused: Option<Deployment>,
+    /// Objects to check for drift.
     drift_dirty: BTreeSet<ObjKey>,
-    drift_due: Option<Instant>,
+    /// Drift reported in detect-only mode, by object (reported once per change).
     detected: BTreeMap<ObjKey, Vec<String>>,
-    health_due: Option<Instant>,
-    restore_failed: bool,
     /// The applied revision's planned objects (compact JSON), kept for drift
     /// correction and re-applies without unpacking and parsing again.
     plan: Option<Arc<Plan>>,
@@ -108,35 +117,28 @@ struct Slot {
 impl Slot {
     fn new(name: &str, tuning: &Tuning) -> Self {
         Slot {
-            desired: None,
-            applied: None,
+            b: BundleState::new(),
             tracked: None,
             inv_header: Default::default(),
             state: BundleStatus { bundle: name.to_string(), ..Default::default() },
-            published: None,
-            busy: false,
-            retry_at: None,
+            queued: None,
             backoff: Backoff::new(tuning.retry_base, tuning.retry_cap),
-            refused: None,
             drift_dirty: BTreeSet::new(),
-            drift_due: None,
             detected: BTreeMap::new(),
-            health_due: None,
-            restore_failed: false,
             plan: None,
         }
     }
 
     fn drift_mode(&self, default: DriftMode) -> DriftMode {
-        self.desired
+        self.b.desired
             .as_ref()
             .and_then(|d| d.options.drift)
-            .or_else(|| self.applied.as_ref().and_then(|a| a.options.drift))
+            .or_else(|| self.b.applied.as_ref().and_then(|a| a.options.drift))
             .unwrap_or(default)
     }
 
     fn suspended(&self) -> bool {
-        self.desired.as_ref().is_some_and(|d| d.options.suspend)
+        self.b.desired.as_ref().is_some_and(|d| d.options.suspend)
     }
 }
 
@@ -144,7 +146,7 @@ impl Slot {
 struct Restored {
     plan: Arc<Plan>,
     tracked: HashMap<ObjKey, Tracked>,
-    header: (String, u64, String),
+    header: InvHeader,
     health: Vec<ObjectHealth>,
     /// Objects whose live metadata no longer matches the inventory.
     dirty: Vec<ObjKey>,
@@ -184,6 +186,8 @@ pub struct Controller {
     store: Store,
     metrics: Arc<Metrics>,
     outbox: OutboxWriter,
+    /// Statuses the outbox writer made durable.
+    published_rx: mpsc::UnboundedReceiver<Published>,
     slots: BTreeMap<String, Slot>,
     owners: HashMap<ObjKey, String>,
     jobs: JoinSet<JobOut>,
@@ -208,18 +212,19 @@ impl Controller {
         ctx: Arc<Ctx>,
         store: Store,
         metrics: Arc<Metrics>,
-        outbox: OutboxWriter,
+        outbox: (OutboxWriter, mpsc::UnboundedReceiver<Published>),
         hub_rx: mpsc::Receiver<HubInput>,
         records: BTreeMap<String, BundleRecord>,
     ) -> Self {
+        let (outbox, published_rx) = outbox;
         let (drift_tx, drift_rx) = mpsc::channel(1024);
         let watchers = Watchers::new(ctx.engine.client().clone(), drift_tx, ctx.shutdown.clone());
         let mut slots = BTreeMap::new();
         for (name, rec) in records {
             let mut s = Slot::new(&name, &ctx.tuning);
-            s.desired = rec.desired;
-            s.applied = rec.applied;
-            if let Some(a) = &s.applied {
+            s.b.desired = rec.desired;
+            s.b.applied = rec.applied;
+            if let Some(a) = &s.b.applied {
                 s.state.applied_generation = a.generation;
                 s.state.applied_revision = a.revision.clone();
                 s.state.generation = a.generation;
@@ -233,6 +238,7 @@ impl Controller {
             store,
             metrics,
             outbox,
+            published_rx,
             slots,
             owners: HashMap::new(),
             jobs: JoinSet::new(),
@@ -249,7 +255,7 @@ impl Controller {
     /// shutdown token themselves).
     pub async fn run(mut self) -> Result<()> {
         self.restore_pending =
-            self.slots.iter().filter(|(_, s)| s.applied.is_some()).map(|(n, _)| n.clone()).collect();
+            self.slots.iter().filter(|(_, s)| s.b.applied.is_some()).map(|(n, _)| n.clone()).collect();
         self.metrics.set_ready(self.restore_pending.is_empty());
         self.ctx.engine.prefetch_discovery().await;
         self.schedule();
@@ -259,6 +265,7 @@ impl Controller {
                 _ = self.ctx.shutdown.cancelled() => break,
                 Some(input) = self.hub_rx.recv() => self.on_hub(input).await,
                 Some(sig) = self.drift_rx.recv() => self.on_drift(sig),
+                Some(p) = self.published_rx.recv() => self.on_published(p),
                 Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => match done {
                     Ok(out) => self.on_job(out).await,
                     Err(e) => tracing::error!(error = %e, "a bundle job panicked"),
@@ -286,8 +293,8 @@ impl Controller {
     fn next_wake(&self) -> Option<Instant> {
         self.slots
             .values()
-            .filter(|s| !s.busy)
-            .flat_map(|s| [s.retry_at, s.drift_due, s.health_due])
+            .filter(|s| !s.b.busy)
+            .flat_map(|s| [s.b.retry_at, s.b.drift_due, s.b.health_due])
             .flatten()
             .chain(self.trim_due)
             .min()
@@ -316,19 +323,17 @@ impl Controller {
             }
             let tuning = self.ctx.tuning.clone();
             let slot = self.slots.entry(name.clone()).or_insert_with(|| Slot::new(&name, &tuning));
-            if slot.desired.as_ref() != Some(&d) {
-                slot.desired = Some(d);
-                slot.retry_at = None;
+            let effects = reconcile::step(&mut slot.b, Input::Desired(Some(d)));
+            if effects.contains(&Effect::Persist) {
+                // A new deployment starts its retries over.
                 slot.backoff.reset();
                 changed.push(name);
             }
         }
         for name in removed {
             if let Some(slot) = self.slots.get_mut(&name)
-                && slot.desired.is_some()
+                && reconcile::step(&mut slot.b, Input::Desired(None)).contains(&Effect::Persist)
             {
-                slot.desired = None;
-                slot.retry_at = None;
                 changed.push(name);
             }
         }
@@ -344,7 +349,7 @@ impl Controller {
             if let Some(slot) = slots.get_mut(owner) {
                 if dirty {
                     slot.drift_dirty.insert(key);
-                    slot.drift_due.get_or_insert(now + debounce);
+                    slot.b.drift_due.get_or_insert(now + debounce);
                 } else {
                     slot.drift_dirty.remove(&key);
                 }
@@ -391,8 +396,8 @@ impl Controller {
             match self.slots.get(dep) {
                 Some(s)
                     if s.state.phase == Phase::Ready
-                        && s.applied.as_ref().map(|a| a.generation)
-                            == s.desired.as_ref().map(|d| d.generation) => {}
+                        && s.b.applied.as_ref().map(|a| a.generation)
+                            == s.b.desired.as_ref().map(|d| d.generation) => {}
                 Some(s) => waiting.push(format!("{dep} ({})", s.state.phase)),
                 None => waiting.push(format!("{dep} (not on this cluster)")),
             }
@@ -400,6 +405,8 @@ impl Controller {
         if waiting.is_empty() { Ok(()) } else { Err(waiting.join(", ")) }
     }
 
+    /// Step every idle bundle's state machine with a timer tick and run the
+    /// effects, within the bound on concurrent jobs.
     fn schedule(&mut self) {
         let now = Instant::now();
         let names: Vec<String> = self.slots.keys().cloned().collect();
@@ -411,65 +418,22 @@ impl Controller {
             if self.ctx.shutdown.is_cancelled() {
                 return;
             }
-            let Some(slot) = self.slots.get(&name) else { continue };
-            if slot.busy {
-                continue;
-            }
-            let restore_needed = slot.applied.is_some() && slot.tracked.is_none();
-            let Some(d) = slot.desired.clone() else {
-                // Removal needs only the inventory in the cluster.
-                if slot.applied.is_some() {
-                    if slot.retry_at.is_none_or(|t| t <= now) {
-                        self.start_remove(&name);
-                    }
-                } else {
-                    drop_slots.push(name.clone());
-                }
-                continue;
+            let deps = match self.slots.get(&name).and_then(|s| s.b.desired.as_ref()) {
+                Some(d) => self.deps_ready(d),
+                None => Ok(()),
             };
-            if d.options.suspend {
-                self.set_suspended(&name);
-                continue;
-            }
-            if slot.retry_at.is_some_and(|t| t > now) {
-                continue;
-            }
-            match bundle::decide(&d, slot.applied.as_ref()) {
-                Decision::Refuse(reason, message) => {
-                    if slot.refused.as_ref() != Some(&d) {
-                        self.refuse(&name, &d, Error::verification(reason, message));
-                    } else if restore_needed {
-                        self.start_restore(&name);
+            let Some(slot) = self.slots.get_mut(&name) else { continue };
+            slot.b.restored = slot.tracked.is_some();
+            slot.b.phase = slot.state.phase;
+            slot.b.status_generation = slot.state.generation;
+            let desired = slot.b.desired.clone();
+            for effect in reconcile::step(&mut slot.b, Input::Tick { now, deps: deps.clone() }) {
+                match (effect, &desired) {
+                    (Effect::Refuse { reason, message }, Some(d)) => {
+                        self.refuse(&name, d, Error::verification(reason, message))
                     }
-                }
-                Decision::Apply => {
-                    if slot.refused.as_ref() == Some(&d) {
-                        if restore_needed {
-                            self.start_restore(&name);
-                        }
-                        continue;
-                    }
-                    match self.deps_ready(&d) {
-                        Ok(()) => self.start_reconcile(&name, d),
-                        Err(waiting) => {
-                            self.set_pending(&name, &d, &waiting);
-                            if restore_needed {
-                                self.start_restore(&name);
-                            }
-                        }
-                    }
-                }
-                Decision::UpToDate => {
-                    let applied_gen = slot.applied.as_ref().map(|a| a.generation).unwrap_or(0);
-                    let stale = !matches!(slot.state.phase, Phase::Ready | Phase::NotReady)
-                        || slot.state.generation != applied_gen;
-                    if restore_needed {
-                        self.start_restore(&name);
-                    } else if slot.drift_due.is_some_and(|t| t <= now) {
-                        self.start_drift(&name);
-                    } else if slot.health_due.is_some_and(|t| t <= now) || stale {
-                        self.start_health(&name);
-                    }
+                    (Effect::ReportPending(waiting), Some(d)) => self.set_pending(&name, d, &waiting),
+                    (effect, _) => self.run_effect(&name, effect, &mut drop_slots),
                 }
             }
         }
@@ -478,6 +442,21 @@ impl Controller {
             self.forget.push(name);
         }
         self.update_watches();
+    }
+
+    fn run_effect(&mut self, name: &str, effect: Effect, drop_slots: &mut Vec<String>) {
+                match effect {
+                    Effect::Forget => drop_slots.push(name.to_string()),
+                    Effect::Remove => self.start_remove(name),
+                    Effect::ReportSuspended => self.set_suspended(name),
+                    Effect::Restore => self.start_restore(name),
+                    Effect::Apply(d) => self.start_reconcile(name, d),
+                    Effect::CorrectDrift => self.start_drift(name),
+                    Effect::CheckHealth => self.start_health(name),
+                    // Refuse and Pending carry the deployment (handled by the caller);
+                    // Persist comes only from desired-state inputs.
+                    Effect::Refuse { .. } | Effect::ReportPending(_) | Effect::Persist => {}
+                }
     }
 
     /// Delete the records of bundles that left without anything applied.
@@ -524,7 +503,7 @@ impl Controller {
         fut: impl std::future::Future<Output = JobOut> + Send + 'static,
     ) {
         if let Some(s) = self.slots.get_mut(name) {
-            s.busy = true;
+            s.b.busy = true;
         }
         let span = tracing::info_span!("bundle-job", bundle = %name, job = what);
         self.jobs.spawn(fut.instrument(span));
@@ -532,7 +511,7 @@ impl Controller {
 
     fn start_restore(&mut self, name: &str) {
         let slot = &self.slots[name];
-        let Some(applied) = slot.applied.clone() else { return };
+        let Some(applied) = slot.b.applied.clone() else { return };
         let ctx = self.ctx.clone();
         let n = name.to_string();
         self.spawn(name, "restore", async move {
@@ -542,7 +521,7 @@ impl Controller {
     }
 
     fn start_reconcile(&mut self, name: &str, d: Deployment) {
-        let applied = self.slots[name].applied.clone();
+        let applied = self.slots[name].b.applied.clone();
         // Same artifact and namespace as applied (e.g. only `force` changed): reuse the plan.
         let cached = self.slots[name].plan.clone().filter(|p| {
             p.digest == d.digest
@@ -564,7 +543,7 @@ impl Controller {
     }
 
     fn start_remove(&mut self, name: &str) {
-        let prune = self.slots[name].applied.as_ref().is_some_and(|a| a.options.prune);
+        let prune = self.slots[name].b.applied.as_ref().is_some_and(|a| a.options.prune);
         let ctx = self.ctx.clone();
         let n = name.to_string();
         self.spawn(name, "remove", async move {
@@ -577,8 +556,8 @@ impl Controller {
         let detect_only = self.slots[name].drift_mode(self.ctx.default_drift) == DriftMode::Detect;
         let slot = self.slots.get_mut(name).expect("slot");
         let keys: Vec<ObjKey> = std::mem::take(&mut slot.drift_dirty).into_iter().collect();
-        slot.drift_due = None;
-        let (Some(applied), Some(tracked)) = (slot.applied.clone(), slot.tracked.clone()) else { return };
+        slot.b.drift_due = None;
+        let (Some(applied), Some(tracked)) = (slot.b.applied.clone(), slot.tracked.clone()) else { return };
         let keys: Vec<ObjKey> = keys.into_iter().filter(|k| tracked.contains_key(k)).collect();
         if keys.is_empty() {
             return;
@@ -596,7 +575,7 @@ impl Controller {
 
     fn start_health(&mut self, name: &str) {
         let slot = self.slots.get_mut(name).expect("slot");
-        slot.health_due = None;
+        slot.b.health_due = None;
         let Some(tracked) = slot.tracked.as_ref() else { return };
         let targets: Vec<(ObjKey, ResourceInfo)> =
             tracked.iter().map(|(k, t)| (k.clone(), t.resource.clone())).collect();
@@ -617,7 +596,7 @@ impl Controller {
             | JobOut::Health(n, _) => n.clone(),
         };
         if let Some(s) = self.slots.get_mut(&name) {
-            s.busy = false;
+            s.b.busy = false;
         }
         let heavy = matches!(
             out,
@@ -654,13 +633,12 @@ impl Controller {
                 slot.plan = Some(restored.plan);
                 slot.tracked = Some(restored.tracked);
                 slot.inv_header = restored.header;
-                slot.restore_failed = false;
-                let gate = slot.applied.as_ref().is_some_and(|a| a.options.wait);
+                let gate = slot.b.applied.as_ref().is_some_and(|a| a.options.wait);
                 apply_health(slot, &restored.health, recheck, gate);
                 // What changed while the agent was away.
                 if !restored.dirty.is_empty() {
                     slot.drift_dirty.extend(restored.dirty);
-                    slot.drift_due = Some(Instant::now() + debounce);
+                    slot.b.drift_due = Some(Instant::now() + debounce);
                 }
                 tracing::info!(bundle = %name, objects = slot.tracked.as_ref().map_or(0, |t| t.len()), "restored applied bundle");
             }
@@ -668,8 +646,7 @@ impl Controller {
                 // Keep the applied revision (replay protection needs it);
                 // try again later, e.g. once the hub can send the artifact.
                 let delay = slot.backoff.next_delay().max(Duration::from_secs(1));
-                slot.retry_at = Some(Instant::now() + delay);
-                slot.restore_failed = true;
+                slot.b.retry_at = Some(Instant::now() + delay);
                 slot.state.message =
                     format!("cannot restore the applied state: {e}; retrying in {:.0}s", delay.as_secs_f64());
                 tracing::warn!(error = %e, bundle = %name, "cannot restore the applied bundle");
@@ -696,22 +673,25 @@ impl Controller {
                 ] {
                     self.metrics.count_objects(name, action, n);
                 }
-                let new_generation = slot.applied.as_ref().map(|p| p.generation)
+                let new_generation = slot.b.applied.as_ref().map(|p| p.generation)
                     != Some(a.revision.generation)
-                    || slot.applied.as_ref().map(|p| &p.digest) != Some(&a.revision.digest);
-                slot.applied = Some(a.revision.clone());
+                    || slot.b.applied.as_ref().map(|p| &p.digest) != Some(&a.revision.digest);
+                slot.b.applied = Some(a.revision.clone());
                 slot.plan = Some(a.plan.clone());
                 slot.tracked = Some(a.tracked);
-                slot.inv_header =
-                    (a.revision.revision.clone(), a.revision.generation, a.revision.digest.clone());
-                slot.refused = None;
-                slot.retry_at = None;
+                slot.inv_header = InvHeader {
+                    revision: a.revision.revision.clone(),
+                    generation: a.revision.generation,
+                    digest: a.revision.digest.clone(),
+                };
+                slot.b.refused = None;
+                slot.b.retry_at = None;
                 slot.backoff.reset();
                 slot.detected.clear();
                 // Keys marked during the apply are mostly our own writes; the
                 // watch events that follow clear those, the rest get checked.
                 if !slot.drift_dirty.is_empty() {
-                    slot.drift_due = Some(Instant::now() + self.ctx.tuning.drift_debounce);
+                    slot.b.drift_due = Some(Instant::now() + self.ctx.tuning.drift_debounce);
                 }
                 let st = &mut slot.state;
                 st.generation = a.revision.generation;
@@ -807,7 +787,7 @@ impl Controller {
                 self.metrics.applies.get_or_create(&result).inc();
                 let transient = e.is_transient();
                 let delay = slot.backoff.next_delay().max(Duration::from_millis(100));
-                slot.retry_at = Some(Instant::now() + delay);
+                slot.b.retry_at = Some(Instant::now() + delay);
                 let st = &mut slot.state;
                 st.phase = if transient { Phase::Reconciling } else { Phase::Stalled };
                 st.message = format!(
@@ -839,7 +819,7 @@ impl Controller {
         if let Some(e) = report.error {
             let delay = self.slots.get_mut(name).map(|s| {
                 let d = s.backoff.next_delay().max(Duration::from_millis(100));
-                s.retry_at = Some(Instant::now() + d);
+                s.b.retry_at = Some(Instant::now() + d);
                 d
             });
             tracing::warn!(bundle = %name, error = %e, "removing the bundle failed");
@@ -941,7 +921,7 @@ impl Controller {
                 Err(e) => {
                     tracing::warn!(bundle = %name, object = %key, error = %e, "drift check failed; retrying");
                     slot.drift_dirty.insert(key);
-                    slot.drift_due = Some(Instant::now() + Duration::from_secs(2));
+                    slot.b.drift_due = Some(Instant::now() + Duration::from_secs(2));
                 }
             }
         }
@@ -969,7 +949,7 @@ impl Controller {
         match r {
             Ok(hs) => {
                 let was = slot.state.phase;
-                apply_health(slot, &hs, recheck, slot.desired.as_ref().is_some_and(|d| d.options.wait));
+                apply_health(slot, &hs, recheck, slot.b.desired.as_ref().is_some_and(|d| d.options.wait));
                 if was == Phase::NotReady && slot.state.phase == Phase::Ready {
                     let rev = slot.state.revision.clone();
                     self.emit(
@@ -979,7 +959,7 @@ impl Controller {
                 }
             }
             Err(e) => {
-                slot.health_due = Some(Instant::now() + recheck);
+                slot.b.health_due = Some(Instant::now() + recheck);
                 tracing::debug!(bundle = %name, error = %e, "health check failed");
             }
         }
@@ -991,14 +971,14 @@ impl Controller {
 
     fn refuse(&mut self, name: &str, d: &Deployment, e: Error) {
         let Some(slot) = self.slots.get_mut(name) else { return };
-        slot.refused = Some(d.clone());
+        slot.b.refused = Some(d.clone());
         let st = &mut slot.state;
         st.phase = Phase::Stalled;
         st.generation = d.generation;
         st.digest = d.digest.clone();
         st.message = format!(
             "{e}; nothing applied{}",
-            match &slot.applied {
+            match &slot.b.applied {
                 Some(a) => format!(", generation {} stays applied", a.generation),
                 None => String::new(),
             }
@@ -1037,38 +1017,47 @@ impl Controller {
         slot.state.phase = Phase::Suspended;
         slot.state.message = "suspended: no apply, prune or drift correction".into();
         slot.drift_dirty.clear();
-        slot.drift_due = None;
+        slot.b.drift_due = None;
         set_conditions(&mut slot.state, Some("Suspended"));
         self.publish(name);
     }
 
     fn emit(&mut self, ev: Event) {
-        let bytes = convoy_proto::convert::event_to_pb(&ev).encode_to_vec();
-        self.outbox.push(OutboxItem::Event(bytes));
+        self.outbox.push_event(&ev);
     }
 
+    /// Queue the bundle's status when it changed since the last one queued.
+    /// It counts as published once the outbox writer made it durable
+    /// ([`Controller::on_published`]).
     fn publish(&mut self, name: &str) {
         let Some(slot) = self.slots.get_mut(name) else { return };
         let mut st = slot.state.clone();
         st.observed_unix_ms = 0;
-        if slot.published.as_ref() == Some(&st) {
+        if slot.queued.as_ref() == Some(&st) {
             return;
         }
-        slot.published = Some(st);
+        slot.queued = Some(st);
         slot.state.observed_unix_ms = now_ms();
+        self.outbox.push_status(&slot.state);
+    }
+
+    /// A status is durable in the outbox: it is published; the readiness
+    /// gauge shows what was published.
+    fn on_published(&mut self, p: Published) {
+        if !self.slots.contains_key(&p.bundle) {
+            return;
+        }
         self.metrics
             .bundle_ready
-            .get_or_create(&BundleLabel { bundle: name.to_string() })
-            .set(i64::from(slot.state.phase == Phase::Ready));
-        let bytes = convoy_proto::convert::status_to_pb(&slot.state).encode_to_vec();
-        self.outbox.push(OutboxItem::Status { bundle: name.to_string(), bytes });
+            .get_or_create(&BundleLabel { bundle: p.bundle.clone() })
+            .set(i64::from(p.status.phase == Phase::Ready));
     }
 
     async fn persist(&mut self, name: &str) {
         let rec = self
             .slots
             .get(name)
-            .map(|s| BundleRecord { desired: s.desired.clone(), applied: s.applied.clone() });
+            .map(|s| BundleRecord { desired: s.b.desired.clone(), applied: s.b.applied.clone() });
         let store = self.store.clone();
         let n = name.to_string();
         if let Err(error) = blocking(move || store.put_bundle(&n, rec.as_ref())).await {
@@ -1081,7 +1070,7 @@ impl Controller {
             .slots
             .values()
             .flat_map(|s| {
-                [s.desired.as_ref().map(|d| d.digest.clone()), s.applied.as_ref().map(|a| a.digest.clone())]
+                [s.b.desired.as_ref().map(|d| d.digest.clone()), s.b.applied.as_ref().map(|a| a.digest.clone())]
             })
             .flatten()
             .collect();
@@ -1166,7 +1155,7 @@ fn apply_health(slot: &mut Slot, hs: &[ObjectHealth], recheck: Duration, gate: b
         st.phase = Phase::NotReady;
         st.message = format!("not ready: {bad}");
     }
-    slot.health_due = if healthy { None } else { Some(Instant::now() + recheck) };
+    slot.b.health_due = if healthy { None } else { Some(Instant::now() + recheck) };
     set_conditions(&mut slot.state, if healthy { None } else { Some("HealthCheckFailed") });
 }
 
@@ -1190,7 +1179,7 @@ async fn hub_client(ctx: &Ctx) -> Option<AgentClient<Channel>> {
 
 /// The artifact bytes: from the cache, else downloaded from the hub.
 async fn artifact(ctx: &Ctx, digest: &str, size: u64) -> Result<Vec<u8>> {
-    if let Some(b) = ctx.cache.get(digest)? {
+    if let Some(b) = ctx.cache.get(digest).await? {
         return Ok(b);
     }
     match hub_client(ctx).await {
@@ -1214,9 +1203,7 @@ async fn reconcile(
     cached: Option<Arc<Plan>>,
 ) -> std::result::Result<Applied, Failure> {
     let start = Instant::now();
-    if let Decision::Refuse(reason, message) = bundle::decide(d, applied) {
-        return Err(Failure::Refused(Error::verification(reason, message)));
-    }
+    // The generation rules were decided by the state machine (reconcile.rs).
     // Without local state (a new state directory), the inventory in the
     // cluster still says which generation is applied: no replays either.
     if applied.is_none() {
@@ -1367,7 +1354,7 @@ async fn restore(ctx: &Ctx, name: &str, a: &AppliedRevision) -> Result<Restored>
     Ok(Restored {
         plan: Arc::new(plan),
         tracked,
-        header: (inv.revision, inv.generation, inv.digest),
+        header: InvHeader { revision: inv.revision, generation: inv.generation, digest: inv.digest },
         health,
         dirty,
     })
@@ -1380,7 +1367,7 @@ async fn drift_pass(
     applied: &AppliedRevision,
     plan: Option<Arc<Plan>>,
     mut tracked: HashMap<ObjKey, Tracked>,
-    header: (String, u64, String),
+    header: InvHeader,
     keys: Vec<ObjKey>,
     detect_only: bool,
 ) -> (Vec<(ObjKey, Result<DriftOutcome>)>, Result<()>, Option<Arc<Plan>>) {
@@ -1418,9 +1405,9 @@ async fn drift_pass(
             plan.objects.iter().filter_map(|o| tracked.get(&o.key).map(|t| t.entry.clone())).collect();
         let inv = Inventory {
             bundle: name.to_string(),
-            revision: header.0,
-            generation: header.1,
-            digest: header.2,
+            revision: header.revision,
+            generation: header.generation,
+            digest: header.digest,
             entries,
         };
         ctx.engine.save_inventory(&inv).await

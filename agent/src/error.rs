@@ -294,12 +294,21 @@ impl Error {
     /// Whether retrying later can succeed without a change to the bundle.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Kube { source, .. } => crate::kubeapi::is_transient(source),
+            Error::Kube { source, .. } => is_transient_kube(source),
             Error::Apply { transient, .. } => *transient,
             Error::Hub { code, .. } => !matches!(code, HubCode::PermissionDenied | HubCode::InvalidArgument),
             Error::Transport(_) | Error::Timeout(_) | Error::Io { .. } | Error::Store(_) => true,
             _ => false,
         }
+    }
+}
+
+/// Whether a Kubernetes client error is worth retrying unchanged.
+pub fn is_transient_kube(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code >= 500 || s.code == 429 || s.reason == "ServerTimeout",
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        _ => false,
     }
 }
 

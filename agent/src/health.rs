@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::discovery::ResourceInfo;
+use crate::resource::ResourceInfo;
 use crate::kubeapi::{ObjApi, retry_transient};
 use crate::objects::ObjKey;
 use crate::{Error, Result};

@@ -15,7 +15,7 @@ use convoy_proto::v1::{RegisterRequest, RenewCertificateRequest, agent_client::A
 use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::discovery::ResourceInfo;
+use crate::resource::ResourceInfo;
 use crate::kubeapi::ObjApi;
 use crate::objects::ObjKey;
 use crate::{Error, Result};

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::discovery::ResourceInfo;
+use crate::resource::ResourceInfo;
 use crate::kubeapi::ObjApi;
 use crate::objects::{ObjKey, Stage, group_of, hash_hex, version_of};
 use crate::{Error, Result};

@@ -13,7 +13,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::backoff::Backoff;
-use crate::discovery::ResourceInfo;
+use crate::resource::ResourceInfo;
 use crate::error::{FieldConflict, ImmutableField};
 use crate::objects::ObjKey;
 use crate::{Error, Result};
@@ -122,14 +122,7 @@ impl MetaOnly {
     }
 }
 
-/// Whether an error is worth retrying unchanged.
-pub fn is_transient(e: &kube::Error) -> bool {
-    match e {
-        kube::Error::Api(s) => s.code >= 500 || s.code == 429 || s.reason == "ServerTimeout",
-        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
-        _ => false,
-    }
-}
+pub use crate::error::is_transient_kube as is_transient;
 
 /// Run `f` until it succeeds, fails permanently, or [`ATTEMPTS`] tries
 /// failed transiently (exponential backoff with full jitter, 50 ms .. 2 s).
