@@ -321,16 +321,8 @@ impl From<redb::Error> for Error {
     }
 }
 
-macro_rules! store_err {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                Error::Store(e.to_string())
-            }
-        }
-    )*};
-}
-store_err!(
+convoy_core::from_display!(
+    Error::Store;
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
