@@ -19,7 +19,7 @@ use crate::patch::{self, PatchType};
 use crate::registry::{GroupResource, Registry, ResourceType};
 use crate::status::{self, ApiError, Cause};
 use crate::store::{CommitError, Store, rv_of};
-use crate::{Stats, crd, defaults, table, watch};
+use crate::{Stats, crd, defaults, immutable, table, watch};
 
 tokio::task_local! {
     /// Warnings of the request being served (answered as `Warning` headers).
@@ -53,19 +53,88 @@ pub struct Inner {
 }
 
 /// Cluster IP, node port and load-balancer IP allocation.
-#[derive(Default)]
 pub struct IpAlloc {
+    /// The service CIDR (network address, prefix length).
+    pub range: (u32, u8),
+    /// Cluster IPs handed out (released when their Service is deleted).
+    pub used: std::collections::BTreeSet<u32>,
     pub next_cluster_ip: u32,
     pub next_node_port: u32,
     pub next_lb_ip: u32,
 }
 
-impl IpAlloc {
-    pub fn cluster_ip(&mut self) -> String {
-        self.next_cluster_ip += 1;
-        let n = self.next_cluster_ip + 1; // 10.96.0.1 is the kubernetes service
-        format!("10.96.{}.{}", (n / 254) % 256, n % 254 + 1)
+impl Default for IpAlloc {
+    fn default() -> Self {
+        IpAlloc::new((u32::from(std::net::Ipv4Addr::new(10, 96, 0, 0)), 12))
     }
+}
+
+/// Why a requested cluster IP cannot be allocated (the API server's wording).
+#[derive(Debug, Clone, PartialEq)]
+pub enum IpError {
+    Taken,
+    OutOfRange(String),
+    Invalid,
+    Full(String),
+}
+
+impl IpAlloc {
+    pub fn new(range: (u32, u8)) -> IpAlloc {
+        IpAlloc { range, used: Default::default(), next_cluster_ip: 0, next_node_port: 0, next_lb_ip: 0 }
+    }
+
+    /// `10.96.0.0/12`.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", std::net::Ipv4Addr::from(self.range.0), self.range.1)
+    }
+
+    /// The first usable address (the `kubernetes` Service's).
+    pub fn first(&self) -> String {
+        std::net::Ipv4Addr::from(self.range.0 + 1).to_string()
+    }
+
+    fn size(&self) -> u32 {
+        if self.range.1 >= 31 { 0 } else { (1u32 << (32 - self.range.1)) - 2 }
+    }
+
+    /// A free cluster IP: the lowest not handed out and not held by `in_store`.
+    pub fn cluster_ip(&mut self, in_store: &std::collections::HashSet<u32>) -> Result<String, IpError> {
+        let size = self.size();
+        for i in 0..size {
+            let off = (self.next_cluster_ip + i) % size + 1;
+            let ip = self.range.0 + off;
+            if !self.used.contains(&ip) && !in_store.contains(&ip) {
+                self.used.insert(ip);
+                self.next_cluster_ip = off % size;
+                return Ok(std::net::Ipv4Addr::from(ip).to_string());
+            }
+        }
+        Err(IpError::Full(self.cidr()))
+    }
+
+    /// Reserve a requested cluster IP (a reservation no stored Service holds is stale and reused).
+    pub fn request(&mut self, ip: &str, in_store: &std::collections::HashSet<u32>) -> Result<(), IpError> {
+        let addr: std::net::Ipv4Addr = ip.parse().map_err(|_| IpError::Invalid)?;
+        let n = u32::from(addr);
+        let mask = if self.range.1 == 0 { 0 } else { u32::MAX << (32 - self.range.1) };
+        let broadcast = self.range.0 | !mask;
+        if n & mask != self.range.0 || n == self.range.0 || n == broadcast {
+            return Err(IpError::OutOfRange(self.cidr()));
+        }
+        if in_store.contains(&n) {
+            return Err(IpError::Taken);
+        }
+        self.used.insert(n);
+        Ok(())
+    }
+
+    /// Forget a cluster IP (its Service is gone).
+    pub fn release(&mut self, ip: &str) {
+        if let Ok(a) = ip.parse::<std::net::Ipv4Addr>() {
+            self.used.remove(&u32::from(a));
+        }
+    }
+
     pub fn node_port(&mut self) -> u32 {
         self.next_node_port += 1;
         30000 + (self.next_node_port % 2768)
@@ -74,6 +143,15 @@ impl IpAlloc {
         self.next_lb_ip += 1;
         format!("172.18.255.{}", self.next_lb_ip % 254 + 1)
     }
+}
+
+/// Parse `10.96.0.0/12` (IPv4 only).
+pub fn parse_cidr(s: &str) -> Option<(u32, u8)> {
+    let (ip, len) = s.split_once('/')?;
+    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 30)?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Some((u32::from(ip) & mask, len))
 }
 
 /// Computes the new object from the current one (None = unchanged).
@@ -620,22 +698,45 @@ impl Inner {
         Ok(name)
     }
 
+    /// Cluster IPs held by stored Services.
+    fn stored_cluster_ips(&self) -> std::collections::HashSet<u32> {
+        let (items, _) = self.store.list(&gr("", "services"), None);
+        items
+            .iter()
+            .filter_map(|s| s.pointer("/spec/clusterIPs").and_then(Value::as_array))
+            .flatten()
+            .filter_map(|ip| ip.as_str()?.parse::<std::net::Ipv4Addr>().ok())
+            .map(u32::from)
+            .collect()
+    }
+
     /// Server-assigned fields on create (cluster IPs, node ports).
-    fn allocate(&self, rt: &ResourceType, v: &mut Value) {
+    fn allocate(&self, rt: &ResourceType, v: &mut Value) -> Result<(), ApiError> {
         if rt.group.is_empty() && rt.kind == "Service" {
             let ty = v.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+            let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+            let in_store = if ty != "ExternalName" { self.stored_cluster_ips() } else { Default::default() };
             let mut ips = self.ips.lock();
             if let Some(spec) = v.get_mut("spec").and_then(Value::as_object_mut) {
                 if ty != "ExternalName" {
-                    let ip = match spec.get("clusterIP").and_then(Value::as_str) {
-                        Some(ip) if !ip.is_empty() => ip.to_string(),
-                        _ => ips.cluster_ip(),
+                    let requested = spec
+                        .get("clusterIP")
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty())
+                        .or_else(|| {
+                            spec.get("clusterIPs")?.as_array()?.first()?.as_str().filter(|s| !s.is_empty())
+                        })
+                        .map(str::to_string);
+                    let ip = match requested {
+                        Some(ip) if ip == "None" => ip,
+                        Some(ip) => {
+                            ips.request(&ip, &in_store).map_err(|e| ip_error(rt, &name, &ip, &ips, e))?;
+                            ip
+                        }
+                        None => ips.cluster_ip(&in_store).map_err(|e| ip_error(rt, &name, "", &ips, e))?,
                     };
                     spec.insert("clusterIP".into(), json!(ip));
                     spec.insert("clusterIPs".into(), json!([ip]));
-                    if ip == "None" {
-                        spec.insert("clusterIPs".into(), json!(["None"]));
-                    }
                 }
                 if (ty == "NodePort" || ty == "LoadBalancer")
                     && let Some(Value::Array(ps)) = spec.get_mut("ports")
@@ -648,18 +749,16 @@ impl Inner {
                 }
             }
         }
+        Ok(())
     }
 
-    /// Keep allocations on update (the client may not send them).
-    fn keep_allocations(rt: &ResourceType, old: &Value, new: &mut Value) {
+    /// Keep allocations on update (the client may not send them), with the
+    /// API server's Service update strategy (see [`immutable::service_prepare_update`]).
+    fn keep_allocations(&self, rt: &ResourceType, old: &Value, new: &mut Value) -> Result<(), ApiError> {
         if rt.group.is_empty() && rt.kind == "Service" {
-            for f in ["clusterIP", "clusterIPs"] {
-                if let Some(v) = old.pointer(&format!("/spec/{f}")).cloned()
-                    && let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut)
-                    && spec.get(f).is_none_or(|x| x.is_null() || x.as_str() == Some(""))
-                {
-                    spec.insert(f.into(), v);
-                }
+            if immutable::service_prepare_update(old, new) {
+                // leaving ExternalName: allocated as on create
+                self.allocate(rt, new)?;
             }
             let old_ports = old.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
             if let Some(Value::Array(ps)) = new.pointer_mut("/spec/ports") {
@@ -675,6 +774,19 @@ impl Inner {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Validation of an update: the immutable-field rules, then the object's own validation.
+    fn validate_update(&self, rt: &ResourceType, old: &Value, new: &Value) -> Result<(), ApiError> {
+        let mut causes =
+            if rt.crd.is_none() { immutable::check(&rt.group, &rt.kind, old, new) } else { vec![] };
+        causes.extend(defaults::validate(rt, new));
+        if causes.is_empty() {
+            return Ok(());
+        }
+        let name = new.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        Err(ApiError::invalid(rt, name, causes))
     }
 
     /// Generation bump and server-owned fields when an object changes.
@@ -814,6 +926,12 @@ impl Inner {
     }
 
     pub fn after_delete(&self, rt: &ResourceType, obj: &Value) {
+        if rt.group.is_empty() && rt.kind == "Service" {
+            let mut ips = self.ips.lock();
+            for ip in obj.pointer("/spec/clusterIPs").and_then(Value::as_array).into_iter().flatten() {
+                ips.release(ip.as_str().unwrap_or(""));
+            }
+        }
         if rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition" {
             crd::remove(self, obj);
         }
@@ -843,7 +961,7 @@ impl Inner {
             m.shift_remove("status");
         }
         defaults::apply_defaults(rt, &mut body);
-        self.allocate(rt, &mut body);
+        self.allocate(rt, &mut body)?;
         let manager = Self::manager(q, headers);
         let now = now_rfc3339();
         managed::update(
@@ -972,9 +1090,9 @@ impl Inner {
         sub: &str,
     ) -> Result<(), ApiError> {
         Self::finish_update(rt, cur, new);
-        Self::keep_allocations(rt, cur, new);
+        self.keep_allocations(rt, cur, new)?;
         defaults::apply_defaults(rt, new);
-        self.validate(rt, new)?;
+        self.validate_update(rt, cur, new)?;
         // deletion in progress: only finalizer removal and metadata changes are allowed for new finalizers
         if cur.pointer("/metadata/deletionTimestamp").is_some() {
             let old_f: Vec<Value> =
@@ -1175,7 +1293,7 @@ impl Inner {
                         m.shift_remove("status");
                     }
                     defaults::apply_defaults(rt, &mut new);
-                    self.allocate(rt, &mut new);
+                    self.allocate(rt, &mut new)?;
                     created = true;
                     Ok(Some(new))
                 }
@@ -1204,9 +1322,9 @@ impl Inner {
                         set_last_applied(&mut new, &cfg);
                     }
                     Self::finish_update(rt, cur, &mut new);
-                    Self::keep_allocations(rt, cur, &mut new);
+                    self.keep_allocations(rt, cur, &mut new)?;
                     defaults::apply_defaults(rt, &mut new);
-                    self.validate(rt, &new)?;
+                    self.validate_update(rt, cur, &new)?;
                     Ok(Some(new))
                 }
             }
@@ -1344,6 +1462,33 @@ impl Inner {
         let uid = cur.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("");
         json_response(200, &status::success(rt, name, uid))
     }
+}
+
+/// A refused cluster IP as the API server words it (422 on `spec.clusterIPs`).
+fn ip_error(rt: &ResourceType, name: &str, ip: &str, ips: &IpAlloc, e: IpError) -> ApiError {
+    let why = match e {
+        IpError::Taken => format!("failed to allocate IP {ip}: provided IP is already allocated"),
+        IpError::OutOfRange(cidr) => format!(
+            "failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {cidr}"
+        ),
+        IpError::Invalid => "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)".into(),
+        IpError::Full(cidr) => {
+            return ApiError::internal(format!(
+                "failed to allocate a serviceIP: range is full (service CIDR {cidr}, {} in use)",
+                ips.used.len()
+            ));
+        }
+    };
+    let shown = format!("[]string{{{ip:?}}}");
+    ApiError::invalid(
+        rt,
+        name,
+        vec![Cause {
+            reason: "FieldValueInvalid".into(),
+            message: format!("Invalid value: {shown}: {why}"),
+            field: "spec.clusterIPs".into(),
+        }],
+    )
 }
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";

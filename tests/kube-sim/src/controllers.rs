@@ -56,6 +56,7 @@ pub fn seed(inner: &Arc<Inner>) {
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
         );
     }
+    let first_ip = inner.ips.lock().first();
     create(
         "",
         "v1",
@@ -63,7 +64,7 @@ pub fn seed(inner: &Arc<Inner>) {
         "default",
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "namespace": "default",
             "labels": {"component": "apiserver", "provider": "kubernetes"}},
-            "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}}),
+            "spec": {"clusterIP": first_ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}}),
     );
     create(
         "",

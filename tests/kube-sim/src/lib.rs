@@ -36,6 +36,7 @@ mod crdschema;
 mod defaults;
 pub mod faults;
 pub mod fieldpath;
+pub mod immutable;
 pub mod managed;
 mod openapi;
 pub mod patch;
@@ -62,6 +63,8 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error("invalid snapshot {path}: {reason}")]
     Snapshot { path: PathBuf, reason: String },
+    #[error("invalid service CIDR {0:?}: expected an IPv4 network like 10.96.0.0/12 (prefix at most /30)")]
+    ServiceCidr(String),
 }
 
 /// Configuration of one simulated cluster.
@@ -82,6 +85,8 @@ pub struct SimConfig {
     pub name: String,
     /// Watch history kept per resource type (older resourceVersions get 410 Gone).
     pub watch_history: usize,
+    /// Service cluster IP range (the API server's `--service-cluster-ip-range`), IPv4.
+    pub service_cidr: String,
 }
 
 impl Default for SimConfig {
@@ -94,6 +99,7 @@ impl Default for SimConfig {
             snapshot_file: None,
             name: "kube-sim".into(),
             watch_history: 10_000,
+            service_cidr: "10.96.0.0/12".into(),
         }
     }
 }
@@ -169,6 +175,8 @@ impl std::fmt::Debug for KubeSim {
 impl KubeSim {
     /// Start a simulator (binds now; serves on a background task).
     pub async fn start(cfg: SimConfig) -> Result<KubeSim, Error> {
+        let cidr =
+            api::parse_cidr(&cfg.service_cidr).ok_or_else(|| Error::ServiceCidr(cfg.service_cidr.clone()))?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| Error::Bind { addr: cfg.listen.to_string(), source })?;
@@ -188,7 +196,7 @@ impl KubeSim {
             faults: Arc::new(Faults::new(cfg.faults.clone())),
             stats: Arc::new(Stats::default()),
             readiness_delay: cfg.readiness_delay,
-            ips: Mutex::new(api::IpAlloc::default()),
+            ips: Mutex::new(api::IpAlloc::new(cidr)),
             server_addr: parking_lot::RwLock::new(addr.to_string()),
             shutdown: shutdown.clone(),
             kick: tokio::sync::Notify::new(),

@@ -28,6 +28,9 @@ struct Args {
     /// Load state from FILE at start (if present) and save it at exit.
     #[arg(long, env = "KUBE_SIM_SNAPSHOT")]
     snapshot: Option<PathBuf>,
+    /// Service cluster IP range (IPv4 CIDR).
+    #[arg(long, env = "KUBE_SIM_SERVICE_CIDR", default_value = "10.96.0.0/12")]
+    service_cidr: String,
     /// Fault: latency added to each API request (e.g. 50ms).
     #[arg(long, env = "KUBE_SIM_LATENCY", value_parser = humantime::parse_duration)]
     latency: Option<Duration>,
@@ -57,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         readiness_delay: args.readiness_delay,
         snapshot_file: args.snapshot,
         name: args.name,
+        service_cidr: args.service_cidr,
         faults: kube_sim::FaultConfig {
             latency_ms: args.latency.map(|d| d.as_millis() as u64).unwrap_or(0),
             error_rate: args.error_rate,
