@@ -172,7 +172,8 @@ impl Agent {
             epoch = store.epoch(),
             "agent starting"
         );
-        let controller = Controller::new(ctx, store.clone(), metrics.clone(), (writer, published_rx), hub_rx, records);
+        let controller =
+            Controller::new(ctx, store.clone(), metrics.clone(), (writer, published_rx), hub_rx, records);
         let controller = tokio::spawn(controller.run().instrument(tracing::info_span!("controller")));
 
         let sync_ctx = SyncCtx {

@@ -20,23 +20,23 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
-use crate::backoff::Backoff;
 use crate::bundle::{self, AppliedRevision, Decision, Deployment, DriftMode};
 use crate::cache::ArtifactCache;
 use crate::config::Tuning;
-use crate::resource::ResourceInfo;
 use crate::drift::{DriftSignal, Watchers};
 use crate::engine::{Action, ApplyOptions, ApplyReport, DriftOutcome, Engine, Plan, live_matches};
 use crate::health::{self, HealthStatus, ObjectHealth};
-use crate::identity::now_ms;
 use crate::inventory::{Entry, Inventory};
 use crate::metrics::{BundleLabel, BundleResult, Metrics};
 use crate::objects::{MetaKey, ObjKey, Stage};
 use crate::outbox::{OutboxWriter, Published};
 use crate::reconcile::{self, BundleState, Effect, Input};
+use crate::resource::ResourceInfo;
 use crate::status::{self, BundleStatus, Event, ObjectCounts};
 use crate::store::{BundleRecord, Store};
 use crate::{Error, Result};
+use convoy_core::backoff::Backoff;
+use convoy_core::clock::now_ms;
 
 /// Input from the hub session.
 #[derive(Debug)]
@@ -130,7 +130,8 @@ impl Slot {
     }
 
     fn drift_mode(&self, default: DriftMode) -> DriftMode {
-        self.b.desired
+        self.b
+            .desired
             .as_ref()
             .and_then(|d| d.options.drift)
             .or_else(|| self.b.applied.as_ref().and_then(|a| a.options.drift))
@@ -445,18 +446,18 @@ impl Controller {
     }
 
     fn run_effect(&mut self, name: &str, effect: Effect, drop_slots: &mut Vec<String>) {
-                match effect {
-                    Effect::Forget => drop_slots.push(name.to_string()),
-                    Effect::Remove => self.start_remove(name),
-                    Effect::ReportSuspended => self.set_suspended(name),
-                    Effect::Restore => self.start_restore(name),
-                    Effect::Apply(d) => self.start_reconcile(name, d),
-                    Effect::CorrectDrift => self.start_drift(name),
-                    Effect::CheckHealth => self.start_health(name),
-                    // Refuse and Pending carry the deployment (handled by the caller);
-                    // Persist comes only from desired-state inputs.
-                    Effect::Refuse { .. } | Effect::ReportPending(_) | Effect::Persist => {}
-                }
+        match effect {
+            Effect::Forget => drop_slots.push(name.to_string()),
+            Effect::Remove => self.start_remove(name),
+            Effect::ReportSuspended => self.set_suspended(name),
+            Effect::Restore => self.start_restore(name),
+            Effect::Apply(d) => self.start_reconcile(name, d),
+            Effect::CorrectDrift => self.start_drift(name),
+            Effect::CheckHealth => self.start_health(name),
+            // Refuse and Pending carry the deployment (handled by the caller);
+            // Persist comes only from desired-state inputs.
+            Effect::Refuse { .. } | Effect::ReportPending(_) | Effect::Persist => {}
+        }
     }
 
     /// Delete the records of bundles that left without anything applied.
@@ -1070,7 +1071,10 @@ impl Controller {
             .slots
             .values()
             .flat_map(|s| {
-                [s.b.desired.as_ref().map(|d| d.digest.clone()), s.b.applied.as_ref().map(|a| a.digest.clone())]
+                [
+                    s.b.desired.as_ref().map(|d| d.digest.clone()),
+                    s.b.applied.as_ref().map(|a| a.digest.clone()),
+                ]
             })
             .flatten()
             .collect();
@@ -1258,10 +1262,9 @@ async fn reconcile(
     let report =
         ctx.engine.apply(&plan, ApplyOptions { force: opts.force, prune: opts.prune }, &ctx.shutdown).await;
     if let Some(e) = report.error {
-        let changed = report
-            .objects
-            .iter()
-            .any(|o| matches!(o.action, Action::Created | Action::Configured | Action::Recreated | Action::Pruned));
+        let changed = report.objects.iter().any(|o| {
+            matches!(o.action, Action::Created | Action::Configured | Action::Recreated | Action::Pruned)
+        });
         return Err(Failure::Failed(e, changed, report.failed_stage));
     }
     let timeout = opts.timeout.unwrap_or(ctx.tuning.default_timeout);

@@ -19,10 +19,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backoff::Backoff;
-use crate::resource::ResourceInfo;
 use crate::kubeapi::{LeanMeta, MetaOnly};
 use crate::objects::ObjKey;
+use crate::resource::ResourceInfo;
+use convoy_core::backoff::Backoff;
 
 /// What a watch saw.
 #[derive(Debug, Clone)]

@@ -26,12 +26,11 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::diff::changed_fields;
-use crate::discovery::{Discovery, crd_resources};
-use crate::resource::ResourceInfo;
-use crate::health::{self, HealthStatus};
+use crate::discovery::Discovery;
 use crate::inventory::{self, Entry, Inventory};
 use crate::kubeapi::{MetaOnly, ObjApi};
-use crate::objects::{DesiredObject, Manifest, MetaKey, ObjKey, Stage, meta_hash};
+use crate::objects::{DesiredObject, MetaKey, ObjKey, Stage, meta_hash};
+use crate::resource::ResourceInfo;
 use crate::{Error, Result};
 
 mod plan;

@@ -12,11 +12,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::backoff::Backoff;
-use crate::resource::ResourceInfo;
 use crate::error::{FieldConflict, ImmutableField};
 use crate::objects::ObjKey;
+use crate::resource::ResourceInfo;
 use crate::{Error, Result};
+use convoy_core::backoff::Backoff;
 
 /// How many times one request is tried before its error is returned.
 const ATTEMPTS: u32 = 6;
@@ -340,8 +340,9 @@ pub fn conflicts(object: &str, e: &kube::Error) -> Option<Vec<FieldConflict>> {
 }
 
 /// The fields of a 422 Invalid response that the API server does not let
-/// change ("field is immutable", or a Forbidden update of a spec that only
-/// allows some fields to change), if it is one. The field path comes from
+/// change ("field is immutable", "cannot change roleRef", "spec is immutable
+/// after creation", or a Forbidden update of a spec that only allows some
+/// fields to change), if it is one. The field path comes from
 /// the status causes, else from the message (`<Kind> "x" is invalid:
 /// spec.selector: ...`).
 pub fn immutable_fields(object: &str, e: &kube::Error) -> Option<Vec<ImmutableField>> {
@@ -349,7 +350,12 @@ pub fn immutable_fields(object: &str, e: &kube::Error) -> Option<Vec<ImmutableFi
     if s.code != 422 || s.reason != "Invalid" {
         return None;
     }
-    let immutable = |m: &str| m.contains("field is immutable") || m.contains("Forbidden: updates to");
+    // The API server's wordings: "field is immutable", "spec is immutable
+    // after creation ...", "cannot change roleRef", "Forbidden: updates to
+    // statefulset spec for fields other than ... are forbidden".
+    let immutable = |m: &str| {
+        m.contains("is immutable") || m.contains("cannot change") || m.contains("Forbidden: updates to")
+    };
     let causes = s.details.as_ref().map(|d| d.causes.as_slice()).unwrap_or_default();
     let mut out: Vec<ImmutableField> = causes
         .iter()
@@ -442,7 +448,7 @@ mod tests {
         assert_eq!(f[0].object, "Deployment/apps/web");
         // No causes: the field comes from the message.
         let e = invalid(
-            "RoleBinding.rbac.authorization.k8s.io \"rb\" is invalid: roleRef: Invalid value: x: cannot change roleRef; field is immutable",
+            "RoleBinding.rbac.authorization.k8s.io \"rb\" is invalid: roleRef: Invalid value: x: cannot change roleRef",
             serde_json::json!([]),
         );
         assert_eq!(immutable_fields("RoleBinding/a/rb", &e).unwrap()[0].field, "roleRef");

@@ -23,7 +23,6 @@ pub mod oneshot;
 pub mod resource;
 
 mod agent;
-mod backoff;
 mod cache;
 mod controller;
 mod convert;

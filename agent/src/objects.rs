@@ -2,12 +2,11 @@
 //! normalization of a parsed manifest into the exact JSON the agent applies, and
 //! its content hash.
 
-
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-pub use crate::resource::{ObjKey, group_of, version_of};
 use crate::resource::ResourceInfo;
+pub use crate::resource::{ObjKey, group_of, version_of};
 use crate::{Error, Result};
 
 /// The apply stage of an object. Stages run in order; objects within a stage
@@ -172,7 +171,6 @@ impl Manifest {
 fn str_field<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
     m.get(k).and_then(Value::as_str)
 }
-
 
 /// A label or annotation key the desired object sets (drift checks compare
 /// only these on the live object).

@@ -35,7 +35,11 @@ pub(crate) struct Published {
 enum Queued {
     Status(BundleStatus, OutboxItem),
     /// The event's bundle and reason (for metrics), and its wire bytes.
-    Event { bundle: String, reason: String, item: OutboxItem },
+    Event {
+        bundle: String,
+        reason: String,
+        item: OutboxItem,
+    },
 }
 
 impl Queued {
@@ -165,8 +169,10 @@ pub(crate) fn start(
                 let ev = dropped_event(dropped, dropped - reported);
                 let item = OutboxItem::Event(convoy_proto::convert::event_to_pb(&ev).encode_to_vec());
                 let s = store.clone();
-                match tokio::task::spawn_blocking(move || s.append(&item).and_then(|_| Ok(s.dropped_events())))
-                    .await
+                match tokio::task::spawn_blocking(move || {
+                    s.append(&item).and_then(|_| Ok(s.dropped_events()))
+                })
+                .await
                 {
                     Ok(Ok(now)) => {
                         metrics
@@ -188,8 +194,8 @@ pub(crate) fn start(
     (OutboxWriter { tx }, fut)
 }
 
-fn convoy_backoff() -> crate::backoff::Backoff {
-    crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+fn convoy_backoff() -> convoy_core::backoff::Backoff {
+    convoy_core::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
 }
 
 #[cfg(test)]

@@ -171,7 +171,8 @@ fn tick(s: &mut BundleState, now: Instant, deps: Result<(), String>) -> Vec<Effe
         }
         Decision::UpToDate => {
             let applied_gen = s.applied.as_ref().map(|a| a.generation).unwrap_or(0);
-            let stale = !matches!(s.phase, Phase::Ready | Phase::NotReady) || s.status_generation != applied_gen;
+            let stale =
+                !matches!(s.phase, Phase::Ready | Phase::NotReady) || s.status_generation != applied_gen;
             if restore_needed {
                 vec![Effect::Restore]
             } else if s.drift_due.is_some_and(|t| t <= now) {

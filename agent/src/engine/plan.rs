@@ -76,7 +76,6 @@ impl Engine {
             objects,
         })
     }
-
 }
 
 /// Build desired objects in order, on up to four threads for large bundles.
@@ -122,4 +121,3 @@ fn build_objects(
     }
     Ok(out)
 }
-

@@ -5,10 +5,10 @@
 use futures::StreamExt;
 
 use super::{Action, ApplyReport, Engine, ObjectResult};
+use crate::Error;
 use crate::inventory::Entry;
 use crate::kubeapi::{MetaOnly, ObjApi};
 use crate::objects::Stage;
-use crate::{Error, Result};
 
 impl Engine {
     /// Prune (or orphan) `stale` entries in reverse stage order, recording
@@ -82,7 +82,6 @@ impl Engine {
             }
         }
     }
-
 }
 
 /// The error of a prune that left objects behind (retried later).
@@ -109,4 +108,3 @@ pub fn prune_skip_reason(bundle: &str, live: &MetaOnly) -> Option<String> {
         None => Some(format!("no longer carries the {} label", convoy_core::BUNDLE_LABEL)),
     }
 }
-

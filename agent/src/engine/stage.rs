@@ -118,7 +118,6 @@ impl Engine {
             live.insert(o.key.clone(), m?);
         }
         Ok(Prepared { live, new_objects: !new_keys.is_empty() })
-
     }
 
     /// Apply the plan's objects stage by stage; the inventory entries of the
@@ -250,7 +249,11 @@ impl Engine {
 
     /// Delete the object (foreground for workloads, so their pods go too),
     /// wait until it is gone, then create it from the bundle.
-    async fn recreate(&self, obj: &DesiredObject, fields: Vec<crate::error::ImmutableField>) -> Result<Applied> {
+    async fn recreate(
+        &self,
+        obj: &DesiredObject,
+        fields: Vec<crate::error::ImmutableField>,
+    ) -> Result<Applied> {
         use kube::api::PropagationPolicy;
         let api = ObjApi::new(&self.client, &obj.resource, &obj.key);
         let propagation = if crate::kubeapi::foreground_delete(&obj.key.group, &obj.key.kind) {
@@ -366,7 +369,6 @@ impl Engine {
         }
         Ok(())
     }
-
 }
 
 /// The `group/version`s a CRD object serves (read without parsing its schema).
@@ -394,4 +396,3 @@ fn crd_versions(o: &DesiredObject) -> Vec<String> {
 pub(super) fn is_crd(k: &ObjKey) -> bool {
     k.group == "apiextensions.k8s.io" && k.kind == "CustomResourceDefinition"
 }
-
