@@ -657,162 +657,83 @@ impl Controller {
     }
 
     async fn on_reconciled(&mut self, name: &str, d: Deployment, r: std::result::Result<Applied, Failure>) {
-        let recheck = self.ctx.tuning.health_recheck;
-        let Some(slot) = self.slots.get_mut(name) else { return };
-        let labels = BundleResult { bundle: name.to_string(), result: String::new() };
         match r {
-            Ok(a) => {
-                let c = a.report.counts();
-                let result = BundleResult { result: "success".into(), ..labels };
-                self.metrics.applies.get_or_create(&result).inc();
-                self.metrics.apply_duration.get_or_create(&result).observe(a.report.duration.as_secs_f64());
-                for (action, n) in [
-                    ("created", c.created),
-                    ("configured", c.configured),
-                    ("unchanged", c.unchanged),
-                    ("pruned", c.pruned),
-                ] {
-                    self.metrics.count_objects(name, action, n);
-                }
-                let new_generation = slot.b.applied.as_ref().map(|p| p.generation)
-                    != Some(a.revision.generation)
-                    || slot.b.applied.as_ref().map(|p| &p.digest) != Some(&a.revision.digest);
-                slot.b.applied = Some(a.revision.clone());
-                slot.plan = Some(a.plan.clone());
-                slot.tracked = Some(a.tracked);
-                slot.inv_header = InvHeader {
-                    revision: a.revision.revision.clone(),
-                    generation: a.revision.generation,
-                    digest: a.revision.digest.clone(),
-                };
-                slot.b.refused = None;
-                slot.b.retry_at = None;
-                slot.backoff.reset();
-                slot.detected.clear();
-                // Keys marked during the apply are mostly our own writes; the
-                // watch events that follow clear those, the rest get checked.
-                if !slot.drift_dirty.is_empty() {
-                    slot.b.drift_due = Some(Instant::now() + self.ctx.tuning.drift_debounce);
-                }
-                let st = &mut slot.state;
-                st.generation = a.revision.generation;
-                st.revision = a.revision.revision.clone();
-                st.digest = a.revision.digest.clone();
-                st.applied_generation = a.revision.generation;
-                st.applied_revision = a.revision.revision.clone();
-                st.apply_duration_ms = a.report.duration.as_millis() as u64;
-                st.ready_duration_ms = a.ready_ms;
-                st.objects = ObjectCounts {
-                    total: c.total,
-                    created: c.created,
-                    configured: c.configured,
-                    unchanged: c.unchanged,
-                    pruned: c.pruned,
-                    ..Default::default()
-                };
-                apply_health(slot, &a.health, recheck, a.waited);
-                let rev = a.revision.revision.clone();
-                let gen_ = a.revision.generation;
-                let summary = format!(
-                    "applied generation {gen_} ({rev}): {} created, {} configured, {} unchanged, {} pruned in {} ms",
-                    c.created,
-                    c.configured,
-                    c.unchanged,
-                    c.pruned,
-                    a.report.duration.as_millis()
-                );
-                if new_generation || a.report.changed() {
-                    let mut ev = status::event(Severity::Info, "Applied", name, summary)
-                        .revision(&rev)
-                        .detail("generation", gen_)
-                        .detail("created", c.created)
-                        .detail("configured", c.configured)
-                        .detail("unchanged", c.unchanged)
-                        .detail("pruned", c.pruned);
-                    let changed: Vec<String> = a
-                        .report
-                        .objects
-                        .iter()
-                        .filter(|o| matches!(o.action, Action::Configured))
-                        .take(20)
-                        .map(|o| format!("{} ({})", o.key, o.fields.join(", ")))
-                        .collect();
-                    if !changed.is_empty() {
-                        ev = ev.detail("configured_objects", changed.join("; "));
-                    }
-                    let pruned: Vec<String> = a
-                        .report
-                        .objects
-                        .iter()
-                        .filter(|o| o.action == Action::Pruned)
-                        .take(20)
-                        .map(|o| o.key.to_string())
-                        .collect();
-                    if !pruned.is_empty() {
-                        ev = ev.detail("pruned_objects", pruned.join(", "));
-                    }
-                    self.emit(ev);
-                }
-                for o in a.report.objects.iter().filter(|o| o.action == Action::Recreated) {
-                    self.emit(
-                        status::event(
-                            Severity::Warning,
-                            "Recreated",
-                            name,
-                            format!(
-                                "{} was deleted and created again: {} cannot change in place (force)",
-                                o.key,
-                                o.fields.join(", ")
-                            ),
-                        )
-                        .object(&o.key)
-                        .revision(&rev)
-                        .detail("fields", o.fields.join(",")),
-                    );
-                }
-                let slot = self.slots.get_mut(name).expect("slot");
-                if slot.state.phase == Phase::NotReady && a.waited {
-                    let msg = slot.state.message.clone();
-                    self.emit(status::event(Severity::Warning, "NotReady", name, msg).revision(&rev));
-                }
-                self.set_owners(name);
-                self.persist(name).await;
-            }
+            Ok(a) => self.on_applied(name, a).await,
             Err(Failure::Refused(e)) => {
-                let result = BundleResult { result: "refused".into(), ..labels };
-                self.metrics.applies.get_or_create(&result).inc();
+                self.count_apply(name, "refused");
                 self.refuse(name, &d, e);
             }
             Err(Failure::Failed(e, applied_some, stage)) => {
-                let result = BundleResult { result: "failure".into(), ..labels };
-                self.metrics.applies.get_or_create(&result).inc();
-                let transient = e.is_transient();
-                let delay = slot.backoff.next_delay().max(Duration::from_millis(100));
-                slot.b.retry_at = Some(Instant::now() + delay);
-                let st = &mut slot.state;
-                st.phase = if transient { Phase::Reconciling } else { Phase::Stalled };
-                st.message = format!(
-                    "{}{}{}; retrying in {:.1}s",
-                    e,
-                    match stage {
-                        Some(s) => format!(" (stage {} {} failed)", s as u8, s.name()),
-                        None => String::new(),
-                    },
-                    if applied_some { " (some objects of this generation were applied)" } else { "" },
-                    delay.as_secs_f64()
-                );
-                let reason = e.reason();
-                set_conditions(st, Some(reason));
-                let sev = if transient { Severity::Warning } else { Severity::Error };
-                let msg = st.message.clone();
-                tracing::warn!(bundle = %name, error = %e, transient, "apply failed");
-                self.emit(
-                    status::event(sev, reason, name, msg)
-                        .detail("generation", d.generation)
-                        .detail("digest", &d.digest),
-                );
+                self.on_apply_failed(name, &d, e, applied_some, stage)
             }
         }
+    }
+
+    fn count_apply(&self, name: &str, result: &str) {
+        let result = BundleResult { bundle: name.to_string(), result: result.into() };
+        self.metrics.applies.get_or_create(&result).inc();
+    }
+
+    /// An apply succeeded: metrics, then the state and status, then the
+    /// events, then the durable record.
+    async fn on_applied(&mut self, name: &str, a: Applied) {
+        let c = a.report.counts();
+        self.count_apply(name, "success");
+        let result = BundleResult { bundle: name.to_string(), result: "success".into() };
+        self.metrics.apply_duration.get_or_create(&result).observe(a.report.duration.as_secs_f64());
+        for (action, n) in [
+            ("created", c.created),
+            ("configured", c.configured),
+            ("unchanged", c.unchanged),
+            ("pruned", c.pruned),
+        ] {
+            self.metrics.count_objects(name, action, n);
+        }
+        let tuning = self.ctx.tuning.clone();
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        let new_generation = slot.b.applied.as_ref().map(|p| (p.generation, &p.digest))
+            != Some((a.revision.generation, &a.revision.digest));
+        fold_applied(slot, &a, &tuning);
+        let mut events = applied_events(name, &a, new_generation);
+        if slot.state.phase == Phase::NotReady && a.waited {
+            let msg = slot.state.message.clone();
+            events
+                .push(status::event(Severity::Warning, "NotReady", name, msg).revision(&a.revision.revision));
+        }
+        for ev in events {
+            self.emit(ev);
+        }
+        self.set_owners(name);
+        self.persist(name).await;
+    }
+
+    /// An apply failed: retried with backoff; Stalled unless transient.
+    fn on_apply_failed(
+        &mut self,
+        name: &str,
+        d: &Deployment,
+        e: Error,
+        applied_some: bool,
+        stage: Option<Stage>,
+    ) {
+        self.count_apply(name, "failure");
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        let transient = e.is_transient();
+        let delay = slot.backoff.next_delay().max(Duration::from_millis(100));
+        slot.b.retry_at = Some(Instant::now() + delay);
+        let st = &mut slot.state;
+        st.phase = if transient { Phase::Reconciling } else { Phase::Stalled };
+        st.message = failure_message(&e, stage, applied_some, delay);
+        let reason = e.reason();
+        set_conditions(st, Some(reason));
+        let sev = if transient { Severity::Warning } else { Severity::Error };
+        let msg = st.message.clone();
+        tracing::warn!(bundle = %name, error = %e, transient, "apply failed");
+        self.emit(
+            status::event(sev, reason, name, msg)
+                .detail("generation", d.generation)
+                .detail("digest", &d.digest),
+        );
     }
 
     async fn on_removed(&mut self, name: &str, report: ApplyReport) {
@@ -1085,6 +1006,128 @@ impl Controller {
             }
         });
     }
+}
+
+/// Fold a successful apply into the bundle's state and status.
+fn fold_applied(slot: &mut Slot, a: &Applied, tuning: &Tuning) {
+    let c = a.report.counts();
+    slot.b.applied = Some(a.revision.clone());
+    slot.plan = Some(a.plan.clone());
+    slot.tracked = Some(a.tracked.clone());
+    slot.inv_header = InvHeader {
+        revision: a.revision.revision.clone(),
+        generation: a.revision.generation,
+        digest: a.revision.digest.clone(),
+    };
+    slot.b.refused = None;
+    slot.b.retry_at = None;
+    slot.backoff.reset();
+    slot.detected.clear();
+    // Keys marked during the apply are mostly our own writes; the
+    // watch events that follow clear those, the rest get checked.
+    if !slot.drift_dirty.is_empty() {
+        slot.b.drift_due = Some(Instant::now() + tuning.drift_debounce);
+    }
+    let st = &mut slot.state;
+    st.generation = a.revision.generation;
+    st.revision = a.revision.revision.clone();
+    st.digest = a.revision.digest.clone();
+    st.applied_generation = a.revision.generation;
+    st.applied_revision = a.revision.revision.clone();
+    st.apply_duration_ms = a.report.duration.as_millis() as u64;
+    st.ready_duration_ms = a.ready_ms;
+    st.objects = ObjectCounts {
+        total: c.total,
+        created: c.created,
+        configured: c.configured,
+        unchanged: c.unchanged,
+        pruned: c.pruned,
+        ..Default::default()
+    };
+    apply_health(slot, &a.health, tuning.health_recheck, a.waited);
+}
+
+/// The events of a successful apply: `Applied` (when the generation is new or
+/// something changed, naming configured and pruned objects) and one
+/// `Recreated` per object that `force` deleted and created again.
+fn applied_events(name: &str, a: &Applied, new_generation: bool) -> Vec<Event> {
+    let c = a.report.counts();
+    let rev = &a.revision.revision;
+    let gen_ = a.revision.generation;
+    let mut out = Vec::new();
+    if new_generation || a.report.changed() {
+        let summary = format!(
+            "applied generation {gen_} ({rev}): {} created, {} configured, {} unchanged, {} pruned in {} ms",
+            c.created,
+            c.configured,
+            c.unchanged,
+            c.pruned,
+            a.report.duration.as_millis()
+        );
+        let mut ev = status::event(Severity::Info, "Applied", name, summary)
+            .revision(rev)
+            .detail("generation", gen_)
+            .detail("created", c.created)
+            .detail("configured", c.configured)
+            .detail("unchanged", c.unchanged)
+            .detail("pruned", c.pruned);
+        let configured: Vec<String> = a
+            .report
+            .objects
+            .iter()
+            .filter(|o| matches!(o.action, Action::Configured))
+            .take(20)
+            .map(|o| format!("{} ({})", o.key, o.fields.join(", ")))
+            .collect();
+        if !configured.is_empty() {
+            ev = ev.detail("configured_objects", configured.join("; "));
+        }
+        let pruned: Vec<String> = a
+            .report
+            .objects
+            .iter()
+            .filter(|o| o.action == Action::Pruned)
+            .take(20)
+            .map(|o| o.key.to_string())
+            .collect();
+        if !pruned.is_empty() {
+            ev = ev.detail("pruned_objects", pruned.join(", "));
+        }
+        out.push(ev);
+    }
+    for o in a.report.objects.iter().filter(|o| o.action == Action::Recreated) {
+        out.push(
+            status::event(
+                Severity::Warning,
+                "Recreated",
+                name,
+                format!(
+                    "{} was deleted and created again: {} cannot change in place (force)",
+                    o.key,
+                    o.fields.join(", ")
+                ),
+            )
+            .object(&o.key)
+            .revision(rev)
+            .detail("fields", o.fields.join(",")),
+        );
+    }
+    out
+}
+
+/// The status message of a failed apply: the error, the stage that failed,
+/// whether some objects were written, and when it is retried.
+fn failure_message(e: &Error, stage: Option<Stage>, applied_some: bool, delay: Duration) -> String {
+    format!(
+        "{}{}{}; retrying in {:.1}s",
+        e,
+        match stage {
+            Some(s) => format!(" (stage {} {} failed)", s as u8, s.name()),
+            None => String::new(),
+        },
+        if applied_some { " (some objects of this generation were applied)" } else { "" },
+        delay.as_secs_f64()
+    )
 }
 
 async fn sleep_until(t: Option<Instant>) {
@@ -1418,4 +1461,80 @@ async fn drift_pass(
         Ok(())
     };
     (results, saved, Some(plan))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::BundleOptions;
+    use crate::engine::ObjectResult;
+    use crate::error::ImmutableField;
+
+    fn applied(objects: Vec<ObjectResult>) -> Applied {
+        Applied {
+            plan: Arc::new(Plan::default()),
+            revision: AppliedRevision {
+                generation: 2,
+                digest: "sha256:b".into(),
+                revision: "main@sha1:2".into(),
+                statement: Vec::new(),
+                signature: Vec::new(),
+                options: BundleOptions::default(),
+            },
+            report: ApplyReport { objects, ..Default::default() },
+            tracked: HashMap::new(),
+            health: Vec::new(),
+            waited: false,
+            ready_ms: 0,
+        }
+    }
+
+    fn result(action: Action, fields: &[&str]) -> ObjectResult {
+        ObjectResult {
+            key: ObjKey::new("apps", "Deployment", Some("apps"), "web"),
+            action,
+            fields: fields.iter().map(|f| f.to_string()).collect(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_recreate_is_reported_with_its_field() {
+        let evs = applied_events("app", &applied(vec![result(Action::Recreated, &["spec.selector"])]), false);
+        let reasons: Vec<&str> = evs.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["Applied", "Recreated"], "a recreate is a change");
+        let r = &evs[1];
+        assert_eq!(r.severity, Severity::Warning);
+        assert_eq!(r.object, "Deployment/apps/web");
+        assert_eq!(r.details.get("fields").map(String::as_str), Some("spec.selector"));
+        assert!(r.message.contains("spec.selector"), "{}", r.message);
+    }
+
+    #[test]
+    fn an_unchanged_reapply_of_the_same_generation_is_quiet() {
+        assert!(applied_events("app", &applied(vec![result(Action::Unchanged, &[])]), false).is_empty());
+        let evs = applied_events("app", &applied(vec![result(Action::Unchanged, &[])]), true);
+        assert_eq!(evs.len(), 1, "a new generation is always reported");
+        let evs = applied_events("app", &applied(vec![result(Action::Configured, &[".data.k"])]), false);
+        assert_eq!(
+            evs[0].details.get("configured_objects").map(String::as_str),
+            Some("Deployment/apps/web (.data.k)")
+        );
+    }
+
+    #[test]
+    fn failure_message_names_the_stage() {
+        let e = Error::Immutable(vec![ImmutableField {
+            object: "Deployment/apps/web".into(),
+            field: "spec.selector".into(),
+            message: "field is immutable".into(),
+        }]);
+        let m = failure_message(&e, Some(Stage::Workloads), true, Duration::from_millis(1500));
+        assert!(m.contains("Deployment/apps/web spec.selector"), "{m}");
+        assert!(m.contains("(stage 3 workloads failed)"), "{m}");
+        assert!(m.contains("(some objects of this generation were applied)"), "{m}");
+        assert!(m.ends_with("retrying in 1.5s"), "{m}");
+        let m = failure_message(&Error::Timeout("x".into()), None, false, Duration::from_secs(1));
+        assert_eq!(m, "timed out: x; retrying in 1.0s");
+    }
 }
