@@ -30,7 +30,7 @@ use crate::inventory::{Entry, Inventory};
 use crate::metrics::{BundleLabel, BundleResult, Metrics};
 use crate::objects::{MetaKey, ObjKey, Stage};
 use crate::outbox::{OutboxWriter, Published};
-use crate::reconcile::{self, BundleState, Effect, Input};
+use crate::reconcile::{self, BundleState, Effect, Input, Outcome};
 use crate::resource::ResourceInfo;
 use crate::status::{self, BundleStatus, Event, ObjectCounts};
 use crate::store::{BundleRecord, Store};
@@ -720,7 +720,10 @@ impl Controller {
         let Some(slot) = self.slots.get_mut(name) else { return };
         let transient = e.is_transient();
         let delay = slot.backoff.next_delay().max(Duration::from_millis(100));
-        slot.b.retry_at = Some(Instant::now() + delay);
+        reconcile::step(
+            &mut slot.b,
+            Input::ApplyResult(Outcome::Failed { retry_at: Instant::now() + delay }),
+        );
         let st = &mut slot.state;
         st.phase = if transient { Phase::Reconciling } else { Phase::Stalled };
         st.message = failure_message(&e, stage, applied_some, delay);
@@ -893,7 +896,7 @@ impl Controller {
 
     fn refuse(&mut self, name: &str, d: &Deployment, e: Error) {
         let Some(slot) = self.slots.get_mut(name) else { return };
-        slot.b.refused = Some(d.clone());
+        reconcile::step(&mut slot.b, Input::ApplyResult(Outcome::Refused(d.clone())));
         let st = &mut slot.state;
         st.phase = Phase::Stalled;
         st.generation = d.generation;
@@ -1011,7 +1014,8 @@ impl Controller {
 /// Fold a successful apply into the bundle's state and status.
 fn fold_applied(slot: &mut Slot, a: &Applied, tuning: &Tuning) {
     let c = a.report.counts();
-    slot.b.applied = Some(a.revision.clone());
+    // The controller persists right after (on_applied).
+    let _persist = reconcile::step(&mut slot.b, Input::ApplyResult(Outcome::Applied(a.revision.clone())));
     slot.plan = Some(a.plan.clone());
     slot.tracked = Some(a.tracked.clone());
     slot.inv_header = InvHeader {
@@ -1019,8 +1023,6 @@ fn fold_applied(slot: &mut Slot, a: &Applied, tuning: &Tuning) {
         generation: a.revision.generation,
         digest: a.revision.digest.clone(),
     };
-    slot.b.refused = None;
-    slot.b.retry_at = None;
     slot.backoff.reset();
     slot.detected.clear();
     // Keys marked during the apply are mostly our own writes; the

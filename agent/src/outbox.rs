@@ -169,11 +169,7 @@ pub(crate) fn start(
                 let ev = dropped_event(dropped, dropped - reported);
                 let item = OutboxItem::Event(convoy_proto::convert::event_to_pb(&ev).encode_to_vec());
                 let s = store.clone();
-                match tokio::task::spawn_blocking(move || {
-                    s.append(&item).and_then(|_| Ok(s.dropped_events()))
-                })
-                .await
-                {
+                match tokio::task::spawn_blocking(move || s.append(&item).map(|_| s.dropped_events())).await {
                     Ok(Ok(now)) => {
                         metrics
                             .events

@@ -3,8 +3,9 @@
 //! controller's loop to run. No I/O, no clock reads (the time is an input),
 //! so every transition is unit-tested below.
 //!
-//! Inputs: a new desired deployment (or its removal) from the hub, and a
-//! timer tick (the loop's wake-up) with the dependency view. The generation
+//! Inputs: a new desired deployment (or its removal) from the hub, a timer
+//! tick (the loop's wake-up) with the dependency view, and the end of an
+//! apply job (applied, refused, failed with a retry time). The generation
 //! rules (`bundle::decide`: an older generation is refused unless the hub
 //! marks it a rollback, a replay of the applied generation with other bytes
 //! is refused, the same generation with other options re-applies) are
@@ -72,6 +73,22 @@ pub(crate) enum Input {
         /// Dependencies: ready, or the ones waited for.
         deps: Result<(), String>,
     },
+    /// An apply job ended.
+    ApplyResult(Outcome),
+}
+
+/// How an apply job ended.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    /// This revision is applied.
+    Applied(AppliedRevision),
+    /// Verification or manifests refused this deployment: nothing applied.
+    Refused(Deployment),
+    /// The apply failed; try again from `retry_at` (the backoff's choice).
+    Failed {
+        /// When to retry.
+        retry_at: Instant,
+    },
 }
 
 /// What the controller's loop is to do.
@@ -110,6 +127,29 @@ pub(crate) fn step(s: &mut BundleState, input: Input) -> Vec<Effect> {
     match input {
         Input::Desired(d) => desired(s, d),
         Input::Tick { now, deps } => tick(s, now, deps),
+        Input::ApplyResult(o) => apply_result(s, o),
+    }
+}
+
+fn apply_result(s: &mut BundleState, o: Outcome) -> Vec<Effect> {
+    match o {
+        Outcome::Applied(rev) => {
+            s.applied = Some(rev);
+            s.refused = None;
+            s.retry_at = None;
+            // Durable before the next decision relies on it (replay protection).
+            vec![Effect::Persist]
+        }
+        Outcome::Refused(d) => {
+            // Not retried until the deployment changes; what is applied stays.
+            s.refused = Some(d);
+            Vec::new()
+        }
+        Outcome::Failed { retry_at } => {
+            // The applied revision does not change.
+            s.retry_at = Some(retry_at);
+            Vec::new()
+        }
     }
 }
 
@@ -229,6 +269,48 @@ mod tests {
         s.phase = Phase::Ready;
         s.status_generation = generation;
         s
+    }
+
+    #[test]
+    fn applied_records_the_revision_and_persists() {
+        let now = Instant::now();
+        let mut s = BundleState::new();
+        s.desired = Some(dep(2, "sha256:b"));
+        s.refused = Some(dep(1, "sha256:x"));
+        s.retry_at = Some(now + Duration::from_secs(9));
+        let e = step(&mut s, Input::ApplyResult(Outcome::Applied(applied(2, "sha256:b"))));
+        assert_eq!(e, vec![Effect::Persist]);
+        assert_eq!(s.applied, Some(applied(2, "sha256:b")));
+        assert_eq!((s.refused.as_ref(), s.retry_at), (None, None));
+        // Up to date now: nothing more to apply.
+        s.restored = true;
+        s.phase = Phase::Ready;
+        s.status_generation = 2;
+        assert!(tick(&mut s, now).is_empty());
+    }
+
+    #[test]
+    fn a_refused_apply_is_not_retried_until_the_deployment_changes() {
+        let now = Instant::now();
+        let mut s = ready(1);
+        s.desired = Some(dep(2, "sha256:bad"));
+        assert!(step(&mut s, Input::ApplyResult(Outcome::Refused(dep(2, "sha256:bad")))).is_empty());
+        assert_eq!(s.applied, Some(applied(1, "sha256:a")), "what is applied stays");
+        assert!(tick(&mut s, now).is_empty());
+        step(&mut s, Input::Desired(Some(dep(3, "sha256:c"))));
+        assert_eq!(tick(&mut s, now), vec![Effect::Apply(dep(3, "sha256:c"))]);
+    }
+
+    #[test]
+    fn a_failed_apply_is_retried_after_its_backoff() {
+        let now = Instant::now();
+        let mut s = ready(1);
+        s.desired = Some(dep(2, "sha256:b"));
+        let retry_at = now + Duration::from_millis(300);
+        assert!(step(&mut s, Input::ApplyResult(Outcome::Failed { retry_at })).is_empty());
+        assert_eq!(s.applied, Some(applied(1, "sha256:a")), "the applied revision does not change");
+        assert!(tick(&mut s, now).is_empty());
+        assert_eq!(tick(&mut s, retry_at), vec![Effect::Apply(dep(2, "sha256:b"))]);
     }
 
     #[test]
