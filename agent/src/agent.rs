@@ -149,7 +149,9 @@ impl Agent {
         let notify = Arc::new(Notify::new());
         let (hub_tx, hub_rx) = mpsc::channel(64);
         let (chan_tx, chan_rx) = watch::channel(None);
-        let (writer, writer_fut) = crate::outbox::start(store.clone(), notify.clone(), metrics.clone());
+        let (published_tx, published_rx) = mpsc::unbounded_channel();
+        let (writer, writer_fut) =
+            crate::outbox::start(store.clone(), notify.clone(), metrics.clone(), published_tx);
         let outbox = tokio::spawn(writer_fut.instrument(tracing::info_span!("outbox-writer")));
 
         let engine = Engine::new(client.clone(), &cfg.namespace, cfg.concurrency);
@@ -170,7 +172,8 @@ impl Agent {
             epoch = store.epoch(),
             "agent starting"
         );
-        let controller = Controller::new(ctx, store.clone(), metrics.clone(), writer, hub_rx, records);
+        let controller =
+            Controller::new(ctx, store.clone(), metrics.clone(), (writer, published_rx), hub_rx, records);
         let controller = tokio::spawn(controller.run().instrument(tracing::info_span!("controller")));
 
         let sync_ctx = SyncCtx {

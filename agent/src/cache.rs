@@ -44,7 +44,17 @@ impl ArtifactCache {
     }
 
     /// The cached bytes, if present and intact (a corrupt file is removed).
-    pub fn get(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+    /// Reading and hashing a whole artifact is blocking work: it runs in
+    /// `spawn_blocking`, off the async threads.
+    pub async fn get(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        let this = self.clone();
+        let digest = digest.to_string();
+        tokio::task::spawn_blocking(move || this.get_blocking(&digest))
+            .await
+            .map_err(|e| Error::Store(format!("artifact cache read task: {e}")))?
+    }
+
+    fn get_blocking(&self, digest: &str) -> Result<Option<Vec<u8>>> {
         let p = self.path(digest)?;
         let bytes = match std::fs::read(&p) {
             Ok(b) => b,
@@ -62,7 +72,7 @@ impl ArtifactCache {
     /// The artifact from the cache, or downloaded from the hub (resuming a
     /// partial download), checked against `digest` and `size`.
     pub async fn fetch(&self, hub: &mut AgentClient<Channel>, digest: &str, size: u64) -> Result<Vec<u8>> {
-        if let Some(b) = self.get(digest)? {
+        if let Some(b) = self.get(digest).await? {
             return Ok(b);
         }
         let part = self.part_path(digest)?;
@@ -173,17 +183,17 @@ impl ArtifactCache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn get_checks_digest_and_gc_keeps_referenced() {
+    #[tokio::test]
+    async fn get_checks_digest_and_gc_keeps_referenced() {
         let dir = tempfile::tempdir().unwrap();
         let c = ArtifactCache::open(dir.path()).unwrap();
         let bytes = b"hello".to_vec();
         let d = convoy_artifact::digest_of(&bytes);
-        assert!(c.get(&d).unwrap().is_none());
+        assert!(c.get(&d).await.unwrap().is_none());
         std::fs::write(c.path(&d).unwrap(), &bytes).unwrap();
-        assert_eq!(c.get(&d).unwrap().unwrap(), bytes);
+        assert_eq!(c.get(&d).await.unwrap().unwrap(), bytes);
         std::fs::write(c.path(&d).unwrap(), b"corrupt").unwrap();
-        assert!(c.get(&d).unwrap().is_none(), "a corrupt file is not served");
+        assert!(c.get(&d).await.unwrap().is_none(), "a corrupt file is not served");
         assert!(!c.path(&d).unwrap().exists());
         assert!(c.path("sha256:../../etc").is_err());
 
@@ -192,6 +202,6 @@ mod tests {
         std::fs::write(c.path(&other).unwrap(), b"x").unwrap();
         let keep: HashSet<String> = [d.clone()].into();
         assert_eq!(c.gc(&keep).unwrap(), 1);
-        assert!(c.get(&d).unwrap().is_some());
+        assert!(c.get(&d).await.unwrap().is_some());
     }
 }

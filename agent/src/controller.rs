@@ -14,29 +14,29 @@ use convoy_artifact::{Limits, TrustedKeys};
 use convoy_core::status::{Condition, ConditionStatus, Phase, Severity, set_condition};
 use convoy_proto::v1::agent_client::AgentClient;
 use futures::StreamExt;
-use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
-use crate::backoff::Backoff;
 use crate::bundle::{self, AppliedRevision, Decision, Deployment, DriftMode};
 use crate::cache::ArtifactCache;
 use crate::config::Tuning;
-use crate::discovery::ResourceInfo;
 use crate::drift::{DriftSignal, Watchers};
 use crate::engine::{Action, ApplyOptions, ApplyReport, DriftOutcome, Engine, Plan, live_matches};
 use crate::health::{self, HealthStatus, ObjectHealth};
-use crate::identity::now_ms;
 use crate::inventory::{Entry, Inventory};
 use crate::metrics::{BundleLabel, BundleResult, Metrics};
-use crate::objects::{MetaKey, ObjKey};
-use crate::outbox::OutboxWriter;
+use crate::objects::{MetaKey, ObjKey, Stage};
+use crate::outbox::{OutboxWriter, Published};
+use crate::reconcile::{self, BundleState, Effect, Input, Outcome};
+use crate::resource::ResourceInfo;
 use crate::status::{self, BundleStatus, Event, ObjectCounts};
-use crate::store::{BundleRecord, OutboxItem, Store};
+use crate::store::{BundleRecord, Store};
 use crate::{Error, Result};
+use convoy_core::backoff::Backoff;
+use convoy_core::clock::now_ms;
 
 /// Input from the hub session.
 #[derive(Debug)]
@@ -72,6 +72,15 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
 }
 
+/// Which revision a bundle's inventory in the cluster records (kept to
+/// write the inventory again after a drift correction).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct InvHeader {
+    revision: String,
+    generation: u64,
+    digest: String,
+}
+
 /// An applied object the controller tracks for drift and health.
 #[derive(Debug, Clone)]
 struct Tracked {
@@ -80,26 +89,26 @@ struct Tracked {
     resource: ResourceInfo,
 }
 
+/// One bundle: the pure state machine's state and what the loop keeps
+/// around it (tracked objects, status, backoff, drift bookkeeping).
 #[derive(Debug)]
 struct Slot {
-    desired: Option<Deployment>,
-    applied: Option<AppliedRevision>,
+    /// The reconcile state machine's state (desired, applied, refused, timers).
+    b: BundleState,
     /// Tracked objects; `None` until restored from the cluster inventory.
     tracked: Option<HashMap<ObjKey, Tracked>>,
-    /// Inventory header (revision, generation, digest) for saves after drift.
-    inv_header: (String, u64, String),
+    /// The applied inventory's header, for saves after drift.
+    inv_header: InvHeader,
+    /// The status as it is now.
     state: BundleStatus,
-    published: Option<BundleStatus>,
-    busy: bool,
-    retry_at: Option<Instant>,
+    /// The last status handed to the outbox (without its timestamp).
+    queued: Option<BundleStatus>,
+    /// Retry delays after failures.
     backoff: Backoff,
-    /// The deployment refused last (not retried until it changes).
-    refused: Option<Deployment>,
+    /// Objects to check for drift.
     drift_dirty: BTreeSet<ObjKey>,
-    drift_due: Option<Instant>,
+    /// Drift reported in detect-only mode, by object (reported once per change).
     detected: BTreeMap<ObjKey, Vec<String>>,
-    health_due: Option<Instant>,
-    restore_failed: bool,
     /// The applied revision's planned objects (compact JSON), kept for drift
     /// correction and re-applies without unpacking and parsing again.
     plan: Option<Arc<Plan>>,
@@ -108,35 +117,29 @@ struct Slot {
 impl Slot {
     fn new(name: &str, tuning: &Tuning) -> Self {
         Slot {
-            desired: None,
-            applied: None,
+            b: BundleState::new(),
             tracked: None,
             inv_header: Default::default(),
             state: BundleStatus { bundle: name.to_string(), ..Default::default() },
-            published: None,
-            busy: false,
-            retry_at: None,
+            queued: None,
             backoff: Backoff::new(tuning.retry_base, tuning.retry_cap),
-            refused: None,
             drift_dirty: BTreeSet::new(),
-            drift_due: None,
             detected: BTreeMap::new(),
-            health_due: None,
-            restore_failed: false,
             plan: None,
         }
     }
 
     fn drift_mode(&self, default: DriftMode) -> DriftMode {
-        self.desired
+        self.b
+            .desired
             .as_ref()
             .and_then(|d| d.options.drift)
-            .or_else(|| self.applied.as_ref().and_then(|a| a.options.drift))
+            .or_else(|| self.b.applied.as_ref().and_then(|a| a.options.drift))
             .unwrap_or(default)
     }
 
     fn suspended(&self) -> bool {
-        self.desired.as_ref().is_some_and(|d| d.options.suspend)
+        self.b.desired.as_ref().is_some_and(|d| d.options.suspend)
     }
 }
 
@@ -144,7 +147,7 @@ impl Slot {
 struct Restored {
     plan: Arc<Plan>,
     tracked: HashMap<ObjKey, Tracked>,
-    header: (String, u64, String),
+    header: InvHeader,
     health: Vec<ObjectHealth>,
     /// Objects whose live metadata no longer matches the inventory.
     dirty: Vec<ObjKey>,
@@ -165,8 +168,9 @@ enum Failure {
     /// Verification or manifests: nothing applied; not retried until the deployment changes.
     Refused(Error),
     /// The apply itself failed; `true` when some objects were written
-    /// before it stopped. Retried with backoff.
-    Failed(Error, bool),
+    /// before it stopped, and the stage that failed when one did. Retried
+    /// with backoff.
+    Failed(Error, bool, Option<Stage>),
 }
 
 enum JobOut {
@@ -183,6 +187,8 @@ pub struct Controller {
     store: Store,
     metrics: Arc<Metrics>,
     outbox: OutboxWriter,
+    /// Statuses the outbox writer made durable.
+    published_rx: mpsc::UnboundedReceiver<Published>,
     slots: BTreeMap<String, Slot>,
     owners: HashMap<ObjKey, String>,
     jobs: JoinSet<JobOut>,
@@ -207,18 +213,19 @@ impl Controller {
         ctx: Arc<Ctx>,
         store: Store,
         metrics: Arc<Metrics>,
-        outbox: OutboxWriter,
+        outbox: (OutboxWriter, mpsc::UnboundedReceiver<Published>),
         hub_rx: mpsc::Receiver<HubInput>,
         records: BTreeMap<String, BundleRecord>,
     ) -> Self {
+        let (outbox, published_rx) = outbox;
         let (drift_tx, drift_rx) = mpsc::channel(1024);
         let watchers = Watchers::new(ctx.engine.client().clone(), drift_tx, ctx.shutdown.clone());
         let mut slots = BTreeMap::new();
         for (name, rec) in records {
             let mut s = Slot::new(&name, &ctx.tuning);
-            s.desired = rec.desired;
-            s.applied = rec.applied;
-            if let Some(a) = &s.applied {
+            s.b.desired = rec.desired;
+            s.b.applied = rec.applied;
+            if let Some(a) = &s.b.applied {
                 s.state.applied_generation = a.generation;
                 s.state.applied_revision = a.revision.clone();
                 s.state.generation = a.generation;
@@ -232,6 +239,7 @@ impl Controller {
             store,
             metrics,
             outbox,
+            published_rx,
             slots,
             owners: HashMap::new(),
             jobs: JoinSet::new(),
@@ -248,7 +256,7 @@ impl Controller {
     /// shutdown token themselves).
     pub async fn run(mut self) -> Result<()> {
         self.restore_pending =
-            self.slots.iter().filter(|(_, s)| s.applied.is_some()).map(|(n, _)| n.clone()).collect();
+            self.slots.iter().filter(|(_, s)| s.b.applied.is_some()).map(|(n, _)| n.clone()).collect();
         self.metrics.set_ready(self.restore_pending.is_empty());
         self.ctx.engine.prefetch_discovery().await;
         self.schedule();
@@ -258,6 +266,7 @@ impl Controller {
                 _ = self.ctx.shutdown.cancelled() => break,
                 Some(input) = self.hub_rx.recv() => self.on_hub(input).await,
                 Some(sig) = self.drift_rx.recv() => self.on_drift(sig),
+                Some(p) = self.published_rx.recv() => self.on_published(p),
                 Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => match done {
                     Ok(out) => self.on_job(out).await,
                     Err(e) => tracing::error!(error = %e, "a bundle job panicked"),
@@ -285,8 +294,8 @@ impl Controller {
     fn next_wake(&self) -> Option<Instant> {
         self.slots
             .values()
-            .filter(|s| !s.busy)
-            .flat_map(|s| [s.retry_at, s.drift_due, s.health_due])
+            .filter(|s| !s.b.busy)
+            .flat_map(|s| [s.b.retry_at, s.b.drift_due, s.b.health_due])
             .flatten()
             .chain(self.trim_due)
             .min()
@@ -315,19 +324,17 @@ impl Controller {
             }
             let tuning = self.ctx.tuning.clone();
             let slot = self.slots.entry(name.clone()).or_insert_with(|| Slot::new(&name, &tuning));
-            if slot.desired.as_ref() != Some(&d) {
-                slot.desired = Some(d);
-                slot.retry_at = None;
+            let effects = reconcile::step(&mut slot.b, Input::Desired(Some(d)));
+            if effects.contains(&Effect::Persist) {
+                // A new deployment starts its retries over.
                 slot.backoff.reset();
                 changed.push(name);
             }
         }
         for name in removed {
             if let Some(slot) = self.slots.get_mut(&name)
-                && slot.desired.is_some()
+                && reconcile::step(&mut slot.b, Input::Desired(None)).contains(&Effect::Persist)
             {
-                slot.desired = None;
-                slot.retry_at = None;
                 changed.push(name);
             }
         }
@@ -343,7 +350,7 @@ impl Controller {
             if let Some(slot) = slots.get_mut(owner) {
                 if dirty {
                     slot.drift_dirty.insert(key);
-                    slot.drift_due.get_or_insert(now + debounce);
+                    slot.b.drift_due.get_or_insert(now + debounce);
                 } else {
                     slot.drift_dirty.remove(&key);
                 }
@@ -390,8 +397,8 @@ impl Controller {
             match self.slots.get(dep) {
                 Some(s)
                     if s.state.phase == Phase::Ready
-                        && s.applied.as_ref().map(|a| a.generation)
-                            == s.desired.as_ref().map(|d| d.generation) => {}
+                        && s.b.applied.as_ref().map(|a| a.generation)
+                            == s.b.desired.as_ref().map(|d| d.generation) => {}
                 Some(s) => waiting.push(format!("{dep} ({})", s.state.phase)),
                 None => waiting.push(format!("{dep} (not on this cluster)")),
             }
@@ -399,6 +406,8 @@ impl Controller {
         if waiting.is_empty() { Ok(()) } else { Err(waiting.join(", ")) }
     }
 
+    /// Step every idle bundle's state machine with a timer tick and run the
+    /// effects, within the bound on concurrent jobs.
     fn schedule(&mut self) {
         let now = Instant::now();
         let names: Vec<String> = self.slots.keys().cloned().collect();
@@ -410,65 +419,22 @@ impl Controller {
             if self.ctx.shutdown.is_cancelled() {
                 return;
             }
-            let Some(slot) = self.slots.get(&name) else { continue };
-            if slot.busy {
-                continue;
-            }
-            let restore_needed = slot.applied.is_some() && slot.tracked.is_none();
-            let Some(d) = slot.desired.clone() else {
-                // Removal needs only the inventory in the cluster.
-                if slot.applied.is_some() {
-                    if slot.retry_at.is_none_or(|t| t <= now) {
-                        self.start_remove(&name);
-                    }
-                } else {
-                    drop_slots.push(name.clone());
-                }
-                continue;
+            let deps = match self.slots.get(&name).and_then(|s| s.b.desired.as_ref()) {
+                Some(d) => self.deps_ready(d),
+                None => Ok(()),
             };
-            if d.options.suspend {
-                self.set_suspended(&name);
-                continue;
-            }
-            if slot.retry_at.is_some_and(|t| t > now) {
-                continue;
-            }
-            match bundle::decide(&d, slot.applied.as_ref()) {
-                Decision::Refuse(reason, message) => {
-                    if slot.refused.as_ref() != Some(&d) {
-                        self.refuse(&name, &d, Error::verification(reason, message));
-                    } else if restore_needed {
-                        self.start_restore(&name);
+            let Some(slot) = self.slots.get_mut(&name) else { continue };
+            slot.b.restored = slot.tracked.is_some();
+            slot.b.phase = slot.state.phase;
+            slot.b.status_generation = slot.state.generation;
+            let desired = slot.b.desired.clone();
+            for effect in reconcile::step(&mut slot.b, Input::Tick { now, deps: deps.clone() }) {
+                match (effect, &desired) {
+                    (Effect::Refuse { reason, message }, Some(d)) => {
+                        self.refuse(&name, d, Error::verification(reason, message))
                     }
-                }
-                Decision::Apply => {
-                    if slot.refused.as_ref() == Some(&d) {
-                        if restore_needed {
-                            self.start_restore(&name);
-                        }
-                        continue;
-                    }
-                    match self.deps_ready(&d) {
-                        Ok(()) => self.start_reconcile(&name, d),
-                        Err(waiting) => {
-                            self.set_pending(&name, &d, &waiting);
-                            if restore_needed {
-                                self.start_restore(&name);
-                            }
-                        }
-                    }
-                }
-                Decision::UpToDate => {
-                    let applied_gen = slot.applied.as_ref().map(|a| a.generation).unwrap_or(0);
-                    let stale = !matches!(slot.state.phase, Phase::Ready | Phase::NotReady)
-                        || slot.state.generation != applied_gen;
-                    if restore_needed {
-                        self.start_restore(&name);
-                    } else if slot.drift_due.is_some_and(|t| t <= now) {
-                        self.start_drift(&name);
-                    } else if slot.health_due.is_some_and(|t| t <= now) || stale {
-                        self.start_health(&name);
-                    }
+                    (Effect::ReportPending(waiting), Some(d)) => self.set_pending(&name, d, &waiting),
+                    (effect, _) => self.run_effect(&name, effect, &mut drop_slots),
                 }
             }
         }
@@ -477,6 +443,21 @@ impl Controller {
             self.forget.push(name);
         }
         self.update_watches();
+    }
+
+    fn run_effect(&mut self, name: &str, effect: Effect, drop_slots: &mut Vec<String>) {
+        match effect {
+            Effect::Forget => drop_slots.push(name.to_string()),
+            Effect::Remove => self.start_remove(name),
+            Effect::ReportSuspended => self.set_suspended(name),
+            Effect::Restore => self.start_restore(name),
+            Effect::Apply(d) => self.start_reconcile(name, d),
+            Effect::CorrectDrift => self.start_drift(name),
+            Effect::CheckHealth => self.start_health(name),
+            // Refuse and Pending carry the deployment (handled by the caller);
+            // Persist comes only from desired-state inputs.
+            Effect::Refuse { .. } | Effect::ReportPending(_) | Effect::Persist => {}
+        }
     }
 
     /// Delete the records of bundles that left without anything applied.
@@ -523,7 +504,7 @@ impl Controller {
         fut: impl std::future::Future<Output = JobOut> + Send + 'static,
     ) {
         if let Some(s) = self.slots.get_mut(name) {
-            s.busy = true;
+            s.b.busy = true;
         }
         let span = tracing::info_span!("bundle-job", bundle = %name, job = what);
         self.jobs.spawn(fut.instrument(span));
@@ -531,7 +512,7 @@ impl Controller {
 
     fn start_restore(&mut self, name: &str) {
         let slot = &self.slots[name];
-        let Some(applied) = slot.applied.clone() else { return };
+        let Some(applied) = slot.b.applied.clone() else { return };
         let ctx = self.ctx.clone();
         let n = name.to_string();
         self.spawn(name, "restore", async move {
@@ -541,7 +522,7 @@ impl Controller {
     }
 
     fn start_reconcile(&mut self, name: &str, d: Deployment) {
-        let applied = self.slots[name].applied.clone();
+        let applied = self.slots[name].b.applied.clone();
         // Same artifact and namespace as applied (e.g. only `force` changed): reuse the plan.
         let cached = self.slots[name].plan.clone().filter(|p| {
             p.digest == d.digest
@@ -563,7 +544,7 @@ impl Controller {
     }
 
     fn start_remove(&mut self, name: &str) {
-        let prune = self.slots[name].applied.as_ref().is_some_and(|a| a.options.prune);
+        let prune = self.slots[name].b.applied.as_ref().is_some_and(|a| a.options.prune);
         let ctx = self.ctx.clone();
         let n = name.to_string();
         self.spawn(name, "remove", async move {
@@ -576,8 +557,8 @@ impl Controller {
         let detect_only = self.slots[name].drift_mode(self.ctx.default_drift) == DriftMode::Detect;
         let slot = self.slots.get_mut(name).expect("slot");
         let keys: Vec<ObjKey> = std::mem::take(&mut slot.drift_dirty).into_iter().collect();
-        slot.drift_due = None;
-        let (Some(applied), Some(tracked)) = (slot.applied.clone(), slot.tracked.clone()) else { return };
+        slot.b.drift_due = None;
+        let (Some(applied), Some(tracked)) = (slot.b.applied.clone(), slot.tracked.clone()) else { return };
         let keys: Vec<ObjKey> = keys.into_iter().filter(|k| tracked.contains_key(k)).collect();
         if keys.is_empty() {
             return;
@@ -595,7 +576,7 @@ impl Controller {
 
     fn start_health(&mut self, name: &str) {
         let slot = self.slots.get_mut(name).expect("slot");
-        slot.health_due = None;
+        slot.b.health_due = None;
         let Some(tracked) = slot.tracked.as_ref() else { return };
         let targets: Vec<(ObjKey, ResourceInfo)> =
             tracked.iter().map(|(k, t)| (k.clone(), t.resource.clone())).collect();
@@ -616,7 +597,7 @@ impl Controller {
             | JobOut::Health(n, _) => n.clone(),
         };
         if let Some(s) = self.slots.get_mut(&name) {
-            s.busy = false;
+            s.b.busy = false;
         }
         let heavy = matches!(
             out,
@@ -653,13 +634,12 @@ impl Controller {
                 slot.plan = Some(restored.plan);
                 slot.tracked = Some(restored.tracked);
                 slot.inv_header = restored.header;
-                slot.restore_failed = false;
-                let gate = slot.applied.as_ref().is_some_and(|a| a.options.wait);
+                let gate = slot.b.applied.as_ref().is_some_and(|a| a.options.wait);
                 apply_health(slot, &restored.health, recheck, gate);
                 // What changed while the agent was away.
                 if !restored.dirty.is_empty() {
                     slot.drift_dirty.extend(restored.dirty);
-                    slot.drift_due = Some(Instant::now() + debounce);
+                    slot.b.drift_due = Some(Instant::now() + debounce);
                 }
                 tracing::info!(bundle = %name, objects = slot.tracked.as_ref().map_or(0, |t| t.len()), "restored applied bundle");
             }
@@ -667,8 +647,7 @@ impl Controller {
                 // Keep the applied revision (replay protection needs it);
                 // try again later, e.g. once the hub can send the artifact.
                 let delay = slot.backoff.next_delay().max(Duration::from_secs(1));
-                slot.retry_at = Some(Instant::now() + delay);
-                slot.restore_failed = true;
+                slot.b.retry_at = Some(Instant::now() + delay);
                 slot.state.message =
                     format!("cannot restore the applied state: {e}; retrying in {:.0}s", delay.as_secs_f64());
                 tracing::warn!(error = %e, bundle = %name, "cannot restore the applied bundle");
@@ -678,138 +657,86 @@ impl Controller {
     }
 
     async fn on_reconciled(&mut self, name: &str, d: Deployment, r: std::result::Result<Applied, Failure>) {
-        let recheck = self.ctx.tuning.health_recheck;
-        let Some(slot) = self.slots.get_mut(name) else { return };
-        let labels = BundleResult { bundle: name.to_string(), result: String::new() };
         match r {
-            Ok(a) => {
-                let c = a.report.counts();
-                let result = BundleResult { result: "success".into(), ..labels };
-                self.metrics.applies.get_or_create(&result).inc();
-                self.metrics.apply_duration.get_or_create(&result).observe(a.report.duration.as_secs_f64());
-                for (action, n) in [
-                    ("created", c.created),
-                    ("configured", c.configured),
-                    ("unchanged", c.unchanged),
-                    ("pruned", c.pruned),
-                ] {
-                    self.metrics.count_objects(name, action, n);
-                }
-                let new_generation = slot.applied.as_ref().map(|p| p.generation)
-                    != Some(a.revision.generation)
-                    || slot.applied.as_ref().map(|p| &p.digest) != Some(&a.revision.digest);
-                slot.applied = Some(a.revision.clone());
-                slot.plan = Some(a.plan.clone());
-                slot.tracked = Some(a.tracked);
-                slot.inv_header =
-                    (a.revision.revision.clone(), a.revision.generation, a.revision.digest.clone());
-                slot.refused = None;
-                slot.retry_at = None;
-                slot.backoff.reset();
-                slot.detected.clear();
-                // Keys marked during the apply are mostly our own writes; the
-                // watch events that follow clear those, the rest get checked.
-                if !slot.drift_dirty.is_empty() {
-                    slot.drift_due = Some(Instant::now() + self.ctx.tuning.drift_debounce);
-                }
-                let st = &mut slot.state;
-                st.generation = a.revision.generation;
-                st.revision = a.revision.revision.clone();
-                st.digest = a.revision.digest.clone();
-                st.applied_generation = a.revision.generation;
-                st.applied_revision = a.revision.revision.clone();
-                st.apply_duration_ms = a.report.duration.as_millis() as u64;
-                st.ready_duration_ms = a.ready_ms;
-                st.objects = ObjectCounts {
-                    total: c.total,
-                    created: c.created,
-                    configured: c.configured,
-                    unchanged: c.unchanged,
-                    pruned: c.pruned,
-                    ..Default::default()
-                };
-                apply_health(slot, &a.health, recheck, a.waited);
-                let rev = a.revision.revision.clone();
-                let gen_ = a.revision.generation;
-                let summary = format!(
-                    "applied generation {gen_} ({rev}): {} created, {} configured, {} unchanged, {} pruned in {} ms",
-                    c.created,
-                    c.configured,
-                    c.unchanged,
-                    c.pruned,
-                    a.report.duration.as_millis()
-                );
-                if new_generation || a.report.changed() {
-                    let mut ev = status::event(Severity::Info, "Applied", name, summary)
-                        .revision(&rev)
-                        .detail("generation", gen_)
-                        .detail("created", c.created)
-                        .detail("configured", c.configured)
-                        .detail("unchanged", c.unchanged)
-                        .detail("pruned", c.pruned);
-                    let changed: Vec<String> = a
-                        .report
-                        .objects
-                        .iter()
-                        .filter(|o| matches!(o.action, Action::Configured))
-                        .take(20)
-                        .map(|o| format!("{} ({})", o.key, o.fields.join(", ")))
-                        .collect();
-                    if !changed.is_empty() {
-                        ev = ev.detail("configured_objects", changed.join("; "));
-                    }
-                    let pruned: Vec<String> = a
-                        .report
-                        .objects
-                        .iter()
-                        .filter(|o| o.action == Action::Pruned)
-                        .take(20)
-                        .map(|o| o.key.to_string())
-                        .collect();
-                    if !pruned.is_empty() {
-                        ev = ev.detail("pruned_objects", pruned.join(", "));
-                    }
-                    self.emit(ev);
-                }
-                let slot = self.slots.get_mut(name).expect("slot");
-                if slot.state.phase == Phase::NotReady && a.waited {
-                    let msg = slot.state.message.clone();
-                    self.emit(status::event(Severity::Warning, "NotReady", name, msg).revision(&rev));
-                }
-                self.set_owners(name);
-                self.persist(name).await;
-            }
+            Ok(a) => self.on_applied(name, a).await,
             Err(Failure::Refused(e)) => {
-                let result = BundleResult { result: "refused".into(), ..labels };
-                self.metrics.applies.get_or_create(&result).inc();
+                self.count_apply(name, "refused");
                 self.refuse(name, &d, e);
             }
-            Err(Failure::Failed(e, applied_some)) => {
-                let result = BundleResult { result: "failure".into(), ..labels };
-                self.metrics.applies.get_or_create(&result).inc();
-                let transient = e.is_transient();
-                let delay = slot.backoff.next_delay().max(Duration::from_millis(100));
-                slot.retry_at = Some(Instant::now() + delay);
-                let st = &mut slot.state;
-                st.phase = if transient { Phase::Reconciling } else { Phase::Stalled };
-                st.message = format!(
-                    "{}{}; retrying in {:.1}s",
-                    e,
-                    if applied_some { " (some objects of this generation were applied)" } else { "" },
-                    delay.as_secs_f64()
-                );
-                let reason = e.reason();
-                set_conditions(st, Some(reason));
-                let sev = if transient { Severity::Warning } else { Severity::Error };
-                let msg = st.message.clone();
-                tracing::warn!(bundle = %name, error = %e, transient, "apply failed");
-                self.emit(
-                    status::event(sev, reason, name, msg)
-                        .detail("generation", d.generation)
-                        .detail("digest", &d.digest),
-                );
+            Err(Failure::Failed(e, applied_some, stage)) => {
+                self.on_apply_failed(name, &d, e, applied_some, stage)
             }
         }
+    }
+
+    fn count_apply(&self, name: &str, result: &str) {
+        let result = BundleResult { bundle: name.to_string(), result: result.into() };
+        self.metrics.applies.get_or_create(&result).inc();
+    }
+
+    /// An apply succeeded: metrics, then the state and status, then the
+    /// events, then the durable record.
+    async fn on_applied(&mut self, name: &str, a: Applied) {
+        let c = a.report.counts();
+        self.count_apply(name, "success");
+        let result = BundleResult { bundle: name.to_string(), result: "success".into() };
+        self.metrics.apply_duration.get_or_create(&result).observe(a.report.duration.as_secs_f64());
+        for (action, n) in [
+            ("created", c.created),
+            ("configured", c.configured),
+            ("unchanged", c.unchanged),
+            ("pruned", c.pruned),
+        ] {
+            self.metrics.count_objects(name, action, n);
+        }
+        let tuning = self.ctx.tuning.clone();
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        let new_generation = slot.b.applied.as_ref().map(|p| (p.generation, &p.digest))
+            != Some((a.revision.generation, &a.revision.digest));
+        fold_applied(slot, &a, &tuning);
+        let mut events = applied_events(name, &a, new_generation);
+        if slot.state.phase == Phase::NotReady && a.waited {
+            let msg = slot.state.message.clone();
+            events
+                .push(status::event(Severity::Warning, "NotReady", name, msg).revision(&a.revision.revision));
+        }
+        for ev in events {
+            self.emit(ev);
+        }
+        self.set_owners(name);
+        self.persist(name).await;
+    }
+
+    /// An apply failed: retried with backoff; Stalled unless transient.
+    fn on_apply_failed(
+        &mut self,
+        name: &str,
+        d: &Deployment,
+        e: Error,
+        applied_some: bool,
+        stage: Option<Stage>,
+    ) {
+        self.count_apply(name, "failure");
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        let transient = e.is_transient();
+        let delay = slot.backoff.next_delay().max(Duration::from_millis(100));
+        reconcile::step(
+            &mut slot.b,
+            Input::ApplyResult(Outcome::Failed { retry_at: Instant::now() + delay }),
+        );
+        let st = &mut slot.state;
+        st.phase = if transient { Phase::Reconciling } else { Phase::Stalled };
+        st.message = failure_message(&e, stage, applied_some, delay);
+        let reason = e.reason();
+        set_conditions(st, Some(reason));
+        let sev = if transient { Severity::Warning } else { Severity::Error };
+        let msg = st.message.clone();
+        tracing::warn!(bundle = %name, error = %e, transient, "apply failed");
+        self.emit(
+            status::event(sev, reason, name, msg)
+                .detail("generation", d.generation)
+                .detail("digest", &d.digest),
+        );
     }
 
     async fn on_removed(&mut self, name: &str, report: ApplyReport) {
@@ -817,7 +744,7 @@ impl Controller {
         if let Some(e) = report.error {
             let delay = self.slots.get_mut(name).map(|s| {
                 let d = s.backoff.next_delay().max(Duration::from_millis(100));
-                s.retry_at = Some(Instant::now() + d);
+                s.b.retry_at = Some(Instant::now() + d);
                 d
             });
             tracing::warn!(bundle = %name, error = %e, "removing the bundle failed");
@@ -919,7 +846,7 @@ impl Controller {
                 Err(e) => {
                     tracing::warn!(bundle = %name, object = %key, error = %e, "drift check failed; retrying");
                     slot.drift_dirty.insert(key);
-                    slot.drift_due = Some(Instant::now() + Duration::from_secs(2));
+                    slot.b.drift_due = Some(Instant::now() + Duration::from_secs(2));
                 }
             }
         }
@@ -947,7 +874,7 @@ impl Controller {
         match r {
             Ok(hs) => {
                 let was = slot.state.phase;
-                apply_health(slot, &hs, recheck, slot.desired.as_ref().is_some_and(|d| d.options.wait));
+                apply_health(slot, &hs, recheck, slot.b.desired.as_ref().is_some_and(|d| d.options.wait));
                 if was == Phase::NotReady && slot.state.phase == Phase::Ready {
                     let rev = slot.state.revision.clone();
                     self.emit(
@@ -957,7 +884,7 @@ impl Controller {
                 }
             }
             Err(e) => {
-                slot.health_due = Some(Instant::now() + recheck);
+                slot.b.health_due = Some(Instant::now() + recheck);
                 tracing::debug!(bundle = %name, error = %e, "health check failed");
             }
         }
@@ -969,14 +896,14 @@ impl Controller {
 
     fn refuse(&mut self, name: &str, d: &Deployment, e: Error) {
         let Some(slot) = self.slots.get_mut(name) else { return };
-        slot.refused = Some(d.clone());
+        reconcile::step(&mut slot.b, Input::ApplyResult(Outcome::Refused(d.clone())));
         let st = &mut slot.state;
         st.phase = Phase::Stalled;
         st.generation = d.generation;
         st.digest = d.digest.clone();
         st.message = format!(
             "{e}; nothing applied{}",
-            match &slot.applied {
+            match &slot.b.applied {
                 Some(a) => format!(", generation {} stays applied", a.generation),
                 None => String::new(),
             }
@@ -1015,38 +942,47 @@ impl Controller {
         slot.state.phase = Phase::Suspended;
         slot.state.message = "suspended: no apply, prune or drift correction".into();
         slot.drift_dirty.clear();
-        slot.drift_due = None;
+        slot.b.drift_due = None;
         set_conditions(&mut slot.state, Some("Suspended"));
         self.publish(name);
     }
 
     fn emit(&mut self, ev: Event) {
-        let bytes = convoy_proto::convert::event_to_pb(&ev).encode_to_vec();
-        self.outbox.push(OutboxItem::Event(bytes));
+        self.outbox.push_event(&ev);
     }
 
+    /// Queue the bundle's status when it changed since the last one queued.
+    /// It counts as published once the outbox writer made it durable
+    /// ([`Controller::on_published`]).
     fn publish(&mut self, name: &str) {
         let Some(slot) = self.slots.get_mut(name) else { return };
         let mut st = slot.state.clone();
         st.observed_unix_ms = 0;
-        if slot.published.as_ref() == Some(&st) {
+        if slot.queued.as_ref() == Some(&st) {
             return;
         }
-        slot.published = Some(st);
+        slot.queued = Some(st);
         slot.state.observed_unix_ms = now_ms();
+        self.outbox.push_status(&slot.state);
+    }
+
+    /// A status is durable in the outbox: it is published; the readiness
+    /// gauge shows what was published.
+    fn on_published(&mut self, p: Published) {
+        if !self.slots.contains_key(&p.bundle) {
+            return;
+        }
         self.metrics
             .bundle_ready
-            .get_or_create(&BundleLabel { bundle: name.to_string() })
-            .set(i64::from(slot.state.phase == Phase::Ready));
-        let bytes = convoy_proto::convert::status_to_pb(&slot.state).encode_to_vec();
-        self.outbox.push(OutboxItem::Status { bundle: name.to_string(), bytes });
+            .get_or_create(&BundleLabel { bundle: p.bundle.clone() })
+            .set(i64::from(p.status.phase == Phase::Ready));
     }
 
     async fn persist(&mut self, name: &str) {
         let rec = self
             .slots
             .get(name)
-            .map(|s| BundleRecord { desired: s.desired.clone(), applied: s.applied.clone() });
+            .map(|s| BundleRecord { desired: s.b.desired.clone(), applied: s.b.applied.clone() });
         let store = self.store.clone();
         let n = name.to_string();
         if let Err(error) = blocking(move || store.put_bundle(&n, rec.as_ref())).await {
@@ -1059,7 +995,10 @@ impl Controller {
             .slots
             .values()
             .flat_map(|s| {
-                [s.desired.as_ref().map(|d| d.digest.clone()), s.applied.as_ref().map(|a| a.digest.clone())]
+                [
+                    s.b.desired.as_ref().map(|d| d.digest.clone()),
+                    s.b.applied.as_ref().map(|a| a.digest.clone()),
+                ]
             })
             .flatten()
             .collect();
@@ -1070,6 +1009,127 @@ impl Controller {
             }
         });
     }
+}
+
+/// Fold a successful apply into the bundle's state and status.
+fn fold_applied(slot: &mut Slot, a: &Applied, tuning: &Tuning) {
+    let c = a.report.counts();
+    // The controller persists right after (on_applied).
+    let _persist = reconcile::step(&mut slot.b, Input::ApplyResult(Outcome::Applied(a.revision.clone())));
+    slot.plan = Some(a.plan.clone());
+    slot.tracked = Some(a.tracked.clone());
+    slot.inv_header = InvHeader {
+        revision: a.revision.revision.clone(),
+        generation: a.revision.generation,
+        digest: a.revision.digest.clone(),
+    };
+    slot.backoff.reset();
+    slot.detected.clear();
+    // Keys marked during the apply are mostly our own writes; the
+    // watch events that follow clear those, the rest get checked.
+    if !slot.drift_dirty.is_empty() {
+        slot.b.drift_due = Some(Instant::now() + tuning.drift_debounce);
+    }
+    let st = &mut slot.state;
+    st.generation = a.revision.generation;
+    st.revision = a.revision.revision.clone();
+    st.digest = a.revision.digest.clone();
+    st.applied_generation = a.revision.generation;
+    st.applied_revision = a.revision.revision.clone();
+    st.apply_duration_ms = a.report.duration.as_millis() as u64;
+    st.ready_duration_ms = a.ready_ms;
+    st.objects = ObjectCounts {
+        total: c.total,
+        created: c.created,
+        configured: c.configured,
+        unchanged: c.unchanged,
+        pruned: c.pruned,
+        ..Default::default()
+    };
+    apply_health(slot, &a.health, tuning.health_recheck, a.waited);
+}
+
+/// The events of a successful apply: `Applied` (when the generation is new or
+/// something changed, naming configured and pruned objects) and one
+/// `Recreated` per object that `force` deleted and created again.
+fn applied_events(name: &str, a: &Applied, new_generation: bool) -> Vec<Event> {
+    let c = a.report.counts();
+    let rev = &a.revision.revision;
+    let gen_ = a.revision.generation;
+    let mut out = Vec::new();
+    if new_generation || a.report.changed() {
+        let summary = format!(
+            "applied generation {gen_} ({rev}): {} created, {} configured, {} unchanged, {} pruned in {} ms",
+            c.created,
+            c.configured,
+            c.unchanged,
+            c.pruned,
+            a.report.duration.as_millis()
+        );
+        let mut ev = status::event(Severity::Info, "Applied", name, summary)
+            .revision(rev)
+            .detail("generation", gen_)
+            .detail("created", c.created)
+            .detail("configured", c.configured)
+            .detail("unchanged", c.unchanged)
+            .detail("pruned", c.pruned);
+        let configured: Vec<String> = a
+            .report
+            .objects
+            .iter()
+            .filter(|o| matches!(o.action, Action::Configured))
+            .take(20)
+            .map(|o| format!("{} ({})", o.key, o.fields.join(", ")))
+            .collect();
+        if !configured.is_empty() {
+            ev = ev.detail("configured_objects", configured.join("; "));
+        }
+        let pruned: Vec<String> = a
+            .report
+            .objects
+            .iter()
+            .filter(|o| o.action == Action::Pruned)
+            .take(20)
+            .map(|o| o.key.to_string())
+            .collect();
+        if !pruned.is_empty() {
+            ev = ev.detail("pruned_objects", pruned.join(", "));
+        }
+        out.push(ev);
+    }
+    for o in a.report.objects.iter().filter(|o| o.action == Action::Recreated) {
+        out.push(
+            status::event(
+                Severity::Warning,
+                "Recreated",
+                name,
+                format!(
+                    "{} was deleted and created again: {} cannot change in place (force)",
+                    o.key,
+                    o.fields.join(", ")
+                ),
+            )
+            .object(&o.key)
+            .revision(rev)
+            .detail("fields", o.fields.join(",")),
+        );
+    }
+    out
+}
+
+/// The status message of a failed apply: the error, the stage that failed,
+/// whether some objects were written, and when it is retried.
+fn failure_message(e: &Error, stage: Option<Stage>, applied_some: bool, delay: Duration) -> String {
+    format!(
+        "{}{}{}; retrying in {:.1}s",
+        e,
+        match stage {
+            Some(s) => format!(" (stage {} {} failed)", s as u8, s.name()),
+            None => String::new(),
+        },
+        if applied_some { " (some objects of this generation were applied)" } else { "" },
+        delay.as_secs_f64()
+    )
 }
 
 async fn sleep_until(t: Option<Instant>) {
@@ -1144,7 +1204,7 @@ fn apply_health(slot: &mut Slot, hs: &[ObjectHealth], recheck: Duration, gate: b
         st.phase = Phase::NotReady;
         st.message = format!("not ready: {bad}");
     }
-    slot.health_due = if healthy { None } else { Some(Instant::now() + recheck) };
+    slot.b.health_due = if healthy { None } else { Some(Instant::now() + recheck) };
     set_conditions(&mut slot.state, if healthy { None } else { Some("HealthCheckFailed") });
 }
 
@@ -1168,7 +1228,7 @@ async fn hub_client(ctx: &Ctx) -> Option<AgentClient<Channel>> {
 
 /// The artifact bytes: from the cache, else downloaded from the hub.
 async fn artifact(ctx: &Ctx, digest: &str, size: u64) -> Result<Vec<u8>> {
-    if let Some(b) = ctx.cache.get(digest)? {
+    if let Some(b) = ctx.cache.get(digest).await? {
         return Ok(b);
     }
     match hub_client(ctx).await {
@@ -1192,13 +1252,11 @@ async fn reconcile(
     cached: Option<Arc<Plan>>,
 ) -> std::result::Result<Applied, Failure> {
     let start = Instant::now();
-    if let Decision::Refuse(reason, message) = bundle::decide(d, applied) {
-        return Err(Failure::Refused(Error::verification(reason, message)));
-    }
+    // The generation rules were decided by the state machine (reconcile.rs).
     // Without local state (a new state directory), the inventory in the
     // cluster still says which generation is applied: no replays either.
     if applied.is_none() {
-        let inv = ctx.engine.inventory(&d.name).await.map_err(|e| Failure::Failed(e, false))?;
+        let inv = ctx.engine.inventory(&d.name).await.map_err(|e| Failure::Failed(e, false, None))?;
         if let Some(inv) = inv.filter(|i| i.generation > 0) {
             let floor = AppliedRevision {
                 generation: inv.generation,
@@ -1221,12 +1279,12 @@ async fn reconcile(
         None => {
             let bytes = artifact(ctx, &d.digest, d.size).await.map_err(|e| match e {
                 e @ Error::Verification { .. } => Failure::Refused(e),
-                e => Failure::Failed(e, false),
+                e => Failure::Failed(e, false, None),
             })?;
             bundle::verify_artifact(&st, &d.name, &bytes).map_err(Failure::Refused)?;
             let ms = manifests(ctx, bytes).await.map_err(|e| match e {
                 e @ (Error::Manifest { .. } | Error::Artifact { .. }) => Failure::Refused(e),
-                e => Failure::Failed(e, false),
+                e => Failure::Failed(e, false, None),
             })?;
             let plan = ctx
                 .engine
@@ -1241,7 +1299,7 @@ async fn reconcile(
                 .await
                 .map_err(|e| match e {
                     e @ Error::Manifest { .. } => Failure::Refused(e),
-                    e => Failure::Failed(e, false),
+                    e => Failure::Failed(e, false, None),
                 })?;
             Arc::new(plan)
         }
@@ -1253,11 +1311,10 @@ async fn reconcile(
     let report =
         ctx.engine.apply(&plan, ApplyOptions { force: opts.force, prune: opts.prune }, &ctx.shutdown).await;
     if let Some(e) = report.error {
-        let changed = report
-            .objects
-            .iter()
-            .any(|o| matches!(o.action, Action::Created | Action::Configured | Action::Pruned));
-        return Err(Failure::Failed(e, changed));
+        let changed = report.objects.iter().any(|o| {
+            matches!(o.action, Action::Created | Action::Configured | Action::Recreated | Action::Pruned)
+        });
+        return Err(Failure::Failed(e, changed, report.failed_stage));
     }
     let timeout = opts.timeout.unwrap_or(ctx.tuning.default_timeout);
     let targets = plan.targets();
@@ -1267,7 +1324,7 @@ async fn reconcile(
     } else {
         health::check(ctx.engine.client(), &targets, ctx.engine.concurrency()).await
     }
-    .map_err(|e| Failure::Failed(e, true))?;
+    .map_err(|e| Failure::Failed(e, true, None))?;
     let tracked = tracked_from(&plan, &report.inventory);
     Ok(Applied {
         plan,
@@ -1349,7 +1406,7 @@ async fn restore(ctx: &Ctx, name: &str, a: &AppliedRevision) -> Result<Restored>
     Ok(Restored {
         plan: Arc::new(plan),
         tracked,
-        header: (inv.revision, inv.generation, inv.digest),
+        header: InvHeader { revision: inv.revision, generation: inv.generation, digest: inv.digest },
         health,
         dirty,
     })
@@ -1362,7 +1419,7 @@ async fn drift_pass(
     applied: &AppliedRevision,
     plan: Option<Arc<Plan>>,
     mut tracked: HashMap<ObjKey, Tracked>,
-    header: (String, u64, String),
+    header: InvHeader,
     keys: Vec<ObjKey>,
     detect_only: bool,
 ) -> (Vec<(ObjKey, Result<DriftOutcome>)>, Result<()>, Option<Arc<Plan>>) {
@@ -1400,9 +1457,9 @@ async fn drift_pass(
             plan.objects.iter().filter_map(|o| tracked.get(&o.key).map(|t| t.entry.clone())).collect();
         let inv = Inventory {
             bundle: name.to_string(),
-            revision: header.0,
-            generation: header.1,
-            digest: header.2,
+            revision: header.revision,
+            generation: header.generation,
+            digest: header.digest,
             entries,
         };
         ctx.engine.save_inventory(&inv).await
@@ -1410,4 +1467,80 @@ async fn drift_pass(
         Ok(())
     };
     (results, saved, Some(plan))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::BundleOptions;
+    use crate::engine::ObjectResult;
+    use crate::error::ImmutableField;
+
+    fn applied(objects: Vec<ObjectResult>) -> Applied {
+        Applied {
+            plan: Arc::new(Plan::default()),
+            revision: AppliedRevision {
+                generation: 2,
+                digest: "sha256:b".into(),
+                revision: "main@sha1:2".into(),
+                statement: Vec::new(),
+                signature: Vec::new(),
+                options: BundleOptions::default(),
+            },
+            report: ApplyReport { objects, ..Default::default() },
+            tracked: HashMap::new(),
+            health: Vec::new(),
+            waited: false,
+            ready_ms: 0,
+        }
+    }
+
+    fn result(action: Action, fields: &[&str]) -> ObjectResult {
+        ObjectResult {
+            key: ObjKey::new("apps", "Deployment", Some("apps"), "web"),
+            action,
+            fields: fields.iter().map(|f| f.to_string()).collect(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_recreate_is_reported_with_its_field() {
+        let evs = applied_events("app", &applied(vec![result(Action::Recreated, &["spec.selector"])]), false);
+        let reasons: Vec<&str> = evs.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["Applied", "Recreated"], "a recreate is a change");
+        let r = &evs[1];
+        assert_eq!(r.severity, Severity::Warning);
+        assert_eq!(r.object, "Deployment/apps/web");
+        assert_eq!(r.details.get("fields").map(String::as_str), Some("spec.selector"));
+        assert!(r.message.contains("spec.selector"), "{}", r.message);
+    }
+
+    #[test]
+    fn an_unchanged_reapply_of_the_same_generation_is_quiet() {
+        assert!(applied_events("app", &applied(vec![result(Action::Unchanged, &[])]), false).is_empty());
+        let evs = applied_events("app", &applied(vec![result(Action::Unchanged, &[])]), true);
+        assert_eq!(evs.len(), 1, "a new generation is always reported");
+        let evs = applied_events("app", &applied(vec![result(Action::Configured, &[".data.k"])]), false);
+        assert_eq!(
+            evs[0].details.get("configured_objects").map(String::as_str),
+            Some("Deployment/apps/web (.data.k)")
+        );
+    }
+
+    #[test]
+    fn failure_message_names_the_stage() {
+        let e = Error::Immutable(vec![ImmutableField {
+            object: "Deployment/apps/web".into(),
+            field: "spec.selector".into(),
+            message: "field is immutable".into(),
+        }]);
+        let m = failure_message(&e, Some(Stage::Workloads), true, Duration::from_millis(1500));
+        assert!(m.contains("Deployment/apps/web spec.selector"), "{m}");
+        assert!(m.contains("(stage 3 workloads failed)"), "{m}");
+        assert!(m.contains("(some objects of this generation were applied)"), "{m}");
+        assert!(m.ends_with("retrying in 1.5s"), "{m}");
+        let m = failure_message(&Error::Timeout("x".into()), None, false, Duration::from_secs(1));
+        assert_eq!(m, "timed out: x; retrying in 1.0s");
+    }
 }

@@ -5,65 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::objects::{Manifest, group_of, version_of};
+use crate::objects::Manifest;
+pub use crate::resource::ResourceInfo;
+use crate::resource::{group_of, version_of};
 use crate::{Error, Result};
-
-/// How a kind is served.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ResourceInfo {
-    /// The API group ("" for core).
-    pub group: String,
-    /// The version.
-    pub version: String,
-    /// The kind.
-    pub kind: String,
-    /// The plural resource name used in URLs.
-    pub plural: String,
-    /// Namespaced or cluster-scoped.
-    pub namespaced: bool,
-}
-
-impl ResourceInfo {
-    /// `group/version` or `v1`.
-    pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
-    }
-
-    /// The collection URL for a namespace (or cluster-wide).
-    pub fn url_path(&self, namespace: Option<&str>) -> String {
-        let base = if self.group.is_empty() {
-            format!("/api/{}", self.version)
-        } else {
-            format!("/apis/{}/{}", self.group, self.version)
-        };
-        match namespace {
-            Some(ns) if self.namespaced => format!("{base}/namespaces/{ns}/{}", self.plural),
-            _ => format!("{base}/{}", self.plural),
-        }
-    }
-
-    /// The kube-rs dynamic resource description.
-    pub fn api_resource(&self) -> kube::core::ApiResource {
-        kube::core::ApiResource {
-            group: self.group.clone(),
-            version: self.version.clone(),
-            api_version: self.api_version(),
-            kind: self.kind.clone(),
-            plural: self.plural.clone(),
-        }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn test(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool) -> Self {
-        Self {
-            group: group.into(),
-            version: version.into(),
-            kind: kind.into(),
-            plural: plural.into(),
-            namespaced,
-        }
-    }
-}
 
 type GvResources = Arc<Vec<ResourceInfo>>;
 

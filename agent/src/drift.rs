@@ -19,10 +19,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backoff::Backoff;
-use crate::discovery::ResourceInfo;
 use crate::kubeapi::{LeanMeta, MetaOnly};
 use crate::objects::ObjKey;
+use crate::resource::ResourceInfo;
+use convoy_core::backoff::Backoff;
 
 /// What a watch saw.
 #[derive(Debug, Clone)]
@@ -92,16 +92,6 @@ impl Watchers {
             );
             self.running.insert(id, (token, task));
         }
-    }
-
-    /// How many watches run.
-    pub fn len(&self) -> usize {
-        self.running.len()
-    }
-
-    /// Whether none run.
-    pub fn is_empty(&self) -> bool {
-        self.running.is_empty()
     }
 
     /// Stop every watch and wait for them.

@@ -53,6 +53,12 @@ pub enum Error {
     #[error("{}", Conflicts(.0))]
     Conflict(Vec<FieldConflict>),
 
+    /// The API server refused a change to fields that cannot change (422
+    /// Invalid, "field is immutable"). The bundle option `force` recreates
+    /// the object instead.
+    #[error("{}", Immutables(.0))]
+    Immutable(Vec<ImmutableField>),
+
     /// Waiting for something timed out.
     #[error("timed out: {0}")]
     Timeout(String),
@@ -60,10 +66,13 @@ pub enum Error {
     /// The hub refused or failed a call.
     #[error("hub: {code}: {message}")]
     Hub {
-        /// The gRPC status code name.
-        code: String,
+        /// The gRPC status code.
+        code: HubCode,
         /// The status message.
         message: String,
+        /// The status as received.
+        #[source]
+        source: Box<tonic::Status>,
     },
 
     /// The gRPC transport could not connect.
@@ -116,6 +125,107 @@ pub struct FieldConflict {
     pub field: String,
     /// The API server's message, naming the other manager.
     pub message: String,
+}
+
+/// A field the API server does not let change, from a 422 response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImmutableField {
+    /// The object, `Kind/namespace/name`.
+    pub object: String,
+    /// The field path, `spec.selector` (empty when the server named none).
+    pub field: String,
+    /// The API server's message.
+    pub message: String,
+}
+
+struct Immutables<'a>(&'a [ImmutableField]);
+
+impl fmt::Display for Immutables<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "immutable fields changed (set force to recreate the object):")?;
+        for (i, c) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, ";")?;
+            }
+            if c.field.is_empty() {
+                write!(f, " {} ({})", c.object, c.message)?;
+            } else {
+                write!(f, " {} {} ({})", c.object, c.field, c.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The gRPC status code of a hub answer (the agent's own copy, so that no
+/// type of the transport leaks past the gRPC edge into decisions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HubCode {
+    /// Not an error.
+    Ok,
+    /// The call was cancelled.
+    Cancelled,
+    /// Unknown error.
+    Unknown,
+    /// The request is invalid.
+    InvalidArgument,
+    /// The deadline passed.
+    DeadlineExceeded,
+    /// Not found.
+    NotFound,
+    /// Already exists.
+    AlreadyExists,
+    /// The caller may not do this (a revoked or unknown cluster).
+    PermissionDenied,
+    /// Out of some resource.
+    ResourceExhausted,
+    /// The system is not in the state the call needs.
+    FailedPrecondition,
+    /// Aborted.
+    Aborted,
+    /// Out of range.
+    OutOfRange,
+    /// Not implemented by the hub.
+    Unimplemented,
+    /// Internal error.
+    Internal,
+    /// The hub is unavailable.
+    Unavailable,
+    /// Data loss.
+    DataLoss,
+    /// No valid credentials.
+    Unauthenticated,
+}
+
+impl From<tonic::Code> for HubCode {
+    fn from(c: tonic::Code) -> Self {
+        use tonic::Code as C;
+        match c {
+            C::Ok => HubCode::Ok,
+            C::Cancelled => HubCode::Cancelled,
+            C::Unknown => HubCode::Unknown,
+            C::InvalidArgument => HubCode::InvalidArgument,
+            C::DeadlineExceeded => HubCode::DeadlineExceeded,
+            C::NotFound => HubCode::NotFound,
+            C::AlreadyExists => HubCode::AlreadyExists,
+            C::PermissionDenied => HubCode::PermissionDenied,
+            C::ResourceExhausted => HubCode::ResourceExhausted,
+            C::FailedPrecondition => HubCode::FailedPrecondition,
+            C::Aborted => HubCode::Aborted,
+            C::OutOfRange => HubCode::OutOfRange,
+            C::Unimplemented => HubCode::Unimplemented,
+            C::Internal => HubCode::Internal,
+            C::Unavailable => HubCode::Unavailable,
+            C::DataLoss => HubCode::DataLoss,
+            C::Unauthenticated => HubCode::Unauthenticated,
+        }
+    }
+}
+
+impl fmt::Display for HubCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
 }
 
 struct KubeMsg<'a>(&'a kube::Error);
@@ -176,6 +286,7 @@ impl Error {
             Error::Manifest { .. } => "ManifestInvalid",
             Error::Kube { .. } | Error::Apply { .. } => "ApplyFailed",
             Error::Conflict(_) => "FieldConflict",
+            Error::Immutable(_) => "Immutable",
             Error::Timeout(_) => "Timeout",
             Error::Hub { .. } | Error::Transport(_) => "HubUnavailable",
             Error::Tls(_) => "TlsError",
@@ -189,12 +300,21 @@ impl Error {
     /// Whether retrying later can succeed without a change to the bundle.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Kube { source, .. } => crate::kubeapi::is_transient(source),
+            Error::Kube { source, .. } => is_transient_kube(source),
             Error::Apply { transient, .. } => *transient,
-            Error::Hub { code, .. } => code != "PermissionDenied" && code != "InvalidArgument",
+            Error::Hub { code, .. } => !matches!(code, HubCode::PermissionDenied | HubCode::InvalidArgument),
             Error::Transport(_) | Error::Timeout(_) | Error::Io { .. } | Error::Store(_) => true,
             _ => false,
         }
+    }
+}
+
+/// Whether a Kubernetes client error is worth retrying unchanged.
+pub fn is_transient_kube(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code >= 500 || s.code == 429 || s.reason == "ServerTimeout",
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        _ => false,
     }
 }
 
@@ -207,16 +327,8 @@ impl From<redb::Error> for Error {
     }
 }
 
-macro_rules! store_err {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                Error::Store(e.to_string())
-            }
-        }
-    )*};
-}
-store_err!(
+convoy_core::from_display!(
+    Error::Store;
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
@@ -227,7 +339,7 @@ store_err!(
 
 impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Self {
-        Error::Hub { code: format!("{:?}", s.code()), message: s.message().to_string() }
+        Error::Hub { code: HubCode::from(s.code()), message: s.message().to_string(), source: Box::new(s) }
     }
 }
 
@@ -242,5 +354,34 @@ impl From<tonic::transport::Error> for Error {
             src = s.source();
         }
         Error::Transport(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_codes_are_typed_and_classified() {
+        let e = Error::from(tonic::Status::permission_denied("revoked"));
+        assert!(matches!(&e, Error::Hub { code: HubCode::PermissionDenied, .. }));
+        assert!(!e.is_transient());
+        assert_eq!(e.to_string(), "hub: PermissionDenied: revoked");
+        assert!(std::error::Error::source(&e).is_some(), "the status is kept as the source");
+        assert!(!Error::from(tonic::Status::invalid_argument("x")).is_transient());
+        assert!(Error::from(tonic::Status::unavailable("x")).is_transient());
+        assert!(Error::from(tonic::Status::unauthenticated("x")).is_transient());
+    }
+
+    #[test]
+    fn immutable_is_stalled_not_retried() {
+        let e = Error::Immutable(vec![ImmutableField {
+            object: "Deployment/apps/web".into(),
+            field: "spec.selector".into(),
+            message: "field is immutable".into(),
+        }]);
+        assert_eq!(e.reason(), "Immutable");
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("Deployment/apps/web spec.selector"), "{e}");
     }
 }

@@ -10,9 +10,9 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::discovery::ResourceInfo;
 use crate::kubeapi::{ObjApi, retry_transient};
 use crate::objects::ObjKey;
+use crate::resource::ResourceInfo;
 use crate::{Error, Result};
 
 /// The health of one object.

@@ -7,17 +7,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
+use convoy_core::clock::now_ms;
 use convoy_proto::v1::registration_client::RegistrationClient;
 use convoy_proto::v1::{RegisterRequest, RenewCertificateRequest, agent_client::AgentClient};
 use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::discovery::ResourceInfo;
 use crate::kubeapi::ObjApi;
 use crate::objects::ObjKey;
+use crate::resource::ResourceInfo;
 use crate::{Error, Result};
 
 /// The Secret holding the identity.
@@ -48,11 +49,6 @@ impl std::fmt::Debug for ClusterIdentity {
             .field("not_after_ms", &self.not_after_ms)
             .finish_non_exhaustive()
     }
-}
-
-/// Now, in Unix milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 impl ClusterIdentity {

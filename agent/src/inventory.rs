@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::discovery::ResourceInfo;
 use crate::kubeapi::ObjApi;
 use crate::objects::{ObjKey, Stage, group_of, hash_hex, version_of};
+use crate::resource::ResourceInfo;
 use crate::{Error, Result};
 
 /// ConfigMaps may hold 1 MiB; stay clear of it.

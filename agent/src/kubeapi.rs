@@ -12,11 +12,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::backoff::Backoff;
-use crate::discovery::ResourceInfo;
-use crate::error::FieldConflict;
+use crate::error::{FieldConflict, ImmutableField};
 use crate::objects::ObjKey;
+use crate::resource::ResourceInfo;
 use crate::{Error, Result};
+use convoy_core::backoff::Backoff;
 
 /// How many times one request is tried before its error is returned.
 const ATTEMPTS: u32 = 6;
@@ -122,14 +122,7 @@ impl MetaOnly {
     }
 }
 
-/// Whether an error is worth retrying unchanged.
-pub fn is_transient(e: &kube::Error) -> bool {
-    match e {
-        kube::Error::Api(s) => s.code >= 500 || s.code == 429 || s.reason == "ServerTimeout",
-        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
-        _ => false,
-    }
-}
+pub use crate::error::is_transient_kube as is_transient;
 
 /// Run `f` until it succeeds, fails permanently, or [`ATTEMPTS`] tries
 /// failed transiently (exponential backoff with full jitter, 50 ms .. 2 s).
@@ -284,16 +277,27 @@ impl<'a> ObjApi<'a> {
             send_json::<T>(self.client, req).await
         })
         .await;
-        r.map_err(|e| match conflicts(&self.what, &e) {
-            Some(c) => Error::Conflict(c),
-            None => Error::kube(format!("apply {}", self.what), e),
+        r.map_err(|e| {
+            if let Some(c) = conflicts(&self.what, &e) {
+                Error::Conflict(c)
+            } else if let Some(f) = immutable_fields(&self.what, &e) {
+                Error::Immutable(f)
+            } else {
+                Error::kube(format!("apply {}", self.what), e)
+            }
         })
     }
 
     /// DELETE with background propagation; `false` when it was already gone.
     pub async fn delete(&self) -> Result<bool> {
-        let dp =
-            DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+        self.delete_with(PropagationPolicy::Background).await
+    }
+
+    /// DELETE with this propagation policy (foreground: the object stays,
+    /// with a deletionTimestamp, until its dependents are gone); `false`
+    /// when it was already gone.
+    pub async fn delete_with(&self, propagation: PropagationPolicy) -> Result<bool> {
+        let dp = DeleteParams { propagation_policy: Some(propagation), ..Default::default() };
         let r = retry_transient(&self.what, || async {
             let req = self.req.delete(self.name, &dp).map_err(kube::Error::BuildRequest)?;
             self.client.request::<Value>(req).await
@@ -333,6 +337,52 @@ pub fn conflicts(object: &str, e: &kube::Error) -> Option<Vec<FieldConflict>> {
         out.push(FieldConflict { object: object.into(), field: String::new(), message: s.message.clone() });
     }
     Some(out)
+}
+
+/// The fields of a 422 Invalid response that the API server does not let
+/// change ("field is immutable", "cannot change roleRef", "spec is immutable
+/// after creation", or a Forbidden update of a spec that only allows some
+/// fields to change), if it is one. The field path comes from
+/// the status causes, else from the message (`<Kind> "x" is invalid:
+/// spec.selector: ...`).
+pub fn immutable_fields(object: &str, e: &kube::Error) -> Option<Vec<ImmutableField>> {
+    let kube::Error::Api(s) = e else { return None };
+    if s.code != 422 || s.reason != "Invalid" {
+        return None;
+    }
+    // The API server's wordings: "field is immutable", "spec is immutable
+    // after creation ...", "cannot change roleRef", "Forbidden: updates to
+    // statefulset spec for fields other than ... are forbidden".
+    let immutable = |m: &str| {
+        m.contains("is immutable") || m.contains("cannot change") || m.contains("Forbidden: updates to")
+    };
+    let causes = s.details.as_ref().map(|d| d.causes.as_slice()).unwrap_or_default();
+    let mut out: Vec<ImmutableField> = causes
+        .iter()
+        .filter(|c| immutable(&c.message))
+        .map(|c| ImmutableField { object: object.into(), field: c.field.clone(), message: c.message.clone() })
+        .collect();
+    if out.is_empty() && immutable(&s.message) {
+        let field = s
+            .message
+            .split_once(" is invalid: ")
+            .and_then(|(_, rest)| rest.split_once(": "))
+            .map(|(f, _)| f.to_string())
+            .unwrap_or_default();
+        out.push(ImmutableField { object: object.into(), field, message: s.message.clone() });
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Whether deleting this kind should wait for its dependents (pods of a
+/// workload) before the object itself goes.
+pub fn foreground_delete(group: &str, kind: &str) -> bool {
+    matches!(
+        (group, kind),
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet")
+            | ("batch", "Job" | "CronJob")
+            | ("", "ReplicationController")
+    )
 }
 
 /// Make sure a namespace exists (server-side apply of a bare Namespace);
@@ -375,6 +425,50 @@ mod tests {
         assert!(c[0].message.contains("kubectl-edit"));
         let not = kube::core::Status::failure("x", "NotFound").with_code(404);
         assert!(conflicts("x", &kube::Error::Api(not.boxed())).is_none());
+    }
+
+    fn invalid(message: &str, causes: serde_json::Value) -> kube::Error {
+        let details: StatusDetails = serde_json::from_value(serde_json::json!({ "causes": causes })).unwrap();
+        kube::Error::Api(
+            kube::core::Status::failure(message, "Invalid").with_code(422).with_details(details).boxed(),
+        )
+    }
+
+    #[test]
+    fn immutable_classification() {
+        // The API server's answer to a new Deployment selector.
+        let e = invalid(
+            "Deployment.apps \"web\" is invalid: spec.selector: Invalid value: v1.LabelSelector{}: field is immutable",
+            serde_json::json!([{"reason": "FieldValueInvalid", "field": "spec.selector",
+                "message": "Invalid value: v1.LabelSelector{}: field is immutable"}]),
+        );
+        let f = immutable_fields("Deployment/apps/web", &e).unwrap();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].field, "spec.selector");
+        assert_eq!(f[0].object, "Deployment/apps/web");
+        // No causes: the field comes from the message.
+        let e = invalid(
+            "RoleBinding.rbac.authorization.k8s.io \"rb\" is invalid: roleRef: Invalid value: x: cannot change roleRef",
+            serde_json::json!([]),
+        );
+        assert_eq!(immutable_fields("RoleBinding/a/rb", &e).unwrap()[0].field, "roleRef");
+        // StatefulSet: a Forbidden update of the spec.
+        let e = invalid(
+            "StatefulSet.apps \"db\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas' are forbidden",
+            serde_json::json!([{"reason": "FieldValueForbidden", "field": "spec",
+                "message": "Forbidden: updates to statefulset spec for fields other than 'replicas' are forbidden"}]),
+        );
+        assert_eq!(immutable_fields("StatefulSet/a/db", &e).unwrap()[0].field, "spec");
+        // Other validation failures are not immutable changes.
+        let e = invalid(
+            "ConfigMap \"x\" is invalid: metadata.name: Invalid value: \"X\": a lowercase RFC 1123 subdomain",
+            serde_json::json!([{"reason": "FieldValueInvalid", "field": "metadata.name", "message": "Invalid value"}]),
+        );
+        assert!(immutable_fields("ConfigMap/a/x", &e).is_none());
+        let conflict = kube::Error::Api(kube::core::Status::failure("x", "Conflict").with_code(409).boxed());
+        assert!(immutable_fields("x", &conflict).is_none());
+        assert!(foreground_delete("apps", "Deployment"));
+        assert!(!foreground_delete("", "Service"));
     }
 
     #[test]

@@ -2,49 +2,12 @@
 //! normalization of a parsed manifest into the exact JSON the agent applies, and
 //! its content hash.
 
-use std::fmt;
-
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::discovery::ResourceInfo;
+use crate::resource::ResourceInfo;
+pub use crate::resource::{ObjKey, group_of, version_of};
 use crate::{Error, Result};
-
-/// The identity of an object in a cluster. The API version is not part of it:
-/// `apps/v1` and `apps/v1beta1` Deployments with the same name are one object.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-pub struct ObjKey {
-    /// The API group ("" for the core group).
-    pub group: String,
-    /// The kind.
-    pub kind: String,
-    /// The namespace, for namespaced objects.
-    pub namespace: Option<String>,
-    /// The name.
-    pub name: String,
-}
-
-impl ObjKey {
-    /// A key.
-    pub fn new(group: &str, kind: &str, namespace: Option<&str>, name: &str) -> Self {
-        Self {
-            group: group.into(),
-            kind: kind.into(),
-            namespace: namespace.map(Into::into),
-            name: name.into(),
-        }
-    }
-}
-
-impl fmt::Display for ObjKey {
-    /// `Kind/namespace/name` or `Kind/name` (the event `object` format).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.namespace {
-            Some(ns) => write!(f, "{}/{}/{}", self.kind, ns, self.name),
-            None => write!(f, "{}/{}", self.kind, self.name),
-        }
-    }
-}
 
 /// The apply stage of an object. Stages run in order; objects within a stage
 /// are applied concurrently; prune runs in reverse order.
@@ -65,6 +28,16 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The stage's name in messages: definitions, cluster-wide, workloads, admission.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Definitions => "definitions",
+            Stage::ClusterWide => "cluster-wide",
+            Stage::Workloads => "workloads",
+            Stage::Admission => "admission",
+        }
+    }
+
     /// Every stage in apply order.
     pub const ALL: [Stage; 4] = [Stage::Definitions, Stage::ClusterWide, Stage::Workloads, Stage::Admission];
 
@@ -197,16 +170,6 @@ impl Manifest {
 
 fn str_field<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
     m.get(k).and_then(Value::as_str)
-}
-
-/// The group part of an apiVersion ("" for `v1`).
-pub fn group_of(api_version: &str) -> &str {
-    api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("")
-}
-
-/// The version part of an apiVersion.
-pub fn version_of(api_version: &str) -> &str {
-    api_version.rsplit_once('/').map(|(_, v)| v).unwrap_or(api_version)
 }
 
 /// A label or annotation key the desired object sets (drift checks compare

@@ -8,5 +8,5 @@ pub use convoy_core::status::{BundleStatus, Event, ObjectCounts};
 
 /// A new event about a bundle, stamped with this agent's clock.
 pub fn event(severity: Severity, reason: &str, bundle: &str, message: impl Into<String>) -> Event {
-    Event::new(severity, reason, bundle, message, crate::identity::now_ms())
+    Event::new(severity, reason, bundle, message, convoy_core::clock::now_ms())
 }

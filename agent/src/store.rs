@@ -230,12 +230,6 @@ impl Store {
         Ok(tx.open_table(OUTBOX)?.len()?)
     }
 
-    /// The highest seq assigned so far.
-    pub fn last_seq(&self) -> Result<u64> {
-        let tx = self.db.begin_read()?;
-        Ok(meta_get(&tx.open_table(META)?, "next_seq")?.unwrap_or(1) - 1)
-    }
-
     /// Every bundle record.
     pub fn bundles(&self) -> Result<BTreeMap<String, BundleRecord>> {
         let tx = self.db.begin_read()?;

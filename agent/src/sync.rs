@@ -18,13 +18,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::backoff::Backoff;
 use crate::config::Tuning;
 use crate::controller::HubInput;
-use crate::identity::{self, AGENT_VERSION, ClusterIdentity, now_ms};
+use crate::identity::{self, AGENT_VERSION, ClusterIdentity};
 use crate::metrics::Metrics;
 use crate::store::{OutboxItem, Store};
 use crate::{Error, Result};
+use convoy_core::backoff::Backoff;
+use convoy_core::clock::now_ms;
 
 /// What the session needs.
 pub struct SyncCtx {
@@ -97,8 +98,14 @@ pub async fn run(ctx: SyncCtx) {
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff.reset();
                 }
-                if matches!(&e, Error::Hub { code, .. } if code == "Unauthenticated" || code == "PermissionDenied")
-                {
+                if matches!(
+                    &e,
+                    Error::Hub {
+                        code: crate::error::HubCode::Unauthenticated
+                            | crate::error::HubCode::PermissionDenied,
+                        ..
+                    }
+                ) {
                     // The certificate may have been revoked or expired: read it again next time.
                     identity = None;
                 }

@@ -721,3 +721,65 @@ async fn heavy_ownership_reserved_objects_and_tenancy_are_enforced_before_apply(
     assert!(env.sim.object("", "configmaps", "team", "shared").is_some(), "not pruned by its old bundle");
     stop(agent, token).await;
 }
+
+/// A Deployment whose selector is `app: <app>` (template labels to match).
+fn deployment_selecting(name: &str, app: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: {app}\n  template:\n    metadata:\n      labels:\n        app: {app}\n    spec:\n      containers:\n      - name: app\n        image: nginx:1.27\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_immutable_selector_stalls_and_force_recreates() {
+    let env = Env::new(Duration::from_secs(3600)).await;
+    let files = |app: &str| {
+        vec![("cm.yaml", configmap("settings", app)), ("web.yaml", deployment_selecting("web", app))]
+    };
+    env.hub.set_desired(vec![env.deployment("app", 1, &files("web"), opts("apps"))]);
+    let (agent, token) = env.start(env.config()).await;
+    phase_of(&env.hub, "app", 1, pb::Phase::Ready).await;
+    let uid = |sim: &kube_sim::KubeSim| {
+        sim.object("apps", "deployments", "apps", "web").unwrap()["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let first_uid = uid(&env.sim);
+
+    // Generation 2 changes the selector: the API server refuses it in place.
+    env.hub.set_desired(vec![env.deployment("app", 2, &files("web-v2"), opts("apps"))]);
+    let st = phase_of(&env.hub, "app", 2, pb::Phase::Stalled).await;
+    let ready = st.conditions.iter().find(|c| c.r#type == "Ready").unwrap();
+    assert_eq!(ready.reason, "Immutable", "{st:?}");
+    assert!(
+        st.message.contains("Deployment/apps/web") && st.message.contains("spec.selector"),
+        "{}",
+        st.message
+    );
+    assert!(st.message.contains("stage 3 workloads failed"), "the failed stage is named: {}", st.message);
+    assert_eq!(st.applied_generation, 1, "the applied revision does not change: {st:?}");
+    eventually(20, "an Immutable event", || async {
+        env.hub.events().iter().any(|e| e.reason == "Immutable").then_some(())
+    })
+    .await;
+    let live = env.sim.object("apps", "deployments", "apps", "web").unwrap();
+    assert_eq!(live["spec"]["selector"]["matchLabels"]["app"], "web", "the Deployment is not half-changed");
+    assert_eq!(uid(&env.sim), first_uid);
+
+    // With force the Deployment is deleted, awaited and created again.
+    let mut forced = opts("apps");
+    forced.force = true;
+    env.hub.set_desired(vec![env.deployment("app", 3, &files("web-v2"), forced)]);
+    phase_of(&env.hub, "app", 3, pb::Phase::Ready).await;
+    let live = env.sim.object("apps", "deployments", "apps", "web").unwrap();
+    assert_eq!(live["spec"]["selector"]["matchLabels"]["app"], "web-v2");
+    assert_ne!(uid(&env.sim), first_uid, "a new object");
+    let ev = eventually(20, "a Recreated event", || async {
+        env.hub.events().into_iter().find(|e| e.reason == "Recreated")
+    })
+    .await;
+    assert_eq!(ev.object, "Deployment/apps/web", "{ev:?}");
+    assert_eq!(ev.details.get("fields").map(String::as_str), Some("spec.selector"), "{ev:?}");
+    assert_eq!(ev.severity, pb::Severity::Warning as i32);
+    stop(agent, token).await;
+}

@@ -346,3 +346,47 @@ async fn custom_resources_apply_after_their_crd_in_the_same_bundle() {
     assert_eq!(r.apply.counts().unchanged, 3, "{}", r.render());
     assert_eq!(sim.stats().writes, 0);
 }
+
+#[tokio::test]
+async fn force_recreates_an_object_whose_immutable_field_changed() {
+    init();
+    let sim = sim().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let pubkey = write_pub(tmp.path(), &key);
+    let cancel = CancellationToken::new();
+    let binding = |role: &str| {
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: rb\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: {role}\nsubjects:\n- kind: ServiceAccount\n  name: default\n  namespace: apps\n"
+        )
+    };
+    let build = |generation: u64, role: &str| {
+        let dir = tmp.path().join(format!("out{generation}"));
+        write_build_dir(&dir, &key, "rb", generation, &pack(&[("rb.yaml", binding(role))]));
+        dir
+    };
+    let r = apply_dir(client(&sim), &opts(&build(1, "reader"), &pubkey), &cancel).await.unwrap();
+    assert!(r.ok(), "{}", r.render());
+
+    // A new roleRef without force: refused, named, nothing changed.
+    let dir = build(2, "writer");
+    let r = apply_dir(client(&sim), &opts(&dir, &pubkey), &cancel).await.unwrap();
+    let err = r.apply.error.as_ref().expect("refused");
+    assert!(matches!(err, convoy_agent::Error::Immutable(_)), "{err:?}");
+    assert_eq!(err.reason(), "Immutable");
+    assert!(err.to_string().contains("RoleBinding/apps/rb roleRef"), "{err}");
+    let live = sim.object("rbac.authorization.k8s.io", "rolebindings", "apps", "rb").unwrap();
+    assert_eq!(live["roleRef"]["name"], "reader");
+
+    // With --force: deleted, awaited, created again.
+    let mut o = opts(&dir, &pubkey);
+    o.force = true;
+    let r = apply_dir(client(&sim), &o, &cancel).await.unwrap();
+    assert!(r.ok(), "{}", r.render());
+    let rb = r.apply.objects.iter().find(|o| o.key.kind == "RoleBinding").unwrap();
+    assert_eq!(rb.action, Action::Recreated, "{}", r.render());
+    assert_eq!(rb.fields, ["roleRef"]);
+    assert!(r.render().contains("recreated"), "{}", r.render());
+    let live = sim.object("rbac.authorization.k8s.io", "rolebindings", "apps", "rb").unwrap();
+    assert_eq!(live["roleRef"]["name"], "writer");
+}

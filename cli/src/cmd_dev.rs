@@ -373,12 +373,11 @@ impl DevFleet {
         println!("  credentials  {}", hub.admin.file.display());
         println!("  git repo     {}  (branch main; the hub fetches it over file://)", self.repo.display());
         for a in &self.agents {
-            let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let kind = if a.sim.is_some() { "kube-sim" } else { "real cluster" };
             println!(
                 "  cluster      {:<9} {:<24} {kind:<12} kubeconfig {}",
                 a.name,
-                labels.join(","),
+                convoy_core::labels::format(&a.labels),
                 a.kubeconfig.display()
             );
         }
@@ -639,8 +638,7 @@ fn cell_line(c: &pb::ClusterBundleStatus) -> String {
 }
 
 fn labels_text(labels: &std::collections::HashMap<String, String>) -> String {
-    let sorted: BTreeMap<&String, &String> = labels.iter().collect();
-    sorted.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    convoy_core::labels::format(labels)
 }
 
 /// Cluster x bundle: phase and revision of every cell; `·` where a bundle

@@ -476,12 +476,7 @@ fn print_table(t: Table) {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use convoy_core::clock::now_ms;
 
 /// `12s`, `5m`, `3h`, `2d` ago; `-` for never.
 fn age(unix_ms: i64) -> String {
@@ -510,11 +505,7 @@ fn severity_name(s: i32) -> &'static str {
 }
 
 fn labels_text(l: &BTreeMap<String, String>) -> String {
-    if l.is_empty() {
-        "-".into()
-    } else {
-        l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
-    }
+    convoy_core::labels::format_or_dash(l)
 }
 
 fn short_digest(d: &str) -> String {

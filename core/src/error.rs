@@ -63,3 +63,19 @@ pub enum Error {
 
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `impl From<T> for $target` for each listed `T`, converting with `$ctor(e.to_string())`.
+///
+/// The one helper for error types whose variant keeps only the message (e.g.
+/// the several redb error types that all become a `Store(String)`): each
+/// library crate invokes it for its own error enum.
+#[macro_export]
+macro_rules! from_display {
+    ($ctor:path; $($t:ty),* $(,)?) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                $ctor(e.to_string())
+            }
+        }
+    )*};
+}

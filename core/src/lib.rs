@@ -5,9 +5,13 @@
 //! CLI). gRPC and Kubernetes types never appear here; adapters convert at
 //! their edges.
 
+pub mod backoff;
+pub mod clock;
 pub mod config;
 pub mod duration;
+pub mod hmac;
 pub mod identity;
+pub mod labels;
 pub mod pipeline;
 pub mod selector;
 pub mod status;

@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// Labels of a cluster.
-pub type Labels = BTreeMap<String, String>;
+pub use crate::labels::Labels;
 
 /// A Kubernetes label selector. The empty selector matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,23 +176,8 @@ impl fmt::Display for LabelSelector {
     }
 }
 
-/// Parse `k=v,k2=v2` (or repeated `k=v` flags) into labels.
-pub fn parse_labels<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Labels> {
-    let mut labels = Labels::new();
-    for item in items {
-        for kv in item.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (k, v) = kv.split_once('=').ok_or_else(|| Error::Selector {
-                selector: kv.into(),
-                message: "expected key=value".into(),
-            })?;
-            if k.trim().is_empty() {
-                return Err(Error::Selector { selector: kv.into(), message: "empty key".into() });
-            }
-            labels.insert(k.trim().into(), v.trim().into());
-        }
-    }
-    Ok(labels)
-}
+/// Parse `k=v,k2=v2` (or repeated `k=v` flags) into labels: [`crate::labels::parse`].
+pub use crate::labels::parse as parse_labels;
 
 #[cfg(test)]
 mod tests {

@@ -33,15 +33,15 @@ pub enum Error {
     /// Certificates, keys or TLS set-up failed.
     #[error("tls: {0}")]
     Tls(String),
-    /// Signing a statement failed.
+    /// Loading, generating or saving a signing key failed.
     #[error("signing: {0}")]
-    Signing(String),
+    Signing(#[source] convoy_artifact::Error),
     /// A request was refused by domain rules (bad token, unknown cluster, ...).
     #[error("{0}")]
     Rejected(#[from] crate::domain::Rejection),
-    /// The source pipeline refused an action.
+    /// The source pipeline failed or refused an action.
     #[error("sources: {0}")]
-    Sources(String),
+    Sources(#[source] convoy_sources::Error),
     /// The hub is shutting down.
     #[error("the hub is shutting down")]
     ShuttingDown,
@@ -60,16 +60,8 @@ impl From<redb::Error> for Error {
     }
 }
 
-macro_rules! store_err {
-    ($($t:ty),*) => {$(
-        impl From<$t> for Error {
-            fn from(e: $t) -> Self {
-                Error::Store(e.to_string())
-            }
-        }
-    )*};
-}
-store_err!(
+convoy_core::from_display!(
+    Error::Store;
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,

@@ -39,10 +39,5 @@ pub use error::{Error, Result};
 pub use pipeline::{SourcePipeline, StaticPipeline};
 pub use runtime::{AdminCredentials, Hub, HubHandle, HubOptions};
 
-/// The current time in Unix milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+/// The current time in Unix milliseconds (the system clock of [`convoy_core::clock`]).
+pub use convoy_core::clock::now_ms;

@@ -165,10 +165,10 @@ fn signing_key(cfg: &HubConfig) -> Result<SigningKey> {
     let path =
         cfg.signing.key_file.clone().unwrap_or_else(|| cfg.data_dir.join(convoy_artifact::PRIVATE_KEY_FILE));
     let key = if path.exists() {
-        SigningKey::load(&path).map_err(|e| Error::Signing(e.to_string()))?
+        SigningKey::load(&path).map_err(Error::Signing)?
     } else {
-        let k = SigningKey::generate().map_err(|e| Error::Signing(e.to_string()))?;
-        k.save(&path).map_err(|e| Error::Signing(e.to_string()))?;
+        let k = SigningKey::generate().map_err(Error::Signing)?;
+        k.save(&path).map_err(Error::Signing)?;
         k
     };
     Ok(key)
@@ -209,7 +209,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     files::write_public(&dir.join(convoy_artifact::PUBLIC_KEY_FILE), own_pub.to_spki_pem().as_bytes())?;
     let mut trusted = own_pub.to_spki_pem();
     for p in &cfg.signing.trusted_public_key_files {
-        let k = PublicKey::load(p).map_err(|e| Error::Signing(format!("{}: {e}", p.display())))?;
+        let k = PublicKey::load(p).map_err(Error::Signing)?;
         trusted.push_str(&k.to_spki_pem());
     }
     files::write_public(&dir.join("trusted-keys.pem"), trusted.as_bytes())?;

@@ -29,8 +29,7 @@ impl GitPipeline {
     ) -> Result<(Arc<Self>, tokio::task::JoinHandle<()>)> {
         let mut cfg = SourcesConfig::new(data_dir);
         cfg.artifact_retention = Some(artifact_retention);
-        let (sources, task) =
-            Sources::start(cfg, fleet, shutdown).map_err(|e| Error::Sources(e.to_string()))?;
+        let (sources, task) = Sources::start(cfg, fleet, shutdown).map_err(Error::Sources)?;
         Ok((Arc::new(Self { sources }), task))
     }
 }
@@ -38,7 +37,7 @@ impl GitPipeline {
 fn map(e: convoy_sources::Error) -> Error {
     match e {
         convoy_sources::Error::UnknownSource(s) => Rejection::NotFound(format!("source {s:?}")).into(),
-        other => Error::Sources(other.to_string()),
+        other => Error::Sources(other),
     }
 }
 

@@ -727,10 +727,7 @@ impl Actor {
                 Severity::Info,
                 "ClusterLabelsChanged",
                 "",
-                format!(
-                    "cluster {cluster} labels set to {}",
-                    record.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
-                ),
+                format!("cluster {cluster} labels set to {}", convoy_core::labels::format(&record.labels)),
             )]),
         ])
     }

@@ -19,9 +19,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use convoy_artifact::Limits;
+use convoy_core::backoff;
+use convoy_core::clock::now_ms;
 use convoy_core::config::{FleetConfig, GitSourceSpec, Named, RefSpec};
 use convoy_core::pipeline::{BuildError, BuiltArtifact, BundleBuildState, SourceStatus};
 use convoy_core::status::{Condition, Phase, READY, RECONCILING, STALLED, set_condition};
@@ -471,10 +473,6 @@ fn unpend(pending: &Pending, digest: &str) {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 fn describe_ref(spec: &RefSpec) -> String {
     match spec {
         RefSpec::Branch(b) => format!("branch {b}"),
@@ -499,15 +497,6 @@ fn initial_status(name: &str, spec: &GitSourceSpec) -> SourceStatus {
         suspended: spec.suspend,
         interval: spec.interval.get(),
     }
-}
-
-/// Exponential backoff with jitter: base * 2^(failures-1), capped, then a
-/// random point in [50%, 100%] of it.
-pub fn backoff(failures: u32, base: Duration, max: Duration) -> Duration {
-    let exp = base.saturating_mul(1u32.checked_shl(failures.saturating_sub(1).min(20)).unwrap_or(u32::MAX));
-    let capped = exp.min(max);
-    let jitter = rand::random_range(0.5..=1.0);
-    capped.mul_f64(jitter)
 }
 
 /// What a build depends on besides the commit.
@@ -588,7 +577,11 @@ impl Worker {
                         + if ok {
                             self.spec.interval.get()
                         } else {
-                            backoff(self.status.failures, self.cfg.backoff_base, self.cfg.backoff_max)
+                            backoff::delay(
+                                self.status.failures.saturating_sub(1),
+                                self.cfg.backoff_base,
+                                self.cfg.backoff_max,
+                            )
                         };
                     if ok {
                         self.build_changed(force, &token).await;
@@ -864,22 +857,4 @@ pub(crate) fn load_fetch_options(
         secrets.add(pw);
     }
     Ok((opts, secrets))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let (base, max) = (Duration::from_secs(2), Duration::from_secs(60));
-        for _ in 0..50 {
-            let d1 = backoff(1, base, max);
-            assert!(d1 >= Duration::from_secs(1) && d1 <= Duration::from_secs(2), "{d1:?}");
-            let d3 = backoff(3, base, max);
-            assert!(d3 >= Duration::from_secs(4) && d3 <= Duration::from_secs(8), "{d3:?}");
-            let d30 = backoff(30, base, max);
-            assert!(d30 >= Duration::from_secs(30) && d30 <= max, "{d30:?}");
-        }
-    }
 }

@@ -17,8 +17,6 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
@@ -101,20 +99,12 @@ pub fn authentic(kind: Option<&str>, secret: &[u8], headers: &HeaderMap, body: &
 }
 
 fn hmac_ok(secret: &[u8], body: &[u8], header: &str) -> bool {
-    let Some(hex_sig) = header.trim().strip_prefix("sha256=") else { return false };
-    let Ok(sig) = hex::decode(hex_sig) else { return false };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else { return false };
-    mac.update(body);
-    mac.verify_slice(&sig).is_ok()
+    convoy_core::hmac::verify(secret, body, header)
 }
 
 /// `sha256=<hex>` of HMAC-SHA256(secret, body): what senders put in
-/// `X-Hub-Signature-256` or `X-Signature`.
-pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
+/// `X-Hub-Signature-256` or `X-Signature` ([`convoy_core::hmac::sign`]).
+pub use convoy_core::hmac::sign;
 
 #[cfg(test)]
 mod tests {

@@ -99,10 +99,7 @@ impl Notification {
 
     /// `k=v,k=v` of the cluster's labels.
     pub fn labels_text(&self) -> String {
-        self.cluster
-            .as_ref()
-            .map(|c| c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
-            .unwrap_or_default()
+        self.cluster.as_ref().map(|c| convoy_core::labels::format(&c.labels)).unwrap_or_default()
     }
 
     /// One line of plain text with everything that matters.

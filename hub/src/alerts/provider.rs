@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use convoy_core::config::ProviderSpec;
-use hmac::{Hmac, KeyInit, Mac};
 use parking_lot::Mutex;
-use sha2::Sha256;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -56,12 +54,8 @@ impl ProviderKind {
     }
 }
 
-/// The `sha256=<hex>` signature of `body` with `key`.
-pub fn sign(key: &[u8], body: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
+/// The `sha256=<hex>` signature of `body` with `key` ([`convoy_core::hmac::sign`]).
+pub use convoy_core::hmac::sign;
 
 /// Retry and shutdown settings.
 #[derive(Debug, Clone, Copy)]
@@ -78,14 +72,10 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// The delay before retry number `attempt` (1 = after the first
-    /// failure): `base * 2^(attempt-1)` capped at `max`, with "equal jitter"
-    /// (half fixed, half random) so retries of many hubs do not align.
+    /// failure): full jitter ([`convoy_core::backoff`]) below a ceiling of
+    /// `base * 2^(attempt-1)` capped at `max`, so retries of many hubs do not align.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        let d = exp.min(self.max);
-        let half = d / 2;
-        let jitter = half.mul_f64(rand::random::<f64>());
-        half + jitter
+        convoy_core::backoff::delay(attempt.saturating_sub(1), self.base, self.max)
     }
 }
 
@@ -438,14 +428,14 @@ mod tests {
             flush: Duration::ZERO,
         };
         for _ in 0..50 {
-            let d1 = p.delay(1);
-            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
-            let d3 = p.delay(3);
-            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400), "{d3:?}");
-            let d9 = p.delay(9);
-            assert!(d9 >= Duration::from_millis(500) && d9 <= Duration::from_millis(1000), "{d9:?}");
+            assert!(p.delay(1) <= Duration::from_millis(100));
+            assert!(p.delay(3) <= Duration::from_millis(400));
+            assert!(p.delay(9) <= Duration::from_millis(1000));
             assert!(p.delay(u32::MAX) <= Duration::from_millis(1000));
         }
+        // The ceilings the draws are taken under.
+        let ceil = |a: u32| convoy_core::backoff::ceiling(a.saturating_sub(1), p.base, p.max).as_millis();
+        assert_eq!([ceil(1), ceil(2), ceil(3), ceil(4), ceil(5), ceil(9)], [100, 200, 400, 800, 1000, 1000]);
     }
 
     #[test]

@@ -415,10 +415,8 @@ impl pb::fleet_server::Fleet for FleetService {
         let _t = self.timed("CreateToken");
         self.core.admin(&req)?;
         let r = req.into_inner();
-        let labels = parse_labels(
-            r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().iter().map(|s| s.as_str()),
-        )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let labels = parse_labels([convoy_core::labels::format(&r.labels).as_str()])
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let out = self
             .core
             .state

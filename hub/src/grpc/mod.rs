@@ -135,7 +135,7 @@ pub fn status(e: Error) -> Status {
         Error::Rejected(r) => rejection(r),
         Error::ShuttingDown => Status::unavailable("the hub is shutting down"),
         Error::Core(e) => Status::invalid_argument(e.to_string()),
-        Error::Sources(m) => Status::failed_precondition(m),
+        Error::Sources(e) => Status::failed_precondition(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }
