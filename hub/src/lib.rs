@@ -21,6 +21,7 @@ pub mod domain;
 pub mod files;
 pub mod grpc;
 pub mod http;
+pub mod index;
 pub mod metrics;
 pub mod pipeline;
 pub mod pki;

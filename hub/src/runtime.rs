@@ -235,7 +235,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
         cfg.store.cache_mib.max(1) << 20,
     )?);
     let st = store.clone();
-    let loaded =
+    let mut loaded =
         tokio::task::spawn_blocking(move || st.load()).await.map_err(|e| Error::Store(e.to_string()))??;
     let fixed_fleet = options.fleet.is_some();
     let fleet = match options.fleet {
@@ -270,8 +270,17 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     // Subscribed before anything commits, so alerts see every event.
     let alert_events = events_tx.subscribe();
     let (view_tx, view_rx) = watch::channel(Arc::new(FleetView::default()));
-    let (writer, writer_task) =
-        crate::writer::spawn(store.clone(), view_rx, events_tx.clone(), metrics.clone(), shutdown.clone());
+    // The committed statuses: owned by the writer, read through cluster entries.
+    let statuses = Arc::new(crate::index::StatusIndex::from_loaded(std::mem::take(&mut loaded.statuses)));
+    let liveness_view = view_rx;
+    let (writer, writer_task) = crate::writer::spawn(
+        store.clone(),
+        statuses.clone(),
+        Box::new(move || crate::state::dirty_liveness(&liveness_view.borrow())),
+        events_tx.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
     let ca = Arc::new(ca);
     let initial_fleet = fleet.clone();
     let (state, state_task) = crate::state::spawn(
@@ -284,6 +293,8 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
             writer: writer.clone(),
             metrics: metrics.clone(),
             cluster_cert_ttl: cfg.certificates.cluster_ttl.get(),
+            statuses,
+            pipeline: pipeline.clone(),
         },
         view_tx,
         shutdown.clone(),
