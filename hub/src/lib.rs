@@ -26,7 +26,6 @@ pub mod metrics;
 pub mod pipeline;
 pub mod pki;
 pub mod runtime;
-pub mod session;
 pub mod sources_pipeline;
 pub mod state;
 pub mod store;

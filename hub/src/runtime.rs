@@ -49,6 +49,10 @@ pub struct HubOptions {
     /// An initial fleet config instead of reading files (no reload then; use
     /// [`HubHandle::set_fleet`] to change it).
     pub fleet: Option<FleetConfig>,
+    /// The wall clock token expiry, certificate validity and generation
+    /// stamps are read from. Default: the system clock; tests pass a
+    /// [`convoy_core::clock::FakeClock`] to move time without sleeping.
+    pub clock: Option<convoy_core::clock::SharedClock>,
 }
 
 /// Operator credentials the hub writes to its data dir on first start.
@@ -238,6 +242,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     let mut loaded =
         tokio::task::spawn_blocking(move || st.load()).await.map_err(|e| Error::Store(e.to_string()))??;
     let fixed_fleet = options.fleet.is_some();
+    let clock = options.clock.clone().unwrap_or_else(convoy_core::clock::system);
     let fleet = match options.fleet {
         Some(f) => f,
         None => load_fleet(&cfg)?,
@@ -295,6 +300,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
             cluster_cert_ttl: cfg.certificates.cluster_ttl.get(),
             statuses,
             pipeline: pipeline.clone(),
+            clock: clock.clone(),
         },
         view_tx,
         shutdown.clone(),
@@ -325,6 +331,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
             metrics: metrics.clone(),
             settings: cfg.alerts.clone(),
             events: alert_events,
+            clock: clock.clone(),
         },
         shutdown.clone(),
     );

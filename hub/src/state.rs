@@ -333,6 +333,8 @@ pub struct StateDeps {
     pub statuses: Arc<StatusIndex>,
     /// The source pipeline (source suspension is handed to it once stored).
     pub pipeline: Arc<dyn crate::pipeline::SourcePipeline>,
+    /// The wall clock (token expiry, certificate validity, generation stamps).
+    pub clock: convoy_core::clock::SharedClock,
 }
 
 /// The liveness that changed since the last call, of the clusters in `view`:
@@ -382,7 +384,7 @@ pub fn spawn(
         );
         clusters.insert(rec.name.clone(), ClusterEntry { record: Arc::new(rec), shared });
     }
-    let now = now_ms();
+    let now = deps.clock.now_ms();
     let mut actor = Actor {
         fleet,
         builds: builds.borrow().clone(),
@@ -706,7 +708,7 @@ impl Actor {
     }
 
     fn register(&mut self, input: RegisterInput) -> Result<(Vec<Write>, RegisterOutput)> {
-        let now = now_ms();
+        let now = self.deps.clock.now_ms();
         validate_name(&input.cluster).map_err(|e| Rejection::InvalidArgument(e.to_string()))?;
         if input.cluster == HUB_EVENT_SOURCE {
             // Events the hub records carry this name: a cluster with it would
@@ -784,7 +786,7 @@ impl Actor {
     }
 
     fn renew(&mut self, cluster: &str, csr_pem: &str) -> Result<(Vec<Write>, IssuedCert)> {
-        let now = now_ms();
+        let now = self.deps.clock.now_ms();
         let entry = self.entry(cluster)?.clone();
         if entry.record.revoked {
             return Err(Rejection::PermissionDenied(format!("cluster {cluster:?} was revoked")).into());
@@ -888,7 +890,7 @@ impl Actor {
         if let Some(c) = &input.cluster {
             validate_name(c).map_err(|e| Rejection::InvalidArgument(e.to_string()))?;
         }
-        let now = now_ms();
+        let now = self.deps.clock.now_ms();
         let id = random_b64(9);
         let secret = random_b64(32);
         let ttl = if input.ttl.is_zero() { Duration::from_secs(86400) } else { input.ttl };
@@ -969,7 +971,7 @@ impl Actor {
                 source: art.source.clone(),
                 statement: bytes,
                 signature,
-                created_unix_ms: now_ms(),
+                created_unix_ms: self.deps.clock.now_ms(),
             };
             info!(bundle = %name, generation, digest = %art.digest, revision = %art.revision, "new bundle generation");
             events.push(hub_event(
@@ -1144,6 +1146,7 @@ spec:
                 cluster_cert_ttl: Duration::from_secs(3600),
                 statuses,
                 pipeline: pipeline.clone(),
+                clock: convoy_core::clock::system(),
             },
             view_tx,
             shutdown.clone(),
