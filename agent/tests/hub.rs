@@ -34,7 +34,11 @@ async fn heavy_real_hub_registration_apply_prune_and_drift() {
     let fleet_cfg = convoy_core::config::FleetConfig::parse([("fleet.yaml", FLEET)]).unwrap();
     let hub = convoy_hub::Hub::start(
         convoy_hub::HubConfig::local(tmp.path().join("hub")),
-        convoy_hub::HubOptions { pipeline: Some(pipeline.clone()), fleet: Some(fleet_cfg) },
+        convoy_hub::HubOptions {
+            pipeline: Some(pipeline.clone()),
+            fleet: Some(fleet_cfg),
+            ..Default::default()
+        },
     )
     .await
     .expect("hub starts");

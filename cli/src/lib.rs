@@ -3,7 +3,8 @@
 //!
 //! Each command family lives in its own module with its own clap types:
 //! - [`cmd_hub`]: `convoy hub`, the hub server.
-//! - [`cmd_dev`]: `convoy dev`, a local fleet with simulated clusters.
+//! - `cmd_dev` (cargo feature `dev`, on by default): `convoy dev`, a local fleet
+//!   with simulated clusters; the only module that links kube-sim.
 //! - [`cmd_fleet`]: operator commands that talk to a hub (`get`, `status`, ...).
 //! - [`cmd_artifact`]: `keygen`, `build`, `verify`, with no hub involved.
 
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod cmd_artifact;
+#[cfg(feature = "dev")]
 pub mod cmd_dev;
 pub mod cmd_fleet;
 pub mod cmd_hub;
@@ -38,6 +40,7 @@ pub enum Command {
     /// Run the hub server.
     Hub(cmd_hub::HubArgs),
     /// Run a local fleet: a hub, simulated clusters and agents.
+    #[cfg(feature = "dev")]
     Dev(cmd_dev::DevArgs),
     /// Operator commands against a running hub.
     #[command(flatten)]
@@ -53,7 +56,11 @@ pub enum Command {
 /// or input error, 3 the hub is unreachable, 4 not authorized, 5 not found.
 pub fn main(cli: Cli) -> ExitCode {
     // `convoy dev` logs to a file in its data dir: its terminal shows the fleet.
-    if !matches!(cli.command, Command::Dev(_)) {
+    #[cfg(feature = "dev")]
+    let logs_to_terminal = !matches!(cli.command, Command::Dev(_));
+    #[cfg(not(feature = "dev"))]
+    let logs_to_terminal = true;
+    if logs_to_terminal {
         logging::init(&cli.log, cli.log_format);
     }
     install_crypto_provider();
@@ -67,6 +74,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             Command::Hub(args) => cmd_hub::run(args).await,
+            #[cfg(feature = "dev")]
             Command::Dev(args) => cmd_dev::run(args, &cli.log, cli.log_format).await,
             Command::Fleet(cmd) => cmd_fleet::run(cmd).await,
             Command::Artifact(cmd) => cmd_artifact::run(cmd).await,

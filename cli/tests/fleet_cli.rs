@@ -44,7 +44,7 @@ async fn heavy_fleet_commands_print_tables_json_and_meaningful_exit_codes() {
     let fleet = FleetConfig::parse([("fleet.yaml", FLEET)]).unwrap();
     let hub = Hub::start(
         HubConfig::local(dir.path().join("data")),
-        HubOptions { pipeline: Some(pipeline.clone()), fleet: Some(fleet) },
+        HubOptions { pipeline: Some(pipeline.clone()), fleet: Some(fleet), ..Default::default() },
     )
     .await
     .unwrap();

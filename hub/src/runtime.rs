@@ -49,6 +49,10 @@ pub struct HubOptions {
     /// An initial fleet config instead of reading files (no reload then; use
     /// [`HubHandle::set_fleet`] to change it).
     pub fleet: Option<FleetConfig>,
+    /// The wall clock token expiry, certificate validity and generation
+    /// stamps are read from. Default: the system clock; tests pass a
+    /// [`convoy_core::clock::FakeClock`] to move time without sleeping.
+    pub clock: Option<convoy_core::clock::SharedClock>,
 }
 
 /// Operator credentials the hub writes to its data dir on first start.
@@ -236,9 +240,10 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
             .map_err(|e| Error::Store(e.to_string()))??
     };
     let st = store.clone();
-    let loaded =
+    let mut loaded =
         tokio::task::spawn_blocking(move || st.load()).await.map_err(|e| Error::Store(e.to_string()))??;
     let fixed_fleet = options.fleet.is_some();
+    let clock = options.clock.clone().unwrap_or_else(convoy_core::clock::system);
     let fleet = match options.fleet {
         Some(f) => f,
         None => load_fleet(&cfg)?,
@@ -271,8 +276,17 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     // Subscribed before anything commits, so alerts see every event.
     let alert_events = events_tx.subscribe();
     let (view_tx, view_rx) = watch::channel(Arc::new(FleetView::default()));
-    let (writer, writer_task) =
-        crate::writer::spawn(store.clone(), view_rx, events_tx.clone(), metrics.clone(), shutdown.clone());
+    // The committed statuses: owned by the writer, read through cluster entries.
+    let statuses = Arc::new(crate::index::StatusIndex::from_loaded(std::mem::take(&mut loaded.statuses)));
+    let liveness_view = view_rx;
+    let (writer, writer_task) = crate::writer::spawn(
+        store.clone(),
+        statuses.clone(),
+        Box::new(move || crate::state::dirty_liveness(&liveness_view.borrow())),
+        events_tx.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
     let ca = Arc::new(ca);
     let initial_fleet = fleet.clone();
     let (state, state_task) = crate::state::spawn(
@@ -285,6 +299,9 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
             writer: writer.clone(),
             metrics: metrics.clone(),
             cluster_cert_ttl: cfg.certificates.cluster_ttl.get(),
+            statuses,
+            pipeline: pipeline.clone(),
+            clock: clock.clone(),
         },
         view_tx,
         shutdown.clone(),
@@ -315,6 +332,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
             metrics: metrics.clone(),
             settings: cfg.alerts.clone(),
             events: alert_events,
+            clock: clock.clone(),
         },
         shutdown.clone(),
     );

@@ -8,7 +8,12 @@
 //! - per cluster, an `Arc<ClusterDesired>` through that cluster's own `watch`,
 //!   so a change wakes only the sessions of the clusters it concerns.
 //!
-//! Writes go to the store writer; replies are sent once they are committed.
+//! Durable before visible: the commands taken in one turn of the loop change
+//! the actor's state, their writes are committed in ONE store transaction,
+//! and only then are the view and the clusters' desired sets published and
+//! the callers answered. If the commit fails, the actor's state is rolled
+//! back to what was last published and nothing is published at all.
+//! Statuses are not the actor's: the store writer owns them ([`crate::index`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -20,6 +25,8 @@ use convoy_artifact::{SigningKey, Statement};
 use convoy_core::config::FleetConfig;
 use convoy_core::identity::{Identity, validate_name};
 use convoy_core::pipeline::BundleBuildState;
+#[cfg(test)]
+use convoy_core::pipeline::SourceStatus;
 use convoy_core::selector::Labels;
 use convoy_core::status::Severity;
 use parking_lot::Mutex;
@@ -30,9 +37,9 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::domain::desired::{ClusterDesired, DesiredIndex, next_generation, same_bundles};
 use crate::domain::tokens::{self, check_registration};
 use crate::domain::{
-    CertRef, ClusterRecord, DeploymentRecord, EventRecord, HUB_EVENT_SOURCE, Liveness, Rejection,
-    StatusRecord, TokenRecord,
+    CertRef, ClusterRecord, DeploymentRecord, EventRecord, HUB_EVENT_SOURCE, Liveness, Rejection, TokenRecord,
 };
+use crate::index::{BundleStatuses, ClusterStatuses, StatusIndex};
 use crate::metrics::Metrics;
 use crate::pipeline::Builds;
 use crate::pki::{Ca, IssuedCert};
@@ -49,20 +56,20 @@ pub struct ClusterShared {
     streams: AtomicU32,
     last_seen_ms: AtomicI64,
     agent_version: ArcSwap<String>,
-    statuses: ArcSwap<BTreeMap<String, Arc<StatusRecord>>>,
+    statuses: Arc<ClusterStatuses>,
     desired: watch::Sender<Arc<ClusterDesired>>,
     session: Mutex<Option<(u64, CancellationToken)>>,
     liveness_dirty: AtomicBool,
 }
 
 impl ClusterShared {
-    fn new(name: &str, liveness: Liveness) -> Arc<Self> {
+    fn new(name: &str, liveness: Liveness, statuses: Arc<ClusterStatuses>) -> Arc<Self> {
         Arc::new(Self {
             name: name.into(),
             streams: AtomicU32::new(0),
             last_seen_ms: AtomicI64::new(liveness.last_seen_unix_ms),
             agent_version: ArcSwap::from_pointee(liveness.agent_version),
-            statuses: ArcSwap::from_pointee(BTreeMap::new()),
+            statuses,
             desired: watch::Sender::new(Arc::default()),
             session: Mutex::new(None),
             liveness_dirty: AtomicBool::new(false),
@@ -89,18 +96,10 @@ impl ClusterShared {
         self.agent_version.load_full()
     }
 
-    /// The last status of each bundle on this cluster.
-    pub fn statuses(&self) -> Arc<BTreeMap<String, Arc<StatusRecord>>> {
-        self.statuses.load_full()
-    }
-
-    /// Store committed statuses in the index (store writer only).
-    pub(crate) fn put_statuses(&self, statuses: &[StatusRecord]) {
-        let mut m = (*self.statuses.load_full()).clone();
-        for s in statuses {
-            m.insert(s.status.bundle.clone(), Arc::new(s.clone()));
-        }
-        self.statuses.store(Arc::new(m));
+    /// The last committed status of each bundle on this cluster (read from
+    /// the store writer's [`crate::index::StatusIndex`]).
+    pub fn statuses(&self) -> Arc<BundleStatuses> {
+        self.statuses.get()
     }
 
     /// Subscribe to this cluster's desired state.
@@ -247,6 +246,7 @@ enum Cmd {
     Revoke { cluster: String, reply: Reply<()> },
     SetLabels { cluster: String, labels: Labels, reply: Reply<()> },
     SetSuspended { bundle: String, suspended: bool, reply: Reply<()> },
+    SetSourceSuspended { source: String, suspended: bool, reply: Reply<()> },
     CreateToken(TokenInput, Reply<TokenOutput>),
     SetFleet(Arc<FleetConfig>, Option<Reply<()>>),
 }
@@ -300,6 +300,12 @@ impl StateHandle {
         self.call(|reply| Cmd::SetSuspended { bundle, suspended, reply }).await
     }
 
+    /// Suspend or resume a source: stored, then handed to the source pipeline
+    /// (which does not persist it; the hub reapplies it at start).
+    pub async fn set_source_suspended(&self, source: String, suspended: bool) -> Result<()> {
+        self.call(|reply| Cmd::SetSourceSuspended { source, suspended, reply }).await
+    }
+
     /// Create a bootstrap token.
     pub async fn create_token(&self, input: TokenInput) -> Result<TokenOutput> {
         self.call(|r| Cmd::CreateToken(input, r)).await
@@ -323,6 +329,22 @@ pub struct StateDeps {
     pub metrics: Arc<Metrics>,
     /// Lifetime of cluster certificates.
     pub cluster_cert_ttl: Duration,
+    /// The committed statuses (written by the store writer, read here).
+    pub statuses: Arc<StatusIndex>,
+    /// The source pipeline (source suspension is handed to it once stored).
+    pub pipeline: Arc<dyn crate::pipeline::SourcePipeline>,
+    /// The wall clock (token expiry, certificate validity, generation stamps).
+    pub clock: convoy_core::clock::SharedClock,
+}
+
+/// The liveness that changed since the last call, of the clusters in `view`:
+/// what the store writer persists once per tick ([`crate::writer::LivenessSource`]).
+pub fn dirty_liveness(view: &FleetView) -> Vec<(String, Liveness)> {
+    view.clusters
+        .values()
+        .filter(|c| c.shared.take_liveness_dirty())
+        .map(|c| (c.record.name.clone(), c.shared.liveness()))
+        .collect()
 }
 
 struct Actor {
@@ -335,7 +357,8 @@ struct Actor {
     tokens: HashMap<String, TokenRecord>,
     version: u64,
     reported_errors: HashMap<String, String>,
-    after_publish: Vec<AfterPublish>,
+    /// Desired sets computed but not yet published (sent by [`Actor::publish`]).
+    pending_desired: BTreeMap<String, (Arc<ClusterShared>, Arc<ClusterDesired>)>,
     deps: StateDeps,
     view_tx: watch::Sender<Arc<FleetView>>,
     dirty: bool,
@@ -352,19 +375,16 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> (StateHandle, tokio::task::JoinHandle<()>) {
     let liveness: HashMap<String, Liveness> = loaded.liveness.into_iter().collect();
-    let mut statuses: HashMap<String, Vec<StatusRecord>> = HashMap::new();
-    for (c, s) in loaded.statuses {
-        statuses.entry(c).or_default().push(s);
-    }
     let mut clusters = BTreeMap::new();
     for rec in loaded.clusters {
-        let shared = ClusterShared::new(&rec.name, liveness.get(&rec.name).cloned().unwrap_or_default());
-        if let Some(s) = statuses.get(&rec.name) {
-            shared.put_statuses(s);
-        }
+        let shared = ClusterShared::new(
+            &rec.name,
+            liveness.get(&rec.name).cloned().unwrap_or_default(),
+            deps.statuses.cluster(&rec.name),
+        );
         clusters.insert(rec.name.clone(), ClusterEntry { record: Arc::new(rec), shared });
     }
-    let now = now_ms();
+    let now = deps.clock.now_ms();
     let mut actor = Actor {
         fleet,
         builds: builds.borrow().clone(),
@@ -380,7 +400,7 @@ pub fn spawn(
             .collect(),
         version: 0,
         reported_errors: HashMap::new(),
-        after_publish: Vec::new(),
+        pending_desired: BTreeMap::new(),
         deps,
         view_tx,
         dirty: true,
@@ -398,27 +418,43 @@ fn hub_event(severity: Severity, reason: &str, bundle: &str, message: String) ->
     (HUB_EVENT_SOURCE.to_string(), EventRecord::new(severity, reason, bundle, message, now_ms()))
 }
 
-/// A reply waiting for its commit; spawned only after the view that includes
-/// the change is published, so a caller never acts on a reply before the
-/// hub's view shows it (an agent registering and connecting at once).
-type AfterPublish = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+#[cfg(test)]
+thread_local! {
+    /// Turns of the actor loop on this thread (current-thread test runtimes).
+    static TURNS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
-/// Answer `reply` once `writes` are committed (and the view is published).
-async fn reply_after_commit<T: Send + 'static>(
-    writer: &WriterHandle,
+/// What the actor's state was when it last published: restored when a
+/// batch's commit fails, so nothing of that batch is ever visible.
+struct Snapshot {
+    clusters: Arc<BTreeMap<String, ClusterEntry>>,
+    tokens: HashMap<String, TokenRecord>,
+    suspended: Arc<BTreeSet<String>>,
+    index: Arc<DesiredIndex>,
+    version: u64,
+    dirty: bool,
+}
+
+/// A caller's answer, sent once the batch it belongs to is committed and
+/// published (with the commit's error otherwise).
+type Answer = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// The commands of one turn of the loop: their writes (one transaction),
+/// their answers, and side effects that wait for the commit.
+struct Batch {
+    before: Snapshot,
     writes: Vec<Write>,
-    reply: Reply<T>,
-    value: T,
-) -> AfterPublish {
-    let done = writer.submit(writes).await;
-    Box::pin(async move {
-        let r = match done.await {
-            Ok(Ok(_)) => Ok(value),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(Error::ShuttingDown),
-        };
-        let _ = reply.send(r);
-    })
+    answers: Vec<Answer>,
+    after_commit: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+impl Batch {
+    fn add<T: Send + 'static>(&mut self, writes: Vec<Write>, reply: Reply<T>, value: T) {
+        self.writes.extend(writes);
+        self.answers.push(Box::new(move |r: Result<()>| {
+            let _ = reply.send(r.map(|()| value));
+        }));
+    }
 }
 
 impl Actor {
@@ -431,23 +467,29 @@ impl Actor {
         // Builds present at start are processed now (new digests since the last run).
         self.on_builds().await;
         self.publish();
+        let mut pipeline_open = true;
         loop {
             tokio::select! {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
-                    self.handle(cmd).await;
-                    // Take whatever else is queued before publishing once.
+                    let mut batch = self.begin();
+                    self.handle(cmd, &mut batch).await;
+                    // Take whatever else is queued: one commit, one publish.
                     for _ in 0..256 {
                         match rx.try_recv() {
-                            Ok(cmd) => self.handle(cmd).await,
+                            Ok(cmd) => self.handle(cmd, &mut batch).await,
                             Err(_) => break,
                         }
                     }
+                    self.finish(batch).await;
                 }
-                changed = builds.changed() => {
+                changed = builds.changed(), if pipeline_open => {
                     if changed.is_err() {
-                        // The pipeline is gone; keep serving what we have.
-                        builds = watch::Sender::new(self.builds.clone()).subscribe();
+                        // The pipeline is gone: keep serving what we have, and
+                        // stop polling its closed channel (it would be ready
+                        // at once, forever).
+                        warn!("the source pipeline stopped; serving the generations already signed");
+                        pipeline_open = false;
                         continue;
                     }
                     self.builds = builds.borrow_and_update().clone();
@@ -455,11 +497,69 @@ impl Actor {
                 }
                 _ = shutdown.cancelled() => break,
             }
+            #[cfg(test)]
+            TURNS.with(|t| t.set(t.get() + 1));
             self.publish();
         }
     }
 
+    /// Start a batch: remember the published state to roll back to.
+    fn begin(&self) -> Batch {
+        Batch {
+            before: Snapshot {
+                clusters: self.clusters.clone(),
+                tokens: self.tokens.clone(),
+                suspended: self.suspended.clone(),
+                index: self.index.clone(),
+                version: self.version,
+                dirty: self.dirty,
+            },
+            writes: Vec::new(),
+            answers: Vec::new(),
+            after_commit: Vec::new(),
+        }
+    }
+
+    /// Commit the batch's writes in one transaction; then publish and answer.
+    /// If the commit fails, roll back to the batch's snapshot: nothing of it
+    /// is published, and every caller gets the error.
+    async fn finish(&mut self, batch: Batch) {
+        let Batch { before, writes, answers, after_commit } = batch;
+        let result = if writes.is_empty() { Ok(()) } else { self.deps.writer.commit(writes).await.map(drop) };
+        match result {
+            Ok(()) => {
+                for f in after_commit {
+                    f();
+                }
+                self.publish();
+                for a in answers {
+                    a(Ok(()));
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, commands = answers.len(), "store commit failed; the commands are undone and nothing is published");
+                let Snapshot { clusters, tokens, suspended, index, version, dirty } = before;
+                self.clusters = clusters;
+                self.tokens = tokens;
+                self.suspended = suspended;
+                self.index = index;
+                self.version = version;
+                self.dirty = dirty;
+                self.pending_desired.clear();
+                let msg = e.to_string();
+                for a in answers {
+                    a(Err(Error::Store(msg.clone())));
+                }
+            }
+        }
+    }
+
+    /// Make the actor's state visible: the clusters' new desired sets, then
+    /// the fleet view. Called only when everything they show is committed.
     fn publish(&mut self) {
+        for (_, (shared, desired)) in std::mem::take(&mut self.pending_desired) {
+            shared.desired.send_replace(desired);
+        }
         if self.dirty {
             self.dirty = false;
             self.view_tx.send_replace(Arc::new(FleetView {
@@ -471,10 +571,6 @@ impl Actor {
                 suspended: self.suspended.clone(),
             }));
         }
-        // Replies go out only once the view that shows their change is out.
-        for f in self.after_publish.drain(..) {
-            tokio::spawn(f);
-        }
     }
 
     fn rebuild_index(&mut self) {
@@ -482,8 +578,8 @@ impl Actor {
         self.dirty = true;
     }
 
-    /// Recompute the desired set of `only` clusters (all when `None`) and
-    /// publish to those whose set changed.
+    /// Recompute the desired set of `only` clusters (all when `None`); those
+    /// whose set changed get it at the next [`Actor::publish`].
     fn retarget(&mut self, only: Option<&str>) {
         let clusters = self.clusters.clone();
         let targets: Box<dyn Iterator<Item = &ClusterEntry>> = match only {
@@ -493,12 +589,18 @@ impl Actor {
         let mut changed = 0usize;
         for entry in targets {
             let bundles = self.index.for_cluster(&self.fleet, &entry.record.name, &entry.record.labels);
-            let current = entry.shared.desired.borrow().clone();
+            let current = match self.pending_desired.get(&entry.record.name) {
+                Some((_, d)) => d.clone(),
+                None => entry.shared.desired.borrow().clone(),
+            };
             if same_bundles(&current.bundles, &bundles) && (current.version > 0 || bundles.is_empty()) {
                 continue;
             }
             self.version += 1;
-            entry.shared.desired.send_replace(Arc::new(ClusterDesired { version: self.version, bundles }));
+            self.pending_desired.insert(
+                entry.record.name.clone(),
+                (entry.shared.clone(), Arc::new(ClusterDesired { version: self.version, bundles })),
+            );
             changed += 1;
         }
         if changed > 0 {
@@ -506,63 +608,85 @@ impl Actor {
         }
     }
 
-    async fn handle(&mut self, cmd: Cmd) {
+    /// Apply one command to the actor's state; its writes and answer join
+    /// `batch` (committed and published by [`Actor::finish`]).
+    async fn handle(&mut self, cmd: Cmd, batch: &mut Batch) {
         match cmd {
             Cmd::Register(input, reply) => match self.register(input) {
-                Ok((writes, out)) => {
-                    let f = reply_after_commit(&self.deps.writer, writes, reply, out).await;
-                    self.after_publish.push(f);
-                }
+                Ok((writes, out)) => batch.add(writes, reply, out),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
             Cmd::Renew { cluster, csr_pem, reply } => match self.renew(&cluster, &csr_pem) {
-                Ok((writes, out)) => {
-                    let f = reply_after_commit(&self.deps.writer, writes, reply, out).await;
-                    self.after_publish.push(f);
-                }
+                Ok((writes, out)) => batch.add(writes, reply, out),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
             Cmd::Revoke { cluster, reply } => match self.revoke(&cluster) {
-                Ok(writes) => {
-                    let f = reply_after_commit(&self.deps.writer, writes, reply, ()).await;
-                    self.after_publish.push(f);
+                Ok((writes, shared)) => {
+                    batch.add(writes, reply, ());
+                    // Open sessions close once the revocation is durable.
+                    batch.after_commit.push(Box::new(move || shared.kill_sessions()));
                 }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
             Cmd::SetLabels { cluster, labels, reply } => match self.set_labels(&cluster, labels) {
-                Ok(writes) => {
-                    let f = reply_after_commit(&self.deps.writer, writes, reply, ()).await;
-                    self.after_publish.push(f);
-                }
+                Ok(writes) => batch.add(writes, reply, ()),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
             Cmd::SetSuspended { bundle, suspended, reply } => match self.set_suspended(&bundle, suspended) {
-                Ok(writes) => {
-                    let f = reply_after_commit(&self.deps.writer, writes, reply, ()).await;
-                    self.after_publish.push(f);
-                }
+                Ok(writes) => batch.add(writes, reply, ()),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
-            Cmd::CreateToken(input, reply) => match self.create_token(input) {
-                Ok((writes, out)) => {
-                    let f = reply_after_commit(&self.deps.writer, writes, reply, out).await;
-                    self.after_publish.push(f);
+            Cmd::SetSourceSuspended { source, suspended, reply } => {
+                if !self.fleet.sources.contains_key(&source) {
+                    let _ = reply.send(Err(Rejection::NotFound(format!(
+                        "source {source:?} is not in the fleet config"
+                    ))
+                    .into()));
+                    return;
                 }
+                if !self.deps.pipeline.statuses().borrow().contains_key(&source) {
+                    let _ = reply.send(Err(Rejection::NotFound(format!("source {source:?}")).into()));
+                    return;
+                }
+                let verb = if suspended { "suspended" } else { "resumed" };
+                let writes = vec![
+                    Write::SetSourceSuspended { source: source.clone(), suspended },
+                    Write::AppendEvents(vec![hub_event(
+                        Severity::Info,
+                        if suspended { "SourceSuspended" } else { "SourceResumed" },
+                        "",
+                        format!("source {source} {verb}"),
+                    )]),
+                ];
+                batch.add(writes, reply, ());
+                let pipeline = self.deps.pipeline.clone();
+                batch.after_commit.push(Box::new(move || {
+                    if let Err(e) = pipeline.set_suspended(&source, suspended) {
+                        warn!(source = %source, error = %e, "the source pipeline refused a stored suspension");
+                    }
+                }));
+            }
+            Cmd::CreateToken(input, reply) => match self.create_token(input) {
+                Ok((writes, out)) => batch.add(writes, reply, out),
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
             Cmd::SetFleet(fleet, reply) => {
+                // The commands before it are committed and published first:
+                // signing new generations commits on its own.
+                let earlier = std::mem::replace(batch, self.begin());
+                self.finish(earlier).await;
                 self.fleet = fleet;
                 self.rebuild_index();
                 // Bundles new to the fleet may already have builds.
@@ -570,6 +694,7 @@ impl Actor {
                 self.rebuild_index();
                 self.retarget(None);
                 self.publish();
+                *batch = self.begin();
                 info!(
                     bundles = self.fleet.bundles.len(),
                     sources = self.fleet.sources.len(),
@@ -583,7 +708,7 @@ impl Actor {
     }
 
     fn register(&mut self, input: RegisterInput) -> Result<(Vec<Write>, RegisterOutput)> {
-        let now = now_ms();
+        let now = self.deps.clock.now_ms();
         validate_name(&input.cluster).map_err(|e| Rejection::InvalidArgument(e.to_string()))?;
         if input.cluster == HUB_EVENT_SOURCE {
             // Events the hub records carry this name: a cluster with it would
@@ -628,7 +753,11 @@ impl Actor {
         let record = Arc::new(record);
         let shared = match self.clusters.get(&input.cluster) {
             Some(e) => e.shared.clone(),
-            None => ClusterShared::new(&input.cluster, Liveness::default()),
+            None => ClusterShared::new(
+                &input.cluster,
+                Liveness::default(),
+                self.deps.statuses.cluster(&input.cluster),
+            ),
         };
         shared.set_agent_version(&input.agent_version);
         shared.touch(now);
@@ -657,7 +786,7 @@ impl Actor {
     }
 
     fn renew(&mut self, cluster: &str, csr_pem: &str) -> Result<(Vec<Write>, IssuedCert)> {
-        let now = now_ms();
+        let now = self.deps.clock.now_ms();
         let entry = self.entry(cluster)?.clone();
         if entry.record.revoked {
             return Err(Rejection::PermissionDenied(format!("cluster {cluster:?} was revoked")).into());
@@ -690,15 +819,16 @@ impl Actor {
         Ok((writes, cert))
     }
 
-    fn revoke(&mut self, cluster: &str) -> Result<Vec<Write>> {
+    /// Revoke: the writes, and the cluster whose sessions close once they are committed.
+    fn revoke(&mut self, cluster: &str) -> Result<(Vec<Write>, Arc<ClusterShared>)> {
         let entry = self.entry(cluster)?.clone();
         let record = ClusterRecord { revoked: true, certs: Vec::new(), ..(*entry.record).clone() };
-        entry.shared.kill_sessions();
+        let shared = entry.shared.clone();
         Arc::make_mut(&mut self.clusters)
             .insert(cluster.into(), ClusterEntry { record: Arc::new(record.clone()), shared: entry.shared });
         self.dirty = true;
         warn!(cluster, "cluster revoked");
-        Ok(vec![
+        let writes = vec![
             Write::PutCluster(record),
             Write::AppendEvents(vec![hub_event(
                 Severity::Warning,
@@ -706,7 +836,8 @@ impl Actor {
                 "",
                 format!("cluster {cluster} was revoked; its certificates no longer work"),
             )]),
-        ])
+        ];
+        Ok((writes, shared))
     }
 
     fn set_labels(&mut self, cluster: &str, labels: Labels) -> Result<Vec<Write>> {
@@ -759,7 +890,7 @@ impl Actor {
         if let Some(c) = &input.cluster {
             validate_name(c).map_err(|e| Rejection::InvalidArgument(e.to_string()))?;
         }
-        let now = now_ms();
+        let now = self.deps.clock.now_ms();
         let id = random_b64(9);
         let secret = random_b64(32);
         let ttl = if input.ttl.is_zero() { Duration::from_secs(86400) } else { input.ttl };
@@ -840,7 +971,7 @@ impl Actor {
                 source: art.source.clone(),
                 statement: bytes,
                 signature,
-                created_unix_ms: now_ms(),
+                created_unix_ms: self.deps.clock.now_ms(),
             };
             info!(bundle = %name, generation, digest = %art.digest, revision = %art.revision, "new bundle generation");
             events.push(hub_event(
@@ -889,4 +1020,217 @@ fn random_b64(n: usize) -> String {
 /// The build state of a bundle, for views.
 pub fn build_of<'a>(view: &'a FleetView, bundle: &str) -> Option<&'a BundleBuildState> {
     view.builds.get(bundle)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::sync::broadcast;
+
+    use super::*;
+    use crate::domain::{EventFilter, StoredEvent};
+    use crate::pipeline::{SourcePipeline, StaticPipeline};
+    use crate::store::{Store, WriteOutcome};
+
+    /// A store whose commits fail while `fail` is set.
+    #[derive(Default)]
+    struct FlakyStore {
+        fail: AtomicBool,
+        commits: AtomicUsize,
+    }
+
+    impl Store for FlakyStore {
+        fn load(&self) -> Result<Loaded> {
+            Ok(Loaded::default())
+        }
+        fn last_seq(&self, _: &str, _: u64) -> Result<u64> {
+            Ok(0)
+        }
+        fn list_events(&self, _: &EventFilter) -> Result<Vec<StoredEvent>> {
+            Ok(Vec::new())
+        }
+        fn commit(&self, writes: Vec<Write>, _: i64) -> Result<Vec<WriteOutcome>> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(Error::Store("injected commit failure".into()));
+            }
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            Ok(writes.iter().map(|_| WriteOutcome::Done).collect())
+        }
+    }
+
+    const FLEET: &str = r#"
+apiVersion: convoy.dev/v1
+kind: GitSource
+metadata: {name: repo}
+spec: {url: "https://git.example/fleet.git"}
+---
+apiVersion: convoy.dev/v1
+kind: Bundle
+metadata: {name: web}
+spec:
+  source: repo
+  path: web
+  targets: [{clusterSelector: {matchLabels: {env: prod}}}]
+"#;
+
+    struct Fixture {
+        state: StateHandle,
+        store: Arc<FlakyStore>,
+        pipeline: Arc<StaticPipeline>,
+        _dir: tempfile::TempDir,
+        shutdown: CancellationToken,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            self.shutdown.cancel();
+        }
+    }
+
+    /// A state actor over a [`FlakyStore`], with cluster `c1` (env=dev) and a
+    /// signed generation of `web` (which targets env=prod).
+    fn fixture() -> Fixture {
+        let pipeline = StaticPipeline::new(std::env::temp_dir());
+        fixture_with(pipeline.builds())
+    }
+
+    fn fixture_with(builds: watch::Receiver<Builds>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_ms();
+        let ca = Ca::load_or_create(&dir.path().join("ca.crt"), &dir.path().join("ca.key"), now).unwrap();
+        let store = Arc::new(FlakyStore::default());
+        let statuses = Arc::new(StatusIndex::default());
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let (events, _) = broadcast::channel(16);
+        let (writer, _) = crate::writer::spawn(
+            store.clone(),
+            statuses.clone(),
+            Box::new(Vec::new),
+            events,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let pipeline = StaticPipeline::new(dir.path());
+        let loaded = Loaded {
+            clusters: vec![ClusterRecord {
+                name: "c1".into(),
+                labels: [("env".to_string(), "dev".to_string())].into(),
+                ..Default::default()
+            }],
+            deployments: vec![DeploymentRecord {
+                bundle: "web".into(),
+                generation: 1,
+                digest: format!("sha256:{}", "a".repeat(64)),
+                size: 1,
+                revision: "main@sha1:0".into(),
+                source: "repo".into(),
+                statement: Vec::new(),
+                signature: Vec::new(),
+                created_unix_ms: now,
+            }],
+            ..Default::default()
+        };
+        let fleet = Arc::new(FleetConfig::parse([("fleet.yaml", FLEET)]).unwrap());
+        let (view_tx, _) = watch::channel(Arc::new(FleetView::default()));
+        let (state, _) = spawn(
+            loaded,
+            fleet,
+            builds,
+            StateDeps {
+                ca: Arc::new(ca),
+                signer: Arc::new(SigningKey::generate().unwrap()),
+                writer,
+                metrics,
+                cluster_cert_ttl: Duration::from_secs(3600),
+                statuses,
+                pipeline: pipeline.clone(),
+                clock: convoy_core::clock::system(),
+            },
+            view_tx,
+            shutdown.clone(),
+        );
+        Fixture { state, store, pipeline, _dir: dir, shutdown }
+    }
+
+    fn prod() -> Labels {
+        [("env".to_string(), "prod".to_string())].into()
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_publishes_nothing_and_the_next_one_publishes() {
+        let f = fixture();
+        // One round trip: the actor has started and published its first view.
+        assert!(f.state.set_labels("nope".into(), prod()).await.is_err());
+        let mut view = f.state.subscribe();
+        view.borrow_and_update();
+        let c1 = f.state.view().clusters["c1"].shared.clone();
+        let mut desired = c1.subscribe_desired();
+        assert!(desired.borrow_and_update().bundles.is_empty(), "env=dev gets nothing");
+
+        f.store.fail.store(true, Ordering::SeqCst);
+        // Labels that would retarget `web` to c1, a suspension, a token, a
+        // revocation: each refused with the store's error, none visible.
+        let e = f.state.set_labels("c1".into(), prod()).await.unwrap_err();
+        assert!(matches!(e, Error::Store(_)), "{e}");
+        assert!(f.state.set_suspended("web".into(), true).await.is_err());
+        assert!(f.state.create_token(TokenInput::default()).await.is_err());
+        assert!(f.state.revoke("c1".into()).await.is_err());
+        assert!(f.state.set_source_suspended("repo".into(), true).await.is_err());
+        assert!(!view.has_changed().unwrap(), "no view was published");
+        assert!(!desired.has_changed().unwrap(), "no desired set was published");
+        let v = f.state.view();
+        assert_eq!(v.clusters["c1"].record.labels["env"], "dev");
+        assert!(!v.clusters["c1"].record.revoked);
+        assert!(v.suspended.is_empty());
+        assert!(f.pipeline.actions().is_empty(), "the pipeline was not told: {:?}", f.pipeline.actions());
+        assert_eq!(f.store.commits.load(Ordering::SeqCst), 0);
+
+        // The actor's state was rolled back: the same change now commits and
+        // is published, to queries and to the cluster's desired set.
+        f.store.fail.store(false, Ordering::SeqCst);
+        f.state.set_labels("c1".into(), prod()).await.unwrap();
+        assert!(view.has_changed().unwrap());
+        assert_eq!(f.state.view().clusters["c1"].record.labels["env"], "prod");
+        assert!(desired.has_changed().unwrap());
+        assert!(desired.borrow_and_update().bundles.contains_key("web"));
+        assert_eq!(f.store.commits.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stored_source_suspension_reaches_the_pipeline() {
+        let f = fixture();
+        f.pipeline.set_source_status(SourceStatus { name: "repo".into(), ..Default::default() });
+        f.state.set_source_suspended("repo".into(), true).await.unwrap();
+        assert_eq!(f.store.commits.load(Ordering::SeqCst), 1);
+        assert!(
+            f.pipeline.actions().iter().any(|a| a.contains("repo")),
+            "pipeline actions: {:?}",
+            f.pipeline.actions()
+        );
+        let e = f.state.set_source_suspended("nope".into(), true).await.unwrap_err();
+        assert!(matches!(e, Error::Rejected(Rejection::NotFound(_))), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_pipeline_does_not_spin_the_actor() {
+        // The pipeline's builds sender goes away: the actor keeps answering and
+        // parks instead of polling the closed channel. On this current-thread
+        // runtime every yield below would let a spinning actor take a turn.
+        let (tx, rx) = watch::channel(Builds::default());
+        let f = fixture_with(rx);
+        f.state.create_token(TokenInput::default()).await.unwrap();
+        drop(tx);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let before = TURNS.with(|t| t.get());
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(TURNS.with(|t| t.get()), before, "the actor loop ran with nothing to do");
+        f.state.create_token(TokenInput::default()).await.unwrap();
+        assert!(TURNS.with(|t| t.get()) > before, "a command is one more turn");
+    }
 }

@@ -3,20 +3,22 @@
 //! Every component submits a list of [`Write`]s and awaits its outcome. The
 //! writer takes whatever is queued (up to a bound), commits it in ONE
 //! transaction in `spawn_blocking`, then, before answering anyone, feeds the
-//! committed results into the in-memory indexes it owns: the per-cluster status
-//! maps and the event feed. So an ack reaches an agent only after its entries
-//! are durable, and a fleet query never shows a status that is not stored.
+//! committed results into the in-memory indexes it owns: the status index
+//! ([`crate::index`]) and the event feed. So an ack reaches an agent only after
+//! its entries are durable, and a fleet query never shows a status that is not
+//! stored. It knows nothing of the state actor: last-seen times reach it
+//! through a [`LivenessSource`] the runtime wires in.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info_span};
 
-use crate::domain::{Liveness, StatusRecord, StoredEvent};
+use crate::domain::{Liveness, StoredEvent};
+use crate::index::StatusIndex;
 use crate::metrics::Metrics;
-use crate::state::FleetView;
 use crate::store::{Store, Write, WriteOutcome};
 use crate::{Error, Result, now_ms};
 
@@ -30,6 +32,10 @@ struct Job {
     writes: Vec<Write>,
     reply: oneshot::Sender<Result<Vec<WriteOutcome>>>,
 }
+
+/// Takes the last-seen times and agent versions that changed since the last
+/// call (persisted once per tick and at shutdown).
+pub type LivenessSource = Box<dyn Fn() -> Vec<(String, Liveness)> + Send + Sync>;
 
 /// A cheap handle to submit writes.
 #[derive(Clone)]
@@ -57,20 +63,23 @@ impl WriterHandle {
 /// `shutdown` after committing what is queued.
 pub fn spawn(
     store: Arc<dyn Store>,
-    view: watch::Receiver<Arc<FleetView>>,
+    statuses: Arc<StatusIndex>,
+    liveness: LivenessSource,
     events: broadcast::Sender<Arc<StoredEvent>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(8192);
-    let task =
-        tokio::spawn(run(store, view, events, metrics, rx, shutdown).instrument(info_span!("store_writer")));
+    let task = tokio::spawn(
+        run(store, statuses, liveness, events, metrics, rx, shutdown).instrument(info_span!("store_writer")),
+    );
     (WriterHandle { tx }, task)
 }
 
 async fn run(
     store: Arc<dyn Store>,
-    view: watch::Receiver<Arc<FleetView>>,
+    statuses: Arc<StatusIndex>,
+    dirty_liveness: LivenessSource,
     events: broadcast::Sender<Arc<StoredEvent>>,
     metrics: Arc<Metrics>,
     mut rx: mpsc::Receiver<Job>,
@@ -125,7 +134,7 @@ async fn run(
                 }
             }
         }
-        let liveness = if flush_liveness { dirty_liveness(&view.borrow()) } else { Vec::new() };
+        let liveness = if flush_liveness { dirty_liveness() } else { Vec::new() };
         if jobs.is_empty() && liveness.is_empty() {
             if final_flush {
                 break;
@@ -157,7 +166,7 @@ async fn run(
                 if has_liveness {
                     outcomes.pop();
                 }
-                apply_outcomes(&view.borrow(), &outcomes, &events);
+                apply_outcomes(&statuses, &outcomes, &events);
                 let mut it = outcomes.into_iter();
                 for (count, reply) in counts.into_iter().zip(replies) {
                     let part: Vec<WriteOutcome> = it.by_ref().take(count).collect();
@@ -176,37 +185,27 @@ async fn run(
     debug!("store writer stopped");
 }
 
-fn dirty_liveness(view: &FleetView) -> Vec<(String, Liveness)> {
-    view.clusters
-        .values()
-        .filter(|c| c.shared.take_liveness_dirty())
-        .map(|c| (c.record.name.clone(), c.shared.liveness()))
-        .collect()
-}
-
 /// Feed committed results into the in-memory indexes, then the event feed.
-fn apply_outcomes(view: &FleetView, outcomes: &[WriteOutcome], events: &broadcast::Sender<Arc<StoredEvent>>) {
+fn apply_outcomes(
+    index: &StatusIndex,
+    outcomes: &[WriteOutcome],
+    events: &broadcast::Sender<Arc<StoredEvent>>,
+) {
     let mut stored_events: Vec<&StoredEvent> = Vec::new();
     for o in outcomes {
         match o {
             WriteOutcome::Batch(b) => {
                 if !b.statuses.is_empty() {
-                    put_statuses(view, &b.cluster, &b.statuses);
+                    index.put(&b.cluster, &b.statuses);
                 }
                 stored_events.extend(b.events.iter());
             }
-            WriteOutcome::Seeded { cluster, statuses } => put_statuses(view, cluster, statuses),
+            WriteOutcome::Seeded { cluster, statuses } => index.put(cluster, statuses),
             WriteOutcome::Events(evs) => stored_events.extend(evs.iter()),
             WriteOutcome::Done => {}
         }
     }
     for e in stored_events {
         let _ = events.send(Arc::new(e.clone()));
-    }
-}
-
-fn put_statuses(view: &FleetView, cluster: &str, statuses: &[StatusRecord]) {
-    if let Some(entry) = view.clusters.get(cluster) {
-        entry.shared.put_statuses(statuses);
     }
 }

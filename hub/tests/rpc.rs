@@ -16,10 +16,27 @@ fn labels(kv: &[(&str, &str)]) -> Labels {
     kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+/// [`start`] with the hub reading `clock` (token expiry, certificate times).
+async fn start_with_clock(dir: &std::path::Path, clock: convoy_core::clock::SharedClock) -> TestHub {
+    init();
+    let pipeline = convoy_hub::StaticPipeline::new(dir.join("artifacts"));
+    let mut cfg = convoy_hub::HubConfig::local(dir.join("data"));
+    cfg.certificates.cluster_ttl = convoy_core::duration::HumanDuration::from_secs(3600);
+    let options = convoy_hub::HubOptions {
+        pipeline: Some(pipeline.clone()),
+        fleet: Some(fleet(FLEET)),
+        clock: Some(clock),
+    };
+    let hub = convoy_hub::Hub::start(cfg, options).await.unwrap();
+    TestHub { hub, pipeline, dir: dir.to_path_buf() }
+}
+
 #[tokio::test]
 async fn registration_enforces_token_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let t = start(dir.path(), FLEET).await;
+    // The hub's clock moves only when the test says so: expiry without sleeping.
+    let clock = convoy_core::clock::FakeClock::at_system_now();
+    let t = start_with_clock(dir.path(), clock.shared()).await;
     let hub = &t.hub;
 
     // Garbage and unknown tokens.
@@ -28,9 +45,9 @@ async fn registration_enforces_token_rules() {
     let e = register_with(hub, "cvt_abc.def", "c1", &[]).await.err().unwrap();
     assert_eq!(e.code(), Code::Unauthenticated);
 
-    // Expired.
-    let expired = hub.create_token(None, Labels::new(), Duration::from_millis(1), false).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Expired: valid for a minute, refused once the hub's clock reaches its end.
+    let expired = hub.create_token(None, Labels::new(), Duration::from_secs(60), false).await.unwrap();
+    clock.advance(Duration::from_secs(60));
     let e = register_with(hub, &expired.token, "c1", &[]).await.err().unwrap();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
 

@@ -34,7 +34,10 @@ async fn fleet_files_reload_live_and_a_bad_file_keeps_the_old_config() {
     .unwrap();
     let cfg = HubConfig::from_file(&cfg_file).unwrap();
     let pipeline = StaticPipeline::new(dir.path().join("artifacts"));
-    let hub = Hub::start(cfg, HubOptions { pipeline: Some(pipeline.clone()), fleet: None }).await.unwrap();
+    let hub =
+        Hub::start(cfg, HubOptions { pipeline: Some(pipeline.clone()), fleet: None, ..Default::default() })
+            .await
+            .unwrap();
     pipeline.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"web").unwrap();
     let c1 = register(&hub, "c1", &[("env", "prod")]).await;
     eventually(|| async { hub.state().view().records.contains_key("web").then_some(()) }).await;
@@ -173,7 +176,11 @@ async fn a_fixed_fleet_with_the_git_pipeline_builds_and_follows_set_fleet() {
     };
     let hub = Hub::start(
         HubConfig::local(dir.path().join("data")),
-        HubOptions { pipeline: None, fleet: Some(fleet(&format!("{source}{}", bundle("a")))) },
+        HubOptions {
+            pipeline: None,
+            fleet: Some(fleet(&format!("{source}{}", bundle("a")))),
+            ..Default::default()
+        },
     )
     .await
     .unwrap();

@@ -244,6 +244,16 @@ impl Sources {
     }
 }
 
+impl crate::webhook::HookTarget for Sources {
+    fn fleet(&self) -> Arc<FleetConfig> {
+        Sources::fleet(self)
+    }
+
+    fn reconcile(&self, source: &str) -> Result<()> {
+        Sources::reconcile(self, source)
+    }
+}
+
 /// Digests stored by a worker whose build event the supervisor has not
 /// processed yet; GC treats them as referenced.
 type Pending = Arc<Mutex<HashMap<String, usize>>>;

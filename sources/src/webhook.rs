@@ -20,8 +20,11 @@ use axum::routing::post;
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
-use crate::Error;
-use crate::controller::Sources;
+use std::sync::Arc;
+
+use convoy_core::config::FleetConfig;
+
+use crate::{Error, Result};
 
 /// The header GitHub signs with.
 pub const GITHUB_SIGNATURE: &str = "x-hub-signature-256";
@@ -30,15 +33,26 @@ pub const GITLAB_TOKEN: &str = "x-gitlab-token";
 /// The header of the generic HMAC variant.
 pub const GENERIC_SIGNATURE: &str = "x-signature";
 
-pub(crate) fn router(sources: Sources) -> Router {
-    Router::new()
-        .route("/hooks/{source}", post(receive))
-        .layer(DefaultBodyLimit::max(1 << 20))
-        .with_state(sources)
+/// What the receiver acts on: the fleet config in force and a way to fetch a
+/// source now. The controller implements it; this module does not know the
+/// controller (no controller <-> webhook cycle).
+pub trait HookTarget: Clone + Send + Sync + 'static {
+    /// The fleet config in force (webhook settings of each source).
+    fn fleet(&self) -> Arc<FleetConfig>;
+    /// Fetch `source` now.
+    fn reconcile(&self, source: &str) -> Result<()>;
 }
 
-async fn receive(
-    State(sources): State<Sources>,
+/// The receiver's routes over `target`.
+pub fn router<T: HookTarget>(target: T) -> Router {
+    Router::new()
+        .route("/hooks/{source}", post(receive::<T>))
+        .layer(DefaultBodyLimit::max(1 << 20))
+        .with_state(target)
+}
+
+async fn receive<T: HookTarget>(
+    State(sources): State<T>,
     Path(source): Path<String>,
     headers: HeaderMap,
     body: Bytes,

@@ -65,6 +65,8 @@ pub struct AlertDeps {
     pub settings: AlertSettings,
     /// The committed-event feed, subscribed before the first commit.
     pub events: broadcast::Receiver<Arc<StoredEvent>>,
+    /// The wall clock suppression windows are measured with.
+    pub clock: convoy_core::clock::SharedClock,
 }
 
 /// The hub name used when `alerts.hubName` is unset: the host name.
@@ -129,10 +131,14 @@ struct Dispatcher {
     retired: Vec<tokio::task::JoinHandle<()>>,
     suppressor: Suppressor,
     last_id: u64,
+    clock: convoy_core::clock::SharedClock,
+    /// An instant and the clock's reading at it: suppression windows are
+    /// measured on the injected clock, mapped onto instants from here.
+    origin: (std::time::Instant, i64),
 }
 
 async fn run(deps: AlertDeps, shutdown: CancellationToken) {
-    let AlertDeps { state, fleet, store, metrics, settings, mut events } = deps;
+    let AlertDeps { state, fleet, store, metrics, settings, mut events, clock } = deps;
     let hub_name =
         settings.hub_name.clone().filter(|n| !n.trim().is_empty()).unwrap_or_else(default_hub_name);
     // Marks the view current at subscription as seen: until the state actor
@@ -152,6 +158,8 @@ async fn run(deps: AlertDeps, shutdown: CancellationToken) {
         retired: Vec::new(),
         suppressor: Suppressor::new(SUPPRESSOR_CAPACITY),
         last_id: 0,
+        origin: (std::time::Instant::now(), clock.now_ms()),
+        clock,
     };
     d.configure(&fleet);
     let mut prune = tokio::time::interval(PRUNE_EVERY);
@@ -180,13 +188,22 @@ async fn run(deps: AlertDeps, shutdown: CancellationToken) {
                     break;
                 }
             },
-            _ = prune.tick() => d.suppressor.prune(Instant::now().into_std()),
+            _ = prune.tick() => {
+                let now = d.now();
+                d.suppressor.prune(now);
+            }
         }
     }
     d.stop().await;
 }
 
 impl Dispatcher {
+    /// Now on the injected clock, as an instant for the suppressor.
+    fn now(&self) -> std::time::Instant {
+        let ms = self.clock.now_ms().saturating_sub(self.origin.1).max(0);
+        self.origin.0 + Duration::from_millis(ms as u64)
+    }
+
     /// Take up a newly published fleet view's config, if any.
     fn refresh(&mut self) {
         if self.views.has_changed().unwrap_or(false) {
@@ -336,7 +353,7 @@ impl Dispatcher {
             })
         };
         let subject = if hub { Subject::Hub { targets: &targets } } else { Subject::Cluster(labels) };
-        let now = Instant::now().into_std();
+        let now = self.now();
         let mut served: BTreeSet<&str> = BTreeSet::new();
         let mut out: Vec<(String, Arc<Notification>)> = Vec::new();
         for rule in &self.rules {

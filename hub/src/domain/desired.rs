@@ -28,7 +28,8 @@ pub struct ApplyOptions {
     pub suspend: bool,
     /// Take ownership of conflicting fields.
     pub force: bool,
-    /// An explicit rollback to an older generation.
+    /// Always false: the hub has no rollback path (generations only grow).
+    /// Kept only to fill the protocol field until the protocol drops it.
     pub rollback: bool,
     /// Correct or only detect drift.
     pub drift: DriftMode,

@@ -37,7 +37,7 @@ impl pb::agent_server::Agent for AgentService {
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         let entry = self.core.agent(&req)?;
-        let out = crate::session::start(self.core.clone(), entry, req.into_inner()).await?;
+        let out = super::session::start(self.core.clone(), entry, req.into_inner()).await?;
         Ok(Response::new(Box::pin(out)))
     }
 

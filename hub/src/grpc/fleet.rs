@@ -18,9 +18,9 @@ use super::convert::{
     condition_to_pb, phase_to_pb, severity_from_pb, source_to_pb, status_to_pb, stored_event_to_pb,
     summary_to_pb,
 };
-use super::{Core, rejection, status};
+use super::{Core, status};
+use crate::domain::EventFilter;
 use crate::domain::summary::{PhaseCounts, effective_phase};
-use crate::domain::{EventFilter, Rejection};
 use crate::metrics::RpcLabels;
 use crate::state::{ClusterEntry, FleetView, TokenInput};
 
@@ -475,35 +475,8 @@ impl FleetService {
                 Ok(Response::new(pb::ActionResponse { message: format!("bundle {} {verb}", r.name) }))
             }
             pb::ObjectKind::Source => {
-                if !self.core.state.view().fleet.sources.contains_key(&r.name) {
-                    return Err(rejection(Rejection::NotFound(format!(
-                        "source {:?} is not in the fleet config",
-                        r.name
-                    ))));
-                }
-                self.core.pipeline.set_suspended(&r.name, suspend).map_err(status)?;
-                // The pipeline does not persist it: the hub does, and reapplies it at start.
-                let event = crate::domain::EventRecord {
-                    severity: convoy_core::status::Severity::Info,
-                    reason: if suspend { "SourceSuspended" } else { "SourceResumed" }.into(),
-                    message: format!("source {} {verb}", r.name),
-                    time_unix_ms: crate::now_ms(),
-                    ..Default::default()
-                };
-                self.core
-                    .writer
-                    .commit(vec![
-                        crate::store::Write::SetSourceSuspended {
-                            source: r.name.clone(),
-                            suspended: suspend,
-                        },
-                        crate::store::Write::AppendEvents(vec![(
-                            crate::domain::HUB_EVENT_SOURCE.into(),
-                            event,
-                        )]),
-                    ])
-                    .await
-                    .map_err(status)?;
+                // The state actor owns it: stored first, then handed to the pipeline.
+                self.core.state.set_source_suspended(r.name.clone(), suspend).await.map_err(status)?;
                 Ok(Response::new(pb::ActionResponse { message: format!("source {} {verb}", r.name) }))
             }
             pb::ObjectKind::Unspecified => Err(Status::invalid_argument("kind must be source or bundle")),

@@ -110,8 +110,6 @@ pub enum WriteOutcome {
 pub trait Store: Send + Sync + 'static {
     /// Read everything the in-memory indexes need.
     fn load(&self) -> Result<Loaded>;
-    /// A token by id.
-    fn get_token(&self, id: &str) -> Result<Option<TokenRecord>>;
     /// The last stored outbox seq of a cluster's epoch (0 for an unknown epoch).
     fn last_seq(&self, cluster: &str, epoch: u64) -> Result<u64>;
     /// Events matching a filter, oldest first, at most `filter.limit` (the newest).

@@ -125,12 +125,6 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn get_token(&self, id: &str) -> Result<Option<crate::domain::TokenRecord>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(TOKENS)?;
-        t.get(id)?.map(|v| dec(v.value())).transpose()
-    }
-
     fn last_seq(&self, cluster: &str, epoch: u64) -> Result<u64> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(SEQS)?;

@@ -75,10 +75,12 @@ pub async fn start(dir: &std::path::Path, fleet_text: &str) -> TestHub {
     let pipeline = StaticPipeline::new(dir.join("artifacts"));
     let mut cfg = HubConfig::local(dir.join("data"));
     cfg.certificates.cluster_ttl = convoy_core::duration::HumanDuration::from_secs(3600);
-    let hub =
-        Hub::start(cfg, HubOptions { pipeline: Some(pipeline.clone()), fleet: Some(fleet(fleet_text)) })
-            .await
-            .unwrap();
+    let hub = Hub::start(
+        cfg,
+        HubOptions { pipeline: Some(pipeline.clone()), fleet: Some(fleet(fleet_text)), ..Default::default() },
+    )
+    .await
+    .unwrap();
     TestHub { hub, pipeline, dir: dir.to_path_buf() }
 }
 
