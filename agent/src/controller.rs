@@ -1306,7 +1306,7 @@ async fn reconcile(
     };
     crate::ownership::enforce(&ctx.engine, &plan, &opts.tenancy).await.map_err(|e| match e {
         e @ Error::Policy(_) => Failure::Refused(e),
-        e => Failure::Failed(e, false),
+        e => Failure::Failed(e, false, None),
     })?;
     let report =
         ctx.engine.apply(&plan, ApplyOptions { force: opts.force, prune: opts.prune }, &ctx.shutdown).await;

@@ -271,15 +271,6 @@ impl Store for EtcdStore {
         })
     }
 
-    fn get_token(&self, id: &str) -> Result<Option<crate::domain::TokenRecord>> {
-        let mut c = self.client.clone();
-        let key = self.key(&format!("tokens/{id}"));
-        self.run(async move {
-            let r = c.get(key, None).await.map_err(etcd_err("get token"))?;
-            r.kvs().first().map(|kv| dec(kv.value())).transpose()
-        })
-    }
-
     fn last_seq(&self, cluster: &str, epoch: u64) -> Result<u64> {
         let mut c = self.client.clone();
         let key = self.key(&format!("seq/{cluster}/{}", id_key(epoch)));
