@@ -159,7 +159,10 @@ impl Renderer {
             .stderr(Stdio::piped())
             // Go's collector aims under this, well inside the hard RLIMIT_AS.
             .env("GOMEMLIMIT", format!("{}MiB", (limit / 2) >> 20))
-            .env("GOTRACEBACK", "none");
+            .env("GOTRACEBACK", "none")
+            // glibc reserves 64 MiB of address space per thread arena; under
+            // RLIMIT_AS that starves the Go runtime's own threads.
+            .env("MALLOC_ARENA_MAX", "1");
         // SAFETY: only async-signal-safe calls (setpgid, setrlimit) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -175,9 +178,10 @@ impl Renderer {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|source| Error::WorkerSpawn { program: self.worker.program.display().to_string(), source })?;
+        let mut child = cmd.spawn().map_err(|source| Error::WorkerSpawn {
+            program: self.worker.program.display().to_string(),
+            source,
+        })?;
         let guard = KillGroup(child.id() as i32);
         let mut stdin = child.stdin.take().expect("piped");
         let input = input.to_vec();
@@ -216,12 +220,20 @@ impl Renderer {
             return Ok(out);
         }
         let stderr = String::from_utf8_lossy(&err);
-        if stderr.contains("out of memory") || stderr.contains("cannot allocate memory") || status.signal().is_some_and(|s| s == libc::SIGSEGV || s == libc::SIGABRT) && stderr.contains("memory") {
+        if is_out_of_memory(&stderr) {
             return Err(Error::MemoryLimit { chart: chart.to_string(), limit_bytes: limit });
         }
-        let tail: String = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String =
+            stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
         Err(Error::Worker(format!("exited with {status}: {tail}")))
     }
+}
+
+/// What the Go runtime (or glibc) prints when the address-space limit is hit.
+fn is_out_of_memory(stderr: &str) -> bool {
+    ["out of memory", "cannot allocate memory", "failed to reserve", "pthread_create failed"]
+        .iter()
+        .any(|m| stderr.contains(m))
 }
 
 /// Kills a process group on drop unless disarmed.

@@ -108,7 +108,10 @@ impl Engine {
         if code == 0 {
             return Ok(());
         }
-        Err(CallError { code, message: message.unwrap_or_else(|| format!("helm-c call failed with code {code}")) })
+        Err(CallError {
+            code,
+            message: message.unwrap_or_else(|| format!("helm-c call failed with code {code}")),
+        })
     }
 
     /// The Helm Go SDK version compiled into the library (e.g. `v4.2.3`).

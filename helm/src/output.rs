@@ -271,14 +271,20 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let e = error_from_helm(-23, "template: x/templates/_helpers.tpl:3:4: executing ...", "x");
-        assert!(matches!(e, Error::Render { ref template, line: 3, .. } if template == "x/templates/_helpers.tpl"));
+        assert!(
+            matches!(e, Error::Render { ref template, line: 3, .. } if template == "x/templates/_helpers.tpl")
+        );
     }
 
     #[test]
     fn schema_errors_name_the_field() {
         let msg = "values don't meet the specifications of the schema(s) in the following chart(s):\nbad:\n- at '/image/tag': got number, want string\n";
-        assert!(matches!(error_from_helm(-22, msg, "bad"), Error::Schema { ref field, .. } if field == "image.tag"));
-        assert!(matches!(error_from_helm(-22, "- at '': missing property 'x'", "bad"), Error::Schema { ref field, .. } if field == "(root)"));
+        assert!(
+            matches!(error_from_helm(-22, msg, "bad"), Error::Schema { ref field, .. } if field == "image.tag")
+        );
+        assert!(
+            matches!(error_from_helm(-22, "- at '': missing property 'x'", "bad"), Error::Schema { ref field, .. } if field == "(root)")
+        );
         assert!(matches!(error_from_helm(-22, "yaml: line 2: bad", "bad"), Error::Values(_)));
         assert!(matches!(error_from_helm(2, "no lib", "bad"), Error::HelmUnavailable(_)));
         assert!(matches!(error_from_helm(-20, "no chart", "bad"), Error::ChartLoad { .. }));

@@ -91,7 +91,13 @@ pub fn capabilities_digest(c: &Capabilities) -> String {
 }
 
 /// The render cache key: identical inputs render once for the whole fleet.
-pub fn render_key(chart_digest: &str, values: &Value, caps: &Capabilities, release: &str, namespace: &str) -> String {
+pub fn render_key(
+    chart_digest: &str,
+    values: &Value,
+    caps: &Capabilities,
+    release: &str,
+    namespace: &str,
+) -> String {
     sha256(
         format!(
             "{chart_digest}\n{}\n{}\n{release}\n{namespace}",
@@ -122,8 +128,10 @@ mod tests {
         let b: Value = serde_json::from_str(r#"{"b":{"d":3,"c":2},"a":1}"#).unwrap();
         assert_eq!(values_digest(&a), values_digest(&b));
         assert_ne!(values_digest(&a), values_digest(&json!({"a": 2})));
-        let c1 = Capabilities { kube_version: "v1.30.0".into(), api_versions: vec!["a/v1".into(), "b/v1".into()] };
-        let c2 = Capabilities { kube_version: "v1.30.0".into(), api_versions: vec!["b/v1".into(), "a/v1".into()] };
+        let c1 =
+            Capabilities { kube_version: "v1.30.0".into(), api_versions: vec!["a/v1".into(), "b/v1".into()] };
+        let c2 =
+            Capabilities { kube_version: "v1.30.0".into(), api_versions: vec!["b/v1".into(), "a/v1".into()] };
         let c3 = Capabilities { kube_version: "v1.31.0".into(), ..c1.clone() };
         assert_eq!(capabilities_digest(&c1), capabilities_digest(&c2));
         assert_ne!(capabilities_digest(&c1), capabilities_digest(&c3));

@@ -50,7 +50,13 @@ fn render(engine: &Engine, req: &WorkerRequest) -> Result<RawRender, CallError> 
         data: String,
     }
     let templates: Vec<Template> = serde_json::from_str(&chart.templates()?).map_err(bad)?;
-    let lookup_templates = templates.iter().filter(|t| uses_lookup(&t.data)).map(|t| t.name.clone()).collect();
+    // Template names are chart-relative; rendered output names them `<chart>/templates/...`.
+    let chart_name = metadata.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+    let lookup_templates = templates
+        .iter()
+        .filter(|t| uses_lookup(&t.data))
+        .map(|t| format!("{chart_name}/{}", t.name))
+        .collect();
     let mut opts = serde_json::json!({
         "name": req.release_name,
         "namespace": req.namespace,
