@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 pub mod cmd_artifact;
 pub mod cmd_dev;
 pub mod cmd_fleet;
+pub mod cmd_helm;
 pub mod cmd_hub;
 pub mod logging;
 

@@ -72,6 +72,7 @@ impl Engine {
             "helm_chart_load_archive",
             "helm_chart_free",
             "helm_chart_metadata",
+            "helm_chart_values",
             "helm_chart_crds",
             "helm_chart_templates",
             "helm_render",
@@ -157,6 +158,11 @@ impl Chart<'_> {
     /// `Chart.yaml` as JSON.
     pub fn metadata(&self) -> Result<String, CallError> {
         self.string_call("helm_chart_metadata")
+    }
+
+    /// The chart's default values as JSON.
+    pub fn values(&self) -> Result<String, CallError> {
+        self.string_call("helm_chart_values")
     }
 
     /// The CRDs under `crds/` (chart and subcharts) as JSON `[{name, filename, data}]`.

@@ -26,3 +26,5 @@ pub use client::{Limits, RenderRequest, Renderer, WorkerCommand};
 pub use error::{Error, Result};
 pub use output::{ChartMeta, Hook, Rendered, RenderedObject};
 pub use protocol::{Capabilities, ChartInput, CrdFile};
+pub mod bundle;
+pub mod release;

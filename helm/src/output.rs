@@ -63,6 +63,9 @@ pub struct ChartMeta {
     pub app_version: String,
     /// The whole `Chart.yaml` as JSON (what Helm's release record stores).
     pub metadata: serde_json::Value,
+    /// The chart's default values.
+    #[serde(default)]
+    pub default_values: serde_json::Value,
 }
 
 /// A rendered release.
@@ -117,6 +120,7 @@ pub fn assemble(raw: RawRender) -> Result<Rendered> {
         version: field("version"),
         app_version: field("appVersion"),
         metadata: raw.metadata.clone(),
+        default_values: raw.default_values.clone(),
     };
     let notes_key = format!("{}/templates/NOTES.txt", chart.name);
     let mut notes = String::new();
@@ -307,6 +311,7 @@ mod tests {
             manifests,
             crds: vec![],
             metadata: serde_json::json!({"name": "c", "version": "1.2.3", "appVersion": "9"}),
+            default_values: serde_json::json!({}),
             lookup_templates: vec!["c/templates/a.yaml".into()],
             helm_version: "v4".into(),
         };

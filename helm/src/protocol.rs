@@ -74,6 +74,9 @@ pub struct RawRender {
     pub crds: Vec<CrdFile>,
     /// `Chart.yaml` as JSON.
     pub metadata: serde_json::Value,
+    /// The chart's default values (`values.yaml`).
+    #[serde(default)]
+    pub default_values: serde_json::Value,
     /// Templates whose source calls `lookup` (it returns empty here).
     pub lookup_templates: Vec<String>,
     /// The Helm SDK version of the library.

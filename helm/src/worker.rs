@@ -43,6 +43,7 @@ fn render(engine: &Engine, req: &WorkerRequest) -> Result<RawRender, CallError> 
         ChartInput::Archive(bytes) => engine.load_archive(bytes)?,
     };
     let metadata = json(&chart.metadata()?)?;
+    let default_values = json(&chart.values()?)?;
     let crds: Vec<CrdFile> = serde_json::from_str(&chart.crds()?).map_err(bad)?;
     #[derive(serde::Deserialize)]
     struct Template {
@@ -73,7 +74,14 @@ fn render(engine: &Engine, req: &WorkerRequest) -> Result<RawRender, CallError> 
     let values = if req.values.is_null() { serde_json::json!({}) } else { req.values.clone() };
     let rendered = chart.render(&values.to_string(), &opts.to_string())?;
     let manifests = serde_json::from_str(&rendered).map_err(bad)?;
-    Ok(RawRender { manifests, crds, metadata, lookup_templates, helm_version: engine.sdk_version() })
+    Ok(RawRender {
+        manifests,
+        crds,
+        metadata,
+        default_values,
+        lookup_templates,
+        helm_version: engine.sdk_version(),
+    })
 }
 
 fn json(s: &str) -> Result<serde_json::Value, CallError> {
