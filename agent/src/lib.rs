@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod drift;
 pub mod engine;
 pub mod health;
+pub mod helmrelease;
 pub mod identity;
 pub mod inventory;
 pub mod kubeapi;
