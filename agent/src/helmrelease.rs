@@ -129,10 +129,61 @@ fn manifest_of(v: &Value) -> Manifest {
     }
 }
 
-/// The hooks of one event, in Helm's order: by weight, then kind, then name. Pure.
+/// Helm's install order of kinds (`releaseutil.InstallOrder`); other kinds come after.
+const INSTALL_ORDER: [&str; 37] = [
+    "PriorityClass",
+    "Namespace",
+    "NetworkPolicy",
+    "ResourceQuota",
+    "LimitRange",
+    "PodSecurityPolicy",
+    "PodDisruptionBudget",
+    "ServiceAccount",
+    "Secret",
+    "SecretList",
+    "ConfigMap",
+    "StorageClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleList",
+    "ClusterRoleBinding",
+    "ClusterRoleBindingList",
+    "Role",
+    "RoleList",
+    "RoleBinding",
+    "RoleBindingList",
+    "Service",
+    "DaemonSet",
+    "Pod",
+    "ReplicationController",
+    "ReplicaSet",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "StatefulSet",
+    "Job",
+    "CronJob",
+    "IngressClass",
+    "Ingress",
+    "APIService",
+    "MutatingWebhookConfiguration",
+];
+
+fn kind_rank(kind: &str) -> usize {
+    match kind {
+        "ValidatingWebhookConfiguration" => INSTALL_ORDER.len(),
+        k => INSTALL_ORDER.iter().position(|x| *x == k).unwrap_or(INSTALL_ORDER.len() + 1),
+    }
+}
+
+/// The hooks of one event, in Helm's order: by weight, then Helm's kind
+/// install order, then name. Pure.
 pub fn phase<'a>(hooks: &'a [HookObject], event: &str) -> Vec<&'a HookObject> {
     let mut v: Vec<_> = hooks.iter().filter(|h| h.events.iter().any(|e| e == event)).collect();
-    v.sort_by(|a, b| (a.weight, a.kind(), a.name()).cmp(&(b.weight, b.kind(), b.name())));
+    v.sort_by(|a, b| {
+        (a.weight, kind_rank(a.kind()), a.name()).cmp(&(b.weight, kind_rank(b.kind()), b.name()))
+    });
     v
 }
 
@@ -198,20 +249,40 @@ impl Release {
             (false, true) => "post-upgrade",
         };
         let mut runs = Vec::new();
-        for h in phase(&self.parts.hooks, event) {
-            let outcome = self.run_hook(h, timeout, cancel).await;
+        let hooks = phase(&self.parts.hooks, event);
+        for (i, h) in hooks.iter().enumerate() {
             let hook = format!("{}/{}", h.kind(), h.name());
-            match outcome {
-                Ok(()) => runs.push(HookRun { hook, event: event.into(), outcome: "succeeded".into() }),
-                Err(e) => {
-                    return Err(Error::Apply {
-                        message: format!("{event} hook {hook} failed: {e}"),
-                        transient: false,
-                    });
+            if let Err(e) = self.run_hook(h, timeout, cancel).await {
+                // As Helm: the failed hook goes with `hook-failed`, the ones that
+                // succeeded before it with `hook-succeeded`.
+                if h.has_policy("hook-failed") {
+                    self.delete_hook(h, timeout).await?;
                 }
+                for prev in &hooks[..i] {
+                    if prev.has_policy("hook-succeeded") {
+                        self.delete_hook(prev, timeout).await?;
+                    }
+                }
+                return Err(Error::Apply {
+                    message: format!("{event} hook {hook} failed: {e}"),
+                    transient: false,
+                });
+            }
+            runs.push(HookRun { hook, event: event.into(), outcome: "succeeded".into() });
+        }
+        // `hook-succeeded` deletes once the whole phase succeeded (a Job's
+        // ServiceAccount hook must outlive the Job).
+        for h in &hooks {
+            if h.has_policy("hook-succeeded") {
+                self.delete_hook(h, timeout).await?;
             }
         }
         Ok(runs)
+    }
+
+    async fn delete_hook(&self, h: &HookObject, timeout: Duration) -> Result<()> {
+        let api = self.api(h).await?;
+        delete_and_wait(&api, h.name(), timeout).await
     }
 
     async fn api(&self, h: &HookObject) -> Result<Api<DynamicObject>> {
@@ -248,15 +319,7 @@ impl Release {
         api.patch(&name, &pp, &Patch::Apply(&body))
             .await
             .map_err(|e| Error::kube(format!("apply hook {}/{name}", h.kind()), e))?;
-        let result = wait_done(&api, h.kind(), &name, timeout, cancel).await;
-        let delete = match &result {
-            Ok(()) => h.has_policy("hook-succeeded"),
-            Err(_) => h.has_policy("hook-failed"),
-        };
-        if delete {
-            delete_and_wait(&api, &name, timeout).await?;
-        }
-        result
+        wait_done(&api, h.kind(), &name, timeout, cancel).await
     }
 
     /// Write the new revision's record (`deployed` or `failed`), mark the
@@ -472,6 +535,21 @@ mod tests {
         let parts = parts.unwrap();
         let names = |e: &str| phase(&parts.hooks, e).iter().map(|h| h.name().to_string()).collect::<Vec<_>>();
         assert_eq!(names("pre-install"), vec!["z", "a", "b"]);
+        // Same weight: Helm's kind order (ServiceAccount, RBAC, then the Job).
+        let (_, parts) = split(vec![
+            m(spec().to_object()),
+            m(hook("job", "Job", "pre-install", "0")),
+            m(hook("rb", "RoleBinding", "pre-install", "0")),
+            m(hook("sa", "ServiceAccount", "pre-install", "0")),
+            m(hook("cr", "ClusterRole", "pre-install", "0")),
+            m(hook("x", "Widget", "pre-install", "0")),
+        ])
+        .unwrap();
+        let order: Vec<_> = phase(&parts.as_ref().unwrap().hooks, "pre-install")
+            .iter()
+            .map(|h| h.name().to_string())
+            .collect();
+        assert_eq!(order, vec!["sa", "cr", "rb", "job", "x"]);
         assert_eq!(names("pre-upgrade"), vec!["b"]);
         assert_eq!(names("post-install"), vec!["p"]);
         assert!(names("post-upgrade").is_empty());

@@ -224,3 +224,65 @@ async fn agent_apply_installs_a_chart_that_helm_itself_lists_and_upgrades() {
     assert_eq!(sim.object("apps", "deployments", "apps", "web-podinfo").unwrap()["spec"]["replicas"], 3);
     sim.shutdown().await;
 }
+
+async fn sim_client(d: &Path) -> (kube_sim::KubeSim, kube::Client, PathBuf) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = kube_sim::KubeSim::start(kube_sim::SimConfig::default()).await.unwrap();
+    let kubeconfig = d.join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    (sim, kube::Client::try_from(cfg).unwrap(), kubeconfig)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_admission_hooks_run_in_order_around_the_release() {
+    let d = tempfile::tempdir().unwrap();
+    let (sim, client, _kubeconfig) = sim_client(d.path()).await;
+    let keys = d.path().join("keys");
+    assert!(convoy(&["keygen", "--out", s(&keys)]).status.success());
+    let out = d.path().join("out");
+    let chart = corpus().join("charts/ingress-nginx");
+    let o = convoy(&[
+        "build",
+        "--chart",
+        s(&chart),
+        "--release",
+        "edge",
+        "--namespace",
+        "default",
+        "--key",
+        s(&keys.join("signing.key")),
+        "--out",
+        s(&out),
+        "--generation",
+        "1",
+    ]);
+    assert!(o.status.success(), "build failed: {}", text(&o.stderr));
+    let report = apply(client, &out, &keys.join("signing.pub")).await;
+    assert!(report.ok(), "{}", report.render());
+    let runs: Vec<(String, String)> =
+        report.hooks.iter().map(|h| (h.event.clone(), h.hook.clone())).collect();
+    let pos = |event: &str, hook: &str| {
+        runs.iter()
+            .position(|r| r.0 == event && r.1 == hook)
+            .unwrap_or_else(|| panic!("{event} {hook} not in {runs:?}"))
+    };
+    let create = pos("pre-install", "Job/edge-ingress-nginx-admission-create");
+    let patch = pos("post-install", "Job/edge-ingress-nginx-admission-patch");
+    // The Job's ServiceAccount and RBAC hooks run before it (lower weight), in both phases.
+    assert!(pos("pre-install", "ServiceAccount/edge-ingress-nginx-admission") < create, "{runs:?}");
+    assert!(pos("post-install", "ServiceAccount/edge-ingress-nginx-admission") < patch, "{runs:?}");
+    assert!(create < patch);
+    assert!(
+        runs[..create].iter().all(|r| r.0 == "pre-install")
+            && runs[patch..].iter().all(|r| r.0 == "post-install")
+    );
+    // hook-succeeded: the hooks are gone once their phase succeeded; the release's objects stay.
+    assert!(sim.object("batch", "jobs", "default", "edge-ingress-nginx-admission-create").is_none());
+    assert!(sim.object("batch", "jobs", "default", "edge-ingress-nginx-admission-patch").is_none());
+    assert!(sim.object("", "serviceaccounts", "default", "edge-ingress-nginx-admission").is_none());
+    assert!(sim.object("apps", "deployments", "default", "edge-ingress-nginx-controller").is_some());
+    assert_eq!(report.helm_revision, Some(1));
+    sim.shutdown().await;
+}
