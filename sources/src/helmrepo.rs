@@ -65,7 +65,8 @@ pub struct FetchedChart {
 
 /// Parse an index.
 pub fn parse_index(text: &str) -> Result<Index> {
-    serde_saphyr::from_str(text).map_err(|e| Error::Config(format!("index.yaml: {}", e.to_string().lines().next().unwrap_or(""))))
+    serde_saphyr::from_str(text)
+        .map_err(|e| Error::Config(format!("index.yaml: {}", e.to_string().lines().next().unwrap_or(""))))
 }
 
 /// Pick the version: `constraint` is an exact version, or a semver range
@@ -77,7 +78,8 @@ pub fn pick_version<'a>(index: &'a Index, chart: &str, constraint: &str) -> Resu
         return Ok(Some(exact));
     }
     let range = if constraint.is_empty() { "*" } else { constraint };
-    let req = semver::VersionReq::parse(range).map_err(|e| Error::Config(format!("chart version {range:?}: {e}")))?;
+    let req = semver::VersionReq::parse(range)
+        .map_err(|e| Error::Config(format!("chart version {range:?}: {e}")))?;
     Ok(versions
         .iter()
         .filter_map(|e| {
@@ -110,9 +112,10 @@ impl HelmRepo {
         let auth = match (&opts.basic_auth_file, &opts.bearer_token_file) {
             (Some(f), _) => {
                 let text = read(f)?;
-                let (u, p) = text.trim().split_once(':').ok_or_else(|| {
-                    Error::Config(format!("{}: expected user:password", f.display()))
-                })?;
+                let (u, p) = text
+                    .trim()
+                    .split_once(':')
+                    .ok_or_else(|| Error::Config(format!("{}: expected user:password", f.display())))?;
                 Some(Auth::Basic(u.to_string(), p.to_string()))
             }
             (None, Some(f)) => Some(Auth::Bearer(read(f)?.trim().to_string())),
@@ -122,7 +125,8 @@ impl HelmRepo {
             .timeout(opts.timeout.unwrap_or(Duration::from_secs(60)))
             .user_agent(format!("convoy/{}", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &opts.ca_file {
-            let pem = std::fs::read(ca).map_err(|source| Error::Io { path: ca.display().to_string(), source })?;
+            let pem =
+                std::fs::read(ca).map_err(|source| Error::Io { path: ca.display().to_string(), source })?;
             for c in reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| Error::Config(format!("caFile: not a PEM bundle of certificates: {e}")))?
             {
@@ -176,16 +180,36 @@ impl HelmRepo {
         let index = self.index().await?;
         let entry = pick_version(&index, chart, constraint)?.ok_or_else(|| Error::RefNotFound {
             url: redact_url(&self.url),
-            reference: format!("chart {chart} version {:?}", if constraint.is_empty() { "*" } else { constraint }),
+            reference: format!(
+                "chart {chart} version {:?}",
+                if constraint.is_empty() { "*" } else { constraint }
+            ),
         })?;
-        let rel = entry.urls.first().ok_or_else(|| Error::Config(format!("index.yaml: {chart} {} has no urls", entry.version)))?;
-        let url = if rel.contains("://") { rel.clone() } else { format!("{}/{}", self.url, rel.trim_start_matches('/')) };
+        let rel = entry
+            .urls
+            .first()
+            .ok_or_else(|| Error::Config(format!("index.yaml: {chart} {} has no urls", entry.version)))?;
+        let url = if rel.contains("://") {
+            rel.clone()
+        } else {
+            format!("{}/{}", self.url, rel.trim_start_matches('/'))
+        };
         let bytes = self.get(&url, self.max_chart_bytes).await?;
         let digest = hex::encode(Sha256::digest(&bytes));
-        if !entry.digest.is_empty() && !entry.digest.eq_ignore_ascii_case(digest.trim_start_matches("sha256:")) {
-            return Err(Error::Corrupt { path: redact_url(&url), digest: format!("sha256:{}", entry.digest) });
+        if !entry.digest.is_empty()
+            && !entry.digest.eq_ignore_ascii_case(digest.trim_start_matches("sha256:"))
+        {
+            return Err(Error::Corrupt {
+                path: redact_url(&url),
+                digest: format!("sha256:{}", entry.digest),
+            });
         }
-        Ok(FetchedChart { name: chart.to_string(), version: entry.version.clone(), digest: format!("sha256:{digest}"), bytes })
+        Ok(FetchedChart {
+            name: chart.to_string(),
+            version: entry.version.clone(),
+            digest: format!("sha256:{digest}"),
+            bytes,
+        })
     }
 }
 

@@ -103,5 +103,7 @@ async fn a_chart_repository_resolves_versions_checks_digests_and_reports_404() {
         other => panic!("expected a 404, got {other:?}"),
     }
     let missing = HelmRepo::new(&format!("{url}/nothing-here"), &RepoAuth::default()).unwrap();
-    assert!(matches!(missing.index().await, Err(Error::Fetch { ref message, .. }) if message.contains("404")));
+    assert!(
+        matches!(missing.index().await, Err(Error::Fetch { ref message, .. }) if message.contains("404"))
+    );
 }
