@@ -24,7 +24,7 @@ pub enum Command {
     /// and DIR/signing.pub (SPKI PEM).
     Keygen(KeygenArgs),
     /// Build and sign an artifact from a directory, as the hub would.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Verify a built artifact: the signature by a trusted key and the digest.
     Verify(VerifyArgs),
 }
