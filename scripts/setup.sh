@@ -32,7 +32,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import grpc, grpc_reflection, helm_python_sdk' >/dev/null 2>&1; then
+if ! python3 -c 'import grpc, grpc_reflection, helm_python' >/dev/null 2>&1; then
   echo "setup: installing Python packages: ${PIP_PACKAGES[*]}"
   python3 -m pip install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
 fi

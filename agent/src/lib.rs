@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod health;
+pub mod helmrelease;
 pub mod inventory;
 pub mod mem;
 pub mod metrics;

@@ -15,7 +15,9 @@ use crate::bundle::{
 };
 use crate::engine::{Action, ApplyOptions, ApplyReport, Engine, ObjectResult, Plan};
 use crate::health::{self, HealthStatus, ObjectHealth};
+use crate::helmrelease::{HelmParts, Release};
 use crate::{Error, Result};
+use convoy_helm::release::Status;
 
 /// What to apply and how.
 #[derive(Debug, Clone)]
@@ -114,6 +116,10 @@ pub struct OneShotReport {
     pub health: Vec<ObjectHealth>,
     /// How long apply plus wait took.
     pub duration: Duration,
+    /// For a Helm bundle: the hooks that ran, in order.
+    pub hooks: Vec<crate::helmrelease::HookRun>,
+    /// For a Helm bundle: the release revision written (`deployed` or `failed`).
+    pub helm_revision: Option<u64>,
 }
 
 impl OneShotReport {
@@ -133,6 +139,9 @@ impl OneShotReport {
             .filter(|h| h.status != HealthStatus::Current)
             .map(|h| (h.key.clone(), h))
             .collect();
+        for h in &self.hooks {
+            let _ = writeln!(out, "  {:<15} {} ({})", "hook", h.hook, h.event);
+        }
         for o in &self.apply.objects {
             line(&mut out, o);
             if let Some(h) = not_ready.get(&o.key) {
@@ -152,6 +161,9 @@ impl OneShotReport {
         if let Some(e) = &self.apply.error {
             let _ = writeln!(out, "error: {e}");
         }
+        if let Some(v) = self.helm_revision {
+            let _ = writeln!(out, "helm release revision {v} recorded");
+        }
         out
     }
 }
@@ -169,7 +181,7 @@ fn line(out: &mut String, o: &ObjectResult) {
 
 /// Verify and parse the directory (on a blocking thread) while warming
 /// discovery; then plan against the cluster.
-async fn verify_and_plan(engine: &Engine, opts: &OneShotOptions) -> Result<Plan> {
+async fn verify_and_plan(engine: &Engine, opts: &OneShotOptions) -> Result<(Plan, Option<HelmParts>)> {
     let (dir, keys, bundle) = (opts.dir.clone(), opts.keys.clone(), opts.bundle.clone());
     let verify = tokio::task::spawn_blocking(move || verify_dir(&dir, &keys, bundle.as_deref()));
     let ((), v) = tokio::join!(engine.prefetch_discovery(), verify);
@@ -177,8 +189,16 @@ async fn verify_and_plan(engine: &Engine, opts: &OneShotOptions) -> Result<Plan>
     plan_dir(engine, v, opts).await
 }
 
-async fn plan_dir(engine: &Engine, v: VerifiedDir, opts: &OneShotOptions) -> Result<Plan> {
+async fn plan_dir(
+    engine: &Engine,
+    v: VerifiedDir,
+    opts: &OneShotOptions,
+) -> Result<(Plan, Option<HelmParts>)> {
     let st = &v.statement;
+    // A Helm bundle: its release record and hooks are not objects of the plan.
+    let (manifests, helm) = crate::helmrelease::split(v.manifests)?;
+    let target_namespace =
+        opts.target_namespace.as_deref().or(helm.as_ref().map(|h| h.spec.namespace.as_str()));
     // Replays: the same rules as the agent, against the inventory in the cluster.
     if let Some(inv) = engine.inventory(&st.bundle).await?
         && inv.generation > 0
@@ -210,10 +230,11 @@ async fn plan_dir(engine: &Engine, v: VerifiedDir, opts: &OneShotOptions) -> Res
             &st.source.revision,
             st.generation,
             &st.artifact.digest,
-            v.manifests,
-            opts.target_namespace.as_deref(),
+            manifests,
+            target_namespace,
         )
         .await
+        .map(|p| (p, helm))
 }
 
 /// Verify and apply a build directory: same engine, inventory, prune and
@@ -224,8 +245,22 @@ pub async fn apply_dir(
     cancel: &CancellationToken,
 ) -> Result<OneShotReport> {
     let start = Instant::now();
-    let engine = Engine::new(client, &opts.namespace, opts.concurrency);
-    let plan = verify_and_plan(&engine, opts).await?;
+    let engine = Engine::new(client.clone(), &opts.namespace, opts.concurrency);
+    let (plan, helm) = verify_and_plan(&engine, opts).await?;
+    let release = match helm {
+        Some(parts) => Some(Release::prepare(client, parts).await?),
+        None => None,
+    };
+    let mut hooks = Vec::new();
+    if let Some(r) = &release {
+        match r.run_hooks(true, opts.timeout, cancel).await {
+            Ok(runs) => hooks.extend(runs),
+            Err(e) => {
+                r.record(Status::Failed, &e.to_string()).await?;
+                return Err(e);
+            }
+        }
+    }
     let planned = start.elapsed();
     let (bundle, generation, revision) = (plan.bundle.clone(), plan.generation, plan.revision.clone());
     crate::ownership::enforce(&engine, &plan, &opts.tenancy).await?;
@@ -241,7 +276,40 @@ pub async fn apply_dir(
         let left = opts.timeout.saturating_sub(start.elapsed());
         health = health::wait(engine.client(), &plan.targets(), left, opts.concurrency, cancel).await?;
     }
-    Ok(OneShotReport { bundle, generation, revision, apply, health, duration: start.elapsed() })
+    let mut helm_revision = None;
+    if let Some(r) = &release {
+        helm_revision = Some(r.version());
+        let failure = match &apply.error {
+            Some(e) => Some(e.to_string()),
+            None if health.iter().any(|h| h.status != HealthStatus::Current) => {
+                Some("not every object became ready in time".to_string())
+            }
+            None => match r.run_hooks(false, opts.timeout, cancel).await {
+                Ok(runs) => {
+                    hooks.extend(runs);
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            },
+        };
+        match failure {
+            Some(why) => r.record(Status::Failed, &why).await?,
+            None => {
+                let done = if r.is_upgrade() { "Upgrade complete" } else { "Install complete" };
+                r.record(Status::Deployed, done).await?
+            }
+        }
+    }
+    Ok(OneShotReport {
+        bundle,
+        generation,
+        revision,
+        apply,
+        health,
+        duration: start.elapsed(),
+        hooks,
+        helm_revision,
+    })
 }
 
 /// What a one-shot apply would change.
@@ -296,7 +364,8 @@ impl DiffReport {
 /// server-side dry-run. Writes nothing.
 pub async fn diff_dir(client: kube::Client, opts: &OneShotOptions) -> Result<DiffReport> {
     let engine = Engine::new(client, &opts.namespace, opts.concurrency);
-    let plan = verify_and_plan(&engine, opts).await?;
+    // Hooks are not diffed: they run only on apply.
+    let (plan, _helm) = verify_and_plan(&engine, opts).await?;
     let objects = engine.diff(&plan, opts.prune).await?;
     Ok(DiffReport { bundle: plan.bundle, objects })
 }

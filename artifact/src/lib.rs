@@ -72,7 +72,7 @@ pub use pack::{
     pack_selected, pack_tree,
 };
 pub use rules::{DEFAULT_RULES, IGNORE_FILE, IgnoreRules};
-pub use statement::{Statement, StatementArtifact, StatementSource};
+pub use statement::{Statement, StatementArtifact, StatementHelm, StatementSource};
 pub use tree::{EntryKind, FsTree, SelectedFile, Selection, Tree, TreeEntry, select_files};
 pub use unpack::{UnpackedFile, load_manifests, unpack};
 

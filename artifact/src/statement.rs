@@ -3,7 +3,8 @@
 //!
 //! Canonical form: compact JSON (no whitespace, no trailing newline), keys in
 //! this order: `apiVersion`, `kind`, `bundle`, `source` (`url`, `revision`),
-//! `artifact` (`digest`, `size`), `generation`, and `keyId` only when set:
+//! `artifact` (`digest`, `size`), `generation`, `helm` only for a Helm bundle
+//! (`chart`, `version`, `chartDigest`, `valuesDigest`), and `keyId` only when set:
 //!
 //! ```json
 //! {"apiVersion":"convoy.dev/v1","kind":"Statement","bundle":"app","source":{"url":"https://git.example/fleet.git","revision":"main@sha1:0123456789abcdef0123456789abcdef01234567"},"artifact":{"digest":"sha256:<64 hex>","size":1234},"generation":7,"keyId":"sha256:<64 hex>"}
@@ -40,6 +41,11 @@ pub struct Statement {
     pub artifact: StatementArtifact,
     /// Per-bundle, monotonically increasing; lets agents refuse rollback and replay.
     pub generation: u64,
+    /// For a Helm bundle: the chart, its version and the digests of the chart
+    /// and of the values it was rendered with. Absent (not serialized) otherwise,
+    /// so non-Helm statements keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helm: Option<StatementHelm>,
     /// Which key signed it ([`crate::PublicKey::key_id`]), a hint for rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
@@ -65,6 +71,20 @@ pub struct StatementArtifact {
     pub size: u64,
 }
 
+/// The Helm part of a statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatementHelm {
+    /// The chart name.
+    pub chart: String,
+    /// The chart version.
+    pub version: String,
+    /// `sha256:<hex>` of the chart (archive bytes, or the canonical listing of a chart directory).
+    pub chart_digest: String,
+    /// `sha256:<hex>` of the canonical JSON of the merged user values.
+    pub values_digest: String,
+}
+
 impl Statement {
     /// A statement with `keyId` unset.
     pub fn new(
@@ -82,8 +102,15 @@ impl Statement {
             source: StatementSource { url: url.into(), revision: revision.into() },
             artifact: StatementArtifact { digest: digest.into(), size },
             generation,
+            helm: None,
             key_id: None,
         }
+    }
+
+    /// Set the Helm part.
+    pub fn with_helm(mut self, helm: StatementHelm) -> Self {
+        self.helm = Some(helm);
+        self
     }
 
     /// Set `keyId`.
@@ -147,6 +174,16 @@ mod tests {
             )
         );
         assert_eq!(Statement::parse(&bytes).unwrap(), s);
+        let h = s.clone().with_helm(StatementHelm {
+            chart: "podinfo".into(),
+            version: "6.14.1".into(),
+            chart_digest: d.clone(),
+            values_digest: d.clone(),
+        });
+        assert!(String::from_utf8(h.to_bytes()).unwrap().ends_with(&format!(
+            r#","generation":7,"helm":{{"chart":"podinfo","version":"6.14.1","chartDigest":"{d}","valuesDigest":"{d}"}}}}"#
+        )));
+        assert_eq!(Statement::parse(&h.to_bytes()).unwrap(), h);
         let k = s.clone().with_key_id("sha256:k");
         assert!(String::from_utf8(k.to_bytes()).unwrap().ends_with(r#","generation":7,"keyId":"sha256:k"}"#));
         assert_eq!(Statement::parse(&k.to_bytes()).unwrap(), k);

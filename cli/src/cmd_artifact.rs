@@ -24,7 +24,7 @@ pub enum Command {
     /// and DIR/signing.pub (SPKI PEM).
     Keygen(KeygenArgs),
     /// Build and sign an artifact from a directory, as the hub would.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Verify a built artifact: the signature by a trusted key and the digest.
     Verify(VerifyArgs),
 }
@@ -42,8 +42,8 @@ pub struct KeygenArgs {
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
     /// The bundle directory: plain YAML, or a kustomization.
-    #[arg(long, env = "CONVOY_BUILD_DIR")]
-    pub dir: PathBuf,
+    #[arg(long, env = "CONVOY_BUILD_DIR", required_unless_present = "chart", conflicts_with = "chart")]
+    pub dir: Option<PathBuf>,
     /// The private signing key (PKCS#8 PEM).
     #[arg(long, env = "CONVOY_SIGNING_KEY")]
     pub key: PathBuf,
@@ -72,6 +72,9 @@ pub struct BuildArgs {
     /// The kustomize binary (default: `kustomize` on PATH, else `kubectl kustomize`).
     #[arg(long, env = "CONVOY_KUSTOMIZE")]
     pub kustomize: Option<PathBuf>,
+    /// Helm options (`--chart` instead of `--dir`).
+    #[command(flatten)]
+    pub helm: crate::cmd_helm::HelmBuildArgs,
 }
 
 /// `convoy verify`.
@@ -124,7 +127,10 @@ fn keygen(a: &KeygenArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn build(a: &BuildArgs) -> anyhow::Result<ExitCode> {
-    let dir = a.dir.canonicalize().with_context(|| format!("--dir {}", a.dir.display()))?;
+    let Some(dir) = &a.dir else {
+        return crate::cmd_helm::build_chart(a);
+    };
+    let dir = dir.canonicalize().with_context(|| format!("--dir {}", dir.display()))?;
     let root = match &a.root {
         Some(r) => r.canonicalize().with_context(|| format!("--root {}", r.display()))?,
         None => dir.clone(),
@@ -175,7 +181,7 @@ fn build(a: &BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))

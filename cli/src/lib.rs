@@ -16,6 +16,7 @@ pub mod cmd_artifact;
 #[cfg(feature = "dev")]
 pub mod cmd_dev;
 pub mod cmd_fleet;
+pub mod cmd_helm;
 pub mod cmd_hub;
 pub mod logging;
 

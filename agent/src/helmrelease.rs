@@ -1,0 +1,568 @@
+//! Helm releases on the agent side: a Helm bundle's artifact carries a
+//! `convoy.dev/v1 HelmRelease` record and hook objects next to the release's
+//! objects (layout in convoy_helm::bundle). This module owns splitting them
+//! out, running hooks as ordered phases around the release's apply
+//! (pre-install/pre-upgrade before, post-* after, by weight, waiting for Jobs
+//! and Pods to finish, honouring `helm.sh/hook-delete-policy`), and writing
+//! Helm's own release Secret so that `helm list`, `helm get values` and
+//! `helm history` see the release; `maxHistory` bounds the kept revisions.
+//! Decisions ([`split`], [`phase`], convoy_helm::release::plan_history) are
+//! pure; [`Release`] runs their effects.
+
+use std::time::{Duration, Instant};
+
+use convoy_helm::output::{HOOK_ANNOTATION, HOOK_DELETE_POLICY_ANNOTATION, HOOK_WEIGHT_ANNOTATION};
+use convoy_helm::release::{
+    self as rel, HistoryPlan, ReleaseSpec, Revision, Status, plan_history, release_json, release_secret,
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::objects::Manifest;
+use crate::{Error, Result};
+
+/// The field manager of hooks and release records.
+const MANAGER: &str = "convoy-helm";
+
+/// A hook object from the artifact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HookObject {
+    /// Its events.
+    pub events: Vec<String>,
+    /// `helm.sh/hook-weight`.
+    pub weight: i64,
+    /// `helm.sh/hook-delete-policy` (default `before-hook-creation`).
+    pub delete_policies: Vec<String>,
+    /// The object.
+    pub object: Value,
+}
+
+impl HookObject {
+    fn kind(&self) -> &str {
+        self.object["kind"].as_str().unwrap_or_default()
+    }
+    fn name(&self) -> &str {
+        self.object["metadata"]["name"].as_str().unwrap_or_default()
+    }
+    fn has_policy(&self, p: &str) -> bool {
+        self.delete_policies.iter().any(|x| x == p)
+    }
+}
+
+/// The Helm parts of a bundle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HelmParts {
+    /// The release record.
+    pub spec: ReleaseSpec,
+    /// Hooks (test hooks are not in artifacts).
+    pub hooks: Vec<HookObject>,
+}
+
+/// Split a bundle's manifests into the release's objects and, for a Helm
+/// bundle, its record and hooks. Pure.
+pub fn split(manifests: Vec<Manifest>) -> Result<(Vec<Manifest>, Option<HelmParts>)> {
+    let (mut objects, mut spec, mut hooks) = (Vec::with_capacity(manifests.len()), None, Vec::new());
+    let mut hook_manifests = Vec::new();
+    for m in manifests {
+        let is_record = m.api_version == rel::RECORD_API_VERSION && m.kind == rel::RECORD_KIND;
+        let maybe_hook = m.body.contains(HOOK_ANNOTATION);
+        if !is_record && !maybe_hook {
+            objects.push(m);
+            continue;
+        }
+        let v: Value = serde_json::from_str(&m.body)
+            .map_err(|e| Error::Config(format!("{} {}: {e}", m.kind, m.name)))?;
+        if is_record {
+            let s = ReleaseSpec::from_object(&v).map_err(|e| Error::Config(e.to_string()))?;
+            if spec.replace(s).is_some() {
+                return Err(Error::Config("the artifact holds two HelmRelease records".into()));
+            }
+            continue;
+        }
+        let ann = v.pointer("/metadata/annotations").and_then(Value::as_object);
+        let Some(events) = ann.and_then(|a| a.get(HOOK_ANNOTATION)).and_then(Value::as_str) else {
+            objects.push(m);
+            continue;
+        };
+        let list = |s: &str| {
+            s.split(',').map(str::trim).filter(|x| !x.is_empty()).map(String::from).collect::<Vec<_>>()
+        };
+        let ann = ann.expect("checked");
+        let weight = ann
+            .get(HOOK_WEIGHT_ANNOTATION)
+            .and_then(Value::as_str)
+            .and_then(|w| w.trim().parse().ok())
+            .unwrap_or(0);
+        let mut delete_policies =
+            ann.get(HOOK_DELETE_POLICY_ANNOTATION).and_then(Value::as_str).map(list).unwrap_or_default();
+        if delete_policies.is_empty() {
+            delete_policies.push("before-hook-creation".into());
+        }
+        hooks.push(HookObject { events: list(events), weight, delete_policies, object: v });
+        hook_manifests.push(m);
+    }
+    match spec {
+        Some(spec) => Ok((objects, Some(HelmParts { spec, hooks }))),
+        None if hooks.is_empty() => Ok((objects, None)),
+        // Hook annotations without a record: not a Convoy Helm bundle; apply as plain objects.
+        None => {
+            objects.extend(hook_manifests);
+            Ok((objects, None))
+        }
+    }
+}
+
+#[cfg(test)]
+fn manifest_of(v: &Value) -> Manifest {
+    let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+    Manifest {
+        origin: crate::objects::Origin { file: "test.yaml".into(), index: 0 },
+        api_version: s("/apiVersion"),
+        kind: s("/kind"),
+        name: s("/metadata/name"),
+        namespace: v.pointer("/metadata/namespace").and_then(Value::as_str).map(String::from),
+        body: v.to_string(),
+    }
+}
+
+/// Helm's install order of kinds (`releaseutil.InstallOrder`); other kinds come after.
+const INSTALL_ORDER: [&str; 37] = [
+    "PriorityClass",
+    "Namespace",
+    "NetworkPolicy",
+    "ResourceQuota",
+    "LimitRange",
+    "PodSecurityPolicy",
+    "PodDisruptionBudget",
+    "ServiceAccount",
+    "Secret",
+    "SecretList",
+    "ConfigMap",
+    "StorageClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleList",
+    "ClusterRoleBinding",
+    "ClusterRoleBindingList",
+    "Role",
+    "RoleList",
+    "RoleBinding",
+    "RoleBindingList",
+    "Service",
+    "DaemonSet",
+    "Pod",
+    "ReplicationController",
+    "ReplicaSet",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "StatefulSet",
+    "Job",
+    "CronJob",
+    "IngressClass",
+    "Ingress",
+    "APIService",
+    "MutatingWebhookConfiguration",
+];
+
+fn kind_rank(kind: &str) -> usize {
+    match kind {
+        "ValidatingWebhookConfiguration" => INSTALL_ORDER.len(),
+        k => INSTALL_ORDER.iter().position(|x| *x == k).unwrap_or(INSTALL_ORDER.len() + 1),
+    }
+}
+
+/// The hooks of one event, in Helm's order: by weight, then Helm's kind
+/// install order, then name. Pure.
+pub fn phase<'a>(hooks: &'a [HookObject], event: &str) -> Vec<&'a HookObject> {
+    let mut v: Vec<_> = hooks.iter().filter(|h| h.events.iter().any(|e| e == event)).collect();
+    v.sort_by(|a, b| {
+        (a.weight, kind_rank(a.kind()), a.name()).cmp(&(b.weight, kind_rank(b.kind()), b.name()))
+    });
+    v
+}
+
+/// What ran in a phase, for the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookRun {
+    /// `Kind/name`.
+    pub hook: String,
+    /// The event.
+    pub event: String,
+    /// `succeeded`, `failed: ...`.
+    pub outcome: String,
+}
+
+/// A release being installed or upgraded in one cluster.
+pub struct Release {
+    client: kube::Client,
+    parts: HelmParts,
+    history: HistoryPlan,
+    existing: Vec<Secret>,
+}
+
+impl Release {
+    /// Read the release's history from the cluster and decide the next revision.
+    pub async fn prepare(client: kube::Client, parts: HelmParts) -> Result<Self> {
+        let spec = &parts.spec;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &spec.namespace);
+        let lp = ListParams::default().labels(&format!("owner=helm,name={}", spec.name));
+        let existing =
+            secrets.list(&lp).await.map_err(|e| Error::kube("list helm release records", e))?.items;
+        let revisions: Vec<Revision> = existing.iter().filter_map(revision_of).collect();
+        let history = plan_history(&revisions, spec.history_limit());
+        Ok(Self { client, parts, history, existing })
+    }
+
+    /// The revision this apply writes.
+    pub fn version(&self) -> u64 {
+        self.history.version
+    }
+
+    /// Whether a revision existed (upgrade) or not (install).
+    pub fn is_upgrade(&self) -> bool {
+        self.history.is_upgrade
+    }
+
+    /// The release namespace (default namespace of its objects).
+    pub fn namespace(&self) -> &str {
+        &self.parts.spec.namespace
+    }
+
+    /// Run the `pre-install`/`pre-upgrade` (`pre == true`) or `post-*` hooks.
+    /// Stops at the first failing hook.
+    pub async fn run_hooks(
+        &self,
+        pre: bool,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<HookRun>> {
+        let event = match (pre, self.is_upgrade()) {
+            (true, false) => "pre-install",
+            (true, true) => "pre-upgrade",
+            (false, false) => "post-install",
+            (false, true) => "post-upgrade",
+        };
+        let mut runs = Vec::new();
+        let hooks = phase(&self.parts.hooks, event);
+        for (i, h) in hooks.iter().enumerate() {
+            let hook = format!("{}/{}", h.kind(), h.name());
+            if let Err(e) = self.run_hook(h, timeout, cancel).await {
+                // As Helm: the failed hook goes with `hook-failed`, the ones that
+                // succeeded before it with `hook-succeeded`.
+                if h.has_policy("hook-failed") {
+                    self.delete_hook(h, timeout).await?;
+                }
+                for prev in &hooks[..i] {
+                    if prev.has_policy("hook-succeeded") {
+                        self.delete_hook(prev, timeout).await?;
+                    }
+                }
+                return Err(Error::Apply {
+                    message: format!("{event} hook {hook} failed: {e}"),
+                    transient: false,
+                });
+            }
+            runs.push(HookRun { hook, event: event.into(), outcome: "succeeded".into() });
+        }
+        // `hook-succeeded` deletes once the whole phase succeeded (a Job's
+        // ServiceAccount hook must outlive the Job).
+        for h in &hooks {
+            if h.has_policy("hook-succeeded") {
+                self.delete_hook(h, timeout).await?;
+            }
+        }
+        Ok(runs)
+    }
+
+    async fn delete_hook(&self, h: &HookObject, timeout: Duration) -> Result<()> {
+        let api = self.api(h).await?;
+        delete_and_wait(&api, h.name(), timeout).await
+    }
+
+    async fn api(&self, h: &HookObject) -> Result<Api<DynamicObject>> {
+        let api_version = h.object["apiVersion"].as_str().unwrap_or_default();
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, h.kind());
+        let (ar, caps) = kube::discovery::pinned_kind(&self.client, &gvk)
+            .await
+            .map_err(|e| Error::kube(format!("discover {api_version} {}", h.kind()), e))?;
+        Ok(match caps.scope {
+            Scope::Cluster => Api::all_with(self.client.clone(), &ar),
+            Scope::Namespaced => {
+                let ns = h
+                    .object
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or(self.namespace());
+                Api::namespaced_with(self.client.clone(), ns, &ar)
+            }
+        })
+    }
+
+    async fn run_hook(&self, h: &HookObject, timeout: Duration, cancel: &CancellationToken) -> Result<()> {
+        let api = self.api(h).await?;
+        let name = h.name().to_string();
+        if h.has_policy("before-hook-creation") {
+            delete_and_wait(&api, &name, timeout).await?;
+        }
+        let mut body = h.object.clone();
+        if api.namespace().is_some() && body.pointer("/metadata/namespace").is_none() {
+            body["metadata"]["namespace"] = self.namespace().into();
+        }
+        let pp = PatchParams::apply(MANAGER).force();
+        api.patch(&name, &pp, &Patch::Apply(&body))
+            .await
+            .map_err(|e| Error::kube(format!("apply hook {}/{name}", h.kind()), e))?;
+        wait_done(&api, h.kind(), &name, timeout, cancel).await
+    }
+
+    /// Write the new revision's record (`deployed` or `failed`), mark the
+    /// previous deployed revision `superseded`, and delete what `maxHistory` drops.
+    pub async fn record(&self, status: Status, description: &str) -> Result<()> {
+        let spec = &self.parts.spec;
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &spec.namespace);
+        let now = rel::now_rfc3339();
+        let first = self
+            .history
+            .keeps_first_deployed_of
+            .and_then(|v| self.existing.iter().find(|s| revision_of(s).is_some_and(|r| r.version == v)))
+            .and_then(|s| decode(s).ok())
+            .and_then(|r| r.pointer("/info/first_deployed").and_then(Value::as_str).map(String::from))
+            .unwrap_or_else(|| now.clone());
+        let release = release_json(spec, self.version(), status, &first, &now, description);
+        let secret = release_secret(spec, self.version(), &release, status);
+        let pp = PatchParams::apply(MANAGER).force();
+        let name = rel::secret_name(&spec.name, self.version());
+        secrets
+            .patch(&name, &pp, &Patch::Apply(&secret))
+            .await
+            .map_err(|e| Error::kube(format!("write {name}"), e))?;
+        if status == Status::Deployed {
+            for s in &self.existing {
+                let Some(r) = revision_of(s) else { continue };
+                if !self.history.supersede.contains(&r.version) {
+                    continue;
+                }
+                let mut old = decode(s)?;
+                old["info"]["status"] = Status::Superseded.as_str().into();
+                let body = release_secret(spec, r.version, &old, Status::Superseded);
+                let n = rel::secret_name(&spec.name, r.version);
+                secrets
+                    .patch(&n, &pp, &Patch::Apply(&body))
+                    .await
+                    .map_err(|e| Error::kube(format!("write {n}"), e))?;
+            }
+        }
+        for v in &self.history.delete {
+            let n = rel::secret_name(&spec.name, *v);
+            match secrets.delete(&n, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(Error::kube(format!("delete {n}"), e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn revision_of(s: &Secret) -> Option<Revision> {
+    let labels = s.metadata.labels.as_ref()?;
+    let version = labels.get("version")?.parse().ok()?;
+    let status = match labels.get("status")?.as_str() {
+        "deployed" => Status::Deployed,
+        "superseded" => Status::Superseded,
+        "failed" => Status::Failed,
+        "pending-install" => Status::PendingInstall,
+        "pending-upgrade" => Status::PendingUpgrade,
+        _ => Status::Superseded,
+    };
+    Some(Revision { version, status })
+}
+
+fn decode(s: &Secret) -> Result<Value> {
+    let data = s
+        .data
+        .as_ref()
+        .and_then(|d| d.get("release"))
+        .ok_or_else(|| Error::Config("release record without data".into()))?;
+    let text = std::str::from_utf8(&data.0).map_err(|e| Error::Config(format!("release record: {e}")))?;
+    rel::decode_release(text).map_err(|e| Error::Config(e.to_string()))
+}
+
+async fn delete_and_wait(api: &Api<DynamicObject>, name: &str, timeout: Duration) -> Result<()> {
+    let dp = DeleteParams::background();
+    match api.delete(name, &dp).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(e) => return Err(Error::kube(format!("delete hook {name}"), e)),
+    }
+    let deadline = Instant::now() + timeout;
+    while api.get_opt(name).await.map_err(|e| Error::kube(format!("get hook {name}"), e))?.is_some() {
+        if Instant::now() > deadline {
+            return Err(Error::Timeout(format!("hook {name} still exists after delete")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Wait for a Job to complete or a Pod to succeed; other kinds are done once applied.
+async fn wait_done(
+    api: &Api<DynamicObject>,
+    kind: &str,
+    name: &str,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    if kind != "Job" && kind != "Pod" {
+        return Ok(());
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let o = api.get(name).await.map_err(|e| Error::kube(format!("get hook {kind}/{name}"), e))?;
+        match hook_state(kind, &o.data) {
+            HookState::Succeeded => return Ok(()),
+            HookState::Failed(why) => return Err(Error::Apply { message: why, transient: false }),
+            HookState::Running => {}
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout(format!("hook {kind}/{name} did not finish in {timeout:?}")));
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Err(Error::Timeout(format!("hook {kind}/{name}: cancelled"))),
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+/// Where a hook Job or Pod is. Pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookState {
+    /// Still running.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Failed, with why.
+    Failed(String),
+}
+
+/// The state of a hook Job or Pod from its status. Pure.
+pub fn hook_state(kind: &str, o: &Value) -> HookState {
+    if kind == "Pod" {
+        return match o.pointer("/status/phase").and_then(Value::as_str) {
+            Some("Succeeded") => HookState::Succeeded,
+            Some("Failed") => HookState::Failed("the Pod failed".into()),
+            _ => HookState::Running,
+        };
+    }
+    let conds = o.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let is = |t: &str| conds.iter().any(|c| c["type"] == t && c["status"] == "True");
+    if is("Complete") {
+        HookState::Succeeded
+    } else if is("Failed") {
+        let why =
+            conds.iter().find(|c| c["type"] == "Failed").and_then(|c| c["message"].as_str()).unwrap_or("");
+        HookState::Failed(format!("the Job failed: {why}"))
+    } else {
+        HookState::Running
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn m(v: Value) -> Manifest {
+        manifest_of(&v)
+    }
+
+    fn spec() -> ReleaseSpec {
+        ReleaseSpec {
+            name: "web".into(),
+            namespace: "apps".into(),
+            chart_metadata: json!({"name": "c", "version": "1"}),
+            chart_values: json!({}),
+            config: json!({}),
+            notes: String::new(),
+            manifest: String::new(),
+            chart_digest: "sha256:a".into(),
+            values_digest: "sha256:b".into(),
+            max_history: 0,
+        }
+    }
+
+    fn hook(name: &str, kind: &str, events: &str, weight: &str) -> Value {
+        json!({"apiVersion": "batch/v1", "kind": kind, "metadata": {"name": name, "annotations": {
+            "helm.sh/hook": events, "helm.sh/hook-weight": weight}}})
+    }
+
+    #[test]
+    fn split_takes_out_the_record_and_hooks() {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "annotations": {"x": "helm.sh/hook"}}});
+        let (objects, parts) =
+            split(vec![m(cm.clone()), m(spec().to_object()), m(hook("j", "Job", "pre-install", "1"))])
+                .unwrap();
+        assert_eq!(objects.len(), 1);
+        assert_eq!(objects[0].name, "a");
+        let parts = parts.unwrap();
+        assert_eq!(parts.spec, spec());
+        assert_eq!(parts.hooks.len(), 1);
+        assert_eq!(parts.hooks[0].delete_policies, vec!["before-hook-creation"]);
+        // Without a record, hook-annotated objects are plain objects.
+        let (objects, parts) = split(vec![m(hook("j", "Job", "pre-install", "1"))]).unwrap();
+        assert_eq!((objects.len(), parts), (1, None));
+        // Two records are refused.
+        assert!(split(vec![m(spec().to_object()), m(spec().to_object())]).is_err());
+    }
+
+    #[test]
+    fn phases_select_by_event_and_order_by_weight_kind_name() {
+        let (_, parts) = split(vec![
+            m(spec().to_object()),
+            m(hook("b", "Job", "pre-install,pre-upgrade", "5")),
+            m(hook("a", "Job", "pre-install", "5")),
+            m(hook("z", "ServiceAccount", "pre-install", "-1")),
+            m(hook("p", "Job", "post-install", "0")),
+        ])
+        .unwrap();
+        let parts = parts.unwrap();
+        let names = |e: &str| phase(&parts.hooks, e).iter().map(|h| h.name().to_string()).collect::<Vec<_>>();
+        assert_eq!(names("pre-install"), vec!["z", "a", "b"]);
+        // Same weight: Helm's kind order (ServiceAccount, RBAC, then the Job).
+        let (_, parts) = split(vec![
+            m(spec().to_object()),
+            m(hook("job", "Job", "pre-install", "0")),
+            m(hook("rb", "RoleBinding", "pre-install", "0")),
+            m(hook("sa", "ServiceAccount", "pre-install", "0")),
+            m(hook("cr", "ClusterRole", "pre-install", "0")),
+            m(hook("x", "Widget", "pre-install", "0")),
+        ])
+        .unwrap();
+        let order: Vec<_> = phase(&parts.as_ref().unwrap().hooks, "pre-install")
+            .iter()
+            .map(|h| h.name().to_string())
+            .collect();
+        assert_eq!(order, vec!["sa", "cr", "rb", "job", "x"]);
+        assert_eq!(names("pre-upgrade"), vec!["b"]);
+        assert_eq!(names("post-install"), vec!["p"]);
+        assert!(names("post-upgrade").is_empty());
+    }
+
+    #[test]
+    fn hook_states_from_status() {
+        let job = |t: &str| json!({"status": {"conditions": [{"type": t, "status": "True", "message": "backoff"}]}});
+        assert_eq!(hook_state("Job", &job("Complete")), HookState::Succeeded);
+        assert!(matches!(hook_state("Job", &job("Failed")), HookState::Failed(m) if m.contains("backoff")));
+        assert_eq!(hook_state("Job", &json!({})), HookState::Running);
+        assert_eq!(hook_state("Pod", &json!({"status": {"phase": "Succeeded"}})), HookState::Succeeded);
+        assert!(matches!(hook_state("Pod", &json!({"status": {"phase": "Failed"}})), HookState::Failed(_)));
+        assert_eq!(hook_state("Pod", &json!({"status": {"phase": "Running"}})), HookState::Running);
+    }
+}

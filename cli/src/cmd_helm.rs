@@ -1,0 +1,162 @@
+//! `convoy build --chart`: render a Helm chart with Helm's engine (in the
+//! `convoy helm-worker` process, bounded in time and memory), and write the
+//! usual signed build directory. The statement names the chart, its version
+//! and the chart and values digests; the artifact carries the release record
+//! the agent turns into Helm's release Secret (layout in convoy_helm::bundle).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use convoy_artifact::{
+    ARTIFACT_FILE, Limits, SIGNATURE_FILE, STATEMENT_FILE, SigningKey, Statement, StatementHelm,
+};
+use convoy_helm::bundle::{artifact_files, chart_digest};
+use convoy_helm::release::ReleaseSpec;
+use convoy_helm::values::{merge_layers, read_values_file, values_digest};
+use convoy_helm::{Capabilities, ChartInput, RenderRequest, Renderer, WorkerCommand};
+
+use crate::cmd_artifact::{BuildArgs, write_atomic};
+
+/// Helm options of `convoy build`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct HelmBuildArgs {
+    /// A chart directory or packaged `.tgz` to render instead of `--dir`.
+    /// (`oci://…` and `REPO_URL/NAME` references are not supported by
+    /// `convoy build` yet: pull the chart first.)
+    #[arg(long, env = "CONVOY_BUILD_CHART")]
+    pub chart: Option<String>,
+    /// Require this chart version.
+    #[arg(long, requires = "chart")]
+    pub chart_version: Option<String>,
+    /// Values files, merged in order (later files win).
+    #[arg(long = "values", requires = "chart")]
+    pub values: Vec<PathBuf>,
+    /// The release name (default: the bundle name).
+    #[arg(long, requires = "chart")]
+    pub release: Option<String>,
+    /// The release namespace.
+    #[arg(long, requires = "chart", default_value = "default")]
+    pub namespace: String,
+    /// `.Capabilities.KubeVersion` as `X.Y` or `vX.Y.Z` (default: Helm's).
+    #[arg(long, requires = "chart")]
+    pub kube_version: Option<String>,
+    /// Revisions of the release record kept in the cluster.
+    #[arg(long, requires = "chart", default_value_t = convoy_helm::release::DEFAULT_MAX_HISTORY)]
+    pub max_history: u32,
+}
+
+/// `X.Y` -> `v X.Y.0`; `vX.Y.Z` and `X.Y.Z` are kept (with a `v`).
+fn kube_version(v: &str) -> String {
+    let v = v.trim_start_matches('v');
+    if v.matches('.').count() == 1 { format!("v{v}.0") } else { format!("v{v}") }
+}
+
+pub(crate) fn build_chart(a: &BuildArgs) -> anyhow::Result<ExitCode> {
+    let h = &a.helm;
+    let chart_ref = h.chart.as_deref().context("--dir or --chart is required")?;
+    if chart_ref.starts_with("oci://")
+        || chart_ref.starts_with("http://")
+        || chart_ref.starts_with("https://")
+    {
+        bail!(
+            "--chart {chart_ref}: convoy build renders local charts only (a directory or .tgz); pull the chart first"
+        );
+    }
+    let path = PathBuf::from(chart_ref).canonicalize().with_context(|| format!("--chart {chart_ref}"))?;
+    let chart = ChartInput::Path(path.clone());
+    let name = match &a.name {
+        Some(n) => n.clone(),
+        None => path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            // `ingress-nginx-4.15.1.tgz` -> `ingress-nginx`
+            .map(|n| match n.rsplit_once('-') {
+                Some((stem, v)) if v.starts_with(|c: char| c.is_ascii_digit()) && path.is_file() => {
+                    stem.to_string()
+                }
+                _ => n.to_string(),
+            })
+            .context("cannot name the bundle; pass --name")?,
+    };
+    convoy_core::identity::validate_name(&name).map_err(|e| anyhow::anyhow!("bundle name: {e}"))?;
+    let key = SigningKey::load(&a.key)?;
+    let layers = h.values.iter().map(|f| read_values_file(f)).collect::<Result<Vec<_>, _>>()?;
+    let values = merge_layers(&layers);
+    let exe = std::env::current_exe().context("locating the convoy binary for its helm-worker")?;
+    let worker = WorkerCommand { program: exe, args: vec!["helm-worker".into()] };
+    let renderer = Renderer::new(worker, convoy_helm::Limits::default())?;
+    let release = h.release.clone().unwrap_or_else(|| name.clone());
+    let req = RenderRequest {
+        chart: chart.clone(),
+        values: values.clone(),
+        release_name: release.clone(),
+        namespace: h.namespace.clone(),
+        revision: 1,
+        is_upgrade: false,
+        capabilities: Capabilities {
+            kube_version: h.kube_version.as_deref().map(kube_version).unwrap_or_default(),
+            api_versions: vec![],
+        },
+    };
+    let rendered = renderer.render(&req)?;
+    if let Some(v) = &h.chart_version
+        && *v != rendered.chart.version
+    {
+        bail!("--chart-version {v}: the chart is version {}", rendered.chart.version);
+    }
+    for w in &rendered.warnings {
+        eprintln!("warning: {w}");
+    }
+    let (chart_digest, values_digest) = (chart_digest(&chart)?, values_digest(&values));
+    let spec = ReleaseSpec {
+        name: release,
+        namespace: h.namespace.clone(),
+        chart_metadata: rendered.chart.metadata.clone(),
+        chart_values: rendered.chart.default_values.clone(),
+        config: values,
+        notes: rendered.notes.clone(),
+        manifest: rendered.manifest(),
+        chart_digest: chart_digest.clone(),
+        values_digest: values_digest.clone(),
+        max_history: h.max_history,
+    };
+    let files = artifact_files(&rendered, &spec, true)?;
+    let art = convoy_artifact::pack_files(files, &Limits::default())?;
+    let statement = Statement::new(&name, &a.source_url, &a.revision, &art.digest, art.size, a.generation)
+        .with_helm(StatementHelm {
+            chart: rendered.chart.name.clone(),
+            version: rendered.chart.version.clone(),
+            chart_digest,
+            values_digest,
+        });
+    let (statement_bytes, signature) = key.sign_statement(&statement)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    write_atomic(&a.out.join(ARTIFACT_FILE), &art.bytes)?;
+    write_atomic(&a.out.join(STATEMENT_FILE), &statement_bytes)?;
+    write_atomic(&a.out.join(SIGNATURE_FILE), &signature)?;
+    println!("{}", art.digest);
+    eprintln!(
+        "built {name}: chart {} {} rendered by Helm {}: {} objects, {} hooks ({} test hooks not applied), {} CRDs, {} bytes; signed by {}",
+        rendered.chart.name,
+        rendered.chart.version,
+        rendered.helm_version,
+        rendered.objects.len(),
+        rendered.hooks.len(),
+        rendered.tests.len(),
+        rendered.crds.len(),
+        art.size,
+        key.public_key().key_id()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kube_versions_are_normalized() {
+        assert_eq!(super::kube_version("1.31"), "v1.31.0");
+        assert_eq!(super::kube_version("v1.20.15"), "v1.20.15");
+        assert_eq!(super::kube_version("1.29.3"), "v1.29.3");
+    }
+}

@@ -1,0 +1,137 @@
+//! A rendered release as artifact files, and the chart digest.
+//!
+//! Layout inside the artifact (every file is Kubernetes-shaped YAML, so the
+//! usual artifact checks apply):
+//! - `helm/release.yaml`: the `convoy.dev/v1 HelmRelease` record
+//!   ([`crate::release::ReleaseSpec`]); agents use it, never apply it;
+//! - `helm/crds/<file>`: the chart's `crds/` (omitted with `crds: Skip`);
+//! - `helm/templates/<template>`: the release's objects, one file per template;
+//! - `helm/hooks/<template>`: hooks, with their `helm.sh/hook*` annotations.
+//!
+//! Test hooks are not in the artifact.
+
+use std::path::Path;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::output::{Rendered, by_template};
+use crate::release::ReleaseSpec;
+use crate::{ChartInput, Error, Result};
+
+/// The release record's path in an artifact.
+pub const RECORD_FILE: &str = "helm/release.yaml";
+
+/// The artifact files of a rendered release, sorted by path.
+pub fn artifact_files(
+    r: &Rendered,
+    spec: &ReleaseSpec,
+    include_crds: bool,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    files.push((RECORD_FILE.to_string(), yaml(&[&spec.to_object()])?));
+    if include_crds {
+        for c in &r.crds {
+            let name = if c.filename.is_empty() {
+                c.name.rsplit('/').next().unwrap_or(&c.name)
+            } else {
+                &c.filename
+            };
+            files.push((format!("helm/crds/{}", yaml_name(name)), c.data.clone().into_bytes()));
+        }
+    }
+    for (template, objects) in by_template(&r.objects) {
+        files.push((format!("helm/templates/{}", yaml_name(&template)), yaml(&objects)?));
+    }
+    let mut hooks: std::collections::BTreeMap<&str, Vec<&serde_json::Value>> = Default::default();
+    for h in &r.hooks {
+        hooks.entry(&h.template).or_default().push(&h.object);
+    }
+    for (template, objects) in hooks {
+        files.push((format!("helm/hooks/{}", yaml_name(template)), yaml(&objects)?));
+    }
+    files.sort();
+    files.dedup_by(|a, b| a.0 == b.0);
+    Ok(files)
+}
+
+fn yaml_name(name: &str) -> String {
+    if name.ends_with(".yaml") || name.ends_with(".yml") { name.to_string() } else { format!("{name}.yaml") }
+}
+
+fn yaml(objects: &[&serde_json::Value]) -> Result<Vec<u8>> {
+    let mut out = String::new();
+    for o in objects {
+        out.push_str("---\n");
+        out.push_str(
+            &serde_saphyr::to_string(o)
+                .map_err(|e| Error::Output { template: "(artifact)".into(), message: e.to_string() })?,
+        );
+    }
+    Ok(out.into_bytes())
+}
+
+/// `sha256:<hex>` of a chart: of the archive bytes (Helm's own digest), or,
+/// for a directory, of the sorted listing `<path>\0<sha256 of content>\n`
+/// of its regular files.
+pub fn chart_digest(chart: &ChartInput) -> Result<String> {
+    match chart {
+        ChartInput::Archive(b) => Ok(crate::values::sha256(b)),
+        ChartInput::Path(p) if p.is_file() => {
+            let b = std::fs::read(p).map_err(|source| Error::Io { path: p.display().to_string(), source })?;
+            Ok(crate::values::sha256(&b))
+        }
+        ChartInput::Path(p) => {
+            let mut entries = Vec::new();
+            walk(p, p, &mut entries)?;
+            entries.sort();
+            let mut h = Sha256::new();
+            for (path, digest) in entries {
+                h.update(path.as_bytes());
+                h.update([0]);
+                h.update(digest.as_bytes());
+                h.update(b"\n");
+            }
+            Ok(format!("sha256:{}", hex::encode(h.finalize())))
+        }
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> Result<()> {
+    let io = |source| Error::Io { path: dir.display().to_string(), source };
+    for e in std::fs::read_dir(dir).map_err(io)? {
+        let path = e.map_err(io)?.path();
+        let meta = std::fs::symlink_metadata(&path).map_err(io)?;
+        if meta.is_dir() {
+            walk(root, &path, out)?;
+        } else if meta.is_file() {
+            let b = std::fs::read(&path).map_err(io)?;
+            let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+            out.push((rel, hex::encode(Sha256::digest(&b))));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_digest_depends_on_paths_and_contents_only() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        for d in [a.path(), b.path()] {
+            std::fs::create_dir_all(d.join("templates")).unwrap();
+            std::fs::write(d.join("Chart.yaml"), "name: c\n").unwrap();
+            std::fs::write(d.join("templates/x.yaml"), "x: 1\n").unwrap();
+        }
+        let da = chart_digest(&ChartInput::Path(a.path().into())).unwrap();
+        assert_eq!(da, chart_digest(&ChartInput::Path(b.path().into())).unwrap());
+        std::fs::write(b.path().join("templates/x.yaml"), "x: 2\n").unwrap();
+        assert_ne!(da, chart_digest(&ChartInput::Path(b.path().into())).unwrap());
+        assert_eq!(
+            chart_digest(&ChartInput::Archive(b"abc".to_vec())).unwrap(),
+            crate::values::sha256(b"abc")
+        );
+    }
+}
