@@ -360,7 +360,8 @@ fn emit(
             return Err(bad("is itself a list (it has an items array); kubectl does not flatten nested lists".into()));
         }
         check_object(&item).map_err(|m| {
-            let missing_both = item.get("kind").is_none() && item.get("apiVersion").is_none();
+            let missing_both =
+                item.is_object() && item.get("kind").is_none() && item.get("apiVersion").is_none();
             match list_kind.strip_suffix("List").filter(|k| missing_both && !k.is_empty()) {
                 Some(k) => bad(format!("{m} (kubectl would guess kind {k} from the {list_kind}; Convoy wants it written)")),
                 None => bad(m),
@@ -734,6 +735,100 @@ mod tests {
         assert!(matches!(err, Error::Manifest { line: Some(3), .. }), "{err}");
         let err = parse_file("README.md", b"# hi").unwrap_err();
         assert!(err.to_string().contains("not a manifest file"), "{err}");
+    }
+
+    const CM_LIST: &str = "# rendered\napiVersion: v1\nkind: ConfigMapList\nmetadata: {resourceVersion: \"\"}\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: one\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: two, namespace: ns}\n";
+
+    #[test]
+    fn every_kind_of_list_is_flattened_with_item_lines() {
+        let text = format!("{CM}---\n{CM_LIST}");
+        let ms = parse_file("m.yaml", text.as_bytes()).unwrap();
+        let got: Vec<_> = ms.iter().map(|m| (m.name(), m.namespace(), m.index, m.item, m.line)).collect();
+        assert_eq!(got, [("a", None, 0, None, 1), ("one", None, 1, Some(0), 13), ("two", Some("ns"), 1, Some(1), 17)]);
+        // Any kind with an items array is a list, as kubectl decides (a v1 List, a RoleBindingList,
+        // even a ConfigMap), and a list needs no apiVersion.
+        for head in ["apiVersion: v1\nkind: List", "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBindingList", "kind: ConfigMap", "kind: FooList"] {
+            let doc = format!("{head}\nitems:\n- {{apiVersion: v1, kind: Secret, metadata: {{name: s}}}}\n");
+            let ms = parse_file("l.yaml", doc.as_bytes()).unwrap();
+            let line = head.lines().count() as u32 + 2;
+            assert_eq!((ms.len(), ms[0].kind(), ms[0].item, ms[0].line), (1, "Secret", Some(0), line), "{head}");
+        }
+        // Empty and null items are empty lists; items that is not a list is an error for a *List.
+        assert!(parse_file("e.yaml", b"apiVersion: v1\nkind: List\nitems: []\n").unwrap().is_empty());
+        assert!(parse_file("e.yaml", b"apiVersion: v1\nkind: ConfigMapList\nitems: ~\n").unwrap().is_empty());
+        let err = parse_file("e.yaml", b"apiVersion: v1\nkind: ConfigMapList\nitems: {a: b}\n").unwrap_err();
+        assert_eq!(err.to_string(), "e.yaml: document 0, line 1: items must be a list of objects, found a mapping");
+        let err = parse_file("e.yaml", b"items: [{apiVersion: v1, kind: Secret, metadata: {name: s}}]\n").unwrap_err();
+        assert!(err.to_string().contains("a list (it has items) is missing kind"), "{err}");
+    }
+
+    #[test]
+    fn bad_items_name_file_document_item_and_line() {
+        let bad = |doc: &str| {
+            let text = format!("{CM}---\n{doc}");
+            parse_file("dir/l.yaml", text.as_bytes()).unwrap_err().to_string()
+        };
+        let list = |items: &str| format!("apiVersion: v1\nkind: ConfigMapList\nitems:\n- {{apiVersion: v1, kind: ConfigMap, metadata: {{name: ok}}}}\n{items}");
+        assert_eq!(
+            bad(&list("- apiVersion: v1\n  kind: ConfigMap\n  metadata: {}\n")),
+            "dir/l.yaml: document 1, line 12: ConfigMapList item 1 (line 12): v1 ConfigMap: missing metadata.name"
+        );
+        assert_eq!(
+            bad(&list("- just text\n")),
+            "dir/l.yaml: document 1, line 12: ConfigMapList item 1 (line 12): not a Kubernetes object: expected a mapping, found a string"
+        );
+        assert!(bad(&list("- {kind: ConfigMap, metadata: {name: x}}\n")).contains("item 1 (line 12): not a Kubernetes object: missing apiVersion"));
+        let e = bad(&list("-\n  metadata: {name: x}\n"));
+        assert!(e.contains("item 1 (line 13): not a Kubernetes object: missing apiVersion (kubectl would guess kind ConfigMap"), "{e}");
+        // kubectl refuses a list inside a list ("is not a list: no Items field in this object").
+        let e = bad(&list("- apiVersion: v1\n  kind: List\n  items: []\n"));
+        assert!(e.contains("item 1 (line 12): is itself a list"), "{e}");
+        // JSON lists carry the item index, at the document's line.
+        let json = br#"{"kind":"List","items":[{"apiVersion":"v1","kind":"ConfigMap"}]}"#;
+        let e = parse_file("l.json", json).unwrap_err().to_string();
+        assert_eq!(e, "l.json: document 0, line 1: List item 0 (line 1): v1 ConfigMap: missing metadata.name");
+    }
+
+    #[test]
+    fn flattening_is_idempotent_and_lists_agree_between_check_and_parse() {
+        let ms = parse_file("m.yaml", CM_LIST.as_bytes()).unwrap();
+        let again = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": ms.iter().map(|m| m.object.clone()).collect::<Vec<_>>()});
+        let twice = parse_file("m.json", again.to_string().as_bytes()).unwrap();
+        assert_eq!(ms.iter().map(|m| &m.object).collect::<Vec<_>>(), twice.iter().map(|m| &m.object).collect::<Vec<_>>());
+        assert_eq!(check_file("m.yaml", CM_LIST.as_bytes()).unwrap(), 2);
+    }
+
+    /// A ConfigMap document of about 4.3 KB whose data expands, through
+    /// aliases, to 9^4 copies of a 4 KiB string: 26 MiB.
+    pub(crate) fn bomb_document() -> String {
+        let mut doc = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: bomb}}\ndata:\n  a0: &a0 \"{}\"\n",
+            "x".repeat(4096)
+        );
+        for i in 1..=4 {
+            doc.push_str(&format!("  a{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 9].join(", ")));
+        }
+        doc
+    }
+
+    #[test]
+    fn an_alias_bomb_split_over_documents_and_files_is_a_limit() {
+        // 25 documents per file, 4 files: 430 KB that would expand to 2.6 GB. Every document is
+        // under serde-saphyr's per-document caps; the artifact's budget stops the fifth.
+        let doc = bomb_document();
+        let file = vec![doc.as_str(); 25].join("---\n");
+        let files: Vec<(String, Vec<u8>)> = (0..4).map(|i| (format!("f{i}.yaml"), file.clone().into_bytes())).collect();
+        let err = parse_files(files.iter().map(|(p, b)| (p.as_str(), b.as_slice()))).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Limit { what: "YAML bytes in the artifact (aliases expanded)", .. }), "{msg}");
+        assert!(msg.starts_with("f0.yaml: document 4, line "), "{msg}");
+        assert!(msg.ends_with("exceeds the limit of 134217728"), "{msg}");
+        // The packer checks the same budget, across files.
+        let err = crate::pack_files(files.clone(), &crate::Limits::default()).unwrap_err();
+        assert!(matches!(err, Error::Limit { .. }), "{err}");
+        // A few such documents are within it.
+        let few = vec![doc.as_str(); 3].join("---\n");
+        assert_eq!(parse_file("f.yaml", few.as_bytes()).unwrap().len(), 3);
     }
 
     #[test]
