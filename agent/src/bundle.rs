@@ -288,16 +288,14 @@ fn parse_units(units: &[Unit<'_>], budget: &convoy_core::yaml::Budget) -> Result
             return Err(e);
         }
         r.map_err(|e| match e {
-            convoy_artifact::Error::Manifest { file, index, line, message } => {
-                Error::Manifest {
-                    file,
-                    index,
-                    message: match line {
-                        Some(l) => format!("line {l}: {message}"),
-                        None => message,
-                    },
-                }
-            }
+            convoy_artifact::Error::Manifest { file, index, line, message } => Error::Manifest {
+                file,
+                index,
+                message: match line {
+                    Some(l) => format!("line {l}: {message}"),
+                    None => message,
+                },
+            },
             e => Error::Artifact { reason: e.reason(), message: e.to_string() },
         })?;
     }

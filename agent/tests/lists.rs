@@ -38,7 +38,12 @@ fn config(hub: &FakeHub, sim: &kube_sim::KubeSim, dir: &Path, pubkey: PathBuf) -
     cfg
 }
 
-fn signed(hub: &FakeHub, key: &SigningKey, generation: u64, files: &[(&str, String)]) -> pb::BundleDeployment {
+fn signed(
+    hub: &FakeHub,
+    key: &SigningKey,
+    generation: u64,
+    files: &[(&str, String)],
+) -> pb::BundleDeployment {
     let bytes = pack(files).bytes;
     let digest = hub.add_artifact(bytes.clone());
     let st = Statement::new(
@@ -71,9 +76,12 @@ fn signed(hub: &FakeHub, key: &SigningKey, generation: u64, files: &[(&str, Stri
 
 /// A `ConfigMapList` as `kubectl get configmaps -o yaml` writes it.
 fn config_map_list(names: &[&str]) -> String {
-    let mut s = String::from("apiVersion: v1\nkind: ConfigMapList\nmetadata:\n  resourceVersion: \"\"\nitems:\n");
+    let mut s =
+        String::from("apiVersion: v1\nkind: ConfigMapList\nmetadata:\n  resourceVersion: \"\"\nitems:\n");
     for n in names {
-        s.push_str(&format!("- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: {n}\n  data:\n    k: \"1\"\n"));
+        s.push_str(&format!(
+            "- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: {n}\n  data:\n    k: \"1\"\n"
+        ));
     }
     s
 }
@@ -88,7 +96,9 @@ async fn ready(hub: &FakeHub, generation: u64) -> pb::BundleStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heavy_config_map_list_is_applied_pruned_item_by_item_and_drift_corrected() {
     init();
-    let sim = sim_with(kube_sim::SimConfig { readiness_delay: Duration::from_millis(100), ..Default::default() }).await;
+    let sim =
+        sim_with(kube_sim::SimConfig { readiness_delay: Duration::from_millis(100), ..Default::default() })
+            .await;
     let hub = FakeHub::start(TOKEN, Duration::from_secs(3600)).await;
     let tmp = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
@@ -99,13 +109,15 @@ async fn heavy_config_map_list_is_applied_pruned_item_by_item_and_drift_correcte
 
     hub.set_desired(vec![signed(&hub, &key, 1, &[("cms.yaml", config_map_list(&["one", "two", "three"]))])]);
     let token = CancellationToken::new();
-    let agent = Agent::start(config(&hub, &sim, tmp.path(), pubkey), token.clone()).await.expect("agent starts");
+    let agent =
+        Agent::start(config(&hub, &sim, tmp.path(), pubkey), token.clone()).await.expect("agent starts");
     let st = ready(&hub, 1).await;
     assert_eq!(st.objects.unwrap().total, 3, "three objects, not one list");
     for n in ["one", "two", "three"] {
         assert_eq!(cm(n).expect(n)["data"]["k"], "1");
     }
-    let inventory = sim.object("", "configmaps", "convoy-system", "convoy-inventory-lists").expect("inventory");
+    let inventory =
+        sim.object("", "configmaps", "convoy-system", "convoy-inventory-lists").expect("inventory");
     let inventory = inventory.to_string();
     for n in ["one", "two", "three"] {
         assert!(inventory.contains(n), "item {n} in the inventory: {inventory}");
@@ -151,8 +163,10 @@ async fn heavy_config_map_list_is_applied_pruned_item_by_item_and_drift_correcte
 /// A ConfigMap of about 4.3 KB whose data expands through aliases to 9^4
 /// copies of a 4 KiB string (26 MiB).
 fn bomb_document() -> String {
-    let mut doc =
-        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: bomb}}\ndata:\n  a0: &a0 \"{}\"\n", "x".repeat(4096));
+    let mut doc = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: bomb}}\ndata:\n  a0: &a0 \"{}\"\n",
+        "x".repeat(4096)
+    );
     for i in 1..=4 {
         doc.push_str(&format!("  a{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 9].join(", ")));
     }
@@ -193,14 +207,26 @@ fn an_alias_bomb_on_the_agent_parse_path_is_a_limit_with_bounded_peak_rss() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let field = |k: &str| stdout.lines().find_map(|l| l.find(k).map(|i| &l[i + k.len()..])).unwrap_or_else(|| panic!("{k} in {stdout}"));
+    let field = |k: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.find(k).map(|i| &l[i + k.len()..]))
+            .unwrap_or_else(|| panic!("{k} in {stdout}"))
+    };
     let error = field("BOMB_ERROR=");
     assert_eq!(field("BOMB_REASON="), "LimitExceeded", "{error}");
     assert!(error.contains("YAML bytes in the artifact (aliases expanded)"), "{error}");
-    assert!(error.contains("exceeds the limit of 134217728") && error.contains(".yaml: document "), "{error}");
+    assert!(
+        error.contains("exceeds the limit of 134217728") && error.contains(".yaml: document "),
+        "{error}"
+    );
     let rss: Vec<u64> = field("BOMB_RSS_KIB=").split(' ').map(|n| n.parse().unwrap()).collect();
     let grown_mib = (rss[1] - rss[0]) / 1024;
-    eprintln!("alias bomb on the agent path: peak RSS {} MiB ({} MiB over the start)", rss[1] / 1024, grown_mib);
+    eprintln!(
+        "alias bomb on the agent path: peak RSS {} MiB ({} MiB over the start)",
+        rss[1] / 1024,
+        grown_mib
+    );
     // Without the artifact-wide budget the parsed bodies alone would be 2.6 GB.
     assert!(grown_mib < 768, "peak RSS grew by {grown_mib} MiB");
 }

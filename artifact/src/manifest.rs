@@ -205,7 +205,12 @@ pub(crate) fn check_unit(file: &str, text: &str, unit: &CheckUnit, budget: &Budg
         CheckUnit::Yaml { start, end, index, line } => {
             let doc_text = &text[start..end];
             if let Some(q) = quick::check(doc_text) {
-                let usage = BudgetUsage { nodes: q.nodes, expanded_bytes: q.bytes, objects: q.objects as u64, aliases: 0 };
+                let usage = BudgetUsage {
+                    nodes: q.nodes,
+                    expanded_bytes: q.bytes,
+                    objects: q.objects as u64,
+                    aliases: 0,
+                };
                 budget.charge(file, index, Some(line), usage).map_err(core_error)?;
                 return Ok(q.objects);
             }
@@ -259,7 +264,12 @@ fn for_each_object(
     Ok(())
 }
 
-fn parse_json(file: &str, text: &str, budget: &Budget, f: &mut impl FnMut(Manifest) -> Result<()>) -> Result<()> {
+fn parse_json(
+    file: &str,
+    text: &str,
+    budget: &Budget,
+    f: &mut impl FnMut(Manifest) -> Result<()>,
+) -> Result<()> {
     let value: Value = serde_json::from_str(text).map_err(|e| Error::Manifest {
         file: file.into(),
         index: 0,
@@ -287,7 +297,9 @@ fn parse_yaml_document(
 /// document and line.
 fn core_error(e: convoy_core::Error) -> Error {
     match e {
-        convoy_core::Error::Yaml { file, index, line, message } => Error::Manifest { file, index, line, message },
+        convoy_core::Error::Yaml { file, index, line, message } => {
+            Error::Manifest { file, index, line, message }
+        }
         convoy_core::Error::Limit { file, index, line, what, limit, actual } => Error::Limit {
             what,
             limit,
@@ -319,7 +331,8 @@ fn emit(
     budget: &Budget,
     f: &mut impl FnMut(Manifest) -> Result<()>,
 ) -> Result<()> {
-    let err = |line: u32, message: String| Error::Manifest { file: file.into(), index, line: Some(line), message };
+    let err =
+        |line: u32, message: String| Error::Manifest { file: file.into(), index, line: Some(line), message };
     if value.is_null() {
         return Ok(());
     }
@@ -343,8 +356,12 @@ fn emit(
     }
     let list_kind = match value.get("kind") {
         Some(Value::String(k)) if !k.is_empty() => k.clone(),
-        Some(other) => return Err(err(line, format!("a list's kind must be a string, found {}", type_name(other)))),
-        None => return Err(err(line, "not a Kubernetes object: a list (it has items) is missing kind".into())),
+        Some(other) => {
+            return Err(err(line, format!("a list's kind must be a string, found {}", type_name(other))));
+        }
+        None => {
+            return Err(err(line, "not a Kubernetes object: a list (it has items) is missing kind".into()));
+        }
     };
     let Value::Object(mut map) = value else { unreachable!("a value with items is a mapping") };
     let items = match map.remove("items") {
@@ -357,13 +374,17 @@ fn emit(
         let item_line = lines.get(i).copied().flatten().map_or(line, |l| line + l - 1);
         let bad = |m: String| err(item_line, format!("{list_kind} item {i} (line {item_line}): {m}"));
         if is_list(&item) {
-            return Err(bad("is itself a list (it has an items array); kubectl does not flatten nested lists".into()));
+            return Err(bad(
+                "is itself a list (it has an items array); kubectl does not flatten nested lists".into(),
+            ));
         }
         check_object(&item).map_err(|m| {
             let missing_both =
                 item.is_object() && item.get("kind").is_none() && item.get("apiVersion").is_none();
             match list_kind.strip_suffix("List").filter(|k| missing_both && !k.is_empty()) {
-                Some(k) => bad(format!("{m} (kubectl would guess kind {k} from the {list_kind}; Convoy wants it written)")),
+                Some(k) => bad(format!(
+                    "{m} (kubectl would guess kind {k} from the {list_kind}; Convoy wants it written)"
+                )),
                 None => bad(m),
             }
         })?;
@@ -418,7 +439,9 @@ fn item_lines(text: &str, n: usize) -> Vec<Option<u32>> {
         }
         match ev {
             Event::MappingStart(..) => stack.push(Frame { mapping: true, key_next: true, items: false }),
-            Event::SequenceStart(..) => stack.push(Frame { mapping: false, key_next: false, items: opens_items }),
+            Event::SequenceStart(..) => {
+                stack.push(Frame { mapping: false, key_next: false, items: opens_items })
+            }
             _ => {}
         }
     }
@@ -744,21 +767,37 @@ mod tests {
         let text = format!("{CM}---\n{CM_LIST}");
         let ms = parse_file("m.yaml", text.as_bytes()).unwrap();
         let got: Vec<_> = ms.iter().map(|m| (m.name(), m.namespace(), m.index, m.item, m.line)).collect();
-        assert_eq!(got, [("a", None, 0, None, 1), ("one", None, 1, Some(0), 13), ("two", Some("ns"), 1, Some(1), 17)]);
+        assert_eq!(
+            got,
+            [("a", None, 0, None, 1), ("one", None, 1, Some(0), 13), ("two", Some("ns"), 1, Some(1), 17)]
+        );
         // Any kind with an items array is a list, as kubectl decides (a v1 List, a RoleBindingList,
         // even a ConfigMap), and a list needs no apiVersion.
-        for head in ["apiVersion: v1\nkind: List", "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBindingList", "kind: ConfigMap", "kind: FooList"] {
+        for head in [
+            "apiVersion: v1\nkind: List",
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBindingList",
+            "kind: ConfigMap",
+            "kind: FooList",
+        ] {
             let doc = format!("{head}\nitems:\n- {{apiVersion: v1, kind: Secret, metadata: {{name: s}}}}\n");
             let ms = parse_file("l.yaml", doc.as_bytes()).unwrap();
             let line = head.lines().count() as u32 + 2;
-            assert_eq!((ms.len(), ms[0].kind(), ms[0].item, ms[0].line), (1, "Secret", Some(0), line), "{head}");
+            assert_eq!(
+                (ms.len(), ms[0].kind(), ms[0].item, ms[0].line),
+                (1, "Secret", Some(0), line),
+                "{head}"
+            );
         }
         // Empty and null items are empty lists; items that is not a list is an error for a *List.
         assert!(parse_file("e.yaml", b"apiVersion: v1\nkind: List\nitems: []\n").unwrap().is_empty());
         assert!(parse_file("e.yaml", b"apiVersion: v1\nkind: ConfigMapList\nitems: ~\n").unwrap().is_empty());
         let err = parse_file("e.yaml", b"apiVersion: v1\nkind: ConfigMapList\nitems: {a: b}\n").unwrap_err();
-        assert_eq!(err.to_string(), "e.yaml: document 0, line 1: items must be a list of objects, found a mapping");
-        let err = parse_file("e.yaml", b"items: [{apiVersion: v1, kind: Secret, metadata: {name: s}}]\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "e.yaml: document 0, line 1: items must be a list of objects, found a mapping"
+        );
+        let err = parse_file("e.yaml", b"items: [{apiVersion: v1, kind: Secret, metadata: {name: s}}]\n")
+            .unwrap_err();
         assert!(err.to_string().contains("a list (it has items) is missing kind"), "{err}");
     }
 
@@ -768,7 +807,11 @@ mod tests {
             let text = format!("{CM}---\n{doc}");
             parse_file("dir/l.yaml", text.as_bytes()).unwrap_err().to_string()
         };
-        let list = |items: &str| format!("apiVersion: v1\nkind: ConfigMapList\nitems:\n- {{apiVersion: v1, kind: ConfigMap, metadata: {{name: ok}}}}\n{items}");
+        let list = |items: &str| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMapList\nitems:\n- {{apiVersion: v1, kind: ConfigMap, metadata: {{name: ok}}}}\n{items}"
+            )
+        };
         assert_eq!(
             bad(&list("- apiVersion: v1\n  kind: ConfigMap\n  metadata: {}\n")),
             "dir/l.yaml: document 1, line 12: ConfigMapList item 1 (line 12): v1 ConfigMap: missing metadata.name"
@@ -777,7 +820,10 @@ mod tests {
             bad(&list("- just text\n")),
             "dir/l.yaml: document 1, line 12: ConfigMapList item 1 (line 12): not a Kubernetes object: expected a mapping, found a string"
         );
-        assert!(bad(&list("- {kind: ConfigMap, metadata: {name: x}}\n")).contains("item 1 (line 12): not a Kubernetes object: missing apiVersion"));
+        assert!(
+            bad(&list("- {kind: ConfigMap, metadata: {name: x}}\n"))
+                .contains("item 1 (line 12): not a Kubernetes object: missing apiVersion")
+        );
         let e = bad(&list("-\n  metadata: {name: x}\n"));
         assert!(e.contains("item 1 (line 13): not a Kubernetes object: missing apiVersion (kubectl would guess kind ConfigMap"), "{e}");
         // kubectl refuses a list inside a list ("is not a list: no Items field in this object").
@@ -786,7 +832,10 @@ mod tests {
         // JSON lists carry the item index, at the document's line.
         let json = br#"{"kind":"List","items":[{"apiVersion":"v1","kind":"ConfigMap"}]}"#;
         let e = parse_file("l.json", json).unwrap_err().to_string();
-        assert_eq!(e, "l.json: document 0, line 1: List item 0 (line 1): v1 ConfigMap: missing metadata.name");
+        assert_eq!(
+            e,
+            "l.json: document 0, line 1: List item 0 (line 1): v1 ConfigMap: missing metadata.name"
+        );
     }
 
     #[test]
@@ -794,7 +843,10 @@ mod tests {
         let ms = parse_file("m.yaml", CM_LIST.as_bytes()).unwrap();
         let again = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": ms.iter().map(|m| m.object.clone()).collect::<Vec<_>>()});
         let twice = parse_file("m.json", again.to_string().as_bytes()).unwrap();
-        assert_eq!(ms.iter().map(|m| &m.object).collect::<Vec<_>>(), twice.iter().map(|m| &m.object).collect::<Vec<_>>());
+        assert_eq!(
+            ms.iter().map(|m| &m.object).collect::<Vec<_>>(),
+            twice.iter().map(|m| &m.object).collect::<Vec<_>>()
+        );
         assert_eq!(check_file("m.yaml", CM_LIST.as_bytes()).unwrap(), 2);
     }
 
@@ -817,10 +869,14 @@ mod tests {
         // under serde-saphyr's per-document caps; the artifact's budget stops the fifth.
         let doc = bomb_document();
         let file = vec![doc.as_str(); 25].join("---\n");
-        let files: Vec<(String, Vec<u8>)> = (0..4).map(|i| (format!("f{i}.yaml"), file.clone().into_bytes())).collect();
+        let files: Vec<(String, Vec<u8>)> =
+            (0..4).map(|i| (format!("f{i}.yaml"), file.clone().into_bytes())).collect();
         let err = parse_files(files.iter().map(|(p, b)| (p.as_str(), b.as_slice()))).unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, Error::Limit { what: "YAML bytes in the artifact (aliases expanded)", .. }), "{msg}");
+        assert!(
+            matches!(err, Error::Limit { what: "YAML bytes in the artifact (aliases expanded)", .. }),
+            "{msg}"
+        );
         assert!(msg.starts_with("f0.yaml: document 4, line "), "{msg}");
         assert!(msg.ends_with("exceeds the limit of 134217728"), "{msg}");
         // The packer checks the same budget, across files.

@@ -39,10 +39,14 @@ static ARTIFACT: LazyLock<Vec<u8>> = LazyLock::new(|| {
     let files = vec![
         ("a.yaml".to_string(), CM.as_bytes().to_vec()),
         ("dir/b.yaml".to_string(), CM.replace("name: a", "name: b").into_bytes()),
-        ("dir/sub/c.json".to_string(), br#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"c"}}"#.to_vec()),
+        (
+            "dir/sub/c.json".to_string(),
+            br#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"c"}}"#.to_vec(),
+        ),
         (
             "list.yaml".to_string(),
-            b"apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: d}}\n".to_vec(),
+            b"apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: d}}\n"
+                .to_vec(),
         ),
     ];
     pack_files(files, &Limits::default()).unwrap().bytes
@@ -67,7 +71,11 @@ fn assert_safe(files: &[convoy_artifact::UnpackedFile], limits: &Limits) {
 }
 
 fn small_limits() -> impl Strategy<Value = Limits> {
-    (1u64..4096, 1u32..8, 1u64..2048).prop_map(|(t, n, f)| Limits { max_total_bytes: t, max_files: n, max_file_bytes: f })
+    (1u64..4096, 1u32..8, 1u64..2048).prop_map(|(t, n, f)| Limits {
+        max_total_bytes: t,
+        max_files: n,
+        max_file_bytes: f,
+    })
 }
 
 /// A raw tar entry with any name and entry type, written past the `tar`
@@ -176,7 +184,14 @@ static KEY: LazyLock<SigningKey> = LazyLock::new(|| SigningKey::generate().unwra
 
 fn signed() -> (Vec<u8>, Vec<u8>, Statement) {
     let digest = convoy_artifact::digest_of(&ARTIFACT);
-    let st = Statement::new("app", "https://git.example/fleet.git", "main@sha1:0123", digest, ARTIFACT.len() as u64, 7);
+    let st = Statement::new(
+        "app",
+        "https://git.example/fleet.git",
+        "main@sha1:0123",
+        digest,
+        ARTIFACT.len() as u64,
+        7,
+    );
     let (bytes, sig) = KEY.sign_statement(&st).unwrap();
     (bytes, sig, st)
 }
@@ -268,7 +283,12 @@ fn yamlish() -> impl Strategy<Value = String> {
 /// A Kubernetes-like object.
 fn object() -> impl Strategy<Value = Value> {
     (
-        prop_oneof![Just("v1"), Just("apps/v1"), Just("rbac.authorization.k8s.io/v1"), Just("example.com/v1alpha1")],
+        prop_oneof![
+            Just("v1"),
+            Just("apps/v1"),
+            Just("rbac.authorization.k8s.io/v1"),
+            Just("example.com/v1alpha1")
+        ],
         prop_oneof![Just("ConfigMap"), Just("Secret"), Just("Role"), Just("Widget")],
         "[a-z][a-z0-9-]{0,20}",
         proptest::option::of("[a-z]{1,10}"),

@@ -35,7 +35,8 @@ fn build(dir: &Path, out: &Path, key: &Path, ulimit_kib: Option<u64>) -> Output 
 
 fn keygen(dir: &Path) -> std::path::PathBuf {
     let keys = dir.join("keys");
-    let out = Command::new(env!("CARGO_BIN_EXE_convoy")).arg("keygen").arg("--out").arg(&keys).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_convoy")).arg("keygen").arg("--out").arg(&keys).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     keys.join("signing.key")
 }
@@ -73,7 +74,8 @@ fn lists_are_flattened_and_a_broken_item_is_named_with_its_line() {
     let src = d.path().join("bundle");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("lists.yaml"), LISTS).unwrap();
-    std::fs::write(src.join("plain.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: plain}\n").unwrap();
+    std::fs::write(src.join("plain.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: plain}\n")
+        .unwrap();
     let out = build(&src, &d.path().join("out"), &key, None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // 2 + 1 + 2 list items and the plain ConfigMap.
@@ -98,14 +100,20 @@ fn lists_are_flattened_and_a_broken_item_is_named_with_its_line() {
     )
     .unwrap();
     let out = build(&src, &d.path().join("out3"), &key, None);
-    assert!(text(&out.stderr).contains("broken.yaml: document 0, line 4: List item 0 (line 4): is itself a list"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("broken.yaml: document 0, line 4: List item 0 (line 4): is itself a list"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// A ConfigMap of about 4.3 KB whose data expands through aliases to 9^4
 /// copies of a 4 KiB string (26 MiB).
 fn bomb_document() -> String {
-    let mut doc =
-        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: bomb}}\ndata:\n  a0: &a0 \"{}\"\n", "x".repeat(4096));
+    let mut doc = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: bomb}}\ndata:\n  a0: &a0 \"{}\"\n",
+        "x".repeat(4096)
+    );
     for i in 1..=4 {
         doc.push_str(&format!("  a{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 9].join(", ")));
     }

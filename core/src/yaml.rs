@@ -93,7 +93,12 @@ pub struct BudgetLimits {
 
 impl Default for BudgetLimits {
     fn default() -> Self {
-        Self { max_aliases: 100_000, max_nodes: 8_000_000, max_expanded_bytes: 128 << 20, max_objects: 100_000 }
+        Self {
+            max_aliases: 100_000,
+            max_nodes: 8_000_000,
+            max_expanded_bytes: 128 << 20,
+            max_objects: 100_000,
+        }
     }
 }
 
@@ -159,7 +164,12 @@ impl Budget {
         let checks: [(&AtomicU64, u64, u64, &'static str); 4] = [
             (&self.aliases, u.aliases, l.max_aliases, "YAML aliases in the artifact"),
             (&self.nodes, u.nodes, l.max_nodes, "YAML nodes in the artifact (aliases expanded)"),
-            (&self.bytes, u.expanded_bytes, l.max_expanded_bytes, "YAML bytes in the artifact (aliases expanded)"),
+            (
+                &self.bytes,
+                u.expanded_bytes,
+                l.max_expanded_bytes,
+                "YAML bytes in the artifact (aliases expanded)",
+            ),
             (&self.objects, u.objects, l.max_objects, "objects in the artifact"),
         ];
         for (counter, add, limit, what) in checks {
@@ -182,7 +192,8 @@ impl Budget {
         let mut b = PER_DOCUMENT();
         b.max_aliases = b.max_aliases.min(left(self.limits.max_aliases, used.aliases));
         b.max_nodes = b.max_nodes.min(left(self.limits.max_nodes, used.nodes));
-        b.max_total_scalar_bytes = b.max_total_scalar_bytes.min(left(self.limits.max_expanded_bytes, used.expanded_bytes));
+        b.max_total_scalar_bytes =
+            b.max_total_scalar_bytes.min(left(self.limits.max_expanded_bytes, used.expanded_bytes));
         b
     }
 }
@@ -193,7 +204,11 @@ impl Budget {
 /// passed, whether the artifact's total or serde-saphyr's per-document caps
 /// (depth, events, anchors...). Syntax errors are [`Error::Yaml`] as with
 /// [`parse_document`].
-pub fn parse_document_within<T: DeserializeOwned>(file: &str, doc: &Document<'_>, budget: &Budget) -> Result<T> {
+pub fn parse_document_within<T: DeserializeOwned>(
+    file: &str,
+    doc: &Document<'_>,
+    budget: &Budget,
+) -> Result<T> {
     use std::cell::RefCell;
     use std::rc::Rc;
 
@@ -255,15 +270,21 @@ fn breach_error(
                 before.expanded_bytes + *total_scalar_bytes as u64,
             )
         }
-        B::Aliases { aliases } => ("YAML aliases in one document", per_doc.max_aliases as u64, *aliases as u64),
-        B::Nodes { nodes } => ("YAML nodes in one document (aliases expanded)", per_doc.max_nodes as u64, *nodes as u64),
+        B::Aliases { aliases } => {
+            ("YAML aliases in one document", per_doc.max_aliases as u64, *aliases as u64)
+        }
+        B::Nodes { nodes } => {
+            ("YAML nodes in one document (aliases expanded)", per_doc.max_nodes as u64, *nodes as u64)
+        }
         B::ScalarBytes { total_scalar_bytes } => (
             "YAML bytes in one document (aliases expanded)",
             per_doc.max_total_scalar_bytes as u64,
             *total_scalar_bytes as u64,
         ),
         B::Events { events } => ("YAML events in one document", per_doc.max_events as u64, *events as u64),
-        B::Anchors { anchors } => ("YAML anchors in one document", per_doc.max_anchors as u64, *anchors as u64),
+        B::Anchors { anchors } => {
+            ("YAML anchors in one document", per_doc.max_anchors as u64, *anchors as u64)
+        }
         B::Depth { depth } => ("YAML nesting depth", per_doc.max_depth as u64, *depth as u64),
         B::MergeKeys { merge_keys } => {
             ("YAML merge keys in one document", per_doc.max_merge_keys as u64, *merge_keys as u64)
@@ -349,14 +370,20 @@ mod tests {
 
         let budget = Budget::new(BudgetLimits { max_nodes: 100, ..BudgetLimits::default() });
         let err = parse_document_within::<serde_json::Value>("b.yaml", &doc, &budget).unwrap_err();
-        assert!(matches!(err, Error::Limit { what: "YAML nodes in the artifact (aliases expanded)", .. }), "{err}");
+        assert!(
+            matches!(err, Error::Limit { what: "YAML nodes in the artifact (aliases expanded)", .. }),
+            "{err}"
+        );
 
         let budget = Budget::new(BudgetLimits { max_objects: 2, ..BudgetLimits::default() });
         let one = BudgetUsage { objects: 1, ..BudgetUsage::default() };
         budget.charge("f.yaml", 0, Some(1), one).unwrap();
         budget.charge("f.yaml", 1, Some(5), one).unwrap();
         let err = budget.charge("f.yaml", 2, Some(9), one).unwrap_err();
-        assert_eq!(err.to_string(), "f.yaml: document 2, line 9: objects in the artifact 3 exceeds the limit of 2");
+        assert_eq!(
+            err.to_string(),
+            "f.yaml: document 2, line 9: objects in the artifact 3 exceeds the limit of 2"
+        );
     }
 
     #[test]
