@@ -167,15 +167,13 @@ proptest! {
         }
         tar.extend([0u8; 1024]);
         let limits = Limits::default();
-        match unpack(&gzip(&tar), &limits) {
-            Ok(files) => {
-                assert_safe(&files, &limits);
-                // Only regular files come out, each from an entry of that name.
-                for f in &files {
-                    prop_assert!(entries.iter().any(|(n, k, _)| n.as_slice() == f.path.as_bytes() && matches!(k, b'0' | 0)), "{:?}", f.path);
-                }
+        if let Ok(files) = unpack(&gzip(&tar), &limits) {
+            assert_safe(&files, &limits);
+            // Only regular files come out, each from an entry of that name.
+            for f in &files {
+                let from_regular = entries.iter().any(|(n, k, _)| n.as_slice() == f.path.as_bytes() && matches!(k, b'0' | 0));
+                prop_assert!(from_regular, "{:?}", f.path);
             }
-            Err(_) => {}
         }
     }
 }
