@@ -219,8 +219,10 @@ pub fn load_manifests(targz: &[u8], limits: &Limits) -> Result<Vec<Manifest>> {
     }
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
     let total: usize = units.iter().map(|u| u.bytes.len()).sum();
+    // One YAML budget for the whole artifact, shared by the parser threads.
+    let budget = convoy_core::yaml::Budget::default();
     if threads == 1 || total < 256 * 1024 || units.len() < 2 {
-        return parse_units(&units);
+        return parse_units(&units, &budget);
     }
     // Contiguous chunks of about equal size keep the output in order.
     let per = total.div_ceil(threads);
@@ -238,7 +240,7 @@ pub fn load_manifests(targz: &[u8], limits: &Limits) -> Result<Vec<Manifest>> {
         chunks.push(&units[start..]);
     }
     let results: Vec<Result<Vec<Manifest>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = chunks.iter().map(|c| s.spawn(|| parse_units(c))).collect();
+        let handles: Vec<_> = chunks.iter().map(|c| s.spawn(|| parse_units(c, &budget))).collect();
         handles
             .into_iter()
             .map(|h| {
@@ -262,12 +264,12 @@ struct Unit<'a> {
     bytes: &'a [u8],
 }
 
-fn parse_units(units: &[Unit<'_>]) -> Result<Vec<Manifest>> {
+fn parse_units(units: &[Unit<'_>], budget: &convoy_core::yaml::Budget) -> Result<Vec<Manifest>> {
     let mut out = Vec::new();
     for u in units {
         let mut local_err = None;
-        let r = convoy_artifact::for_each_manifest(u.file, u.bytes, |m| {
-            let index = u.index.unwrap_or(m.index);
+        let each = |m: convoy_artifact::Manifest| {
+            let index = m.index;
             let origin = Origin { file: m.file, index };
             match Manifest::from_value(origin, m.object) {
                 Ok(ms) => {
@@ -279,24 +281,27 @@ fn parse_units(units: &[Unit<'_>]) -> Result<Vec<Manifest>> {
                     Err(convoy_artifact::Error::Other("stopped".into()))
                 }
             }
-        });
+        };
+        // Indexes and lines in objects and errors are the file's.
+        let r = match (u.index, std::str::from_utf8(u.bytes)) {
+            (Some(index), Ok(text)) => {
+                let doc = convoy_core::yaml::Document { index, start_line: u.start_line, text };
+                convoy_artifact::for_each_in_document(u.file, &doc, budget, each)
+            }
+            _ => convoy_artifact::for_each_manifest_within(u.file, u.bytes, budget, each),
+        };
         if let Some(e) = local_err {
             return Err(e);
         }
         r.map_err(|e| match e {
-            convoy_artifact::Error::Manifest { file, index, line, message } => {
-                // A document parsed alone: its index and lines are the file's.
-                let index = u.index.unwrap_or(index);
-                let line = line.map(|l| l + u.start_line - 1);
-                Error::Manifest {
-                    file,
-                    index,
-                    message: match line {
-                        Some(l) => format!("line {l}: {message}"),
-                        None => message,
-                    },
-                }
-            }
+            convoy_artifact::Error::Manifest { file, index, line, message } => Error::Manifest {
+                file,
+                index,
+                message: match line {
+                    Some(l) => format!("line {l}: {message}"),
+                    None => message,
+                },
+            },
             e => Error::Artifact { reason: e.reason(), message: e.to_string() },
         })?;
     }

@@ -66,7 +66,10 @@ mod error;
 
 pub use error::{Error, Result, VerifyFailure};
 pub use keys::{PublicKey, SigningKey, TrustedKeys, check_artifact, verify_bundle, verify_statement};
-pub use manifest::{Manifest, check_object, for_each_manifest, parse_file, parse_files};
+pub use manifest::{
+    Manifest, check_object, for_each_in_document, for_each_manifest, for_each_manifest_within, is_list,
+    parse_file, parse_file_within, parse_files,
+};
 pub use pack::{
     Limits, PackedArtifact, Packer, check_path, digest_of, is_valid_digest, pack_dir, pack_files,
     pack_selected, pack_tree,

@@ -1,13 +1,39 @@
 //! Manifests: parsing the YAML and JSON files of a bundle into Kubernetes
-//! objects, with errors that name the file, the document and the line.
+//! objects, with errors that name the file, the document and the line, and
+//! flattening `List`s into their items as kubectl does.
 //!
 //! A YAML file may hold several documents separated by `---`; documents with
 //! only comments, and documents that are `null`, are skipped. A JSON file
 //! holds one value. Every object must be a mapping with a string
 //! `apiVersion`, a string `kind` and a non-empty string `metadata.name`.
-//! A `kind: List` (apiVersion `v1`) is expanded into its `items`, as kubectl
-//! does. One bad document rejects the whole bundle.
+//! One bad document rejects the whole bundle.
+//!
+//! # Lists
+//!
+//! kubectl's rule (apimachinery's `UnstructuredJSONScheme` and
+//! `Unstructured.IsList`, then the resource builder's `FlattenListVisitor`):
+//! a document whose `items` field is an array is a list, whatever its kind
+//! (`v1 List`, `ConfigMapList`, `RoleBindingList`, a CRD's `FooList`), and is
+//! replaced by its items, in order. The list itself needs a string `kind`;
+//! its `apiVersion` and `metadata` are dropped. `items: null` is an empty
+//! list. `items` that is present but neither an array nor null is an error.
+//! An item must be a mapping with `apiVersion`, `kind` and `metadata.name`;
+//! an item that is itself a list (has an `items` array) is an error, because
+//! kubectl refuses nested lists too (`is not a list: no Items field`).
+//! Unlike kubectl, an item without `kind` and `apiVersion` is an error
+//! rather than given the list's (kubectl guesses `ConfigMap` from
+//! `ConfigMapList`): the artifact names every object's type. Errors name the
+//! file, the document, the item index and the item's line.
+//!
+//! # Budget
+//!
+//! Every document of one artifact is parsed within one
+//! [`convoy_core::yaml::Budget`] (aliases, nodes and bytes counted with
+//! aliases expanded, and objects), so an alias bomb split over many
+//! documents or files is a [`Error::Limit`] naming the limit, the file and
+//! the document, and the parser stops when the budget is spent.
 
+use convoy_core::yaml::{Budget, BudgetUsage, Document};
 use serde_json::Value;
 
 use crate::tree::is_manifest_name;
@@ -20,7 +46,7 @@ pub struct Manifest {
     pub file: String,
     /// The 0-based index of the document in the file.
     pub index: usize,
-    /// The index in `items` when the document is a `v1/List`.
+    /// The index in `items` when the document is a list (see the module docs).
     pub item: Option<usize>,
     /// The 1-based line where the document starts.
     pub line: u32,
@@ -59,10 +85,17 @@ impl Manifest {
     }
 }
 
-/// Parse one manifest file (YAML, multi-document, or JSON by extension).
+/// Parse one manifest file (YAML, multi-document, or JSON by extension),
+/// within a default [`Budget`] of its own.
 pub fn parse_file(file: &str, bytes: &[u8]) -> Result<Vec<Manifest>> {
+    parse_file_within(file, bytes, &Budget::default())
+}
+
+/// Parse one manifest file within `budget`, shared with the other files of
+/// the same artifact.
+pub fn parse_file_within(file: &str, bytes: &[u8], budget: &Budget) -> Result<Vec<Manifest>> {
     let mut out = Vec::new();
-    for_each_object(file, bytes, |m| {
+    for_each_object(file, bytes, budget, |m| {
         out.push(m);
         Ok(())
     })?;
@@ -74,14 +107,40 @@ pub fn parse_file(file: &str, bytes: &[u8]) -> Result<Vec<Manifest>> {
 /// whole file as values. Same objects and errors as [`parse_file`]; an error
 /// returned by `f` stops the walk and is returned.
 pub fn for_each_manifest(file: &str, bytes: &[u8], f: impl FnMut(Manifest) -> Result<()>) -> Result<()> {
-    for_each_object(file, bytes, f)
+    for_each_object(file, bytes, &Budget::default(), f)
 }
 
-/// Parse every file; the first bad document fails the whole set.
+/// [`for_each_manifest`] within `budget`, shared with the other files of the
+/// same artifact.
+pub fn for_each_manifest_within(
+    file: &str,
+    bytes: &[u8],
+    budget: &Budget,
+    f: impl FnMut(Manifest) -> Result<()>,
+) -> Result<()> {
+    for_each_object(file, bytes, budget, f)
+}
+
+/// Call `f` with each object of one YAML document of `file` (as split by
+/// [`convoy_core::yaml::documents`], so that callers can parse the documents
+/// of a file on several threads), within `budget`. Indexes and lines in
+/// objects and errors are the file's.
+pub fn for_each_in_document(
+    file: &str,
+    doc: &Document<'_>,
+    budget: &Budget,
+    mut f: impl FnMut(Manifest) -> Result<()>,
+) -> Result<()> {
+    parse_yaml_document(file, doc, budget, &mut f)
+}
+
+/// Parse every file within one [`Budget`] for the whole set; the first bad
+/// document fails the whole set.
 pub fn parse_files<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Vec<Manifest>> {
+    let budget = Budget::default();
     let mut out = Vec::new();
     for (file, bytes) in files {
-        out.extend(parse_file(file, bytes)?);
+        out.extend(parse_file_within(file, bytes, &budget)?);
     }
     Ok(out)
 }
@@ -91,12 +150,18 @@ pub fn parse_files<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> 
 /// most documents are checked on the raw YAML event stream without building
 /// values (several times faster); any document the fast path is not sure
 /// about (a syntax error, tags, aliases, merge keys, a scalar that might not
-/// be a string, a `v1/List`) goes through [`parse_file`]'s path.
+/// be a string, an alias, a list) goes through [`parse_file`]'s path.
 pub fn check_file(file: &str, bytes: &[u8]) -> Result<usize> {
+    check_file_within(file, bytes, &Budget::default())
+}
+
+/// [`check_file`] within `budget`, shared with the other files of the same
+/// artifact.
+pub fn check_file_within(file: &str, bytes: &[u8], budget: &Budget) -> Result<usize> {
     let text = manifest_text(file, bytes)?;
     let mut n = 0;
     for unit in check_units(file, text) {
-        n += check_unit(file, text, &unit)?;
+        n += check_unit(file, text, &unit, budget)?;
     }
     Ok(n)
 }
@@ -127,11 +192,11 @@ pub(crate) fn check_units(file: &str, text: &str) -> Vec<CheckUnit> {
 }
 
 /// Check one unit; returns its object count.
-pub(crate) fn check_unit(file: &str, text: &str, unit: &CheckUnit) -> Result<usize> {
+pub(crate) fn check_unit(file: &str, text: &str, unit: &CheckUnit, budget: &Budget) -> Result<usize> {
     match *unit {
         CheckUnit::Json => {
             let mut n = 0;
-            parse_json(file, text, &mut |_| {
+            parse_json(file, text, budget, &mut |_| {
                 n += 1;
                 Ok(())
             })?;
@@ -139,12 +204,19 @@ pub(crate) fn check_unit(file: &str, text: &str, unit: &CheckUnit) -> Result<usi
         }
         CheckUnit::Yaml { start, end, index, line } => {
             let doc_text = &text[start..end];
-            if let Some(n) = quick::check(doc_text) {
-                return Ok(n);
+            if let Some(q) = quick::check(doc_text) {
+                let usage = BudgetUsage {
+                    nodes: q.nodes,
+                    expanded_bytes: q.bytes,
+                    objects: q.objects as u64,
+                    aliases: 0,
+                };
+                budget.charge(file, index, Some(line), usage).map_err(core_error)?;
+                return Ok(q.objects);
             }
-            let doc = convoy_core::yaml::Document { index, start_line: line, text: doc_text };
+            let doc = Document { index, start_line: line, text: doc_text };
             let mut n = 0;
-            parse_yaml_document(file, &doc, &mut |_| {
+            parse_yaml_document(file, &doc, budget, &mut |_| {
                 n += 1;
                 Ok(())
             })?;
@@ -176,74 +248,205 @@ pub(crate) fn manifest_text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str> 
     Ok(text.strip_prefix('\u{feff}').unwrap_or(text))
 }
 
-fn for_each_object(file: &str, bytes: &[u8], mut f: impl FnMut(Manifest) -> Result<()>) -> Result<()> {
+fn for_each_object(
+    file: &str,
+    bytes: &[u8],
+    budget: &Budget,
+    mut f: impl FnMut(Manifest) -> Result<()>,
+) -> Result<()> {
     let text = manifest_text(file, bytes)?;
     if is_json(file) {
-        return parse_json(file, text, &mut f);
+        return parse_json(file, text, budget, &mut f);
     }
     for doc in convoy_core::yaml::documents(text) {
-        parse_yaml_document(file, &doc, &mut f)?;
+        parse_yaml_document(file, &doc, budget, &mut f)?;
     }
     Ok(())
 }
 
-fn parse_json(file: &str, text: &str, f: &mut impl FnMut(Manifest) -> Result<()>) -> Result<()> {
+fn parse_json(
+    file: &str,
+    text: &str,
+    budget: &Budget,
+    f: &mut impl FnMut(Manifest) -> Result<()>,
+) -> Result<()> {
     let value: Value = serde_json::from_str(text).map_err(|e| Error::Manifest {
         file: file.into(),
         index: 0,
         line: (e.line() > 0).then_some(e.line() as u32),
         message: e.to_string().split(" at line ").next().unwrap_or_default().to_string(),
     })?;
-    emit(file, 0, 1, value, f)
+    // JSON has no aliases: its expanded size is its text.
+    let usage = BudgetUsage { expanded_bytes: text.len() as u64, ..BudgetUsage::default() };
+    budget.charge(file, 0, Some(1), usage).map_err(core_error)?;
+    emit(file, 0, 1, None, value, budget, f)
 }
 
 fn parse_yaml_document(
     file: &str,
-    doc: &convoy_core::yaml::Document<'_>,
+    doc: &Document<'_>,
+    budget: &Budget,
     f: &mut impl FnMut(Manifest) -> Result<()>,
 ) -> Result<()> {
-    let value: Value = match convoy_core::yaml::parse_document(file, doc) {
-        Ok(v) => v,
-        Err(convoy_core::Error::Yaml { file, index, line, message }) => {
-            return Err(Error::Manifest { file, index, line, message });
-        }
-        Err(other) => {
-            return Err(Error::Manifest {
-                file: file.into(),
-                index: doc.index,
-                line: Some(doc.start_line),
-                message: other.to_string(),
-            });
-        }
-    };
-    emit(file, doc.index, doc.start_line, value, f)
+    let value: Value = convoy_core::yaml::parse_document_within(file, doc, budget).map_err(core_error)?;
+    emit(file, doc.index, doc.start_line, Some(doc.text), value, budget, f)
 }
 
+/// convoy-core's YAML errors as this crate's: syntax errors are
+/// [`Error::Manifest`], budget breaches [`Error::Limit`] naming the file,
+/// document and line.
+fn core_error(e: convoy_core::Error) -> Error {
+    match e {
+        convoy_core::Error::Yaml { file, index, line, message } => {
+            Error::Manifest { file, index, line, message }
+        }
+        convoy_core::Error::Limit { file, index, line, what, limit, actual } => Error::Limit {
+            what,
+            limit,
+            actual,
+            path: Some(match line {
+                Some(l) => format!("{file}: document {index}, line {l}"),
+                None => format!("{file}: document {index}"),
+            }),
+        },
+        other => Error::Manifest { file: String::new(), index: 0, line: None, message: other.to_string() },
+    }
+}
+
+/// Whether kubectl takes `v` for a list: a mapping whose `items` is an array
+/// (apimachinery's `Unstructured.IsList`).
+pub fn is_list(v: &Value) -> bool {
+    matches!(v.get("items"), Some(Value::Array(_)))
+}
+
+/// Flatten one parsed document into objects, as kubectl does (see the module
+/// docs), and charge them to `budget`. `text` is the YAML document's text,
+/// to find the line of a bad item; `None` for JSON.
 fn emit(
     file: &str,
     index: usize,
     line: u32,
+    text: Option<&str>,
     value: Value,
+    budget: &Budget,
     f: &mut impl FnMut(Manifest) -> Result<()>,
 ) -> Result<()> {
-    let err = |message: String| Error::Manifest { file: file.into(), index, line: Some(line), message };
+    let err =
+        |line: u32, message: String| Error::Manifest { file: file.into(), index, line: Some(line), message };
     if value.is_null() {
         return Ok(());
     }
-    let is_list = value.get("apiVersion").and_then(Value::as_str) == Some("v1")
-        && value.get("kind").and_then(Value::as_str) == Some("List");
-    if is_list {
-        let Some(Value::Array(items)) = value.get("items").cloned() else {
-            return Err(err("a v1 List must have an items array".into()));
-        };
-        for (i, item) in items.into_iter().enumerate() {
-            check_object(&item).map_err(|m| err(format!("items[{i}]: {m}")))?;
-            f(Manifest { file: file.into(), index, item: Some(i), line, object: item })?;
+    let charge = |n: usize| {
+        let usage = BudgetUsage { objects: n as u64, ..BudgetUsage::default() };
+        budget.charge(file, index, Some(line), usage).map_err(core_error)
+    };
+    let items = match value.get("items") {
+        Some(Value::Array(_)) => true,
+        // `items: null` decodes to an empty list in kubectl too.
+        Some(Value::Null) if value.get("kind").is_some_and(Value::is_string) => true,
+        Some(other) if value.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) => {
+            return Err(err(line, format!("items must be a list of objects, found {}", type_name(other))));
         }
-        return Ok(());
+        _ => false,
+    };
+    if !items {
+        check_object(&value).map_err(|m| err(line, m))?;
+        charge(1)?;
+        return f(Manifest { file: file.into(), index, item: None, line, object: value });
     }
-    check_object(&value).map_err(err)?;
-    f(Manifest { file: file.into(), index, item: None, line, object: value })
+    let list_kind = match value.get("kind") {
+        Some(Value::String(k)) if !k.is_empty() => k.clone(),
+        Some(other) => {
+            return Err(err(line, format!("a list's kind must be a string, found {}", type_name(other))));
+        }
+        None => {
+            return Err(err(line, "not a Kubernetes object: a list (it has items) is missing kind".into()));
+        }
+    };
+    let Value::Object(mut map) = value else { unreachable!("a value with items is a mapping") };
+    let items = match map.remove("items") {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    };
+    charge(items.len())?;
+    let lines = text.map(|t| item_lines(t, items.len())).unwrap_or_default();
+    for (i, item) in items.into_iter().enumerate() {
+        let item_line = lines.get(i).copied().flatten().map_or(line, |l| line + l - 1);
+        let bad = |m: String| err(item_line, format!("{list_kind} item {i} (line {item_line}): {m}"));
+        if is_list(&item) {
+            return Err(bad(
+                "is itself a list (it has an items array); kubectl does not flatten nested lists".into(),
+            ));
+        }
+        check_object(&item).map_err(|m| {
+            let missing_both =
+                item.is_object() && item.get("kind").is_none() && item.get("apiVersion").is_none();
+            match list_kind.strip_suffix("List").filter(|k| missing_both && !k.is_empty()) {
+                Some(k) => bad(format!(
+                    "{m} (kubectl would guess kind {k} from the {list_kind}; Convoy wants it written)"
+                )),
+                None => bad(m),
+            }
+        })?;
+        f(Manifest { file: file.into(), index, item: Some(i), line: item_line, object: item })?;
+    }
+    Ok(())
+}
+
+/// The 1-based line (relative to the document) where each of the first `n`
+/// entries of the top-level `items` sequence starts, read from the YAML
+/// events; `None` where it cannot be told (the caller falls back to the
+/// document's line).
+fn item_lines(text: &str, n: usize) -> Vec<Option<u32>> {
+    use granit_parser::{Event, Parser};
+    struct Frame {
+        mapping: bool,
+        key_next: bool,
+        items: bool,
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut stack: Vec<Frame> = Vec::new();
+    // The top-level key just read was `items`.
+    let mut items_key = false;
+    let mut p = Parser::new_from_str(text);
+    while let Some(Ok((ev, span))) = p.next_event() {
+        let start = matches!(ev, Event::MappingStart(..) | Event::SequenceStart(..));
+        if !(start || matches!(ev, Event::Scalar(..) | Event::Alias(..))) {
+            if matches!(ev, Event::MappingEnd | Event::SequenceEnd) {
+                stack.pop();
+            }
+            continue;
+        }
+        let mut opens_items = false;
+        let depth = stack.len();
+        if let Some(top) = stack.last_mut() {
+            if top.items {
+                out.push(Some(span.start.line() as u32));
+                if out.len() >= n {
+                    break;
+                }
+            }
+            if top.mapping {
+                if top.key_next {
+                    items_key = depth == 1 && matches!(&ev, Event::Scalar(k, ..) if k == "items");
+                    top.key_next = false;
+                } else {
+                    opens_items = depth == 1 && items_key;
+                    items_key = false;
+                    top.key_next = true;
+                }
+            }
+        }
+        match ev {
+            Event::MappingStart(..) => stack.push(Frame { mapping: true, key_next: true, items: false }),
+            Event::SequenceStart(..) => {
+                stack.push(Frame { mapping: false, key_next: false, items: opens_items })
+            }
+            _ => {}
+        }
+    }
+    out.resize(n, None);
+    out
 }
 
 /// Check that a value is a Kubernetes object: a mapping with string
@@ -317,26 +520,39 @@ mod quick {
         api_version: Option<String>,
         kind: Option<String>,
         name: bool,
+        /// Nodes and scalar bytes seen, for the YAML budget.
+        nodes: u64,
+        bytes: u64,
     }
 
-    pub(super) fn check(text: &str) -> Option<usize> {
+    /// What a document the fast path is sure about holds.
+    pub(super) struct Checked {
+        pub(super) objects: usize,
+        pub(super) nodes: u64,
+        pub(super) bytes: u64,
+    }
+
+    pub(super) fn check(text: &str) -> Option<Checked> {
         let mut opts = Options::default();
         opts.emit_comments = false;
         let mut p = Parser::new_from_str_with_options(text, opts);
-        let mut count = 0;
+        let mut out = Checked { objects: 0, nodes: 0, bytes: 0 };
         loop {
             let (ev, _) = p.next_event()?.ok()?;
             match ev {
                 Event::StreamStart | Event::DocumentStart(..) | Event::DocumentEnd => {}
-                Event::StreamEnd => return Some(count),
+                Event::StreamEnd => return Some(out),
                 Event::MappingStart(_, _, None) => {
-                    let mut f = Fields::default();
+                    let mut f = Fields { nodes: 1, ..Fields::default() };
                     mapping(&mut p, Role::Top, &mut f, 1)?;
-                    let (api_version, kind) = (f.api_version?, f.kind?);
-                    if !f.name || (api_version == "v1" && kind == "List") {
+                    f.api_version?;
+                    f.kind?;
+                    if !f.name {
                         return None;
                     }
-                    count += 1;
+                    out.objects += 1;
+                    out.nodes += f.nodes;
+                    out.bytes += f.bytes;
                 }
                 Event::Scalar(v, ScalarStyle::Plain, _, None) if is_null(&v) => {}
                 _ => return None,
@@ -377,9 +593,13 @@ mod quick {
         loop {
             let key = match p.next_event()?.ok()?.0 {
                 Event::MappingEnd => return Some(()),
+                // A top-level `items` may make the document a list: the full parse decides.
+                Event::Scalar(k, ..) if role == Role::Top && k == "items" => return None,
                 Event::Scalar(k, style, _, None) if !(style == ScalarStyle::Plain && k == "<<") => k,
                 _ => return None,
             };
+            f.nodes += 1;
+            f.bytes += key.len() as u64;
             let field = match (role, key.as_ref()) {
                 (Role::Top, "apiVersion") => Some(0),
                 (Role::Top, "kind") => Some(1),
@@ -391,14 +611,15 @@ mod quick {
                 return None;
             }
             match field {
-                Some(0) => f.api_version = Some(string(p)?),
-                Some(1) => f.kind = Some(string(p)?),
+                Some(0) => f.api_version = Some(string(p, f)?),
+                Some(1) => f.kind = Some(string(p, f)?),
                 Some(_) => {
-                    string(p)?;
+                    string(p, f)?;
                     f.name = true;
                 }
                 None if is_metadata => {
                     let Event::MappingStart(_, _, None) = p.next_event()?.ok()?.0 else { return None };
+                    f.nodes += 1;
                     mapping(p, Role::Metadata, f, depth + 1)?;
                 }
                 None => {
@@ -411,8 +632,14 @@ mod quick {
 
     /// One node whose first event is `ev`.
     fn node<'a>(p: &mut P<'a>, ev: Event<'a>, f: &mut Fields, depth: usize) -> Option<()> {
+        f.nodes += 1;
         match ev {
-            Event::Scalar(_, _, _, None) | Event::Alias(_) => Some(()),
+            Event::Scalar(v, _, _, None) => {
+                f.bytes += v.len() as u64;
+                Some(())
+            }
+            // An alias expands to a copy of its anchor: the full parse charges it.
+            Event::Alias(_) => None,
             Event::MappingStart(_, _, None) => mapping(p, Role::Other, f, depth),
             Event::SequenceStart(_, _, None) => {
                 if depth > MAX_DEPTH {
@@ -430,11 +657,13 @@ mod quick {
     }
 
     /// A scalar that is certainly a non-empty string.
-    fn string(p: &mut P<'_>) -> Option<String> {
+    fn string(p: &mut P<'_>, f: &mut Fields) -> Option<String> {
         match p.next_event()?.ok()?.0 {
             Event::Scalar(v, style, _, None)
                 if !v.is_empty() && (style != ScalarStyle::Plain || plain_string(&v)) =>
             {
+                f.nodes += 1;
+                f.bytes += v.len() as u64;
                 Some(v.into_owned())
             }
             _ => None,
@@ -529,6 +758,133 @@ mod tests {
         assert!(matches!(err, Error::Manifest { line: Some(3), .. }), "{err}");
         let err = parse_file("README.md", b"# hi").unwrap_err();
         assert!(err.to_string().contains("not a manifest file"), "{err}");
+    }
+
+    const CM_LIST: &str = "# rendered\napiVersion: v1\nkind: ConfigMapList\nmetadata: {resourceVersion: \"\"}\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: one\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: two, namespace: ns}\n";
+
+    #[test]
+    fn every_kind_of_list_is_flattened_with_item_lines() {
+        let text = format!("{CM}---\n{CM_LIST}");
+        let ms = parse_file("m.yaml", text.as_bytes()).unwrap();
+        let got: Vec<_> = ms.iter().map(|m| (m.name(), m.namespace(), m.index, m.item, m.line)).collect();
+        assert_eq!(
+            got,
+            [("a", None, 0, None, 1), ("one", None, 1, Some(0), 13), ("two", Some("ns"), 1, Some(1), 17)]
+        );
+        // Any kind with an items array is a list, as kubectl decides (a v1 List, a RoleBindingList,
+        // even a ConfigMap), and a list needs no apiVersion.
+        for head in [
+            "apiVersion: v1\nkind: List",
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBindingList",
+            "kind: ConfigMap",
+            "kind: FooList",
+        ] {
+            let doc = format!("{head}\nitems:\n- {{apiVersion: v1, kind: Secret, metadata: {{name: s}}}}\n");
+            let ms = parse_file("l.yaml", doc.as_bytes()).unwrap();
+            let line = head.lines().count() as u32 + 2;
+            assert_eq!(
+                (ms.len(), ms[0].kind(), ms[0].item, ms[0].line),
+                (1, "Secret", Some(0), line),
+                "{head}"
+            );
+        }
+        // Empty and null items are empty lists; items that is not a list is an error for a *List.
+        assert!(parse_file("e.yaml", b"apiVersion: v1\nkind: List\nitems: []\n").unwrap().is_empty());
+        assert!(parse_file("e.yaml", b"apiVersion: v1\nkind: ConfigMapList\nitems: ~\n").unwrap().is_empty());
+        let err = parse_file("e.yaml", b"apiVersion: v1\nkind: ConfigMapList\nitems: {a: b}\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "e.yaml: document 0, line 1: items must be a list of objects, found a mapping"
+        );
+        let err = parse_file("e.yaml", b"items: [{apiVersion: v1, kind: Secret, metadata: {name: s}}]\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("a list (it has items) is missing kind"), "{err}");
+    }
+
+    #[test]
+    fn bad_items_name_file_document_item_and_line() {
+        let bad = |doc: &str| {
+            let text = format!("{CM}---\n{doc}");
+            parse_file("dir/l.yaml", text.as_bytes()).unwrap_err().to_string()
+        };
+        let list = |items: &str| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMapList\nitems:\n- {{apiVersion: v1, kind: ConfigMap, metadata: {{name: ok}}}}\n{items}"
+            )
+        };
+        assert_eq!(
+            bad(&list("- apiVersion: v1\n  kind: ConfigMap\n  metadata: {}\n")),
+            "dir/l.yaml: document 1, line 12: ConfigMapList item 1 (line 12): v1 ConfigMap: missing metadata.name"
+        );
+        assert_eq!(
+            bad(&list("- just text\n")),
+            "dir/l.yaml: document 1, line 12: ConfigMapList item 1 (line 12): not a Kubernetes object: expected a mapping, found a string"
+        );
+        assert!(
+            bad(&list("- {kind: ConfigMap, metadata: {name: x}}\n"))
+                .contains("item 1 (line 12): not a Kubernetes object: missing apiVersion")
+        );
+        let e = bad(&list("-\n  metadata: {name: x}\n"));
+        assert!(e.contains("item 1 (line 13): not a Kubernetes object: missing apiVersion (kubectl would guess kind ConfigMap"), "{e}");
+        // kubectl refuses a list inside a list ("is not a list: no Items field in this object").
+        let e = bad(&list("- apiVersion: v1\n  kind: List\n  items: []\n"));
+        assert!(e.contains("item 1 (line 12): is itself a list"), "{e}");
+        // JSON lists carry the item index, at the document's line.
+        let json = br#"{"kind":"List","items":[{"apiVersion":"v1","kind":"ConfigMap"}]}"#;
+        let e = parse_file("l.json", json).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "l.json: document 0, line 1: List item 0 (line 1): v1 ConfigMap: missing metadata.name"
+        );
+    }
+
+    #[test]
+    fn flattening_is_idempotent_and_lists_agree_between_check_and_parse() {
+        let ms = parse_file("m.yaml", CM_LIST.as_bytes()).unwrap();
+        let again = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": ms.iter().map(|m| m.object.clone()).collect::<Vec<_>>()});
+        let twice = parse_file("m.json", again.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            ms.iter().map(|m| &m.object).collect::<Vec<_>>(),
+            twice.iter().map(|m| &m.object).collect::<Vec<_>>()
+        );
+        assert_eq!(check_file("m.yaml", CM_LIST.as_bytes()).unwrap(), 2);
+    }
+
+    /// A ConfigMap document of about 4.3 KB whose data expands, through
+    /// aliases, to 9^4 copies of a 4 KiB string: 26 MiB.
+    pub(crate) fn bomb_document() -> String {
+        let mut doc = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: bomb}}\ndata:\n  a0: &a0 \"{}\"\n",
+            "x".repeat(4096)
+        );
+        for i in 1..=4 {
+            doc.push_str(&format!("  a{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 9].join(", ")));
+        }
+        doc
+    }
+
+    #[test]
+    fn an_alias_bomb_split_over_documents_and_files_is_a_limit() {
+        // 25 documents per file, 4 files: 430 KB that would expand to 2.6 GB. Every document is
+        // under serde-saphyr's per-document caps; the artifact's budget stops the fifth.
+        let doc = bomb_document();
+        let file = vec![doc.as_str(); 25].join("---\n");
+        let files: Vec<(String, Vec<u8>)> =
+            (0..4).map(|i| (format!("f{i}.yaml"), file.clone().into_bytes())).collect();
+        let err = parse_files(files.iter().map(|(p, b)| (p.as_str(), b.as_slice()))).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, Error::Limit { what: "YAML bytes in the artifact (aliases expanded)", .. }),
+            "{msg}"
+        );
+        assert!(msg.starts_with("f0.yaml: document 4, line "), "{msg}");
+        assert!(msg.ends_with("exceeds the limit of 134217728"), "{msg}");
+        // The packer checks the same budget, across files.
+        let err = crate::pack_files(files.clone(), &crate::Limits::default()).unwrap_err();
+        assert!(matches!(err, Error::Limit { .. }), "{err}");
+        // A few such documents are within it.
+        let few = vec![doc.as_str(); 3].join("---\n");
+        assert_eq!(parse_file("f.yaml", few.as_bytes()).unwrap().len(), 3);
     }
 
     #[test]

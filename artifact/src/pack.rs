@@ -81,6 +81,8 @@ pub struct Packer {
     objects: u32,
     total: u64,
     last: Option<String>,
+    /// The YAML budget of the whole artifact.
+    budget: convoy_core::yaml::Budget,
 }
 
 impl Packer {
@@ -89,13 +91,13 @@ impl Packer {
         let gz = GzipWriter::new(Vec::with_capacity(64 * 1024)).expect("writing to a Vec cannot fail");
         let mut tar = tar::Builder::new(gz);
         tar.mode(tar::HeaderMode::Deterministic);
-        Self { tar, limits, files: 0, objects: 0, total: 0, last: None }
+        Self { tar, limits, files: 0, objects: 0, total: 0, last: None, budget: Default::default() }
     }
 
     /// Check `path` and `content`, then append them.
     pub fn add(&mut self, path: &str, content: &[u8]) -> Result<()> {
         self.check(path, content.len() as u64)?;
-        self.objects += manifest::check_file(path, content)? as u32;
+        self.objects += manifest::check_file_within(path, content, &self.budget)? as u32;
         self.append(path, content)
     }
 
@@ -298,6 +300,8 @@ fn pack_sorted(files: &[(String, Vec<u8>)], limits: &Limits) -> Result<PackedArt
     let first_error = AtomicUsize::new(usize::MAX);
     let errors: Mutex<Vec<(usize, Error)>> = Mutex::new(Vec::new());
     let objects = AtomicUsize::new(0);
+    // One YAML budget for the whole artifact, shared by the checking threads.
+    let budget = convoy_core::yaml::Budget::default();
     let work = || {
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
@@ -308,7 +312,7 @@ fn pack_sorted(files: &[(String, Vec<u8>)], limits: &Limits) -> Result<PackedArt
                 continue;
             }
             let (f, unit) = &units[i];
-            match manifest::check_unit(&files[*f].0, texts[*f], unit) {
+            match manifest::check_unit(&files[*f].0, texts[*f], unit, &budget) {
                 Ok(n) => {
                     objects.fetch_add(n, Ordering::Relaxed);
                 }

@@ -15,6 +15,22 @@ pub enum Error {
         /// What the parser said.
         message: String,
     },
+    /// A YAML budget (see [`crate::yaml::Budget`]) was exceeded.
+    #[error("{file}: document {index}{}: {what} {actual} exceeds the limit of {limit}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Limit {
+        /// The file the text came from.
+        file: String,
+        /// The 0-based document index in the file.
+        index: usize,
+        /// The 1-based line in the file, when known.
+        line: Option<u32>,
+        /// Which limit.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+        /// The value that passed it (a lower bound when the parser stopped early).
+        actual: u64,
+    },
     /// A document parsed but is not valid.
     #[error("{file}: {kind} {name:?}: {message}")]
     Invalid {
