@@ -100,6 +100,16 @@ pub enum Error {
     /// The operation was cancelled by shutdown.
     #[error("cancelled")]
     Cancelled,
+
+    /// A SOPS file could not be decrypted or verified (no key, MAC
+    /// mismatch, malformed metadata); the bundle is refused whole.
+    #[error("{file}: SOPS: {message}")]
+    Decryption {
+        /// The file inside the artifact.
+        file: String,
+        /// Why (names recipients and paths, never plaintext).
+        message: String,
+    },
 }
 
 /// A field owned by another field manager, from a 409 apply response.
@@ -177,6 +187,7 @@ impl Error {
             Error::Store(_) | Error::Io { .. } => "LocalStateError",
             Error::Artifact { reason, .. } => reason,
             Error::Cancelled => "Cancelled",
+            Error::Decryption { .. } => "DecryptionFailed",
         }
     }
 

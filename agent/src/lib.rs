@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod objects;
 pub mod oneshot;
 pub mod outbox;
+pub mod sops;
 pub mod status;
 pub mod store;
 pub mod sync;

@@ -6,7 +6,9 @@
 //! holds one value. Every object must be a mapping with a string
 //! `apiVersion`, a string `kind` and a non-empty string `metadata.name`.
 //! A `kind: List` (apiVersion `v1`) is expanded into its `items`, as kubectl
-//! does. One bad document rejects the whole bundle.
+//! does. One bad document rejects the whole bundle. A SOPS-encrypted document
+//! (top-level `sops:` mapping) is kept as ciphertext; its SOPS metadata must
+//! be well-formed (see docs/secrets.md).
 
 use serde_json::Value;
 
@@ -230,6 +232,11 @@ fn emit(
     if value.is_null() {
         return Ok(());
     }
+    if convoy_sops::is_sops(&value) {
+        // A SOPS document passes through encrypted (the hub holds no key):
+        // only its metadata and the form of its encrypted values are checked.
+        convoy_sops::check(std::slice::from_ref(&value)).map_err(|e| err(format!("SOPS: {e}")))?;
+    }
     let is_list = value.get("apiVersion").and_then(Value::as_str) == Some("v1")
         && value.get("kind").and_then(Value::as_str) == Some("List");
     if is_list {
@@ -387,6 +394,10 @@ mod quick {
                 _ => None,
             };
             let is_metadata = role == Role::Top && key == "metadata";
+            if role == Role::Top && key == "sops" {
+                // SOPS metadata is checked on the full path.
+                return None;
+            }
             if !keys.insert(key) {
                 return None;
             }
@@ -481,6 +492,33 @@ mod tests {
                 assert!(matches!(line, Some(13) | Some(14)), "{err}");
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sops_documents_pass_encrypted_with_their_metadata_checked() {
+        let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"k": "c2VjcmV0"}});
+        let recipients = convoy_sops::AgeKeys::generate().recipients();
+        let regex = convoy_sops::Rules { encrypted_regex: Some("^data$".into()), ..Default::default() };
+        for rules in [convoy_sops::Rules::default(), regex] {
+            let opts = convoy_sops::EncryptOptions { recipients: recipients.clone(), rules, lastmodified: None };
+            let enc = convoy_sops::encrypt(std::slice::from_ref(&secret), &opts).unwrap().remove(0);
+            let text = serde_json::to_string(&enc).unwrap();
+            // data values are ENC[...] strings, not base64: still accepted, as YAML and JSON.
+            for file in ["s.yaml", "s.json"] {
+                assert_eq!(check_file(file, text.as_bytes()).unwrap(), 1, "{file}");
+                let ms = parse_file(file, text.as_bytes()).unwrap();
+                assert_eq!(ms[0].object, enc, "passes through unchanged");
+            }
+            let mut broken = enc.clone();
+            broken["sops"]["mac"] = "not a mac".into();
+            let err = check_file("s.yaml", serde_json::to_string(&broken).unwrap().as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("SOPS: malformed SOPS metadata: mac"), "{err}");
+            let mut plain = enc.clone();
+            plain["data"]["k"] = "c2VjcmV0".into();
+            let err = check_file("s.yaml", serde_json::to_string(&plain).unwrap().as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("data:k:") && !err.to_string().contains("c2VjcmV0"), "{err}");
         }
     }
 

@@ -15,6 +15,7 @@ pub mod cmd_artifact;
 pub mod cmd_dev;
 pub mod cmd_fleet;
 pub mod cmd_hub;
+pub mod cmd_sops;
 pub mod logging;
 
 /// Convoy: a GitOps fleet manager.
