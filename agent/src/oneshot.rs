@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use convoy_artifact::{ARTIFACT_FILE, Limits, SIGNATURE_FILE, STATEMENT_FILE, Statement, TrustedKeys};
 use tokio_util::sync::CancellationToken;
 
-use crate::bundle::{
-    AppliedRevision, BundleOptions, Decision, Deployment, decide, verify_all,
-};
+use crate::bundle::{AppliedRevision, BundleOptions, Decision, Deployment, decide, verify_all};
 use crate::engine::{Action, ApplyOptions, ApplyReport, Engine, ObjectResult, Plan};
 use crate::health::{self, HealthStatus, ObjectHealth};
 use crate::{Error, Result};

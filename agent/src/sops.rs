@@ -20,15 +20,10 @@ pub const KEY_SECRET: &str = "convoy-agent-age";
 /// The data key of the identity in [`KEY_SECRET`].
 pub const KEY_FIELD: &str = "age.agekey";
 
-/// Whether a file may hold SOPS documents (a top-level `sops` key); a cheap
-/// test on the bytes, confirmed by parsing.
-pub fn maybe_sops(path: &str, content: &[u8]) -> bool {
-    let Ok(text) = std::str::from_utf8(content) else { return false };
-    if path.to_ascii_lowercase().ends_with(".json") {
-        text.contains("\"sops\"")
-    } else {
-        text.starts_with("sops:") || text.contains("\nsops:")
-    }
+/// Whether a file may hold SOPS documents: a cheap test on the bytes (the
+/// word `sops` appears), confirmed by parsing in [`decrypt_file`].
+pub fn maybe_sops(_path: &str, content: &[u8]) -> bool {
+    content.windows(4).any(|w| w == b"sops")
 }
 
 fn decryption_error(file: &str, e: convoy_sops::Error) -> Error {
@@ -39,16 +34,18 @@ fn decryption_error(file: &str, e: convoy_sops::Error) -> Error {
 /// file is SOPS (the caller parses it as plain YAML). Every document must
 /// decrypt and the file's MAC must verify, or nothing of it is returned.
 pub fn decrypt_file(path: &str, content: &[u8], keys: &dyn KeyProvider) -> Result<Option<Vec<Manifest>>> {
-    let bad = |index: usize, message: String| Error::Manifest { file: path.to_string(), index, message };
-    let text = std::str::from_utf8(content).map_err(|_| bad(0, "not UTF-8 text".into()))?;
+    // A file that does not parse is left to the plain path, which reports
+    // the problem with its line.
+    let Ok(text) = std::str::from_utf8(content) else { return Ok(None) };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     // (document index, value), null documents skipped as everywhere else.
     let mut docs: Vec<(usize, Value)> = Vec::new();
     if path.to_ascii_lowercase().ends_with(".json") {
-        docs.push((0, serde_json::from_str(text).map_err(|e| bad(0, e.to_string()))?));
+        let Ok(v) = serde_json::from_str(text) else { return Ok(None) };
+        docs.push((0, v));
     } else {
         for d in convoy_core::yaml::documents(text) {
-            let v: Value = convoy_core::yaml::parse_document(path, &d).map_err(|e| bad(d.index, e.to_string()))?;
+            let Ok(v) = convoy_core::yaml::parse_document::<Value>(path, &d) else { return Ok(None) };
             if !v.is_null() {
                 docs.push((d.index, v));
             }
@@ -105,7 +102,8 @@ async fn secret_keys(client: &kube::Client, namespace: &str, name: &str) -> Resu
                 .map_err(|_| Error::Config(format!("Secret {namespace}/{name}: {field} is not base64")))?;
             let text = String::from_utf8(bytes)
                 .map_err(|_| Error::Config(format!("Secret {namespace}/{name}: {field} is not text")))?;
-            let k = AgeKeys::parse(&text).map_err(|e| Error::Config(format!("Secret {namespace}/{name}: {field}: {e}")))?;
+            let k = AgeKeys::parse(&text)
+                .map_err(|e| Error::Config(format!("Secret {namespace}/{name}: {field}: {e}")))?;
             keys.extend(k);
         }
     }
@@ -145,11 +143,13 @@ pub async fn own_key(client: &kube::Client, namespace: &str) -> Result<AgeKeys> 
 pub async fn agent_keys(client: &kube::Client, namespace: &str, shared: Option<&str>) -> Result<AgeKeys> {
     let mut keys = own_key(client, namespace).await?;
     if let Some(name) = shared {
-        let k = secret_keys(client, namespace, name)
-            .await?
-            .ok_or_else(|| Error::Config(format!("shared age key Secret {namespace}/{name} does not exist")))?;
+        let k = secret_keys(client, namespace, name).await?.ok_or_else(|| {
+            Error::Config(format!("shared age key Secret {namespace}/{name} does not exist"))
+        })?;
         if k.is_empty() {
-            return Err(Error::Config(format!("shared age key Secret {namespace}/{name} holds no age identity")));
+            return Err(Error::Config(format!(
+                "shared age key Secret {namespace}/{name} holds no age identity"
+            )));
         }
         keys.extend(k);
     }
@@ -172,7 +172,7 @@ mod tests {
         let enc = convoy_sops::encrypt(&[secret_yaml()], &opts).unwrap();
         let text = serde_json::to_string(&enc[0]).unwrap();
         for file in ["s.yaml", "s.json"] {
-            assert!(maybe_sops(file, text.as_bytes()) || file == "s.yaml");
+            assert!(maybe_sops(file, text.as_bytes()));
             let ms = decrypt_file(file, text.as_bytes(), &keys).unwrap().unwrap();
             assert_eq!(ms.len(), 1);
             assert_eq!((ms[0].kind.as_str(), ms[0].name.as_str()), ("Secret", "db"));
@@ -181,6 +181,8 @@ mod tests {
         let plain = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n";
         assert!(decrypt_file("c.yaml", plain, &keys).unwrap().is_none());
         assert!(!maybe_sops("c.yaml", plain));
+        // A broken file is left to the plain path (which names the line).
+        assert!(decrypt_file("b.yaml", b"sops: [unclosed\n", &keys).unwrap().is_none());
         // Not a recipient: the file and the recipients are named, no plaintext.
         let other = AgeKeys::generate();
         let e = decrypt_file("secrets/db.yaml", text.as_bytes(), &other).unwrap_err();

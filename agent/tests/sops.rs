@@ -24,7 +24,8 @@ const TOKEN_VALUE: &str = "tok-3n5-plaintext";
 const JSON_VALUE: &str = "json-sops-plaintext";
 
 fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/setup.sh installs sops and age)"));
+    let out =
+        cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/setup.sh installs sops and age)"));
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
@@ -39,7 +40,8 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
 fn sops(dir: &Path, file: &str, text: &str, args: &[&str]) -> String {
     let path = dir.join(file);
     std::fs::write(&path, text).unwrap();
-    String::from_utf8(run(Command::new("sops").current_dir(dir).arg("encrypt").args(args).arg(&path))).unwrap()
+    String::from_utf8(run(Command::new("sops").current_dir(dir).arg("encrypt").args(args).arg(&path)))
+        .unwrap()
 }
 
 fn secret_yaml(name: &str) -> String {
@@ -65,7 +67,12 @@ fn bundle_files(dir: &Path, recipient: &str) -> Vec<(&'static str, String)> {
         ("whole.yaml", sops(dir, "whole.yaml", &secret_yaml("whole"), &["--age", recipient])),
         (
             "regex.yaml",
-            sops(dir, "regex.yaml", &secret_yaml("regex"), &["--age", recipient, "--encrypted-regex", "^(data|stringData)$"]),
+            sops(
+                dir,
+                "regex.yaml",
+                &secret_yaml("regex"),
+                &["--age", recipient, "--encrypted-regex", "^(data|stringData)$"],
+            ),
         ),
         ("json.json", sops(dir, "json.json", &json, &["--age", recipient])),
         ("cm.yaml", configmap("plain", "k: v")),
@@ -90,7 +97,8 @@ async fn assert_secrets_readable(sim: &kube_sim::KubeSim, dir: &Path) {
     let kc = dir.join("kubeconfig");
     sim.write_kubeconfig(&kc).unwrap();
     for name in ["whole", "regex"] {
-        let pw = kubectl(&kc, &["-n", "apps", "get", "secret", name, "-o", "jsonpath={.data.password}"]).await;
+        let pw =
+            kubectl(&kc, &["-n", "apps", "get", "secret", name, "-o", "jsonpath={.data.password}"]).await;
         assert_eq!(pw, b64(PASSWORD), "{name}");
         let tok = kubectl(&kc, &["-n", "apps", "get", "secret", name, "-o", "jsonpath={.data.token}"]).await;
         assert_eq!(tok, b64(TOKEN_VALUE), "{name}");
@@ -163,7 +171,13 @@ impl std::io::Write for Captured {
     }
 }
 
-fn signed(hub: &FakeHub, key: &SigningKey, bundle: &str, generation: u64, bytes: Vec<u8>) -> pb::BundleDeployment {
+fn signed(
+    hub: &FakeHub,
+    key: &SigningKey,
+    bundle: &str,
+    generation: u64,
+    bytes: Vec<u8>,
+) -> pb::BundleDeployment {
     let digest = hub.add_artifact(bytes.clone());
     let st = Statement::new(
         bundle,
@@ -181,7 +195,12 @@ fn signed(hub: &FakeHub, key: &SigningKey, bundle: &str, generation: u64, bytes:
         digest,
         size: bytes.len() as u64,
         generation,
-        options: Some(pb::ApplyOptions { prune: true, wait: true, timeout_seconds: 20, ..Default::default() }),
+        options: Some(pb::ApplyOptions {
+            prune: true,
+            wait: true,
+            timeout_seconds: 20,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -209,7 +228,9 @@ async fn agent_decrypts_with_its_own_key_and_reports_decryption_failed_without_p
     // The test runtime is single-threaded: the agent's tasks log through this.
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let sim = sim_with(kube_sim::SimConfig { readiness_delay: Duration::from_millis(50), ..Default::default() }).await;
+    let sim =
+        sim_with(kube_sim::SimConfig { readiness_delay: Duration::from_millis(50), ..Default::default() })
+            .await;
     let hub = FakeHub::start("bootstrap-token", Duration::from_secs(3600)).await;
     let tmp = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
@@ -229,11 +250,12 @@ async fn agent_decrypts_with_its_own_key_and_reports_decryption_failed_without_p
         ..Tuning::default()
     };
     let shutdown = CancellationToken::new();
-    let agent = Agent::start(cfg.clone(), shutdown.clone()).await.expect("agent starts");
+    let agent = Agent::start(cfg, shutdown.clone()).await.expect("agent starts");
 
     // The agent generated its key pair; the recipient is public in the Secret.
     let secret = sim.object("", "secrets", "convoy-system", "convoy-agent-age").expect("key Secret");
-    let recipient = secret["metadata"]["annotations"]["convoy.dev/age-recipient"].as_str().unwrap().to_string();
+    let recipient =
+        secret["metadata"]["annotations"]["convoy.dev/age-recipient"].as_str().unwrap().to_string();
     assert!(recipient.starts_with("age1"), "{recipient}");
     let (_, stranger) = keygen(tmp.path(), "stranger.txt");
 
@@ -242,7 +264,10 @@ async fn agent_decrypts_with_its_own_key_and_reports_decryption_failed_without_p
         ("s.yaml", sops(tmp.path(), "f.yaml", &secret_yaml("foreign"), &["--age", &stranger])),
         ("cm.yaml", configmap("foreign-cm", "k: v")),
     ]);
-    hub.set_desired(vec![signed(&hub, &key, "good", 1, good.bytes), signed(&hub, &key, "foreign", 1, foreign.bytes)]);
+    hub.set_desired(vec![
+        signed(&hub, &key, "good", 1, good.bytes),
+        signed(&hub, &key, "foreign", 1, foreign.bytes),
+    ]);
 
     let st = eventually(60, "good Ready", || async {
         hub.status("good").filter(|s| s.phase == pb::Phase::Ready as i32)
@@ -253,10 +278,17 @@ async fn agent_decrypts_with_its_own_key_and_reports_decryption_failed_without_p
         hub.status("foreign").filter(|s| s.phase == pb::Phase::Stalled as i32)
     })
     .await;
-    assert!(st.message.contains("DecryptionFailed") || st.conditions.iter().any(|c| c.reason == "DecryptionFailed"), "{st:?}");
+    assert!(
+        st.message.contains("DecryptionFailed")
+            || st.conditions.iter().any(|c| c.reason == "DecryptionFailed"),
+        "{st:?}"
+    );
     assert!(st.message.contains("s.yaml") && st.message.contains(&stranger), "{}", st.message);
     let cms = sim.objects("", "configmaps");
-    assert!(cms.iter().all(|c| c["metadata"]["name"] != "foreign-cm"), "nothing of the refused bundle applied");
+    assert!(
+        cms.iter().all(|c| c["metadata"]["name"] != "foreign-cm"),
+        "nothing of the refused bundle applied"
+    );
     assert_secrets_readable(&sim, tmp.path()).await;
     let events = eventually(30, "DecryptionFailed event", || async {
         let ev = hub.events();

@@ -502,7 +502,8 @@ mod tests {
         let recipients = convoy_sops::AgeKeys::generate().recipients();
         let regex = convoy_sops::Rules { encrypted_regex: Some("^data$".into()), ..Default::default() };
         for rules in [convoy_sops::Rules::default(), regex] {
-            let opts = convoy_sops::EncryptOptions { recipients: recipients.clone(), rules, lastmodified: None };
+            let opts =
+                convoy_sops::EncryptOptions { recipients: recipients.clone(), rules, lastmodified: None };
             let enc = convoy_sops::encrypt(std::slice::from_ref(&secret), &opts).unwrap().remove(0);
             let text = serde_json::to_string(&enc).unwrap();
             // data values are ENC[...] strings, not base64: still accepted, as YAML and JSON.

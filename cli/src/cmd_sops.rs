@@ -52,10 +52,13 @@ async fn recipients(a: RecipientsArgs) -> Result<()> {
         .into_inner();
     let (text, missing) = render(&r.clusters, a.format);
     for name in &missing {
-        eprintln!("cluster {name}: its agent has reported no age recipient yet (not connected since SOPS support?)");
+        eprintln!(
+            "cluster {name}: its agent has reported no age recipient yet (not connected since SOPS support?)"
+        );
     }
     if text.is_empty() {
-        return Err(Failure::usage("no matching cluster has reported an age recipient"));
+        // Exit code 5: not found.
+        return Err(Failure { code: 5, message: "no matching cluster has reported an age recipient".into() });
     }
     print!("{text}");
     Ok(())
@@ -81,7 +84,8 @@ pub fn render(clusters: &[pb::Cluster], format: RecipientsFormat) -> (String, Ve
         RecipientsFormat::Lines => all.iter().map(|r| format!("{r}\n")).collect(),
         RecipientsFormat::Comma => format!("{}\n", all.join(",")),
         RecipientsFormat::SopsYaml => {
-            let mut s = String::from("creation_rules:\n  - encrypted_regex: ^(data|stringData)$\n    age: >-\n");
+            let mut s =
+                String::from("creation_rules:\n  - encrypted_regex: ^(data|stringData)$\n    age: >-\n");
             for (i, r) in all.iter().enumerate() {
                 s.push_str(&format!("      {r}{}\n", if i + 1 < all.len() { "," } else { "" }));
             }
@@ -96,12 +100,20 @@ mod tests {
     use super::*;
 
     fn cluster(name: &str, r: &[&str]) -> pb::Cluster {
-        pb::Cluster { name: name.into(), age_recipients: r.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+        pb::Cluster {
+            name: name.into(),
+            age_recipients: r.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn recipients_are_sorted_deduplicated_and_missing_ones_named() {
-        let cs = [cluster("a", &["age1b", "age1shared"]), cluster("b", &["age1a", "age1shared"]), cluster("c", &[])];
+        let cs = [
+            cluster("a", &["age1b", "age1shared"]),
+            cluster("b", &["age1a", "age1shared"]),
+            cluster("c", &[]),
+        ];
         let (text, missing) = render(&cs, RecipientsFormat::Lines);
         assert_eq!(text, "age1a\nage1b\nage1shared\n");
         assert_eq!(missing, vec!["c".to_string()]);

@@ -26,7 +26,8 @@ async fn heavy_sops_secret_for_prod_applies_on_prod_and_stalls_staging() {
     let infra_before = before.iter().find(|b| b.name == "infra").unwrap().clone();
 
     // The prod agents' recipients, as the operator gets them.
-    let out = fleet.convoy_ok(&convoy_bin(), &["sops", "recipients", "--selector", "env=prod"]).await.unwrap();
+    let out =
+        fleet.convoy_ok(&convoy_bin(), &["sops", "recipients", "--selector", "env=prod"]).await.unwrap();
     let prod: Vec<&str> = out.lines().collect();
     assert_eq!(prod.len(), 2, "one generated key per prod agent: {out}");
     assert!(prod.iter().all(|r| r.starts_with("age1")), "{out}");
