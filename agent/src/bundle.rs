@@ -195,11 +195,28 @@ pub fn verify_all(
 /// to four threads (parsing dominates the cost of a large bundle); each
 /// object becomes compact JSON text as soon as it is parsed.
 pub fn load_manifests(targz: &[u8], limits: &Limits) -> Result<Vec<Manifest>> {
+    load_manifests_with(targz, limits, &convoy_sops::AgeKeys::new())
+}
+
+/// [`load_manifests`], decrypting SOPS files with `keys` (crate::sops): a
+/// file that does not decrypt and verify refuses the bundle whole.
+pub fn load_manifests_with(
+    targz: &[u8],
+    limits: &Limits,
+    keys: &dyn convoy_sops::KeyProvider,
+) -> Result<Vec<Manifest>> {
     let files = convoy_artifact::unpack(targz, limits)
         .map_err(|e| Error::Artifact { reason: e.reason(), message: e.to_string() })?;
     // Units of work: (file, document index, first line, text).
     let mut units: Vec<Unit<'_>> = Vec::new();
+    let mut decrypted: Vec<Manifest> = Vec::new();
     for f in &files {
+        if crate::sops::maybe_sops(&f.path, &f.content)
+            && let Some(ms) = crate::sops::decrypt_file(&f.path, &f.content, keys)?
+        {
+            decrypted.extend(ms);
+            continue;
+        }
         let yaml = !f.path.to_ascii_lowercase().ends_with(".json");
         match std::str::from_utf8(&f.content) {
             Ok(text) if yaml => {
@@ -222,7 +239,9 @@ pub fn load_manifests(targz: &[u8], limits: &Limits) -> Result<Vec<Manifest>> {
     // One YAML budget for the whole artifact, shared by the parser threads.
     let budget = convoy_core::yaml::Budget::default();
     if threads == 1 || total < 256 * 1024 || units.len() < 2 {
-        return parse_units(&units, &budget);
+        let mut out = parse_units(&units, &budget)?;
+        out.append(&mut decrypted);
+        return Ok(out);
     }
     // Contiguous chunks of about equal size keep the output in order.
     let per = total.div_ceil(threads);
@@ -253,6 +272,7 @@ pub fn load_manifests(targz: &[u8], limits: &Limits) -> Result<Vec<Manifest>> {
         // The first failing chunk in order holds the first bad document.
         out.extend(r?);
     }
+    out.append(&mut decrypted);
     Ok(out)
 }
 

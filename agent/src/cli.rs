@@ -123,6 +123,10 @@ pub struct RunArgs {
     /// Grace period for in-flight work at shutdown.
     #[arg(long, env = "CONVOY_SHUTDOWN_GRACE", default_value = "20s")]
     pub shutdown_grace: HumanDuration,
+    /// A Secret in the agent's namespace holding shared age identities for
+    /// SOPS files (in addition to the agent's own generated key).
+    #[arg(long, env = "CONVOY_SOPS_AGE_SECRET")]
+    pub sops_age_secret: Option<String>,
 }
 
 impl RunArgs {
@@ -149,6 +153,7 @@ impl RunArgs {
             metrics_address: Some(self.metrics_address),
             drift_mode: self.drift_mode,
             tuning,
+            sops_age_secret: self.sops_age_secret.clone(),
         })
     }
 }
@@ -194,6 +199,9 @@ pub struct OneShotArgs {
     /// Cluster access.
     #[command(flatten)]
     pub kube: KubeArgs,
+    /// age identity file for SOPS-encrypted documents, repeatable.
+    #[arg(long = "age-key-file", env = "CONVOY_AGE_KEY_FILES", value_delimiter = ',')]
+    pub age_key_files: Vec<PathBuf>,
 }
 
 impl OneShotArgs {
@@ -215,6 +223,7 @@ impl OneShotArgs {
                 allowed_kinds: self.allowed_kinds.clone(),
                 allow_cluster_scoped: !self.deny_cluster_scoped,
             },
+            age_key_files: self.age_key_files.clone(),
         }
     }
 }

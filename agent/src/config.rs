@@ -127,6 +127,9 @@ pub struct AgentConfig {
     pub drift_mode: DriftMode,
     /// Timers and bounds.
     pub tuning: Tuning,
+    /// A Secret in the agent's namespace with shared age identities for SOPS
+    /// (every data value is an identity file), besides the agent's own key.
+    pub sops_age_secret: Option<String>,
 }
 
 impl AgentConfig {
@@ -146,6 +149,7 @@ impl AgentConfig {
             metrics_address: None,
             drift_mode: DriftMode::Correct,
             tuning: Tuning::default(),
+            sops_age_secret: None,
         }
     }
 }

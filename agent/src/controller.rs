@@ -70,6 +70,8 @@ pub struct Ctx {
     pub limits: Limits,
     /// Shutdown.
     pub shutdown: CancellationToken,
+    /// age identities for SOPS files (crate::sops).
+    pub sops_keys: Arc<convoy_sops::AgeKeys>,
 }
 
 /// Which revision a bundle's inventory in the cluster records (kept to
@@ -1240,8 +1242,8 @@ async fn artifact(ctx: &Ctx, digest: &str, size: u64) -> Result<Vec<u8>> {
 }
 
 async fn manifests(ctx: &Ctx, bytes: Vec<u8>) -> Result<Vec<crate::objects::Manifest>> {
-    let limits = ctx.limits;
-    blocking(move || bundle::load_manifests(&bytes, &limits)).await
+    let (limits, keys) = (ctx.limits, ctx.sops_keys.clone());
+    blocking(move || bundle::load_manifests_with(&bytes, &limits, &*keys)).await
 }
 
 /// Verify, download, unpack, plan, apply, wait.
@@ -1283,7 +1285,9 @@ async fn reconcile(
             })?;
             bundle::verify_artifact(&st, &d.name, &bytes).map_err(Failure::Refused)?;
             let ms = manifests(ctx, bytes).await.map_err(|e| match e {
-                e @ (Error::Manifest { .. } | Error::Artifact { .. }) => Failure::Refused(e),
+                e @ (Error::Manifest { .. } | Error::Artifact { .. } | Error::Decryption { .. }) => {
+                    Failure::Refused(e)
+                }
                 e => Failure::Failed(e, false, None),
             })?;
             let plan = ctx

@@ -114,6 +114,15 @@ pub enum Error {
     /// bundle's objects, or what its tenancy rules exclude): nothing applied.
     #[error("{0}")]
     Policy(crate::policy::Violations),
+    /// A SOPS file could not be decrypted or verified (no key, MAC
+    /// mismatch, malformed metadata); the bundle is refused whole.
+    #[error("{file}: SOPS: {message}")]
+    Decryption {
+        /// The file inside the artifact.
+        file: String,
+        /// Why (names recipients and paths, never plaintext).
+        message: String,
+    },
 }
 
 /// A field owned by another field manager, from a 409 apply response.
@@ -294,6 +303,7 @@ impl Error {
             Error::Artifact { reason, .. } => reason,
             Error::Cancelled => "Cancelled",
             Error::Policy(v) => v.reason(),
+            Error::Decryption { .. } => "DecryptionFailed",
         }
     }
 

@@ -23,6 +23,7 @@ pub mod objects;
 pub mod oneshot;
 pub mod policy;
 pub mod resource;
+pub mod sops;
 
 mod agent;
 mod cache;

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use convoy_artifact::{ARTIFACT_FILE, Limits, SIGNATURE_FILE, STATEMENT_FILE, Statement, TrustedKeys};
 use tokio_util::sync::CancellationToken;
 
-use crate::bundle::{
-    AppliedRevision, BundleOptions, Decision, Deployment, decide, load_manifests, verify_all,
-};
+use crate::bundle::{AppliedRevision, BundleOptions, Decision, Deployment, decide, verify_all};
 use crate::engine::{Action, ApplyOptions, ApplyReport, Engine, ObjectResult, Plan};
 use crate::health::{self, HealthStatus, ObjectHealth};
 use crate::helmrelease::{HelmParts, Release};
@@ -46,6 +44,8 @@ pub struct OneShotOptions {
     pub concurrency: usize,
     /// Which namespaces and kinds the bundle may use.
     pub tenancy: convoy_core::tenancy::Tenancy,
+    /// age identity files for SOPS-encrypted documents (`--age-key-file`).
+    pub age_key_files: Vec<PathBuf>,
 }
 
 impl OneShotOptions {
@@ -64,6 +64,7 @@ impl OneShotOptions {
             allow_rollback: false,
             concurrency: 8,
             tenancy: convoy_core::tenancy::Tenancy::default(),
+            age_key_files: Vec::new(),
         }
     }
 }
@@ -88,6 +89,16 @@ fn read(dir: &Path, name: &str) -> Result<Vec<u8>> {
 /// Verify a build directory (signature by a trusted key, bundle name, digest,
 /// size) and only then unpack and parse it.
 pub fn verify_dir(dir: &Path, keys: &[PathBuf], bundle: Option<&str>) -> Result<VerifiedDir> {
+    verify_dir_with(dir, keys, bundle, &convoy_sops::AgeKeys::new())
+}
+
+/// [`verify_dir`], decrypting SOPS documents with `age` (in memory only).
+pub fn verify_dir_with(
+    dir: &Path,
+    keys: &[PathBuf],
+    bundle: Option<&str>,
+    age: &convoy_sops::AgeKeys,
+) -> Result<VerifiedDir> {
     if keys.is_empty() {
         return Err(Error::Config("no trusted key given (--key PUB)".into()));
     }
@@ -97,7 +108,7 @@ pub fn verify_dir(dir: &Path, keys: &[PathBuf], bundle: Option<&str>) -> Result<
     let signature = read(dir, SIGNATURE_FILE)?;
     let artifact = read(dir, ARTIFACT_FILE)?;
     let statement = verify_all(&statement_bytes, &signature, &artifact, &trusted, bundle)?;
-    let manifests = load_manifests(&artifact, &Limits::default())?;
+    let manifests = crate::bundle::load_manifests_with(&artifact, &Limits::default(), age)?;
     Ok(VerifiedDir { statement, statement_bytes, signature, manifests })
 }
 
@@ -183,7 +194,11 @@ fn line(out: &mut String, o: &ObjectResult) {
 /// discovery; then plan against the cluster.
 async fn verify_and_plan(engine: &Engine, opts: &OneShotOptions) -> Result<(Plan, Option<HelmParts>)> {
     let (dir, keys, bundle) = (opts.dir.clone(), opts.keys.clone(), opts.bundle.clone());
-    let verify = tokio::task::spawn_blocking(move || verify_dir(&dir, &keys, bundle.as_deref()));
+    let age_files = opts.age_key_files.clone();
+    let verify = tokio::task::spawn_blocking(move || {
+        let age = crate::sops::load_key_files(&age_files)?;
+        verify_dir_with(&dir, &keys, bundle.as_deref(), &age)
+    });
     let ((), v) = tokio::join!(engine.prefetch_discovery(), verify);
     let v = v.map_err(|e| Error::Config(format!("verification task failed: {e}")))??;
     plan_dir(engine, v, opts).await

@@ -57,6 +57,8 @@ pub struct SyncCtx {
     pub tuning: Tuning,
     /// Shutdown.
     pub shutdown: CancellationToken,
+    /// The age recipients reported in Hello (SOPS).
+    pub age_recipients: Vec<String>,
 }
 
 enum End {
@@ -195,8 +197,12 @@ async fn session(ctx: &SyncCtx, id: &ClusterIdentity) -> Result<End> {
             .collect()
     };
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
-    let hello =
-        pb::Hello { agent_version: AGENT_VERSION.to_string(), outbox_epoch: ctx.store.epoch(), applied };
+    let hello = pb::Hello {
+        agent_version: AGENT_VERSION.to_string(),
+        outbox_epoch: ctx.store.epoch(),
+        applied,
+        age_recipients: ctx.age_recipients.clone(),
+    };
     tx.send(pb::AgentMessage { msg: Some(Out::Hello(hello)) })
         .await
         .map_err(|_| Error::Transport("stream closed".into()))?;

@@ -32,6 +32,11 @@
 //! aliases expanded, and objects), so an alias bomb split over many
 //! documents or files is a [`Error::Limit`] naming the limit, the file and
 //! the document, and the parser stops when the budget is spent.
+//!
+//! # SOPS
+//!
+//! A SOPS-encrypted document (top-level `sops:` mapping) is kept as
+//! ciphertext; its SOPS metadata must be well-formed (see docs/secrets.md).
 
 use convoy_core::yaml::{Budget, BudgetUsage, Document};
 use serde_json::Value;
@@ -336,6 +341,11 @@ fn emit(
     if value.is_null() {
         return Ok(());
     }
+    if convoy_sops::is_sops(&value) {
+        // A SOPS document passes through encrypted (the hub holds no key):
+        // only its metadata and the form of its encrypted values are checked.
+        convoy_sops::check(std::slice::from_ref(&value)).map_err(|e| err(line, format!("SOPS: {e}")))?;
+    }
     let charge = |n: usize| {
         let usage = BudgetUsage { objects: n as u64, ..BudgetUsage::default() };
         budget.charge(file, index, Some(line), usage).map_err(core_error)
@@ -607,6 +617,10 @@ mod quick {
                 _ => None,
             };
             let is_metadata = role == Role::Top && key == "metadata";
+            if role == Role::Top && key == "sops" {
+                // SOPS metadata is checked on the full path.
+                return None;
+            }
             if !keys.insert(key) {
                 return None;
             }
@@ -710,6 +724,34 @@ mod tests {
                 assert!(matches!(line, Some(13) | Some(14)), "{err}");
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sops_documents_pass_encrypted_with_their_metadata_checked() {
+        let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"k": "c2VjcmV0"}});
+        let recipients = convoy_sops::AgeKeys::generate().recipients();
+        let regex = convoy_sops::Rules { encrypted_regex: Some("^data$".into()), ..Default::default() };
+        for rules in [convoy_sops::Rules::default(), regex] {
+            let opts =
+                convoy_sops::EncryptOptions { recipients: recipients.clone(), rules, lastmodified: None };
+            let enc = convoy_sops::encrypt(std::slice::from_ref(&secret), &opts).unwrap().remove(0);
+            let text = serde_json::to_string(&enc).unwrap();
+            // data values are ENC[...] strings, not base64: still accepted, as YAML and JSON.
+            for file in ["s.yaml", "s.json"] {
+                assert_eq!(check_file(file, text.as_bytes()).unwrap(), 1, "{file}");
+                let ms = parse_file(file, text.as_bytes()).unwrap();
+                assert_eq!(ms[0].object, enc, "passes through unchanged");
+            }
+            let mut broken = enc.clone();
+            broken["sops"]["mac"] = "not a mac".into();
+            let err = check_file("s.yaml", serde_json::to_string(&broken).unwrap().as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("SOPS: malformed SOPS metadata: mac"), "{err}");
+            let mut plain = enc.clone();
+            plain["data"]["k"] = "c2VjcmV0".into();
+            let err = check_file("s.yaml", serde_json::to_string(&plain).unwrap().as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("data:k:") && !err.to_string().contains("c2VjcmV0"), "{err}");
         }
     }
 

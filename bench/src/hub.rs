@@ -205,6 +205,7 @@ async fn sync(
             agent_version: "bench/1".into(),
             outbox_epoch: rand_epoch(),
             applied: vec![],
+            age_recipients: vec![],
         })),
     })
     .await?;

@@ -101,6 +101,9 @@ pub enum Command {
     Label(Box<LabelArgs>),
     /// Revoke a cluster: its certificates stop working at once.
     Revoke(Box<RevokeArgs>),
+    /// SOPS: the age recipients of clusters, for `.sops.yaml` (docs/secrets.md).
+    #[command(subcommand)]
+    Sops(crate::cmd_sops::SopsCommand),
 }
 
 /// `convoy token ...`
@@ -308,6 +311,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Resume(a) => action(*a, Action::Resume).await,
         Command::Label(a) => label(*a).await,
         Command::Revoke(a) => revoke(*a).await,
+        Command::Sops(c) => crate::cmd_sops::run(c).await,
     };
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),

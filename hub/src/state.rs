@@ -56,6 +56,7 @@ pub struct ClusterShared {
     streams: AtomicU32,
     last_seen_ms: AtomicI64,
     agent_version: ArcSwap<String>,
+    age_recipients: ArcSwap<Vec<String>>,
     statuses: Arc<ClusterStatuses>,
     desired: watch::Sender<Arc<ClusterDesired>>,
     session: Mutex<Option<(u64, CancellationToken)>>,
@@ -69,6 +70,7 @@ impl ClusterShared {
             streams: AtomicU32::new(0),
             last_seen_ms: AtomicI64::new(liveness.last_seen_unix_ms),
             agent_version: ArcSwap::from_pointee(liveness.agent_version),
+            age_recipients: ArcSwap::from_pointee(liveness.age_recipients),
             statuses,
             desired: watch::Sender::new(Arc::default()),
             session: Mutex::new(None),
@@ -126,12 +128,29 @@ impl ClusterShared {
         }
     }
 
+    /// The age recipients reported last (SOPS).
+    pub fn age_recipients(&self) -> Arc<Vec<String>> {
+        self.age_recipients.load_full()
+    }
+
+    /// Record the age recipients the agent reported.
+    pub fn set_age_recipients(&self, r: &[String]) {
+        if **self.age_recipients.load() != r {
+            self.age_recipients.store(Arc::new(r.to_vec()));
+            self.liveness_dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn take_liveness_dirty(&self) -> bool {
         self.liveness_dirty.swap(false, Ordering::Relaxed)
     }
 
     pub(crate) fn liveness(&self) -> Liveness {
-        Liveness { last_seen_unix_ms: self.last_seen(), agent_version: (*self.agent_version()).clone() }
+        Liveness {
+            last_seen_unix_ms: self.last_seen(),
+            agent_version: (*self.agent_version()).clone(),
+            age_recipients: (*self.age_recipients()).clone(),
+        }
     }
 
     /// A Sync session starts: the previous one of this cluster (a half-dead

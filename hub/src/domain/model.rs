@@ -59,6 +59,9 @@ pub struct Liveness {
     pub last_seen_unix_ms: i64,
     /// The agent version it reported.
     pub agent_version: String,
+    /// The age recipients it reported (SOPS, docs/secrets.md).
+    #[serde(default)]
+    pub age_recipients: Vec<String>,
 }
 
 /// A bootstrap token, as stored (the secret itself is never stored).

@@ -109,6 +109,7 @@ fn cluster_pb(entry: &ClusterEntry, cells: &[pb::ClusterBundleStatus]) -> pb::Cl
         registered_unix_ms: r.registered_unix_ms,
         certificate_not_after_unix_ms: r.cert_not_after(),
         revoked: r.revoked,
+        age_recipients: (*entry.shared.age_recipients()).clone(),
     }
 }
 

@@ -57,6 +57,7 @@ pub async fn start(
     let shared = entry.shared.clone();
     let now = now_ms();
     shared.set_agent_version(&hello.agent_version);
+    shared.set_age_recipients(&hello.age_recipients);
     shared.touch(now);
     let epoch = hello.outbox_epoch;
     let store = core.store.clone();

@@ -171,6 +171,7 @@ pub fn hello(epoch: u64) -> pb::AgentMessage {
             agent_version: "test/1".into(),
             outbox_epoch: epoch,
             applied: vec![],
+            age_recipients: vec![],
         })),
     }
 }
