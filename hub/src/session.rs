@@ -89,6 +89,11 @@ pub async fn start(
     if !seeds.is_empty() {
         drop(core.writer.submit(vec![Write::SeedStatuses { cluster: name.clone(), statuses: seeds }]).await);
     }
+    // A hub behind what its agents hold continues above them (crate::state).
+    if !hello.applied.is_empty() {
+        let held = hello.applied.iter().take(4096).map(|a| (a.bundle.clone(), a.generation, a.digest.clone()));
+        core.state.report_applied(name.clone(), held.collect()).await;
+    }
 
     let (tx, rx) = mpsc::channel(core.sessions.send_queue.max(2));
     let mut desired = shared.subscribe_desired();
@@ -113,6 +118,7 @@ pub async fn start(
         received_seq: acked,
         pending: Vec::new(),
         queue_depth: 0,
+        guard: crate::limits::InputGuard::new(),
     };
     tokio::spawn(
         async move {
@@ -149,6 +155,8 @@ struct Session {
     received_seq: u64,
     pending: Vec<(u64, OutboxEntry)>,
     queue_depth: i64,
+    /// Input limits of this stream (crate::limits).
+    guard: crate::limits::InputGuard,
 }
 
 impl Session {
@@ -286,12 +294,14 @@ impl Session {
                 if st.bundle.is_empty() {
                     return Err(Status::invalid_argument("StatusReport.status.bundle is empty"));
                 }
-                (s.seq, OutboxEntry::Status(status_from_pb(&st)))
+                // Statuses only for bundles in this cluster's desired set.
+                let desired = self.shared.desired().bundles.contains_key(&st.bundle);
+                (s.seq, self.guard.status(status_from_pb(&st), desired, now_ms()))
             }
             Some(In::Event(e)) => {
                 self.core.metrics.message("in", "event");
                 let ev = e.event.ok_or_else(|| Status::invalid_argument("EventReport without event"))?;
-                (e.seq, OutboxEntry::Event(event_from_pb(&ev)))
+                (e.seq, self.guard.event(event_from_pb(&ev), now_ms()))
             }
             Some(In::Heartbeat(_)) => {
                 self.core.metrics.message("in", "heartbeat");
@@ -307,6 +317,17 @@ impl Session {
             return Ok(Some(self.stored_seq));
         }
         self.received_seq = seq;
+        let entry = match entry {
+            crate::limits::Verdict::Store(e) => e,
+            crate::limits::Verdict::Report(e, kind) => {
+                self.core.metrics.agent_input_refused.get_or_create(&crate::metrics::ResultLabels { result: kind }).inc();
+                e
+            }
+            crate::limits::Verdict::Drop(kind) => {
+                self.core.metrics.agent_input_refused.get_or_create(&crate::metrics::ResultLabels { result: kind }).inc();
+                return Ok(None);
+            }
+        };
         self.pending.push((seq, entry));
         Ok(None)
     }

@@ -256,6 +256,7 @@ impl Delivery {
             ));
         };
         let url = self.url().await?;
+        let url_for_auth = url.clone();
         let mut req = client
             .post(url)
             .timeout(timeout)
@@ -265,6 +266,11 @@ impl Delivery {
             let secret = read_trimmed(f, "secretFile").await?;
             req = match self.kind {
                 ProviderKind::GenericHmac => req.header(SIGNATURE_HEADER, sign(secret.as_bytes(), body)),
+                _ if !bearer_ok(&url_for_auth) => {
+                    return Err(AttemptError::Permanent(
+                        "refusing to send the bearer token over plain http: use an https address".into(),
+                    ));
+                }
                 _ => req.bearer_auth(secret),
             };
         }
@@ -501,4 +507,11 @@ mod tests {
         let err = d.attempt(b"{}", Duration::from_secs(5)).await.unwrap_err().to_string();
         assert!(!err.contains("s3cr3t"), "{err}");
     }
+}
+
+/// Whether a bearer token may go to `url`: https, or plain http to a loopback
+/// IP literal only (the rule `convoy_sources::webhook::bearer_allowed` applies
+/// to git fetches).
+fn bearer_ok(url: &reqwest::Url) -> bool {
+    convoy_sources::webhook::bearer_allowed(url.as_str())
 }
