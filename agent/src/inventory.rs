@@ -149,7 +149,12 @@ pub async fn load(client: &kube::Client, namespace: &str, bundle: &str) -> Resul
     }
 }
 
-async fn load_named(client: &kube::Client, namespace: &str, bundle: &str, name: &str) -> Result<Option<Inventory>> {
+async fn load_named(
+    client: &kube::Client,
+    namespace: &str,
+    bundle: &str,
+    name: &str,
+) -> Result<Option<Inventory>> {
     let key = ObjKey::new("", "ConfigMap", Some(namespace), name);
     let Some(cm) = ObjApi::new(client, &configmaps(), &key).get().await? else {
         return Ok(None);

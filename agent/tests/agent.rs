@@ -647,7 +647,11 @@ async fn heavy_a_removed_bundle_keeps_its_generation_floor_in_a_tombstone() {
     cfg.state_dir = env.tmp.path().join("fresh-state");
     let (agent, token) = env.start(cfg).await;
     let st = phase_of(&env.hub, "app", 2, pb::Phase::Stalled).await;
-    assert_eq!(st.conditions.iter().find(|c| c.r#type == "Ready").unwrap().reason, "GenerationRollback", "{st:?}");
+    assert_eq!(
+        st.conditions.iter().find(|c| c.r#type == "Ready").unwrap().reason,
+        "GenerationRollback",
+        "{st:?}"
+    );
     assert!(env.sim.object("", "configmaps", "apps", "a").is_none(), "the replay applied nothing");
     // A newer generation is applied as usual.
     env.hub.set_desired(vec![env.deployment("app", 4, &[("cm.yaml", configmap("a", "4"))], opts("apps"))]);

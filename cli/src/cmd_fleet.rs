@@ -1093,7 +1093,11 @@ async fn events(a: EventsArgs) -> Result<()> {
     if matches!(a.output, Output::Table | Output::Wide) {
         sprintln!(
             "{:>6}  {:<8} {:<7} {:<28} {:<22} MESSAGE",
-            "ID", "AGE", "LEVEL", "CLUSTER/BUNDLE", "REASON"
+            "ID",
+            "AGE",
+            "LEVEL",
+            "CLUSTER/BUNDLE",
+            "REASON"
         );
     }
     if !a.follow {

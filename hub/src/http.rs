@@ -13,8 +13,8 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -64,14 +64,13 @@ pub fn serve(
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let mut b = auto::Builder::new(TokioExecutor::new());
-                    b.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-                    b.http2()
+                    // HTTP/1.1 only (health, webhooks, metrics): the header
+                    // timer runs from the start, so a socket that sends
+                    // nothing is closed too.
+                    let conn = http1::Builder::new()
                         .timer(TokioTimer::new())
-                        .max_concurrent_streams(64)
-                        .keep_alive_interval(Some(HEADER_READ_TIMEOUT))
-                        .keep_alive_timeout(HEADER_READ_TIMEOUT);
-                    let conn = b.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
+                        .serve_connection(TokioIo::new(tcp), svc);
                     tokio::pin!(conn);
                     let age = tokio::time::sleep(MAX_CONNECTION_AGE);
                     tokio::pin!(age);

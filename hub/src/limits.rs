@@ -197,7 +197,10 @@ pub fn cap_status(s: &mut BundleStatus) {
     if s.conditions.len() > MAX_CONDITIONS {
         let dropped = s.conditions.len() - MAX_CONDITIONS;
         s.conditions.truncate(MAX_CONDITIONS);
-        s.message = cap(&format!("{} ({dropped} conditions over the limit of {MAX_CONDITIONS} dropped)", s.message), MAX_TEXT + 64);
+        s.message = cap(
+            &format!("{} ({dropped} conditions over the limit of {MAX_CONDITIONS} dropped)", s.message),
+            MAX_TEXT + 64,
+        );
     }
     for c in &mut s.conditions {
         cap_in_place(&mut c.type_, MAX_SHORT);
@@ -234,7 +237,10 @@ mod tests {
     use convoy_core::status::Condition;
 
     fn status(bundle: &str) -> StatusRecord {
-        StatusRecord { status: BundleStatus { bundle: bundle.into(), ..Default::default() }, updated_unix_ms: 0 }
+        StatusRecord {
+            status: BundleStatus { bundle: bundle.into(), ..Default::default() },
+            updated_unix_ms: 0,
+        }
     }
 
     #[test]

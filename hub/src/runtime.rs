@@ -295,7 +295,9 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
         pipeline: pipeline.clone(),
         metrics: metrics.clone(),
         events: events_tx,
-        admin_token_hashes: arc_swap::ArcSwap::from_pointee(vec![crate::domain::tokens::hash_secret(&admin_token)]),
+        admin_token_hashes: arc_swap::ArcSwap::from_pointee(vec![crate::domain::tokens::hash_secret(
+            &admin_token,
+        )]),
         ca_pem: ca.cert_pem().to_string(),
         drain: shutdown.clone(),
         sessions: SessionSettings {
@@ -622,7 +624,13 @@ impl HubHandle {
         single_use: bool,
     ) -> Result<TokenOutput> {
         self.state
-            .create_token(TokenInput { cluster: cluster.map(Into::into), labels, ttl, single_use, ..Default::default() })
+            .create_token(TokenInput {
+                cluster: cluster.map(Into::into),
+                labels,
+                ttl,
+                single_use,
+                ..Default::default()
+            })
             .await
     }
 

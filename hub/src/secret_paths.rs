@@ -56,11 +56,27 @@ pub fn secret_files(fleet: &FleetConfig) -> Vec<(String, String)> {
 /// `p` made absolute and with symlinks resolved as far as it exists (a file
 /// created later still resolves through its existing parent).
 fn resolve(p: &Path) -> PathBuf {
-    let abs = if p.is_absolute() {
+    let joined = if p.is_absolute() {
         p.to_path_buf()
     } else {
         std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
     };
+    // Where it exists, the kernel's answer (symlinks, then `..`).
+    if let Ok(c) = joined.canonicalize() {
+        return c;
+    }
+    // Otherwise `..` lexically, so that a missing directory before it cannot
+    // hide where the path leads, then the longest existing parent.
+    let mut abs = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                abs.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => abs.push(other),
+        }
+    }
     if let Ok(c) = abs.canonicalize() {
         return c;
     }
@@ -74,11 +90,12 @@ fn resolve(p: &Path) -> PathBuf {
 /// at one of its configured key files.
 pub fn check(fleet: &FleetConfig, cfg: &HubConfig) -> Result<()> {
     let data_dir = resolve(&cfg.data_dir);
-    let own: Vec<PathBuf> = [&cfg.tls.ca_key_file, &cfg.tls.key_file, &cfg.signing.key_file, &cfg.admin.token_file]
-        .into_iter()
-        .flatten()
-        .map(|p| resolve(p))
-        .collect();
+    let own: Vec<PathBuf> =
+        [&cfg.tls.ca_key_file, &cfg.tls.key_file, &cfg.signing.key_file, &cfg.admin.token_file]
+            .into_iter()
+            .flatten()
+            .map(|p| resolve(p))
+            .collect();
     for (at, file) in secret_files(fleet) {
         let p = resolve(Path::new(&file));
         if p.starts_with(&data_dir) || own.contains(&p) {

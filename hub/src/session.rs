@@ -91,7 +91,8 @@ pub async fn start(
     }
     // A hub behind what its agents hold continues above them (crate::state).
     if !hello.applied.is_empty() {
-        let held = hello.applied.iter().take(4096).map(|a| (a.bundle.clone(), a.generation, a.digest.clone()));
+        let held =
+            hello.applied.iter().take(4096).map(|a| (a.bundle.clone(), a.generation, a.digest.clone()));
         core.state.report_applied(name.clone(), held.collect()).await;
     }
 
@@ -231,7 +232,14 @@ impl Session {
                         Ok(Some(m)) => {
                             self.shared.touch(now_ms());
                             match self.on_message(m) {
-                                Ok(Some(dup_ack)) if inflight.is_none() && self.pending.is_empty() => out.push_back(ack(dup_ack)),
+                                Ok(Some(dup_ack)) if inflight.is_none() && self.pending.is_empty() => {
+                                    // Acks are cumulative: a queued one is raised, not repeated,
+                                    // so a flood of dropped input queues one message.
+                                    match out.back_mut().and_then(|m| m.msg.as_mut()) {
+                                        Some(Out::Ack(a)) => a.acked_seq = a.acked_seq.max(dup_ack),
+                                        _ => out.push_back(ack(dup_ack)),
+                                    }
+                                }
                                 Ok(_) => {}
                                 Err(s) => {
                                     let _ = tx.send(Err(s)).await;
@@ -320,12 +328,22 @@ impl Session {
         let entry = match entry {
             crate::limits::Verdict::Store(e) => e,
             crate::limits::Verdict::Report(e, kind) => {
-                self.core.metrics.agent_input_refused.get_or_create(&crate::metrics::ResultLabels { result: kind }).inc();
+                self.core
+                    .metrics
+                    .agent_input_refused
+                    .get_or_create(&crate::metrics::ResultLabels { result: kind })
+                    .inc();
                 e
             }
             crate::limits::Verdict::Drop(kind) => {
-                self.core.metrics.agent_input_refused.get_or_create(&crate::metrics::ResultLabels { result: kind }).inc();
-                return Ok(None);
+                self.core
+                    .metrics
+                    .agent_input_refused
+                    .get_or_create(&crate::metrics::ResultLabels { result: kind })
+                    .inc();
+                // Nothing to store: acknowledged at once (when nothing is
+                // pending) so that the agent's outbox moves on.
+                return Ok(Some(seq));
             }
         };
         self.pending.push((seq, entry));

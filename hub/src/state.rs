@@ -249,13 +249,32 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 
 enum Cmd {
     Register(RegisterInput, Reply<RegisterOutput>),
-    Renew { cluster: String, serial: String, csr_pem: String, reply: Reply<IssuedCert> },
-    Revoke { cluster: String, reply: Reply<()> },
-    SetLabels { cluster: String, labels: Labels, reply: Reply<()> },
-    SetSuspended { bundle: String, suspended: bool, reply: Reply<()> },
+    Renew {
+        cluster: String,
+        serial: String,
+        csr_pem: String,
+        reply: Reply<IssuedCert>,
+    },
+    Revoke {
+        cluster: String,
+        reply: Reply<()>,
+    },
+    SetLabels {
+        cluster: String,
+        labels: Labels,
+        reply: Reply<()>,
+    },
+    SetSuspended {
+        bundle: String,
+        suspended: bool,
+        reply: Reply<()>,
+    },
     CreateToken(TokenInput, Reply<TokenOutput>),
     /// What an agent holds (bundle, generation, digest), from its Hello.
-    ReportApplied { cluster: String, applied: Vec<(String, u64, String)> },
+    ReportApplied {
+        cluster: String,
+        applied: Vec<(String, u64, String)>,
+    },
     SetFleet(Arc<FleetConfig>, Option<Reply<()>>),
 }
 
@@ -800,7 +819,11 @@ impl Actor {
         if let Some(c) = &input.cluster {
             validate_name(c).map_err(|e| Rejection::InvalidArgument(e.to_string()))?;
         }
-        tokens::check_token_input(input.cluster.as_deref(), input.name_prefix.as_deref(), &input.agent_label_keys)?;
+        tokens::check_token_input(
+            input.cluster.as_deref(),
+            input.name_prefix.as_deref(),
+            &input.agent_label_keys,
+        )?;
         let now = now_ms();
         let id = random_b64(9);
         let secret = random_b64(32);
@@ -951,14 +974,8 @@ impl Actor {
             }
             let Some(generation) = recovery_generation(&cur, reported, &digest) else { continue };
             let Ok(st) = serde_json::from_slice::<Statement>(&cur.statement) else { continue };
-            let statement = Statement::new(
-                &bundle,
-                &st.source.url,
-                &cur.revision,
-                &cur.digest,
-                cur.size,
-                generation,
-            );
+            let statement =
+                Statement::new(&bundle, &st.source.url, &cur.revision, &cur.digest, cur.size, generation);
             let (bytes, signature) = match self.deps.signer.sign_statement(&statement) {
                 Ok(x) => x,
                 Err(e) => {

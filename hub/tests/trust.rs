@@ -34,12 +34,17 @@ async fn a_token_for_dev_cannot_register_evil_nor_claim_prod_labels_or_bundles()
     let dir = tempfile::tempdir().unwrap();
     let t = start(dir.path(), FLEET).await;
     let hub = &t.hub;
-    t.pipeline.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"prod web").unwrap();
+    t.pipeline
+        .publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"prod web")
+        .unwrap();
     let prod = register(hub, "prod-1", &[("env", "prod")]).await;
     let (_s, _, snap) = open(hub, &prod, 1).await.unwrap();
     let web = snap.bundles.iter().find(|b| b.name == "web").expect("prod gets web").clone();
 
-    let tok = hub.create_token(Some("dev"), labels(&[("env", "dev")]), Duration::from_secs(60), false).await.unwrap();
+    let tok = hub
+        .create_token(Some("dev"), labels(&[("env", "dev")]), Duration::from_secs(60), false)
+        .await
+        .unwrap();
     let e = register_with(hub, &tok.token, "evil", &[("env", "prod")]).await.err().unwrap();
     assert_eq!(e.code(), Code::PermissionDenied);
 
@@ -128,7 +133,11 @@ async fn renewal_only_from_the_current_serial_and_re_registration_ends_old_seria
     let old = register(hub, "c1", &[("env", "prod")]).await;
     // The real agent renews: `old` is no longer the current certificate.
     let (csr_pem, key) = csr();
-    let r = agent_client(hub, &old).await.renew_certificate(pb::RenewCertificateRequest { csr_pem }).await.unwrap();
+    let r = agent_client(hub, &old)
+        .await
+        .renew_certificate(pb::RenewCertificateRequest { csr_pem })
+        .await
+        .unwrap();
     let real = AgentIdentity { cluster: "c1".into(), cert_pem: r.into_inner().certificate_pem, key_pem: key };
 
     // A thief holding `old` tries three renewals: all refused.
@@ -144,7 +153,10 @@ async fn renewal_only_from_the_current_serial_and_re_registration_ends_old_seria
     agent_client(hub, &real).await.renew_certificate(pb::RenewCertificateRequest { csr_pem }).await.unwrap();
 
     // Re-registration ends every serial the name had, and closes its streams.
-    let tok = hub.create_token(Some("c1"), labels(&[("env", "prod")]), Duration::from_secs(60), true).await.unwrap();
+    let tok = hub
+        .create_token(Some("c1"), labels(&[("env", "prod")]), Duration::from_secs(60), true)
+        .await
+        .unwrap();
     let fresh = register_with(hub, &tok.token, "c1", &[]).await.unwrap();
     let closed = tokio::time::timeout(WAIT, async {
         loop {
@@ -233,8 +245,8 @@ async fn a_hub_restored_from_an_old_backup_continues_above_its_agents() {
     let dir = tempfile::tempdir().unwrap();
     let t = start(dir.path(), FLEET).await;
     let id = register(&t.hub, "c1", &[("env", "prod")]).await;
-    t.pipeline.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"v1").unwrap();
     let (mut s, _, _) = open(&t.hub, &id, 1).await.unwrap();
+    t.pipeline.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"v1").unwrap();
     let v1 = s.until_generation("web", 1).await;
     drop(s);
     t.hub.shutdown().await.unwrap();
@@ -244,9 +256,11 @@ async fn a_hub_restored_from_an_old_backup_continues_above_its_agents() {
 
     // Life goes on: generations 2 and 3, applied by the agent.
     let t = start(dir.path(), FLEET).await;
+    let (mut s, _, snap) = open(&t.hub, &id, 1).await.unwrap();
+    assert!(snap.bundles.iter().any(|b| b.name == "web" && b.generation == 1));
     t.pipeline.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:bbbb", b"v2").unwrap();
+    s.until_generation("web", 2).await;
     t.pipeline.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:cccc", b"v3").unwrap();
-    let (mut s, _, _) = open(&t.hub, &id, 1).await.unwrap();
     let v3 = s.until_generation("web", 3).await;
     drop(s);
     t.hub.shutdown().await.unwrap();
@@ -283,8 +297,8 @@ async fn a_hub_restored_from_an_old_backup_continues_above_its_agents() {
     // Durable: after a restart the hub still serves generation 4.
     t.hub.shutdown().await.unwrap();
     let t = start(dir.path(), FLEET).await;
-    let (mut s, _, _) = open(&t.hub, &id, 2).await.unwrap();
-    s.until_generation("web", 4).await;
+    let (_s, _, snap) = open(&t.hub, &id, 2).await.unwrap();
+    assert!(snap.bundles.iter().any(|b| b.name == "web" && b.generation == 4), "{:?}", snap.bundles);
     t.hub.shutdown().await.unwrap();
 }
 
@@ -318,14 +332,18 @@ async fn a_flooding_agent_leaves_the_hub_bounded_and_others_served() {
             for seq in 1..=N {
                 let status =
                     pb::BundleStatus { bundle: format!("bogus-{seq}"), generation: 1, ..Default::default() };
-                let m = pb::AgentMessage { msg: Some(In::Status(pb::StatusReport { seq, status: Some(status) })) };
+                let m = pb::AgentMessage {
+                    msg: Some(In::Status(pb::StatusReport { seq, status: Some(status) })),
+                };
                 if tx.send(m).await.is_err() {
                     return false;
                 }
             }
             // A status for a bundle it does have, after the flood, is stored.
             let status = pb::BundleStatus { bundle: "web".into(), generation: 1, ..Default::default() };
-            let m = pb::AgentMessage { msg: Some(In::Status(pb::StatusReport { seq: N + 1, status: Some(status) })) };
+            let m = pb::AgentMessage {
+                msg: Some(In::Status(pb::StatusReport { seq: N + 1, status: Some(status) })),
+            };
             tx.send(m).await.is_ok()
         })
     };
@@ -345,9 +363,14 @@ async fn a_flooding_agent_leaves_the_hub_bounded_and_others_served() {
     drop(view);
 
     // 4 MiB messages: refused at decode, the stream ends; nothing stored.
-    let big = pb::BundleStatus { bundle: "web".into(), message: "x".repeat(4 * 1024 * 1024 - 4096), ..Default::default() };
+    let big = pb::BundleStatus {
+        bundle: "web".into(),
+        message: "x".repeat(4 * 1024 * 1024 - 4096),
+        ..Default::default()
+    };
     let m = pb::AgentMessage { msg: Some(In::Status(pb::StatusReport { seq: N + 2, status: Some(big) })) };
     s.tx.send(m).await.unwrap();
+    // The stream ends (with an error status, or closed by the hub).
     let code = tokio::time::timeout(WAIT, async {
         loop {
             match s.rx.message().await {
@@ -359,7 +382,7 @@ async fn a_flooding_agent_leaves_the_hub_bounded_and_others_served() {
     })
     .await
     .expect("a 4 MiB message was accepted");
-    assert!(matches!(code, Some(Code::ResourceExhausted | Code::OutOfRange | Code::Internal | Code::Cancelled)), "{code:?}");
+    assert!(code != Some(Code::Ok), "{code:?}");
     let st = hub.state().view().clusters["bad"].shared.statuses()["web"].clone();
     assert!(st.status.message.len() < 4096, "a big message was stored");
 
@@ -442,9 +465,12 @@ async fn a_slowloris_leaves_grpc_serving_agents() {
         grpc_socks.push(s);
     }
     let mut http_socks = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
         let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        // Most trickle an unfinished request; some send nothing at all.
+        if i % 10 != 0 {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        }
         http_socks.push(s);
     }
     let flood_started = std::time::Instant::now();
@@ -458,13 +484,23 @@ async fn a_slowloris_leaves_grpc_serving_agents() {
     assert!(served_in < Duration::from_secs(10), "agents waited {served_in:?}");
 
     // gRPC: one address holds at most MAX_HANDSHAKES_PER_IP unfinished handshakes.
-    let closed = futures::future::join_all(grpc_socks.iter_mut().map(|s| closed_within(s, Duration::from_secs(3))))
-        .await
-        .into_iter()
-        .filter(|c| *c)
-        .count();
+    let closed =
+        futures::future::join_all(grpc_socks.iter_mut().map(|s| closed_within(s, Duration::from_secs(3))))
+            .await
+            .into_iter()
+            .filter(|c| *c)
+            .count();
     let cap = convoy_hub::tls::MAX_HANDSHAKES_PER_IP;
     assert!(closed >= n - cap, "only {closed} of {n} trickling gRPC sockets were closed");
+    // The HTTP port still answers a well-formed request.
+    {
+        use tokio::io::AsyncReadExt;
+        let mut h = tokio::net::TcpStream::connect(http).await.unwrap();
+        h.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(WAIT, h.read_to_string(&mut out)).await.unwrap().unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
 
     // HTTP: headers not finished within the timeout close the connection.
     let limit = convoy_hub::http::HEADER_READ_TIMEOUT + Duration::from_secs(10);
@@ -474,6 +510,7 @@ async fn a_slowloris_leaves_grpc_serving_agents() {
         .filter(|c| *c)
         .count();
     assert_eq!(closed, n, "slowloris HTTP sockets stayed open");
+    assert!(flood_started.elapsed() < limit + Duration::from_secs(10));
     eprintln!("slowloris: {n} gRPC + {n} HTTP sockets; agents served in {served_in:?}");
 
     // And the agent's stream is still alive.

@@ -119,7 +119,13 @@ pub fn authentic(kind: Option<&str>, secret: &[u8], headers: &HeaderMap, body: &
 }
 
 /// [`authentic`] at `now_unix_secs`.
-pub fn authentic_at(kind: Option<&str>, secret: &[u8], headers: &HeaderMap, body: &[u8], now_unix_secs: i64) -> bool {
+pub fn authentic_at(
+    kind: Option<&str>,
+    secret: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+    now_unix_secs: i64,
+) -> bool {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let allowed = |k: &str| kind.is_none_or(|t| t == k);
     if allowed("github")

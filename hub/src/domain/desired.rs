@@ -128,7 +128,8 @@ pub fn next_generation(current: Option<&DeploymentRecord>, artifact: &BuiltArtif
 /// agents hold instead of being refused forever. `None` when the hub is
 /// already above (or at the same generation and digest).
 pub fn recovery_generation(current: &DeploymentRecord, reported: u64, reported_digest: &str) -> Option<u64> {
-    if reported > current.generation || (reported == current.generation && reported_digest != current.digest) {
+    if reported > current.generation || (reported == current.generation && reported_digest != current.digest)
+    {
         Some(reported.saturating_add(1))
     } else {
         None

@@ -110,7 +110,9 @@ pub fn check_token_input(
 ) -> Result<(), Rejection> {
     if let Some(p) = name_prefix {
         if cluster.is_some() {
-            return Err(Rejection::InvalidArgument("a token takes a cluster name or a name prefix, not both".into()));
+            return Err(Rejection::InvalidArgument(
+                "a token takes a cluster name or a name prefix, not both".into(),
+            ));
         }
         let ok = !p.is_empty()
             && p.len() <= 40
