@@ -266,7 +266,7 @@ impl Delivery {
             let secret = read_trimmed(f, "secretFile").await?;
             req = match self.kind {
                 ProviderKind::GenericHmac => req.header(SIGNATURE_HEADER, sign(secret.as_bytes(), body)),
-                _ if !bearer_ok(&url_for_auth) => {
+                _ if !convoy_sources::webhook::bearer_allowed(url_for_auth.as_str()) => {
                     return Err(AttemptError::Permanent(
                         "refusing to send the bearer token over plain http: use an https address".into(),
                     ));
@@ -507,11 +507,4 @@ mod tests {
         let err = d.attempt(b"{}", Duration::from_secs(5)).await.unwrap_err().to_string();
         assert!(!err.contains("s3cr3t"), "{err}");
     }
-}
-
-/// Whether a bearer token may go to `url`: https, or plain http to a loopback
-/// IP literal only (the rule `convoy_sources::webhook::bearer_allowed` applies
-/// to git fetches).
-fn bearer_ok(url: &reqwest::Url) -> bool {
-    convoy_sources::webhook::bearer_allowed(url.as_str())
 }
