@@ -32,8 +32,6 @@ pub struct BundleOptions {
     pub suspend: bool,
     /// Take ownership of fields other managers own.
     pub force: bool,
-    /// The hub deliberately sends an older generation.
-    pub rollback: bool,
     /// Drift handling; `None` means the agent default.
     pub drift: Option<DriftMode>,
     /// Which namespaces and kinds the bundle may use (checked before apply).
@@ -95,18 +93,19 @@ pub enum Decision {
     UpToDate,
     /// Verify, download and apply it.
     Apply,
-    /// Refuse it (rollback without the rollback flag, or a tampered generation).
+    /// Refuse it (an older generation than applied, or a tampered generation).
     Refuse(&'static str, String),
 }
 
 /// Rule 6 of the Sync protocol.
 pub fn decide(desired: &Deployment, applied: Option<&AppliedRevision>) -> Decision {
     let Some(a) = applied else { return Decision::Apply };
-    if desired.generation < a.generation && !desired.options.rollback {
+    // No flag can lower the floor: a rollback is a new, signed, higher generation.
+    if desired.generation < a.generation {
         return Decision::Refuse(
             "GenerationRollback",
             format!(
-                "refusing generation {} of bundle {}: generation {} is applied and the hub did not mark a rollback",
+                "refusing generation {} of bundle {}: generation {} is applied (a rollback must be a new, higher generation)",
                 desired.generation, desired.name, a.generation
             ),
         );
@@ -499,10 +498,10 @@ mod tests {
         assert!(matches!(decide(&d, Some(&applied)), Decision::Refuse("GenerationTampered", _)));
         d.generation = 4;
         assert!(matches!(decide(&d, Some(&applied)), Decision::Refuse("GenerationRollback", _)));
-        d.options.rollback = true;
-        assert_eq!(decide(&d, Some(&applied)), Decision::Apply);
+        // Nothing in the (unsigned) options can lower the floor.
+        d.options = BundleOptions { force: true, suspend: true, ..Default::default() };
+        assert!(matches!(decide(&d, Some(&applied)), Decision::Refuse("GenerationRollback", _)));
         d.generation = 6;
-        d.options.rollback = false;
         assert_eq!(decide(&d, Some(&applied)), Decision::Apply);
     }
 }

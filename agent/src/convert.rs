@@ -31,7 +31,6 @@ pub fn deployment(d: pb::BundleDeployment) -> Deployment {
             depends_on: o.depends_on,
             suspend: o.suspend,
             force: o.force,
-            rollback: o.rollback,
             drift,
             tenancy: convoy_core::tenancy::Tenancy {
                 allowed_namespaces: o.allowed_namespaces,

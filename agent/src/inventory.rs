@@ -4,6 +4,12 @@
 //! generation and label/annotation hash the apply produced), plus the
 //! revision, generation and digest. Prune deletes what left it; the in-sync
 //! check compares with it; it is written only when something changed.
+//!
+//! When a bundle leaves the cluster its inventory is replaced by a tombstone
+//! `convoy-tombstone-<bundle>` (no objects; generation, digest and revision
+//! kept), so the bundle's generation floor survives its removal: a re-added
+//! bundle cannot be fed an older signed statement. [`load`] falls back to the
+//! tombstone (as an inventory with no objects) when there is no inventory.
 
 use std::collections::BTreeMap;
 
@@ -122,9 +128,34 @@ fn configmaps() -> ResourceInfo {
     }
 }
 
-/// Read a bundle's inventory; `None` when it has none.
+/// The tombstone ConfigMap's name for a removed bundle.
+pub fn tombstone_name(bundle: &str) -> String {
+    let name = format!("convoy-tombstone-{bundle}");
+    if name.len() <= 253 {
+        name
+    } else {
+        format!("convoy-tombstone-{}-{}", &bundle[..200], &hash_hex(bundle.as_bytes())[..10])
+    }
+}
+
+/// Read a bundle's inventory; without one, its tombstone (an inventory with
+/// no objects that keeps the generation floor); `None` when it has neither.
 pub async fn load(client: &kube::Client, namespace: &str, bundle: &str) -> Result<Option<Inventory>> {
-    let key = ObjKey::new("", "ConfigMap", Some(namespace), &configmap_name(bundle));
+    match load_named(client, namespace, bundle, &configmap_name(bundle)).await? {
+        Some(inv) => Ok(Some(inv)),
+        None => Ok(load_named(client, namespace, bundle, &tombstone_name(bundle))
+            .await?
+            .map(|t| Inventory { entries: Vec::new(), ..t })),
+    }
+}
+
+async fn load_named(
+    client: &kube::Client,
+    namespace: &str,
+    bundle: &str,
+    name: &str,
+) -> Result<Option<Inventory>> {
+    let key = ObjKey::new("", "ConfigMap", Some(namespace), name);
     let Some(cm) = ObjApi::new(client, &configmaps(), &key).get().await? else {
         return Ok(None);
     };
@@ -209,9 +240,38 @@ pub async fn save(client: &kube::Client, namespace: &str, inv: &Inventory) -> Re
     api.apply_own(&body, namespace).await
 }
 
-/// Delete a bundle's inventory.
+/// Delete a bundle's inventory, leaving a tombstone with its generation,
+/// digest and revision (the generation floor outlives the bundle).
 pub async fn delete(client: &kube::Client, namespace: &str, bundle: &str) -> Result<()> {
-    let key = ObjKey::new("", "ConfigMap", Some(namespace), &configmap_name(bundle));
+    let name = configmap_name(bundle);
+    if let Some(inv) = load_named(client, namespace, bundle, &name).await?
+        && inv.generation > 0
+    {
+        let tomb = tombstone_name(bundle);
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": tomb,
+                "namespace": namespace,
+                "labels": {
+                    INVENTORY_LABEL: bundle,
+                    "app.kubernetes.io/managed-by": convoy_core::FIELD_MANAGER,
+                },
+            },
+            "data": {
+                "bundle": bundle,
+                "revision": inv.revision,
+                "generation": inv.generation.to_string(),
+                "digest": inv.digest,
+                "removed": "true",
+            },
+        })
+        .to_string();
+        let key = ObjKey::new("", "ConfigMap", Some(namespace), &tomb);
+        ObjApi::new(client, &configmaps(), &key).apply_own(&body, namespace).await?;
+    }
+    let key = ObjKey::new("", "ConfigMap", Some(namespace), &name);
     ObjApi::new(client, &configmaps(), &key).delete().await.map(|_| ())
 }
 
@@ -248,5 +308,7 @@ mod tests {
     fn long_bundle_names_fit() {
         assert_eq!(configmap_name("app"), "convoy-inventory-app");
         assert!(configmap_name(&"a".repeat(253)).len() <= 253);
+        assert_eq!(tombstone_name("app"), "convoy-tombstone-app");
+        assert!(tombstone_name(&"a".repeat(253)).len() <= 253);
     }
 }

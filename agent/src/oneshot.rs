@@ -233,9 +233,12 @@ async fn plan_dir(
             digest: st.artifact.digest.clone(),
             size: st.artifact.size,
             generation: st.generation,
-            options: BundleOptions { rollback: opts.allow_rollback, ..Default::default() },
+            options: BundleOptions::default(),
         };
-        if let Decision::Refuse(reason, message) = decide(&d, Some(&applied)) {
+        // `--allow-rollback` is the local operator's override, never the hub's.
+        if let Decision::Refuse(reason, message) = decide(&d, Some(&applied))
+            && !(opts.allow_rollback && reason == "GenerationRollback")
+        {
             return Err(Error::verification(reason, message));
         }
     }

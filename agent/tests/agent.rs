@@ -625,6 +625,41 @@ async fn heavy_a_lost_state_dir_still_refuses_replays_from_the_cluster_inventory
     stop(agent, token).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_removed_bundle_keeps_its_generation_floor_in_a_tombstone() {
+    let env = Env::new(Duration::from_secs(3600)).await;
+    env.hub.set_desired(vec![env.deployment("app", 3, &[("cm.yaml", configmap("a", "3"))], opts("apps"))]);
+    let (agent, token) = env.start(env.config()).await;
+    phase_of(&env.hub, "app", 3, pb::Phase::Ready).await;
+    // The bundle leaves the cluster: pruned, inventory gone, tombstone kept.
+    env.hub.set_desired(vec![]);
+    eventually(30, "app removed", || async {
+        env.sim.object("", "configmaps", "convoy-system", "convoy-inventory-app").is_none().then_some(())
+    })
+    .await;
+    let tomb = env.sim.object("", "configmaps", "convoy-system", "convoy-tombstone-app").expect("tombstone");
+    assert_eq!(tomb["data"]["generation"], "3");
+    stop(agent, token).await;
+    // It comes back with an older, validly signed generation (a replay),
+    // even to an agent that lost its state directory: refused.
+    env.hub.set_desired(vec![env.deployment("app", 2, &[("cm.yaml", configmap("a", "2"))], opts("apps"))]);
+    let mut cfg = env.config();
+    cfg.state_dir = env.tmp.path().join("fresh-state");
+    let (agent, token) = env.start(cfg).await;
+    let st = phase_of(&env.hub, "app", 2, pb::Phase::Stalled).await;
+    assert_eq!(
+        st.conditions.iter().find(|c| c.r#type == "Ready").unwrap().reason,
+        "GenerationRollback",
+        "{st:?}"
+    );
+    assert!(env.sim.object("", "configmaps", "apps", "a").is_none(), "the replay applied nothing");
+    // A newer generation is applied as usual.
+    env.hub.set_desired(vec![env.deployment("app", 4, &[("cm.yaml", configmap("a", "4"))], opts("apps"))]);
+    phase_of(&env.hub, "app", 4, pb::Phase::Ready).await;
+    assert_eq!(env.sim.object("", "configmaps", "apps", "a").unwrap()["data"]["k"], "4");
+    stop(agent, token).await;
+}
+
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

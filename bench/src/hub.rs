@@ -479,7 +479,11 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     }
     let big = bundle(&mut fleet, "big").await?;
     let token = fleet
-        .create_token(pb::CreateTokenRequest { ttl_seconds: 7200, ..Default::default() })
+        .create_token(pb::CreateTokenRequest {
+            ttl_seconds: 7200,
+            agent_label_keys: vec!["dl".into()],
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .token;

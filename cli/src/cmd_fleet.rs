@@ -115,10 +115,19 @@ pub enum TokenCommand {
 
 /// `convoy token create`
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("names").required(true).args(["cluster", "name_prefix"])))]
 pub struct TokenCreateArgs {
-    /// The only cluster name the token may register (recommended).
+    /// The only cluster name the token may register.
     #[arg(long)]
     pub cluster: Option<String>,
+    /// Instead of --cluster: the token registers new names starting with
+    /// this prefix (fleet bootstrapping).
+    #[arg(long)]
+    pub name_prefix: Option<String>,
+    /// A label key the agent may propose at registration (repeatable or
+    /// comma-separated). Other labels the agent sends are ignored.
+    #[arg(long = "allow-agent-label", value_delimiter = ',')]
+    pub agent_label_keys: Vec<String>,
     /// Labels given to the cluster (k=v, repeatable or comma-separated).
     #[arg(long = "label", short = 'l')]
     pub labels: Vec<String>,
@@ -476,11 +485,31 @@ fn table(header: &[&str]) -> Table {
 fn print_table(t: Table) {
     // comfy-table pads every line; trim for clean copy and paste.
     for line in t.to_string().lines() {
-        println!("{}", line.trim_end().trim_start_matches(' '));
+        println!("{}", term_safe(line.trim_end().trim_start_matches(' ')));
     }
 }
 
 use convoy_core::clock::now_ms;
+
+/// Text for a terminal: control characters (C0 but tab, DEL, C1) and bidi
+/// overrides are shown escaped (`\u{1b}`), never interpreted. Messages,
+/// reasons, labels and names come partly from agents, which must not be able
+/// to move the cursor, rewrite earlier lines or hide text in an operator's
+/// terminal.
+pub fn term_safe(s: &str) -> String {
+    let bad = |c: char| {
+        (c.is_control() && c != '\t') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(bad) {
+        return s.to_string();
+    }
+    s.chars().map(|c| if bad(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+}
+
+/// `println!` through [`term_safe`].
+macro_rules! sprintln {
+    ($($t:tt)*) => { println!("{}", term_safe(&format!($($t)*))) };
+}
 
 /// `12s`, `5m`, `3h`, `2d` ago; `-` for never.
 fn age(unix_ms: i64) -> String {
@@ -745,6 +774,8 @@ async fn token_create(a: TokenCreateArgs) -> Result<()> {
             labels: labels.into_iter().collect(),
             ttl_seconds: a.ttl.get().as_secs().max(1),
             single_use: a.single_use,
+            name_prefix: a.name_prefix.clone().unwrap_or_default(),
+            agent_label_keys: a.agent_label_keys.clone(),
         })
         .await?
         .into_inner();
@@ -952,20 +983,20 @@ async fn status(a: StatusArgs) -> Result<()> {
     if matches!(a.output, Output::Json | Output::Yaml) {
         return print_data(a.output, &out);
     }
-    println!("Bundle:     {}", out.name);
-    println!("Source:     {} ({})", out.source, out.path);
+    sprintln!("Bundle:     {}", out.name);
+    sprintln!("Source:     {} ({})", out.source, out.path);
     if out.generation > 0 {
-        println!("Generation: {} — {} ({})", out.generation, out.revision, short_digest(&out.digest));
+        sprintln!("Generation: {} — {} ({})", out.generation, out.revision, short_digest(&out.digest));
     } else {
-        println!("Generation: none yet");
+        sprintln!("Generation: none yet");
     }
     for c in &out.conditions {
-        println!("{:<11} {} {}: {}", format!("{}:", c.r#type), c.status, c.reason, c.message);
+        sprintln!("{:<11} {} {}: {}", format!("{}:", c.r#type), c.status, c.reason, c.message);
     }
     if out.suspended {
-        println!("Suspended:  yes");
+        sprintln!("Suspended:  yes");
     }
-    println!("Clusters:   {}", out.summary.text());
+    sprintln!("Clusters:   {}", out.summary.text());
     println!();
     let wide = a.output == Output::Wide;
     let mut h = vec!["CLUSTER", "PHASE", "GEN", "REVISION", "OBJECTS", "UPDATED", "MESSAGE"];
@@ -1041,7 +1072,7 @@ async fn events(a: EventsArgs) -> Result<()> {
                 } else {
                     format!(" [{}]", e.object)
                 };
-                println!(
+                sprintln!(
                     "{:>6}  {:<8} {:<7} {:<28} {:<22} {}{obj}",
                     e.id,
                     age(e.stored_unix_ms),
@@ -1055,9 +1086,13 @@ async fn events(a: EventsArgs) -> Result<()> {
         Ok(())
     };
     if matches!(a.output, Output::Table | Output::Wide) {
-        println!(
+        sprintln!(
             "{:>6}  {:<8} {:<7} {:<28} {:<22} MESSAGE",
-            "ID", "AGE", "LEVEL", "CLUSTER/BUNDLE", "REASON"
+            "ID",
+            "AGE",
+            "LEVEL",
+            "CLUSTER/BUNDLE",
+            "REASON"
         );
     }
     if !a.follow {
@@ -1099,7 +1134,7 @@ async fn action(a: ObjectArgs, what: Action) -> Result<()> {
         Action::Suspend => client.suspend(obj).await?,
         Action::Resume => client.resume(obj).await?,
     };
-    println!("{}", r.into_inner().message);
+    println!("{}", term_safe(&r.into_inner().message));
     Ok(())
 }
 
@@ -1113,13 +1148,40 @@ async fn label(a: LabelArgs) -> Result<()> {
             labels: labels.into_iter().collect(),
         })
         .await?;
-    println!("{}", r.into_inner().message);
+    println!("{}", term_safe(&r.into_inner().message));
     Ok(())
 }
 
 async fn revoke(a: RevokeArgs) -> Result<()> {
     let mut client = connect(&a.conn).await?;
     let r = client.revoke_cluster(pb::RevokeClusterRequest { name: a.name }).await?;
-    println!("{}", r.into_inner().message);
+    println!("{}", term_safe(&r.into_inner().message));
     Ok(())
+}
+
+#[cfg(test)]
+mod term_safe_tests {
+    use super::*;
+
+    #[test]
+    fn agent_text_cannot_drive_the_terminal() {
+        // Clear screen, cursor up + rewrite, OSC title, BEL, CR overwrite, C1 CSI, bidi override.
+        let hostile = "ok\u{1b}[2J\u{1b}[1A\u{1b}]0;pwned\u{7}\rReady\u{9b}31m\u{202e}gnp.exe";
+        let s = term_safe(hostile);
+        assert!(!s.chars().any(|c| c.is_control() || c == '\u{202e}'), "{s:?}");
+        assert!(s.starts_with("ok\\u{1b}[2J"), "{s}");
+        assert!(s.contains("\\u{d}Ready"));
+        // Plain text (tabs included) passes through unchanged.
+        assert_eq!(term_safe("web\tReady — 4/4 objects ✓"), "web\tReady — 4/4 objects ✓");
+    }
+
+    #[test]
+    fn tables_escape_cells() {
+        let mut t = table(&["NAME", "MESSAGE"]);
+        t.add_row(vec!["c1".to_string(), "x\u{1b}[31mred".to_string()]);
+        let rendered: Vec<String> =
+            t.to_string().lines().map(|l| term_safe(l.trim_end().trim_start_matches(' '))).collect();
+        assert!(rendered.iter().all(|l| !l.contains('\u{1b}')), "{rendered:?}");
+        assert!(rendered[1].contains("x\\u{1b}[31mred"), "{rendered:?}");
+    }
 }

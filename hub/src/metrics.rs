@@ -87,6 +87,9 @@ pub struct Metrics {
     pub alerts_dropped: Family<ProviderLabels, Counter>,
     /// Notifications waiting per provider.
     pub alerts_queue_depth: Family<ProviderLabels, Gauge>,
+    /// Agent input refused by the limits (`result` names the kind:
+    /// untargeted_status, event_rate); see `crate::limits`.
+    pub agent_input_refused: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -175,6 +178,12 @@ impl Metrics {
             "Alert notifications waiting for delivery, by provider",
             alerts_queue_depth.clone(),
         );
+        let agent_input_refused = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "agent_input_refused",
+            "Agent Sync input refused by the input limits, by kind",
+            agent_input_refused.clone(),
+        );
         Self {
             registry,
             connected_agents,
@@ -192,6 +201,7 @@ impl Metrics {
             alerts_suppressed,
             alerts_dropped,
             alerts_queue_depth,
+            agent_input_refused,
         }
     }
 

@@ -313,7 +313,9 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
         pipeline: pipeline.clone(),
         metrics: metrics.clone(),
         events: events_tx,
-        admin_token_hashes: vec![crate::domain::tokens::hash_secret(&admin_token)],
+        admin_token_hashes: arc_swap::ArcSwap::from_pointee(vec![crate::domain::tokens::hash_secret(
+            &admin_token,
+        )]),
         ca_pem: ca.cert_pem().to_string(),
         drain: shutdown.clone(),
         sessions: SessionSettings {
@@ -347,6 +349,10 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     let grpc_addr =
         listener.local_addr().map_err(|e| Error::Net { context: "gRPC address".into(), source: e })?;
     tasks.push(("grpc", serve_grpc(core.clone(), &cfg, listener, tls, shutdown.clone()).await?));
+    tasks.push((
+        "admin_token_reload",
+        crate::grpc::spawn_admin_token_reload(core.clone(), token_file.clone(), shutdown.clone()),
+    ));
 
     // HTTP and metrics.
     let mut http_addr = None;
@@ -488,12 +494,25 @@ async fn serve_grpc(
         .http2_keepalive_interval(Some(cfg.grpc.keepalive.get()))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(Some(cfg.grpc.max_concurrent_streams))
+        // Hardening (docs/operations.md): requests in flight per connection,
+        // and a bound on request headers.
+        .concurrency_limit_per_connection(256)
+        .http2_max_header_list_size(Some(16 * 1024))
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(pb::registration_server::RegistrationServer::new(RegistrationService::new(core.clone())))
-        .add_service(pb::agent_server::AgentServer::new(AgentService::new(core.clone())))
-        .add_service(pb::fleet_server::FleetServer::new(FleetService::new(core)));
+        .add_service(
+            pb::registration_server::RegistrationServer::new(RegistrationService::new(core.clone()))
+                .max_decoding_message_size(crate::limits::MAX_REGISTRATION_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::agent_server::AgentServer::new(AgentService::new(core.clone()))
+                .max_decoding_message_size(crate::limits::MAX_AGENT_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::fleet_server::FleetServer::new(FleetService::new(core))
+                .max_decoding_message_size(crate::limits::MAX_FLEET_MESSAGE_BYTES),
+        );
     let drain = shutdown.clone();
     Ok(tokio::spawn(
         async move {
@@ -624,8 +643,20 @@ impl HubHandle {
         single_use: bool,
     ) -> Result<TokenOutput> {
         self.state
-            .create_token(TokenInput { cluster: cluster.map(Into::into), labels, ttl, single_use })
+            .create_token(TokenInput {
+                cluster: cluster.map(Into::into),
+                labels,
+                ttl,
+                single_use,
+                ..Default::default()
+            })
             .await
+    }
+
+    /// Create a bootstrap token with every option (name prefix, label keys
+    /// the agent may propose).
+    pub async fn create_token_with(&self, input: TokenInput) -> Result<TokenOutput> {
+        self.state.create_token(input).await
     }
 
     /// Replace the fleet config (for hubs started with [`HubOptions::fleet`]).

@@ -34,7 +34,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::domain::desired::{ClusterDesired, DesiredIndex, next_generation, same_bundles};
+use crate::domain::desired::{
+    ClusterDesired, DesiredIndex, above_floor, next_generation, recovery_generation, same_bundles,
+};
 use crate::domain::tokens::{self, check_registration};
 use crate::domain::{
     CertRef, ClusterRecord, DeploymentRecord, EventRecord, HUB_EVENT_SOURCE, Liveness, Rejection, TokenRecord,
@@ -244,6 +246,10 @@ pub struct TokenInput {
     pub ttl: Duration,
     /// Works once only.
     pub single_use: bool,
+    /// Registers only new names with this prefix (exclusive with `cluster`).
+    pub name_prefix: Option<String>,
+    /// Label keys the agent may propose.
+    pub agent_label_keys: Vec<String>,
 }
 
 /// A created token.
@@ -261,12 +267,17 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 
 enum Cmd {
     Register(RegisterInput, Reply<RegisterOutput>),
-    Renew { cluster: String, csr_pem: String, reply: Reply<IssuedCert> },
+    Renew { cluster: String, serial: String, csr_pem: String, reply: Reply<IssuedCert> },
     Revoke { cluster: String, reply: Reply<()> },
     SetLabels { cluster: String, labels: Labels, reply: Reply<()> },
     SetSuspended { bundle: String, suspended: bool, reply: Reply<()> },
     SetSourceSuspended { source: String, suspended: bool, reply: Reply<()> },
     CreateToken(TokenInput, Reply<TokenOutput>),
+    /// What an agent holds (bundle, generation, digest), from its Hello.
+    ReportApplied {
+        cluster: String,
+        applied: Vec<(String, u64, String)>,
+    },
     SetFleet(Arc<FleetConfig>, Option<Reply<()>>),
 }
 
@@ -299,9 +310,10 @@ impl StateHandle {
         self.call(|r| Cmd::Register(input, r)).await
     }
 
-    /// Renew a cluster's certificate.
-    pub async fn renew(&self, cluster: String, csr_pem: String) -> Result<IssuedCert> {
-        self.call(|reply| Cmd::Renew { cluster, csr_pem, reply }).await
+    /// Renew a cluster's certificate; `serial` is the presented certificate's,
+    /// and only the cluster's current (newest) serial may renew.
+    pub async fn renew(&self, cluster: String, serial: String, csr_pem: String) -> Result<IssuedCert> {
+        self.call(|reply| Cmd::Renew { cluster, serial, csr_pem, reply }).await
     }
 
     /// Revoke a cluster.
@@ -328,6 +340,13 @@ impl StateHandle {
     /// Create a bootstrap token.
     pub async fn create_token(&self, input: TokenInput) -> Result<TokenOutput> {
         self.call(|r| Cmd::CreateToken(input, r)).await
+    }
+
+    /// What an agent reported holding at connect, so that a hub behind its
+    /// agents (restored backup, empty start with the same key) continues
+    /// above them. Fire and forget.
+    pub async fn report_applied(&self, cluster: String, applied: Vec<(String, u64, String)>) {
+        let _ = self.tx.send(Cmd::ReportApplied { cluster, applied }).await;
     }
 
     /// Replace the fleet config and wait until it is in force.
@@ -381,6 +400,9 @@ struct Actor {
     deps: StateDeps,
     view_tx: watch::Sender<Arc<FleetView>>,
     dirty: bool,
+    /// Generations agents reported for bundles the hub has no record of yet:
+    /// their first build is signed above these.
+    floors: HashMap<String, u64>,
 }
 
 /// Build the actor from the loaded store and start it. The view is published
@@ -423,6 +445,7 @@ pub fn spawn(
         deps,
         view_tx,
         dirty: true,
+        floors: HashMap::new(),
     };
     actor.rebuild_index();
     actor.retarget(None);
@@ -632,12 +655,17 @@ impl Actor {
     async fn handle(&mut self, cmd: Cmd, batch: &mut Batch) {
         match cmd {
             Cmd::Register(input, reply) => match self.register(input) {
-                Ok((writes, out)) => batch.add(writes, reply, out),
+                Ok((writes, out, replaced)) => {
+                    batch.add(writes, reply, out);
+                    if let Some(shared) = replaced {
+                        batch.after_commit.push(Box::new(move || shared.kill_sessions()));
+                    }
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                 }
             },
-            Cmd::Renew { cluster, csr_pem, reply } => match self.renew(&cluster, &csr_pem) {
+            Cmd::Renew { cluster, serial, csr_pem, reply } => match self.renew(&cluster, &serial, &csr_pem) {
                 Ok((writes, out)) => batch.add(writes, reply, out),
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -701,6 +729,15 @@ impl Actor {
                     let _ = reply.send(Err(e));
                 }
             },
+            Cmd::ReportApplied { cluster, applied } => {
+                // Like SetFleet: the commands before it are committed and
+                // published first, since re-signing commits on its own.
+                let earlier = std::mem::replace(batch, self.begin());
+                self.finish(earlier).await;
+                self.recover_generations(&cluster, applied).await;
+                self.publish();
+                *batch = self.begin();
+            }
             Cmd::SetFleet(fleet, reply) => {
                 // The commands before it are committed and published first:
                 // signing new generations commits on its own.
@@ -726,8 +763,9 @@ impl Actor {
         }
     }
 
-    fn register(&mut self, input: RegisterInput) -> Result<(Vec<Write>, RegisterOutput)> {
+    fn register(&mut self, input: RegisterInput) -> Result<(Vec<Write>, RegisterOutput, Option<Arc<ClusterShared>>)> {
         let now = self.deps.clock.now_ms();
+        let mut replaced = None;
         validate_name(&input.cluster).map_err(|e| Rejection::InvalidArgument(e.to_string()))?;
         if input.cluster == HUB_EVENT_SOURCE {
             // Events the hub records carry this name: a cluster with it would
@@ -749,10 +787,13 @@ impl Actor {
             now,
         )?;
         token.uses += 1;
-        let mut labels = input.labels.clone();
-        labels.extend(token.labels.clone());
+        // Labels come from the token (and operators), never from the agent,
+        // except for the keys the token allows it to propose.
+        let (labels, ignored) = tokens::registration_labels(&token, &input.labels);
         let mut record = match &existing {
-            Some(r) => ClusterRecord { revoked: false, ..(**r).clone() },
+            // Re-registering a name ends every certificate it had: a thief
+            // holding an old one loses it, and its open streams close.
+            Some(r) => ClusterRecord { revoked: false, certs: Vec::new(), ..(**r).clone() },
             None => {
                 ClusterRecord { name: input.cluster.clone(), registered_unix_ms: now, ..Default::default() }
             }
@@ -760,8 +801,9 @@ impl Actor {
         if existing.is_none() || existing.as_ref().is_some_and(|r| r.revoked) {
             record.labels = labels.clone();
         } else {
-            // A re-registration keeps operator-set labels, plus the token's.
-            record.labels.extend(token.labels.clone());
+            // A re-registration keeps operator-set labels, plus the token's
+            // (and the allowed proposals).
+            record.labels.extend(labels);
         }
         record.add_cert(
             CertRef { serial: cert.serial.clone(), not_after_unix_ms: cert.not_after_unix_ms },
@@ -771,7 +813,12 @@ impl Actor {
         let labels = record.labels.clone();
         let record = Arc::new(record);
         let shared = match self.clusters.get(&input.cluster) {
-            Some(e) => e.shared.clone(),
+            Some(e) => {
+                // Re-registering a name ends the streams of its old
+                // certificates, once the new record is committed.
+                replaced = Some(e.shared.clone());
+                e.shared.clone()
+            }
             None => ClusterShared::new(
                 &input.cluster,
                 Liveness::default(),
@@ -794,22 +841,32 @@ impl Actor {
                 Severity::Info,
                 "ClusterRegistered",
                 "",
-                format!("cluster {} registered with token {}", input.cluster, token.id),
+                if ignored.is_empty() {
+                    format!("cluster {} registered with token {}", input.cluster, token.id)
+                } else {
+                    format!(
+                        "cluster {} registered with token {}; labels the agent proposed and the token does not allow were ignored: {}",
+                        input.cluster,
+                        token.id,
+                        ignored.join(",")
+                    )
+                },
             )]),
         ];
-        Ok((writes, RegisterOutput { cert, labels }))
+        Ok((writes, RegisterOutput { cert, labels }, replaced))
     }
 
     fn entry(&self, cluster: &str) -> Result<&ClusterEntry> {
         self.clusters.get(cluster).ok_or_else(|| Rejection::NotFound(format!("cluster {cluster:?}")).into())
     }
 
-    fn renew(&mut self, cluster: &str, csr_pem: &str) -> Result<(Vec<Write>, IssuedCert)> {
+    fn renew(&mut self, cluster: &str, serial: &str, csr_pem: &str) -> Result<(Vec<Write>, IssuedCert)> {
         let now = self.deps.clock.now_ms();
         let entry = self.entry(cluster)?.clone();
         if entry.record.revoked {
             return Err(Rejection::PermissionDenied(format!("cluster {cluster:?} was revoked")).into());
         }
+        crate::domain::tokens::check_renewal(&entry.record, serial)?;
         let cert = self.deps.ca.issue_from_csr(
             csr_pem,
             &Identity::Cluster(cluster.into()),
@@ -909,6 +966,11 @@ impl Actor {
         if let Some(c) = &input.cluster {
             validate_name(c).map_err(|e| Rejection::InvalidArgument(e.to_string()))?;
         }
+        tokens::check_token_input(
+            input.cluster.as_deref(),
+            input.name_prefix.as_deref(),
+            &input.agent_label_keys,
+        )?;
         let now = self.deps.clock.now_ms();
         let id = random_b64(9);
         let secret = random_b64(32);
@@ -922,6 +984,8 @@ impl Actor {
             uses: 0,
             cluster: input.cluster.clone(),
             labels: input.labels,
+            name_prefix: input.name_prefix.clone(),
+            agent_label_keys: input.agent_label_keys.clone(),
         };
         self.tokens.retain(|_, t| t.expires_unix_ms > now);
         self.tokens.insert(id.clone(), rec.clone());
@@ -972,6 +1036,7 @@ impl Actor {
             let Some(art) = &state.artifact else { continue };
             let current = self.records.get(name);
             let Some(generation) = next_generation(current.map(|r| &**r), art) else { continue };
+            let generation = above_floor(generation, self.floors.get(name).copied().unwrap_or(0));
             let statement =
                 Statement::new(name, &art.source_url, &art.revision, &art.digest, art.size, generation);
             let (bytes, signature) = match self.deps.signer.sign_statement(&statement) {
@@ -1026,6 +1091,81 @@ impl Actor {
         } else {
             drop(self.deps.writer.submit(writes).await);
         }
+        self.dirty = true;
+    }
+}
+
+impl Actor {
+    /// An agent holds generations above the hub's (a hub restored from an old
+    /// backup, or started empty with the same signing key): re-sign the
+    /// current artifact of each such bundle above them, commit, then publish,
+    /// so agents take it instead of refusing the hub forever. Only bundles
+    /// targeted at the reporting cluster count.
+    async fn recover_generations(&mut self, cluster: &str, applied: Vec<(String, u64, String)>) {
+        let Some(entry) = self.clusters.get(cluster) else { return };
+        let targeted = entry.shared.desired().bundles.clone();
+        let mut writes = Vec::new();
+        let mut new_records = Vec::new();
+        let mut events = Vec::new();
+        for (bundle, reported, digest) in applied {
+            let Some(cur) = self.records.get(&bundle).cloned() else {
+                // Not built yet: its first build goes above the floor.
+                if self.fleet.bundles.contains_key(&bundle) {
+                    let f = self.floors.entry(bundle).or_default();
+                    *f = (*f).max(reported);
+                }
+                continue;
+            };
+            if !targeted.contains_key(&bundle) {
+                continue;
+            }
+            let Some(generation) = recovery_generation(&cur, reported, &digest) else { continue };
+            let Ok(st) = serde_json::from_slice::<Statement>(&cur.statement) else { continue };
+            let statement =
+                Statement::new(&bundle, &st.source.url, &cur.revision, &cur.digest, cur.size, generation);
+            let (bytes, signature) = match self.deps.signer.sign_statement(&statement) {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(bundle = %bundle, error = %e, "cannot sign statement");
+                    continue;
+                }
+            };
+            warn!(bundle = %bundle, cluster, reported, hub = cur.generation, generation, "an agent holds a newer generation than the hub; continuing above it");
+            events.push(hub_event(
+                Severity::Warning,
+                "GenerationRecovered",
+                &bundle,
+                format!(
+                    "cluster {cluster} holds generation {reported} of {bundle} but the hub was at {} (restored or restarted without its state); re-signed the current artifact as generation {generation}",
+                    cur.generation
+                ),
+            ));
+            let rec = DeploymentRecord {
+                generation,
+                statement: bytes,
+                signature,
+                created_unix_ms: now_ms(),
+                ..(*cur).clone()
+            };
+            writes.push(Write::PutDeployment(rec.clone()));
+            new_records.push(rec);
+        }
+        if new_records.is_empty() {
+            return;
+        }
+        writes.push(Write::AppendEvents(events));
+        // Durable before visible, as for new builds.
+        if let Err(e) = self.deps.writer.commit(writes).await {
+            warn!(error = %e, "cannot store recovered generations");
+            return;
+        }
+        let m = Arc::make_mut(&mut self.records);
+        for r in new_records {
+            m.insert(r.bundle.clone(), Arc::new(r));
+            self.deps.metrics.generations_created.inc();
+        }
+        self.rebuild_index();
+        self.retarget(None);
         self.dirty = true;
     }
 }

@@ -1,6 +1,13 @@
 //! The gRPC port's TLS: a rustls server with OPTIONAL client certificates
 //! verified against the hub CA, and an accept loop that hands tonic connections
 //! carrying the verified peer identity (parsed once per connection).
+//!
+//! Handshakes are bounded: each must finish within [`HANDSHAKE_TIMEOUT`], at
+//! most [`MAX_HANDSHAKES`] run at once (more connections wait in the listen
+//! backlog), and one source address may hold at most
+//! [`MAX_HANDSHAKES_PER_IP`] unfinished handshakes (more are closed at once),
+//! so a slowloris from a few addresses cannot starve agents of handshake
+//! slots.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -24,7 +31,38 @@ use crate::pki::{PeerCert, peer_cert};
 use crate::{Error, Result};
 
 /// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// TLS handshakes in progress at once on the gRPC port.
+pub const MAX_HANDSHAKES: usize = 4096;
+/// Unfinished TLS handshakes one source IP may hold.
+pub const MAX_HANDSHAKES_PER_IP: usize = 256;
+
+/// Per-source-IP count of handshakes in progress.
+#[derive(Default)]
+struct InFlight(parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+impl InFlight {
+    /// Take a slot for `ip`; `false` when it already holds the maximum.
+    fn enter(&self, ip: std::net::IpAddr) -> bool {
+        let mut m = self.0.lock();
+        let n = m.entry(ip).or_default();
+        if *n >= MAX_HANDSHAKES_PER_IP {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, ip: std::net::IpAddr) {
+        let mut m = self.0.lock();
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
 
 /// What the hub knows about a connection; tonic puts it in every request's
 /// extensions.
@@ -127,9 +165,15 @@ pub fn incoming(
 ) -> ReceiverStream<std::io::Result<TlsIo>> {
     let (tx, rx) = mpsc::channel(1024);
     let acceptor = TlsAcceptor::from(config);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let per_ip = Arc::new(InFlight::default());
     tokio::spawn(
         async move {
             loop {
+                let permit = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                };
                 let (tcp, remote) = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     r = listener.accept() => match r {
@@ -143,10 +187,18 @@ pub fn incoming(
                     },
                 };
                 let _ = tcp.set_nodelay(true);
+                if !per_ip.enter(remote.ip()) {
+                    debug!(%remote, "too many unfinished TLS handshakes from this address; connection closed");
+                    continue;
+                }
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
+                let per_ip = per_ip.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    per_ip.leave(remote.ip());
+                    drop(permit);
+                    match handshake {
                         Ok(Ok(tls)) => {
                             let peer = tls
                                 .get_ref()

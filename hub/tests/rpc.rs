@@ -59,12 +59,12 @@ async fn registration_enforces_token_rules() {
     let e = register_with(hub, &once.token, "c9", &[]).await.err().unwrap();
     assert_eq!(e.code(), Code::Unauthenticated);
 
-    // Token labels win over the agent's.
+    // Labels come from the token: the agent's env and zone are not its to set.
     let mut fleet = admin(hub).await;
     let c = fleet.get_cluster(pb::GetClusterRequest { name: "c1".into() }).await.unwrap().into_inner();
     let cl = c.cluster.unwrap();
     assert_eq!(cl.labels.get("env").map(String::as_str), Some("prod"));
-    assert_eq!(cl.labels.get("zone").map(String::as_str), Some("a"));
+    assert_eq!(cl.labels.get("zone"), None);
     assert!(cl.certificate_not_after_unix_ms > 0);
 
     // A token bound to a name registers only that name.
@@ -319,6 +319,18 @@ async fn outbox_is_acked_once_across_disconnect_and_restart() {
     let t = start(dir.path(), FLEET).await;
     let c1 = register(&t.hub, "c1", &[("env", "prod")]).await;
     let epoch = 0xfeed;
+    // Statuses are accepted only for bundles in the cluster's desired set.
+    t.pipeline.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"web").unwrap();
+    eventually(|| async {
+        t.hub
+            .state()
+            .view()
+            .clusters
+            .get("c1")
+            .is_some_and(|e| e.shared.desired().bundles.contains_key("web"))
+            .then_some(())
+    })
+    .await;
 
     let (mut s, ack, _) = open(&t.hub, &c1, epoch).await.unwrap();
     assert_eq!(ack, 0);

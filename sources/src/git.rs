@@ -369,6 +369,12 @@ impl<'a> Fetcher<'a> {
                 ..Default::default()
             };
             if let Some(token) = &self.auth.bearer {
+                if !crate::webhook::bearer_allowed(self.url) {
+                    return Err(Error::Config(format!(
+                        "refusing to send the bearer token over plain http to {}: use https",
+                        redact_url(self.url)
+                    )));
+                }
                 opts.extra_headers.push(format!("Authorization: Bearer {token}"));
             }
             let certs = match &self.auth.ca_pem {

@@ -4,13 +4,17 @@
 //! request must carry one of (or, with `type` set, exactly that one):
 //! - GitHub: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>`
 //! - GitLab: `X-Gitlab-Token: <secret>`
-//! - generic: `X-Signature: sha256=<hex HMAC-SHA256(secret, body)>`
+//! - generic: `X-Signature-Timestamp: <unix seconds>` and
+//!   `X-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`;
+//!   the timestamp must be within [`REPLAY_WINDOW_SECS`] of the hub's clock,
+//!   so a captured request cannot be replayed later.
 //!
 //! Comparisons are constant-time. A good request triggers an immediate fetch
-//! of that source and gets `202 Accepted`; a missing or bad signature gets
-//! `401` and does nothing; an unknown source, or one without a webhook, gets
-//! `404`; a suspended source `409`. The secret file is read on every request,
-//! so rotating it needs no restart. Bodies are limited to 1 MiB.
+//! of that source and gets `202 Accepted`; a missing or bad signature, an
+//! unknown source and a source without a webhook all get the same `401`
+//! (so the answer does not reveal which sources exist); an authenticated
+//! request for a suspended source gets `409`. The secret file is read on
+//! every request, so rotating it needs no restart. Bodies are limited to 1 MiB.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -32,6 +36,14 @@ pub const GITHUB_SIGNATURE: &str = "x-hub-signature-256";
 pub const GITLAB_TOKEN: &str = "x-gitlab-token";
 /// The header of the generic HMAC variant.
 pub const GENERIC_SIGNATURE: &str = "x-signature";
+/// The timestamp header of the generic HMAC variant (Unix seconds, signed).
+pub const GENERIC_TIMESTAMP: &str = "x-signature-timestamp";
+/// How far a generic webhook's timestamp may be from the hub's clock.
+pub const REPLAY_WINDOW_SECS: i64 = 300;
+
+/// The one answer for an unknown source, a source without a webhook and a bad
+/// signature: a caller cannot tell which sources exist.
+const REFUSED: (StatusCode, &str) = (StatusCode::UNAUTHORIZED, "bad signature\n");
 
 /// What the receiver acts on: the fleet config in force and a way to fetch a
 /// source now. The controller implements it; this module does not know the
@@ -59,7 +71,8 @@ async fn receive<T: HookTarget>(
 ) -> (StatusCode, &'static str) {
     let fleet = sources.fleet();
     let Some(hook) = fleet.sources.get(&source).and_then(|s| s.spec.webhook.clone()) else {
-        return (StatusCode::NOT_FOUND, "no such webhook\n");
+        warn!(source = %source, "webhook for an unknown source (or one without a webhook) refused");
+        return REFUSED;
     };
     let secret = match tokio::fs::read(&hook.secret_file).await {
         Ok(s) => trim_newline(s),
@@ -69,8 +82,8 @@ async fn receive<T: HookTarget>(
         }
     };
     if secret.is_empty() || !authentic(hook.type_.as_deref(), &secret, &headers, &body) {
-        warn!(source = %source, "webhook with a missing or bad signature refused");
-        return (StatusCode::UNAUTHORIZED, "bad signature\n");
+        warn!(source = %source, "webhook with a missing, bad or stale signature refused");
+        return REFUSED;
     }
     match sources.reconcile(&source) {
         Ok(()) => {
@@ -78,8 +91,25 @@ async fn receive<T: HookTarget>(
             (StatusCode::ACCEPTED, "fetching\n")
         }
         Err(Error::Suspended(_)) => (StatusCode::CONFLICT, "source is suspended\n"),
-        Err(Error::UnknownSource(_)) => (StatusCode::NOT_FOUND, "no such source\n"),
+        Err(Error::UnknownSource(_)) => REFUSED,
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+    }
+}
+
+/// Whether a bearer token may be sent to `url`: only over https, or over
+/// plain http to a loopback IP literal (127.0.0.0/8, ::1), where it never
+/// leaves the machine. Shared by git fetches; the hub's alert providers apply
+/// the same rule.
+pub fn bearer_allowed(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url.trim()) else { return false };
+    match u.scheme() {
+        "https" => true,
+        "http" => u
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+            .is_some_and(|ip| ip.is_loopback()),
+        _ => false,
     }
 }
 
@@ -90,8 +120,24 @@ fn trim_newline(mut s: Vec<u8>) -> Vec<u8> {
     s
 }
 
-/// Whether the request carries a valid signature or token for `secret`.
+/// Whether the request carries a valid signature or token for `secret`, at
+/// the hub's current time.
 pub fn authentic(kind: Option<&str>, secret: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    authentic_at(kind, secret, headers, body, now)
+}
+
+/// [`authentic`] at `now_unix_secs`.
+pub fn authentic_at(
+    kind: Option<&str>,
+    secret: &[u8],
+    headers: &HeaderMap,
+    body: &[u8],
+    now_unix_secs: i64,
+) -> bool {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let allowed = |k: &str| kind.is_none_or(|t| t == k);
     if allowed("github")
@@ -107,9 +153,27 @@ pub fn authentic(kind: Option<&str>, secret: &[u8], headers: &HeaderMap, body: &
     if allowed("generic")
         && let Some(sig) = header(GENERIC_SIGNATURE)
     {
-        return hmac_ok(secret, body, sig);
+        // Replay protection: the signed timestamp must be fresh.
+        let Some(ts) = header(GENERIC_TIMESTAMP) else { return false };
+        let Ok(t) = ts.trim().parse::<i64>() else { return false };
+        if (now_unix_secs - t).abs() > REPLAY_WINDOW_SECS {
+            return false;
+        }
+        return hmac_ok(secret, &timestamped(t, body), sig);
     }
     false
+}
+
+fn timestamped(t: i64, body: &[u8]) -> Vec<u8> {
+    let mut m = format!("{t}.").into_bytes();
+    m.extend_from_slice(body);
+    m
+}
+
+/// The `X-Signature` of the generic variant for a request sent at
+/// `unix_secs` (which goes in `X-Signature-Timestamp`).
+pub fn sign_generic(secret: &[u8], unix_secs: i64, body: &[u8]) -> String {
+    sign(secret, &timestamped(unix_secs, body))
 }
 
 fn hmac_ok(secret: &[u8], body: &[u8], header: &str) -> bool {
@@ -155,8 +219,48 @@ mod tests {
         ));
         assert!(authentic(None, secret, &headers(&[(GITLAB_TOKEN, "s3cret")]), body));
         assert!(!authentic(None, secret, &headers(&[(GITLAB_TOKEN, "s3cre")]), body));
-        assert!(authentic(Some("generic"), secret, &headers(&[(GENERIC_SIGNATURE, &good)]), body));
-        assert!(!authentic(Some("github"), secret, &headers(&[(GENERIC_SIGNATURE, &good)]), body));
+        let now = 1_800_000_000;
+        let generic = sign_generic(secret, now, body);
+        let ts = now.to_string();
+        let h = headers(&[(GENERIC_SIGNATURE, &generic), (GENERIC_TIMESTAMP, &ts)]);
+        assert!(authentic_at(Some("generic"), secret, &h, body, now));
+        assert!(authentic_at(None, secret, &h, body, now + REPLAY_WINDOW_SECS));
+        assert!(!authentic_at(Some("github"), secret, &h, body, now));
+        assert!(!authentic_at(Some("generic"), secret, &h, b"tampered", now));
         assert!(!authentic(None, secret, &HeaderMap::new(), body));
+    }
+
+    #[test]
+    fn bearer_tokens_go_only_over_https_or_loopback() {
+        assert!(bearer_allowed("https://git.example/fleet.git"));
+        assert!(bearer_allowed("http://127.0.0.1:8080/fleet.git"));
+        assert!(bearer_allowed("http://[::1]:8080/x"));
+        assert!(!bearer_allowed("http://git.example/fleet.git"));
+        assert!(!bearer_allowed("http://localhost/fleet.git"), "a name can resolve anywhere");
+        assert!(!bearer_allowed("http://10.0.0.1/fleet.git"));
+        assert!(!bearer_allowed("git://git.example/fleet.git"));
+        assert!(!bearer_allowed("not a url"));
+    }
+
+    #[test]
+    fn generic_webhooks_need_a_fresh_signed_timestamp() {
+        let (secret, body) = (b"s3cret".as_slice(), b"{}".as_slice());
+        let now = 1_800_000_000;
+        // Without a timestamp (the old format): refused.
+        let bare = sign(secret, body);
+        assert!(!authentic_at(Some("generic"), secret, &headers(&[(GENERIC_SIGNATURE, &bare)]), body, now));
+        // A captured request replayed after the window: refused.
+        let sig = sign_generic(secret, now, body);
+        let ts = now.to_string();
+        let h = headers(&[(GENERIC_SIGNATURE, &sig), (GENERIC_TIMESTAMP, &ts)]);
+        assert!(authentic_at(None, secret, &h, body, now + 60));
+        assert!(!authentic_at(None, secret, &h, body, now + REPLAY_WINDOW_SECS + 1));
+        assert!(!authentic_at(None, secret, &h, body, now - REPLAY_WINDOW_SECS - 1));
+        // The timestamp is signed: moving it forward breaks the signature.
+        let later = (now + 100).to_string();
+        let moved = headers(&[(GENERIC_SIGNATURE, &sig), (GENERIC_TIMESTAMP, &later)]);
+        assert!(!authentic_at(None, secret, &moved, body, now + 100));
+        let junk = headers(&[(GENERIC_SIGNATURE, &sig), (GENERIC_TIMESTAMP, "soon")]);
+        assert!(!authentic_at(None, secret, &junk, body, now));
     }
 }

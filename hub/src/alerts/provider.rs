@@ -246,6 +246,7 @@ impl Delivery {
             ));
         };
         let url = self.url().await?;
+        let url_for_auth = url.clone();
         let mut req = client
             .post(url)
             .timeout(timeout)
@@ -255,6 +256,11 @@ impl Delivery {
             let secret = read_trimmed(f, "secretFile").await?;
             req = match self.kind {
                 ProviderKind::GenericHmac => req.header(SIGNATURE_HEADER, sign(secret.as_bytes(), body)),
+                _ if !convoy_sources::webhook::bearer_allowed(url_for_auth.as_str()) => {
+                    return Err(AttemptError::Permanent(
+                        "refusing to send the bearer token over plain http: use an https address".into(),
+                    ));
+                }
                 _ => req.bearer_auth(secret),
             };
         }

@@ -28,9 +28,6 @@ pub struct ApplyOptions {
     pub suspend: bool,
     /// Take ownership of conflicting fields.
     pub force: bool,
-    /// Always false: the hub has no rollback path (generations only grow).
-    /// Kept only to fill the protocol field until the protocol drops it.
-    pub rollback: bool,
     /// Correct or only detect drift.
     pub drift: DriftMode,
     /// The bundle's tenancy rules, enforced by the agent.
@@ -49,7 +46,6 @@ impl ApplyOptions {
             depends_on: spec.depends_on.clone(),
             suspend: spec.suspend || hub_suspended,
             force: spec.force,
-            rollback: false,
             drift: spec.drift,
             tenancy: spec.tenancy(),
         }
@@ -128,6 +124,26 @@ pub fn next_generation(current: Option<&DeploymentRecord>, artifact: &BuiltArtif
         Some(c) => Some(c.generation + 1),
         None => Some(1),
     }
+}
+
+/// The generation to re-sign `current`'s artifact at when an agent reports it
+/// holds `reported` (with `reported_digest`): a hub restored from an old
+/// backup, or started empty with the same signing key, continues above what
+/// agents hold instead of being refused forever. `None` when the hub is
+/// already above (or at the same generation and digest).
+pub fn recovery_generation(current: &DeploymentRecord, reported: u64, reported_digest: &str) -> Option<u64> {
+    if reported > current.generation || (reported == current.generation && reported_digest != current.digest)
+    {
+        Some(reported.saturating_add(1))
+    } else {
+        None
+    }
+}
+
+/// The generation for a new artifact given the floor agents reported for a
+/// bundle the hub had no record of (0 for none).
+pub fn above_floor(generation: u64, floor: u64) -> u64 {
+    generation.max(floor.saturating_add(1))
 }
 
 /// Every bundle of the fleet that has a signed generation, with its options.
@@ -228,6 +244,23 @@ spec:
 
     fn labels(s: &str) -> Labels {
         convoy_core::selector::parse_labels([s]).unwrap()
+    }
+
+    #[test]
+    fn a_hub_behind_its_agents_continues_above_them() {
+        let cur = rec("app", 3, "sha256:a");
+        // Agents at or below the hub: nothing to do.
+        assert_eq!(recovery_generation(&cur, 2, "sha256:x"), None);
+        assert_eq!(recovery_generation(&cur, 3, "sha256:a"), None);
+        // An agent above the hub (restored backup): re-sign above it.
+        assert_eq!(recovery_generation(&cur, 7, "sha256:b"), Some(8));
+        // Same generation, other digest (a hub that restarted empty): above it.
+        assert_eq!(recovery_generation(&cur, 3, "sha256:b"), Some(4));
+        assert_eq!(recovery_generation(&cur, u64::MAX, "sha256:b"), Some(u64::MAX));
+        // A first build after agents reported a floor.
+        assert_eq!(above_floor(1, 0), 1);
+        assert_eq!(above_floor(1, 5), 6);
+        assert_eq!(above_floor(9, 5), 9);
     }
 
     #[test]

@@ -83,6 +83,13 @@ pub struct TokenRecord {
     pub cluster: Option<String>,
     /// Labels given to the cluster at registration (they win over the agent's).
     pub labels: Labels,
+    /// The token registers only new names with this prefix (exclusive with
+    /// `cluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_prefix: Option<String>,
+    /// Label keys the agent may propose; its other labels are ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_label_keys: Vec<String>,
 }
 
 /// The signed current generation of a bundle. The same digest always keeps the

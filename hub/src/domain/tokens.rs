@@ -4,9 +4,15 @@
 //! record and appears in audit events), the secret is 32 random bytes in
 //! base64url. The hub stores only SHA-256 of the secret and compares hashes in
 //! constant time.
+//!
+//! A token binds identity: it names the cluster (or a name prefix) and the
+//! labels that cluster gets. Labels the agent proposes are kept only for the
+//! keys the token allows ([`registration_labels`]).
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use convoy_core::selector::Labels;
 
 use super::{ClusterRecord, Rejection, TokenRecord};
 
@@ -77,6 +83,13 @@ pub fn check_registration(
     if rec.expires_unix_ms <= now_unix_ms || (rec.single_use && rec.uses > 0) {
         return Err(denied());
     }
+    if let Some(prefix) = &rec.name_prefix
+        && !cluster.starts_with(prefix.as_str())
+    {
+        return Err(Rejection::PermissionDenied(format!(
+            "this token registers names starting with {prefix:?}, not {cluster:?}"
+        )));
+    }
     match (&rec.cluster, existing) {
         (Some(bound), _) if bound != cluster => Err(Rejection::PermissionDenied(format!(
             "this token registers cluster {bound:?}, not {cluster:?}"
@@ -86,6 +99,68 @@ pub fn check_registration(
         ))),
         _ => Ok(()),
     }
+}
+
+/// Check a token to create: `cluster` and `name_prefix` are exclusive, a
+/// prefix is a valid name start, and allowed agent label keys are non-empty.
+pub fn check_token_input(
+    cluster: Option<&str>,
+    name_prefix: Option<&str>,
+    agent_label_keys: &[String],
+) -> Result<(), Rejection> {
+    if let Some(p) = name_prefix {
+        if cluster.is_some() {
+            return Err(Rejection::InvalidArgument(
+                "a token takes a cluster name or a name prefix, not both".into(),
+            ));
+        }
+        let ok = !p.is_empty()
+            && p.len() <= 40
+            && p.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            return Err(Rejection::InvalidArgument(format!(
+                "bad name prefix {p:?}: lowercase letters, digits and '-', starting with a letter or digit"
+            )));
+        }
+    }
+    if let Some(k) = agent_label_keys.iter().find(|k| k.is_empty() || k.contains(char::is_whitespace)) {
+        return Err(Rejection::InvalidArgument(format!("bad agent label key {k:?}")));
+    }
+    Ok(())
+}
+
+/// Whether the certificate with `serial` may renew `rec`'s identity: only the
+/// cluster's current (newest) certificate renews. An older one (kept valid for
+/// open connections while the agent switches) cannot, so a thief holding an
+/// old certificate cannot mint new ones and push the real agent's out.
+pub fn check_renewal(rec: &ClusterRecord, serial: &str) -> Result<(), Rejection> {
+    match rec.certs.last() {
+        Some(c) if c.serial == serial => Ok(()),
+        _ => Err(Rejection::PermissionDenied(format!(
+            "certificate serial {serial} is not cluster {:?}'s current certificate; only the current one renews",
+            rec.name
+        ))),
+    }
+}
+
+/// The labels a registration records: the token's labels, plus the labels
+/// the agent proposes for keys the token lists in `agent_label_keys` (the
+/// token wins on a clash). Returns them with the proposed keys that were
+/// ignored, sorted, so that the caller can report them.
+pub fn registration_labels(rec: &TokenRecord, proposed: &Labels) -> (Labels, Vec<String>) {
+    let mut labels = Labels::new();
+    let mut ignored = Vec::new();
+    for (k, v) in proposed {
+        if rec.agent_label_keys.iter().any(|a| a == k) {
+            labels.insert(k.clone(), v.clone());
+        } else if rec.labels.get(k) != Some(v) {
+            ignored.push(k.clone());
+        }
+    }
+    labels.extend(rec.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    ignored.sort();
+    (labels, ignored)
 }
 
 #[cfg(test)]
@@ -102,7 +177,66 @@ mod tests {
             uses: 0,
             cluster: cluster.map(Into::into),
             labels: Default::default(),
+            name_prefix: None,
+            agent_label_keys: Vec::new(),
         }
+    }
+
+    fn labels(kv: &[(&str, &str)]) -> Labels {
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn labels_come_from_the_token_and_allowed_keys_only() {
+        let mut r = rec(Some("dev"), true);
+        r.labels = labels(&[("env", "dev")]);
+        // The agent cannot set or override a key the token does not allow.
+        let (got, ignored) = registration_labels(&r, &labels(&[("env", "prod"), ("tier", "gold")]));
+        assert_eq!(got, labels(&[("env", "dev")]));
+        assert_eq!(ignored, vec!["env".to_string(), "tier".to_string()]);
+        // An allowed key is taken from the agent; the token still wins on env.
+        r.agent_label_keys = vec!["zone".into(), "env".into()];
+        let (got, ignored) = registration_labels(&r, &labels(&[("env", "prod"), ("zone", "a"), ("x", "y")]));
+        assert_eq!(got, labels(&[("env", "dev"), ("zone", "a")]));
+        assert_eq!(ignored, vec!["x".to_string()]);
+        // Proposing exactly the token's label is not reported as ignored.
+        r.agent_label_keys.clear();
+        let (_, ignored) = registration_labels(&r, &labels(&[("env", "dev")]));
+        assert!(ignored.is_empty());
+    }
+
+    #[test]
+    fn only_the_current_certificate_renews() {
+        use crate::domain::CertRef;
+        let mut c = ClusterRecord { name: "a".into(), ..Default::default() };
+        assert!(check_renewal(&c, "1").is_err(), "no certificate at all");
+        c.certs.push(CertRef { serial: "1".into(), not_after_unix_ms: 100 });
+        c.certs.push(CertRef { serial: "2".into(), not_after_unix_ms: 200 });
+        assert!(check_renewal(&c, "2").is_ok());
+        assert!(matches!(check_renewal(&c, "1"), Err(Rejection::PermissionDenied(_))));
+    }
+
+    #[test]
+    fn token_inputs_are_checked() {
+        assert!(check_token_input(Some("a"), None, &[]).is_ok());
+        assert!(check_token_input(None, Some("edge-"), &["zone".into()]).is_ok());
+        assert!(check_token_input(Some("a"), Some("edge-"), &[]).is_err());
+        assert!(check_token_input(None, Some("Edge"), &[]).is_err());
+        assert!(check_token_input(None, Some(""), &[]).is_err());
+        assert!(check_token_input(None, None, &["".into()]).is_err());
+    }
+
+    #[test]
+    fn a_name_prefix_token_registers_only_new_names_with_that_prefix() {
+        let mut r = rec(None, false);
+        r.name_prefix = Some("edge-".into());
+        assert!(check_registration(Some(&r), "s3cret", "edge-1", None, 10).is_ok());
+        assert!(matches!(
+            check_registration(Some(&r), "s3cret", "prod", None, 10),
+            Err(Rejection::PermissionDenied(_))
+        ));
+        let existing = ClusterRecord { name: "edge-1".into(), ..Default::default() };
+        assert!(check_registration(Some(&r), "s3cret", "edge-1", Some(&existing), 10).is_err());
     }
 
     #[test]

@@ -1,4 +1,9 @@
 //! `convoy.v1.Agent`: the Sync stream, artifact download and certificate renewal.
+//!
+//! A Sync stream lives no longer than the certificate that opened it: at its
+//! `notAfter` the hub ends the stream with `UNAUTHENTICATED`, so an agent
+//! reconnects with its renewed certificate (and a stolen, expired one stops
+//! at once). Revocation and re-registration close streams through the state.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,8 +42,12 @@ impl pb::agent_server::Agent for AgentService {
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         let entry = self.core.agent(&req)?;
+        let not_after = peer_cert(&req).map(|p| p.not_after_unix_ms);
         let out = super::session::start(self.core.clone(), entry, req.into_inner()).await?;
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(match not_after {
+            Some(t) => until_expiry(out, t),
+            None => Box::pin(out),
+        }))
     }
 
     async fn download_artifact(
@@ -80,8 +89,9 @@ impl pb::agent_server::Agent for AgentService {
         req: Request<pb::RenewCertificateRequest>,
     ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
         let entry = self.core.agent(&req)?;
+        let serial = peer_cert(&req).map(|p| p.serial.clone()).unwrap_or_default();
         let csr = req.into_inner().csr_pem;
-        let cert = self.core.state.renew(entry.record.name.clone(), csr).await.map_err(status)?;
+        let cert = self.core.state.renew(entry.record.name.clone(), serial, csr).await.map_err(status)?;
         info!(cluster = %entry.record.name, "certificate renewed");
         Ok(Response::new(pb::RenewCertificateResponse {
             certificate_pem: cert.pem,
@@ -89,4 +99,31 @@ impl pb::agent_server::Agent for AgentService {
             not_after_unix_ms: cert.not_after_unix_ms,
         }))
     }
+}
+
+/// The verified client certificate of a request, if any.
+fn peer_cert<T>(req: &Request<T>) -> Option<Arc<crate::pki::PeerCert>> {
+    req.extensions().get::<crate::tls::ConnInfo>().and_then(|i| i.peer.clone())
+}
+
+/// `inner`, ended with `UNAUTHENTICATED` when the certificate that opened the
+/// stream expires (`not_after_unix_ms`).
+fn until_expiry<S>(inner: S, not_after_unix_ms: i64) -> BoxStream<pb::HubMessage>
+where
+    S: Stream<Item = Result<pb::HubMessage, Status>> + Send + Unpin + 'static,
+{
+    let left = u64::try_from(not_after_unix_ms.saturating_sub(crate::now_ms())).unwrap_or(0);
+    let sleep = Box::pin(tokio::time::sleep(std::time::Duration::from_millis(left)));
+    Box::pin(futures::stream::unfold((inner, sleep, false), |(mut inner, mut sleep, done)| async move {
+        if done {
+            return None;
+        }
+        tokio::select! {
+            item = inner.next() => item.map(|i| (i, (inner, sleep, false))),
+            _ = &mut sleep => Some((
+                Err(Status::unauthenticated("the client certificate of this stream expired; reconnect with a renewed one")),
+                (inner, sleep, true),
+            )),
+        }
+    }))
 }

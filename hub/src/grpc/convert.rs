@@ -54,7 +54,6 @@ pub fn deployment_to_pb(d: &Deployment) -> pb::BundleDeployment {
             depends_on: o.depends_on.clone(),
             suspend: o.suspend,
             force: o.force,
-            rollback: o.rollback,
             drift_mode: match o.drift {
                 DriftMode::Correct => pb::DriftMode::Correct,
                 DriftMode::Detect => pb::DriftMode::Detect,

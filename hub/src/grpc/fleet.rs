@@ -426,6 +426,8 @@ impl pb::fleet_server::Fleet for FleetService {
                 labels,
                 ttl: Duration::from_secs(r.ttl_seconds),
                 single_use: r.single_use,
+                name_prefix: (!r.name_prefix.is_empty()).then_some(r.name_prefix),
+                agent_label_keys: r.agent_label_keys,
             })
             .await
             .map_err(status)?;

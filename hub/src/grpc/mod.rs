@@ -61,8 +61,9 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     /// Committed events, for FollowEvents.
     pub events: broadcast::Sender<Arc<StoredEvent>>,
-    /// SHA-256 hex of each accepted admin token.
-    pub admin_token_hashes: Vec<String>,
+    /// SHA-256 hex of each accepted admin token; swapped when the admin
+    /// token file changes ([`spawn_admin_token_reload`]).
+    pub admin_token_hashes: arc_swap::ArcSwap<Vec<String>>,
     /// The CA certificate(s) PEM handed to agents.
     pub ca_pem: String,
     /// Cancelled when the hub drains.
@@ -91,7 +92,7 @@ impl Core {
         {
             let h = hash_secret(token.trim());
             // Compare against every accepted hash, in constant time each.
-            let ok = self.admin_token_hashes.iter().fold(false, |acc, a| acc | hashes_equal(a, &h));
+            let ok = self.admin_token_hashes.load().iter().fold(false, |acc, a| acc | hashes_equal(a, &h));
             if ok {
                 return Caller::Admin { name: "token".into() };
             }
@@ -117,6 +118,45 @@ impl Core {
         authorize(&caller, Access::Fleet, None, now_ms()).map_err(rejection)?;
         Ok(caller)
     }
+}
+
+/// How often the admin token file is re-read.
+pub const ADMIN_TOKEN_RELOAD: Duration = Duration::from_secs(2);
+
+/// Re-read the admin token `file` every [`ADMIN_TOKEN_RELOAD`]: a rotated
+/// token takes effect (and the old one stops working) without a restart. An
+/// unreadable or empty file keeps the current token and logs a warning once.
+pub fn spawn_admin_token_reload(
+    core: Arc<Core>,
+    file: std::path::PathBuf,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut warned = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(ADMIN_TOKEN_RELOAD) => {}
+            }
+            let f = file.clone();
+            let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(f)).await;
+            match read {
+                Ok(Ok(t)) if !t.trim().is_empty() => {
+                    warned = false;
+                    let h = hash_secret(t.trim());
+                    if core.admin_token_hashes.load().as_slice() != std::slice::from_ref(&h) {
+                        core.admin_token_hashes.store(Arc::new(vec![h]));
+                        tracing::info!(file = %file.display(), "admin token file changed; the new token is in force");
+                    }
+                }
+                _ if !warned => {
+                    warned = true;
+                    tracing::warn!(file = %file.display(), "cannot read the admin token file (or it is empty); keeping the current token");
+                }
+                _ => {}
+            }
+        }
+    })
 }
 
 /// A domain rejection as a gRPC status.

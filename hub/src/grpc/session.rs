@@ -90,6 +90,12 @@ pub async fn start(
     if !seeds.is_empty() {
         drop(core.writer.submit(vec![Write::SeedStatuses { cluster: name.clone(), statuses: seeds }]).await);
     }
+    // A hub behind what its agents hold continues above them (crate::state).
+    if !hello.applied.is_empty() {
+        let held =
+            hello.applied.iter().take(4096).map(|a| (a.bundle.clone(), a.generation, a.digest.clone()));
+        core.state.report_applied(name.clone(), held.collect()).await;
+    }
 
     let (tx, rx) = mpsc::channel(core.sessions.send_queue.max(2));
     let mut desired = shared.subscribe_desired();
@@ -114,6 +120,7 @@ pub async fn start(
         received_seq: acked,
         pending: Vec::new(),
         queue_depth: 0,
+        guard: crate::limits::InputGuard::new(),
     };
     tokio::spawn(
         async move {
@@ -150,6 +157,8 @@ struct Session {
     received_seq: u64,
     pending: Vec<(u64, OutboxEntry)>,
     queue_depth: i64,
+    /// Input limits of this stream (crate::limits).
+    guard: crate::limits::InputGuard,
 }
 
 impl Session {
@@ -224,7 +233,14 @@ impl Session {
                         Ok(Some(m)) => {
                             self.shared.touch(now_ms());
                             match self.on_message(m) {
-                                Ok(Some(dup_ack)) if inflight.is_none() && self.pending.is_empty() => out.push_back(ack(dup_ack)),
+                                Ok(Some(dup_ack)) if inflight.is_none() && self.pending.is_empty() => {
+                                    // Acks are cumulative: a queued one is raised, not repeated,
+                                    // so a flood of dropped input queues one message.
+                                    match out.back_mut().and_then(|m| m.msg.as_mut()) {
+                                        Some(Out::Ack(a)) => a.acked_seq = a.acked_seq.max(dup_ack),
+                                        _ => out.push_back(ack(dup_ack)),
+                                    }
+                                }
                                 Ok(_) => {}
                                 Err(s) => {
                                     let _ = tx.send(Err(s)).await;
@@ -287,12 +303,14 @@ impl Session {
                 if st.bundle.is_empty() {
                     return Err(Status::invalid_argument("StatusReport.status.bundle is empty"));
                 }
-                (s.seq, OutboxEntry::Status(status_from_pb(&st)))
+                // Statuses only for bundles in this cluster's desired set.
+                let desired = self.shared.desired().bundles.contains_key(&st.bundle);
+                (s.seq, self.guard.status(status_from_pb(&st), desired, now_ms()))
             }
             Some(In::Event(e)) => {
                 self.core.metrics.message("in", "event");
                 let ev = e.event.ok_or_else(|| Status::invalid_argument("EventReport without event"))?;
-                (e.seq, OutboxEntry::Event(event_from_pb(&ev)))
+                (e.seq, self.guard.event(event_from_pb(&ev), now_ms()))
             }
             Some(In::Heartbeat(_)) => {
                 self.core.metrics.message("in", "heartbeat");
@@ -308,6 +326,27 @@ impl Session {
             return Ok(Some(self.stored_seq));
         }
         self.received_seq = seq;
+        let entry = match entry {
+            crate::limits::Verdict::Store(e) => e,
+            crate::limits::Verdict::Report(e, kind) => {
+                self.core
+                    .metrics
+                    .agent_input_refused
+                    .get_or_create(&crate::metrics::ResultLabels { result: kind })
+                    .inc();
+                e
+            }
+            crate::limits::Verdict::Drop(kind) => {
+                self.core
+                    .metrics
+                    .agent_input_refused
+                    .get_or_create(&crate::metrics::ResultLabels { result: kind })
+                    .inc();
+                // Nothing to store: acknowledged at once (when nothing is
+                // pending) so that the agent's outbox moves on.
+                return Ok(Some(seq));
+            }
+        };
         self.pending.push((seq, entry));
         Ok(None)
     }

@@ -150,7 +150,9 @@ pub async fn register_with(
 }
 
 pub async fn register(hub: &HubHandle, name: &str, labels: &[(&str, &str)]) -> AgentIdentity {
-    let t = hub.create_token(Some(name), Labels::new(), Duration::from_secs(600), true).await.unwrap();
+    // Labels come from the token, never from the agent.
+    let l: Labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let t = hub.create_token(Some(name), l, Duration::from_secs(600), true).await.unwrap();
     register_with(hub, &t.token, name, labels).await.unwrap()
 }
 

@@ -142,6 +142,7 @@ impl Fleet {
                     labels: spec.labels.clone().into_iter().collect(),
                     ttl_seconds: 3600,
                     single_use: false,
+                    ..Default::default()
                 })
                 .await
                 .context("create a bootstrap token")?
@@ -202,12 +203,16 @@ impl Fleet {
     /// POST the GitSource webhook with a valid `X-Signature`; expects 202.
     pub async fn webhook(&self) -> Result<()> {
         let body = br#"{"ref":"refs/heads/main"}"#;
+        // The generic variant signs "<timestamp>.<body>" (replay window).
+        let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
         let mut mac = Hmac::<Sha256>::new_from_slice(self.webhook_secret.as_bytes()).expect("any key length");
+        mac.update(format!("{ts}.").as_bytes());
         mac.update(body);
         let sig = hex::encode(mac.finalize().into_bytes());
         let resp = self
             .http
             .post(self.hub.webhook_url(SOURCE))
+            .header("X-Signature-Timestamp", ts.to_string())
             .header("X-Signature", format!("sha256={sig}"))
             .header("Content-Type", "application/json")
             .body(body.to_vec())
