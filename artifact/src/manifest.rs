@@ -910,7 +910,7 @@ mod tests {
         // 25 documents per file, 4 files: 430 KB that would expand to 2.6 GB. Every document is
         // under serde-saphyr's per-document caps; the artifact's budget stops the fifth.
         let doc = bomb_document();
-        let file = vec![doc.as_str(); 25].join("---\n");
+        let file = [doc.as_str(); 25].join("---\n");
         let files: Vec<(String, Vec<u8>)> =
             (0..4).map(|i| (format!("f{i}.yaml"), file.clone().into_bytes())).collect();
         let err = parse_files(files.iter().map(|(p, b)| (p.as_str(), b.as_slice()))).unwrap_err();
@@ -925,7 +925,7 @@ mod tests {
         let err = crate::pack_files(files.clone(), &crate::Limits::default()).unwrap_err();
         assert!(matches!(err, Error::Limit { .. }), "{err}");
         // A few such documents are within it.
-        let few = vec![doc.as_str(); 3].join("---\n");
+        let few = [doc.as_str(); 3].join("---\n");
         assert_eq!(parse_file("f.yaml", few.as_bytes()).unwrap().len(), 3);
     }
 
