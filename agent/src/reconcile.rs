@@ -6,9 +6,9 @@
 //! Inputs: a new desired deployment (or its removal) from the hub, a timer
 //! tick (the loop's wake-up) with the dependency view, and the end of an
 //! apply job (applied, refused, failed with a retry time). The generation
-//! rules (`bundle::decide`: an older generation is refused unless the hub
-//! marks it a rollback, a replay of the applied generation with other bytes
-//! is refused, the same generation with other options re-applies) are
+//! rules (`bundle::decide`: an older generation is always refused, since a
+//! rollback is a new, higher, signed generation; a replay of the applied
+//! generation with other bytes is refused; the same generation with other options re-applies) are
 //! decided here, once per job.
 
 use std::time::Instant;
@@ -398,20 +398,11 @@ mod tests {
         let e = tick(&mut s, now);
         assert!(
             matches!(&e[..], [Effect::Refuse { reason: "GenerationRollback", .. }]),
-            "an older generation without rollback is refused: {e:?}"
+            "an older generation is always refused (a rollback is a new, higher generation): {e:?}"
         );
         assert_eq!(s.refused, Some(dep(2, "sha256:old")));
         // Not refused again (nor applied) until it changes.
         assert!(tick(&mut s, now).is_empty());
-    }
-
-    #[test]
-    fn explicit_rollback_applies_an_older_generation() {
-        let mut s = ready(3);
-        let mut d = dep(2, "sha256:old");
-        d.options.rollback = true;
-        s.desired = Some(d.clone());
-        assert_eq!(tick(&mut s, Instant::now()), vec![Effect::Apply(d)]);
     }
 
     #[test]

@@ -267,11 +267,31 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 
 enum Cmd {
     Register(RegisterInput, Reply<RegisterOutput>),
-    Renew { cluster: String, serial: String, csr_pem: String, reply: Reply<IssuedCert> },
-    Revoke { cluster: String, reply: Reply<()> },
-    SetLabels { cluster: String, labels: Labels, reply: Reply<()> },
-    SetSuspended { bundle: String, suspended: bool, reply: Reply<()> },
-    SetSourceSuspended { source: String, suspended: bool, reply: Reply<()> },
+    Renew {
+        cluster: String,
+        serial: String,
+        csr_pem: String,
+        reply: Reply<IssuedCert>,
+    },
+    Revoke {
+        cluster: String,
+        reply: Reply<()>,
+    },
+    SetLabels {
+        cluster: String,
+        labels: Labels,
+        reply: Reply<()>,
+    },
+    SetSuspended {
+        bundle: String,
+        suspended: bool,
+        reply: Reply<()>,
+    },
+    SetSourceSuspended {
+        source: String,
+        suspended: bool,
+        reply: Reply<()>,
+    },
     CreateToken(TokenInput, Reply<TokenOutput>),
     /// What an agent holds (bundle, generation, digest), from its Hello.
     ReportApplied {
@@ -763,7 +783,10 @@ impl Actor {
         }
     }
 
-    fn register(&mut self, input: RegisterInput) -> Result<(Vec<Write>, RegisterOutput, Option<Arc<ClusterShared>>)> {
+    fn register(
+        &mut self,
+        input: RegisterInput,
+    ) -> Result<(Vec<Write>, RegisterOutput, Option<Arc<ClusterShared>>)> {
         let now = self.deps.clock.now_ms();
         let mut replaced = None;
         validate_name(&input.cluster).map_err(|e| Rejection::InvalidArgument(e.to_string()))?;

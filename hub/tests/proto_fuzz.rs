@@ -81,6 +81,7 @@ static SAMPLES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
             agent_version: "0.1.0".into(),
             outbox_epoch: 3,
             applied: vec![pb::AppliedBundle { bundle: "web".into(), generation: 7, ..Default::default() }],
+            age_recipients: vec!["age1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq8qwld8".into()],
         }),
         Msg::Status(pb::StatusReport { seq: 1, status: Some(status) }),
         Msg::Event(pb::EventReport { seq: 2, event: Some(event) }),

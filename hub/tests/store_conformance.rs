@@ -137,6 +137,8 @@ fn records_round_trip_and_seeding_never_overwrites(b: &dyn Backend) {
         uses: 0,
         cluster: Some("c1".into()),
         labels: Default::default(),
+        name_prefix: None,
+        agent_label_keys: vec!["zone".into()],
     };
     let seed = |generation| Write::SeedStatuses {
         cluster: "c1".into(),

@@ -188,7 +188,7 @@ async fn a_sync_stream_ends_when_its_certificate_expires() {
     cfg.certificates.cluster_ttl = convoy_core::duration::HumanDuration::from_secs(2);
     let hub = convoy_hub::Hub::start(
         cfg,
-        convoy_hub::HubOptions { pipeline: Some(pipeline), fleet: Some(fleet(FLEET)) },
+        convoy_hub::HubOptions { pipeline: Some(pipeline), fleet: Some(fleet(FLEET)), ..Default::default() },
     )
     .await
     .unwrap();
@@ -231,7 +231,7 @@ async fn open_reporting(
 ) -> (mpsc::Sender<pb::AgentMessage>, tonic::Streaming<pb::HubMessage>) {
     let mut client = agent_client(hub, id).await;
     let (tx, rx) = mpsc::channel(64);
-    let hello = pb::Hello { agent_version: "test/1".into(), outbox_epoch: 1, applied };
+    let hello = pb::Hello { agent_version: "test/1".into(), outbox_epoch: 1, applied, ..Default::default() };
     tx.send(pb::AgentMessage { msg: Some(In::Hello(hello)) }).await.unwrap();
     let rx = client.sync(Request::new(ReceiverStream::new(rx))).await.unwrap().into_inner();
     (tx, rx)

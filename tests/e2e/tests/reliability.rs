@@ -279,6 +279,7 @@ async fn heavy_agent_killed_mid_apply_restarts_with_a_consistent_inventory() {
             labels: [("env", "staging"), ("region", "eu")].map(|(k, v)| (k.into(), v.into())).into(),
             ttl_seconds: 3600,
             single_use: false,
+            ..Default::default()
         })
         .await
         .unwrap()
