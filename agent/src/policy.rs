@@ -267,7 +267,9 @@ mod tests {
             allow_cluster_scoped: false,
         };
         #[rustfmt::skip]
-        let cases: Vec<(&str, World, ObjKey, Option<&str>, Vec<&str>, usize)> = vec![
+        // (what, world, object, takeover annotation, reasons, takeovers)
+        type Case<'a> = (&'a str, World, ObjKey, Option<&'a str>, Vec<&'a str>, usize);
+        let cases: Vec<Case<'_>> = vec![
             // (what, world, object, takeover annotation, reasons, takeovers)
             ("free object", World::new(), app.clone(), None, vec![], 0),
             ("identity Secret", World::new(), ObjKey::new("", "Secret", Some(NS), "convoy-agent-identity"), None, vec!["Reserved"], 0),

@@ -188,6 +188,8 @@ fn signed(
         generation,
     );
     let (statement, signature) = key.sign_statement(&st).unwrap();
+    // Additive proto changes must not break this: keep `..Default::default()`.
+    #[allow(clippy::needless_update)]
     pb::BundleDeployment {
         name: bundle.into(),
         statement,

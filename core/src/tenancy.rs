@@ -174,7 +174,9 @@ mod tests {
         use TenancyViolation as V;
         let ns = |n: &str| V::Namespace { namespace: n.into() };
         #[rustfmt::skip]
-        let cases: Vec<(Tenancy, &str, &str, Option<&str>, Result<(), V>)> = vec![
+        // (rules, group, kind, namespace, verdict)
+        type Case<'a> = (Tenancy, &'a str, &'a str, Option<&'a str>, Result<(), V>);
+        let cases: Vec<Case<'_>> = vec![
             // No rules: everything goes.
             (Tenancy::default(), "", "ConfigMap", Some("x"), Ok(())),
             (Tenancy::default(), "rbac.authorization.k8s.io", "ClusterRole", None, Ok(())),
