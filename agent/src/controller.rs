@@ -530,6 +530,10 @@ impl Controller {
             p.digest == d.digest
                 && applied.as_ref().is_some_and(|a| a.options.target_namespace == d.options.target_namespace)
         });
+        // Bundles still desired here: an inventory of a bundle that left the
+        // cluster (being removed) claims nothing (see ownership::enforce).
+        let desired: BTreeSet<String> =
+            self.slots.iter().filter(|(_, s)| s.b.desired.is_some()).map(|(k, _)| k.clone()).collect();
         let ctx = self.ctx.clone();
         let n = name.to_string();
         let slot = self.slots.get_mut(name).expect("slot");
@@ -540,7 +544,7 @@ impl Controller {
         set_conditions(&mut slot.state, None);
         self.publish(name);
         self.spawn(name, "reconcile", async move {
-            let r = reconcile(&ctx, &d, applied.as_ref(), cached).await;
+            let r = reconcile(&ctx, &d, applied.as_ref(), cached, &desired).await;
             JobOut::Reconciled(n, d, Box::new(r))
         });
     }
@@ -1252,6 +1256,7 @@ async fn reconcile(
     d: &Deployment,
     applied: Option<&AppliedRevision>,
     cached: Option<Arc<Plan>>,
+    desired: &BTreeSet<String>,
 ) -> std::result::Result<Applied, Failure> {
     let start = Instant::now();
     // The generation rules were decided by the state machine (reconcile.rs).
@@ -1308,10 +1313,12 @@ async fn reconcile(
             Arc::new(plan)
         }
     };
-    crate::ownership::enforce(&ctx.engine, &plan, &opts.tenancy).await.map_err(|e| match e {
-        e @ Error::Policy(_) => Failure::Refused(e),
-        e => Failure::Failed(e, false, None),
-    })?;
+    crate::ownership::enforce(&ctx.engine, &plan, &opts.tenancy, Some(desired)).await.map_err(
+        |e| match e {
+            e @ Error::Policy(_) => Failure::Refused(e),
+            e => Failure::Failed(e, false, None),
+        },
+    )?;
     let report =
         ctx.engine.apply(&plan, ApplyOptions { force: opts.force, prune: opts.prune }, &ctx.shutdown).await;
     if let Some(e) = report.error {

@@ -281,7 +281,7 @@ pub async fn apply_dir(
     }
     let planned = start.elapsed();
     let (bundle, generation, revision) = (plan.bundle.clone(), plan.generation, plan.revision.clone());
-    crate::ownership::enforce(&engine, &plan, &opts.tenancy).await?;
+    crate::ownership::enforce(&engine, &plan, &opts.tenancy, None).await?;
     let apply = engine.apply(&plan, ApplyOptions { force: opts.force, prune: opts.prune }, cancel).await;
     tracing::debug!(
         verify_and_plan_ms = planned.as_millis() as u64,

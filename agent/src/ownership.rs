@@ -17,7 +17,19 @@ use crate::{Error, Result};
 /// Judge `plan` under `tenancy` and the ownership recorded in the cluster's
 /// inventories; carry out the takeovers it allows. Nothing of the bundle is
 /// written when this fails: the error is [`Error::Policy`].
-pub async fn enforce(engine: &Engine, plan: &Plan, tenancy: &Tenancy) -> Result<()> {
+///
+/// `desired`: the bundles the hub still wants on this cluster. The inventory
+/// of a bundle that left the cluster (its removal and prune pending) claims
+/// nothing, so an object moving between bundles with a label change is taken
+/// by the bundle that stays, and the leaving bundle's prune skips it (its live
+/// bundle label names the new owner). `None` (one-shot mode): every inventory
+/// counts.
+pub async fn enforce(
+    engine: &Engine,
+    plan: &Plan,
+    tenancy: &Tenancy,
+    desired: Option<&BTreeSet<String>>,
+) -> Result<()> {
     let namespace = engine.namespace();
     let own: BTreeSet<ObjKey> = engine
         .inventory(&plan.bundle)
@@ -29,7 +41,9 @@ pub async fn enforce(engine: &Engine, plan: &Plan, tenancy: &Tenancy) -> Result<
     let has_new = plan.objects.iter().any(|o| !own.contains(&o.key));
     let others = if has_new { inventory::list_all(engine.client(), namespace).await? } else { Vec::new() };
     let mut owners: BTreeMap<ObjKey, String> = BTreeMap::new();
-    for inv in others.iter().filter(|i| i.bundle != plan.bundle) {
+    let claims =
+        |i: &&inventory::Inventory| i.bundle != plan.bundle && desired.is_none_or(|d| d.contains(&i.bundle));
+    for inv in others.iter().filter(claims) {
         for e in &inv.entries {
             owners.entry(e.key()).or_insert_with(|| inv.bundle.clone());
         }

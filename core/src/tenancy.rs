@@ -202,7 +202,13 @@ mod tests {
             (t(&[], &["Ingress.*"], true), "networking.k8s.io", "Ingress", Some("x"), Ok(())),
             (t(&[], &["Ingress.*"], true), "", "Ingress", Some("x"), Ok(())),
             (t(&[], &["*"], true), "rbac.authorization.k8s.io", "Role", Some("x"), Ok(())),
-            (t(&[], &["Role.rbac.authorization.k8s.io"], true), "rbac.authorization.k8s.io", "Role", Some("x"), Ok(())),
+            (
+                t(&[], &["Role.rbac.authorization.k8s.io"], true),
+                "rbac.authorization.k8s.io",
+                "Role",
+                Some("x"),
+                Ok(()),
+            ),
             // The namespace rule is checked before the kind rule.
             (t(&["a"], &["ConfigMap"], true), "", "Secret", Some("b"), Err(ns("b"))),
             (t(&["a"], &["ConfigMap"], false), "", "Namespace", None, Err(V::ClusterScoped)),

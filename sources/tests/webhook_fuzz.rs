@@ -5,7 +5,10 @@
 //! `PROPTEST_CASES` (64 unless set); docs/fuzzing.md has the longer command.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use convoy_sources::webhook::{GENERIC_SIGNATURE, GITHUB_SIGNATURE, GITLAB_TOKEN, authentic, sign};
+use convoy_sources::webhook::{
+    GENERIC_SIGNATURE, GENERIC_TIMESTAMP, GITHUB_SIGNATURE, GITLAB_TOKEN, authentic, authentic_at, sign,
+    sign_generic,
+};
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {
@@ -87,30 +90,50 @@ proptest! {
         flip in (any::<prop::sample::Index>(), 1u8..=255),
         generic in any::<bool>(),
     ) {
+        // The generic variant signs "<timestamp>.<body>" and sends the
+        // timestamp; checked at that instant.
+        const NOW: i64 = 1_700_000_000;
         let (name, k) = if generic { (GENERIC_SIGNATURE, "generic") } else { (GITHUB_SIGNATURE, "github") };
-        let good = sign(&secret, &body);
-        let h = headers(&[(name.to_string(), good.clone().into_bytes())]);
-        prop_assert!(authentic(None, &secret, &h, &body));
-        prop_assert!(authentic(Some(k), &secret, &h, &body));
+        let signed = |secret: &[u8], body: &[u8]| {
+            if generic { sign_generic(secret, NOW, body) } else { sign(secret, body) }
+        };
+        let with = |sig: Vec<u8>| {
+            let mut pairs = vec![(name.to_string(), sig)];
+            if generic {
+                pairs.push((GENERIC_TIMESTAMP.to_string(), NOW.to_string().into_bytes()));
+            }
+            headers(&pairs)
+        };
+        let check = |kind: Option<&str>, secret: &[u8], h: &HeaderMap, body: &[u8]| {
+            authentic_at(kind, secret, h, body, NOW)
+        };
+        let good = signed(&secret, &body);
+        let h = with(good.clone().into_bytes());
+        prop_assert!(check(None, &secret, &h, &body));
+        prop_assert!(check(Some(k), &secret, &h, &body));
         // Another expected type ignores the header.
-        prop_assert!(!authentic(Some("gitlab"), &secret, &h, &body));
+        prop_assert!(!check(Some("gitlab"), &secret, &h, &body));
         // The body changed.
         let mut other = body.clone();
         let i = flip.0.index(other.len());
         other[i] ^= flip.1;
-        prop_assert!(!authentic(None, &secret, &h, &other));
+        prop_assert!(!check(None, &secret, &h, &other));
         // The secret changed.
         let mut wrong = secret.clone();
         let j = flip.0.index(wrong.len());
         wrong[j] ^= flip.1;
-        prop_assert!(!authentic(None, &wrong, &h, &body));
+        prop_assert!(!check(None, &wrong, &h, &body));
         // One hex digit of the signature changed, or it was cut short.
         let mut sig = good.into_bytes();
         let at = "sha256=".len() + flip.0.index(64);
         sig[at] = if sig[at] == b'0' { b'1' } else { b'0' };
-        prop_assert!(!authentic(None, &secret, &headers(&[(name.to_string(), sig.clone())]), &body));
+        prop_assert!(!check(None, &secret, &with(sig.clone()), &body));
         sig.truncate(at);
-        prop_assert!(!authentic(None, &secret, &headers(&[(name.to_string(), sig)]), &body));
+        prop_assert!(!check(None, &secret, &with(sig), &body));
+        if generic {
+            // A stale timestamp fails even with the right signature.
+            prop_assert!(!authentic_at(None, &secret, &h, &body, NOW + 3600));
+        }
     }
 
     #[test]

@@ -441,7 +441,16 @@ async fn heavy_reconnect_herd_after_a_hub_restart() {
     })
     .await
     .unwrap();
-    let before = fleet.wait_converged(120).await;
+    // Converged with every agent registered (the view lists only the clusters
+    // registered so far, so a late registration would converge early).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let before = loop {
+        let b = fleet.wait_converged(120).await;
+        if b[0].clusters.len() == HERD || std::time::Instant::now() > deadline {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(before[0].clusters.len(), HERD);
     let generation = before[0].generation;
 

@@ -215,12 +215,16 @@ async fn kubectl_gets_field_is_immutable_for_every_rule_by_apply_and_by_put() {
                 assert!(err.contains(e), "{} by {how:?}: expected {e:?} in:\n{err}", c.what);
             }
             let now = s.sim.object(c.group, c.resource, ns, &c.name).expect("still there");
-            // (controllers may have written status meanwhile)
+            // (controllers may have written status meanwhile, and the PVC
+            // controller may have bound the claim: spec.volumeName)
             let content = |v: &Value| {
                 let mut v = v.clone();
                 if let Some(m) = v.as_object_mut() {
                     m.shift_remove("status");
                     m.shift_remove("metadata");
+                    if let Some(spec) = m.get_mut("spec").and_then(Value::as_object_mut) {
+                        spec.shift_remove("volumeName");
+                    }
                 }
                 v
             };
