@@ -174,17 +174,94 @@ fn check_tools() -> Result<()> {
     Ok(())
 }
 
-/// Write the embedded example fleet to `repo` and commit it on `main` (with
-/// gix; the user's own git then works there as usual).
-fn create_repo(repo: &Path) -> Result<()> {
+/// The SOPS-encrypted Secret of the example fleet (bundle `dev-secrets`).
+const SECRET_FILE: &str = "secrets/dev-credentials.yaml";
+
+/// The Secret in each dev cluster's agent namespace holding the dev fleet's
+/// shared age key (the agent's `--sops-age-secret`).
+const AGE_SECRET: &str = "convoy-dev-age";
+
+/// The example Secret, encrypted with SOPS for `recipients` (only `data` and
+/// `stringData` values are encrypted; the rest stays readable in git).
+fn encrypted_secret(recipients: Vec<String>) -> Result<Vec<u8>> {
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "dev-credentials", "namespace": "web"},
+        "type": "Opaque",
+        "stringData": {"username": "convoy-dev", "password": hex::encode(rand::random::<[u8; 12]>())},
+    });
+    let opts = convoy_sops::EncryptOptions {
+        recipients,
+        rules: convoy_sops::Rules {
+            encrypted_regex: Some("^(data|stringData)$".into()),
+            ..Default::default()
+        },
+        lastmodified: None,
+    };
+    let enc = convoy_sops::encrypt(&[doc], &opts).context("encrypt the example Secret")?;
+    let mut text = String::from(
+        "# Encrypted with SOPS for the dev fleet's age key (docs/secrets.md): the hub\n\
+         # serves ciphertext; each agent decrypts in memory just before applying.\n",
+    );
+    text.push_str(&serde_saphyr::to_string(&enc[0]).context("serialize the example Secret")?);
+    Ok(text.into_bytes())
+}
+
+/// Write the embedded example fleet, plus the SOPS-encrypted example Secret
+/// (encrypted for `recipients`), to `repo` and commit it on `main` (with gix;
+/// the user's own git then works there as usual).
+fn create_repo(repo: &Path, recipients: Vec<String>) -> Result<()> {
     let who = convoy_sources::local::Identity { name: "Convoy Dev", email: "dev@convoy.local" };
+    let secret = encrypted_secret(recipients)?;
     convoy_sources::local::init_with_files(
         repo,
-        embedded::FLEET_FILES.iter().copied(),
+        embedded::FLEET_FILES.iter().copied().chain([(SECRET_FILE, secret.as_slice())]),
         "main",
         "The example fleet",
         &who,
     )?;
+    Ok(())
+}
+
+/// Put the dev fleet's shared age key into a cluster, as the Secret the
+/// agent reads with `--sops-age-secret` (what the agent chart's
+/// `sops.ageKeySecret` does on a real cluster).
+async fn put_age_secret(kubeconfig: &Path, namespace: &str, identity_file: &str) -> Result<()> {
+    use base64::Engine as _;
+    use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let client = kube::Client::try_from(cfg)?;
+    let pp = PatchParams::apply("convoy-dev").force();
+    let ns = ApiResource {
+        group: String::new(),
+        version: "v1".into(),
+        api_version: "v1".into(),
+        kind: "Namespace".into(),
+        plural: "namespaces".into(),
+    };
+    let ns_body =
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+    Api::<DynamicObject>::all_with(client.clone(), &ns)
+        .patch(namespace, &pp, &Patch::Apply(&ns_body))
+        .await?;
+    let secrets = ApiResource {
+        group: String::new(),
+        version: "v1".into(),
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        plural: "secrets".into(),
+    };
+    let body = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": AGE_SECRET, "namespace": namespace},
+        "data": {"age.key": base64::engine::general_purpose::STANDARD.encode(identity_file)},
+    });
+    Api::<DynamicObject>::namespaced_with(client, namespace, &secrets)
+        .patch(AGE_SECRET, &pp, &Patch::Apply(&body))
+        .await?;
     Ok(())
 }
 
@@ -225,6 +302,8 @@ struct DevAgent {
 
 /// The running dev fleet.
 struct DevFleet {
+    /// The dev fleet's shared age identity (the example Secret is encrypted for it).
+    age_identity: String,
     dir: PathBuf,
     repo: PathBuf,
     hub_config: PathBuf,
@@ -239,8 +318,12 @@ impl DevFleet {
         // The git repository.
         let repo = dir.join("fleet");
         std::fs::create_dir_all(&repo)?;
+        // One age key for the dev fleet: the example Secret is encrypted for it
+        // and every dev cluster gets it as its agent's shared SOPS key.
+        let age = convoy_sops::AgeKeys::generate();
+        let recipients = age.recipients();
         let r = repo.clone();
-        tokio::task::spawn_blocking(move || create_repo(&r))
+        tokio::task::spawn_blocking(move || create_repo(&r, recipients))
             .await?
             .context("create the example repository")?;
 
@@ -278,6 +361,7 @@ impl DevFleet {
             .map_err(|f| anyhow::anyhow!("connect to the hub: {}", f.message))?;
 
         let mut fleet = DevFleet {
+            age_identity: age.to_identity_file(),
             dir: dir.to_path_buf(),
             repo,
             hub_config,
@@ -347,6 +431,10 @@ impl DevFleet {
         cfg.token_file = Some(token_file);
         cfg.trusted_keys = vec![hub.data_dir.join("trusted-keys.pem")];
         cfg.labels = labels.clone();
+        put_age_secret(&kubeconfig, &cfg.namespace, &self.age_identity)
+            .await
+            .with_context(|| format!("put the dev age key into cluster {name}"))?;
+        cfg.sops_age_secret = Some(AGE_SECRET.into());
         let running = Agent::start(cfg, self.agents_shutdown.child_token())
             .instrument(info_span!("dev-agent", cluster = %name))
             .await?;
@@ -717,11 +805,25 @@ mod tests {
             ("bundles.yaml", embedded::BUNDLES_YAML),
         ])
         .expect("the embedded bundles are a valid fleet with dev's source");
-        assert_eq!(fleet.bundles.len(), 4);
-        // Every bundle path exists in the embedded repository.
+        assert_eq!(fleet.bundles.len(), 5);
+        // Every bundle path exists in the repository dev creates (the embedded
+        // files plus the encrypted Secret written at start).
         for b in fleet.bundles.values() {
-            assert!(paths.iter().any(|p| p.starts_with(&format!("{}/", b.spec.path))), "{}", b.spec.path);
+            let prefix = format!("{}/", b.spec.path);
+            assert!(
+                paths.iter().any(|p| p.starts_with(&prefix)) || SECRET_FILE.starts_with(&prefix),
+                "{}",
+                b.spec.path
+            );
         }
+        // The example Secret is SOPS ciphertext that decrypts with the dev key.
+        let keys = convoy_sops::AgeKeys::generate();
+        let text = String::from_utf8(encrypted_secret(keys.recipients()).unwrap()).unwrap();
+        assert!(!text.contains("convoy-dev\n") && text.contains("ENC[AES256_GCM,"), "{text}");
+        let doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        assert!(convoy_sops::is_sops(&doc));
+        let plain = convoy_sops::decrypt(&[doc], &keys).unwrap();
+        assert_eq!(plain[0]["stringData"]["username"], "convoy-dev");
         // Every simulated cluster gets something beyond infra, and targeting is by labels.
         for (name, labels) in CLUSTERS {
             let labels = convoy_agent::config::parse_labels(labels).unwrap();
