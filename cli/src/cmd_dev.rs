@@ -177,6 +177,23 @@ fn check_tools() -> Result<()> {
 /// The SOPS-encrypted Secret of the example fleet (bundle `dev-secrets`).
 const SECRET_FILE: &str = "secrets/dev-credentials.yaml";
 
+/// The bundle of the encrypted Secret: dev's own, beside the example fleet's
+/// bundles (the file exists only in the repository dev creates).
+const DEV_SECRETS_BUNDLE: &str = "# Written by `convoy dev`: a SOPS-encrypted Secret, encrypted at start for
+# the dev fleet's age key (docs/secrets.md). The hub never decrypts it.
+apiVersion: convoy.dev/v1
+kind: Bundle
+metadata:
+  name: dev-secrets
+spec:
+  source: fleet
+  path: secrets
+  dependsOn: [infra]
+  prune: true
+  targets:
+    - clusterSelector: {}
+";
+
 /// The Secret in each dev cluster's agent namespace holding the dev fleet's
 /// shared age key (the agent's `--sops-age-secret`).
 const AGE_SECRET: &str = "convoy-dev-age";
@@ -354,6 +371,7 @@ impl DevFleet {
             ),
         )?;
         std::fs::write(fleet_dir.join("bundles.yaml"), embedded::BUNDLES_YAML)?;
+        std::fs::write(fleet_dir.join("dev-secrets.yaml"), DEV_SECRETS_BUNDLE)?;
         let cfg = HubConfig::from_file(&hub_config)?;
         let hub = Hub::start(cfg, HubOptions::default()).await.context("start the hub")?;
         let admin = connect(&Conn::from_credentials(hub.admin.file.clone(), HumanDuration::from_secs(10)))
@@ -803,6 +821,7 @@ mod tests {
         let fleet = convoy_core::config::FleetConfig::parse([
             ("source.yaml", source.as_str()),
             ("bundles.yaml", embedded::BUNDLES_YAML),
+            ("dev-secrets.yaml", DEV_SECRETS_BUNDLE),
         ])
         .expect("the embedded bundles are a valid fleet with dev's source");
         assert_eq!(fleet.bundles.len(), 5);
