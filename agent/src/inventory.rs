@@ -169,8 +169,8 @@ pub async fn list_all(client: &kube::Client, namespace: &str) -> Result<Vec<Inve
         namespace,
         &kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
     );
-    let list = api
-        .list(&kube::api::ListParams::default().labels(INVENTORY_LABEL))
+    let params = kube::api::ListParams::default().labels(INVENTORY_LABEL);
+    let list = crate::kubeapi::retry_transient("list inventories", || api.list(&params))
         .await
         .map_err(|e| Error::Kube { context: format!("list inventories in {namespace}"), source: e })?;
     let mut out = Vec::with_capacity(list.items.len());
