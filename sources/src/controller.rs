@@ -10,7 +10,11 @@
 //!   jitter. When the commit, a bundle's path or the ignore rules changed, it
 //!   renders the affected bundles (again in `spawn_blocking`, same
 //!   semaphore) and stores the artifacts. A poll that finds the same commit
-//!   and no changed bundle does nothing else.
+//!   and no changed bundle does nothing else. On a new commit, a bundle
+//!   whose render key (the trees and files it reads, plus the render
+//!   options: [`crate::deps`]) is unchanged keeps its artifact without
+//!   rendering and is reported at the new revision; a reconcile renders
+//!   every bundle.
 //! - A failed build keeps the bundle's last good artifact and records the
 //!   error. A failed fetch leaves artifacts alone; only bundles that never
 //!   built get a `FetchFailed` error, so that they say why they are pending.
@@ -34,6 +38,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::deps::RenderStats;
 use crate::git::{FetchOptions, GitCache, Resolved, SshKeys};
 use crate::redact::{Secrets, redact_url};
 use crate::render::{Kustomize, RenderOptions, render};
@@ -135,6 +140,8 @@ struct Inner {
     triggers: Mutex<HashMap<String, mpsc::Sender<Trigger>>>,
     control: mpsc::UnboundedSender<(String, bool)>,
     suspended: Mutex<HashMap<String, bool>>,
+    /// Render counts, shared with every worker.
+    stats: Arc<RenderStats>,
 }
 
 impl std::fmt::Debug for Sources {
@@ -166,6 +173,7 @@ impl Sources {
             triggers: Mutex::new(HashMap::new()),
             control: control_tx,
             suspended: Mutex::new(HashMap::new()),
+            stats: Arc::default(),
         });
         let (events_tx, events_rx) = mpsc::channel(256);
         let sup = Supervisor {
@@ -227,6 +235,11 @@ impl Sources {
         let over = self.inner.suspended.lock().unwrap_or_else(|p| p.into_inner()).get(source).copied();
         let config = self.inner.fleet.borrow().sources.get(source).is_some_and(|s| s.spec.suspend);
         over.unwrap_or(false) || config
+    }
+
+    /// Renders run and skipped (incremental rendering, see [`crate::deps`]).
+    pub fn render_stats(&self) -> Arc<RenderStats> {
+        self.inner.stats.clone()
     }
 
     /// The artifact store.
@@ -386,6 +399,8 @@ impl Supervisor {
             status: initial_status(&src.name, &src.spec),
             last: None,
             built: HashMap::new(),
+            rendered: HashMap::new(),
+            stats: self.inner.stats.clone(),
         };
         let span = info_span!("source", source = %src.name);
         let task = tokio::spawn(worker.run(rx, token.clone()).instrument(span));
@@ -533,6 +548,9 @@ struct Worker {
     status: SourceStatus,
     last: Option<Resolved>,
     built: HashMap<String, BuildKey>,
+    /// The render key and artifact of each bundle's last successful render.
+    rendered: HashMap<String, (String, BuiltArtifact)>,
+    stats: Arc<RenderStats>,
 }
 
 enum Wake {
@@ -555,6 +573,7 @@ impl Worker {
                     Some(Trigger::Bundles(b)) => {
                         self.bundles = b;
                         self.built.retain(|k, _| self.bundles.iter().any(|b| &b.name == k));
+                        self.rendered.retain(|k, _| self.bundles.iter().any(|b| &b.name == k));
                         Wake::Rebuild
                     }
                     Some(Trigger::Suspend(s)) => {
@@ -720,31 +739,68 @@ impl Worker {
         }
     }
 
-    /// Build the bundles whose inputs changed (all of them when forced).
+    /// Build the bundles whose inputs changed (all of them when forced). A
+    /// new commit that leaves a bundle's render key unchanged (see
+    /// [`crate::deps`]) keeps its artifact without rendering: it is reported
+    /// again at the new revision, with the same digest.
     async fn build_changed(&mut self, force: bool, token: &CancellationToken) {
         let Some(last) = self.last.clone() else { return };
-        for b in self.bundles.clone() {
-            let key = BuildKey {
-                commit: last.commit.clone(),
-                path: b.path.clone(),
-                ignore: self.spec.ignore.clone(),
+        let key_of = |b: &BundleRef| BuildKey {
+            commit: last.commit.clone(),
+            path: b.path.clone(),
+            ignore: self.spec.ignore.clone(),
+        };
+        let todo: Vec<BundleRef> = self
+            .bundles
+            .iter()
+            .filter(|b| force || self.built.get(&b.name) != Some(&key_of(b)))
+            .cloned()
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        let render_keys = tokio::select! {
+            _ = token.cancelled() => return,
+            k = self.render_keys(&todo, &last) => k,
+        };
+        for (b, rkey) in todo.into_iter().zip(render_keys) {
+            let key = key_of(&b);
+            let kept = match (&rkey, self.rendered.get(&b.name)) {
+                (Some(k), Some((prev, art))) if !force && k == prev => self.keep(art, &last),
+                _ => None,
             };
-            if !force && self.built.get(&b.name) == Some(&key) {
-                continue;
-            }
-            let result = tokio::select! {
-                _ = token.cancelled() => return,
-                r = self.build(&b, &last) => r,
-            };
-            let result = result.map_err(|e| {
-                warn!(bundle = %b.name, error = %e, "build failed");
-                BuildError {
-                    revision: Some(last.revision()),
-                    reason: e.reason().into(),
-                    message: e.to_string(),
-                    at_unix_ms: now_ms(),
+            let result = match kept {
+                Some(a) => {
+                    self.stats.count_reuse();
+                    debug!(bundle = %b.name, digest = %a.digest, "inputs unchanged: artifact kept without rendering");
+                    Ok(a)
                 }
-            });
+                None => {
+                    self.stats.count_render();
+                    let result = tokio::select! {
+                        _ = token.cancelled() => return,
+                        r = self.build(&b, &last) => r,
+                    };
+                    match (&result, rkey) {
+                        (Ok(a), Some(k)) => {
+                            self.rendered.insert(b.name.clone(), (k, a.clone()));
+                        }
+                        (Ok(_), None) => {
+                            self.rendered.remove(&b.name);
+                        }
+                        (Err(_), _) => {}
+                    }
+                    result.map_err(|e| {
+                        warn!(bundle = %b.name, error = %e, "build failed");
+                        BuildError {
+                            revision: Some(last.revision()),
+                            reason: e.reason().into(),
+                            message: e.to_string(),
+                            at_unix_ms: now_ms(),
+                        }
+                    })
+                }
+            };
             if let Ok(a) = &result {
                 info!(bundle = %b.name, digest = %a.digest, size = a.size, files = a.files, "built artifact");
             }
@@ -753,17 +809,48 @@ impl Worker {
         }
     }
 
+    /// The render key of each bundle at `resolved`, read in one blocking
+    /// task; `None` where it could not be computed.
+    async fn render_keys(&self, bundles: &[BundleRef], resolved: &Resolved) -> Vec<Option<String>> {
+        let none = vec![None; bundles.len()];
+        let Ok(permit) = self.semaphore.clone().acquire_owned().await else { return none };
+        let (cache, stats, commit) = (self.cache.clone(), self.stats.clone(), resolved.commit.clone());
+        let opts = self.render_options();
+        let pairs: Vec<(String, String)> = bundles.iter().map(|b| (b.name.clone(), b.path.clone())).collect();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            crate::deps::keys_at(&cache, &commit, &pairs, &opts, &stats)
+        })
+        .await
+        .unwrap_or(none)
+    }
+
+    /// The last good artifact, re-reported at `resolved`, if it is still in
+    /// the store (referenced as pending until the supervisor records it).
+    fn keep(&self, art: &BuiltArtifact, resolved: &Resolved) -> Option<BuiltArtifact> {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()).entry(art.digest.clone()).or_default() += 1;
+        if self.store.path(&art.digest).is_none() {
+            unpend(&self.pending, &art.digest);
+            return None;
+        }
+        Some(BuiltArtifact { revision: resolved.revision(), ..art.clone() })
+    }
+
+    fn render_options(&self) -> RenderOptions {
+        RenderOptions {
+            limits: self.cfg.limits,
+            ignore: self.spec.ignore.clone(),
+            kustomize: self.cfg.kustomize.clone(),
+            timeout: self.spec.timeout.get(),
+        }
+    }
+
     async fn build(&self, b: &BundleRef, resolved: &Resolved) -> Result<BuiltArtifact> {
         let permit = self.semaphore.clone().acquire_owned().await.map_err(|_| Error::Shutdown)?;
         let cache = self.cache.clone();
         let store = self.store.clone();
         let pending = self.pending.clone();
-        let opts = RenderOptions {
-            limits: self.cfg.limits,
-            ignore: self.spec.ignore.clone(),
-            kustomize: self.cfg.kustomize.clone(),
-            timeout: self.spec.timeout.get(),
-        };
+        let opts = self.render_options();
         let (bundle, path, source) = (b.name.clone(), b.path.clone(), self.name.clone());
         let (commit, revision) = (resolved.commit.clone(), resolved.revision());
         let url = redact_url(&self.spec.url);

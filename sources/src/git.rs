@@ -571,6 +571,22 @@ impl GitTree {
         Ok(blob.data.clone())
     }
 
+    /// The object id of the entry at `path` ("" is the commit's tree), or
+    /// `None` if there is none. Reads only tree objects.
+    pub fn entry_oid(&self, path: &str) -> convoy_artifact::Result<Option<ObjectId>> {
+        if path.is_empty() {
+            return Ok(Some(self.root));
+        }
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        match self.entries(dir) {
+            Ok(entries) => Ok(entries.iter().find(|(n, _, _)| n == name).map(|(_, _, id)| *id)),
+            Err(convoy_artifact::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The commit tree's id.
     pub fn root(&self) -> ObjectId {
         self.root

@@ -2,6 +2,7 @@
 //! bundles (plain YAML or kustomize), store artifacts by digest, webhooks.
 
 pub mod controller;
+pub mod deps;
 pub mod git;
 pub mod helmrepo;
 pub mod local;
