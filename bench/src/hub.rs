@@ -28,7 +28,7 @@ use crate::Ctx;
 
 const AREA: &str = "hub";
 
-fn unix_ns() -> u64 {
+pub(crate) fn unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
@@ -37,7 +37,7 @@ fn m(name: &str, unit: &str, samples: &[f64], target: &str, pass: Option<bool>) 
 }
 
 /// Raise the open-files soft limit to the hard limit (the hub child inherits it).
-fn raise_nofile() -> u64 {
+pub(crate) fn raise_nofile() -> u64 {
     // SAFETY: plain getrlimit/setrlimit on a local struct.
     unsafe {
         let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -50,13 +50,13 @@ fn raise_nofile() -> u64 {
     0
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = s.lines().find(|l| l.starts_with("VmRSS:")).ok_or_else(|| anyhow!("no VmRSS"))?;
     Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
 }
 
-fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     let st = Command::new("git")
         .args(["-c", "user.name=bench", "-c", "user.email=bench@example.com"])
         .args(args)
@@ -111,33 +111,33 @@ fn write_app(repo: &Path, n: u64) -> anyhow::Result<()> {
 
 /// One simulated agent's shared state.
 #[derive(Default)]
-struct AgentState {
+pub(crate) struct AgentState {
     /// Highest generation of bundle `app` seen.
-    app_gen: AtomicU64,
+    pub(crate) app_gen: AtomicU64,
     /// When it was seen (unix ns).
-    app_ns: AtomicU64,
+    pub(crate) app_ns: AtomicU64,
     /// Set once the snapshot arrived.
-    ready: AtomicU64,
+    pub(crate) ready: AtomicU64,
 }
 
-struct Agent {
-    client: pb::agent_client::AgentClient<Channel>,
-    state: Arc<AgentState>,
-    _tx: mpsc::Sender<pb::AgentMessage>,
+pub(crate) struct Agent {
+    pub(crate) client: pb::agent_client::AgentClient<Channel>,
+    pub(crate) state: Arc<AgentState>,
+    pub(crate) _tx: mpsc::Sender<pb::AgentMessage>,
 }
 
-struct Load {
-    endpoint: String,
-    ca: String,
-    registrar: pb::registration_client::RegistrationClient<Channel>,
-    token: String,
-    agents: Vec<Agent>,
+pub(crate) struct Load {
+    pub(crate) endpoint: String,
+    pub(crate) ca: String,
+    pub(crate) registrar: pb::registration_client::RegistrationClient<Channel>,
+    pub(crate) token: String,
+    pub(crate) agents: Vec<Agent>,
 }
 
 impl Load {
     /// Register and connect agents until there are `n`; the first
     /// `downloaders` get the label `dl=yes`.
-    async fn grow(&mut self, n: usize, downloaders: usize) -> anyhow::Result<Duration> {
+    pub(crate) async fn grow(&mut self, n: usize, downloaders: usize) -> anyhow::Result<Duration> {
         let start = Instant::now();
         let from = self.agents.len();
         let endpoint = self.endpoint.clone();
@@ -248,7 +248,7 @@ fn rand_epoch() -> u64 {
     unix_ns() ^ 0x5bd1_e995
 }
 
-async fn bundle(
+pub(crate) async fn bundle(
     fleet: &mut pb::fleet_client::FleetClient<Channel>,
     name: &str,
 ) -> anyhow::Result<pb::BundleView> {

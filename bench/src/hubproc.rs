@@ -51,11 +51,22 @@ pub async fn start_hub(
     repo_url: &str,
     bundles: &str,
 ) -> anyhow::Result<(Kill, Creds)> {
+    start_hub_with_metrics(convoy, dir, repo_url, bundles, "127.0.0.1:0").await
+}
+
+/// [`start_hub`] with the metrics port on `metrics_listen` (to scrape it).
+pub async fn start_hub_with_metrics(
+    convoy: &Path,
+    dir: &Path,
+    repo_url: &str,
+    bundles: &str,
+    metrics_listen: &str,
+) -> anyhow::Result<(Kill, Creds)> {
     let cfg = dir.join("hub.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "apiVersion: convoy.dev/v1\nkind: HubConfig\nspec:\n  dataDir: data\n  grpc: {{listen: \"127.0.0.1:0\"}}\n  http: {{listen: \"127.0.0.1:0\"}}\n  metrics: {{listen: \"127.0.0.1:0\"}}\n\
+            "apiVersion: convoy.dev/v1\nkind: HubConfig\nspec:\n  dataDir: data\n  grpc: {{listen: \"127.0.0.1:0\"}}\n  http: {{listen: \"127.0.0.1:0\"}}\n  metrics: {{listen: \"{metrics_listen}\"}}\n\
 ---\napiVersion: convoy.dev/v1\nkind: GitSource\nmetadata: {{name: repo}}\nspec: {{url: \"{repo_url}\", interval: 1h}}\n{bundles}"
         ),
     )?;
@@ -124,4 +135,25 @@ pub fn hub_tls(ca: &str, identity: Option<(&str, &str)>) -> ClientTlsConfig {
         t = t.identity(Identity::from_pem(c, k));
     }
     t
+}
+
+/// A free loopback port (bound, then released), for a listener the
+/// benchmark must know in advance.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Scrape `http://127.0.0.1:<port>/metrics` and return the value of the
+/// sample named `name` (no labels), if present.
+pub fn scrape(port: u16, name: &str) -> anyhow::Result<Option<f64>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    }))
 }

@@ -15,7 +15,9 @@ mod agent;
 mod artifacts;
 mod e2e;
 mod hub;
+mod incremental;
 mod kubesim;
+mod scale;
 
 /// Command line of `convoy-bench`.
 #[derive(Debug, Parser)]
@@ -30,6 +32,9 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Simulated agents of the `scale` area (default 100000, 500 with --quick).
+    #[arg(long)]
+    agents: Option<usize>,
 }
 
 /// Options every area receives.
@@ -39,6 +44,8 @@ pub struct Ctx {
     pub quick: bool,
     /// ../shared/corpus, resolved.
     pub corpus: std::path::PathBuf,
+    /// `--agents`: the size of the `scale` area.
+    pub agents: Option<usize>,
 }
 
 type AreaFn =
@@ -51,6 +58,8 @@ const AREAS: &[(&str, AreaFn)] = &[
     ("artifacts", artifacts::run),
     ("agent", agent::run),
     ("e2e", e2e::run),
+    ("incremental", incremental::run),
+    ("scale", scale::run),
 ];
 
 fn main() -> ExitCode {
@@ -63,7 +72,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let corpus = report::corpus_dir();
-    let ctx = Ctx { quick: args.quick, corpus };
+    let ctx = Ctx { quick: args.quick, corpus, agents: args.agents };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let mut all = Vec::new();
     let mut failed = false;

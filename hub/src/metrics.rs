@@ -1,5 +1,7 @@
 //! Prometheus metrics of the hub, served on the metrics port at `/metrics`.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -210,10 +212,63 @@ impl Metrics {
         self.stream_messages.get_or_create(&MessageLabels { direction, kind }).inc();
     }
 
+    /// Export the source pipeline's render counters (read at scrape time):
+    /// `bundle_renders` (renders run), `bundle_renders_skipped` (new commits
+    /// that left a bundle's inputs unchanged) and `bundle_render_whole_tree`
+    /// (render keys that fell back to the whole source tree).
+    pub fn register_render_stats(&mut self, stats: Arc<convoy_sources::deps::RenderStats>) {
+        self.registry.register_collector(Box::new(RenderCollector(stats)));
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[derive(Debug)]
+struct RenderCollector(Arc<convoy_sources::deps::RenderStats>);
+
+impl prometheus_client::collector::Collector for RenderCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        for (name, help, value) in [
+            ("bundle_renders", "Bundle renders run by the source pipeline", self.0.renders()),
+            (
+                "bundle_renders_skipped",
+                "Bundle builds skipped because the trees the bundle reads did not change",
+                self.0.reused(),
+            ),
+            (
+                "bundle_render_whole_tree",
+                "Render keys that depend on the whole source tree (unresolvable dependencies)",
+                self.0.whole_tree(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let m = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod render_tests {
+    use super::*;
+
+    #[test]
+    fn render_counters_are_exported() {
+        let mut m = Metrics::new();
+        m.register_render_stats(Arc::default());
+        let text = m.encode();
+        for name in
+            ["convoy_hub_bundle_renders_total 0", "convoy_hub_bundle_renders_skipped_total 0", "convoy_hub_bundle_render_whole_tree_total 0"]
+        {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
     }
 }

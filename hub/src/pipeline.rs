@@ -38,6 +38,10 @@ pub trait SourcePipeline: Send + Sync + 'static {
     fn webhook_router(&self) -> Option<axum::Router> {
         None
     }
+    /// Render counters (incremental rendering), exported on /metrics.
+    fn render_stats(&self) -> Option<Arc<convoy_sources::deps::RenderStats>> {
+        None
+    }
 }
 
 /// A pipeline fed by hand: artifacts are stored by digest in a directory and

@@ -271,7 +271,11 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
         }
     }
 
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    if let Some(stats) = pipeline.render_stats() {
+        metrics.register_render_stats(stats);
+    }
+    let metrics = Arc::new(metrics);
     let (events_tx, _) = broadcast::channel(4096);
     // Subscribed before anything commits, so alerts see every event.
     let alert_events = events_tx.subscribe();

@@ -65,4 +65,8 @@ impl SourcePipeline for GitPipeline {
     fn webhook_router(&self) -> Option<axum::Router> {
         Some(self.sources.webhook_router())
     }
+
+    fn render_stats(&self) -> Option<Arc<convoy_sources::deps::RenderStats>> {
+        Some(self.sources.render_stats())
+    }
 }

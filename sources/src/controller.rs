@@ -12,9 +12,10 @@
 //!   semaphore) and stores the artifacts. A poll that finds the same commit
 //!   and no changed bundle does nothing else. On a new commit, a bundle
 //!   whose render key (the trees and files it reads, plus the render
-//!   options: [`crate::deps`]) is unchanged keeps its artifact without
-//!   rendering and is reported at the new revision; a reconcile renders
-//!   every bundle.
+//!   options: [`crate::deps`]) is the one of its last successful render
+//!   keeps its artifact without rendering and is reported at the new
+//!   revision; a reconcile (or webhook) fetches now and renders only the
+//!   bundles whose key changed or whose last build failed.
 //! - A failed build keeps the bundle's last good artifact and records the
 //!   error. A failed fetch leaves artifacts alone; only bundles that never
 //!   built get a `FetchFailed` error, so that they say why they are pending.
@@ -739,10 +740,13 @@ impl Worker {
         }
     }
 
-    /// Build the bundles whose inputs changed (all of them when forced). A
-    /// new commit that leaves a bundle's render key unchanged (see
-    /// [`crate::deps`]) keeps its artifact without rendering: it is reported
-    /// again at the new revision, with the same digest.
+    /// Build the bundles whose commit, path or ignore rules changed (all of
+    /// them when forced, i.e. on a reconcile or a webhook). A bundle whose
+    /// render key (see [`crate::deps`]) is the one of its last successful
+    /// render keeps that artifact without rendering: it is reported again at
+    /// the new revision, with the same digest. Rendering is deterministic, so
+    /// forcing only re-renders bundles whose last build failed or whose key
+    /// changed.
     async fn build_changed(&mut self, force: bool, token: &CancellationToken) {
         let Some(last) = self.last.clone() else { return };
         let key_of = |b: &BundleRef| BuildKey {
@@ -766,7 +770,7 @@ impl Worker {
         for (b, rkey) in todo.into_iter().zip(render_keys) {
             let key = key_of(&b);
             let kept = match (&rkey, self.rendered.get(&b.name)) {
-                (Some(k), Some((prev, art))) if !force && k == prev => self.keep(art, &last),
+                (Some(k), Some((prev, art))) if k == prev => self.keep(art, &last),
                 _ => None,
             };
             let result = match kept {
@@ -785,10 +789,11 @@ impl Worker {
                         (Ok(a), Some(k)) => {
                             self.rendered.insert(b.name.clone(), (k, a.clone()));
                         }
-                        (Ok(_), None) => {
+                        // A failed build, or a key we could not compute: the
+                        // next build renders.
+                        (Ok(_), None) | (Err(_), _) => {
                             self.rendered.remove(&b.name);
                         }
-                        (Err(_), _) => {}
                     }
                     result.map_err(|e| {
                         warn!(bundle = %b.name, error = %e, "build failed");
@@ -816,7 +821,10 @@ impl Worker {
         let Ok(permit) = self.semaphore.clone().acquire_owned().await else { return none };
         let (cache, stats, commit) = (self.cache.clone(), self.stats.clone(), resolved.commit.clone());
         let opts = self.render_options();
-        let pairs: Vec<(String, String)> = bundles.iter().map(|b| (b.name.clone(), b.path.clone())).collect();
+        // The whole bundle reference is part of the key: any spec field that
+        // selects what is rendered changes it.
+        let pairs: Vec<(String, String, String)> =
+            bundles.iter().map(|b| (b.name.clone(), b.path.clone(), format!("{b:?}"))).collect();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             crate::deps::keys_at(&cache, &commit, &pairs, &opts, &stats)

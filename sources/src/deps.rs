@@ -93,10 +93,11 @@ fn whole_tree<T: TreeIds>(tree: &T, reason: String) -> Dependencies {
     Dependencies { entries, fallback: Some(reason) }
 }
 
-/// The render cache key: a sha256 over the bundle path, the options that
-/// change the output (ignore rules, kustomize program, limits) and the
+/// The render cache key: a sha256 over the bundle's spec (`bundle`: its path
+/// and every spec field that affects rendering, as one string), the options
+/// that change the output (ignore rules, kustomize program, limits) and the
 /// sorted dependencies. Equal keys mean equal render inputs.
-pub fn render_key(bundle_path: &str, deps: &Dependencies, opts: &RenderOptions) -> String {
+pub fn render_key(bundle: &str, deps: &Dependencies, opts: &RenderOptions) -> String {
     let mut h = Sha256::new();
     let mut field = |name: &str, value: &str| {
         h.update(name.as_bytes());
@@ -104,7 +105,7 @@ pub fn render_key(bundle_path: &str, deps: &Dependencies, opts: &RenderOptions) 
         h.update(value.as_bytes());
     };
     field("v", "1");
-    field("path", bundle_path);
+    field("bundle", bundle);
     field("ignore", opts.ignore.as_deref().unwrap_or("\0none"));
     field("kustomize", &format!("{:?}", opts.kustomize));
     field("limits", &format!("{:?}", opts.limits));
@@ -155,14 +156,15 @@ impl RenderStats {
     }
 }
 
-/// The render key of each bundle (name, path) at `commit`, computed from one
+/// The render key of each bundle (name, path, spec string for the key) at
+/// `commit`, computed from one
 /// read of the commit's trees. A bundle whose key cannot be computed (the
 /// tree cannot be opened) gets `None` and is rendered. Fallbacks to the
 /// whole tree are logged and counted.
 pub(crate) fn keys_at(
     cache: &crate::git::GitCache,
     commit: &str,
-    bundles: &[(String, String)],
+    bundles: &[(String, String, String)],
     opts: &RenderOptions,
     stats: &RenderStats,
 ) -> Vec<Option<String>> {
@@ -175,13 +177,13 @@ pub(crate) fn keys_at(
     };
     bundles
         .iter()
-        .map(|(name, path)| {
+        .map(|(name, path, spec)| {
             let deps = resolve(&tree, path);
             if let Some(reason) = &deps.fallback {
                 stats.count_whole_tree();
                 tracing::info!(bundle = %name, %reason, "render depends on the whole source tree");
             }
-            Some(render_key(path, &deps, opts))
+            Some(render_key(spec, &deps, opts))
         })
         .collect()
 }
