@@ -28,7 +28,9 @@ const RENDERS: &str = "convoy_hub_bundle_renders_total";
 const SKIPPED: &str = "convoy_hub_bundle_renders_skipped_total";
 
 fn cm(name: &str, n: u64) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\ndata:\n  rev: \"{n}\"\n")
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\ndata:\n  rev: \"{n}\"\n"
+    )
 }
 
 fn names() -> Vec<String> {
@@ -128,9 +130,14 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         ));
     }
     let metrics = free_port()?;
-    let (_hub, creds) =
-        start_hub_with_metrics(&convoy, dir, &repo.display().to_string(), &docs, &format!("127.0.0.1:{metrics}"))
-            .await?;
+    let (_hub, creds) = start_hub_with_metrics(
+        &convoy,
+        dir,
+        &repo.display().to_string(),
+        &docs,
+        &format!("127.0.0.1:{metrics}"),
+    )
+    .await?;
     let admin = Endpoint::from_shared(creds.hub.clone())?.tls_config(creds.admin_tls())?.connect().await?;
     let mut fleet = pb::fleet_client::FleetClient::new(admin);
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -159,7 +166,8 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     load.grow(AGENTS, 0).await?;
 
     let mut n = 0;
-    let (mut one, mut one_renders, mut all, mut all_renders) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut one, mut one_renders, mut all, mut all_renders) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..trials {
         n += 1;
         let (ms, r) = push(&repo, "apps/app/cm.yaml", n, &mut fleet, metrics).await?;
@@ -170,11 +178,15 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         all.push(ms);
         all_renders.push(r);
     }
-    eprintln!("incremental bench: renders per commit touching one bundle {one_renders:?}, the base {all_renders:?}");
+    eprintln!(
+        "incremental bench: renders per commit touching one bundle {one_renders:?}, the base {all_renders:?}"
+    );
     let out = vec![
         Measurement {
             area: AREA.into(),
-            name: format!("push to Ready, a commit touching 1 of {BUNDLES} bundles ({AGENTS} simulated agents)"),
+            name: format!(
+                "push to Ready, a commit touching 1 of {BUNDLES} bundles ({AGENTS} simulated agents)"
+            ),
             unit: "ms".into(),
             value: median(&one),
             max: one.iter().copied().reduce(f64::max),
@@ -193,7 +205,9 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
             baseline: Some(format!("a commit touching the base of all {BUNDLES}")),
             baseline_value: Some(median(&all_renders)),
             target: "= 1".into(),
-            pass: Some(one_renders.iter().all(|r| *r == 1.0) && all_renders.iter().all(|r| *r == BUNDLES as f64)),
+            pass: Some(
+                one_renders.iter().all(|r| *r == 1.0) && all_renders.iter().all(|r| *r == BUNDLES as f64),
+            ),
             samples: one_renders.len(),
         },
     ];

@@ -80,7 +80,9 @@ fn write_app(repo: &Path, n: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(repo.join("app"))?;
     std::fs::write(
         repo.join("app/cm.yaml"),
-        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n  namespace: default\ndata:\n  rev: \"{n}\"\n"),
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n  namespace: default\ndata:\n  rev: \"{n}\"\n"
+        ),
     )?;
     Ok(())
 }
@@ -134,7 +136,8 @@ async fn register(
 
 /// Connect agent `i` with its certificate and open its Sync stream.
 async fn connect(endpoint: &str, ca: &str, cert: &str, key: &str, i: usize) -> anyhow::Result<SimAgent> {
-    let local = IpAddr::V4(Ipv4Addr::new(127, 0, (i / PER_ADDRESS / 250) as u8, 2 + (i / PER_ADDRESS % 250) as u8));
+    let local =
+        IpAddr::V4(Ipv4Addr::new(127, 0, (i / PER_ADDRESS / 250) as u8, 2 + (i / PER_ADDRESS % 250) as u8));
     let ch = Endpoint::from_shared(endpoint.to_string())?
         .tls_config(hub_tls(ca, Some((cert, key))))?
         .local_address(Some(local))
@@ -279,7 +282,13 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         "no failure",
         Some(failures == 0),
     ));
-    out.push(one(format!("registration failures ({n} agents)"), "agents", failures as f64, "0", Some(failures == 0)));
+    out.push(one(
+        format!("registration failures ({n} agents)"),
+        "agents",
+        failures as f64,
+        "0",
+        Some(failures == 0),
+    ));
 
     // Connect every registered agent and wait for its snapshot.
     let t0 = Instant::now();
@@ -297,8 +306,10 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         eprintln!("scale bench: {connect_failures} connections failed, first: {e:#}");
     }
     let agents: Vec<SimAgent> = conns.into_iter().filter_map(|c| c.ok()).collect();
-    wait_all("their snapshot", 600, || agents.iter().filter(|a| a.state.ready.load(Ordering::Acquire) == 0).count())
-        .await?;
+    wait_all("their snapshot", 600, || {
+        agents.iter().filter(|a| a.state.ready.load(Ordering::Acquire) == 0).count()
+    })
+    .await?;
     let connected = agents.len();
     eprintln!(
         "scale bench: {connected} agents connected with their snapshot in {:.1}s ({connect_failures} failed)",
@@ -309,7 +320,11 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss = rss_kib(pid)?;
     let per_agent = (rss - rss0) / connected.max(1) as f64;
-    eprintln!("scale bench: hub RSS {:.0} MiB idle with {connected} agents ({:.0} MiB before)", rss / 1024.0, rss0 / 1024.0);
+    eprintln!(
+        "scale bench: hub RSS {:.0} MiB idle with {connected} agents ({:.0} MiB before)",
+        rss / 1024.0,
+        rss0 / 1024.0
+    );
     out.push(one(
         format!("idle hub memory per connected agent ({connected} agents)"),
         "KiB/agent",
@@ -330,8 +345,10 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
             agents.iter().filter(|a| a.state.app_gen.load(Ordering::Acquire) <= before).count()
         })
         .await?;
-        let lat: Vec<f64> =
-            agents.iter().map(|a| a.state.app_ns.load(Ordering::Acquire).saturating_sub(t0) as f64 / 1e6).collect();
+        let lat: Vec<f64> = agents
+            .iter()
+            .map(|a| a.state.app_ns.load(Ordering::Acquire).saturating_sub(t0) as f64 / 1e6)
+            .collect();
         p99.push(percentile(&lat, 99.0));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -371,7 +388,9 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     let storm_ms = t0.elapsed().as_secs_f64() * 1e3;
     let peak = hwm_kib(pid)?;
     out.push(one(
-        format!("status storm: {connected} statuses at once, not acked ({not_sent} not sent by a full queue)"),
+        format!(
+            "status storm: {connected} statuses at once, not acked ({not_sent} not sent by a full queue)"
+        ),
         "statuses",
         (lost + not_sent) as f64,
         "0 lost",

@@ -265,9 +265,11 @@ mod render_tests {
         let mut m = Metrics::new();
         m.register_render_stats(Arc::default());
         let text = m.encode();
-        for name in
-            ["convoy_hub_bundle_renders_total 0", "convoy_hub_bundle_renders_skipped_total 0", "convoy_hub_bundle_render_whole_tree_total 0"]
-        {
+        for name in [
+            "convoy_hub_bundle_renders_total 0",
+            "convoy_hub_bundle_renders_skipped_total 0",
+            "convoy_hub_bundle_render_whole_tree_total 0",
+        ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
     }

@@ -20,6 +20,13 @@
 //!   (they change what is selected), and the resolved target of every
 //!   symlink inside it.
 //!
+//! The test `every_path_the_renderer_reads_is_covered_by_the_dependencies`
+//! checks that superset property against the renderer itself: a change to
+//! what `render` reads must come with a change here.
+//!
+//! The key also covers the kustomize program (path, size, mtime: see
+//! [`tool_fingerprint`]), so upgrading it re-renders.
+//!
 //! Anything that cannot be resolved (a remote resource, a path leaving the
 //! repository, an unparsable kustomization, an unreadable tree) makes the
 //! bundle depend on the whole source tree, with the reason in
@@ -95,9 +102,10 @@ fn whole_tree<T: TreeIds>(tree: &T, reason: String) -> Dependencies {
 
 /// The render cache key: a sha256 over the bundle's spec (`bundle`: its path
 /// and every spec field that affects rendering, as one string), the options
-/// that change the output (ignore rules, kustomize program, limits) and the
+/// that change the output (ignore rules, kustomize program, limits), the
+/// kustomize program actually run (`tool`: [`tool_fingerprint`]) and the
 /// sorted dependencies. Equal keys mean equal render inputs.
-pub fn render_key(bundle: &str, deps: &Dependencies, opts: &RenderOptions) -> String {
+pub fn render_key(bundle: &str, deps: &Dependencies, opts: &RenderOptions, tool: &str) -> String {
     let mut h = Sha256::new();
     let mut field = |name: &str, value: &str| {
         h.update(name.as_bytes());
@@ -108,12 +116,38 @@ pub fn render_key(bundle: &str, deps: &Dependencies, opts: &RenderOptions) -> St
     field("bundle", bundle);
     field("ignore", opts.ignore.as_deref().unwrap_or("\0none"));
     field("kustomize", &format!("{:?}", opts.kustomize));
+    field("tool", tool);
     field("limits", &format!("{:?}", opts.limits));
     for (p, id) in &deps.entries {
         field("dep", p);
         field("id", id.as_deref().unwrap_or("\0absent"));
     }
     hex::encode(h.finalize())
+}
+
+/// What identifies the kustomize program [`crate::render::render`] would run
+/// with `kustomize`: its resolved path (after symlinks), size and
+/// modification time. Replacing or upgrading the binary (or a `kubectl` on
+/// `PATH` taking over from a removed `kustomize`) changes it, so every
+/// kustomize bundle renders again; `"none"` when there is no program (the
+/// render then fails and is retried on the next commit anyway).
+pub fn tool_fingerprint(kustomize: &crate::render::Kustomize) -> String {
+    let Ok((program, args)) = crate::render::kustomize_command(kustomize) else {
+        return "none".into();
+    };
+    let resolved = std::fs::canonicalize(&program).unwrap_or_else(|_| program.clone());
+    let stamp = std::fs::metadata(&resolved).map_or_else(
+        |e| format!("unreadable: {}", e.kind()),
+        |m| {
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            format!("{} bytes, mtime {mtime}", m.len())
+        },
+    );
+    format!("{} {} ({stamp})", resolved.display(), args.join(" "))
 }
 
 /// What the source pipeline did with bundles since the hub started, for the
@@ -168,6 +202,7 @@ pub(crate) fn keys_at(
     opts: &RenderOptions,
     stats: &RenderStats,
 ) -> Vec<Option<String>> {
+    let tool = tool_fingerprint(&opts.kustomize);
     let tree = match cache.tree(commit) {
         Ok(t) => t,
         Err(error) => {
@@ -183,13 +218,14 @@ pub(crate) fn keys_at(
                 stats.count_whole_tree();
                 tracing::info!(bundle = %name, %reason, "render depends on the whole source tree");
             }
-            Some(render_key(spec, &deps, opts))
+            Some(render_key(spec, &deps, opts, &tool))
         })
         .collect()
 }
 
 /// Kustomization fields whose entries may be kustomization roots (directories).
-const ROOT_FIELDS: [&str; 6] = ["resources", "bases", "components", "generators", "transformers", "validators"];
+const ROOT_FIELDS: [&str; 6] =
+    ["resources", "bases", "components", "generators", "transformers", "validators"];
 
 struct Resolver<'a, T> {
     tree: &'a T,
@@ -513,7 +549,7 @@ mod tests {
     }
 
     fn key(t: &Mem, path: &str) -> String {
-        render_key(path, &resolve(t, path), &RenderOptions::default())
+        render_key(path, &resolve(t, path), &RenderOptions::default(), "kustomize")
     }
 
     const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n";
@@ -522,7 +558,10 @@ mod tests {
         Mem::new(&[
             ("apps/web/base/kustomization.yaml", "resources: [deploy.yaml]\n"),
             ("apps/web/base/deploy.yaml", CM),
-            ("apps/web/prod/kustomization.yaml", "resources: [../base]\ncomponents: [../../../components/tls]\n"),
+            (
+                "apps/web/prod/kustomization.yaml",
+                "resources: [../base]\ncomponents: [../../../components/tls]\n",
+            ),
             ("apps/web/prod/patch.yaml", CM),
             ("components/tls/kustomization.yaml", "kind: Component\n"),
             ("components/tls/cert.yaml", CM),
@@ -563,7 +602,10 @@ mod tests {
         let t = repo();
         let mut t2 = t.clone();
         t2.mv("apps/web/base", "apps/web/common");
-        t2.put("apps/web/prod/kustomization.yaml", "resources: [../common]\ncomponents: [../../../components/tls]\n");
+        t2.put(
+            "apps/web/prod/kustomization.yaml",
+            "resources: [../common]\ncomponents: [../../../components/tls]\n",
+        );
         assert_ne!(key(&t, "apps/web/prod"), key(&t2, "apps/web/prod"));
         // Renamed without touching the overlay: still a change (the base is now missing).
         let mut t3 = t.clone();
@@ -692,18 +734,20 @@ mod tests {
     fn options_and_path_are_part_of_the_key() {
         let t = repo();
         let d = resolve(&t, "plain");
-        let base = render_key("plain", &d, &RenderOptions::default());
+        let base = render_key("plain", &d, &RenderOptions::default(), "kustomize");
         let ignore = RenderOptions { ignore: Some("*.md".into()), ..Default::default() };
-        assert_ne!(base, render_key("plain", &d, &ignore));
-        let kz = RenderOptions { kustomize: crate::render::Kustomize::Binary("/x".into()), ..Default::default() };
-        assert_ne!(base, render_key("plain", &d, &kz));
+        assert_ne!(base, render_key("plain", &d, &ignore, "kustomize"));
+        let kz =
+            RenderOptions { kustomize: crate::render::Kustomize::Binary("/x".into()), ..Default::default() };
+        assert_ne!(base, render_key("plain", &d, &kz, "kustomize"));
         let mut limits = RenderOptions::default();
         limits.limits.max_files += 1;
-        assert_ne!(base, render_key("plain", &d, &limits));
-        assert_ne!(base, render_key("plain/", &d, &RenderOptions::default()));
+        assert_ne!(base, render_key("plain", &d, &limits, "kustomize"));
+        assert_ne!(base, render_key("plain/", &d, &RenderOptions::default(), "kustomize"));
+        assert_ne!(base, render_key("plain", &d, &RenderOptions::default(), "kustomize v5.4"));
         // The timeout does not change the output.
         let slow = RenderOptions { timeout: std::time::Duration::from_secs(1), ..Default::default() };
-        assert_eq!(base, render_key("plain", &d, &slow));
+        assert_eq!(base, render_key("plain", &d, &slow, "kustomize"));
     }
 
     #[test]
@@ -721,5 +765,196 @@ mod tests {
         let mut t3 = t.clone();
         t3.put("later/cm.yaml", CM);
         assert_ne!(missing, key(&t3, "later"));
+    }
+
+    #[test]
+    fn patch_files_in_the_overlay_or_a_base_change_the_key() {
+        let mut t = repo();
+        t.put(
+            "apps/web/prod/kustomization.yaml",
+            "resources: [../base]\npatches:\n- path: patch.yaml\npatchesStrategicMerge: [psm.yaml]\n",
+        );
+        t.put("apps/web/prod/patch.yaml", CM);
+        t.put("apps/web/prod/psm.yaml", CM);
+        t.put(
+            "apps/web/base/kustomization.yaml",
+            "resources: [deploy.yaml]\npatches:\n- path: base-patch.yaml\n",
+        );
+        t.put("apps/web/base/base-patch.yaml", CM);
+        let k = key(&t, "apps/web/prod");
+        for f in ["apps/web/prod/patch.yaml", "apps/web/prod/psm.yaml", "apps/web/base/base-patch.yaml"] {
+            let mut t2 = t.clone();
+            t2.put(f, "changed\n");
+            assert_ne!(k, key(&t2, "apps/web/prod"), "{f}");
+        }
+    }
+
+    #[test]
+    fn nested_roots_resource_files_and_a_symlinked_kustomization() {
+        let mut t = repo();
+        // A root inside the overlay that reaches outside it, and a resource
+        // file in another directory that is not a root.
+        t.put("apps/web/prod/kustomization.yaml", "resources: [sub, ../../../shared/extra.yaml]\n");
+        t.put("apps/web/prod/sub/kustomization.yaml", "resources: [../../../../components/tls]\n");
+        t.put("shared/extra.yaml", CM);
+        let k = key(&t, "apps/web/prod");
+        assert!(!resolve(&t, "apps/web/prod").is_whole_tree());
+        let mut t2 = t.clone();
+        t2.put("components/tls/cert.yaml", "changed\n");
+        assert_ne!(k, key(&t2, "apps/web/prod"), "a root reached through a nested root");
+        let mut t3 = t.clone();
+        t3.put("shared/extra.yaml", "changed\n");
+        assert_ne!(k, key(&t3, "apps/web/prod"), "a resource file outside the roots");
+        let mut t4 = t.clone();
+        t4.put("shared/other.yaml", CM);
+        assert_eq!(k, key(&t4, "apps/web/prod"), "a sibling of a resource file");
+
+        // The kustomization file itself is a link: its target is an input.
+        let mut t = repo();
+        t.files.remove("apps/web/base/kustomization.yaml");
+        t.link("apps/web/base/kustomization.yaml", "../../../shared/kustomization.yaml");
+        t.put("shared/kustomization.yaml", "resources: [deploy.yaml]\n");
+        let k = key(&t, "apps/web/prod");
+        let mut t2 = t.clone();
+        t2.put("shared/kustomization.yaml", "resources: [deploy.yaml]\nnamePrefix: x-\n");
+        assert_ne!(k, key(&t2, "apps/web/prod"));
+    }
+
+    #[test]
+    fn an_ignore_file_above_a_base_only_changes_the_bundles_on_it() {
+        let t = repo();
+        let mut t2 = t.clone();
+        // Above components/tls (read by apps/web/prod), not above apps/api.
+        t2.put("components/.convoyignore", "cert.yaml\n");
+        assert_ne!(key(&t, "apps/web/prod"), key(&t2, "apps/web/prod"));
+        assert_eq!(key(&t, "apps/api/base"), key(&t2, "apps/api/base"));
+        // Inside a base: its tree id changes.
+        let mut t3 = t.clone();
+        t3.put("apps/web/base/.convoyignore", "deploy.yaml\n");
+        assert_ne!(key(&t, "apps/web/prod"), key(&t3, "apps/web/prod"));
+    }
+
+    #[test]
+    fn a_directory_symlink_in_a_bundle_falls_back_to_the_whole_tree() {
+        // The renderer refuses links to directories (when it would pack
+        // them); the resolver does not guess which ones it skips.
+        let mut t = repo();
+        t.link("plain/more", "../shared");
+        let d = resolve(&t, "plain");
+        assert!(d.is_whole_tree(), "{d:?}");
+        let mut t2 = t.clone();
+        t2.put("apps/api/base/svc.yaml", "changed\n");
+        assert_ne!(key(&t, "plain"), key(&t2, "plain"));
+    }
+
+    #[test]
+    fn the_tool_fingerprint_follows_the_kustomize_binary() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("kustomize");
+        std::fs::write(&bin, "#!/bin/sh\necho v1\n").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let k = crate::render::Kustomize::Binary(bin.clone());
+        let before = tool_fingerprint(&k);
+        assert!(before.contains(&bin.display().to_string()) && before.contains(" build "), "{before}");
+        assert_eq!(before, tool_fingerprint(&k), "stable while the binary is unchanged");
+        std::fs::write(&bin, "#!/bin/sh\necho v2, longer\n").unwrap();
+        assert_ne!(before, tool_fingerprint(&k), "an upgraded binary");
+        // Through a symlink: the target is what counts.
+        let link = dir.path().join("kubectl");
+        std::os::unix::fs::symlink(&bin, &link).unwrap();
+        let via = tool_fingerprint(&crate::render::Kustomize::Binary(link));
+        assert!(via.starts_with(&bin.display().to_string()) && via.contains(" kustomize "), "{via}");
+        std::fs::remove_file(&bin).unwrap();
+        assert!(tool_fingerprint(&k).contains("unreadable"), "a missing binary");
+    }
+
+    /// A tree that records every path the renderer looks at.
+    struct Recorder<'a> {
+        inner: &'a Mem,
+        reads: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl Tree for Recorder<'_> {
+        fn read_dir(&self, dir: &str) -> convoy_artifact::Result<Vec<TreeEntry>> {
+            self.reads.borrow_mut().push(dir.into());
+            self.inner.read_dir(dir)
+        }
+        fn read_file(&self, path: &str) -> convoy_artifact::Result<Vec<u8>> {
+            self.reads.borrow_mut().push(path.into());
+            self.inner.read_file(path)
+        }
+        fn read_link(&self, path: &str) -> convoy_artifact::Result<String> {
+            self.reads.borrow_mut().push(path.into());
+            self.inner.read_link(path)
+        }
+        fn kind(&self, path: &str) -> convoy_artifact::Result<Option<EntryKind>> {
+            // What is at `path` (or that nothing is) is covered by the id of
+            // `path` or of a directory above it.
+            self.reads.borrow_mut().push(path.into());
+            self.inner.kind(path)
+        }
+    }
+
+    /// The soundness property the render key rests on, checked against the
+    /// real renderer: every path [`crate::render::render`] reads (a file, a
+    /// link, a directory listing, an entry's kind) is a dependency or lies
+    /// below a dependency directory, so equal ids mean equal reads, hence
+    /// equal output. kustomize itself only sees what was materialized from
+    /// those reads; a program that does not exist stands in for it, so
+    /// nothing runs.
+    #[test]
+    fn every_path_the_renderer_reads_is_covered_by_the_dependencies() {
+        let opts = RenderOptions {
+            kustomize: crate::render::Kustomize::Binary("/nonexistent/convoy-test-kustomize".into()),
+            ..Default::default()
+        };
+        let mut fixtures: Vec<(Mem, &str)> = Vec::new();
+        for p in ["apps/web/prod", "apps/web/base", "apps/api/base", "plain", "later", "components/tls"] {
+            fixtures.push((repo(), p));
+        }
+        let mut t = repo();
+        t.put(
+            "apps/web/prod/kustomization.yaml",
+            "resources: [../base, sub, ../../../shared/extra.yaml]\ncomponents: [../../../components/tls]\n\
+             configMapGenerator:\n- name: c\n  files: [cfg=../../../shared/app.conf]\n\
+             patches:\n- path: ../../../shared/patch.yaml\n",
+        );
+        t.put("apps/web/prod/sub/kustomization.yaml", "bases: [../../../../components/audit]\n");
+        t.put("shared/extra.yaml", CM);
+        t.put("shared/app.conf", "a\n");
+        t.put("components/.convoyignore", "*.tmp\n");
+        t.put("components/audit/a.yaml", CM);
+        fixtures.push((t, "apps/web/prod"));
+        let mut t = repo();
+        t.files.remove("apps/web/base/kustomization.yaml");
+        t.link("apps/web/base/kustomization.yaml", "../../../shared/kustomization.yaml");
+        t.put("shared/kustomization.yaml", "resources: [deploy.yaml]\n");
+        t.link("apps/web/base/linked.yaml", "../../../shared/extra.yaml");
+        t.put("shared/extra.yaml", CM);
+        fixtures.push((t.clone(), "apps/web/prod"));
+        t.link("plain/linked.yaml", "../shared/extra.yaml");
+        t.put(".convoyignore", "*.md\n");
+        t.put("plain/.convoyignore", "skip.yaml\n");
+        t.put("plain/sub/more.yaml", CM);
+        fixtures.push((t, "plain"));
+
+        let mut checked_kustomize = false;
+        for (t, path) in &fixtures {
+            let deps = resolve(t, path);
+            assert!(!deps.is_whole_tree(), "{path}: {:?}", deps.fallback);
+            let rec = Recorder { inner: t, reads: Default::default() };
+            let _ = crate::render::render(&rec, path, "test", &opts);
+            let reads = rec.reads.into_inner();
+            assert!(!reads.is_empty(), "{path}");
+            for r in &reads {
+                let covered = deps.entries.keys().any(|e| {
+                    e.is_empty() || r == e || (r.starts_with(e.as_str()) && r.as_bytes()[e.len()] == b'/')
+                });
+                assert!(covered, "{path}: the renderer read {r:?}, not covered by {:?}", deps.entries.keys());
+            }
+            checked_kustomize |= reads.iter().any(|r| r == "components/audit/a.yaml");
+        }
+        assert!(checked_kustomize, "the kustomize fixtures were materialized");
     }
 }

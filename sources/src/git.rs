@@ -580,7 +580,9 @@ impl GitTree {
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
         match self.entries(dir) {
             Ok(entries) => Ok(entries.iter().find(|(n, _, _)| n == name).map(|(_, _, id)| *id)),
-            Err(convoy_artifact::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(convoy_artifact::Error::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 Ok(None)
             }
             Err(e) => Err(e),

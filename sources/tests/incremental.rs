@@ -55,7 +55,10 @@ async fn at_commit(rx: &mut watch::Receiver<Builds>, commit: &str) -> Builds {
 }
 
 fn digests(b: &Builds) -> Vec<String> {
-    BUNDLES.iter().map(|(n, _)| b[*n].artifact.as_ref().map(|a| a.digest.clone()).unwrap_or_default()).collect()
+    BUNDLES
+        .iter()
+        .map(|(n, _)| b[*n].artifact.as_ref().map(|a| a.digest.clone()).unwrap_or_default())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +73,10 @@ async fn heavy_a_commit_renders_only_the_bundles_whose_inputs_changed() {
                 "resources: [../base]\nnamePrefix: prod-\nconfigMapGenerator:\n- name: gen\n  files: [app.conf]\n",
             ),
             ("apps/web/prod/app.conf", "a=1\n"),
-            ("components/label/kustomization.yaml", "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\ncommonLabels:\n  tier: web\n"),
+            (
+                "components/label/kustomization.yaml",
+                "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\ncommonLabels:\n  tier: web\n",
+            ),
             ("apps/api/kustomization.yaml", "resources: [cm.yaml]\n"),
             ("apps/api/cm.yaml", &configmap("api")),
             ("plain/cm.yaml", &configmap("plain")),
@@ -81,7 +87,8 @@ async fn heavy_a_commit_renders_only_the_bundles_whose_inputs_changed() {
     let (_fleet_tx, fleet_rx) = watch::channel(fleet(&url));
     let data = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
-    let (sources, task) = Sources::start(SourcesConfig::new(data.path()), fleet_rx, shutdown.clone()).unwrap();
+    let (sources, task) =
+        Sources::start(SourcesConfig::new(data.path()), fleet_rx, shutdown.clone()).unwrap();
     let stats = sources.render_stats();
     let mut builds = sources.builds();
 
@@ -96,7 +103,10 @@ async fn heavy_a_commit_renders_only_the_bundles_whose_inputs_changed() {
     let b = at_commit(&mut builds, &c).await;
     assert_eq!((stats.renders(), stats.reused()), (3, 3));
     assert_eq!(digests(&b), d1);
-    assert_eq!(b["web"].artifact.as_ref().unwrap().built_unix_ms, b1["web"].artifact.as_ref().unwrap().built_unix_ms);
+    assert_eq!(
+        b["web"].artifact.as_ref().unwrap().built_unix_ms,
+        b1["web"].artifact.as_ref().unwrap().built_unix_ms
+    );
 
     // A change in the base: only the overlay on it renders.
     let c = up.commit(&[("apps/web/base/cm.yaml", &configmap("web2"))], "base");
@@ -149,7 +159,10 @@ async fn heavy_a_commit_renders_only_the_bundles_whose_inputs_changed() {
     assert!(b["web"].error.is_none(), "{:?}", b["web"].error);
     assert_ne!(digests(&b)[0], d2[0], "the component's label is in the output");
     let c = up.commit(
-        &[("components/label/kustomization.yaml", "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\ncommonLabels:\n  tier: web2\n")],
+        &[(
+            "components/label/kustomization.yaml",
+            "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\ncommonLabels:\n  tier: web2\n",
+        )],
         "component change",
     );
     up.push(&["origin", "main"]);
@@ -159,7 +172,10 @@ async fn heavy_a_commit_renders_only_the_bundles_whose_inputs_changed() {
 
     // A remote resource: the bundle depends on the whole tree (and fails to
     // build, keeping its last good artifact); any commit renders it again.
-    let c = up.commit(&[("apps/api/kustomization.yaml", "resources: [cm.yaml, https://example.com/x.yaml]\n")], "remote");
+    let c = up.commit(
+        &[("apps/api/kustomization.yaml", "resources: [cm.yaml, https://example.com/x.yaml]\n")],
+        "remote",
+    );
     up.push(&["origin", "main"]);
     let b = at_commit(&mut builds, &c).await;
     assert_eq!(b["api"].error.as_ref().unwrap().reason, "KustomizeFailed");
@@ -168,7 +184,11 @@ async fn heavy_a_commit_renders_only_the_bundles_whose_inputs_changed() {
     let c = up.commit(&[("README.md", "fleet, third\n")], "docs again");
     up.push(&["origin", "main"]);
     at_commit(&mut builds, &c).await;
-    assert_eq!((stats.renders(), stats.reused()), (10, 17), "a failed (whole-tree) bundle renders on any commit");
+    assert_eq!(
+        (stats.renders(), stats.reused()),
+        (10, 17),
+        "a failed (whole-tree) bundle renders on any commit"
+    );
 
     // A reconcile fetches and retries the failed bundle only: the others'
     // inputs did not change, and rendering is deterministic.
@@ -181,7 +201,8 @@ async fn heavy_a_commit_renders_only_the_bundles_whose_inputs_changed() {
     assert_eq!((stats.renders(), stats.reused()), (11, 19));
 
     // Fixing the failed bundle renders it; its last good artifact was kept meanwhile.
-    let c = up.commit(&[("apps/api/kustomization.yaml", "resources: [cm.yaml]\nnamePrefix: fixed-\n")], "fix");
+    let c =
+        up.commit(&[("apps/api/kustomization.yaml", "resources: [cm.yaml]\nnamePrefix: fixed-\n")], "fix");
     up.push(&["origin", "main"]);
     let b = at_commit(&mut builds, &c).await;
     assert!(b["api"].error.is_none());
