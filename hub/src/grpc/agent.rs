@@ -62,12 +62,16 @@ impl pb::agent_server::Agent for AgentService {
                 entry.record.name
             )));
         }
-        let path = self
-            .core
-            .pipeline
-            .artifact_path(&digest)
-            .ok_or_else(|| Status::not_found(format!("artifact {digest:?} is not stored on the hub")))?;
-        let bytes = self.core.artifacts.get(&digest, &path).await.map_err(status)?;
+        // A hot artifact is served from memory without touching the disk.
+        let bytes = match self.core.artifacts.cached(&digest) {
+            Some(b) => b,
+            None => {
+                let path = self.core.pipeline.artifact_path(&digest).ok_or_else(|| {
+                    Status::not_found(format!("artifact {digest:?} is not stored on the hub"))
+                })?;
+                self.core.artifacts.get(&digest, &path).await.map_err(status)?
+            }
+        };
         let total = bytes.len() as u64;
         if offset > total {
             return Err(Status::out_of_range(format!(
