@@ -196,5 +196,15 @@ async fn a_fixed_fleet_with_the_git_pipeline_builds_and_follows_set_fleet() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(generation("a"), Some(1));
+    // The pipeline's render counters are on /metrics: adding b rendered b only.
+    let metrics = hub.metrics_addr.unwrap();
+    let m = tokio::task::spawn_blocking(move || http_get(metrics, "/metrics")).await.unwrap();
+    for line in [
+        "convoy_hub_bundle_renders_total 2",
+        "convoy_hub_bundle_renders_skipped_total 0",
+        "convoy_hub_bundle_render_whole_tree_total 0",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} missing from:\n{m}");
+    }
     hub.shutdown().await.unwrap();
 }
