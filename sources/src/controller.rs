@@ -769,8 +769,10 @@ impl Worker {
         };
         for (b, rkey) in todo.into_iter().zip(render_keys) {
             let key = key_of(&b);
-            let kept = match (&rkey, self.rendered.get(&b.name)) {
-                (Some(k), Some((prev, art))) if k == prev => self.keep(art, &last),
+            let kept = match self.rendered.get(&b.name) {
+                Some((prev, art)) if crate::deps::can_keep(rkey.as_deref(), Some(prev)) => {
+                    self.keep(art, &last)
+                }
                 _ => None,
             };
             let result = match kept {
@@ -785,13 +787,11 @@ impl Worker {
                         _ = token.cancelled() => return,
                         r = self.build(&b, &last) => r,
                     };
-                    match (&result, rkey) {
+                    match (&result, crate::deps::remember(rkey, result.is_ok())) {
                         (Ok(a), Some(k)) => {
                             self.rendered.insert(b.name.clone(), (k, a.clone()));
                         }
-                        // A failed build, or a key we could not compute: the
-                        // next build renders.
-                        (Ok(_), None) | (Err(_), _) => {
+                        _ => {
                             self.rendered.remove(&b.name);
                         }
                     }

@@ -150,6 +150,19 @@ pub fn tool_fingerprint(kustomize: &crate::render::Kustomize) -> String {
     format!("{} {} ({stamp})", resolved.display(), args.join(" "))
 }
 
+/// Whether a bundle keeps its last good artifact without rendering: only when
+/// its render key is known and equals the key of that artifact's render.
+pub(crate) fn can_keep(key: Option<&str>, last_good: Option<&str>) -> bool {
+    matches!((key, last_good), (Some(k), Some(prev)) if k == prev)
+}
+
+/// The key to remember for a bundle after a render: its key when the render
+/// succeeded and the key is known; otherwise none, so that the next build
+/// renders (a failed build is retried, an unknown key never matches).
+pub(crate) fn remember(key: Option<String>, rendered_ok: bool) -> Option<String> {
+    key.filter(|_| rendered_ok)
+}
+
 /// What the source pipeline did with bundles since the hub started, for the
 /// hub's metrics: renders run, renders skipped because the key was
 /// unchanged, and keys that fell back to the whole source tree.
@@ -956,5 +969,24 @@ mod tests {
             checked_kustomize |= reads.iter().any(|r| r == "components/audit/a.yaml");
         }
         assert!(checked_kustomize, "the kustomize fixtures were materialized");
+    }
+
+    #[test]
+    fn keep_and_remember_decisions() {
+        // Every combination of (key now, key of the last good render).
+        for (now, last, keep) in [
+            (None, None, false),
+            (None, Some("a"), false),
+            (Some("a"), None, false),
+            (Some("a"), Some("a"), true),
+            (Some("a"), Some("b"), false),
+        ] {
+            assert_eq!(can_keep(now, last), keep, "{now:?} {last:?}");
+        }
+        for (key, ok, kept) in
+            [(Some("a"), true, Some("a")), (Some("a"), false, None), (None, true, None), (None, false, None)]
+        {
+            assert_eq!(remember(key.map(String::from), ok).as_deref(), kept, "{key:?} {ok}");
+        }
     }
 }
