@@ -5,8 +5,9 @@
 //! written.
 //!
 //! The dependency set is a superset of what [`crate::render::render`] reads:
-//! - plain YAML (or a Helm chart directory): the bundle directory (its tree id
-//!   covers every file below it);
+//! - plain YAML: the bundle directory (its tree id covers every file below
+//!   it); a Helm chart directory: the directory and, transitively, those of
+//!   its `file://` dependencies;
 //! - kustomize: every kustomization root reached from the overlay through
 //!   `resources`, `bases`, `components`, `generators`, `transformers` and
 //!   `validators` (each root's tree id covers the kustomization file, its
@@ -82,10 +83,16 @@ pub fn resolve<T: TreeIds>(tree: &T, path: &str) -> Dependencies {
 }
 
 /// The dependencies of a chart directory (a Helm bundle's `helm.path`): the
-/// directory, like a plain-YAML bundle.
+/// directory (its tree id covers `Chart.yaml`, `values.yaml`, templates and
+/// the vendored `charts/`), and, transitively, the directory of every
+/// `file://` dependency its `Chart.yaml` names. Remote dependencies are not
+/// followed: Helm renders them from the vendored `charts/` (inside the
+/// directory) or fails. Values files named by the bundle spec are the
+/// caller's to add (the spec string is part of [`render_key`]; their content
+/// is not).
 pub fn chart_dir<T: TreeIds>(tree: &T, path: &str) -> Dependencies {
     let mut r = Resolver { tree, deps: BTreeMap::new(), walked: HashSet::new() };
-    let done = normalize(path).map_err(|m| format!("path {path:?}: {m}")).and_then(|p| r.dir(&p));
+    let done = normalize(path).map_err(|m| format!("path {path:?}: {m}")).and_then(|p| r.chart(&p));
     match done {
         Ok(()) => Dependencies { entries: r.deps, fallback: None },
         Err(reason) => whole_tree(tree, reason),
@@ -285,6 +292,35 @@ impl<T: TreeIds> Resolver<'_, T> {
             let k: serde_json::Value = serde_saphyr::from_slice(&text)
                 .map_err(|e| format!("{kfile}: {}", e.to_string().lines().next().unwrap_or_default()))?;
             self.kustomization(&root, &kfile, &k, &mut queue)?;
+        }
+        Ok(())
+    }
+
+    fn chart(&mut self, path: &str) -> R {
+        let mut queue = vec![path.to_string()];
+        let mut seen = HashSet::new();
+        while let Some(chart) = queue.pop() {
+            if !seen.insert(chart.clone()) {
+                continue;
+            }
+            self.dir(&chart)?;
+            let file = join(&chart, "Chart.yaml");
+            let file = match self.kind(&file)? {
+                Some(EntryKind::File) => file,
+                Some(EntryKind::Symlink) => resolve_link(self.tree, &file).map_err(tree_err)?,
+                // Not a chart (yet): the render fails; the directory is the input.
+                _ => continue,
+            };
+            let text = self.tree.read_file(&file).map_err(tree_err)?;
+            let c: serde_json::Value = serde_saphyr::from_slice(&text)
+                .map_err(|e| format!("{file}: {}", e.to_string().lines().next().unwrap_or_default()))?;
+            let deps = c.get("dependencies").and_then(|d| d.as_array()).cloned().unwrap_or_default();
+            for d in deps {
+                let Some(repo) = d.get("repository").and_then(|r| r.as_str()) else { continue };
+                if let Some(rel) = repo.strip_prefix("file://") {
+                    queue.push(self.local(&chart, &file, "dependencies", rel)?);
+                }
+            }
         }
         Ok(())
     }
@@ -988,5 +1024,42 @@ mod tests {
         {
             assert_eq!(remember(key.map(String::from), ok).as_deref(), kept, "{key:?} {ok}");
         }
+    }
+
+    #[test]
+    fn a_chart_depends_on_its_directory_and_its_file_dependencies() {
+        let mut t = repo();
+        t.put(
+            "charts/web/Chart.yaml",
+            "apiVersion: v2\nname: web\nversion: 1.0.0\ndependencies:\n\
+             - name: common\n  version: 1.0.0\n  repository: file://../common\n\
+             - name: redis\n  version: 18.0.0\n  repository: https://charts.example.com\n",
+        );
+        t.put("charts/web/templates/cm.yaml", CM);
+        t.put("charts/web/charts/redis-18.0.0.tgz", "vendored\n");
+        t.put("charts/common/Chart.yaml", "apiVersion: v2\nname: common\nversion: 1.0.0\n");
+        t.put("charts/common/templates/_helpers.tpl", "{{/* x */}}\n");
+        t.put("charts/other/Chart.yaml", "apiVersion: v2\nname: other\nversion: 1.0.0\n");
+        let d = chart_dir(&t, "charts/web");
+        assert!(!d.is_whole_tree(), "{d:?}");
+        assert!(d.entries.contains_key("charts/web") && d.entries.contains_key("charts/common"), "{d:?}");
+        let k = render_key("web", &d, &RenderOptions::default(), "helm");
+        let k_of =
+            |t: &Mem| render_key("web", &chart_dir(t, "charts/web"), &RenderOptions::default(), "helm");
+        for f in [
+            "charts/web/values.yaml",
+            "charts/web/charts/redis-18.0.0.tgz",
+            "charts/common/templates/_helpers.tpl",
+        ] {
+            let mut t2 = t.clone();
+            t2.put(f, "changed\n");
+            assert_ne!(k, k_of(&t2), "{f}");
+        }
+        let mut t3 = t.clone();
+        t3.put("charts/other/values.yaml", "x: 1\n");
+        assert_eq!(k, k_of(&t3), "a sibling chart nobody depends on");
+        let mut t4 = t.clone();
+        t4.put("charts/web/Chart.yaml", "apiVersion: v2\nname: web\nversion: 1.0.0\ndependencies:\n- name: x\n  repository: file://../../../../up\n");
+        assert!(chart_dir(&t4, "charts/web").is_whole_tree(), "a dependency leaving the repository");
     }
 }
