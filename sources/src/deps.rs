@@ -366,13 +366,21 @@ impl<T: TreeIds> Resolver<'_, T> {
                 if is_inline(&entry) {
                     continue;
                 }
-                if looks_remote(&entry) {
-                    return Err(format!("{kfile}: {field} entry {entry:?} is remote"));
-                }
-                let p = self.local(root, kfile, field, &entry)?;
-                match self.kind(&p)? {
-                    Some(EntryKind::Dir) => queue.push(p),
-                    _ => self.file(&p)?,
+                // As the renderer decides: a path that exists in the tree is
+                // local, even when it looks like a remote one (`config.d/x`).
+                let local = self.local(root, kfile, field, &entry);
+                let kind = match &local {
+                    Ok(p) => self.kind(p)?,
+                    Err(_) => None,
+                };
+                match (local, kind) {
+                    (Ok(p), Some(EntryKind::Dir)) => queue.push(p),
+                    (Ok(p), Some(_)) => self.file(&p)?,
+                    _ if looks_remote(&entry) => {
+                        return Err(format!("{kfile}: {field} entry {entry:?} is remote"));
+                    }
+                    (Err(e), _) => return Err(e),
+                    (Ok(p), None) => self.file(&p)?,
                 }
             }
         }
@@ -988,6 +996,14 @@ mod tests {
         t.put("plain/sub/more.yaml", CM);
         fixtures.push((t, "plain"));
 
+        let mut t = repo();
+        t.put("apps/web/prod/kustomization.yaml", "resources: [conf.d/extra, ../base]\n");
+        t.put(
+            "apps/web/prod/conf.d/extra/kustomization.yaml",
+            "resources: [../../../../../components/tls]\n",
+        );
+        fixtures.push((t, "apps/web/prod"));
+
         let mut checked_kustomize = false;
         for (t, path) in &fixtures {
             let deps = resolve(t, path);
@@ -1061,5 +1077,21 @@ mod tests {
         let mut t4 = t.clone();
         t4.put("charts/web/Chart.yaml", "apiVersion: v2\nname: web\nversion: 1.0.0\ndependencies:\n- name: x\n  repository: file://../../../../up\n");
         assert!(chart_dir(&t4, "charts/web").is_whole_tree(), "a dependency leaving the repository");
+    }
+
+    #[test]
+    fn a_local_path_that_looks_remote_is_local_when_it_exists() {
+        let mut t = repo();
+        t.put("apps/web/prod/kustomization.yaml", "resources: [conf.d/extra]\n");
+        t.put(
+            "apps/web/prod/conf.d/extra/kustomization.yaml",
+            "resources: [../../../../../components/tls]\n",
+        );
+        let d = resolve(&t, "apps/web/prod");
+        assert!(!d.is_whole_tree(), "{d:?}");
+        assert!(d.entries.contains_key("components/tls"), "{d:?}");
+        // Gone: now it can only be remote, which the renderer refuses.
+        t.rm("apps/web/prod/conf.d");
+        assert!(resolve(&t, "apps/web/prod").is_whole_tree());
     }
 }
