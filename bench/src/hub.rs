@@ -204,8 +204,8 @@ async fn sync(
         msg: Some(In::Hello(pb::Hello {
             agent_version: "bench/1".into(),
             outbox_epoch: rand_epoch(),
-            applied: vec![],
-            age_recipients: vec![],
+            // Fields added to Hello later default to empty.
+            ..Default::default()
         })),
     })
     .await?;
