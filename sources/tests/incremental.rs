@@ -168,6 +168,32 @@ async fn heavy_a_commit_renders_only_the_bundles_whose_inputs_changed() {
     up.push(&["origin", "main"]);
     at_commit(&mut builds, &c).await;
     assert_eq!((stats.renders(), stats.reused()), (8, 13));
+
+    // A patch file: referencing it renders, and so does changing it.
+    let patch =
+        |v: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web2\ndata:\n  k: {v}\n");
+    let c = up.commit(
+        &[
+            (
+                "apps/web/prod/kustomization.yaml",
+                "resources: [../common]\ncomponents: [../../../components/label]\nnamePrefix: prod-\nconfigMapGenerator:\n- name: gen\n  files: [app.conf]\npatches:\n- path: patch.yaml\n",
+            ),
+            ("apps/web/prod/patch.yaml", &patch("patched")),
+        ],
+        "patch",
+    );
+    up.push(&["origin", "main"]);
+    let b = at_commit(&mut builds, &c).await;
+    assert_eq!((stats.renders(), stats.reused()), (9, 15));
+    assert!(b["web"].error.is_none(), "{:?}", b["web"].error);
+    let d3 = digests(&b);
+    let c = up.commit(&[("apps/web/prod/patch.yaml", &patch("patched-again"))], "patch change");
+    up.push(&["origin", "main"]);
+    let b = at_commit(&mut builds, &c).await;
+    assert_eq!((stats.renders(), stats.reused()), (10, 17));
+    assert!(b["web"].error.is_none(), "{:?}", b["web"].error);
+    assert_ne!(digests(&b)[0], d3[0], "the patched value is in the output");
+    assert_eq!(digests(&b)[1..], d3[1..]);
     assert_eq!(stats.whole_tree(), 0);
 
     // A remote resource: the bundle depends on the whole tree (and fails to
@@ -179,14 +205,14 @@ async fn heavy_a_commit_renders_only_the_bundles_whose_inputs_changed() {
     up.push(&["origin", "main"]);
     let b = at_commit(&mut builds, &c).await;
     assert_eq!(b["api"].error.as_ref().unwrap().reason, "KustomizeFailed");
-    assert_eq!((stats.renders(), stats.reused()), (9, 15));
+    assert_eq!((stats.renders(), stats.reused()), (11, 19));
     assert!(stats.whole_tree() >= 1);
     let c = up.commit(&[("README.md", "fleet, third\n")], "docs again");
     up.push(&["origin", "main"]);
     at_commit(&mut builds, &c).await;
     assert_eq!(
         (stats.renders(), stats.reused()),
-        (10, 17),
+        (12, 21),
         "a failed (whole-tree) bundle renders on any commit"
     );
 
@@ -194,11 +220,11 @@ async fn heavy_a_commit_renders_only_the_bundles_whose_inputs_changed() {
     // inputs did not change, and rendering is deterministic.
     sources.reconcile("fleet").unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while stats.renders() + stats.reused() < 30 {
+    while stats.renders() + stats.reused() < 36 {
         assert!(Instant::now() < deadline, "reconcile did not build: {} {}", stats.renders(), stats.reused());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!((stats.renders(), stats.reused()), (11, 19));
+    assert_eq!((stats.renders(), stats.reused()), (13, 23));
 
     // Fixing the failed bundle renders it; its last good artifact was kept meanwhile.
     let c =
@@ -207,7 +233,7 @@ async fn heavy_a_commit_renders_only_the_bundles_whose_inputs_changed() {
     let b = at_commit(&mut builds, &c).await;
     assert!(b["api"].error.is_none());
     assert_ne!(digests(&b)[1], d1[1]);
-    assert_eq!((stats.renders(), stats.reused()), (12, 21));
+    assert_eq!((stats.renders(), stats.reused()), (14, 25));
 
     shutdown.cancel();
     task.await.unwrap();
