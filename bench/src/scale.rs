@@ -321,9 +321,11 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     let rss = rss_kib(pid)?;
     let per_agent = (rss - rss0) / connected.max(1) as f64;
     eprintln!(
-        "scale bench: hub RSS {:.0} MiB idle with {connected} agents ({:.0} MiB before)",
+        "scale bench: hub RSS {:.0} MiB idle with {connected} agents ({:.0} MiB before); \
+         this load generator's own RSS {:.0} MiB (it shares the machine's memory with the hub)",
         rss / 1024.0,
-        rss0 / 1024.0
+        rss0 / 1024.0,
+        rss_kib(std::process::id()).unwrap_or(0.0) / 1024.0
     );
     out.push(one(
         format!("idle hub memory per connected agent ({connected} agents)"),
