@@ -22,6 +22,17 @@ pub enum Caller {
     },
 }
 
+impl Caller {
+    /// How events name the caller: `admin:NAME`, `cluster:NAME` or `anonymous`.
+    pub fn identity(&self) -> String {
+        match self {
+            Caller::Anonymous => "anonymous".into(),
+            Caller::Cluster { name, .. } => format!("cluster:{name}"),
+            Caller::Admin { name } => format!("admin:{name}"),
+        }
+    }
+}
+
 /// Which group of RPCs is being called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

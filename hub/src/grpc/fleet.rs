@@ -438,6 +438,24 @@ impl pb::fleet_server::Fleet for FleetService {
         }))
     }
 
+    async fn get_rollout(
+        &self,
+        req: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::RolloutView>, Status> {
+        let _t = self.timed("GetRollout");
+        self.core.admin(&req)?;
+        super::rollout::get(&self.core, &req.into_inner().bundle).map(Response::new)
+    }
+
+    async fn rollout_action(
+        &self,
+        req: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let _t = self.timed("RolloutAction");
+        let caller = self.core.admin(&req)?;
+        super::rollout::action(&self.core, &caller, req.into_inner()).await.map(Response::new)
+    }
+
     async fn revoke_cluster(
         &self,
         req: Request<pb::RevokeClusterRequest>,
