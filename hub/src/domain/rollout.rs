@@ -127,6 +127,10 @@ pub enum ClusterStep {
     Skipped {
         /// Why.
         reason: String,
+        /// Whether it had been given the new revision (a failure an
+        /// operator resumed past): it keeps the new revision.
+        #[serde(default)]
+        admitted: bool,
     },
     /// Left the bundle's targets mid-rollout.
     Left,
@@ -143,6 +147,7 @@ impl ClusterStep {
                 | ClusterStep::Soaking { .. }
                 | ClusterStep::Done { .. }
                 | ClusterStep::Failed { admitted: true, .. }
+                | ClusterStep::Skipped { admitted: true, .. }
         )
     }
 
@@ -382,6 +387,7 @@ fn start_wave(s: &mut RolloutState, spec: &RolloutSpec, obs: &Observations, now:
                         wave: None,
                         step: ClusterStep::Skipped {
                             reason: "in no wave (clustersNotInAnyWave: skip)".into(),
+                            admitted: false,
                         },
                     },
                 );
@@ -445,7 +451,10 @@ fn step_wave(
                 OfflineClusters::Wait => None,
                 OfflineClusters::Skip => {
                     newly_skipped.push(name.clone());
-                    Some(ClusterStep::Skipped { reason: "offline (offlineClusters: skip)".into() })
+                    Some(ClusterStep::Skipped {
+                        reason: "offline (offlineClusters: skip)".into(),
+                        admitted: false,
+                    })
                 }
                 OfflineClusters::Fail => Some(ClusterStep::Failed {
                     reason: "offline (offlineClusters: fail)".into(),
@@ -604,7 +613,7 @@ fn rollback(s: &mut RolloutState, reason: String, fx: &mut Vec<Effect>) {
             c.step = ClusterStep::RolledBack;
             back.push(name.clone());
         } else if c.step == ClusterStep::Pending {
-            c.step = ClusterStep::Skipped { reason: "rolled back before its turn".into() };
+            c.step = ClusterStep::Skipped { reason: "rolled back before its turn".into(), admitted: false };
         }
     }
     event(
@@ -707,10 +716,11 @@ pub fn command(
                 s.waves[w].failed = false;
                 for c in s.clusters.values_mut() {
                     if c.wave == Some(w)
-                        && let ClusterStep::Failed { reason, .. } = &c.step
+                        && let ClusterStep::Failed { reason, admitted } = &c.step
                     {
                         c.step = ClusterStep::Skipped {
                             reason: format!("failed ({reason}), resumed by an operator"),
+                            admitted: *admitted,
                         };
                     }
                 }
@@ -806,7 +816,14 @@ impl RolloutRecord {
     /// overlays the bundle, or `None` to let the computed one through.
     pub fn record_for(&self, cluster: &str) -> Option<&DeploymentRecord> {
         if self.state.status == RolloutStatus::Complete {
-            return None;
+            // Done: the computed deployment passes through, except to
+            // clusters the rollout skipped, which keep their previous one.
+            return match self.state.clusters.get(cluster).map(|c| &c.step) {
+                Some(ClusterStep::Skipped { admitted: false, .. }) => {
+                    self.held.get(cluster).or(self.base.as_ref())
+                }
+                _ => None,
+            };
         }
         if let Some(r) = self.rolled_back.get(cluster) {
             return Some(r);
@@ -1387,11 +1404,37 @@ mod tests {
         let mut b = computed("sha256:new");
         overlay(&rollouts, "a1", &mut b);
         assert_eq!((b["web"].record.generation, b["web"].record.digest.as_str()), (3, "sha256:old"));
-        // Complete: the computed deployment passes through.
+        // Complete: the computed deployment passes through, but a skipped
+        // cluster keeps what it had, and one resumed past a failure keeps
+        // the new revision it was given.
         record.state.status = RolloutStatus::Complete;
-        rollouts.insert("web".to_string(), Arc::new(record));
+        record.state.clusters.insert(
+            "c1".into(),
+            ClusterProgress {
+                wave: Some(2),
+                step: ClusterStep::Skipped { reason: "offline".into(), admitted: false },
+            },
+        );
+        record.held.insert("c1".into(), rec(1, "sha256:c1-old"));
+        rollouts.insert("web".to_string(), Arc::new(record.clone()));
         let mut b = computed("sha256:new");
         overlay(&rollouts, "b1", &mut b);
         assert_eq!(b["web"].record.digest, "sha256:new");
+        let mut b = computed("sha256:new");
+        overlay(&rollouts, "c1", &mut b);
+        assert_eq!(b["web"].record.digest, "sha256:c1-old");
+        record.state.status = RolloutStatus::Paused { reason: "x".into() };
+        record.state.clusters.insert(
+            "a2".into(),
+            ClusterProgress {
+                wave: Some(0),
+                step: ClusterStep::Skipped { reason: "failed, resumed".into(), admitted: true },
+            },
+        );
+        record.given.insert("a2".into(), rec(2, "sha256:new-a2"));
+        rollouts.insert("web".to_string(), Arc::new(record));
+        let mut b = computed("sha256:new");
+        overlay(&rollouts, "a2", &mut b);
+        assert_eq!(b["web"].record.digest, "sha256:new-a2", "resumed past a failure: keeps the new revision");
     }
 }

@@ -56,7 +56,7 @@ pub fn to_view(rec: &RolloutRecord, spec: Option<&convoy_core::rollout::RolloutS
             ClusterStep::Admitted { at_ms } => (String::new(), *at_ms),
             ClusterStep::Soaking { since_ms, .. } => (String::new(), *since_ms),
             ClusterStep::Done { at_ms } => (String::new(), *at_ms),
-            ClusterStep::Failed { reason, .. } | ClusterStep::Skipped { reason } => (reason.clone(), 0),
+            ClusterStep::Failed { reason, .. } | ClusterStep::Skipped { reason, .. } => (reason.clone(), 0),
             _ => (String::new(), 0),
         };
         pb::RolloutCluster { name: name.into(), state: step.name().into(), reason, since_unix_ms: since }
