@@ -64,7 +64,10 @@ fn selector(s: &str) -> Result<LabelSelector, Status> {
 
 /// One fleet-matrix cell.
 fn cell(view: &FleetView, entry: &ClusterEntry, bundle: &str) -> pb::ClusterBundleStatus {
-    let desired = view.index.deployments.get(bundle);
+    // What this cluster is sent (a rollout may hold it on its previous
+    // deployment), else the bundle's current one.
+    let sent = entry.shared.desired().bundles.get(bundle).cloned();
+    let desired = sent.as_ref().or(view.index.deployments.get(bundle));
     let statuses = entry.shared.statuses();
     let st = statuses.get(bundle);
     let desired_generation = desired.map(|d| d.record.generation).unwrap_or(0);
