@@ -320,16 +320,18 @@ impl Rollouts {
     }
 }
 
-/// Re-sign `prev`'s artifact at `generation`: the same statement fields, the
-/// same signer as every generation the hub issues.
+/// Re-sign `prev`'s statement at `generation`: every field as signed before
+/// (source, revision, digest, size, Helm chart, ...) but the generation, with
+/// the same signer as every generation the hub issues.
 pub fn resign(
     signer: &SigningKey,
     prev: &DeploymentRecord,
     generation: u64,
     now: i64,
 ) -> Result<DeploymentRecord, convoy_artifact::Error> {
-    let url = serde_json::from_slice::<Statement>(&prev.statement).map(|s| s.source.url).unwrap_or_default();
-    let statement = Statement::new(&prev.bundle, &url, &prev.revision, &prev.digest, prev.size, generation);
+    let mut statement = Statement::parse(&prev.statement)?;
+    statement.generation = generation;
+    statement.key_id = None;
     let (statement, signature) = signer.sign_statement(&statement)?;
     Ok(DeploymentRecord { generation, statement, signature, created_unix_ms: now, ..prev.clone() })
 }
@@ -362,4 +364,230 @@ fn observe(
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::StatusRecord;
+    use convoy_core::status::BundleStatus;
+
+    fn fleet(on_new_revision: &str) -> FleetConfig {
+        let yaml = format!(
+            r#"
+apiVersion: convoy.dev/v1
+kind: GitSource
+metadata: {{name: repo}}
+spec: {{url: "https://example.com/repo.git"}}
+---
+apiVersion: convoy.dev/v1
+kind: Bundle
+metadata: {{name: web}}
+spec:
+  source: repo
+  targets: [{{clusterSelector: {{}}}}]
+  rollout:
+    waves:
+      - {{name: eu, selector: {{matchLabels: {{region: eu}}}}, progressDeadline: 10s}}
+      - {{name: us, selector: {{matchLabels: {{region: us}}}}}}
+    onFailure: rollback
+    onNewRevision: {on_new_revision}
+"#
+        );
+        FleetConfig::parse([("fleet.yaml", yaml.as_str())]).unwrap()
+    }
+
+    fn signed(signer: &SigningKey, generation: u64, digest: &str) -> DeploymentRecord {
+        let st = Statement::new("web", "https://example.com/repo.git", "main@sha1:aa", digest, 7, generation);
+        let (statement, signature) = signer.sign_statement(&st).unwrap();
+        DeploymentRecord {
+            bundle: "web".into(),
+            generation,
+            digest: digest.into(),
+            size: 7,
+            revision: "main@sha1:aa".into(),
+            source: "repo".into(),
+            statement,
+            signature,
+            created_unix_ms: 0,
+        }
+    }
+
+    fn digest(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    fn input(name: &str, region: &str, status: Option<(u64, &str, Phase)>) -> ClusterInput {
+        let statuses: BundleStatuses = status
+            .map(|(generation, digest, phase)| {
+                (
+                    "web".to_string(),
+                    Arc::new(StatusRecord {
+                        status: BundleStatus {
+                            bundle: "web".into(),
+                            generation,
+                            digest: digest.into(),
+                            phase,
+                            message: format!("{phase:?}"),
+                            ..Default::default()
+                        },
+                        updated_unix_ms: 0,
+                    }),
+                )
+            })
+            .into_iter()
+            .collect();
+        ClusterInput {
+            name: name.into(),
+            labels: convoy_core::selector::parse_labels([format!("region={region}").as_str()]).unwrap(),
+            connected: true,
+            statuses: Arc::new(statuses),
+        }
+    }
+
+    fn has_event(p: &Pending, reason: &str) -> bool {
+        p.writes
+            .iter()
+            .any(|w| matches!(w, Write::AppendEvents(evs) if evs.iter().any(|(_, e)| e.reason == reason)))
+    }
+
+    #[test]
+    fn a_first_generation_goes_everywhere_and_a_second_starts_a_rollout_holding_everyone() {
+        let signer = SigningKey::generate().unwrap();
+        let fleet = fleet("queue");
+        let (old, new) = (signed(&signer, 1, &digest('a')), signed(&signer, 2, &digest('b')));
+        let r = Rollouts::default();
+        assert!(r.on_new_generation(&fleet, None, &old, BTreeMap::new(), 0).is_none());
+        let current: BTreeMap<String, DeploymentRecord> =
+            [("eu1".to_string(), old.clone()), ("us1".to_string(), old.clone())].into();
+        let p = r.on_new_generation(&fleet, Some(&old), &new, current, 5).unwrap();
+        assert!(has_event(&p, "RolloutStarted"));
+        assert!(p.writes.iter().any(|w| matches!(w, Write::PutRollout(x) if x.bundle == "web")));
+        let rec = &p.records[0];
+        assert_eq!((rec.held.len(), rec.base.as_ref(), rec.max_generation), (2, Some(&old), 2));
+        assert_eq!(rec.record_for("eu1"), Some(&old), "held until admitted");
+        assert_eq!(rec.record_for("joiner"), Some(&old), "a joiner gets the last completed revision");
+    }
+
+    #[test]
+    fn a_failed_wave_is_rolled_back_with_the_old_content_re_signed_above_every_generation() {
+        let signer = SigningKey::generate().unwrap();
+        let fleet = fleet("queue");
+        let (old, new) = (signed(&signer, 1, &digest('a')), signed(&signer, 2, &digest('b')));
+        let mut r = Rollouts::default();
+        let current = [("eu1".to_string(), old.clone()), ("us1".to_string(), old.clone())].into();
+        r.install(r.on_new_generation(&fleet, Some(&old), &new, current, 0).unwrap());
+        let computed = |_: &str, _: &str| Some(new.clone());
+        // Tick 1: eu1 admitted and pinned to the new record; us1 untouched.
+        let clusters = [input("eu1", "eu", Some((1, &old.digest, Phase::Ready))), input("us1", "us", None)];
+        let p = r.tick(&fleet, &clusters, &computed, &signer, 1_000);
+        assert!(has_event(&p, "RolloutWaveStarted"));
+        r.install(p);
+        let rec = r.get("web").unwrap().clone();
+        assert_eq!(rec.record_for("eu1"), Some(&new));
+        assert_eq!(rec.record_for("us1"), Some(&old));
+        // NotReady on the new generation past the 10s deadline: rollback.
+        let clusters =
+            [input("eu1", "eu", Some((2, &new.digest, Phase::NotReady))), input("us1", "us", None)];
+        let p = r.tick(&fleet, &clusters, &computed, &signer, 12_000);
+        assert!(has_event(&p, "RolloutRolledBack"));
+        r.install(p);
+        let rec = r.get("web").unwrap().clone();
+        assert!(matches!(rec.state.status, RolloutStatus::RolledBack { .. }));
+        let back = rec.record_for("eu1").unwrap();
+        assert_eq!((back.generation, back.digest.as_str()), (3, old.digest.as_str()));
+        assert!(signer.public_key().verify(&back.statement, &back.signature), "signed by the hub's key");
+        let st = Statement::parse(&back.statement).unwrap();
+        assert_eq!(
+            (st.generation, st.artifact.digest.as_str(), st.source.url.as_str()),
+            (3, old.digest.as_str(), "https://example.com/repo.git")
+        );
+        assert_eq!(rec.record_for("us1"), Some(&old), "us1 never gets the new revision");
+        assert_eq!(r.floor("web"), 3, "the next build is signed above the rollback");
+        // Nothing moves any more.
+        assert!(r.tick(&fleet, &clusters, &computed, &signer, 20_000).is_empty());
+    }
+
+    #[test]
+    fn supersede_ends_the_rollout_and_starts_over_holding_what_clusters_have() {
+        let signer = SigningKey::generate().unwrap();
+        let fleet = fleet("supersede");
+        let (g1, g2, g3) = (
+            signed(&signer, 1, &digest('a')),
+            signed(&signer, 2, &digest('b')),
+            signed(&signer, 3, &digest('c')),
+        );
+        let mut r = Rollouts::default();
+        r.install(
+            r.on_new_generation(&fleet, Some(&g1), &g2, [("eu1".to_string(), g1.clone())].into(), 0).unwrap(),
+        );
+        let current = [("eu1".to_string(), g2.clone()), ("us1".to_string(), g1.clone())].into();
+        let p = r.on_new_generation(&fleet, Some(&g2), &g3, current, 10).unwrap();
+        assert!(has_event(&p, "RolloutSuperseded") && has_event(&p, "RolloutStarted"));
+        r.install(p);
+        let rec = r.get("web").unwrap();
+        assert!(rec.state.revision.contains("generation 3"));
+        assert_eq!(rec.state.status, RolloutStatus::Progressing);
+        assert_eq!(rec.record_for("eu1"), Some(&g2), "held on what it had");
+        assert_eq!(rec.base.as_ref(), Some(&g1), "the last completed revision stays the base");
+    }
+
+    #[test]
+    fn queue_keeps_the_running_revision_and_starts_the_queued_one_when_it_ends() {
+        let signer = SigningKey::generate().unwrap();
+        let fleet = fleet("queue");
+        let (g1, g2, g3) = (
+            signed(&signer, 1, &digest('a')),
+            signed(&signer, 2, &digest('b')),
+            signed(&signer, 3, &digest('c')),
+        );
+        let mut r = Rollouts::default();
+        r.install(
+            r.on_new_generation(&fleet, Some(&g1), &g2, [("eu1".to_string(), g1.clone())].into(), 0).unwrap(),
+        );
+        let p = r.on_new_generation(&fleet, Some(&g2), &g3, BTreeMap::new(), 10).unwrap();
+        assert!(has_event(&p, "RolloutQueued"));
+        r.install(p);
+        let rec = r.get("web").unwrap().clone();
+        assert!(rec.state.revision.contains("generation 2") && rec.state.queued.is_some());
+        assert!(r.queued().is_empty(), "starts only once the running rollout ended");
+        let mut ended = (*rec).clone();
+        ended.state.status = RolloutStatus::Aborted;
+        r.install_records(vec![ended]);
+        assert_eq!(r.queued(), ["web".to_string()]);
+        let p = r.start_queued(&fleet, &g3, [("eu1".to_string(), g1.clone())].into(), 20).unwrap();
+        r.install(p);
+        let rec = r.get("web").unwrap();
+        assert!(rec.state.revision.contains("generation 3") && rec.state.queued.is_none());
+        assert_eq!(rec.record_for("eu1"), Some(&g1));
+    }
+
+    #[test]
+    fn a_bundle_whose_rollout_was_removed_is_no_longer_held() {
+        let signer = SigningKey::generate().unwrap();
+        let with = fleet("queue");
+        let (g1, g2) = (signed(&signer, 1, &digest('a')), signed(&signer, 2, &digest('b')));
+        let mut r = Rollouts::default();
+        r.install(
+            r.on_new_generation(&with, Some(&g1), &g2, [("eu1".to_string(), g1.clone())].into(), 0).unwrap(),
+        );
+        let computed = || -> ClusterBundles {
+            [(
+                "web".to_string(),
+                Arc::new(crate::domain::desired::Deployment {
+                    record: Arc::new(g2.clone()),
+                    options: Default::default(),
+                }),
+            )]
+            .into()
+        };
+        let mut b = computed();
+        r.overlay(&with, "eu1", &mut b);
+        assert_eq!(b["web"].record.generation, 1);
+        let mut without = with.clone();
+        without.bundles.get_mut("web").unwrap().spec.rollout = None;
+        let mut b = computed();
+        r.overlay(&without, "eu1", &mut b);
+        assert_eq!(b["web"].record.generation, 2);
+    }
 }

@@ -105,4 +105,21 @@ mod tests {
         let other = Caller::Cluster { name: "a".into(), serial: "02".into() };
         assert!(authorize(&other, Access::Agent, Some(&rec), 10).is_err());
     }
+
+    /// The rollout RPCs (GetRollout, RolloutAction: approve, pause, resume,
+    /// abort, rollback) are fleet calls: admins only; their events name the
+    /// caller by identity.
+    #[test]
+    fn rollout_operations_are_admin_only_and_name_the_caller() {
+        let admin = Caller::Admin { name: "alice".into() };
+        let token = Caller::Admin { name: "token".into() };
+        let cluster = Caller::Cluster { name: "prod-eu".into(), serial: "01".into() };
+        for (caller, allowed) in [(&admin, true), (&token, true), (&cluster, false), (&Caller::Anonymous, false)] {
+            assert_eq!(authorize(caller, Access::Fleet, None, 10).is_ok(), allowed, "{caller:?}");
+        }
+        assert_eq!(admin.identity(), "admin:alice");
+        assert_eq!(token.identity(), "admin:token");
+        assert_eq!(cluster.identity(), "cluster:prod-eu");
+        assert_eq!(Caller::Anonymous.identity(), "anonymous");
+    }
 }
