@@ -114,7 +114,9 @@ mod tests {
         let admin = Caller::Admin { name: "alice".into() };
         let token = Caller::Admin { name: "token".into() };
         let cluster = Caller::Cluster { name: "prod-eu".into(), serial: "01".into() };
-        for (caller, allowed) in [(&admin, true), (&token, true), (&cluster, false), (&Caller::Anonymous, false)] {
+        for (caller, allowed) in
+            [(&admin, true), (&token, true), (&cluster, false), (&Caller::Anonymous, false)]
+        {
             assert_eq!(authorize(caller, Access::Fleet, None, 10).is_ok(), allowed, "{caller:?}");
         }
         assert_eq!(admin.identity(), "admin:alice");

@@ -325,6 +325,7 @@ pub fn decide(
             format!("clusters {} left the targets of the rollout of {}", left.join(","), s.revision),
         );
     }
+    adopt_waves(&mut s, spec, &mut fx);
     if matches!(s.status, RolloutStatus::Paused { .. }) {
         return (s, fx);
     }
@@ -363,6 +364,43 @@ pub fn decide(
         }
     }
     (s, fx)
+}
+
+/// The fleet config changed the rollout's waves mid-rollout: keep the
+/// progress of waves that kept their name, start new ones fresh, and carry on
+/// from the first wave not completed. Clusters of a removed wave stay where
+/// they are (out of every wave).
+fn adopt_waves(s: &mut RolloutState, spec: &RolloutSpec, fx: &mut Vec<Effect>) {
+    if s.waves.iter().map(|w| w.name.as_str()).eq(spec.waves.iter().map(|w| w.name.as_str())) {
+        return;
+    }
+    let old = std::mem::take(&mut s.waves);
+    s.waves = spec
+        .waves
+        .iter()
+        .map(|w| {
+            old.iter()
+                .find(|o| o.name == w.name)
+                .cloned()
+                .unwrap_or_else(|| WaveProgress { name: w.name.clone(), ..Default::default() })
+        })
+        .collect();
+    for c in s.clusters.values_mut() {
+        c.wave =
+            c.wave.and_then(|i| old.get(i)).and_then(|o| spec.waves.iter().position(|w| w.name == o.name));
+    }
+    s.wave = s.waves.iter().position(|w| w.completed_ms.is_none()).unwrap_or(s.waves.len());
+    event(
+        fx,
+        Severity::Warning,
+        "RolloutWavesChanged",
+        format!(
+            "the waves of the rollout of {} changed to [{}]; it continues at wave {}",
+            s.revision,
+            spec.waves.iter().map(|w| w.name.as_str()).collect::<Vec<_>>().join(","),
+            s.wave_name()
+        ),
+    );
 }
 
 /// Snapshot the membership of the current wave and start it.
@@ -1322,6 +1360,35 @@ mod tests {
         assert!(reasons(&fx).contains(&"RolloutClusterLeft"));
         let (s, _) = decide(&s, &spec, &o, 2 * S);
         assert_eq!(s.wave, 1);
+    }
+
+    #[test]
+    fn waves_changed_mid_rollout_keep_their_progress_by_name() {
+        let spec = spec3();
+        let mut o = six();
+        let (s, _) = decide(&RolloutState::new(&spec, "r2", 0), &spec, &o, 0);
+        set(&mut o, &["a1", "a2"], true, Phase::Ready);
+        let (s, _) = decide(&s, &spec, &o, S);
+        let (s, _) = decide(&s, &spec, &o, 12 * S);
+        assert_eq!((s.wave, step(&s, "b1")), (1, "Admitted"));
+        // w2 removed, a new w0 in front: w1 stays completed, w3 is next.
+        let mut changed = spec3();
+        changed.waves = vec![wave("w0", "z"), wave("w1", "a"), wave("w3", "c")];
+        let (s2, fx) = decide(&s, &changed, &o, 13 * S);
+        assert!(reasons(&fx).contains(&"RolloutWavesChanged"));
+        assert_eq!(s2.waves.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), ["w0", "w1", "w3"]);
+        assert!(s2.waves[1].completed_ms.is_some());
+        assert_eq!(s2.clusters["a1"].wave, Some(1));
+        assert_eq!(s2.clusters["b1"].wave, None, "its wave is gone");
+        // The first wave not completed (the new w0, empty) runs and completes, then w3.
+        assert!(s2.waves[0].completed_ms.is_some(), "{s2:?}");
+        assert_eq!(s2.wave_name(), "w3");
+        assert!(s2.has_new("c1") && s2.has_new("b1"), "b1 keeps what it was given");
+        // Fewer waves than the current index: no panic, the rollout completes.
+        let mut one = spec3();
+        one.waves.truncate(1);
+        let (s3, _) = decide(&s, &one, &o, 14 * S);
+        assert_eq!(s3.status, RolloutStatus::Complete);
     }
 
     #[test]
