@@ -803,6 +803,8 @@ impl Actor {
                         batch.rollouts_before.get_or_insert_with(|| self.rollouts.clone());
                         self.rollouts.install(p);
                         self.retarget(None);
+                        // The view shows the rollout's new state.
+                        self.dirty = true;
                         batch.add(Vec::new(), reply, ());
                     }
                     Err(e) => {

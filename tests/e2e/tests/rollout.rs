@@ -279,9 +279,18 @@ async fn heavy_approval_gate_holds_wave_two_until_approved() {
     let b = fleet.bundle("web").await.unwrap();
     assert_eq!(cell(&b, "b1").desired_generation, 1, "{r:?} {:?}", fleet.events("hub").await.unwrap());
     assert_eq!(fleet.cluster("b1").deployment_image("app", "web").as_deref(), Some(GOOD));
-    // Approving a wave that does not wait, or with no rollout, is refused.
+    // Approving the rollout of a bundle that has none is refused.
     let out = fleet.convoy(&convoy_bin(), &["rollout", "approve", "nope"]).await.unwrap();
     assert_eq!(out.status.code(), Some(5), "{out:?}");
+    // Pause and resume show at once; resuming what is not paused is refused.
+    fleet.convoy_ok(&convoy_bin(), &["rollout", "pause", "web"]).await.unwrap();
+    assert_eq!(get_rollout(&fleet).await.unwrap().status, "Paused");
+    fleet.convoy_ok(&convoy_bin(), &["rollout", "resume", "web"]).await.unwrap();
+    assert_ne!(get_rollout(&fleet).await.unwrap().status, "Paused");
+    let out = fleet.convoy(&convoy_bin(), &["rollout", "resume", "web"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "not paused: {out:?}");
+    wait_rollout(&fleet, 30, "wave two awaiting approval again", |r| r.status == "AwaitingApproval").await;
+    assert_eq!(fleet.cluster("b1").deployment_image("app", "web").as_deref(), Some(GOOD));
     fleet.convoy_ok(&convoy_bin(), &["rollout", "approve", "web"]).await.unwrap();
     wait_ready_at(&fleet, "b1", 2, 60).await;
     wait_rollout(&fleet, 30, "the rollout Complete", |r| r.status == "Complete").await;
