@@ -10,18 +10,18 @@ use crate::cmd_fleet::{Conn, Output, Result, age, connect, print_data, print_tab
 #[derive(Debug, clap::Subcommand)]
 pub enum RolloutCommand {
     /// Waves, clusters per state, and the gate.
-    Status(StatusArgs),
+    Status(Box<StatusArgs>),
     /// Pass the current wave's approval gate.
-    Approve(ActionArgs),
+    Approve(Box<ActionArgs>),
     /// Stop the rollout where it is.
-    Pause(ActionArgs),
+    Pause(Box<ActionArgs>),
     /// Continue a paused rollout (a failed wave's failures are then tolerated).
-    Resume(ActionArgs),
+    Resume(Box<ActionArgs>),
     /// End the rollout; clusters keep what they have.
-    Abort(ActionArgs),
+    Abort(Box<ActionArgs>),
     /// Give every cluster that got the new revision its previous content
     /// back, as a new signed generation.
-    Rollback(ActionArgs),
+    Rollback(Box<ActionArgs>),
 }
 
 /// `convoy rollout status BUNDLE`
@@ -50,7 +50,7 @@ pub struct ActionArgs {
 /// Run a rollout command.
 pub async fn run(cmd: RolloutCommand) -> Result<()> {
     let (a, command) = match cmd {
-        RolloutCommand::Status(a) => return status(a).await,
+        RolloutCommand::Status(a) => return status(*a).await,
         RolloutCommand::Approve(a) => (a, pb::RolloutCommand::Approve),
         RolloutCommand::Pause(a) => (a, pb::RolloutCommand::Pause),
         RolloutCommand::Resume(a) => (a, pb::RolloutCommand::Resume),

@@ -64,7 +64,7 @@ impl Pending {
                 _ => None,
             })
             .collect();
-        self.writes.push(Write::PutRollout(rec.clone()));
+        self.writes.push(Write::PutRollout(Box::new(rec.clone())));
         if !events.is_empty() {
             self.writes.push(Write::AppendEvents(events));
         }

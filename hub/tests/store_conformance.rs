@@ -213,12 +213,13 @@ fn rollouts_are_stored_replaced_and_deleted(b: &dyn Backend) {
         max_generation: 4,
     };
     let s = b.open(5);
-    s.commit(vec![Write::PutRollout(r.clone())], 1).unwrap();
+    s.commit(vec![Write::PutRollout(Box::new(r.clone()))], 1).unwrap();
     let mut other = r.clone();
     other.bundle = "api".into();
     // Replaced in place, and a second bundle beside it.
     r.max_generation = 5;
-    s.commit(vec![Write::PutRollout(r.clone()), Write::PutRollout(other.clone())], 2).unwrap();
+    s.commit(vec![Write::PutRollout(Box::new(r.clone())), Write::PutRollout(Box::new(other.clone()))], 2)
+        .unwrap();
     drop(s);
     let s = b.open(5);
     let mut l = s.load().unwrap().rollouts;

@@ -84,7 +84,7 @@ pub enum Write {
         statuses: Vec<StatusRecord>,
     },
     /// Insert or replace a bundle's rollout.
-    PutRollout(crate::domain::rollout::RolloutRecord),
+    PutRollout(Box<crate::domain::rollout::RolloutRecord>),
     /// Forget a bundle's rollout.
     DeleteRollout(String),
     /// Append events to the bounded log.
