@@ -88,6 +88,12 @@ impl Rollouts {
         self.records.get(bundle)
     }
 
+    /// Whether a rollout moves or has a queued revision to start: the actor
+    /// ticks only then (a fleet without rollouts never wakes for them).
+    pub fn is_active(&self) -> bool {
+        self.records.values().any(|r| !r.state.status.is_terminal() || r.state.queued.is_some())
+    }
+
     /// Every rollout, by bundle.
     pub fn all(&self) -> &BTreeMap<String, Arc<RolloutRecord>> {
         &self.records

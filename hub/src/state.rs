@@ -559,7 +559,7 @@ impl Actor {
         rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = rollout_tick.tick() => self.tick_rollouts().await,
+                _ = rollout_tick.tick(), if self.rollouts.is_active() => self.tick_rollouts().await,
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     let mut batch = self.begin();
@@ -1294,7 +1294,7 @@ impl Actor {
     /// and publish (durable before visible). A queued revision whose
     /// rollout ended starts next.
     async fn tick_rollouts(&mut self) {
-        if self.rollouts.all().values().all(|r| r.state.status.is_terminal() && r.state.queued.is_none()) {
+        if !self.rollouts.is_active() {
             return;
         }
         let now = self.deps.clock.now_ms();
@@ -1556,5 +1556,105 @@ spec:
         assert_eq!(TURNS.with(|t| t.get()), before, "the actor loop ran with nothing to do");
         f.state.create_token(TokenInput::default()).await.unwrap();
         assert!(TURNS.with(|t| t.get()) > before, "a command is one more turn");
+    }
+
+    /// A rollout command changes nothing visible until it is committed: with
+    /// the store failing, `pause` is refused and the view keeps the rollout as
+    /// it was; once the store works, the same command commits and shows.
+    #[tokio::test]
+    async fn a_rollout_command_is_committed_before_it_is_visible() {
+        use crate::domain::rollout::{Command, RolloutRecord, RolloutState, RolloutStatus};
+        let fleet_yaml = format!(
+            "{FLEET}  rollout:\n    waves:\n      - {{name: w, selector: {{matchLabels: {{env: prod}}}}, gate: approval}}\n"
+        );
+        let fleet = Arc::new(FleetConfig::parse([("fleet.yaml", fleet_yaml.as_str())]).unwrap());
+        let spec = fleet.bundles["web"].spec.rollout.clone().unwrap();
+        let rec = |generation: u64, d: char| DeploymentRecord {
+            bundle: "web".into(),
+            generation,
+            digest: format!("sha256:{}", d.to_string().repeat(64)),
+            size: 1,
+            revision: "main@sha1:0".into(),
+            source: "repo".into(),
+            statement: Vec::new(),
+            signature: Vec::new(),
+            created_unix_ms: 0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ca =
+            Ca::load_or_create(&dir.path().join("ca.crt"), &dir.path().join("ca.key"), now_ms()).unwrap();
+        let store = Arc::new(FlakyStore::default());
+        let statuses = Arc::new(StatusIndex::default());
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let _stop = shutdown.clone().drop_guard();
+        let (events, _) = broadcast::channel(16);
+        let (writer, _) = crate::writer::spawn(
+            store.clone(),
+            statuses.clone(),
+            Box::new(Vec::new),
+            events,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let loaded = Loaded {
+            clusters: vec![ClusterRecord { name: "c1".into(), labels: prod(), ..Default::default() }],
+            deployments: vec![rec(2, 'b')],
+            rollouts: vec![RolloutRecord {
+                bundle: "web".into(),
+                state: RolloutState::new(&spec, "rev2", 0),
+                held: [("c1".to_string(), rec(1, 'a'))].into(),
+                base: Some(rec(1, 'a')),
+                given: Default::default(),
+                rolled_back: Default::default(),
+                max_generation: 2,
+            }],
+            ..Default::default()
+        };
+        let (view_tx, mut view) = watch::channel(Arc::new(FleetView::default()));
+        let (state, _) = spawn(
+            loaded,
+            fleet,
+            StaticPipeline::new(dir.path()).builds(),
+            StateDeps {
+                ca: Arc::new(ca),
+                signer: Arc::new(SigningKey::generate().unwrap()),
+                writer,
+                metrics,
+                cluster_cert_ttl: Duration::from_secs(3600),
+                statuses,
+                pipeline: StaticPipeline::new(dir.path()),
+                clock: convoy_core::clock::system(),
+            },
+            view_tx,
+            shutdown.clone(),
+        );
+        // The restored rollout holds c1 on generation 1 and reaches its gate.
+        let status = |v: &FleetView| v.rollouts.get("web").map(|r| r.state.status.clone());
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            view.wait_for(|v| status(v) == Some(RolloutStatus::AwaitingApproval)),
+        )
+        .await
+        .expect("the rollout reached its approval gate")
+        .unwrap();
+        let c1 = state.view().clusters["c1"].shared.clone();
+        assert_eq!(c1.desired().bundles["web"].record.generation, 1, "held on its previous generation");
+        let commits = store.commits.load(Ordering::SeqCst);
+
+        store.fail.store(true, Ordering::SeqCst);
+        let e = state.rollout_command("web".into(), Command::Pause, "admin:alice".into()).await.unwrap_err();
+        assert!(matches!(e, Error::Store(_)), "{e}");
+        assert_eq!(status(&state.view()), Some(RolloutStatus::AwaitingApproval), "nothing published");
+        let e = state.rollout_command("nope".into(), Command::Pause, "admin:alice".into()).await.unwrap_err();
+        assert!(matches!(e, Error::Rejected(Rejection::NotFound(_))), "{e}");
+
+        store.fail.store(false, Ordering::SeqCst);
+        state.rollout_command("web".into(), Command::Pause, "admin:alice".into()).await.unwrap();
+        assert!(
+            matches!(status(&state.view()), Some(RolloutStatus::Paused { reason }) if reason.contains("admin:alice"))
+        );
+        assert_eq!(store.commits.load(Ordering::SeqCst), commits + 1);
+        assert_eq!(c1.desired().bundles["web"].record.generation, 1, "still held");
     }
 }
