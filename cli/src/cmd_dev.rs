@@ -506,7 +506,7 @@ impl DevFleet {
         }
         println!("  cd {}", self.repo.display());
         println!("  sed -i 's/podinfo:6.7.0/podinfo:6.7.1/' apps/web/base/deployment.yaml");
-        println!("  git commit -am 'web 6.7.1'      # rolls out to staging, prod-eu and prod-us");
+        println!("  git commit -am 'web 6.7.1'      # staging and prod-eu at once, prod-us after a 10s soak");
         println!();
         println!("Ctrl-C stops everything.");
         println!();

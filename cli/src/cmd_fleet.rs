@@ -104,6 +104,9 @@ pub enum Command {
     /// SOPS: the age recipients of clusters, for `.sops.yaml` (docs/secrets.md).
     #[command(subcommand)]
     Sops(crate::cmd_sops::SopsCommand),
+    /// Progressive rollouts: status, approve, pause, resume, abort, rollback (docs/rollouts.md).
+    #[command(subcommand)]
+    Rollout(crate::cmd_rollout::RolloutCommand),
 }
 
 /// `convoy token ...`
@@ -321,6 +324,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Label(a) => label(*a).await,
         Command::Revoke(a) => revoke(*a).await,
         Command::Sops(c) => crate::cmd_sops::run(c).await,
+        Command::Rollout(c) => crate::cmd_rollout::run(c).await,
     };
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -462,7 +466,7 @@ mod http_host {
 // Output
 // ---------------------------------------------------------------------------
 
-fn print_data<T: Serialize>(output: Output, value: &T) -> Result<()> {
+pub(crate) fn print_data<T: Serialize>(output: Output, value: &T) -> Result<()> {
     match output {
         Output::Json => {
             println!("{}", serde_json::to_string_pretty(value).map_err(|e| Failure::new(1, e.to_string()))?);
@@ -475,14 +479,14 @@ fn print_data<T: Serialize>(output: Output, value: &T) -> Result<()> {
     Ok(())
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_style(NOTHING);
     t.set_header(header.iter().map(|h| h.to_string()));
     t
 }
 
-fn print_table(t: Table) {
+pub(crate) fn print_table(t: Table) {
     // comfy-table pads every line; trim for clean copy and paste.
     for line in t.to_string().lines() {
         println!("{}", term_safe(line.trim_end().trim_start_matches(' ')));
@@ -512,7 +516,7 @@ macro_rules! sprintln {
 }
 
 /// `12s`, `5m`, `3h`, `2d` ago; `-` for never.
-fn age(unix_ms: i64) -> String {
+pub(crate) fn age(unix_ms: i64) -> String {
     if unix_ms <= 0 {
         return "-".into();
     }

@@ -18,6 +18,7 @@ pub mod cmd_dev;
 pub mod cmd_fleet;
 pub mod cmd_helm;
 pub mod cmd_hub;
+pub mod cmd_rollout;
 pub mod cmd_sops;
 pub mod logging;
 

@@ -283,6 +283,10 @@ pub struct BundleSpec {
     /// Tenancy: whether the bundle may contain cluster-scoped objects. Default true.
     #[serde(default = "default_true")]
     pub allow_cluster_scoped: bool,
+    /// Health-gated progressive rollout over waves (docs/rollouts.md). None:
+    /// every targeted cluster gets a new generation at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutSpec>,
 }
 
 fn default_path() -> String {
@@ -564,6 +568,9 @@ impl FleetConfig {
             }
             check_bundle_path(&b.spec.path).map_err(invalid)?;
             if let Some(e) = b.spec.tenancy().validate().into_iter().next() {
+                return Err(invalid(format!("spec.{e}")));
+            }
+            if let Some(e) = b.spec.rollout.as_ref().and_then(|r| r.validate().into_iter().next()) {
                 return Err(invalid(format!("spec.{e}")));
             }
             for d in &b.spec.depends_on {

@@ -13,6 +13,7 @@ pub mod hmac;
 pub mod identity;
 pub mod labels;
 pub mod pipeline;
+pub mod rollout;
 pub mod selector;
 pub mod status;
 pub mod substitute;

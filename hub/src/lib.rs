@@ -26,6 +26,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pipeline;
 pub mod pki;
+pub mod rollout;
 pub mod runtime;
 pub mod secret_paths;
 pub mod sources_pipeline;

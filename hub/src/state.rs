@@ -209,6 +209,8 @@ pub struct FleetView {
     pub builds: Builds,
     /// Bundles suspended by an operator.
     pub suspended: Arc<BTreeSet<String>>,
+    /// Progressive rollouts, by bundle.
+    pub rollouts: Arc<BTreeMap<String, Arc<crate::domain::rollout::RolloutRecord>>>,
 }
 
 /// A registration request, converted from the proto at the edge.
@@ -299,6 +301,13 @@ enum Cmd {
         applied: Vec<(String, u64, String)>,
     },
     SetFleet(Arc<FleetConfig>, Option<Reply<()>>),
+    /// An operator's command on a bundle's rollout (`who` names the caller).
+    Rollout {
+        bundle: String,
+        cmd: crate::domain::rollout::Command,
+        who: String,
+        reply: Reply<()>,
+    },
 }
 
 /// Sends commands to the state actor.
@@ -369,6 +378,17 @@ impl StateHandle {
         let _ = self.tx.send(Cmd::ReportApplied { cluster, applied }).await;
     }
 
+    /// An operator's command on a bundle's rollout, recorded as an event
+    /// naming `who`; answered once committed and published.
+    pub async fn rollout_command(
+        &self,
+        bundle: String,
+        cmd: crate::domain::rollout::Command,
+        who: String,
+    ) -> Result<()> {
+        self.call(|reply| Cmd::Rollout { bundle, cmd, who, reply }).await
+    }
+
     /// Replace the fleet config and wait until it is in force.
     pub async fn set_fleet(&self, fleet: Arc<FleetConfig>) -> Result<()> {
         self.call(|r| Cmd::SetFleet(fleet, Some(r))).await
@@ -423,6 +443,8 @@ struct Actor {
     /// Generations agents reported for bundles the hub has no record of yet:
     /// their first build is signed above these.
     floors: HashMap<String, u64>,
+    /// Progressive rollouts ([`crate::rollout`]).
+    rollouts: crate::rollout::Rollouts,
 }
 
 /// Build the actor from the loaded store and start it. The view is published
@@ -466,6 +488,7 @@ pub fn spawn(
         view_tx,
         dirty: true,
         floors: HashMap::new(),
+        rollouts: crate::rollout::Rollouts::load(loaded.rollouts),
     };
     actor.rebuild_index();
     actor.retarget(None);
@@ -508,6 +531,8 @@ struct Batch {
     writes: Vec<Write>,
     answers: Vec<Answer>,
     after_commit: Vec<Box<dyn FnOnce() + Send>>,
+    /// The rollouts before a command of this batch changed them.
+    rollouts_before: Option<crate::rollout::Rollouts>,
 }
 
 impl Batch {
@@ -530,8 +555,11 @@ impl Actor {
         self.on_builds().await;
         self.publish();
         let mut pipeline_open = true;
+        let mut rollout_tick = tokio::time::interval(crate::rollout::TICK);
+        rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = rollout_tick.tick(), if self.rollouts.is_active() => self.tick_rollouts().await,
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     let mut batch = self.begin();
@@ -579,6 +607,7 @@ impl Actor {
             writes: Vec::new(),
             answers: Vec::new(),
             after_commit: Vec::new(),
+            rollouts_before: None,
         }
     }
 
@@ -586,7 +615,7 @@ impl Actor {
     /// If the commit fails, roll back to the batch's snapshot: nothing of it
     /// is published, and every caller gets the error.
     async fn finish(&mut self, batch: Batch) {
-        let Batch { before, writes, answers, after_commit } = batch;
+        let Batch { before, writes, answers, after_commit, rollouts_before } = batch;
         let result = if writes.is_empty() { Ok(()) } else { self.deps.writer.commit(writes).await.map(drop) };
         match result {
             Ok(()) => {
@@ -607,6 +636,9 @@ impl Actor {
                 self.index = index;
                 self.version = version;
                 self.dirty = dirty;
+                if let Some(r) = rollouts_before {
+                    self.rollouts = r;
+                }
                 self.pending_desired.clear();
                 let msg = e.to_string();
                 for a in answers {
@@ -631,6 +663,7 @@ impl Actor {
                 records: self.records.clone(),
                 builds: self.builds.clone(),
                 suspended: self.suspended.clone(),
+                rollouts: Arc::new(self.rollouts.all().clone()),
             }));
         }
     }
@@ -650,7 +683,8 @@ impl Actor {
         };
         let mut changed = 0usize;
         for entry in targets {
-            let bundles = self.index.for_cluster(&self.fleet, &entry.record.name, &entry.record.labels);
+            let mut bundles = self.index.for_cluster(&self.fleet, &entry.record.name, &entry.record.labels);
+            self.rollouts.overlay(&self.fleet, &entry.record.name, &mut bundles);
             let current = match self.pending_desired.get(&entry.record.name) {
                 Some((_, d)) => d.clone(),
                 None => entry.shared.desired.borrow().clone(),
@@ -757,6 +791,26 @@ impl Actor {
                 self.recover_generations(&cluster, applied).await;
                 self.publish();
                 *batch = self.begin();
+            }
+            Cmd::Rollout { bundle, cmd, who, reply } => {
+                let now = self.deps.clock.now_ms();
+                let computed = self.computed_fn();
+                match self.rollouts.command(&bundle, cmd, &who, &computed, &self.deps.signer, now) {
+                    Ok(p) => {
+                        // Installed now (and re-targeted); published only after
+                        // the batch commits, undone with the batch otherwise.
+                        batch.writes.extend(p.writes.iter().cloned());
+                        batch.rollouts_before.get_or_insert_with(|| self.rollouts.clone());
+                        self.rollouts.install(p);
+                        self.retarget(None);
+                        // The view shows the rollout's new state.
+                        self.dirty = true;
+                        batch.add(Vec::new(), reply, ());
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
             }
             Cmd::SetFleet(fleet, reply) => {
                 // The commands before it are committed and published first:
@@ -1039,6 +1093,7 @@ impl Actor {
         let mut writes = Vec::new();
         let mut new_records = Vec::new();
         let mut events = Vec::new();
+        let mut rollouts = Vec::new();
         for (name, state) in self.builds.iter() {
             if !self.fleet.bundles.contains_key(name) {
                 continue;
@@ -1060,6 +1115,7 @@ impl Actor {
             let current = self.records.get(name);
             let Some(generation) = next_generation(current.map(|r| &**r), art) else { continue };
             let generation = above_floor(generation, self.floors.get(name).copied().unwrap_or(0));
+            let generation = above_floor(generation, self.rollouts.floor(name));
             let statement =
                 Statement::new(name, &art.source_url, &art.revision, &art.digest, art.size, generation);
             let (bytes, signature) = match self.deps.signer.sign_statement(&statement) {
@@ -1088,6 +1144,16 @@ impl Actor {
                 format!("generation {generation} of {name}: {} ({})", art.revision, art.digest),
             ));
             writes.push(Write::PutDeployment(rec.clone()));
+            if let Some(p) = self.rollouts.on_new_generation(
+                &self.fleet,
+                current.map(|r| &**r),
+                &rec,
+                self.current_records(name),
+                self.deps.clock.now_ms(),
+            ) {
+                writes.extend(p.writes.iter().cloned());
+                rollouts.push(p);
+            }
             new_records.push(rec);
         }
         if !events.is_empty() {
@@ -1108,6 +1174,9 @@ impl Actor {
             for r in new_records {
                 m.insert(r.bundle.clone(), Arc::new(r));
                 self.deps.metrics.generations_created.inc();
+            }
+            for p in rollouts {
+                self.rollouts.install(p);
             }
             self.rebuild_index();
             self.retarget(None);
@@ -1190,6 +1259,79 @@ impl Actor {
         self.rebuild_index();
         self.retarget(None);
         self.dirty = true;
+    }
+}
+
+impl Actor {
+    /// What each cluster has now of `bundle`: its desired deployment as
+    /// computed last (published or about to be).
+    fn current_records(&self, bundle: &str) -> BTreeMap<String, DeploymentRecord> {
+        self.clusters
+            .values()
+            .filter_map(|e| {
+                let desired = match self.pending_desired.get(&e.record.name) {
+                    Some((_, d)) => d.clone(),
+                    None => e.shared.desired(),
+                };
+                desired.bundles.get(bundle).map(|d| (e.record.name.clone(), (*d.record).clone()))
+            })
+            .collect()
+    }
+
+    /// A cluster's computed (not overlaid) deployment of a bundle.
+    fn computed_fn(&self) -> impl Fn(&str, &str) -> Option<DeploymentRecord> + use<> {
+        let index = self.index.clone();
+        let fleet = self.fleet.clone();
+        let clusters = self.clusters.clone();
+        move |bundle: &str, cluster: &str| {
+            let e = clusters.get(cluster)?;
+            let bundles = index.for_cluster(&fleet, cluster, &e.record.labels);
+            bundles.get(bundle).map(|d| (*d.record).clone())
+        }
+    }
+
+    /// One tick of the rollouts: decide, commit, then install, re-target
+    /// and publish (durable before visible). A queued revision whose
+    /// rollout ended starts next.
+    async fn tick_rollouts(&mut self) {
+        if !self.rollouts.is_active() {
+            return;
+        }
+        let now = self.deps.clock.now_ms();
+        let inputs: Vec<crate::rollout::ClusterInput> = self
+            .clusters
+            .values()
+            .filter(|e| !e.record.revoked)
+            .map(|e| crate::rollout::ClusterInput {
+                name: e.record.name.clone(),
+                labels: e.record.labels.clone(),
+                connected: e.shared.connected(),
+                statuses: e.shared.statuses(),
+            })
+            .collect();
+        let computed = self.computed_fn();
+        let mut pending = self.rollouts.tick(&self.fleet, &inputs, &computed, &self.deps.signer, now);
+        let mut next = self.rollouts.clone();
+        next.install_records(std::mem::take(&mut pending.records));
+        for bundle in next.queued() {
+            let Some(rec) = self.records.get(&bundle).cloned() else { continue };
+            let current = self.current_records(&bundle);
+            if let Some(p) = next.start_queued(&self.fleet, &rec, current, now) {
+                pending.writes.extend(p.writes.iter().cloned());
+                next.install(p);
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        if let Err(e) = self.deps.writer.commit(pending.writes).await {
+            warn!(error = %e, "cannot store rollout progress; it is decided again at the next tick");
+            return;
+        }
+        self.rollouts = next;
+        self.retarget(None);
+        self.dirty = true;
+        self.publish();
     }
 }
 
@@ -1414,5 +1556,105 @@ spec:
         assert_eq!(TURNS.with(|t| t.get()), before, "the actor loop ran with nothing to do");
         f.state.create_token(TokenInput::default()).await.unwrap();
         assert!(TURNS.with(|t| t.get()) > before, "a command is one more turn");
+    }
+
+    /// A rollout command changes nothing visible until it is committed: with
+    /// the store failing, `pause` is refused and the view keeps the rollout as
+    /// it was; once the store works, the same command commits and shows.
+    #[tokio::test]
+    async fn a_rollout_command_is_committed_before_it_is_visible() {
+        use crate::domain::rollout::{Command, RolloutRecord, RolloutState, RolloutStatus};
+        let fleet_yaml = format!(
+            "{FLEET}  rollout:\n    waves:\n      - {{name: w, selector: {{matchLabels: {{env: prod}}}}, gate: approval}}\n"
+        );
+        let fleet = Arc::new(FleetConfig::parse([("fleet.yaml", fleet_yaml.as_str())]).unwrap());
+        let spec = fleet.bundles["web"].spec.rollout.clone().unwrap();
+        let rec = |generation: u64, d: char| DeploymentRecord {
+            bundle: "web".into(),
+            generation,
+            digest: format!("sha256:{}", d.to_string().repeat(64)),
+            size: 1,
+            revision: "main@sha1:0".into(),
+            source: "repo".into(),
+            statement: Vec::new(),
+            signature: Vec::new(),
+            created_unix_ms: 0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ca =
+            Ca::load_or_create(&dir.path().join("ca.crt"), &dir.path().join("ca.key"), now_ms()).unwrap();
+        let store = Arc::new(FlakyStore::default());
+        let statuses = Arc::new(StatusIndex::default());
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let _stop = shutdown.clone().drop_guard();
+        let (events, _) = broadcast::channel(16);
+        let (writer, _) = crate::writer::spawn(
+            store.clone(),
+            statuses.clone(),
+            Box::new(Vec::new),
+            events,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let loaded = Loaded {
+            clusters: vec![ClusterRecord { name: "c1".into(), labels: prod(), ..Default::default() }],
+            deployments: vec![rec(2, 'b')],
+            rollouts: vec![RolloutRecord {
+                bundle: "web".into(),
+                state: RolloutState::new(&spec, "rev2", 0),
+                held: [("c1".to_string(), rec(1, 'a'))].into(),
+                base: Some(rec(1, 'a')),
+                given: Default::default(),
+                rolled_back: Default::default(),
+                max_generation: 2,
+            }],
+            ..Default::default()
+        };
+        let (view_tx, mut view) = watch::channel(Arc::new(FleetView::default()));
+        let (state, _) = spawn(
+            loaded,
+            fleet,
+            StaticPipeline::new(dir.path()).builds(),
+            StateDeps {
+                ca: Arc::new(ca),
+                signer: Arc::new(SigningKey::generate().unwrap()),
+                writer,
+                metrics,
+                cluster_cert_ttl: Duration::from_secs(3600),
+                statuses,
+                pipeline: StaticPipeline::new(dir.path()),
+                clock: convoy_core::clock::system(),
+            },
+            view_tx,
+            shutdown.clone(),
+        );
+        // The restored rollout holds c1 on generation 1 and reaches its gate.
+        let status = |v: &FleetView| v.rollouts.get("web").map(|r| r.state.status.clone());
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            view.wait_for(|v| status(v) == Some(RolloutStatus::AwaitingApproval)),
+        )
+        .await
+        .expect("the rollout reached its approval gate")
+        .unwrap();
+        let c1 = state.view().clusters["c1"].shared.clone();
+        assert_eq!(c1.desired().bundles["web"].record.generation, 1, "held on its previous generation");
+        let commits = store.commits.load(Ordering::SeqCst);
+
+        store.fail.store(true, Ordering::SeqCst);
+        let e = state.rollout_command("web".into(), Command::Pause, "admin:alice".into()).await.unwrap_err();
+        assert!(matches!(e, Error::Store(_)), "{e}");
+        assert_eq!(status(&state.view()), Some(RolloutStatus::AwaitingApproval), "nothing published");
+        let e = state.rollout_command("nope".into(), Command::Pause, "admin:alice".into()).await.unwrap_err();
+        assert!(matches!(e, Error::Rejected(Rejection::NotFound(_))), "{e}");
+
+        store.fail.store(false, Ordering::SeqCst);
+        state.rollout_command("web".into(), Command::Pause, "admin:alice".into()).await.unwrap();
+        assert!(
+            matches!(status(&state.view()), Some(RolloutStatus::Paused { reason }) if reason.contains("admin:alice"))
+        );
+        assert_eq!(store.commits.load(Ordering::SeqCst), commits + 1);
+        assert_eq!(c1.desired().bundles["web"].record.generation, 1, "still held");
     }
 }

@@ -184,6 +184,51 @@ fn records_round_trip_and_seeding_never_overwrites(b: &dyn Backend) {
     assert_eq!(l.statuses[0].1.status.generation, 1);
 }
 
+fn rollouts_are_stored_replaced_and_deleted(b: &dyn Backend) {
+    use convoy_hub::domain::DeploymentRecord;
+    use convoy_hub::domain::rollout::{RolloutRecord, RolloutState};
+    let spec: convoy_core::rollout::RolloutSpec = serde_json::from_value(serde_json::json!({
+        "waves": [{"name": "eu", "selector": {"matchLabels": {"region": "eu"}}, "soak": "30s"}],
+        "onFailure": "rollback"
+    }))
+    .unwrap();
+    let held = DeploymentRecord {
+        bundle: "web".into(),
+        generation: 3,
+        digest: "sha256:old".into(),
+        size: 10,
+        revision: "main@sha1:aa".into(),
+        source: "repo".into(),
+        statement: b"{\"held\":1}".to_vec(),
+        signature: vec![7, 8, 9],
+        created_unix_ms: 5,
+    };
+    let mut r = RolloutRecord {
+        bundle: "web".into(),
+        state: RolloutState::new(&spec, "main@sha1:bb", 10),
+        held: [("c1".to_string(), held.clone())].into(),
+        base: Some(held),
+        given: Default::default(),
+        rolled_back: Default::default(),
+        max_generation: 4,
+    };
+    let s = b.open(5);
+    s.commit(vec![Write::PutRollout(Box::new(r.clone()))], 1).unwrap();
+    let mut other = r.clone();
+    other.bundle = "api".into();
+    // Replaced in place, and a second bundle beside it.
+    r.max_generation = 5;
+    s.commit(vec![Write::PutRollout(Box::new(r.clone())), Write::PutRollout(Box::new(other.clone()))], 2)
+        .unwrap();
+    drop(s);
+    let s = b.open(5);
+    let mut l = s.load().unwrap().rollouts;
+    l.sort_by(|a, b| a.bundle.cmp(&b.bundle));
+    assert_eq!(l, vec![other, r.clone()], "statement bytes and signatures survive a restart");
+    s.commit(vec![Write::DeleteRollout("api".into())], 3).unwrap();
+    assert_eq!(s.load().unwrap().rollouts, vec![r]);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {$(
         mod $case {
@@ -205,6 +250,7 @@ conformance!(
     agent_batches_are_idempotent_and_survive_reopen,
     event_log_is_a_bounded_indexed_ring,
     records_round_trip_and_seeding_never_overwrites,
+    rollouts_are_stored_replaced_and_deleted,
 );
 
 #[cfg(feature = "etcd")]

@@ -22,6 +22,17 @@ pub enum Caller {
     },
 }
 
+impl Caller {
+    /// How events name the caller: `admin:NAME`, `cluster:NAME` or `anonymous`.
+    pub fn identity(&self) -> String {
+        match self {
+            Caller::Anonymous => "anonymous".into(),
+            Caller::Cluster { name, .. } => format!("cluster:{name}"),
+            Caller::Admin { name } => format!("admin:{name}"),
+        }
+    }
+}
+
 /// Which group of RPCs is being called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -93,5 +104,24 @@ mod tests {
         assert!(authorize(&cluster, Access::Agent, Some(&revoked), 10).is_err());
         let other = Caller::Cluster { name: "a".into(), serial: "02".into() };
         assert!(authorize(&other, Access::Agent, Some(&rec), 10).is_err());
+    }
+
+    /// The rollout RPCs (GetRollout, RolloutAction: approve, pause, resume,
+    /// abort, rollback) are fleet calls: admins only; their events name the
+    /// caller by identity.
+    #[test]
+    fn rollout_operations_are_admin_only_and_name_the_caller() {
+        let admin = Caller::Admin { name: "alice".into() };
+        let token = Caller::Admin { name: "token".into() };
+        let cluster = Caller::Cluster { name: "prod-eu".into(), serial: "01".into() };
+        for (caller, allowed) in
+            [(&admin, true), (&token, true), (&cluster, false), (&Caller::Anonymous, false)]
+        {
+            assert_eq!(authorize(caller, Access::Fleet, None, 10).is_ok(), allowed, "{caller:?}");
+        }
+        assert_eq!(admin.identity(), "admin:alice");
+        assert_eq!(token.identity(), "admin:token");
+        assert_eq!(cluster.identity(), "cluster:prod-eu");
+        assert_eq!(Caller::Anonymous.identity(), "anonymous");
     }
 }

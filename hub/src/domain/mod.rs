@@ -6,6 +6,7 @@
 pub mod authz;
 pub mod desired;
 pub mod model;
+pub mod rollout;
 pub mod summary;
 pub mod tokens;
 

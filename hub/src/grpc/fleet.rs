@@ -64,7 +64,10 @@ fn selector(s: &str) -> Result<LabelSelector, Status> {
 
 /// One fleet-matrix cell.
 fn cell(view: &FleetView, entry: &ClusterEntry, bundle: &str) -> pb::ClusterBundleStatus {
-    let desired = view.index.deployments.get(bundle);
+    // What this cluster is sent (a rollout may hold it on its previous
+    // deployment), else the bundle's current one.
+    let sent = entry.shared.desired().bundles.get(bundle).cloned();
+    let desired = sent.as_ref().or(view.index.deployments.get(bundle));
     let statuses = entry.shared.statuses();
     let st = statuses.get(bundle);
     let desired_generation = desired.map(|d| d.record.generation).unwrap_or(0);
@@ -436,6 +439,24 @@ impl pb::fleet_server::Fleet for FleetService {
             token_id: out.id,
             expires_unix_ms: out.expires_unix_ms,
         }))
+    }
+
+    async fn get_rollout(
+        &self,
+        req: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::RolloutView>, Status> {
+        let _t = self.timed("GetRollout");
+        self.core.admin(&req)?;
+        super::rollout::get(&self.core, &req.into_inner().bundle).map(Response::new)
+    }
+
+    async fn rollout_action(
+        &self,
+        req: Request<pb::RolloutActionRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let _t = self.timed("RolloutAction");
+        let caller = self.core.admin(&req)?;
+        super::rollout::action(&self.core, &caller, req.into_inner()).await.map(Response::new)
     }
 
     async fn revoke_cluster(

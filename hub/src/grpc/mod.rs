@@ -8,6 +8,7 @@ pub mod artifacts;
 pub mod convert;
 pub mod fleet;
 pub mod registration;
+pub mod rollout;
 pub mod session;
 
 use std::sync::Arc;

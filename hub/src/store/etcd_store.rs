@@ -11,6 +11,7 @@
 //! | `meta/next-event-id` | the next event id |
 //! | `clusters/<name>`, `tokens/<id>`, `liveness/<name>`, `deployments/<bundle>` | JSON records |
 //! | `suspended/<bundle>`, `suspended-sources/<source>` | empty |
+//! | `rollouts/<bundle>` | JSON rollout record (state and held deployments) |
 //! | `status/<cluster>/<bundle>` | JSON status |
 //! | `seq/<cluster>/<epoch:020>` | last stored outbox seq |
 //! | `events/<id:020>`, `ev-cluster/<cluster>/<id:020>`, `ev-bundle/<bundle>/<id:020>` | the event ring and its indexes |
@@ -242,6 +243,9 @@ impl Store for EtcdStore {
             }
             for (k, _) in Self::range(&mut c, key("suspended-sources/")).await? {
                 out.suspended_sources.insert(suffix(&k, "suspended-sources/"));
+            }
+            for (_, v) in Self::range(&mut c, key("rollouts/")).await? {
+                out.rollouts.push(dec(&v)?);
             }
             for (k, v) in Self::range(&mut c, key("status/")).await? {
                 let rest = suffix(&k, "status/");
@@ -491,6 +495,16 @@ async fn apply(tx: &mut Tx, w: Write, now: i64, capacity: u64) -> Result<WriteOu
             } else {
                 tx.delete(k)
             }
+            WriteOutcome::Done
+        }
+        Write::PutRollout(r) => {
+            let k = tx.key(&format!("rollouts/{}", r.bundle));
+            tx.put(k, enc(&r)?);
+            WriteOutcome::Done
+        }
+        Write::DeleteRollout(bundle) => {
+            let k = tx.key(&format!("rollouts/{bundle}"));
+            tx.delete(k);
             WriteOutcome::Done
         }
         Write::PutLiveness(rows) => {

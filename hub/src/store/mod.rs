@@ -46,6 +46,8 @@ pub struct Loaded {
     pub statuses: Vec<(String, StatusRecord)>,
     /// The id of the newest stored event (0 if none).
     pub last_event_id: u64,
+    /// Progressive rollouts, by bundle (docs/rollouts.md).
+    pub rollouts: Vec<crate::domain::rollout::RolloutRecord>,
 }
 
 /// One mutation, applied inside a [`Store::commit`] transaction.
@@ -81,6 +83,10 @@ pub enum Write {
         /// Statuses to store where none exists yet.
         statuses: Vec<StatusRecord>,
     },
+    /// Insert or replace a bundle's rollout.
+    PutRollout(Box<crate::domain::rollout::RolloutRecord>),
+    /// Forget a bundle's rollout.
+    DeleteRollout(String),
     /// Append events to the bounded log.
     AppendEvents(Vec<(String, EventRecord)>),
     /// Store an agent's outbox entries with seq above the stored one, and the

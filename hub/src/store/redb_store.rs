@@ -25,6 +25,8 @@ const EVENTS_BY_CLUSTER: TableDefinition<(&str, u64), u8> = TableDefinition::new
 /// (bundle, event id) -> 0: events of a bundle, in id order
 const EVENTS_BY_BUNDLE: TableDefinition<(&str, u64), u8> = TableDefinition::new("events_by_bundle");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Rollouts by bundle (JSON `RolloutRecord`).
+const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
 const NEXT_EVENT_ID: &str = "next_event_id";
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 
@@ -62,6 +64,7 @@ impl RedbStore {
             tx.open_table(DEPLOYMENTS)?;
             tx.open_table(SUSPENDED)?;
             tx.open_table(SUSPENDED_SOURCES)?;
+            tx.open_table(ROLLOUTS)?;
             tx.open_table(STATUSES)?;
             tx.open_table(SEQS)?;
             tx.open_table(EVENTS)?;
@@ -115,6 +118,10 @@ impl Store for RedbStore {
         for row in tx.open_table(SUSPENDED_SOURCES)?.iter()? {
             let (k, _) = row?;
             out.suspended_sources.insert(k.value().to_string());
+        }
+        for row in tx.open_table(ROLLOUTS)?.iter()? {
+            let (_, v) = row?;
+            out.rollouts.push(dec(v.value())?);
         }
         for row in tx.open_table(STATUSES)?.iter()? {
             let (k, v) = row?;
@@ -187,6 +194,7 @@ impl Store for RedbStore {
             let mut deployments = tx.open_table(DEPLOYMENTS)?;
             let mut suspended = tx.open_table(SUSPENDED)?;
             let mut suspended_sources = tx.open_table(SUSPENDED_SOURCES)?;
+            let mut rollouts = tx.open_table(ROLLOUTS)?;
             let mut statuses = tx.open_table(STATUSES)?;
             let mut seqs = tx.open_table(SEQS)?;
             let mut log = EventLog {
@@ -224,6 +232,14 @@ impl Store for RedbStore {
                         } else {
                             suspended_sources.remove(source.as_str())?;
                         }
+                        WriteOutcome::Done
+                    }
+                    Write::PutRollout(r) => {
+                        rollouts.insert(r.bundle.as_str(), enc(&r)?.as_slice())?;
+                        WriteOutcome::Done
+                    }
+                    Write::DeleteRollout(bundle) => {
+                        rollouts.remove(bundle.as_str())?;
                         WriteOutcome::Done
                     }
                     Write::PutLiveness(rows) => {

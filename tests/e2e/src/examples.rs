@@ -33,3 +33,42 @@ pub fn fleet_files() -> Vec<(String, Vec<u8>)> {
 pub fn bundles_yaml() -> String {
     std::fs::read_to_string(dir().join("bundles.yaml")).expect("read examples/bundles.yaml")
 }
+
+/// [`bundles_yaml`] without its `rollout:` blocks: the fleet scenarios of
+/// issue 6 and the reliability rows assert that a new generation reaches
+/// every target at once; tests/e2e/tests/rollout.rs covers rollouts (and
+/// `convoy dev`'s test runs the example fleet as it is).
+pub fn bundles_yaml_all_at_once() -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in bundles_yaml().lines() {
+        let indent = line.len() - line.trim_start().len();
+        if skipping && (line.trim().is_empty() || indent > 2) {
+            continue;
+        }
+        skipping = line.trim_end() == "  rollout:";
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn all_at_once_drops_only_the_rollout_blocks() {
+        let full = super::bundles_yaml();
+        let flat = super::bundles_yaml_all_at_once();
+        assert!(
+            full.contains("  rollout:\n") && full.contains("soak: 10s"),
+            "the example rolls web-prod out in waves"
+        );
+        assert!(!flat.contains("rollout:") && !flat.contains("soak:"), "{flat}");
+        for name in ["infra", "web-staging", "web-prod", "monitoring"] {
+            assert!(flat.contains(&format!("name: {name}\n")), "{name} kept");
+        }
+        assert_eq!(flat.matches("\n---\n").count(), full.matches("\n---\n").count());
+    }
+}

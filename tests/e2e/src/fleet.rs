@@ -41,7 +41,8 @@ pub struct FleetOptions {
     pub poll_interval: String,
     /// The repository content (default: `examples/fleet`).
     pub files: Vec<(String, Vec<u8>)>,
-    /// The Bundle documents (default: `examples/bundles.yaml`).
+    /// The Bundle documents (default: `examples/bundles.yaml` without rollouts,
+    /// [`crate::examples::bundles_yaml_all_at_once`]).
     pub bundles_yaml: String,
     /// Put the hub's data dir on a tmpfs of this many bytes (full-disk scenarios).
     pub hub_data_tmpfs: Option<u64>,
@@ -57,7 +58,7 @@ impl Default for FleetOptions {
             alerts: false,
             poll_interval: "2s".into(),
             files: crate::examples::fleet_files(),
-            bundles_yaml: crate::examples::bundles_yaml(),
+            bundles_yaml: crate::examples::bundles_yaml_all_at_once(),
             hub_data_tmpfs: None,
         }
     }
