@@ -229,6 +229,11 @@ impl Release {
         self.history.is_upgrade
     }
 
+    /// The release name.
+    pub fn name(&self) -> &str {
+        &self.parts.spec.name
+    }
+
     /// The release namespace (default namespace of its objects).
     pub fn namespace(&self) -> &str {
         &self.parts.spec.namespace
@@ -320,6 +325,53 @@ impl Release {
             .await
             .map_err(|e| Error::kube(format!("apply hook {}/{name}", h.kind()), e))?;
         wait_done(&api, h.kind(), &name, timeout, cancel).await
+    }
+
+    /// Prepare the release and run its `pre-install`/`pre-upgrade` hooks: what
+    /// both the one-shot apply and the agent controller do before applying the
+    /// release's objects. A failing hook is recorded as a `failed` revision
+    /// (never left `pending-*`) and returned.
+    pub async fn begin(
+        client: kube::Client,
+        parts: HelmParts,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(Self, Vec<HookRun>)> {
+        let r = Self::prepare(client, parts).await?;
+        match r.run_hooks(true, timeout, cancel).await {
+            Ok(runs) => Ok((r, runs)),
+            Err(e) => {
+                r.record(Status::Failed, &e.to_string()).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// After the release's objects were applied: with no `failure` (apply
+    /// error, or objects not ready when waited for), run the `post-*` hooks;
+    /// then write the record, `deployed` or `failed` with why. Returns the
+    /// post hooks that ran, and the failure (a failing post hook included).
+    pub async fn finish(
+        &self,
+        failure: Option<String>,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(Vec<HookRun>, Option<String>)> {
+        let (runs, failure) = match failure {
+            Some(why) => (Vec::new(), Some(why)),
+            None => match self.run_hooks(false, timeout, cancel).await {
+                Ok(runs) => (runs, None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            },
+        };
+        match &failure {
+            Some(why) => self.record(Status::Failed, why).await?,
+            None => {
+                let done = if self.is_upgrade() { "Upgrade complete" } else { "Install complete" };
+                self.record(Status::Deployed, done).await?
+            }
+        }
+        Ok((runs, failure))
     }
 
     /// Write the new revision's record (`deployed` or `failed`), mark the
