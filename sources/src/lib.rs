@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod git;
+pub mod helmrender;
 pub mod helmrepo;
 pub mod local;
 pub mod redact;

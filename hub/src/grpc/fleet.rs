@@ -143,6 +143,12 @@ fn build_conditions(view: &FleetView, bundle: &str) -> Vec<Condition> {
             out.push(Condition::new("Reconciling", true, "Pending", "waiting for the first build"));
         }
     }
+    // A Helm bundle's render warnings (a template calling `lookup`).
+    if let Some(h) = build.and_then(|b| b.artifact.as_ref()).and_then(|a| a.helm.as_ref())
+        && !h.warnings.is_empty()
+    {
+        out.push(Condition::new("Warning", true, "HelmRenderWarning", h.warnings.join("; ")));
+    }
     out
 }
 
