@@ -522,6 +522,9 @@ impl HubConfig {
         if let Some(t) = &mut self.store.tls {
             [&mut t.ca, &mut t.cert, &mut t.key].into_iter().flatten().for_each(abs);
         }
+        if let Some(p) = &mut self.helm.library {
+            abs(p);
+        }
     }
 }
 
