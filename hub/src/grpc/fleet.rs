@@ -174,6 +174,18 @@ fn bundle_view(view: &FleetView, name: &str, sel: &LabelSelector) -> Option<pb::
         clusters: cells,
         depends_on: b.spec.depends_on.clone(),
         size: record.map(|r| r.size).unwrap_or(0),
+        helm: record.and_then(|r| helm_chart(&r.statement)),
+    })
+}
+
+/// The chart named by a signed statement, for a Helm bundle.
+fn helm_chart(statement: &[u8]) -> Option<pb::HelmChartRef> {
+    let st: convoy_artifact::Statement = serde_json::from_slice(statement).ok()?;
+    st.helm.map(|h| pb::HelmChartRef {
+        chart: h.chart,
+        version: h.version,
+        chart_digest: h.chart_digest,
+        values_digest: h.values_digest,
     })
 }
 

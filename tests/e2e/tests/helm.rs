@@ -92,6 +92,16 @@ async fn heavy_helm_bundles_from_a_gitsource_chart_reach_three_clusters_as_helm_
     for v in &views {
         assert_eq!(condition(v, "Ready").map(|c| c.status.as_str()), Some("True"), "{}", v.name);
         assert!(condition(v, "Warning").is_none(), "no lookup in this chart");
+        // The signed statement names the chart and the values it was rendered with.
+        let h = v.helm.clone().expect("a Helm bundle's view names its chart");
+        assert_eq!((h.chart.as_str(), h.version.as_str()), ("greeter", "0.3.0"), "{}", v.name);
+        assert!(h.chart_digest.starts_with("sha256:"), "{h:?}");
+        let values = if v.name == "web-staging" {
+            json!({"greeting": "hello-staging", "color": "blue"})
+        } else {
+            json!({"greeting": "hello-prod", "replicas": 2, "color": "green"})
+        };
+        assert_eq!(h.values_digest, convoy_helm::values::values_digest(&values), "{}", v.name);
     }
 
     let expect = [
