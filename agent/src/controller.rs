@@ -1320,11 +1320,21 @@ async fn reconcile(
     )?;
     let timeout = opts.timeout.unwrap_or(ctx.tuning.default_timeout);
     let release = match helm {
-        Some(parts) => Some(
-            crate::helmsync::before_apply(ctx.engine.client(), parts, timeout, &ctx.shutdown)
-                .await
-                .map_err(|e| Failure::Failed(e, false, None))?,
-        ),
+        Some(parts) => {
+            let guard = crate::helmrelease::Guard {
+                bundle: &d.name,
+                agent_namespace: ctx.engine.namespace(),
+                tenancy: &opts.tenancy,
+            };
+            Some(
+                crate::helmsync::before_apply(ctx.engine.client(), parts, &guard, timeout, &ctx.shutdown)
+                    .await
+                    .map_err(|e| match e {
+                        e @ Error::Policy(_) => Failure::Refused(e),
+                        e => Failure::Failed(e, false, None),
+                    })?,
+            )
+        }
         None => None,
     };
     let report =

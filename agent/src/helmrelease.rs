@@ -22,7 +22,8 @@ use kube::discovery::Scope;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::objects::Manifest;
+use crate::objects::{Manifest, ObjKey};
+use crate::policy;
 use crate::{Error, Result};
 
 /// The field manager of hooks and release records.
@@ -198,6 +199,19 @@ pub struct HookRun {
     pub outcome: String,
 }
 
+/// The rules a release's hooks and record are judged by before anything of
+/// it is written: the bundle's tenancy, and the agent's reserved namespace
+/// (crate::policy).
+#[derive(Debug, Clone, Copy)]
+pub struct Guard<'a> {
+    /// The bundle.
+    pub bundle: &'a str,
+    /// The agent's namespace (reserved).
+    pub agent_namespace: &'a str,
+    /// The bundle's tenancy rules.
+    pub tenancy: &'a convoy_core::tenancy::Tenancy,
+}
+
 /// A release being installed or upgraded in one cluster.
 pub struct Release {
     client: kube::Client,
@@ -327,17 +341,32 @@ impl Release {
         wait_done(&api, h.kind(), &name, timeout, cancel).await
     }
 
-    /// Prepare the release and run its `pre-install`/`pre-upgrade` hooks: what
-    /// both the one-shot apply and the agent controller do before applying the
-    /// release's objects. A failing hook is recorded as a `failed` revision
-    /// (never left `pending-*`) and returned.
+    /// Prepare the release, judge what it writes besides its objects (hooks,
+    /// the release record) under the bundle's rules, and run its
+    /// `pre-install`/`pre-upgrade` hooks: what both the one-shot apply and the
+    /// agent controller do before applying the release's objects. A policy
+    /// violation is [`Error::Policy`] with nothing written; a failing hook is
+    /// recorded as a `failed` revision (never left `pending-*`) and returned.
     pub async fn begin(
         client: kube::Client,
         parts: HelmParts,
+        guard: &Guard<'_>,
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<(Self, Vec<HookRun>)> {
         let r = Self::prepare(client, parts).await?;
+        let keys = r.side_keys().await?;
+        let candidates: Vec<policy::Candidate<'_>> =
+            keys.iter().map(|key| policy::Candidate { key, takeover_from: None }).collect();
+        let (own, owners) = (Default::default(), Default::default());
+        let ctx = policy::Context {
+            bundle: guard.bundle,
+            agent_namespace: guard.agent_namespace,
+            tenancy: guard.tenancy,
+            own: &own,
+            owners: &owners,
+        };
+        policy::check(&ctx, &candidates).map_err(Error::Policy)?;
         match r.run_hooks(true, timeout, cancel).await {
             Ok(runs) => Ok((r, runs)),
             Err(e) => {
@@ -372,6 +401,22 @@ impl Release {
             }
         }
         Ok((runs, failure))
+    }
+
+    /// What the release writes outside the plan: every hook (namespaced ones
+    /// in their namespace or the release's, by discovery) and the release
+    /// record Secret in the release namespace.
+    async fn side_keys(&self) -> Result<Vec<ObjKey>> {
+        let mut keys = Vec::with_capacity(self.parts.hooks.len() + 1);
+        for h in &self.parts.hooks {
+            let api = self.api(h).await?;
+            let api_version = h.object["apiVersion"].as_str().unwrap_or_default();
+            let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+            keys.push(ObjKey::new(group, h.kind(), api.namespace(), h.name()));
+        }
+        let record = format!("sh.helm.release.v1.{}.v{}", self.name(), self.version());
+        keys.push(ObjKey::new("", "Secret", Some(self.namespace()), &record));
+        Ok(keys)
     }
 
     /// Write the new revision's record (`deployed` or `failed`), mark the

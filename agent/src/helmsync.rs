@@ -10,21 +10,26 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{HealthStatus, ObjectHealth};
-use crate::helmrelease::{HelmParts, Release};
+use crate::helmrelease::{Guard, HelmParts, Release};
 use crate::{Error, Result};
 
 /// Prepare the release (next revision from the release records in the
 /// cluster) and run its `pre-install`/`pre-upgrade` hooks.
+/// A hook or the record outside the bundle's rules is [`Error::Policy`]
+/// (the bundle is refused, nothing of the release written).
 pub(crate) async fn before_apply(
     client: &kube::Client,
     parts: HelmParts,
+    guard: &Guard<'_>,
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<Release> {
     let name = parts.spec.name.clone();
-    let (r, runs) = Release::begin(client.clone(), parts, timeout, cancel)
-        .await
-        .map_err(|e| release_failed(&name, None, &e.to_string()))?;
+    let (r, runs) =
+        Release::begin(client.clone(), parts, guard, timeout, cancel).await.map_err(|e| match e {
+            e @ Error::Policy(_) => e,
+            e => release_failed(&name, None, &e.to_string()),
+        })?;
     for h in runs {
         tracing::info!(release = %name, hook = %h.hook, event = %h.event, "helm hook {}", h.outcome);
     }

@@ -264,10 +264,17 @@ pub async fn apply_dir(
     let start = Instant::now();
     let engine = Engine::new(client.clone(), &opts.namespace, opts.concurrency);
     let (plan, helm) = verify_and_plan(&engine, opts).await?;
+    // The plan is judged before any hook runs.
+    crate::ownership::enforce(&engine, &plan, &opts.tenancy, None).await?;
     let mut hooks = Vec::new();
     let release = match helm {
         Some(parts) => {
-            let (r, runs) = Release::begin(client, parts, opts.timeout, cancel).await?;
+            let guard = crate::helmrelease::Guard {
+                bundle: &plan.bundle,
+                agent_namespace: engine.namespace(),
+                tenancy: &opts.tenancy,
+            };
+            let (r, runs) = Release::begin(client, parts, &guard, opts.timeout, cancel).await?;
             hooks.extend(runs);
             Some(r)
         }
@@ -275,7 +282,6 @@ pub async fn apply_dir(
     };
     let planned = start.elapsed();
     let (bundle, generation, revision) = (plan.bundle.clone(), plan.generation, plan.revision.clone());
-    crate::ownership::enforce(&engine, &plan, &opts.tenancy, None).await?;
     let apply = engine.apply(&plan, ApplyOptions { force: opts.force, prune: opts.prune }, cancel).await;
     tracing::debug!(
         verify_and_plan_ms = planned.as_millis() as u64,

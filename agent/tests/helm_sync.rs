@@ -84,24 +84,75 @@ async fn cell(
     b.clusters.into_iter().find(|c| c.cluster == "c1").and_then(|c| c.status)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heavy_controller_installs_and_upgrades_a_helm_release_with_hooks_and_records() {
-    init();
-    let tmp = tempfile::tempdir().unwrap();
-    let pipeline = convoy_hub::StaticPipeline::new(tmp.path().join("artifacts"));
-    let fleet_cfg = convoy_core::config::FleetConfig::parse([("fleet.yaml", FLEET)]).unwrap();
-    let hub = convoy_hub::Hub::start(
-        convoy_hub::HubConfig::local(tmp.path().join("hub")),
-        convoy_hub::HubOptions {
-            pipeline: Some(pipeline.clone()),
-            fleet: Some(fleet_cfg),
+/// A hub with a static pipeline, one kube-sim cluster `c1` (namespace `apps`
+/// created) and its agent.
+struct Env {
+    pipeline: std::sync::Arc<convoy_hub::StaticPipeline>,
+    hub: convoy_hub::HubHandle,
+    sim: kube_sim::KubeSim,
+    agent: convoy_agent::RunningAgent,
+    fleet: pb::fleet_client::FleetClient<tonic::transport::Channel>,
+    shutdown: CancellationToken,
+    _tmp: tempfile::TempDir,
+}
+
+impl Env {
+    async fn start(fleet_yaml: &str) -> Env {
+        init();
+        let tmp = tempfile::tempdir().unwrap();
+        let pipeline = convoy_hub::StaticPipeline::new(tmp.path().join("artifacts"));
+        let fleet_cfg = convoy_core::config::FleetConfig::parse([("fleet.yaml", fleet_yaml)]).unwrap();
+        let hub = convoy_hub::Hub::start(
+            convoy_hub::HubConfig::local(tmp.path().join("hub")),
+            convoy_hub::HubOptions {
+                pipeline: Some(pipeline.clone()),
+                fleet: Some(fleet_cfg),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("hub starts");
+        let token = hub
+            .create_token(Some("c1"), Default::default(), Duration::from_secs(3600), false)
+            .await
+            .unwrap()
+            .token;
+        let sim = sim_with(kube_sim::SimConfig {
+            readiness_delay: Duration::from_millis(50),
             ..Default::default()
-        },
-    )
-    .await
-    .expect("hub starts");
-    let publish = |generation: u64, bytes: &[u8]| {
-        pipeline
+        })
+        .await;
+        // As with Helm, the release namespace exists before the install.
+        let ns: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client(&sim));
+        ns.create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "apps"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+        std::fs::write(tmp.path().join("ca.pem"), &hub.ca_pem).unwrap();
+        std::fs::write(tmp.path().join("keys.pem"), &hub.trusted_keys_pem).unwrap();
+        std::fs::write(tmp.path().join("token"), &token).unwrap();
+        let mut cfg = AgentConfig::new(&hub.endpoint(), "c1", tmp.path().join("state"));
+        cfg.kube = KubeSource::Client(client(&sim));
+        cfg.hub_ca = Some(tmp.path().join("ca.pem"));
+        cfg.token_file = Some(tmp.path().join("token"));
+        cfg.trusted_keys = vec![tmp.path().join("keys.pem")];
+        cfg.tuning = Tuning { drift_debounce: Duration::from_millis(200), ..Tuning::default() };
+        let shutdown = CancellationToken::new();
+        let agent = Agent::start(cfg, shutdown.clone()).await.unwrap();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&hub.admin.ca_pem))
+            .domain_name(hub.server_name())
+            .identity(Identity::from_pem(&hub.admin.cert_pem, &hub.admin.key_pem));
+        let ch =
+            Endpoint::from_shared(hub.endpoint()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+        let fleet = pb::fleet_client::FleetClient::new(ch);
+        Env { pipeline, hub, sim, agent, fleet, shutdown, _tmp: tmp }
+    }
+
+    fn publish(&self, generation: u64, bytes: &[u8]) {
+        self.pipeline
             .publish(
                 "web",
                 "repo",
@@ -109,55 +160,31 @@ async fn heavy_controller_installs_and_upgrades_a_helm_release_with_hooks_and_re
                 &format!("main@sha1:{generation:040x}"),
                 bytes,
             )
-            .unwrap()
-    };
-    let pre = hook_job("migrate", "pre-install,pre-upgrade", "");
-    publish(1, &helm_artifact("hi", &pre));
-    let token = hub
-        .create_token(Some("c1"), Default::default(), Duration::from_secs(3600), false)
-        .await
-        .unwrap()
-        .token;
+            .unwrap();
+    }
 
-    let sim =
-        sim_with(kube_sim::SimConfig { readiness_delay: Duration::from_millis(50), ..Default::default() })
-            .await;
-    // As with Helm, the release namespace exists before the install.
-    let ns: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client(&sim));
-    ns.create(&Default::default(), &serde_json::from_value(json!({"metadata": {"name": "apps"}})).unwrap())
+    async fn phase(&self, generation: u64, phase: pb::Phase) -> pb::BundleStatus {
+        eventually(60, &format!("web {phase:?} at generation {generation}"), || {
+            let mut f = self.fleet.clone();
+            async move { cell(&mut f).await.filter(|s| s.phase == phase as i32 && s.generation == generation) }
+        })
         .await
-        .unwrap();
-    std::fs::write(tmp.path().join("ca.pem"), &hub.ca_pem).unwrap();
-    std::fs::write(tmp.path().join("keys.pem"), &hub.trusted_keys_pem).unwrap();
-    std::fs::write(tmp.path().join("token"), &token).unwrap();
-    let mut cfg = AgentConfig::new(&hub.endpoint(), "c1", tmp.path().join("state"));
-    cfg.kube = KubeSource::Client(client(&sim));
-    cfg.hub_ca = Some(tmp.path().join("ca.pem"));
-    cfg.token_file = Some(tmp.path().join("token"));
-    cfg.trusted_keys = vec![tmp.path().join("keys.pem")];
-    cfg.tuning = Tuning { drift_debounce: Duration::from_millis(200), ..Tuning::default() };
-    let shutdown = CancellationToken::new();
-    let agent = Agent::start(cfg, shutdown.clone()).await.unwrap();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&hub.admin.ca_pem))
-        .domain_name(hub.server_name())
-        .identity(Identity::from_pem(&hub.admin.cert_pem, &hub.admin.key_pem));
-    let ch = Endpoint::from_shared(hub.endpoint()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
-    let fleet = pb::fleet_client::FleetClient::new(ch);
-    let ready = |generation: u64| {
-        let fleet = fleet.clone();
-        async move {
-            eventually(60, &format!("web Ready at generation {generation}"), || {
-                let mut f = fleet.clone();
-                async move {
-                    cell(&mut f)
-                        .await
-                        .filter(|s| s.phase == pb::Phase::Ready as i32 && s.generation == generation)
-                }
-            })
-            .await
-        }
-    };
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.agent.join().await.unwrap();
+        self.hub.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_controller_installs_and_upgrades_a_helm_release_with_hooks_and_records() {
+    let env = Env::start(FLEET).await;
+    let sim = &env.sim;
+    let pre = hook_job("migrate", "pre-install,pre-upgrade", "");
+    env.publish(1, &helm_artifact("hi", &pre));
+    let ready = |generation: u64| env.phase(generation, pb::Phase::Ready);
 
     // Install: only the release's object is in the inventory (no record, no hooks).
     let st = ready(1).await;
@@ -179,7 +206,7 @@ async fn heavy_controller_installs_and_upgrades_a_helm_release_with_hooks_and_re
     assert_eq!(recs[0].2["chart"]["metadata"]["name"], "demo");
 
     // Upgrade: numbered from the existing records.
-    publish(2, &helm_artifact("hello", &pre));
+    env.publish(2, &helm_artifact("hello", &pre));
     ready(2).await;
     assert_eq!(sim.object("", "configmaps", "apps", "web-settings").unwrap()["data"]["k"], "hello");
     let recs = eventually(10, "two release records", || async {
@@ -196,7 +223,7 @@ async fn heavy_controller_installs_and_upgrades_a_helm_release_with_hooks_and_re
     // A pre-upgrade hook that never finishes: recorded `failed`, the
     // release's objects untouched, the bundle not Ready at generation 3.
     let stuck = hook_job("migrate-stuck", "pre-upgrade", "    kube-sim.convoy.dev/unpullable: \"true\"\n");
-    publish(3, &helm_artifact("broken", &stuck));
+    env.publish(3, &helm_artifact("broken", &stuck));
     let failed = eventually(60, "a failed revision 3", || async {
         records(&sim).into_iter().find(|r| r.0 == 3 && r.1 == "failed")
     })
@@ -207,12 +234,29 @@ async fn heavy_controller_installs_and_upgrades_a_helm_release_with_hooks_and_re
         failed.2["info"]
     );
     assert_eq!(sim.object("", "configmaps", "apps", "web-settings").unwrap()["data"]["k"], "hello");
-    let st = cell(&mut fleet.clone()).await.unwrap();
+    let st = cell(&mut env.fleet.clone()).await.unwrap();
     assert_ne!(st.phase, pb::Phase::Ready as i32, "{st:?}");
     // Revision 2 stays the deployed one.
     assert!(records(&sim).iter().any(|r| r.0 == 2 && r.1 == "deployed"));
 
-    shutdown.cancel();
-    agent.join().await.unwrap();
-    hub.shutdown().await.unwrap();
+    env.stop().await;
+}
+
+/// Hooks and the release record are judged by the bundle's tenancy before
+/// anything of the release is written: a hook kind the bundle may not
+/// contain refuses the revision (Stalled, NotAllowed), no hook runs, no
+/// record is written, and the release's objects are not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_controller_refuses_a_helm_release_whose_hook_breaks_the_tenancy_rules() {
+    let fleet = FLEET.replace("  prune: true\n", "  prune: true\n  allowedKinds: [ConfigMap]\n");
+    let env = Env::start(&fleet).await;
+    env.publish(1, &helm_artifact("hi", &hook_job("migrate", "pre-install", "")));
+    let st = env.phase(1, pb::Phase::Stalled).await;
+    let reason = st.conditions.iter().map(|c| c.reason.as_str()).collect::<Vec<_>>();
+    assert!(reason.contains(&"NotAllowed"), "{st:?}");
+    assert!(st.message.contains("Job") && st.message.contains("migrate"), "{}", st.message);
+    assert!(env.sim.object("batch", "jobs", "apps", "migrate").is_none(), "the hook never ran");
+    assert!(records(&env.sim).is_empty(), "no release record");
+    assert!(env.sim.object("", "configmaps", "apps", "web-settings").is_none(), "nothing applied");
+    env.stop().await;
 }
