@@ -198,7 +198,7 @@ async fn heavy_controller_installs_and_upgrades_a_helm_release_with_hooks_and_re
         "the hook Job was waited for until Complete: {job}"
     );
     assert!(sim.object("", "configmaps", "apps", "post-marker").is_some(), "the post-install hook ran");
-    let recs = records(&sim);
+    let recs = records(sim);
     assert_eq!(recs.len(), 1, "{recs:?}");
     assert_eq!((recs[0].0, recs[0].1.as_str()), (1, "deployed"));
     assert_eq!(recs[0].2["config"], json!({"greeting": "hi"}));
@@ -210,7 +210,7 @@ async fn heavy_controller_installs_and_upgrades_a_helm_release_with_hooks_and_re
     ready(2).await;
     assert_eq!(sim.object("", "configmaps", "apps", "web-settings").unwrap()["data"]["k"], "hello");
     let recs = eventually(10, "two release records", || async {
-        let r = records(&sim);
+        let r = records(sim);
         (r.len() == 2).then_some(r)
     })
     .await;
@@ -225,7 +225,7 @@ async fn heavy_controller_installs_and_upgrades_a_helm_release_with_hooks_and_re
     let stuck = hook_job("migrate-stuck", "pre-upgrade", "    kube-sim.convoy.dev/unpullable: \"true\"\n");
     env.publish(3, &helm_artifact("broken", &stuck));
     let failed = eventually(60, "a failed revision 3", || async {
-        records(&sim).into_iter().find(|r| r.0 == 3 && r.1 == "failed")
+        records(sim).into_iter().find(|r| r.0 == 3 && r.1 == "failed")
     })
     .await;
     assert!(
@@ -237,7 +237,7 @@ async fn heavy_controller_installs_and_upgrades_a_helm_release_with_hooks_and_re
     let st = cell(&mut env.fleet.clone()).await.unwrap();
     assert_ne!(st.phase, pb::Phase::Ready as i32, "{st:?}");
     // Revision 2 stays the deployed one.
-    assert!(records(&sim).iter().any(|r| r.0 == 2 && r.1 == "deployed"));
+    assert!(records(sim).iter().any(|r| r.0 == 2 && r.1 == "deployed"));
 
     env.stop().await;
 }

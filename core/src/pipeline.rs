@@ -55,7 +55,7 @@ pub struct BuiltArtifact {
     pub built_unix_ms: i64,
     /// For a Helm bundle: the chart it was rendered from (goes into the statement).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub helm: Option<BuiltHelm>,
+    pub helm: Option<Box<BuiltHelm>>,
 }
 
 /// The chart a Helm bundle's artifact was rendered from.

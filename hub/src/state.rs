@@ -1062,7 +1062,7 @@ impl Actor {
             let generation = above_floor(generation, self.floors.get(name).copied().unwrap_or(0));
             let mut statement =
                 Statement::new(name, &art.source_url, &art.revision, &art.digest, art.size, generation);
-            statement.helm = art.helm.as_ref().map(Into::into);
+            statement.helm = art.helm.as_deref().map(Into::into);
             let (bytes, signature) = match self.deps.signer.sign_statement(&statement) {
                 Ok(x) => x,
                 Err(e) => {

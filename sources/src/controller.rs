@@ -803,7 +803,7 @@ impl Worker {
                     for w in &r.helm.warnings {
                         warn!(bundle = %bundle, "helm: {w}");
                     }
-                    (r.artifact, Some(r.helm))
+                    (r.artifact, Some(Box::new(r.helm)))
                 }
                 None => (render(&tree, &path, &revision, &opts)?.artifact, None),
             };
