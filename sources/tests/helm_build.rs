@@ -4,7 +4,8 @@
 //! valuesFiles < values < valuesFrom), the bundle's kubeVersion in
 //! `.Capabilities`, the artifact in `convoy build --chart`'s layout (release
 //! record, hooks apart), the chart named for the statement, a `lookup`
-//! warning naming its template, a wrong chart version refused; and, without
+//! warning naming its template, a wrong chart version refused, `crds: Skip`
+//! leaving `crds/` out, a failing template named with its line; and, without
 //! Helm's library, a Helm bundle fails `HelmUnavailable` while a plain bundle
 //! of the same source builds.
 
@@ -30,6 +31,10 @@ const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Releas
 const HOOK: &str = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {{ .Release.Name }}-migrate\n  annotations:\n    helm.sh/hook: pre-install,pre-upgrade\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: m\n        image: busybox\n";
 const PROBE: &str = "{{- $ns := lookup \"v1\" \"Namespace\" \"\" \"kube-system\" }}\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-probe\ndata:\n  found: {{ if $ns }}\"yes\"{{ else }}\"no\"{{ end }}\n";
 
+const CRD: &str = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.example.com\nspec:\n  group: example.com\n  scope: Namespaced\n  names: {kind: Widget, plural: widgets}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema: {openAPIV3Schema: {type: object}}\n";
+const BROKEN: &str =
+    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  k: {{ .Values.missing.deeper }}\n";
+
 fn chart_files() -> Vec<(&'static str, &'static str)> {
     vec![
         ("charts/greeter/Chart.yaml", CHART),
@@ -37,6 +42,9 @@ fn chart_files() -> Vec<(&'static str, &'static str)> {
         ("charts/greeter/templates/cm.yaml", CM),
         ("charts/greeter/templates/migrate.yaml", HOOK),
         ("charts/greeter/templates/probe.yaml", PROBE),
+        ("charts/greeter/crds/widgets.yaml", CRD),
+        ("charts/broken/Chart.yaml", "apiVersion: v2\nname: broken\nversion: 0.1.0\n"),
+        ("charts/broken/templates/cm.yaml", BROKEN),
         ("envs/prod.yaml", "greeting: from-file\ncolor: from-file\nsize: from-file\n"),
         ("plain/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: plain\ndata:\n  k: v\n"),
     ]
@@ -99,7 +107,9 @@ async fn heavy_a_chart_directory_in_a_gitsource_renders_with_merged_values() {
     std::fs::write(&from, "sizes: large\nunused: x\n").unwrap();
     let bundles = format!(
         "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: web\nspec:\n  source: fleet\n  targets:\n  - clusterSelector: {{}}\n  helm:\n    path: charts/greeter\n    chart: greeter\n    version: 0.3.0\n    releaseName: web\n    namespace: apps\n    kubeVersion: \"1.29\"\n    valuesFiles: [envs/prod.yaml]\n    values:\n      color: inline\n      size: inline\n    valuesFrom:\n    - file: {}\n      key: sizes\n      targetPath: size\n\
-         ---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: wrong-version\nspec:\n  source: fleet\n  targets:\n  - clusterSelector: {{}}\n  helm:\n    path: charts/greeter\n    version: 9.9.9\n",
+         ---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: wrong-version\nspec:\n  source: fleet\n  targets:\n  - clusterSelector: {{}}\n  helm:\n    path: charts/greeter\n    version: 9.9.9\n\
+         ---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: no-crds\nspec:\n  source: fleet\n  targets:\n  - clusterSelector: {{}}\n  helm:\n    path: charts/greeter\n    crds: Skip\n\
+         ---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: broken\nspec:\n  source: fleet\n  targets:\n  - clusterSelector: {{}}\n  helm:\n    path: charts/broken\n",
         from.display()
     );
     let (_fleet_tx, fleet_rx) = watch::channel(fleet(&url, &bundles));
@@ -112,8 +122,8 @@ async fn heavy_a_chart_directory_in_a_gitsource_renders_with_merged_values() {
     let shutdown = CancellationToken::new();
     let (sources, task) = Sources::start(cfg, fleet_rx, shutdown.clone()).unwrap();
     let mut builds = sources.builds();
-    let b = wait_for(&mut builds, "three builds", |m| {
-        done(m, "web") && done(m, "wrong-version") && done(m, "plain")
+    let b = wait_for(&mut builds, "five builds", |m| {
+        ["web", "wrong-version", "plain", "no-crds", "broken"].iter().all(|n| done(m, n))
     })
     .await;
 
@@ -136,6 +146,7 @@ async fn heavy_a_chart_directory_in_a_gitsource_renders_with_merged_values() {
     assert_eq!(
         fs.keys().map(String::as_str).collect::<Vec<_>>(),
         [
+            "helm/crds/greeter/crds/widgets.yaml",
             "helm/hooks/greeter/templates/migrate.yaml",
             "helm/release.yaml",
             "helm/templates/greeter/templates/cm.yaml",
@@ -165,6 +176,24 @@ async fn heavy_a_chart_directory_in_a_gitsource_renders_with_merged_values() {
     assert_eq!(err.reason, "InvalidConfig");
     assert!(err.message.contains("9.9.9") && err.message.contains("0.3.0"), "{}", err.message);
     assert!(b["plain"].artifact.as_ref().is_some_and(|a| a.helm.is_none()));
+
+    // crds: Skip leaves the chart's crds/ out of the artifact.
+    let no_crds = b["no-crds"].artifact.clone().expect("no-crds builds");
+    let fs = files(&sources.store().read(&no_crds.digest).unwrap());
+    assert!(
+        fs.contains_key("helm/release.yaml") && !fs.keys().any(|k| k.starts_with("helm/crds/")),
+        "{fs:?}"
+    );
+
+    // A template that fails names the template and the line; nothing is built.
+    let err = b["broken"].error.clone().expect("a broken template fails the build");
+    assert_eq!(err.reason, "RenderFailed");
+    assert!(
+        err.message.contains("broken/templates/cm.yaml") && err.message.contains("line 6"),
+        "{}",
+        err.message
+    );
+    assert!(b["broken"].artifact.is_none());
 
     shutdown.cancel();
     task.await.unwrap();
