@@ -3,7 +3,8 @@
 //! hook Job runs before the release's objects, Helm's release Secret is
 //! written after success, an upgrade is numbered from the existing records
 //! (revision 1 superseded, 2 deployed), and a failing pre-upgrade hook is
-//! recorded as a `failed` revision without touching the release's objects.
+//! recorded as a `failed` revision without touching the release's objects,
+//! then retried with backoff as a new revision (never left pending).
 
 mod common;
 
@@ -238,6 +239,15 @@ async fn heavy_controller_installs_and_upgrades_a_helm_release_with_hooks_and_re
     assert_ne!(st.phase, pb::Phase::Ready as i32, "{st:?}");
     // Revision 2 stays the deployed one.
     assert!(records(sim).iter().any(|r| r.0 == 2 && r.1 == "deployed"));
+    // The failed upgrade is retried with backoff, each attempt a new recorded
+    // revision; nothing is ever left pending.
+    eventually(60, "a retried, failed revision 4", || async {
+        records(sim).into_iter().find(|r| r.0 == 4 && r.1 == "failed")
+    })
+    .await;
+    let recs = records(sim);
+    assert!(recs.iter().all(|r| !r.1.starts_with("pending")), "{recs:?}");
+    assert!(recs.iter().any(|r| r.0 == 2 && r.1 == "deployed"), "{recs:?}");
 
     env.stop().await;
 }
