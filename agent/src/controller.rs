@@ -1281,6 +1281,9 @@ async fn reconcile(
     // Verification first: the statement before any download.
     let st = bundle::verify_statement(d, &ctx.trusted).map_err(Failure::Refused)?;
     let opts = &d.options;
+    // A Helm bundle's release record and hooks (crate::helmrelease) are not
+    // objects of the plan; a reused plan (same artifact) runs no hooks again.
+    let mut helm = None;
     let plan = match cached {
         Some(p) => p,
         None => {
@@ -1295,16 +1298,12 @@ async fn reconcile(
                 }
                 e => Failure::Failed(e, false, None),
             })?;
+            let (ms, parts) = crate::helmrelease::split(ms).map_err(Failure::Refused)?;
+            let ns = opts.target_namespace.clone().or(parts.as_ref().map(|h| h.spec.namespace.clone()));
+            helm = parts;
             let plan = ctx
                 .engine
-                .plan(
-                    &d.name,
-                    &st.source.revision,
-                    st.generation,
-                    &st.artifact.digest,
-                    ms,
-                    opts.target_namespace.as_deref(),
-                )
+                .plan(&d.name, &st.source.revision, st.generation, &st.artifact.digest, ms, ns.as_deref())
                 .await
                 .map_err(|e| match e {
                     e @ Error::Manifest { .. } => Failure::Refused(e),
@@ -1319,15 +1318,34 @@ async fn reconcile(
             e => Failure::Failed(e, false, None),
         },
     )?;
+    let timeout = opts.timeout.unwrap_or(ctx.tuning.default_timeout);
+    let release = match helm {
+        Some(parts) => {
+            let guard = crate::helmrelease::Guard {
+                bundle: &d.name,
+                agent_namespace: ctx.engine.namespace(),
+                tenancy: &opts.tenancy,
+            };
+            Some(
+                crate::helmsync::before_apply(ctx.engine.client(), parts, &guard, timeout, &ctx.shutdown)
+                    .await
+                    .map_err(|e| match e {
+                        e @ Error::Policy(_) => Failure::Refused(e),
+                        e => Failure::Failed(e, false, None),
+                    })?,
+            )
+        }
+        None => None,
+    };
     let report =
         ctx.engine.apply(&plan, ApplyOptions { force: opts.force, prune: opts.prune }, &ctx.shutdown).await;
     if let Some(e) = report.error {
         let changed = report.objects.iter().any(|o| {
             matches!(o.action, Action::Created | Action::Configured | Action::Recreated | Action::Pruned)
         });
+        crate::helmsync::after_failed_apply(release.as_ref(), &e, &ctx.shutdown).await;
         return Err(Failure::Failed(e, changed, report.failed_stage));
     }
-    let timeout = opts.timeout.unwrap_or(ctx.tuning.default_timeout);
     let targets = plan.targets();
     let health = if opts.wait {
         let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_secs(1));
@@ -1336,6 +1354,11 @@ async fn reconcile(
         health::check(ctx.engine.client(), &targets, ctx.engine.concurrency()).await
     }
     .map_err(|e| Failure::Failed(e, true, None))?;
+    if let Some(r) = &release {
+        crate::helmsync::after_apply(r, opts.wait, &health, timeout, &ctx.shutdown)
+            .await
+            .map_err(|e| Failure::Failed(e, true, None))?;
+    }
     let tracked = tracked_from(&plan, &report.inventory);
     Ok(Applied {
         plan,
@@ -1363,9 +1386,10 @@ async fn applied_plan(ctx: &Ctx, name: &str, a: &AppliedRevision) -> Result<Plan
     let bytes = artifact(ctx, &a.digest, st.artifact.size).await?;
     bundle::verify_artifact(&st, name, &bytes)?;
     let ms = manifests(ctx, bytes).await?;
-    ctx.engine
-        .plan(name, &a.revision, a.generation, &a.digest, ms, a.options.target_namespace.as_deref())
-        .await
+    // A Helm bundle's record and hooks are never drift-corrected as objects.
+    let (ms, helm) = crate::helmrelease::split(ms)?;
+    let ns = a.options.target_namespace.clone().or(helm.map(|h| h.spec.namespace));
+    ctx.engine.plan(name, &a.revision, a.generation, &a.digest, ms, ns.as_deref()).await
 }
 
 async fn restore(ctx: &Ctx, name: &str, a: &AppliedRevision) -> Result<Restored> {

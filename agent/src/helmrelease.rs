@@ -22,7 +22,8 @@ use kube::discovery::Scope;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::objects::Manifest;
+use crate::objects::{Manifest, ObjKey};
+use crate::policy;
 use crate::{Error, Result};
 
 /// The field manager of hooks and release records.
@@ -198,6 +199,19 @@ pub struct HookRun {
     pub outcome: String,
 }
 
+/// The rules a release's hooks and record are judged by before anything of
+/// it is written: the bundle's tenancy, and the agent's reserved namespace
+/// (crate::policy).
+#[derive(Debug, Clone, Copy)]
+pub struct Guard<'a> {
+    /// The bundle.
+    pub bundle: &'a str,
+    /// The agent's namespace (reserved).
+    pub agent_namespace: &'a str,
+    /// The bundle's tenancy rules.
+    pub tenancy: &'a convoy_core::tenancy::Tenancy,
+}
+
 /// A release being installed or upgraded in one cluster.
 pub struct Release {
     client: kube::Client,
@@ -227,6 +241,11 @@ impl Release {
     /// Whether a revision existed (upgrade) or not (install).
     pub fn is_upgrade(&self) -> bool {
         self.history.is_upgrade
+    }
+
+    /// The release name.
+    pub fn name(&self) -> &str {
+        &self.parts.spec.name
     }
 
     /// The release namespace (default namespace of its objects).
@@ -320,6 +339,84 @@ impl Release {
             .await
             .map_err(|e| Error::kube(format!("apply hook {}/{name}", h.kind()), e))?;
         wait_done(&api, h.kind(), &name, timeout, cancel).await
+    }
+
+    /// Prepare the release, judge what it writes besides its objects (hooks,
+    /// the release record) under the bundle's rules, and run its
+    /// `pre-install`/`pre-upgrade` hooks: what both the one-shot apply and the
+    /// agent controller do before applying the release's objects. A policy
+    /// violation is [`Error::Policy`] with nothing written; a failing hook is
+    /// recorded as a `failed` revision (never left `pending-*`) and returned.
+    pub async fn begin(
+        client: kube::Client,
+        parts: HelmParts,
+        guard: &Guard<'_>,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(Self, Vec<HookRun>)> {
+        let r = Self::prepare(client, parts).await?;
+        let keys = r.side_keys().await?;
+        let candidates: Vec<policy::Candidate<'_>> =
+            keys.iter().map(|key| policy::Candidate { key, takeover_from: None }).collect();
+        let (own, owners) = (Default::default(), Default::default());
+        let ctx = policy::Context {
+            bundle: guard.bundle,
+            agent_namespace: guard.agent_namespace,
+            tenancy: guard.tenancy,
+            own: &own,
+            owners: &owners,
+        };
+        policy::check(&ctx, &candidates).map_err(Error::Policy)?;
+        match r.run_hooks(true, timeout, cancel).await {
+            Ok(runs) => Ok((r, runs)),
+            Err(e) => {
+                r.record(Status::Failed, &e.to_string()).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// After the release's objects were applied: with no `failure` (apply
+    /// error, or objects not ready when waited for), run the `post-*` hooks;
+    /// then write the record, `deployed` or `failed` with why. Returns the
+    /// post hooks that ran, and the failure (a failing post hook included).
+    pub async fn finish(
+        &self,
+        failure: Option<String>,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(Vec<HookRun>, Option<String>)> {
+        let (runs, failure) = match failure {
+            Some(why) => (Vec::new(), Some(why)),
+            None => match self.run_hooks(false, timeout, cancel).await {
+                Ok(runs) => (runs, None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            },
+        };
+        match &failure {
+            Some(why) => self.record(Status::Failed, why).await?,
+            None => {
+                let done = if self.is_upgrade() { "Upgrade complete" } else { "Install complete" };
+                self.record(Status::Deployed, done).await?
+            }
+        }
+        Ok((runs, failure))
+    }
+
+    /// What the release writes outside the plan: every hook (namespaced ones
+    /// in their namespace or the release's, by discovery) and the release
+    /// record Secret in the release namespace.
+    async fn side_keys(&self) -> Result<Vec<ObjKey>> {
+        let mut keys = Vec::with_capacity(self.parts.hooks.len() + 1);
+        for h in &self.parts.hooks {
+            let api = self.api(h).await?;
+            let api_version = h.object["apiVersion"].as_str().unwrap_or_default();
+            let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+            keys.push(ObjKey::new(group, h.kind(), api.namespace(), h.name()));
+        }
+        let record = format!("sh.helm.release.v1.{}.v{}", self.name(), self.version());
+        keys.push(ObjKey::new("", "Secret", Some(self.namespace()), &record));
+        Ok(keys)
     }
 
     /// Write the new revision's record (`deployed` or `failed`), mark the

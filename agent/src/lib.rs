@@ -33,6 +33,7 @@ mod diff;
 mod discovery;
 mod drift;
 mod error;
+mod helmsync;
 mod identity;
 mod kubeapi;
 mod outbox;

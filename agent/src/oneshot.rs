@@ -15,7 +15,6 @@ use crate::engine::{Action, ApplyOptions, ApplyReport, Engine, ObjectResult, Pla
 use crate::health::{self, HealthStatus, ObjectHealth};
 use crate::helmrelease::{HelmParts, Release};
 use crate::{Error, Result};
-use convoy_helm::release::Status;
 
 /// What to apply and how.
 #[derive(Debug, Clone)]
@@ -265,23 +264,24 @@ pub async fn apply_dir(
     let start = Instant::now();
     let engine = Engine::new(client.clone(), &opts.namespace, opts.concurrency);
     let (plan, helm) = verify_and_plan(&engine, opts).await?;
+    // The plan is judged before any hook runs.
+    crate::ownership::enforce(&engine, &plan, &opts.tenancy, None).await?;
+    let mut hooks = Vec::new();
     let release = match helm {
-        Some(parts) => Some(Release::prepare(client, parts).await?),
+        Some(parts) => {
+            let guard = crate::helmrelease::Guard {
+                bundle: &plan.bundle,
+                agent_namespace: engine.namespace(),
+                tenancy: &opts.tenancy,
+            };
+            let (r, runs) = Release::begin(client, parts, &guard, opts.timeout, cancel).await?;
+            hooks.extend(runs);
+            Some(r)
+        }
         None => None,
     };
-    let mut hooks = Vec::new();
-    if let Some(r) = &release {
-        match r.run_hooks(true, opts.timeout, cancel).await {
-            Ok(runs) => hooks.extend(runs),
-            Err(e) => {
-                r.record(Status::Failed, &e.to_string()).await?;
-                return Err(e);
-            }
-        }
-    }
     let planned = start.elapsed();
     let (bundle, generation, revision) = (plan.bundle.clone(), plan.generation, plan.revision.clone());
-    crate::ownership::enforce(&engine, &plan, &opts.tenancy, None).await?;
     let apply = engine.apply(&plan, ApplyOptions { force: opts.force, prune: opts.prune }, cancel).await;
     tracing::debug!(
         verify_and_plan_ms = planned.as_millis() as u64,
@@ -302,21 +302,10 @@ pub async fn apply_dir(
             None if health.iter().any(|h| h.status != HealthStatus::Current) => {
                 Some("not every object became ready in time".to_string())
             }
-            None => match r.run_hooks(false, opts.timeout, cancel).await {
-                Ok(runs) => {
-                    hooks.extend(runs);
-                    None
-                }
-                Err(e) => Some(e.to_string()),
-            },
+            None => None,
         };
-        match failure {
-            Some(why) => r.record(Status::Failed, &why).await?,
-            None => {
-                let done = if r.is_upgrade() { "Upgrade complete" } else { "Install complete" };
-                r.record(Status::Deployed, done).await?
-            }
-        }
+        let (runs, _failure) = r.finish(failure, opts.timeout, cancel).await?;
+        hooks.extend(runs);
     }
     Ok(OneShotReport {
         bundle,

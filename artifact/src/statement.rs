@@ -85,6 +85,17 @@ pub struct StatementHelm {
     pub values_digest: String,
 }
 
+impl From<&convoy_core::pipeline::BuiltHelm> for StatementHelm {
+    fn from(h: &convoy_core::pipeline::BuiltHelm) -> Self {
+        Self {
+            chart: h.chart.clone(),
+            version: h.version.clone(),
+            chart_digest: h.chart_digest.clone(),
+            values_digest: h.values_digest.clone(),
+        }
+    }
+}
+
 impl Statement {
     /// A statement with `keyId` unset.
     pub fn new(

@@ -373,6 +373,7 @@ impl DevFleet {
         std::fs::write(fleet_dir.join("bundles.yaml"), embedded::BUNDLES_YAML)?;
         std::fs::write(fleet_dir.join("dev-secrets.yaml"), DEV_SECRETS_BUNDLE)?;
         let cfg = HubConfig::from_file(&hub_config)?;
+        let cfg = crate::cmd_helm::with_worker(cfg);
         let hub = Hub::start(cfg, HubOptions::default()).await.context("start the hub")?;
         let admin = connect(&Conn::from_credentials(hub.admin.file.clone(), HumanDuration::from_secs(10)))
             .await

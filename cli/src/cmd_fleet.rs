@@ -666,6 +666,18 @@ struct BundleOut {
     conditions: Vec<ConditionOut>,
     summary: Summary,
     clusters: Vec<CellOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    helm: Option<HelmOut>,
+}
+
+/// The chart of a Helm bundle.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HelmOut {
+    chart: String,
+    version: String,
+    chart_digest: String,
+    values_digest: String,
 }
 
 fn bundle_out(b: pb::BundleView) -> BundleOut {
@@ -678,6 +690,12 @@ fn bundle_out(b: pb::BundleView) -> BundleOut {
         generation: b.generation,
         size: b.size,
         suspended: b.suspended,
+        helm: b.helm.map(|h| HelmOut {
+            chart: h.chart,
+            version: h.version,
+            chart_digest: h.chart_digest,
+            values_digest: h.values_digest,
+        }),
         depends_on: b.depends_on,
         conditions: b
             .conditions
@@ -892,7 +910,11 @@ async fn get(a: GetArgs) -> Result<()> {
                     if b.suspended { format!("{build} (suspended)") } else { build },
                 ];
                 if wide {
-                    row.push(b.path.clone());
+                    // A Helm bundle shows its chart where others show their path.
+                    row.push(match &b.helm {
+                        Some(h) => format!("{}@{}", h.chart, h.version),
+                        None => b.path.clone(),
+                    });
                     row.push(short_digest(&b.digest));
                     row.push(b.size.to_string());
                     row.push(b.suspended.to_string());

@@ -11,9 +11,8 @@ use anyhow::{Context, bail};
 use convoy_artifact::{
     ARTIFACT_FILE, Limits, SIGNATURE_FILE, STATEMENT_FILE, SigningKey, Statement, StatementHelm,
 };
-use convoy_helm::bundle::{artifact_files, chart_digest};
-use convoy_helm::release::ReleaseSpec;
-use convoy_helm::values::{merge_layers, read_values_file, values_digest};
+use convoy_helm::bundle::release_build;
+use convoy_helm::values::{merge_layers, read_values_file};
 use convoy_helm::{Capabilities, ChartInput, RenderRequest, Renderer, WorkerCommand};
 
 use crate::cmd_artifact::{BuildArgs, write_atomic};
@@ -48,8 +47,19 @@ pub struct HelmBuildArgs {
 
 /// `X.Y` -> `v X.Y.0`; `vX.Y.Z` and `X.Y.Z` are kept (with a `v`).
 fn kube_version(v: &str) -> String {
-    let v = v.trim_start_matches('v');
-    if v.matches('.').count() == 1 { format!("v{v}.0") } else { format!("v{v}") }
+    convoy_helm::values::normalize_kube_version(v)
+}
+
+/// A hub config whose Helm render worker is this binary's `helm-worker`
+/// command, unless the config names one.
+pub(crate) fn with_worker(mut cfg: convoy_hub::HubConfig) -> convoy_hub::HubConfig {
+    if cfg.helm.worker.is_empty()
+        && std::env::var_os(convoy_helm::client::WORKER_ENV).is_none()
+        && let Ok(exe) = std::env::current_exe()
+    {
+        cfg.helm.worker = vec![exe.display().to_string(), "helm-worker".into()];
+    }
+    cfg
 }
 
 pub(crate) fn build_chart(a: &BuildArgs) -> anyhow::Result<ExitCode> {
@@ -108,27 +118,14 @@ pub(crate) fn build_chart(a: &BuildArgs) -> anyhow::Result<ExitCode> {
     for w in &rendered.warnings {
         eprintln!("warning: {w}");
     }
-    let (chart_digest, values_digest) = (chart_digest(&chart)?, values_digest(&values));
-    let spec = ReleaseSpec {
-        name: release,
-        namespace: h.namespace.clone(),
-        chart_metadata: rendered.chart.metadata.clone(),
-        chart_values: rendered.chart.default_values.clone(),
-        config: values,
-        notes: rendered.notes.clone(),
-        manifest: rendered.manifest(),
-        chart_digest: chart_digest.clone(),
-        values_digest: values_digest.clone(),
-        max_history: h.max_history,
-    };
-    let files = artifact_files(&rendered, &spec, true)?;
-    let art = convoy_artifact::pack_files(files, &Limits::default())?;
+    let build = release_build(&rendered, &chart, values, &release, &h.namespace, h.max_history, true)?;
+    let art = convoy_artifact::pack_files(build.files, &Limits::default())?;
     let statement = Statement::new(&name, &a.source_url, &a.revision, &art.digest, art.size, a.generation)
         .with_helm(StatementHelm {
-            chart: rendered.chart.name.clone(),
-            version: rendered.chart.version.clone(),
-            chart_digest,
-            values_digest,
+            chart: build.chart,
+            version: build.version,
+            chart_digest: build.chart_digest,
+            values_digest: build.values_digest,
         });
     let (statement_bytes, signature) = key.sign_statement(&statement)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;

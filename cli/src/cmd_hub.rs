@@ -23,6 +23,7 @@ pub async fn run(args: HubArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    let cfg = crate::cmd_helm::with_worker(cfg);
     let hub = match Hub::start(cfg, HubOptions::default()).await {
         Ok(h) => h,
         Err(e @ (convoy_hub::Error::Config(_) | convoy_hub::Error::Core(_))) => {

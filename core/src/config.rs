@@ -287,6 +287,139 @@ pub struct BundleSpec {
     /// every targeted cluster gets a new generation at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::RolloutSpec>,
+    /// A Helm chart to render instead of the plain YAML or kustomize at
+    /// `path` (docs/helm.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helm: Option<HelmSpec>,
+}
+
+/// `spec.helm` of a Bundle: which chart, and how to render it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HelmSpec {
+    /// The chart's name (in a repository); for `path`, optional, and when
+    /// set the chart at `path` must have this name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<String>,
+    /// The chart version: exact, or a semver range for repositories; for
+    /// `path`, the chart must have this exact version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// A `HelmRepository` source (not implemented yet: refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// An `OCIRepository` source (not implemented yet: refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci_repository: Option<String>,
+    /// A chart directory inside the bundle's GitSource (from the repository root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The release name. Default: the bundle name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_name: Option<String>,
+    /// The release namespace. Default: the bundle's `targetNamespace`, else `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Inline values (a mapping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<serde_json::Value>,
+    /// Values files in the GitSource (from the repository root), merged in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_files: Vec<String>,
+    /// Values files on the hub's disk, merged in order over `values`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values_from: Vec<ValuesFrom>,
+    /// The chart's `crds/`: `CreateReplace` (default) or `Skip`
+    /// (`Create` is accepted and treated as `CreateReplace` for now).
+    #[serde(default)]
+    pub crds: CrdPolicy,
+    /// Release records the agent keeps. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_history: Option<u32>,
+    /// `.Capabilities.KubeVersion` (`1.31` or `v1.31.2`). Default: the hub's
+    /// `helm.kubeVersion`, else Helm's built-in default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_version: Option<String>,
+}
+
+/// One `valuesFrom` entry: a YAML file on the hub.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ValuesFrom {
+    /// The file (absolute, or relative to the hub's working directory).
+    pub file: String,
+    /// Take only this top-level key of the file. Default: the whole file (a mapping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Put the value at this dotted path of the values (`image.tag`).
+    /// Default: merge it at the top (then it must be a mapping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_path: Option<String>,
+    /// A missing file (or key) is skipped instead of failing the build.
+    #[serde(default)]
+    pub optional: bool,
+}
+
+/// What to do with a chart's `crds/`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CrdPolicy {
+    /// Apply them in the CRD stage (the default).
+    #[default]
+    CreateReplace,
+    /// Same as `CreateReplace` for now.
+    Create,
+    /// Leave them out of the artifact.
+    Skip,
+}
+
+impl HelmSpec {
+    /// Check the spec: exactly one chart origin, values a mapping, supported
+    /// origins only. The message names the field.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let origins = [self.repository.is_some(), self.oci_repository.is_some(), self.path.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if origins != 1 {
+            return Err("spec.helm: set exactly one of repository, ociRepository, path".into());
+        }
+        if self.repository.is_some() {
+            return Err("spec.helm.repository: HelmRepository sources are not implemented yet; \
+                        vendor the chart into the GitSource and use spec.helm.path"
+                .into());
+        }
+        if self.oci_repository.is_some() {
+            return Err("spec.helm.ociRepository: OCIRepository sources are not implemented yet; \
+                        vendor the chart into the GitSource and use spec.helm.path"
+                .into());
+        }
+        if let Some(p) = &self.path {
+            check_bundle_path(p).map_err(|e| format!("spec.helm.path: {e}"))?;
+        }
+        for (i, f) in self.values_files.iter().enumerate() {
+            check_bundle_path(f).map_err(|e| format!("spec.helm.valuesFiles[{i}]: {e}"))?;
+        }
+        if let Some(v) = &self.values
+            && !v.is_object()
+        {
+            return Err("spec.helm.values must be a mapping".into());
+        }
+        for (i, v) in self.values_from.iter().enumerate() {
+            if v.file.trim().is_empty() {
+                return Err(format!("spec.helm.valuesFrom[{i}].file must not be empty"));
+            }
+            if v.target_path.as_deref().is_some_and(|t| t.split('.').any(str::is_empty)) {
+                return Err(format!("spec.helm.valuesFrom[{i}].targetPath has an empty segment"));
+            }
+        }
+        if let Some(n) = &self.release_name {
+            validate_name(n).map_err(|e| format!("spec.helm.releaseName: {e}"))?;
+        }
+        if let Some(n) = &self.namespace {
+            validate_name(n).map_err(|e| format!("spec.helm.namespace: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 fn default_path() -> String {
@@ -567,6 +700,7 @@ impl FleetConfig {
                 return Err(invalid(format!("spec.source: no GitSource named {:?}", b.spec.source)));
             }
             check_bundle_path(&b.spec.path).map_err(invalid)?;
+            b.spec.helm.as_ref().map(HelmSpec::check).transpose().map_err(invalid)?;
             if let Some(e) = b.spec.tenancy().validate().into_iter().next() {
                 return Err(invalid(format!("spec.{e}")));
             }
@@ -853,6 +987,43 @@ spec:
 
     fn labels(s: &str) -> Labels {
         crate::selector::parse_labels([s]).unwrap()
+    }
+
+    fn helm_bundle(helm: &str) -> Result<FleetConfig> {
+        let text = format!(
+            "apiVersion: convoy.dev/v1\nkind: GitSource\nmetadata:\n  name: repo\nspec:\n  url: https://x/r.git\n---\n\
+             apiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: web\nspec:\n  source: repo\n  helm:\n{helm}"
+        );
+        FleetConfig::parse([("fleet.yaml", text.as_str())])
+    }
+
+    #[test]
+    fn helm_bundles_need_exactly_one_supported_chart_origin() {
+        let f = helm_bundle(
+            "    path: charts/web\n    values: {a: 1}\n    valuesFiles: [envs/prod.yaml]\n    valuesFrom:\n    - {file: /etc/v.yaml, key: k, targetPath: a.b}\n    crds: Skip\n    maxHistory: 3\n",
+        )
+        .unwrap();
+        let h = f.bundles["web"].spec.helm.clone().unwrap();
+        assert_eq!(h.path.as_deref(), Some("charts/web"));
+        assert_eq!(h.values, Some(serde_json::json!({"a": 1})));
+        assert_eq!(h.values_from[0].target_path.as_deref(), Some("a.b"));
+        assert_eq!((h.crds, h.max_history), (CrdPolicy::Skip, Some(3)));
+        assert!(f.bundles["web"].spec.helm.is_some());
+        let msg = |helm: &str| helm_bundle(helm).unwrap_err().to_string();
+        assert!(msg("    chart: web\n").contains("set exactly one of repository, ociRepository, path"));
+        assert!(
+            msg("    path: a\n    repository: r\n")
+                .contains("set exactly one of repository, ociRepository, path")
+        );
+        assert!(msg("    repository: r\n    chart: web\n").contains("not implemented yet"));
+        assert!(msg("    ociRepository: r\n").contains("not implemented yet"));
+        assert!(msg("    path: ../../x\n").contains("spec.helm.path"));
+        assert!(msg("    path: a\n    values: [1]\n").contains("spec.helm.values must be a mapping"));
+        assert!(
+            msg("    path: a\n    valuesFrom: [{file: f, targetPath: a..b}]\n").contains("empty segment")
+        );
+        assert!(msg("    path: a\n    crds: Sometimes\n").contains("Sometimes"));
+        assert!(msg("    path: a\n    chartz: x\n").contains("chartz"), "unknown fields are refused");
     }
 
     #[test]

@@ -53,6 +53,26 @@ pub struct BuiltArtifact {
     pub files: u32,
     /// When it was built (Unix ms).
     pub built_unix_ms: i64,
+    /// For a Helm bundle: the chart it was rendered from (goes into the statement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helm: Option<Box<BuiltHelm>>,
+}
+
+/// The chart a Helm bundle's artifact was rendered from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuiltHelm {
+    /// The chart name.
+    pub chart: String,
+    /// The chart version.
+    pub version: String,
+    /// `sha256:<hex>` of the chart.
+    pub chart_digest: String,
+    /// `sha256:<hex>` of the merged user values.
+    pub values_digest: String,
+    /// Render warnings (a template calling `lookup`), surfaced as a condition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Why the last build of a bundle failed.

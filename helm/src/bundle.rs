@@ -54,6 +54,56 @@ pub fn artifact_files(
     Ok(files)
 }
 
+/// A rendered release ready to pack: its artifact files and what the
+/// statement says about it. `convoy build --chart` and the hub build both use
+/// [`release_build`], so the same inputs give the same bytes.
+#[derive(Debug, Clone)]
+pub struct ReleaseBuild {
+    /// The artifact files, sorted by path.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// The chart name.
+    pub chart: String,
+    /// The chart version.
+    pub version: String,
+    /// [`chart_digest`] of the chart.
+    pub chart_digest: String,
+    /// `sha256` of the canonical JSON of the merged user values.
+    pub values_digest: String,
+}
+
+/// The release record of `rendered` (rendered from `chart` with the merged
+/// user `values`) and its artifact files.
+pub fn release_build(
+    rendered: &Rendered,
+    chart: &ChartInput,
+    values: serde_json::Value,
+    release: &str,
+    namespace: &str,
+    max_history: u32,
+    include_crds: bool,
+) -> Result<ReleaseBuild> {
+    let (chart_digest, values_digest) = (chart_digest(chart)?, crate::values::values_digest(&values));
+    let spec = ReleaseSpec {
+        name: release.to_string(),
+        namespace: namespace.to_string(),
+        chart_metadata: rendered.chart.metadata.clone(),
+        chart_values: rendered.chart.default_values.clone(),
+        config: values,
+        notes: rendered.notes.clone(),
+        manifest: rendered.manifest(),
+        chart_digest: chart_digest.clone(),
+        values_digest: values_digest.clone(),
+        max_history,
+    };
+    Ok(ReleaseBuild {
+        files: artifact_files(rendered, &spec, include_crds)?,
+        chart: rendered.chart.name.clone(),
+        version: rendered.chart.version.clone(),
+        chart_digest,
+        values_digest,
+    })
+}
+
 fn yaml_name(name: &str) -> String {
     if name.ends_with(".yaml") || name.ends_with(".yml") { name.to_string() } else { format!("{name}.yaml") }
 }

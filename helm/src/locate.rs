@@ -43,6 +43,17 @@ pub fn find_library() -> Result<PathBuf> {
     )))
 }
 
+/// The library at an explicitly configured path (a file, or a directory
+/// holding `libhelm_c.so*`); `HelmUnavailable` if there is none.
+pub fn library_at(p: &Path) -> Result<PathBuf> {
+    in_place(p).ok_or_else(|| {
+        Error::HelmUnavailable(format!(
+            "{} is not a libhelm_c library file or a directory holding one",
+            p.display()
+        ))
+    })
+}
+
 fn in_place(p: &Path) -> Option<PathBuf> {
     if p.is_file() {
         return Some(p.to_path_buf());

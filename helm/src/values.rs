@@ -49,6 +49,13 @@ pub fn parse_values(name: &str, text: &str) -> Result<Value> {
     }
 }
 
+/// A Kubernetes version for `.Capabilities.KubeVersion`: `1.31` gives
+/// `v1.31.0`; `v1.20.15` and `1.29.3` keep their patch (with a `v`).
+pub fn normalize_kube_version(v: &str) -> String {
+    let v = v.trim().trim_start_matches('v');
+    if v.matches('.').count() == 1 { format!("v{v}.0") } else { format!("v{v}") }
+}
+
 /// Read and parse a values file.
 pub fn read_values_file(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path)

@@ -61,6 +61,28 @@ pub struct HubConfig {
     /// The file this config was read from (fleet documents in it are loaded too).
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
+    /// Rendering Helm bundles (docs/helm.md).
+    #[serde(default)]
+    pub helm: HelmSettings,
+}
+
+/// How the hub renders Helm bundles.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HelmSettings {
+    /// The default `.Capabilities.KubeVersion` (`1.31`); a bundle's
+    /// `helm.kubeVersion` wins. Default: Helm's built-in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_version: Option<String>,
+    /// The render worker command (program and arguments). Default:
+    /// `CONVOY_HELM_WORKER`, else `convoy-helm-worker` next to the hub's
+    /// executable; `convoy hub` and `convoy dev` use `convoy helm-worker`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub worker: Vec<String>,
+    /// `libhelm_c.so` (or a directory holding it). Default:
+    /// `CONVOY_HELM_LIBRARY`, else the installed helm-python-sdk package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub library: Option<PathBuf>,
 }
 
 /// The gRPC port.
@@ -431,6 +453,7 @@ impl HubConfig {
             store: StoreSettings::default(),
             alerts: AlertSettings::default(),
             config_file: None,
+            helm: HelmSettings::default(),
         }
     }
 
@@ -498,6 +521,9 @@ impl HubConfig {
         self.fleet.paths.iter_mut().for_each(abs);
         if let Some(t) = &mut self.store.tls {
             [&mut t.ca, &mut t.cert, &mut t.key].into_iter().flatten().for_each(abs);
+        }
+        if let Some(p) = &mut self.helm.library {
+            abs(p);
         }
     }
 }

@@ -87,6 +87,7 @@ impl StaticPipeline {
             size: bytes.len() as u64,
             files: 1,
             built_unix_ms: now_ms(),
+            helm: None,
         };
         let state = BundleBuildState { bundle: bundle.into(), artifact: Some(art.clone()), error: None };
         self.builds.send_modify(|b| {

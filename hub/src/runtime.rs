@@ -260,6 +260,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
                 cfg.artifacts.retention.get(),
                 fleet_rx,
                 shutdown.clone(),
+                &cfg.helm,
             )?;
             sources_task = Some(task);
             p

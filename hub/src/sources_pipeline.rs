@@ -26,9 +26,15 @@ impl GitPipeline {
         artifact_retention: std::time::Duration,
         fleet: watch::Receiver<Arc<FleetConfig>>,
         shutdown: CancellationToken,
+        helm: &crate::config::HelmSettings,
     ) -> Result<(Arc<Self>, tokio::task::JoinHandle<()>)> {
         let mut cfg = SourcesConfig::new(data_dir);
         cfg.artifact_retention = Some(artifact_retention);
+        cfg.helm.kube_version = helm.kube_version.clone();
+        cfg.helm.library = helm.library.clone();
+        cfg.helm.worker = helm.worker.split_first().map(|(program, args)| {
+            convoy_sources::helmrender::WorkerCommand { program: program.into(), args: args.to_vec() }
+        });
         let (sources, task) = Sources::start(cfg, fleet, shutdown).map_err(Error::Sources)?;
         Ok((Arc::new(Self { sources }), task))
     }

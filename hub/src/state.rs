@@ -1116,8 +1116,9 @@ impl Actor {
             let Some(generation) = next_generation(current.map(|r| &**r), art) else { continue };
             let generation = above_floor(generation, self.floors.get(name).copied().unwrap_or(0));
             let generation = above_floor(generation, self.rollouts.floor(name));
-            let statement =
+            let mut statement =
                 Statement::new(name, &art.source_url, &art.revision, &art.digest, art.size, generation);
+            statement.helm = art.helm.as_deref().map(Into::into);
             let (bytes, signature) = match self.deps.signer.sign_statement(&statement) {
                 Ok(x) => x,
                 Err(e) => {
@@ -1213,8 +1214,9 @@ impl Actor {
             }
             let Some(generation) = recovery_generation(&cur, reported, &digest) else { continue };
             let Ok(st) = serde_json::from_slice::<Statement>(&cur.statement) else { continue };
-            let statement =
+            let mut statement =
                 Statement::new(&bundle, &st.source.url, &cur.revision, &cur.digest, cur.size, generation);
+            statement.helm = st.helm.clone();
             let (bytes, signature) = match self.deps.signer.sign_statement(&statement) {
                 Ok(x) => x,
                 Err(e) => {

@@ -29,7 +29,7 @@ use std::time::Duration;
 use convoy_artifact::Limits;
 use convoy_core::backoff;
 use convoy_core::clock::now_ms;
-use convoy_core::config::{FleetConfig, GitSourceSpec, Named, RefSpec};
+use convoy_core::config::{FleetConfig, GitSourceSpec, HelmSpec, Named, RefSpec};
 use convoy_core::pipeline::{BuildError, BuiltArtifact, BundleBuildState, SourceStatus};
 use convoy_core::status::{Condition, Phase, READY, RECONCILING, STALLED, set_condition};
 use sha2::{Digest as _, Sha256};
@@ -67,6 +67,8 @@ pub struct SourcesConfig {
     pub artifact_retention: Option<Duration>,
     /// How often the GC runs.
     pub gc_interval: Duration,
+    /// How Helm bundles render.
+    pub helm: crate::helmrender::HelmSettings,
 }
 
 impl SourcesConfig {
@@ -82,6 +84,7 @@ impl SourcesConfig {
             backoff_max: Duration::from_secs(300),
             artifact_retention: Some(Duration::from_secs(24 * 3600)),
             gc_interval: Duration::from_secs(600),
+            helm: Default::default(),
         }
     }
 }
@@ -115,6 +118,9 @@ enum Event {
 struct BundleRef {
     name: String,
     path: String,
+    /// A Helm bundle's chart and values (crate::helmrender).
+    helm: Option<Box<HelmSpec>>,
+    target_namespace: Option<String>,
 }
 
 struct WorkerHandle {
@@ -351,7 +357,12 @@ impl Supervisor {
         for (name, src) in &fleet.sources {
             let bundles: Vec<BundleRef> = fleet
                 .bundles_of_source(name)
-                .map(|b| BundleRef { name: b.name.clone(), path: b.spec.path.clone() })
+                .map(|b| BundleRef {
+                    name: b.name.clone(),
+                    path: b.spec.path.clone(),
+                    helm: b.spec.helm.clone().map(Box::new),
+                    target_namespace: b.spec.target_namespace.clone(),
+                })
                 .collect();
             match self.workers.get_mut(name) {
                 Some(w) => {
@@ -531,6 +542,7 @@ struct BuildKey {
     commit: String,
     path: String,
     ignore: Option<String>,
+    helm: Option<Box<HelmSpec>>,
 }
 
 struct Worker {
@@ -753,6 +765,7 @@ impl Worker {
             commit: last.commit.clone(),
             path: b.path.clone(),
             ignore: self.spec.ignore.clone(),
+            helm: b.helm.clone(),
         };
         let todo: Vec<BundleRef> = self
             .bundles
@@ -825,12 +838,17 @@ impl Worker {
         // selects what is rendered changes it.
         let pairs: Vec<(String, String, String)> =
             bundles.iter().map(|b| (b.name.clone(), b.path.clone(), format!("{b:?}"))).collect();
-        tokio::task::spawn_blocking(move || {
+        // A Helm bundle reads its chart, values files and hub-side
+        // `valuesFrom` files, none of which `deps` resolves: it has no render
+        // key, so it is rendered whenever its build is due.
+        let helm: Vec<bool> = bundles.iter().map(|b| b.helm.is_some()).collect();
+        let keys = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             crate::deps::keys_at(&cache, &commit, &pairs, &opts, &stats)
         })
         .await
-        .unwrap_or(none)
+        .unwrap_or(none);
+        keys.into_iter().zip(helm).map(|(k, is_helm)| if is_helm { None } else { k }).collect()
     }
 
     /// The last good artifact, re-reported at `resolved`, if it is still in
@@ -860,13 +878,35 @@ impl Worker {
         let pending = self.pending.clone();
         let opts = self.render_options();
         let (bundle, path, source) = (b.name.clone(), b.path.clone(), self.name.clone());
+        let (helm, target_ns, helm_cfg) = (b.helm.clone(), b.target_namespace.clone(), self.cfg.helm.clone());
         let (commit, revision) = (resolved.commit.clone(), resolved.revision());
         let url = redact_url(&self.spec.url);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let tree = cache.tree(&commit)?;
-            let rendered = render(&tree, &path, &revision, &opts)?;
-            let a = rendered.artifact;
+            let (a, helm) = match helm {
+                // Helm's engine is looked for only when a Helm bundle builds.
+                Some(spec) => {
+                    let renderer = helm_cfg.renderer()?;
+                    let caps = helm_cfg.default_capabilities(&spec);
+                    let r = crate::helmrender::render_helm(
+                        &tree,
+                        &bundle,
+                        &spec,
+                        target_ns.as_deref(),
+                        &revision,
+                        &renderer,
+                        &caps,
+                        &[],
+                        &opts.limits,
+                    )?;
+                    for w in &r.helm.warnings {
+                        warn!(bundle = %bundle, "helm: {w}");
+                    }
+                    (r.artifact, Some(Box::new(r.helm)))
+                }
+                None => (render(&tree, &path, &revision, &opts)?.artifact, None),
+            };
             // Referenced from now until the supervisor has recorded the build.
             *pending.lock().unwrap_or_else(|p| p.into_inner()).entry(a.digest.clone()).or_default() += 1;
             if let Err(e) = store.put(&a.bytes) {
@@ -882,6 +922,7 @@ impl Worker {
                 size: a.size,
                 files: a.files,
                 built_unix_ms: now_ms(),
+                helm,
             })
         })
         .await

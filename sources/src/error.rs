@@ -101,6 +101,9 @@ pub enum Error {
     /// The pipeline has shut down.
     #[error("the source pipeline has shut down")]
     Shutdown,
+    /// Rendering a Helm chart failed (or Helm's engine is not available).
+    #[error("helm: {0}")]
+    Helm(#[from] convoy_helm::Error),
 }
 
 impl Error {
@@ -128,6 +131,7 @@ impl Error {
             Error::Config(_) => "InvalidConfig",
             Error::LocalRepo { .. } => "GitRepositoryError",
             Error::Shutdown => "Shutdown",
+            Error::Helm(h) => h.reason(),
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod controller;
 pub mod deps;
 pub mod git;
+pub mod helmrender;
 pub mod helmrepo;
 pub mod local;
 pub mod redact;

@@ -310,6 +310,7 @@ spec:
             size: 1,
             files: 1,
             built_unix_ms: 0,
+            helm: None,
         };
         assert_eq!(next_generation(None, &art), Some(1));
         assert_eq!(next_generation(Some(&rec("web", 4, "sha256:a")), &art), None);

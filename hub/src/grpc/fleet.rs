@@ -146,6 +146,12 @@ fn build_conditions(view: &FleetView, bundle: &str) -> Vec<Condition> {
             out.push(Condition::new("Reconciling", true, "Pending", "waiting for the first build"));
         }
     }
+    // A Helm bundle's render warnings (a template calling `lookup`).
+    if let Some(h) = build.and_then(|b| b.artifact.as_ref()).and_then(|a| a.helm.as_ref())
+        && !h.warnings.is_empty()
+    {
+        out.push(Condition::new("Warning", true, "HelmRenderWarning", h.warnings.join("; ")));
+    }
     out
 }
 
@@ -171,6 +177,18 @@ fn bundle_view(view: &FleetView, name: &str, sel: &LabelSelector) -> Option<pb::
         clusters: cells,
         depends_on: b.spec.depends_on.clone(),
         size: record.map(|r| r.size).unwrap_or(0),
+        helm: record.and_then(|r| helm_chart(&r.statement)),
+    })
+}
+
+/// The chart named by a signed statement, for a Helm bundle.
+fn helm_chart(statement: &[u8]) -> Option<pb::HelmChartRef> {
+    let st: convoy_artifact::Statement = serde_json::from_slice(statement).ok()?;
+    st.helm.map(|h| pb::HelmChartRef {
+        chart: h.chart,
+        version: h.version,
+        chart_digest: h.chart_digest,
+        values_digest: h.values_digest,
     })
 }
 

@@ -1,0 +1,272 @@
+//! The hub-driven agent (controller path) with a Helm bundle: the release
+//! record in the artifact is never applied as an object, the pre-install
+//! hook Job runs before the release's objects, Helm's release Secret is
+//! written after success, an upgrade is numbered from the existing records
+//! (revision 1 superseded, 2 deployed), and a failing pre-upgrade hook is
+//! recorded as a `failed` revision without touching the release's objects,
+//! then retried with backoff as a new revision (never left pending).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use convoy_agent::{Agent, AgentConfig, KubeSource, Tuning};
+use convoy_helm::release::{ReleaseSpec, decode_release};
+use convoy_proto::v1 as pb;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+const FLEET: &str = "apiVersion: convoy.dev/v1\nkind: GitSource\nmetadata:\n  name: repo\nspec:\n  url: https://git.example/fleet.git\n---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: web\nspec:\n  source: repo\n  path: web\n  prune: true\n  wait: true\n  timeout: 4s\n  targets:\n    - clusterSelector: {}\n";
+
+fn record(greeting: &str) -> String {
+    let spec = ReleaseSpec {
+        name: "web".into(),
+        namespace: "apps".into(),
+        chart_metadata: json!({"apiVersion": "v2", "name": "demo", "version": "1.0.0"}),
+        chart_values: json!({"greeting": "default"}),
+        config: json!({"greeting": greeting}),
+        notes: String::new(),
+        manifest: configmap("web-settings", greeting),
+        chart_digest: format!("sha256:{}", "a".repeat(64)),
+        values_digest: format!("sha256:{}", "b".repeat(64)),
+        max_history: 0,
+    };
+    serde_json::to_string(&spec.to_object()).unwrap()
+}
+
+fn hook_job(name: &str, events: &str, extra_annotations: &str) -> String {
+    format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\n  annotations:\n    helm.sh/hook: {events}\n{extra_annotations}spec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: m\n        image: busybox\n"
+    )
+}
+
+fn helm_artifact(greeting: &str, pre_hook: &str) -> Vec<u8> {
+    pack(&[
+        ("helm/release.yaml", record(greeting)),
+        ("helm/hooks/pre.yaml", pre_hook.to_string()),
+        (
+            "helm/hooks/post.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: post-marker\n  annotations:\n    helm.sh/hook: post-install,post-upgrade\ndata:\n  k: done\n".into(),
+        ),
+        ("helm/templates/cm.yaml", configmap("web-settings", greeting)),
+    ])
+    .bytes
+}
+
+/// The release records in the sim: version -> (status label, decoded release).
+fn records(sim: &kube_sim::KubeSim) -> Vec<(u64, String, Value)> {
+    let mut v: Vec<_> = sim
+        .objects("", "secrets")
+        .into_iter()
+        .filter(|s| s["type"] == "helm.sh/release.v1" && s["metadata"]["namespace"] == "apps")
+        .map(|s| {
+            let labels = &s["metadata"]["labels"];
+            let version = labels["version"].as_str().unwrap().parse().unwrap();
+            let b64 = s["data"]["release"].as_str().unwrap();
+            let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap();
+            let release = decode_release(std::str::from_utf8(&bytes).unwrap()).unwrap();
+            (version, labels["status"].as_str().unwrap().to_string(), release)
+        })
+        .collect();
+    v.sort_by_key(|r| r.0);
+    v
+}
+
+async fn cell(
+    fleet: &mut pb::fleet_client::FleetClient<tonic::transport::Channel>,
+) -> Option<pb::BundleStatus> {
+    let b = fleet
+        .get_bundle(pb::GetBundleRequest { name: "web".into(), ..Default::default() })
+        .await
+        .ok()?
+        .into_inner();
+    b.clusters.into_iter().find(|c| c.cluster == "c1").and_then(|c| c.status)
+}
+
+/// A hub with a static pipeline, one kube-sim cluster `c1` (namespace `apps`
+/// created) and its agent.
+struct Env {
+    pipeline: std::sync::Arc<convoy_hub::StaticPipeline>,
+    hub: convoy_hub::HubHandle,
+    sim: kube_sim::KubeSim,
+    agent: convoy_agent::RunningAgent,
+    fleet: pb::fleet_client::FleetClient<tonic::transport::Channel>,
+    shutdown: CancellationToken,
+    _tmp: tempfile::TempDir,
+}
+
+impl Env {
+    async fn start(fleet_yaml: &str) -> Env {
+        init();
+        let tmp = tempfile::tempdir().unwrap();
+        let pipeline = convoy_hub::StaticPipeline::new(tmp.path().join("artifacts"));
+        let fleet_cfg = convoy_core::config::FleetConfig::parse([("fleet.yaml", fleet_yaml)]).unwrap();
+        let hub = convoy_hub::Hub::start(
+            convoy_hub::HubConfig::local(tmp.path().join("hub")),
+            convoy_hub::HubOptions {
+                pipeline: Some(pipeline.clone()),
+                fleet: Some(fleet_cfg),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("hub starts");
+        let token = hub
+            .create_token(Some("c1"), Default::default(), Duration::from_secs(3600), false)
+            .await
+            .unwrap()
+            .token;
+        let sim = sim_with(kube_sim::SimConfig {
+            readiness_delay: Duration::from_millis(50),
+            ..Default::default()
+        })
+        .await;
+        // As with Helm, the release namespace exists before the install.
+        let ns: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client(&sim));
+        ns.create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "apps"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+        std::fs::write(tmp.path().join("ca.pem"), &hub.ca_pem).unwrap();
+        std::fs::write(tmp.path().join("keys.pem"), &hub.trusted_keys_pem).unwrap();
+        std::fs::write(tmp.path().join("token"), &token).unwrap();
+        let mut cfg = AgentConfig::new(&hub.endpoint(), "c1", tmp.path().join("state"));
+        cfg.kube = KubeSource::Client(client(&sim));
+        cfg.hub_ca = Some(tmp.path().join("ca.pem"));
+        cfg.token_file = Some(tmp.path().join("token"));
+        cfg.trusted_keys = vec![tmp.path().join("keys.pem")];
+        cfg.tuning = Tuning { drift_debounce: Duration::from_millis(200), ..Tuning::default() };
+        let shutdown = CancellationToken::new();
+        let agent = Agent::start(cfg, shutdown.clone()).await.unwrap();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&hub.admin.ca_pem))
+            .domain_name(hub.server_name())
+            .identity(Identity::from_pem(&hub.admin.cert_pem, &hub.admin.key_pem));
+        let ch =
+            Endpoint::from_shared(hub.endpoint()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+        let fleet = pb::fleet_client::FleetClient::new(ch);
+        Env { pipeline, hub, sim, agent, fleet, shutdown, _tmp: tmp }
+    }
+
+    fn publish(&self, generation: u64, bytes: &[u8]) {
+        self.pipeline
+            .publish(
+                "web",
+                "repo",
+                "https://git.example/fleet.git",
+                &format!("main@sha1:{generation:040x}"),
+                bytes,
+            )
+            .unwrap();
+    }
+
+    async fn phase(&self, generation: u64, phase: pb::Phase) -> pb::BundleStatus {
+        eventually(60, &format!("web {phase:?} at generation {generation}"), || {
+            let mut f = self.fleet.clone();
+            async move { cell(&mut f).await.filter(|s| s.phase == phase as i32 && s.generation == generation) }
+        })
+        .await
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.agent.join().await.unwrap();
+        self.hub.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_controller_installs_and_upgrades_a_helm_release_with_hooks_and_records() {
+    let env = Env::start(FLEET).await;
+    let sim = &env.sim;
+    let pre = hook_job("migrate", "pre-install,pre-upgrade", "");
+    env.publish(1, &helm_artifact("hi", &pre));
+    let ready = |generation: u64| env.phase(generation, pb::Phase::Ready);
+
+    // Install: only the release's object is in the inventory (no record, no hooks).
+    let st = ready(1).await;
+    assert_eq!(st.objects.unwrap().total, 1, "the record and hooks are not objects of the bundle");
+    assert_eq!(sim.object("", "configmaps", "apps", "web-settings").unwrap()["data"]["k"], "hi");
+    let job = sim
+        .object("batch", "jobs", "apps", "migrate")
+        .expect("the pre-install hook Job ran in the release namespace");
+    assert!(
+        job["status"]["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "Complete"),
+        "the hook Job was waited for until Complete: {job}"
+    );
+    assert!(sim.object("", "configmaps", "apps", "post-marker").is_some(), "the post-install hook ran");
+    let recs = records(sim);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!((recs[0].0, recs[0].1.as_str()), (1, "deployed"));
+    assert_eq!(recs[0].2["config"], json!({"greeting": "hi"}));
+    assert_eq!(recs[0].2["info"]["description"], "Install complete");
+    assert_eq!(recs[0].2["chart"]["metadata"]["name"], "demo");
+
+    // Upgrade: numbered from the existing records.
+    env.publish(2, &helm_artifact("hello", &pre));
+    ready(2).await;
+    assert_eq!(sim.object("", "configmaps", "apps", "web-settings").unwrap()["data"]["k"], "hello");
+    let recs = eventually(10, "two release records", || async {
+        let r = records(sim);
+        (r.len() == 2).then_some(r)
+    })
+    .await;
+    assert_eq!((recs[0].0, recs[0].1.as_str()), (1, "superseded"));
+    assert_eq!((recs[1].0, recs[1].1.as_str()), (2, "deployed"));
+    assert_eq!(recs[1].2["config"], json!({"greeting": "hello"}));
+    assert_eq!(recs[1].2["info"]["description"], "Upgrade complete");
+    assert_eq!(recs[1].2["info"]["first_deployed"], recs[0].2["info"]["first_deployed"]);
+
+    // A pre-upgrade hook that never finishes: recorded `failed`, the
+    // release's objects untouched, the bundle not Ready at generation 3.
+    let stuck = hook_job("migrate-stuck", "pre-upgrade", "    kube-sim.convoy.dev/unpullable: \"true\"\n");
+    env.publish(3, &helm_artifact("broken", &stuck));
+    let failed = eventually(60, "a failed revision 3", || async {
+        records(sim).into_iter().find(|r| r.0 == 3 && r.1 == "failed")
+    })
+    .await;
+    assert!(
+        failed.2["info"]["description"].as_str().unwrap().contains("pre-upgrade hook Job/migrate-stuck"),
+        "{}",
+        failed.2["info"]
+    );
+    assert_eq!(sim.object("", "configmaps", "apps", "web-settings").unwrap()["data"]["k"], "hello");
+    let st = cell(&mut env.fleet.clone()).await.unwrap();
+    assert_ne!(st.phase, pb::Phase::Ready as i32, "{st:?}");
+    // Revision 2 stays the deployed one.
+    assert!(records(sim).iter().any(|r| r.0 == 2 && r.1 == "deployed"));
+    // The failed upgrade is retried with backoff, each attempt a new recorded
+    // revision; nothing is ever left pending.
+    eventually(60, "a retried, failed revision 4", || async {
+        records(sim).into_iter().find(|r| r.0 == 4 && r.1 == "failed")
+    })
+    .await;
+    let recs = records(sim);
+    assert!(recs.iter().all(|r| !r.1.starts_with("pending")), "{recs:?}");
+    assert!(recs.iter().any(|r| r.0 == 2 && r.1 == "deployed"), "{recs:?}");
+
+    env.stop().await;
+}
+
+/// Hooks and the release record are judged by the bundle's tenancy before
+/// anything of the release is written: a hook kind the bundle may not
+/// contain refuses the revision (Stalled, NotAllowed), no hook runs, no
+/// record is written, and the release's objects are not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_controller_refuses_a_helm_release_whose_hook_breaks_the_tenancy_rules() {
+    let fleet = FLEET.replace("  prune: true\n", "  prune: true\n  allowedKinds: [ConfigMap]\n");
+    let env = Env::start(&fleet).await;
+    env.publish(1, &helm_artifact("hi", &hook_job("migrate", "pre-install", "")));
+    let st = env.phase(1, pb::Phase::Stalled).await;
+    let reason = st.conditions.iter().map(|c| c.reason.as_str()).collect::<Vec<_>>();
+    assert!(reason.contains(&"NotAllowed"), "{st:?}");
+    assert!(st.message.contains("Job") && st.message.contains("migrate"), "{}", st.message);
+    assert!(env.sim.object("batch", "jobs", "apps", "migrate").is_none(), "the hook never ran");
+    assert!(records(&env.sim).is_empty(), "no release record");
+    assert!(env.sim.object("", "configmaps", "apps", "web-settings").is_none(), "nothing applied");
+    env.stop().await;
+}

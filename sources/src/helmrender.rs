@@ -1,0 +1,335 @@
+//! Rendering a Helm bundle on the hub: a chart directory in the GitSource
+//! (`spec.helm.path`) is materialized from the commit into a private temp
+//! directory, its values are merged (chart defaults < `valuesFiles` <
+//! `values` < `valuesFrom` < per-cluster values), and Helm's engine renders
+//! it in a bounded worker process (convoy_helm::Renderer). The output becomes
+//! the same artifact `convoy build --chart` writes
+//! (convoy_helm::bundle::release_build). Blocking: the controller calls
+//! [`render_helm`] inside `spawn_blocking`. The value merge
+//! ([`merge_values`], [`values_from_layer`]) is pure.
+
+use std::path::PathBuf;
+
+use convoy_artifact::tree::normalize;
+use convoy_artifact::{EntryKind, IgnoreRules, Limits, PackedArtifact, Selection, Tree, select_files};
+use convoy_core::config::{CrdPolicy, HelmSpec, ValuesFrom};
+use convoy_core::pipeline::BuiltHelm;
+use convoy_helm::values::{merge_layers, normalize_kube_version, parse_values};
+pub use convoy_helm::{Capabilities, Renderer, WorkerCommand};
+use convoy_helm::{ChartInput, RenderRequest};
+use serde_json::{Map, Value};
+
+use crate::{Error, Result};
+
+/// How the hub renders charts.
+#[derive(Debug, Clone, Default)]
+pub struct HelmSettings {
+    /// The render worker; `None`: `CONVOY_HELM_WORKER`, else
+    /// `convoy-helm-worker` next to the running executable.
+    pub worker: Option<WorkerCommand>,
+    /// The library (`libhelm_c.so`, or a directory holding it); `None`:
+    /// `CONVOY_HELM_LIBRARY`, else the installed Python package.
+    pub library: Option<PathBuf>,
+    /// Time, memory and chart-size bounds of one render.
+    pub limits: convoy_helm::Limits,
+    /// The hub's default `.Capabilities.KubeVersion` (`1.31`); a bundle's
+    /// `helm.kubeVersion` wins over it.
+    pub kube_version: Option<String>,
+}
+
+impl HelmSettings {
+    /// A renderer, or `HelmUnavailable` saying where the library or worker was looked for.
+    pub fn renderer(&self) -> Result<Renderer> {
+        let worker = match &self.worker {
+            Some(w) => w.clone(),
+            None => WorkerCommand::discover()?,
+        };
+        Ok(match &self.library {
+            Some(p) => Renderer::with_library(worker, convoy_helm::locate::library_at(p)?, self.limits),
+            None => Renderer::new(worker, self.limits)?,
+        })
+    }
+
+    /// The Capabilities a bundle renders with when nothing more specific is
+    /// known: the bundle's `kubeVersion`, else the hub's, else Helm's default.
+    /// (Per-cluster Capabilities reported by agents replace this once
+    /// variants render per cluster: see docs/helm.md.)
+    pub fn default_capabilities(&self, spec: &HelmSpec) -> Capabilities {
+        let v = spec.kube_version.as_deref().or(self.kube_version.as_deref());
+        Capabilities { kube_version: v.map(normalize_kube_version).unwrap_or_default(), api_versions: vec![] }
+    }
+}
+
+/// A rendered Helm bundle.
+#[derive(Debug, Clone)]
+pub struct HelmRendered {
+    /// The artifact.
+    pub artifact: PackedArtifact,
+    /// What the statement says about the chart, and the render warnings.
+    pub helm: BuiltHelm,
+}
+
+/// The release name and namespace of a bundle: `releaseName` (default the
+/// bundle name), `namespace` (default the bundle's `targetNamespace`, else
+/// `default`).
+pub fn release_of(bundle: &str, spec: &HelmSpec, target_namespace: Option<&str>) -> (String, String) {
+    (
+        spec.release_name.clone().unwrap_or_else(|| bundle.to_string()),
+        spec.namespace.clone().or(target_namespace.map(String::from)).unwrap_or_else(|| "default".into()),
+    )
+}
+
+/// One `valuesFrom` layer from the file's text (`None`: the file is
+/// missing). Pure. Without `key` the whole file (a mapping) is the layer;
+/// with `key` only that top-level key; with `targetPath` the value is put at
+/// that dotted path. A missing file or key is an error unless `optional`
+/// (then the layer is `None`).
+pub fn values_from_layer(v: &ValuesFrom, text: Option<&str>) -> Result<Option<Value>> {
+    let missing = |what: String| {
+        if v.optional { Ok(None) } else { Err(Error::Config(format!("valuesFrom {}: {what}", v.file))) }
+    };
+    let Some(text) = text else { return missing("no such file".into()) };
+    let doc: Value = serde_saphyr::from_str(text).map_err(|e| {
+        Error::Config(format!("valuesFrom {}: {}", v.file, e.to_string().lines().next().unwrap_or_default()))
+    })?;
+    let value = match &v.key {
+        None => doc,
+        Some(k) => match doc.get(k) {
+            Some(x) => x.clone(),
+            None => return missing(format!("no key {k:?}")),
+        },
+    };
+    match &v.target_path {
+        Some(path) => {
+            let mut out = value;
+            for seg in path.rsplit('.') {
+                let mut m = Map::new();
+                m.insert(seg.to_string(), out);
+                out = Value::Object(m);
+            }
+            Ok(Some(out))
+        }
+        None if value.is_object() => Ok(Some(value)),
+        None if value.is_null() => Ok(Some(Value::Object(Map::new()))),
+        None => Err(Error::Config(format!(
+            "valuesFrom {}: the value is not a mapping; set targetPath to place it",
+            v.file
+        ))),
+    }
+}
+
+/// The merged user values, in the documented order: `values_files` <
+/// `inline` < `values_from` < `extra_values` (per-cluster values, the last
+/// word). Helm merges the result over the chart's own defaults. Pure.
+pub fn merge_values(
+    values_files: &[Value],
+    inline: Option<&Value>,
+    values_from: &[Value],
+    extra_values: &[Value],
+) -> Value {
+    merge_layers(values_files.iter().chain(inline).chain(values_from).chain(extra_values))
+}
+
+/// Render the Helm bundle `bundle` from `tree` (a commit of its GitSource).
+/// `revision` names the tree in messages; `extra_values` are per-cluster
+/// values (merged last); `capabilities` are the target's. Blocking.
+#[allow(clippy::too_many_arguments)]
+pub fn render_helm(
+    tree: &dyn Tree,
+    bundle: &str,
+    spec: &HelmSpec,
+    target_namespace: Option<&str>,
+    revision: &str,
+    renderer: &Renderer,
+    capabilities: &Capabilities,
+    extra_values: &[Value],
+    limits: &Limits,
+) -> Result<HelmRendered> {
+    let Some(chart_path) = &spec.path else {
+        return Err(Error::Config("spec.helm: only charts from a GitSource path are supported".into()));
+    };
+    let chart_path =
+        normalize(chart_path).map_err(|m| Error::Config(format!("helm.path {chart_path:?}: {m}")))?;
+    if tree.kind(&chart_path)? != Some(EntryKind::Dir) {
+        return Err(Error::PathNotFound { path: chart_path, revision: revision.to_string() });
+    }
+    // Values: every layer is read before a worker starts.
+    let mut files = Vec::new();
+    for f in &spec.values_files {
+        let p = normalize(f).map_err(|m| Error::Config(format!("helm.valuesFiles {f:?}: {m}")))?;
+        if tree.kind(&p)?.is_none() {
+            return Err(Error::PathNotFound { path: p, revision: revision.to_string() });
+        }
+        let text = tree.read_file(&p)?;
+        files.push(parse_values(&p, &String::from_utf8_lossy(&text))?);
+    }
+    let mut from = Vec::new();
+    for v in &spec.values_from {
+        let text = match std::fs::read_to_string(&v.file) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&v.file, e)),
+        };
+        from.extend(values_from_layer(v, text.as_deref())?);
+    }
+    let values = merge_values(&files, spec.values.as_ref(), &from, extra_values);
+
+    let dir = materialize(tree, &chart_path, renderer.limits().max_chart_bytes)?;
+    let chart = ChartInput::Path(dir.path().to_path_buf());
+    let (release, namespace) = release_of(bundle, spec, target_namespace);
+    let rendered = renderer.render(&RenderRequest {
+        chart: chart.clone(),
+        values: values.clone(),
+        release_name: release.clone(),
+        namespace: namespace.clone(),
+        revision: 1,
+        is_upgrade: false,
+        capabilities: capabilities.clone(),
+    })?;
+    if let Some(name) = &spec.chart
+        && *name != rendered.chart.name
+    {
+        return Err(Error::Config(format!(
+            "helm.chart {name:?}: the chart at {chart_path} is {:?}",
+            rendered.chart.name
+        )));
+    }
+    if let Some(v) = &spec.version
+        && *v != rendered.chart.version
+    {
+        return Err(Error::Config(format!(
+            "helm.version {v:?}: the chart at {chart_path} is version {}",
+            rendered.chart.version
+        )));
+    }
+    let build = convoy_helm::bundle::release_build(
+        &rendered,
+        &chart,
+        values,
+        &release,
+        &namespace,
+        spec.max_history.unwrap_or(0),
+        spec.crds != CrdPolicy::Skip,
+    )?;
+    let artifact = convoy_artifact::pack_files(build.files, limits)?;
+    Ok(HelmRendered {
+        artifact,
+        helm: BuiltHelm {
+            chart: build.chart,
+            version: build.version,
+            chart_digest: build.chart_digest,
+            values_digest: build.values_digest,
+            warnings: rendered.warnings.clone(),
+        },
+    })
+}
+
+/// Copy the chart directory out of the tree (every file: `.helmignore` is
+/// Helm's to apply), refusing more than `max_bytes` before Helm sees it.
+fn materialize(tree: &dyn Tree, chart_path: &str, max_bytes: u64) -> Result<tempfile::TempDir> {
+    let tmp =
+        tempfile::Builder::new().prefix("convoy-chart-").tempdir().map_err(|e| Error::io("tempdir", e))?;
+    let rules = IgnoreRules::without_defaults(None)?;
+    let mut total = 0u64;
+    for f in select_files(tree, chart_path, &rules, Selection::All)? {
+        let content = tree.read_file(&f.source)?;
+        total += content.len() as u64;
+        if total > max_bytes {
+            return Err(Error::Helm(convoy_helm::Error::ChartTooLarge {
+                chart: chart_path.to_string(),
+                size: total,
+                limit: max_bytes,
+            }));
+        }
+        let target: PathBuf = tmp.path().join(&f.path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        std::fs::write(&target, content).map_err(|e| Error::io(&target, e))?;
+    }
+    Ok(tmp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn vf(key: Option<&str>, target: Option<&str>, optional: bool) -> ValuesFrom {
+        ValuesFrom {
+            file: "/etc/convoy/v.yaml".into(),
+            key: key.map(String::from),
+            target_path: target.map(String::from),
+            optional,
+        }
+    }
+
+    #[test]
+    fn merge_order_is_files_then_inline_then_values_from_then_per_cluster() {
+        let files = [
+            json!({"a": "file1", "b": "file1", "c": "file1", "d": "file1", "keep": 1}),
+            json!({"b": "file2"}),
+        ];
+        let inline = json!({"c": "inline", "d": "inline", "e": "inline"});
+        let from = [json!({"d": "from", "e": "from", "f": "from"})];
+        let extra = [json!({"f": "cluster", "keep": null})];
+        let v = merge_values(&files, Some(&inline), &from, &extra);
+        assert_eq!(
+            v,
+            json!({"a": "file1", "b": "file2", "c": "inline", "d": "from", "e": "from", "f": "cluster"}),
+            "later layers win key by key, null removes"
+        );
+        assert_eq!(merge_values(&[], None, &[], &[]), json!({}));
+    }
+
+    #[test]
+    fn values_from_whole_file_key_and_target_path() {
+        let text = "image:\n  tag: v2\nreplicas: 3\n";
+        assert_eq!(
+            values_from_layer(&vf(None, None, false), Some(text)).unwrap(),
+            Some(json!({"image": {"tag": "v2"}, "replicas": 3}))
+        );
+        assert_eq!(
+            values_from_layer(&vf(Some("replicas"), Some("app.scale.replicas"), false), Some(text)).unwrap(),
+            Some(json!({"app": {"scale": {"replicas": 3}}}))
+        );
+        assert_eq!(
+            values_from_layer(&vf(Some("image"), None, false), Some(text)).unwrap(),
+            Some(json!({"tag": "v2"}))
+        );
+        // A scalar needs a target path.
+        let e = values_from_layer(&vf(Some("replicas"), None, false), Some(text)).unwrap_err();
+        assert!(e.to_string().contains("targetPath"), "{e}");
+    }
+
+    #[test]
+    fn values_from_missing_file_or_key_fails_unless_optional() {
+        let e = values_from_layer(&vf(None, None, false), None).unwrap_err();
+        assert!(e.to_string().contains("/etc/convoy/v.yaml: no such file"), "{e}");
+        assert_eq!(values_from_layer(&vf(None, None, true), None).unwrap(), None);
+        let e = values_from_layer(&vf(Some("nope"), None, false), Some("a: 1\n")).unwrap_err();
+        assert!(e.to_string().contains("no key \"nope\""), "{e}");
+        assert_eq!(values_from_layer(&vf(Some("nope"), None, true), Some("a: 1\n")).unwrap(), None);
+    }
+
+    #[test]
+    fn release_name_and_namespace_defaults() {
+        let mut s = HelmSpec::default();
+        assert_eq!(release_of("web", &s, None), ("web".into(), "default".into()));
+        assert_eq!(release_of("web", &s, Some("apps")), ("web".into(), "apps".into()));
+        s.release_name = Some("podinfo".into());
+        s.namespace = Some("edge".into());
+        assert_eq!(release_of("web", &s, Some("apps")), ("podinfo".into(), "edge".into()));
+    }
+
+    #[test]
+    fn capabilities_from_bundle_then_hub() {
+        let mut hub = HelmSettings::default();
+        let mut spec = HelmSpec::default();
+        assert_eq!(hub.default_capabilities(&spec).kube_version, "");
+        hub.kube_version = Some("1.29".into());
+        assert_eq!(hub.default_capabilities(&spec).kube_version, "v1.29.0");
+        spec.kube_version = Some("v1.31.2".into());
+        assert_eq!(hub.default_capabilities(&spec).kube_version, "v1.31.2");
+    }
+}
