@@ -730,11 +730,12 @@ impl FleetConfig {
                 if let Some(g) = &t.cluster_group
                     && !self.cluster_groups.contains_key(g)
                 {
-                    return Err(invalid(format!("spec.targets[{i}].clusterGroup: no ClusterGroup named {g:?}")));
+                    return Err(invalid(format!(
+                        "spec.targets[{i}].clusterGroup: no ClusterGroup named {g:?}"
+                    )));
                 }
                 if let Some(ns) = &t.namespace {
-                    validate_name(ns)
-                        .map_err(|e| invalid(format!("spec.targets[{i}].namespace: {e}")))?;
+                    validate_name(ns).map_err(|e| invalid(format!("spec.targets[{i}].namespace: {e}")))?;
                 }
                 for (j, p) in t.patches.iter().enumerate() {
                     if p.patch.trim().is_empty() {

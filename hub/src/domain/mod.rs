@@ -8,6 +8,7 @@ pub mod desired;
 pub mod model;
 pub mod summary;
 pub mod tokens;
+pub mod variants;
 
 pub use model::*;
 
