@@ -35,8 +35,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::domain::desired::{
-    ClusterDesired, DesiredIndex, above_floor, next_generation, recovery_generation, same_bundles,
+    ClusterDesired, DesiredIndex, Placed, Placements, above_floor, next_generation, recovery_generation,
+    same_bundles,
 };
+use crate::domain::variants::VariantRecord;
 use crate::domain::tokens::{self, check_registration};
 use crate::domain::{
     CertRef, ClusterRecord, DeploymentRecord, EventRecord, HUB_EVENT_SOURCE, Liveness, Rejection, TokenRecord,
@@ -63,6 +65,8 @@ pub struct ClusterShared {
     desired: watch::Sender<Arc<ClusterDesired>>,
     session: Mutex<Option<(u64, CancellationToken)>>,
     liveness_dirty: AtomicBool,
+    /// The Kubernetes version and API versions the agent reported in its Hello.
+    kube: ArcSwap<(String, Vec<String>)>,
 }
 
 impl ClusterShared {
@@ -77,7 +81,29 @@ impl ClusterShared {
             desired: watch::Sender::new(Arc::default()),
             session: Mutex::new(None),
             liveness_dirty: AtomicBool::new(false),
+            kube: ArcSwap::from_pointee((String::new(), Vec::new())),
         })
+    }
+
+    /// The Kubernetes version the agent reported ("" until it has).
+    pub fn kube_version(&self) -> String {
+        self.kube.load().0.clone()
+    }
+
+    /// The API versions (`group/version`) the agent's cluster serves.
+    pub fn api_versions(&self) -> Vec<String> {
+        self.kube.load().1.clone()
+    }
+
+    /// Record what the agent reported; whether the Kubernetes version changed.
+    pub fn set_kube(&self, version: &str, api_versions: &[String]) -> bool {
+        let cur = self.kube.load();
+        if cur.0 == version && cur.1 == api_versions {
+            return false;
+        }
+        let changed = cur.0 != version;
+        self.kube.store(Arc::new((version.to_string(), api_versions.to_vec())));
+        changed
     }
 
     /// The cluster name.
@@ -209,6 +235,10 @@ pub struct FleetView {
     pub builds: Builds,
     /// Bundles suspended by an operator.
     pub suspended: Arc<BTreeSet<String>>,
+    /// The signed per-cluster variants, by (bundle, variant key).
+    pub variants: Arc<BTreeMap<(String, String), Arc<DeploymentRecord>>>,
+    /// Each cluster's non-base placements, by cluster then bundle.
+    pub placements: Arc<BTreeMap<String, Placements>>,
 }
 
 /// A registration request, converted from the proto at the edge.
@@ -299,6 +329,16 @@ enum Cmd {
         applied: Vec<(String, u64, String)>,
     },
     SetFleet(Arc<FleetConfig>, Option<Reply<()>>),
+    /// `convoy vars`: set and unset a cluster's variables.
+    SetVars {
+        cluster: String,
+        set: BTreeMap<String, String>,
+        unset: Vec<String>,
+        reply: Reply<BTreeMap<String, String>>,
+    },
+    /// Recompute one cluster's variants (its agent reported a new
+    /// Kubernetes version).
+    RefreshVariants(String),
 }
 
 /// Sends commands to the state actor.
@@ -306,6 +346,7 @@ enum Cmd {
 pub struct StateHandle {
     tx: mpsc::Sender<Cmd>,
     view: watch::Receiver<Arc<FleetView>>,
+    ready: watch::Receiver<bool>,
 }
 
 impl StateHandle {
@@ -313,6 +354,15 @@ impl StateHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).await.map_err(|_| Error::ShuttingDown)?;
         rx.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Wait until the actor has computed every cluster's variants once after
+    /// start (before that, a customized bundle is missing from a cluster's
+    /// desired set, and a snapshot sent then would remove it). `false` if
+    /// not ready within `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut r = self.ready.clone();
+        tokio::time::timeout(timeout, r.wait_for(|v| *v)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// The current fleet view.
@@ -369,6 +419,22 @@ impl StateHandle {
         let _ = self.tx.send(Cmd::ReportApplied { cluster, applied }).await;
     }
 
+    /// Set (`set`) and remove (`unset`) variables of a cluster; returns its
+    /// variables after the change. Only that cluster's variants are recomputed.
+    pub async fn set_vars(
+        &self,
+        cluster: String,
+        set: BTreeMap<String, String>,
+        unset: Vec<String>,
+    ) -> Result<BTreeMap<String, String>> {
+        self.call(|reply| Cmd::SetVars { cluster, set, unset, reply }).await
+    }
+
+    /// Recompute a cluster's variants (fire and forget).
+    pub async fn refresh_variants(&self, cluster: String) {
+        let _ = self.tx.send(Cmd::RefreshVariants(cluster)).await;
+    }
+
     /// Replace the fleet config and wait until it is in force.
     pub async fn set_fleet(&self, fleet: Arc<FleetConfig>) -> Result<()> {
         self.call(|r| Cmd::SetFleet(fleet, Some(r))).await
@@ -393,6 +459,8 @@ pub struct StateDeps {
     pub pipeline: Arc<dyn crate::pipeline::SourcePipeline>,
     /// The wall clock (token expiry, certificate validity, generation stamps).
     pub clock: convoy_core::clock::SharedClock,
+    /// Where per-cluster variant artifacts are stored.
+    pub variant_store: Arc<crate::variants::VariantStore>,
 }
 
 /// The liveness that changed since the last call, of the clusters in `view`:
@@ -423,6 +491,20 @@ struct Actor {
     /// Generations agents reported for bundles the hub has no record of yet:
     /// their first build is signed above these.
     floors: HashMap<String, u64>,
+    /// Signed variants by (bundle, key), and the base digest each was built from.
+    variants: Arc<BTreeMap<(String, String), Arc<DeploymentRecord>>>,
+    variant_bases: HashMap<(String, String), String>,
+    /// Each cluster's placements of customized bundles.
+    placements: Arc<BTreeMap<String, Placements>>,
+    /// Clusters whose variants must be recomputed after this batch.
+    variants_pending: BTreeSet<String>,
+    /// Caches: variables used per base digest; build result per (base digest, key).
+    used_cache: HashMap<(String, String), Arc<BTreeMap<convoy_core::substitute::Variable, bool>>>,
+    built_cache: HashMap<(String, String), std::result::Result<(String, u64), String>>,
+    /// Variant failures already reported as events: (cluster, bundle) → message.
+    reported_variant_errors: HashMap<(String, String), String>,
+    /// Set once the first variant computation after start is published.
+    ready_tx: watch::Sender<bool>,
 }
 
 /// Build the actor from the loaded store and start it. The view is published
@@ -446,6 +528,13 @@ pub fn spawn(
         clusters.insert(rec.name.clone(), ClusterEntry { record: Arc::new(rec), shared });
     }
     let now = deps.clock.now_ms();
+    let mut variants = BTreeMap::new();
+    let mut variant_bases = HashMap::new();
+    for v in loaded.variants {
+        let k = (v.record.bundle.clone(), v.key.clone());
+        variant_bases.insert(k.clone(), v.base_digest);
+        variants.insert(k, Arc::new(v.record));
+    }
     let mut actor = Actor {
         fleet,
         builds: builds.borrow().clone(),
@@ -466,12 +555,20 @@ pub fn spawn(
         view_tx,
         dirty: true,
         floors: HashMap::new(),
+        variants: Arc::new(variants),
+        variant_bases,
+        placements: Arc::default(),
+        variants_pending: BTreeSet::new(),
+        used_cache: HashMap::new(),
+        built_cache: HashMap::new(),
+        reported_variant_errors: HashMap::new(),
+        ready_tx: watch::Sender::new(false),
     };
     actor.rebuild_index();
     actor.retarget(None);
     actor.publish();
     let (tx, rx) = mpsc::channel(4096);
-    let handle = StateHandle { tx, view: actor.view_tx.subscribe() };
+    let handle = StateHandle { tx, view: actor.view_tx.subscribe(), ready: actor.ready_tx.subscribe() };
     let task = tokio::spawn(actor.run(rx, builds, shutdown).instrument(info_span!("fleet_state")));
     (handle, task)
 }
@@ -529,6 +626,7 @@ impl Actor {
         // Builds present at start are processed now (new digests since the last run).
         self.on_builds().await;
         self.publish();
+        self.ready_tx.send_replace(true);
         let mut pipeline_open = true;
         loop {
             tokio::select! {
@@ -544,6 +642,7 @@ impl Actor {
                         }
                     }
                     self.finish(batch).await;
+                    self.refresh_pending_variants().await;
                 }
                 changed = builds.changed(), if pipeline_open => {
                     if changed.is_err() {
@@ -631,12 +730,17 @@ impl Actor {
                 records: self.records.clone(),
                 builds: self.builds.clone(),
                 suspended: self.suspended.clone(),
+                variants: self.variants.clone(),
+                placements: self.placements.clone(),
             }));
         }
     }
 
     fn rebuild_index(&mut self) {
-        self.index = Arc::new(DesiredIndex::build(&self.fleet, &self.records, &self.suspended, &self.index));
+        self.index = Arc::new(
+            DesiredIndex::build(&self.fleet, &self.records, &self.suspended, &self.index)
+                .with_variants(&self.variants, &self.index),
+        );
         self.dirty = true;
     }
 
@@ -650,11 +754,18 @@ impl Actor {
         };
         let mut changed = 0usize;
         for entry in targets {
-            let bundles = self.index.for_cluster(&self.fleet, &entry.record.name, &entry.record.labels);
             let current = match self.pending_desired.get(&entry.record.name) {
                 Some((_, d)) => d.clone(),
                 None => entry.shared.desired.borrow().clone(),
             };
+            let (labels, _) = self.fleet.cluster_facts(&entry.record.name, &entry.record.labels);
+            let bundles = self.index.for_cluster_placed(
+                &self.fleet,
+                &entry.record.name,
+                &labels,
+                self.placements.get(&entry.record.name),
+                &current.bundles,
+            );
             if same_bundles(&current.bundles, &bundles) && (current.version > 0 || bundles.is_empty()) {
                 continue;
             }
@@ -758,6 +869,18 @@ impl Actor {
                 self.publish();
                 *batch = self.begin();
             }
+            Cmd::SetVars { cluster, set, unset, reply } => match self.set_vars(&cluster, set, unset) {
+                Ok((writes, vars)) => {
+                    self.variants_pending.insert(cluster);
+                    batch.add(writes, reply, vars)
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Cmd::RefreshVariants(cluster) => {
+                self.variants_pending.insert(cluster);
+            }
             Cmd::SetFleet(fleet, reply) => {
                 // The commands before it are committed and published first:
                 // signing new generations commits on its own.
@@ -854,6 +977,7 @@ impl Actor {
             .insert(input.cluster.clone(), ClusterEntry { record: record.clone(), shared });
         self.tokens.insert(token.id.clone(), token.clone());
         self.retarget(Some(&input.cluster));
+        self.variants_pending.insert(input.cluster.clone());
         self.dirty = true;
         self.deps.metrics.registrations.get_or_create(&crate::metrics::ResultLabels { result: "ok" }).inc();
         info!(cluster = %input.cluster, token_id = %token.id, serial = %cert.serial, "cluster registered");
@@ -950,6 +1074,7 @@ impl Actor {
         Arc::make_mut(&mut self.clusters)
             .insert(cluster.into(), ClusterEntry { record: Arc::new(record.clone()), shared: entry.shared });
         self.retarget(Some(cluster));
+        self.variants_pending.insert(cluster.to_string());
         self.dirty = true;
         Ok(vec![
             Write::PutCluster(record.clone()),
@@ -1033,9 +1158,16 @@ impl Actor {
         Ok((writes, out))
     }
 
+    /// New builds or a new fleet config: sign the new base artifacts, then
+    /// recompute every cluster's variants.
+    async fn on_builds(&mut self) {
+        self.sign_base_builds().await;
+        self.refresh_variants(None).await;
+    }
+
     /// Turn new digests into signed generations (committed before anyone sees
     /// them), record build failures as events, and re-target.
-    async fn on_builds(&mut self) {
+    async fn sign_base_builds(&mut self) {
         let mut writes = Vec::new();
         let mut new_records = Vec::new();
         let mut events = Vec::new();
@@ -1059,7 +1191,8 @@ impl Actor {
             let Some(art) = &state.artifact else { continue };
             let current = self.records.get(name);
             let Some(generation) = next_generation(current.map(|r| &**r), art) else { continue };
-            let generation = above_floor(generation, self.floors.get(name).copied().unwrap_or(0));
+            // Generations are monotonic per bundle across its base and variants.
+            let generation = above_floor(generation, self.bundle_max_generation(name));
             let statement =
                 Statement::new(name, &art.source_url, &art.revision, &art.digest, art.size, generation);
             let (bytes, signature) = match self.deps.signer.sign_statement(&statement) {
@@ -1142,7 +1275,13 @@ impl Actor {
             if !targeted.contains_key(&bundle) {
                 continue;
             }
+            // A variant generation the hub signed itself is not a sign of a
+            // hub behind its agents.
+            if reported <= self.bundle_max_generation(&bundle) && self.variant_has_digest(&bundle, &digest) {
+                continue;
+            }
             let Some(generation) = recovery_generation(&cur, reported, &digest) else { continue };
+            let generation = above_floor(generation, self.bundle_max_generation(&bundle));
             let Ok(st) = serde_json::from_slice::<Statement>(&cur.statement) else { continue };
             let statement =
                 Statement::new(&bundle, &st.source.url, &cur.revision, &cur.digest, cur.size, generation);
@@ -1190,6 +1329,337 @@ impl Actor {
         self.rebuild_index();
         self.retarget(None);
         self.dirty = true;
+    }
+}
+
+/// Per-cluster variants (see [`crate::domain::variants`] and [`crate::variants`]).
+impl Actor {
+    /// The highest generation issued for `bundle`, base and variants, or
+    /// reported by agents before the hub had a record of it.
+    fn bundle_max_generation(&self, bundle: &str) -> u64 {
+        let base = self.records.get(bundle).map(|r| r.generation).unwrap_or(0);
+        let variants = self
+            .variants
+            .range((bundle.to_string(), String::new())..)
+            .take_while(|((b, _), _)| b == bundle)
+            .map(|(_, r)| r.generation)
+            .max()
+            .unwrap_or(0);
+        base.max(variants).max(self.floors.get(bundle).copied().unwrap_or(0))
+    }
+
+    fn variant_has_digest(&self, bundle: &str, digest: &str) -> bool {
+        self.variants
+            .range((bundle.to_string(), String::new())..)
+            .take_while(|((b, _), _)| b == bundle)
+            .any(|(_, r)| r.digest == digest)
+    }
+
+    fn set_vars(
+        &mut self,
+        cluster: &str,
+        set: BTreeMap<String, String>,
+        unset: Vec<String>,
+    ) -> Result<(Vec<Write>, BTreeMap<String, String>)> {
+        for k in set.keys().chain(unset.iter()) {
+            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+                return Err(Rejection::InvalidArgument(format!(
+                    "bad variable name {k:?}: use letters, digits, '_', '-' and '.'"
+                ))
+                .into());
+            }
+        }
+        let entry = self.entry(cluster)?.clone();
+        let mut record = (*entry.record).clone();
+        for k in &unset {
+            record.vars.remove(k);
+        }
+        record.vars.extend(set);
+        let vars = record.vars.clone();
+        Arc::make_mut(&mut self.clusters)
+            .insert(cluster.into(), ClusterEntry { record: Arc::new(record.clone()), shared: entry.shared });
+        self.dirty = true;
+        let shown: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Ok((
+            vec![
+                Write::PutCluster(record),
+                Write::AppendEvents(vec![hub_event(
+                    Severity::Info,
+                    "ClusterVarsChanged",
+                    "",
+                    format!("cluster {cluster} vars set to {{{}}}", shown.join(",")),
+                )]),
+            ],
+            vars,
+        ))
+    }
+
+    /// Recompute the variants of the clusters a batch touched, then publish.
+    async fn refresh_pending_variants(&mut self) {
+        for cluster in std::mem::take(&mut self.variants_pending) {
+            self.refresh_variants(Some(&cluster)).await;
+        }
+        self.publish();
+    }
+
+    /// The variables a bundle's base artifact uses (cached per base digest).
+    async fn used_variables(
+        &mut self,
+        bundle: &str,
+        base: &DeploymentRecord,
+    ) -> std::result::Result<Arc<BTreeMap<convoy_core::substitute::Variable, bool>>, String> {
+        let key = (bundle.to_string(), base.digest.clone());
+        if let Some(u) = self.used_cache.get(&key) {
+            return Ok(u.clone());
+        }
+        let path = self
+            .deps
+            .pipeline
+            .artifact_path(&base.digest)
+            .ok_or_else(|| format!("base artifact {} is not stored on the hub", base.digest))?;
+        let spec = self.fleet.bundles.get(bundle).map(|b| b.spec.clone()).ok_or("bundle left the fleet")?;
+        let used = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let files = crate::variants::unpack(&bytes).map_err(|e| e.to_string())?;
+            crate::variants::used_variables(&files, &spec).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let used = Arc::new(used);
+        self.used_cache.insert(key, used.clone());
+        Ok(used)
+    }
+
+    /// Build (or find in the cache) the variant `key` of `base`; returns its
+    /// digest and size, or the error (located for substitution problems).
+    async fn build_variant(
+        &mut self,
+        base: &DeploymentRecord,
+        key: &str,
+        input: &crate::domain::variants::EffectiveInput,
+        cluster: &str,
+    ) -> std::result::Result<(String, u64), String> {
+        let ck = (base.digest.clone(), key.to_string());
+        if let Some(r) = self.built_cache.get(&ck) {
+            return r.clone();
+        }
+        let path = self.deps.pipeline.artifact_path(&base.digest);
+        let store = self.deps.variant_store.clone();
+        let (input, cluster) = (input.clone(), cluster.to_string());
+        let digest = base.digest.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let path = path.ok_or_else(|| format!("base artifact {digest} is not stored on the hub"))?;
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let files = crate::variants::unpack(&bytes).map_err(|e| e.to_string())?;
+            let rendered = crate::variants::render(&files, &input, &cluster).map_err(|e| e.to_string())?;
+            let packed = crate::variants::pack(&rendered).map_err(|e| e.to_string())?;
+            store.put(&packed).map_err(|e| e.to_string())?;
+            Ok::<_, String>((packed.digest, packed.size))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        // Keep the cache small: only the current bases' entries matter.
+        if self.built_cache.len() > 100_000 {
+            self.built_cache.clear();
+        }
+        self.built_cache.insert(ck, r.clone());
+        r
+    }
+
+    /// Recompute the placements of `only` (every cluster when `None`) for
+    /// every customized bundle: build and sign the variants that are new
+    /// (one artifact per distinct effective input), record failures, commit,
+    /// then re-target those clusters. One cluster costs O(its bundles).
+    async fn refresh_variants(&mut self, only: Option<&str>) {
+        use crate::domain::variants::{ClusterFacts, Placement, is_customized, missing_message, placement};
+        let fleet = self.fleet.clone();
+        let clusters = self.clusters.clone();
+        let scope: Vec<&ClusterEntry> = match only {
+            Some(n) => clusters.get(n).into_iter().collect(),
+            None => clusters.values().collect(),
+        };
+        if scope.is_empty() {
+            return;
+        }
+        let mut placements = (*self.placements).clone();
+        if only.is_none() {
+            placements.retain(|c, _| clusters.contains_key(c));
+        }
+        let mut new_variants: Vec<VariantRecord> = Vec::new();
+        let mut signed: BTreeMap<(String, String), Arc<DeploymentRecord>> = BTreeMap::new();
+        let mut events = Vec::new();
+        let facts: Vec<(&ClusterEntry, Labels, BTreeMap<String, String>, String)> = scope
+            .iter()
+            .map(|e| {
+                let (labels, mut vars) = fleet.cluster_facts(&e.record.name, &e.record.labels);
+                vars.extend(e.record.vars.clone());
+                (*e, labels, vars, e.shared.kube_version())
+            })
+            .collect();
+        for (bname, bundle) in &fleet.bundles {
+            let spec = &bundle.spec;
+            let base = self.records.get(bname).cloned();
+            let (Some(base), true) = (base, is_customized(spec)) else {
+                for (e, ..) in &facts {
+                    if let Some(p) = placements.get_mut(&e.record.name) {
+                        p.remove(bname);
+                    }
+                }
+                continue;
+            };
+            let used = if spec.substitute.is_some() {
+                match self.used_variables(bname, &base).await {
+                    Ok(u) => u,
+                    Err(e) => {
+                        warn!(bundle = %bname, error = %e, "cannot read the variables a bundle uses");
+                        Arc::default()
+                    }
+                }
+            } else {
+                Arc::default()
+            };
+            for (e, labels, vars, kube) in &facts {
+                let name = &e.record.name;
+                let cf = ClusterFacts {
+                    name,
+                    labels,
+                    vars,
+                    kubernetes_version: (!kube.is_empty()).then_some(kube.as_str()),
+                };
+                let placed = match placement(spec, &cf, &used) {
+                    Placement::NotTargeted => None,
+                    Placement::Base => Some(Placed::Base),
+                    Placement::MissingVariables(missing, input) => {
+                        // Render anyway to get the located error.
+                        let key = input.key();
+                        Some(Placed::Failed(match self.build_variant(&base, &key, &input, name).await {
+                            Err(m) => m,
+                            Ok(_) => missing_message(&missing),
+                        }))
+                    }
+                    Placement::Variant { key, input } => {
+                        let k = (bname.clone(), key.clone());
+                        let current = self.variants.get(&k).is_some()
+                            && self.variant_bases.get(&k) == Some(&base.digest);
+                        if current || signed.contains_key(&k) {
+                            Some(Placed::Variant(key))
+                        } else {
+                            match self.build_variant(&base, &key, &input, name).await {
+                                Ok((digest, size)) => match self.sign_variant(&base, &key, &digest, size, &signed) {
+                                    Ok(v) => {
+                                        signed.insert(k, Arc::new(v.record.clone()));
+                                        events.push(hub_event(
+                                            Severity::Info,
+                                            "NewGeneration",
+                                            bname,
+                                            format!(
+                                                "generation {} of {bname} variant {key}: {} ({digest})",
+                                                v.record.generation, base.revision
+                                            ),
+                                        ));
+                                        new_variants.push(v);
+                                        Some(Placed::Variant(key))
+                                    }
+                                    Err(m) => Some(Placed::Failed(m)),
+                                },
+                                Err(m) => Some(Placed::Failed(m)),
+                            }
+                        }
+                    }
+                };
+                let rk = (name.clone(), bname.clone());
+                match &placed {
+                    Some(Placed::Failed(m)) => {
+                        if self.reported_variant_errors.get(&rk) != Some(m) {
+                            warn!(cluster = %name, bundle = %bname, error = %m, "variant failed; the cluster keeps its last good generation");
+                            self.reported_variant_errors.insert(rk, m.clone());
+                            events.push((
+                                name.clone(),
+                                EventRecord::new(
+                                    Severity::Error,
+                                    "SubstitutionFailed",
+                                    bname,
+                                    format!("{m}; the cluster keeps its last good generation"),
+                                    now_ms(),
+                                ),
+                            ));
+                        }
+                    }
+                    _ => {
+                        self.reported_variant_errors.remove(&rk);
+                    }
+                }
+                let p = placements.entry(name.clone()).or_default();
+                match placed {
+                    Some(pl) => {
+                        p.insert(bname.clone(), pl);
+                    }
+                    None => {
+                        p.remove(bname);
+                    }
+                }
+            }
+        }
+        let mut writes: Vec<Write> = new_variants.iter().cloned().map(Write::PutVariant).collect();
+        if !events.is_empty() {
+            writes.push(Write::AppendEvents(events));
+        }
+        if !writes.is_empty() {
+            // Durable before visible, as for base generations.
+            if let Err(e) = self.deps.writer.commit(writes).await {
+                warn!(error = %e, "cannot store new variants; clusters keep their current generations");
+                return;
+            }
+        }
+        if !new_variants.is_empty() {
+            let m = Arc::make_mut(&mut self.variants);
+            for v in new_variants {
+                let k = (v.record.bundle.clone(), v.key.clone());
+                self.variant_bases.insert(k.clone(), v.base_digest.clone());
+                m.insert(k, Arc::new(v.record));
+                self.deps.metrics.generations_created.inc();
+            }
+        }
+        self.placements = Arc::new(placements);
+        self.rebuild_index();
+        self.retarget(only);
+        self.dirty = true;
+    }
+
+    /// Sign the variant `key` of `base` at the bundle's next generation
+    /// (above everything issued for it, `signed` included).
+    fn sign_variant(
+        &self,
+        base: &DeploymentRecord,
+        key: &str,
+        digest: &str,
+        size: u64,
+        signed: &BTreeMap<(String, String), Arc<DeploymentRecord>>,
+    ) -> std::result::Result<VariantRecord, String> {
+        let bundle = &base.bundle;
+        let in_batch = signed.iter().filter(|((b, _), _)| b == bundle).map(|(_, r)| r.generation).max();
+        let generation = self.bundle_max_generation(bundle).max(in_batch.unwrap_or(0)) + 1;
+        let url = serde_json::from_slice::<Statement>(&base.statement).map(|s| s.source.url).unwrap_or_default();
+        let statement =
+            Statement::new(bundle, &url, &base.revision, digest, size, generation).with_variant(key);
+        let (bytes, signature) = self.deps.signer.sign_statement(&statement).map_err(|e| e.to_string())?;
+        info!(bundle = %bundle, generation, digest, variant = key, "new variant generation");
+        Ok(VariantRecord {
+            key: key.to_string(),
+            base_digest: base.digest.clone(),
+            record: DeploymentRecord {
+                bundle: bundle.clone(),
+                generation,
+                digest: digest.to_string(),
+                size,
+                revision: base.revision.clone(),
+                source: base.source.clone(),
+                statement: bytes,
+                signature,
+                created_unix_ms: self.deps.clock.now_ms(),
+            },
+        })
     }
 }
 
@@ -1329,6 +1799,7 @@ spec:
                 statuses,
                 pipeline: pipeline.clone(),
                 clock: convoy_core::clock::system(),
+                variant_store: crate::variants::VariantStore::new(dir.path().join("variants")),
             },
             view_tx,
             shutdown.clone(),

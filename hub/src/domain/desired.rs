@@ -146,11 +146,29 @@ pub fn above_floor(generation: u64, floor: u64) -> u64 {
     generation.max(floor.saturating_add(1))
 }
 
+/// Where one cluster's copy of a bundle comes from, when it is not the
+/// bundle's base artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placed {
+    /// The base artifact (nothing customizes it on this cluster).
+    Base,
+    /// The signed variant with this key.
+    Variant(String),
+    /// The cluster's variant could not be built (a missing variable, a
+    /// failed patch): the message; the cluster keeps its last good generation.
+    Failed(String),
+}
+
+/// A cluster's non-base placements, by bundle.
+pub type Placements = BTreeMap<String, Placed>;
+
 /// Every bundle of the fleet that has a signed generation, with its options.
 #[derive(Debug, Clone, Default)]
 pub struct DesiredIndex {
     /// By bundle name.
     pub deployments: BTreeMap<String, Arc<Deployment>>,
+    /// The signed variants, by (bundle, variant key), with the bundle's options.
+    pub variants: BTreeMap<(String, String), Arc<Deployment>>,
 }
 
 impl DesiredIndex {
@@ -172,7 +190,60 @@ impl DesiredIndex {
             };
             deployments.insert(name.clone(), dep);
         }
-        Self { deployments }
+        Self { deployments, variants: BTreeMap::new() }
+    }
+
+    /// Add the signed variants (`(bundle, key) → record`), reusing
+    /// `previous`'s Arcs where nothing changed.
+    pub fn with_variants(
+        mut self,
+        variants: &BTreeMap<(String, String), Arc<DeploymentRecord>>,
+        previous: &DesiredIndex,
+    ) -> Self {
+        for (k, record) in variants {
+            // A variant is served with its bundle's options; a bundle with no
+            // base deployment (left the fleet) has none.
+            let Some(base) = self.deployments.get(&k.0) else { continue };
+            let options = base.options.clone();
+            let dep = match previous.variants.get(k) {
+                Some(p) if Arc::ptr_eq(&p.record, record) && p.options == options => p.clone(),
+                _ => Arc::new(Deployment { record: record.clone(), options }),
+            };
+            self.variants.insert(k.clone(), dep);
+        }
+        self
+    }
+
+    /// The bundles targeted at a cluster with its placements: the base
+    /// deployment, or its variant's; a failed placement keeps what the
+    /// cluster had (`current`), or nothing if it had nothing.
+    pub fn for_cluster_placed(
+        &self,
+        fleet: &FleetConfig,
+        cluster: &str,
+        labels: &Labels,
+        placements: Option<&Placements>,
+        current: &ClusterBundles,
+    ) -> ClusterBundles {
+        let mut out = ClusterBundles::new();
+        for (name, base) in &self.deployments {
+            if !fleet.bundles.get(name).is_some_and(|b| b.spec.targets_cluster(cluster, labels)) {
+                continue;
+            }
+            let customized = fleet.bundles.get(name).is_some_and(|b| super::variants::is_customized(&b.spec));
+            let dep = match placements.and_then(|p| p.get(name)) {
+                // Not computed yet for a customized bundle: keep what the
+                // cluster has until its variant is known (never the raw base).
+                None if customized => current.get(name).cloned(),
+                None | Some(Placed::Base) => Some(base.clone()),
+                Some(Placed::Variant(key)) => self.variants.get(&(name.clone(), key.clone())).cloned(),
+                Some(Placed::Failed(_)) => current.get(name).cloned(),
+            };
+            if let Some(dep) = dep {
+                out.insert(name.clone(), dep);
+            }
+        }
+        out
     }
 
     /// The bundles targeted at a cluster.

@@ -27,6 +27,10 @@ pub struct ClusterRecord {
     pub certs: Vec<CertRef>,
     /// Whether an operator revoked it.
     pub revoked: bool,
+    /// Variables set with `convoy vars` (over the fleet config's `Cluster`
+    /// documents), for substitution.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vars: std::collections::BTreeMap<String, String>,
 }
 
 impl ClusterRecord {

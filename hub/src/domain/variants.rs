@@ -21,6 +21,26 @@ use convoy_core::substitute::{Variable, Variables};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+/// A signed variant of a bundle, as stored: the variant key, the base
+/// artifact it was built from, and its generation record (whose statement
+/// names the key).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VariantRecord {
+    /// [`EffectiveInput::key`].
+    pub key: String,
+    /// The digest of the base artifact it was built from.
+    pub base_digest: String,
+    /// The signed generation (its `digest` is the variant artifact's).
+    pub record: super::DeploymentRecord,
+}
+
+impl VariantRecord {
+    /// The store key: `<bundle>/<variant key>`.
+    pub fn store_key(&self) -> String {
+        format!("{}/{}", self.record.bundle, self.key)
+    }
+}
+
 /// What the hub knows of one cluster, for variants.
 #[derive(Debug, Clone, Copy)]
 pub struct ClusterFacts<'a> {
@@ -157,8 +177,17 @@ pub enum Placement {
         input: EffectiveInput,
     },
     /// The documents use variables this cluster does not set and give no
-    /// default for: the cluster keeps its last good generation.
-    MissingVariables(Vec<Variable>),
+    /// default for: the cluster keeps its last good generation. The input
+    /// (with those variables unset) lets the caller render it to get the
+    /// located error (file, document, line).
+    MissingVariables(Vec<Variable>, EffectiveInput),
+}
+
+/// Whether the bundle can differ between clusters at all (`substitute:` or a
+/// target entry with a layer); if not, every cluster gets the base artifact
+/// and no variant is computed.
+pub fn is_customized(spec: &BundleSpec) -> bool {
+    spec.substitute.is_some() || spec.targets.iter().any(Target::has_layer)
 }
 
 /// How a target entry selects clusters, for explanations.
@@ -235,7 +264,7 @@ pub fn placement(
         }
     }
     if !missing.is_empty() {
-        return Placement::MissingVariables(missing);
+        return Placement::MissingVariables(missing, input);
     }
     if input.layers.is_empty() && input.variables.is_empty() {
         return Placement::Base;
@@ -269,7 +298,7 @@ pub fn group<'a>(
             Placement::Variant { key, input } => {
                 g.variants.entry(key).or_insert_with(|| (input, Vec::new())).1.push(c.name.to_string())
             }
-            Placement::MissingVariables(m) => {
+            Placement::MissingVariables(m, _) => {
                 g.missing.insert(c.name.to_string(), m);
             }
         }
@@ -457,8 +486,9 @@ spec:
         let f = fleet();
         let u = [("zone", true), ("size", false)];
         let p = place(&f, "web", "us-dev", "region=us", &[], &u);
-        assert_eq!(p, Placement::MissingVariables(vec![Variable::Var("zone".into())]));
-        let Placement::MissingVariables(m) = p else { unreachable!() };
+        let Placement::MissingVariables(m, i) = p else { panic!("expected missing variables, got {p:?}") };
+        assert_eq!(m, vec![Variable::Var("zone".into())]);
+        assert_eq!(i.variables[&Variable::Var("zone".into())].value, None);
         assert_eq!(
             missing_message(&m),
             "variable(s) not set for this cluster and without default: cluster.vars.zone"

@@ -97,6 +97,11 @@ pub async fn start(
         core.state.report_applied(name.clone(), held.collect()).await;
     }
 
+    // Customized bundles join a cluster's desired set once the hub has
+    // computed its variants after start: a snapshot before that would remove them.
+    if !core.state.wait_ready(std::time::Duration::from_secs(30)).await {
+        return Err(Status::unavailable("the hub is still computing desired state; retry"));
+    }
     let (tx, rx) = mpsc::channel(core.sessions.send_queue.max(2));
     let mut desired = shared.subscribe_desired();
     let snapshot = desired.borrow_and_update().clone();

@@ -46,6 +46,8 @@ pub struct Loaded {
     pub statuses: Vec<(String, StatusRecord)>,
     /// The id of the newest stored event (0 if none).
     pub last_event_id: u64,
+    /// The signed per-cluster variants of bundles.
+    pub variants: Vec<crate::domain::variants::VariantRecord>,
 }
 
 /// One mutation, applied inside a [`Store::commit`] transaction.
@@ -86,6 +88,8 @@ pub enum Write {
     /// Store an agent's outbox entries with seq above the stored one, and the
     /// new last seq, idempotently.
     AgentBatch(AgentBatch),
+    /// Insert or replace the signed variant (bundle, variant key).
+    PutVariant(crate::domain::variants::VariantRecord),
 }
 
 /// What one [`Write`] produced.
