@@ -206,6 +206,7 @@ async fn sync(
             outbox_epoch: rand_epoch(),
             applied: vec![],
             age_recipients: vec![],
+            ..Default::default()
         })),
     })
     .await?;

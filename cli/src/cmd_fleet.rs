@@ -104,6 +104,10 @@ pub enum Command {
     /// SOPS: the age recipients of clusters, for `.sops.yaml` (docs/secrets.md).
     #[command(subcommand)]
     Sops(crate::cmd_sops::SopsCommand),
+    /// Set and remove a cluster's variables: `convoy vars CLUSTER k=v k-`.
+    Vars(Box<crate::cmd_custom::VarsArgs>),
+    /// What one cluster gets of a bundle: `convoy render BUNDLE --cluster C [--explain]`.
+    Render(Box<crate::cmd_custom::RenderArgs>),
 }
 
 /// `convoy token ...`
@@ -282,11 +286,11 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(code: u8, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
         Self { code, message: message.into() }
     }
 
-    fn usage(message: impl Into<String>) -> Self {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
         Self::new(2, message)
     }
 }
@@ -321,6 +325,8 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Label(a) => label(*a).await,
         Command::Revoke(a) => revoke(*a).await,
         Command::Sops(c) => crate::cmd_sops::run(c).await,
+        Command::Vars(a) => crate::cmd_custom::vars(*a).await,
+        Command::Render(a) => crate::cmd_custom::render(*a).await,
     };
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -645,6 +651,8 @@ struct CellOut {
     objects_ready: u32,
     objects_total: u32,
     updated_unix_ms: i64,
+    /// The per-cluster variant key ("" for the base artifact).
+    variant: String,
 }
 
 #[derive(Serialize)]
@@ -662,6 +670,8 @@ struct BundleOut {
     conditions: Vec<ConditionOut>,
     summary: Summary,
     clusters: Vec<CellOut>,
+    /// Distinct per-cluster variants signed for the current base.
+    variants: u32,
 }
 
 fn bundle_out(b: pb::BundleView) -> BundleOut {
@@ -686,6 +696,7 @@ fn bundle_out(b: pb::BundleView) -> BundleOut {
             })
             .collect(),
         summary: b.summary.into(),
+        variants: b.variants,
         clusters: b
             .clusters
             .into_iter()
@@ -699,10 +710,17 @@ fn bundle_out(b: pb::BundleView) -> BundleOut {
                     generation: s.generation,
                     applied_generation: s.applied_generation,
                     revision: s.revision,
-                    message: s.message,
+                    // The hub's own failure for this cluster (its variant
+                    // cannot be built) comes before what the agent last said.
+                    message: if c.variant_error.is_empty() {
+                        s.message
+                    } else {
+                        format!("SubstitutionFailed: {}", c.variant_error)
+                    },
                     objects_ready: o.ready,
                     objects_total: o.total,
                     updated_unix_ms: c.updated_unix_ms,
+                    variant: c.variant,
                 }
             })
             .collect(),
@@ -861,7 +879,7 @@ async fn get(a: GetArgs) -> Result<()> {
                 return print_data(a.output, &out);
             }
             let wide = a.output == Output::Wide;
-            let mut h = vec!["NAME", "SOURCE", "REVISION", "GEN", "CLUSTERS", "BUILD"];
+            let mut h = vec!["NAME", "SOURCE", "REVISION", "GEN", "CLUSTERS", "VARIANTS", "BUILD"];
             if wide {
                 h.extend(["PATH", "DIGEST", "SIZE", "SUSPENDED"]);
             }
@@ -885,6 +903,7 @@ async fn get(a: GetArgs) -> Result<()> {
                     if b.revision.is_empty() { "-".into() } else { short_revision(&b.revision) },
                     b.generation.to_string(),
                     b.summary.text(),
+                    b.variants.to_string(),
                     if b.suspended { format!("{build} (suspended)") } else { build },
                 ];
                 if wide {
@@ -1002,6 +1021,7 @@ async fn status(a: StatusArgs) -> Result<()> {
     let mut h = vec!["CLUSTER", "PHASE", "GEN", "REVISION", "OBJECTS", "UPDATED", "MESSAGE"];
     if wide {
         h.push("APPLIED GEN");
+        h.push("VARIANT");
     }
     let mut t = table(&h);
     for c in &out.clusters {
@@ -1025,6 +1045,7 @@ async fn status(a: StatusArgs) -> Result<()> {
         ];
         if wide {
             row.push(c.applied_generation.to_string());
+            row.push(if c.variant.is_empty() { "base".into() } else { short_digest(&c.variant) });
         }
         t.add_row(row);
     }

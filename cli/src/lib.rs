@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 pub mod cmd_artifact;
 #[cfg(feature = "dev")]
 pub mod cmd_dev;
+pub mod cmd_custom;
 pub mod cmd_fleet;
 pub mod cmd_helm;
 pub mod cmd_hub;

@@ -707,6 +707,7 @@ impl Actor {
                 self.version = version;
                 self.dirty = dirty;
                 self.pending_desired.clear();
+                self.variants_pending.clear();
                 let msg = e.to_string();
                 for a in answers {
                     a(Err(Error::Store(msg.clone())));
@@ -1611,6 +1612,12 @@ impl Actor {
                 warn!(error = %e, "cannot store new variants; clusters keep their current generations");
                 return;
             }
+        }
+        if new_variants.is_empty() && placements == *self.placements {
+            // Nothing changed for these clusters; still re-target them (a
+            // new cluster or new labels may add or remove base bundles).
+            self.retarget(only);
+            return;
         }
         if !new_variants.is_empty() {
             let m = Arc::make_mut(&mut self.variants);

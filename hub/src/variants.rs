@@ -354,6 +354,123 @@ fn run_kustomize(dir: &Path) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// What `convoy render BUNDLE --cluster C` needs, taken from the fleet view.
+#[derive(Debug, Clone)]
+pub struct RenderPlan {
+    bundle: String,
+    cluster: String,
+    spec: BundleSpec,
+    base: Arc<crate::domain::DeploymentRecord>,
+    served: Option<Arc<crate::domain::DeploymentRecord>>,
+    variant: String,
+    failed: Option<String>,
+    labels: convoy_core::selector::Labels,
+    vars: BTreeMap<String, String>,
+    kube_version: String,
+}
+
+/// What the cluster gets of the bundle, with the explanation.
+#[derive(Debug, Clone, Default)]
+pub struct RenderOut {
+    /// The artifact's files.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// The variant key ("" for the base).
+    pub variant: String,
+    /// The artifact digest.
+    pub digest: String,
+    /// The generation the hub wants on the cluster.
+    pub generation: u64,
+    /// One line per value a layer set.
+    pub explain: Vec<String>,
+    /// The variant's error, if it cannot be built.
+    pub error: String,
+}
+
+/// Look up what `cluster` gets of `bundle` in `view`.
+pub fn explain_for(view: &crate::state::FleetView, bundle: &str, cluster: &str) -> Result<RenderPlan> {
+    use crate::domain::Rejection;
+    use crate::domain::desired::Placed;
+    let b = view
+        .fleet
+        .bundles
+        .get(bundle)
+        .ok_or_else(|| Rejection::NotFound(format!("bundle {bundle:?} is not in the fleet config")))?;
+    let e = view
+        .clusters
+        .get(cluster)
+        .ok_or_else(|| Rejection::NotFound(format!("cluster {cluster:?} is not registered")))?;
+    let (labels, mut vars) = view.fleet.cluster_facts(cluster, &e.record.labels);
+    vars.extend(e.record.vars.clone());
+    if !b.spec.targets_cluster(cluster, &labels) {
+        return Err(Rejection::FailedPrecondition(format!("bundle {bundle:?} does not target cluster {cluster:?}")).into());
+    }
+    let base = view
+        .records
+        .get(bundle)
+        .cloned()
+        .ok_or_else(|| Rejection::FailedPrecondition(format!("bundle {bundle:?} has no artifact yet")))?;
+    let (served, variant, failed) = match view.placements.get(cluster).and_then(|p| p.get(bundle)) {
+        Some(Placed::Variant(k)) => (view.variants.get(&(bundle.to_string(), k.clone())).cloned(), k.clone(), None),
+        Some(Placed::Failed(m)) => (None, String::new(), Some(m.clone())),
+        Some(Placed::Base) => (Some(base.clone()), String::new(), None),
+        None if crate::domain::variants::is_customized(&b.spec) => {
+            return Err(Rejection::FailedPrecondition(format!(
+                "the hub has not computed cluster {cluster:?}'s variant of {bundle:?} yet; retry"
+            ))
+            .into());
+        }
+        None => (Some(base.clone()), String::new(), None),
+    };
+    Ok(RenderPlan {
+        bundle: bundle.to_string(),
+        cluster: cluster.to_string(),
+        spec: b.spec.clone(),
+        base,
+        served,
+        variant,
+        failed,
+        labels,
+        vars,
+        kube_version: e.shared.kube_version(),
+    })
+}
+
+/// Read the served artifact and explain it (blocking).
+pub fn render_response(pipeline: &dyn SourcePipeline, plan: RenderPlan) -> Result<RenderOut> {
+    use crate::domain::variants::{ClusterFacts, Placement, placement};
+    let mut out = RenderOut { variant: plan.variant.clone(), ..Default::default() };
+    let read = |digest: &str| -> Result<Vec<(String, Vec<u8>)>> {
+        let path = pipeline
+            .artifact_path(digest)
+            .ok_or_else(|| crate::domain::Rejection::NotFound(format!("artifact {digest} is not stored on the hub")))?;
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        unpack(&bytes)
+    };
+    out.explain.push(format!("base {} {} ({})", plan.bundle, plan.base.revision, plan.base.digest));
+    if let Some(m) = plan.failed {
+        out.error = m;
+        return Ok(out);
+    }
+    let served = plan.served.expect("set unless failed");
+    out.digest = served.digest.clone();
+    out.generation = served.generation;
+    out.files = read(&served.digest)?;
+    if crate::domain::variants::is_customized(&plan.spec) {
+        let base = read(&plan.base.digest)?;
+        let used = if plan.spec.substitute.is_some() { used_variables(&base, &plan.spec)? } else { BTreeMap::new() };
+        let facts = ClusterFacts {
+            name: &plan.cluster,
+            labels: &plan.labels,
+            vars: &plan.vars,
+            kubernetes_version: (!plan.kube_version.is_empty()).then_some(plan.kube_version.as_str()),
+        };
+        if let Placement::Variant { input, .. } = placement(&plan.spec, &facts, &used) {
+            out.explain.extend(render(&base, &input, &plan.cluster)?.explain);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

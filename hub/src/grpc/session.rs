@@ -58,6 +58,10 @@ pub async fn start(
     let now = now_ms();
     shared.set_agent_version(&hello.agent_version);
     shared.set_age_recipients(&hello.age_recipients);
+    if shared.set_kube(&hello.kube_version, &hello.api_versions) {
+        // `cluster.kubernetesVersion` may be used: recompute this cluster's variants.
+        core.state.refresh_variants(name.clone()).await;
+    }
     shared.touch(now);
     let epoch = hello.outbox_epoch;
     let store = core.store.clone();
