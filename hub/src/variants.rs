@@ -183,7 +183,8 @@ fn substitute_text(
         .map(|(v, d)| Input { value: v, index: d.index, source: Some(d) })
         .collect();
     let out = substitute::substitute_all(vars, file, &inputs)?;
-    if out.iter().all(|s| s.explanations.is_empty()) {
+    // Unchanged (no expression and no escape): keep the bytes as written.
+    if out.iter().zip(&values).all(|(s, v)| &s.document == v) {
         return Ok(None);
     }
     let mut text = String::new();
