@@ -181,10 +181,10 @@ async fn heavy_four_clusters_get_four_renders_and_one_var_change_touches_one_clu
     assert_eq!(
         &lines[2..],
         &[
-            r#"configmap.yaml document 0 $.data.env: ${{ cluster.labels.env }} = "prod" <- variable cluster.labels.env (cluster label)"#,
-            r#"configmap.yaml document 0 $.data.greeting: ${{ cluster.vars.greeting | default "hello" }} = "hello" <- default of the expression"#,
-            r#"configmap.yaml document 0 $.data.owner: ${{ cluster.vars.owner }} = "sre" <- variable cluster.vars.owner from cluster vars"#,
             r#"configmap.yaml document 0 $.data.region: ${{ cluster.vars.region }} = "eu-west" <- variable cluster.vars.region from targets[1] (clusterGroup=europe)"#,
+            r#"configmap.yaml document 0 $.data.env: ${{ cluster.labels.env }} = "prod" <- variable cluster.labels.env (cluster label)"#,
+            r#"configmap.yaml document 0 $.data.owner: ${{ cluster.vars.owner }} = "sre" <- variable cluster.vars.owner from cluster vars"#,
+            r#"configmap.yaml document 0 $.data.greeting: ${{ cluster.vars.greeting | default "hello" }} = "hello" <- default of the expression"#,
             "patch ConfigMap/app <- targets[2].patches[0] (clusterSelector=env=prod)",
         ],
         "{out}"
