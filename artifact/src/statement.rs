@@ -201,7 +201,9 @@ mod tests {
         assert!(String::from_utf8(k.to_bytes()).unwrap().ends_with(r#","generation":7,"keyId":"sha256:k"}"#));
         assert_eq!(Statement::parse(&k.to_bytes()).unwrap(), k);
         let v = s.clone().with_variant("sha256:v");
-        assert!(String::from_utf8(v.to_bytes()).unwrap().ends_with(r#","generation":7,"variant":"sha256:v"}"#));
+        assert!(
+            String::from_utf8(v.to_bytes()).unwrap().ends_with(r#","generation":7,"variant":"sha256:v"}"#)
+        );
         assert_eq!(Statement::parse(&v.to_bytes()).unwrap(), v);
     }
 

@@ -93,7 +93,8 @@ pub async fn vars(a: VarsArgs) -> Result<()> {
 
 /// The `--explain` text of a render response.
 pub fn explain_text(bundle: &str, cluster: &str, r: &pb::RenderBundleResponse) -> Vec<String> {
-    let variant = if r.variant.is_empty() { "base artifact".to_string() } else { format!("variant {}", r.variant) };
+    let variant =
+        if r.variant.is_empty() { "base artifact".to_string() } else { format!("variant {}", r.variant) };
     let mut out = vec![format!(
         "bundle {bundle} on cluster {cluster}: generation {}, {variant}, artifact {}",
         r.generation, r.digest

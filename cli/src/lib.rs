@@ -13,9 +13,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod cmd_artifact;
+pub mod cmd_custom;
 #[cfg(feature = "dev")]
 pub mod cmd_dev;
-pub mod cmd_custom;
 pub mod cmd_fleet;
 pub mod cmd_helm;
 pub mod cmd_hub;

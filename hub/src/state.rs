@@ -38,8 +38,8 @@ use crate::domain::desired::{
     ClusterDesired, DesiredIndex, Placed, Placements, above_floor, next_generation, recovery_generation,
     same_bundles,
 };
-use crate::domain::variants::VariantRecord;
 use crate::domain::tokens::{self, check_registration};
+use crate::domain::variants::VariantRecord;
 use crate::domain::{
     CertRef, ClusterRecord, DeploymentRecord, EventRecord, HUB_EVENT_SOURCE, Liveness, Rejection, TokenRecord,
 };
@@ -1363,7 +1363,9 @@ impl Actor {
         unset: Vec<String>,
     ) -> Result<(Vec<Write>, BTreeMap<String, String>)> {
         for k in set.keys().chain(unset.iter()) {
-            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+            if k.is_empty()
+                || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            {
                 return Err(Rejection::InvalidArgument(format!(
                     "bad variable name {k:?}: use letters, digits, '_', '-' and '.'"
                 ))
@@ -1547,23 +1549,25 @@ impl Actor {
                             Some(Placed::Variant(key))
                         } else {
                             match self.build_variant(&base, &key, &input, name).await {
-                                Ok((digest, size)) => match self.sign_variant(&base, &key, &digest, size, &signed) {
-                                    Ok(v) => {
-                                        signed.insert(k, Arc::new(v.record.clone()));
-                                        events.push(hub_event(
-                                            Severity::Info,
-                                            "NewGeneration",
-                                            bname,
-                                            format!(
-                                                "generation {} of {bname} variant {key}: {} ({digest})",
-                                                v.record.generation, base.revision
-                                            ),
-                                        ));
-                                        new_variants.push(v);
-                                        Some(Placed::Variant(key))
+                                Ok((digest, size)) => {
+                                    match self.sign_variant(&base, &key, &digest, size, &signed) {
+                                        Ok(v) => {
+                                            signed.insert(k, Arc::new(v.record.clone()));
+                                            events.push(hub_event(
+                                                Severity::Info,
+                                                "NewGeneration",
+                                                bname,
+                                                format!(
+                                                    "generation {} of {bname} variant {key}: {} ({digest})",
+                                                    v.record.generation, base.revision
+                                                ),
+                                            ));
+                                            new_variants.push(v);
+                                            Some(Placed::Variant(key))
+                                        }
+                                        Err(m) => Some(Placed::Failed(m)),
                                     }
-                                    Err(m) => Some(Placed::Failed(m)),
-                                },
+                                }
                                 Err(m) => Some(Placed::Failed(m)),
                             }
                         }
@@ -1647,7 +1651,8 @@ impl Actor {
         let bundle = &base.bundle;
         let in_batch = signed.iter().filter(|((b, _), _)| b == bundle).map(|(_, r)| r.generation).max();
         let generation = self.bundle_max_generation(bundle).max(in_batch.unwrap_or(0)) + 1;
-        let url = serde_json::from_slice::<Statement>(&base.statement).map(|s| s.source.url).unwrap_or_default();
+        let url =
+            serde_json::from_slice::<Statement>(&base.statement).map(|s| s.source.url).unwrap_or_default();
         let statement =
             Statement::new(bundle, &url, &base.revision, digest, size, generation).with_variant(key);
         let (bytes, signature) = self.deps.signer.sign_statement(&statement).map_err(|e| e.to_string())?;

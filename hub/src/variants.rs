@@ -115,7 +115,10 @@ pub fn unpack(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
 }
 
 fn parse_docs(file: &str, text: &str) -> Result<Vec<Value>> {
-    yaml::documents(text).iter().map(|d| yaml::parse_document::<Value>(file, d).map_err(Error::Core)).collect()
+    yaml::documents(text)
+        .iter()
+        .map(|d| yaml::parse_document::<Value>(file, d).map_err(Error::Core))
+        .collect()
 }
 
 /// The variables the bundle's documents (and its target entries' patches)
@@ -177,11 +180,8 @@ fn substitute_text(
     let docs = yaml::documents(text);
     let values: Vec<Value> =
         docs.iter().map(|d| yaml::parse_document::<Value>(file, d)).collect::<std::result::Result<_, _>>()?;
-    let inputs: Vec<Input<'_>> = values
-        .iter()
-        .zip(&docs)
-        .map(|(v, d)| Input { value: v, index: d.index, source: Some(d) })
-        .collect();
+    let inputs: Vec<Input<'_>> =
+        values.iter().zip(&docs).map(|(v, d)| Input { value: v, index: d.index, source: Some(d) }).collect();
     let out = substitute::substitute_all(vars, file, &inputs)?;
     // Unchanged (no expression and no escape): keep the bytes as written.
     if out.iter().zip(&values).all(|(s, v)| &s.document == v) {
@@ -191,7 +191,9 @@ fn substitute_text(
     for s in &out {
         for e in &s.explanations {
             let source = match &e.origin {
-                Origin::Var(k) => input.variables.get(&Variable::Var(k.clone())).and_then(|b| b.source.as_ref()),
+                Origin::Var(k) => {
+                    input.variables.get(&Variable::Var(k.clone())).and_then(|b| b.source.as_ref())
+                }
                 _ => None,
             };
             explain.push(format!(
@@ -240,7 +242,11 @@ pub fn render(base: &[(String, Vec<u8>)], input: &EffectiveInput, cluster: &str)
     kustomization.insert(
         "resources".into(),
         Value::Array(
-            files.iter().filter(|(p, _)| is_yaml(p)).map(|(p, _)| Value::String(format!("base/{p}"))).collect(),
+            files
+                .iter()
+                .filter(|(p, _)| is_yaml(p))
+                .map(|(p, _)| Value::String(format!("base/{p}")))
+                .collect(),
         ),
     );
     let mut patches = Vec::new();
@@ -304,8 +310,8 @@ pub fn pack(r: &Rendered) -> Result<PackedArtifact> {
 }
 
 fn run_kustomize(dir: &Path) -> Result<Vec<u8>> {
-    let (program, args) =
-        convoy_sources::render::kustomize_command(&convoy_sources::render::Kustomize::Auto).map_err(Error::Sources)?;
+    let (program, args) = convoy_sources::render::kustomize_command(&convoy_sources::render::Kustomize::Auto)
+        .map_err(Error::Sources)?;
     let mut child = Command::new(&program)
         .args(&args)
         .arg(dir)
@@ -403,7 +409,10 @@ pub fn explain_for(view: &crate::state::FleetView, bundle: &str, cluster: &str) 
     let (labels, mut vars) = view.fleet.cluster_facts(cluster, &e.record.labels);
     vars.extend(e.record.vars.clone());
     if !b.spec.targets_cluster(cluster, &labels) {
-        return Err(Rejection::FailedPrecondition(format!("bundle {bundle:?} does not target cluster {cluster:?}")).into());
+        return Err(Rejection::FailedPrecondition(format!(
+            "bundle {bundle:?} does not target cluster {cluster:?}"
+        ))
+        .into());
     }
     let base = view
         .records
@@ -411,7 +420,9 @@ pub fn explain_for(view: &crate::state::FleetView, bundle: &str, cluster: &str) 
         .cloned()
         .ok_or_else(|| Rejection::FailedPrecondition(format!("bundle {bundle:?} has no artifact yet")))?;
     let (served, variant, failed) = match view.placements.get(cluster).and_then(|p| p.get(bundle)) {
-        Some(Placed::Variant(k)) => (view.variants.get(&(bundle.to_string(), k.clone())).cloned(), k.clone(), None),
+        Some(Placed::Variant(k)) => {
+            (view.variants.get(&(bundle.to_string(), k.clone())).cloned(), k.clone(), None)
+        }
         Some(Placed::Failed(m)) => (None, String::new(), Some(m.clone())),
         Some(Placed::Base) => (Some(base.clone()), String::new(), None),
         None if crate::domain::variants::is_customized(&b.spec) => {
@@ -441,9 +452,9 @@ pub fn render_response(pipeline: &dyn SourcePipeline, plan: RenderPlan) -> Resul
     use crate::domain::variants::{ClusterFacts, Placement, placement};
     let mut out = RenderOut { variant: plan.variant.clone(), ..Default::default() };
     let read = |digest: &str| -> Result<Vec<(String, Vec<u8>)>> {
-        let path = pipeline
-            .artifact_path(digest)
-            .ok_or_else(|| crate::domain::Rejection::NotFound(format!("artifact {digest} is not stored on the hub")))?;
+        let path = pipeline.artifact_path(digest).ok_or_else(|| {
+            crate::domain::Rejection::NotFound(format!("artifact {digest} is not stored on the hub"))
+        })?;
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         unpack(&bytes)
     };
@@ -458,7 +469,8 @@ pub fn render_response(pipeline: &dyn SourcePipeline, plan: RenderPlan) -> Resul
     out.files = read(&served.digest)?;
     if crate::domain::variants::is_customized(&plan.spec) {
         let base = read(&plan.base.digest)?;
-        let used = if plan.spec.substitute.is_some() { used_variables(&base, &plan.spec)? } else { BTreeMap::new() };
+        let used =
+            if plan.spec.substitute.is_some() { used_variables(&base, &plan.spec)? } else { BTreeMap::new() };
         let facts = ClusterFacts {
             name: &plan.cluster,
             labels: &plan.labels,
@@ -527,7 +539,10 @@ spec:
             ]
         );
         // Deterministic: the same input packs to the same digest.
-        assert_eq!(pack(&r).unwrap().digest, pack(&render(&base(), &input(Some("eu")), "c2").unwrap()).unwrap().digest);
+        assert_eq!(
+            pack(&r).unwrap().digest,
+            pack(&render(&base(), &input(Some("eu")), "c2").unwrap()).unwrap().digest
+        );
     }
 
     #[test]
@@ -549,7 +564,8 @@ spec:
             selector: "clusterName=c1".into(),
             namespace: Some("web-us".into()),
             patches: vec![Patch {
-                patch: "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 3}\n".into(),
+                patch: "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 3}\n"
+                    .into(),
                 target: None,
             }],
             helm_values: None,

@@ -84,7 +84,8 @@ fn cell<'a>(b: &'a pb::BundleView, cluster: &str) -> &'a pb::ClusterBundleStatus
 
 /// Every cell Ready at its own desired generation (variants have their own).
 fn ready_everywhere(b: &pb::BundleView) -> bool {
-    b.clusters.len() == 4 && b.clusters.iter().all(|c| c.desired_generation > 0 && cell_ready_at(c, c.desired_generation))
+    b.clusters.len() == 4
+        && b.clusters.iter().all(|c| c.desired_generation > 0 && cell_ready_at(c, c.desired_generation))
 }
 
 async fn configmap(fleet: &Fleet, cluster: &str) -> BTreeMap<String, String> {
@@ -166,7 +167,10 @@ async fn heavy_four_clusters_get_four_renders_and_one_var_change_touches_one_clu
 
     // The explanation, line by line.
     let eu_prod = cell(&b, "eu-prod");
-    let out = fleet.convoy_ok(&convoy_bin(), &["render", "app", "--cluster", "eu-prod", "--explain"]).await.unwrap();
+    let out = fleet
+        .convoy_ok(&convoy_bin(), &["render", "app", "--cluster", "eu-prod", "--explain"])
+        .await
+        .unwrap();
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines[0],
@@ -198,7 +202,10 @@ async fn heavy_four_clusters_get_four_renders_and_one_var_change_touches_one_clu
     let b = fleet
         .wait_bundle("app", 60, "us-dev Stalled, the others Ready", |b| {
             cell(b, "us-dev").phase == pb::Phase::Stalled as i32
-                && b.clusters.iter().filter(|c| c.cluster != "us-dev").all(|c| cell_ready_at(c, c.desired_generation))
+                && b.clusters
+                    .iter()
+                    .filter(|c| c.cluster != "us-dev")
+                    .all(|c| cell_ready_at(c, c.desired_generation))
         })
         .await;
     let us_dev = cell(&b, "us-dev");
@@ -213,6 +220,9 @@ async fn heavy_four_clusters_get_four_renders_and_one_var_change_touches_one_clu
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cluster.vars.owner"));
     let events = fleet.events("us-dev").await.unwrap();
-    assert!(events.iter().any(|e| e.event.as_ref().is_some_and(|e| e.reason == "SubstitutionFailed")), "{events:?}");
+    assert!(
+        events.iter().any(|e| e.event.as_ref().is_some_and(|e| e.reason == "SubstitutionFailed")),
+        "{events:?}"
+    );
     fleet.shutdown().await;
 }
