@@ -870,15 +870,30 @@ impl Actor {
                 self.publish();
                 *batch = self.begin();
             }
-            Cmd::SetVars { cluster, set, unset, reply } => match self.set_vars(&cluster, set, unset) {
-                Ok((writes, vars)) => {
-                    self.variants_pending.insert(cluster);
-                    batch.add(writes, reply, vars)
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
+            Cmd::SetVars { cluster, set, unset, reply } => {
+                // Answered once the cluster's variants are recomputed and
+                // published, so `convoy vars` then `convoy render` agree. The
+                // commands before it are committed and published first.
+                let earlier = std::mem::replace(batch, self.begin());
+                self.finish(earlier).await;
+                let before = self.clusters.clone();
+                let result = match self.set_vars(&cluster, set, unset) {
+                    Ok((writes, vars)) => match self.deps.writer.commit(writes).await {
+                        Ok(_) => {
+                            self.refresh_variants(Some(&cluster)).await;
+                            Ok(vars)
+                        }
+                        Err(e) => {
+                            self.clusters = before;
+                            Err(Error::Store(e.to_string()))
+                        }
+                    },
+                    Err(e) => Err(e),
+                };
+                self.publish();
+                let _ = reply.send(result);
+                *batch = self.begin();
+            }
             Cmd::RefreshVariants(cluster) => {
                 self.variants_pending.insert(cluster);
             }
@@ -1491,6 +1506,7 @@ impl Actor {
         }
         let mut new_variants: Vec<VariantRecord> = Vec::new();
         let mut signed: BTreeMap<(String, String), Arc<DeploymentRecord>> = BTreeMap::new();
+        let mut rebased: BTreeMap<String, DeploymentRecord> = BTreeMap::new();
         let mut events = Vec::new();
         let facts: Vec<(&ClusterEntry, Labels, BTreeMap<String, String>, String)> = scope
             .iter()
@@ -1503,7 +1519,7 @@ impl Actor {
         for (bname, bundle) in &fleet.bundles {
             let spec = &bundle.spec;
             let base = self.records.get(bname).cloned();
-            let (Some(base), true) = (base, is_customized(spec)) else {
+            let (Some(mut base), true) = (base, is_customized(spec)) else {
                 for (e, ..) in &facts {
                     if let Some(p) = placements.get_mut(&e.record.name) {
                         p.remove(bname);
@@ -1530,9 +1546,34 @@ impl Actor {
                     vars,
                     kubernetes_version: (!kube.is_empty()).then_some(kube.as_str()),
                 };
+                // What the cluster was last given of this bundle: it must
+                // never be given a lower generation (agents refuse rollback).
+                let held = self.held_generation(name, bname);
+                let batch_floor =
+                    |signed: &BTreeMap<(String, String), Arc<DeploymentRecord>>,
+                     rebased: &BTreeMap<String, DeploymentRecord>| {
+                        let s =
+                            signed.iter().filter(|((b, _), _)| b == bname).map(|(_, r)| r.generation).max();
+                        s.unwrap_or(0).max(rebased.get(bname).map(|r| r.generation).unwrap_or(0))
+                    };
                 let placed = match placement(spec, &cf, &used) {
                     Placement::NotTargeted => None,
-                    Placement::Base => Some(Placed::Base),
+                    Placement::Base => {
+                        if held > base.generation {
+                            // Back from a variant to a base signed before it:
+                            // re-sign the base above everything.
+                            let floor = batch_floor(&signed, &rebased);
+                            match self.resign(&base, floor) {
+                                Ok(r) => {
+                                    info!(bundle = %bname, generation = r.generation, "base re-signed above a variant a cluster leaves");
+                                    base = Arc::new(r.clone());
+                                    rebased.insert(bname.clone(), r);
+                                }
+                                Err(e) => warn!(bundle = %bname, error = %e, "cannot sign statement"),
+                            }
+                        }
+                        Some(Placed::Base)
+                    }
                     Placement::MissingVariables(missing, input) => {
                         // Render anyway to get the located error.
                         let key = input.key();
@@ -1543,14 +1584,30 @@ impl Actor {
                     }
                     Placement::Variant { key, input } => {
                         let k = (bname.clone(), key.clone());
-                        let current = self.variants.get(&k).is_some()
-                            && self.variant_bases.get(&k) == Some(&base.digest);
-                        if current || signed.contains_key(&k) {
+                        let current = self
+                            .variants
+                            .get(&k)
+                            .filter(|_| self.variant_bases.get(&k) == Some(&base.digest));
+                        let existing = signed.get(&k).or(current).cloned();
+                        if existing.as_ref().is_some_and(|r| r.generation >= held) {
                             Some(Placed::Variant(key))
+                        } else if let Some(rec) = existing {
+                            // Moving to a variant signed before what the
+                            // cluster holds: re-sign it above everything (same digest).
+                            let floor = batch_floor(&signed, &rebased);
+                            match self.sign_variant(&base, &key, &rec.digest, rec.size, floor) {
+                                Ok(v) => {
+                                    signed.insert(k, Arc::new(v.record.clone()));
+                                    new_variants.push(v);
+                                    Some(Placed::Variant(key))
+                                }
+                                Err(m) => Some(Placed::Failed(m)),
+                            }
                         } else {
                             match self.build_variant(&base, &key, &input, name).await {
                                 Ok((digest, size)) => {
-                                    match self.sign_variant(&base, &key, &digest, size, &signed) {
+                                    let floor = batch_floor(&signed, &rebased);
+                                    match self.sign_variant(&base, &key, &digest, size, floor) {
                                         Ok(v) => {
                                             signed.insert(k, Arc::new(v.record.clone()));
                                             events.push(hub_event(
@@ -1607,6 +1664,7 @@ impl Actor {
             }
         }
         let mut writes: Vec<Write> = new_variants.iter().cloned().map(Write::PutVariant).collect();
+        writes.extend(rebased.values().cloned().map(Write::PutDeployment));
         if !events.is_empty() {
             writes.push(Write::AppendEvents(events));
         }
@@ -1616,6 +1674,20 @@ impl Actor {
                 warn!(error = %e, "cannot store new variants; clusters keep their current generations");
                 return;
             }
+        }
+        // A re-signed base or variant (same digest, higher generation) is
+        // for every cluster on it, not only those recomputed here.
+        let resigned = !rebased.is_empty()
+            || new_variants
+                .iter()
+                .any(|v| self.variants.contains_key(&(v.record.bundle.clone(), v.key.clone())));
+        if !rebased.is_empty() {
+            let m = Arc::make_mut(&mut self.records);
+            for (b, r) in rebased {
+                m.insert(b, Arc::new(r));
+                self.deps.metrics.generations_created.inc();
+            }
+            self.rebuild_index();
         }
         if new_variants.is_empty() && placements == *self.placements {
             // Nothing changed for these clusters; still re-target them (a
@@ -1634,23 +1706,57 @@ impl Actor {
         }
         self.placements = Arc::new(placements);
         self.rebuild_index();
-        self.retarget(only);
+        self.retarget(if resigned { None } else { only });
         self.dirty = true;
     }
 
+    /// The generation `cluster` was last given of `bundle` (published or
+    /// about to be), 0 if none.
+    fn held_generation(&self, cluster: &str, bundle: &str) -> u64 {
+        let published = self
+            .clusters
+            .get(cluster)
+            .and_then(|e| e.shared.desired().bundles.get(bundle).map(|d| d.record.generation))
+            .unwrap_or(0);
+        let pending = self
+            .pending_desired
+            .get(cluster)
+            .and_then(|(_, d)| d.bundles.get(bundle).map(|d| d.record.generation))
+            .unwrap_or(0);
+        published.max(pending)
+    }
+
+    /// Re-sign the base artifact `base` at the bundle's next generation
+    /// (above `floor` too), same digest.
+    fn resign(&self, base: &DeploymentRecord, floor: u64) -> Result<DeploymentRecord> {
+        let generation = self.bundle_max_generation(&base.bundle).max(floor) + 1;
+        let url =
+            serde_json::from_slice::<Statement>(&base.statement).map(|s| s.source.url).unwrap_or_default();
+        let statement =
+            Statement::new(&base.bundle, &url, &base.revision, &base.digest, base.size, generation);
+        let (statement, signature) = self.deps.signer.sign_statement(&statement).map_err(Error::Signing)?;
+        Ok(DeploymentRecord {
+            generation,
+            statement,
+            signature,
+            created_unix_ms: self.deps.clock.now_ms(),
+            ..base.clone()
+        })
+    }
+
     /// Sign the variant `key` of `base` at the bundle's next generation
-    /// (above everything issued for it, `signed` included).
+    /// (above everything issued for it and above `floor`, what this
+    /// computation signed so far).
     fn sign_variant(
         &self,
         base: &DeploymentRecord,
         key: &str,
         digest: &str,
         size: u64,
-        signed: &BTreeMap<(String, String), Arc<DeploymentRecord>>,
+        floor: u64,
     ) -> std::result::Result<VariantRecord, String> {
         let bundle = &base.bundle;
-        let in_batch = signed.iter().filter(|((b, _), _)| b == bundle).map(|(_, r)| r.generation).max();
-        let generation = self.bundle_max_generation(bundle).max(in_batch.unwrap_or(0)) + 1;
+        let generation = self.bundle_max_generation(bundle).max(floor) + 1;
         let url =
             serde_json::from_slice::<Statement>(&base.statement).map(|s| s.source.url).unwrap_or_default();
         let statement =
@@ -1817,6 +1923,129 @@ spec:
             shutdown.clone(),
         );
         Fixture { state, store, pipeline, _dir: dir, shutdown }
+    }
+
+    /// A fleet whose bundle `app` substitutes `cluster.vars.region`, three
+    /// clusters (c1, c3 in eu; c2 in us), and a pipeline that built it.
+    async fn variant_fixture() -> (StateHandle, Arc<StaticPipeline>, tempfile::TempDir, CancellationToken) {
+        const FLEET: &str = r#"
+apiVersion: convoy.dev/v1
+kind: GitSource
+metadata: {name: repo}
+spec: {url: "https://git.example/fleet.git"}
+---
+apiVersion: convoy.dev/v1
+kind: Bundle
+metadata: {name: app}
+spec:
+  source: repo
+  path: app
+  substitute: {}
+  targets: [{clusterSelector: {}}]
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_ms();
+        let ca = Ca::load_or_create(&dir.path().join("ca.crt"), &dir.path().join("ca.key"), now).unwrap();
+        let store = Arc::new(FlakyStore::default());
+        let statuses = Arc::new(StatusIndex::default());
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let (events, _) = broadcast::channel(16);
+        let (writer, _) = crate::writer::spawn(
+            store.clone(),
+            statuses.clone(),
+            Box::new(Vec::new),
+            events,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let pipeline = StaticPipeline::new(dir.path());
+        let art = convoy_artifact::pack::pack_files(
+            [(
+                "cm.yaml".to_string(),
+                b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app}\ndata:\n  region: \"${{ cluster.vars.region }}\"\n"
+                    .to_vec(),
+            )],
+            &convoy_artifact::Limits::default(),
+        )
+        .unwrap();
+        pipeline.publish("app", "repo", "https://git.example/fleet.git", "main@sha1:1", &art.bytes).unwrap();
+        let cluster = |n: &str, region: &str| ClusterRecord {
+            name: n.into(),
+            vars: [("region".to_string(), region.to_string())].into(),
+            ..Default::default()
+        };
+        let loaded = Loaded {
+            clusters: vec![cluster("c1", "eu"), cluster("c2", "us"), cluster("c3", "eu")],
+            ..Default::default()
+        };
+        let fleet = Arc::new(FleetConfig::parse([("fleet.yaml", FLEET)]).unwrap());
+        let (view_tx, _) = watch::channel(Arc::new(FleetView::default()));
+        let (state, _) = spawn(
+            loaded,
+            fleet,
+            pipeline.builds(),
+            StateDeps {
+                ca: Arc::new(ca),
+                signer: Arc::new(SigningKey::generate().unwrap()),
+                writer,
+                metrics,
+                cluster_cert_ttl: Duration::from_secs(3600),
+                statuses,
+                pipeline: pipeline.clone(),
+                clock: convoy_core::clock::system(),
+                variant_store: crate::variants::VariantStore::new(dir.path().join("variants")),
+            },
+            view_tx,
+            shutdown.clone(),
+        );
+        assert!(state.wait_ready(Duration::from_secs(30)).await, "first variant computation");
+        (state, pipeline, dir, shutdown)
+    }
+
+    fn app(state: &StateHandle, cluster: &str) -> Arc<crate::domain::desired::Deployment> {
+        state.view().clusters[cluster].shared.desired().bundles["app"].clone()
+    }
+
+    #[tokio::test]
+    async fn variants_are_shared_signed_per_input_and_generations_only_rise() {
+        let (state, pipeline, _dir, shutdown) = variant_fixture().await;
+        let (c1, c2, c3) = (app(&state, "c1"), app(&state, "c2"), app(&state, "c3"));
+        // Equal inputs share one signed variant; the other input has its own.
+        assert!(Arc::ptr_eq(&c1, &c3));
+        assert_ne!(c1.record.digest, c2.record.digest);
+        let base = state.view().records["app"].clone();
+        assert_ne!(c1.record.digest, base.digest, "substituted, not the base");
+        assert!(c1.record.generation > base.generation && c2.record.generation > base.generation);
+        assert_ne!(c1.record.generation, c2.record.generation, "one generation counter per bundle");
+        let st = Statement::parse(&c1.record.statement).unwrap();
+        assert_eq!(st.artifact.digest, c1.record.digest);
+        assert!(st.variant.as_deref().is_some_and(|k| k.starts_with("sha256:")));
+        assert!(pipeline.artifact_path(&c1.record.digest).is_none(), "variants are the hub's own");
+        assert_eq!(state.view().variants.len(), 2);
+
+        // One cluster's var changes: it alone moves; the others keep their Arcs.
+        state.set_vars("c3".into(), [("region".to_string(), "ap".to_string())].into(), vec![]).await.unwrap();
+        let c3b = app(&state, "c3");
+        assert!(Arc::ptr_eq(&app(&state, "c1"), &c1) && Arc::ptr_eq(&app(&state, "c2"), &c2));
+        assert!(c3b.record.generation > c1.record.generation.max(c2.record.generation));
+        // Back to the eu variant, signed before what c3 holds now: re-signed
+        // above it (same digest), never a lower generation.
+        state.set_vars("c3".into(), [("region".to_string(), "eu".to_string())].into(), vec![]).await.unwrap();
+        let c3c = app(&state, "c3");
+        assert_eq!(c3c.record.digest, c1.record.digest);
+        assert!(c3c.record.generation > c3b.record.generation);
+        assert!(Arc::ptr_eq(&app(&state, "c1"), &c3c), "c1 shares the re-signed variant");
+
+        // A missing variable: c2 keeps its last good generation, the others are untouched.
+        let c1_now = app(&state, "c1");
+        state.set_vars("c2".into(), BTreeMap::new(), vec!["region".into()]).await.unwrap();
+        assert!(Arc::ptr_eq(&app(&state, "c2"), &c2));
+        assert!(Arc::ptr_eq(&app(&state, "c1"), &c1_now));
+        let v = state.view();
+        let Some(Placed::Failed(m)) = v.placements["c2"].get("app") else { panic!("{:?}", v.placements) };
+        assert!(m.contains("cm.yaml") && m.contains("cluster.vars.region") && m.contains("line 5"), "{m}");
+        shutdown.cancel();
     }
 
     fn prod() -> Labels {
