@@ -613,6 +613,12 @@ struct ClusterOut {
     registered_unix_ms: i64,
     certificate_not_after_unix_ms: i64,
     bundles: Summary,
+    /// The Kubernetes version the agent reported.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    kube_version: String,
+    /// Variables set with `convoy vars`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    vars: BTreeMap<String, String>,
 }
 
 fn cluster_out(c: pb::Cluster) -> ClusterOut {
@@ -626,6 +632,8 @@ fn cluster_out(c: pb::Cluster) -> ClusterOut {
         registered_unix_ms: c.registered_unix_ms,
         certificate_not_after_unix_ms: c.certificate_not_after_unix_ms,
         bundles: c.bundles.into(),
+        kube_version: c.kube_version,
+        vars: c.vars.into_iter().collect(),
     }
 }
 

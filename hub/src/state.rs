@@ -903,6 +903,9 @@ impl Actor {
                 let earlier = std::mem::replace(batch, self.begin());
                 self.finish(earlier).await;
                 self.fleet = fleet;
+                // Patches (and so the variables used) and layers may have changed.
+                self.used_cache.clear();
+                self.built_cache.retain(|_, r| r.is_ok());
                 self.rebuild_index();
                 // Bundles new to the fleet may already have builds.
                 self.on_builds().await;
@@ -1527,16 +1530,18 @@ impl Actor {
                 }
                 continue;
             };
-            let used = if spec.substitute.is_some() {
+            // Unreadable base: every targeted cluster fails (and keeps what
+            // it has) rather than getting the documents unsubstituted.
+            let (used, unreadable) = if spec.substitute.is_some() {
                 match self.used_variables(bname, &base).await {
-                    Ok(u) => u,
+                    Ok(u) => (u, None),
                     Err(e) => {
                         warn!(bundle = %bname, error = %e, "cannot read the variables a bundle uses");
-                        Arc::default()
+                        (Arc::default(), Some(format!("cannot read the variables the bundle uses: {e}")))
                     }
                 }
             } else {
-                Arc::default()
+                (Arc::default(), None)
             };
             for (e, labels, vars, kube) in &facts {
                 let name = &e.record.name;
@@ -1558,6 +1563,7 @@ impl Actor {
                     };
                 let placed = match placement(spec, &cf, &used) {
                     Placement::NotTargeted => None,
+                    _ if unreadable.is_some() => Some(Placed::Failed(unreadable.clone().unwrap_or_default())),
                     Placement::Base => {
                         if held > base.generation {
                             // Back from a variant to a base signed before it:

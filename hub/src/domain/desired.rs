@@ -1,5 +1,6 @@
-//! Desired state: which signed bundle generations go to which cluster, with
-//! which apply options, and the per-cluster diff sent to agents.
+//! Desired state: which signed bundle generations (base or per-cluster
+//! variant) go to which cluster, with which apply options, and the
+//! per-cluster diff sent to agents.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -368,6 +369,43 @@ spec:
         let d = diff(&c1b, &c1c);
         assert!(d.upserts.is_empty());
         assert_eq!(d.removed, vec!["web".to_string()]);
+    }
+
+    #[test]
+    fn placements_pick_the_variant_keep_the_last_good_and_hold_back_unknown() {
+        let mut fleet = fleet();
+        let mut records = BTreeMap::new();
+        records.insert("web".to_string(), rec("web", 1, "sha256:base"));
+        records.insert("db".to_string(), rec("db", 1, "sha256:db"));
+        let variants: BTreeMap<(String, String), Arc<DeploymentRecord>> =
+            [(("web".to_string(), "k1".to_string()), rec("web", 2, "sha256:v1"))].into();
+        let idx = DesiredIndex::build(&fleet, &records, &BTreeSet::new(), &DesiredIndex::default())
+            .with_variants(&variants, &DesiredIndex::default());
+        // Variants carry their bundle's options.
+        assert_eq!(idx.variants[&("web".to_string(), "k1".to_string())].options.target_namespace, "web");
+        let none = ClusterBundles::new();
+        let placed: Placements = [("web".to_string(), Placed::Variant("k1".into()))].into();
+        let c = idx.for_cluster_placed(&fleet, "c1", &labels("env=prod"), Some(&placed), &none);
+        assert_eq!(c["web"].record.digest, "sha256:v1");
+        // A failed placement keeps what the cluster had (here: nothing, then v1).
+        let failed: Placements = [("web".to_string(), Placed::Failed("missing".into()))].into();
+        assert!(idx.for_cluster_placed(&fleet, "c1", &labels("env=prod"), Some(&failed), &none).is_empty());
+        let kept = idx.for_cluster_placed(&fleet, "c1", &labels("env=prod"), Some(&failed), &c);
+        assert!(Arc::ptr_eq(&kept["web"], &c["web"]));
+        // Not customized: no placement means the base.
+        let base = idx.for_cluster_placed(&fleet, "c1", &labels("env=prod"), None, &none);
+        assert_eq!(base["web"].record.digest, "sha256:base");
+        // Customized but not computed yet: held back (never the raw base).
+        fleet.bundles.get_mut("web").unwrap().spec.substitute.get_or_insert_default();
+        let held = idx.for_cluster_placed(&fleet, "c1", &labels("env=prod"), None, &none);
+        assert!(!held.contains_key("web"));
+        let held = idx.for_cluster_placed(&fleet, "c1", &labels("env=prod"), None, &c);
+        assert_eq!(held["web"].record.digest, "sha256:v1");
+        // Rebuilding with the same records keeps the variant Arcs.
+        let idx2 =
+            DesiredIndex::build(&fleet, &records, &BTreeSet::new(), &idx).with_variants(&variants, &idx);
+        let k = ("web".to_string(), "k1".to_string());
+        assert!(Arc::ptr_eq(&idx.variants[&k], &idx2.variants[&k]));
     }
 
     #[test]

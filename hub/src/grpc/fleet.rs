@@ -529,11 +529,7 @@ impl pb::fleet_server::Fleet for FleetService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(status)?;
         Ok(Response::new(pb::RenderBundleResponse {
-            files: out
-                .files
-                .into_iter()
-                .map(|(path, content)| pb::RenderedFile { path, content: content.into() })
-                .collect(),
+            files: out.files.into_iter().map(|(path, content)| pb::RenderedFile { path, content }).collect(),
             variant: out.variant,
             digest: out.digest,
             generation: out.generation,

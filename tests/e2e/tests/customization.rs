@@ -140,6 +140,12 @@ async fn heavy_four_clusters_get_four_renders_and_one_var_change_touches_one_clu
         assert!(!cell(&b, c).variant.is_empty(), "{c} runs a variant");
     }
     assert_eq!(renders.len(), 4, "four different renders");
+    // The agents reported their cluster's Kubernetes version and APIs (Hello), stored per cluster.
+    let c = fleet.hub_cluster("eu-prod").await.unwrap().cluster.unwrap();
+    assert!(c.kube_version.starts_with('v'), "{:?}", c.kube_version);
+    assert!(c.vars.is_empty(), "eu-prod's vars come from the fleet config, not convoy vars");
+    let c = fleet.hub_cluster("us-dev").await.unwrap().cluster.unwrap();
+    assert_eq!(c.vars.get("owner").map(String::as_str), Some("qa"));
     let before: BTreeMap<String, (u64, u64)> = b
         .clusters
         .iter()
