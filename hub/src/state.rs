@@ -2,7 +2,8 @@
 //! generations and the desired-state index.
 //!
 //! It applies operator and registration commands, turns new builds into signed
-//! generations, re-targets bundles when the fleet config, a cluster's labels or
+//! generations (and, per cluster, into signed variants: [`crate::variants`]),
+//! re-targets bundles when the fleet config, a cluster's labels or vars or
 //! the set of clusters changes, and publishes:
 //! - a [`FleetView`] snapshot through a `watch` (authorization and queries read it);
 //! - per cluster, an `Arc<ClusterDesired>` through that cluster's own `watch`,
@@ -81,7 +82,7 @@ impl ClusterShared {
             desired: watch::Sender::new(Arc::default()),
             session: Mutex::new(None),
             liveness_dirty: AtomicBool::new(false),
-            kube: ArcSwap::from_pointee((String::new(), Vec::new())),
+            kube: ArcSwap::from_pointee((liveness.kube_version.clone(), Vec::new())),
         })
     }
 
@@ -103,6 +104,9 @@ impl ClusterShared {
         }
         let changed = cur.0 != version;
         self.kube.store(Arc::new((version.to_string(), api_versions.to_vec())));
+        if changed {
+            self.liveness_dirty.store(true, Ordering::Relaxed);
+        }
         changed
     }
 
@@ -178,6 +182,7 @@ impl ClusterShared {
             last_seen_unix_ms: self.last_seen(),
             agent_version: (*self.agent_version()).clone(),
             age_recipients: (*self.age_recipients()).clone(),
+            kube_version: self.kube_version(),
         }
     }
 
@@ -337,8 +342,8 @@ enum Cmd {
         reply: Reply<BTreeMap<String, String>>,
     },
     /// Recompute one cluster's variants (its agent reported a new
-    /// Kubernetes version).
-    RefreshVariants(String),
+    /// Kubernetes version); answered once published.
+    RefreshVariants(String, Reply<()>),
 }
 
 /// Sends commands to the state actor.
@@ -430,9 +435,9 @@ impl StateHandle {
         self.call(|reply| Cmd::SetVars { cluster, set, unset, reply }).await
     }
 
-    /// Recompute a cluster's variants (fire and forget).
-    pub async fn refresh_variants(&self, cluster: String) {
-        let _ = self.tx.send(Cmd::RefreshVariants(cluster)).await;
+    /// Recompute a cluster's variants; returns once the result is published.
+    pub async fn refresh_variants(&self, cluster: String) -> Result<()> {
+        self.call(|r| Cmd::RefreshVariants(cluster, r)).await
     }
 
     /// Replace the fleet config and wait until it is in force.
@@ -894,8 +899,13 @@ impl Actor {
                 let _ = reply.send(result);
                 *batch = self.begin();
             }
-            Cmd::RefreshVariants(cluster) => {
-                self.variants_pending.insert(cluster);
+            Cmd::RefreshVariants(cluster, reply) => {
+                let earlier = std::mem::replace(batch, self.begin());
+                self.finish(earlier).await;
+                self.refresh_variants(Some(&cluster)).await;
+                self.publish();
+                let _ = reply.send(Ok(()));
+                *batch = self.begin();
             }
             Cmd::SetFleet(fleet, reply) => {
                 // The commands before it are committed and published first:

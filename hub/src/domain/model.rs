@@ -66,6 +66,10 @@ pub struct Liveness {
     /// The age recipients it reported (SOPS, docs/secrets.md).
     #[serde(default)]
     pub age_recipients: Vec<String>,
+    /// The Kubernetes version it reported (`cluster.kubernetesVersion`), kept
+    /// so that a restarted hub renders variants before the agent reconnects.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kube_version: String,
 }
 
 /// A bootstrap token, as stored (the secret itself is never stored).

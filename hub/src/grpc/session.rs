@@ -59,8 +59,9 @@ pub async fn start(
     shared.set_agent_version(&hello.agent_version);
     shared.set_age_recipients(&hello.age_recipients);
     if shared.set_kube(&hello.kube_version, &hello.api_versions) {
-        // `cluster.kubernetesVersion` may be used: recompute this cluster's variants.
-        core.state.refresh_variants(name.clone()).await;
+        // `cluster.kubernetesVersion` may be used: recompute this cluster's
+        // variants before its snapshot is taken below.
+        core.state.refresh_variants(name.clone()).await.map_err(crate::grpc::status)?;
     }
     shared.touch(now);
     let epoch = hello.outbox_epoch;
