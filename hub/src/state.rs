@@ -1575,7 +1575,7 @@ impl Actor {
                     Placement::NotTargeted => None,
                     _ if unreadable.is_some() => Some(Placed::Failed(unreadable.clone().unwrap_or_default())),
                     Placement::Base => {
-                        if held > base.generation {
+                        if !acceptable(base.generation, &base.digest, &held) {
                             // Back from a variant to a base signed before it:
                             // re-sign the base above everything.
                             let floor = batch_floor(&signed, &rebased);
@@ -1605,13 +1605,13 @@ impl Actor {
                             .get(&k)
                             .filter(|_| self.variant_bases.get(&k) == Some(&base.digest));
                         let existing = signed.get(&k).or(current).cloned();
-                        if existing.as_ref().is_some_and(|r| r.generation >= held) {
+                        if existing.as_ref().is_some_and(|r| acceptable(r.generation, &r.digest, &held)) {
                             Some(Placed::Variant(key))
                         } else if let Some(rec) = existing {
                             // Moving to a variant signed before what the
                             // cluster holds: re-sign it above everything (same digest).
                             let floor = batch_floor(&signed, &rebased);
-                            match self.sign_variant(&base, &key, &rec.digest, rec.size, floor) {
+                            match self.sign_variant(&base, &key, &rec.digest, rec.size, floor, None) {
                                 Ok(v) => {
                                     signed.insert(k, Arc::new(v.record.clone()));
                                     new_variants.push(v);
@@ -1623,7 +1623,12 @@ impl Actor {
                             match self.build_variant(&base, &key, &input, name).await {
                                 Ok((digest, size)) => {
                                     let floor = batch_floor(&signed, &rebased);
-                                    match self.sign_variant(&base, &key, &digest, size, floor) {
+                                    // A new base's variants share its generation
+                                    // (one generation per revision across the
+                                    // fleet); a cluster changing variant within a
+                                    // revision gets the next one.
+                                    let at = (base.generation > held.0).then_some(base.generation);
+                                    match self.sign_variant(&base, &key, &digest, size, floor, at) {
                                         Ok(v) => {
                                             signed.insert(k, Arc::new(v.record.clone()));
                                             events.push(hub_event(
@@ -1728,18 +1733,16 @@ impl Actor {
 
     /// The generation `cluster` was last given of `bundle` (published or
     /// about to be), 0 if none.
-    fn held_generation(&self, cluster: &str, bundle: &str) -> u64 {
-        let published = self
-            .clusters
-            .get(cluster)
-            .and_then(|e| e.shared.desired().bundles.get(bundle).map(|d| d.record.generation))
-            .unwrap_or(0);
-        let pending = self
-            .pending_desired
-            .get(cluster)
-            .and_then(|(_, d)| d.bundles.get(bundle).map(|d| d.record.generation))
-            .unwrap_or(0);
-        published.max(pending)
+    fn held_generation(&self, cluster: &str, bundle: &str) -> (u64, String) {
+        let of = |d: &ClusterDesired| {
+            d.bundles.get(bundle).map(|d| (d.record.generation, d.record.digest.clone()))
+        };
+        let published = self.clusters.get(cluster).and_then(|e| of(&e.shared.desired()));
+        let pending = self.pending_desired.get(cluster).and_then(|(_, d)| of(d));
+        match (published, pending) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b).unwrap_or_default(),
+        }
     }
 
     /// Re-sign the base artifact `base` at the bundle's next generation
@@ -1760,9 +1763,9 @@ impl Actor {
         })
     }
 
-    /// Sign the variant `key` of `base` at the bundle's next generation
-    /// (above everything issued for it and above `floor`, what this
-    /// computation signed so far).
+    /// Sign the variant `key` of `base` at generation `at`, or else at the
+    /// bundle's next generation (above everything issued for it and above
+    /// `floor`, what this computation signed so far).
     fn sign_variant(
         &self,
         base: &DeploymentRecord,
@@ -1770,9 +1773,10 @@ impl Actor {
         digest: &str,
         size: u64,
         floor: u64,
+        at: Option<u64>,
     ) -> std::result::Result<VariantRecord, String> {
         let bundle = &base.bundle;
-        let generation = self.bundle_max_generation(bundle).max(floor) + 1;
+        let generation = at.unwrap_or_else(|| self.bundle_max_generation(bundle).max(floor) + 1);
         let url =
             serde_json::from_slice::<Statement>(&base.statement).map(|s| s.source.url).unwrap_or_default();
         let statement =
@@ -1795,6 +1799,13 @@ impl Actor {
             },
         })
     }
+}
+
+/// Whether giving a cluster that holds `held` (generation, digest) the
+/// generation `generation` of `digest` is acceptable to its agent: a higher
+/// generation, or the very same one.
+fn acceptable(generation: u64, digest: &str, held: &(u64, String)) -> bool {
+    generation > held.0 || (generation == held.0 && digest == held.1)
 }
 
 fn random_b64(n: usize) -> String {
@@ -2032,8 +2043,8 @@ spec:
         assert_ne!(c1.record.digest, c2.record.digest);
         let base = state.view().records["app"].clone();
         assert_ne!(c1.record.digest, base.digest, "substituted, not the base");
-        assert!(c1.record.generation > base.generation && c2.record.generation > base.generation);
-        assert_ne!(c1.record.generation, c2.record.generation, "one generation counter per bundle");
+        // One generation per revision across the fleet: the base's.
+        assert_eq!((c1.record.generation, c2.record.generation), (base.generation, base.generation));
         let st = Statement::parse(&c1.record.statement).unwrap();
         assert_eq!(st.artifact.digest, c1.record.digest);
         assert!(st.variant.as_deref().is_some_and(|k| k.starts_with("sha256:")));
