@@ -232,3 +232,22 @@ async fn heavy_four_clusters_get_four_renders_and_one_var_change_touches_one_clu
     );
     fleet.shutdown().await;
 }
+
+/// The example fleet (`convoy dev`'s): `web-prod` says where it runs, from
+/// the `region` cluster variable its `Cluster` documents set per region label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_example_web_prod_differs_between_prod_eu_and_prod_us() {
+    let fleet = Fleet::start(FleetOptions::default()).await.unwrap();
+    let views = fleet.wait_converged(120).await;
+    let web = views.iter().find(|b| b.name == "web-prod").unwrap();
+    assert_eq!(web.variants, 2, "{web:?}");
+    for (c, region) in [("prod-eu", "europe-west1"), ("prod-us", "us-east1")] {
+        let d = fleet.cluster(c).object("apps", "deployments", "web", "web").unwrap();
+        let env = &d["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert_eq!(env[0]["name"], "REGION", "{c}: {env}");
+        assert_eq!(env[0]["value"], region, "{c}: {env}");
+        // One generation per revision: the variants share the base's.
+        assert_eq!(cell(web, c).desired_generation, web.generation);
+    }
+    fleet.shutdown().await;
+}
