@@ -197,11 +197,14 @@ async fn session(ctx: &SyncCtx, id: &ClusterIdentity) -> Result<End> {
             .collect()
     };
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
+    let (kube_version, api_versions) = kube_facts(&ctx.kube).await;
     let hello = pb::Hello {
         agent_version: AGENT_VERSION.to_string(),
         outbox_epoch: ctx.store.epoch(),
         applied,
         age_recipients: ctx.age_recipients.clone(),
+        kube_version,
+        api_versions,
     };
     tx.send(pb::AgentMessage { msg: Some(Out::Hello(hello)) })
         .await
@@ -292,4 +295,39 @@ async fn flush(
             *sent = Some(seq);
         }
     }
+}
+
+/// The cluster's Kubernetes version (`/version`) and served API versions
+/// (discovery), reported in Hello for `cluster.kubernetesVersion`. Best
+/// effort, bounded: on failure the Hello carries what was found and a
+/// warning is logged.
+async fn kube_facts(client: &kube::Client) -> (String, Vec<String>) {
+    let limit = std::time::Duration::from_secs(10);
+    let version = match tokio::time::timeout(limit, client.apiserver_version()).await {
+        Ok(Ok(info)) => info.git_version,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the cluster's Kubernetes version");
+            String::new()
+        }
+        Err(_) => {
+            tracing::warn!("reading the cluster's Kubernetes version timed out");
+            String::new()
+        }
+    };
+    let mut apis = Vec::new();
+    match tokio::time::timeout(limit, client.list_core_api_versions()).await {
+        Ok(Ok(core)) => apis.extend(core.versions),
+        _ => tracing::warn!("cannot list the cluster's core API versions"),
+    }
+    match tokio::time::timeout(limit, client.list_api_groups()).await {
+        Ok(Ok(groups)) => {
+            for g in groups.groups {
+                apis.extend(g.versions.into_iter().map(|v| v.group_version));
+            }
+        }
+        _ => tracing::warn!("cannot list the cluster's API groups"),
+    }
+    apis.sort();
+    apis.dedup();
+    (version, apis)
 }

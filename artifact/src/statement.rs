@@ -4,7 +4,8 @@
 //! Canonical form: compact JSON (no whitespace, no trailing newline), keys in
 //! this order: `apiVersion`, `kind`, `bundle`, `source` (`url`, `revision`),
 //! `artifact` (`digest`, `size`), `generation`, `helm` only for a Helm bundle
-//! (`chart`, `version`, `chartDigest`, `valuesDigest`), and `keyId` only when set:
+//! (`chart`, `version`, `chartDigest`, `valuesDigest`), `keyId` only when set,
+//! and `variant` (the variant key) only for a per-cluster variant:
 //!
 //! ```json
 //! {"apiVersion":"convoy.dev/v1","kind":"Statement","bundle":"app","source":{"url":"https://git.example/fleet.git","revision":"main@sha1:0123456789abcdef0123456789abcdef01234567"},"artifact":{"digest":"sha256:<64 hex>","size":1234},"generation":7,"keyId":"sha256:<64 hex>"}
@@ -49,6 +50,11 @@ pub struct Statement {
     /// Which key signed it ([`crate::PublicKey::key_id`]), a hint for rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// For a per-cluster variant of the bundle: the variant key (the digest of
+    /// the variant's effective input). Absent (not serialized) for the bundle's
+    /// base artifact, so base statements keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 /// The source part of a statement.
@@ -115,7 +121,14 @@ impl Statement {
             generation,
             helm: None,
             key_id: None,
+            variant: None,
         }
+    }
+
+    /// Set the variant key.
+    pub fn with_variant(mut self, key: impl Into<String>) -> Self {
+        self.variant = Some(key.into());
+        self
     }
 
     /// Set the Helm part.
@@ -198,6 +211,11 @@ mod tests {
         let k = s.clone().with_key_id("sha256:k");
         assert!(String::from_utf8(k.to_bytes()).unwrap().ends_with(r#","generation":7,"keyId":"sha256:k"}"#));
         assert_eq!(Statement::parse(&k.to_bytes()).unwrap(), k);
+        let v = s.clone().with_variant("sha256:v");
+        assert!(
+            String::from_utf8(v.to_bytes()).unwrap().ends_with(r#","generation":7,"variant":"sha256:v"}"#)
+        );
+        assert_eq!(Statement::parse(&v.to_bytes()).unwrap(), v);
     }
 
     #[test]

@@ -502,6 +502,9 @@ impl DevFleet {
         println!("  convoy get clusters");
         println!("  convoy get bundles");
         println!("  convoy status web-prod");
+        println!(
+            "  convoy render web-prod --cluster prod-us --explain   # its REGION, and where it came from"
+        );
         if let Some(a) = self.agents.iter().find(|a| a.name == "prod-eu") {
             println!("  kubectl --kubeconfig {} get deploy,svc,pdb -A", a.kubeconfig.display());
         }

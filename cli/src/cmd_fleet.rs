@@ -107,6 +107,10 @@ pub enum Command {
     /// Progressive rollouts: status, approve, pause, resume, abort, rollback (docs/rollouts.md).
     #[command(subcommand)]
     Rollout(crate::cmd_rollout::RolloutCommand),
+    /// Set and remove a cluster's variables: `convoy vars CLUSTER k=v k-`.
+    Vars(Box<crate::cmd_custom::VarsArgs>),
+    /// What one cluster gets of a bundle: `convoy render BUNDLE --cluster C [--explain]`.
+    Render(Box<crate::cmd_custom::RenderArgs>),
 }
 
 /// `convoy token ...`
@@ -285,11 +289,11 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(code: u8, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: u8, message: impl Into<String>) -> Self {
         Self { code, message: message.into() }
     }
 
-    fn usage(message: impl Into<String>) -> Self {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
         Self::new(2, message)
     }
 }
@@ -325,6 +329,8 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Revoke(a) => revoke(*a).await,
         Command::Sops(c) => crate::cmd_sops::run(c).await,
         Command::Rollout(c) => crate::cmd_rollout::run(c).await,
+        Command::Vars(a) => crate::cmd_custom::vars(*a).await,
+        Command::Render(a) => crate::cmd_custom::render(*a).await,
     };
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -611,6 +617,12 @@ struct ClusterOut {
     registered_unix_ms: i64,
     certificate_not_after_unix_ms: i64,
     bundles: Summary,
+    /// The Kubernetes version the agent reported.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    kube_version: String,
+    /// Variables set with `convoy vars`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    vars: BTreeMap<String, String>,
 }
 
 fn cluster_out(c: pb::Cluster) -> ClusterOut {
@@ -624,6 +636,8 @@ fn cluster_out(c: pb::Cluster) -> ClusterOut {
         registered_unix_ms: c.registered_unix_ms,
         certificate_not_after_unix_ms: c.certificate_not_after_unix_ms,
         bundles: c.bundles.into(),
+        kube_version: c.kube_version,
+        vars: c.vars.into_iter().collect(),
     }
 }
 
@@ -649,6 +663,8 @@ struct CellOut {
     objects_ready: u32,
     objects_total: u32,
     updated_unix_ms: i64,
+    /// The per-cluster variant key ("" for the base artifact).
+    variant: String,
 }
 
 #[derive(Serialize)]
@@ -666,6 +682,8 @@ struct BundleOut {
     conditions: Vec<ConditionOut>,
     summary: Summary,
     clusters: Vec<CellOut>,
+    /// Distinct per-cluster variants signed for the current base.
+    variants: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     helm: Option<HelmOut>,
 }
@@ -708,6 +726,7 @@ fn bundle_out(b: pb::BundleView) -> BundleOut {
             })
             .collect(),
         summary: b.summary.into(),
+        variants: b.variants,
         clusters: b
             .clusters
             .into_iter()
@@ -721,10 +740,17 @@ fn bundle_out(b: pb::BundleView) -> BundleOut {
                     generation: s.generation,
                     applied_generation: s.applied_generation,
                     revision: s.revision,
-                    message: s.message,
+                    // The hub's own failure for this cluster (its variant
+                    // cannot be built) comes before what the agent last said.
+                    message: if c.variant_error.is_empty() {
+                        s.message
+                    } else {
+                        format!("SubstitutionFailed: {}", c.variant_error)
+                    },
                     objects_ready: o.ready,
                     objects_total: o.total,
                     updated_unix_ms: c.updated_unix_ms,
+                    variant: c.variant,
                 }
             })
             .collect(),
@@ -883,7 +909,7 @@ async fn get(a: GetArgs) -> Result<()> {
                 return print_data(a.output, &out);
             }
             let wide = a.output == Output::Wide;
-            let mut h = vec!["NAME", "SOURCE", "REVISION", "GEN", "CLUSTERS", "BUILD"];
+            let mut h = vec!["NAME", "SOURCE", "REVISION", "GEN", "CLUSTERS", "VARIANTS", "BUILD"];
             if wide {
                 h.extend(["PATH", "DIGEST", "SIZE", "SUSPENDED"]);
             }
@@ -907,6 +933,7 @@ async fn get(a: GetArgs) -> Result<()> {
                     if b.revision.is_empty() { "-".into() } else { short_revision(&b.revision) },
                     b.generation.to_string(),
                     b.summary.text(),
+                    b.variants.to_string(),
                     if b.suspended { format!("{build} (suspended)") } else { build },
                 ];
                 if wide {
@@ -1028,6 +1055,7 @@ async fn status(a: StatusArgs) -> Result<()> {
     let mut h = vec!["CLUSTER", "PHASE", "GEN", "REVISION", "OBJECTS", "UPDATED", "MESSAGE"];
     if wide {
         h.push("APPLIED GEN");
+        h.push("VARIANT");
     }
     let mut t = table(&h);
     for c in &out.clusters {
@@ -1051,6 +1079,7 @@ async fn status(a: StatusArgs) -> Result<()> {
         ];
         if wide {
             row.push(c.applied_generation.to_string());
+            row.push(if c.variant.is_empty() { "base".into() } else { short_digest(&c.variant) });
         }
         t.add_row(row);
     }

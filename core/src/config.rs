@@ -1,4 +1,4 @@
-//! The fleet config: GitSource, Bundle, Provider and Alert documents.
+//! The fleet config: GitSource, Bundle, Provider, Alert, Cluster and ClusterGroup documents.
 //!
 //! Documents are Kubernetes-style (`apiVersion: convoy.dev/v1`, `kind`,
 //! `metadata.name`, `spec`) and may be spread over several files. Parsing is
@@ -283,6 +283,10 @@ pub struct BundleSpec {
     /// Tenancy: whether the bundle may contain cluster-scoped objects. Default true.
     #[serde(default = "default_true")]
     pub allow_cluster_scoped: bool,
+    /// Opt in to `${{ cluster.* }}` substitution (`substitute: {}`), with
+    /// bundle-level variable values. Absent: the documents are left as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substitute: Option<SubstituteSpec>,
     /// Health-gated progressive rollout over waves (docs/rollouts.md). None:
     /// every targeted cluster gets a new generation at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -483,23 +487,162 @@ pub struct Target {
     /// A label selector over cluster labels. `{}` matches every cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_selector: Option<LabelSelector>,
+    /// A `ClusterGroup` name: the entry matches the group's selector (ANDed
+    /// with the other two fields when they are set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_group: Option<String>,
+    /// Customization: put every namespaced object of the bundle in this
+    /// namespace (kustomize's `namespace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Customization: the clusters this entry matches do NOT get the bundle,
+    /// whatever other entries say.
+    #[serde(default)]
+    pub do_not_deploy: bool,
+    /// Customization: cluster variables for substitution, over the cluster's
+    /// own (later matching entries win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
+    /// Customization: kustomize patches, strategic merge or JSON 6902.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<Patch>,
+    /// Customization: Helm values, kept as data for Helm bundles (merged over
+    /// the bundle's values in entry order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helm_values: Option<serde_json::Value>,
+    /// The `clusterGroup`'s selector, filled by [`FleetConfig::resolve_groups`].
+    #[serde(skip)]
+    pub group_selector: Option<LabelSelector>,
+}
+
+/// A kustomize patch of a target entry, written as in a kustomization's
+/// `patches:` list: a strategic-merge patch (a partial object naming its
+/// `apiVersion`, `kind` and `metadata.name`), or a JSON 6902 patch (a list of
+/// operations) with a `target`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Patch {
+    /// The patch text (YAML).
+    pub patch: String,
+    /// Which objects it applies to (needed for JSON 6902).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<PatchTarget>,
+}
+
+/// The objects a patch applies to (kustomize's patch `target`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatchTarget {
+    /// API group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// API version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Object name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Object namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Label selector (string form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<String>,
+}
+
+impl Target {
+    /// Whether the entry carries a customization layer (namespace, patches
+    /// or Helm values); vars are not a layer of their own, they feed
+    /// substitution.
+    pub fn has_layer(&self) -> bool {
+        self.namespace.is_some() || !self.patches.is_empty() || self.helm_values.is_some()
+    }
+}
+
+/// A bundle's `substitute:` settings (`substitute: {}` opts in).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubstituteSpec {
+    /// Bundle-level variable values, below every cluster's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
+}
+
+// ---------------------------------------------------------------------------
+// Cluster and ClusterGroup
+// ---------------------------------------------------------------------------
+
+/// `kind: Cluster`: labels and variables for the registered clusters it
+/// matches (by `name`, `selector`, or both).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// The cluster name this document applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A selector over the clusters' registered labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// Labels added to the matching clusters (used for targeting and
+    /// `cluster.labels.*`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Variables of the matching clusters (`cluster.vars.*`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
+}
+
+impl ClusterSpec {
+    /// Whether the document applies to the cluster (`registered` labels).
+    pub fn matches(&self, cluster: &str, registered: &Labels) -> bool {
+        if self.name.is_none() && self.selector.is_none() {
+            return false;
+        }
+        self.name.as_deref().is_none_or(|n| n == cluster)
+            && self.selector.as_ref().is_none_or(|s| s.matches(registered))
+    }
+}
+
+/// `kind: ClusterGroup`: a named cluster selector, for `targets[].clusterGroup`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterGroupSpec {
+    /// The selector over cluster labels.
+    pub selector: LabelSelector,
 }
 
 impl Target {
     /// Whether this entry selects the cluster.
     pub fn matches(&self, cluster: &str, labels: &Labels) -> bool {
-        if self.cluster_name.is_none() && self.cluster_selector.is_none() {
+        if self.cluster_name.is_none() && self.cluster_selector.is_none() && self.cluster_group.is_none() {
+            return false;
+        }
+        // A group that was not resolved matches nothing (validation refuses
+        // unknown groups, so this only happens on an unresolved config).
+        if self.cluster_group.is_some() && self.group_selector.is_none() {
             return false;
         }
         self.cluster_name.as_deref().is_none_or(|n| n == cluster)
             && self.cluster_selector.as_ref().is_none_or(|s| s.matches(labels))
+            && self.group_selector.as_ref().is_none_or(|s| s.matches(labels))
     }
 }
 
 impl BundleSpec {
-    /// Whether the bundle targets the cluster.
+    /// Whether the bundle targets the cluster: an entry matches it and no
+    /// matching entry says `doNotDeploy`.
     pub fn targets_cluster(&self, cluster: &str, labels: &Labels) -> bool {
-        self.targets.iter().any(|t| t.matches(cluster, labels))
+        let mut any = false;
+        for t in self.targets.iter().filter(|t| t.matches(cluster, labels)) {
+            if t.do_not_deploy {
+                return false;
+            }
+            any = true;
+        }
+        any
     }
 
     /// The bundle's tenancy rules.
@@ -613,6 +756,10 @@ pub struct FleetConfig {
     pub providers: BTreeMap<String, Named<ProviderSpec>>,
     /// Alerts by name.
     pub alerts: BTreeMap<String, Named<AlertSpec>>,
+    /// Cluster documents by name (applied in name order).
+    pub clusters: BTreeMap<String, Named<ClusterSpec>>,
+    /// Cluster groups by name.
+    pub cluster_groups: BTreeMap<String, Named<ClusterGroupSpec>>,
 }
 
 #[derive(Deserialize)]
@@ -637,7 +784,7 @@ struct Envelope<T> {
 }
 
 /// The document kinds of the fleet config.
-pub const FLEET_KINDS: [&str; 4] = ["GitSource", "Bundle", "Provider", "Alert"];
+pub const FLEET_KINDS: [&str; 6] = ["GitSource", "Bundle", "Provider", "Alert", "Cluster", "ClusterGroup"];
 
 impl FleetConfig {
     /// Parse documents from one file's text and add them. Kinds listed in
@@ -665,6 +812,8 @@ impl FleetConfig {
                 "Bundle" => insert(&mut self.bundles, file, &doc, "Bundle")?,
                 "Provider" => insert(&mut self.providers, file, &doc, "Provider")?,
                 "Alert" => insert(&mut self.alerts, file, &doc, "Alert")?,
+                "Cluster" => insert(&mut self.clusters, file, &doc, "Cluster")?,
+                "ClusterGroup" => insert(&mut self.cluster_groups, file, &doc, "ClusterGroup")?,
                 other => {
                     return Err(invalid(format!(
                         "unknown kind {other:?}; expected one of {}",
@@ -683,6 +832,7 @@ impl FleetConfig {
             cfg.add_text(file, text, &[])?;
         }
         cfg.validate()?;
+        cfg.resolve_groups();
         Ok(cfg)
     }
 
@@ -713,10 +863,25 @@ impl FleetConfig {
                 }
             }
             for (i, t) in b.spec.targets.iter().enumerate() {
-                if t.cluster_name.is_none() && t.cluster_selector.is_none() {
+                if t.cluster_name.is_none() && t.cluster_selector.is_none() && t.cluster_group.is_none() {
                     return Err(invalid(format!(
-                        "spec.targets[{i}]: set clusterName, clusterSelector or both"
+                        "spec.targets[{i}]: set clusterName, clusterSelector or clusterGroup"
                     )));
+                }
+                if let Some(g) = &t.cluster_group
+                    && !self.cluster_groups.contains_key(g)
+                {
+                    return Err(invalid(format!(
+                        "spec.targets[{i}].clusterGroup: no ClusterGroup named {g:?}"
+                    )));
+                }
+                if let Some(ns) = &t.namespace {
+                    validate_name(ns).map_err(|e| invalid(format!("spec.targets[{i}].namespace: {e}")))?;
+                }
+                for (j, p) in t.patches.iter().enumerate() {
+                    if p.patch.trim().is_empty() {
+                        return Err(invalid(format!("spec.targets[{i}].patches[{j}].patch is empty")));
+                    }
                 }
                 if let Some(sel) = &t.cluster_selector {
                     sel.validate().map_err(|e| invalid(format!("spec.targets[{i}]: {e}")))?;
@@ -773,6 +938,32 @@ impl FleetConfig {
             {
                 return Err(invalid(format!("spec.verify.mode must be ssh or gpg, found {:?}", v.mode)));
             }
+        }
+        for (name, c) in &self.clusters {
+            if c.spec.name.is_none() && c.spec.selector.is_none() {
+                return Err(Error::Invalid {
+                    file: c.origin.clone(),
+                    kind: "Cluster".into(),
+                    name: name.clone(),
+                    message: "set spec.name, spec.selector or both".into(),
+                });
+            }
+            if let Some(sel) = &c.spec.selector {
+                sel.validate().map_err(|e| Error::Invalid {
+                    file: c.origin.clone(),
+                    kind: "Cluster".into(),
+                    name: name.clone(),
+                    message: format!("spec.selector: {e}"),
+                })?;
+            }
+        }
+        for (name, g) in &self.cluster_groups {
+            g.spec.selector.validate().map_err(|e| Error::Invalid {
+                file: g.origin.clone(),
+                kind: "ClusterGroup".into(),
+                name: name.clone(),
+                message: format!("spec.selector: {e}"),
+            })?;
         }
         for (name, p) in &self.providers {
             let invalid = |m: String| Error::Invalid {
@@ -871,6 +1062,46 @@ impl FleetConfig {
             }
         }
         None
+    }
+
+    /// Copy each `targets[].clusterGroup`'s selector into its entry, so that
+    /// [`Target::matches`] needs no fleet. Call after [`FleetConfig::validate`]
+    /// ([`FleetConfig::parse`] does); unknown groups stay unresolved and match
+    /// nothing.
+    pub fn resolve_groups(&mut self) {
+        let groups = self.cluster_groups.clone();
+        for b in self.bundles.values_mut() {
+            for t in &mut b.spec.targets {
+                t.group_selector =
+                    t.cluster_group.as_ref().and_then(|g| groups.get(g)).map(|g| g.spec.selector.clone());
+            }
+        }
+    }
+
+    /// A cluster's effective labels and vars: its `registered` labels, then
+    /// the labels and vars of every matching `Cluster` document in name order
+    /// (later documents win on a key). Documents match on registered labels.
+    pub fn cluster_facts(&self, cluster: &str, registered: &Labels) -> (Labels, BTreeMap<String, String>) {
+        let mut labels = registered.clone();
+        let mut vars = BTreeMap::new();
+        for c in self.clusters.values().filter(|c| c.spec.matches(cluster, registered)) {
+            for (k, v) in &c.spec.labels {
+                labels.insert(k.clone(), v.clone());
+            }
+            vars.extend(c.spec.vars.clone());
+        }
+        (labels, vars)
+    }
+
+    /// The ClusterGroups a cluster is in: those whose selector matches its
+    /// effective labels ([`FleetConfig::cluster_facts`]).
+    pub fn groups_of(&self, cluster: &str, registered: &Labels) -> Vec<String> {
+        let (labels, _) = self.cluster_facts(cluster, registered);
+        self.cluster_groups
+            .iter()
+            .filter(|(_, g)| g.spec.selector.matches(&labels))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// The names of the bundles that target a cluster.
@@ -1148,5 +1379,83 @@ spec:
         assert_eq!(r.resolve(), RefSpec::Semver(">=1".into()));
         assert_eq!(GitRef::default().resolve(), RefSpec::Branch("main".into()));
         assert_eq!(format_revision("main", "abc"), "main@sha1:abc");
+    }
+
+    const CUSTOM: &str = r#"
+apiVersion: convoy.dev/v1
+kind: ClusterGroup
+metadata: {name: europe}
+spec:
+  selector: {matchLabels: {region: eu}}
+---
+apiVersion: convoy.dev/v1
+kind: Cluster
+metadata: {name: a-prod}
+spec:
+  selector: {matchLabels: {env: prod}}
+  labels: {tier: gold}
+  vars: {replicas: "3", size: l}
+---
+apiVersion: convoy.dev/v1
+kind: Cluster
+metadata: {name: b-one}
+spec:
+  name: eu-prod
+  vars: {size: xl}
+---
+apiVersion: convoy.dev/v1
+kind: Bundle
+metadata: {name: web}
+spec:
+  source: fleet
+  substitute: {vars: {greeting: hi}}
+  targets:
+    - clusterGroup: europe
+      namespace: web-eu
+      vars: {region: eu}
+      patches:
+        - patch: |
+            - op: replace
+              path: /spec/replicas
+              value: 2
+          target: {kind: Deployment, name: web}
+    - clusterName: eu-canary
+      doNotDeploy: true
+    - clusterSelector: {matchLabels: {env: prod}}
+      helmValues: {replicaCount: 3}
+"#;
+
+    #[test]
+    fn cluster_groups_do_not_deploy_and_cluster_documents() {
+        let text = format!("{FLEET}---{CUSTOM}");
+        let cfg = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap();
+        let web = &cfg.bundles["web"].spec;
+        assert_eq!(web.substitute.as_ref().unwrap().vars["greeting"], "hi");
+        assert_eq!(web.targets[0].group_selector, Some(cfg.cluster_groups["europe"].spec.selector.clone()));
+        assert!(web.targets[0].has_layer() && !web.targets[1].has_layer() && web.targets[2].has_layer());
+        // The group selector matches, and ANDs nothing else.
+        assert!(web.targets_cluster("eu-dev", &labels("region=eu,env=dev")));
+        assert!(!web.targets_cluster("us-dev", &labels("region=us,env=dev")));
+        assert!(web.targets_cluster("us-prod", &labels("region=us,env=prod")));
+        // doNotDeploy wins over every other matching entry.
+        assert!(!web.targets_cluster("eu-canary", &labels("region=eu,env=prod")));
+        // Cluster documents: selector on registered labels, then by name; later names win.
+        let (l, v) = cfg.cluster_facts("eu-prod", &labels("region=eu,env=prod"));
+        assert_eq!(l, labels("region=eu,env=prod,tier=gold"));
+        assert_eq!(v.get("size").map(String::as_str), Some("xl"));
+        assert_eq!(v.get("replicas").map(String::as_str), Some("3"));
+        let (l, v) = cfg.cluster_facts("us-dev", &labels("region=us,env=dev"));
+        assert_eq!(l, labels("region=us,env=dev"));
+        assert!(v.is_empty());
+        // Group membership is on effective labels, for rollout waves.
+        assert_eq!(cfg.groups_of("eu-prod", &labels("region=eu,env=prod")), vec!["europe".to_string()]);
+        assert!(cfg.groups_of("us-dev", &labels("region=us,env=dev")).is_empty());
+        // An unknown group and a Cluster document that matches nothing are refused.
+        let bad = text.replace("clusterGroup: europe", "clusterGroup: asia");
+        let err = FleetConfig::parse([("f.yaml", bad.as_str())]).unwrap_err().to_string();
+        assert!(err.contains("no ClusterGroup named \"asia\""), "{err}");
+        let bad = text.replace("  name: eu-prod\n", "");
+        let err = FleetConfig::parse([("f.yaml", bad.as_str())]).unwrap_err().to_string();
+        assert!(err.contains("set spec.name, spec.selector or both"), "{err}");
     }
 }

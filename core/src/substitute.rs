@@ -214,6 +214,48 @@ pub fn substitute(vars: &Variables, file: &str, input: Input<'_>) -> Result<Subs
     substitute_all(vars, file, &[input]).map(|mut v| v.remove(0))
 }
 
+/// The variables the expressions in `value`'s strings name, each with
+/// whether at least one expression names it WITHOUT a default (so its absence
+/// is an error). Escapes (`$${{`) and malformed expressions name nothing
+/// (substitution reports the latter). Used by the hub to key variants on the
+/// variables a bundle actually uses.
+pub fn used_variables(value: &Value, out: &mut BTreeMap<Variable, bool>) {
+    match value {
+        Value::String(s) => {
+            let mut rest = s.as_str();
+            while let Some(pos) = rest.find("${{") {
+                if pos > 0 && rest.as_bytes()[pos - 1] == b'$' {
+                    rest = &rest[pos + 3..];
+                    continue;
+                }
+                let expr_text = &rest[pos..];
+                let len = match parse(expr_text) {
+                    Ok((expr, len)) => {
+                        let required = out.entry(expr.variable).or_insert(false);
+                        *required |= expr.default.is_none();
+                        len
+                    }
+                    Err((_, len)) => len,
+                };
+                rest = &expr_text[len.max(3)..];
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| used_variables(v, out)),
+        Value::Object(map) => map.values().for_each(|v| used_variables(v, out)),
+        _ => {}
+    }
+}
+
+/// The value of `variable` for a cluster, `None` when it is not set.
+pub fn lookup(vars: &Variables, variable: &Variable) -> Option<String> {
+    match variable {
+        Variable::Name => Some(vars.name.clone()),
+        Variable::KubernetesVersion => vars.kubernetes_version.clone(),
+        Variable::Label(k) => vars.labels.get(k).cloned(),
+        Variable::Var(k) => vars.vars.get(k).cloned(),
+    }
+}
+
 struct Run<'a> {
     vars: &'a Variables,
     index: usize,
@@ -958,5 +1000,29 @@ mod tests {
             assert_eq!(len, text.len());
             assert_eq!(expr.variable, v, "{text}");
         }
+    }
+
+    #[test]
+    fn used_variables_lists_each_variable_and_whether_it_is_required() {
+        let v: Value = serde_json::json!({
+            "a": "${{ cluster.vars.region }}-${{ cluster.name }}",
+            "b": ["${{ cluster.vars.zone | default \"z\" }}", "$${{ cluster.vars.escaped }}", "${HOME}"],
+            "c": {"d": "${{ cluster.labels[\"topology.kubernetes.io/region\"] | default \"x\" }}", "e": "${{ cluster.vars.zone }}"},
+            "${{ cluster.vars.key }}": 3,
+        });
+        let mut used = BTreeMap::new();
+        used_variables(&v, &mut used);
+        let want: BTreeMap<Variable, bool> = [
+            (Variable::Name, true),
+            (Variable::Label("topology.kubernetes.io/region".into()), false),
+            (Variable::Var("region".into()), true),
+            (Variable::Var("zone".into()), true),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(used, want);
+        let vars = Variables { name: "c1".into(), ..Default::default() };
+        assert_eq!(lookup(&vars, &Variable::Name).as_deref(), Some("c1"));
+        assert_eq!(lookup(&vars, &Variable::Var("region".into())), None);
     }
 }

@@ -591,6 +591,7 @@ pub fn load_fleet(cfg: &HubConfig) -> Result<FleetConfig> {
         fleet.add_text(&f.display().to_string(), &text, &[HUB_CONFIG_KIND])?;
     }
     fleet.validate()?;
+    fleet.resolve_groups();
     crate::secret_paths::check(&fleet, cfg)?;
     Ok(fleet)
 }

@@ -33,6 +33,7 @@ pub mod sources_pipeline;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod variants;
 pub mod writer;
 
 mod error;

@@ -29,8 +29,10 @@ pub const TICK: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct ClusterInput {
     /// The cluster's name.
     pub name: String,
-    /// Its labels.
+    /// Its effective labels (registered, then `Cluster` documents).
     pub labels: Labels,
+    /// The ClusterGroups whose selector matches those labels.
+    pub groups: Vec<String>,
     /// Whether an agent holds a Sync stream.
     pub connected: bool,
     /// Its committed statuses.
@@ -361,7 +363,7 @@ fn observe(
                 c.name.clone(),
                 ClusterObs {
                     labels: c.labels.clone(),
-                    groups: Vec::new(),
+                    groups: c.groups.clone(),
                     connected: c.connected,
                     on_new,
                     phase: st.map_or(Phase::Unknown, |s| s.status.phase),
@@ -446,6 +448,7 @@ spec:
         ClusterInput {
             name: name.into(),
             labels: convoy_core::selector::parse_labels([format!("region={region}").as_str()]).unwrap(),
+            groups: Vec::new(),
             connected: true,
             statuses: Arc::new(statuses),
         }

@@ -266,6 +266,10 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
             p
         }
     };
+    // Per-cluster variant artifacts are stored by the hub and served with the pipeline's.
+    let variant_store = crate::variants::VariantStore::new(dir.join("variants"));
+    let pipeline: Arc<dyn SourcePipeline> =
+        crate::variants::ServingVariants::new(pipeline, variant_store.clone());
     for source in &loaded.suspended_sources {
         if let Err(e) = pipeline.set_suspended(source, true) {
             warn!(source = %source, error = %e, "cannot re-apply the suspension of a source");
@@ -307,6 +311,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
             statuses,
             pipeline: pipeline.clone(),
             clock: clock.clone(),
+            variant_store: variant_store.clone(),
         },
         view_tx,
         shutdown.clone(),

@@ -2,7 +2,8 @@
 //! generations and the desired-state index.
 //!
 //! It applies operator and registration commands, turns new builds into signed
-//! generations, re-targets bundles when the fleet config, a cluster's labels or
+//! generations (and, per cluster, into signed variants: [`crate::variants`]),
+//! re-targets bundles when the fleet config, a cluster's labels or vars or
 //! the set of clusters changes, and publishes:
 //! - a [`FleetView`] snapshot through a `watch` (authorization and queries read it);
 //! - per cluster, an `Arc<ClusterDesired>` through that cluster's own `watch`,
@@ -35,9 +36,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::domain::desired::{
-    ClusterDesired, DesiredIndex, above_floor, next_generation, recovery_generation, same_bundles,
+    ClusterDesired, DesiredIndex, Placed, Placements, above_floor, next_generation, recovery_generation,
+    same_bundles,
 };
 use crate::domain::tokens::{self, check_registration};
+use crate::domain::variants::VariantRecord;
 use crate::domain::{
     CertRef, ClusterRecord, DeploymentRecord, EventRecord, HUB_EVENT_SOURCE, Liveness, Rejection, TokenRecord,
 };
@@ -63,6 +66,8 @@ pub struct ClusterShared {
     desired: watch::Sender<Arc<ClusterDesired>>,
     session: Mutex<Option<(u64, CancellationToken)>>,
     liveness_dirty: AtomicBool,
+    /// The Kubernetes version and API versions the agent reported in its Hello.
+    kube: ArcSwap<(String, Vec<String>)>,
 }
 
 impl ClusterShared {
@@ -77,7 +82,32 @@ impl ClusterShared {
             desired: watch::Sender::new(Arc::default()),
             session: Mutex::new(None),
             liveness_dirty: AtomicBool::new(false),
+            kube: ArcSwap::from_pointee((liveness.kube_version.clone(), Vec::new())),
         })
+    }
+
+    /// The Kubernetes version the agent reported ("" until it has).
+    pub fn kube_version(&self) -> String {
+        self.kube.load().0.clone()
+    }
+
+    /// The API versions (`group/version`) the agent's cluster serves.
+    pub fn api_versions(&self) -> Vec<String> {
+        self.kube.load().1.clone()
+    }
+
+    /// Record what the agent reported; whether the Kubernetes version changed.
+    pub fn set_kube(&self, version: &str, api_versions: &[String]) -> bool {
+        let cur = self.kube.load();
+        if cur.0 == version && cur.1 == api_versions {
+            return false;
+        }
+        let changed = cur.0 != version;
+        self.kube.store(Arc::new((version.to_string(), api_versions.to_vec())));
+        if changed {
+            self.liveness_dirty.store(true, Ordering::Relaxed);
+        }
+        changed
     }
 
     /// The cluster name.
@@ -152,6 +182,7 @@ impl ClusterShared {
             last_seen_unix_ms: self.last_seen(),
             agent_version: (*self.agent_version()).clone(),
             age_recipients: (*self.age_recipients()).clone(),
+            kube_version: self.kube_version(),
         }
     }
 
@@ -211,6 +242,10 @@ pub struct FleetView {
     pub suspended: Arc<BTreeSet<String>>,
     /// Progressive rollouts, by bundle.
     pub rollouts: Arc<BTreeMap<String, Arc<crate::domain::rollout::RolloutRecord>>>,
+    /// The signed per-cluster variants, by (bundle, variant key).
+    pub variants: Arc<BTreeMap<(String, String), Arc<DeploymentRecord>>>,
+    /// Each cluster's non-base placements, by cluster then bundle.
+    pub placements: Arc<BTreeMap<String, Placements>>,
 }
 
 /// A registration request, converted from the proto at the edge.
@@ -308,6 +343,16 @@ enum Cmd {
         who: String,
         reply: Reply<()>,
     },
+    /// `convoy vars`: set and unset a cluster's variables.
+    SetVars {
+        cluster: String,
+        set: BTreeMap<String, String>,
+        unset: Vec<String>,
+        reply: Reply<BTreeMap<String, String>>,
+    },
+    /// Recompute one cluster's variants (its agent reported a new
+    /// Kubernetes version); answered once published.
+    RefreshVariants(String, Reply<()>),
 }
 
 /// Sends commands to the state actor.
@@ -315,6 +360,7 @@ enum Cmd {
 pub struct StateHandle {
     tx: mpsc::Sender<Cmd>,
     view: watch::Receiver<Arc<FleetView>>,
+    ready: watch::Receiver<bool>,
 }
 
 impl StateHandle {
@@ -322,6 +368,15 @@ impl StateHandle {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).await.map_err(|_| Error::ShuttingDown)?;
         rx.await.unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Wait until the actor has computed every cluster's variants once after
+    /// start (before that, a customized bundle is missing from a cluster's
+    /// desired set, and a snapshot sent then would remove it). `false` if
+    /// not ready within `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut r = self.ready.clone();
+        tokio::time::timeout(timeout, r.wait_for(|v| *v)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// The current fleet view.
@@ -389,6 +444,22 @@ impl StateHandle {
         self.call(|reply| Cmd::Rollout { bundle, cmd, who, reply }).await
     }
 
+    /// Set (`set`) and remove (`unset`) variables of a cluster; returns its
+    /// variables after the change. Only that cluster's variants are recomputed.
+    pub async fn set_vars(
+        &self,
+        cluster: String,
+        set: BTreeMap<String, String>,
+        unset: Vec<String>,
+    ) -> Result<BTreeMap<String, String>> {
+        self.call(|reply| Cmd::SetVars { cluster, set, unset, reply }).await
+    }
+
+    /// Recompute a cluster's variants; returns once the result is published.
+    pub async fn refresh_variants(&self, cluster: String) -> Result<()> {
+        self.call(|r| Cmd::RefreshVariants(cluster, r)).await
+    }
+
     /// Replace the fleet config and wait until it is in force.
     pub async fn set_fleet(&self, fleet: Arc<FleetConfig>) -> Result<()> {
         self.call(|r| Cmd::SetFleet(fleet, Some(r))).await
@@ -413,6 +484,8 @@ pub struct StateDeps {
     pub pipeline: Arc<dyn crate::pipeline::SourcePipeline>,
     /// The wall clock (token expiry, certificate validity, generation stamps).
     pub clock: convoy_core::clock::SharedClock,
+    /// Where per-cluster variant artifacts are stored.
+    pub variant_store: Arc<crate::variants::VariantStore>,
 }
 
 /// The liveness that changed since the last call, of the clusters in `view`:
@@ -445,6 +518,20 @@ struct Actor {
     floors: HashMap<String, u64>,
     /// Progressive rollouts ([`crate::rollout`]).
     rollouts: crate::rollout::Rollouts,
+    /// Signed variants by (bundle, key), and the base digest each was built from.
+    variants: Arc<BTreeMap<(String, String), Arc<DeploymentRecord>>>,
+    variant_bases: HashMap<(String, String), String>,
+    /// Each cluster's placements of customized bundles.
+    placements: Arc<BTreeMap<String, Placements>>,
+    /// Clusters whose variants must be recomputed after this batch.
+    variants_pending: BTreeSet<String>,
+    /// Caches: variables used per base digest; build result per (base digest, key).
+    used_cache: HashMap<(String, String), Arc<BTreeMap<convoy_core::substitute::Variable, bool>>>,
+    built_cache: HashMap<(String, String), std::result::Result<(String, u64), String>>,
+    /// Variant failures already reported as events: (cluster, bundle) → message.
+    reported_variant_errors: HashMap<(String, String), String>,
+    /// Set once the first variant computation after start is published.
+    ready_tx: watch::Sender<bool>,
 }
 
 /// Build the actor from the loaded store and start it. The view is published
@@ -468,6 +555,13 @@ pub fn spawn(
         clusters.insert(rec.name.clone(), ClusterEntry { record: Arc::new(rec), shared });
     }
     let now = deps.clock.now_ms();
+    let mut variants = BTreeMap::new();
+    let mut variant_bases = HashMap::new();
+    for v in loaded.variants {
+        let k = (v.record.bundle.clone(), v.key.clone());
+        variant_bases.insert(k.clone(), v.base_digest);
+        variants.insert(k, Arc::new(v.record));
+    }
     let mut actor = Actor {
         fleet,
         builds: builds.borrow().clone(),
@@ -489,12 +583,20 @@ pub fn spawn(
         dirty: true,
         floors: HashMap::new(),
         rollouts: crate::rollout::Rollouts::load(loaded.rollouts),
+        variants: Arc::new(variants),
+        variant_bases,
+        placements: Arc::default(),
+        variants_pending: BTreeSet::new(),
+        used_cache: HashMap::new(),
+        built_cache: HashMap::new(),
+        reported_variant_errors: HashMap::new(),
+        ready_tx: watch::Sender::new(false),
     };
     actor.rebuild_index();
     actor.retarget(None);
     actor.publish();
     let (tx, rx) = mpsc::channel(4096);
-    let handle = StateHandle { tx, view: actor.view_tx.subscribe() };
+    let handle = StateHandle { tx, view: actor.view_tx.subscribe(), ready: actor.ready_tx.subscribe() };
     let task = tokio::spawn(actor.run(rx, builds, shutdown).instrument(info_span!("fleet_state")));
     (handle, task)
 }
@@ -554,6 +656,7 @@ impl Actor {
         // Builds present at start are processed now (new digests since the last run).
         self.on_builds().await;
         self.publish();
+        self.ready_tx.send_replace(true);
         let mut pipeline_open = true;
         let mut rollout_tick = tokio::time::interval(crate::rollout::TICK);
         rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -572,6 +675,7 @@ impl Actor {
                         }
                     }
                     self.finish(batch).await;
+                    self.refresh_pending_variants().await;
                 }
                 changed = builds.changed(), if pipeline_open => {
                     if changed.is_err() {
@@ -640,6 +744,7 @@ impl Actor {
                     self.rollouts = r;
                 }
                 self.pending_desired.clear();
+                self.variants_pending.clear();
                 let msg = e.to_string();
                 for a in answers {
                     a(Err(Error::Store(msg.clone())));
@@ -664,12 +769,17 @@ impl Actor {
                 builds: self.builds.clone(),
                 suspended: self.suspended.clone(),
                 rollouts: Arc::new(self.rollouts.all().clone()),
+                variants: self.variants.clone(),
+                placements: self.placements.clone(),
             }));
         }
     }
 
     fn rebuild_index(&mut self) {
-        self.index = Arc::new(DesiredIndex::build(&self.fleet, &self.records, &self.suspended, &self.index));
+        self.index = Arc::new(
+            DesiredIndex::build(&self.fleet, &self.records, &self.suspended, &self.index)
+                .with_variants(&self.variants, &self.index),
+        );
         self.dirty = true;
     }
 
@@ -683,12 +793,19 @@ impl Actor {
         };
         let mut changed = 0usize;
         for entry in targets {
-            let mut bundles = self.index.for_cluster(&self.fleet, &entry.record.name, &entry.record.labels);
-            self.rollouts.overlay(&self.fleet, &entry.record.name, &mut bundles);
             let current = match self.pending_desired.get(&entry.record.name) {
                 Some((_, d)) => d.clone(),
                 None => entry.shared.desired.borrow().clone(),
             };
+            let (labels, _) = self.fleet.cluster_facts(&entry.record.name, &entry.record.labels);
+            let mut bundles = self.index.for_cluster_placed(
+                &self.fleet,
+                &entry.record.name,
+                &labels,
+                self.placements.get(&entry.record.name),
+                &current.bundles,
+            );
+            self.rollouts.overlay(&self.fleet, &entry.record.name, &mut bundles);
             if same_bundles(&current.bundles, &bundles) && (current.version > 0 || bundles.is_empty()) {
                 continue;
             }
@@ -812,12 +929,47 @@ impl Actor {
                     }
                 }
             }
+            Cmd::SetVars { cluster, set, unset, reply } => {
+                // Answered once the cluster's variants are recomputed and
+                // published, so `convoy vars` then `convoy render` agree. The
+                // commands before it are committed and published first.
+                let earlier = std::mem::replace(batch, self.begin());
+                self.finish(earlier).await;
+                let before = self.clusters.clone();
+                let result = match self.set_vars(&cluster, set, unset) {
+                    Ok((writes, vars)) => match self.deps.writer.commit(writes).await {
+                        Ok(_) => {
+                            self.refresh_variants(Some(&cluster)).await;
+                            Ok(vars)
+                        }
+                        Err(e) => {
+                            self.clusters = before;
+                            Err(Error::Store(e.to_string()))
+                        }
+                    },
+                    Err(e) => Err(e),
+                };
+                self.publish();
+                let _ = reply.send(result);
+                *batch = self.begin();
+            }
+            Cmd::RefreshVariants(cluster, reply) => {
+                let earlier = std::mem::replace(batch, self.begin());
+                self.finish(earlier).await;
+                self.refresh_variants(Some(&cluster)).await;
+                self.publish();
+                let _ = reply.send(Ok(()));
+                *batch = self.begin();
+            }
             Cmd::SetFleet(fleet, reply) => {
                 // The commands before it are committed and published first:
                 // signing new generations commits on its own.
                 let earlier = std::mem::replace(batch, self.begin());
                 self.finish(earlier).await;
                 self.fleet = fleet;
+                // Patches (and so the variables used) and layers may have changed.
+                self.used_cache.clear();
+                self.built_cache.retain(|_, r| r.is_ok());
                 self.rebuild_index();
                 // Bundles new to the fleet may already have builds.
                 self.on_builds().await;
@@ -908,6 +1060,7 @@ impl Actor {
             .insert(input.cluster.clone(), ClusterEntry { record: record.clone(), shared });
         self.tokens.insert(token.id.clone(), token.clone());
         self.retarget(Some(&input.cluster));
+        self.variants_pending.insert(input.cluster.clone());
         self.dirty = true;
         self.deps.metrics.registrations.get_or_create(&crate::metrics::ResultLabels { result: "ok" }).inc();
         info!(cluster = %input.cluster, token_id = %token.id, serial = %cert.serial, "cluster registered");
@@ -1004,6 +1157,7 @@ impl Actor {
         Arc::make_mut(&mut self.clusters)
             .insert(cluster.into(), ClusterEntry { record: Arc::new(record.clone()), shared: entry.shared });
         self.retarget(Some(cluster));
+        self.variants_pending.insert(cluster.to_string());
         self.dirty = true;
         Ok(vec![
             Write::PutCluster(record.clone()),
@@ -1087,9 +1241,16 @@ impl Actor {
         Ok((writes, out))
     }
 
+    /// New builds or a new fleet config: sign the new base artifacts, then
+    /// recompute every cluster's variants.
+    async fn on_builds(&mut self) {
+        self.sign_base_builds().await;
+        self.refresh_variants(None).await;
+    }
+
     /// Turn new digests into signed generations (committed before anyone sees
     /// them), record build failures as events, and re-target.
-    async fn on_builds(&mut self) {
+    async fn sign_base_builds(&mut self) {
         let mut writes = Vec::new();
         let mut new_records = Vec::new();
         let mut events = Vec::new();
@@ -1114,7 +1275,8 @@ impl Actor {
             let Some(art) = &state.artifact else { continue };
             let current = self.records.get(name);
             let Some(generation) = next_generation(current.map(|r| &**r), art) else { continue };
-            let generation = above_floor(generation, self.floors.get(name).copied().unwrap_or(0));
+            // Generations are monotonic per bundle across its base and variants.
+            let generation = above_floor(generation, self.bundle_max_generation(name));
             let generation = above_floor(generation, self.rollouts.floor(name));
             let mut statement =
                 Statement::new(name, &art.source_url, &art.revision, &art.digest, art.size, generation);
@@ -1212,7 +1374,13 @@ impl Actor {
             if !targeted.contains_key(&bundle) {
                 continue;
             }
+            // A variant generation the hub signed itself is not a sign of a
+            // hub behind its agents.
+            if reported <= self.bundle_max_generation(&bundle) && self.variant_has_digest(&bundle, &digest) {
+                continue;
+            }
             let Some(generation) = recovery_generation(&cur, reported, &digest) else { continue };
+            let generation = above_floor(generation, self.bundle_max_generation(&bundle));
             let Ok(st) = serde_json::from_slice::<Statement>(&cur.statement) else { continue };
             let mut statement =
                 Statement::new(&bundle, &st.source.url, &cur.revision, &cur.digest, cur.size, generation);
@@ -1285,9 +1453,14 @@ impl Actor {
         let index = self.index.clone();
         let fleet = self.fleet.clone();
         let clusters = self.clusters.clone();
+        let placements = self.placements.clone();
         move |bundle: &str, cluster: &str| {
             let e = clusters.get(cluster)?;
-            let bundles = index.for_cluster(&fleet, cluster, &e.record.labels);
+            // The cluster's own variant of the bundle, if it has one.
+            let (labels, _) = fleet.cluster_facts(cluster, &e.record.labels);
+            let current = e.shared.desired();
+            let bundles =
+                index.for_cluster_placed(&fleet, cluster, &labels, placements.get(cluster), &current.bundles);
             bundles.get(bundle).map(|d| (*d.record).clone())
         }
     }
@@ -1306,7 +1479,8 @@ impl Actor {
             .filter(|e| !e.record.revoked)
             .map(|e| crate::rollout::ClusterInput {
                 name: e.record.name.clone(),
-                labels: e.record.labels.clone(),
+                groups: self.fleet.groups_of(&e.record.name, &e.record.labels),
+                labels: self.fleet.cluster_facts(&e.record.name, &e.record.labels).0,
                 connected: e.shared.connected(),
                 statuses: e.shared.statuses(),
             })
@@ -1335,6 +1509,453 @@ impl Actor {
         self.dirty = true;
         self.publish();
     }
+}
+
+/// Per-cluster variants (see [`crate::domain::variants`] and [`crate::variants`]).
+impl Actor {
+    /// The highest generation issued for `bundle`, base and variants, or
+    /// reported by agents before the hub had a record of it.
+    fn bundle_max_generation(&self, bundle: &str) -> u64 {
+        let base = self.records.get(bundle).map(|r| r.generation).unwrap_or(0);
+        let variants = self
+            .variants
+            .range((bundle.to_string(), String::new())..)
+            .take_while(|((b, _), _)| b == bundle)
+            .map(|(_, r)| r.generation)
+            .max()
+            .unwrap_or(0);
+        base.max(variants).max(self.floors.get(bundle).copied().unwrap_or(0)).max(self.rollouts.floor(bundle))
+    }
+
+    fn variant_has_digest(&self, bundle: &str, digest: &str) -> bool {
+        self.variants
+            .range((bundle.to_string(), String::new())..)
+            .take_while(|((b, _), _)| b == bundle)
+            .any(|(_, r)| r.digest == digest)
+    }
+
+    fn set_vars(
+        &mut self,
+        cluster: &str,
+        set: BTreeMap<String, String>,
+        unset: Vec<String>,
+    ) -> Result<(Vec<Write>, BTreeMap<String, String>)> {
+        for k in set.keys().chain(unset.iter()) {
+            if k.is_empty()
+                || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            {
+                return Err(Rejection::InvalidArgument(format!(
+                    "bad variable name {k:?}: use letters, digits, '_', '-' and '.'"
+                ))
+                .into());
+            }
+        }
+        let entry = self.entry(cluster)?.clone();
+        let mut record = (*entry.record).clone();
+        for k in &unset {
+            record.vars.remove(k);
+        }
+        record.vars.extend(set);
+        let vars = record.vars.clone();
+        Arc::make_mut(&mut self.clusters)
+            .insert(cluster.into(), ClusterEntry { record: Arc::new(record.clone()), shared: entry.shared });
+        self.dirty = true;
+        let shown: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Ok((
+            vec![
+                Write::PutCluster(record),
+                Write::AppendEvents(vec![hub_event(
+                    Severity::Info,
+                    "ClusterVarsChanged",
+                    "",
+                    format!("cluster {cluster} vars set to {{{}}}", shown.join(",")),
+                )]),
+            ],
+            vars,
+        ))
+    }
+
+    /// Recompute the variants of the clusters a batch touched, then publish.
+    async fn refresh_pending_variants(&mut self) {
+        for cluster in std::mem::take(&mut self.variants_pending) {
+            self.refresh_variants(Some(&cluster)).await;
+        }
+        self.publish();
+    }
+
+    /// The variables a bundle's base artifact uses (cached per base digest).
+    async fn used_variables(
+        &mut self,
+        bundle: &str,
+        base: &DeploymentRecord,
+    ) -> std::result::Result<Arc<BTreeMap<convoy_core::substitute::Variable, bool>>, String> {
+        let key = (bundle.to_string(), base.digest.clone());
+        if let Some(u) = self.used_cache.get(&key) {
+            return Ok(u.clone());
+        }
+        let path = self
+            .deps
+            .pipeline
+            .artifact_path(&base.digest)
+            .ok_or_else(|| format!("base artifact {} is not stored on the hub", base.digest))?;
+        let spec = self.fleet.bundles.get(bundle).map(|b| b.spec.clone()).ok_or("bundle left the fleet")?;
+        let used = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let files = crate::variants::unpack(&bytes).map_err(|e| e.to_string())?;
+            crate::variants::used_variables(&files, &spec).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let used = Arc::new(used);
+        self.used_cache.insert(key, used.clone());
+        Ok(used)
+    }
+
+    /// Build (or find in the cache) the variant `key` of `base`; returns its
+    /// digest and size, or the error (located for substitution problems).
+    async fn build_variant(
+        &mut self,
+        base: &DeploymentRecord,
+        key: &str,
+        input: &crate::domain::variants::EffectiveInput,
+        cluster: &str,
+    ) -> std::result::Result<(String, u64), String> {
+        let ck = (base.digest.clone(), key.to_string());
+        if let Some(r) = self.built_cache.get(&ck) {
+            return r.clone();
+        }
+        let path = self.deps.pipeline.artifact_path(&base.digest);
+        let store = self.deps.variant_store.clone();
+        let (input, cluster) = (input.clone(), cluster.to_string());
+        let digest = base.digest.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let path = path.ok_or_else(|| format!("base artifact {digest} is not stored on the hub"))?;
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let files = crate::variants::unpack(&bytes).map_err(|e| e.to_string())?;
+            let rendered = crate::variants::render(&files, &input, &cluster).map_err(|e| e.to_string())?;
+            let packed = crate::variants::pack(&rendered).map_err(|e| e.to_string())?;
+            store.put(&packed).map_err(|e| e.to_string())?;
+            Ok::<_, String>((packed.digest, packed.size))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        // Keep the cache small: only the current bases' entries matter.
+        if self.built_cache.len() > 100_000 {
+            self.built_cache.clear();
+        }
+        self.built_cache.insert(ck, r.clone());
+        r
+    }
+
+    /// Recompute the placements of `only` (every cluster when `None`) for
+    /// every customized bundle: build and sign the variants that are new
+    /// (one artifact per distinct effective input), record failures, commit,
+    /// then re-target those clusters. One cluster costs O(its bundles).
+    async fn refresh_variants(&mut self, only: Option<&str>) {
+        use crate::domain::variants::{ClusterFacts, Placement, is_customized, missing_message, placement};
+        let fleet = self.fleet.clone();
+        let clusters = self.clusters.clone();
+        let scope: Vec<&ClusterEntry> = match only {
+            Some(n) => clusters.get(n).into_iter().collect(),
+            None => clusters.values().collect(),
+        };
+        if scope.is_empty() {
+            return;
+        }
+        let mut placements = (*self.placements).clone();
+        if only.is_none() {
+            placements.retain(|c, _| clusters.contains_key(c));
+        }
+        let mut new_variants: Vec<VariantRecord> = Vec::new();
+        let mut signed: BTreeMap<(String, String), Arc<DeploymentRecord>> = BTreeMap::new();
+        let mut rebased: BTreeMap<String, DeploymentRecord> = BTreeMap::new();
+        let mut events = Vec::new();
+        let facts: Vec<(&ClusterEntry, Labels, BTreeMap<String, String>, String)> = scope
+            .iter()
+            .map(|e| {
+                let (labels, mut vars) = fleet.cluster_facts(&e.record.name, &e.record.labels);
+                vars.extend(e.record.vars.clone());
+                (*e, labels, vars, e.shared.kube_version())
+            })
+            .collect();
+        for (bname, bundle) in &fleet.bundles {
+            let spec = &bundle.spec;
+            let base = self.records.get(bname).cloned();
+            let (Some(mut base), true) = (base, is_customized(spec)) else {
+                for (e, ..) in &facts {
+                    if let Some(p) = placements.get_mut(&e.record.name) {
+                        p.remove(bname);
+                    }
+                }
+                continue;
+            };
+            // Unreadable base: every targeted cluster fails (and keeps what
+            // it has) rather than getting the documents unsubstituted.
+            let (used, unreadable) = if spec.substitute.is_some() {
+                match self.used_variables(bname, &base).await {
+                    Ok(u) => (u, None),
+                    Err(e) => {
+                        warn!(bundle = %bname, error = %e, "cannot read the variables a bundle uses");
+                        (Arc::default(), Some(format!("cannot read the variables the bundle uses: {e}")))
+                    }
+                }
+            } else {
+                (Arc::default(), None)
+            };
+            for (e, labels, vars, kube) in &facts {
+                let name = &e.record.name;
+                let cf = ClusterFacts {
+                    name,
+                    labels,
+                    vars,
+                    kubernetes_version: (!kube.is_empty()).then_some(kube.as_str()),
+                };
+                // What the cluster was last given of this bundle: it must
+                // never be given a lower generation (agents refuse rollback).
+                let held = self.held_generation(name, bname);
+                let batch_floor =
+                    |signed: &BTreeMap<(String, String), Arc<DeploymentRecord>>,
+                     rebased: &BTreeMap<String, DeploymentRecord>| {
+                        let s =
+                            signed.iter().filter(|((b, _), _)| b == bname).map(|(_, r)| r.generation).max();
+                        s.unwrap_or(0).max(rebased.get(bname).map(|r| r.generation).unwrap_or(0))
+                    };
+                let placed = match placement(spec, &cf, &used) {
+                    Placement::NotTargeted => None,
+                    _ if unreadable.is_some() => Some(Placed::Failed(unreadable.clone().unwrap_or_default())),
+                    Placement::Base => {
+                        if !acceptable(base.generation, &base.digest, &held) {
+                            // Back from a variant to a base signed before it:
+                            // re-sign the base above everything.
+                            let floor = batch_floor(&signed, &rebased);
+                            match self.resign(&base, floor) {
+                                Ok(r) => {
+                                    info!(bundle = %bname, generation = r.generation, "base re-signed above a variant a cluster leaves");
+                                    base = Arc::new(r.clone());
+                                    rebased.insert(bname.clone(), r);
+                                }
+                                Err(e) => warn!(bundle = %bname, error = %e, "cannot sign statement"),
+                            }
+                        }
+                        Some(Placed::Base)
+                    }
+                    Placement::MissingVariables(missing, input) => {
+                        // Render anyway to get the located error.
+                        let key = input.key();
+                        Some(Placed::Failed(match self.build_variant(&base, &key, &input, name).await {
+                            Err(m) => m,
+                            Ok(_) => missing_message(&missing),
+                        }))
+                    }
+                    Placement::Variant { key, input } => {
+                        let k = (bname.clone(), key.clone());
+                        let current = self
+                            .variants
+                            .get(&k)
+                            .filter(|_| self.variant_bases.get(&k) == Some(&base.digest));
+                        let existing = signed.get(&k).or(current).cloned();
+                        if existing.as_ref().is_some_and(|r| acceptable(r.generation, &r.digest, &held)) {
+                            Some(Placed::Variant(key))
+                        } else if let Some(rec) = existing {
+                            // Moving to a variant signed before what the
+                            // cluster holds: re-sign it above everything (same digest).
+                            let floor = batch_floor(&signed, &rebased);
+                            match self.sign_variant(&base, &key, &rec.digest, rec.size, floor, None) {
+                                Ok(v) => {
+                                    signed.insert(k, Arc::new(v.record.clone()));
+                                    new_variants.push(v);
+                                    Some(Placed::Variant(key))
+                                }
+                                Err(m) => Some(Placed::Failed(m)),
+                            }
+                        } else {
+                            match self.build_variant(&base, &key, &input, name).await {
+                                Ok((digest, size)) => {
+                                    let floor = batch_floor(&signed, &rebased);
+                                    // A new base's variants share its generation
+                                    // (one generation per revision across the
+                                    // fleet); a cluster changing variant within a
+                                    // revision gets the next one.
+                                    let at = (base.generation > held.0).then_some(base.generation);
+                                    match self.sign_variant(&base, &key, &digest, size, floor, at) {
+                                        Ok(v) => {
+                                            signed.insert(k, Arc::new(v.record.clone()));
+                                            events.push(hub_event(
+                                                Severity::Info,
+                                                "NewGeneration",
+                                                bname,
+                                                format!(
+                                                    "generation {} of {bname} variant {key}: {} ({digest})",
+                                                    v.record.generation, base.revision
+                                                ),
+                                            ));
+                                            new_variants.push(v);
+                                            Some(Placed::Variant(key))
+                                        }
+                                        Err(m) => Some(Placed::Failed(m)),
+                                    }
+                                }
+                                Err(m) => Some(Placed::Failed(m)),
+                            }
+                        }
+                    }
+                };
+                let rk = (name.clone(), bname.clone());
+                match &placed {
+                    Some(Placed::Failed(m)) => {
+                        if self.reported_variant_errors.get(&rk) != Some(m) {
+                            warn!(cluster = %name, bundle = %bname, error = %m, "variant failed; the cluster keeps its last good generation");
+                            self.reported_variant_errors.insert(rk, m.clone());
+                            events.push((
+                                name.clone(),
+                                EventRecord::new(
+                                    Severity::Error,
+                                    "SubstitutionFailed",
+                                    bname,
+                                    format!("{m}; the cluster keeps its last good generation"),
+                                    now_ms(),
+                                ),
+                            ));
+                        }
+                    }
+                    _ => {
+                        self.reported_variant_errors.remove(&rk);
+                    }
+                }
+                let p = placements.entry(name.clone()).or_default();
+                match placed {
+                    Some(pl) => {
+                        p.insert(bname.clone(), pl);
+                    }
+                    None => {
+                        p.remove(bname);
+                    }
+                }
+            }
+        }
+        let mut writes: Vec<Write> = new_variants.iter().cloned().map(Write::PutVariant).collect();
+        writes.extend(rebased.values().cloned().map(Write::PutDeployment));
+        if !events.is_empty() {
+            writes.push(Write::AppendEvents(events));
+        }
+        if !writes.is_empty() {
+            // Durable before visible, as for base generations.
+            if let Err(e) = self.deps.writer.commit(writes).await {
+                warn!(error = %e, "cannot store new variants; clusters keep their current generations");
+                return;
+            }
+        }
+        // A re-signed base or variant (same digest, higher generation) is
+        // for every cluster on it, not only those recomputed here.
+        let resigned = !rebased.is_empty()
+            || new_variants
+                .iter()
+                .any(|v| self.variants.contains_key(&(v.record.bundle.clone(), v.key.clone())));
+        if !rebased.is_empty() {
+            let m = Arc::make_mut(&mut self.records);
+            for (b, r) in rebased {
+                m.insert(b, Arc::new(r));
+                self.deps.metrics.generations_created.inc();
+            }
+            self.rebuild_index();
+        }
+        if new_variants.is_empty() && placements == *self.placements {
+            // Nothing changed for these clusters; still re-target them (a
+            // new cluster or new labels may add or remove base bundles).
+            self.retarget(only);
+            return;
+        }
+        if !new_variants.is_empty() {
+            let m = Arc::make_mut(&mut self.variants);
+            for v in new_variants {
+                let k = (v.record.bundle.clone(), v.key.clone());
+                self.variant_bases.insert(k.clone(), v.base_digest.clone());
+                m.insert(k, Arc::new(v.record));
+                self.deps.metrics.generations_created.inc();
+            }
+        }
+        self.placements = Arc::new(placements);
+        self.rebuild_index();
+        self.retarget(if resigned { None } else { only });
+        self.dirty = true;
+    }
+
+    /// The generation `cluster` was last given of `bundle` (published or
+    /// about to be), 0 if none.
+    fn held_generation(&self, cluster: &str, bundle: &str) -> (u64, String) {
+        let of = |d: &ClusterDesired| {
+            d.bundles.get(bundle).map(|d| (d.record.generation, d.record.digest.clone()))
+        };
+        let published = self.clusters.get(cluster).and_then(|e| of(&e.shared.desired()));
+        let pending = self.pending_desired.get(cluster).and_then(|(_, d)| of(d));
+        match (published, pending) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => a.or(b).unwrap_or_default(),
+        }
+    }
+
+    /// Re-sign the base artifact `base` at the bundle's next generation
+    /// (above `floor` too), same digest.
+    fn resign(&self, base: &DeploymentRecord, floor: u64) -> Result<DeploymentRecord> {
+        let generation = self.bundle_max_generation(&base.bundle).max(floor) + 1;
+        // Every signed field (source, Helm chart, ...) as before but the generation.
+        let mut statement = Statement::parse(&base.statement).map_err(Error::Signing)?;
+        statement.generation = generation;
+        statement.key_id = None;
+        let (statement, signature) = self.deps.signer.sign_statement(&statement).map_err(Error::Signing)?;
+        Ok(DeploymentRecord {
+            generation,
+            statement,
+            signature,
+            created_unix_ms: self.deps.clock.now_ms(),
+            ..base.clone()
+        })
+    }
+
+    /// Sign the variant `key` of `base` at generation `at`, or else at the
+    /// bundle's next generation (above everything issued for it and above
+    /// `floor`, what this computation signed so far).
+    fn sign_variant(
+        &self,
+        base: &DeploymentRecord,
+        key: &str,
+        digest: &str,
+        size: u64,
+        floor: u64,
+        at: Option<u64>,
+    ) -> std::result::Result<VariantRecord, String> {
+        let bundle = &base.bundle;
+        let generation = at.unwrap_or_else(|| self.bundle_max_generation(bundle).max(floor) + 1);
+        let url =
+            serde_json::from_slice::<Statement>(&base.statement).map(|s| s.source.url).unwrap_or_default();
+        let statement =
+            Statement::new(bundle, &url, &base.revision, digest, size, generation).with_variant(key);
+        let (bytes, signature) = self.deps.signer.sign_statement(&statement).map_err(|e| e.to_string())?;
+        info!(bundle = %bundle, generation, digest, variant = key, "new variant generation");
+        Ok(VariantRecord {
+            key: key.to_string(),
+            base_digest: base.digest.clone(),
+            record: DeploymentRecord {
+                bundle: bundle.clone(),
+                generation,
+                digest: digest.to_string(),
+                size,
+                revision: base.revision.clone(),
+                source: base.source.clone(),
+                statement: bytes,
+                signature,
+                created_unix_ms: self.deps.clock.now_ms(),
+            },
+        })
+    }
+}
+
+/// Whether giving a cluster that holds `held` (generation, digest) the
+/// generation `generation` of `digest` is acceptable to its agent: a higher
+/// generation, or the very same one.
+fn acceptable(generation: u64, digest: &str, held: &(u64, String)) -> bool {
+    generation > held.0 || (generation == held.0 && digest == held.1)
 }
 
 fn random_b64(n: usize) -> String {
@@ -1473,11 +2094,135 @@ spec:
                 statuses,
                 pipeline: pipeline.clone(),
                 clock: convoy_core::clock::system(),
+                variant_store: crate::variants::VariantStore::new(dir.path().join("variants")),
             },
             view_tx,
             shutdown.clone(),
         );
         Fixture { state, store, pipeline, _dir: dir, shutdown }
+    }
+
+    /// A fleet whose bundle `app` substitutes `cluster.vars.region`, three
+    /// clusters (c1, c3 in eu; c2 in us), and a pipeline that built it.
+    async fn variant_fixture() -> (StateHandle, Arc<StaticPipeline>, tempfile::TempDir, CancellationToken) {
+        const FLEET: &str = r#"
+apiVersion: convoy.dev/v1
+kind: GitSource
+metadata: {name: repo}
+spec: {url: "https://git.example/fleet.git"}
+---
+apiVersion: convoy.dev/v1
+kind: Bundle
+metadata: {name: app}
+spec:
+  source: repo
+  path: app
+  substitute: {}
+  targets: [{clusterSelector: {}}]
+"#;
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_ms();
+        let ca = Ca::load_or_create(&dir.path().join("ca.crt"), &dir.path().join("ca.key"), now).unwrap();
+        let store = Arc::new(FlakyStore::default());
+        let statuses = Arc::new(StatusIndex::default());
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let (events, _) = broadcast::channel(16);
+        let (writer, _) = crate::writer::spawn(
+            store.clone(),
+            statuses.clone(),
+            Box::new(Vec::new),
+            events,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let pipeline = StaticPipeline::new(dir.path());
+        let art = convoy_artifact::pack::pack_files(
+            [(
+                "cm.yaml".to_string(),
+                b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app}\ndata:\n  region: \"${{ cluster.vars.region }}\"\n"
+                    .to_vec(),
+            )],
+            &convoy_artifact::Limits::default(),
+        )
+        .unwrap();
+        pipeline.publish("app", "repo", "https://git.example/fleet.git", "main@sha1:1", &art.bytes).unwrap();
+        let cluster = |n: &str, region: &str| ClusterRecord {
+            name: n.into(),
+            vars: [("region".to_string(), region.to_string())].into(),
+            ..Default::default()
+        };
+        let loaded = Loaded {
+            clusters: vec![cluster("c1", "eu"), cluster("c2", "us"), cluster("c3", "eu")],
+            ..Default::default()
+        };
+        let fleet = Arc::new(FleetConfig::parse([("fleet.yaml", FLEET)]).unwrap());
+        let (view_tx, _) = watch::channel(Arc::new(FleetView::default()));
+        let (state, _) = spawn(
+            loaded,
+            fleet,
+            pipeline.builds(),
+            StateDeps {
+                ca: Arc::new(ca),
+                signer: Arc::new(SigningKey::generate().unwrap()),
+                writer,
+                metrics,
+                cluster_cert_ttl: Duration::from_secs(3600),
+                statuses,
+                pipeline: pipeline.clone(),
+                clock: convoy_core::clock::system(),
+                variant_store: crate::variants::VariantStore::new(dir.path().join("variants")),
+            },
+            view_tx,
+            shutdown.clone(),
+        );
+        assert!(state.wait_ready(Duration::from_secs(30)).await, "first variant computation");
+        (state, pipeline, dir, shutdown)
+    }
+
+    fn app(state: &StateHandle, cluster: &str) -> Arc<crate::domain::desired::Deployment> {
+        state.view().clusters[cluster].shared.desired().bundles["app"].clone()
+    }
+
+    #[tokio::test]
+    async fn variants_are_shared_signed_per_input_and_generations_only_rise() {
+        let (state, pipeline, _dir, shutdown) = variant_fixture().await;
+        let (c1, c2, c3) = (app(&state, "c1"), app(&state, "c2"), app(&state, "c3"));
+        // Equal inputs share one signed variant; the other input has its own.
+        assert!(Arc::ptr_eq(&c1, &c3));
+        assert_ne!(c1.record.digest, c2.record.digest);
+        let base = state.view().records["app"].clone();
+        assert_ne!(c1.record.digest, base.digest, "substituted, not the base");
+        // One generation per revision across the fleet: the base's.
+        assert_eq!((c1.record.generation, c2.record.generation), (base.generation, base.generation));
+        let st = Statement::parse(&c1.record.statement).unwrap();
+        assert_eq!(st.artifact.digest, c1.record.digest);
+        assert!(st.variant.as_deref().is_some_and(|k| k.starts_with("sha256:")));
+        assert!(pipeline.artifact_path(&c1.record.digest).is_none(), "variants are the hub's own");
+        assert_eq!(state.view().variants.len(), 2);
+
+        // One cluster's var changes: it alone moves; the others keep their Arcs.
+        state.set_vars("c3".into(), [("region".to_string(), "ap".to_string())].into(), vec![]).await.unwrap();
+        let c3b = app(&state, "c3");
+        assert!(Arc::ptr_eq(&app(&state, "c1"), &c1) && Arc::ptr_eq(&app(&state, "c2"), &c2));
+        assert!(c3b.record.generation > c1.record.generation.max(c2.record.generation));
+        // Back to the eu variant, signed before what c3 holds now: re-signed
+        // above it (same digest), never a lower generation.
+        state.set_vars("c3".into(), [("region".to_string(), "eu".to_string())].into(), vec![]).await.unwrap();
+        let c3c = app(&state, "c3");
+        assert_eq!(c3c.record.digest, c1.record.digest);
+        assert!(c3c.record.generation > c3b.record.generation);
+        assert!(Arc::ptr_eq(&app(&state, "c1"), &c3c), "c1 shares the re-signed variant");
+
+        // A missing variable: c2 keeps its last good generation, the others are untouched.
+        let c1_now = app(&state, "c1");
+        state.set_vars("c2".into(), BTreeMap::new(), vec!["region".into()]).await.unwrap();
+        assert!(Arc::ptr_eq(&app(&state, "c2"), &c2));
+        assert!(Arc::ptr_eq(&app(&state, "c1"), &c1_now));
+        let v = state.view();
+        let Some(Placed::Failed(m)) = v.placements["c2"].get("app") else { panic!("{:?}", v.placements) };
+        assert!(m.contains("cm.yaml") && m.contains("cluster.vars.region") && m.contains("line 5"), "{m}");
+        shutdown.cancel();
     }
 
     fn prod() -> Labels {
@@ -1627,6 +2372,7 @@ spec:
                 statuses,
                 pipeline: StaticPipeline::new(dir.path()),
                 clock: convoy_core::clock::system(),
+                variant_store: crate::variants::VariantStore::new(dir.path().join("variants")),
             },
             view_tx,
             shutdown.clone(),

@@ -82,6 +82,8 @@ static SAMPLES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
             outbox_epoch: 3,
             applied: vec![pb::AppliedBundle { bundle: "web".into(), generation: 7, ..Default::default() }],
             age_recipients: vec!["age1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq8qwld8".into()],
+            kube_version: "v1.31.0".into(),
+            api_versions: vec!["v1".into(), "apps/v1".into()],
         }),
         Msg::Status(pb::StatusReport { seq: 1, status: Some(status) }),
         Msg::Event(pb::EventReport { seq: 2, event: Some(event) }),

@@ -229,6 +229,36 @@ fn rollouts_are_stored_replaced_and_deleted(b: &dyn Backend) {
     assert_eq!(s.load().unwrap().rollouts, vec![r]);
 }
 
+fn variants_round_trip_keyed_by_bundle_and_key(b: &dyn Backend) {
+    use convoy_hub::domain::DeploymentRecord;
+    use convoy_hub::domain::variants::VariantRecord;
+    let s = b.open(5);
+    let v = |bundle: &str, key: &str, generation: u64| VariantRecord {
+        key: key.into(),
+        base_digest: format!("sha256:{}", "b".repeat(64)),
+        record: DeploymentRecord {
+            bundle: bundle.into(),
+            generation,
+            digest: format!("sha256:{}", "c".repeat(64)),
+            size: 1,
+            revision: "main@sha1:0".into(),
+            source: "repo".into(),
+            statement: b"{}".to_vec(),
+            signature: vec![1],
+            created_unix_ms: 1,
+        },
+    };
+    let (k1, k2) = (format!("sha256:{}", "1".repeat(64)), format!("sha256:{}", "2".repeat(64)));
+    s.commit(vec![Write::PutVariant(v("web", &k1, 2)), Write::PutVariant(v("web", &k2, 3))], 1).unwrap();
+    // Same (bundle, key): replaced; another bundle with the same key: its own record.
+    s.commit(vec![Write::PutVariant(v("web", &k1, 4)), Write::PutVariant(v("api", &k1, 5))], 2).unwrap();
+    drop(s);
+    let mut l = b.open(5).load().unwrap().variants;
+    l.sort_by_key(|v| v.record.generation);
+    assert_eq!(l, vec![v("web", &k2, 3), v("web", &k1, 4), v("api", &k1, 5)]);
+    assert!(b.open(5).load().unwrap().deployments.is_empty(), "variants are not base deployments");
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {$(
         mod $case {
@@ -251,6 +281,7 @@ conformance!(
     event_log_is_a_bounded_indexed_ring,
     records_round_trip_and_seeding_never_overwrites,
     rollouts_are_stored_replaced_and_deleted,
+    variants_round_trip_keyed_by_bundle_and_key,
 );
 
 #[cfg(feature = "etcd")]

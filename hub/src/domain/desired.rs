@@ -1,5 +1,6 @@
-//! Desired state: which signed bundle generations go to which cluster, with
-//! which apply options, and the per-cluster diff sent to agents.
+//! Desired state: which signed bundle generations (base or per-cluster
+//! variant) go to which cluster, with which apply options, and the
+//! per-cluster diff sent to agents.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -146,11 +147,29 @@ pub fn above_floor(generation: u64, floor: u64) -> u64 {
     generation.max(floor.saturating_add(1))
 }
 
+/// Where one cluster's copy of a bundle comes from, when it is not the
+/// bundle's base artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placed {
+    /// The base artifact (nothing customizes it on this cluster).
+    Base,
+    /// The signed variant with this key.
+    Variant(String),
+    /// The cluster's variant could not be built (a missing variable, a
+    /// failed patch): the message; the cluster keeps its last good generation.
+    Failed(String),
+}
+
+/// A cluster's non-base placements, by bundle.
+pub type Placements = BTreeMap<String, Placed>;
+
 /// Every bundle of the fleet that has a signed generation, with its options.
 #[derive(Debug, Clone, Default)]
 pub struct DesiredIndex {
     /// By bundle name.
     pub deployments: BTreeMap<String, Arc<Deployment>>,
+    /// The signed variants, by (bundle, variant key), with the bundle's options.
+    pub variants: BTreeMap<(String, String), Arc<Deployment>>,
 }
 
 impl DesiredIndex {
@@ -172,7 +191,60 @@ impl DesiredIndex {
             };
             deployments.insert(name.clone(), dep);
         }
-        Self { deployments }
+        Self { deployments, variants: BTreeMap::new() }
+    }
+
+    /// Add the signed variants (`(bundle, key) → record`), reusing
+    /// `previous`'s Arcs where nothing changed.
+    pub fn with_variants(
+        mut self,
+        variants: &BTreeMap<(String, String), Arc<DeploymentRecord>>,
+        previous: &DesiredIndex,
+    ) -> Self {
+        for (k, record) in variants {
+            // A variant is served with its bundle's options; a bundle with no
+            // base deployment (left the fleet) has none.
+            let Some(base) = self.deployments.get(&k.0) else { continue };
+            let options = base.options.clone();
+            let dep = match previous.variants.get(k) {
+                Some(p) if Arc::ptr_eq(&p.record, record) && p.options == options => p.clone(),
+                _ => Arc::new(Deployment { record: record.clone(), options }),
+            };
+            self.variants.insert(k.clone(), dep);
+        }
+        self
+    }
+
+    /// The bundles targeted at a cluster with its placements: the base
+    /// deployment, or its variant's; a failed placement keeps what the
+    /// cluster had (`current`), or nothing if it had nothing.
+    pub fn for_cluster_placed(
+        &self,
+        fleet: &FleetConfig,
+        cluster: &str,
+        labels: &Labels,
+        placements: Option<&Placements>,
+        current: &ClusterBundles,
+    ) -> ClusterBundles {
+        let mut out = ClusterBundles::new();
+        for (name, base) in &self.deployments {
+            if !fleet.bundles.get(name).is_some_and(|b| b.spec.targets_cluster(cluster, labels)) {
+                continue;
+            }
+            let customized = fleet.bundles.get(name).is_some_and(|b| super::variants::is_customized(&b.spec));
+            let dep = match placements.and_then(|p| p.get(name)) {
+                // Not computed yet for a customized bundle: keep what the
+                // cluster has until its variant is known (never the raw base).
+                None if customized => current.get(name).cloned(),
+                None | Some(Placed::Base) => Some(base.clone()),
+                Some(Placed::Variant(key)) => self.variants.get(&(name.clone(), key.clone())).cloned(),
+                Some(Placed::Failed(_)) => current.get(name).cloned(),
+            };
+            if let Some(dep) = dep {
+                out.insert(name.clone(), dep);
+            }
+        }
+        out
     }
 
     /// The bundles targeted at a cluster.
@@ -297,6 +369,43 @@ spec:
         let d = diff(&c1b, &c1c);
         assert!(d.upserts.is_empty());
         assert_eq!(d.removed, vec!["web".to_string()]);
+    }
+
+    #[test]
+    fn placements_pick_the_variant_keep_the_last_good_and_hold_back_unknown() {
+        let mut fleet = fleet();
+        let mut records = BTreeMap::new();
+        records.insert("web".to_string(), rec("web", 1, "sha256:base"));
+        records.insert("db".to_string(), rec("db", 1, "sha256:db"));
+        let variants: BTreeMap<(String, String), Arc<DeploymentRecord>> =
+            [(("web".to_string(), "k1".to_string()), rec("web", 2, "sha256:v1"))].into();
+        let idx = DesiredIndex::build(&fleet, &records, &BTreeSet::new(), &DesiredIndex::default())
+            .with_variants(&variants, &DesiredIndex::default());
+        // Variants carry their bundle's options.
+        assert_eq!(idx.variants[&("web".to_string(), "k1".to_string())].options.target_namespace, "web");
+        let none = ClusterBundles::new();
+        let placed: Placements = [("web".to_string(), Placed::Variant("k1".into()))].into();
+        let c = idx.for_cluster_placed(&fleet, "c1", &labels("env=prod"), Some(&placed), &none);
+        assert_eq!(c["web"].record.digest, "sha256:v1");
+        // A failed placement keeps what the cluster had (here: nothing, then v1).
+        let failed: Placements = [("web".to_string(), Placed::Failed("missing".into()))].into();
+        assert!(idx.for_cluster_placed(&fleet, "c1", &labels("env=prod"), Some(&failed), &none).is_empty());
+        let kept = idx.for_cluster_placed(&fleet, "c1", &labels("env=prod"), Some(&failed), &c);
+        assert!(Arc::ptr_eq(&kept["web"], &c["web"]));
+        // Not customized: no placement means the base.
+        let base = idx.for_cluster_placed(&fleet, "c1", &labels("env=prod"), None, &none);
+        assert_eq!(base["web"].record.digest, "sha256:base");
+        // Customized but not computed yet: held back (never the raw base).
+        fleet.bundles.get_mut("web").unwrap().spec.substitute.get_or_insert_default();
+        let held = idx.for_cluster_placed(&fleet, "c1", &labels("env=prod"), None, &none);
+        assert!(!held.contains_key("web"));
+        let held = idx.for_cluster_placed(&fleet, "c1", &labels("env=prod"), None, &c);
+        assert_eq!(held["web"].record.digest, "sha256:v1");
+        // Rebuilding with the same records keeps the variant Arcs.
+        let idx2 =
+            DesiredIndex::build(&fleet, &records, &BTreeSet::new(), &idx).with_variants(&variants, &idx);
+        let k = ("web".to_string(), "k1".to_string());
+        assert!(Arc::ptr_eq(&idx.variants[&k], &idx2.variants[&k]));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod model;
 pub mod rollout;
 pub mod summary;
 pub mod tokens;
+pub mod variants;
 
 pub use model::*;
 

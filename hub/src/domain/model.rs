@@ -27,6 +27,10 @@ pub struct ClusterRecord {
     pub certs: Vec<CertRef>,
     /// Whether an operator revoked it.
     pub revoked: bool,
+    /// Variables set with `convoy vars` (over the fleet config's `Cluster`
+    /// documents), for substitution.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vars: std::collections::BTreeMap<String, String>,
 }
 
 impl ClusterRecord {
@@ -62,6 +66,10 @@ pub struct Liveness {
     /// The age recipients it reported (SOPS, docs/secrets.md).
     #[serde(default)]
     pub age_recipients: Vec<String>,
+    /// The Kubernetes version it reported (`cluster.kubernetesVersion`), kept
+    /// so that a restarted hub renders variants before the agent reconnects.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kube_version: String,
 }
 
 /// A bootstrap token, as stored (the secret itself is never stored).

@@ -62,23 +62,49 @@ fn selector(s: &str) -> Result<LabelSelector, Status> {
     Ok(sel)
 }
 
+/// Whether a bundle targets a cluster, on the cluster's effective labels
+/// (registered, then the fleet's `Cluster` documents).
+fn targets(view: &FleetView, spec: &convoy_core::config::BundleSpec, entry: &ClusterEntry) -> bool {
+    let (labels, _) = view.fleet.cluster_facts(&entry.record.name, &entry.record.labels);
+    spec.targets_cluster(&entry.record.name, &labels)
+}
+
 /// One fleet-matrix cell.
 fn cell(view: &FleetView, entry: &ClusterEntry, bundle: &str) -> pb::ClusterBundleStatus {
-    // What this cluster is sent (a rollout may hold it on its previous
-    // deployment), else the bundle's current one.
+    use crate::domain::desired::Placed;
+    let placed = view.placements.get(&entry.record.name).and_then(|p| p.get(bundle));
+    let (variant, variant_error) = match placed {
+        Some(Placed::Variant(k)) => (k.clone(), String::new()),
+        Some(Placed::Failed(m)) => (String::new(), m.clone()),
+        _ => (String::new(), String::new()),
+    };
+    // What this cluster is sent (its variant, or what a rollout holds it
+    // on), else what the hub computes for it.
     let sent = entry.shared.desired().bundles.get(bundle).cloned();
-    let desired = sent.as_ref().or(view.index.deployments.get(bundle));
+    let computed = match placed {
+        Some(Placed::Variant(k)) => view.index.variants.get(&(bundle.to_string(), k.clone())),
+        // A failed variant: the generation the cluster keeps.
+        Some(Placed::Failed(_)) => None,
+        _ => view.index.deployments.get(bundle),
+    };
+    let desired = sent.as_ref().or(computed);
     let statuses = entry.shared.statuses();
     let st = statuses.get(bundle);
     let desired_generation = desired.map(|d| d.record.generation).unwrap_or(0);
+    let mut phase = phase_to_pb(effective_phase(desired_generation, st.map(|s| &**s)));
+    if !variant_error.is_empty() {
+        phase = phase_to_pb(Phase::Stalled);
+    }
     pb::ClusterBundleStatus {
+        variant,
+        variant_error,
         cluster: entry.record.name.clone(),
         bundle: bundle.into(),
         status: st.map(|s| status_to_pb(s)),
         desired_generation,
         desired_revision: desired.map(|d| d.record.revision.clone()).unwrap_or_default(),
         updated_unix_ms: st.map(|s| s.updated_unix_ms).unwrap_or(0),
-        phase: phase_to_pb(effective_phase(desired_generation, st.map(|s| &**s))) as i32,
+        phase: phase as i32,
     }
 }
 
@@ -87,7 +113,7 @@ fn cluster_cells(view: &FleetView, entry: &ClusterEntry) -> Vec<pb::ClusterBundl
     view.fleet
         .bundles
         .iter()
-        .filter(|(_, b)| b.spec.targets_cluster(&entry.record.name, &entry.record.labels))
+        .filter(|(_, b)| targets(view, &b.spec, entry))
         .map(|(name, _)| cell(view, entry, name))
         .collect()
 }
@@ -113,6 +139,8 @@ fn cluster_pb(entry: &ClusterEntry, cells: &[pb::ClusterBundleStatus]) -> pb::Cl
         certificate_not_after_unix_ms: r.cert_not_after(),
         revoked: r.revoked,
         age_recipients: (*entry.shared.age_recipients()).clone(),
+        vars: r.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        kube_version: entry.shared.kube_version(),
     }
 }
 
@@ -161,7 +189,7 @@ fn bundle_view(view: &FleetView, name: &str, sel: &LabelSelector) -> Option<pb::
     let cells: Vec<_> = view
         .clusters
         .values()
-        .filter(|e| b.spec.targets_cluster(&e.record.name, &e.record.labels) && sel.matches(&e.record.labels))
+        .filter(|e| targets(view, &b.spec, e) && sel.matches(&e.record.labels))
         .map(|e| cell(view, e, name))
         .collect();
     Some(pb::BundleView {
@@ -177,6 +205,15 @@ fn bundle_view(view: &FleetView, name: &str, sel: &LabelSelector) -> Option<pb::
         clusters: cells,
         depends_on: b.spec.depends_on.clone(),
         size: record.map(|r| r.size).unwrap_or(0),
+        variants: view
+            .placements
+            .values()
+            .filter_map(|p| match p.get(name) {
+                Some(crate::domain::desired::Placed::Variant(k)) => Some(k),
+                _ => None,
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u32,
         helm: record.and_then(|r| helm_chart(&r.statement)),
     })
 }
@@ -500,6 +537,42 @@ impl pb::fleet_server::Fleet for FleetService {
         self.core.state.set_labels(r.name.clone(), r.labels.into_iter().collect()).await.map_err(status)?;
         Ok(Response::new(pb::ActionResponse {
             message: format!("labels of cluster {} replaced; bundles re-targeted", r.name),
+        }))
+    }
+
+    async fn set_cluster_vars(
+        &self,
+        req: Request<pb::SetClusterVarsRequest>,
+    ) -> Result<Response<pb::SetClusterVarsResponse>, Status> {
+        let _t = self.timed("SetClusterVars");
+        self.core.admin(&req)?;
+        let r = req.into_inner();
+        let vars =
+            self.core.state.set_vars(r.name, r.set.into_iter().collect(), r.unset).await.map_err(status)?;
+        Ok(Response::new(pb::SetClusterVarsResponse { vars: vars.into_iter().collect() }))
+    }
+
+    async fn render_bundle(
+        &self,
+        req: Request<pb::RenderBundleRequest>,
+    ) -> Result<Response<pb::RenderBundleResponse>, Status> {
+        let _t = self.timed("RenderBundle");
+        self.core.admin(&req)?;
+        let r = req.into_inner();
+        let view = self.core.state.view();
+        let render = crate::variants::explain_for(&view, &r.bundle, &r.cluster).map_err(status)?;
+        let pipeline = self.core.pipeline.clone();
+        let out = tokio::task::spawn_blocking(move || crate::variants::render_response(&*pipeline, render))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(status)?;
+        Ok(Response::new(pb::RenderBundleResponse {
+            files: out.files.into_iter().map(|(path, content)| pb::RenderedFile { path, content }).collect(),
+            variant: out.variant,
+            digest: out.digest,
+            generation: out.generation,
+            explain: out.explain,
+            error: out.error,
         }))
     }
 }

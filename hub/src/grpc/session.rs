@@ -58,6 +58,11 @@ pub async fn start(
     let now = now_ms();
     shared.set_agent_version(&hello.agent_version);
     shared.set_age_recipients(&hello.age_recipients);
+    if shared.set_kube(&hello.kube_version, &hello.api_versions) {
+        // `cluster.kubernetesVersion` may be used: recompute this cluster's
+        // variants before its snapshot is taken below.
+        core.state.refresh_variants(name.clone()).await.map_err(crate::grpc::status)?;
+    }
     shared.touch(now);
     let epoch = hello.outbox_epoch;
     let store = core.store.clone();
@@ -97,6 +102,11 @@ pub async fn start(
         core.state.report_applied(name.clone(), held.collect()).await;
     }
 
+    // Customized bundles join a cluster's desired set once the hub has
+    // computed its variants after start: a snapshot before that would remove them.
+    if !core.state.wait_ready(std::time::Duration::from_secs(30)).await {
+        return Err(Status::unavailable("the hub is still computing desired state; retry"));
+    }
     let (tx, rx) = mpsc::channel(core.sessions.send_queue.max(2));
     let mut desired = shared.subscribe_desired();
     let snapshot = desired.borrow_and_update().clone();

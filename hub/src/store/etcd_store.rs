@@ -10,6 +10,7 @@
 //! | `meta/commit` | a counter every commit bumps (the fence) |
 //! | `meta/next-event-id` | the next event id |
 //! | `clusters/<name>`, `tokens/<id>`, `liveness/<name>`, `deployments/<bundle>` | JSON records |
+//! | `variants/<bundle>/<variant key>` | JSON per-cluster variant records |
 //! | `suspended/<bundle>`, `suspended-sources/<source>` | empty |
 //! | `rollouts/<bundle>` | JSON rollout record (state and held deployments) |
 //! | `status/<cluster>/<bundle>` | JSON status |
@@ -237,6 +238,9 @@ impl Store for EtcdStore {
             }
             for (_, v) in Self::range(&mut c, key("deployments/")).await? {
                 out.deployments.push(dec(&v)?);
+            }
+            for (_, v) in Self::range(&mut c, key("variants/")).await? {
+                out.variants.push(dec(&v)?);
             }
             for (k, _) in Self::range(&mut c, key("suspended/")).await? {
                 out.suspended.insert(suffix(&k, "suspended/"));
@@ -477,6 +481,11 @@ async fn apply(tx: &mut Tx, w: Write, now: i64, capacity: u64) -> Result<WriteOu
         Write::PutDeployment(d) => {
             let k = tx.key(&format!("deployments/{}", d.bundle));
             tx.put(k, enc(&d)?);
+            WriteOutcome::Done
+        }
+        Write::PutVariant(v) => {
+            let k = tx.key(&format!("variants/{}", v.store_key()));
+            tx.put(k, enc(&v)?);
             WriteOutcome::Done
         }
         Write::SetSuspended { bundle, suspended } => {

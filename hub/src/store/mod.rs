@@ -48,6 +48,8 @@ pub struct Loaded {
     pub last_event_id: u64,
     /// Progressive rollouts, by bundle (docs/rollouts.md).
     pub rollouts: Vec<crate::domain::rollout::RolloutRecord>,
+    /// The signed per-cluster variants of bundles.
+    pub variants: Vec<crate::domain::variants::VariantRecord>,
 }
 
 /// One mutation, applied inside a [`Store::commit`] transaction.
@@ -92,6 +94,8 @@ pub enum Write {
     /// Store an agent's outbox entries with seq above the stored one, and the
     /// new last seq, idempotently.
     AgentBatch(AgentBatch),
+    /// Insert or replace the signed variant (bundle, variant key).
+    PutVariant(crate::domain::variants::VariantRecord),
 }
 
 /// What one [`Write`] produced.

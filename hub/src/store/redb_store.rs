@@ -12,6 +12,8 @@ const CLUSTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("clusters");
 const LIVENESS: TableDefinition<&str, &[u8]> = TableDefinition::new("liveness");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
+/// Per-cluster variants, keyed `<bundle>/<variant key>`.
+const VARIANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("variants");
 const SUSPENDED: TableDefinition<&str, u8> = TableDefinition::new("suspended_bundles");
 const SUSPENDED_SOURCES: TableDefinition<&str, u8> = TableDefinition::new("suspended_sources");
 /// (cluster, bundle) -> StatusRecord
@@ -62,6 +64,7 @@ impl RedbStore {
             tx.open_table(LIVENESS)?;
             tx.open_table(TOKENS)?;
             tx.open_table(DEPLOYMENTS)?;
+            tx.open_table(VARIANTS)?;
             tx.open_table(SUSPENDED)?;
             tx.open_table(SUSPENDED_SOURCES)?;
             tx.open_table(ROLLOUTS)?;
@@ -110,6 +113,10 @@ impl Store for RedbStore {
         for row in tx.open_table(DEPLOYMENTS)?.iter()? {
             let (_, v) = row?;
             out.deployments.push(dec(v.value())?);
+        }
+        for row in tx.open_table(VARIANTS)?.iter()? {
+            let (_, v) = row?;
+            out.variants.push(dec(v.value())?);
         }
         for row in tx.open_table(SUSPENDED)?.iter()? {
             let (k, _) = row?;
@@ -192,6 +199,7 @@ impl Store for RedbStore {
             let mut liveness = tx.open_table(LIVENESS)?;
             let mut tokens = tx.open_table(TOKENS)?;
             let mut deployments = tx.open_table(DEPLOYMENTS)?;
+            let mut variants = tx.open_table(VARIANTS)?;
             let mut suspended = tx.open_table(SUSPENDED)?;
             let mut suspended_sources = tx.open_table(SUSPENDED_SOURCES)?;
             let mut rollouts = tx.open_table(ROLLOUTS)?;
@@ -216,6 +224,10 @@ impl Store for RedbStore {
                     }
                     Write::PutDeployment(d) => {
                         deployments.insert(d.bundle.as_str(), enc(&d)?.as_slice())?;
+                        WriteOutcome::Done
+                    }
+                    Write::PutVariant(v) => {
+                        variants.insert(v.store_key().as_str(), enc(&v)?.as_slice())?;
                         WriteOutcome::Done
                     }
                     Write::SetSuspended { bundle, suspended: s } => {

@@ -174,6 +174,7 @@ pub fn hello(epoch: u64) -> pb::AgentMessage {
             outbox_epoch: epoch,
             applied: vec![],
             age_recipients: vec![],
+            ..Default::default()
         })),
     }
 }

@@ -1,0 +1,583 @@
+//! Builds and stores per-cluster variant artifacts: the I/O around
+//! [`crate::domain::variants`]. A variant is the bundle's base artifact with
+//! cluster variables substituted ([`convoy_core::substitute`]), then the
+//! matching `targets[]` layers (namespace, kustomize patches) applied by
+//! running kustomize over a temporary directory, repacked deterministically.
+//!
+//! Everything here is blocking (unpacking, kustomize, packing, files): callers
+//! run it in `spawn_blocking`. Variant artifacts live in the hub's
+//! `variants/` directory, by digest, and are served through
+//! [`ServingVariants`] like the pipeline's own artifacts.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use convoy_artifact::{Limits, PackedArtifact};
+use convoy_core::config::BundleSpec;
+use convoy_core::substitute::{self, Input, Origin, Variable};
+use convoy_core::yaml;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::domain::variants::{EffectiveInput, VarSource};
+use crate::pipeline::{Builds, SourcePipeline, Statuses};
+use crate::{Error, Result, files};
+
+/// How long kustomize may run for one variant.
+const KUSTOMIZE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The file a layered variant's objects are in (kustomize's output).
+pub const LAYERED_FILE: &str = "kustomize.yaml";
+
+/// Variant artifacts on disk, by digest.
+#[derive(Debug)]
+pub struct VariantStore {
+    dir: PathBuf,
+}
+
+impl VariantStore {
+    /// A store under `dir` (created on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Arc<Self> {
+        Arc::new(Self { dir: dir.into() })
+    }
+
+    /// The file of the variant artifact with `digest`, if stored.
+    pub fn path(&self, digest: &str) -> Option<PathBuf> {
+        let hex = digest.strip_prefix("sha256:")?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let p = self.dir.join(format!("{hex}.tar.gz"));
+        p.is_file().then_some(p)
+    }
+
+    /// Store a packed variant (idempotent: same digest, same bytes).
+    pub fn put(&self, art: &PackedArtifact) -> Result<PathBuf> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let hex = art.digest.trim_start_matches("sha256:");
+        let p = self.dir.join(format!("{hex}.tar.gz"));
+        if !p.is_file() {
+            files::write_public(&p, &art.bytes)?;
+        }
+        Ok(p)
+    }
+}
+
+/// A [`SourcePipeline`] that also serves the variant artifacts.
+pub struct ServingVariants {
+    inner: Arc<dyn SourcePipeline>,
+    store: Arc<VariantStore>,
+}
+
+impl ServingVariants {
+    /// Wrap `inner`.
+    pub fn new(inner: Arc<dyn SourcePipeline>, store: Arc<VariantStore>) -> Arc<Self> {
+        Arc::new(Self { inner, store })
+    }
+}
+
+impl SourcePipeline for ServingVariants {
+    fn builds(&self) -> watch::Receiver<Builds> {
+        self.inner.builds()
+    }
+    fn statuses(&self) -> watch::Receiver<Statuses> {
+        self.inner.statuses()
+    }
+    fn reconcile(&self, source: &str) -> Result<()> {
+        self.inner.reconcile(source)
+    }
+    fn set_suspended(&self, source: &str, suspended: bool) -> Result<()> {
+        self.inner.set_suspended(source, suspended)
+    }
+    fn artifact_path(&self, digest: &str) -> Option<PathBuf> {
+        self.inner.artifact_path(digest).or_else(|| self.store.path(digest))
+    }
+    fn webhook_router(&self) -> Option<axum::Router> {
+        self.inner.webhook_router()
+    }
+}
+
+fn is_yaml(path: &str) -> bool {
+    path.ends_with(".yaml") || path.ends_with(".yml") || path.ends_with(".json")
+}
+
+fn variant_error(m: impl Into<String>) -> Error {
+    Error::Config(m.into())
+}
+
+/// The files of an artifact.
+pub fn unpack(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
+    let files = convoy_artifact::unpack::unpack(bytes, &Limits::default()).map_err(Error::Signing)?;
+    Ok(files.into_iter().map(|f| (f.path, f.content)).collect())
+}
+
+fn parse_docs(file: &str, text: &str) -> Result<Vec<Value>> {
+    yaml::documents(text)
+        .iter()
+        .map(|d| yaml::parse_document::<Value>(file, d).map_err(Error::Core))
+        .collect()
+}
+
+/// The variables the bundle's documents (and its target entries' patches)
+/// use, each with whether some expression has no default.
+pub fn used_variables(base: &[(String, Vec<u8>)], spec: &BundleSpec) -> Result<BTreeMap<Variable, bool>> {
+    let mut used = BTreeMap::new();
+    for (path, content) in base.iter().filter(|(p, _)| is_yaml(p)) {
+        let text = String::from_utf8_lossy(content);
+        for v in parse_docs(path, &text)? {
+            substitute::used_variables(&v, &mut used);
+        }
+    }
+    for (i, t) in spec.targets.iter().enumerate() {
+        for (j, p) in t.patches.iter().enumerate() {
+            for v in parse_docs(&format!("targets[{i}].patches[{j}]"), &p.patch)? {
+                substitute::used_variables(&v, &mut used);
+            }
+        }
+    }
+    Ok(used)
+}
+
+/// A variant's files and the explanation of every value a layer set.
+#[derive(Debug, Clone, Default)]
+pub struct Rendered {
+    /// `(path, content)`, what the artifact holds.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// One line per value set by a layer, in order: substitutions (file,
+    /// document, path, value, and the layer it came from), then namespace and
+    /// patch layers.
+    pub explain: Vec<String>,
+}
+
+fn describe_origin(origin: &Origin, variable: Option<&VarSource>) -> String {
+    match origin {
+        Origin::Default => "default of the expression".into(),
+        Origin::Name => "variable cluster.name".into(),
+        Origin::KubernetesVersion => "variable cluster.kubernetesVersion (agent-reported)".into(),
+        Origin::Label(k) => format!("variable {} (cluster label)", Variable::Label(k.clone())),
+        Origin::Var(k) => format!(
+            "variable {} from {}",
+            Variable::Var(k.clone()),
+            variable.map(|s| s.to_string()).unwrap_or_else(|| "cluster vars".into())
+        ),
+    }
+}
+
+/// Substitute one YAML text; `None` when it has no expression (kept as is).
+fn substitute_text(
+    vars: &substitute::Variables,
+    input: &EffectiveInput,
+    file: &str,
+    text: &str,
+    explain: &mut Vec<String>,
+) -> Result<Option<String>> {
+    if !text.contains("${{") {
+        return Ok(None);
+    }
+    let docs = yaml::documents(text);
+    let values: Vec<Value> =
+        docs.iter().map(|d| yaml::parse_document::<Value>(file, d)).collect::<std::result::Result<_, _>>()?;
+    let inputs: Vec<Input<'_>> =
+        values.iter().zip(&docs).map(|(v, d)| Input { value: v, index: d.index, source: Some(d) }).collect();
+    let out = substitute::substitute_all(vars, file, &inputs)?;
+    // Unchanged (no expression and no escape): keep the bytes as written.
+    if out.iter().zip(&values).all(|(s, v)| &s.document == v) {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    for s in &out {
+        for e in &s.explanations {
+            let source = match &e.origin {
+                Origin::Var(k) => {
+                    input.variables.get(&Variable::Var(k.clone())).and_then(|b| b.source.as_ref())
+                }
+                _ => None,
+            };
+            explain.push(format!(
+                "{file} document {} {}: {} = {:?} <- {}",
+                e.index,
+                e.path,
+                e.expression,
+                e.value,
+                describe_origin(&e.origin, source)
+            ));
+        }
+        let y = serde_saphyr::to_string(&s.document).map_err(|e| variant_error(format!("{file}: {e}")))?;
+        text.push_str("---\n");
+        text.push_str(&y);
+        if !y.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    Ok(Some(text))
+}
+
+/// Render a variant from the base artifact's files: substitution (when the
+/// input has variables), then the layers. Errors name the file, document,
+/// line and variable (substitution) or kustomize's message (layers).
+pub fn render(base: &[(String, Vec<u8>)], input: &EffectiveInput, cluster: &str) -> Result<Rendered> {
+    let vars = input.substitution_variables(cluster);
+    let mut explain = Vec::new();
+    let mut files = Vec::with_capacity(base.len());
+    for (path, content) in base {
+        if !input.variables.is_empty() && is_yaml(path) {
+            let text = String::from_utf8_lossy(content);
+            if let Some(new) = substitute_text(&vars, input, path, &text, &mut explain)? {
+                files.push((path.clone(), new.into_bytes()));
+                continue;
+            }
+        }
+        files.push((path.clone(), content.clone()));
+    }
+    let layered = input.layers.iter().any(|l| l.namespace.is_some() || !l.patches.is_empty());
+    if !layered {
+        return Ok(Rendered { files, explain });
+    }
+    let mut kustomization = serde_json::Map::new();
+    kustomization.insert("apiVersion".into(), json!("kustomize.config.k8s.io/v1beta1"));
+    kustomization.insert("kind".into(), json!("Kustomization"));
+    kustomization.insert(
+        "resources".into(),
+        Value::Array(
+            files
+                .iter()
+                .filter(|(p, _)| is_yaml(p))
+                .map(|(p, _)| Value::String(format!("base/{p}")))
+                .collect(),
+        ),
+    );
+    let mut patches = Vec::new();
+    for l in &input.layers {
+        if let Some(ns) = &l.namespace {
+            kustomization.insert("namespace".into(), json!(ns));
+            explain.push(format!("namespace {ns} <- targets[{}] ({})", l.index, l.selector));
+        }
+        for (j, p) in l.patches.iter().enumerate() {
+            let name = format!("targets[{}].patches[{j}]", l.index);
+            let text = match substitute_text(&vars, input, &name, &p.patch, &mut explain)? {
+                Some(t) => t,
+                None => p.patch.clone(),
+            };
+            let mut entry = serde_json::Map::new();
+            entry.insert("patch".into(), json!(text));
+            let what = match &p.target {
+                Some(t) => {
+                    entry.insert("target".into(), serde_json::to_value(t).unwrap_or(Value::Null));
+                    format!(
+                        "{}/{}",
+                        t.kind.as_deref().unwrap_or("*"),
+                        t.name.as_deref().or(t.label_selector.as_deref()).unwrap_or("*")
+                    )
+                }
+                None => {
+                    let v: Value = parse_docs(&name, &p.patch)?.into_iter().next().unwrap_or(Value::Null);
+                    format!(
+                        "{}/{}",
+                        v.get("kind").and_then(Value::as_str).unwrap_or("?"),
+                        v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?")
+                    )
+                }
+            };
+            explain.push(format!("patch {what} <- {name} ({})", l.selector));
+            patches.push(Value::Object(entry));
+        }
+    }
+    if !patches.is_empty() {
+        kustomization.insert("patches".into(), Value::Array(patches));
+    }
+    let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    for (p, c) in &files {
+        let path = dir.path().join("base").join(p);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        std::fs::write(&path, c).map_err(|e| Error::io(&path, e))?;
+    }
+    let k = serde_saphyr::to_string(&Value::Object(kustomization))
+        .map_err(|e| variant_error(format!("kustomization: {e}")))?;
+    let kpath = dir.path().join("kustomization.yaml");
+    std::fs::write(&kpath, k).map_err(|e| Error::io(&kpath, e))?;
+    let out = run_kustomize(dir.path())?;
+    Ok(Rendered { files: vec![(LAYERED_FILE.to_string(), out)], explain })
+}
+
+/// Pack rendered files deterministically (sorted paths, fixed metadata).
+pub fn pack(r: &Rendered) -> Result<PackedArtifact> {
+    convoy_artifact::pack::pack_files(r.files.iter().cloned(), &Limits::default()).map_err(Error::Signing)
+}
+
+fn run_kustomize(dir: &Path) -> Result<Vec<u8>> {
+    let (program, args) = convoy_sources::render::kustomize_command(&convoy_sources::render::Kustomize::Auto)
+        .map_err(Error::Sources)?;
+    let mut child = Command::new(&program)
+        .args(&args)
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| variant_error(format!("cannot run {}: {e}", program.display())))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let max = Limits::default().max_total_bytes;
+    let out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = (&mut stdout).take(max + 1).read_to_end(&mut b);
+        let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        b
+    });
+    let err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut b);
+        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+        b
+    });
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if start.elapsed() > KUSTOMIZE_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(variant_error(format!("kustomize ran longer than {KUSTOMIZE_TIMEOUT:?}")));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(variant_error(format!("kustomize: {e}"))),
+        }
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    if !status.success() {
+        let msg = String::from_utf8_lossy(&err);
+        let msg = msg.replace(&dir.display().to_string(), "<variant>");
+        return Err(variant_error(format!("kustomize failed: {}", msg.trim())));
+    }
+    if out.len() as u64 > max {
+        return Err(variant_error(format!("kustomize output is larger than {max} bytes")));
+    }
+    Ok(out)
+}
+
+/// What `convoy render BUNDLE --cluster C` needs, taken from the fleet view.
+#[derive(Debug, Clone)]
+pub struct RenderPlan {
+    bundle: String,
+    cluster: String,
+    spec: BundleSpec,
+    base: Arc<crate::domain::DeploymentRecord>,
+    served: Option<Arc<crate::domain::DeploymentRecord>>,
+    variant: String,
+    failed: Option<String>,
+    labels: convoy_core::selector::Labels,
+    vars: BTreeMap<String, String>,
+    kube_version: String,
+}
+
+/// What the cluster gets of the bundle, with the explanation.
+#[derive(Debug, Clone, Default)]
+pub struct RenderOut {
+    /// The artifact's files.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// The variant key ("" for the base).
+    pub variant: String,
+    /// The artifact digest.
+    pub digest: String,
+    /// The generation the hub wants on the cluster.
+    pub generation: u64,
+    /// One line per value a layer set.
+    pub explain: Vec<String>,
+    /// The variant's error, if it cannot be built.
+    pub error: String,
+}
+
+/// Look up what `cluster` gets of `bundle` in `view`.
+pub fn explain_for(view: &crate::state::FleetView, bundle: &str, cluster: &str) -> Result<RenderPlan> {
+    use crate::domain::Rejection;
+    use crate::domain::desired::Placed;
+    let b = view
+        .fleet
+        .bundles
+        .get(bundle)
+        .ok_or_else(|| Rejection::NotFound(format!("bundle {bundle:?} is not in the fleet config")))?;
+    let e = view
+        .clusters
+        .get(cluster)
+        .ok_or_else(|| Rejection::NotFound(format!("cluster {cluster:?} is not registered")))?;
+    let (labels, mut vars) = view.fleet.cluster_facts(cluster, &e.record.labels);
+    vars.extend(e.record.vars.clone());
+    if !b.spec.targets_cluster(cluster, &labels) {
+        return Err(Rejection::FailedPrecondition(format!(
+            "bundle {bundle:?} does not target cluster {cluster:?}"
+        ))
+        .into());
+    }
+    let base = view
+        .records
+        .get(bundle)
+        .cloned()
+        .ok_or_else(|| Rejection::FailedPrecondition(format!("bundle {bundle:?} has no artifact yet")))?;
+    let (served, variant, failed) = match view.placements.get(cluster).and_then(|p| p.get(bundle)) {
+        Some(Placed::Variant(k)) => {
+            (view.variants.get(&(bundle.to_string(), k.clone())).cloned(), k.clone(), None)
+        }
+        Some(Placed::Failed(m)) => (None, String::new(), Some(m.clone())),
+        Some(Placed::Base) => (Some(base.clone()), String::new(), None),
+        None if crate::domain::variants::is_customized(&b.spec) => {
+            return Err(Rejection::FailedPrecondition(format!(
+                "the hub has not computed cluster {cluster:?}'s variant of {bundle:?} yet; retry"
+            ))
+            .into());
+        }
+        None => (Some(base.clone()), String::new(), None),
+    };
+    Ok(RenderPlan {
+        bundle: bundle.to_string(),
+        cluster: cluster.to_string(),
+        spec: b.spec.clone(),
+        base,
+        served,
+        variant,
+        failed,
+        labels,
+        vars,
+        kube_version: e.shared.kube_version(),
+    })
+}
+
+/// Read the served artifact and explain it (blocking).
+pub fn render_response(pipeline: &dyn SourcePipeline, plan: RenderPlan) -> Result<RenderOut> {
+    use crate::domain::variants::{ClusterFacts, Placement, placement};
+    let mut out = RenderOut { variant: plan.variant.clone(), ..Default::default() };
+    let read = |digest: &str| -> Result<Vec<(String, Vec<u8>)>> {
+        let path = pipeline.artifact_path(digest).ok_or_else(|| {
+            crate::domain::Rejection::NotFound(format!("artifact {digest} is not stored on the hub"))
+        })?;
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        unpack(&bytes)
+    };
+    out.explain.push(format!("base {} {} ({})", plan.bundle, plan.base.revision, plan.base.digest));
+    if let Some(m) = plan.failed {
+        out.error = m;
+        return Ok(out);
+    }
+    let served = plan.served.expect("set unless failed");
+    out.digest = served.digest.clone();
+    out.generation = served.generation;
+    out.files = read(&served.digest)?;
+    if crate::domain::variants::is_customized(&plan.spec) {
+        let base = read(&plan.base.digest)?;
+        let used =
+            if plan.spec.substitute.is_some() { used_variables(&base, &plan.spec)? } else { BTreeMap::new() };
+        let facts = ClusterFacts {
+            name: &plan.cluster,
+            labels: &plan.labels,
+            vars: &plan.vars,
+            kubernetes_version: (!plan.kube_version.is_empty()).then_some(plan.kube_version.as_str()),
+        };
+        if let Placement::Variant { input, .. } = placement(&plan.spec, &facts, &used) {
+            out.explain.extend(render(&base, &input, &plan.cluster)?.explain);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::variants::{Binding, Layer};
+    use convoy_core::config::Patch;
+
+    fn base() -> Vec<(String, Vec<u8>)> {
+        vec![(
+            "web.yaml".into(),
+            br#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 1
+  template:
+    spec:
+      containers:
+        - name: web
+          image: nginx
+          env:
+            - name: REGION
+              value: "${{ cluster.vars.region }}"
+            - name: SCRIPT
+              value: "echo ${HOME}"
+"#
+            .to_vec(),
+        )]
+    }
+
+    fn input(region: Option<&str>) -> EffectiveInput {
+        let mut i = EffectiveInput::default();
+        i.variables.insert(
+            Variable::Var("region".into()),
+            Binding {
+                value: region.map(String::from),
+                source: region.map(|_| VarSource::Target(1, "clusterSelector=region=eu".into())),
+            },
+        );
+        i
+    }
+
+    #[test]
+    fn substitution_only_changes_the_values_and_explains_them() {
+        let r = render(&base(), &input(Some("eu")), "c1").unwrap();
+        let text = String::from_utf8(r.files[0].1.clone()).unwrap();
+        assert!(text.contains("value: eu"), "{text}");
+        assert!(text.contains("echo ${HOME}"), "{text}");
+        assert_eq!(
+            r.explain,
+            vec![
+                "web.yaml document 0 $.spec.template.spec.containers[0].env[0].value: ${{ cluster.vars.region }} = \"eu\" <- variable cluster.vars.region from targets[1] (clusterSelector=region=eu)"
+            ]
+        );
+        // Deterministic: the same input packs to the same digest.
+        assert_eq!(
+            pack(&r).unwrap().digest,
+            pack(&render(&base(), &input(Some("eu")), "c2").unwrap()).unwrap().digest
+        );
+    }
+
+    #[test]
+    fn a_missing_variable_names_file_document_and_line() {
+        let err = render(&base(), &input(None), "c1").unwrap_err().to_string();
+        assert!(err.contains("web.yaml"), "{err}");
+        assert!(err.contains("document 0, line 14"), "{err}");
+        assert!(err.contains("cluster.vars.region is not set"), "{err}");
+    }
+
+    #[test]
+    fn namespace_and_patches_run_through_kustomize() {
+        if convoy_sources::render::kustomize_command(&convoy_sources::render::Kustomize::Auto).is_err() {
+            panic!("kubectl or kustomize must be on PATH (scripts/setup.sh installs kubectl)");
+        }
+        let mut i = input(Some("us"));
+        i.layers.push(Layer {
+            index: 2,
+            selector: "clusterName=c1".into(),
+            namespace: Some("web-us".into()),
+            patches: vec![Patch {
+                patch: "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 3}\n"
+                    .into(),
+                target: None,
+            }],
+            helm_values: None,
+        });
+        let r = render(&base(), &i, "c1").unwrap();
+        assert_eq!(r.files.len(), 1);
+        assert_eq!(r.files[0].0, LAYERED_FILE);
+        let text = String::from_utf8(r.files[0].1.clone()).unwrap();
+        assert!(text.contains("namespace: web-us"), "{text}");
+        assert!(text.contains("replicas: 3"), "{text}");
+        assert!(text.contains("value: us"), "{text}");
+        assert_eq!(r.explain[1], "namespace web-us <- targets[2] (clusterName=c1)");
+        assert_eq!(r.explain[2], "patch Deployment/web <- targets[2].patches[0] (clusterName=c1)");
+    }
+}
