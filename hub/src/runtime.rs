@@ -340,6 +340,10 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     );
 
     let mut tasks = vec![("fleet_state", state_task), ("alerts", alerts_task)];
+    // Several replicas on one store: the others' commits reach this one's state.
+    if let Some(feed) = store.follow() {
+        tasks.push(("replica_follower", crate::ha::follow::spawn(feed, state.clone(), shutdown.clone())));
+    }
     if let Some(t) = sources_task {
         tasks.push(("sources", t));
     }

@@ -49,6 +49,9 @@ use crate::store::{Loaded, Write};
 use crate::writer::WriterHandle;
 use crate::{Error, Result, now_ms};
 
+#[path = "ha/apply.rs"]
+mod remote;
+
 /// How many certificates of one cluster stay valid at once (renewal overlap).
 const CERTS_KEPT: usize = 3;
 
@@ -299,6 +302,8 @@ enum Cmd {
         applied: Vec<(String, u64, String)>,
     },
     SetFleet(Arc<FleetConfig>, Option<Reply<()>>),
+    /// What another hub replica committed at one store revision ([`crate::ha`]).
+    Remote(Vec<crate::ha::RemoteChange>),
 }
 
 /// Sends commands to the state actor.
@@ -367,6 +372,12 @@ impl StateHandle {
     /// above them. Fire and forget.
     pub async fn report_applied(&self, cluster: String, applied: Vec<(String, u64, String)>) {
         let _ = self.tx.send(Cmd::ReportApplied { cluster, applied }).await;
+    }
+
+    /// Apply what another hub replica committed (already durable): the
+    /// actor applies it and publishes. Errors only when the actor is gone.
+    pub async fn apply_remote(&self, changes: Vec<crate::ha::RemoteChange>) -> Result<()> {
+        self.tx.send(Cmd::Remote(changes)).await.map_err(|_| Error::ShuttingDown)
     }
 
     /// Replace the fleet config and wait until it is in force.
@@ -755,6 +766,15 @@ impl Actor {
                 let earlier = std::mem::replace(batch, self.begin());
                 self.finish(earlier).await;
                 self.recover_generations(&cluster, applied).await;
+                self.publish();
+                *batch = self.begin();
+            }
+            Cmd::Remote(changes) => {
+                // Durable already: the earlier commands commit first, then
+                // the remote changes are applied and published.
+                let earlier = std::mem::replace(batch, self.begin());
+                self.finish(earlier).await;
+                self.apply_remote(changes);
                 self.publish();
                 *batch = self.begin();
             }

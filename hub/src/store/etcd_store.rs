@@ -7,7 +7,7 @@
 //! | key | value |
 //! |---|---|
 //! | `meta/schema` | the layout version |
-//! | `meta/commit` | a counter every commit bumps (the fence) |
+//! | `meta/commit` | `<counter> <replica id>`: every commit bumps it (the fence) and names its replica |
 //! | `meta/next-event-id` | the next event id |
 //! | `clusters/<name>`, `tokens/<id>`, `liveness/<name>`, `deployments/<bundle>` | JSON records |
 //! | `suspended/<bundle>`, `suspended-sources/<source>` | empty |
@@ -28,6 +28,17 @@
 //! (docs/operations.md). A commit over the server's limits fails as a whole
 //! with the server's error: nothing is half-written.
 //!
+//! Two records are also fenced on their stored value, since replicas decide
+//! on their in-memory copy: a token's use counts the stored uses (a
+//! single-use token used by another replica in between fails the commit),
+//! and a bundle's generation must be above the stored one, or equal with the
+//! same digest (so generations stay unique and monotonic per bundle).
+//!
+//! [`Store::follow`] is the change feed of several replicas: an etcd watch
+//! of the prefix, from the revision [`Store::load`] read everything at (one
+//! consistent revision), that skips this replica's own commits (their
+//! `meta/commit` names it) and decodes the rest ([`crate::ha::changes`]).
+//!
 //! The trait is blocking (callers use `spawn_blocking`); the store runs its
 //! client on a small runtime of its own and waits for each answer.
 
@@ -35,10 +46,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, SortOrder, SortTarget,
-    TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, SortOrder,
+    SortTarget, TlsOptions, Txn, TxnOp, WatchOptions,
 };
+use tokio::sync::mpsc;
+
+use crate::domain::{DeploymentRecord, Rejection, TokenRecord};
+use crate::ha::follow::Feed;
 
 use super::{Loaded, Store, Write, WriteOutcome};
 use crate::domain::{
@@ -89,6 +106,10 @@ pub struct EtcdStore {
     client: Client,
     prefix: String,
     event_capacity: u64,
+    /// This process's id, written in `meta/commit` by its commits.
+    replica: String,
+    /// The revision the last [`Store::load`] read at (0: not loaded).
+    loaded_rev: AtomicI64,
 }
 
 impl Drop for EtcdStore {
@@ -163,8 +184,15 @@ impl EtcdStore {
             .recv()
             .map_err(|_| Error::Store("etcd store runtime stopped".into()))?
             .map_err(etcd_err("connect"))?;
-        let store =
-            Self { rt: Some(rt), client, prefix: opts.prefix.clone(), event_capacity: event_capacity.max(1) };
+        let replica = format!("{:016x}", rand::random::<u64>());
+        let store = Self {
+            rt: Some(rt),
+            client,
+            prefix: opts.prefix.clone(),
+            event_capacity: event_capacity.max(1),
+            replica,
+            loaded_rev: AtomicI64::new(0),
+        };
         store.check_schema()?;
         Ok(store)
     }
@@ -209,41 +237,172 @@ impl EtcdStore {
         })
     }
 
-    async fn range(c: &mut Client, prefix: Vec<u8>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut resp =
-            c.get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(etcd_err("range"))?;
+    /// This replica's id (in `meta/commit` after each of its commits).
+    pub fn replica_id(&self) -> &str {
+        &self.replica
+    }
+
+    async fn range(c: &mut Client, prefix: Vec<u8>, rev: i64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut resp = c
+            .get(prefix, Some(GetOptions::new().with_prefix().with_revision(rev)))
+            .await
+            .map_err(etcd_err("range"))?;
         Ok(resp.take_kvs().into_iter().map(|kv| (kv.key().to_vec(), kv.value().to_vec())).collect())
     }
+
+    /// The current revision of the etcd cluster.
+    async fn revision(c: &mut Client, key: Vec<u8>) -> Result<i64> {
+        let r = c.get(key, Some(GetOptions::new().with_count_only())).await.map_err(etcd_err("revision"))?;
+        Ok(r.header().map(|h| h.revision()).unwrap_or(0))
+    }
 }
+
+/// Watch `prefix` from `rev + 1` on, forever: send the other replicas'
+/// commits, one message per revision; after a compaction or a lost watch
+/// that cannot resume, read everything again ([`Feed::Resync`]).
+async fn follow_loop(client: Client, prefix: String, replica: String, mut rev: i64, tx: mpsc::Sender<Feed>) {
+    let commit_key = format!("{prefix}meta/commit");
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut c = client.clone();
+        let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
+        let mut stream = match c.watch(prefix.clone(), Some(opts)).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd watch: cannot start; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            let resp = match stream.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "etcd watch: stream failed; resuming at revision {}", rev + 1);
+                    break;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            if resp.compact_revision() > 0 || resp.canceled() {
+                // Changes were compacted away: read the whole state again.
+                tracing::warn!(
+                    compacted = resp.compact_revision(),
+                    "etcd watch: history compacted past this replica; reloading the state"
+                );
+                match resync(&mut c, &prefix).await {
+                    Ok((r, changes)) => {
+                        rev = r;
+                        if tx.send(Feed::Resync(changes)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "etcd watch: reload failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+                break;
+            }
+            // Group by revision: one commit is one revision, never split.
+            let mut by_rev: BTreeMap<i64, Vec<(Vec<u8>, Option<Vec<u8>>)>> = BTreeMap::new();
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let value = match ev.event_type() {
+                    EventType::Put => Some(kv.value().to_vec()),
+                    EventType::Delete => None,
+                };
+                by_rev.entry(kv.mod_revision()).or_default().push((kv.key().to_vec(), value));
+            }
+            for (r, events) in by_rev {
+                rev = rev.max(r);
+                let own = events.iter().any(|(k, v)| {
+                    k == commit_key.as_bytes()
+                        && v.as_deref().is_some_and(|v| {
+                            std::str::from_utf8(v).ok().and_then(|s| s.split_whitespace().nth(1))
+                                == Some(replica.as_str())
+                        })
+                });
+                if own {
+                    continue;
+                }
+                let mut changes = Vec::new();
+                for (k, v) in events {
+                    let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                    match crate::ha::changes::decode(&rest, v.as_deref()) {
+                        Ok(Some(ch)) => changes.push(ch),
+                        Ok(None) => {}
+                        Err(u) => tracing::warn!(key = %u.key, reason = %u.reason, revision = r,
+                            "etcd watch: a record another replica wrote cannot be decoded; skipped"),
+                    }
+                }
+                if !changes.is_empty() && tx.send(Feed::Changes { revision: r, changes }).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Everything under `prefix` as changes, and the revision it was read at.
+async fn resync(c: &mut Client, prefix: &str) -> Result<(i64, Vec<crate::ha::RemoteChange>)> {
+    let rev = EtcdStore::revision(c, format!("{prefix}meta/schema").into_bytes()).await?;
+    let mut changes = Vec::new();
+    let mut suspended = BTreeSet::new();
+    for table in ["clusters/", "tokens/", "deployments/", "status/", "liveness/", "suspended-sources/"] {
+        for (k, v) in EtcdStore::range(c, format!("{prefix}{table}").into_bytes(), rev).await? {
+            let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            match crate::ha::changes::decode(&rest, Some(&v)) {
+                Ok(Some(ch)) => changes.push(ch),
+                Ok(None) => {}
+                Err(u) => {
+                    tracing::warn!(key = %u.key, reason = %u.reason, "reload: a record cannot be decoded; skipped")
+                }
+            }
+        }
+    }
+    for (k, _) in EtcdStore::range(c, format!("{prefix}suspended/").into_bytes(), rev).await? {
+        suspended.insert(String::from_utf8_lossy(&k[prefix.len() + "suspended/".len()..]).into_owned());
+    }
+    changes.push(crate::ha::RemoteChange::SuspendedSet(suspended));
+    Ok((rev, changes))
+}
+
+impl EtcdStore {}
 
 impl Store for EtcdStore {
     fn load(&self) -> Result<Loaded> {
         let mut c = self.client.clone();
         let p = self.prefix.clone();
-        self.run(async move {
+        let (out, rev) = self.run(async move {
+            // One revision for every read: a consistent state, and where the
+            // change feed starts.
+            let rev = Self::revision(&mut c, format!("{p}meta/schema").into_bytes()).await?;
             let mut out = Loaded::default();
             let key = |s: &str| format!("{p}{s}").into_bytes();
             let suffix =
                 |k: &[u8], pre: &str| String::from_utf8_lossy(&k[p.len() + pre.len()..]).into_owned();
-            for (_, v) in Self::range(&mut c, key("clusters/")).await? {
+            for (_, v) in Self::range(&mut c, key("clusters/"), rev).await? {
                 out.clusters.push(dec(&v)?);
             }
-            for (_, v) in Self::range(&mut c, key("tokens/")).await? {
+            for (_, v) in Self::range(&mut c, key("tokens/"), rev).await? {
                 out.tokens.push(dec(&v)?);
             }
-            for (k, v) in Self::range(&mut c, key("liveness/")).await? {
+            for (k, v) in Self::range(&mut c, key("liveness/"), rev).await? {
                 out.liveness.push((suffix(&k, "liveness/"), dec(&v)?));
             }
-            for (_, v) in Self::range(&mut c, key("deployments/")).await? {
+            for (_, v) in Self::range(&mut c, key("deployments/"), rev).await? {
                 out.deployments.push(dec(&v)?);
             }
-            for (k, _) in Self::range(&mut c, key("suspended/")).await? {
+            for (k, _) in Self::range(&mut c, key("suspended/"), rev).await? {
                 out.suspended.insert(suffix(&k, "suspended/"));
             }
-            for (k, _) in Self::range(&mut c, key("suspended-sources/")).await? {
+            for (k, _) in Self::range(&mut c, key("suspended-sources/"), rev).await? {
                 out.suspended_sources.insert(suffix(&k, "suspended-sources/"));
             }
-            for (k, v) in Self::range(&mut c, key("status/")).await? {
+            for (k, v) in Self::range(&mut c, key("status/"), rev).await? {
                 let rest = suffix(&k, "status/");
                 let cluster = rest.split_once('/').map(|(c, _)| c.to_string()).unwrap_or(rest);
                 out.statuses.push((cluster, dec(&v)?));
@@ -255,6 +414,7 @@ impl Store for EtcdStore {
                     Some(
                         GetOptions::new()
                             .with_range(prefix_end(&events))
+                            .with_revision(rev)
                             .with_sort(SortTarget::Key, SortOrder::Descend)
                             .with_limit(1)
                             .with_keys_only(),
@@ -267,8 +427,18 @@ impl Store for EtcdStore {
                 .first()
                 .and_then(|kv| std::str::from_utf8(&kv.key()[events.len()..]).ok()?.parse().ok())
                 .unwrap_or(0);
-            Ok(out)
-        })
+            Ok((out, rev))
+        })?;
+        self.loaded_rev.store(rev, Ordering::SeqCst);
+        Ok(out)
+    }
+
+    fn follow(&self) -> Option<mpsc::Receiver<Feed>> {
+        let rev = self.loaded_rev.load(Ordering::SeqCst);
+        let (tx, rx) = mpsc::channel(1024);
+        let rt = self.rt.as_ref()?;
+        rt.spawn(follow_loop(self.client.clone(), self.prefix.clone(), self.replica.clone(), rev, tx));
+        Some(rx)
     }
 
     fn last_seq(&self, cluster: &str, epoch: u64) -> Result<u64> {
@@ -341,9 +511,10 @@ impl Store for EtcdStore {
         let client = self.client.clone();
         let prefix = self.prefix.clone();
         let capacity = self.event_capacity;
+        let replica = self.replica.clone();
         self.run(async move {
             for _ in 0..COMMIT_ATTEMPTS {
-                let mut tx = Tx::begin(client.clone(), &prefix).await?;
+                let mut tx = Tx::begin(client.clone(), &prefix, &replica).await?;
                 let mut outcomes = Vec::with_capacity(writes.len());
                 for w in writes.iter().cloned() {
                     outcomes.push(apply(&mut tx, w, now, capacity).await?);
@@ -367,18 +538,22 @@ struct Tx {
     /// `meta/commit`'s mod revision when the commit started (0: absent).
     fence: i64,
     counter: u64,
+    replica: String,
     reads: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl Tx {
-    async fn begin(mut client: Client, prefix: &str) -> Result<Self> {
+    async fn begin(mut client: Client, prefix: &str, replica: &str) -> Result<Self> {
         let key = format!("{prefix}meta/commit");
         let r = client.get(key, None).await.map_err(etcd_err("read commit counter"))?;
         let (fence, counter) = match r.kvs().first() {
             Some(kv) => (
                 kv.mod_revision(),
-                std::str::from_utf8(kv.value()).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+                std::str::from_utf8(kv.value())
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0),
             ),
             None => (0, 0),
         };
@@ -387,6 +562,7 @@ impl Tx {
             prefix: prefix.to_string(),
             fence,
             counter,
+            replica: replica.to_string(),
             reads: BTreeMap::new(),
             writes: BTreeMap::new(),
         })
@@ -452,7 +628,7 @@ impl Tx {
                 None => TxnOp::delete(k, None),
             });
         }
-        ops.push(TxnOp::put(fence_key, (self.counter + 1).to_string(), None));
+        ops.push(TxnOp::put(fence_key, format!("{} {}", self.counter + 1, self.replica), None));
         let r = self.client.txn(Txn::new().when([cmp]).and_then(ops)).await.map_err(etcd_err("commit"))?;
         Ok(r.succeeded())
     }
@@ -465,13 +641,20 @@ async fn apply(tx: &mut Tx, w: Write, now: i64, capacity: u64) -> Result<WriteOu
             tx.put(k, enc(&c)?);
             WriteOutcome::Done
         }
-        Write::PutToken(t) => {
+        Write::PutToken(mut t) => {
             let k = tx.key(&format!("tokens/{}", t.id));
+            if let Some(stored) = tx.get(&k).await? {
+                let stored: TokenRecord = dec(&stored)?;
+                t.uses = token_uses(&stored, &t)?;
+            }
             tx.put(k, enc(&t)?);
             WriteOutcome::Done
         }
         Write::PutDeployment(d) => {
             let k = tx.key(&format!("deployments/{}", d.bundle));
+            if let Some(stored) = tx.get(&k).await? {
+                check_generation(&dec(&stored)?, &d)?;
+            }
             tx.put(k, enc(&d)?);
             WriteOutcome::Done
         }
@@ -521,6 +704,39 @@ async fn apply(tx: &mut Tx, w: Write, now: i64, capacity: u64) -> Result<WriteOu
         }
         Write::AgentBatch(batch) => WriteOutcome::Batch(store_batch(tx, batch, now, capacity).await?),
     })
+}
+
+/// The uses to store for `new`, a replica's copy of a token whose stored
+/// record is `stored`. A token is written when created (0 uses) and when a
+/// registration uses it (the replica's uses + 1). If the replica's copy was
+/// behind (another replica used the token since), a single-use token is
+/// refused and a multi-use one counts the use on top of the stored uses.
+fn token_uses(stored: &TokenRecord, new: &TokenRecord) -> Result<u32> {
+    if new.uses == 0 || new.uses > stored.uses {
+        return Ok(new.uses.max(stored.uses));
+    }
+    if new.single_use {
+        return Err(Rejection::PermissionDenied(format!(
+            "token {} was already used (on another hub replica)",
+            new.id
+        ))
+        .into());
+    }
+    Ok(stored.uses + 1)
+}
+
+/// A bundle's generation only goes up, across replicas: the same
+/// generation again must be the same artifact.
+fn check_generation(stored: &DeploymentRecord, new: &DeploymentRecord) -> Result<()> {
+    if new.generation > stored.generation
+        || (new.generation == stored.generation && new.digest == stored.digest)
+    {
+        return Ok(());
+    }
+    Err(Error::Store(format!(
+        "bundle {}: generation {} ({}) is not above the stored generation {} ({}) another replica signed",
+        new.bundle, new.generation, new.digest, stored.generation, stored.digest
+    )))
 }
 
 async fn append_event(
@@ -609,6 +825,53 @@ mod tests {
         assert_eq!(prefix_end(b"/convoy/events/"), b"/convoy/events0".to_vec());
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
         assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+
+    fn token(uses: u32, single_use: bool) -> TokenRecord {
+        TokenRecord {
+            id: "t1".into(),
+            hash: String::new(),
+            created_unix_ms: 0,
+            expires_unix_ms: i64::MAX,
+            single_use,
+            uses,
+            cluster: None,
+            labels: Default::default(),
+            name_prefix: None,
+            agent_label_keys: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_token_use_counts_on_the_stored_uses() {
+        // Created, and one use on top of what the replica saw.
+        assert_eq!(token_uses(&token(0, true), &token(0, true)).unwrap(), 0);
+        assert_eq!(token_uses(&token(0, true), &token(1, true)).unwrap(), 1);
+        assert_eq!(token_uses(&token(2, false), &token(3, false)).unwrap(), 3);
+        // Another replica used it in between.
+        let err = token_uses(&token(1, true), &token(1, true)).unwrap_err();
+        assert!(err.to_string().contains("already used"), "{err}");
+        assert_eq!(token_uses(&token(3, false), &token(3, false)).unwrap(), 4);
+        assert_eq!(token_uses(&token(5, false), &token(2, false)).unwrap(), 6);
+    }
+
+    #[test]
+    fn a_generation_only_goes_up_across_replicas() {
+        let d = |generation: u64, digest: &str| DeploymentRecord {
+            bundle: "web".into(),
+            generation,
+            digest: digest.into(),
+            size: 1,
+            revision: String::new(),
+            source: String::new(),
+            statement: Vec::new(),
+            signature: Vec::new(),
+            created_unix_ms: 0,
+        };
+        assert!(check_generation(&d(1, "a"), &d(2, "b")).is_ok());
+        assert!(check_generation(&d(2, "b"), &d(2, "b")).is_ok(), "the same record again");
+        assert!(check_generation(&d(2, "b"), &d(2, "c")).is_err(), "one generation, two artifacts");
+        assert!(check_generation(&d(3, "b"), &d(2, "c")).is_err(), "backwards");
     }
 
     #[test]

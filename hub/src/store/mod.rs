@@ -117,4 +117,10 @@ pub trait Store: Send + Sync + 'static {
     /// Apply `writes` in order in one transaction: all or nothing. `now` stamps
     /// stored statuses and events.
     fn commit(&self, writes: Vec<Write>, now_unix_ms: i64) -> Result<Vec<WriteOutcome>>;
+    /// The commits of other hub replicas sharing this store, from the
+    /// revision the last [`Store::load`] read at ([`crate::ha`]). `None` for a
+    /// store only this hub writes (redb).
+    fn follow(&self) -> Option<tokio::sync::mpsc::Receiver<crate::ha::follow::Feed>> {
+        None
+    }
 }
