@@ -248,6 +248,15 @@ pub struct StoreSettings {
     /// TLS to etcd: CA to verify it, client certificate and key (PEM files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<StoreTls>,
+    /// `type: etcd`: each replica's lease TTL (whole seconds, at least 1s).
+    /// A dead or cut-off replica's source locks and leadership pass to
+    /// another replica within it. Default 10s.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: HumanDuration,
+}
+
+fn default_lease_ttl() -> HumanDuration {
+    HumanDuration::from_secs(10)
 }
 
 impl Default for StoreSettings {
@@ -258,6 +267,7 @@ impl Default for StoreSettings {
             endpoints: Vec::new(),
             prefix: default_store_prefix(),
             tls: None,
+            lease_ttl: default_lease_ttl(),
         }
     }
 }

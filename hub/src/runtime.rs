@@ -134,6 +134,7 @@ pub struct HubHandle {
     /// The source pipeline's fleet config, for hubs started with a fixed
     /// config (`HubOptions::fleet`): `set_fleet` updates it.
     fleet_tx: Option<watch::Sender<Arc<FleetConfig>>>,
+    leadership: crate::ha::locks::Leadership,
 }
 
 /// Starts hubs.
@@ -265,6 +266,9 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
             p
         }
     };
+    // Several replicas: only the holder of a source's lock polls it (crate::ha).
+    let (pipeline, leadership, ha_tasks) =
+        crate::ha::gate(store.as_ref(), pipeline, fleet_tx.subscribe(), shutdown.clone());
     for source in &loaded.suspended_sources {
         if let Err(e) = pipeline.set_suspended(source, true) {
             warn!(source = %source, error = %e, "cannot re-apply the suspension of a source");
@@ -340,6 +344,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     );
 
     let mut tasks = vec![("fleet_state", state_task), ("alerts", alerts_task)];
+    tasks.extend(ha_tasks);
     // Several replicas on one store: the others' commits reach this one's state.
     if let Some(feed) = store.follow() {
         tasks.push(("replica_follower", crate::ha::follow::spawn(feed, state.clone(), shutdown.clone())));
@@ -438,6 +443,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
         tasks,
         writer_task: Some(writer_task),
         fleet_tx: fixed_fleet_tx,
+        leadership,
     })
 }
 
@@ -623,6 +629,12 @@ fn spawn_reload(
 }
 
 impl HubHandle {
+    /// Whether this replica runs the hub's singleton work (the `leader`
+    /// lock of [`crate::ha::locks`]; always true on redb), with a watch.
+    pub fn leadership(&self) -> &crate::ha::locks::Leadership {
+        &self.leadership
+    }
+
     /// The gRPC endpoint, `https://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
         let ip = if self.grpc_addr.ip().is_unspecified() {

@@ -74,7 +74,10 @@ async fn a_commit_on_one_replica_reaches_agents_and_queries_on_the_other() {
     pa.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"one").unwrap();
     let d = s.until_generation("web", 1).await;
     let on_a = a.state().view().records["web"].clone();
-    assert_eq!((d.digest.as_str(), d.statement.as_slice()), (on_a.digest.as_str(), on_a.statement.as_slice()));
+    assert_eq!(
+        (d.digest.as_str(), d.statement.as_slice()),
+        (on_a.digest.as_str(), on_a.statement.as_slice())
+    );
     pa.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:bbbb", b"two").unwrap();
     s.until_generation("web", 2).await;
 
@@ -109,15 +112,160 @@ async fn a_commit_on_one_replica_reaches_agents_and_queries_on_the_other() {
 
     // Revoked on A: the stream on B closes.
     fleet_a.revoke_cluster(pb::RevokeClusterRequest { name: "c1".into() }).await.unwrap();
-    tokio::time::timeout(WAIT, async {
-        while let Ok(Some(_)) = s.rx.message().await {}
-    })
-    .await
-    .expect("the stream on B closes once A revoked the cluster");
+    tokio::time::timeout(WAIT, async { while let Ok(Some(_)) = s.rx.message().await {} })
+        .await
+        .expect("the stream on B closes once A revoked the cluster");
 
     // Generations stayed monotonic on both.
     assert_eq!(a.state().view().records["web"].generation, 2);
     assert_eq!(b.state().view().records["web"].generation, 2);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+mod locks {
+    use std::collections::BTreeSet;
+    use std::time::{Duration, Instant};
+
+    use base64::Engine;
+    use convoy_hub::store::{EtcdOptions, EtcdStore, Store, Write};
+    use tokio::sync::watch;
+
+    use crate::etcd_server::{Proxy, Server, gateway};
+
+    const TTL: u64 = 2;
+
+    fn opts(url: &str) -> EtcdOptions {
+        let mut o = EtcdOptions::new(vec![url.to_string()], "/locks/");
+        o.lease_ttl = Duration::from_secs(TTL);
+        o.connect_timeout = Duration::from_secs(2);
+        o.request_timeout = Duration::from_secs(2);
+        o
+    }
+
+    fn set(v: &[&str]) -> BTreeSet<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    type Held = watch::Receiver<BTreeSet<String>>;
+
+    /// Wait (bounded) until `done` holds for the locks each replica holds,
+    /// checking at every look that no lock is held by two replicas.
+    fn until(
+        held: &[(&str, &Held)],
+        within: Duration,
+        what: &str,
+        done: impl Fn(&[BTreeSet<String>]) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            let now: Vec<BTreeSet<String>> = held.iter().map(|(_, h)| h.borrow().clone()).collect();
+            for (i, a) in now.iter().enumerate() {
+                for (j, b) in now.iter().enumerate().skip(i + 1) {
+                    let both: Vec<_> = a.intersection(b).collect();
+                    assert!(both.is_empty(), "{both:?} held by {} and {} at once", held[i].0, held[j].0);
+                }
+            }
+            if done(&now) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}; held: {now:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn write(s: &EtcdStore) -> Result<(), String> {
+        s.commit(vec![Write::SetSuspended { bundle: "b".into(), suspended: true }], 1)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The lease of `replica` (read through etcd's JSON gateway).
+    fn lease_of(url: &str, replica: &str) -> String {
+        let key = base64::engine::general_purpose::STANDARD.encode(format!("/locks/replicas/{replica}"));
+        let out = gateway(url, "/v3/kv/range", &format!(r#"{{"key":"{key}"}}"#));
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v["kvs"][0]["lease"].as_str().unwrap_or_else(|| panic!("no lease in {body}")).to_string()
+    }
+
+    /// Exactly-once work: every lock has one holder at a time; a replica
+    /// cut off from etcd gives its locks up and writes nothing; another
+    /// takes them over within about one TTL; the same when the holder dies
+    /// (its process gone, lease not revoked).
+    #[test]
+    fn locks_pass_on_when_the_holder_is_cut_off_or_dies() {
+        let etcd = Server::start();
+        let proxy = Proxy::start(&etcd.url);
+        let wanted = set(&["leader", "source/git"]);
+        let (_wanted_tx, wanted_rx) = watch::channel(wanted.clone());
+        let a = EtcdStore::open(&opts(&proxy.url), 100).unwrap();
+        let ha = a.coordinate(wanted_rx.clone()).unwrap();
+        until(&[("a", &ha)], Duration::from_secs(10), "a takes the free locks", |h| h[0] == wanted);
+        let b = EtcdStore::open(&opts(&etcd.url), 100).unwrap();
+        let hb = b.coordinate(wanted_rx.clone()).unwrap();
+        let c = EtcdStore::open(&opts(&etcd.url), 100).unwrap();
+        let hc = c.coordinate(wanted_rx.clone()).unwrap();
+        write(&a).unwrap();
+
+        // Cut a off: it stops claiming work and stops writing before etcd
+        // could hand its locks to another replica; b or c then takes them.
+        let cut = Instant::now();
+        proxy.cut();
+        let all = [("a", &ha), ("b", &hb), ("c", &hc)];
+        until(&all, Duration::from_secs(TTL), "a gives its locks up", |h| h[0].is_empty());
+        let err = write(&a).unwrap_err();
+        assert!(err.contains("lost its lease"), "{err}");
+        until(&all, Duration::from_secs(TTL + 3), "b or c takes a's locks", |h| {
+            h[1].union(&h[2]).cloned().collect::<BTreeSet<_>>() == wanted
+        });
+        eprintln!("locks taken over {:?} after the cut (lease TTL {TTL}s)", cut.elapsed());
+
+        // Back in touch: a writes again under a new lease, and the locks stay put.
+        proxy.heal();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while let Err(e) = write(&a) {
+            assert!(Instant::now() < deadline, "a never wrote again: {e}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        until(&all, Duration::from_secs(1), "the locks stay with b and c", |h| {
+            h[0].is_empty() && h[1].union(&h[2]).cloned().collect::<BTreeSet<_>>() == wanted
+        });
+
+        // The leader dies (no revoke): the others take its locks once its lease expires.
+        let (dead, rest): (EtcdStore, Vec<(&str, &Held)>) = if hb.borrow().contains("leader") {
+            (b, vec![("a", &ha), ("c", &hc)])
+        } else {
+            (c, vec![("a", &ha), ("b", &hb)])
+        };
+        let died = Instant::now();
+        drop(dead);
+        until(&rest, Duration::from_secs(TTL + 3), "the survivors take the dead replica's locks", |h| {
+            h[0].union(&h[1]).cloned().collect::<BTreeSet<_>>() == wanted
+        });
+        eprintln!("locks taken over {:?} after the holder died", died.elapsed());
+    }
+
+    /// The fence is checked by etcd too: a replica whose lease was revoked
+    /// behind its back cannot write under it, and writes again once it has
+    /// a new lease.
+    #[test]
+    fn a_write_under_a_revoked_lease_is_refused_by_etcd() {
+        let etcd = Server::start();
+        let mut o = opts(&etcd.url);
+        o.lease_ttl = Duration::from_secs(30);
+        let a = EtcdStore::open(&o, 100).unwrap();
+        write(&a).unwrap();
+        let lease = lease_of(&etcd.url, a.replica_id());
+        let out = gateway(&etcd.url, "/v3/lease/revoke", &format!(r#"{{"ID":"{lease}"}}"#));
+        assert!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "{out}");
+        let err = write(&a).unwrap_err();
+        assert!(err.contains("lost its lease"), "{err}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = write(&a) {
+            assert!(Instant::now() < deadline, "no new lease: {e}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_ne!(lease_of(&etcd.url, a.replica_id()), lease, "a new lease");
+    }
 }

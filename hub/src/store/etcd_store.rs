@@ -34,6 +34,17 @@
 //! and a bundle's generation must be above the stored one, or equal with the
 //! same digest (so generations stay unique and monotonic per bundle).
 //!
+//! Every replica holds an etcd lease (`store.leaseTtl`, 10 s by default),
+//! kept alive every third of its TTL, with `replicas/<replica id>` attached
+//! to it. Every commit's transaction also compares that key's lease with the
+//! replica's current lease: a replica whose lease expired (a partition, a
+//! long pause) cannot write, and a replica that has not heard etcd renew its
+//! lease for two thirds of the TTL stops writing and gives up its locks on
+//! its own, before etcd could hand them to another replica. Locks
+//! (`locks/<name>`, [`Store::coordinate`]) are keys created only if absent,
+//! attached to the lease: they vanish with it, and the others' watch of
+//! `locks/` makes one of them take the lock at once.
+//!
 //! [`Store::follow`] is the change feed of several replicas: an etcd watch
 //! of the prefix, from the revision [`Store::load`] read everything at (one
 //! consistent revision), that skips this replica's own commits (their
@@ -49,10 +60,11 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, SortOrder,
-    SortTarget, TlsOptions, Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions,
+    SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::domain::{DeploymentRecord, Rejection, TokenRecord};
 use crate::ha::follow::Feed;
@@ -84,6 +96,9 @@ pub struct EtcdOptions {
     pub connect_timeout: Duration,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// The replica's lease TTL (whole seconds, at least 1): how long its
+    /// locks outlive it, and how long a cut-off replica may still write.
+    pub lease_ttl: Duration,
 }
 
 impl EtcdOptions {
@@ -96,6 +111,7 @@ impl EtcdOptions {
             identity_pem: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -110,6 +126,10 @@ pub struct EtcdStore {
     replica: String,
     /// The revision the last [`Store::load`] read at (0: not loaded).
     loaded_rev: AtomicI64,
+    /// The lease this replica writes under (0: lost, being granted again).
+    lease: watch::Receiver<i64>,
+    /// Wakes the lease task when a commit found the lease gone at etcd.
+    lease_gone: Arc<Notify>,
 }
 
 impl Drop for EtcdStore {
@@ -185,6 +205,22 @@ impl EtcdStore {
             .map_err(|_| Error::Store("etcd store runtime stopped".into()))?
             .map_err(etcd_err("connect"))?;
         let replica = format!("{:016x}", rand::random::<u64>());
+        let (lease_tx, mut lease) = watch::channel(0i64);
+        let ttl = opts.lease_ttl.max(Duration::from_secs(1));
+        let replica_key = format!("{}replicas/{replica}", opts.prefix).into_bytes();
+        let lease_gone = Arc::new(Notify::new());
+        rt.spawn(lease_loop(client.clone(), replica_key, replica.clone(), ttl, lease_tx, lease_gone.clone()));
+        // The first lease, before any write (every write is fenced on it).
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let within = opts.connect_timeout + opts.request_timeout;
+        rt.spawn(async move {
+            let got = tokio::time::timeout(within, lease.wait_for(|l| *l != 0)).await;
+            let _ = tx.send((got.is_ok_and(|r| r.is_ok()), lease));
+        });
+        let (granted, lease) = rx.recv().map_err(|_| Error::Store("etcd store runtime stopped".into()))?;
+        if !granted {
+            return Err(Error::Store("etcd: no lease granted to this replica in time".into()));
+        }
         let store = Self {
             rt: Some(rt),
             client,
@@ -192,6 +228,8 @@ impl EtcdStore {
             event_capacity: event_capacity.max(1),
             replica,
             loaded_rev: AtomicI64::new(0),
+            lease,
+            lease_gone,
         };
         store.check_schema()?;
         Ok(store)
@@ -346,6 +384,176 @@ async fn follow_loop(client: Client, prefix: String, replica: String, mut rev: i
     }
 }
 
+const LEASE_LOST: &str = "lost its lease";
+
+fn lease_lost(replica: &str) -> Error {
+    Error::Store(format!(
+        "etcd: hub replica {replica} {LEASE_LOST} (etcd unreachable or the lease expired); \
+         it writes nothing until etcd grants it a new one"
+    ))
+}
+
+/// Hold a lease for this replica for as long as the process lives: grant
+/// it, attach `replicas/<id>` to it, keep it alive every third of `ttl`,
+/// and publish its id (0 once it is lost: no renewal heard for two thirds
+/// of `ttl`, or etcd said it expired). A lost lease is revoked (best
+/// effort, to free its locks at once) and a new one granted.
+async fn lease_loop(
+    client: Client,
+    key: Vec<u8>,
+    replica: String,
+    ttl: Duration,
+    tx: watch::Sender<i64>,
+    gone: Arc<Notify>,
+) {
+    let secs = ttl.as_secs().max(1) as i64;
+    let renew = ttl / 3;
+    let pause = renew.min(Duration::from_millis(500));
+    let margin = ttl * 2 / 3;
+    let mut old = 0i64;
+    loop {
+        let mut c = client.clone();
+        if old != 0 {
+            let _ = tokio::time::timeout(renew, c.lease_revoke(old)).await;
+        }
+        let granted = async {
+            let id = c.lease_grant(secs, None).await?.id();
+            c.put(key.clone(), replica.clone(), Some(PutOptions::new().with_lease(id))).await?;
+            let (keeper, stream) = c.lease_keep_alive(id).await?;
+            Ok::<_, etcd_client::Error>((id, keeper, stream))
+        };
+        let (id, mut keeper, mut stream) = match tokio::time::timeout(ttl, granted).await {
+            Ok(Ok(g)) => g,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "etcd: cannot get a lease for this replica; retrying");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("etcd: no lease for this replica in time; retrying");
+                continue;
+            }
+        };
+        old = id;
+        tracing::info!(lease = id, replica = %replica, "etcd lease held");
+        if tx.send(id).is_err() {
+            return;
+        }
+        let mut deadline = tokio::time::Instant::now() + margin;
+        let mut tick = tokio::time::interval(renew);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if keeper.keep_alive().await.is_err() {
+                        break;
+                    }
+                }
+                m = stream.message() => match m {
+                    Ok(Some(r)) if r.ttl() > 0 => deadline = tokio::time::Instant::now() + margin,
+                    Ok(Some(_)) => {
+                        tracing::warn!(lease = id, "etcd: this replica's lease expired");
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(lease = id, "etcd: lease not renewed in time; this replica stops writing");
+                    break;
+                }
+                _ = gone.notified() => {
+                    tracing::warn!(lease = id, "etcd: a commit found this replica's lease gone");
+                    break;
+                }
+            }
+        }
+        if tx.send(0).is_err() {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Take and give up `locks/<name>` keys under this replica's lease, as
+/// `wanted` asks ([`crate::ha::locks::plan`]); publish the locks held. On a
+/// new lease every lock is taken again from nothing. Wakes on a change of
+/// `wanted`, of the lease, of any lock key (another replica's lock vanished
+/// with its lease), and every `retry` anyway.
+async fn lock_loop(
+    client: Client,
+    prefix: String,
+    replica: String,
+    mut lease: watch::Receiver<i64>,
+    mut wanted: watch::Receiver<BTreeSet<String>>,
+    held_tx: watch::Sender<BTreeSet<String>>,
+    retry: Duration,
+) {
+    let locks = format!("{prefix}locks/");
+    let mut held_under = 0i64;
+    let mut held: BTreeSet<String> = BTreeSet::new();
+    let mut watch_stream = None;
+    loop {
+        let lease_id = *lease.borrow_and_update();
+        if lease_id != held_under {
+            held.clear();
+            held_under = lease_id;
+        }
+        if lease_id != 0 {
+            let w = wanted.borrow_and_update().clone();
+            let plan = crate::ha::locks::plan(&w, &held);
+            let mut c = client.clone();
+            for name in plan.release {
+                let k = format!("{locks}{name}");
+                let txn = Txn::new()
+                    .when([Compare::lease(k.clone(), CompareOp::Equal, lease_id)])
+                    .and_then([TxnOp::delete(k, None)]);
+                if let Err(e) = c.txn(txn).await {
+                    tracing::warn!(lock = %name, error = %e, "etcd: cannot release a lock; it ends with the lease");
+                }
+                held.remove(&name);
+            }
+            for name in plan.acquire {
+                let k = format!("{locks}{name}");
+                let txn = Txn::new()
+                    .when([Compare::version(k.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(k, replica.clone(), Some(PutOptions::new().with_lease(lease_id)))]);
+                match c.txn(txn).await {
+                    Ok(r) if r.succeeded() => {
+                        tracing::info!(lock = %name, "lock taken: this replica does the work");
+                        held.insert(name);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(lock = %name, error = %e, "etcd: cannot take a lock; retrying"),
+                }
+            }
+            if watch_stream.is_none() {
+                let opts = WatchOptions::new().with_prefix();
+                watch_stream = c.watch(locks.clone(), Some(opts)).await.ok();
+            }
+        } else {
+            watch_stream = None;
+        }
+        held_tx.send_if_modified(|h| {
+            let changed = *h != held;
+            if changed {
+                h.clone_from(&held);
+            }
+            changed
+        });
+        tokio::select! {
+            r = lease.changed() => if r.is_err() { return },
+            r = wanted.changed() => if r.is_err() { return },
+            _ = held_tx.closed() => return,
+            m = async {
+                match watch_stream.as_mut() {
+                    Some(s) => s.message().await,
+                    None => std::future::pending().await,
+                }
+            } => if !matches!(m, Ok(Some(_))) { watch_stream = None },
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
 /// Everything under `prefix` as changes, and the revision it was read at.
 async fn resync(c: &mut Client, prefix: &str) -> Result<(i64, Vec<crate::ha::RemoteChange>)> {
     let rev = EtcdStore::revision(c, format!("{prefix}meta/schema").into_bytes()).await?;
@@ -433,6 +641,25 @@ impl Store for EtcdStore {
         Ok(out)
     }
 
+    fn coordinate(
+        &self,
+        wanted: watch::Receiver<BTreeSet<String>>,
+    ) -> Option<watch::Receiver<BTreeSet<String>>> {
+        let (tx, rx) = watch::channel(BTreeSet::new());
+        let rt = self.rt.as_ref()?;
+        let retry = Duration::from_secs(1);
+        rt.spawn(lock_loop(
+            self.client.clone(),
+            self.prefix.clone(),
+            self.replica.clone(),
+            self.lease.clone(),
+            wanted,
+            tx,
+            retry,
+        ));
+        Some(rx)
+    }
+
     fn follow(&self) -> Option<mpsc::Receiver<Feed>> {
         let rev = self.loaded_rev.load(Ordering::SeqCst);
         let (tx, rx) = mpsc::channel(1024);
@@ -512,15 +739,29 @@ impl Store for EtcdStore {
         let prefix = self.prefix.clone();
         let capacity = self.event_capacity;
         let replica = self.replica.clone();
+        let lease = self.lease.clone();
+        let lease_gone = self.lease_gone.clone();
         self.run(async move {
             for _ in 0..COMMIT_ATTEMPTS {
-                let mut tx = Tx::begin(client.clone(), &prefix, &replica).await?;
+                let lease_id = *lease.borrow();
+                if lease_id == 0 {
+                    return Err(lease_lost(&replica));
+                }
+                let mut tx = Tx::begin(client.clone(), &prefix, &replica, lease_id).await?;
                 let mut outcomes = Vec::with_capacity(writes.len());
                 for w in writes.iter().cloned() {
                     outcomes.push(apply(&mut tx, w, now, capacity).await?);
                 }
-                if tx.commit().await? {
-                    return Ok(outcomes);
+                match tx.commit().await {
+                    Ok(true) => return Ok(outcomes),
+                    Ok(false) => {}
+                    Err(e) => {
+                        if matches!(&e, Error::Store(m) if m.contains(LEASE_LOST)) {
+                            // etcd no longer has the lease: the lease task gets a new one.
+                            lease_gone.notify_one();
+                        }
+                        return Err(e);
+                    }
                 }
                 tracing::debug!("etcd commit raced another replica; recomputing");
             }
@@ -539,12 +780,14 @@ struct Tx {
     fence: i64,
     counter: u64,
     replica: String,
+    /// The lease every write of this commit is fenced on.
+    lease: i64,
     reads: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl Tx {
-    async fn begin(mut client: Client, prefix: &str, replica: &str) -> Result<Self> {
+    async fn begin(mut client: Client, prefix: &str, replica: &str, lease: i64) -> Result<Self> {
         let key = format!("{prefix}meta/commit");
         let r = client.get(key, None).await.map_err(etcd_err("read commit counter"))?;
         let (fence, counter) = match r.kvs().first() {
@@ -563,6 +806,7 @@ impl Tx {
             fence,
             counter,
             replica: replica.to_string(),
+            lease,
             reads: BTreeMap::new(),
             writes: BTreeMap::new(),
         })
@@ -629,8 +873,22 @@ impl Tx {
             });
         }
         ops.push(TxnOp::put(fence_key, format!("{} {}", self.counter + 1, self.replica), None));
-        let r = self.client.txn(Txn::new().when([cmp]).and_then(ops)).await.map_err(etcd_err("commit"))?;
-        Ok(r.succeeded())
+        // The lease fence: this replica's key still lives on the lease it writes under.
+        let own = self.key(&format!("replicas/{}", self.replica));
+        let on_lease = Compare::lease(own.clone(), CompareOp::Equal, self.lease);
+        let txn = Txn::new().when([cmp, on_lease]).and_then(ops).or_else([TxnOp::get(own, None)]);
+        let r = self.client.txn(txn).await.map_err(etcd_err("commit"))?;
+        if r.succeeded() {
+            return Ok(true);
+        }
+        let lease_now = r.op_responses().into_iter().find_map(|o| match o {
+            TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| kv.lease()).unwrap_or(0)),
+            _ => None,
+        });
+        if lease_now != Some(self.lease) {
+            return Err(lease_lost(&self.replica));
+        }
+        Ok(false)
     }
 }
 

@@ -123,4 +123,15 @@ pub trait Store: Send + Sync + 'static {
     fn follow(&self) -> Option<tokio::sync::mpsc::Receiver<crate::ha::follow::Feed>> {
         None
     }
+    /// Hold the locks named by `wanted` that no other replica holds, under
+    /// this replica's lease ([`crate::ha::locks`]); the receiver says which
+    /// are held now (all are lost with the lease). `None` for a store only
+    /// this hub uses (redb): it does all the work.
+    fn coordinate(
+        &self,
+        wanted: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
+    ) -> Option<tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>> {
+        let _ = wanted;
+        None
+    }
 }
