@@ -253,6 +253,11 @@ pub struct StoreSettings {
     /// another replica within it. Default 10s.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl: HumanDuration,
+    /// `type: etcd`: the gRPC endpoint the other replicas reach this one
+    /// at, to fetch artifact bytes it built (`https://<pod IP>:<port>`; the
+    /// chart sets it). Default: the gRPC listen address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
 }
 
 fn default_lease_ttl() -> HumanDuration {
@@ -268,6 +273,7 @@ impl Default for StoreSettings {
             prefix: default_store_prefix(),
             tls: None,
             lease_ttl: default_lease_ttl(),
+            advertise: None,
         }
     }
 }

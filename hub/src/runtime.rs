@@ -328,6 +328,14 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
             ..Default::default()
         },
         artifacts: ArtifactCache::new(cfg.artifacts.cache_mib << 20),
+        peer_artifacts: store.is_shared().then(|| {
+            Arc::new(crate::ha::artifacts::PeerArtifacts::new(
+                store.clone(),
+                dir.join("peer-artifacts"),
+                ca.cert_pem().to_string(),
+                (admin_cert.clone(), admin_key.clone()),
+            ))
+        }),
     });
 
     let alerts_task = crate::alerts::spawn(
@@ -420,6 +428,13 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     };
     let cred_path = dir.join("admin-credentials.yaml");
     files::write_private(&cred_path, creds.to_yaml().as_bytes())?;
+    if store.is_shared() {
+        // Where the other replicas fetch artifact bytes from (crate::ha::artifacts).
+        let (st, adv) = (store.clone(), cfg.store.advertise.clone().unwrap_or_else(|| creds.hub.clone()));
+        tokio::task::spawn_blocking(move || st.advertise(&adv))
+            .await
+            .map_err(|e| Error::Store(e.to_string()))??;
+    }
 
     info!(grpc = %grpc_addr, http = ?http_addr, metrics = ?metrics_addr, data_dir = %dir.display(), "hub started");
     Ok(HubHandle {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use convoy_hub::config::StoreType;
+use convoy_hub::pipeline::SourcePipeline;
 use convoy_hub::{Hub, HubConfig, HubHandle, HubOptions, StaticPipeline};
 use convoy_proto::v1 as pb;
 
@@ -53,7 +54,7 @@ async fn a_commit_on_one_replica_reaches_agents_and_queries_on_the_other() {
     let etcd = etcd_server::Server::start();
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, pa) = replica(da.path(), &etcd.url, None).await;
-    let (b, _pb) = replica(db.path(), &etcd.url, Some(&da.path().join("data"))).await;
+    let (b, pb_b) = replica(db.path(), &etcd.url, Some(&da.path().join("data"))).await;
 
     // A token created on B registers on A; the registered cluster is known on B.
     let labels = [("env".to_string(), "prod".to_string())].into_iter().collect();
@@ -78,6 +79,28 @@ async fn a_commit_on_one_replica_reaches_agents_and_queries_on_the_other() {
         (d.digest.as_str(), d.statement.as_slice()),
         (on_a.digest.as_str(), on_a.statement.as_slice())
     );
+    // B never built it: it fetches the bytes from A (over mTLS, checked
+    // against the digest) and serves the agent's download.
+    assert!(pb_b.artifact_path(&d.digest).is_none(), "B's pipeline never had the artifact");
+    let mut ag = agent_client(&b, &c1).await;
+    let mut chunks = ag
+        .download_artifact(pb::DownloadArtifactRequest { digest: d.digest.clone(), offset: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(c) = chunks.message().await.unwrap() {
+        got.extend_from_slice(&c.data);
+    }
+    assert_eq!(got, b"one");
+    // A digest the cluster is not targeted by stays refused on B.
+    let denied = ag
+        .download_artifact(pb::DownloadArtifactRequest {
+            digest: format!("sha256:{}", "0".repeat(64)),
+            offset: 0,
+        })
+        .await;
+    assert_eq!(denied.err().map(|e| e.code()), Some(tonic::Code::PermissionDenied));
     pa.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:bbbb", b"two").unwrap();
     s.until_generation("web", 2).await;
 

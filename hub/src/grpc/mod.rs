@@ -72,6 +72,8 @@ pub struct Core {
     pub sessions: SessionSettings,
     /// In-memory cache of artifact bytes.
     pub artifacts: artifacts::ArtifactCache,
+    /// Artifact bytes from the other hub replicas (shared store only).
+    pub peer_artifacts: Option<Arc<crate::ha::artifacts::PeerArtifacts>>,
 }
 
 impl Core {

@@ -9,6 +9,7 @@
 //! revision its state was loaded at), never by polling; its own commits are
 //! skipped there (it applied them before publishing).
 
+pub mod artifacts;
 pub mod changes;
 pub mod follow;
 pub mod locks;

@@ -130,6 +130,8 @@ pub struct EtcdStore {
     lease: watch::Receiver<i64>,
     /// Wakes the lease task when a commit found the lease gone at etcd.
     lease_gone: Arc<Notify>,
+    /// The gRPC endpoint this replica advertises (`peers/<id>`, on the lease).
+    advertised: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Drop for EtcdStore {
@@ -207,9 +209,17 @@ impl EtcdStore {
         let replica = format!("{:016x}", rand::random::<u64>());
         let (lease_tx, mut lease) = watch::channel(0i64);
         let ttl = opts.lease_ttl.max(Duration::from_secs(1));
-        let replica_key = format!("{}replicas/{replica}", opts.prefix).into_bytes();
         let lease_gone = Arc::new(Notify::new());
-        rt.spawn(lease_loop(client.clone(), replica_key, replica.clone(), ttl, lease_tx, lease_gone.clone()));
+        let advertised = Arc::new(std::sync::Mutex::new(None));
+        rt.spawn(lease_loop(
+            client.clone(),
+            opts.prefix.clone(),
+            replica.clone(),
+            ttl,
+            lease_tx,
+            lease_gone.clone(),
+            advertised.clone(),
+        ));
         // The first lease, before any write (every write is fenced on it).
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let within = opts.connect_timeout + opts.request_timeout;
@@ -230,6 +240,7 @@ impl EtcdStore {
             loaded_rev: AtomicI64::new(0),
             lease,
             lease_gone,
+            advertised,
         };
         store.check_schema()?;
         Ok(store)
@@ -400,12 +411,15 @@ fn lease_lost(replica: &str) -> Error {
 /// effort, to free its locks at once) and a new one granted.
 async fn lease_loop(
     client: Client,
-    key: Vec<u8>,
+    prefix: String,
     replica: String,
     ttl: Duration,
     tx: watch::Sender<i64>,
     gone: Arc<Notify>,
+    advertised: Arc<std::sync::Mutex<Option<String>>>,
 ) {
+    let key = format!("{prefix}replicas/{replica}").into_bytes();
+    let peer_key = format!("{prefix}peers/{replica}").into_bytes();
     let secs = ttl.as_secs().max(1) as i64;
     let renew = ttl / 3;
     let pause = renew.min(Duration::from_millis(500));
@@ -419,6 +433,10 @@ async fn lease_loop(
         let granted = async {
             let id = c.lease_grant(secs, None).await?.id();
             c.put(key.clone(), replica.clone(), Some(PutOptions::new().with_lease(id))).await?;
+            let endpoint = advertised.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(e) = endpoint {
+                c.put(peer_key.clone(), e, Some(PutOptions::new().with_lease(id))).await?;
+            }
             let (keeper, stream) = c.lease_keep_alive(id).await?;
             Ok::<_, etcd_client::Error>((id, keeper, stream))
         };
@@ -658,6 +676,42 @@ impl Store for EtcdStore {
             retry,
         ));
         Some(rx)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn advertise(&self, endpoint: &str) -> Result<()> {
+        *self.advertised.lock().unwrap_or_else(|p| p.into_inner()) = Some(endpoint.to_string());
+        let lease = *self.lease.borrow();
+        if lease == 0 {
+            // Put with the next lease.
+            return Ok(());
+        }
+        let mut c = self.client.clone();
+        let key = self.key(&format!("peers/{}", self.replica));
+        let endpoint = endpoint.to_string();
+        self.run(async move {
+            c.put(key, endpoint, Some(PutOptions::new().with_lease(lease)))
+                .await
+                .map_err(etcd_err("advertise"))?;
+            Ok(())
+        })
+    }
+
+    fn peers(&self) -> Result<Vec<String>> {
+        let mut c = self.client.clone();
+        let prefix = self.key("peers/");
+        let own = self.key(&format!("peers/{}", self.replica));
+        self.run(async move {
+            let r = c.get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(etcd_err("peers"))?;
+            Ok(r.kvs()
+                .iter()
+                .filter(|kv| kv.key() != own.as_slice())
+                .filter_map(|kv| std::str::from_utf8(kv.value()).ok().map(str::to_string))
+                .collect())
+        })
     }
 
     fn follow(&self) -> Option<mpsc::Receiver<Feed>> {

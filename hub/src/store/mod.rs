@@ -134,4 +134,18 @@ pub trait Store: Send + Sync + 'static {
         let _ = wanted;
         None
     }
+    /// Whether other hub replicas share this store (etcd).
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Tell the other replicas where this one serves gRPC (for artifact
+    /// bytes, [`crate::ha::artifacts`]); kept while the replica holds its lease.
+    fn advertise(&self, endpoint: &str) -> Result<()> {
+        let _ = endpoint;
+        Ok(())
+    }
+    /// The gRPC endpoints the other live replicas advertised.
+    fn peers(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
