@@ -147,6 +147,75 @@ async fn a_commit_on_one_replica_reaches_agents_and_queries_on_the_other() {
     b.shutdown().await.unwrap();
 }
 
+/// An agent whose replica goes away moves to another one: what the first
+/// stored is never stored twice, what it did not is stored once, and
+/// queries on a third replica see each event exactly once (the outbox seq
+/// of the cluster lives in etcd, read by whichever replica the agent is on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_moving_to_another_replica_stores_each_status_and_event_once() {
+    let etcd = etcd_server::Server::start();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a, pa) = replica(dirs[0].path(), &etcd.url, None).await;
+    let shared = dirs[0].path().join("data");
+    let (b, _) = replica(dirs[1].path(), &etcd.url, Some(&shared)).await;
+    let (c, _) = replica(dirs[2].path(), &etcd.url, Some(&shared)).await;
+    let c1 = register(&a, "c1", &[("env", "prod")]).await;
+    for r in [&b, &c] {
+        eventually(|| async { r.state().view().clusters.contains_key("c1").then_some(()) }).await;
+    }
+    pa.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"one").unwrap();
+
+    eventually(|| async { b.state().view().records.contains_key("web").then_some(()) }).await;
+    let (mut s, acked, snap) = open(&b, &c1, 7).await.unwrap();
+    assert_eq!(acked, 0);
+    assert_eq!(snap.bundles.iter().map(|b| b.generation).collect::<Vec<_>>(), vec![1]);
+    for seq in 1..=5 {
+        s.send_event(seq, "web", &format!("E{seq}")).await;
+    }
+    s.until_ack(5).await;
+    // Sent, and the replica goes away before the agent hears any ack.
+    s.send_status(6, "web", 1, pb::Phase::Ready).await;
+    for seq in 7..=8 {
+        s.send_event(seq, "web", &format!("E{seq}")).await;
+    }
+    b.shutdown().await.unwrap();
+    drop(s);
+
+    // On C: the stream resumes where etcd says; the agent replays from its
+    // last ack (6..), and C stores only what B did not.
+    let (mut s, acked, snap) = open(&c, &c1, 7).await.unwrap();
+    assert!((5..=8).contains(&acked), "C resumes at what B stored: {acked}");
+    assert_eq!(snap.bundles.iter().map(|b| b.generation).collect::<Vec<_>>(), vec![1]);
+    s.send_status(6, "web", 1, pb::Phase::Ready).await;
+    for seq in 7..=10 {
+        s.send_event(seq, "web", &format!("E{seq}")).await;
+    }
+    s.until_ack(10).await;
+
+    let mut fleet_a = admin(&a).await;
+    let evs = fleet_a
+        .list_events(pb::ListEventsRequest { cluster: "c1".into(), limit: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let mut reasons: Vec<String> = evs
+        .iter()
+        .filter_map(|e| e.event.as_ref().map(|e| e.reason.clone()))
+        .filter(|r| r.starts_with('E'))
+        .collect();
+    reasons.sort_by_key(|r| r[1..].parse::<u32>().unwrap());
+    let want: Vec<String> = [1, 2, 3, 4, 5, 7, 8, 9, 10].iter().map(|n| format!("E{n}")).collect();
+    assert_eq!(reasons, want, "every event exactly once, across two replicas");
+    eventually(|| async { (status_on(&a, "c1", "web") == Some(1)).then_some(()) }).await;
+    // Generations stayed where they were on every replica.
+    for r in [&a, &c] {
+        assert_eq!(r.state().view().records["web"].generation, 1);
+    }
+    a.shutdown().await.unwrap();
+    c.shutdown().await.unwrap();
+}
+
 mod locks {
     use std::collections::BTreeSet;
     use std::time::{Duration, Instant};
