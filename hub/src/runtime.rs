@@ -430,7 +430,11 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     files::write_private(&cred_path, creds.to_yaml().as_bytes())?;
     if store.is_shared() {
         // Where the other replicas fetch artifact bytes from (crate::ha::artifacts).
-        let (st, adv) = (store.clone(), cfg.store.advertise.clone().unwrap_or_else(|| creds.hub.clone()));
+        let adv = match &cfg.store.advertise {
+            Some(a) => crate::ha::artifacts::expand(a, |n| std::env::var(n).ok())?,
+            None => creds.hub.clone(),
+        };
+        let st = store.clone();
         tokio::task::spawn_blocking(move || st.advertise(&adv))
             .await
             .map_err(|e| Error::Store(e.to_string()))??;

@@ -35,6 +35,27 @@ pub fn file_name(digest: &str) -> Result<String> {
     Ok(format!("{hex}.tar.gz"))
 }
 
+/// `store.advertise` with `${NAME}` replaced by `lookup(NAME)` (the chart
+/// writes `https://${POD_IP}:8443`); an unset variable is an error.
+pub fn expand(advertise: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = advertise;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let Some(end) = rest[i..].find('}') else {
+            return Err(Error::Config(format!("store.advertise {advertise:?}: unclosed ${{")));
+        };
+        let name = &rest[i + 2..i + end];
+        let v = lookup(name).ok_or_else(|| {
+            Error::Config(format!("store.advertise {advertise:?}: environment variable {name} is not set"))
+        })?;
+        out.push_str(&v);
+        rest = &rest[i + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Whether `bytes` are the artifact `digest` names.
 pub fn verify(digest: &str, bytes: &[u8]) -> Result<()> {
     let got = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
@@ -153,6 +174,15 @@ mod tests {
         {
             assert!(file_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn advertise_expands_environment_variables() {
+        let env = |n: &str| (n == "POD_IP").then(|| "10.1.2.3".to_string());
+        assert_eq!(expand("https://${POD_IP}:8443", env).unwrap(), "https://10.1.2.3:8443");
+        assert_eq!(expand("https://hub-0:8443", env).unwrap(), "https://hub-0:8443");
+        assert!(expand("https://${NODE}:8443", env).unwrap_err().to_string().contains("NODE"));
+        assert!(expand("https://${POD_IP:8443", env).is_err());
     }
 
     #[test]
