@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod cmd_artifact;
+pub mod cmd_cluster;
 #[cfg(feature = "dev")]
 pub mod cmd_dev;
 pub mod cmd_fleet;

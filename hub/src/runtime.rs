@@ -328,6 +328,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
             ..Default::default()
         },
         artifacts: ArtifactCache::new(cfg.artifacts.cache_mib << 20),
+        trusted_keys_pem: trusted.clone(),
         peer_artifacts: store.is_shared().then(|| {
             Arc::new(crate::ha::artifacts::PeerArtifacts::new(
                 store.clone(),
