@@ -26,6 +26,9 @@ use tokio_util::sync::CancellationToken;
 use crate::pipeline::SourcePipeline;
 use crate::store::Store;
 
+/// Named background tasks, as the runtime keeps them.
+pub type Tasks = Vec<(&'static str, tokio::task::JoinHandle<()>)>;
+
 /// Work gated on this replica's locks: on a shared store, `pipeline` is
 /// wrapped so that only the holder of a source's lock polls and builds it,
 /// and leadership follows the `leader` lock; on a store of its own (redb)
@@ -36,7 +39,7 @@ pub fn gate(
     pipeline: Arc<dyn SourcePipeline>,
     fleet: watch::Receiver<Arc<FleetConfig>>,
     shutdown: CancellationToken,
-) -> (Arc<dyn SourcePipeline>, locks::Leadership, Vec<(&'static str, tokio::task::JoinHandle<()>)>) {
+) -> (Arc<dyn SourcePipeline>, locks::Leadership, Tasks) {
     let (wanted_tx, wanted_rx) = watch::channel(locks::wanted(&fleet.borrow()));
     let Some(held) = store.coordinate(wanted_rx) else {
         return (pipeline, locks::Leadership::always(), Vec::new());

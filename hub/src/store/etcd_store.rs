@@ -306,6 +306,9 @@ impl EtcdStore {
     }
 }
 
+/// A key and its new value (`None`: deleted).
+type KeyChange = (Vec<u8>, Option<Vec<u8>>);
+
 /// Watch `prefix` from `rev + 1` on, forever: send the other replicas'
 /// commits, one message per revision; after a compaction or a lost watch
 /// that cannot resume, read everything again ([`Feed::Resync`]).
@@ -355,7 +358,7 @@ async fn follow_loop(client: Client, prefix: String, replica: String, mut rev: i
                 break;
             }
             // Group by revision: one commit is one revision, never split.
-            let mut by_rev: BTreeMap<i64, Vec<(Vec<u8>, Option<Vec<u8>>)>> = BTreeMap::new();
+            let mut by_rev: BTreeMap<i64, Vec<KeyChange>> = BTreeMap::new();
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
                 let value = match ev.event_type() {
