@@ -154,7 +154,9 @@ fn heavy_kill_9_of_the_source_lock_holder_moves_fetching_to_another_replica() {
         web(&root.join("b")).filter(|g| g.0 > 1)
     });
     let took = killed.elapsed();
-    eprintln!("kill -9 to the next commit signed by the other replica: {took:?} (lease TTL {TTL_SECS}s, poll 1s)");
+    eprintln!(
+        "kill -9 to the next commit signed by the other replica: {took:?} (lease TTL {TTL_SECS}s, poll 1s)"
+    );
     assert_eq!(second.0, 2, "the next generation, none skipped or repeated");
     assert_ne!(second.1, first.1);
     assert!(took < Duration::from_secs(TTL_SECS + 10), "took {took:?}");
