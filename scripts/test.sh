@@ -19,11 +19,11 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy"
-cargo clippy --workspace --all-targets --locked --features convoy-hub/etcd -- -D warnings
+cargo clippy --workspace --all-targets --locked --features convoy-hub/etcd,convoy-cli/etcd -- -D warnings
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --features convoy-hub/etcd --profile ci
+  cargo nextest run --workspace --locked --features convoy-hub/etcd,convoy-cli/etcd --profile ci
 else
-  cargo test --workspace --locked --features convoy-hub/etcd
+  cargo test --workspace --locked --features convoy-hub/etcd,convoy-cli/etcd
 fi

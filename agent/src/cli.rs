@@ -78,7 +78,8 @@ impl KubeArgs {
 /// `convoy-agent run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The hub's gRPC address.
+    /// The hub's gRPC address; several hub replicas' addresses separated
+    /// by commas are tried in turn when a session fails.
     #[arg(long, env = "CONVOY_HUB_ADDRESS")]
     pub hub_address: String,
     /// The hub CA certificate (PEM) trusted at first contact.

@@ -29,7 +29,8 @@ use convoy_core::clock::now_ms;
 
 /// What the session needs.
 pub struct SyncCtx {
-    /// Hub address.
+    /// Hub address, or several hub replicas' addresses separated by commas
+    /// (tried in turn: a failed session moves to the next, [`hub_addresses`]).
     pub address: String,
     /// Hub CA file for the first contact.
     pub hub_ca: Option<PathBuf>,
@@ -66,11 +67,27 @@ enum End {
     Renewed,
 }
 
+/// The hub addresses in `list` (comma separated, blanks ignored): one per
+/// hub replica, or one Service address.
+pub fn hub_addresses(list: &str) -> Vec<String> {
+    let v: Vec<String> = list.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect();
+    if v.is_empty() { vec![list.to_string()] } else { v }
+}
+
+/// The address to try after a session with `addresses[at]` failed: the
+/// next one, round robin (with the usual backoff between attempts).
+pub fn next_address(at: usize, addresses: usize) -> usize {
+    if addresses == 0 { 0 } else { (at + 1) % addresses }
+}
+
 /// Run sessions until shutdown.
 pub async fn run(ctx: SyncCtx) {
     let mut backoff = Backoff::new(ctx.tuning.reconnect_base, ctx.tuning.reconnect_cap);
     let mut identity: Option<ClusterIdentity> = None;
+    let addresses = hub_addresses(&ctx.address);
+    let mut at = 0;
     loop {
+        let address = addresses[at].as_str();
         if ctx.shutdown.is_cancelled() {
             break;
         }
@@ -78,10 +95,10 @@ pub async fn run(ctx: SyncCtx) {
         let result = async {
             let id = match identity.take() {
                 Some(id) => id,
-                None => obtain_identity(&ctx).await?,
+                None => obtain_identity(&ctx, address).await?,
             };
             ctx.metrics.cert_expiry.set(id.not_after_ms / 1000);
-            let r = session(&ctx, &id).await;
+            let r = session(&ctx, &id, address).await;
             identity = Some(id);
             r
         }
@@ -112,7 +129,8 @@ pub async fn run(ctx: SyncCtx) {
                     identity = None;
                 }
                 let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "hub session ended");
+                at = next_address(at, addresses.len());
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, next = %addresses[at], "hub session ended");
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => break,
                     _ = tokio::time::sleep(delay) => {}
@@ -129,7 +147,7 @@ fn read_ca(ctx: &SyncCtx) -> Result<String> {
     std::fs::read_to_string(p).map_err(|e| Error::io(format!("read hub CA {}", p.display()), e))
 }
 
-async fn obtain_identity(ctx: &SyncCtx) -> Result<ClusterIdentity> {
+async fn obtain_identity(ctx: &SyncCtx, address: &str) -> Result<ClusterIdentity> {
     if let Some(id) = identity::load(&ctx.kube, &ctx.namespace).await? {
         if !id.expired() {
             return Ok(id);
@@ -142,7 +160,7 @@ async fn obtain_identity(ctx: &SyncCtx) -> Result<ClusterIdentity> {
     let token = identity::read_token(token_file)?;
     let ca = read_ca(ctx)?;
     let id = identity::register(identity::Registration {
-        address: &ctx.address,
+        address,
         ca_pem: &ca,
         token: &token,
         cluster: &ctx.cluster,
@@ -180,8 +198,8 @@ async fn renew_and_store(ctx: &SyncCtx, channel: Channel, id: &ClusterIdentity) 
     Ok(())
 }
 
-async fn session(ctx: &SyncCtx, id: &ClusterIdentity) -> Result<End> {
-    let channel = id.endpoint(&ctx.address)?.connect().await?;
+async fn session(ctx: &SyncCtx, id: &ClusterIdentity, address: &str) -> Result<End> {
+    let channel = id.endpoint(address)?.connect().await?;
     let renew_at = id.renew_at_ms(ctx.tuning.renew_fraction);
     if now_ms() >= renew_at {
         renew_and_store(ctx, channel, id).await?;
@@ -213,7 +231,7 @@ async fn session(ctx: &SyncCtx, id: &ClusterIdentity) -> Result<End> {
     let mut inbound = client.sync(ReceiverStream::new(rx)).await?.into_inner();
     ctx.channel.send_replace(Some(channel.clone()));
     ctx.metrics.hub_connected.set(1);
-    tracing::info!(address = %ctx.address, "connected to the hub");
+    tracing::info!(address = %address, "connected to the hub");
 
     // Entries with seq <= sent were handed to the stream; None until the hub's first ack.
     let mut sent: Option<u64> = None;
@@ -330,4 +348,26 @@ async fn kube_facts(client: &kube::Client) -> (String, Vec<String>) {
     apis.sort();
     apis.dedup();
     (version, apis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_hub_replicas_are_tried_in_turn() {
+        let a = hub_addresses("https://hub-0:8443, https://hub-1:8443,,https://hub-2:8443");
+        assert_eq!(a, vec!["https://hub-0:8443", "https://hub-1:8443", "https://hub-2:8443"]);
+        assert_eq!(hub_addresses("https://hub:8443"), vec!["https://hub:8443"]);
+        assert_eq!(hub_addresses(""), vec![String::new()], "an empty address is kept (and fails loudly)");
+        let mut at = 0;
+        let tried: Vec<usize> = (0..4)
+            .map(|_| {
+                at = next_address(at, a.len());
+                at
+            })
+            .collect();
+        assert_eq!(tried, vec![1, 2, 0, 1]);
+        assert_eq!(next_address(0, 1), 0);
+    }
 }

@@ -128,3 +128,63 @@ async fn heavy_real_hub_registration_apply_prune_and_drift() {
     agent.join().await.unwrap();
     hub.shutdown().await.unwrap();
 }
+
+/// Several hub addresses (hub replicas): the first does not answer, the
+/// agent moves on to the next, registers there and reports Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_given_several_hub_addresses_moves_past_one_that_is_down() {
+    init();
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = convoy_hub::StaticPipeline::new(tmp.path().join("artifacts"));
+    let fleet_cfg = convoy_core::config::FleetConfig::parse([("fleet.yaml", FLEET)]).unwrap();
+    let hub = convoy_hub::Hub::start(
+        convoy_hub::HubConfig::local(tmp.path().join("hub")),
+        convoy_hub::HubOptions {
+            pipeline: Some(pipeline.clone()),
+            fleet: Some(fleet_cfg),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("hub starts");
+    let v1 = pack(&[("a.yaml", configmap("settings", "1"))]);
+    pipeline
+        .publish("app", "repo", "https://git.example/fleet.git", &format!("main@sha1:{:040x}", 1), &v1.bytes)
+        .unwrap();
+    let token = hub
+        .create_token(Some("c1"), Default::default(), Duration::from_secs(3600), true)
+        .await
+        .unwrap()
+        .token;
+    let sim = sim_with(kube_sim::SimConfig::default()).await;
+    std::fs::write(tmp.path().join("ca.pem"), &hub.ca_pem).unwrap();
+    std::fs::write(tmp.path().join("keys.pem"), &hub.trusted_keys_pem).unwrap();
+    std::fs::write(tmp.path().join("token"), &token).unwrap();
+    // A port nothing listens on (bound, then released).
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addresses = format!("https://127.0.0.1:{down}, {}", hub.endpoint());
+    let mut cfg = AgentConfig::new(&addresses, "c1", tmp.path().join("state"));
+    cfg.kube = KubeSource::Client(client(&sim));
+    cfg.hub_ca = Some(tmp.path().join("ca.pem"));
+    cfg.token_file = Some(tmp.path().join("token"));
+    cfg.trusted_keys = vec![tmp.path().join("keys.pem")];
+    cfg.tuning = Tuning { reconnect_base: Duration::from_millis(50), ..Tuning::default() };
+    let shutdown = CancellationToken::new();
+    let agent = Agent::start(cfg, shutdown.clone()).await.unwrap();
+
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&hub.admin.ca_pem))
+        .domain_name(hub.server_name())
+        .identity(Identity::from_pem(&hub.admin.cert_pem, &hub.admin.key_pem));
+    let ch = Endpoint::from_shared(hub.endpoint()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let fleet = pb::fleet_client::FleetClient::new(ch);
+    eventually(60, "app Ready at generation 1 through the second address", || {
+        let mut f = fleet.clone();
+        async move { cell(&mut f).await.filter(|s| s.phase == pb::Phase::Ready as i32 && s.generation == 1) }
+    })
+    .await;
+    assert_eq!(sim.object("", "configmaps", "apps", "settings").unwrap()["data"]["k"], "1");
+    shutdown.cancel();
+    agent.join().await.unwrap();
+    hub.shutdown().await.unwrap();
+}

@@ -85,6 +85,9 @@ pub enum Command {
     /// Bootstrap tokens for registering clusters.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Add a cluster: a bound token and the agent's `helm install` command.
+    #[command(subcommand)]
+    Cluster(crate::cmd_cluster::ClusterCommand),
     /// List clusters, bundles or sources.
     Get(Box<GetArgs>),
     /// One bundle: its cluster × status table.
@@ -319,6 +322,7 @@ pub type Result<T> = std::result::Result<T, Failure>;
 pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     let result = match cmd {
         Command::Token(TokenCommand::Create(a)) => token_create(*a).await,
+        Command::Cluster(c) => crate::cmd_cluster::run(c).await,
         Command::Get(a) => get(*a).await,
         Command::Status(a) => status(*a).await,
         Command::Events(a) => events(*a).await,

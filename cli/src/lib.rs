@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod cmd_artifact;
+pub mod cmd_cluster;
 pub mod cmd_custom;
 #[cfg(feature = "dev")]
 pub mod cmd_dev;

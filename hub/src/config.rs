@@ -270,6 +270,20 @@ pub struct StoreSettings {
     /// TLS to etcd: CA to verify it, client certificate and key (PEM files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<StoreTls>,
+    /// `type: etcd`: each replica's lease TTL (whole seconds, at least 1s).
+    /// A dead or cut-off replica's source locks and leadership pass to
+    /// another replica within it. Default 10s.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: HumanDuration,
+    /// `type: etcd`: the gRPC endpoint the other replicas reach this one
+    /// at, to fetch artifact bytes it built (`https://<pod IP>:<port>`; the
+    /// chart sets it). Default: the gRPC listen address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+}
+
+fn default_lease_ttl() -> HumanDuration {
+    HumanDuration::from_secs(10)
 }
 
 impl Default for StoreSettings {
@@ -280,6 +294,8 @@ impl Default for StoreSettings {
             endpoints: Vec::new(),
             prefix: default_store_prefix(),
             tls: None,
+            lease_ttl: default_lease_ttl(),
+            advertise: None,
         }
     }
 }

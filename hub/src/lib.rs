@@ -20,6 +20,7 @@ pub mod config;
 pub mod domain;
 pub mod files;
 pub mod grpc;
+pub mod ha;
 pub mod http;
 pub mod index;
 pub mod limits;

@@ -134,6 +134,7 @@ pub struct HubHandle {
     /// The source pipeline's fleet config, for hubs started with a fixed
     /// config (`HubOptions::fleet`): `set_fleet` updates it.
     fleet_tx: Option<watch::Sender<Arc<FleetConfig>>>,
+    leadership: crate::ha::locks::Leadership,
 }
 
 /// Starts hubs.
@@ -270,6 +271,9 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     let variant_store = crate::variants::VariantStore::new(dir.join("variants"));
     let pipeline: Arc<dyn SourcePipeline> =
         crate::variants::ServingVariants::new(pipeline, variant_store.clone());
+    // Several replicas: only the holder of a source's lock polls it (crate::ha).
+    let (pipeline, leadership, ha_tasks) =
+        crate::ha::gate(store.as_ref(), pipeline, fleet_tx.subscribe(), shutdown.clone());
     for source in &loaded.suspended_sources {
         if let Err(e) = pipeline.set_suspended(source, true) {
             warn!(source = %source, error = %e, "cannot re-apply the suspension of a source");
@@ -334,6 +338,15 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
             ..Default::default()
         },
         artifacts: ArtifactCache::new(cfg.artifacts.cache_mib << 20),
+        trusted_keys_pem: trusted.clone(),
+        peer_artifacts: store.is_shared().then(|| {
+            Arc::new(crate::ha::artifacts::PeerArtifacts::new(
+                store.clone(),
+                dir.join("peer-artifacts"),
+                ca.cert_pem().to_string(),
+                (admin_cert.clone(), admin_key.clone()),
+            ))
+        }),
     });
 
     let alerts_task = crate::alerts::spawn(
@@ -350,6 +363,11 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     );
 
     let mut tasks = vec![("fleet_state", state_task), ("alerts", alerts_task)];
+    tasks.extend(ha_tasks);
+    // Several replicas on one store: the others' commits reach this one's state.
+    if let Some(feed) = store.follow() {
+        tasks.push(("replica_follower", crate::ha::follow::spawn(feed, state.clone(), shutdown.clone())));
+    }
     if let Some(t) = sources_task {
         tasks.push(("sources", t));
     }
@@ -421,6 +439,17 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     };
     let cred_path = dir.join("admin-credentials.yaml");
     files::write_private(&cred_path, creds.to_yaml().as_bytes())?;
+    if store.is_shared() {
+        // Where the other replicas fetch artifact bytes from (crate::ha::artifacts).
+        let adv = match &cfg.store.advertise {
+            Some(a) => crate::ha::artifacts::expand(a, |n| std::env::var(n).ok())?,
+            None => creds.hub.clone(),
+        };
+        let st = store.clone();
+        tokio::task::spawn_blocking(move || st.advertise(&adv))
+            .await
+            .map_err(|e| Error::Store(e.to_string()))??;
+    }
 
     info!(grpc = %grpc_addr, http = ?http_addr, metrics = ?metrics_addr, data_dir = %dir.display(), "hub started");
     Ok(HubHandle {
@@ -444,6 +473,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
         tasks,
         writer_task: Some(writer_task),
         fleet_tx: fixed_fleet_tx,
+        leadership,
     })
 }
 
@@ -629,6 +659,12 @@ fn spawn_reload(
 }
 
 impl HubHandle {
+    /// Whether this replica runs the hub's singleton work (the `leader`
+    /// lock of [`crate::ha::locks`]; always true on redb), with a watch.
+    pub fn leadership(&self) -> &crate::ha::locks::Leadership {
+        &self.leadership
+    }
+
     /// The gRPC endpoint, `https://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
         let ip = if self.grpc_addr.ip().is_unspecified() {

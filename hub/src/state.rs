@@ -52,6 +52,9 @@ use crate::store::{Loaded, Write};
 use crate::writer::WriterHandle;
 use crate::{Error, Result, now_ms};
 
+#[path = "ha/apply.rs"]
+mod remote;
+
 /// How many certificates of one cluster stay valid at once (renewal overlap).
 const CERTS_KEPT: usize = 3;
 
@@ -353,6 +356,8 @@ enum Cmd {
     /// Recompute one cluster's variants (its agent reported a new
     /// Kubernetes version); answered once published.
     RefreshVariants(String, Reply<()>),
+    /// What another hub replica committed at one store revision ([`crate::ha`]).
+    Remote(Vec<crate::ha::RemoteChange>),
 }
 
 /// Sends commands to the state actor.
@@ -458,6 +463,12 @@ impl StateHandle {
     /// Recompute a cluster's variants; returns once the result is published.
     pub async fn refresh_variants(&self, cluster: String) -> Result<()> {
         self.call(|r| Cmd::RefreshVariants(cluster, r)).await
+    }
+
+    /// Apply what another hub replica committed (already durable): the
+    /// actor applies it and publishes. Errors only when the actor is gone.
+    pub async fn apply_remote(&self, changes: Vec<crate::ha::RemoteChange>) -> Result<()> {
+        self.tx.send(Cmd::Remote(changes)).await.map_err(|_| Error::ShuttingDown)
     }
 
     /// Replace the fleet config and wait until it is in force.
@@ -959,6 +970,15 @@ impl Actor {
                 self.refresh_variants(Some(&cluster)).await;
                 self.publish();
                 let _ = reply.send(Ok(()));
+                *batch = self.begin();
+            }
+            Cmd::Remote(changes) => {
+                // Durable already: the earlier commands commit first, then
+                // the remote changes are applied and published.
+                let earlier = std::mem::replace(batch, self.begin());
+                self.finish(earlier).await;
+                self.apply_remote(changes);
+                self.publish();
                 *batch = self.begin();
             }
             Cmd::SetFleet(fleet, reply) => {

@@ -110,6 +110,13 @@ async fn heavy_hub_chart_renders_single_and_ha_and_kube_sim_accepts_it() {
     assert_eq!(cfg.store.type_, convoy_hub::config::StoreType::Etcd);
     assert_eq!(cfg.store.endpoints, ["https://etcd-0.etcd:2379", "https://etcd-1.etcd:2379"]);
     assert_eq!(cfg.store.tls.as_ref().unwrap().cert.as_deref(), Some(Path::new("/etc/convoy/etcd/tls.crt")));
+    // Peers fetch artifact bytes from the pod IP (the downward API sets POD_IP).
+    assert_eq!(cfg.store.advertise.as_deref(), Some("https://${POD_IP}:8443"));
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "POD_IP" && e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP")
+    );
     assert_eq!(cfg.tls.ca_key_file.as_deref(), Some(Path::new("/etc/convoy/ca/tls.key")));
     assert_eq!(cfg.signing.key_file.as_deref(), Some(Path::new("/etc/convoy/signing/signing.key")));
     assert_eq!(cfg.events.retain, 5000, "hub.extraConfig is merged");

@@ -290,6 +290,7 @@ mod etcd {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
+    use convoy_hub::domain::AgentBatch;
     use convoy_hub::store::{EtcdOptions, EtcdStore, Store, Write};
 
     use super::Backend;
@@ -395,6 +396,123 @@ mod etcd {
             assert_eq!(reasons, (0..20).map(|i| i.to_string()).collect::<Vec<_>>(), "replica {r} in order");
         }
         assert_eq!(s.load().unwrap().last_event_id, 60);
+    }
+
+    fn next_changes(
+        rt: &tokio::runtime::Runtime,
+        feed: &mut tokio::sync::mpsc::Receiver<convoy_hub::ha::follow::Feed>,
+    ) -> Vec<convoy_hub::ha::RemoteChange> {
+        use convoy_hub::ha::follow::Feed;
+        rt.block_on(async {
+            match tokio::time::timeout(Duration::from_secs(10), feed.recv()).await {
+                Ok(Some(Feed::Changes { changes, .. })) => changes,
+                other => panic!("no changes from the feed: {other:?}"),
+            }
+        })
+    }
+
+    fn deployment(generation: u64, digest: &str) -> convoy_hub::domain::DeploymentRecord {
+        convoy_hub::domain::DeploymentRecord {
+            bundle: "web".into(),
+            generation,
+            digest: digest.into(),
+            size: 1,
+            revision: "main@sha1:1".into(),
+            source: "git".into(),
+            statement: b"{}".to_vec(),
+            signature: vec![1],
+            created_unix_ms: 0,
+        }
+    }
+
+    /// The change feed of a replica: what another replica commits arrives,
+    /// one message per commit, decoded; its own commits do not; nothing
+    /// committed between its load and its feed's start is missed.
+    #[test]
+    fn a_replica_follows_the_others_commits_but_not_its_own() {
+        use convoy_hub::ha::RemoteChange;
+        let server = Server::start();
+        let b = server.backend("/follow/");
+        let (a, other) = (b.open(100), b.open(100));
+        a.load().unwrap();
+        // Committed after A's load and before its feed starts: still delivered.
+        other.commit(vec![Write::SetSuspended { bundle: "web".into(), suspended: true }], 1).unwrap();
+        let mut feed = a.follow().expect("etcd has a change feed");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        assert_eq!(
+            next_changes(&rt, &mut feed),
+            vec![RemoteChange::Suspended { bundle: "web".into(), suspended: true }]
+        );
+        // A's own commit is skipped; the next one from the other replica arrives alone.
+        a.commit(vec![Write::SetSuspended { bundle: "own".into(), suspended: true }], 2).unwrap();
+        let cluster = convoy_hub::domain::ClusterRecord { name: "c1".into(), ..Default::default() };
+        other
+            .commit(
+                vec![
+                    Write::PutCluster(cluster.clone()),
+                    Write::PutDeployment(deployment(1, "sha256:a")),
+                    Write::AgentBatch(AgentBatch {
+                        cluster: "c1".into(),
+                        epoch: 1,
+                        entries: vec![(1, super::status("web", 1)), (2, super::event("web", "Applied"))],
+                    }),
+                ],
+                3,
+            )
+            .unwrap();
+        let changes = next_changes(&rt, &mut feed);
+        assert_eq!(
+            changes.len(),
+            3,
+            "cluster, deployment, status (events and seqs are read from the store): {changes:?}"
+        );
+        assert!(changes.contains(&RemoteChange::Cluster(cluster)));
+        assert!(changes.contains(&RemoteChange::Deployment(deployment(1, "sha256:a"))));
+        assert!(changes.iter().any(|c| matches!(c, RemoteChange::Status { cluster, status }
+            if cluster == "c1" && status.status.bundle == "web" && status.updated_unix_ms == 3)));
+        // A resume (a delete) arrives too.
+        other.commit(vec![Write::SetSuspended { bundle: "web".into(), suspended: false }], 4).unwrap();
+        assert_eq!(
+            next_changes(&rt, &mut feed),
+            vec![RemoteChange::Suspended { bundle: "web".into(), suspended: false }]
+        );
+    }
+
+    /// Two replicas deciding on stale copies: a single-use token works once,
+    /// and a generation is never signed twice for different artifacts nor
+    /// goes backwards.
+    #[test]
+    fn token_use_and_generations_are_fenced_across_replicas() {
+        let server = Server::start();
+        let b = server.backend("/fence/");
+        let (a, other) = (b.open(100), b.open(100));
+        let token = convoy_hub::domain::TokenRecord {
+            id: "t1".into(),
+            hash: "h".into(),
+            created_unix_ms: 0,
+            expires_unix_ms: i64::MAX,
+            single_use: true,
+            uses: 0,
+            cluster: None,
+            labels: Default::default(),
+            name_prefix: None,
+            agent_label_keys: Vec::new(),
+        };
+        a.commit(vec![Write::PutToken(token.clone())], 1).unwrap();
+        // Both replicas saw uses = 0 and register with it.
+        let used = convoy_hub::domain::TokenRecord { uses: 1, ..token };
+        a.commit(vec![Write::PutToken(used.clone())], 2).unwrap();
+        let err = other.commit(vec![Write::PutToken(used)], 2).unwrap_err();
+        assert!(err.to_string().contains("already used"), "{err}");
+        assert_eq!(other.load().unwrap().tokens[0].uses, 1);
+
+        a.commit(vec![Write::PutDeployment(deployment(1, "sha256:a"))], 3).unwrap();
+        assert!(other.commit(vec![Write::PutDeployment(deployment(1, "sha256:b"))], 3).is_err());
+        a.commit(vec![Write::PutDeployment(deployment(2, "sha256:b"))], 4).unwrap();
+        assert!(other.commit(vec![Write::PutDeployment(deployment(1, "sha256:a"))], 4).is_err());
+        other.commit(vec![Write::PutDeployment(deployment(2, "sha256:b"))], 5).unwrap();
+        let d = &a.load().unwrap().deployments[0];
+        assert_eq!((d.generation, d.digest.as_str()), (2, "sha256:b"));
     }
 
     /// Prefixes are separate hubs; a prefix written by a newer hub is refused.

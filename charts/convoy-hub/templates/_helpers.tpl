@@ -64,7 +64,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $_ := set $spec "admin" (dict "tokenFile" "/etc/convoy/admin/token") -}}
 {{- end -}}
 {{- if eq .Values.mode "ha" -}}
-{{- $store := dict "type" "etcd" "endpoints" .Values.store.etcd.endpoints "prefix" .Values.store.etcd.prefix -}}
+{{- $store := dict "type" "etcd" "endpoints" .Values.store.etcd.endpoints "prefix" .Values.store.etcd.prefix "advertise" (printf "https://${POD_IP}:%d" (int .Values.hub.grpcPort)) -}}
 {{- if .Values.store.etcd.tlsSecret -}}
 {{- $_ := set $store "tls" (dict "ca" "/etc/convoy/etcd/ca.crt" "cert" "/etc/convoy/etcd/tls.crt" "key" "/etc/convoy/etcd/tls.key") -}}
 {{- end -}}

@@ -54,21 +54,35 @@ impl pb::agent_server::Agent for AgentService {
         &self,
         req: Request<pb::DownloadArtifactRequest>,
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
-        let entry = self.core.agent(&req)?;
-        let pb::DownloadArtifactRequest { digest, offset } = req.into_inner();
-        if !entry.shared.desired().has_digest(&digest) {
-            return Err(Status::permission_denied(format!(
-                "cluster {:?} is not targeted by a bundle whose current artifact is {digest:?}",
-                entry.record.name
-            )));
+        // Another hub replica (an admin certificate of the shared CA) may
+        // fetch any artifact it lacks (crate::ha::artifacts).
+        let replica =
+            peer_cert(&req).is_some_and(|p| matches!(p.identity, convoy_core::identity::Identity::Admin(_)));
+        let digest_req = req.get_ref().digest.clone();
+        if !replica {
+            let entry = self.core.agent(&req)?;
+            if !entry.shared.desired().has_digest(&digest_req) {
+                return Err(Status::permission_denied(format!(
+                    "cluster {:?} is not targeted by a bundle whose current artifact is {digest_req:?}",
+                    entry.record.name
+                )));
+            }
         }
+        let pb::DownloadArtifactRequest { digest, offset } = req.into_inner();
         // A hot artifact is served from memory without touching the disk.
         let bytes = match self.core.artifacts.cached(&digest) {
             Some(b) => b,
             None => {
-                let path = self.core.pipeline.artifact_path(&digest).ok_or_else(|| {
-                    Status::not_found(format!("artifact {digest:?} is not stored on the hub"))
-                })?;
+                let path = match (self.core.pipeline.artifact_path(&digest), &self.core.peer_artifacts) {
+                    (Some(p), _) => p,
+                    // Fetched from the replica that has it (never for a replica's own request).
+                    (None, Some(peers)) if !replica => peers.path(&digest).await.map_err(status)?,
+                    _ => {
+                        return Err(Status::not_found(format!(
+                            "artifact {digest:?} is not stored on the hub"
+                        )));
+                    }
+                };
                 self.core.artifacts.get(&digest, &path).await.map_err(status)?
             }
         };

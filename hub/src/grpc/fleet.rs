@@ -493,6 +493,8 @@ impl pb::fleet_server::Fleet for FleetService {
             token: out.token,
             token_id: out.id,
             expires_unix_ms: out.expires_unix_ms,
+            ca_pem: self.core.ca_pem.clone(),
+            trusted_keys_pem: self.core.trusted_keys_pem.clone(),
         }))
     }
 

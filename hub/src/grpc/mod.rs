@@ -73,6 +73,10 @@ pub struct Core {
     pub sessions: SessionSettings,
     /// In-memory cache of artifact bytes.
     pub artifacts: artifacts::ArtifactCache,
+    /// The statement-signing public keys agents pin (SPKI PEM).
+    pub trusted_keys_pem: String,
+    /// Artifact bytes from the other hub replicas (shared store only).
+    pub peer_artifacts: Option<Arc<crate::ha::artifacts::PeerArtifacts>>,
 }
 
 impl Core {

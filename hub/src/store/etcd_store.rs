@@ -7,7 +7,7 @@
 //! | key | value |
 //! |---|---|
 //! | `meta/schema` | the layout version |
-//! | `meta/commit` | a counter every commit bumps (the fence) |
+//! | `meta/commit` | `<counter> <replica id>`: every commit bumps it (the fence) and names its replica |
 //! | `meta/next-event-id` | the next event id |
 //! | `clusters/<name>`, `tokens/<id>`, `liveness/<name>`, `deployments/<bundle>` | JSON records |
 //! | `variants/<bundle>/<variant key>` | JSON per-cluster variant records |
@@ -30,6 +30,28 @@
 //! (docs/operations.md). A commit over the server's limits fails as a whole
 //! with the server's error: nothing is half-written.
 //!
+//! Two records are also fenced on their stored value, since replicas decide
+//! on their in-memory copy: a token's use counts the stored uses (a
+//! single-use token used by another replica in between fails the commit),
+//! and a bundle's generation must be above the stored one, or equal with the
+//! same digest (so generations stay unique and monotonic per bundle).
+//!
+//! Every replica holds an etcd lease (`store.leaseTtl`, 10 s by default),
+//! kept alive every third of its TTL, with `replicas/<replica id>` attached
+//! to it. Every commit's transaction also compares that key's lease with the
+//! replica's current lease: a replica whose lease expired (a partition, a
+//! long pause) cannot write, and a replica that has not heard etcd renew its
+//! lease for two thirds of the TTL stops writing and gives up its locks on
+//! its own, before etcd could hand them to another replica. Locks
+//! (`locks/<name>`, [`Store::coordinate`]) are keys created only if absent,
+//! attached to the lease: they vanish with it, and the others' watch of
+//! `locks/` makes one of them take the lock at once.
+//!
+//! [`Store::follow`] is the change feed of several replicas: an etcd watch
+//! of the prefix, from the revision [`Store::load`] read everything at (one
+//! consistent revision), that skips this replica's own commits (their
+//! `meta/commit` names it) and decodes the rest ([`crate::ha::changes`]).
+//!
 //! The trait is blocking (callers use `spawn_blocking`); the store runs its
 //! client on a small runtime of its own and waits for each answer.
 
@@ -37,10 +59,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, SortOrder, SortTarget,
-    TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions,
+    SortOrder, SortTarget, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
+use std::sync::Arc;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::domain::{DeploymentRecord, Rejection, TokenRecord};
+use crate::ha::follow::Feed;
 
 use super::{Loaded, Store, Write, WriteOutcome};
 use crate::domain::{
@@ -69,6 +98,9 @@ pub struct EtcdOptions {
     pub connect_timeout: Duration,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// The replica's lease TTL (whole seconds, at least 1): how long its
+    /// locks outlive it, and how long a cut-off replica may still write.
+    pub lease_ttl: Duration,
 }
 
 impl EtcdOptions {
@@ -81,6 +113,7 @@ impl EtcdOptions {
             identity_pem: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -91,6 +124,16 @@ pub struct EtcdStore {
     client: Client,
     prefix: String,
     event_capacity: u64,
+    /// This process's id, written in `meta/commit` by its commits.
+    replica: String,
+    /// The revision the last [`Store::load`] read at (0: not loaded).
+    loaded_rev: AtomicI64,
+    /// The lease this replica writes under (0: lost, being granted again).
+    lease: watch::Receiver<i64>,
+    /// Wakes the lease task when a commit found the lease gone at etcd.
+    lease_gone: Arc<Notify>,
+    /// The gRPC endpoint this replica advertises (`peers/<id>`, on the lease).
+    advertised: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Drop for EtcdStore {
@@ -165,8 +208,42 @@ impl EtcdStore {
             .recv()
             .map_err(|_| Error::Store("etcd store runtime stopped".into()))?
             .map_err(etcd_err("connect"))?;
-        let store =
-            Self { rt: Some(rt), client, prefix: opts.prefix.clone(), event_capacity: event_capacity.max(1) };
+        let replica = format!("{:016x}", rand::random::<u64>());
+        let (lease_tx, mut lease) = watch::channel(0i64);
+        let ttl = opts.lease_ttl.max(Duration::from_secs(1));
+        let lease_gone = Arc::new(Notify::new());
+        let advertised = Arc::new(std::sync::Mutex::new(None));
+        rt.spawn(lease_loop(
+            client.clone(),
+            opts.prefix.clone(),
+            replica.clone(),
+            ttl,
+            lease_tx,
+            lease_gone.clone(),
+            advertised.clone(),
+        ));
+        // The first lease, before any write (every write is fenced on it).
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let within = opts.connect_timeout + opts.request_timeout;
+        rt.spawn(async move {
+            let got = tokio::time::timeout(within, lease.wait_for(|l| *l != 0)).await;
+            let _ = tx.send((got.is_ok_and(|r| r.is_ok()), lease));
+        });
+        let (granted, lease) = rx.recv().map_err(|_| Error::Store("etcd store runtime stopped".into()))?;
+        if !granted {
+            return Err(Error::Store("etcd: no lease granted to this replica in time".into()));
+        }
+        let store = Self {
+            rt: Some(rt),
+            client,
+            prefix: opts.prefix.clone(),
+            event_capacity: event_capacity.max(1),
+            replica,
+            loaded_rev: AtomicI64::new(0),
+            lease,
+            lease_gone,
+            advertised,
+        };
         store.check_schema()?;
         Ok(store)
     }
@@ -211,47 +288,358 @@ impl EtcdStore {
         })
     }
 
-    async fn range(c: &mut Client, prefix: Vec<u8>) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut resp =
-            c.get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(etcd_err("range"))?;
+    /// This replica's id (in `meta/commit` after each of its commits).
+    pub fn replica_id(&self) -> &str {
+        &self.replica
+    }
+
+    async fn range(c: &mut Client, prefix: Vec<u8>, rev: i64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut resp = c
+            .get(prefix, Some(GetOptions::new().with_prefix().with_revision(rev)))
+            .await
+            .map_err(etcd_err("range"))?;
         Ok(resp.take_kvs().into_iter().map(|kv| (kv.key().to_vec(), kv.value().to_vec())).collect())
     }
+
+    /// The current revision of the etcd cluster.
+    async fn revision(c: &mut Client, key: Vec<u8>) -> Result<i64> {
+        let r = c.get(key, Some(GetOptions::new().with_count_only())).await.map_err(etcd_err("revision"))?;
+        Ok(r.header().map(|h| h.revision()).unwrap_or(0))
+    }
 }
+
+/// A key and its new value (`None`: deleted).
+type KeyChange = (Vec<u8>, Option<Vec<u8>>);
+
+/// Watch `prefix` from `rev + 1` on, forever: send the other replicas'
+/// commits, one message per revision; after a compaction or a lost watch
+/// that cannot resume, read everything again ([`Feed::Resync`]).
+async fn follow_loop(client: Client, prefix: String, replica: String, mut rev: i64, tx: mpsc::Sender<Feed>) {
+    let commit_key = format!("{prefix}meta/commit");
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut c = client.clone();
+        let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
+        let mut stream = match c.watch(prefix.clone(), Some(opts)).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd watch: cannot start; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            let resp = match stream.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "etcd watch: stream failed; resuming at revision {}", rev + 1);
+                    break;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            if resp.compact_revision() > 0 || resp.canceled() {
+                // Changes were compacted away: read the whole state again.
+                tracing::warn!(
+                    compacted = resp.compact_revision(),
+                    "etcd watch: history compacted past this replica; reloading the state"
+                );
+                match resync(&mut c, &prefix).await {
+                    Ok((r, changes)) => {
+                        rev = r;
+                        if tx.send(Feed::Resync(changes)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "etcd watch: reload failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+                break;
+            }
+            // Group by revision: one commit is one revision, never split.
+            let mut by_rev: BTreeMap<i64, Vec<KeyChange>> = BTreeMap::new();
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let value = match ev.event_type() {
+                    EventType::Put => Some(kv.value().to_vec()),
+                    EventType::Delete => None,
+                };
+                by_rev.entry(kv.mod_revision()).or_default().push((kv.key().to_vec(), value));
+            }
+            for (r, events) in by_rev {
+                rev = rev.max(r);
+                let own = events.iter().any(|(k, v)| {
+                    k == commit_key.as_bytes()
+                        && v.as_deref().is_some_and(|v| {
+                            std::str::from_utf8(v).ok().and_then(|s| s.split_whitespace().nth(1))
+                                == Some(replica.as_str())
+                        })
+                });
+                if own {
+                    continue;
+                }
+                let mut changes = Vec::new();
+                for (k, v) in events {
+                    let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                    match crate::ha::changes::decode(&rest, v.as_deref()) {
+                        Ok(Some(ch)) => changes.push(ch),
+                        Ok(None) => {}
+                        Err(u) => tracing::warn!(key = %u.key, reason = %u.reason, revision = r,
+                            "etcd watch: a record another replica wrote cannot be decoded; skipped"),
+                    }
+                }
+                if !changes.is_empty() && tx.send(Feed::Changes { revision: r, changes }).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+const LEASE_LOST: &str = "lost its lease";
+
+fn lease_lost(replica: &str) -> Error {
+    Error::Store(format!(
+        "etcd: hub replica {replica} {LEASE_LOST} (etcd unreachable or the lease expired); \
+         it writes nothing until etcd grants it a new one"
+    ))
+}
+
+/// Hold a lease for this replica for as long as the process lives: grant
+/// it, attach `replicas/<id>` to it, keep it alive every third of `ttl`,
+/// and publish its id (0 once it is lost: no renewal heard for two thirds
+/// of `ttl`, or etcd said it expired). A lost lease is revoked (best
+/// effort, to free its locks at once) and a new one granted.
+async fn lease_loop(
+    client: Client,
+    prefix: String,
+    replica: String,
+    ttl: Duration,
+    tx: watch::Sender<i64>,
+    gone: Arc<Notify>,
+    advertised: Arc<std::sync::Mutex<Option<String>>>,
+) {
+    let key = format!("{prefix}replicas/{replica}").into_bytes();
+    let peer_key = format!("{prefix}peers/{replica}").into_bytes();
+    let secs = ttl.as_secs().max(1) as i64;
+    let renew = ttl / 3;
+    let pause = renew.min(Duration::from_millis(500));
+    let margin = ttl * 2 / 3;
+    let mut old = 0i64;
+    loop {
+        let mut c = client.clone();
+        if old != 0 {
+            let _ = tokio::time::timeout(renew, c.lease_revoke(old)).await;
+        }
+        let granted = async {
+            let id = c.lease_grant(secs, None).await?.id();
+            c.put(key.clone(), replica.clone(), Some(PutOptions::new().with_lease(id))).await?;
+            let endpoint = advertised.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(e) = endpoint {
+                c.put(peer_key.clone(), e, Some(PutOptions::new().with_lease(id))).await?;
+            }
+            let (keeper, stream) = c.lease_keep_alive(id).await?;
+            Ok::<_, etcd_client::Error>((id, keeper, stream))
+        };
+        let (id, mut keeper, mut stream) = match tokio::time::timeout(ttl, granted).await {
+            Ok(Ok(g)) => g,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "etcd: cannot get a lease for this replica; retrying");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("etcd: no lease for this replica in time; retrying");
+                continue;
+            }
+        };
+        old = id;
+        tracing::info!(lease = id, replica = %replica, "etcd lease held");
+        if tx.send(id).is_err() {
+            return;
+        }
+        let mut deadline = tokio::time::Instant::now() + margin;
+        let mut tick = tokio::time::interval(renew);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if keeper.keep_alive().await.is_err() {
+                        break;
+                    }
+                }
+                m = stream.message() => match m {
+                    Ok(Some(r)) if r.ttl() > 0 => deadline = tokio::time::Instant::now() + margin,
+                    Ok(Some(_)) => {
+                        tracing::warn!(lease = id, "etcd: this replica's lease expired");
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(lease = id, "etcd: lease not renewed in time; this replica stops writing");
+                    break;
+                }
+                _ = gone.notified() => {
+                    tracing::warn!(lease = id, "etcd: a commit found this replica's lease gone");
+                    break;
+                }
+            }
+        }
+        if tx.send(0).is_err() {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Take and give up `locks/<name>` keys under this replica's lease, as
+/// `wanted` asks ([`crate::ha::locks::plan`]); publish the locks held. On a
+/// new lease every lock is taken again from nothing. Wakes on a change of
+/// `wanted`, of the lease, of any lock key (another replica's lock vanished
+/// with its lease), and every `retry` anyway.
+async fn lock_loop(
+    client: Client,
+    prefix: String,
+    replica: String,
+    mut lease: watch::Receiver<i64>,
+    mut wanted: watch::Receiver<BTreeSet<String>>,
+    held_tx: watch::Sender<BTreeSet<String>>,
+    retry: Duration,
+) {
+    let locks = format!("{prefix}locks/");
+    let mut held_under = 0i64;
+    let mut held: BTreeSet<String> = BTreeSet::new();
+    let mut watch_stream = None;
+    loop {
+        let lease_id = *lease.borrow_and_update();
+        if lease_id != held_under {
+            held.clear();
+            held_under = lease_id;
+        }
+        if lease_id != 0 {
+            let w = wanted.borrow_and_update().clone();
+            let plan = crate::ha::locks::plan(&w, &held);
+            let mut c = client.clone();
+            for name in plan.release {
+                let k = format!("{locks}{name}");
+                let txn = Txn::new()
+                    .when([Compare::lease(k.clone(), CompareOp::Equal, lease_id)])
+                    .and_then([TxnOp::delete(k, None)]);
+                if let Err(e) = c.txn(txn).await {
+                    tracing::warn!(lock = %name, error = %e, "etcd: cannot release a lock; it ends with the lease");
+                }
+                held.remove(&name);
+            }
+            for name in plan.acquire {
+                let k = format!("{locks}{name}");
+                let txn = Txn::new()
+                    .when([Compare::version(k.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(k, replica.clone(), Some(PutOptions::new().with_lease(lease_id)))]);
+                match c.txn(txn).await {
+                    Ok(r) if r.succeeded() => {
+                        tracing::info!(lock = %name, "lock taken: this replica does the work");
+                        held.insert(name);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(lock = %name, error = %e, "etcd: cannot take a lock; retrying"),
+                }
+            }
+            if watch_stream.is_none() {
+                let opts = WatchOptions::new().with_prefix();
+                watch_stream = c.watch(locks.clone(), Some(opts)).await.ok();
+            }
+        } else {
+            watch_stream = None;
+        }
+        held_tx.send_if_modified(|h| {
+            let changed = *h != held;
+            if changed {
+                h.clone_from(&held);
+            }
+            changed
+        });
+        tokio::select! {
+            r = lease.changed() => if r.is_err() { return },
+            r = wanted.changed() => if r.is_err() { return },
+            _ = held_tx.closed() => return,
+            m = async {
+                match watch_stream.as_mut() {
+                    Some(s) => s.message().await,
+                    None => std::future::pending().await,
+                }
+            } => if !matches!(m, Ok(Some(_))) { watch_stream = None },
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}
+
+/// Everything under `prefix` as changes, and the revision it was read at.
+async fn resync(c: &mut Client, prefix: &str) -> Result<(i64, Vec<crate::ha::RemoteChange>)> {
+    let rev = EtcdStore::revision(c, format!("{prefix}meta/schema").into_bytes()).await?;
+    let mut changes = Vec::new();
+    let mut suspended = BTreeSet::new();
+    for table in ["clusters/", "tokens/", "deployments/", "status/", "liveness/", "suspended-sources/"] {
+        for (k, v) in EtcdStore::range(c, format!("{prefix}{table}").into_bytes(), rev).await? {
+            let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            match crate::ha::changes::decode(&rest, Some(&v)) {
+                Ok(Some(ch)) => changes.push(ch),
+                Ok(None) => {}
+                Err(u) => {
+                    tracing::warn!(key = %u.key, reason = %u.reason, "reload: a record cannot be decoded; skipped")
+                }
+            }
+        }
+    }
+    for (k, _) in EtcdStore::range(c, format!("{prefix}suspended/").into_bytes(), rev).await? {
+        suspended.insert(String::from_utf8_lossy(&k[prefix.len() + "suspended/".len()..]).into_owned());
+    }
+    changes.push(crate::ha::RemoteChange::SuspendedSet(suspended));
+    Ok((rev, changes))
+}
+
+impl EtcdStore {}
 
 impl Store for EtcdStore {
     fn load(&self) -> Result<Loaded> {
         let mut c = self.client.clone();
         let p = self.prefix.clone();
-        self.run(async move {
+        let (out, rev) = self.run(async move {
+            // One revision for every read: a consistent state, and where the
+            // change feed starts.
+            let rev = Self::revision(&mut c, format!("{p}meta/schema").into_bytes()).await?;
             let mut out = Loaded::default();
             let key = |s: &str| format!("{p}{s}").into_bytes();
             let suffix =
                 |k: &[u8], pre: &str| String::from_utf8_lossy(&k[p.len() + pre.len()..]).into_owned();
-            for (_, v) in Self::range(&mut c, key("clusters/")).await? {
+            for (_, v) in Self::range(&mut c, key("clusters/"), rev).await? {
                 out.clusters.push(dec(&v)?);
             }
-            for (_, v) in Self::range(&mut c, key("tokens/")).await? {
+            for (_, v) in Self::range(&mut c, key("tokens/"), rev).await? {
                 out.tokens.push(dec(&v)?);
             }
-            for (k, v) in Self::range(&mut c, key("liveness/")).await? {
+            for (k, v) in Self::range(&mut c, key("liveness/"), rev).await? {
                 out.liveness.push((suffix(&k, "liveness/"), dec(&v)?));
             }
-            for (_, v) in Self::range(&mut c, key("deployments/")).await? {
+            for (_, v) in Self::range(&mut c, key("deployments/"), rev).await? {
                 out.deployments.push(dec(&v)?);
             }
-            for (_, v) in Self::range(&mut c, key("variants/")).await? {
+            for (_, v) in Self::range(&mut c, key("variants/"), rev).await? {
                 out.variants.push(dec(&v)?);
             }
-            for (k, _) in Self::range(&mut c, key("suspended/")).await? {
+            for (k, _) in Self::range(&mut c, key("suspended/"), rev).await? {
                 out.suspended.insert(suffix(&k, "suspended/"));
             }
-            for (k, _) in Self::range(&mut c, key("suspended-sources/")).await? {
+            for (k, _) in Self::range(&mut c, key("suspended-sources/"), rev).await? {
                 out.suspended_sources.insert(suffix(&k, "suspended-sources/"));
             }
-            for (_, v) in Self::range(&mut c, key("rollouts/")).await? {
+            for (_, v) in Self::range(&mut c, key("rollouts/"), rev).await? {
                 out.rollouts.push(dec(&v)?);
             }
-            for (k, v) in Self::range(&mut c, key("status/")).await? {
+            for (k, v) in Self::range(&mut c, key("status/"), rev).await? {
                 let rest = suffix(&k, "status/");
                 let cluster = rest.split_once('/').map(|(c, _)| c.to_string()).unwrap_or(rest);
                 out.statuses.push((cluster, dec(&v)?));
@@ -263,6 +651,7 @@ impl Store for EtcdStore {
                     Some(
                         GetOptions::new()
                             .with_range(prefix_end(&events))
+                            .with_revision(rev)
                             .with_sort(SortTarget::Key, SortOrder::Descend)
                             .with_limit(1)
                             .with_keys_only(),
@@ -275,8 +664,73 @@ impl Store for EtcdStore {
                 .first()
                 .and_then(|kv| std::str::from_utf8(&kv.key()[events.len()..]).ok()?.parse().ok())
                 .unwrap_or(0);
-            Ok(out)
+            Ok((out, rev))
+        })?;
+        self.loaded_rev.store(rev, Ordering::SeqCst);
+        Ok(out)
+    }
+
+    fn coordinate(
+        &self,
+        wanted: watch::Receiver<BTreeSet<String>>,
+    ) -> Option<watch::Receiver<BTreeSet<String>>> {
+        let (tx, rx) = watch::channel(BTreeSet::new());
+        let rt = self.rt.as_ref()?;
+        let retry = Duration::from_secs(1);
+        rt.spawn(lock_loop(
+            self.client.clone(),
+            self.prefix.clone(),
+            self.replica.clone(),
+            self.lease.clone(),
+            wanted,
+            tx,
+            retry,
+        ));
+        Some(rx)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn advertise(&self, endpoint: &str) -> Result<()> {
+        *self.advertised.lock().unwrap_or_else(|p| p.into_inner()) = Some(endpoint.to_string());
+        let lease = *self.lease.borrow();
+        if lease == 0 {
+            // Put with the next lease.
+            return Ok(());
+        }
+        let mut c = self.client.clone();
+        let key = self.key(&format!("peers/{}", self.replica));
+        let endpoint = endpoint.to_string();
+        self.run(async move {
+            c.put(key, endpoint, Some(PutOptions::new().with_lease(lease)))
+                .await
+                .map_err(etcd_err("advertise"))?;
+            Ok(())
         })
+    }
+
+    fn peers(&self) -> Result<Vec<String>> {
+        let mut c = self.client.clone();
+        let prefix = self.key("peers/");
+        let own = self.key(&format!("peers/{}", self.replica));
+        self.run(async move {
+            let r = c.get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(etcd_err("peers"))?;
+            Ok(r.kvs()
+                .iter()
+                .filter(|kv| kv.key() != own.as_slice())
+                .filter_map(|kv| std::str::from_utf8(kv.value()).ok().map(str::to_string))
+                .collect())
+        })
+    }
+
+    fn follow(&self) -> Option<mpsc::Receiver<Feed>> {
+        let rev = self.loaded_rev.load(Ordering::SeqCst);
+        let (tx, rx) = mpsc::channel(1024);
+        let rt = self.rt.as_ref()?;
+        rt.spawn(follow_loop(self.client.clone(), self.prefix.clone(), self.replica.clone(), rev, tx));
+        Some(rx)
     }
 
     fn last_seq(&self, cluster: &str, epoch: u64) -> Result<u64> {
@@ -349,15 +803,30 @@ impl Store for EtcdStore {
         let client = self.client.clone();
         let prefix = self.prefix.clone();
         let capacity = self.event_capacity;
+        let replica = self.replica.clone();
+        let lease = self.lease.clone();
+        let lease_gone = self.lease_gone.clone();
         self.run(async move {
             for _ in 0..COMMIT_ATTEMPTS {
-                let mut tx = Tx::begin(client.clone(), &prefix).await?;
+                let lease_id = *lease.borrow();
+                if lease_id == 0 {
+                    return Err(lease_lost(&replica));
+                }
+                let mut tx = Tx::begin(client.clone(), &prefix, &replica, lease_id).await?;
                 let mut outcomes = Vec::with_capacity(writes.len());
                 for w in writes.iter().cloned() {
                     outcomes.push(apply(&mut tx, w, now, capacity).await?);
                 }
-                if tx.commit().await? {
-                    return Ok(outcomes);
+                match tx.commit().await {
+                    Ok(true) => return Ok(outcomes),
+                    Ok(false) => {}
+                    Err(e) => {
+                        if matches!(&e, Error::Store(m) if m.contains(LEASE_LOST)) {
+                            // etcd no longer has the lease: the lease task gets a new one.
+                            lease_gone.notify_one();
+                        }
+                        return Err(e);
+                    }
                 }
                 tracing::debug!("etcd commit raced another replica; recomputing");
             }
@@ -375,18 +844,24 @@ struct Tx {
     /// `meta/commit`'s mod revision when the commit started (0: absent).
     fence: i64,
     counter: u64,
+    replica: String,
+    /// The lease every write of this commit is fenced on.
+    lease: i64,
     reads: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl Tx {
-    async fn begin(mut client: Client, prefix: &str) -> Result<Self> {
+    async fn begin(mut client: Client, prefix: &str, replica: &str, lease: i64) -> Result<Self> {
         let key = format!("{prefix}meta/commit");
         let r = client.get(key, None).await.map_err(etcd_err("read commit counter"))?;
         let (fence, counter) = match r.kvs().first() {
             Some(kv) => (
                 kv.mod_revision(),
-                std::str::from_utf8(kv.value()).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+                std::str::from_utf8(kv.value())
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0),
             ),
             None => (0, 0),
         };
@@ -395,6 +870,8 @@ impl Tx {
             prefix: prefix.to_string(),
             fence,
             counter,
+            replica: replica.to_string(),
+            lease,
             reads: BTreeMap::new(),
             writes: BTreeMap::new(),
         })
@@ -460,9 +937,23 @@ impl Tx {
                 None => TxnOp::delete(k, None),
             });
         }
-        ops.push(TxnOp::put(fence_key, (self.counter + 1).to_string(), None));
-        let r = self.client.txn(Txn::new().when([cmp]).and_then(ops)).await.map_err(etcd_err("commit"))?;
-        Ok(r.succeeded())
+        ops.push(TxnOp::put(fence_key, format!("{} {}", self.counter + 1, self.replica), None));
+        // The lease fence: this replica's key still lives on the lease it writes under.
+        let own = self.key(&format!("replicas/{}", self.replica));
+        let on_lease = Compare::lease(own.clone(), CompareOp::Equal, self.lease);
+        let txn = Txn::new().when([cmp, on_lease]).and_then(ops).or_else([TxnOp::get(own, None)]);
+        let r = self.client.txn(txn).await.map_err(etcd_err("commit"))?;
+        if r.succeeded() {
+            return Ok(true);
+        }
+        let lease_now = r.op_responses().into_iter().find_map(|o| match o {
+            TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| kv.lease()).unwrap_or(0)),
+            _ => None,
+        });
+        if lease_now != Some(self.lease) {
+            return Err(lease_lost(&self.replica));
+        }
+        Ok(false)
     }
 }
 
@@ -473,13 +964,20 @@ async fn apply(tx: &mut Tx, w: Write, now: i64, capacity: u64) -> Result<WriteOu
             tx.put(k, enc(&c)?);
             WriteOutcome::Done
         }
-        Write::PutToken(t) => {
+        Write::PutToken(mut t) => {
             let k = tx.key(&format!("tokens/{}", t.id));
+            if let Some(stored) = tx.get(&k).await? {
+                let stored: TokenRecord = dec(&stored)?;
+                t.uses = token_uses(&stored, &t)?;
+            }
             tx.put(k, enc(&t)?);
             WriteOutcome::Done
         }
         Write::PutDeployment(d) => {
             let k = tx.key(&format!("deployments/{}", d.bundle));
+            if let Some(stored) = tx.get(&k).await? {
+                check_generation(&dec(&stored)?, &d)?;
+            }
             tx.put(k, enc(&d)?);
             WriteOutcome::Done
         }
@@ -544,6 +1042,39 @@ async fn apply(tx: &mut Tx, w: Write, now: i64, capacity: u64) -> Result<WriteOu
         }
         Write::AgentBatch(batch) => WriteOutcome::Batch(store_batch(tx, batch, now, capacity).await?),
     })
+}
+
+/// The uses to store for `new`, a replica's copy of a token whose stored
+/// record is `stored`. A token is written when created (0 uses) and when a
+/// registration uses it (the replica's uses + 1). If the replica's copy was
+/// behind (another replica used the token since), a single-use token is
+/// refused and a multi-use one counts the use on top of the stored uses.
+fn token_uses(stored: &TokenRecord, new: &TokenRecord) -> Result<u32> {
+    if new.uses == 0 || new.uses > stored.uses {
+        return Ok(new.uses.max(stored.uses));
+    }
+    if new.single_use {
+        return Err(Rejection::PermissionDenied(format!(
+            "token {} was already used (on another hub replica)",
+            new.id
+        ))
+        .into());
+    }
+    Ok(stored.uses + 1)
+}
+
+/// A bundle's generation only goes up, across replicas: the same
+/// generation again must be the same artifact.
+fn check_generation(stored: &DeploymentRecord, new: &DeploymentRecord) -> Result<()> {
+    if new.generation > stored.generation
+        || (new.generation == stored.generation && new.digest == stored.digest)
+    {
+        return Ok(());
+    }
+    Err(Error::Store(format!(
+        "bundle {}: generation {} ({}) is not above the stored generation {} ({}) another replica signed",
+        new.bundle, new.generation, new.digest, stored.generation, stored.digest
+    )))
 }
 
 async fn append_event(
@@ -632,6 +1163,53 @@ mod tests {
         assert_eq!(prefix_end(b"/convoy/events/"), b"/convoy/events0".to_vec());
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
         assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+
+    fn token(uses: u32, single_use: bool) -> TokenRecord {
+        TokenRecord {
+            id: "t1".into(),
+            hash: String::new(),
+            created_unix_ms: 0,
+            expires_unix_ms: i64::MAX,
+            single_use,
+            uses,
+            cluster: None,
+            labels: Default::default(),
+            name_prefix: None,
+            agent_label_keys: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_token_use_counts_on_the_stored_uses() {
+        // Created, and one use on top of what the replica saw.
+        assert_eq!(token_uses(&token(0, true), &token(0, true)).unwrap(), 0);
+        assert_eq!(token_uses(&token(0, true), &token(1, true)).unwrap(), 1);
+        assert_eq!(token_uses(&token(2, false), &token(3, false)).unwrap(), 3);
+        // Another replica used it in between.
+        let err = token_uses(&token(1, true), &token(1, true)).unwrap_err();
+        assert!(err.to_string().contains("already used"), "{err}");
+        assert_eq!(token_uses(&token(3, false), &token(3, false)).unwrap(), 4);
+        assert_eq!(token_uses(&token(5, false), &token(2, false)).unwrap(), 6);
+    }
+
+    #[test]
+    fn a_generation_only_goes_up_across_replicas() {
+        let d = |generation: u64, digest: &str| DeploymentRecord {
+            bundle: "web".into(),
+            generation,
+            digest: digest.into(),
+            size: 1,
+            revision: String::new(),
+            source: String::new(),
+            statement: Vec::new(),
+            signature: Vec::new(),
+            created_unix_ms: 0,
+        };
+        assert!(check_generation(&d(1, "a"), &d(2, "b")).is_ok());
+        assert!(check_generation(&d(2, "b"), &d(2, "b")).is_ok(), "the same record again");
+        assert!(check_generation(&d(2, "b"), &d(2, "c")).is_err(), "one generation, two artifacts");
+        assert!(check_generation(&d(3, "b"), &d(2, "c")).is_err(), "backwards");
     }
 
     #[test]

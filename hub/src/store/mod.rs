@@ -127,4 +127,35 @@ pub trait Store: Send + Sync + 'static {
     /// Apply `writes` in order in one transaction: all or nothing. `now` stamps
     /// stored statuses and events.
     fn commit(&self, writes: Vec<Write>, now_unix_ms: i64) -> Result<Vec<WriteOutcome>>;
+    /// The commits of other hub replicas sharing this store, from the
+    /// revision the last [`Store::load`] read at ([`crate::ha`]). `None` for a
+    /// store only this hub writes (redb).
+    fn follow(&self) -> Option<tokio::sync::mpsc::Receiver<crate::ha::follow::Feed>> {
+        None
+    }
+    /// Hold the locks named by `wanted` that no other replica holds, under
+    /// this replica's lease ([`crate::ha::locks`]); the receiver says which
+    /// are held now (all are lost with the lease). `None` for a store only
+    /// this hub uses (redb): it does all the work.
+    fn coordinate(
+        &self,
+        wanted: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
+    ) -> Option<tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>> {
+        let _ = wanted;
+        None
+    }
+    /// Whether other hub replicas share this store (etcd).
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Tell the other replicas where this one serves gRPC (for artifact
+    /// bytes, [`crate::ha::artifacts`]); kept while the replica holds its lease.
+    fn advertise(&self, endpoint: &str) -> Result<()> {
+        let _ = endpoint;
+        Ok(())
+    }
+    /// The gRPC endpoints the other live replicas advertised.
+    fn peers(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }

@@ -24,6 +24,7 @@ pub fn open_configured(s: &StoreSettings, data_dir: &Path, event_capacity: u64) 
 #[cfg(feature = "etcd")]
 fn open_etcd(s: &StoreSettings, event_capacity: u64) -> Result<Arc<dyn Store>> {
     let mut o = super::EtcdOptions::new(s.endpoints.clone(), &s.prefix);
+    o.lease_ttl = s.lease_ttl.get();
     if let Some(tls) = &s.tls {
         let read = |p: &Path| {
             std::fs::read_to_string(p)

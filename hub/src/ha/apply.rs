@@ -1,0 +1,94 @@
+//! The state actor's side of [`crate::ha`] (a child module of
+//! [`crate::state`], kept with the HA code): applies what other replicas
+//! committed, as decided by [`crate::ha::plan`], to the actor's state. The
+//! changes are durable already (another replica committed them), so the
+//! actor publishes them at once, with no commit of its own.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tracing::{info, warn};
+
+use super::{Actor, ClusterEntry, ClusterShared};
+use crate::domain::Liveness;
+use crate::ha::changes::Current;
+use crate::ha::{RemoteChange, plan};
+
+impl Actor {
+    /// Apply the changes of one store revision committed by another replica.
+    pub(super) fn apply_remote(&mut self, changes: Vec<RemoteChange>) {
+        let plan = {
+            let clusters = self.clusters.clone();
+            let statuses = self.deps.statuses.clone();
+            let lookup = |n: &str| clusters.get(n).map(|e| e.record.clone());
+            let stamp = |c: &str, b: &str| statuses.cluster(c).get().get(b).map(|s| s.updated_unix_ms);
+            let seen = |c: &str| clusters.get(c).map(|e| e.shared.last_seen());
+            plan(
+                &Current {
+                    clusters: &lookup,
+                    records: &self.records,
+                    suspended: &self.suspended,
+                    status_stamp: &stamp,
+                    last_seen: &seen,
+                },
+                changes,
+            )
+        };
+        for rec in plan.clusters {
+            let name = rec.name.clone();
+            let shared = match self.clusters.get(&name) {
+                Some(e) => e.shared.clone(),
+                None => ClusterShared::new(&name, Liveness::default(), self.deps.statuses.cluster(&name)),
+            };
+            Arc::make_mut(&mut self.clusters).insert(name, ClusterEntry { record: Arc::new(rec), shared });
+        }
+        for name in plan.kill_sessions {
+            if let Some(e) = self.clusters.get(&name) {
+                info!(cluster = %name, "cluster revoked or registered again on another replica; closing its streams here");
+                e.shared.kill_sessions();
+            }
+        }
+        let now = self.deps.clock.now_ms();
+        for t in plan.tokens {
+            if t.expires_unix_ms > now {
+                self.tokens.insert(t.id.clone(), t);
+            }
+        }
+        if !plan.deployments.is_empty() {
+            let m = Arc::make_mut(&mut self.records);
+            for d in plan.deployments {
+                info!(bundle = %d.bundle, generation = d.generation, "generation signed by another replica");
+                m.insert(d.bundle.clone(), Arc::new(d));
+            }
+        }
+        for (bundle, suspended) in plan.suspended {
+            let s = Arc::make_mut(&mut self.suspended);
+            if suspended {
+                s.insert(bundle);
+            } else {
+                s.remove(&bundle);
+            }
+        }
+        for (source, suspended) in plan.source_suspended {
+            if let Err(e) = self.deps.pipeline.set_suspended(&source, suspended) {
+                warn!(source = %source, error = %e, "the source pipeline refused a suspension stored by another replica");
+            }
+        }
+        for (cluster, statuses) in plan.statuses {
+            self.deps.statuses.put(&cluster, &statuses);
+        }
+        for (cluster, l) in plan.liveness {
+            if let Some(e) = self.clusters.get(&cluster) {
+                // Not marked dirty: the replica that heard the agent stored it.
+                e.shared.last_seen_ms.fetch_max(l.last_seen_unix_ms, Ordering::Relaxed);
+                e.shared.agent_version.store(Arc::new(l.agent_version));
+                e.shared.age_recipients.store(Arc::new(l.age_recipients));
+            }
+        }
+        if plan.retarget_all {
+            self.rebuild_index();
+            self.retarget(None);
+        }
+        self.dirty = true;
+    }
+}

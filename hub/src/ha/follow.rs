@@ -1,0 +1,57 @@
+//! The follower task: takes the store's change feed (other replicas'
+//! commits, [`crate::store::Store::follow`]) and hands each revision's
+//! changes to the state actor, which applies them ([`crate::ha::plan`]) and
+//! publishes, so agents connected to this replica get what another replica
+//! committed.
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::RemoteChange;
+use crate::state::StateHandle;
+
+/// One message of the store's change feed.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// What other replicas committed at one store revision.
+    Changes {
+        /// The store revision.
+        revision: i64,
+        /// The decoded records, in commit order.
+        changes: Vec<RemoteChange>,
+    },
+    /// The feed lost history (etcd compaction): the whole state, read again.
+    Resync(Vec<RemoteChange>),
+}
+
+/// Forward the feed to the state actor until it ends or `shutdown`.
+pub fn spawn(
+    mut feed: mpsc::Receiver<Feed>,
+    state: StateHandle,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        info!("following the other hub replicas' commits");
+        loop {
+            let msg = tokio::select! {
+                m = feed.recv() => m,
+                _ = shutdown.cancelled() => return,
+            };
+            let Some(msg) = msg else { return };
+            let changes = match msg {
+                Feed::Changes { revision, changes } => {
+                    debug!(revision, changes = changes.len(), "changes from another replica");
+                    changes
+                }
+                Feed::Resync(changes) => {
+                    info!(records = changes.len(), "reloaded the shared state after a lost change feed");
+                    changes
+                }
+            };
+            if state.apply_remote(changes).await.is_err() {
+                return;
+            }
+        }
+    })
+}

@@ -1,0 +1,364 @@
+//! Several hub replicas on one etcd prefix (feature `etcd`, real etcd on
+//! loopback): what one replica commits reaches the agents and queries of
+//! every other, through each replica's etcd change feed.
+#![cfg(feature = "etcd")]
+
+mod common;
+mod etcd_server;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use convoy_hub::config::StoreType;
+use convoy_hub::pipeline::SourcePipeline;
+use convoy_hub::{Hub, HubConfig, HubHandle, HubOptions, StaticPipeline};
+use convoy_proto::v1 as pb;
+
+/// A replica on `etcd`; `shared` is the first replica's data dir, whose CA
+/// and signing key every other replica uses (like the chart's Secrets).
+async fn replica(
+    dir: &Path,
+    etcd: &str,
+    shared: Option<&Path>,
+) -> (HubHandle, std::sync::Arc<StaticPipeline>) {
+    init();
+    let pipeline = StaticPipeline::new(dir.join("artifacts"));
+    let mut cfg = HubConfig::local(dir.join("data"));
+    cfg.certificates.cluster_ttl = convoy_core::duration::HumanDuration::from_secs(3600);
+    cfg.store.type_ = StoreType::Etcd;
+    cfg.store.endpoints = vec![etcd.to_string()];
+    cfg.store.prefix = "/ha/".into();
+    if let Some(s) = shared {
+        cfg.tls.ca_cert_file = Some(s.join("ca.crt"));
+        cfg.tls.ca_key_file = Some(s.join("ca.key"));
+        cfg.signing.key_file = Some(s.join(convoy_artifact::PRIVATE_KEY_FILE));
+    }
+    let hub = Hub::start(
+        cfg,
+        HubOptions { pipeline: Some(pipeline.clone()), fleet: Some(fleet(FLEET)), ..Default::default() },
+    )
+    .await
+    .unwrap();
+    (hub, pipeline)
+}
+
+fn status_on(hub: &HubHandle, cluster: &str, bundle: &str) -> Option<u64> {
+    let view = hub.state().view();
+    let s = view.clusters.get(cluster)?.shared.statuses();
+    s.get(bundle).map(|s| s.status.generation)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_on_one_replica_reaches_agents_and_queries_on_the_other() {
+    let etcd = etcd_server::Server::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, pa) = replica(da.path(), &etcd.url, None).await;
+    let (b, pb_b) = replica(db.path(), &etcd.url, Some(&da.path().join("data"))).await;
+
+    // A token created on B registers on A; the registered cluster is known on B.
+    let labels = [("env".to_string(), "prod".to_string())].into_iter().collect();
+    let t = b.create_token(Some("c1"), labels, Duration::from_secs(600), true).await.unwrap();
+    let c1 = eventually(|| {
+        let (a, token) = (&a, t.token.clone());
+        async move { register_with(a, &token, "c1", &[("env", "prod")]).await.ok() }
+    })
+    .await;
+    eventually(|| async { b.state().view().clusters.contains_key("c1").then_some(()) }).await;
+    // Single use holds across replicas: the same token fails on B.
+    let again = register_with(&b, &t.token, "c1", &[("env", "prod")]).await;
+    assert!(again.is_err(), "a single-use token worked twice on two replicas");
+
+    // The agent is connected to B; the build happens on A only.
+    let (mut s, _, snap) = open(&b, &c1, 1).await.unwrap();
+    assert!(snap.bundles.is_empty());
+    pa.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"one").unwrap();
+    let d = s.until_generation("web", 1).await;
+    // A published its view after its commit: B's agent may have been faster.
+    let on_a = eventually(|| async { a.state().view().records.get("web").cloned() }).await;
+    assert_eq!(
+        (d.digest.as_str(), d.statement.as_slice()),
+        (on_a.digest.as_str(), on_a.statement.as_slice())
+    );
+    // B never built it: it fetches the bytes from A (over mTLS, checked
+    // against the digest) and serves the agent's download.
+    assert!(pb_b.artifact_path(&d.digest).is_none(), "B's pipeline never had the artifact");
+    let mut ag = agent_client(&b, &c1).await;
+    let mut chunks = ag
+        .download_artifact(pb::DownloadArtifactRequest { digest: d.digest.clone(), offset: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(c) = chunks.message().await.unwrap() {
+        got.extend_from_slice(&c.data);
+    }
+    assert_eq!(got, b"one");
+    // A digest the cluster is not targeted by stays refused on B.
+    let denied = ag
+        .download_artifact(pb::DownloadArtifactRequest {
+            digest: format!("sha256:{}", "0".repeat(64)),
+            offset: 0,
+        })
+        .await;
+    assert_eq!(denied.err().map(|e| e.code()), Some(tonic::Code::PermissionDenied));
+    pa.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:bbbb", b"two").unwrap();
+    s.until_generation("web", 2).await;
+
+    // A status stored by B (which holds the stream) is seen by queries on A;
+    // its event is read from the store by any replica.
+    s.send_status(1, "web", 2, pb::Phase::Ready).await;
+    s.send_event(2, "web", "Applied").await;
+    s.until_ack(2).await;
+    eventually(|| async { (status_on(&a, "c1", "web") == Some(2)).then_some(()) }).await;
+    let mut fleet_a = admin(&a).await;
+    let evs = fleet_a
+        .list_events(pb::ListEventsRequest { cluster: "c1".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(evs.iter().filter(|e| e.event.as_ref().unwrap().reason == "Applied").count(), 1);
+
+    // An operator change on A (labels) re-targets the agent on B.
+    fleet_a
+        .set_cluster_labels(pb::SetClusterLabelsRequest {
+            name: "c1".into(),
+            labels: [("env".to_string(), "dev".to_string())].into_iter().collect(),
+        })
+        .await
+        .unwrap();
+    s.until_removed("web").await;
+
+    // A suspension on B is in force on A.
+    b.state().set_suspended("db".into(), true).await.unwrap();
+    eventually(|| async { a.state().view().suspended.contains("db").then_some(()) }).await;
+
+    // Revoked on A: the stream on B closes.
+    fleet_a.revoke_cluster(pb::RevokeClusterRequest { name: "c1".into() }).await.unwrap();
+    tokio::time::timeout(WAIT, async { while let Ok(Some(_)) = s.rx.message().await {} })
+        .await
+        .expect("the stream on B closes once A revoked the cluster");
+
+    // Generations stayed monotonic on both.
+    assert_eq!(a.state().view().records["web"].generation, 2);
+    assert_eq!(b.state().view().records["web"].generation, 2);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// An agent whose replica goes away moves to another one: what the first
+/// stored is never stored twice, what it did not is stored once, and
+/// queries on a third replica see each event exactly once (the outbox seq
+/// of the cluster lives in etcd, read by whichever replica the agent is on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_moving_to_another_replica_stores_each_status_and_event_once() {
+    let etcd = etcd_server::Server::start();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a, pa) = replica(dirs[0].path(), &etcd.url, None).await;
+    let shared = dirs[0].path().join("data");
+    let (b, _) = replica(dirs[1].path(), &etcd.url, Some(&shared)).await;
+    let (c, _) = replica(dirs[2].path(), &etcd.url, Some(&shared)).await;
+    let c1 = register(&a, "c1", &[("env", "prod")]).await;
+    for r in [&b, &c] {
+        eventually(|| async { r.state().view().clusters.contains_key("c1").then_some(()) }).await;
+    }
+    pa.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"one").unwrap();
+
+    eventually(|| async { b.state().view().records.contains_key("web").then_some(()) }).await;
+    let (mut s, acked, snap) = open(&b, &c1, 7).await.unwrap();
+    assert_eq!(acked, 0);
+    assert_eq!(snap.bundles.iter().map(|b| b.generation).collect::<Vec<_>>(), vec![1]);
+    for seq in 1..=5 {
+        s.send_event(seq, "web", &format!("E{seq}")).await;
+    }
+    s.until_ack(5).await;
+    // Sent, and the replica goes away before the agent hears any ack.
+    s.send_status(6, "web", 1, pb::Phase::Ready).await;
+    for seq in 7..=8 {
+        s.send_event(seq, "web", &format!("E{seq}")).await;
+    }
+    b.shutdown().await.unwrap();
+    drop(s);
+
+    // On C: the stream resumes where etcd says; the agent replays from its
+    // last ack (6..), and C stores only what B did not.
+    let (mut s, acked, snap) = open(&c, &c1, 7).await.unwrap();
+    assert!((5..=8).contains(&acked), "C resumes at what B stored: {acked}");
+    assert_eq!(snap.bundles.iter().map(|b| b.generation).collect::<Vec<_>>(), vec![1]);
+    s.send_status(6, "web", 1, pb::Phase::Ready).await;
+    for seq in 7..=10 {
+        s.send_event(seq, "web", &format!("E{seq}")).await;
+    }
+    s.until_ack(10).await;
+
+    let mut fleet_a = admin(&a).await;
+    let evs = fleet_a
+        .list_events(pb::ListEventsRequest { cluster: "c1".into(), limit: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let mut reasons: Vec<String> = evs
+        .iter()
+        .filter_map(|e| e.event.as_ref().map(|e| e.reason.clone()))
+        .filter(|r| r.starts_with('E'))
+        .collect();
+    reasons.sort_by_key(|r| r[1..].parse::<u32>().unwrap());
+    let want: Vec<String> = [1, 2, 3, 4, 5, 7, 8, 9, 10].iter().map(|n| format!("E{n}")).collect();
+    assert_eq!(reasons, want, "every event exactly once, across two replicas");
+    eventually(|| async { (status_on(&a, "c1", "web") == Some(1)).then_some(()) }).await;
+    // Generations stayed where they were on every replica.
+    for r in [&a, &c] {
+        assert_eq!(r.state().view().records["web"].generation, 1);
+    }
+    a.shutdown().await.unwrap();
+    c.shutdown().await.unwrap();
+}
+
+mod locks {
+    use std::collections::BTreeSet;
+    use std::time::{Duration, Instant};
+
+    use base64::Engine;
+    use convoy_hub::store::{EtcdOptions, EtcdStore, Store, Write};
+    use tokio::sync::watch;
+
+    use crate::etcd_server::{Proxy, Server, gateway};
+
+    const TTL: u64 = 2;
+
+    fn opts(url: &str) -> EtcdOptions {
+        let mut o = EtcdOptions::new(vec![url.to_string()], "/locks/");
+        o.lease_ttl = Duration::from_secs(TTL);
+        o.connect_timeout = Duration::from_secs(2);
+        o.request_timeout = Duration::from_secs(2);
+        o
+    }
+
+    fn set(v: &[&str]) -> BTreeSet<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    type Held = watch::Receiver<BTreeSet<String>>;
+
+    /// Wait (bounded) until `done` holds for the locks each replica holds,
+    /// checking at every look that no lock is held by two replicas.
+    fn until(
+        held: &[(&str, &Held)],
+        within: Duration,
+        what: &str,
+        done: impl Fn(&[BTreeSet<String>]) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            let now: Vec<BTreeSet<String>> = held.iter().map(|(_, h)| h.borrow().clone()).collect();
+            for (i, a) in now.iter().enumerate() {
+                for (j, b) in now.iter().enumerate().skip(i + 1) {
+                    let both: Vec<_> = a.intersection(b).collect();
+                    assert!(both.is_empty(), "{both:?} held by {} and {} at once", held[i].0, held[j].0);
+                }
+            }
+            if done(&now) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}; held: {now:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn write(s: &EtcdStore) -> Result<(), String> {
+        s.commit(vec![Write::SetSuspended { bundle: "b".into(), suspended: true }], 1)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The lease of `replica` (read through etcd's JSON gateway).
+    fn lease_of(url: &str, replica: &str) -> String {
+        let key = base64::engine::general_purpose::STANDARD.encode(format!("/locks/replicas/{replica}"));
+        let out = gateway(url, "/v3/kv/range", &format!(r#"{{"key":"{key}"}}"#));
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v["kvs"][0]["lease"].as_str().unwrap_or_else(|| panic!("no lease in {body}")).to_string()
+    }
+
+    /// Exactly-once work: every lock has one holder at a time; a replica
+    /// cut off from etcd gives its locks up and writes nothing; another
+    /// takes them over within about one TTL; the same when the holder dies
+    /// (its process gone, lease not revoked).
+    #[test]
+    fn locks_pass_on_when_the_holder_is_cut_off_or_dies() {
+        let etcd = Server::start();
+        let proxy = Proxy::start(&etcd.url);
+        let wanted = set(&["leader", "source/git"]);
+        let (_wanted_tx, wanted_rx) = watch::channel(wanted.clone());
+        let a = EtcdStore::open(&opts(&proxy.url), 100).unwrap();
+        let ha = a.coordinate(wanted_rx.clone()).unwrap();
+        until(&[("a", &ha)], Duration::from_secs(10), "a takes the free locks", |h| h[0] == wanted);
+        let b = EtcdStore::open(&opts(&etcd.url), 100).unwrap();
+        let hb = b.coordinate(wanted_rx.clone()).unwrap();
+        let c = EtcdStore::open(&opts(&etcd.url), 100).unwrap();
+        let hc = c.coordinate(wanted_rx.clone()).unwrap();
+        write(&a).unwrap();
+
+        // Cut a off: it stops claiming work and stops writing before etcd
+        // could hand its locks to another replica; b or c then takes them.
+        let cut = Instant::now();
+        proxy.cut();
+        let all = [("a", &ha), ("b", &hb), ("c", &hc)];
+        until(&all, Duration::from_secs(TTL), "a gives its locks up", |h| h[0].is_empty());
+        let err = write(&a).unwrap_err();
+        assert!(err.contains("lost its lease"), "{err}");
+        until(&all, Duration::from_secs(TTL + 3), "b or c takes a's locks", |h| {
+            h[1].union(&h[2]).cloned().collect::<BTreeSet<_>>() == wanted
+        });
+        eprintln!("locks taken over {:?} after the cut (lease TTL {TTL}s)", cut.elapsed());
+
+        // Back in touch: a writes again under a new lease, and the locks stay put.
+        proxy.heal();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while let Err(e) = write(&a) {
+            assert!(Instant::now() < deadline, "a never wrote again: {e}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        until(&all, Duration::from_secs(1), "the locks stay with b and c", |h| {
+            h[0].is_empty() && h[1].union(&h[2]).cloned().collect::<BTreeSet<_>>() == wanted
+        });
+
+        // The leader dies (no revoke): the others take its locks once its lease expires.
+        let (dead, rest): (EtcdStore, Vec<(&str, &Held)>) = if hb.borrow().contains("leader") {
+            (b, vec![("a", &ha), ("c", &hc)])
+        } else {
+            (c, vec![("a", &ha), ("b", &hb)])
+        };
+        let died = Instant::now();
+        drop(dead);
+        until(&rest, Duration::from_secs(TTL + 3), "the survivors take the dead replica's locks", |h| {
+            h[0].union(&h[1]).cloned().collect::<BTreeSet<_>>() == wanted
+        });
+        eprintln!("locks taken over {:?} after the holder died", died.elapsed());
+    }
+
+    /// The fence is checked by etcd too: a replica whose lease was revoked
+    /// behind its back cannot write under it, and writes again once it has
+    /// a new lease.
+    #[test]
+    fn a_write_under_a_revoked_lease_is_refused_by_etcd() {
+        let etcd = Server::start();
+        let mut o = opts(&etcd.url);
+        o.lease_ttl = Duration::from_secs(30);
+        let a = EtcdStore::open(&o, 100).unwrap();
+        write(&a).unwrap();
+        let lease = lease_of(&etcd.url, a.replica_id());
+        let out = gateway(&etcd.url, "/v3/lease/revoke", &format!(r#"{{"ID":"{lease}"}}"#));
+        assert!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "{out}");
+        let err = write(&a).unwrap_err();
+        assert!(err.contains("lost its lease"), "{err}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = write(&a) {
+            assert!(Instant::now() < deadline, "no new lease: {e}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_ne!(lease_of(&etcd.url, a.replica_id()), lease, "a new lease");
+    }
+}
