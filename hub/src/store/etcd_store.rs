@@ -231,6 +231,9 @@ impl Store for EtcdStore {
             for (_, v) in Self::range(&mut c, key("tokens/")).await? {
                 out.tokens.push(dec(&v)?);
             }
+            for (_, v) in Self::range(&mut c, key("admin-certs/")).await? {
+                out.admin_certs.push(dec(&v)?);
+            }
             for (k, v) in Self::range(&mut c, key("liveness/")).await? {
                 out.liveness.push((suffix(&k, "liveness/"), dec(&v)?));
             }
@@ -520,6 +523,11 @@ async fn apply(tx: &mut Tx, w: Write, now: i64, capacity: u64) -> Result<WriteOu
             WriteOutcome::Events(stored)
         }
         Write::AgentBatch(batch) => WriteOutcome::Batch(store_batch(tx, batch, now, capacity).await?),
+        Write::PutAdminCert(r) => {
+            let k = tx.key(&format!("admin-certs/{}", r.serial));
+            tx.put(k, enc(&r)?);
+            WriteOutcome::Done
+        }
     })
 }
 

@@ -46,6 +46,8 @@ pub struct Loaded {
     pub statuses: Vec<(String, StatusRecord)>,
     /// The id of the newest stored event (0 if none).
     pub last_event_id: u64,
+    /// Admin certificates the hub issued, revoked ones included.
+    pub admin_certs: Vec<crate::domain::admins::AdminCertRecord>,
 }
 
 /// One mutation, applied inside a [`Store::commit`] transaction.
@@ -86,6 +88,8 @@ pub enum Write {
     /// Store an agent's outbox entries with seq above the stored one, and the
     /// new last seq, idempotently.
     AgentBatch(AgentBatch),
+    /// Insert or replace an admin certificate record (keyed by serial).
+    PutAdminCert(crate::domain::admins::AdminCertRecord),
 }
 
 /// What one [`Write`] produced.
