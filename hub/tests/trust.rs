@@ -642,12 +642,7 @@ async fn a_revoked_admin_certificate_is_refused_at_once_and_after_a_restart() {
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
     // The revocation is a hub event.
-    let events = by_token
-        .list_events(pb::ListEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let events = by_token.list_events(pb::ListEventsRequest::default()).await.unwrap().into_inner().events;
     assert!(events.iter().any(|e| e.event.as_ref().is_some_and(|e| e.reason == "AdminCertificateRevoked")));
     let old = (hub.admin.cert_pem.clone(), hub.admin.key_pem.clone());
     t.hub.shutdown().await.unwrap();

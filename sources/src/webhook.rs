@@ -128,15 +128,23 @@ async fn receive<T: HookTarget>(
     }
 }
 
-/// Whether a bearer token may be sent to `url`: only over https, or over
-/// plain http to a loopback IP literal (127.0.0.0/8, ::1), where it never
-/// leaves the machine. Shared by git fetches; the hub's alert providers apply
-/// the same rule.
+/// Whether a bearer token may be sent to `url`: only over https. Shared by
+/// git fetches; the hub's alert providers apply the same rule. Plain http is
+/// allowed only with the explicit `allowInsecureLoopback` opt-in, see
+/// [`bearer_allowed_with`].
 pub fn bearer_allowed(url: &str) -> bool {
+    bearer_allowed_with(url, false)
+}
+
+/// [`bearer_allowed`], and with `allow_insecure_loopback` (the loudly named
+/// opt-in for tests and same-host sidecars) also plain http to a loopback IP
+/// literal (127.0.0.0/8, ::1). A host name never qualifies: it can resolve
+/// anywhere.
+pub fn bearer_allowed_with(url: &str, allow_insecure_loopback: bool) -> bool {
     let Ok(u) = reqwest::Url::parse(url.trim()) else { return false };
     match u.scheme() {
         "https" => true,
-        "http" => u
+        "http" if allow_insecure_loopback => u
             .host_str()
             .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
             .and_then(|h| h.parse::<std::net::IpAddr>().ok())
@@ -383,15 +391,28 @@ mod tests {
     }
 
     #[test]
-    fn bearer_tokens_go_only_over_https_or_loopback() {
+    fn bearer_tokens_go_only_over_https_unless_loopback_is_explicitly_allowed() {
         assert!(bearer_allowed("https://git.example/fleet.git"));
-        assert!(bearer_allowed("http://127.0.0.1:8080/fleet.git"));
-        assert!(bearer_allowed("http://[::1]:8080/x"));
-        assert!(!bearer_allowed("http://git.example/fleet.git"));
-        assert!(!bearer_allowed("http://localhost/fleet.git"), "a name can resolve anywhere");
-        assert!(!bearer_allowed("http://10.0.0.1/fleet.git"));
-        assert!(!bearer_allowed("git://git.example/fleet.git"));
-        assert!(!bearer_allowed("not a url"));
+        assert!(bearer_allowed("https://127.0.0.1/fleet.git"));
+        // Plain http: never by default, not even to loopback.
+        for url in ["http://127.0.0.1:8080/fleet.git", "http://[::1]:8080/x", "http://git.example/fleet.git"]
+        {
+            assert!(!bearer_allowed(url), "{url}");
+        }
+        // With the opt-in: loopback IP literals only.
+        assert!(bearer_allowed_with("http://127.0.0.1:8080/fleet.git", true));
+        assert!(bearer_allowed_with("http://127.8.9.10/x", true));
+        assert!(bearer_allowed_with("http://[::1]:8080/x", true));
+        assert!(bearer_allowed_with("https://git.example/fleet.git", true));
+        assert!(!bearer_allowed_with("http://git.example/fleet.git", true));
+        assert!(!bearer_allowed_with("http://localhost/fleet.git", true), "a name can resolve anywhere");
+        assert!(!bearer_allowed_with("http://10.0.0.1/fleet.git", true));
+        assert!(
+            !bearer_allowed_with("http://[::ffff:127.0.0.1]/x", true),
+            "mapped addresses are not taken for loopback"
+        );
+        assert!(!bearer_allowed_with("git://git.example/fleet.git", true));
+        assert!(!bearer_allowed_with("not a url", true));
     }
 
     #[test]

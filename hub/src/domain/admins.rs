@@ -35,12 +35,12 @@ pub fn honoured(certs: &AdminCerts, name: &str, serial: &str, now_unix_ms: i64) 
         None => Err(Rejection::PermissionDenied(format!(
             "admin certificate {serial} was not issued by this hub (unrecorded serial)"
         ))),
-        Some(r) if r.name != name => {
-            Err(Rejection::PermissionDenied(format!("admin certificate {serial} is recorded for another name")))
-        }
-        Some(r) if r.revoked => Err(Rejection::PermissionDenied(format!(
-            "admin certificate {serial} ({name}) was revoked"
+        Some(r) if r.name != name => Err(Rejection::PermissionDenied(format!(
+            "admin certificate {serial} is recorded for another name"
         ))),
+        Some(r) if r.revoked => {
+            Err(Rejection::PermissionDenied(format!("admin certificate {serial} ({name}) was revoked")))
+        }
         Some(r) if r.not_after_unix_ms <= now_unix_ms => {
             Err(Rejection::PermissionDenied(format!("admin certificate {serial} ({name}) has expired")))
         }

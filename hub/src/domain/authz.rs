@@ -62,7 +62,9 @@ pub fn authorize(
             Err(Rejection::PermissionDenied("agent calls need a cluster certificate".into()))
         }
         (Access::Fleet, Caller::Admin { serial: None, .. }) => Ok(()),
-        (Access::Fleet, Caller::Admin { name, serial: Some(serial) }) => honoured(admins, name, serial, now_unix_ms),
+        (Access::Fleet, Caller::Admin { name, serial: Some(serial) }) => {
+            honoured(admins, name, serial, now_unix_ms)
+        }
         (Access::Fleet, Caller::Cluster { name, .. }) => {
             Err(Rejection::PermissionDenied(format!("cluster {name:?} may not call fleet (operator) RPCs")))
         }

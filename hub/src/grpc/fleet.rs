@@ -319,7 +319,9 @@ impl pb::fleet_server::Fleet for FleetService {
         let caller = self.core.admin(&req)?;
         // An admin certificate's stream ends when that certificate is revoked.
         let mut admin_cert = match caller {
-            Caller::Admin { name, serial: Some(serial) } => Some((self.core.admins.subscribe(), name, serial)),
+            Caller::Admin { name, serial: Some(serial) } => {
+                Some((self.core.admins.subscribe(), name, serial))
+            }
             _ => None,
         };
         let filter = event_filter(req.get_ref());
@@ -525,11 +527,7 @@ impl FleetService {
 /// Resolves when the followed admin certificate stops being honoured (with
 /// the refusal), never for the admin token or once the registry is gone.
 async fn admin_cert_refused(
-    cert: &mut Option<(
-        tokio::sync::watch::Receiver<Arc<crate::domain::admins::AdminCerts>>,
-        String,
-        String,
-    )>,
+    cert: &mut Option<(tokio::sync::watch::Receiver<Arc<crate::domain::admins::AdminCerts>>, String, String)>,
 ) -> Option<crate::domain::Rejection> {
     let Some((rx, name, serial)) = cert.as_mut() else {
         return std::future::pending().await;
