@@ -77,6 +77,12 @@ pub struct Tuning {
     pub renew_fraction: f64,
     /// Bundles reconciled at once.
     pub bundle_workers: usize,
+    /// HTTP/2 keepalive ping interval to the hub: a silent partition (no
+    /// RST, packets dropped) is noticed within interval + timeout.
+    pub keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered before the connection is
+    /// taken as dead (the agent then reconnects).
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for Tuning {
@@ -93,6 +99,8 @@ impl Default for Tuning {
             outbox_max_events: 10_000,
             renew_fraction: 2.0 / 3.0,
             bundle_workers: 2,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }

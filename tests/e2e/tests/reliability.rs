@@ -482,3 +482,94 @@ async fn heavy_reconnect_herd_after_a_hub_restart() {
     assert!(peak > 0);
     fleet.shutdown().await;
 }
+
+/// How long the silent partition lasts: several times the keepalive bound.
+const PARTITION: Duration = Duration::from_secs(10);
+
+/// A silent partition (no RST; the proxy holds the sockets and passes
+/// nothing, like dropped packets) between staging's agent and the hub, for
+/// longer than the agent's keepalive (1 s ping, 2 s timeout). The agent
+/// notices within the keepalive bound, not at the end of the partition;
+/// meanwhile it corrects drift made by hand on its own; when the partition
+/// ends it reconnects, and the hub holds every status and event the agent
+/// recorded meanwhile (none lost, none stored twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_silent_partition_longer_than_the_keepalive() {
+    let mut fleet =
+        Fleet::start(FleetOptions { clusters: staging_only(), proxies: true, ..Default::default() })
+            .await
+            .unwrap();
+    wait_staging_ready(&fleet).await;
+    let tuning = convoy_agent::Tuning {
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_timeout: Duration::from_secs(2),
+        ..convoy_e2e::cluster::test_tuning()
+    };
+    fleet.cluster_mut("staging").restart_agent_with(tuning).await.unwrap();
+    let st = fleet.cluster("staging");
+    eventually(30, "staging's agent reconnected", || async {
+        (st.agent_connected() && st.outbox_depth() == 0).then_some(())
+    })
+    .await;
+    // The restarted agent counts its events from zero: compare with what the
+    // hub stores from here on.
+    let hub_before = convoy_e2e::fleet::event_counts(&fleet.events("staging").await.unwrap());
+    assert!(st.agent_event_counts().is_empty(), "an unchanged agent restart records nothing");
+    let proxy = st.proxy.as_ref().unwrap();
+    let accepted = proxy.accepted();
+
+    proxy.stall();
+    let t = std::time::Instant::now();
+    eventually(15, "the agent noticed the silent partition", || async {
+        (!st.agent_connected()).then_some(())
+    })
+    .await;
+    let noticed = t.elapsed();
+    assert!(noticed < PARTITION / 2, "noticed only after {noticed:?}");
+
+    // Drift by hand while partitioned: the agent corrects it alone.
+    st.kubectl_ok(&["-n", "web", "scale", "deployment", "web", "--replicas=4"]).await.unwrap();
+    eventually(30, "staging's agent corrected the drift on its own", || async {
+        let d = st.object("apps", "deployments", "web", "web")?;
+        (d["spec"]["replicas"] == 1).then_some(())
+    })
+    .await;
+    eventually(10, "the correction waits in the outbox", || async { (st.outbox_depth() > 0).then_some(()) })
+        .await;
+    let rest = PARTITION.saturating_sub(t.elapsed());
+    tokio::time::sleep(rest).await; // the partition's length, not a wait for an outcome
+    assert!(!st.agent_connected(), "no byte passed: the agent cannot be connected");
+    proxy.restore();
+
+    eventually(30, "the agent reconnected after the partition", || async {
+        (st.agent_connected() && st.outbox_depth() == 0).then_some(())
+    })
+    .await;
+    assert!(proxy.accepted() > accepted, "a new connection was made");
+    let evs = fleet.events("staging").await.unwrap();
+    assert!(
+        evs.iter()
+            .filter_map(|e| e.event.as_ref())
+            .any(|e| e.reason == "DriftCorrected" && e.object == "Deployment/web/web"),
+        "{evs:?}"
+    );
+    let b = fleet.bundle("web-staging").await.unwrap();
+    let cell = b.clusters.iter().find(|c| c.cluster == "staging").unwrap();
+    assert!(cell_ready_at(cell, b.generation), "{cell:?}");
+    assert!(cell.status.as_ref().unwrap().objects.unwrap().drift_corrected >= 1, "{cell:?}");
+    // None lost, none twice: what the hub stored since the restart equals
+    // what the agent recorded.
+    let agent = st.agent_event_counts();
+    let hub_after = convoy_e2e::fleet::event_counts(&fleet.events("staging").await.unwrap());
+    let mut stored = hub_after.clone();
+    for (k, n) in &hub_before {
+        *stored.entry(k.clone()).or_default() -= n;
+    }
+    stored.retain(|_, n| *n > 0);
+    assert_eq!(stored, agent, "hub events since the restart {hub_after:?} - {hub_before:?} != agent events");
+    eprintln!(
+        "silent partition: the agent noticed after {:.1} s (keepalive 1 s + 2 s)",
+        noticed.as_secs_f64()
+    );
+    fleet.shutdown().await;
+}
