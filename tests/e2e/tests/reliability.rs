@@ -573,3 +573,198 @@ async fn heavy_silent_partition_longer_than_the_keepalive() {
     );
     fleet.shutdown().await;
 }
+
+/// Protocol-level agents writing into the hub process at once (each
+/// outbox entry one event; the hub stores them through its group-commit
+/// writer and acks only after the commit).
+const WRITERS: usize = 40;
+/// Events each writer sends at most (under the per-stream event burst, so
+/// no rate limit interferes).
+const WRITES_EACH: u64 = 400;
+
+/// `kill -9` of the hub process while 40 agents stream events into its
+/// group-commit writer (bursts of 8 every 40 ms each), at an instant when
+/// sent entries are unacknowledged (their commits queued or running). After a restart on the same data dir, each agent's stream
+/// reports a stored seq at least as high as the last ack it received
+/// (nothing acknowledged is lost); each agent re-sends its outbox from a
+/// few entries *below* that seq (as after a lost ack), and the hub then
+/// holds every entry exactly once, in order (nothing stored twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_hub_killed_during_group_commits_loses_no_ack_and_stores_nothing_twice() {
+    use convoy_e2e::wire::{WireAgent, event, stored_seqs, token};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    convoy_e2e::init();
+    let dir = TestDir::new("group-commit-kill").unwrap();
+    let mut hub = HubRunner::start(dir.path(), HubMode::Process(convoy_bin())).await.unwrap();
+    let tok = token(&hub).await.unwrap();
+    let mut agents = Vec::new();
+    for i in 0..WRITERS {
+        agents.push(WireAgent::register(&hub, &tok, &format!("w{i:02}")).await.unwrap());
+    }
+    // Every writer streams events; a reader per stream records the acks.
+    let mut progress = Vec::new();
+    let mut tasks = Vec::new();
+    for a in &agents {
+        let s = a.connect(&hub, 1).await.unwrap();
+        let (sent, acked) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(s.acked)));
+        let (tx, mut rx) = (s.tx, s.rx);
+        let st = sent.clone();
+        tasks.push(tokio::spawn(async move {
+            for seq in 1..=WRITES_EACH {
+                if tx.send(event(seq, "Wire")).await.is_err() {
+                    break;
+                }
+                st.store(seq, Ordering::SeqCst);
+                // Bursts of 8, so that commits queue up behind each other.
+                if seq % 8 == 0 {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                }
+            }
+            // Hold the stream open until the hub goes.
+            tx.closed().await;
+        }));
+        let ak = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok(Some(m)) = rx.message().await {
+                if let Some(pb::hub_message::Msg::Ack(a)) = m.msg {
+                    ak.fetch_max(a.acked_seq, Ordering::SeqCst);
+                }
+            }
+        }));
+        progress.push((sent, acked));
+    }
+    // Writes are flowing everywhere: kill the hub at an instant when sent
+    // entries are still unacknowledged (their commit queued or running).
+    let in_flight = eventually(60, "every writer has acks, and writes in flight", || async {
+        let in_flight: u64 = progress
+            .iter()
+            .map(|(s, a)| s.load(Ordering::SeqCst).saturating_sub(a.load(Ordering::SeqCst)))
+            .sum();
+        (progress.iter().all(|(_, a)| a.load(Ordering::SeqCst) >= 40) && in_flight > 0).then_some(in_flight)
+    })
+    .await;
+    hub.kill().unwrap();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+    }
+    // Final: acks can only have come from the hub before it died.
+    let acked: Vec<u64> = progress.iter().map(|(_, a)| a.load(Ordering::SeqCst)).collect();
+    let sent: Vec<u64> = progress.iter().map(|(s, _)| s.load(Ordering::SeqCst)).collect();
+    assert!(sent.iter().all(|s| *s < WRITES_EACH), "the kill came after the writers finished: {sent:?}");
+
+    hub.restart().await.unwrap();
+    let mut stored_above_ack = 0;
+    for (i, a) in agents.iter().enumerate() {
+        let mut s = a.reconnect(&hub, 1, Duration::from_secs(30)).await.unwrap();
+        assert!(
+            s.acked >= acked[i],
+            "{}: the hub stored up to {} but had acked {}",
+            a.name,
+            s.acked,
+            acked[i]
+        );
+        assert!(s.acked <= sent[i], "{}: stored {} of {} sent", a.name, s.acked, sent[i]);
+        stored_above_ack += s.acked - acked[i];
+        // Re-send the outbox from a few entries below the stored seq.
+        let from = s.acked.saturating_sub(5).max(1);
+        for seq in from..=sent[i] {
+            s.send_event(seq, "Wire").await.unwrap();
+        }
+        s.until_ack(sent[i], Duration::from_secs(30)).await.unwrap();
+        let seqs = stored_seqs(&hub, &a.name, "Wire").await.unwrap();
+        let want: Vec<u64> = (1..=sent[i]).collect();
+        assert_eq!(seqs, want, "{}: every entry exactly once, in order", a.name);
+    }
+    eprintln!(
+        "group-commit kill: {WRITERS} writers, {} entries sent, {in_flight} unacknowledged at the kill, {stored_above_ack} of them found stored after the restart",
+        sent.iter().sum::<u64>()
+    );
+    hub.shutdown().await;
+}
+
+/// The size of the protocol-level reconnect herd (`CONVOY_HERD` overrides:
+/// docs/reliability.md gives the 5,000 command).
+fn wire_herd() -> usize {
+    std::env::var("CONVOY_HERD").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+}
+
+/// A reconnect herd of protocol-level agents (1,000 in CI): each holds a
+/// Sync stream to the `convoy hub` process with one acknowledged outbox
+/// entry; the hub is SIGKILLed, each agent records a second entry while it
+/// is gone, and on restart all reconnect at once (full-jitter backoff, as
+/// agents do; the hub's per-address handshake cap makes some retry). All
+/// come back, the hub shows every cluster connected, and each cluster's two
+/// entries are stored exactly once. The restarted hub's peak RSS is printed
+/// (docs/reliability.md states it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_reconnect_herd_of_protocol_agents() {
+    use convoy_e2e::wire::{WireAgent, stored_seqs, token};
+    convoy_e2e::init();
+    let n = wire_herd();
+    let dir = TestDir::new("wire-herd").unwrap();
+    let mut hub = HubRunner::start(dir.path(), HubMode::Process(convoy_bin())).await.unwrap();
+    let tok = token(&hub).await.unwrap();
+    // Register and connect, 32 at a time; each stores entry 1.
+    let mut agents = Vec::with_capacity(n);
+    let mut sessions = Vec::with_capacity(n);
+    let started = std::time::Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
+        let joins = chunk.iter().map(|i| {
+            let (hub, tok) = (&hub, &tok);
+            async move {
+                let a = WireAgent::register(hub, tok, &format!("h{i:05}")).await?;
+                let mut s = a.connect(hub, 1).await?;
+                s.send_event(1, "Herd").await?;
+                s.until_ack(1, Duration::from_secs(30)).await?;
+                anyhow::Ok((a, s))
+            }
+        });
+        for r in futures::future::join_all(joins).await {
+            let (a, s) = r.unwrap();
+            agents.push(a);
+            sessions.push(s);
+        }
+    }
+    let setup = started.elapsed();
+    hub.kill().unwrap();
+    drop(sessions);
+    let t = std::time::Instant::now();
+    hub.restart().await.unwrap();
+    let restarted = t.elapsed();
+    let pid = hub.pid().unwrap();
+    // All at once.
+    let reconnects = agents.iter().map(|a| {
+        let hub = &hub;
+        async move {
+            let mut s = a.reconnect(hub, 1, Duration::from_secs(120)).await?;
+            anyhow::ensure!(s.acked >= 1, "{}: entry 1 was acked before the kill but not stored", a.name);
+            s.send_event(2, "Herd").await?;
+            s.until_ack(2, Duration::from_secs(60)).await?;
+            anyhow::Ok(s)
+        }
+    });
+    let back: Vec<_> = futures::future::join_all(reconnects).await.into_iter().map(|r| r.unwrap()).collect();
+    let all_back = t.elapsed();
+    assert_eq!(back.len(), n);
+    let mut admin = hub.admin().await.unwrap();
+    let clusters =
+        admin.list_clusters(pb::ListClustersRequest::default()).await.unwrap().into_inner().clusters;
+    assert_eq!(clusters.len(), n);
+    let offline: Vec<&str> = clusters.iter().filter(|c| !c.connected).map(|c| c.name.as_str()).collect();
+    assert!(offline.is_empty(), "not connected after the herd: {offline:?}");
+    let peak = peak_rss_kib(pid);
+    for a in &agents {
+        assert_eq!(stored_seqs(&hub, &a.name, "Herd").await.unwrap(), vec![1, 2], "{}", a.name);
+    }
+    eprintln!(
+        "protocol herd: {n} agents set up in {:.1} s; hub restarted in {:.1} s; all {n} reconnected and acked in {:.1} s after the restart began; restarted hub peak RSS {:.1} MiB",
+        setup.as_secs_f64(),
+        restarted.as_secs_f64(),
+        all_back.as_secs_f64(),
+        peak as f64 / 1024.0
+    );
+    assert!(peak > 0);
+    drop(back);
+    hub.shutdown().await;
+}
