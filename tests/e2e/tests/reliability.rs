@@ -768,3 +768,85 @@ async fn heavy_reconnect_herd_of_protocol_agents() {
     drop(back);
     hub.shutdown().await;
 }
+
+/// A ConfigMap named `name` in `default` holding `kib` KiB of incompressible
+/// text (so the artifact is about as large).
+fn big_configmap(name: &str, kib: usize) -> String {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let data: String =
+        (0..kib * 1024).map(|_| alphabet[rand::random_range(0..alphabet.len())] as char).collect();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\ndata:\n  blob: {data}\n"
+    )
+}
+
+/// `kill -9` of the hub process while staging's agent downloads a 2 MiB
+/// artifact through a proxy that paces the hub's bytes to 256 KiB/s. At the
+/// kill the download is under way (bytes flowing) and unfinished: nothing of
+/// the new generation is applied. After the restart the agent downloads
+/// again, verifies the digest and signature, and applies the generation
+/// once: the objects hold the new content, exactly one `Applied` event for
+/// it, and the hub holds exactly the events the agent sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_hub_killed_during_an_artifact_download() {
+    let mut files = vec![("big/cm-0.yaml".to_string(), big_configmap("big-0", 1).into_bytes())];
+    files.extend(convoy_e2e::examples::fleet_files());
+    let bundles = convoy_e2e::examples::bundles_yaml()
+        + "\n---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: big\nspec:\n  source: fleet\n  path: big\n  targets:\n    - clusterSelector: {matchLabels: {env: staging}}\n";
+    let mut fleet = Fleet::start(FleetOptions {
+        clusters: staging_only(),
+        hub: HubMode::Process(convoy_bin()),
+        proxies: true,
+        readiness_delay: Duration::ZERO,
+        poll_interval: "1h".into(),
+        files,
+        bundles_yaml: bundles,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let b0 = fleet.wait_bundle("big", 120, "big Ready on staging", all_ready).await;
+    let gen0 = b0.generation;
+
+    // 4 x 512 KiB of incompressible data: a 2 MiB artifact.
+    for i in 0..4 {
+        fleet.repo.write(&format!("big/cm-{i}.yaml"), &big_configmap(&format!("big-{i}"), 512)).unwrap();
+    }
+    fleet.repo.commit("big").unwrap();
+    let st = &fleet.clusters[0]; // staging (a field borrow: the hub is killed meanwhile)
+    let proxy = st.proxy.as_ref().unwrap();
+    proxy.throttle(256 * 1024);
+    let before = proxy.bytes_down();
+    fleet.push().await.unwrap();
+    eventually(60, "the agent is downloading the new artifact", || async {
+        (proxy.bytes_down() > before + 384 * 1024).then_some(())
+    })
+    .await;
+    let got = proxy.bytes_down() - before;
+    fleet.hub.kill().unwrap();
+    assert!(got < 2 * 1024 * 1024, "the download finished before the kill ({got} bytes)");
+    // Nothing of the new generation is applied.
+    eventually(30, "the agent saw the hub go", || async { (!st.agent_connected()).then_some(()) }).await;
+    let cm = st.object("", "configmaps", "default", "big-0").unwrap();
+    assert_eq!(cm["data"]["blob"].as_str().unwrap().len(), 1024, "the old content is in place");
+    assert!(st.object("", "configmaps", "default", "big-3").is_none());
+
+    proxy.throttle(0);
+    fleet.hub.restart().await.unwrap();
+    let b = fleet
+        .wait_bundle("big", 120, "big Ready at the new generation", |b| {
+            b.generation > gen0 && b.clusters.iter().all(|c| cell_ready_at(c, b.generation))
+        })
+        .await;
+    assert_eq!(b.generation, gen0 + 1, "the restarted hub kept the signed generation");
+    for i in 0..4 {
+        let cm = st.object("", "configmaps", "default", &format!("big-{i}")).expect("applied");
+        assert_eq!(cm["data"]["blob"].as_str().unwrap().len(), 512 * 1024, "big-{i}");
+    }
+    let applied = applied_generations(&fleet, "staging", "big").await;
+    let new = (gen0 + 1).to_string();
+    assert_eq!(applied.iter().filter(|g| **g == new).count(), 1, "applied once: {applied:?}");
+    fleet.assert_hub_holds_what_agents_sent(60).await;
+    eprintln!("artifact download cut by the kill after {} KiB", got / 1024);
+    fleet.shutdown().await;
+}
