@@ -398,6 +398,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
                 metrics.clone(),
                 fleet_tx,
                 shutdown.clone(),
+                clock.clone(),
             ),
         ));
     }
@@ -561,10 +562,11 @@ async fn serve_grpc(
     ))
 }
 
-fn hub_event(severity: Severity, reason: &str, message: String) -> Write {
+/// A hub event stamped `now_ms` (from `HubOptions.clock`).
+fn hub_event(now_ms: i64, severity: Severity, reason: &str, message: String) -> Write {
     Write::AppendEvents(vec![(
         HUB_EVENT_SOURCE.to_string(),
-        EventRecord::new(severity, reason, "", message, now_ms()),
+        EventRecord::new(severity, reason, "", message, now_ms),
     )])
 }
 
@@ -578,6 +580,7 @@ fn spawn_reload(
     metrics: Arc<Metrics>,
     fleet_tx: watch::Sender<Arc<FleetConfig>>,
     shutdown: CancellationToken,
+    clock: convoy_core::clock::SharedClock,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(
         async move {
@@ -619,6 +622,7 @@ fn spawn_reload(
                         drop(
                             writer
                                 .submit(vec![hub_event(
+                                    clock.now_ms(),
                                     Severity::Info,
                                     "FleetConfigReloaded",
                                     format!(
@@ -636,6 +640,7 @@ fn spawn_reload(
                         drop(
                             writer
                                 .submit(vec![hub_event(
+                                    clock.now_ms(),
                                     Severity::Error,
                                     "FleetConfigInvalid",
                                     format!("fleet config not applied (the previous one stays): {e}"),

@@ -47,7 +47,7 @@ use crate::pipeline::Builds;
 use crate::pki::{Ca, IssuedCert};
 use crate::store::{Loaded, Write};
 use crate::writer::WriterHandle;
-use crate::{Error, Result, now_ms};
+use crate::{Error, Result};
 
 /// How many certificates of one cluster stay valid at once (renewal overlap).
 const CERTS_KEPT: usize = 3;
@@ -476,8 +476,15 @@ pub fn spawn(
     (handle, task)
 }
 
-fn hub_event(severity: Severity, reason: &str, bundle: &str, message: String) -> (String, EventRecord) {
-    (HUB_EVENT_SOURCE.to_string(), EventRecord::new(severity, reason, bundle, message, now_ms()))
+/// A hub event stamped `now_ms` (the actor's injected clock, `HubOptions.clock`).
+fn hub_event(
+    now_ms: i64,
+    severity: Severity,
+    reason: &str,
+    bundle: &str,
+    message: String,
+) -> (String, EventRecord) {
+    (HUB_EVENT_SOURCE.to_string(), EventRecord::new(severity, reason, bundle, message, now_ms))
 }
 
 #[cfg(test)]
@@ -729,6 +736,7 @@ impl Actor {
                 let writes = vec![
                     Write::SetSourceSuspended { source: source.clone(), suspended },
                     Write::AppendEvents(vec![hub_event(
+                        self.deps.clock.now_ms(),
                         Severity::Info,
                         if suspended { "SourceSuspended" } else { "SourceResumed" },
                         "",
@@ -861,6 +869,7 @@ impl Actor {
             Write::PutToken(token.clone()),
             Write::PutCluster((*record).clone()),
             Write::AppendEvents(vec![hub_event(
+                self.deps.clock.now_ms(),
                 Severity::Info,
                 "ClusterRegistered",
                 "",
@@ -909,6 +918,7 @@ impl Actor {
         let writes = vec![
             Write::PutCluster(record),
             Write::AppendEvents(vec![hub_event(
+                self.deps.clock.now_ms(),
                 Severity::Info,
                 "CertificateRenewed",
                 "",
@@ -930,6 +940,7 @@ impl Actor {
         let writes = vec![
             Write::PutCluster(record),
             Write::AppendEvents(vec![hub_event(
+                self.deps.clock.now_ms(),
                 Severity::Warning,
                 "ClusterRevoked",
                 "",
@@ -954,6 +965,7 @@ impl Actor {
         Ok(vec![
             Write::PutCluster(record.clone()),
             Write::AppendEvents(vec![hub_event(
+                self.deps.clock.now_ms(),
                 Severity::Info,
                 "ClusterLabelsChanged",
                 "",
@@ -977,6 +989,7 @@ impl Actor {
         Ok(vec![
             Write::SetSuspended { bundle: bundle.into(), suspended },
             Write::AppendEvents(vec![hub_event(
+                self.deps.clock.now_ms(),
                 Severity::Info,
                 if suspended { "BundleSuspended" } else { "BundleResumed" },
                 bundle,
@@ -1021,6 +1034,7 @@ impl Actor {
         let writes = vec![
             Write::PutToken(rec),
             Write::AppendEvents(vec![hub_event(
+                self.deps.clock.now_ms(),
                 Severity::Info,
                 "TokenCreated",
                 "",
@@ -1049,7 +1063,13 @@ impl Actor {
                     if self.reported_errors.get(name) != Some(&message) {
                         warn!(bundle = %name, error = %message, "bundle build failed; the last good generation stays");
                         self.reported_errors.insert(name.clone(), message.clone());
-                        events.push(hub_event(Severity::Error, "BuildFailed", name, message));
+                        events.push(hub_event(
+                            self.deps.clock.now_ms(),
+                            Severity::Error,
+                            "BuildFailed",
+                            name,
+                            message,
+                        ));
                     }
                 }
                 None => {
@@ -1082,6 +1102,7 @@ impl Actor {
             };
             info!(bundle = %name, generation, digest = %art.digest, revision = %art.revision, "new bundle generation");
             events.push(hub_event(
+                self.deps.clock.now_ms(),
                 Severity::Info,
                 "NewGeneration",
                 name,
@@ -1155,7 +1176,7 @@ impl Actor {
             };
             warn!(bundle = %bundle, cluster, reported, hub = cur.generation, generation, "an agent holds a newer generation than the hub; continuing above it");
             events.push(hub_event(
-                Severity::Warning,
+                self.deps.clock.now_ms(), Severity::Warning,
                 "GenerationRecovered",
                 &bundle,
                 format!(
@@ -1167,7 +1188,7 @@ impl Actor {
                 generation,
                 statement: bytes,
                 signature,
-                created_unix_ms: now_ms(),
+                created_unix_ms: self.deps.clock.now_ms(),
                 ..(*cur).clone()
             };
             writes.push(Write::PutDeployment(rec.clone()));
@@ -1207,6 +1228,8 @@ pub fn build_of<'a>(view: &'a FleetView, bundle: &str) -> Option<&'a BundleBuild
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
+
+    use crate::now_ms;
 
     use tokio::sync::broadcast;
 

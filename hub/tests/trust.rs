@@ -657,3 +657,47 @@ async fn a_revoked_admin_certificate_is_refused_at_once_and_after_a_restart() {
     assert_eq!(e.code(), Code::PermissionDenied);
     t.hub.shutdown().await.unwrap();
 }
+
+/// Issue 11: hub events are stamped by the injected clock
+/// (`HubOptions.clock`), not the system clock: with a fake clock standing a
+/// minute in the past, `ClusterRegistered` carries exactly the fake time, and
+/// moves only when the fake clock does.
+#[tokio::test]
+async fn hub_events_are_stamped_by_the_injected_clock() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = convoy_hub::now_ms() - 60_000;
+    let clock = convoy_core::clock::FakeClock::new(t0);
+    let hub = convoy_hub::Hub::start(
+        convoy_hub::HubConfig::local(dir.path().join("data")),
+        convoy_hub::HubOptions {
+            pipeline: Some(convoy_hub::StaticPipeline::new(dir.path().join("artifacts"))),
+            fleet: Some(fleet(FLEET)),
+            clock: Some(std::sync::Arc::new(clock.clone())),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    register(&hub, "c1", &[("env", "prod")]).await;
+    clock.advance(Duration::from_secs(10));
+    register(&hub, "c2", &[("env", "prod")]).await;
+    let events = admin(&hub)
+        .await
+        .list_events(pb::ListEventsRequest { cluster: "hub".into(), limit: 1000, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let at = |name: &str| {
+        events
+            .iter()
+            .filter_map(|e| e.event.as_ref())
+            .find(|e| e.reason == "ClusterRegistered" && e.message.contains(name))
+            .unwrap_or_else(|| panic!("no ClusterRegistered for {name}: {events:?}"))
+            .time_unix_ms
+    };
+    assert_eq!(at("c1"), t0);
+    assert_eq!(at("c2"), t0 + 10_000);
+    hub.shutdown().await.unwrap();
+}
