@@ -555,21 +555,6 @@ fn serial_of(cert_pem: &str) -> String {
     convoy_hub::pki::peer_cert(&der[0]).unwrap().serial
 }
 
-fn token_fleet(
-    channel: tonic::transport::Channel,
-    token: String,
-) -> pb::fleet_client::FleetClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        impl FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Clone,
-    >,
-> {
-    pb::fleet_client::FleetClient::with_interceptor(channel, move |mut r: Request<()>| {
-        r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        Ok(r)
-    })
-}
-
 /// Item 8: admin certificates are recorded when issued and revocable like
 /// cluster ones: a revoked one is refused on its open connection, its open
 /// FollowEvents stream ends at once, the revocation survives a restart (which
@@ -610,7 +595,14 @@ async fn a_revoked_admin_certificate_is_refused_at_once_and_after_a_restart() {
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
     // Revoke by name with the admin token.
-    let mut by_token = token_fleet(channel(hub, None).await, hub.admin.token.clone());
+    let token = hub.admin.token.clone();
+    let mut by_token = pb::fleet_client::FleetClient::with_interceptor(
+        channel(hub, None).await,
+        move |mut r: Request<()>| {
+            r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            Ok(r)
+        },
+    );
     let r = by_token
         .revoke_admin(pb::RevokeAdminRequest { name: "admin".into(), serial: String::new() })
         .await
@@ -674,7 +666,6 @@ async fn hub_events_are_stamped_by_the_injected_clock() {
             pipeline: Some(convoy_hub::StaticPipeline::new(dir.path().join("artifacts"))),
             fleet: Some(fleet(FLEET)),
             clock: Some(std::sync::Arc::new(clock.clone())),
-            ..Default::default()
         },
     )
     .await
