@@ -77,6 +77,12 @@ pub struct Tuning {
     pub renew_fraction: f64,
     /// Bundles reconciled at once.
     pub bundle_workers: usize,
+    /// HTTP/2 keepalive ping interval to the hub: a silent partition (no
+    /// RST, packets dropped) is noticed within interval + timeout.
+    pub keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered before the connection is
+    /// taken as dead (the agent then reconnects).
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for Tuning {
@@ -93,6 +99,8 @@ impl Default for Tuning {
             outbox_max_events: 10_000,
             renew_fraction: 2.0 / 3.0,
             bundle_workers: 2,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -183,16 +191,7 @@ pub fn expand_key_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// Parse `k=v,k=v` labels.
 pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) =
-            part.split_once('=').ok_or_else(|| Error::Config(format!("label {part:?} is not key=value")))?;
-        if k.trim().is_empty() {
-            return Err(Error::Config(format!("label {part:?} has an empty key")));
-        }
-        out.insert(k.trim().to_string(), v.trim().to_string());
-    }
-    Ok(out)
+    convoy_core::labels::parse([s]).map_err(|e| Error::Config(format!("--labels: {e}")))
 }
 
 #[cfg(test)]
@@ -218,7 +217,8 @@ mod tests {
         let l = parse_labels("env=prod, region=eu ,").unwrap();
         assert_eq!(l.get("env").unwrap(), "prod");
         assert_eq!(l.get("region").unwrap(), "eu");
-        assert!(parse_labels("nope").is_err());
+        let e = parse_labels("nope").unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("key=value"), "{e}");
         assert!(parse_labels("=x").is_err());
         assert!(parse_labels("").unwrap().is_empty());
     }

@@ -110,7 +110,10 @@ pub struct Manifest {
 
 impl Manifest {
     /// Validate a parsed document as a Kubernetes object. `kind: List`
-    /// documents are expanded into their items.
+    /// documents are expanded into their items. (Artifact files are already
+    /// flattened by `convoy_artifact::manifest`; this branch is still reached
+    /// by SOPS files, which `sops.rs` decrypts and hands over document by
+    /// document, so it stays.)
     pub fn from_value(origin: Origin, value: Value) -> Result<Vec<Manifest>> {
         let bad = |m: String| Error::Manifest { file: origin.file.clone(), index: origin.index, message: m };
         let Value::Object(map) = &value else {

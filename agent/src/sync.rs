@@ -199,7 +199,12 @@ async fn renew_and_store(ctx: &SyncCtx, channel: Channel, id: &ClusterIdentity) 
 }
 
 async fn session(ctx: &SyncCtx, id: &ClusterIdentity, address: &str) -> Result<End> {
-    let channel = id.endpoint(address)?.connect().await?;
+    let channel = id
+        .endpoint(address)?
+        .http2_keep_alive_interval(ctx.tuning.keepalive_interval)
+        .keep_alive_timeout(ctx.tuning.keepalive_timeout)
+        .connect()
+        .await?;
     let renew_at = id.renew_at_ms(ctx.tuning.renew_fraction);
     if now_ms() >= renew_at {
         renew_and_store(ctx, channel, id).await?;

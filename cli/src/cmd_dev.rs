@@ -25,8 +25,14 @@ use kube_sim::{KubeSim, SimConfig};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::cmd_fleet::{Conn, FleetClient, connect};
+use crate::cmd_fleet::{Conn, FleetClient, connect, term_safe};
 use crate::logging::LogFormat;
+
+/// `println!` through [`term_safe`]: what dev prints of agents' (and bundle
+/// authors') text cannot drive the terminal.
+macro_rules! sprintln {
+    ($($t:tt)*) => { println!("{}", term_safe(&format!($($t)*))) };
+}
 
 /// The example fleet, embedded at build time by `cli/build.rs`.
 pub mod embedded {
@@ -546,7 +552,7 @@ impl DevFleet {
                 let (new_head, subject) = main_head(&self.repo).await.unwrap_or_default();
                 if !new_head.is_empty() && new_head != head {
                     head = new_head;
-                    println!("{}  main is now {} \"{subject}\": fetching", clock(), short(&head));
+                    sprintln!("{}  main is now {} \"{subject}\": fetching", clock(), short(&head));
                     change_at = Instant::now();
                     settled = false;
                     if let Err(e) = self.hub().pipeline().reconcile(SOURCE) {
@@ -559,7 +565,7 @@ impl DevFleet {
             for c in &snap.clusters {
                 if connected.insert(c.name.clone(), c.connected).is_some_and(|was| was != c.connected) {
                     let what = if c.connected { "connected" } else { "disconnected" };
-                    println!("{}  {:<9} {what}", clock(), c.name);
+                    sprintln!("{}  {:<9} {what}", clock(), c.name);
                 }
             }
             for b in &snap.bundles {
@@ -567,7 +573,7 @@ impl DevFleet {
                     let text = cell_line(c);
                     let key = (c.cluster.clone(), b.name.clone());
                     if cells.get(&key) != Some(&text) {
-                        println!("{}  {:<9} {:<12} {text}", clock(), c.cluster, b.name);
+                        println!("{}", transition_line(&clock(), &c.cluster, &b.name, &text));
                         cells.insert(key, text);
                     }
                 }
@@ -583,7 +589,7 @@ impl DevFleet {
                 println!();
                 let failed = outcome.iter().filter(|l| l.contains(" did not build: ")).count();
                 if failed > 0 {
-                    println!(
+                    sprintln!(
                         "==> {}: {failed} bundle(s) did not build, and every cluster keeps their last good generation; the rest is Ready ({secs:.1} s)",
                         short(&head)
                     );
@@ -597,7 +603,7 @@ impl DevFleet {
                     println!("==> {} rolled out in {secs:.1} s after the commit", short(&head));
                 }
                 for line in outcome {
-                    println!("    {line}");
+                    sprintln!("    {line}");
                 }
                 println!();
                 if args.exit_when_ready {
@@ -751,11 +757,23 @@ fn labels_text(labels: &std::collections::HashMap<String, String>) -> String {
     convoy_core::labels::format(labels)
 }
 
+/// One cell transition line, terminal-safe: the cluster name and the status
+/// text come from agents.
+fn transition_line(time: &str, cluster: &str, bundle: &str, text: &str) -> String {
+    term_safe(&format!("{time}  {cluster:<9} {bundle:<12} {text}"))
+}
+
 /// Cluster x bundle: phase and revision of every cell; `·` where a bundle
 /// does not target the cluster.
 fn print_matrix(snap: &Snapshot) {
+    println!("{}", matrix(snap));
+}
+
+/// The matrix of [`print_matrix`], every cell terminal-safe (names, labels
+/// and revisions are agent-reported).
+fn matrix(snap: &Snapshot) -> Table {
     let mut header = vec!["CLUSTER".to_string(), "LABELS".to_string()];
-    header.extend(snap.bundles.iter().map(|b| b.name.to_uppercase()));
+    header.extend(snap.bundles.iter().map(|b| term_safe(&b.name.to_uppercase())));
     let mut t = Table::new();
     t.load_style(NOTHING);
     t.set_header(header);
@@ -773,9 +791,9 @@ fn print_matrix(snap: &Snapshot) {
                 None => "·".into(),
             });
         }
-        t.add_row(row);
+        t.add_row(row.iter().map(|c| term_safe(c)).collect::<Vec<_>>());
     }
-    println!("{t}");
+    t
 }
 
 fn clock() -> String {
@@ -887,5 +905,42 @@ mod tests {
             labels_text(&[("region".to_string(), "eu".to_string()), ("env".into(), "prod".into())].into()),
             "env=prod,region=eu"
         );
+    }
+
+    /// Agent-controlled text (a cluster's name and labels, a status message
+    /// and revision) cannot drive the terminal: escapes and bidi overrides
+    /// are shown escaped in transition lines and in the matrix.
+    #[test]
+    fn agent_text_is_terminal_safe_in_dev_output() {
+        let evil = "x\u{1b}[2J\u{1b}]0;pwned\u{7}\u{202e}txt";
+        let c = pb::ClusterBundleStatus {
+            cluster: evil.into(),
+            bundle: "web".into(),
+            desired_generation: 1,
+            phase: pb::Phase::Stalled as i32,
+            status: Some(pb::BundleStatus {
+                generation: 1,
+                revision: format!("main{evil}@sha1:0123456789"),
+                message: format!("failed {evil}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let clean = |s: &str| !s.chars().any(|ch| (ch.is_control() && ch != '\n') || ch == '\u{202e}');
+        let line = transition_line("12:00:00", &c.cluster, "web", &cell_line(&c));
+        assert!(clean(&line), "{line:?}");
+        assert!(line.contains("\\u{1b}[2J") && line.contains("\\u{202e}"), "{line}");
+        let snap = Snapshot {
+            clusters: vec![pb::Cluster {
+                name: evil.into(),
+                labels: [("env".to_string(), evil.to_string())].into(),
+                connected: true,
+                ..Default::default()
+            }],
+            bundles: vec![pb::BundleView { name: "web".into(), clusters: vec![c], ..Default::default() }],
+        };
+        let table = matrix(&snap).to_string();
+        assert!(clean(&table), "{table:?}");
+        assert!(table.contains("\\u{1b}"), "{table}");
     }
 }

@@ -102,7 +102,7 @@ pub enum Command {
     Resume(Box<ObjectArgs>),
     /// Replace a cluster's labels: `convoy label cluster NAME k=v...`.
     Label(Box<LabelArgs>),
-    /// Revoke a cluster: its certificates stop working at once.
+    /// Revoke a cluster, or an operator's admin certificate(s): they stop working at once.
     Revoke(Box<RevokeArgs>),
     /// SOPS: the age recipients of clusters, for `.sops.yaml` (docs/secrets.md).
     #[command(subcommand)]
@@ -269,14 +269,18 @@ pub struct LabelArgs {
     pub conn: Conn,
 }
 
-/// `convoy revoke cluster NAME`
+/// `convoy revoke cluster NAME`, `convoy revoke admin NAME | --serial S`
 #[derive(Debug, clap::Args)]
 pub struct RevokeArgs {
-    /// Always `cluster`.
-    #[arg(value_parser = ["cluster"])]
+    /// `cluster`, or `admin` (operators' admin certificates).
+    #[arg(value_parser = ["cluster", "admin"])]
     pub kind: String,
-    /// The cluster.
-    pub name: String,
+    /// The cluster, or the admin name (every certificate of that admin).
+    #[arg(required_unless_present = "serial")]
+    pub name: Option<String>,
+    /// `admin` only: revoke one admin certificate by its serial (hex).
+    #[arg(long, conflicts_with = "name")]
+    pub serial: Option<String>,
     /// Connection.
     #[command(flatten)]
     pub conn: Conn,
@@ -1213,7 +1217,18 @@ async fn label(a: LabelArgs) -> Result<()> {
 
 async fn revoke(a: RevokeArgs) -> Result<()> {
     let mut client = connect(&a.conn).await?;
-    let r = client.revoke_cluster(pb::RevokeClusterRequest { name: a.name }).await?;
+    let r = match (a.kind.as_str(), a.name, a.serial) {
+        ("cluster", Some(name), None) => client.revoke_cluster(pb::RevokeClusterRequest { name }).await?,
+        ("admin", name, serial) => {
+            client
+                .revoke_admin(pb::RevokeAdminRequest {
+                    name: name.unwrap_or_default(),
+                    serial: serial.unwrap_or_default(),
+                })
+                .await?
+        }
+        _ => return Err(Failure::usage("revoke cluster NAME | revoke admin NAME | revoke admin --serial S")),
+    };
     println!("{}", term_safe(&r.into_inner().message));
     Ok(())
 }

@@ -194,6 +194,10 @@ pub struct GitAuth {
     /// SSH key auth.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh: Option<SshAuth>,
+    /// Allow sending the bearer token over plain http to a loopback IP
+    /// literal (tests, a same-host proxy). Off: bearer tokens go over https only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure_loopback: bool,
 }
 
 /// HTTP basic auth from files.
@@ -688,6 +692,10 @@ pub struct ProviderSpec {
     /// The sender name shown (slack, discord).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// Allow sending the bearer token (`secretFile`) over plain http to a
+    /// loopback IP literal. Off: bearer tokens go over https only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure_loopback: bool,
 }
 
 /// The provider types a [`ProviderSpec`] may name.

@@ -17,7 +17,6 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
@@ -41,61 +40,44 @@ pub fn serve(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let router = router.layer(DefaultBodyLimit::max(BODY_LIMIT));
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let stop = shutdown.clone();
     tokio::spawn(
-        async move {
-            loop {
-                let permit = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                };
-                let (tcp, remote) = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    r = listener.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            debug!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
+        crate::accept::capped(listener, MAX_CONNECTIONS, stop, move |tcp, remote, permit| {
+            let svc = TowerToHyperService::new(router.clone());
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                // HTTP/1.1 only (health, webhooks, metrics): the header
+                // timer runs from the start, so a socket that sends
+                // nothing is closed too.
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(tcp), svc);
+                tokio::pin!(conn);
+                let age = tokio::time::sleep(MAX_CONNECTION_AGE);
+                tokio::pin!(age);
+                let mut closing = false;
+                loop {
+                    tokio::select! {
+                        r = conn.as_mut() => {
+                            if let Err(e) = r {
+                                debug!(%remote, error = %e, "HTTP connection ended");
+                            }
+                            break;
                         }
-                    },
-                };
-                let svc = TowerToHyperService::new(router.clone());
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    // HTTP/1.1 only (health, webhooks, metrics): the header
-                    // timer runs from the start, so a socket that sends
-                    // nothing is closed too.
-                    let conn = http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(HEADER_READ_TIMEOUT)
-                        .serve_connection(TokioIo::new(tcp), svc);
-                    tokio::pin!(conn);
-                    let age = tokio::time::sleep(MAX_CONNECTION_AGE);
-                    tokio::pin!(age);
-                    let mut closing = false;
-                    loop {
-                        tokio::select! {
-                            r = conn.as_mut() => {
-                                if let Err(e) = r {
-                                    debug!(%remote, error = %e, "HTTP connection ended");
-                                }
-                                break;
-                            }
-                            _ = &mut age, if !closing => {
-                                closing = true;
-                                conn.as_mut().graceful_shutdown();
-                            }
-                            _ = shutdown.cancelled(), if !closing => {
-                                closing = true;
-                                conn.as_mut().graceful_shutdown();
-                            }
+                        _ = &mut age, if !closing => {
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        _ = shutdown.cancelled(), if !closing => {
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
                         }
                     }
-                });
-            }
-        }
+                }
+            });
+        })
         .instrument(info_span!("http", server = name)),
     )
 }

@@ -15,6 +15,8 @@
 //! - [`runtime`]: wires it together with TLS, HTTP, metrics, config reload and
 //!   one `CancellationToken` drain. [`Hub::start`] runs a hub in-process.
 
+pub mod accept;
+pub mod admins;
 pub mod alerts;
 pub mod config;
 pub mod domain;

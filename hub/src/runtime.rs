@@ -231,7 +231,6 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     if admin_token.is_empty() {
         return Err(Error::Config(format!("{}: the admin token file is empty", token_file.display())));
     }
-    let (admin_cert, admin_key) = admin_cert(&ca, &dir, cfg.certificates.admin_ttl.get(), now)?;
 
     // Store and indexes.
     let store: Arc<dyn Store> = {
@@ -243,6 +242,9 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     let st = store.clone();
     let mut loaded =
         tokio::task::spawn_blocking(move || st.load()).await.map_err(|e| Error::Store(e.to_string()))??;
+    // The admin certificate: reissued when the one on disk was revoked.
+    let (admin_cert, admin_key, admin_record) =
+        admin_cert(&ca, &dir, cfg.certificates.admin_ttl.get(), now, &loaded.admin_certs)?;
     let fixed_fleet = options.fleet.is_some();
     let clock = options.clock.clone().unwrap_or_else(convoy_core::clock::system);
     let fleet = match options.fleet {
@@ -300,6 +302,14 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
         metrics.clone(),
         shutdown.clone(),
     );
+    let admins = Arc::new(crate::admins::AdminRegistry::new(
+        std::mem::take(&mut loaded.admin_certs),
+        writer.clone(),
+        clock.clone(),
+    ));
+    // Recorded (durably) before the gRPC port serves: only recorded admin
+    // certificates are honoured.
+    admins.record(admin_record).await?;
     let ca = Arc::new(ca);
     let initial_fleet = fleet.clone();
     let (state, state_task) = crate::state::spawn(
@@ -347,6 +357,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
                 (admin_cert.clone(), admin_key.clone()),
             ))
         }),
+        admins,
     });
 
     let alerts_task = crate::alerts::spawn(
@@ -415,6 +426,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
                 metrics.clone(),
                 fleet_tx,
                 shutdown.clone(),
+                clock.clone(),
             ),
         ));
     }
@@ -478,16 +490,31 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
 }
 
 /// The admin certificate in the data dir: reused while more than a third of
-/// its life is left, else reissued.
-fn admin_cert(ca: &Ca, dir: &Path, ttl: Duration, now: i64) -> Result<(String, String)> {
+/// its life is left and its serial is not revoked, else reissued. Returns the
+/// certificate, its key and the record to store.
+fn admin_cert(
+    ca: &Ca,
+    dir: &Path,
+    ttl: Duration,
+    now: i64,
+    recorded: &[crate::domain::admins::AdminCertRecord],
+) -> Result<(String, String, crate::domain::admins::AdminCertRecord)> {
+    let record = |p: &crate::pki::PeerCert| crate::domain::admins::AdminCertRecord {
+        serial: p.serial.clone(),
+        name: "admin".into(),
+        issued_unix_ms: now,
+        not_after_unix_ms: p.not_after_unix_ms,
+        revoked: false,
+    };
     let (cf, kf) = (dir.join("admin.crt"), dir.join("admin.key"));
     if cf.exists() && kf.exists() {
         let cert = files::read_string(&cf)?;
         let key = files::read_string(&kf)?;
-        let fresh = certs_from_pem(&cert)
-            .ok()
-            .and_then(|c| crate::pki::peer_cert(&c[0]))
-            .is_some_and(|p| p.not_after_unix_ms - now > (ttl.as_millis() as i64) / 3);
+        let peer = certs_from_pem(&cert).ok().and_then(|c| crate::pki::peer_cert(&c[0]));
+        let fresh = peer.as_ref().is_some_and(|p| {
+            p.not_after_unix_ms - now > (ttl.as_millis() as i64) / 3
+                && !recorded.iter().any(|r| r.serial == p.serial && r.revoked)
+        });
         // Only reuse a certificate signed by the current CA.
         let ours = crate::pki::certs_from_pem(&cert)
             .ok()
@@ -498,14 +525,21 @@ fn admin_cert(ca: &Ca, dir: &Path, ttl: Duration, now: i64) -> Result<(String, S
                 x509_parser::parse_x509_certificate(ca.cert_der()).ok().map(|(_, x)| x.subject().to_string()),
             )
             .is_some_and(|(a, b)| a == b);
-        if fresh && ours {
-            return Ok((cert, key));
+        if let (true, true, Some(p)) = (fresh, ours, &peer) {
+            return Ok((cert, key, record(p)));
         }
     }
     let (cert, key) = ca.issue_with_key(&Identity::Admin("admin".into()), ttl, now)?;
     files::write_private(&kf, key.as_bytes())?;
     files::write_public(&cf, cert.pem.as_bytes())?;
-    Ok((cert.pem, key))
+    let rec = crate::domain::admins::AdminCertRecord {
+        serial: cert.serial.clone(),
+        name: "admin".into(),
+        issued_unix_ms: now,
+        not_after_unix_ms: cert.not_after_unix_ms,
+        revoked: false,
+    };
+    Ok((cert.pem, key, rec))
 }
 
 async fn serve_grpc(
@@ -568,10 +602,11 @@ async fn serve_grpc(
     ))
 }
 
-fn hub_event(severity: Severity, reason: &str, message: String) -> Write {
+/// A hub event stamped `now_ms` (from `HubOptions.clock`).
+fn hub_event(now_ms: i64, severity: Severity, reason: &str, message: String) -> Write {
     Write::AppendEvents(vec![(
         HUB_EVENT_SOURCE.to_string(),
-        EventRecord::new(severity, reason, "", message, now_ms()),
+        EventRecord::new(severity, reason, "", message, now_ms),
     )])
 }
 
@@ -585,6 +620,7 @@ fn spawn_reload(
     metrics: Arc<Metrics>,
     fleet_tx: watch::Sender<Arc<FleetConfig>>,
     shutdown: CancellationToken,
+    clock: convoy_core::clock::SharedClock,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(
         async move {
@@ -626,6 +662,7 @@ fn spawn_reload(
                         drop(
                             writer
                                 .submit(vec![hub_event(
+                                    clock.now_ms(),
                                     Severity::Info,
                                     "FleetConfigReloaded",
                                     format!(
@@ -643,6 +680,7 @@ fn spawn_reload(
                         drop(
                             writer
                                 .submit(vec![hub_event(
+                                    clock.now_ms(),
                                     Severity::Error,
                                     "FleetConfigInvalid",
                                     format!("fleet config not applied (the previous one stays): {e}"),

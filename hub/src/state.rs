@@ -50,7 +50,7 @@ use crate::pipeline::Builds;
 use crate::pki::{Ca, IssuedCert};
 use crate::store::{Loaded, Write};
 use crate::writer::WriterHandle;
-use crate::{Error, Result, now_ms};
+use crate::{Error, Result};
 
 #[path = "ha/apply.rs"]
 mod remote;
@@ -612,8 +612,15 @@ pub fn spawn(
     (handle, task)
 }
 
-fn hub_event(severity: Severity, reason: &str, bundle: &str, message: String) -> (String, EventRecord) {
-    (HUB_EVENT_SOURCE.to_string(), EventRecord::new(severity, reason, bundle, message, now_ms()))
+/// A hub event stamped `now_ms` (the actor's injected clock, `HubOptions.clock`).
+fn hub_event(
+    now_ms: i64,
+    severity: Severity,
+    reason: &str,
+    bundle: &str,
+    message: String,
+) -> (String, EventRecord) {
+    (HUB_EVENT_SOURCE.to_string(), EventRecord::new(severity, reason, bundle, message, now_ms))
 }
 
 #[cfg(test)]
@@ -891,6 +898,7 @@ impl Actor {
                 let writes = vec![
                     Write::SetSourceSuspended { source: source.clone(), suspended },
                     Write::AppendEvents(vec![hub_event(
+                        self.deps.clock.now_ms(),
                         Severity::Info,
                         if suspended { "SourceSuspended" } else { "SourceResumed" },
                         "",
@@ -1088,6 +1096,7 @@ impl Actor {
             Write::PutToken(token.clone()),
             Write::PutCluster((*record).clone()),
             Write::AppendEvents(vec![hub_event(
+                self.deps.clock.now_ms(),
                 Severity::Info,
                 "ClusterRegistered",
                 "",
@@ -1136,6 +1145,7 @@ impl Actor {
         let writes = vec![
             Write::PutCluster(record),
             Write::AppendEvents(vec![hub_event(
+                self.deps.clock.now_ms(),
                 Severity::Info,
                 "CertificateRenewed",
                 "",
@@ -1157,6 +1167,7 @@ impl Actor {
         let writes = vec![
             Write::PutCluster(record),
             Write::AppendEvents(vec![hub_event(
+                self.deps.clock.now_ms(),
                 Severity::Warning,
                 "ClusterRevoked",
                 "",
@@ -1182,6 +1193,7 @@ impl Actor {
         Ok(vec![
             Write::PutCluster(record.clone()),
             Write::AppendEvents(vec![hub_event(
+                self.deps.clock.now_ms(),
                 Severity::Info,
                 "ClusterLabelsChanged",
                 "",
@@ -1205,6 +1217,7 @@ impl Actor {
         Ok(vec![
             Write::SetSuspended { bundle: bundle.into(), suspended },
             Write::AppendEvents(vec![hub_event(
+                self.deps.clock.now_ms(),
                 Severity::Info,
                 if suspended { "BundleSuspended" } else { "BundleResumed" },
                 bundle,
@@ -1249,6 +1262,7 @@ impl Actor {
         let writes = vec![
             Write::PutToken(rec),
             Write::AppendEvents(vec![hub_event(
+                self.deps.clock.now_ms(),
                 Severity::Info,
                 "TokenCreated",
                 "",
@@ -1285,7 +1299,13 @@ impl Actor {
                     if self.reported_errors.get(name) != Some(&message) {
                         warn!(bundle = %name, error = %message, "bundle build failed; the last good generation stays");
                         self.reported_errors.insert(name.clone(), message.clone());
-                        events.push(hub_event(Severity::Error, "BuildFailed", name, message));
+                        events.push(hub_event(
+                            self.deps.clock.now_ms(),
+                            Severity::Error,
+                            "BuildFailed",
+                            name,
+                            message,
+                        ));
                     }
                 }
                 None => {
@@ -1321,6 +1341,7 @@ impl Actor {
             };
             info!(bundle = %name, generation, digest = %art.digest, revision = %art.revision, "new bundle generation");
             events.push(hub_event(
+                self.deps.clock.now_ms(),
                 Severity::Info,
                 "NewGeneration",
                 name,
@@ -1414,7 +1435,7 @@ impl Actor {
             };
             warn!(bundle = %bundle, cluster, reported, hub = cur.generation, generation, "an agent holds a newer generation than the hub; continuing above it");
             events.push(hub_event(
-                Severity::Warning,
+                self.deps.clock.now_ms(), Severity::Warning,
                 "GenerationRecovered",
                 &bundle,
                 format!(
@@ -1426,7 +1447,7 @@ impl Actor {
                 generation,
                 statement: bytes,
                 signature,
-                created_unix_ms: now_ms(),
+                created_unix_ms: self.deps.clock.now_ms(),
                 ..(*cur).clone()
             };
             writes.push(Write::PutDeployment(rec.clone()));
@@ -1585,6 +1606,7 @@ impl Actor {
             vec![
                 Write::PutCluster(record),
                 Write::AppendEvents(vec![hub_event(
+                    self.deps.clock.now_ms(),
                     Severity::Info,
                     "ClusterVarsChanged",
                     "",
@@ -1802,6 +1824,7 @@ impl Actor {
                                         Ok(v) => {
                                             signed.insert(k, Arc::new(v.record.clone()));
                                             events.push(hub_event(
+                                                self.deps.clock.now_ms(),
                                                 Severity::Info,
                                                 "NewGeneration",
                                                 bname,
@@ -1834,7 +1857,7 @@ impl Actor {
                                     "SubstitutionFailed",
                                     bname,
                                     format!("{m}; the cluster keeps its last good generation"),
-                                    now_ms(),
+                                    self.deps.clock.now_ms(),
                                 ),
                             ));
                         }
@@ -1992,6 +2015,8 @@ pub fn build_of<'a>(view: &'a FleetView, bundle: &str) -> Option<&'a BundleBuild
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
+
+    use crate::now_ms;
 
     use tokio::sync::broadcast;
 

@@ -165,57 +165,38 @@ pub fn incoming(
 ) -> ReceiverStream<std::io::Result<TlsIo>> {
     let (tx, rx) = mpsc::channel(1024);
     let acceptor = TlsAcceptor::from(config);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let per_ip = Arc::new(InFlight::default());
     tokio::spawn(
-        async move {
-            loop {
-                let permit = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                };
-                let (tcp, remote) = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    r = listener.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            debug!(error = %e, "accept failed");
-                            // EMFILE and friends: back off instead of spinning.
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let _ = tcp.set_nodelay(true);
-                if !per_ip.enter(remote.ip()) {
-                    debug!(%remote, "too many unfinished TLS handshakes from this address; connection closed");
-                    continue;
-                }
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                let per_ip = per_ip.clone();
-                tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                    per_ip.leave(remote.ip());
-                    drop(permit);
-                    match handshake {
-                        Ok(Ok(tls)) => {
-                            let peer = tls
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .and_then(|c| peer_cert(c))
-                                .map(Arc::new);
-                            let io = TlsIo { inner: tls, info: ConnInfo { remote: Some(remote), peer } };
-                            let _ = tx.send(Ok(io)).await;
-                        }
-                        Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%remote, "TLS handshake timed out"),
-                    }
-                });
+        crate::accept::capped(listener, MAX_HANDSHAKES, shutdown, move |tcp, remote, permit| {
+            let _ = tcp.set_nodelay(true);
+            if !per_ip.enter(remote.ip()) {
+                debug!(%remote, "too many unfinished TLS handshakes from this address; connection closed");
+                return;
             }
-        }
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            let per_ip = per_ip.clone();
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                per_ip.leave(remote.ip());
+                drop(permit);
+                match handshake {
+                    Ok(Ok(tls)) => {
+                        let peer = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| peer_cert(c))
+                            .map(Arc::new);
+                        let io = TlsIo { inner: tls, info: ConnInfo { remote: Some(remote), peer } };
+                        let _ = tx.send(Ok(io)).await;
+                    }
+                    Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%remote, "TLS handshake timed out"),
+                }
+            });
+        })
         .instrument(info_span!("grpc_accept")),
     );
     ReceiverStream::new(rx)

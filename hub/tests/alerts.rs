@@ -657,7 +657,11 @@ async fn slack_teams_discord_and_alertmanager_payload_shapes() {
         provider(
             "am",
             "alertmanager",
-            &format!("  address: \"{}\"\n  secretFile: {}\n", r.url("/am"), token_file.display())
+            &format!(
+                "  address: \"{}\"\n  secretFile: {}\n  allowInsecureLoopback: true\n",
+                r.url("/am"),
+                token_file.display()
+            )
         ),
         ["slack", "teams", "discord", "am"]
             .map(|p| alert(&format!("to-{p}"), p, "  severity: error\n"))

@@ -549,3 +549,146 @@ async fn a_rotated_admin_token_file_takes_effect_without_a_restart() {
     assert_eq!(list_with_token(hub, &old).await, Code::Unauthenticated);
     t.hub.shutdown().await.unwrap();
 }
+
+fn serial_of(cert_pem: &str) -> String {
+    let der = convoy_hub::pki::certs_from_pem(cert_pem).unwrap();
+    convoy_hub::pki::peer_cert(&der[0]).unwrap().serial
+}
+
+/// Item 8: admin certificates are recorded when issued and revocable like
+/// cluster ones: a revoked one is refused on its open connection, its open
+/// FollowEvents stream ends at once, the revocation survives a restart (which
+/// issues a fresh admin certificate), and a CA-signed admin certificate the
+/// hub never recorded is refused.
+#[tokio::test]
+async fn a_revoked_admin_certificate_is_refused_at_once_and_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start(dir.path(), FLEET).await;
+    let hub = &t.hub;
+    let old_serial = serial_of(&hub.admin.cert_pem);
+    let mut fleet = admin(hub).await;
+    assert!(fleet.list_clusters(pb::ListClustersRequest::default()).await.is_ok());
+    let mut follow = admin(hub)
+        .await
+        .follow_events(pb::ListEventsRequest::default())
+        .await
+        .expect("an admin certificate follows events")
+        .into_inner();
+
+    // Signed by the hub's CA but never recorded by the hub: refused.
+    let data = hub.data_dir.clone();
+    let ca = convoy_hub::pki::Ca::from_pem(
+        &std::fs::read_to_string(data.join("ca.crt")).unwrap(),
+        &std::fs::read_to_string(data.join("ca.key")).unwrap(),
+    )
+    .unwrap();
+    let (forged, forged_key) = ca
+        .issue_with_key(
+            &convoy_core::identity::Identity::Admin("admin".into()),
+            Duration::from_secs(3600),
+            convoy_hub::now_ms(),
+        )
+        .unwrap();
+    let mut unrecorded =
+        pb::fleet_client::FleetClient::new(channel(hub, Some((&forged.pem, &forged_key))).await);
+    let e = unrecorded.list_clusters(pb::ListClustersRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    // Revoke by name with the admin token.
+    let token = hub.admin.token.clone();
+    let mut by_token = pb::fleet_client::FleetClient::with_interceptor(
+        channel(hub, None).await,
+        move |mut r: Request<()>| {
+            r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            Ok(r)
+        },
+    );
+    let r = by_token
+        .revoke_admin(pb::RevokeAdminRequest { name: "admin".into(), serial: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.message.contains(&old_serial), "{}", r.message);
+
+    // The open stream ends at once with PERMISSION_DENIED...
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match follow.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(s) => return Some(s.code()),
+            }
+        }
+    })
+    .await
+    .expect("the follow stream of a revoked admin certificate ends");
+    assert_eq!(ended, Some(Code::PermissionDenied));
+    // ...and the next call on the already open connection is refused.
+    let e = fleet.list_clusters(pb::ListClustersRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("revoked"), "{e:?}");
+    // Nothing left to revoke: said so, not silently accepted.
+    let e = by_token
+        .revoke_admin(pb::RevokeAdminRequest { name: String::new(), serial: old_serial.to_uppercase() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // The revocation is a hub event.
+    let events = by_token.list_events(pb::ListEventsRequest::default()).await.unwrap().into_inner().events;
+    assert!(events.iter().any(|e| e.event.as_ref().is_some_and(|e| e.reason == "AdminCertificateRevoked")));
+    let old = (hub.admin.cert_pem.clone(), hub.admin.key_pem.clone());
+    t.hub.shutdown().await.unwrap();
+
+    // After a restart the revocation holds and a fresh admin certificate works.
+    let t = start(dir.path(), FLEET).await;
+    let hub = &t.hub;
+    assert_ne!(serial_of(&hub.admin.cert_pem), old_serial, "a revoked admin certificate is reissued");
+    assert!(admin(hub).await.list_clusters(pb::ListClustersRequest::default()).await.is_ok());
+    let mut stale = pb::fleet_client::FleetClient::new(channel(hub, Some((&old.0, &old.1))).await);
+    let e = stale.list_clusters(pb::ListClustersRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    t.hub.shutdown().await.unwrap();
+}
+
+/// Issue 11: hub events are stamped by the injected clock
+/// (`HubOptions.clock`), not the system clock: with a fake clock standing a
+/// minute in the past, `ClusterRegistered` carries exactly the fake time, and
+/// moves only when the fake clock does.
+#[tokio::test]
+async fn hub_events_are_stamped_by_the_injected_clock() {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = convoy_hub::now_ms() - 60_000;
+    let clock = convoy_core::clock::FakeClock::new(t0);
+    let hub = convoy_hub::Hub::start(
+        convoy_hub::HubConfig::local(dir.path().join("data")),
+        convoy_hub::HubOptions {
+            pipeline: Some(convoy_hub::StaticPipeline::new(dir.path().join("artifacts"))),
+            fleet: Some(fleet(FLEET)),
+            clock: Some(std::sync::Arc::new(clock.clone())),
+        },
+    )
+    .await
+    .unwrap();
+    register(&hub, "c1", &[("env", "prod")]).await;
+    clock.advance(Duration::from_secs(10));
+    register(&hub, "c2", &[("env", "prod")]).await;
+    let events = admin(&hub)
+        .await
+        .list_events(pb::ListEventsRequest { cluster: "hub".into(), limit: 1000, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let at = |name: &str| {
+        events
+            .iter()
+            .filter_map(|e| e.event.as_ref())
+            .find(|e| e.reason == "ClusterRegistered" && e.message.contains(name))
+            .unwrap_or_else(|| panic!("no ClusterRegistered for {name}: {events:?}"))
+            .time_unix_ms
+    };
+    assert_eq!(at("c1"), t0);
+    assert_eq!(at("c2"), t0 + 10_000);
+    hub.shutdown().await.unwrap();
+}

@@ -962,6 +962,7 @@ pub(crate) fn load_fetch_options(
             let token = read_secret(f, "bearerTokenFile")?;
             secrets.add(&token);
             opts.bearer = Some(token);
+            opts.allow_insecure_loopback = auth.allow_insecure_loopback;
         }
         if let Some(ssh) = &auth.ssh {
             let key = std::fs::read(&ssh.private_key_file)

@@ -48,6 +48,9 @@ pub struct FetchOptions {
     pub ca_pem: Option<Vec<u8>>,
     /// HTTP connect timeout and ssh ConnectTimeout.
     pub connect_timeout: Option<std::time::Duration>,
+    /// Send the bearer token over plain http to a loopback IP literal too
+    /// (`auth.allowInsecureLoopback`); otherwise https only.
+    pub allow_insecure_loopback: bool,
 }
 
 /// SSH credentials: a private key file (mode 0600, as ssh requires) and a
@@ -369,9 +372,9 @@ impl<'a> Fetcher<'a> {
                 ..Default::default()
             };
             if let Some(token) = &self.auth.bearer {
-                if !crate::webhook::bearer_allowed(self.url) {
+                if !crate::webhook::bearer_allowed_with(self.url, self.auth.allow_insecure_loopback) {
                     return Err(Error::Config(format!(
-                        "refusing to send the bearer token over plain http to {}: use https",
+                        "refusing to send the bearer token over plain http to {}: use https (auth.allowInsecureLoopback allows http to a loopback IP only)",
                         redact_url(self.url)
                     )));
                 }

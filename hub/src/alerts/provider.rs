@@ -256,9 +256,13 @@ impl Delivery {
             let secret = read_trimmed(f, "secretFile").await?;
             req = match self.kind {
                 ProviderKind::GenericHmac => req.header(SIGNATURE_HEADER, sign(secret.as_bytes(), body)),
-                _ if !convoy_sources::webhook::bearer_allowed(url_for_auth.as_str()) => {
+                _ if !convoy_sources::webhook::bearer_allowed_with(
+                    url_for_auth.as_str(),
+                    self.spec.allow_insecure_loopback,
+                ) =>
+                {
                     return Err(AttemptError::Permanent(
-                        "refusing to send the bearer token over plain http: use an https address".into(),
+                        "refusing to send the bearer token over plain http: use an https address (allowInsecureLoopback allows http to a loopback IP only)".into(),
                     ));
                 }
                 _ => req.bearer_auth(secret),
@@ -476,6 +480,7 @@ mod tests {
                 suspend: false,
                 channel: None,
                 username: None,
+                allow_insecure_loopback: false,
             },
             client: Some(reqwest::Client::new()),
             retry: RetryPolicy {
@@ -496,5 +501,44 @@ mod tests {
         std::fs::write(&url_file, "not a url s3cr3t").unwrap();
         let err = d.attempt(b"{}", Duration::from_secs(5)).await.unwrap_err().to_string();
         assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    /// A bearer token goes over plain http to loopback only with the
+    /// explicit opt-in: without it the delivery is refused before any
+    /// connection; with it, it is attempted (here: a closed port).
+    #[tokio::test]
+    async fn a_bearer_token_over_plain_http_needs_the_insecure_loopback_opt_in() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0ken\n").unwrap();
+        let delivery = |allow_insecure_loopback| Delivery {
+            name: "am".into(),
+            kind: ProviderKind::Alertmanager,
+            spec: ProviderSpec {
+                type_: "alertmanager".into(),
+                address: Some(format!("http://127.0.0.1:{port}")),
+                address_file: None,
+                secret_file: Some(token.display().to_string()),
+                timeout: convoy_core::duration::HumanDuration::from_secs(5),
+                suspend: false,
+                channel: None,
+                username: None,
+                allow_insecure_loopback,
+            },
+            client: Some(reqwest::Client::new()),
+            retry: RetryPolicy {
+                max_attempts: 1,
+                base: Duration::ZERO,
+                max: Duration::ZERO,
+                flush: Duration::ZERO,
+            },
+            metrics: Arc::new(Metrics::new()),
+        };
+        let err = delivery(false).attempt(b"[]", Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(&err, AttemptError::Permanent(m) if m.contains("plain http")), "{err}");
+        let err = delivery(true).attempt(b"[]", Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(&err, AttemptError::Transient(..)), "attempted with the opt-in: {err}");
     }
 }

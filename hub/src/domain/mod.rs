@@ -3,6 +3,7 @@
 //! the outbox sequence rules. Everything here is plain data in, plain data out,
 //! so it is unit-tested without sockets, disks or clocks.
 
+pub mod admins;
 pub mod authz;
 pub mod desired;
 pub mod model;

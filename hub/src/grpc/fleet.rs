@@ -20,6 +20,8 @@ use super::convert::{
 };
 use super::{Core, status};
 use crate::domain::EventFilter;
+use crate::domain::admins::RevokeTarget;
+use crate::domain::authz::Caller;
 use crate::domain::summary::{PhaseCounts, effective_phase};
 use crate::metrics::RpcLabels;
 use crate::state::{ClusterEntry, FleetView, TokenInput};
@@ -372,7 +374,14 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         req: Request<pb::ListEventsRequest>,
     ) -> Result<Response<Self::FollowEventsStream>, Status> {
-        self.core.admin(&req)?;
+        let caller = self.core.admin(&req)?;
+        // An admin certificate's stream ends when that certificate is revoked.
+        let mut admin_cert = match caller {
+            Caller::Admin { name, serial: Some(serial) } => {
+                Some((self.core.admins.subscribe(), name, serial))
+            }
+            _ => None,
+        };
         let filter = event_filter(req.get_ref());
         // Subscribe first, then read the backlog: nothing falls in between.
         let mut sub = self.core.events.subscribe();
@@ -395,6 +404,10 @@ impl pb::fleet_server::Fleet for FleetService {
                             return;
                         }
                         _ = tx.closed() => return,
+                        Some(refused) = admin_cert_refused(&mut admin_cert) => {
+                            let _ = tx.send(Err(super::rejection(refused))).await;
+                            return;
+                        }
                         r = sub.recv() => r,
                     };
                     let batch = match e {
@@ -529,6 +542,30 @@ impl pb::fleet_server::Fleet for FleetService {
         }))
     }
 
+    async fn revoke_admin(
+        &self,
+        req: Request<pb::RevokeAdminRequest>,
+    ) -> Result<Response<pb::ActionResponse>, Status> {
+        let _t = self.timed("RevokeAdmin");
+        let caller = self.core.admin(&req)?;
+        let r = req.into_inner();
+        let target = match (r.name.trim(), r.serial.trim()) {
+            (n, "") if !n.is_empty() => RevokeTarget::Name(n.to_string()),
+            ("", s) if !s.is_empty() => RevokeTarget::Serial(s.to_string()),
+            _ => return Err(Status::invalid_argument("give exactly one of an admin name or a serial")),
+        };
+        let by = match &caller {
+            Caller::Admin { name, serial: Some(s) } => format!("{name} (certificate {s})"),
+            Caller::Admin { name, serial: None } => name.clone(),
+            _ => "?".into(),
+        };
+        let revoked = self.core.admins.revoke(&target, &by).await.map_err(status)?;
+        let list: Vec<String> = revoked.iter().map(|r| format!("{} ({})", r.serial, r.name)).collect();
+        Ok(Response::new(pb::ActionResponse {
+            message: format!("admin certificate(s) revoked: {}; they no longer work", list.join(", ")),
+        }))
+    }
+
     async fn set_cluster_labels(
         &self,
         req: Request<pb::SetClusterLabelsRequest>,
@@ -597,6 +634,25 @@ impl FleetService {
                 Ok(Response::new(pb::ActionResponse { message: format!("source {} {verb}", r.name) }))
             }
             pb::ObjectKind::Unspecified => Err(Status::invalid_argument("kind must be source or bundle")),
+        }
+    }
+}
+
+/// Resolves when the followed admin certificate stops being honoured (with
+/// the refusal), never for the admin token or once the registry is gone.
+async fn admin_cert_refused(
+    cert: &mut Option<(tokio::sync::watch::Receiver<Arc<crate::domain::admins::AdminCerts>>, String, String)>,
+) -> Option<crate::domain::Rejection> {
+    let Some((rx, name, serial)) = cert.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let certs = rx.borrow_and_update().clone();
+        if let Err(r) = crate::domain::admins::honoured(&certs, name, serial, crate::now_ms()) {
+            return Some(r);
         }
     }
 }

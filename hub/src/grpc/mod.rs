@@ -77,6 +77,8 @@ pub struct Core {
     pub trusted_keys_pem: String,
     /// Artifact bytes from the other hub replicas (shared store only).
     pub peer_artifacts: Option<Arc<crate::ha::artifacts::PeerArtifacts>>,
+    /// The admin certificates the hub issued, revoked ones included.
+    pub admins: Arc<crate::admins::AdminRegistry>,
 }
 
 impl Core {
@@ -86,7 +88,7 @@ impl Core {
         if let Some(peer) = req.extensions().get::<ConnInfo>().and_then(|i| i.peer.as_ref()) {
             return match &peer.identity {
                 Identity::Cluster(n) => Caller::Cluster { name: n.clone(), serial: peer.serial.clone() },
-                Identity::Admin(n) => Caller::Admin { name: n.clone() },
+                Identity::Admin(n) => Caller::Admin { name: n.clone(), serial: Some(peer.serial.clone()) },
             };
         }
         if let Some(token) = req
@@ -99,7 +101,7 @@ impl Core {
             // Compare against every accepted hash, in constant time each.
             let ok = self.admin_token_hashes.load().iter().fold(false, |acc, a| acc | hashes_equal(a, &h));
             if ok {
-                return Caller::Admin { name: "token".into() };
+                return Caller::Admin { name: "token".into(), serial: None };
             }
         }
         Caller::Anonymous
@@ -113,14 +115,15 @@ impl Core {
             Caller::Cluster { name, .. } => view.clusters.get(name).cloned(),
             _ => None,
         };
-        authorize(&caller, Access::Agent, entry.as_ref().map(|e| &*e.record), now_ms()).map_err(rejection)?;
+        authorize(&caller, Access::Agent, entry.as_ref().map(|e| &*e.record), &Default::default(), now_ms())
+            .map_err(rejection)?;
         entry.ok_or_else(|| Status::internal("authorized cluster missing"))
     }
 
     /// Authorize a fleet call.
     pub fn admin<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let caller = self.caller(req);
-        authorize(&caller, Access::Fleet, None, now_ms()).map_err(rejection)?;
+        authorize(&caller, Access::Fleet, None, &self.admins.view(), now_ms()).map_err(rejection)?;
         Ok(caller)
     }
 }

@@ -621,6 +621,9 @@ impl Store for EtcdStore {
             for (_, v) in Self::range(&mut c, key("tokens/"), rev).await? {
                 out.tokens.push(dec(&v)?);
             }
+            for (_, v) in Self::range(&mut c, key("admin-certs/"), rev).await? {
+                out.admin_certs.push(dec(&v)?);
+            }
             for (k, v) in Self::range(&mut c, key("liveness/"), rev).await? {
                 out.liveness.push((suffix(&k, "liveness/"), dec(&v)?));
             }
@@ -1041,6 +1044,11 @@ async fn apply(tx: &mut Tx, w: Write, now: i64, capacity: u64) -> Result<WriteOu
             WriteOutcome::Events(stored)
         }
         Write::AgentBatch(batch) => WriteOutcome::Batch(store_batch(tx, batch, now, capacity).await?),
+        Write::PutAdminCert(r) => {
+            let k = tx.key(&format!("admin-certs/{}", r.serial));
+            tx.put(k, enc(&r)?);
+            WriteOutcome::Done
+        }
     })
 }
 

@@ -50,6 +50,8 @@ pub struct Loaded {
     pub rollouts: Vec<crate::domain::rollout::RolloutRecord>,
     /// The signed per-cluster variants of bundles.
     pub variants: Vec<crate::domain::variants::VariantRecord>,
+    /// Admin certificates the hub issued, revoked ones included.
+    pub admin_certs: Vec<crate::domain::admins::AdminCertRecord>,
 }
 
 /// One mutation, applied inside a [`Store::commit`] transaction.
@@ -96,6 +98,8 @@ pub enum Write {
     AgentBatch(AgentBatch),
     /// Insert or replace the signed variant (bundle, variant key).
     PutVariant(crate::domain::variants::VariantRecord),
+    /// Insert or replace an admin certificate record (keyed by serial).
+    PutAdminCert(crate::domain::admins::AdminCertRecord),
 }
 
 /// What one [`Write`] produced.

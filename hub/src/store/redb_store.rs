@@ -29,6 +29,8 @@ const EVENTS_BY_BUNDLE: TableDefinition<(&str, u64), u8> = TableDefinition::new(
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Rollouts by bundle (JSON `RolloutRecord`).
 const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
+/// Admin certificate records by serial.
+const ADMIN_CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("admin_certs");
 const NEXT_EVENT_ID: &str = "next_event_id";
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 
@@ -61,6 +63,7 @@ impl RedbStore {
         {
             // Create every table so read transactions never meet a missing one.
             tx.open_table(CLUSTERS)?;
+            tx.open_table(ADMIN_CERTS)?;
             tx.open_table(LIVENESS)?;
             tx.open_table(TOKENS)?;
             tx.open_table(DEPLOYMENTS)?;
@@ -136,6 +139,10 @@ impl Store for RedbStore {
             out.statuses.push((cluster.to_string(), dec(v.value())?));
         }
         out.last_event_id = tx.open_table(EVENTS)?.last()?.map(|(k, _)| k.value()).unwrap_or(0);
+        for row in tx.open_table(ADMIN_CERTS)?.iter()? {
+            let (_, v) = row?;
+            out.admin_certs.push(dec(v.value())?);
+        }
         Ok(out)
     }
 
@@ -283,6 +290,10 @@ impl Store for RedbStore {
                     }
                     Write::AgentBatch(batch) => {
                         WriteOutcome::Batch(store_batch(batch, now, &mut statuses, &mut seqs, &mut log)?)
+                    }
+                    Write::PutAdminCert(r) => {
+                        tx.open_table(ADMIN_CERTS)?.insert(r.serial.as_str(), enc(&r)?.as_slice())?;
+                        WriteOutcome::Done
                     }
                 };
                 outcomes.push(outcome);

@@ -147,6 +147,13 @@ impl Cluster {
         Ok(())
     }
 
+    /// Restart the agent with other timers (same state dir and identity).
+    pub async fn restart_agent_with(&mut self, tuning: Tuning) -> Result<()> {
+        self.stop_agent().await;
+        self.cfg.tuning = tuning;
+        self.start_agent().await
+    }
+
     /// Stop the agent (drain within its grace period).
     pub async fn stop_agent(&mut self) {
         if let Some((token, running)) = self.agent.take() {

@@ -203,7 +203,11 @@ impl Fleet {
 
     /// POST the GitSource webhook with a valid `X-Signature`; expects 202.
     pub async fn webhook(&self) -> Result<()> {
-        let body = br#"{"ref":"refs/heads/main"}"#;
+        // A delivery id makes each delivery unique: the hub accepts a signed
+        // generic request once, so two identical ones in the same second
+        // would be one delivery (docs/config.md, Webhooks).
+        let body = format!(r#"{{"ref":"refs/heads/main","delivery":"{:032x}"}}"#, rand::random::<u128>());
+        let body = body.as_bytes();
         // The generic variant signs "<timestamp>.<body>" (replay window).
         let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
         let mut mac = Hmac::<Sha256>::new_from_slice(self.webhook_secret.as_bytes()).expect("any key length");

@@ -24,6 +24,7 @@ pub mod hub;
 pub mod proxy;
 pub mod receiver;
 pub mod tmpfs;
+pub mod wire;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

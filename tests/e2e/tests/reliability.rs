@@ -482,3 +482,371 @@ async fn heavy_reconnect_herd_after_a_hub_restart() {
     assert!(peak > 0);
     fleet.shutdown().await;
 }
+
+/// How long the silent partition lasts: several times the keepalive bound.
+const PARTITION: Duration = Duration::from_secs(10);
+
+/// A silent partition (no RST; the proxy holds the sockets and passes
+/// nothing, like dropped packets) between staging's agent and the hub, for
+/// longer than the agent's keepalive (1 s ping, 2 s timeout). The agent
+/// notices within the keepalive bound, not at the end of the partition;
+/// meanwhile it corrects drift made by hand on its own; when the partition
+/// ends it reconnects, and the hub holds every status and event the agent
+/// recorded meanwhile (none lost, none stored twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_silent_partition_longer_than_the_keepalive() {
+    let mut fleet =
+        Fleet::start(FleetOptions { clusters: staging_only(), proxies: true, ..Default::default() })
+            .await
+            .unwrap();
+    wait_staging_ready(&fleet).await;
+    let tuning = convoy_agent::Tuning {
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_timeout: Duration::from_secs(2),
+        ..convoy_e2e::cluster::test_tuning()
+    };
+    fleet.cluster_mut("staging").restart_agent_with(tuning).await.unwrap();
+    let st = fleet.cluster("staging");
+    eventually(30, "staging's agent reconnected", || async {
+        (st.agent_connected() && st.outbox_depth() == 0).then_some(())
+    })
+    .await;
+    // The restarted agent counts its events from zero: compare with what the
+    // hub stores from here on.
+    let hub_before = convoy_e2e::fleet::event_counts(&fleet.events("staging").await.unwrap());
+    assert!(st.agent_event_counts().is_empty(), "an unchanged agent restart records nothing");
+    let proxy = st.proxy.as_ref().unwrap();
+    let accepted = proxy.accepted();
+
+    proxy.stall();
+    let t = std::time::Instant::now();
+    eventually(15, "the agent noticed the silent partition", || async {
+        (!st.agent_connected()).then_some(())
+    })
+    .await;
+    let noticed = t.elapsed();
+    assert!(noticed < PARTITION / 2, "noticed only after {noticed:?}");
+
+    // Drift by hand while partitioned: the agent corrects it alone.
+    st.kubectl_ok(&["-n", "web", "scale", "deployment", "web", "--replicas=4"]).await.unwrap();
+    eventually(30, "staging's agent corrected the drift on its own", || async {
+        let d = st.object("apps", "deployments", "web", "web")?;
+        (d["spec"]["replicas"] == 1).then_some(())
+    })
+    .await;
+    eventually(10, "the correction waits in the outbox", || async { (st.outbox_depth() > 0).then_some(()) })
+        .await;
+    let rest = PARTITION.saturating_sub(t.elapsed());
+    tokio::time::sleep(rest).await; // the partition's length, not a wait for an outcome
+    assert!(!st.agent_connected(), "no byte passed: the agent cannot be connected");
+    proxy.restore();
+
+    eventually(30, "the agent reconnected after the partition", || async {
+        (st.agent_connected() && st.outbox_depth() == 0).then_some(())
+    })
+    .await;
+    assert!(proxy.accepted() > accepted, "a new connection was made");
+    let evs = fleet.events("staging").await.unwrap();
+    assert!(
+        evs.iter()
+            .filter_map(|e| e.event.as_ref())
+            .any(|e| e.reason == "DriftCorrected" && e.object == "Deployment/web/web"),
+        "{evs:?}"
+    );
+    let b = fleet.bundle("web-staging").await.unwrap();
+    let cell = b.clusters.iter().find(|c| c.cluster == "staging").unwrap();
+    assert!(cell_ready_at(cell, b.generation), "{cell:?}");
+    assert!(cell.status.as_ref().unwrap().objects.unwrap().drift_corrected >= 1, "{cell:?}");
+    // None lost, none twice: what the hub stored since the restart equals
+    // what the agent recorded.
+    let agent = st.agent_event_counts();
+    let hub_after = convoy_e2e::fleet::event_counts(&fleet.events("staging").await.unwrap());
+    let mut stored = hub_after.clone();
+    for (k, n) in &hub_before {
+        *stored.entry(k.clone()).or_default() -= n;
+    }
+    stored.retain(|_, n| *n > 0);
+    assert_eq!(stored, agent, "hub events since the restart {hub_after:?} - {hub_before:?} != agent events");
+    eprintln!(
+        "silent partition: the agent noticed after {:.1} s (keepalive 1 s + 2 s)",
+        noticed.as_secs_f64()
+    );
+    fleet.shutdown().await;
+}
+
+/// Protocol-level agents writing into the hub process at once (each
+/// outbox entry one event; the hub stores them through its group-commit
+/// writer and acks only after the commit).
+const WRITERS: usize = 40;
+/// Events each writer sends at most (under the per-stream event burst, so
+/// no rate limit interferes).
+const WRITES_EACH: u64 = 400;
+
+/// `kill -9` of the hub process while 40 agents stream events into its
+/// group-commit writer (bursts of 8 every 40 ms each), at an instant when
+/// sent entries are unacknowledged (their commits queued or running). After a restart on the same data dir, each agent's stream
+/// reports a stored seq at least as high as the last ack it received
+/// (nothing acknowledged is lost); each agent re-sends its outbox from a
+/// few entries *below* that seq (as after a lost ack), and the hub then
+/// holds every entry exactly once, in order (nothing stored twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_hub_killed_during_group_commits_loses_no_ack_and_stores_nothing_twice() {
+    use convoy_e2e::wire::{WireAgent, event, stored_seqs, token};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    convoy_e2e::init();
+    let dir = TestDir::new("group-commit-kill").unwrap();
+    let mut hub = HubRunner::start(dir.path(), HubMode::Process(convoy_bin())).await.unwrap();
+    let tok = token(&hub).await.unwrap();
+    let mut agents = Vec::new();
+    for i in 0..WRITERS {
+        agents.push(WireAgent::register(&hub, &tok, &format!("w{i:02}")).await.unwrap());
+    }
+    // Every writer streams events; a reader per stream records the acks.
+    let mut progress = Vec::new();
+    let mut tasks = Vec::new();
+    for a in &agents {
+        let s = a.connect(&hub, 1).await.unwrap();
+        let (sent, acked) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(s.acked)));
+        let (tx, mut rx) = (s.tx, s.rx);
+        let st = sent.clone();
+        tasks.push(tokio::spawn(async move {
+            for seq in 1..=WRITES_EACH {
+                if tx.send(event(seq, "Wire")).await.is_err() {
+                    break;
+                }
+                st.store(seq, Ordering::SeqCst);
+                // Bursts of 8, so that commits queue up behind each other.
+                if seq % 8 == 0 {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                }
+            }
+            // Hold the stream open until the hub goes.
+            tx.closed().await;
+        }));
+        let ak = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok(Some(m)) = rx.message().await {
+                if let Some(pb::hub_message::Msg::Ack(a)) = m.msg {
+                    ak.fetch_max(a.acked_seq, Ordering::SeqCst);
+                }
+            }
+        }));
+        progress.push((sent, acked));
+    }
+    // Writes are flowing everywhere: kill the hub at an instant when sent
+    // entries are still unacknowledged (their commit queued or running).
+    let in_flight = eventually(60, "every writer has acks, and writes in flight", || async {
+        let in_flight: u64 = progress
+            .iter()
+            .map(|(s, a)| s.load(Ordering::SeqCst).saturating_sub(a.load(Ordering::SeqCst)))
+            .sum();
+        (progress.iter().all(|(_, a)| a.load(Ordering::SeqCst) >= 40) && in_flight > 0).then_some(in_flight)
+    })
+    .await;
+    hub.kill().unwrap();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+    }
+    // Final: acks can only have come from the hub before it died.
+    let acked: Vec<u64> = progress.iter().map(|(_, a)| a.load(Ordering::SeqCst)).collect();
+    let sent: Vec<u64> = progress.iter().map(|(s, _)| s.load(Ordering::SeqCst)).collect();
+    assert!(sent.iter().all(|s| *s < WRITES_EACH), "the kill came after the writers finished: {sent:?}");
+
+    hub.restart().await.unwrap();
+    let mut stored_above_ack = 0;
+    for (i, a) in agents.iter().enumerate() {
+        let mut s = a.reconnect(&hub, 1, Duration::from_secs(30)).await.unwrap();
+        assert!(
+            s.acked >= acked[i],
+            "{}: the hub stored up to {} but had acked {}",
+            a.name,
+            s.acked,
+            acked[i]
+        );
+        assert!(s.acked <= sent[i], "{}: stored {} of {} sent", a.name, s.acked, sent[i]);
+        stored_above_ack += s.acked - acked[i];
+        // Re-send the outbox from a few entries below the stored seq.
+        let from = s.acked.saturating_sub(5).max(1);
+        for seq in from..=sent[i] {
+            s.send_event(seq, "Wire").await.unwrap();
+        }
+        s.until_ack(sent[i], Duration::from_secs(30)).await.unwrap();
+        let seqs = stored_seqs(&hub, &a.name, "Wire").await.unwrap();
+        let want: Vec<u64> = (1..=sent[i]).collect();
+        assert_eq!(seqs, want, "{}: every entry exactly once, in order", a.name);
+    }
+    eprintln!(
+        "group-commit kill: {WRITERS} writers, {} entries sent, {in_flight} unacknowledged at the kill, {stored_above_ack} of them found stored after the restart",
+        sent.iter().sum::<u64>()
+    );
+    hub.shutdown().await;
+}
+
+/// The size of the protocol-level reconnect herd (`CONVOY_HERD` overrides:
+/// docs/reliability.md gives the 5,000 command).
+fn wire_herd() -> usize {
+    std::env::var("CONVOY_HERD").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+}
+
+/// A reconnect herd of protocol-level agents (1,000 in CI): each holds a
+/// Sync stream to the `convoy hub` process with one acknowledged outbox
+/// entry; the hub is SIGKILLed, each agent records a second entry while it
+/// is gone, and on restart all reconnect at once (full-jitter backoff, as
+/// agents do; the hub's per-address handshake cap makes some retry). All
+/// come back, the hub shows every cluster connected, and each cluster's two
+/// entries are stored exactly once. The restarted hub's peak RSS is printed
+/// (docs/reliability.md states it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_reconnect_herd_of_protocol_agents() {
+    use convoy_e2e::wire::{WireAgent, stored_seqs, token};
+    convoy_e2e::init();
+    let n = wire_herd();
+    let dir = TestDir::new("wire-herd").unwrap();
+    let mut hub = HubRunner::start(dir.path(), HubMode::Process(convoy_bin())).await.unwrap();
+    let tok = token(&hub).await.unwrap();
+    // Register and connect, 32 at a time; each stores entry 1.
+    let mut agents = Vec::with_capacity(n);
+    let mut sessions = Vec::with_capacity(n);
+    let started = std::time::Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(32) {
+        let joins = chunk.iter().map(|i| {
+            let (hub, tok) = (&hub, &tok);
+            async move {
+                let a = WireAgent::register(hub, tok, &format!("h{i:05}")).await?;
+                let mut s = a.connect(hub, 1).await?;
+                s.send_event(1, "Herd").await?;
+                s.until_ack(1, Duration::from_secs(30)).await?;
+                anyhow::Ok((a, s))
+            }
+        });
+        for r in futures::future::join_all(joins).await {
+            let (a, s) = r.unwrap();
+            agents.push(a);
+            sessions.push(s);
+        }
+    }
+    let setup = started.elapsed();
+    hub.kill().unwrap();
+    drop(sessions);
+    let t = std::time::Instant::now();
+    hub.restart().await.unwrap();
+    let restarted = t.elapsed();
+    let pid = hub.pid().unwrap();
+    // All at once.
+    let reconnects = agents.iter().map(|a| {
+        let hub = &hub;
+        async move {
+            let mut s = a.reconnect(hub, 1, Duration::from_secs(120)).await?;
+            anyhow::ensure!(s.acked >= 1, "{}: entry 1 was acked before the kill but not stored", a.name);
+            s.send_event(2, "Herd").await?;
+            s.until_ack(2, Duration::from_secs(60)).await?;
+            anyhow::Ok(s)
+        }
+    });
+    let back: Vec<_> = futures::future::join_all(reconnects).await.into_iter().map(|r| r.unwrap()).collect();
+    let all_back = t.elapsed();
+    assert_eq!(back.len(), n);
+    let mut admin = hub.admin().await.unwrap();
+    let clusters =
+        admin.list_clusters(pb::ListClustersRequest::default()).await.unwrap().into_inner().clusters;
+    assert_eq!(clusters.len(), n);
+    let offline: Vec<&str> = clusters.iter().filter(|c| !c.connected).map(|c| c.name.as_str()).collect();
+    assert!(offline.is_empty(), "not connected after the herd: {offline:?}");
+    let peak = peak_rss_kib(pid);
+    for a in &agents {
+        assert_eq!(stored_seqs(&hub, &a.name, "Herd").await.unwrap(), vec![1, 2], "{}", a.name);
+    }
+    eprintln!(
+        "protocol herd: {n} agents set up in {:.1} s; hub restarted in {:.1} s; all {n} reconnected and acked in {:.1} s after the restart began; restarted hub peak RSS {:.1} MiB",
+        setup.as_secs_f64(),
+        restarted.as_secs_f64(),
+        all_back.as_secs_f64(),
+        peak as f64 / 1024.0
+    );
+    assert!(peak > 0);
+    drop(back);
+    hub.shutdown().await;
+}
+
+/// A ConfigMap named `name` in `default` holding `kib` KiB of incompressible
+/// text (so the artifact is about as large).
+fn big_configmap(name: &str, kib: usize) -> String {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let data: String =
+        (0..kib * 1024).map(|_| alphabet[rand::random_range(0..alphabet.len())] as char).collect();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\ndata:\n  blob: {data}\n"
+    )
+}
+
+/// `kill -9` of the hub process while staging's agent downloads a 2 MiB
+/// artifact through a proxy that paces the hub's bytes to 256 KiB/s. At the
+/// kill the download is under way (bytes flowing) and unfinished: nothing of
+/// the new generation is applied. After the restart the agent downloads
+/// again, verifies the digest and signature, and applies the generation
+/// once: the objects hold the new content, exactly one `Applied` event for
+/// it, and the hub holds exactly the events the agent sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_hub_killed_during_an_artifact_download() {
+    let mut files = vec![("big/cm-0.yaml".to_string(), big_configmap("big-0", 1).into_bytes())];
+    files.extend(convoy_e2e::examples::fleet_files());
+    let bundles = convoy_e2e::examples::bundles_yaml()
+        + "\n---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: big\nspec:\n  source: fleet\n  path: big\n  targets:\n    - clusterSelector: {matchLabels: {env: staging}}\n";
+    let mut fleet = Fleet::start(FleetOptions {
+        clusters: staging_only(),
+        hub: HubMode::Process(convoy_bin()),
+        proxies: true,
+        readiness_delay: Duration::ZERO,
+        poll_interval: "1h".into(),
+        files,
+        bundles_yaml: bundles,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let b0 = fleet.wait_bundle("big", 120, "big Ready on staging", all_ready).await;
+    let gen0 = b0.generation;
+
+    // 4 x 512 KiB of incompressible data: a 2 MiB artifact.
+    for i in 0..4 {
+        fleet.repo.write(&format!("big/cm-{i}.yaml"), &big_configmap(&format!("big-{i}"), 512)).unwrap();
+    }
+    fleet.repo.commit("big").unwrap();
+    let st = &fleet.clusters[0]; // staging (a field borrow: the hub is killed meanwhile)
+    let proxy = st.proxy.as_ref().unwrap();
+    proxy.throttle(256 * 1024);
+    let before = proxy.bytes_down();
+    fleet.push().await.unwrap();
+    eventually(60, "the agent is downloading the new artifact", || async {
+        (proxy.bytes_down() > before + 384 * 1024).then_some(())
+    })
+    .await;
+    let got = proxy.bytes_down() - before;
+    fleet.hub.kill().unwrap();
+    assert!(got < 2 * 1024 * 1024, "the download finished before the kill ({got} bytes)");
+    // Nothing of the new generation is applied.
+    eventually(30, "the agent saw the hub go", || async { (!st.agent_connected()).then_some(()) }).await;
+    let cm = st.object("", "configmaps", "default", "big-0").unwrap();
+    assert_eq!(cm["data"]["blob"].as_str().unwrap().len(), 1024, "the old content is in place");
+    assert!(st.object("", "configmaps", "default", "big-3").is_none());
+
+    proxy.throttle(0);
+    fleet.hub.restart().await.unwrap();
+    let b = fleet
+        .wait_bundle("big", 120, "big Ready at the new generation", |b| {
+            b.generation > gen0 && b.clusters.iter().all(|c| cell_ready_at(c, b.generation))
+        })
+        .await;
+    assert_eq!(b.generation, gen0 + 1, "the restarted hub kept the signed generation");
+    for i in 0..4 {
+        let cm = st.object("", "configmaps", "default", &format!("big-{i}")).expect("applied");
+        assert_eq!(cm["data"]["blob"].as_str().unwrap().len(), 512 * 1024, "big-{i}");
+    }
+    let applied = applied_generations(&fleet, "staging", "big").await;
+    let new = (gen0 + 1).to_string();
+    assert_eq!(applied.iter().filter(|g| **g == new).count(), 1, "applied once: {applied:?}");
+    fleet.assert_hub_holds_what_agents_sent(60).await;
+    eprintln!("artifact download cut by the kill after {} KiB", got / 1024);
+    fleet.shutdown().await;
+}
