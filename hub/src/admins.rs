@@ -58,6 +58,16 @@ impl AdminRegistry {
         Ok(())
     }
 
+    /// Take the records another hub replica committed (already durable, from
+    /// the store's change feed): published at once, so a revocation made on
+    /// any replica refuses the certificate here too and ends its streams.
+    pub fn apply_remote(&self, remote: &[AdminCertRecord]) {
+        if remote.is_empty() {
+            return;
+        }
+        self.tx.send_modify(|m| *m = Arc::new(crate::domain::admins::merge_remote(m, remote)));
+    }
+
     /// Revoke by name or serial: the records are committed with an
     /// `AdminCertificateRevoked` hub event, then published. Returns what was
     /// revoked. Two revocations at once are harmless: both only set

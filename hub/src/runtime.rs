@@ -357,7 +357,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
                 (admin_cert.clone(), admin_key.clone()),
             ))
         }),
-        admins,
+        admins: admins.clone(),
     });
 
     let alerts_task = crate::alerts::spawn(
@@ -377,7 +377,10 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     tasks.extend(ha_tasks);
     // Several replicas on one store: the others' commits reach this one's state.
     if let Some(feed) = store.follow() {
-        tasks.push(("replica_follower", crate::ha::follow::spawn(feed, state.clone(), shutdown.clone())));
+        tasks.push((
+            "replica_follower",
+            crate::ha::follow::spawn(feed, state.clone(), admins.clone(), shutdown.clone()),
+        ));
     }
     if let Some(t) = sources_task {
         tasks.push(("sources", t));

@@ -98,6 +98,9 @@ impl SourcePipeline for ServingVariants {
     fn webhook_router(&self) -> Option<axum::Router> {
         self.inner.webhook_router()
     }
+    fn render_stats(&self) -> Option<std::sync::Arc<convoy_sources::deps::RenderStats>> {
+        self.inner.render_stats()
+    }
 }
 
 fn is_yaml(path: &str) -> bool {

@@ -151,6 +151,42 @@ async fn a_commit_on_one_replica_reaches_agents_and_queries_on_the_other() {
 /// stored is never stored twice, what it did not is stored once, and
 /// queries on a third replica see each event exactly once (the outbox seq
 /// of the cluster lives in etcd, read by whichever replica the agent is on).
+/// Admin certificates are recorded and revoked through the store: one
+/// replica's record is honoured on the other, and a revocation made on one
+/// replica is refused on the other once its change feed delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_certificate_revoked_on_one_replica_is_refused_on_the_other() {
+    let etcd = etcd_server::Server::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, _pa) = replica(da.path(), &etcd.url, None).await;
+    let (b, _pb) = replica(db.path(), &etcd.url, Some(&da.path().join("data"))).await;
+    let (cert, key) = (b.admin.cert_pem.clone(), b.admin.key_pem.clone());
+    // B recorded its admin certificate after A loaded its state: A learns it
+    // from the change feed and honours it.
+    let on_a = || async {
+        let mut c = pb::fleet_client::FleetClient::new(channel(&a, Some((&cert, &key))).await);
+        c.list_clusters(pb::ListClustersRequest::default()).await
+    };
+    eventually(|| async { on_a().await.ok() }).await;
+    // Revoked on B, by name, with B's admin token.
+    let token = b.admin.token.clone();
+    let mut by_token = pb::fleet_client::FleetClient::with_interceptor(
+        channel(&b, None).await,
+        move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+            Ok(r)
+        },
+    );
+    by_token
+        .revoke_admin(pb::RevokeAdminRequest { name: "admin".into(), serial: String::new() })
+        .await
+        .unwrap();
+    // A refuses it too.
+    let e = eventually(|| async { on_a().await.err() }).await;
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("revoked"), "{e:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_moving_to_another_replica_stores_each_status_and_event_once() {
     let etcd = etcd_server::Server::start();

@@ -86,6 +86,17 @@ pub fn revoke(certs: &AdminCerts, target: &RevokeTarget) -> Result<Vec<AdminCert
     Ok(changed)
 }
 
+/// Merge admin certificate records another hub replica committed into
+/// `certs`: a new serial is added; a known one only ever gains `revoked`
+/// (a revocation is never undone by a late or replayed record).
+pub fn merge_remote(certs: &AdminCerts, remote: &[AdminCertRecord]) -> AdminCerts {
+    let mut out = certs.clone();
+    for r in remote {
+        out.entry(r.serial.clone()).and_modify(|e| e.revoked |= r.revoked).or_insert_with(|| r.clone());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +145,24 @@ mod tests {
             assert_eq!(out.len(), 1, "{s}");
             assert_eq!(out[0].serial, "0b");
         }
+    }
+
+    #[test]
+    fn remote_records_add_serials_and_revocations_are_never_undone() {
+        let rec = |serial: &str, revoked| AdminCertRecord {
+            serial: serial.into(),
+            name: "root".into(),
+            issued_unix_ms: 0,
+            not_after_unix_ms: 100,
+            revoked,
+        };
+        let mine: AdminCerts =
+            [("aa".to_string(), rec("aa", false)), ("bb".to_string(), rec("bb", true))].into();
+        // Another replica revoked aa, issued cc, and a stale record says bb is not revoked.
+        let merged = merge_remote(&mine, &[rec("aa", true), rec("cc", false), rec("bb", false)]);
+        assert!(merged["aa"].revoked, "a revocation from another replica is taken");
+        assert!(merged["bb"].revoked, "a revocation is never undone");
+        assert!(!merged["cc"].revoked && merged.len() == 3, "a serial issued elsewhere is added");
     }
 
     #[test]

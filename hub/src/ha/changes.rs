@@ -10,6 +10,9 @@ use crate::domain::{ClusterRecord, DeploymentRecord, Liveness, StatusRecord, Tok
 /// One record another replica committed (a put or a delete under the prefix).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RemoteChange {
+    /// An admin certificate was recorded or revoked (applied to the admin
+    /// registry by the follower, not to the fleet state).
+    AdminCert(crate::domain::admins::AdminCertRecord),
     /// A cluster was registered, renewed, relabelled or revoked.
     Cluster(ClusterRecord),
     /// A bootstrap token was created or used.
@@ -73,6 +76,7 @@ pub fn decode(rest: &str, value: Option<&[u8]>) -> Result<Option<RemoteChange>, 
     let Some((table, name)) = rest.split_once('/') else { return Ok(None) };
     Ok(match table {
         "clusters" => json(value).map_err(bad)?.map(RemoteChange::Cluster),
+        "admin-certs" => json(value).map_err(bad)?.map(RemoteChange::AdminCert),
         "tokens" => json(value).map_err(bad)?.map(RemoteChange::Token),
         "deployments" => json(value).map_err(bad)?.map(RemoteChange::Deployment),
         "suspended" => Some(RemoteChange::Suspended { bundle: name.to_string(), suspended: value.is_some() }),
@@ -142,6 +146,8 @@ pub fn plan(cur: &Current<'_>, changes: Vec<RemoteChange>) -> RemotePlan {
     let mut gens: BTreeMap<String, u64> = BTreeMap::new();
     for c in changes {
         match c {
+            // The admin registry takes these (crate::ha::follow).
+            RemoteChange::AdminCert(_) => {}
             RemoteChange::Cluster(rec) => {
                 if let Some(old) = (cur.clusters)(&rec.name) {
                     let old_newest = old.certs.last().map(|c| &c.serial);
@@ -287,6 +293,15 @@ mod tests {
         let c = cluster("c1", &["s1"], false);
         let v = serde_json::to_vec(&c).unwrap();
         assert_eq!(decode("clusters/c1", Some(&v)), Ok(Some(RemoteChange::Cluster(c))));
+        let a = crate::domain::admins::AdminCertRecord {
+            serial: "aa".into(),
+            name: "root".into(),
+            issued_unix_ms: 1,
+            not_after_unix_ms: 2,
+            revoked: true,
+        };
+        let v = serde_json::to_vec(&a).unwrap();
+        assert_eq!(decode("admin-certs/aa", Some(&v)), Ok(Some(RemoteChange::AdminCert(a))));
         assert_eq!(
             decode("suspended/web", None),
             Ok(Some(RemoteChange::Suspended { bundle: "web".into(), suspended: false }))

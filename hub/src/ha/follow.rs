@@ -29,6 +29,7 @@ pub enum Feed {
 pub fn spawn(
     mut feed: mpsc::Receiver<Feed>,
     state: StateHandle,
+    admins: std::sync::Arc<crate::admins::AdminRegistry>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -49,6 +50,18 @@ pub fn spawn(
                     changes
                 }
             };
+            // Admin certificates go to the admin registry (a revocation on
+            // another replica is refused here at once); the rest to the state actor.
+            let (certs, changes): (Vec<_>, Vec<_>) =
+                changes.into_iter().partition(|c| matches!(c, RemoteChange::AdminCert(_)));
+            let certs: Vec<_> = certs
+                .into_iter()
+                .filter_map(|c| match c {
+                    RemoteChange::AdminCert(r) => Some(r),
+                    _ => None,
+                })
+                .collect();
+            admins.apply_remote(&certs);
             if state.apply_remote(changes).await.is_err() {
                 return;
             }

@@ -138,4 +138,7 @@ impl SourcePipeline for StandbyPipeline {
     fn webhook_router(&self) -> Option<axum::Router> {
         self.inner.webhook_router()
     }
+    fn render_stats(&self) -> Option<std::sync::Arc<convoy_sources::deps::RenderStats>> {
+        self.inner.render_stats()
+    }
 }

@@ -582,7 +582,9 @@ async fn resync(c: &mut Client, prefix: &str) -> Result<(i64, Vec<crate::ha::Rem
     let rev = EtcdStore::revision(c, format!("{prefix}meta/schema").into_bytes()).await?;
     let mut changes = Vec::new();
     let mut suspended = BTreeSet::new();
-    for table in ["clusters/", "tokens/", "deployments/", "status/", "liveness/", "suspended-sources/"] {
+    for table in
+        ["clusters/", "tokens/", "deployments/", "status/", "liveness/", "suspended-sources/", "admin-certs/"]
+    {
         for (k, v) in EtcdStore::range(c, format!("{prefix}{table}").into_bytes(), rev).await? {
             let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             match crate::ha::changes::decode(&rest, Some(&v)) {
