@@ -269,6 +269,7 @@ macro_rules! conformance {
             #[cfg(feature = "etcd")]
             #[test]
             fn etcd() {
+                use super::etcd::Backends;
                 let server = super::etcd::Server::start();
                 super::$case(&server.backend("/convoy-test/"));
             }
@@ -285,62 +286,26 @@ conformance!(
 );
 
 #[cfg(feature = "etcd")]
+mod etcd_server;
+
+#[cfg(feature = "etcd")]
 mod etcd {
-    use std::net::TcpListener;
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use convoy_hub::domain::AgentBatch;
     use convoy_hub::store::{EtcdOptions, EtcdStore, Store, Write};
 
     use super::Backend;
 
-    /// A real etcd on loopback, killed with its process group (and its data
-    /// dir removed) on drop.
-    pub struct Server {
-        _guard: convoy_testsupport::ProcessGuard,
-        pub url: String,
-        _dir: tempfile::TempDir,
+    /// The real etcd of the HA tests (`etcd_server`), as a conformance backend.
+    pub use super::etcd_server::Server;
+
+    pub trait Backends {
+        fn backend(&self, prefix: &str) -> Etcd;
     }
 
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-    }
-
-    impl Server {
-        pub fn start() -> Server {
-            let dir = tempfile::tempdir().unwrap();
-            let (client, peer) = (free_port(), free_port());
-            let url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let guard = convoy_testsupport::ProcessGuard::spawn(
-                "etcd",
-                Command::new("etcd")
-                    .args(["--name", "t", "--data-dir"])
-                    .arg(dir.path().join("data"))
-                    .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-                    .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-                    .args(["--initial-cluster", &format!("t={peer_url}")])
-                    // A group commit of many statuses is one transaction (docs/operations.md).
-                    .args(["--max-txn-ops", "10000", "--max-request-bytes", "10485760"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-            )
-            .expect("etcd runs (scripts/setup.sh installs Debian's etcd-server)");
-            let server = Server { _guard: guard, url, _dir: dir };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if std::net::TcpStream::connect(server.url.trim_start_matches("http://")).is_ok()
-                    && EtcdStore::open(&EtcdOptions::new(vec![server.url.clone()], "/probe/"), 1).is_ok()
-                {
-                    return server;
-                }
-                assert!(Instant::now() < deadline, "etcd did not start at {}", server.url);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-
-        pub fn backend(&self, prefix: &str) -> Etcd {
+    impl Backends for Server {
+        fn backend(&self, prefix: &str) -> Etcd {
             Etcd { url: self.url.clone(), prefix: prefix.to_string() }
         }
     }

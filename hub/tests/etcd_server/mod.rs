@@ -33,6 +33,7 @@ impl Server {
                 .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
                 .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
                 .args(["--initial-cluster", &format!("t={peer_url}")])
+                // A group commit of many statuses is one transaction (docs/operations.md).
                 .args(["--max-txn-ops", "10000", "--max-request-bytes", "10485760"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
@@ -40,11 +41,20 @@ impl Server {
         .expect("etcd runs (scripts/setup.sh installs Debian's etcd-server)");
         let server = Server { _guard: guard, url, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(server.url.trim_start_matches("http://")).is_err() {
+        // Up when it accepts connections and serves a store.
+        loop {
+            if std::net::TcpStream::connect(server.url.trim_start_matches("http://")).is_ok()
+                && convoy_hub::store::EtcdStore::open(
+                    &convoy_hub::store::EtcdOptions::new(vec![server.url.clone()], "/probe/"),
+                    1,
+                )
+                .is_ok()
+            {
+                return server;
+            }
             assert!(Instant::now() < deadline, "etcd did not start at {}", server.url);
             std::thread::sleep(Duration::from_millis(50));
         }
-        server
     }
 }
 
