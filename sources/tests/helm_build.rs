@@ -195,6 +195,18 @@ async fn heavy_a_chart_directory_in_a_gitsource_renders_with_merged_values() {
     );
     assert!(b["broken"].artifact.is_none());
 
+    // A Helm bundle has no render key (its hub-side valuesFrom files are not
+    // in one): a reconcile renders it again and picks up a changed file.
+    std::fs::write(&from, "sizes: huge\n").unwrap();
+    sources.reconcile("fleet").unwrap();
+    let b = wait_for(&mut builds, "web rebuilt with the new valuesFrom", |m| {
+        m.get("web").and_then(|s| s.artifact.as_ref()).is_some_and(|a| a.digest != art.digest)
+    })
+    .await;
+    let again = b["web"].artifact.clone().unwrap();
+    let fs = files(&sources.store().read(&again.digest).unwrap());
+    assert_eq!(fs["helm/templates/greeter/templates/cm.yaml"][0]["data"]["size"], "huge");
+
     shutdown.cancel();
     task.await.unwrap();
 }
