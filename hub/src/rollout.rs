@@ -329,8 +329,9 @@ impl Rollouts {
 }
 
 /// Re-sign `prev`'s statement at `generation`: every field as signed before
-/// (source, revision, digest, size, Helm chart, ...) but the generation, with
-/// the same signer as every generation the hub issues.
+/// (source, revision, digest, size, Helm chart, variant, ...) but the
+/// generation, with the same signer as every generation the hub issues. The
+/// hub's one re-sign: rollbacks, generation recovery and re-signed bases.
 pub fn resign(
     signer: &SigningKey,
     prev: &DeploymentRecord,

@@ -1422,17 +1422,14 @@ impl Actor {
             }
             let Some(generation) = recovery_generation(&cur, reported, &digest) else { continue };
             let generation = above_floor(generation, self.bundle_max_generation(&bundle));
-            let Ok(st) = serde_json::from_slice::<Statement>(&cur.statement) else { continue };
-            let mut statement =
-                Statement::new(&bundle, &st.source.url, &cur.revision, &cur.digest, cur.size, generation);
-            statement.helm = st.helm.clone();
-            let (bytes, signature) = match self.deps.signer.sign_statement(&statement) {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(bundle = %bundle, error = %e, "cannot sign statement");
-                    continue;
-                }
-            };
+            let rec =
+                match crate::rollout::resign(&self.deps.signer, &cur, generation, self.deps.clock.now_ms()) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(bundle = %bundle, error = %e, "cannot sign statement");
+                        continue;
+                    }
+                };
             warn!(bundle = %bundle, cluster, reported, hub = cur.generation, generation, "an agent holds a newer generation than the hub; continuing above it");
             events.push(hub_event(
                 self.deps.clock.now_ms(), Severity::Warning,
@@ -1443,13 +1440,6 @@ impl Actor {
                     cur.generation
                 ),
             ));
-            let rec = DeploymentRecord {
-                generation,
-                statement: bytes,
-                signature,
-                created_unix_ms: self.deps.clock.now_ms(),
-                ..(*cur).clone()
-            };
             writes.push(Write::PutDeployment(rec.clone()));
             new_records.push(rec);
         }
@@ -1942,18 +1932,8 @@ impl Actor {
     /// (above `floor` too), same digest.
     fn resign(&self, base: &DeploymentRecord, floor: u64) -> Result<DeploymentRecord> {
         let generation = self.bundle_max_generation(&base.bundle).max(floor) + 1;
-        // Every signed field (source, Helm chart, ...) as before but the generation.
-        let mut statement = Statement::parse(&base.statement).map_err(Error::Signing)?;
-        statement.generation = generation;
-        statement.key_id = None;
-        let (statement, signature) = self.deps.signer.sign_statement(&statement).map_err(Error::Signing)?;
-        Ok(DeploymentRecord {
-            generation,
-            statement,
-            signature,
-            created_unix_ms: self.deps.clock.now_ms(),
-            ..base.clone()
-        })
+        crate::rollout::resign(&self.deps.signer, base, generation, self.deps.clock.now_ms())
+            .map_err(Error::Signing)
     }
 
     /// Sign the variant `key` of `base` at generation `at`, or else at the
@@ -2080,6 +2060,51 @@ spec:
         }
     }
 
+    /// A state actor over a fresh [`FlakyStore`] in `dir` (its own CA, signing
+    /// key and store writer): the set-up every actor test shares.
+    fn spawn_actor(
+        dir: &std::path::Path,
+        loaded: Loaded,
+        fleet: Arc<FleetConfig>,
+        builds: watch::Receiver<Builds>,
+        pipeline: Arc<dyn SourcePipeline>,
+        shutdown: &CancellationToken,
+    ) -> (StateHandle, Arc<FlakyStore>, watch::Receiver<Arc<FleetView>>) {
+        let ca = Ca::load_or_create(&dir.join("ca.crt"), &dir.join("ca.key"), now_ms()).unwrap();
+        let store = Arc::new(FlakyStore::default());
+        let statuses = Arc::new(StatusIndex::default());
+        let metrics = Arc::new(Metrics::new());
+        let (events, _) = broadcast::channel(16);
+        let (writer, _) = crate::writer::spawn(
+            store.clone(),
+            statuses.clone(),
+            Box::new(Vec::new),
+            events,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let (view_tx, view) = watch::channel(Arc::new(FleetView::default()));
+        let (state, _) = spawn(
+            loaded,
+            fleet,
+            builds,
+            StateDeps {
+                ca: Arc::new(ca),
+                signer: Arc::new(SigningKey::generate().unwrap()),
+                writer,
+                metrics,
+                cluster_cert_ttl: Duration::from_secs(3600),
+                statuses,
+                pipeline,
+                clock: convoy_core::clock::system(),
+                variant_store: crate::variants::VariantStore::new(dir.join("variants")),
+            },
+            view_tx,
+            shutdown.clone(),
+        );
+        (state, store, view)
+    }
+
     /// A state actor over a [`FlakyStore`], with cluster `c1` (env=dev) and a
     /// signed generation of `web` (which targets env=prod).
     fn fixture() -> Fixture {
@@ -2090,20 +2115,7 @@ spec:
     fn fixture_with(builds: watch::Receiver<Builds>) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let now = now_ms();
-        let ca = Ca::load_or_create(&dir.path().join("ca.crt"), &dir.path().join("ca.key"), now).unwrap();
-        let store = Arc::new(FlakyStore::default());
-        let statuses = Arc::new(StatusIndex::default());
-        let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
-        let (events, _) = broadcast::channel(16);
-        let (writer, _) = crate::writer::spawn(
-            store.clone(),
-            statuses.clone(),
-            Box::new(Vec::new),
-            events,
-            metrics.clone(),
-            shutdown.clone(),
-        );
         let pipeline = StaticPipeline::new(dir.path());
         let loaded = Loaded {
             clusters: vec![ClusterRecord {
@@ -2125,25 +2137,7 @@ spec:
             ..Default::default()
         };
         let fleet = Arc::new(FleetConfig::parse([("fleet.yaml", FLEET)]).unwrap());
-        let (view_tx, _) = watch::channel(Arc::new(FleetView::default()));
-        let (state, _) = spawn(
-            loaded,
-            fleet,
-            builds,
-            StateDeps {
-                ca: Arc::new(ca),
-                signer: Arc::new(SigningKey::generate().unwrap()),
-                writer,
-                metrics,
-                cluster_cert_ttl: Duration::from_secs(3600),
-                statuses,
-                pipeline: pipeline.clone(),
-                clock: convoy_core::clock::system(),
-                variant_store: crate::variants::VariantStore::new(dir.path().join("variants")),
-            },
-            view_tx,
-            shutdown.clone(),
-        );
+        let (state, store, _) = spawn_actor(dir.path(), loaded, fleet, builds, pipeline.clone(), &shutdown);
         Fixture { state, store, pipeline, _dir: dir, shutdown }
     }
 
@@ -2166,21 +2160,7 @@ spec:
   targets: [{clusterSelector: {}}]
 "#;
         let dir = tempfile::tempdir().unwrap();
-        let now = now_ms();
-        let ca = Ca::load_or_create(&dir.path().join("ca.crt"), &dir.path().join("ca.key"), now).unwrap();
-        let store = Arc::new(FlakyStore::default());
-        let statuses = Arc::new(StatusIndex::default());
-        let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
-        let (events, _) = broadcast::channel(16);
-        let (writer, _) = crate::writer::spawn(
-            store.clone(),
-            statuses.clone(),
-            Box::new(Vec::new),
-            events,
-            metrics.clone(),
-            shutdown.clone(),
-        );
         let pipeline = StaticPipeline::new(dir.path());
         let art = convoy_artifact::pack::pack_files(
             [(
@@ -2202,25 +2182,8 @@ spec:
             ..Default::default()
         };
         let fleet = Arc::new(FleetConfig::parse([("fleet.yaml", FLEET)]).unwrap());
-        let (view_tx, _) = watch::channel(Arc::new(FleetView::default()));
-        let (state, _) = spawn(
-            loaded,
-            fleet,
-            pipeline.builds(),
-            StateDeps {
-                ca: Arc::new(ca),
-                signer: Arc::new(SigningKey::generate().unwrap()),
-                writer,
-                metrics,
-                cluster_cert_ttl: Duration::from_secs(3600),
-                statuses,
-                pipeline: pipeline.clone(),
-                clock: convoy_core::clock::system(),
-                variant_store: crate::variants::VariantStore::new(dir.path().join("variants")),
-            },
-            view_tx,
-            shutdown.clone(),
-        );
+        let (state, _, _) =
+            spawn_actor(dir.path(), loaded, fleet, pipeline.builds(), pipeline.clone(), &shutdown);
         assert!(state.wait_ready(Duration::from_secs(30)).await, "first variant computation");
         (state, pipeline, dir, shutdown)
     }
@@ -2373,22 +2336,8 @@ spec:
             created_unix_ms: 0,
         };
         let dir = tempfile::tempdir().unwrap();
-        let ca =
-            Ca::load_or_create(&dir.path().join("ca.crt"), &dir.path().join("ca.key"), now_ms()).unwrap();
-        let store = Arc::new(FlakyStore::default());
-        let statuses = Arc::new(StatusIndex::default());
-        let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
         let _stop = shutdown.clone().drop_guard();
-        let (events, _) = broadcast::channel(16);
-        let (writer, _) = crate::writer::spawn(
-            store.clone(),
-            statuses.clone(),
-            Box::new(Vec::new),
-            events,
-            metrics.clone(),
-            shutdown.clone(),
-        );
         let loaded = Loaded {
             clusters: vec![ClusterRecord { name: "c1".into(), labels: prod(), ..Default::default() }],
             deployments: vec![rec(2, 'b')],
@@ -2403,25 +2352,9 @@ spec:
             }],
             ..Default::default()
         };
-        let (view_tx, mut view) = watch::channel(Arc::new(FleetView::default()));
-        let (state, _) = spawn(
-            loaded,
-            fleet,
-            StaticPipeline::new(dir.path()).builds(),
-            StateDeps {
-                ca: Arc::new(ca),
-                signer: Arc::new(SigningKey::generate().unwrap()),
-                writer,
-                metrics,
-                cluster_cert_ttl: Duration::from_secs(3600),
-                statuses,
-                pipeline: StaticPipeline::new(dir.path()),
-                clock: convoy_core::clock::system(),
-                variant_store: crate::variants::VariantStore::new(dir.path().join("variants")),
-            },
-            view_tx,
-            shutdown.clone(),
-        );
+        let pipeline = StaticPipeline::new(dir.path());
+        let (state, store, mut view) =
+            spawn_actor(dir.path(), loaded, fleet, pipeline.builds(), pipeline, &shutdown);
         // The restored rollout holds c1 on generation 1 and reaches its gate.
         let status = |v: &FleetView| v.rollouts.get("web").map(|r| r.state.status.clone());
         tokio::time::timeout(
