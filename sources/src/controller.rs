@@ -834,21 +834,28 @@ impl Worker {
         let Ok(permit) = self.semaphore.clone().acquire_owned().await else { return none };
         let (cache, stats, commit) = (self.cache.clone(), self.stats.clone(), resolved.commit.clone());
         let opts = self.render_options();
-        // The whole bundle reference is part of the key: any spec field that
-        // selects what is rendered changes it.
-        let pairs: Vec<(String, String, String)> =
-            bundles.iter().map(|b| (b.name.clone(), b.path.clone(), format!("{b:?}"))).collect();
         // A Helm bundle reads its chart, values files and hub-side
-        // `valuesFrom` files, none of which `deps` resolves: it has no render
-        // key, so it is rendered whenever its build is due.
-        let helm: Vec<bool> = bundles.iter().map(|b| b.helm.is_some()).collect();
+        // `valuesFrom` files, none of which `deps` resolves: it gets no render
+        // key (none is computed), so it is rendered whenever its build is due.
+        // For the others, the whole bundle reference is part of the key: any
+        // spec field that selects what is rendered changes it.
+        let keyed: Vec<usize> = (0..bundles.len()).filter(|&i| bundles[i].helm.is_none()).collect();
+        let pairs: Vec<(String, String, String)> = keyed
+            .iter()
+            .map(|&i| (bundles[i].name.clone(), bundles[i].path.clone(), format!("{:?}", bundles[i])))
+            .collect();
+        let n = pairs.len();
         let keys = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             crate::deps::keys_at(&cache, &commit, &pairs, &opts, &stats)
         })
         .await
-        .unwrap_or(none);
-        keys.into_iter().zip(helm).map(|(k, is_helm)| if is_helm { None } else { k }).collect()
+        .unwrap_or_else(|_| vec![None; n]);
+        let mut out = none;
+        for (i, k) in keyed.into_iter().zip(keys) {
+            out[i] = k;
+        }
+        out
     }
 
     /// The last good artifact, re-reported at `resolved`, if it is still in
