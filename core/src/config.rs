@@ -1102,12 +1102,11 @@ impl FleetConfig {
     }
 
     /// The ClusterGroups a cluster is in: those whose selector matches its
-    /// effective labels ([`FleetConfig::cluster_facts`]).
-    pub fn groups_of(&self, cluster: &str, registered: &Labels) -> Vec<String> {
-        let (labels, _) = self.cluster_facts(cluster, registered);
+    /// effective `labels` (from [`FleetConfig::cluster_facts`]).
+    pub fn groups_of(&self, labels: &Labels) -> Vec<String> {
         self.cluster_groups
             .iter()
-            .filter(|(_, g)| g.spec.selector.matches(&labels))
+            .filter(|(_, g)| g.spec.selector.matches(labels))
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -1456,8 +1455,9 @@ spec:
         assert_eq!(l, labels("region=us,env=dev"));
         assert!(v.is_empty());
         // Group membership is on effective labels, for rollout waves.
-        assert_eq!(cfg.groups_of("eu-prod", &labels("region=eu,env=prod")), vec!["europe".to_string()]);
-        assert!(cfg.groups_of("us-dev", &labels("region=us,env=dev")).is_empty());
+        let effective = |c: &str, l: &str| cfg.cluster_facts(c, &labels(l)).0;
+        assert_eq!(cfg.groups_of(&effective("eu-prod", "region=eu,env=prod")), vec!["europe".to_string()]);
+        assert!(cfg.groups_of(&effective("us-dev", "region=us,env=dev")).is_empty());
         // An unknown group and a Cluster document that matches nothing are refused.
         let bad = text.replace("clusterGroup: europe", "clusterGroup: asia");
         let err = FleetConfig::parse([("f.yaml", bad.as_str())]).unwrap_err().to_string();

@@ -1508,10 +1508,14 @@ impl Actor {
             .clusters
             .values()
             .filter(|e| !e.record.revoked)
-            .map(|e| crate::rollout::ClusterInput {
+            .map(|e| {
+                let (labels, _) = self.fleet.cluster_facts(&e.record.name, &e.record.labels);
+                (e, self.fleet.groups_of(&labels), labels)
+            })
+            .map(|(e, groups, labels)| crate::rollout::ClusterInput {
                 name: e.record.name.clone(),
-                groups: self.fleet.groups_of(&e.record.name, &e.record.labels),
-                labels: self.fleet.cluster_facts(&e.record.name, &e.record.labels).0,
+                groups,
+                labels,
                 connected: e.shared.connected(),
                 statuses: e.shared.statuses(),
             })
