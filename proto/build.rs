@@ -11,6 +11,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Artifact chunks as `bytes::Bytes`: the hub sends slices of one
         // shared buffer, and clients decode without another copy.
         .bytes(".convoy.v1.ArtifactChunk.data")
+        // Small per-stream buffers (src/codec.rs): the hub holds one idle
+        // Sync stream per agent.
+        .codec_path("crate::codec::LeanCodec")
         .compile_protos(&["proto/convoy/v1/convoy.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

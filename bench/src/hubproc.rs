@@ -73,11 +73,24 @@ pub async fn start_hub_with_metrics(
     // Its scratch dirs (kustomize renders) under `dir`, removed with it.
     let tmp = dir.join("tmp");
     std::fs::create_dir_all(&tmp)?;
+    // A profiling wrapper (`CONVOY_BENCH_HUB_WRAP="heaptrack -o /tmp/hub"`):
+    // the hub runs under it. The RSS figures the areas print are then the
+    // wrapper's, not the hub's: use it to find where memory goes, not to
+    // measure how much.
+    let wrap = std::env::var("CONVOY_BENCH_HUB_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.args(words).arg(convoy);
+            c
+        }
+        None => Command::new(convoy),
+    };
     let hub = Kill(
         ProcessGuard::spawn(
             "convoy hub",
-            Command::new(convoy)
-                .args(["hub", "--config"])
+            cmd.args(["hub", "--config"])
                 .arg(&cfg)
                 .current_dir(dir)
                 .env("CONVOY_LOG", "warn")

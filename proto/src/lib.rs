@@ -17,4 +17,5 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod codec;
 pub mod convert;
