@@ -35,6 +35,9 @@ struct Args {
     /// Simulated agents of the `scale` area (default 100000, 500 with --quick).
     #[arg(long)]
     agents: Option<usize>,
+    /// Bundles every agent of the `scale` area gets (default 1).
+    #[arg(long)]
+    bundles: Option<usize>,
 }
 
 /// Options every area receives.
@@ -46,6 +49,8 @@ pub struct Ctx {
     pub corpus: std::path::PathBuf,
     /// `--agents`: the size of the `scale` area.
     pub agents: Option<usize>,
+    /// `--bundles`: bundles per agent in the `scale` area.
+    pub bundles: Option<usize>,
 }
 
 type AreaFn =
@@ -72,7 +77,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let corpus = report::corpus_dir();
-    let ctx = Ctx { quick: args.quick, corpus, agents: args.agents };
+    let ctx = Ctx { quick: args.quick, corpus, agents: args.agents, bundles: args.bundles };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let mut all = Vec::new();
     let mut failed = false;

@@ -11,7 +11,14 @@
 //! - idle hub memory per connected agent (RSS delta / N);
 //! - a new revision to every agent: p99 from commit + Reconcile to receipt;
 //! - a status storm (every agent reports at once): statuses not acked
-//!   (lost), time until the last ack, and the hub's peak RSS (VmHWM).
+//!   (lost), time until the last ack, and the hub's peak RSS (VmHWM);
+//! - for the cost model (docs/benchmarks.md): the hub's CPU time (user +
+//!   system, from /proc) per registration, per connect, per status, per
+//!   agent per revision and while idle, and the store's size on disk.
+//!
+//! `--bundles B` gives every agent B bundles (`app`, `b1`..): each agent
+//! reports a Ready status for each bundle it receives, so per-cluster state
+//! and store size grow with B as in a real fleet.
 //!
 //! Limits met on the way (open files, memory) are printed, not hidden.
 
@@ -47,12 +54,16 @@ struct Sim {
     /// Highest generation of `app` received, and when (unix ns).
     app_gen: AtomicU64,
     app_ns: AtomicU64,
+    /// Highest generation received of each other bundle `b1`.. (index i-1).
+    others: Box<[AtomicU64]>,
     /// The snapshot arrived.
     ready: AtomicU64,
     /// Next outbox sequence number to use.
     seq: AtomicU64,
     /// Highest seq acknowledged by the hub.
     acked: AtomicU64,
+    /// Highest seq actually sent (a full queue drops a status).
+    sent: AtomicU64,
 }
 
 struct SimAgent {
@@ -72,8 +83,47 @@ impl SimAgent {
             ..Default::default()
         };
         let msg = pb::AgentMessage { msg: Some(In::Status(pb::StatusReport { seq, status: Some(status) })) };
-        self.tx.try_send(msg).ok().map(|_| seq)
+        self.tx.try_send(msg).ok().map(|_| {
+            self.state.sent.fetch_max(seq, Ordering::AcqRel);
+            seq
+        })
     }
+}
+
+/// Bundle `b{i}`: a ConfigMap of its own, written once.
+fn write_other(repo: &Path, i: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(repo.join(format!("b{i}")))?;
+    std::fs::write(
+        repo.join(format!("b{i}/cm.yaml")),
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b{i}\n  namespace: default\ndata:\n  i: \"{i}\"\n"
+        ),
+    )?;
+    Ok(())
+}
+
+/// The hub's CPU time so far (user + system), in seconds.
+fn cpu_s(pid: u32) -> anyhow::Result<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = s.rsplit_once(") ").map(|(_, r)| r).ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz.max(1.0))
+}
+
+/// Bytes under `dir`, recursively (the hub's data directory).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn write_app(repo: &Path, n: u64) -> anyhow::Result<()> {
@@ -135,7 +185,14 @@ async fn register(
 }
 
 /// Connect agent `i` with its certificate and open its Sync stream.
-async fn connect(endpoint: &str, ca: &str, cert: &str, key: &str, i: usize) -> anyhow::Result<SimAgent> {
+async fn connect(
+    endpoint: &str,
+    ca: &str,
+    cert: &str,
+    key: &str,
+    i: usize,
+    bundles: usize,
+) -> anyhow::Result<SimAgent> {
     let local =
         IpAddr::V4(Ipv4Addr::new(127, 0, (i / PER_ADDRESS / 250) as u8, 2 + (i / PER_ADDRESS % 250) as u8));
     let ch = Endpoint::from_shared(endpoint.to_string())?
@@ -157,7 +214,8 @@ async fn connect(endpoint: &str, ca: &str, cert: &str, key: &str, i: usize) -> a
     })
     .await?;
     let mut stream = client.sync(ReceiverStream::new(rx)).await?.into_inner();
-    let state = Arc::new(Sim::default());
+    let state =
+        Arc::new(Sim { others: (1..bundles).map(|_| AtomicU64::new(0)).collect(), ..Default::default() });
     let agent = SimAgent { state: state.clone(), tx: tx.clone() };
     tokio::spawn(async move {
         let mut hb = tokio::time::interval(Duration::from_secs(15));
@@ -175,14 +233,29 @@ async fn connect(endpoint: &str, ca: &str, cert: &str, key: &str, i: usize) -> a
                         Some(Out::Ack(a)) => { state.acked.fetch_max(a.acked_seq, Ordering::AcqRel); continue }
                         None => continue,
                     };
-                    if let Some(app) = list.iter().find(|b| b.name == "app")
-                        && app.generation > state.app_gen.load(Ordering::Acquire)
-                    {
-                        state.app_ns.store(unix_ns(), Ordering::Release);
-                        state.app_gen.store(app.generation, Ordering::Release);
+                    for b in &list {
+                        let slot = if b.name == "app" {
+                            &state.app_gen
+                        } else {
+                            match b.name.strip_prefix('b').and_then(|i| i.parse::<usize>().ok()).and_then(|i| state.others.get(i.wrapping_sub(1))) {
+                                Some(slot) => slot,
+                                None => continue,
+                            }
+                        };
+                        if b.generation <= slot.load(Ordering::Acquire) {
+                            continue;
+                        }
+                        if b.name == "app" {
+                            state.app_ns.store(unix_ns(), Ordering::Release);
+                        }
+                        slot.store(b.generation, Ordering::Release);
                         let seq = state.seq.fetch_add(1, Ordering::AcqRel) + 1;
-                        let status = pb::BundleStatus { bundle: "app".into(), generation: app.generation, phase: pb::Phase::Ready as i32, ..Default::default() };
-                        let _ = tx.try_send(pb::AgentMessage { msg: Some(In::Status(pb::StatusReport { seq, status: Some(status) })) });
+                        let status = pb::BundleStatus { bundle: b.name.clone(), generation: b.generation, phase: pb::Phase::Ready as i32, ..Default::default() };
+                        // A full queue drops the status: the storm below counts that, and an
+                        // unsent status at connect only lowers the store size measured.
+                        if tx.try_send(pb::AgentMessage { msg: Some(In::Status(pb::StatusReport { seq, status: Some(status) })) }).is_ok() {
+                            state.sent.fetch_max(seq, Ordering::AcqRel);
+                        }
                     }
                 }
             }
@@ -218,6 +291,7 @@ pub fn run(
 
 async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     let n = ctx.agents.unwrap_or(if ctx.quick { 500 } else { 100_000 });
+    let nb = ctx.bundles.unwrap_or(1).max(1);
     let trials = if ctx.quick { 2 } else { 5 };
     let nofile = raise_nofile(n as u64 + 4096);
     if nofile < n as u64 + 1024 {
@@ -233,20 +307,32 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     std::fs::create_dir_all(&repo)?;
     git(&repo, &["init", "-q", "-b", "main"])?;
     write_app(&repo, 0)?;
+    for i in 1..nb {
+        write_other(&repo, i)?;
+    }
     git(&repo, &["add", "-A"])?;
     git(&repo, &["commit", "-q", "-m", "init"])?;
     let convoy = workspace_binary("convoy-cli", "convoy", None)?;
-    let docs = "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {name: app}\nspec: {source: repo, path: app, targets: [{clusterSelector: {}}]}\n";
-    let (hub, creds) = start_hub(&convoy, dir, &repo.display().to_string(), docs).await?;
+    let mut docs = String::from(
+        "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {name: app}\nspec: {source: repo, path: app, targets: [{clusterSelector: {}}]}\n",
+    );
+    for i in 1..nb {
+        docs.push_str(&format!(
+            "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: b{i}}}\nspec: {{source: repo, path: b{i}, targets: [{{clusterSelector: {{}}}}]}}\n"
+        ));
+    }
+    let (hub, creds) = start_hub(&convoy, dir, &repo.display().to_string(), &docs).await?;
     let pid = hub.0.id();
     let admin = Endpoint::from_shared(creds.hub.clone())?.tls_config(creds.admin_tls())?.connect().await?;
     let mut fleet = pb::fleet_client::FleetClient::new(admin);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while bundle(&mut fleet, "app").await?.generation < 1 {
-        if Instant::now() > deadline {
-            bail!("the hub did not build app");
+    for name in std::iter::once("app".to_string()).chain((1..nb).map(|i| format!("b{i}"))) {
+        while bundle(&mut fleet, &name).await?.generation < 1 {
+            if Instant::now() > deadline {
+                bail!("the hub did not build {name}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let token = fleet
         .create_token(pb::CreateTokenRequest { ttl_seconds: 24 * 3600, ..Default::default() })
@@ -264,6 +350,7 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     let registrar = pb::registration_client::RegistrationClient::new(
         Endpoint::from_shared(creds.hub.clone())?.tls_config(hub_tls(&creds.ca, None))?.connect().await?,
     );
+    let cpu0 = cpu_s(pid)?;
     let t0 = Instant::now();
     let certs: Vec<anyhow::Result<String>> = futures::stream::iter(0..n)
         .map(|i| register(registrar.clone(), token.clone(), csr.clone(), i))
@@ -271,6 +358,7 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         .collect()
         .await;
     let reg_s = t0.elapsed().as_secs_f64();
+    let reg_cpu = cpu_s(pid)? - cpu0;
     let failures = certs.iter().filter(|c| c.is_err()).count();
     if let Some(Err(e)) = certs.iter().find(|c| c.is_err()) {
         eprintln!("scale bench: {failures} registrations failed, first: {e:#}");
@@ -290,13 +378,22 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         Some(failures == 0),
     ));
 
+    out.push(one(
+        format!("hub CPU per registration ({n} agents)"),
+        "µs",
+        reg_cpu * 1e6 / (n - failures).max(1) as f64,
+        "",
+        None,
+    ));
+
     // Connect every registered agent and wait for its snapshot.
+    let cpu0 = cpu_s(pid)?;
     let t0 = Instant::now();
     let conns: Vec<anyhow::Result<SimAgent>> = futures::stream::iter(certs.into_iter().enumerate())
         .filter_map(|(i, c)| async move { c.ok().map(|c| (i, c)) })
         .map(|(i, cert)| {
             let (endpoint, ca, key) = (creds.hub.clone(), creds.ca.clone(), key_pem.clone());
-            async move { connect(&endpoint, &ca, &cert, &key, i).await }
+            async move { connect(&endpoint, &ca, &cert, &key, i, nb).await }
         })
         .buffer_unordered(256)
         .collect()
@@ -310,14 +407,41 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         agents.iter().filter(|a| a.state.ready.load(Ordering::Acquire) == 0).count()
     })
     .await?;
+    wait_all("their statuses acked", 600, || {
+        agents
+            .iter()
+            .filter(|a| a.state.acked.load(Ordering::Acquire) < a.state.sent.load(Ordering::Acquire))
+            .count()
+    })
+    .await?;
+    let connect_cpu = cpu_s(pid)? - cpu0;
     let connected = agents.len();
     eprintln!(
         "scale bench: {connected} agents connected with their snapshot in {:.1}s ({connect_failures} failed)",
         t0.elapsed().as_secs_f64()
     );
 
-    // Idle memory.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    out.push(one(
+        format!("hub CPU per agent connect (TLS, snapshot of {nb} bundles, {nb} statuses acked)"),
+        "µs",
+        connect_cpu * 1e6 / connected.max(1) as f64,
+        "",
+        None,
+    ));
+
+    // Idle memory, and idle CPU over one heartbeat period (15 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu0 = cpu_s(pid)?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let idle_cpu = (cpu_s(pid)? - cpu0) / t0.elapsed().as_secs_f64();
+    out.push(one(
+        format!("hub idle CPU per 1,000 agents ({connected} agents, a heartbeat each per 15 s)"),
+        "ms CPU/s",
+        idle_cpu * 1e3 * 1000.0 / connected.max(1) as f64,
+        "",
+        None,
+    ));
     let rss = rss_kib(pid)?;
     let per_agent = (rss - rss0) / connected.max(1) as f64;
     eprintln!(
@@ -328,7 +452,7 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         rss_kib(std::process::id()).unwrap_or(0.0) / 1024.0
     );
     out.push(one(
-        format!("idle hub memory per connected agent ({connected} agents)"),
+        format!("idle hub memory per connected agent ({connected} agents, {nb} bundles)"),
         "KiB/agent",
         per_agent,
         "< 50 KiB/agent",
@@ -337,11 +461,13 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
 
     // A new revision to every agent.
     let mut p99 = Vec::new();
+    let mut fan_cpu = Vec::new();
     for rev in 1..=trials {
         write_app(&repo, rev)?;
         git(&repo, &["commit", "-q", "-am", &format!("rev {rev}")])?;
         let before = bundle(&mut fleet, "app").await?.generation;
         let t0 = unix_ns();
+        let cpu0 = cpu_s(pid)?;
         fleet.reconcile(pb::ObjectRef { kind: pb::ObjectKind::Source as i32, name: "repo".into() }).await?;
         wait_all("the new generation", 300, || {
             agents.iter().filter(|a| a.state.app_gen.load(Ordering::Acquire) <= before).count()
@@ -352,6 +478,15 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
             .map(|a| a.state.app_ns.load(Ordering::Acquire).saturating_sub(t0) as f64 / 1e6)
             .collect();
         p99.push(percentile(&lat, 99.0));
+        // Until the agents' Ready statuses are acked: the whole round trip.
+        wait_all("the ack of their new status", 300, || {
+            agents
+                .iter()
+                .filter(|a| a.state.acked.load(Ordering::Acquire) < a.state.sent.load(Ordering::Acquire))
+                .count()
+        })
+        .await?;
+        fan_cpu.push((cpu_s(pid)? - cpu0) * 1e6 / connected.max(1) as f64);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     out.push(Measurement::from_samples(
@@ -363,8 +498,18 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         Some(median(&p99) < 2000.0),
     ));
 
+    out.push(Measurement::from_samples(
+        AREA,
+        &format!("hub CPU per agent per new revision (render, sign, send, status acked; {connected} agents)"),
+        "µs",
+        &fan_cpu,
+        "",
+        None,
+    ));
+
     // Status storm: every agent reports at once; each status must be acked.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu0 = cpu_s(pid)?;
     let t0 = Instant::now();
     let seqs: Vec<Option<u64>> = agents.iter().map(|a| a.report("storm")).collect();
     let not_sent = seqs.iter().filter(|s| s.is_none()).count();
@@ -388,6 +533,7 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         }
     };
     let storm_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let storm_cpu = cpu_s(pid)? - cpu0;
     let peak = hwm_kib(pid)?;
     out.push(one(
         format!(
@@ -399,6 +545,21 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         Some(lost + not_sent == 0),
     ));
     out.push(one(format!("status storm: until the last ack ({connected} agents)"), "ms", storm_ms, "", None));
+    out.push(one(
+        format!("hub CPU per status (storm of {connected})"),
+        "µs",
+        storm_cpu * 1e6 / (connected - not_sent).max(1) as f64,
+        "",
+        None,
+    ));
+    let store = dir_bytes(&dir.join("data"));
+    out.push(one(
+        format!("hub data directory ({connected} clusters × {nb} bundles)"),
+        "MiB",
+        store as f64 / (1 << 20) as f64,
+        "",
+        None,
+    ));
     out.push(one(
         format!("hub peak memory (VmHWM) over the run ({connected} agents)"),
         "MiB",
