@@ -17,6 +17,7 @@ mod e2e;
 mod hub;
 mod incremental;
 mod kubesim;
+mod rollout;
 mod scale;
 
 /// Command line of `convoy-bench`.
@@ -64,6 +65,7 @@ const AREAS: &[(&str, AreaFn)] = &[
     ("agent", agent::run),
     ("e2e", e2e::run),
     ("incremental", incremental::run),
+    ("rollout", rollout::run),
     ("scale", scale::run),
 ];
 

@@ -46,28 +46,28 @@ const AREA: &str = "scale";
 /// Connections per source address (below the 28k default ephemeral ports).
 const PER_ADDRESS: usize = 20_000;
 /// Registrations in flight at once.
-const REGISTER_CONCURRENCY: usize = 1024;
+pub(crate) const REGISTER_CONCURRENCY: usize = 1024;
 
 /// One agent's state, shared with its stream task.
 #[derive(Default)]
-struct Sim {
+pub(crate) struct Sim {
     /// Highest generation of `app` received, and when (unix ns).
-    app_gen: AtomicU64,
-    app_ns: AtomicU64,
+    pub(crate) app_gen: AtomicU64,
+    pub(crate) app_ns: AtomicU64,
     /// Highest generation received of each other bundle `b1`.. (index i-1).
-    others: Box<[AtomicU64]>,
+    pub(crate) others: Box<[AtomicU64]>,
     /// The snapshot arrived.
-    ready: AtomicU64,
+    pub(crate) ready: AtomicU64,
     /// Next outbox sequence number to use.
     seq: AtomicU64,
     /// Highest seq acknowledged by the hub.
-    acked: AtomicU64,
+    pub(crate) acked: AtomicU64,
     /// Highest seq actually sent (a full queue drops a status).
-    sent: AtomicU64,
+    pub(crate) sent: AtomicU64,
 }
 
-struct SimAgent {
-    state: Arc<Sim>,
+pub(crate) struct SimAgent {
+    pub(crate) state: Arc<Sim>,
     tx: mpsc::Sender<pb::AgentMessage>,
 }
 
@@ -91,7 +91,7 @@ impl SimAgent {
 }
 
 /// Bundle `b{i}`: a ConfigMap of its own, written once.
-fn write_other(repo: &Path, i: usize) -> anyhow::Result<()> {
+pub(crate) fn write_other(repo: &Path, i: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(repo.join(format!("b{i}")))?;
     std::fs::write(
         repo.join(format!("b{i}/cm.yaml")),
@@ -103,7 +103,7 @@ fn write_other(repo: &Path, i: usize) -> anyhow::Result<()> {
 }
 
 /// The hub's CPU time so far (user + system), in seconds.
-fn cpu_s(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn cpu_s(pid: u32) -> anyhow::Result<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = s.rsplit_once(") ").map(|(_, r)| r).ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?;
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -126,7 +126,7 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-fn write_app(repo: &Path, n: u64) -> anyhow::Result<()> {
+pub(crate) fn write_app(repo: &Path, n: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(repo.join("app"))?;
     std::fs::write(
         repo.join("app/cm.yaml"),
@@ -139,7 +139,7 @@ fn write_app(repo: &Path, n: u64) -> anyhow::Result<()> {
 
 /// Raise the open-files limit (soft and, as root, hard) towards `want`;
 /// returns what we got. The hub child inherits it.
-fn raise_nofile(want: u64) -> u64 {
+pub(crate) fn raise_nofile(want: u64) -> u64 {
     // SAFETY: plain getrlimit/setrlimit on a local struct.
     unsafe {
         let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -165,7 +165,7 @@ fn hwm_kib(pid: u32) -> anyhow::Result<f64> {
 }
 
 /// Register agent `i`; returns its certificate.
-async fn register(
+pub(crate) async fn register(
     mut registrar: pb::registration_client::RegistrationClient<Channel>,
     token: String,
     csr: String,
@@ -185,7 +185,7 @@ async fn register(
 }
 
 /// Connect agent `i` with its certificate and open its Sync stream.
-async fn connect(
+pub(crate) async fn connect(
     endpoint: &str,
     ca: &str,
     cert: &str,
@@ -204,7 +204,8 @@ async fn connect(
         .connect()
         .await?;
     let mut client = pb::agent_client::AgentClient::new(ch);
-    let (tx, rx) = mpsc::channel(4);
+    // Room for one status per bundle of a snapshot or update, plus heartbeats.
+    let (tx, rx) = mpsc::channel(4 + bundles);
     tx.send(pb::AgentMessage {
         msg: Some(In::Hello(pb::Hello {
             agent_version: "bench-scale/1".into(),
@@ -250,7 +251,7 @@ async fn connect(
                         }
                         slot.store(b.generation, Ordering::Release);
                         let seq = state.seq.fetch_add(1, Ordering::AcqRel) + 1;
-                        let status = pb::BundleStatus { bundle: b.name.clone(), generation: b.generation, phase: pb::Phase::Ready as i32, ..Default::default() };
+                        let status = pb::BundleStatus { bundle: b.name.clone(), generation: b.generation, digest: b.digest.clone(), phase: pb::Phase::Ready as i32, ..Default::default() };
                         // A full queue drops the status: the storm below counts that, and an
                         // unsent status at connect only lowers the store size measured.
                         if tx.try_send(pb::AgentMessage { msg: Some(In::Status(pb::StatusReport { seq, status: Some(status) })) }).is_ok() {
@@ -264,7 +265,11 @@ async fn connect(
     Ok(agent)
 }
 
-async fn wait_all(what: &str, secs: u64, mut missing: impl FnMut() -> usize) -> anyhow::Result<Duration> {
+pub(crate) async fn wait_all(
+    what: &str,
+    secs: u64,
+    mut missing: impl FnMut() -> usize,
+) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
     loop {
         let m = missing();

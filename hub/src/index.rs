@@ -41,6 +41,9 @@ impl ClusterStatuses {
 #[derive(Default)]
 pub struct StatusIndex {
     clusters: Mutex<HashMap<String, Arc<ClusterStatuses>>>,
+    /// Signalled after every [`StatusIndex::put`]: the state actor decides
+    /// active rollouts when statuses change, not only on its timer.
+    changed: tokio::sync::Notify,
 }
 
 impl StatusIndex {
@@ -65,6 +68,14 @@ impl StatusIndex {
     /// Record committed statuses (the store writer only, after a commit).
     pub(crate) fn put(&self, cluster: &str, statuses: &[StatusRecord]) {
         self.cluster(cluster).put(statuses);
+        // One stored permit at most: a burst of puts wakes the waiter once.
+        self.changed.notify_one();
+    }
+
+    /// Completes after the next [`StatusIndex::put`] (at once if one came
+    /// since the last wait).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 }
 

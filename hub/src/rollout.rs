@@ -24,6 +24,9 @@ use crate::store::Write;
 
 /// How often the state actor runs [`Rollouts::tick`] while a rollout is active.
 pub const TICK: std::time::Duration = std::time::Duration::from_secs(1);
+/// The least time between two rollout decisions that changed statuses
+/// trigger (a status storm costs at most one decision per spacing).
+pub const STATUS_TICK_SPACING: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What the driver needs to know of one registered cluster.
 pub struct ClusterInput {

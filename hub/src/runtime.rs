@@ -326,6 +326,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
             pipeline: pipeline.clone(),
             clock: clock.clone(),
             variant_store: variant_store.clone(),
+            rollout_tick: crate::rollout::TICK,
         },
         view_tx,
         shutdown.clone(),

@@ -497,6 +497,10 @@ pub struct StateDeps {
     pub clock: convoy_core::clock::SharedClock,
     /// Where per-cluster variant artifacts are stored.
     pub variant_store: Arc<crate::variants::VariantStore>,
+    /// How often active rollouts are decided on the timer (soak and
+    /// deadlines pass with time); changed statuses also trigger a decision.
+    /// [`crate::rollout::TICK`] in the hub.
+    pub rollout_tick: Duration,
 }
 
 /// The liveness that changed since the last call, of the clusters in `view`:
@@ -676,11 +680,29 @@ impl Actor {
         self.publish();
         self.ready_tx.send_replace(true);
         let mut pipeline_open = true;
-        let mut rollout_tick = tokio::time::interval(crate::rollout::TICK);
+        let mut rollout_tick = tokio::time::interval(self.deps.rollout_tick);
         rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Rollouts are also decided when statuses change (a wave completes
+        // as its last cluster turns Ready, not at the next timer tick), at
+        // most once per STATUS_TICK_SPACING.
+        let statuses = self.deps.statuses.clone();
+        let mut status_tick: Option<tokio::time::Instant> = None;
+        let mut last_tick = tokio::time::Instant::now();
         loop {
+            let due = status_tick;
             tokio::select! {
-                _ = rollout_tick.tick(), if self.rollouts.is_active() => self.tick_rollouts().await,
+                _ = rollout_tick.tick(), if self.rollouts.is_active() => {
+                    self.tick_rollouts().await;
+                    last_tick = tokio::time::Instant::now();
+                }
+                _ = statuses.changed(), if due.is_none() && self.rollouts.is_active() => {
+                    status_tick = Some((last_tick + crate::rollout::STATUS_TICK_SPACING).max(tokio::time::Instant::now()));
+                }
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    status_tick = None;
+                    self.tick_rollouts().await;
+                    last_tick = tokio::time::Instant::now();
+                }
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     let mut batch = self.begin();
@@ -2074,9 +2096,31 @@ spec:
         pipeline: Arc<dyn SourcePipeline>,
         shutdown: &CancellationToken,
     ) -> (StateHandle, Arc<FlakyStore>, watch::Receiver<Arc<FleetView>>) {
+        spawn_actor_with(
+            dir,
+            loaded,
+            fleet,
+            builds,
+            pipeline,
+            shutdown,
+            Arc::new(StatusIndex::default()),
+            crate::rollout::TICK,
+        )
+    }
+
+    /// [`spawn_actor`] over a status index the test also writes to.
+    fn spawn_actor_with(
+        dir: &std::path::Path,
+        loaded: Loaded,
+        fleet: Arc<FleetConfig>,
+        builds: watch::Receiver<Builds>,
+        pipeline: Arc<dyn SourcePipeline>,
+        shutdown: &CancellationToken,
+        statuses: Arc<StatusIndex>,
+        rollout_tick: Duration,
+    ) -> (StateHandle, Arc<FlakyStore>, watch::Receiver<Arc<FleetView>>) {
         let ca = Ca::load_or_create(&dir.join("ca.crt"), &dir.join("ca.key"), now_ms()).unwrap();
         let store = Arc::new(FlakyStore::default());
-        let statuses = Arc::new(StatusIndex::default());
         let metrics = Arc::new(Metrics::new());
         let (events, _) = broadcast::channel(16);
         let (writer, _) = crate::writer::spawn(
@@ -2102,6 +2146,7 @@ spec:
                 pipeline,
                 clock: convoy_core::clock::system(),
                 variant_store: crate::variants::VariantStore::new(dir.join("variants")),
+                rollout_tick,
             },
             view_tx,
             shutdown.clone(),
@@ -2386,5 +2431,105 @@ spec:
         );
         assert_eq!(store.commits.load(Ordering::SeqCst), commits + 1);
         assert_eq!(c1.desired().bundles["web"].record.generation, 1, "still held");
+    }
+
+    /// A status that completes a wave decides the rollout at once, not at
+    /// the next timer tick: with the timer's next tick an hour away, wave 2
+    /// is admitted as soon as wave 1's last cluster reports Ready.
+    #[tokio::test]
+    async fn a_ready_status_decides_the_rollout_before_the_next_timer_tick() {
+        use crate::domain::StatusRecord;
+        use crate::domain::rollout::{RolloutRecord, RolloutState};
+        use convoy_core::status::{BundleStatus, Phase};
+        let fleet_yaml = format!(
+            "{FLEET}  rollout:\n    waves:\n      - {{name: w1, selector: {{matchLabels: {{tier: a}}}}}}\n      - {{name: w2, selector: {{matchLabels: {{tier: b}}}}}}\n"
+        );
+        let fleet = Arc::new(FleetConfig::parse([("fleet.yaml", fleet_yaml.as_str())]).unwrap());
+        let spec = fleet.bundles["web"].spec.rollout.clone().unwrap();
+        let rec = |generation: u64, d: char| DeploymentRecord {
+            bundle: "web".into(),
+            generation,
+            digest: format!("sha256:{}", d.to_string().repeat(64)),
+            size: 1,
+            revision: "main@sha1:0".into(),
+            source: "repo".into(),
+            statement: Vec::new(),
+            signature: Vec::new(),
+            created_unix_ms: 0,
+        };
+        let labels = |tier: &str| {
+            let mut l = prod();
+            l.insert("tier".into(), tier.into());
+            l
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let shutdown = CancellationToken::new();
+        let _stop = shutdown.clone().drop_guard();
+        let loaded = Loaded {
+            clusters: vec![
+                ClusterRecord { name: "c1".into(), labels: labels("a"), ..Default::default() },
+                ClusterRecord { name: "c2".into(), labels: labels("b"), ..Default::default() },
+            ],
+            deployments: vec![rec(2, 'b')],
+            rollouts: vec![RolloutRecord {
+                bundle: "web".into(),
+                state: RolloutState::new(&spec, "rev2", 0),
+                held: [("c1".to_string(), rec(1, 'a')), ("c2".to_string(), rec(1, 'a'))].into(),
+                base: Some(rec(1, 'a')),
+                given: Default::default(),
+                rolled_back: Default::default(),
+                max_generation: 2,
+            }],
+            ..Default::default()
+        };
+        let pipeline = StaticPipeline::new(dir.path());
+        let statuses = Arc::new(StatusIndex::default());
+        let (state, _store, _view) = spawn_actor_with(
+            dir.path(),
+            loaded,
+            fleet,
+            pipeline.builds(),
+            pipeline,
+            &shutdown,
+            statuses.clone(),
+            Duration::from_secs(3600),
+        );
+        // Both agents are connected, so the waves admit them.
+        let shared = |c: &str| state.view().clusters[c].shared.clone();
+        let (c1, c2) = (shared("c1"), shared("c2"));
+        let _s1 = c1.begin_session(CancellationToken::new());
+        let _s2 = c2.begin_session(CancellationToken::new());
+        let generation = |c: &Arc<ClusterShared>| c.desired().bundles["web"].record.generation;
+        let mut d1 = c1.subscribe_desired();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            d1.wait_for(|d| d.bundles["web"].record.generation == 2),
+        )
+        .await
+        .expect("wave 1 admitted c1")
+        .unwrap();
+        assert_eq!(generation(&c2), 1, "c2 is held while wave 1 runs");
+
+        statuses.put(
+            "c1",
+            &[StatusRecord {
+                status: BundleStatus {
+                    bundle: "web".into(),
+                    generation: 2,
+                    digest: rec(2, 'b').digest,
+                    phase: Phase::Ready,
+                    ..Default::default()
+                },
+                updated_unix_ms: 0,
+            }],
+        );
+        let mut d2 = c2.subscribe_desired();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            d2.wait_for(|d| d.bundles["web"].record.generation == 2),
+        )
+        .await
+        .expect("wave 2 admitted c2 on wave 1's Ready status (the timer would tick in an hour)")
+        .unwrap();
     }
 }

@@ -501,7 +501,11 @@ fn step_wave(
             },
             ClusterStep::Admitted { at_ms } => {
                 let late = now.saturating_sub(*at_ms) > deadline;
-                if o.on_new && o.phase == Phase::Ready {
+                if o.on_new && o.phase == Phase::Ready && soak == 0 {
+                    // No soak: done as soon as it is Ready, so the wave can
+                    // complete and the next one start in this same decision.
+                    Some(ClusterStep::Done { at_ms: now })
+                } else if o.on_new && o.phase == Phase::Ready {
                     fx.push(Effect::StartSoak(name.clone()));
                     Some(ClusterStep::Soaking { since_ms: now, admitted_ms: *at_ms })
                 } else if o.on_new && o.phase == Phase::Stalled {
@@ -986,6 +990,38 @@ mod tests {
             .collect()
     }
 
+    /// With no soak, the decision that sees a wave's last cluster Ready
+    /// completes the wave and admits the next one: the hub adds no tick per
+    /// wave (the `rollout` benchmark measures what it adds in time).
+    #[test]
+    fn without_soak_one_decision_completes_a_wave_and_admits_the_next() {
+        let mut spec = spec3();
+        for w in &mut spec.waves {
+            w.soak = convoy_core::duration::HumanDuration::from_secs(0);
+        }
+        let mut o = six();
+        let (s, fx) = decide(&RolloutState::new(&spec, "rev2", 0), &spec, &o, 0);
+        assert_eq!(admitted(&fx), ["a1", "a2"]);
+        // Only a1 is Ready: it is done, the wave is not.
+        set(&mut o, &["a1"], true, Phase::Ready);
+        let (s, fx) = decide(&s, &spec, &o, S);
+        assert_eq!(step(&s, "a1"), "Done");
+        assert!(admitted(&fx).is_empty() && !fx.contains(&Effect::StartSoak("a1".into())));
+        assert_eq!(s.wave, 0);
+        // a2 Ready: wave 1 completes and wave 2 is admitted in the same decision.
+        set(&mut o, &["a2"], true, Phase::Ready);
+        let (s, fx) = decide(&s, &spec, &o, 2 * S);
+        assert_eq!(s.wave, 1);
+        assert_eq!(admitted(&fx), ["b1", "b2"]);
+        // Both later waves the same way; the rollout completes.
+        set(&mut o, &["b1", "b2"], true, Phase::Ready);
+        let (s, fx) = decide(&s, &spec, &o, 3 * S);
+        assert_eq!(admitted(&fx), ["c1", "c2"]);
+        set(&mut o, &["c1", "c2"], true, Phase::Ready);
+        let (s, _) = decide(&s, &spec, &o, 4 * S);
+        assert_eq!(s.status, RolloutStatus::Complete);
+    }
+
     #[test]
     fn a_good_revision_rolls_wave_by_wave_with_soak() {
         let spec = spec3();
@@ -1049,10 +1085,9 @@ mod tests {
         let (s, fx) = decide(&s, &spec, &o, S);
         assert!(admitted(&fx).is_empty());
         set(&mut o, &["a1"], true, Phase::Ready);
-        // Ready with no soak: soaking then done at once frees the slot next tick.
-        let (s, _) = decide(&s, &spec, &o, 2 * S);
-        assert_eq!(step(&s, "a1"), "Soaking");
-        let (s, fx) = decide(&s, &spec, &o, 3 * S);
+        // Ready with no soak: done at once, and its slot goes to a2 in the
+        // same decision.
+        let (s, fx) = decide(&s, &spec, &o, 2 * S);
         assert_eq!(step(&s, "a1"), "Done");
         assert_eq!(admitted(&fx), ["a2"]);
     }
@@ -1169,8 +1204,8 @@ mod tests {
         let (s, _) = decide(&RolloutState::new(&spec, "r", 0), &spec, &o, 0);
         set(&mut o, &["a1"], true, Phase::Stalled);
         set(&mut o, &["a2"], true, Phase::Ready);
-        let (s, _) = decide(&s, &spec, &o, S);
-        let (s, fx) = decide(&s, &spec, &o, 2 * S);
+        // No soak: the decision that sees wave 1 Ready also moves on.
+        let (s, fx) = decide(&s, &spec, &o, S);
         assert_eq!(s.wave, 1, "{fx:?}");
         assert_eq!(admitted(&fx), ["b1", "b2"]);
     }
@@ -1183,8 +1218,8 @@ mod tests {
         let mut o = six();
         let (s, _) = decide(&RolloutState::new(&spec, "r", 0), &spec, &o, 0);
         set(&mut o, &["a1", "a2"], true, Phase::Ready);
-        let (s, _) = decide(&s, &spec, &o, S);
-        let (s, fx) = decide(&s, &spec, &o, 2 * S);
+        // No soak: the decision that sees wave 1 Ready also moves on.
+        let (s, fx) = decide(&s, &spec, &o, S);
         assert_eq!(s.status, RolloutStatus::AwaitingApproval);
         assert!(reasons(&fx).contains(&"RolloutAwaitingApproval"));
         assert!(admitted(&fx).is_empty());
@@ -1335,8 +1370,8 @@ mod tests {
         // snapshot, it keeps the last completed revision.
         o.extend(obs(&[("a3", "a"), ("b3", "b")]));
         set(&mut o, &["a1", "a2"], true, Phase::Ready);
-        let (s, _) = decide(&s, &spec, &o, S);
-        let (s, fx) = decide(&s, &spec, &o, 2 * S);
+        // No soak: the decision that sees wave 1 Ready also moves on.
+        let (s, fx) = decide(&s, &spec, &o, S);
         assert!(!s.clusters.contains_key("a3"));
         assert!(!s.has_new("a3"));
         // b3 joined before wave 2 started: it is in wave 2's snapshot.
