@@ -242,7 +242,10 @@ pub struct CommitVerification {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BundleSpec {
-    /// The GitSource name.
+    /// The GitSource name. For a chart from a `HelmRepository`
+    /// (`helm.repository`) it may be left out: it is then that repository's
+    /// name (the bundle is built by that source).
+    #[serde(default)]
     pub source: String,
     /// The directory in the source: plain YAML, or a kustomize overlay when it
     /// holds a kustomization.yaml. Default: the repository root.
@@ -313,7 +316,7 @@ pub struct HelmSpec {
     /// `path`, the chart must have this exact version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    /// A `HelmRepository` source (not implemented yet: refused).
+    /// A `HelmRepository` source, by name (with `chart` and `version`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
     /// An `OCIRepository` source (not implemented yet: refused).
@@ -392,9 +395,18 @@ impl HelmSpec {
             return Err("spec.helm: set exactly one of repository, ociRepository, path".into());
         }
         if self.repository.is_some() {
-            return Err("spec.helm.repository: HelmRepository sources are not implemented yet; \
-                        vendor the chart into the GitSource and use spec.helm.path"
-                .into());
+            let chart = self.chart.as_deref().ok_or("spec.helm.chart: a repository chart needs its name")?;
+            crate::chartsrc::check_chart_name(chart).map_err(|e| format!("spec.helm.chart: {e}"))?;
+            if !self.values_files.is_empty() {
+                return Err("spec.helm.valuesFiles: values files are read from a GitSource; a chart \
+                            from a repository takes values and valuesFrom"
+                    .into());
+            }
+            if let Some(v) = self.version.as_deref().filter(|v| !v.is_empty())
+                && semver::Version::parse(v.strip_prefix(['v', 'V']).unwrap_or(v)).is_err()
+            {
+                crate::chartsrc::parse_version_range(v).map_err(|e| format!("spec.helm.version {e}"))?;
+            }
         }
         if self.oci_repository.is_some() {
             return Err("spec.helm.ociRepository: OCIRepository sources are not implemented yet; \
@@ -768,6 +780,8 @@ pub struct FleetConfig {
     pub clusters: BTreeMap<String, Named<ClusterSpec>>,
     /// Cluster groups by name.
     pub cluster_groups: BTreeMap<String, Named<ClusterGroupSpec>>,
+    /// HelmRepository sources by name (names are shared with GitSources).
+    pub helm_repositories: BTreeMap<String, Named<crate::chartsrc::HelmRepositorySpec>>,
 }
 
 #[derive(Deserialize)]
@@ -792,7 +806,8 @@ struct Envelope<T> {
 }
 
 /// The document kinds of the fleet config.
-pub const FLEET_KINDS: [&str; 6] = ["GitSource", "Bundle", "Provider", "Alert", "Cluster", "ClusterGroup"];
+pub const FLEET_KINDS: [&str; 7] =
+    ["GitSource", "Bundle", "Provider", "Alert", "Cluster", "ClusterGroup", "HelmRepository"];
 
 impl FleetConfig {
     /// Parse documents from one file's text and add them. Kinds listed in
@@ -817,11 +832,15 @@ impl FleetConfig {
             }
             match header.kind.as_str() {
                 "GitSource" => insert(&mut self.sources, file, &doc, "GitSource")?,
-                "Bundle" => insert(&mut self.bundles, file, &doc, "Bundle")?,
+                "Bundle" => {
+                    insert(&mut self.bundles, file, &doc, "Bundle")?;
+                    chart_source_as_bundle_source(&mut self.bundles);
+                }
                 "Provider" => insert(&mut self.providers, file, &doc, "Provider")?,
                 "Alert" => insert(&mut self.alerts, file, &doc, "Alert")?,
                 "Cluster" => insert(&mut self.clusters, file, &doc, "Cluster")?,
                 "ClusterGroup" => insert(&mut self.cluster_groups, file, &doc, "ClusterGroup")?,
+                "HelmRepository" => insert(&mut self.helm_repositories, file, &doc, "HelmRepository")?,
                 other => {
                     return Err(invalid(format!(
                         "unknown kind {other:?}; expected one of {}",
@@ -854,11 +873,24 @@ impl FleetConfig {
                 name: name.clone(),
                 message: m,
             };
-            if !self.sources.contains_key(&b.spec.source) {
+            b.spec.helm.as_ref().map(HelmSpec::check).transpose().map_err(invalid)?;
+            if let Some(repo) = b.spec.helm.as_ref().and_then(|h| h.repository.as_ref()) {
+                if !self.helm_repositories.contains_key(repo) {
+                    return Err(invalid(format!("spec.helm.repository: no HelmRepository named {repo:?}")));
+                }
+                if !b.spec.source.is_empty() && b.spec.source != *repo {
+                    return Err(invalid(format!(
+                        "spec.source {:?}: a chart from a repository is built by that repository; \
+                         leave spec.source out or set it to {repo:?}",
+                        b.spec.source
+                    )));
+                }
+            } else if b.spec.source.is_empty() {
+                return Err(invalid("spec.source: the GitSource name is required".into()));
+            } else if !self.sources.contains_key(&b.spec.source) {
                 return Err(invalid(format!("spec.source: no GitSource named {:?}", b.spec.source)));
             }
             check_bundle_path(&b.spec.path).map_err(invalid)?;
-            b.spec.helm.as_ref().map(HelmSpec::check).transpose().map_err(invalid)?;
             if let Some(e) = b.spec.tenancy().validate().into_iter().next() {
                 return Err(invalid(format!("spec.{e}")));
             }
@@ -946,6 +978,21 @@ impl FleetConfig {
             {
                 return Err(invalid(format!("spec.verify.mode must be ssh or gpg, found {:?}", v.mode)));
             }
+        }
+        for (name, r) in &self.helm_repositories {
+            let invalid = |m: String| Error::Invalid {
+                file: r.origin.clone(),
+                kind: "HelmRepository".into(),
+                name: name.clone(),
+                message: m,
+            };
+            if let Some(g) = self.sources.get(name) {
+                return Err(invalid(format!(
+                    "metadata.name: a GitSource has this name ({}); source names are shared by all source kinds",
+                    g.origin
+                )));
+            }
+            r.spec.check().map_err(invalid)?;
         }
         for (name, c) in &self.clusters {
             if c.spec.name.is_none() && c.spec.selector.is_none() {
@@ -1120,12 +1167,43 @@ impl FleetConfig {
             .collect()
     }
 
+    /// Every source name, of every source kind (GitSource, HelmRepository),
+    /// in name order. Source names are unique across kinds.
+    pub fn source_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.sources.keys().chain(self.helm_repositories.keys()).cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Whether `name` is a source of any kind.
+    pub fn has_source(&self, name: &str) -> bool {
+        self.sources.contains_key(name) || self.helm_repositories.contains_key(name)
+    }
+
+    /// Whether the source `name` (of any kind) is suspended in the config.
+    pub fn source_suspended(&self, name: &str) -> bool {
+        self.sources.get(name).map(|s| s.spec.suspend).unwrap_or(false)
+            || self.helm_repositories.get(name).map(|s| s.spec.suspend).unwrap_or(false)
+    }
+
     /// The bundles built from a source.
     pub fn bundles_of_source<'a>(
         &'a self,
         source: &'a str,
     ) -> impl Iterator<Item = &'a Named<BundleSpec>> + 'a {
         self.bundles.values().filter(move |b| b.spec.source == source)
+    }
+}
+
+/// A bundle whose chart comes from a repository and that names no source is
+/// built by that repository: its `source` becomes the repository's name.
+fn chart_source_as_bundle_source(bundles: &mut BTreeMap<String, Named<BundleSpec>>) {
+    for b in bundles.values_mut() {
+        if b.spec.source.is_empty()
+            && let Some(r) = b.spec.helm.as_ref().and_then(|h| h.repository.clone())
+        {
+            b.spec.source = r;
+        }
     }
 }
 
@@ -1253,7 +1331,7 @@ spec:
             msg("    path: a\n    repository: r\n")
                 .contains("set exactly one of repository, ociRepository, path")
         );
-        assert!(msg("    repository: r\n    chart: web\n").contains("not implemented yet"));
+        assert!(msg("    repository: r\n    chart: web\n").contains("no HelmRepository named \"r\""));
         assert!(msg("    ociRepository: r\n").contains("not implemented yet"));
         assert!(msg("    path: ../../x\n").contains("spec.helm.path"));
         assert!(msg("    path: a\n    values: [1]\n").contains("spec.helm.values must be a mapping"));
@@ -1262,6 +1340,52 @@ spec:
         );
         assert!(msg("    path: a\n    crds: Sometimes\n").contains("Sometimes"));
         assert!(msg("    path: a\n    chartz: x\n").contains("chartz"), "unknown fields are refused");
+    }
+
+    #[test]
+    fn helm_repository_sources_and_the_bundles_that_use_them() {
+        let repo = "apiVersion: convoy.dev/v1\nkind: HelmRepository\nmetadata:\n  name: charts\nspec:\n  url: https://charts.example.com/stable\n  interval: 5m\n  basicAuthFile: /etc/convoy/charts-auth\n  caFile: /etc/convoy/ca.pem\n";
+        let bundle = |extra: &str| {
+            format!("{repo}---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: web\nspec:\n{extra}  helm:\n    repository: charts\n    chart: podinfo\n    version: \">=6.0.0 <7.0.0\"\n")
+        };
+        let f = FleetConfig::parse([("f.yaml", bundle("").as_str())]).unwrap();
+        let r = &f.helm_repositories["charts"].spec;
+        assert_eq!((r.interval.get().as_secs(), r.timeout.get().as_secs()), (300, 60));
+        assert_eq!(r.basic_auth_file.as_deref(), Some("/etc/convoy/charts-auth"));
+        assert_eq!(f.bundles["web"].spec.source, "charts", "the repository builds the bundle");
+        assert_eq!(f.bundles_of_source("charts").count(), 1);
+        assert_eq!(f.source_names(), ["charts"]);
+        assert!(f.has_source("charts") && !f.source_suspended("charts"));
+        // Naming the repository as the source is the same; another source is refused.
+        let f2 = FleetConfig::parse([("f.yaml", bundle("  source: charts\n").as_str())]).unwrap();
+        assert_eq!(f2.bundles, f.bundles);
+        let git = "---\napiVersion: convoy.dev/v1\nkind: GitSource\nmetadata:\n  name: fleet\nspec:\n  url: https://x/r.git\n";
+        let text = format!("{}{git}", bundle("  source: fleet\n"));
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("leave spec.source out"), "{e}");
+        // Source names are shared across kinds.
+        let text = format!("{}{}", bundle(""), git.replace("name: fleet", "name: charts"));
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("shared by all source kinds"), "{e}");
+        // The chart's name is required, valuesFiles need a GitSource, versions must parse.
+        let e = FleetConfig::parse([("f.yaml", bundle("").replace("    chart: podinfo\n", "").as_str())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spec.helm.chart"), "{e}");
+        let text = format!("{}    valuesFiles: [v.yaml]\n", bundle(""));
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("spec.helm.valuesFiles"), "{e}");
+        let text = bundle("").replace(">=6.0.0 <7.0.0", "six");
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("spec.helm.version"), "{e}");
+        // A bundle without a source and without a repository chart is refused.
+        let text = format!("{git}---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: x\nspec:\n  path: a\n");
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("spec.source: the GitSource name is required"), "{e}");
+        // The repository's own checks name the field.
+        let text = bundle("").replace("https://charts.example.com/stable", "http://charts.example.com");
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("HelmRepository") && e.contains("https only"), "{e}");
     }
 
     #[test]
