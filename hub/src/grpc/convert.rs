@@ -89,7 +89,45 @@ pub fn source_to_pb(s: &SourceStatus) -> pb::SourceView {
         failures: s.failures,
         suspended: s.suspended,
         interval_seconds: u32::try_from(s.interval.as_secs()).unwrap_or(u32::MAX),
+        kind: if s.kind.is_empty() { "GitSource".into() } else { s.kind.clone() },
+        charts: s
+            .charts
+            .iter()
+            .map(|c| pb::ResolvedChart {
+                bundle: c.bundle.clone(),
+                chart: c.chart.clone(),
+                constraint: c.constraint.clone(),
+                version: c.version.clone(),
+                digest: c.digest.clone(),
+            })
+            .collect(),
     }
+}
+
+/// The HelmRepositories of the fleet config the pipeline has not reported on yet.
+pub fn pending_chart_sources(
+    fleet: &convoy_core::config::FleetConfig,
+    statuses: &std::collections::BTreeMap<String, SourceStatus>,
+) -> Vec<pb::SourceView> {
+    fleet
+        .helm_repositories
+        .iter()
+        .filter(|(name, _)| !statuses.contains_key(*name))
+        .map(|(name, r)| pb::SourceView {
+            name: name.clone(),
+            url: convoy_sources::redact::redact_url(&r.spec.url),
+            suspended: r.spec.suspend,
+            interval_seconds: u32::try_from(r.spec.interval.get().as_secs()).unwrap_or(u32::MAX),
+            kind: "HelmRepository".into(),
+            conditions: vec![condition_to_pb(&convoy_core::status::Condition::new(
+                "Ready",
+                false,
+                "Pending",
+                "not fetched yet",
+            ))],
+            ..Default::default()
+        })
+        .collect()
 }
 
 #[cfg(test)]
