@@ -796,6 +796,8 @@ struct ChartOut {
     constraint: String,
     version: String,
     digest: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    manifest_digest: String,
 }
 
 /// The REVISION cell of a source: a chart repository shows what its bundles
@@ -806,7 +808,9 @@ fn source_revision_cell(s: &SourceOut) -> String {
             .charts
             .iter()
             .map(|c| {
-                let hex = c.digest.strip_prefix("sha256:").unwrap_or(&c.digest);
+                // An OCI chart shows its manifest digest, a repository chart its archive's.
+                let d = if c.manifest_digest.is_empty() { &c.digest } else { &c.manifest_digest };
+                let hex = d.strip_prefix("sha256:").unwrap_or(d);
                 format!("{}@{} (sha256:{})", c.chart, c.version, &hex[..hex.len().min(12)])
             })
             .collect();
@@ -1025,6 +1029,7 @@ async fn get(a: GetArgs) -> Result<()> {
                                 constraint: c.constraint,
                                 version: c.version,
                                 digest: c.digest,
+                                manifest_digest: c.manifest_digest,
                             })
                             .collect(),
                     }

@@ -1,6 +1,7 @@
 //! Chart repositories as fleet sources: the `kind: HelmRepository` document
-//! (an HTTP(S) repository serving `index.yaml`) and its validation. Pure:
-//! the hub's source pipeline (convoy-sources `chartsrc`) does the fetching.
+//! (an HTTP(S) repository serving `index.yaml`), the `kind: OCIRepository`
+//! document (charts in an OCI registry) and their validation. Pure: the
+//! hub's source pipeline (convoy-sources `chartsrc`) does the fetching.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,83 @@ pub struct HelmRepositorySpec {
     /// one reads the index at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookSpec>,
+}
+
+/// `kind: OCIRepository`: Helm charts in an OCI registry
+/// (`oci://host[:port]/path`), read once for the whole fleet. Bundles name
+/// it in `spec.helm.ociRepository`; `helm.chart` (if set) is appended to the
+/// path, and `helm.version` (a tag or semver range) or `helm.digest` (a
+/// manifest digest) picks the chart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OciRepositorySpec {
+    /// `oci://host[:port]/path`.
+    pub url: String,
+    /// How often to resolve the tags. Default 10m.
+    #[serde(default = "default_interval")]
+    pub interval: HumanDuration,
+    /// Timeout of one registry request or chart download. Default 60s.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// Stop polling.
+    #[serde(default)]
+    pub suspend: bool,
+    /// A file holding `user:password` (sent as basic auth, or to the
+    /// registry's token service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth_file: Option<String>,
+    /// A file holding a bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<String>,
+    /// A PEM file of CA certificates to trust, in addition to the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Talk plain http to the registry (no TLS). Credentials are then only
+    /// accepted for a loopback registry.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Accept webhooks at `POST /hooks/<name>`; a valid one resolves at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
+}
+
+impl OciRepositorySpec {
+    /// Check the spec; the message names the field.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let rest = self.url.strip_prefix("oci://").unwrap_or_default();
+        let ok = rest
+            .split_once('/')
+            .is_some_and(|(h, p)| !h.is_empty() && !h.contains('@') && !p.trim_end_matches('/').is_empty());
+        if !ok || self.url.contains(char::is_whitespace) {
+            return Err("spec.url must be oci://host[:port]/path".into());
+        }
+        if self.basic_auth_file.is_some() && self.bearer_token_file.is_some() {
+            return Err("spec: set only one of basicAuthFile, bearerTokenFile".into());
+        }
+        let has_credentials = self.basic_auth_file.is_some() || self.bearer_token_file.is_some();
+        if has_credentials && self.insecure && !is_loopback_host(rest) {
+            return Err("spec.insecure: credentials are sent over https only (plain http is accepted \
+                        for a loopback registry)"
+                .into());
+        }
+        if self.interval.get().is_zero() {
+            return Err("spec.interval must be more than 0".into());
+        }
+        if self.timeout.get().is_zero() {
+            return Err("spec.timeout must be more than 0".into());
+        }
+        if let Some(t) = self.webhook.as_ref().and_then(|w| w.type_.as_ref())
+            && !WEBHOOK_TYPES.contains(&t.as_str())
+        {
+            return Err(format!("spec.webhook.type must be one of {}, found {t:?}", WEBHOOK_TYPES.join(", ")));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `d` is `sha256:<64 lowercase hex>`.
+pub fn is_sha256_digest(d: &str) -> bool {
+    d.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
 }
 
 fn default_interval() -> HumanDuration {
@@ -168,6 +246,34 @@ mod tests {
         let mut s = spec("https://x");
         s.webhook = Some(WebhookSpec { secret_file: "/s".into(), type_: Some("bitbucket".into()) });
         assert!(s.check().unwrap_err().contains("webhook.type"));
+    }
+
+    #[test]
+    fn oci_repositories() {
+        let mut s = OciRepositorySpec {
+            url: "oci://ghcr.io/stefanprodan/charts".into(),
+            interval: default_interval(),
+            timeout: default_timeout(),
+            suspend: false,
+            basic_auth_file: None,
+            bearer_token_file: None,
+            ca_file: None,
+            insecure: false,
+            webhook: None,
+        };
+        assert!(s.check().is_ok());
+        for bad in ["https://x/y", "oci://x", "oci:///y", "oci://u:p@x/y"] {
+            s.url = bad.into();
+            assert!(s.check().unwrap_err().contains("spec.url"), "{bad}");
+        }
+        s.url = "oci://registry.example.com/charts".into();
+        s.insecure = true;
+        s.basic_auth_file = Some("/a".into());
+        assert!(s.check().unwrap_err().contains("https only"));
+        s.url = "oci://127.0.0.1:5000/charts".into();
+        assert!(s.check().is_ok());
+        assert!(is_sha256_digest(&format!("sha256:{}", "ab".repeat(32))));
+        assert!(!is_sha256_digest("sha256:AB") && !is_sha256_digest("6.14.1"));
     }
 
     #[test]

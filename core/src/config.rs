@@ -319,7 +319,7 @@ pub struct HelmSpec {
     /// A `HelmRepository` source, by name (with `chart` and `version`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
-    /// An `OCIRepository` source (not implemented yet: refused).
+    /// An `OCIRepository` source, by name (with `version` or `digest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci_repository: Option<String>,
     /// A chart directory inside the bundle's GitSource (from the repository root).
@@ -351,6 +351,10 @@ pub struct HelmSpec {
     /// `helm.kubeVersion`, else Helm's built-in default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube_version: Option<String>,
+    /// For `ociRepository`: the chart's manifest digest (`sha256:<hex>`),
+    /// instead of `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// One `valuesFrom` entry: a YAML file on the hub.
@@ -409,9 +413,23 @@ impl HelmSpec {
             }
         }
         if self.oci_repository.is_some() {
-            return Err("spec.helm.ociRepository: OCIRepository sources are not implemented yet; \
-                        vendor the chart into the GitSource and use spec.helm.path"
-                .into());
+            if let Some(chart) = self.chart.as_deref() {
+                chart.split('/').try_for_each(crate::chartsrc::check_chart_name).map_err(|e| format!("spec.helm.chart: {e}"))?;
+            }
+            if !self.values_files.is_empty() {
+                return Err("spec.helm.valuesFiles: values files are read from a GitSource; a chart \
+                            from a repository takes values and valuesFrom"
+                    .into());
+            }
+            match (&self.version, &self.digest) {
+                (Some(_), Some(_)) => return Err("spec.helm: set version or digest, not both".into()),
+                (_, Some(d)) if !crate::chartsrc::is_sha256_digest(d) => {
+                    return Err(format!("spec.helm.digest {d:?} must be sha256:<64 lowercase hex>"));
+                }
+                _ => {}
+            }
+        } else if self.digest.is_some() {
+            return Err("spec.helm.digest: only for a chart from an ociRepository".into());
         }
         if let Some(p) = &self.path {
             check_bundle_path(p).map_err(|e| format!("spec.helm.path: {e}"))?;
@@ -782,6 +800,8 @@ pub struct FleetConfig {
     pub cluster_groups: BTreeMap<String, Named<ClusterGroupSpec>>,
     /// HelmRepository sources by name (names are shared with GitSources).
     pub helm_repositories: BTreeMap<String, Named<crate::chartsrc::HelmRepositorySpec>>,
+    /// OCIRepository sources by name (names are shared with the other kinds).
+    pub oci_repositories: BTreeMap<String, Named<crate::chartsrc::OciRepositorySpec>>,
 }
 
 #[derive(Deserialize)]
@@ -806,8 +826,8 @@ struct Envelope<T> {
 }
 
 /// The document kinds of the fleet config.
-pub const FLEET_KINDS: [&str; 7] =
-    ["GitSource", "Bundle", "Provider", "Alert", "Cluster", "ClusterGroup", "HelmRepository"];
+pub const FLEET_KINDS: [&str; 8] =
+    ["GitSource", "Bundle", "Provider", "Alert", "Cluster", "ClusterGroup", "HelmRepository", "OCIRepository"];
 
 impl FleetConfig {
     /// Parse documents from one file's text and add them. Kinds listed in
@@ -841,6 +861,7 @@ impl FleetConfig {
                 "Cluster" => insert(&mut self.clusters, file, &doc, "Cluster")?,
                 "ClusterGroup" => insert(&mut self.cluster_groups, file, &doc, "ClusterGroup")?,
                 "HelmRepository" => insert(&mut self.helm_repositories, file, &doc, "HelmRepository")?,
+                "OCIRepository" => insert(&mut self.oci_repositories, file, &doc, "OCIRepository")?,
                 other => {
                     return Err(invalid(format!(
                         "unknown kind {other:?}; expected one of {}",
@@ -874,9 +895,19 @@ impl FleetConfig {
                 message: m,
             };
             b.spec.helm.as_ref().map(HelmSpec::check).transpose().map_err(invalid)?;
-            if let Some(repo) = b.spec.helm.as_ref().and_then(|h| h.repository.as_ref()) {
-                if !self.helm_repositories.contains_key(repo) {
-                    return Err(invalid(format!("spec.helm.repository: no HelmRepository named {repo:?}")));
+            let chart_repo = b.spec.helm.as_ref().and_then(|h| {
+                h.repository
+                    .as_ref()
+                    .map(|r| (r, "repository", "HelmRepository", self.helm_repositories.contains_key(r)))
+                    .or_else(|| {
+                        h.oci_repository
+                            .as_ref()
+                            .map(|r| (r, "ociRepository", "OCIRepository", self.oci_repositories.contains_key(r)))
+                    })
+            });
+            if let Some((repo, field, kind, exists)) = chart_repo {
+                if !exists {
+                    return Err(invalid(format!("spec.helm.{field}: no {kind} named {repo:?}")));
                 }
                 if !b.spec.source.is_empty() && b.spec.source != *repo {
                     return Err(invalid(format!(
@@ -990,6 +1021,21 @@ impl FleetConfig {
                 return Err(invalid(format!(
                     "metadata.name: a GitSource has this name ({}); source names are shared by all source kinds",
                     g.origin
+                )));
+            }
+            r.spec.check().map_err(invalid)?;
+        }
+        for (name, r) in &self.oci_repositories {
+            let invalid = |m: String| Error::Invalid {
+                file: r.origin.clone(),
+                kind: "OCIRepository".into(),
+                name: name.clone(),
+                message: m,
+            };
+            let other = self.sources.get(name).map(|g| g.origin.clone());
+            if let Some(o) = other.or_else(|| self.helm_repositories.get(name).map(|h| h.origin.clone())) {
+                return Err(invalid(format!(
+                    "metadata.name: another source has this name ({o}); source names are shared by all source kinds"
                 )));
             }
             r.spec.check().map_err(invalid)?;
@@ -1170,20 +1216,29 @@ impl FleetConfig {
     /// Every source name, of every source kind (GitSource, HelmRepository),
     /// in name order. Source names are unique across kinds.
     pub fn source_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.sources.keys().chain(self.helm_repositories.keys()).cloned().collect();
+        let mut v: Vec<String> = self
+            .sources
+            .keys()
+            .chain(self.helm_repositories.keys())
+            .chain(self.oci_repositories.keys())
+            .cloned()
+            .collect();
         v.sort();
         v
     }
 
     /// Whether `name` is a source of any kind.
     pub fn has_source(&self, name: &str) -> bool {
-        self.sources.contains_key(name) || self.helm_repositories.contains_key(name)
+        self.sources.contains_key(name)
+            || self.helm_repositories.contains_key(name)
+            || self.oci_repositories.contains_key(name)
     }
 
     /// Whether the source `name` (of any kind) is suspended in the config.
     pub fn source_suspended(&self, name: &str) -> bool {
         self.sources.get(name).map(|s| s.spec.suspend).unwrap_or(false)
             || self.helm_repositories.get(name).map(|s| s.spec.suspend).unwrap_or(false)
+            || self.oci_repositories.get(name).map(|s| s.spec.suspend).unwrap_or(false)
     }
 
     /// The bundles built from a source.
@@ -1200,7 +1255,7 @@ impl FleetConfig {
 fn chart_source_as_bundle_source(bundles: &mut BTreeMap<String, Named<BundleSpec>>) {
     for b in bundles.values_mut() {
         if b.spec.source.is_empty()
-            && let Some(r) = b.spec.helm.as_ref().and_then(|h| h.repository.clone())
+            && let Some(r) = b.spec.helm.as_ref().and_then(|h| h.repository.clone().or(h.oci_repository.clone()))
         {
             b.spec.source = r;
         }
@@ -1332,7 +1387,8 @@ spec:
                 .contains("set exactly one of repository, ociRepository, path")
         );
         assert!(msg("    repository: r\n    chart: web\n").contains("no HelmRepository named \"r\""));
-        assert!(msg("    ociRepository: r\n").contains("not implemented yet"));
+        assert!(msg("    ociRepository: r\n").contains("no OCIRepository named \"r\""));
+        assert!(msg("    path: a\n    digest: sha256:00\n").contains("only for a chart from an ociRepository"));
         assert!(msg("    path: ../../x\n").contains("spec.helm.path"));
         assert!(msg("    path: a\n    values: [1]\n").contains("spec.helm.values must be a mapping"));
         assert!(

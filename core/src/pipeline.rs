@@ -51,8 +51,11 @@ pub struct ResolvedChart {
     pub constraint: String,
     /// The resolved version.
     pub version: String,
-    /// `sha256:<hex>` of the chart archive (checked against the index).
+    /// `sha256:<hex>` of the chart archive (checked against the index or manifest).
     pub digest: String,
+    /// For an OCI chart: `sha256:<hex>` of its manifest.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub manifest_digest: String,
 }
 
 /// An artifact built for a bundle from a source revision.

@@ -1,13 +1,14 @@
-//! HelmRepository sources in the source pipeline: one worker task per
-//! repository reads its `index.yaml` (interval, reconcile, webhook), resolves
-//! each of its bundles' (chart, version) once for the whole fleet, takes the
-//! archive from the hub's content-addressed chart cache or downloads it
-//! (checked against the index digest: a mismatch is refused, nothing is
-//! built), renders it through Helm's engine ([`render_chart_archive`]) and
-//! stores the artifact. The supervisor in [`crate::controller`] starts and
-//! stops these workers ([`ChartWorkers`]) next to the GitSource workers and
-//! owns what they report. The decision of what to rebuild ([`plan_builds`])
-//! is pure.
+//! Chart repositories in the source pipeline (HelmRepository: an HTTP(S)
+//! repository with `index.yaml`; OCIRepository: charts in an OCI registry):
+//! one worker task per repository reads it (interval, reconcile, webhook),
+//! resolves each of its bundles' (chart, version) once for the whole fleet,
+//! takes the archive from the hub's content-addressed chart cache or
+//! downloads it (checked against the index's or the manifest's digest: a
+//! mismatch is refused, nothing is built), renders it through Helm's engine
+//! ([`render_chart_archive`]) and stores the artifact. The supervisor in
+//! [`crate::controller`] starts and stops these workers ([`ChartWorkers`])
+//! next to the GitSource workers and owns what they report. The decision of
+//! what to rebuild ([`plan_builds`]) is pure.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -15,9 +16,10 @@ use std::sync::Arc;
 
 use convoy_artifact::Limits;
 use convoy_core::backoff;
-use convoy_core::chartsrc::HelmRepositorySpec;
+use convoy_core::chartsrc::{HelmRepositorySpec, OciRepositorySpec};
 use convoy_core::clock::now_ms;
-use convoy_core::config::{CrdPolicy, FleetConfig, HelmSpec, Named};
+use convoy_core::config::{CrdPolicy, FleetConfig, HelmSpec};
+use convoy_core::duration::HumanDuration;
 use convoy_core::pipeline::{BuildError, BuiltArtifact, BuiltHelm, ResolvedChart, SourceStatus};
 use convoy_core::status::{Condition, Phase, READY, RECONCILING, STALLED, set_condition};
 use convoy_helm::{ChartInput, RenderRequest};
@@ -29,14 +31,59 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::controller::{BundleRef, Event, Pending, Report, SourcesConfig, Trigger, unpend};
-use crate::helmrender::{HelmRendered, HelmSettings, Renderer, Capabilities, merge_values, release_of, values_from_layer};
-use crate::helmrepo::{HelmRepo, Index, RepoAuth};
+use crate::helmrender::{
+    Capabilities, HelmRendered, HelmSettings, Renderer, merge_values, release_of, values_from_layer,
+};
+use crate::helmrepo::{HelmRepo, Index, IndexEntry, RepoAuth};
+use crate::oci::{OciAuth, OciChart, OciClient, pick_tag};
 use crate::redact::redact_url;
 use crate::store::ArtifactStore;
 use crate::{Error, Result};
 
-/// The kind name shown in source statuses.
+/// The kind name of an HTTP chart repository in source statuses.
 pub const HELM_REPOSITORY: &str = "HelmRepository";
+/// The kind name of an OCI chart repository in source statuses.
+pub const OCI_REPOSITORY: &str = "OCIRepository";
+
+/// A chart repository's spec, of either kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RepoSpec {
+    Http(HelmRepositorySpec),
+    Oci(OciRepositorySpec),
+}
+
+impl RepoSpec {
+    fn url(&self) -> &str {
+        match self {
+            RepoSpec::Http(s) => &s.url,
+            RepoSpec::Oci(s) => &s.url,
+        }
+    }
+    fn interval(&self) -> HumanDuration {
+        match self {
+            RepoSpec::Http(s) => s.interval,
+            RepoSpec::Oci(s) => s.interval,
+        }
+    }
+    fn timeout(&self) -> std::time::Duration {
+        match self {
+            RepoSpec::Http(s) => s.timeout.get(),
+            RepoSpec::Oci(s) => s.timeout.get(),
+        }
+    }
+    fn suspend(&self) -> bool {
+        match self {
+            RepoSpec::Http(s) => s.suspend,
+            RepoSpec::Oci(s) => s.suspend,
+        }
+    }
+    fn kind(&self) -> &'static str {
+        match self {
+            RepoSpec::Http(_) => HELM_REPOSITORY,
+            RepoSpec::Oci(_) => OCI_REPOSITORY,
+        }
+    }
+}
 
 /// What the pipeline shares with every chart worker.
 #[derive(Clone)]
@@ -52,7 +99,7 @@ pub(crate) struct Ctx {
 
 struct Handle {
     id: u64,
-    spec: HelmRepositorySpec,
+    spec: RepoSpec,
     tx: mpsc::Sender<Trigger>,
     token: CancellationToken,
     task: JoinHandle<()>,
@@ -82,10 +129,17 @@ impl ChartWorkers {
         unregister: &mut dyn FnMut(&str),
         suspended: &dyn Fn(&str) -> bool,
     ) {
+        let mut wanted: BTreeMap<String, RepoSpec> = BTreeMap::new();
+        for (n, r) in &fleet.helm_repositories {
+            wanted.insert(n.clone(), RepoSpec::Http(r.spec.clone()));
+        }
+        for (n, r) in &fleet.oci_repositories {
+            wanted.insert(n.clone(), RepoSpec::Oci(r.spec.clone()));
+        }
         let stale: Vec<String> = self
             .workers
             .iter()
-            .filter(|(n, w)| fleet.helm_repositories.get(*n).is_none_or(|r| r.spec != w.spec))
+            .filter(|(n, w)| wanted.get(*n).is_none_or(|r| *r != w.spec))
             .map(|(n, _)| n.clone())
             .collect();
         for name in stale {
@@ -95,9 +149,9 @@ impl ChartWorkers {
                 unregister(&name);
             }
         }
-        for (name, repo) in &fleet.helm_repositories {
-            let bundles = bundle_refs(fleet, name);
-            match self.workers.get_mut(name) {
+        for (name, spec) in wanted {
+            let bundles = bundle_refs(fleet, &name);
+            match self.workers.get_mut(&name) {
                 Some(w) => {
                     if w.bundles != bundles {
                         w.bundles = bundles.clone();
@@ -106,9 +160,10 @@ impl ChartWorkers {
                 }
                 None => {
                     *next_id += 1;
-                    let h = spawn(repo, bundles, ctx, *next_id, suspended(name));
-                    register(name, h.tx.clone());
-                    self.workers.insert(name.clone(), h);
+                    let over = suspended(&name);
+                    let h = spawn(&name, spec, bundles, ctx, *next_id, over);
+                    register(&name, h.tx.clone());
+                    self.workers.insert(name, h);
                 }
             }
         }
@@ -123,7 +178,7 @@ impl ChartWorkers {
     /// `suspend` still holds).
     pub fn suspend(&self, name: &str, suspended: bool) {
         if let Some(w) = self.workers.get(name) {
-            let _ = w.tx.try_send(Trigger::Suspend(suspended || w.spec.suspend));
+            let _ = w.tx.try_send(Trigger::Suspend(suspended || w.spec.suspend()));
         }
     }
 
@@ -148,35 +203,40 @@ fn bundle_refs(fleet: &FleetConfig, repo: &str) -> Vec<BundleRef> {
         .collect()
 }
 
-fn spawn(repo: &Named<HelmRepositorySpec>, bundles: Vec<BundleRef>, ctx: &Ctx, id: u64, over: bool) -> Handle {
+fn spawn(name: &str, spec: RepoSpec, bundles: Vec<BundleRef>, ctx: &Ctx, id: u64, over: bool) -> Handle {
     let (tx, rx) = mpsc::channel(8);
     let token = CancellationToken::new();
     let worker = ChartWorker {
         id,
-        name: repo.name.clone(),
-        spec: repo.spec.clone(),
+        name: name.to_string(),
+        spec: spec.clone(),
         ctx: ctx.clone(),
         bundles: bundles.clone(),
-        suspended: repo.spec.suspend || over,
-        status: initial_status(&repo.name, &repo.spec),
+        suspended: spec.suspend() || over,
+        status: initial_status(name, &spec),
         index: None,
+        oci: HashMap::new(),
+        polled: false,
         built: HashMap::new(),
         resolved: BTreeMap::new(),
     };
-    let span = info_span!("source", source = %repo.name, kind = HELM_REPOSITORY);
+    let span = info_span!("source", source = %name, kind = spec.kind());
     let task = tokio::spawn(worker.run(rx, token.clone()).instrument(span));
-    Handle { id, spec: repo.spec.clone(), tx, token, task, bundles }
+    Handle { id, spec, tx, token, task, bundles }
 }
 
-fn initial_status(name: &str, spec: &HelmRepositorySpec) -> SourceStatus {
+fn initial_status(name: &str, spec: &RepoSpec) -> SourceStatus {
     SourceStatus {
         name: name.into(),
-        url: redact_url(&spec.url),
-        reference: "index.yaml".into(),
-        phase: if spec.suspend { Phase::Suspended } else { Phase::Pending },
-        suspended: spec.suspend,
-        interval: spec.interval.get(),
-        kind: HELM_REPOSITORY.into(),
+        url: redact_url(spec.url()),
+        reference: match spec {
+            RepoSpec::Http(_) => "index.yaml".into(),
+            RepoSpec::Oci(_) => "tags".into(),
+        },
+        phase: if spec.suspend() { Phase::Suspended } else { Phase::Pending },
+        suspended: spec.suspend(),
+        interval: spec.interval().get(),
+        kind: spec.kind().into(),
         ..Default::default()
     }
 }
@@ -189,13 +249,14 @@ pub(crate) struct ChartKey {
     pub helm: Option<Box<HelmSpec>>,
     /// The bundle's targetNamespace.
     pub target_namespace: Option<String>,
-    /// The resolved version and index digest (`None`: the chart did not resolve).
+    /// The resolved version (or reference) and digest (`None`: the chart
+    /// did not resolve).
     pub resolved: Option<(String, String)>,
 }
 
-/// Which bundles to build after reading an index: each bundle's key from
-/// its spec and its resolution, and whether it must build (a changed key, a
-/// failed last build, or `force`). Pure.
+/// Which bundles to build after reading a repository: each bundle's key
+/// from its spec and its resolution, and whether it must build (a changed
+/// key, a failed last build, or `force`). Pure.
 pub(crate) fn plan_builds(
     bundles: &[BundleRef],
     resolutions: &[Option<(String, String)>],
@@ -207,25 +268,60 @@ pub(crate) fn plan_builds(
         .zip(resolutions)
         .enumerate()
         .filter_map(|(i, (b, r))| {
-            let key =
-                ChartKey { helm: b.helm.clone(), target_namespace: b.target_namespace.clone(), resolved: r.clone() };
+            let key = ChartKey {
+                helm: b.helm.clone(),
+                target_namespace: b.target_namespace.clone(),
+                resolved: r.clone(),
+            };
             let due = force || built.get(&b.name).is_none_or(|(k, ok)| *k != key || !ok);
             due.then_some((i, key))
         })
         .collect()
 }
 
+/// Where a resolved chart is.
+#[derive(Debug, Clone)]
+enum Locator {
+    Index(IndexEntry),
+    Oci(OciChart),
+}
+
+/// A bundle's chart, resolved in its repository.
+#[derive(Debug, Clone)]
+struct Resolution {
+    /// The version (from the index, the tag; empty for a digest pin until rendered).
+    version: String,
+    /// `sha256:<hex>` of the chart archive.
+    chart_digest: String,
+    /// `sha256:<hex>` of the OCI manifest.
+    manifest_digest: Option<String>,
+    locator: Locator,
+}
+
+impl Resolution {
+    fn key(&self) -> (String, String) {
+        match &self.manifest_digest {
+            Some(m) => (self.version.clone(), m.clone()),
+            None => (self.version.clone(), self.chart_digest.clone()),
+        }
+    }
+}
+
 struct ChartWorker {
     id: u64,
     name: String,
-    spec: HelmRepositorySpec,
+    spec: RepoSpec,
     ctx: Ctx,
     bundles: Vec<BundleRef>,
     suspended: bool,
     status: SourceStatus,
-    /// The last index read.
+    /// HelmRepository: the last index read.
     index: Option<Arc<Index>>,
-    /// Each bundle's last build key, and whether that build succeeded.
+    /// OCIRepository: each bundle's last resolution.
+    oci: HashMap<String, std::result::Result<Resolution, Arc<Error>>>,
+    /// Whether the repository was read successfully at least once.
+    polled: bool,
+    /// Each bundle's last build key, and whether to leave it until it changes.
     built: HashMap<String, (ChartKey, bool)>,
     /// Each bundle's resolved chart (for the status).
     resolved: BTreeMap<String, ResolvedChart>,
@@ -246,7 +342,10 @@ impl ChartWorker {
                         self.bundles = b;
                         self.built.retain(|k, _| self.bundles.iter().any(|b| &b.name == k));
                         self.resolved.retain(|k, _| self.bundles.iter().any(|b| &b.name == k));
-                        if !self.suspended && self.index.is_some() {
+                        // An OCI bundle resolves at a poll: poll now.
+                        if matches!(self.spec, RepoSpec::Oci(_)) {
+                            next = Instant::now();
+                        } else if !self.suspended && self.polled {
                             self.build_due(false, &token).await;
                         }
                         continue;
@@ -271,7 +370,7 @@ impl ChartWorker {
             };
             next = Instant::now()
                 + if ok {
-                    self.spec.interval.get()
+                    self.spec.interval().get()
                 } else {
                     backoff::delay(
                         self.status.failures.saturating_sub(1),
@@ -299,67 +398,160 @@ impl ChartWorker {
         if self.suspended {
             self.status.phase = Phase::Suspended;
         } else if self.status.phase == Phase::Suspended {
-            self.status.phase = if self.index.is_some() { Phase::Ready } else { Phase::Pending };
+            self.status.phase = if self.polled { Phase::Ready } else { Phase::Pending };
         }
         self.publish().await;
     }
 
-    fn client(&self) -> Result<HelmRepo> {
+    fn http_client(&self, spec: &HelmRepositorySpec) -> Result<HelmRepo> {
         HelmRepo::new(
-            &self.spec.url,
+            &spec.url,
             &RepoAuth {
-                basic_auth_file: self.spec.basic_auth_file.as_ref().map(PathBuf::from),
-                bearer_token_file: self.spec.bearer_token_file.as_ref().map(PathBuf::from),
-                ca_file: self.spec.ca_file.as_ref().map(PathBuf::from),
-                timeout: Some(self.spec.timeout.get()),
+                basic_auth_file: spec.basic_auth_file.as_ref().map(PathBuf::from),
+                bearer_token_file: spec.bearer_token_file.as_ref().map(PathBuf::from),
+                ca_file: spec.ca_file.as_ref().map(PathBuf::from),
+                timeout: Some(spec.timeout.get()),
                 max_chart_bytes: Some(self.ctx.cfg.helm.limits.max_chart_bytes),
             },
         )
     }
 
-    /// Read the index; true on success.
+    /// The OCI client of a bundle's chart: the repository URL, plus
+    /// `helm.chart` if set.
+    fn oci_client(&self, spec: &OciRepositorySpec, b: &BundleRef) -> Result<OciClient> {
+        let base = spec.url.trim_end_matches('/');
+        let url = match b.helm.as_deref().and_then(|h| h.chart.as_deref()) {
+            Some(c) => format!("{base}/{c}"),
+            None => base.to_string(),
+        };
+        OciClient::new(
+            &url,
+            &OciAuth {
+                basic_auth_file: spec.basic_auth_file.as_ref().map(PathBuf::from),
+                bearer_token_file: spec.bearer_token_file.as_ref().map(PathBuf::from),
+                ca_file: spec.ca_file.as_ref().map(PathBuf::from),
+                plain_http: spec.insecure,
+                timeout: Some(spec.timeout.get()),
+                max_chart_bytes: Some(self.ctx.cfg.helm.limits.max_chart_bytes),
+            },
+        )
+    }
+
+    /// Read the repository: the index (HelmRepository), or each bundle's
+    /// tags and manifest (OCIRepository). The revision shown is the index
+    /// digest, or a digest over the resolved manifests. Returns its
+    /// revision, or the error that makes the source Stalled.
+    async fn read(&mut self) -> Result<String> {
+        let timeout = self.spec.timeout();
+        let what = format!("read {}", redact_url(self.spec.url()));
+        let timed_out = || Error::Timeout { what: what.clone(), after: timeout };
+        match self.spec.clone() {
+            RepoSpec::Http(spec) => {
+                let _permit = self.ctx.semaphore.clone().acquire_owned().await.map_err(|_| Error::Shutdown)?;
+                let client = self.http_client(&spec)?;
+                let (index, digest) =
+                    tokio::time::timeout(timeout, client.index_with_digest()).await.map_err(|_| timed_out())??;
+                self.index = Some(Arc::new(index));
+                Ok(digest)
+            }
+            RepoSpec::Oci(spec) => {
+                let mut out = HashMap::new();
+                let mut first_error = None;
+                for b in self.bundles.clone() {
+                    let r = {
+                        let _permit =
+                            self.ctx.semaphore.clone().acquire_owned().await.map_err(|_| Error::Shutdown)?;
+                        match tokio::time::timeout(timeout, self.resolve_oci(&spec, &b)).await {
+                            Ok(r) => r,
+                            Err(_) => Err(timed_out()),
+                        }
+                    };
+                    if let Err(e) = &r
+                        && matches!(e, Error::Fetch { .. } | Error::Auth { .. } | Error::Timeout { .. } | Error::Credentials(_))
+                        && first_error.is_none()
+                    {
+                        first_error = Some(match e {
+                            Error::Auth { url, message } => Error::Auth { url: url.clone(), message: message.clone() },
+                            other => Error::Fetch { url: redact_url(&spec.url), message: other.to_string() },
+                        });
+                    }
+                    out.insert(b.name.clone(), r.map_err(Arc::new));
+                }
+                let mut parts: Vec<String> = out
+                    .iter()
+                    .filter_map(|(n, r)| r.as_ref().ok().map(|r| format!("{n}={}", r.key().1)))
+                    .collect();
+                parts.sort();
+                self.oci = out;
+                match first_error {
+                    // Every bundle failed the same way: the registry is the problem.
+                    Some(e) if self.oci.values().all(|r| r.is_err()) => Err(e),
+                    _ => Ok(convoy_artifact::digest_of(parts.join("\n").as_bytes())),
+                }
+            }
+        }
+    }
+
+    async fn resolve_oci(&self, spec: &OciRepositorySpec, b: &BundleRef) -> Result<Resolution> {
+        let h = b.helm.as_deref().ok_or_else(|| Error::Config("not a Helm bundle".into()))?;
+        let client = self.oci_client(spec, b)?;
+        let (version, reference) = match &h.digest {
+            Some(d) => (String::new(), d.clone()),
+            None => {
+                let constraint = h.version.as_deref().unwrap_or_default();
+                let tags = client.tags().await?;
+                let (tag, version) = pick_tag(&tags, constraint)?.ok_or_else(|| Error::RefNotFound {
+                    url: redact_url(&spec.url),
+                    reference: format!(
+                        "chart {} version {:?}",
+                        h.chart.as_deref().unwrap_or("(the repository)"),
+                        if constraint.is_empty() { "*" } else { constraint }
+                    ),
+                })?;
+                (version, tag)
+            }
+        };
+        let chart = client.manifest(&reference).await?;
+        Ok(Resolution {
+            version,
+            chart_digest: chart.chart_digest.clone(),
+            manifest_digest: Some(chart.manifest_digest.clone()),
+            locator: Locator::Oci(chart),
+        })
+    }
+
+    /// Read the repository; true on success.
     async fn poll(&mut self, force: bool) -> bool {
-        if self.index.is_none() || self.status.failures > 0 || force {
+        if !self.polled || self.status.failures > 0 || force {
             self.status.phase = Phase::Reconciling;
             set_condition(
                 &mut self.status.conditions,
-                Condition::new(RECONCILING, true, "Progressing", "reading index.yaml"),
+                Condition::new(RECONCILING, true, "Progressing", "reading the repository"),
                 now_ms(),
             );
             self.publish().await;
         }
-        let timeout = self.spec.timeout.get();
-        let result = async {
-            let _permit = self.ctx.semaphore.clone().acquire_owned().await.map_err(|_| Error::Shutdown)?;
-            let client = self.client()?;
-            match tokio::time::timeout(timeout, client.index_with_digest()).await {
-                Ok(r) => r,
-                Err(_) => {
-                    Err(Error::Timeout { what: format!("fetch {}/index.yaml", redact_url(&self.spec.url)), after: timeout })
-                }
-            }
-        }
-        .await;
+        let result = self.read().await;
         let now = now_ms();
         self.status.last_fetch_unix_ms = now;
         set_condition(&mut self.status.conditions, Condition::new(RECONCILING, false, "Idle", ""), now);
         match result {
-            Ok((index, digest)) => {
+            Ok(digest) => {
                 if self.status.revision.as_deref() != Some(digest.as_str()) {
-                    info!(revision = %digest, charts = index.entries.len(), "new index");
+                    info!(revision = %digest, "new repository revision");
                 } else {
-                    debug!(revision = %digest, "index unchanged");
+                    debug!(revision = %digest, "repository unchanged");
                 }
                 self.status.revision = Some(digest.clone());
                 self.status.failures = 0;
                 self.status.phase = Phase::Ready;
+                self.polled = true;
                 set_condition(
                     &mut self.status.conditions,
-                    Condition::new(READY, true, "Succeeded", format!("index {digest}")),
+                    Condition::new(READY, true, "Succeeded", format!("revision {digest}")),
                     now,
                 );
                 self.status.conditions.retain(|c| c.type_ != STALLED);
-                self.index = Some(Arc::new(index));
                 self.publish().await;
                 true
             }
@@ -367,9 +559,17 @@ impl ChartWorker {
                 self.status.failures += 1;
                 self.status.phase = Phase::Stalled;
                 let (reason, message) = (error.reason(), error.to_string());
-                warn!(%error, failures = self.status.failures, "index read failed");
-                set_condition(&mut self.status.conditions, Condition::new(READY, false, reason, message.clone()), now);
-                set_condition(&mut self.status.conditions, Condition::new(STALLED, true, reason, message.clone()), now);
+                warn!(%error, failures = self.status.failures, "repository read failed");
+                set_condition(
+                    &mut self.status.conditions,
+                    Condition::new(READY, false, reason, message.clone()),
+                    now,
+                );
+                set_condition(
+                    &mut self.status.conditions,
+                    Condition::new(STALLED, true, reason, message.clone()),
+                    now,
+                );
                 self.publish().await;
                 let error = BuildError {
                     revision: self.status.revision.clone(),
@@ -383,73 +583,81 @@ impl ChartWorker {
         }
     }
 
-    /// Resolve every bundle's chart in the last index and build those due.
-    async fn build_due(&mut self, force: bool, token: &CancellationToken) {
-        let Some(index) = self.index.clone() else { return };
-        let client = match self.client() {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %e, "chart repository client");
-                return;
-            }
-        };
-        let resolutions: Vec<std::result::Result<(String, String), Error>> = self
-            .bundles
+    /// Each bundle's resolution from the last read.
+    fn resolutions(&self) -> Vec<std::result::Result<Resolution, (String, String)>> {
+        let as_pair = |e: &Error| (e.reason().to_string(), e.to_string());
+        self.bundles
             .iter()
-            .map(|b| {
-                let h = b.helm.as_deref().ok_or_else(|| Error::Config("not a Helm bundle".into()))?;
-                let chart = h.chart.as_deref().unwrap_or_default();
-                let e = client.resolve(&index, chart, h.version.as_deref().unwrap_or_default())?;
-                Ok((e.version.clone(), e.digest.trim_start_matches("sha256:").to_ascii_lowercase()))
+            .map(|b| match &self.spec {
+                RepoSpec::Http(spec) => {
+                    let index = self.index.as_deref().ok_or_else(|| as_pair(&Error::Shutdown))?;
+                    let h = b.helm.as_deref().ok_or_else(|| as_pair(&Error::Config("not a Helm bundle".into())))?;
+                    let client = self.http_client(spec).map_err(|e| as_pair(&e))?;
+                    let chart = h.chart.as_deref().unwrap_or_default();
+                    let e = client.resolve(index, chart, h.version.as_deref().unwrap_or_default()).map_err(|e| as_pair(&e))?;
+                    Ok(Resolution {
+                        version: e.version.clone(),
+                        chart_digest: format!("sha256:{}", e.digest.trim_start_matches("sha256:").to_ascii_lowercase()),
+                        manifest_digest: None,
+                        locator: Locator::Index(e.clone()),
+                    })
+                }
+                RepoSpec::Oci(_) => match self.oci.get(&b.name) {
+                    Some(Ok(r)) => Ok(r.clone()),
+                    Some(Err(e)) => Err(as_pair(e)),
+                    None => Err(as_pair(&Error::Config("not resolved yet".into()))),
+                },
             })
-            .collect();
-        let keys: Vec<Option<(String, String)>> = resolutions.iter().map(|r| r.as_ref().ok().cloned()).collect();
+            .collect()
+    }
+
+    /// Build the bundles whose resolution or spec changed (all on `force`).
+    async fn build_due(&mut self, force: bool, token: &CancellationToken) {
+        if !self.polled {
+            return;
+        }
+        let resolutions = self.resolutions();
+        let keys: Vec<Option<(String, String)>> =
+            resolutions.iter().map(|r| r.as_ref().ok().map(Resolution::key)).collect();
         let plan = plan_builds(&self.bundles, &keys, &self.built, force);
         let mut changed_status = false;
         for (i, key) in plan {
             let b = self.bundles[i].clone();
             let result = match &resolutions[i] {
-                Err(e) => Err(e.to_string_error()),
-                Ok(_) => {
+                Err(pair) => Err(pair.clone()),
+                Ok(res) => {
                     let r = tokio::select! {
                         _ = token.cancelled() => return,
-                        r = self.build(&client, &index, &b) => r,
+                        r = self.build(res, &b) => r,
                     };
-                    r.map_err(|e| e.to_string_error())
+                    r.map_err(|e| (e.reason().to_string(), e.to_string()))
                 }
             };
             let result = result.map_err(|(reason, message)| {
                 warn!(bundle = %b.name, %reason, %message, "build failed");
-                BuildError {
-                    revision: key.resolved.as_ref().map(|(v, d)| revision(v, d)),
-                    reason,
-                    message,
-                    at_unix_ms: now_ms(),
-                }
+                BuildError { revision: None, reason, message, at_unix_ms: now_ms() }
             });
             // A build that failed after its chart resolved (a download error,
-            // a digest mismatch, a render error) is retried on the next index
-            // read; a chart that does not resolve waits for the index to change.
+            // a digest mismatch, a render error) is retried at the next read;
+            // a chart that does not resolve waits for the repository to change.
             let retry = resolutions[i].is_ok() && result.is_err();
-            match &result {
-                Ok(a) => {
-                    info!(bundle = %b.name, digest = %a.digest, revision = %a.revision, "built artifact");
-                    if let (Some(h), Some((v, d))) = (&a.helm, &key.resolved) {
-                        let spec = b.helm.as_deref().cloned().unwrap_or_default();
-                        self.resolved.insert(
-                            b.name.clone(),
-                            ResolvedChart {
-                                bundle: b.name.clone(),
-                                chart: h.chart.clone(),
-                                constraint: spec.version.unwrap_or_default(),
-                                version: v.clone(),
-                                digest: format!("sha256:{d}"),
-                            },
-                        );
-                        changed_status = true;
-                    }
-                }
-                Err(_) => {}
+            if let (Ok(a), Ok(res)) = (&result, &resolutions[i])
+                && let Some(h) = &a.helm
+            {
+                let spec = b.helm.as_deref().cloned().unwrap_or_default();
+                self.resolved.insert(
+                    b.name.clone(),
+                    ResolvedChart {
+                        bundle: b.name.clone(),
+                        chart: h.chart.clone(),
+                        constraint: spec.version.or(spec.digest).unwrap_or_default(),
+                        version: h.version.clone(),
+                        digest: res.chart_digest.clone(),
+                        manifest_digest: res.manifest_digest.clone().unwrap_or_default(),
+                    },
+                );
+                changed_status = true;
+                info!(bundle = %b.name, digest = %a.digest, revision = %a.revision, "built artifact");
             }
             self.built.insert(b.name.clone(), (key, !retry));
             self.report(Event::Built { bundle: b.name.clone(), result }).await;
@@ -460,50 +668,55 @@ impl ChartWorker {
     }
 
     /// The chart archive from the cache, or downloaded (digest-checked) and cached.
-    async fn chart_bytes(&self, client: &HelmRepo, index: &Index, b: &BundleRef) -> Result<(String, Vec<u8>)> {
-        let h = b.helm.as_deref().ok_or_else(|| Error::Config("not a Helm bundle".into()))?;
-        let chart = h.chart.as_deref().unwrap_or_default();
-        let entry = client.resolve(index, chart, h.version.as_deref().unwrap_or_default())?;
-        let digest = format!("sha256:{}", entry.digest.trim_start_matches("sha256:").to_ascii_lowercase());
+    async fn chart_bytes(&self, res: &Resolution, b: &BundleRef) -> Result<Vec<u8>> {
         let charts = self.ctx.charts.clone();
-        let d = digest.clone();
+        let d = res.chart_digest.clone();
         let cached = tokio::task::spawn_blocking(move || charts.read(&d).ok()).await.ok().flatten();
         if let Some(bytes) = cached {
-            debug!(bundle = %b.name, %digest, "chart from the cache");
-            return Ok((entry.version.clone(), bytes));
+            debug!(bundle = %b.name, digest = %res.chart_digest, "chart from the cache");
+            return Ok(bytes);
         }
-        let fetched = {
+        let timeout = self.spec.timeout();
+        let bytes = {
             let _permit = self.ctx.semaphore.clone().acquire_owned().await.map_err(|_| Error::Shutdown)?;
-            let timeout = self.spec.timeout.get();
-            tokio::time::timeout(timeout, client.download(chart, entry)).await.map_err(|_| Error::Timeout {
-                what: format!("download chart {chart} {}", entry.version),
+            let download = async {
+                match (&self.spec, &res.locator) {
+                    (RepoSpec::Http(spec), Locator::Index(entry)) => {
+                        let chart = b.helm.as_deref().and_then(|h| h.chart.as_deref()).unwrap_or_default();
+                        Ok(self.http_client(spec)?.download(chart, entry).await?.bytes)
+                    }
+                    (RepoSpec::Oci(spec), Locator::Oci(chart)) => self.oci_client(spec, b)?.chart(chart).await,
+                    _ => Err(Error::Config("chart locator of another repository kind".into())),
+                }
+            };
+            tokio::time::timeout(timeout, download).await.map_err(|_| Error::Timeout {
+                what: format!("download chart {}", res.chart_digest),
                 after: timeout,
             })??
         };
         let charts = self.ctx.charts.clone();
-        let bytes = fetched.bytes;
         let bytes = tokio::task::spawn_blocking(move || charts.put(&bytes).map(|_| bytes))
             .await
             .map_err(|e| Error::Config(format!("chart cache task failed: {e}")))??;
-        info!(bundle = %b.name, chart, version = %fetched.version, %digest, "chart downloaded");
-        Ok((fetched.version, bytes))
+        info!(bundle = %b.name, version = %res.version, digest = %res.chart_digest, "chart downloaded");
+        Ok(bytes)
     }
 
-    async fn build(&self, client: &HelmRepo, index: &Index, b: &BundleRef) -> Result<BuiltArtifact> {
-        let (version, bytes) = self.chart_bytes(client, index, b).await?;
+    async fn build(&self, res: &Resolution, b: &BundleRef) -> Result<BuiltArtifact> {
+        let bytes = self.chart_bytes(res, b).await?;
         let spec = b.helm.as_deref().cloned().ok_or_else(|| Error::Config("not a Helm bundle".into()))?;
         let permit = self.ctx.semaphore.clone().acquire_owned().await.map_err(|_| Error::Shutdown)?;
         let (store, pending, limits) = (self.ctx.store.clone(), self.ctx.pending.clone(), self.ctx.cfg.limits);
         let helm_cfg = self.ctx.cfg.helm.clone();
         let (bundle, target_ns, source) = (b.name.clone(), b.target_namespace.clone(), self.name.clone());
-        let url = redact_url(&self.spec.url);
+        let url = redact_url(self.spec.url());
+        let pinned = res.manifest_digest.clone().unwrap_or_else(|| res.chart_digest.clone());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let r = render_from_repository(&helm_cfg, &bundle, &spec, target_ns.as_deref(), bytes, &limits)?;
             for w in &r.helm.warnings {
                 warn!(bundle = %bundle, "helm: {w}");
             }
-            let digest = r.helm.chart_digest.trim_start_matches("sha256:").to_string();
             *pending.lock().unwrap_or_else(|p| p.into_inner()).entry(r.artifact.digest.clone()).or_default() += 1;
             if let Err(e) = store.put(&r.artifact.bytes) {
                 unpend(&pending, &r.artifact.digest);
@@ -513,7 +726,7 @@ impl ChartWorker {
                 bundle,
                 source,
                 source_url: url,
-                revision: revision(&version, &digest),
+                revision: revision(&r.helm.version, pinned.trim_start_matches("sha256:")),
                 digest: r.artifact.digest,
                 size: r.artifact.size,
                 files: r.artifact.files,
@@ -526,19 +739,10 @@ impl ChartWorker {
     }
 }
 
-/// The revision of a chart build: `<version>@sha256:<chart digest>`.
+/// The revision of a chart build: `<version>@sha256:<digest>`, the digest
+/// being the chart archive's (HelmRepository) or the manifest's (OCIRepository).
 pub fn revision(version: &str, digest_hex: &str) -> String {
     format!("{version}@sha256:{digest_hex}")
-}
-
-trait ToBuildError {
-    fn to_string_error(&self) -> (String, String);
-}
-
-impl ToBuildError for Error {
-    fn to_string_error(&self) -> (String, String) {
-        (self.reason().to_string(), self.to_string())
-    }
 }
 
 fn render_from_repository(

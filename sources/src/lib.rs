@@ -8,6 +8,7 @@ pub mod git;
 pub mod helmrender;
 pub mod helmrepo;
 pub mod local;
+pub mod oci;
 pub mod redact;
 pub mod render;
 pub mod store;

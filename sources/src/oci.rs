@@ -240,7 +240,9 @@ impl OciClient {
         if !realm.starts_with("https://") && !(realm.starts_with("http://") && self.base.starts_with("http://")) {
             return Err(Error::Auth { url: self.shown(), message: "token realm is not https".into() });
         }
-        let mut req = self.client.get(&realm).query(&query);
+        let realm_url = reqwest::Url::parse_with_params(&realm, &query)
+            .map_err(|e| Error::Auth { url: self.shown(), message: format!("token realm: {e}") })?;
+        let mut req = self.client.get(realm_url);
         if let Some(Auth::Basic(u, p)) = &self.auth {
             req = req.basic_auth(u, Some(p));
         }
