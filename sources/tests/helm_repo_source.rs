@@ -7,7 +7,8 @@
 //! picked up on the next interval (only the range's bundle rebuilds), a
 //! chart cached by digest, a bad digest refused with nothing built, a 404
 //! for the index and for a chart, a chart missing from the index, basic
-//! auth (and its absence refused).
+//! auth (and its absence refused), and a webhook nudge reading the index of
+//! a repository whose interval is an hour.
 
 mod common;
 
@@ -142,6 +143,8 @@ async fn heavy_helm_repositories_resolve_once_check_digests_and_follow_new_versi
     let hub_files = tempfile::tempdir().unwrap();
     let auth = hub_files.path().join("auth");
     std::fs::write(&auth, "user:secret\n").unwrap();
+    let hook = hub_files.path().join("hook");
+    std::fs::write(&hook, "hook-secret\n").unwrap();
 
     let text = [
         repo_doc("charts", &format!("{base}/public"), ""),
@@ -149,6 +152,8 @@ async fn heavy_helm_repositories_resolve_once_check_digests_and_follow_new_versi
         repo_doc("gone", &format!("{base}/nothing-here"), ""),
         repo_doc("private", &format!("{base}/private"), &format!("  basicAuthFile: {}\n", auth.display())),
         repo_doc("no-auth", &format!("{base}/private"), ""),
+        repo_doc("hooked", &format!("{base}/public"), &format!("  webhook: {{secretFile: {}, type: gitlab}}\n", hook.display()))
+            .replace("interval: 1s", "interval: 1h"),
         bundle_doc("exact", "charts", "podinfo", "6.14.1"),
         bundle_doc("range", "charts", "podinfo", ">=6.0.0 <7.0.0"),
         bundle_doc("unknown", "charts", "nginx", "*"),
@@ -157,6 +162,7 @@ async fn heavy_helm_repositories_resolve_once_check_digests_and_follow_new_versi
         bundle_doc("lost", "gone", "podinfo", "*"),
         bundle_doc("authed", "private", "podinfo", "6.14.1"),
         bundle_doc("refused", "no-auth", "podinfo", "6.14.1"),
+        bundle_doc("hooked-range", "hooked", "podinfo", ">=6.0.0 <7.0.0"),
     ]
     .concat();
     let fleet = Arc::new(FleetConfig::parse([("fleet.yaml", text.as_str())]).unwrap());
@@ -172,7 +178,7 @@ async fn heavy_helm_repositories_resolve_once_check_digests_and_follow_new_versi
     let shutdown = CancellationToken::new();
     let (sources, task) = Sources::start(cfg, fleet_rx, shutdown.clone()).unwrap();
     let mut builds = sources.builds();
-    let all = ["exact", "range", "unknown", "tampered", "missing-file", "lost", "authed", "refused"];
+    let all = ["exact", "range", "unknown", "tampered", "missing-file", "lost", "authed", "refused", "hooked-range"];
     let b = wait(&mut builds, "every bundle built or failed", |m: &Builds| all.iter().all(|n| done(m, n))).await;
 
     // An exact version and a range, rendered from the downloaded archive.
@@ -254,6 +260,27 @@ async fn heavy_helm_repositories_resolve_once_check_digests_and_follow_new_versi
     assert_eq!(b2["range"].artifact.as_ref().unwrap().revision, format!("6.16.0@sha256:{v16}"));
     assert_eq!(b2["exact"].artifact.as_ref().unwrap(), &exact, "the exact version was not rebuilt");
     assert_ne!(b2["range"].artifact.as_ref().unwrap().digest, range.digest);
+
+    // The hour-long interval has not passed for `hooked`: a webhook (the
+    // GitSource receiver, same path and checks) reads its index now; a bad
+    // token is refused (401).
+    assert!(b2["hooked-range"].artifact.as_ref().unwrap().revision.starts_with("6.15.0@"));
+    use tower::ServiceExt as _;
+    let post = |token: &str| {
+        axum::http::Request::post("/hooks/hooked")
+            .header("x-gitlab-token", token)
+            .body(axum::body::Body::from("{}"))
+            .unwrap()
+    };
+    let router = sources.webhook_router();
+    let resp = router.clone().oneshot(post("wrong")).await.unwrap();
+    assert_eq!(resp.status(), axum::http::StatusCode::UNAUTHORIZED);
+    let resp = router.oneshot(post("hook-secret")).await.unwrap();
+    assert_eq!(resp.status(), axum::http::StatusCode::ACCEPTED);
+    wait(&mut builds, "the webhook's rebuild at 6.16.0", |m: &Builds| {
+        m["hooked-range"].artifact.as_ref().is_some_and(|a| a.revision == format!("6.16.0@sha256:{v16}"))
+    })
+    .await;
 
     shutdown.cancel();
     task.await.unwrap();
