@@ -106,7 +106,10 @@ impl OciRepositorySpec {
         if let Some(t) = self.webhook.as_ref().and_then(|w| w.type_.as_ref())
             && !WEBHOOK_TYPES.contains(&t.as_str())
         {
-            return Err(format!("spec.webhook.type must be one of {}, found {t:?}", WEBHOOK_TYPES.join(", ")));
+            return Err(format!(
+                "spec.webhook.type must be one of {}, found {t:?}",
+                WEBHOOK_TYPES.join(", ")
+            ));
         }
         Ok(())
     }
@@ -114,7 +117,8 @@ impl OciRepositorySpec {
 
 /// Whether `d` is `sha256:<64 lowercase hex>`.
 pub fn is_sha256_digest(d: &str) -> bool {
-    d.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
+    d.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
 }
 
 fn default_interval() -> HumanDuration {
@@ -153,7 +157,10 @@ impl HelmRepositorySpec {
         if let Some(t) = self.webhook.as_ref().and_then(|w| w.type_.as_ref())
             && !WEBHOOK_TYPES.contains(&t.as_str())
         {
-            return Err(format!("spec.webhook.type must be one of {}, found {t:?}", WEBHOOK_TYPES.join(", ")));
+            return Err(format!(
+                "spec.webhook.type must be one of {}, found {t:?}",
+                WEBHOOK_TYPES.join(", ")
+            ));
         }
         Ok(())
     }

@@ -414,7 +414,10 @@ impl HelmSpec {
         }
         if self.oci_repository.is_some() {
             if let Some(chart) = self.chart.as_deref() {
-                chart.split('/').try_for_each(crate::chartsrc::check_chart_name).map_err(|e| format!("spec.helm.chart: {e}"))?;
+                chart
+                    .split('/')
+                    .try_for_each(crate::chartsrc::check_chart_name)
+                    .map_err(|e| format!("spec.helm.chart: {e}"))?;
             }
             if !self.values_files.is_empty() {
                 return Err("spec.helm.valuesFiles: values files are read from a GitSource; a chart \
@@ -826,8 +829,16 @@ struct Envelope<T> {
 }
 
 /// The document kinds of the fleet config.
-pub const FLEET_KINDS: [&str; 8] =
-    ["GitSource", "Bundle", "Provider", "Alert", "Cluster", "ClusterGroup", "HelmRepository", "OCIRepository"];
+pub const FLEET_KINDS: [&str; 8] = [
+    "GitSource",
+    "Bundle",
+    "Provider",
+    "Alert",
+    "Cluster",
+    "ClusterGroup",
+    "HelmRepository",
+    "OCIRepository",
+];
 
 impl FleetConfig {
     /// Parse documents from one file's text and add them. Kinds listed in
@@ -900,9 +911,9 @@ impl FleetConfig {
                     .as_ref()
                     .map(|r| (r, "repository", "HelmRepository", self.helm_repositories.contains_key(r)))
                     .or_else(|| {
-                        h.oci_repository
-                            .as_ref()
-                            .map(|r| (r, "ociRepository", "OCIRepository", self.oci_repositories.contains_key(r)))
+                        h.oci_repository.as_ref().map(|r| {
+                            (r, "ociRepository", "OCIRepository", self.oci_repositories.contains_key(r))
+                        })
                     })
             });
             if let Some((repo, field, kind, exists)) = chart_repo {
@@ -1255,7 +1266,8 @@ impl FleetConfig {
 fn chart_source_as_bundle_source(bundles: &mut BTreeMap<String, Named<BundleSpec>>) {
     for b in bundles.values_mut() {
         if b.spec.source.is_empty()
-            && let Some(r) = b.spec.helm.as_ref().and_then(|h| h.repository.clone().or(h.oci_repository.clone()))
+            && let Some(r) =
+                b.spec.helm.as_ref().and_then(|h| h.repository.clone().or(h.oci_repository.clone()))
         {
             b.spec.source = r;
         }
@@ -1388,7 +1400,9 @@ spec:
         );
         assert!(msg("    repository: r\n    chart: web\n").contains("no HelmRepository named \"r\""));
         assert!(msg("    ociRepository: r\n").contains("no OCIRepository named \"r\""));
-        assert!(msg("    path: a\n    digest: sha256:00\n").contains("only for a chart from an ociRepository"));
+        assert!(
+            msg("    path: a\n    digest: sha256:00\n").contains("only for a chart from an ociRepository")
+        );
         assert!(msg("    path: ../../x\n").contains("spec.helm.path"));
         assert!(msg("    path: a\n    values: [1]\n").contains("spec.helm.values must be a mapping"));
         assert!(
@@ -1402,7 +1416,9 @@ spec:
     fn helm_repository_sources_and_the_bundles_that_use_them() {
         let repo = "apiVersion: convoy.dev/v1\nkind: HelmRepository\nmetadata:\n  name: charts\nspec:\n  url: https://charts.example.com/stable\n  interval: 5m\n  basicAuthFile: /etc/convoy/charts-auth\n  caFile: /etc/convoy/ca.pem\n";
         let bundle = |extra: &str| {
-            format!("{repo}---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: web\nspec:\n{extra}  helm:\n    repository: charts\n    chart: podinfo\n    version: \">=6.0.0 <7.0.0\"\n")
+            format!(
+                "{repo}---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: web\nspec:\n{extra}  helm:\n    repository: charts\n    chart: podinfo\n    version: \">=6.0.0 <7.0.0\"\n"
+            )
         };
         let f = FleetConfig::parse([("f.yaml", bundle("").as_str())]).unwrap();
         let r = &f.helm_repositories["charts"].spec;
@@ -1435,13 +1451,36 @@ spec:
         let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
         assert!(e.contains("spec.helm.version"), "{e}");
         // A bundle without a source and without a repository chart is refused.
-        let text = format!("{git}---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: x\nspec:\n  path: a\n");
+        let text = format!(
+            "{git}---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: x\nspec:\n  path: a\n"
+        );
         let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
         assert!(e.contains("spec.source: the GitSource name is required"), "{e}");
         // The repository's own checks name the field.
         let text = bundle("").replace("https://charts.example.com/stable", "http://charts.example.com");
         let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
         assert!(e.contains("HelmRepository") && e.contains("https only"), "{e}");
+    }
+
+    #[test]
+    fn oci_repository_sources_and_the_bundles_that_use_them() {
+        let repo = "apiVersion: convoy.dev/v1\nkind: OCIRepository\nmetadata:\n  name: ghcr\nspec:\n  url: oci://ghcr.io/stefanprodan/charts\n";
+        let bundle = |pick: &str| {
+            format!("{repo}---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: web\nspec:\n  helm:\n    ociRepository: ghcr\n    chart: podinfo\n{pick}")
+        };
+        let f = FleetConfig::parse([("f.yaml", bundle("    version: \"^6\"\n").as_str())]).unwrap();
+        assert_eq!(f.bundles["web"].spec.source, "ghcr");
+        assert_eq!(f.source_names(), ["ghcr"]);
+        assert_eq!(f.oci_repositories["ghcr"].spec.interval.get().as_secs(), 600);
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let f = FleetConfig::parse([("f.yaml", bundle(&format!("    digest: {d}\n")).as_str())]).unwrap();
+        assert_eq!(f.bundles["web"].spec.helm.as_ref().unwrap().digest.as_deref(), Some(d.as_str()));
+        let e = |pick: &str| FleetConfig::parse([("f.yaml", bundle(pick).as_str())]).unwrap_err().to_string();
+        assert!(e(&format!("    version: \"6\"\n    digest: {d}\n")).contains("not both"));
+        assert!(e("    digest: sha256:ab\n").contains("spec.helm.digest"));
+        let text = format!("{}---\napiVersion: convoy.dev/v1\nkind: HelmRepository\nmetadata:\n  name: ghcr\nspec:\n  url: https://x\n", bundle(""));
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("shared by all source kinds"), "{e}");
     }
 
     #[test]

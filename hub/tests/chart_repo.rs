@@ -4,7 +4,8 @@
 //! engine, and the hub signs a generation whose statement names the
 //! repository, the resolved version and the chart digest; `ListSources`
 //! shows the resolved version and digest; a new chart version and a
-//! reconcile nudge (the Fleet API) give a new generation.
+//! reconcile nudge (the Fleet API) give a new generation. With several
+//! replicas, chart repositories take the same per-source locks as GitSources.
 
 mod common;
 
@@ -74,9 +75,8 @@ async fn heavy_a_helm_repository_chart_is_signed_with_its_version_and_digest() {
     let mut cfg = HubConfig::local(dir.path().join("data"));
     cfg.certificates.cluster_ttl = convoy_core::duration::HumanDuration::from_secs(3600);
     cfg.helm.worker = vec![env!("CARGO_BIN_EXE_convoy-hub-helm-worker").to_string()];
-    let hub = Hub::start(cfg, HubOptions { fleet: Some(fleet(&fleet_text)), ..Default::default() })
-        .await
-        .unwrap();
+    let hub =
+        Hub::start(cfg, HubOptions { fleet: Some(fleet(&fleet_text)), ..Default::default() }).await.unwrap();
     let c1 = register(&hub, "c1", &[("env", "prod")]).await;
     let (mut s, _, _) = open(&hub, &c1, 1).await.unwrap();
 
@@ -126,4 +126,18 @@ async fn heavy_a_helm_repository_chart_is_signed_with_its_version_and_digest() {
     assert_eq!((h.chart.as_str(), h.version.as_str()), ("podinfo", "6.15.0"));
     assert_eq!(h.chart_digest, format!("sha256:{d15}"));
     hub.shutdown().await.unwrap();
+}
+
+#[test]
+fn chart_repositories_are_polled_under_their_source_lock() {
+    let f = fleet(concat!(
+        repo_and_web!(),
+        "---\napiVersion: convoy.dev/v1\nkind: HelmRepository\nmetadata: {name: charts}\nspec: {url: \"https://charts.example\"}\n",
+        "---\napiVersion: convoy.dev/v1\nkind: OCIRepository\nmetadata: {name: ghcr}\nspec: {url: \"oci://ghcr.io/x/charts\"}\n",
+    ));
+    let wanted: Vec<String> = convoy_hub::ha::locks::wanted(&f).into_iter().collect();
+    assert_eq!(wanted, ["leader", "source/charts", "source/ghcr", "source/repo"]);
+    let held = ["source/charts".to_string()].into_iter().collect();
+    assert!(!convoy_hub::ha::locks::standby(false, &held, "charts"), "the holder polls it");
+    assert!(convoy_hub::ha::locks::standby(false, &held, "ghcr"), "another replica holds it");
 }

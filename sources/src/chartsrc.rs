@@ -447,10 +447,12 @@ impl ChartWorker {
         let timed_out = || Error::Timeout { what: what.clone(), after: timeout };
         match self.spec.clone() {
             RepoSpec::Http(spec) => {
-                let _permit = self.ctx.semaphore.clone().acquire_owned().await.map_err(|_| Error::Shutdown)?;
+                let _permit =
+                    self.ctx.semaphore.clone().acquire_owned().await.map_err(|_| Error::Shutdown)?;
                 let client = self.http_client(&spec)?;
-                let (index, digest) =
-                    tokio::time::timeout(timeout, client.index_with_digest()).await.map_err(|_| timed_out())??;
+                let (index, digest) = tokio::time::timeout(timeout, client.index_with_digest())
+                    .await
+                    .map_err(|_| timed_out())??;
                 self.index = Some(Arc::new(index));
                 Ok(digest)
             }
@@ -467,11 +469,19 @@ impl ChartWorker {
                         }
                     };
                     if let Err(e) = &r
-                        && matches!(e, Error::Fetch { .. } | Error::Auth { .. } | Error::Timeout { .. } | Error::Credentials(_))
+                        && matches!(
+                            e,
+                            Error::Fetch { .. }
+                                | Error::Auth { .. }
+                                | Error::Timeout { .. }
+                                | Error::Credentials(_)
+                        )
                         && first_error.is_none()
                     {
                         first_error = Some(match e {
-                            Error::Auth { url, message } => Error::Auth { url: url.clone(), message: message.clone() },
+                            Error::Auth { url, message } => {
+                                Error::Auth { url: url.clone(), message: message.clone() }
+                            }
                             other => Error::Fetch { url: redact_url(&spec.url), message: other.to_string() },
                         });
                     }
@@ -591,13 +601,21 @@ impl ChartWorker {
             .map(|b| match &self.spec {
                 RepoSpec::Http(spec) => {
                     let index = self.index.as_deref().ok_or_else(|| as_pair(&Error::Shutdown))?;
-                    let h = b.helm.as_deref().ok_or_else(|| as_pair(&Error::Config("not a Helm bundle".into())))?;
+                    let h = b
+                        .helm
+                        .as_deref()
+                        .ok_or_else(|| as_pair(&Error::Config("not a Helm bundle".into())))?;
                     let client = self.http_client(spec).map_err(|e| as_pair(&e))?;
                     let chart = h.chart.as_deref().unwrap_or_default();
-                    let e = client.resolve(index, chart, h.version.as_deref().unwrap_or_default()).map_err(|e| as_pair(&e))?;
+                    let e = client
+                        .resolve(index, chart, h.version.as_deref().unwrap_or_default())
+                        .map_err(|e| as_pair(&e))?;
                     Ok(Resolution {
                         version: e.version.clone(),
-                        chart_digest: format!("sha256:{}", e.digest.trim_start_matches("sha256:").to_ascii_lowercase()),
+                        chart_digest: format!(
+                            "sha256:{}",
+                            e.digest.trim_start_matches("sha256:").to_ascii_lowercase()
+                        ),
                         manifest_digest: None,
                         locator: Locator::Index(e.clone()),
                     })
@@ -685,7 +703,9 @@ impl ChartWorker {
                         let chart = b.helm.as_deref().and_then(|h| h.chart.as_deref()).unwrap_or_default();
                         Ok(self.http_client(spec)?.download(chart, entry).await?.bytes)
                     }
-                    (RepoSpec::Oci(spec), Locator::Oci(chart)) => self.oci_client(spec, b)?.chart(chart).await,
+                    (RepoSpec::Oci(spec), Locator::Oci(chart)) => {
+                        self.oci_client(spec, b)?.chart(chart).await
+                    }
                     _ => Err(Error::Config("chart locator of another repository kind".into())),
                 }
             };
@@ -706,7 +726,8 @@ impl ChartWorker {
         let bytes = self.chart_bytes(res, b).await?;
         let spec = b.helm.as_deref().cloned().ok_or_else(|| Error::Config("not a Helm bundle".into()))?;
         let permit = self.ctx.semaphore.clone().acquire_owned().await.map_err(|_| Error::Shutdown)?;
-        let (store, pending, limits) = (self.ctx.store.clone(), self.ctx.pending.clone(), self.ctx.cfg.limits);
+        let (store, pending, limits) =
+            (self.ctx.store.clone(), self.ctx.pending.clone(), self.ctx.cfg.limits);
         let helm_cfg = self.ctx.cfg.helm.clone();
         let (bundle, target_ns, source) = (b.name.clone(), b.target_namespace.clone(), self.name.clone());
         let url = redact_url(self.spec.url());
@@ -717,7 +738,11 @@ impl ChartWorker {
             for w in &r.helm.warnings {
                 warn!(bundle = %bundle, "helm: {w}");
             }
-            *pending.lock().unwrap_or_else(|p| p.into_inner()).entry(r.artifact.digest.clone()).or_default() += 1;
+            *pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(r.artifact.digest.clone())
+                .or_default() += 1;
             if let Err(e) = store.put(&r.artifact.bytes) {
                 unpend(&pending, &r.artifact.digest);
                 return Err(e);
@@ -739,7 +764,66 @@ impl ChartWorker {
     }
 }
 
-/// The revision of a chart build: `<version>@sha256:<digest>`, the digest
+/// A chart pulled from a repository by reference (`convoy build --chart`).
+#[derive(Debug, Clone)]
+pub struct PulledChart {
+    /// The resolved version.
+    pub version: String,
+    /// `sha256:<hex>` of the archive (checked against the index or manifest).
+    pub chart_digest: String,
+    /// For an OCI chart: `sha256:<hex>` of its manifest.
+    pub manifest_digest: Option<String>,
+    /// The archive.
+    pub bytes: Vec<u8>,
+}
+
+/// Pull a chart by reference, with the resolvers the hub uses:
+/// `oci://host/path/chart` (a tag, a semver range over tags, or a manifest
+/// digest `sha256:…` as `constraint`; `plain_http` for a registry without
+/// TLS) or `http(s)://repo/NAME` (the chart NAME in the repository's
+/// `index.yaml`, exact version or semver range). Anonymous, or the
+/// registry's anonymous token challenge. Digests are checked.
+pub async fn pull_chart(
+    reference: &str,
+    constraint: &str,
+    plain_http: bool,
+    max_bytes: u64,
+) -> Result<PulledChart> {
+    if reference.starts_with("oci://") {
+        let client = OciClient::new(
+            reference,
+            &OciAuth { plain_http, max_chart_bytes: Some(max_bytes), ..Default::default() },
+        )?;
+        let (version, reference) = if constraint.starts_with("sha256:") {
+            (String::new(), constraint.to_string())
+        } else {
+            let tags = client.tags().await?;
+            let (tag, version) = pick_tag(&tags, constraint)?.ok_or_else(|| Error::RefNotFound {
+                url: redact_url(reference),
+                reference: format!("version {:?}", if constraint.is_empty() { "*" } else { constraint }),
+            })?;
+            (version, tag)
+        };
+        let m = client.manifest(&reference).await?;
+        let bytes = client.chart(&m).await?;
+        return Ok(PulledChart {
+            version,
+            chart_digest: m.chart_digest,
+            manifest_digest: Some(m.manifest_digest),
+            bytes,
+        });
+    }
+    let (repo, chart) = reference
+        .trim_end_matches('/')
+        .rsplit_once('/')
+        .filter(|(r, c)| r.contains("://") && !r.ends_with(':') && !r.ends_with('/') && !c.is_empty())
+        .ok_or_else(|| Error::Config(format!("{}: expected REPO_URL/NAME", redact_url(reference))))?;
+    let client = HelmRepo::new(repo, &RepoAuth { max_chart_bytes: Some(max_bytes), ..Default::default() })?;
+    let f = client.fetch(chart, constraint).await?;
+    Ok(PulledChart { version: f.version, chart_digest: f.digest, manifest_digest: None, bytes: f.bytes })
+}
+
+/// The revision of a chart build:/// The revision of a chart build: `<version>@sha256:<digest>`, the digest
 /// being the chart archive's (HelmRepository) or the manifest's (OCIRepository).
 pub fn revision(version: &str, digest_hex: &str) -> String {
     format!("{version}@sha256:{digest_hex}")

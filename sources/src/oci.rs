@@ -41,7 +41,8 @@ pub struct OciAuth {
 
 /// `oci://host[:port]/path` split into host and repository path. Pure.
 pub fn parse_oci_url(url: &str) -> Result<(String, String)> {
-    let rest = url.strip_prefix("oci://").ok_or_else(|| Error::Config(format!("{url}: not an oci:// URL")))?;
+    let rest =
+        url.strip_prefix("oci://").ok_or_else(|| Error::Config(format!("{url}: not an oci:// URL")))?;
     let (host, path) = rest
         .split_once('/')
         .filter(|(h, p)| !h.is_empty() && !p.is_empty())
@@ -150,7 +151,8 @@ impl OciClient {
             .timeout(opts.timeout.unwrap_or(Duration::from_secs(60)))
             .user_agent(format!("convoy/{}", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &opts.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| Error::Credentials(format!("caFile {}: {e}", ca.display())))?;
+            let pem =
+                std::fs::read(ca).map_err(|e| Error::Credentials(format!("caFile {}: {e}", ca.display())))?;
             for c in reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| Error::Config(format!("caFile: not a PEM bundle of certificates: {e}")))?
             {
@@ -191,11 +193,18 @@ impl OciClient {
         }
     }
 
-    async fn get(&self, url: &str, accept: Option<&str>, limit: u64) -> Result<(reqwest::header::HeaderMap, Vec<u8>)> {
+    async fn get(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        limit: u64,
+    ) -> Result<(reqwest::header::HeaderMap, Vec<u8>)> {
         let fetch = |message: String| Error::Fetch { url: self.shown(), message };
-        let mut resp = self.request(url, accept).send().await.map_err(|e| fetch(e.without_url().to_string()))?;
+        let mut resp =
+            self.request(url, accept).send().await.map_err(|e| fetch(e.without_url().to_string()))?;
         if resp.status() == reqwest::StatusCode::UNAUTHORIZED
-            && let Some(challenge) = resp.headers().get(reqwest::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok())
+            && let Some(challenge) =
+                resp.headers().get(reqwest::header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok())
             && challenge.len() > 7
             && challenge[..7].eq_ignore_ascii_case("bearer ")
         {
@@ -236,8 +245,13 @@ impl OciClient {
                 }
             }
         }
-        let realm = realm.ok_or_else(|| Error::Auth { url: self.shown(), message: "token challenge without realm".into() })?;
-        if !realm.starts_with("https://") && !(realm.starts_with("http://") && self.base.starts_with("http://")) {
+        let realm = realm.ok_or_else(|| Error::Auth {
+            url: self.shown(),
+            message: "token challenge without realm".into(),
+        })?;
+        if !realm.starts_with("https://")
+            && !(realm.starts_with("http://") && self.base.starts_with("http://"))
+        {
             return Err(Error::Auth { url: self.shown(), message: "token realm is not https".into() });
         }
         let realm_url = reqwest::Url::parse_with_params(&realm, &query)
@@ -246,7 +260,10 @@ impl OciClient {
         if let Some(Auth::Basic(u, p)) = &self.auth {
             req = req.basic_auth(u, Some(p));
         }
-        let resp = req.send().await.map_err(|e| Error::Auth { url: self.shown(), message: e.without_url().to_string() })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Error::Auth { url: self.shown(), message: e.without_url().to_string() })?;
         if !resp.status().is_success() {
             return Err(Error::Auth { url: self.shown(), message: format!("token: {}", resp.status()) });
         }
@@ -257,20 +274,25 @@ impl OciClient {
             #[serde(default)]
             access_token: String,
         }
-        let t: Token = resp.json().await.map_err(|e| Error::Auth { url: self.shown(), message: e.without_url().to_string() })?;
+        let t: Token = resp
+            .json()
+            .await
+            .map_err(|e| Error::Auth { url: self.shown(), message: e.without_url().to_string() })?;
         Ok(if t.token.is_empty() { t.access_token } else { t.token })
     }
 
     /// The repository's tags.
     pub async fn tags(&self) -> Result<Vec<String>> {
         let (_, body) = self.get(&self.url("tags/list"), None, 8 << 20).await?;
-        let t: Tags = serde_json::from_slice(&body).map_err(|e| Error::Fetch { url: self.shown(), message: format!("tags list: {e}") })?;
+        let t: Tags = serde_json::from_slice(&body)
+            .map_err(|e| Error::Fetch { url: self.shown(), message: format!("tags list: {e}") })?;
         Ok(t.tags.unwrap_or_default())
     }
 
     /// The chart manifest at a tag or digest: its digest and the chart layer.
     pub async fn manifest(&self, reference: &str) -> Result<OciChart> {
-        let (headers, body) = self.get(&self.url(&format!("manifests/{reference}")), Some(MANIFEST_ACCEPT), 4 << 20).await?;
+        let (headers, body) =
+            self.get(&self.url(&format!("manifests/{reference}")), Some(MANIFEST_ACCEPT), 4 << 20).await?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
         if let Some(h) = headers.get("docker-content-digest").and_then(|v| v.to_str().ok())
             && h.starts_with("sha256:")
@@ -279,17 +301,33 @@ impl OciClient {
             return Err(Error::DigestMismatch { url: self.shown(), expected: h.to_string(), actual: digest });
         }
         if reference.starts_with("sha256:") && reference != digest {
-            return Err(Error::DigestMismatch { url: self.shown(), expected: reference.to_string(), actual: digest });
+            return Err(Error::DigestMismatch {
+                url: self.shown(),
+                expected: reference.to_string(),
+                actual: digest,
+            });
         }
-        let m: Manifest = serde_json::from_slice(&body).map_err(|e| Error::Fetch { url: self.shown(), message: format!("manifest: {e}") })?;
-        let layer = m.layers.into_iter().find(|l| l.media_type == CHART_LAYER).ok_or_else(|| Error::Config(format!(
-            "{} {reference}: the manifest has no Helm chart layer ({CHART_LAYER})",
-            self.shown()
-        )))?;
+        let m: Manifest = serde_json::from_slice(&body)
+            .map_err(|e| Error::Fetch { url: self.shown(), message: format!("manifest: {e}") })?;
+        let layer = m.layers.into_iter().find(|l| l.media_type == CHART_LAYER).ok_or_else(|| {
+            Error::Config(format!(
+                "{} {reference}: the manifest has no Helm chart layer ({CHART_LAYER})",
+                self.shown()
+            ))
+        })?;
         if !layer.digest.starts_with("sha256:") {
-            return Err(Error::Config(format!("{} {reference}: chart layer digest {} is not sha256", self.shown(), layer.digest)));
+            return Err(Error::Config(format!(
+                "{} {reference}: chart layer digest {} is not sha256",
+                self.shown(),
+                layer.digest
+            )));
         }
-        Ok(OciChart { reference: reference.to_string(), manifest_digest: digest, chart_digest: layer.digest, size: layer.size })
+        Ok(OciChart {
+            reference: reference.to_string(),
+            manifest_digest: digest,
+            chart_digest: layer.digest,
+            size: layer.size,
+        })
     }
 
     /// Download the chart layer and check it against its digest.
@@ -301,10 +339,15 @@ impl OciClient {
                 limit: self.max_chart_bytes,
             }));
         }
-        let (_, bytes) = self.get(&self.url(&format!("blobs/{}", chart.chart_digest)), None, self.max_chart_bytes).await?;
+        let (_, bytes) =
+            self.get(&self.url(&format!("blobs/{}", chart.chart_digest)), None, self.max_chart_bytes).await?;
         let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
         if actual != chart.chart_digest {
-            return Err(Error::DigestMismatch { url: self.shown(), expected: chart.chart_digest.clone(), actual });
+            return Err(Error::DigestMismatch {
+                url: self.shown(),
+                expected: chart.chart_digest.clone(),
+                actual,
+            });
         }
         Ok(bytes)
     }
@@ -333,8 +376,14 @@ mod tests {
 
     #[test]
     fn oci_urls() {
-        assert_eq!(parse_oci_url("oci://ghcr.io/stefanprodan/charts/podinfo").unwrap(), ("ghcr.io".into(), "stefanprodan/charts/podinfo".into()));
-        assert_eq!(parse_oci_url("oci://127.0.0.1:5000/charts/").unwrap(), ("127.0.0.1:5000".into(), "charts".into()));
+        assert_eq!(
+            parse_oci_url("oci://ghcr.io/stefanprodan/charts/podinfo").unwrap(),
+            ("ghcr.io".into(), "stefanprodan/charts/podinfo".into())
+        );
+        assert_eq!(
+            parse_oci_url("oci://127.0.0.1:5000/charts/").unwrap(),
+            ("127.0.0.1:5000".into(), "charts".into())
+        );
         for bad in ["https://x/y", "oci://x", "oci:///y", "oci://x//y", "oci://x/../y", "oci://u:p@x/y"] {
             assert!(parse_oci_url(bad).is_err(), "{bad}");
         }
@@ -342,12 +391,17 @@ mod tests {
 
     #[test]
     fn tags_exact_range_and_build_metadata() {
-        let tags: Vec<String> = ["6.14.1", "6.15.0", "7.0.0-rc.1", "6.15.0_build.1", "latest"].map(String::from).to_vec();
+        let tags: Vec<String> =
+            ["6.14.1", "6.15.0", "7.0.0-rc.1", "6.15.0_build.1", "latest"].map(String::from).to_vec();
         let t = |c: &str| pick_tag(&tags, c).unwrap().map(|(t, _)| t);
         assert_eq!(t("6.14.1").as_deref(), Some("6.14.1"));
         assert_eq!(t("6.15.0+build.1").as_deref(), Some("6.15.0_build.1"), "+ is stored as _");
         assert_eq!(t(">=6.0.0 <7.0.0").as_deref().map(|s| s.starts_with("6.15.0")), Some(true));
-        assert_eq!(t("").as_deref().map(|s| s.starts_with("6.15.0")), Some(true), "no pre-release without asking");
+        assert_eq!(
+            t("").as_deref().map(|s| s.starts_with("6.15.0")),
+            Some(true),
+            "no pre-release without asking"
+        );
         assert_eq!(t(">=7.0.0-rc.0").as_deref(), Some("7.0.0-rc.1"));
         assert_eq!(t("latest").as_deref(), Some("latest"), "an exact tag need not be a version");
         assert_eq!(t(">=8"), None);

@@ -152,8 +152,12 @@ async fn heavy_helm_repositories_resolve_once_check_digests_and_follow_new_versi
         repo_doc("gone", &format!("{base}/nothing-here"), ""),
         repo_doc("private", &format!("{base}/private"), &format!("  basicAuthFile: {}\n", auth.display())),
         repo_doc("no-auth", &format!("{base}/private"), ""),
-        repo_doc("hooked", &format!("{base}/public"), &format!("  webhook: {{secretFile: {}, type: gitlab}}\n", hook.display()))
-            .replace("interval: 1s", "interval: 1h"),
+        repo_doc(
+            "hooked",
+            &format!("{base}/public"),
+            &format!("  webhook: {{secretFile: {}, type: gitlab}}\n", hook.display()),
+        )
+        .replace("interval: 1s", "interval: 1h"),
         bundle_doc("exact", "charts", "podinfo", "6.14.1"),
         bundle_doc("range", "charts", "podinfo", ">=6.0.0 <7.0.0"),
         bundle_doc("unknown", "charts", "nginx", "*"),
@@ -178,8 +182,19 @@ async fn heavy_helm_repositories_resolve_once_check_digests_and_follow_new_versi
     let shutdown = CancellationToken::new();
     let (sources, task) = Sources::start(cfg, fleet_rx, shutdown.clone()).unwrap();
     let mut builds = sources.builds();
-    let all = ["exact", "range", "unknown", "tampered", "missing-file", "lost", "authed", "refused", "hooked-range"];
-    let b = wait(&mut builds, "every bundle built or failed", |m: &Builds| all.iter().all(|n| done(m, n))).await;
+    let all = [
+        "exact",
+        "range",
+        "unknown",
+        "tampered",
+        "missing-file",
+        "lost",
+        "authed",
+        "refused",
+        "hooked-range",
+    ];
+    let b =
+        wait(&mut builds, "every bundle built or failed", |m: &Builds| all.iter().all(|n| done(m, n))).await;
 
     // An exact version and a range, rendered from the downloaded archive.
     let v14 = sha256_file(&public.join("podinfo-6.14.1.tgz"));
@@ -190,11 +205,12 @@ async fn heavy_helm_repositories_resolve_once_check_digests_and_follow_new_versi
     let helm = exact.helm.clone().unwrap();
     assert_eq!((helm.chart.as_str(), helm.version.as_str()), ("podinfo", "6.14.1"));
     assert_eq!(helm.chart_digest, format!("sha256:{v14}"), "the statement's chart digest is the index's");
-    let files: Vec<String> = convoy_artifact::unpack(&sources.store().read(&exact.digest).unwrap(), &Default::default())
-        .unwrap()
-        .into_iter()
-        .map(|f| f.path)
-        .collect();
+    let files: Vec<String> =
+        convoy_artifact::unpack(&sources.store().read(&exact.digest).unwrap(), &Default::default())
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
     assert!(files.contains(&"helm/release.yaml".to_string()), "{files:?}");
     assert!(files.iter().any(|f| f == "helm/templates/podinfo/templates/deployment.yaml"), "{files:?}");
     let range = b["range"].artifact.clone().unwrap();

@@ -131,7 +131,8 @@ async fn heavy_oci_registries_resolve_tags_and_digests_with_and_without_auth() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tmp = tempfile::tempdir().unwrap();
     let htpasswd = tmp.path().join("htpasswd");
-    let out = Command::new("htpasswd").args(["-Bbn", "user", "secret"]).output().expect("htpasswd (apache2-utils)");
+    let out =
+        Command::new("htpasswd").args(["-Bbn", "user", "secret"]).output().expect("htpasswd (apache2-utils)");
     assert!(out.status.success());
     std::fs::write(&htpasswd, out.stdout).unwrap();
     let (_open, open_port) = registry(tmp.path(), None);

@@ -111,8 +111,14 @@ pub fn pending_chart_sources(
     fleet: &convoy_core::config::FleetConfig,
     statuses: &std::collections::BTreeMap<String, SourceStatus>,
 ) -> Vec<pb::SourceView> {
-    let http = fleet.helm_repositories.iter().map(|(n, r)| (n, "HelmRepository", &r.spec.url, r.spec.suspend, r.spec.interval));
-    let oci = fleet.oci_repositories.iter().map(|(n, r)| (n, "OCIRepository", &r.spec.url, r.spec.suspend, r.spec.interval));
+    let http = fleet
+        .helm_repositories
+        .iter()
+        .map(|(n, r)| (n, "HelmRepository", &r.spec.url, r.spec.suspend, r.spec.interval));
+    let oci = fleet
+        .oci_repositories
+        .iter()
+        .map(|(n, r)| (n, "OCIRepository", &r.spec.url, r.spec.suspend, r.spec.interval));
     http.chain(oci)
         .filter(|(name, ..)| !statuses.contains_key(*name))
         .map(|(name, kind, url, suspend, interval)| pb::SourceView {
