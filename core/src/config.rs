@@ -1466,7 +1466,9 @@ spec:
     fn oci_repository_sources_and_the_bundles_that_use_them() {
         let repo = "apiVersion: convoy.dev/v1\nkind: OCIRepository\nmetadata:\n  name: ghcr\nspec:\n  url: oci://ghcr.io/stefanprodan/charts\n";
         let bundle = |pick: &str| {
-            format!("{repo}---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: web\nspec:\n  helm:\n    ociRepository: ghcr\n    chart: podinfo\n{pick}")
+            format!(
+                "{repo}---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: web\nspec:\n  helm:\n    ociRepository: ghcr\n    chart: podinfo\n{pick}"
+            )
         };
         let f = FleetConfig::parse([("f.yaml", bundle("    version: \"^6\"\n").as_str())]).unwrap();
         assert_eq!(f.bundles["web"].spec.source, "ghcr");
@@ -1478,7 +1480,10 @@ spec:
         let e = |pick: &str| FleetConfig::parse([("f.yaml", bundle(pick).as_str())]).unwrap_err().to_string();
         assert!(e(&format!("    version: \"6\"\n    digest: {d}\n")).contains("not both"));
         assert!(e("    digest: sha256:ab\n").contains("spec.helm.digest"));
-        let text = format!("{}---\napiVersion: convoy.dev/v1\nkind: HelmRepository\nmetadata:\n  name: ghcr\nspec:\n  url: https://x\n", bundle(""));
+        let text = format!(
+            "{}---\napiVersion: convoy.dev/v1\nkind: HelmRepository\nmetadata:\n  name: ghcr\nspec:\n  url: https://x\n",
+            bundle("")
+        );
         let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
         assert!(e.contains("shared by all source kinds"), "{e}");
     }

@@ -141,3 +141,18 @@ fn chart_repositories_are_polled_under_their_source_lock() {
     assert!(!convoy_hub::ha::locks::standby(false, &held, "charts"), "the holder polls it");
     assert!(convoy_hub::ha::locks::standby(false, &held, "ghcr"), "another replica holds it");
 }
+
+#[test]
+fn chart_repository_credential_files_are_secret_paths() {
+    let f = fleet(
+        "apiVersion: convoy.dev/v1\nkind: HelmRepository\nmetadata: {name: charts}\nspec: {url: \"https://charts.example\", basicAuthFile: /etc/c/auth, caFile: /etc/c/ca.pem, webhook: {secretFile: /etc/c/hook}}\n---\napiVersion: convoy.dev/v1\nkind: OCIRepository\nmetadata: {name: ghcr}\nspec: {url: \"oci://ghcr.io/x\", bearerTokenFile: /etc/c/token}\n",
+    );
+    let files: Vec<(String, String)> = convoy_hub::secret_paths::secret_files(&f);
+    let want = [
+        ("HelmRepository charts: spec.basicAuthFile", "/etc/c/auth"),
+        ("HelmRepository charts: spec.caFile", "/etc/c/ca.pem"),
+        ("HelmRepository charts: spec.webhook.secretFile", "/etc/c/hook"),
+        ("OCIRepository ghcr: spec.bearerTokenFile", "/etc/c/token"),
+    ];
+    assert_eq!(files, want.map(|(a, b)| (a.to_string(), b.to_string())));
+}
