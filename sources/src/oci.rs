@@ -249,9 +249,11 @@ impl OciClient {
             url: self.shown(),
             message: "token challenge without realm".into(),
         })?;
-        if !realm.starts_with("https://")
-            && !(realm.starts_with("http://") && self.base.starts_with("http://"))
-        {
+        // Credentials go to an https realm, or to an http one only when the
+        // registry itself is plain http.
+        let realm_ok = realm.starts_with("https://")
+            || (realm.starts_with("http://") && self.base.starts_with("http://"));
+        if !realm_ok {
             return Err(Error::Auth { url: self.shown(), message: "token realm is not https".into() });
         }
         let realm_url = reqwest::Url::parse_with_params(&realm, &query)
