@@ -7,7 +7,9 @@
 //! engine with the manifest digest in the revision and the layer digest as
 //! the chart digest; the source status lists them; a new tag picked up on
 //! the next interval; basic auth from a file (and refused without it); a
-//! chart missing from the registry reported with its 404.
+//! chart missing from the registry reported with its 404. And a registry
+//! front that answers like ghcr.io (a `Bearer` token challenge, the token
+//! service taking the basic credentials), served by Python.
 
 mod common;
 
@@ -223,4 +225,103 @@ async fn heavy_oci_registries_resolve_tags_and_digests_with_and_without_auth() {
 
     shutdown.cancel();
     task.await.unwrap();
+}
+
+/// A registry front that answers like ghcr.io: 401 with a `Bearer` challenge
+/// naming a token service, which hands out a token for the right basic
+/// credentials; with the token, the registry API files under `root`.
+const TOKEN_REGISTRY: &str = r#"
+import base64, http.server, json, os, sys
+root = sys.argv[1]
+want = "Basic " + base64.b64encode(b"user:secret").decode()
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def reply(self, code, body=b"", headers=()):
+        self.send_response(code)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        port = self.server.server_address[1]
+        if self.path.startswith("/token?"):
+            if self.headers.get("Authorization") != want or "scope=repository" not in self.path:
+                return self.reply(401)
+            return self.reply(200, json.dumps({"token": "tok-123"}).encode())
+        if self.headers.get("Authorization") != "Bearer tok-123":
+            challenge = 'Bearer realm="http://127.0.0.1:%d/token",service="test",scope="repository:charts/podinfo:pull"' % port
+            return self.reply(401, b"", [("WWW-Authenticate", challenge)])
+        path = os.path.join(root, self.path.lstrip("/").replace(":", "_"))
+        if not os.path.isfile(path):
+            return self.reply(404)
+        with open(path, "rb") as f:
+            self.reply(200, f.read())
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_token_challenge_is_answered_with_the_basic_credentials() {
+    use convoy_sources::oci::{OciAuth, OciClient};
+    use std::io::{BufRead, BufReader};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let charts = tmp.path().join("charts");
+    std::fs::create_dir_all(&charts).unwrap();
+    python(
+        "import sys\nfrom helm_python import package\npackage(sys.argv[1], destination=sys.argv[2], version='6.14.1')\n",
+        &[corpus().join("charts/podinfo").to_str().unwrap(), charts.to_str().unwrap()],
+    );
+    let tgz = std::fs::read(charts.join("podinfo-6.14.1.tgz")).unwrap();
+    let layer = convoy_artifact::digest_of(&tgz);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":"sha256:{z}","size":2}},"layers":[{{"mediaType":"application/vnd.cncf.helm.chart.content.v1.tar+gzip","digest":"{layer}","size":{}}}]}}"#,
+        tgz.len(),
+        z = "0".repeat(64)
+    );
+    let api = tmp.path().join("api/v2/charts/podinfo");
+    for d in ["tags", "manifests", "blobs"] {
+        std::fs::create_dir_all(api.join(d)).unwrap();
+    }
+    std::fs::write(api.join("tags/list"), r#"{"name":"charts/podinfo","tags":["6.14.1"]}"#).unwrap();
+    std::fs::write(api.join("manifests/6.14.1"), &manifest).unwrap();
+    std::fs::write(api.join(format!("blobs/{}", layer.replace(':', "_"))), &tgz).unwrap();
+    let mut server = ProcessGuard::spawn(
+        "token registry",
+        Command::new("python3")
+            .args(["-u", "-c", TOKEN_REGISTRY])
+            .arg(tmp.path().join("api"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.child_mut().stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = format!("oci://127.0.0.1:{}/charts/podinfo", line.trim());
+    let auth = tmp.path().join("auth");
+    std::fs::write(&auth, "user:secret\n").unwrap();
+
+    let client = OciClient::new(
+        &url,
+        &OciAuth { basic_auth_file: Some(auth), plain_http: true, ..Default::default() },
+    )
+    .unwrap();
+    assert_eq!(client.tags().await.unwrap(), ["6.14.1"]);
+    let m = client.manifest("6.14.1").await.unwrap();
+    assert_eq!(m.manifest_digest, convoy_artifact::digest_of(manifest.as_bytes()));
+    assert_eq!(m.chart_digest, layer);
+    assert_eq!(client.chart(&m).await.unwrap(), tgz);
+
+    // Without credentials the token service refuses: AuthenticationFailed.
+    let anonymous = OciClient::new(&url, &OciAuth { plain_http: true, ..Default::default() }).unwrap();
+    let e = anonymous.tags().await.unwrap_err();
+    assert_eq!(e.reason(), "AuthenticationFailed", "{e}");
+    // A pinned digest that is not the manifest's is refused.
+    let wrong = format!("sha256:{}", "1".repeat(64));
+    std::fs::write(api.join(format!("manifests/{}", wrong.replace(':', "_"))), &manifest).unwrap();
+    let e = client.manifest(&wrong).await.unwrap_err();
+    assert_eq!(e.reason(), "DigestMismatch", "{e}");
 }
