@@ -600,7 +600,10 @@ impl ChartWorker {
             .iter()
             .map(|b| match &self.spec {
                 RepoSpec::Http(spec) => {
-                    let index = self.index.as_deref().ok_or_else(|| as_pair(&Error::Shutdown))?;
+                    let index = self
+                        .index
+                        .as_deref()
+                        .ok_or_else(|| as_pair(&Error::Config("index.yaml not read yet".into())))?;
                     let h = b
                         .helm
                         .as_deref()
