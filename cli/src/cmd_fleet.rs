@@ -567,7 +567,11 @@ fn short_revision(r: &str) -> String {
     // main@sha1:0123456789... -> main@0123456
     match r.split_once("@sha1:") {
         Some((rf, c)) => format!("{rf}@{}", c.chars().take(7).collect::<String>()),
-        None => r.to_string(),
+        // A chart: 6.15.0@sha256:0123456789ab...; an index: sha256:0123...
+        None => match r.split_once("sha256:") {
+            Some((rf, d)) => format!("{rf}sha256:{}", d.chars().take(12).collect::<String>()),
+            None => r.to_string(),
+        },
     }
 }
 
@@ -778,6 +782,42 @@ struct SourceOut {
     failures: u32,
     suspended: bool,
     interval_seconds: u32,
+    kind: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    charts: Vec<ChartOut>,
+}
+
+/// A chart a bundle resolved to in a chart repository (`get sources`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ChartOut {
+    bundle: String,
+    chart: String,
+    constraint: String,
+    version: String,
+    digest: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    manifest_digest: String,
+}
+
+/// The REVISION cell of a source: a chart repository shows what its bundles
+/// resolved to (`chart@version (sha256:<12 hex>)`, one per line).
+fn source_revision_cell(s: &SourceOut) -> String {
+    if !s.charts.is_empty() {
+        let mut seen: Vec<String> = s
+            .charts
+            .iter()
+            .map(|c| {
+                // An OCI chart shows its manifest digest, a repository chart its archive's.
+                let d = if c.manifest_digest.is_empty() { &c.digest } else { &c.manifest_digest };
+                let hex = d.strip_prefix("sha256:").unwrap_or(d);
+                format!("{}@{} (sha256:{})", c.chart, c.version, &hex[..hex.len().min(12)])
+            })
+            .collect();
+        seen.dedup();
+        return seen.join("\n");
+    }
+    if s.revision.is_empty() { "-".into() } else { short_revision(&s.revision) }
 }
 
 #[derive(Serialize)]
@@ -979,6 +1019,19 @@ async fn get(a: GetArgs) -> Result<()> {
                         failures: s.failures,
                         suspended: s.suspended,
                         interval_seconds: s.interval_seconds,
+                        kind: s.kind,
+                        charts: s
+                            .charts
+                            .into_iter()
+                            .map(|c| ChartOut {
+                                bundle: c.bundle,
+                                chart: c.chart,
+                                constraint: c.constraint,
+                                version: c.version,
+                                digest: c.digest,
+                                manifest_digest: c.manifest_digest,
+                            })
+                            .collect(),
                     }
                 })
                 .collect();
@@ -994,7 +1047,7 @@ async fn get(a: GetArgs) -> Result<()> {
             for s in &out {
                 let mut row = vec![
                     s.name.clone(),
-                    if s.revision.is_empty() { "-".into() } else { short_revision(&s.revision) },
+                    source_revision_cell(s),
                     s.ready.clone(),
                     age(s.last_fetch_unix_ms),
                     s.message.clone(),

@@ -20,14 +20,20 @@ use crate::cmd_artifact::{BuildArgs, write_atomic};
 /// Helm options of `convoy build`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct HelmBuildArgs {
-    /// A chart directory or packaged `.tgz` to render instead of `--dir`.
-    /// (`oci://…` and `REPO_URL/NAME` references are not supported by
-    /// `convoy build` yet: pull the chart first.)
+    /// A chart to render instead of `--dir`: a directory, a packaged `.tgz`,
+    /// `oci://host/path/chart` (an OCI registry) or `REPO_URL/NAME` (the
+    /// chart NAME of an HTTP(S) chart repository), pulled with the hub's
+    /// resolvers (digests checked; anonymous access).
     #[arg(long, env = "CONVOY_BUILD_CHART")]
     pub chart: Option<String>,
-    /// Require this chart version.
+    /// A local chart must be this version; a remote chart: an exact version,
+    /// a semver range (highest match), or for `oci://` a manifest digest
+    /// `sha256:…`. Default for a remote chart: the highest release.
     #[arg(long, requires = "chart")]
     pub chart_version: Option<String>,
+    /// Talk plain http to an `oci://` registry (no TLS).
+    #[arg(long, requires = "chart")]
+    pub plain_http: bool,
     /// Values files, merged in order (later files win).
     #[arg(long = "values", requires = "chart")]
     pub values: Vec<PathBuf>,
@@ -65,16 +71,28 @@ pub(crate) fn with_worker(mut cfg: convoy_hub::HubConfig) -> convoy_hub::HubConf
 pub(crate) fn build_chart(a: &BuildArgs) -> anyhow::Result<ExitCode> {
     let h = &a.helm;
     let chart_ref = h.chart.as_deref().context("--dir or --chart is required")?;
-    if chart_ref.starts_with("oci://")
-        || chart_ref.starts_with("http://")
-        || chart_ref.starts_with("https://")
-    {
-        bail!(
-            "--chart {chart_ref}: convoy build renders local charts only (a directory or .tgz); pull the chart first"
+    let remote = ["oci://", "http://", "https://"].iter().any(|p| chart_ref.starts_with(p));
+    let (chart, path) = if remote {
+        // The hub's resolvers (convoy_sources::chartsrc), on the runtime this
+        // blocking task runs beside.
+        let constraint = h.chart_version.clone().unwrap_or_default();
+        let limit = convoy_helm::Limits::default().max_chart_bytes;
+        let pulled = tokio::runtime::Handle::current()
+            .block_on(convoy_sources::chartsrc::pull_chart(chart_ref, &constraint, h.plain_http, limit))
+            .with_context(|| format!("--chart {}", convoy_sources::redact::redact_url(chart_ref)))?;
+        eprintln!(
+            "pulled chart version {} ({}{})",
+            pulled.version,
+            pulled.chart_digest,
+            pulled.manifest_digest.as_deref().map(|m| format!(", manifest {m}")).unwrap_or_default()
         );
-    }
-    let path = PathBuf::from(chart_ref).canonicalize().with_context(|| format!("--chart {chart_ref}"))?;
-    let chart = ChartInput::Path(path.clone());
+        // The bundle is named after the chart: the last path segment.
+        let last = chart_ref.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string();
+        (ChartInput::Archive(pulled.bytes), PathBuf::from(last))
+    } else {
+        let path = PathBuf::from(chart_ref).canonicalize().with_context(|| format!("--chart {chart_ref}"))?;
+        (ChartInput::Path(path.clone()), path)
+    };
     let name = match &a.name {
         Some(n) => n.clone(),
         None => path
@@ -111,6 +129,7 @@ pub(crate) fn build_chart(a: &BuildArgs) -> anyhow::Result<ExitCode> {
     };
     let rendered = renderer.render(&req)?;
     if let Some(v) = &h.chart_version
+        && !remote
         && *v != rendered.chart.version
     {
         bail!("--chart-version {v}: the chart is version {}", rendered.chart.version);

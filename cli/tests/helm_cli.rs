@@ -139,18 +139,19 @@ fn build_chart_statement_names_chart_and_digests_and_verifies() {
     );
     let v = convoy(&["verify", "--key", s(&keys.join("signing.pub")), s(&a)]);
     assert!(v.status.success(), "{}", text(&v.stderr));
-    // Remote references are refused with a message, not half-supported.
+    // A remote reference that names no chart is refused before any request
+    // (remote charts are pulled: cli/tests/build_remote_chart.rs).
     let o = convoy(&[
         "build",
         "--chart",
-        "oci://example.com/charts/podinfo",
+        "https://example.com",
         "--key",
         s(&keys.join("signing.key")),
         "--out",
         s(&d.path().join("c")),
     ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o.stderr).contains("local charts only"), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("expected REPO_URL/NAME"), "{}", text(&o.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -242,7 +242,10 @@ pub struct CommitVerification {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BundleSpec {
-    /// The GitSource name.
+    /// The GitSource name. For a chart from a `HelmRepository`
+    /// (`helm.repository`) it may be left out: it is then that repository's
+    /// name (the bundle is built by that source).
+    #[serde(default)]
     pub source: String,
     /// The directory in the source: plain YAML, or a kustomize overlay when it
     /// holds a kustomization.yaml. Default: the repository root.
@@ -313,10 +316,10 @@ pub struct HelmSpec {
     /// `path`, the chart must have this exact version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    /// A `HelmRepository` source (not implemented yet: refused).
+    /// A `HelmRepository` source, by name (with `chart` and `version`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
-    /// An `OCIRepository` source (not implemented yet: refused).
+    /// An `OCIRepository` source, by name (with `version` or `digest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci_repository: Option<String>,
     /// A chart directory inside the bundle's GitSource (from the repository root).
@@ -348,6 +351,10 @@ pub struct HelmSpec {
     /// `helm.kubeVersion`, else Helm's built-in default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kube_version: Option<String>,
+    /// For `ociRepository`: the chart's manifest digest (`sha256:<hex>`),
+    /// instead of `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// One `valuesFrom` entry: a YAML file on the hub.
@@ -392,14 +399,40 @@ impl HelmSpec {
             return Err("spec.helm: set exactly one of repository, ociRepository, path".into());
         }
         if self.repository.is_some() {
-            return Err("spec.helm.repository: HelmRepository sources are not implemented yet; \
-                        vendor the chart into the GitSource and use spec.helm.path"
-                .into());
+            let chart = self.chart.as_deref().ok_or("spec.helm.chart: a repository chart needs its name")?;
+            crate::chartsrc::check_chart_name(chart).map_err(|e| format!("spec.helm.chart: {e}"))?;
+            if !self.values_files.is_empty() {
+                return Err("spec.helm.valuesFiles: values files are read from a GitSource; a chart \
+                            from a repository takes values and valuesFrom"
+                    .into());
+            }
+            if let Some(v) = self.version.as_deref().filter(|v| !v.is_empty())
+                && semver::Version::parse(v.strip_prefix(['v', 'V']).unwrap_or(v)).is_err()
+            {
+                crate::chartsrc::parse_version_range(v).map_err(|e| format!("spec.helm.version {e}"))?;
+            }
         }
         if self.oci_repository.is_some() {
-            return Err("spec.helm.ociRepository: OCIRepository sources are not implemented yet; \
-                        vendor the chart into the GitSource and use spec.helm.path"
-                .into());
+            if let Some(chart) = self.chart.as_deref() {
+                chart
+                    .split('/')
+                    .try_for_each(crate::chartsrc::check_chart_name)
+                    .map_err(|e| format!("spec.helm.chart: {e}"))?;
+            }
+            if !self.values_files.is_empty() {
+                return Err("spec.helm.valuesFiles: values files are read from a GitSource; a chart \
+                            from a repository takes values and valuesFrom"
+                    .into());
+            }
+            match (&self.version, &self.digest) {
+                (Some(_), Some(_)) => return Err("spec.helm: set version or digest, not both".into()),
+                (_, Some(d)) if !crate::chartsrc::is_sha256_digest(d) => {
+                    return Err(format!("spec.helm.digest {d:?} must be sha256:<64 lowercase hex>"));
+                }
+                _ => {}
+            }
+        } else if self.digest.is_some() {
+            return Err("spec.helm.digest: only for a chart from an ociRepository".into());
         }
         if let Some(p) = &self.path {
             check_bundle_path(p).map_err(|e| format!("spec.helm.path: {e}"))?;
@@ -768,6 +801,10 @@ pub struct FleetConfig {
     pub clusters: BTreeMap<String, Named<ClusterSpec>>,
     /// Cluster groups by name.
     pub cluster_groups: BTreeMap<String, Named<ClusterGroupSpec>>,
+    /// HelmRepository sources by name (names are shared with GitSources).
+    pub helm_repositories: BTreeMap<String, Named<crate::chartsrc::HelmRepositorySpec>>,
+    /// OCIRepository sources by name (names are shared with the other kinds).
+    pub oci_repositories: BTreeMap<String, Named<crate::chartsrc::OciRepositorySpec>>,
 }
 
 #[derive(Deserialize)]
@@ -792,7 +829,16 @@ struct Envelope<T> {
 }
 
 /// The document kinds of the fleet config.
-pub const FLEET_KINDS: [&str; 6] = ["GitSource", "Bundle", "Provider", "Alert", "Cluster", "ClusterGroup"];
+pub const FLEET_KINDS: [&str; 8] = [
+    "GitSource",
+    "Bundle",
+    "Provider",
+    "Alert",
+    "Cluster",
+    "ClusterGroup",
+    "HelmRepository",
+    "OCIRepository",
+];
 
 impl FleetConfig {
     /// Parse documents from one file's text and add them. Kinds listed in
@@ -817,11 +863,16 @@ impl FleetConfig {
             }
             match header.kind.as_str() {
                 "GitSource" => insert(&mut self.sources, file, &doc, "GitSource")?,
-                "Bundle" => insert(&mut self.bundles, file, &doc, "Bundle")?,
+                "Bundle" => {
+                    insert(&mut self.bundles, file, &doc, "Bundle")?;
+                    chart_source_as_bundle_source(&mut self.bundles);
+                }
                 "Provider" => insert(&mut self.providers, file, &doc, "Provider")?,
                 "Alert" => insert(&mut self.alerts, file, &doc, "Alert")?,
                 "Cluster" => insert(&mut self.clusters, file, &doc, "Cluster")?,
                 "ClusterGroup" => insert(&mut self.cluster_groups, file, &doc, "ClusterGroup")?,
+                "HelmRepository" => insert(&mut self.helm_repositories, file, &doc, "HelmRepository")?,
+                "OCIRepository" => insert(&mut self.oci_repositories, file, &doc, "OCIRepository")?,
                 other => {
                     return Err(invalid(format!(
                         "unknown kind {other:?}; expected one of {}",
@@ -854,11 +905,34 @@ impl FleetConfig {
                 name: name.clone(),
                 message: m,
             };
-            if !self.sources.contains_key(&b.spec.source) {
+            b.spec.helm.as_ref().map(HelmSpec::check).transpose().map_err(invalid)?;
+            let chart_repo = b.spec.helm.as_ref().and_then(|h| {
+                h.repository
+                    .as_ref()
+                    .map(|r| (r, "repository", "HelmRepository", self.helm_repositories.contains_key(r)))
+                    .or_else(|| {
+                        h.oci_repository.as_ref().map(|r| {
+                            (r, "ociRepository", "OCIRepository", self.oci_repositories.contains_key(r))
+                        })
+                    })
+            });
+            if let Some((repo, field, kind, exists)) = chart_repo {
+                if !exists {
+                    return Err(invalid(format!("spec.helm.{field}: no {kind} named {repo:?}")));
+                }
+                if !b.spec.source.is_empty() && b.spec.source != *repo {
+                    return Err(invalid(format!(
+                        "spec.source {:?}: a chart from a repository is built by that repository; \
+                         leave spec.source out or set it to {repo:?}",
+                        b.spec.source
+                    )));
+                }
+            } else if b.spec.source.is_empty() {
+                return Err(invalid("spec.source: the GitSource name is required".into()));
+            } else if !self.sources.contains_key(&b.spec.source) {
                 return Err(invalid(format!("spec.source: no GitSource named {:?}", b.spec.source)));
             }
             check_bundle_path(&b.spec.path).map_err(invalid)?;
-            b.spec.helm.as_ref().map(HelmSpec::check).transpose().map_err(invalid)?;
             if let Some(e) = b.spec.tenancy().validate().into_iter().next() {
                 return Err(invalid(format!("spec.{e}")));
             }
@@ -946,6 +1020,36 @@ impl FleetConfig {
             {
                 return Err(invalid(format!("spec.verify.mode must be ssh or gpg, found {:?}", v.mode)));
             }
+        }
+        for (name, r) in &self.helm_repositories {
+            let invalid = |m: String| Error::Invalid {
+                file: r.origin.clone(),
+                kind: "HelmRepository".into(),
+                name: name.clone(),
+                message: m,
+            };
+            if let Some(g) = self.sources.get(name) {
+                return Err(invalid(format!(
+                    "metadata.name: a GitSource has this name ({}); source names are shared by all source kinds",
+                    g.origin
+                )));
+            }
+            r.spec.check().map_err(invalid)?;
+        }
+        for (name, r) in &self.oci_repositories {
+            let invalid = |m: String| Error::Invalid {
+                file: r.origin.clone(),
+                kind: "OCIRepository".into(),
+                name: name.clone(),
+                message: m,
+            };
+            let other = self.sources.get(name).map(|g| g.origin.clone());
+            if let Some(o) = other.or_else(|| self.helm_repositories.get(name).map(|h| h.origin.clone())) {
+                return Err(invalid(format!(
+                    "metadata.name: another source has this name ({o}); source names are shared by all source kinds"
+                )));
+            }
+            r.spec.check().map_err(invalid)?;
         }
         for (name, c) in &self.clusters {
             if c.spec.name.is_none() && c.spec.selector.is_none() {
@@ -1120,12 +1224,53 @@ impl FleetConfig {
             .collect()
     }
 
+    /// Every source name, of every source kind (GitSource, HelmRepository),
+    /// in name order. Source names are unique across kinds.
+    pub fn source_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .sources
+            .keys()
+            .chain(self.helm_repositories.keys())
+            .chain(self.oci_repositories.keys())
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Whether `name` is a source of any kind.
+    pub fn has_source(&self, name: &str) -> bool {
+        self.sources.contains_key(name)
+            || self.helm_repositories.contains_key(name)
+            || self.oci_repositories.contains_key(name)
+    }
+
+    /// Whether the source `name` (of any kind) is suspended in the config.
+    pub fn source_suspended(&self, name: &str) -> bool {
+        self.sources.get(name).map(|s| s.spec.suspend).unwrap_or(false)
+            || self.helm_repositories.get(name).map(|s| s.spec.suspend).unwrap_or(false)
+            || self.oci_repositories.get(name).map(|s| s.spec.suspend).unwrap_or(false)
+    }
+
     /// The bundles built from a source.
     pub fn bundles_of_source<'a>(
         &'a self,
         source: &'a str,
     ) -> impl Iterator<Item = &'a Named<BundleSpec>> + 'a {
         self.bundles.values().filter(move |b| b.spec.source == source)
+    }
+}
+
+/// A bundle whose chart comes from a repository and that names no source is
+/// built by that repository: its `source` becomes the repository's name.
+fn chart_source_as_bundle_source(bundles: &mut BTreeMap<String, Named<BundleSpec>>) {
+    for b in bundles.values_mut() {
+        if b.spec.source.is_empty()
+            && let Some(r) =
+                b.spec.helm.as_ref().and_then(|h| h.repository.clone().or(h.oci_repository.clone()))
+        {
+            b.spec.source = r;
+        }
     }
 }
 
@@ -1253,8 +1398,11 @@ spec:
             msg("    path: a\n    repository: r\n")
                 .contains("set exactly one of repository, ociRepository, path")
         );
-        assert!(msg("    repository: r\n    chart: web\n").contains("not implemented yet"));
-        assert!(msg("    ociRepository: r\n").contains("not implemented yet"));
+        assert!(msg("    repository: r\n    chart: web\n").contains("no HelmRepository named \"r\""));
+        assert!(msg("    ociRepository: r\n").contains("no OCIRepository named \"r\""));
+        assert!(
+            msg("    path: a\n    digest: sha256:00\n").contains("only for a chart from an ociRepository")
+        );
         assert!(msg("    path: ../../x\n").contains("spec.helm.path"));
         assert!(msg("    path: a\n    values: [1]\n").contains("spec.helm.values must be a mapping"));
         assert!(
@@ -1262,6 +1410,82 @@ spec:
         );
         assert!(msg("    path: a\n    crds: Sometimes\n").contains("Sometimes"));
         assert!(msg("    path: a\n    chartz: x\n").contains("chartz"), "unknown fields are refused");
+    }
+
+    #[test]
+    fn helm_repository_sources_and_the_bundles_that_use_them() {
+        let repo = "apiVersion: convoy.dev/v1\nkind: HelmRepository\nmetadata:\n  name: charts\nspec:\n  url: https://charts.example.com/stable\n  interval: 5m\n  basicAuthFile: /etc/convoy/charts-auth\n  caFile: /etc/convoy/ca.pem\n";
+        let bundle = |extra: &str| {
+            format!(
+                "{repo}---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: web\nspec:\n{extra}  helm:\n    repository: charts\n    chart: podinfo\n    version: \">=6.0.0 <7.0.0\"\n"
+            )
+        };
+        let f = FleetConfig::parse([("f.yaml", bundle("").as_str())]).unwrap();
+        let r = &f.helm_repositories["charts"].spec;
+        assert_eq!((r.interval.get().as_secs(), r.timeout.get().as_secs()), (300, 60));
+        assert_eq!(r.basic_auth_file.as_deref(), Some("/etc/convoy/charts-auth"));
+        assert_eq!(f.bundles["web"].spec.source, "charts", "the repository builds the bundle");
+        assert_eq!(f.bundles_of_source("charts").count(), 1);
+        assert_eq!(f.source_names(), ["charts"]);
+        assert!(f.has_source("charts") && !f.source_suspended("charts"));
+        // Naming the repository as the source is the same; another source is refused.
+        let f2 = FleetConfig::parse([("f.yaml", bundle("  source: charts\n").as_str())]).unwrap();
+        assert_eq!(f2.bundles, f.bundles);
+        let git = "---\napiVersion: convoy.dev/v1\nkind: GitSource\nmetadata:\n  name: fleet\nspec:\n  url: https://x/r.git\n";
+        let text = format!("{}{git}", bundle("  source: fleet\n"));
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("leave spec.source out"), "{e}");
+        // Source names are shared across kinds.
+        let text = format!("{}{}", bundle(""), git.replace("name: fleet", "name: charts"));
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("shared by all source kinds"), "{e}");
+        // The chart's name is required, valuesFiles need a GitSource, versions must parse.
+        let e = FleetConfig::parse([("f.yaml", bundle("").replace("    chart: podinfo\n", "").as_str())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("spec.helm.chart"), "{e}");
+        let text = format!("{}    valuesFiles: [v.yaml]\n", bundle(""));
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("spec.helm.valuesFiles"), "{e}");
+        let text = bundle("").replace(">=6.0.0 <7.0.0", "six");
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("spec.helm.version"), "{e}");
+        // A bundle without a source and without a repository chart is refused.
+        let text = format!(
+            "{git}---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: x\nspec:\n  path: a\n"
+        );
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("spec.source: the GitSource name is required"), "{e}");
+        // The repository's own checks name the field.
+        let text = bundle("").replace("https://charts.example.com/stable", "http://charts.example.com");
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("HelmRepository") && e.contains("https only"), "{e}");
+    }
+
+    #[test]
+    fn oci_repository_sources_and_the_bundles_that_use_them() {
+        let repo = "apiVersion: convoy.dev/v1\nkind: OCIRepository\nmetadata:\n  name: ghcr\nspec:\n  url: oci://ghcr.io/stefanprodan/charts\n";
+        let bundle = |pick: &str| {
+            format!(
+                "{repo}---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: web\nspec:\n  helm:\n    ociRepository: ghcr\n    chart: podinfo\n{pick}"
+            )
+        };
+        let f = FleetConfig::parse([("f.yaml", bundle("    version: \"^6\"\n").as_str())]).unwrap();
+        assert_eq!(f.bundles["web"].spec.source, "ghcr");
+        assert_eq!(f.source_names(), ["ghcr"]);
+        assert_eq!(f.oci_repositories["ghcr"].spec.interval.get().as_secs(), 600);
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let f = FleetConfig::parse([("f.yaml", bundle(&format!("    digest: {d}\n")).as_str())]).unwrap();
+        assert_eq!(f.bundles["web"].spec.helm.as_ref().unwrap().digest.as_deref(), Some(d.as_str()));
+        let e = |pick: &str| FleetConfig::parse([("f.yaml", bundle(pick).as_str())]).unwrap_err().to_string();
+        assert!(e(&format!("    version: \"6\"\n    digest: {d}\n")).contains("not both"));
+        assert!(e("    digest: sha256:ab\n").contains("spec.helm.digest"));
+        let text = format!(
+            "{}---\napiVersion: convoy.dev/v1\nkind: HelmRepository\nmetadata:\n  name: ghcr\nspec:\n  url: https://x\n",
+            bundle("")
+        );
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("shared by all source kinds"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! their edges.
 
 pub mod backoff;
+pub mod chartsrc;
 pub mod clock;
 pub mod config;
 pub mod duration;

@@ -31,6 +31,31 @@ pub struct SourceStatus {
     pub suspended: bool,
     /// The poll interval.
     pub interval: Duration,
+    /// The source's kind: empty for a GitSource, `HelmRepository`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// For a chart repository: the chart each of its bundles resolved to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub charts: Vec<ResolvedChart>,
+}
+
+/// A chart a bundle resolved to in a chart repository.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedChart {
+    /// The bundle.
+    pub bundle: String,
+    /// The chart name.
+    pub chart: String,
+    /// The version asked for (exact or a range; empty: the highest release).
+    pub constraint: String,
+    /// The resolved version.
+    pub version: String,
+    /// `sha256:<hex>` of the chart archive (checked against the index or manifest).
+    pub digest: String,
+    /// For an OCI chart: `sha256:<hex>` of its manifest.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub manifest_digest: String,
 }
 
 /// An artifact built for a bundle from a source revision.

@@ -42,6 +42,30 @@ pub fn secret_files(fleet: &FleetConfig) -> Vec<(String, String)> {
             out.push((at("caFile"), f.clone()));
         }
     }
+    for (name, r) in &fleet.helm_repositories {
+        let at = |field: &str| format!("HelmRepository {name}: spec.{field}");
+        let files = [
+            ("basicAuthFile", &r.spec.basic_auth_file),
+            ("bearerTokenFile", &r.spec.bearer_token_file),
+            ("caFile", &r.spec.ca_file),
+        ];
+        out.extend(files.into_iter().filter_map(|(field, f)| f.clone().map(|f| (at(field), f))));
+        if let Some(w) = &r.spec.webhook {
+            out.push((at("webhook.secretFile"), w.secret_file.clone()));
+        }
+    }
+    for (name, r) in &fleet.oci_repositories {
+        let at = |field: &str| format!("OCIRepository {name}: spec.{field}");
+        let files = [
+            ("basicAuthFile", &r.spec.basic_auth_file),
+            ("bearerTokenFile", &r.spec.bearer_token_file),
+            ("caFile", &r.spec.ca_file),
+        ];
+        out.extend(files.into_iter().filter_map(|(field, f)| f.clone().map(|f| (at(field), f))));
+        if let Some(w) = &r.spec.webhook {
+            out.push((at("webhook.secretFile"), w.secret_file.clone()));
+        }
+    }
     for (name, p) in &fleet.providers {
         if let Some(f) = &p.spec.secret_file {
             out.push((format!("Provider {name}: spec.secretFile"), f.clone()));

@@ -905,7 +905,7 @@ impl Actor {
                 }
             },
             Cmd::SetSourceSuspended { source, suspended, reply } => {
-                if !self.fleet.sources.contains_key(&source) {
+                if !self.fleet.has_source(&source) {
                     let _ = reply.send(Err(Rejection::NotFound(format!(
                         "source {source:?} is not in the fleet config"
                     ))

@@ -91,7 +91,7 @@ impl SourcesConfig {
 
 /// What a worker is asked to do.
 #[derive(Debug)]
-enum Trigger {
+pub(crate) enum Trigger {
     /// Fetch now and rebuild every bundle.
     Reconcile,
     /// The source's bundles changed.
@@ -102,25 +102,25 @@ enum Trigger {
 
 /// What a worker reports, tagged with the worker's id so that a replaced
 /// worker's late reports are ignored.
-struct Report {
-    source: String,
-    worker: u64,
-    event: Event,
+pub(crate) struct Report {
+    pub(crate) source: String,
+    pub(crate) worker: u64,
+    pub(crate) event: Event,
 }
 
-enum Event {
+pub(crate) enum Event {
     Status(Box<SourceStatus>),
     Built { bundle: String, result: std::result::Result<BuiltArtifact, BuildError> },
     FetchFailed { error: BuildError },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct BundleRef {
-    name: String,
-    path: String,
+pub(crate) struct BundleRef {
+    pub(crate) name: String,
+    pub(crate) path: String,
     /// A Helm bundle's chart and values (crate::helmrender).
-    helm: Option<Box<HelmSpec>>,
-    target_namespace: Option<String>,
+    pub(crate) helm: Option<Box<HelmSpec>>,
+    pub(crate) target_namespace: Option<String>,
 }
 
 struct WorkerHandle {
@@ -183,20 +183,33 @@ impl Sources {
             stats: Arc::default(),
         });
         let (events_tx, events_rx) = mpsc::channel(256);
+        let cfg = Arc::new(cfg);
+        let pending = Pending::default();
+        let semaphore = Arc::new(Semaphore::new(cfg_max.max(1)));
+        let chart_ctx = crate::chartsrc::Ctx {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            charts: ArtifactStore::open(&cfg.data_dir.join("charts"))?,
+            pending: pending.clone(),
+            semaphore: semaphore.clone(),
+            events: events_tx.clone(),
+        };
         let sup = Supervisor {
-            pending: Pending::default(),
-            cfg: Arc::new(cfg),
+            pending,
+            cfg,
             store,
             sources_dir,
             fleet,
             status_tx,
             builds_tx,
             events_tx,
-            semaphore: Arc::new(Semaphore::new(cfg_max.max(1))),
+            semaphore,
             workers: HashMap::new(),
             stopping: Vec::new(),
             next_id: 0,
             inner: inner.clone(),
+            charts: Default::default(),
+            chart_ctx,
         };
         let task = tokio::spawn(sup.run(events_rx, control_rx, shutdown).instrument(info_span!("sources")));
         Ok((Sources { inner }, task))
@@ -231,7 +244,7 @@ impl Sources {
     /// Suspend or resume polling of a source, on top of its `suspend` setting
     /// (not persisted: the hub reapplies it after a restart).
     pub fn set_suspended(&self, source: &str, suspended: bool) -> Result<()> {
-        if !self.inner.fleet.borrow().sources.contains_key(source) {
+        if !self.inner.fleet.borrow().has_source(source) {
             return Err(Error::UnknownSource(source.into()));
         }
         self.inner.suspended.lock().unwrap_or_else(|p| p.into_inner()).insert(source.into(), suspended);
@@ -240,7 +253,7 @@ impl Sources {
 
     fn is_suspended(&self, source: &str) -> bool {
         let over = self.inner.suspended.lock().unwrap_or_else(|p| p.into_inner()).get(source).copied();
-        let config = self.inner.fleet.borrow().sources.get(source).is_some_and(|s| s.spec.suspend);
+        let config = self.inner.fleet.borrow().source_suspended(source);
         over.unwrap_or(false) || config
     }
 
@@ -276,7 +289,7 @@ impl crate::webhook::HookTarget for Sources {
 
 /// Digests stored by a worker whose build event the supervisor has not
 /// processed yet; GC treats them as referenced.
-type Pending = Arc<Mutex<HashMap<String, usize>>>;
+pub(crate) type Pending = Arc<Mutex<HashMap<String, usize>>>;
 
 struct Supervisor {
     pending: Pending,
@@ -293,6 +306,9 @@ struct Supervisor {
     stopping: Vec<JoinHandle<()>>,
     next_id: u64,
     inner: Arc<Inner>,
+    /// HelmRepository workers (crate::chartsrc) and what they share.
+    charts: crate::chartsrc::ChartWorkers,
+    chart_ctx: crate::chartsrc::Ctx,
 }
 
 impl Supervisor {
@@ -323,6 +339,7 @@ impl Supervisor {
                     if let Some(w) = self.workers.get(&source) {
                         let _ = w.tx.try_send(Trigger::Suspend(suspended || w.spec.suspend));
                     }
+                    self.charts.suspend(&source, suspended);
                 }
                 _ = gc.tick() => self.gc().await,
             }
@@ -331,6 +348,7 @@ impl Supervisor {
             w.token.cancel();
             self.stopping.push(w.task);
         }
+        self.charts.drain(&mut self.stopping);
         for task in self.stopping.drain(..) {
             let _ = task.await;
         }
@@ -374,10 +392,11 @@ impl Supervisor {
                 None => self.spawn_worker(src, bundles),
             }
         }
+        self.apply_chart_sources(&fleet);
         // Forget removed sources and bundles.
         self.status_tx.send_if_modified(|m| {
             let before = m.len();
-            Arc::make_mut(m).retain(|k, _| fleet.sources.contains_key(k));
+            Arc::make_mut(m).retain(|k, _| fleet.has_source(k));
             before != m.len()
         });
         self.builds_tx.send_if_modified(|m| {
@@ -385,6 +404,25 @@ impl Supervisor {
             Arc::make_mut(m).retain(|k, _| fleet.bundles.contains_key(k));
             before != m.len()
         });
+    }
+
+    /// Start, stop and update the HelmRepository workers (crate::chartsrc).
+    fn apply_chart_sources(&mut self, fleet: &FleetConfig) {
+        let triggers = &self.inner.triggers;
+        let overrides = &self.inner.suspended;
+        self.charts.apply(
+            fleet,
+            &self.chart_ctx,
+            &mut self.next_id,
+            &mut self.stopping,
+            &mut |name, tx| {
+                triggers.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), tx);
+            },
+            &mut |name| {
+                triggers.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+            },
+            &|name| overrides.lock().unwrap_or_else(|p| p.into_inner()).get(name).copied().unwrap_or(false),
+        );
     }
 
     fn spawn_worker(&mut self, src: &Named<GitSourceSpec>, bundles: Vec<BundleRef>) {
@@ -422,7 +460,8 @@ impl Supervisor {
     }
 
     fn on_event(&mut self, report: Report) {
-        let current = self.workers.get(&report.source).is_some_and(|w| w.id == report.worker);
+        let current = self.workers.get(&report.source).is_some_and(|w| w.id == report.worker)
+            || self.charts.is_current(&report.source, report.worker);
         match report.event {
             Event::Status(s) => {
                 if !current {
@@ -490,6 +529,20 @@ impl Supervisor {
             .filter_map(|b| b.artifact.as_ref().map(|a| a.digest.clone()))
             .collect();
         referenced.extend(self.pending.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned());
+        // The chart cache: charts no bundle resolves to go the same way.
+        let charts_referenced: HashSet<String> = self
+            .status_tx
+            .borrow()
+            .values()
+            .flat_map(|s| s.charts.iter().map(|c| c.digest.clone()))
+            .collect();
+        let charts = self.chart_ctx.charts.clone();
+        match tokio::task::spawn_blocking(move || charts.gc(&charts_referenced, retention)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(deleted = n, "garbage-collected unreferenced charts"),
+            Ok(Err(error)) => warn!(%error, "chart cache gc failed"),
+            Err(error) => warn!(%error, "chart cache gc panicked"),
+        }
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.gc(&referenced, retention)).await {
             Ok(Ok(0)) => {}
@@ -500,7 +553,7 @@ impl Supervisor {
     }
 }
 
-fn unpend(pending: &Pending, digest: &str) {
+pub(crate) fn unpend(pending: &Pending, digest: &str) {
     let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(n) = p.get_mut(digest) {
         *n -= 1;
@@ -533,6 +586,7 @@ fn initial_status(name: &str, spec: &GitSourceSpec) -> SourceStatus {
         failures: 0,
         suspended: spec.suspend,
         interval: spec.interval.get(),
+        ..Default::default()
     }
 }
 

@@ -101,6 +101,16 @@ pub enum Error {
     /// The pipeline has shut down.
     #[error("the source pipeline has shut down")]
     Shutdown,
+    /// A downloaded chart does not match the digest its repository's index gives.
+    #[error("{url}: the chart's digest is {actual}, the index says {expected}: refused")]
+    DigestMismatch {
+        /// The redacted download URL.
+        url: String,
+        /// The digest the index gives.
+        expected: String,
+        /// The digest of the downloaded bytes.
+        actual: String,
+    },
     /// Rendering a Helm chart failed (or Helm's engine is not available).
     #[error("helm: {0}")]
     Helm(#[from] convoy_helm::Error),
@@ -131,6 +141,7 @@ impl Error {
             Error::Config(_) => "InvalidConfig",
             Error::LocalRepo { .. } => "GitRepositoryError",
             Error::Shutdown => "Shutdown",
+            Error::DigestMismatch { .. } => "DigestMismatch",
             Error::Helm(h) => h.reason(),
         }
     }

@@ -78,8 +78,8 @@ pub fn pick_version<'a>(index: &'a Index, chart: &str, constraint: &str) -> Resu
         return Ok(Some(exact));
     }
     let range = if constraint.is_empty() { "*" } else { constraint };
-    let req = semver::VersionReq::parse(range)
-        .map_err(|e| Error::Config(format!("chart version {range:?}: {e}")))?;
+    let req = convoy_core::chartsrc::parse_version_range(range)
+        .map_err(|e| Error::Config(format!("chart version {e}")))?;
     Ok(versions
         .iter()
         .filter_map(|e| {
@@ -171,24 +171,51 @@ impl HelmRepo {
 
     /// Fetch and parse `index.yaml`.
     pub async fn index(&self) -> Result<Index> {
+        Ok(self.index_with_digest().await?.0)
+    }
+
+    /// Fetch and parse `index.yaml`; also `sha256:<hex>` of its bytes (the
+    /// repository's revision: a changed index is a new revision).
+    pub async fn index_with_digest(&self) -> Result<(Index, String)> {
         let bytes = self.get(&format!("{}/index.yaml", self.url), 64 << 20).await?;
-        parse_index(&String::from_utf8_lossy(&bytes))
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        Ok((parse_index(&String::from_utf8_lossy(&bytes))?, digest))
     }
 
     /// Resolve `chart` at `constraint` and download it, checking its digest.
     pub async fn fetch(&self, chart: &str, constraint: &str) -> Result<FetchedChart> {
         let index = self.index().await?;
-        let entry = pick_version(&index, chart, constraint)?.ok_or_else(|| Error::RefNotFound {
+        let entry = self.resolve(&index, chart, constraint)?;
+        self.download(chart, entry).await
+    }
+
+    /// The entry of `chart` at `constraint`, or `RefNotFound`.
+    pub fn resolve<'a>(&self, index: &'a Index, chart: &str, constraint: &str) -> Result<&'a IndexEntry> {
+        pick_version(index, chart, constraint)?.ok_or_else(|| Error::RefNotFound {
             url: redact_url(&self.url),
             reference: format!(
                 "chart {chart} version {:?}",
                 if constraint.is_empty() { "*" } else { constraint }
             ),
-        })?;
+        })
+    }
+
+    /// Download the archive of an index entry (its first URL; a relative
+    /// URL resolves against the repository URL) and check it against the
+    /// entry's digest. An entry without a digest is refused: there would be
+    /// nothing to check the download against.
+    pub async fn download(&self, chart: &str, entry: &IndexEntry) -> Result<FetchedChart> {
         let rel = entry
             .urls
             .first()
             .ok_or_else(|| Error::Config(format!("index.yaml: {chart} {} has no urls", entry.version)))?;
+        let expected = entry.digest.trim_start_matches("sha256:").to_ascii_lowercase();
+        if expected.len() != 64 || !expected.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::Config(format!(
+                "index.yaml: {chart} {} has no sha256 digest; a chart without one is refused",
+                entry.version
+            )));
+        }
         let url = if rel.contains("://") {
             rel.clone()
         } else {
@@ -196,12 +223,11 @@ impl HelmRepo {
         };
         let bytes = self.get(&url, self.max_chart_bytes).await?;
         let digest = hex::encode(Sha256::digest(&bytes));
-        if !entry.digest.is_empty()
-            && !entry.digest.eq_ignore_ascii_case(digest.trim_start_matches("sha256:"))
-        {
-            return Err(Error::Corrupt {
-                path: redact_url(&url),
-                digest: format!("sha256:{}", entry.digest),
+        if digest != expected {
+            return Err(Error::DigestMismatch {
+                url: redact_url(&url),
+                expected: format!("sha256:{expected}"),
+                actual: format!("sha256:{digest}"),
             });
         }
         Ok(FetchedChart {
@@ -228,6 +254,7 @@ mod tests {
         assert_eq!(v("").as_deref(), Some("6.15.0"), "pre-releases only for a range that names one");
         assert_eq!(v(">=7.0.0-rc.0").as_deref(), Some("7.0.0-rc.1"));
         assert_eq!(v("^5").as_deref(), Some("v5.0.0"));
+        assert_eq!(v(">=6.0.0 <6.15.0").as_deref(), Some("6.14.1"), "Helm's space-separated form");
         assert_eq!(v(">=8"), None);
         assert!(pick_version(&i, "other", "*").unwrap().is_none());
         assert!(pick_version(&i, "podinfo", "not a range").is_err());

@@ -1,12 +1,14 @@
 //! Git sources and the artifact pipeline of the hub: fetch with gix, render
 //! bundles (plain YAML or kustomize), store artifacts by digest, webhooks.
 
+pub mod chartsrc;
 pub mod controller;
 pub mod deps;
 pub mod git;
 pub mod helmrender;
 pub mod helmrepo;
 pub mod local;
+pub mod oci;
 pub mod redact;
 pub mod render;
 pub mod store;

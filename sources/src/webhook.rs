@@ -83,7 +83,12 @@ async fn receive<T: HookTarget>(
     body: Bytes,
 ) -> (StatusCode, &'static str) {
     let fleet = sources.fleet();
-    let Some(hook) = fleet.sources.get(&source).and_then(|s| s.spec.webhook.clone()) else {
+    let hook = fleet.sources.get(&source).and_then(|s| s.spec.webhook.clone());
+    // Chart repositories take the same webhooks (crate::chartsrc).
+    let hook = hook
+        .or_else(|| fleet.helm_repositories.get(&source).and_then(|r| r.spec.webhook.clone()))
+        .or_else(|| fleet.oci_repositories.get(&source).and_then(|r| r.spec.webhook.clone()));
+    let Some(hook) = hook else {
         warn!(source = %source, "webhook for an unknown source (or one without a webhook) refused");
         return REFUSED;
     };

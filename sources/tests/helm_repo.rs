@@ -90,7 +90,7 @@ async fn a_chart_repository_resolves_versions_checks_digests_and_reports_404() {
     // A .tgz that does not match the index's digest is refused.
     std::fs::copy(repo.join("podinfo-6.15.0.tgz"), repo.join("podinfo-6.14.1.tgz")).unwrap();
     match client.fetch("podinfo", "6.14.1").await {
-        Err(Error::Corrupt { path, .. }) => assert!(path.ends_with("podinfo-6.14.1.tgz"), "{path}"),
+        Err(Error::DigestMismatch { url, .. }) => assert!(url.ends_with("podinfo-6.14.1.tgz"), "{url}"),
         other => panic!("expected a digest mismatch, got {other:?}"),
     }
 

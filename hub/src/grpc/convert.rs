@@ -89,7 +89,53 @@ pub fn source_to_pb(s: &SourceStatus) -> pb::SourceView {
         failures: s.failures,
         suspended: s.suspended,
         interval_seconds: u32::try_from(s.interval.as_secs()).unwrap_or(u32::MAX),
+        kind: if s.kind.is_empty() { "GitSource".into() } else { s.kind.clone() },
+        charts: s
+            .charts
+            .iter()
+            .map(|c| pb::ResolvedChart {
+                bundle: c.bundle.clone(),
+                chart: c.chart.clone(),
+                constraint: c.constraint.clone(),
+                version: c.version.clone(),
+                digest: c.digest.clone(),
+                manifest_digest: c.manifest_digest.clone(),
+            })
+            .collect(),
     }
+}
+
+/// The chart repositories (HelmRepository, OCIRepository) of the fleet
+/// config the pipeline has not reported on yet.
+pub fn pending_chart_sources(
+    fleet: &convoy_core::config::FleetConfig,
+    statuses: &std::collections::BTreeMap<String, SourceStatus>,
+) -> Vec<pb::SourceView> {
+    let http = fleet
+        .helm_repositories
+        .iter()
+        .map(|(n, r)| (n, "HelmRepository", &r.spec.url, r.spec.suspend, r.spec.interval));
+    let oci = fleet
+        .oci_repositories
+        .iter()
+        .map(|(n, r)| (n, "OCIRepository", &r.spec.url, r.spec.suspend, r.spec.interval));
+    http.chain(oci)
+        .filter(|(name, ..)| !statuses.contains_key(*name))
+        .map(|(name, kind, url, suspend, interval)| pb::SourceView {
+            name: name.clone(),
+            url: convoy_sources::redact::redact_url(url),
+            suspended: suspend,
+            interval_seconds: u32::try_from(interval.get().as_secs()).unwrap_or(u32::MAX),
+            kind: kind.into(),
+            conditions: vec![condition_to_pb(&convoy_core::status::Condition::new(
+                "Ready",
+                false,
+                "Pending",
+                "not fetched yet",
+            ))],
+            ..Default::default()
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -356,6 +356,7 @@ impl pb::fleet_server::Fleet for FleetService {
                 });
             }
         }
+        sources.extend(crate::grpc::convert::pending_chart_sources(&view.fleet, &statuses));
         sources.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(pb::ListSourcesResponse { sources }))
     }
@@ -447,7 +448,7 @@ impl pb::fleet_server::Fleet for FleetService {
         let r = req.into_inner();
         let source = match pb::ObjectKind::try_from(r.kind).unwrap_or(pb::ObjectKind::Unspecified) {
             pb::ObjectKind::Source => {
-                if !self.core.state.view().fleet.sources.contains_key(&r.name) {
+                if !self.core.state.view().fleet.has_source(&r.name) {
                     return Err(Status::not_found(format!("source {:?} is not in the fleet config", r.name)));
                 }
                 r.name.clone()

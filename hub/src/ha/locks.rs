@@ -24,7 +24,8 @@ pub fn source_lock(source: &str) -> String {
 
 /// The locks a replica competes for under `fleet`: the leader and one per source.
 pub fn wanted(fleet: &FleetConfig) -> BTreeSet<String> {
-    let mut w: BTreeSet<String> = fleet.sources.keys().map(|s| source_lock(s)).collect();
+    // Every source kind (GitSource, HelmRepository) is polled by its lock's holder.
+    let mut w: BTreeSet<String> = fleet.source_names().iter().map(|s| source_lock(s)).collect();
     w.insert(LEADER.to_string());
     w
 }

@@ -82,8 +82,8 @@ impl StandbyPipeline {
         let held = self.held.borrow().clone();
         let operator = self.operator.lock().clone();
         let mut applied = self.applied.lock();
-        applied.retain(|s, _| fleet.sources.contains_key(s));
-        for source in fleet.sources.keys() {
+        applied.retain(|s, _| fleet.has_source(s));
+        for source in &fleet.source_names() {
             let s = standby(operator.get(source).copied().unwrap_or(false), &held, source);
             if applied.get(source) == Some(&s) {
                 continue;
