@@ -1,7 +1,7 @@
 //! Helm charts in OCI registries (`oci://host[:port]/path/chart`): a small
 //! client of the OCI distribution API over the HTTP stack the crate already
-//! uses (reqwest with rustls on ring; the `oci-client` crates pull in a
-//! second reqwest and TLS stack). It lists tags, reads a manifest by tag or
+//! uses (reqwest with rustls on ring; `oci-client` was not evaluated
+//! against the one-TLS-provider rule, docs/helm.md). It lists tags, reads a manifest by tag or
 //! digest (the manifest digest is what gets recorded), finds the chart layer
 //! (`application/vnd.cncf.helm.chart.content.v1.tar+gzip`) and downloads it,
 //! checked against its digest. Auth: basic (`user:password` file) sent
