@@ -55,7 +55,10 @@ pub struct Pending {
 }
 
 impl Pending {
-    fn push(&mut self, rec: RolloutRecord, fx: &[Effect], now: i64) {
+    /// Add the next version of `rec` (its version bumped: on a shared
+    /// store, the write is refused if another replica wrote it meanwhile).
+    fn push(&mut self, mut rec: RolloutRecord, fx: &[Effect], now: i64) {
+        rec.version += 1;
         let events: Vec<(String, EventRecord)> = fx
             .iter()
             .filter_map(|e| match e {
@@ -104,6 +107,26 @@ impl Rollouts {
     /// Install committed records.
     pub fn install(&mut self, pending: Pending) {
         self.install_records(pending.records);
+    }
+
+    /// Take a record another hub replica committed (through the change
+    /// feed) if it is newer than the one held here; whether it was taken.
+    pub fn install_remote(&mut self, rec: RolloutRecord) -> bool {
+        if self.records.get(&rec.bundle).is_some_and(|r| r.version >= rec.version) {
+            return false;
+        }
+        self.records.insert(rec.bundle.clone(), Arc::new(rec));
+        true
+    }
+
+    /// Forget a bundle's rollout (deleted by another replica).
+    pub fn remove(&mut self, bundle: &str) -> bool {
+        self.records.remove(bundle).is_some()
+    }
+
+    /// The version of a bundle's rollout record here, if any.
+    pub fn version(&self, bundle: &str) -> Option<u64> {
+        self.records.get(bundle).map(|r| r.version)
     }
 
     /// Install committed records.
@@ -173,6 +196,16 @@ impl Rollouts {
             Some(p) if !matches!(p.state.status, RolloutStatus::Complete) => p.base.clone(),
             _ => Some(old.clone()),
         };
+        // Versions go on from the record it replaces (and from the
+        // superseded one written in this same commit).
+        let version = pending
+            .records
+            .iter()
+            .rev()
+            .find(|r| r.bundle == new.bundle)
+            .map(|r| r.version)
+            .or(prev.map(|p| p.version))
+            .unwrap_or(0);
         let rec = RolloutRecord {
             bundle: new.bundle.clone(),
             state: RolloutState::new(spec, &revision, now),
@@ -181,6 +214,7 @@ impl Rollouts {
             given: BTreeMap::new(),
             rolled_back: BTreeMap::new(),
             max_generation: self.floor(&new.bundle).max(new.generation),
+            version,
         };
         info!(bundle = %new.bundle, generation = new.generation, "rollout started");
         let fx = [Effect::Event {

@@ -497,6 +497,9 @@ pub struct StateDeps {
     pub clock: convoy_core::clock::SharedClock,
     /// Where per-cluster variant artifacts are stored.
     pub variant_store: Arc<crate::variants::VariantStore>,
+    /// The other hub replicas ([`crate::ha`]): whether this one runs the
+    /// rollouts (leader) and which bundles it signs; default: a hub alone.
+    pub ha: crate::ha::Coordination,
 }
 
 /// The liveness that changed since the last call, of the clusters in `view`:
@@ -543,6 +546,11 @@ struct Actor {
     reported_variant_errors: HashMap<(String, String), String>,
     /// Set once the first variant computation after start is published.
     ready_tx: watch::Sender<bool>,
+    /// Clusters waiting for a variant another replica signs ([`crate::ha`]):
+    /// placed again when the change feed brings one.
+    variants_awaited: BTreeSet<String>,
+    /// When to sign the builds again after their commit failed.
+    retry_builds_at: Option<tokio::time::Instant>,
 }
 
 /// Build the actor from the loaded store and start it. The view is published
@@ -602,6 +610,8 @@ pub fn spawn(
         built_cache: HashMap::new(),
         reported_variant_errors: HashMap::new(),
         ready_tx: watch::Sender::new(false),
+        variants_awaited: BTreeSet::new(),
+        retry_builds_at: None,
     };
     actor.rebuild_index();
     actor.retarget(None);
@@ -678,9 +688,27 @@ impl Actor {
         let mut pipeline_open = true;
         let mut rollout_tick = tokio::time::interval(crate::rollout::TICK);
         rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Only the leader runs the rollouts' state machines; the others
+        // follow their records through the change feed ([`crate::ha`]).
+        let mut leader = self.deps.ha.leadership.watch();
+        let mut leader_open = true;
         loop {
+            let leads = *leader.borrow_and_update();
+            let retry_at = self.retry_builds_at;
             tokio::select! {
-                _ = rollout_tick.tick(), if self.rollouts.is_active() => self.tick_rollouts().await,
+                _ = rollout_tick.tick(), if leads && self.rollouts.is_active() => self.tick_rollouts().await,
+                r = leader.changed(), if leader_open => {
+                    // Wakes the loop: a new leader ticks at once.
+                    if r.is_err() {
+                        leader_open = false;
+                    } else if *leader.borrow() {
+                        info!("this replica leads: it runs the rollouts");
+                    }
+                }
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                    self.retry_builds_at = None;
+                    self.on_builds().await;
+                }
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     let mut batch = self.begin();
@@ -1371,7 +1399,10 @@ impl Actor {
             // Agents see a generation only once it is durable: a restart must
             // never re-sign the same generation for another digest.
             if let Err(e) = self.deps.writer.commit(writes).await {
-                warn!(error = %e, "cannot store new generations; agents keep the previous ones");
+                warn!(error = %e, "cannot store new generations; agents keep the previous ones; trying again in 1 s");
+                // Another replica may have written the bundle's rollout
+                // meanwhile: the feed brings it, and the builds are signed again.
+                self.retry_builds_at = Some(tokio::time::Instant::now() + crate::rollout::TICK);
                 return;
             }
             let m = Arc::make_mut(&mut self.records);
@@ -1500,10 +1531,11 @@ impl Actor {
     /// and publish (durable before visible). A queued revision whose
     /// rollout ended starts next.
     async fn tick_rollouts(&mut self) {
-        if !self.rollouts.is_active() {
+        if !self.rollouts.is_active() || !self.deps.ha.leadership.is_leader() {
             return;
         }
         let now = self.deps.clock.now_ms();
+        let shared = self.deps.ha.leadership.is_shared();
         let inputs: Vec<crate::rollout::ClusterInput> = self
             .clusters
             .values()
@@ -1516,7 +1548,8 @@ impl Actor {
                 name: e.record.name.clone(),
                 groups,
                 labels,
-                connected: e.shared.connected(),
+                connected: e.shared.connected()
+                    || (shared && crate::ha::connected_elsewhere(e.shared.last_seen(), now)),
                 statuses: e.shared.statuses(),
             })
             .collect();
@@ -1629,11 +1662,11 @@ impl Actor {
         if let Some(u) = self.used_cache.get(&key) {
             return Ok(u.clone());
         }
-        let path = self
-            .deps
-            .pipeline
-            .artifact_path(&base.digest)
-            .ok_or_else(|| format!("base artifact {} is not stored on the hub", base.digest))?;
+        let path = match self.deps.pipeline.artifact_path(&base.digest) {
+            Some(p) => p,
+            // Built by the replica holding the source lock: fetched from it.
+            None => self.deps.ha.fetch(&base.digest).await.map_err(|e| e.to_string())?,
+        };
         let spec = self.fleet.bundles.get(bundle).map(|b| b.spec.clone()).ok_or("bundle left the fleet")?;
         let used = tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -1726,6 +1759,11 @@ impl Actor {
                 }
                 continue;
             };
+            // With several replicas, only the one holding the bundle's source
+            // lock signs its variants; the others place clusters on the
+            // variants it signed (the change feed brings them) and keep
+            // what the clusters have meanwhile ([`crate::ha`]).
+            let signer = self.deps.ha.signs_bundle(&fleet, &spec.source);
             // Unreadable base: every targeted cluster fails (and keeps what
             // it has) rather than getting the documents unsubstituted.
             let (used, unreadable) = if spec.substitute.is_some() {
@@ -1759,7 +1797,21 @@ impl Actor {
                     };
                 let placed = match placement(spec, &cf, &used) {
                     Placement::NotTargeted => None,
+                    _ if !signer && unreadable.is_some() => {
+                        self.variants_awaited.insert(name.clone());
+                        None
+                    }
                     _ if unreadable.is_some() => Some(Placed::Failed(unreadable.clone().unwrap_or_default())),
+                    Placement::Base if !signer && !acceptable(base.generation, &base.digest, &held) => {
+                        // The signer re-signs the base above the variant the cluster leaves.
+                        self.variants_awaited.insert(name.clone());
+                        None
+                    }
+                    Placement::MissingVariables(..) if !signer => {
+                        // The signer reports it (once, for the whole hub).
+                        self.variants_awaited.insert(name.clone());
+                        None
+                    }
                     Placement::Base => {
                         if !acceptable(base.generation, &base.digest, &held) {
                             // Back from a variant to a base signed before it:
@@ -1793,6 +1845,10 @@ impl Actor {
                         let existing = signed.get(&k).or(current).cloned();
                         if existing.as_ref().is_some_and(|r| acceptable(r.generation, &r.digest, &held)) {
                             Some(Placed::Variant(key))
+                        } else if !signer {
+                            // Signed by the replica holding the source lock.
+                            self.variants_awaited.insert(name.clone());
+                            None
                         } else if let Some(rec) = existing {
                             // Moving to a variant signed before what the
                             // cluster holds: re-sign it above everything (same digest).
@@ -2102,6 +2158,7 @@ spec:
                 pipeline,
                 clock: convoy_core::clock::system(),
                 variant_store: crate::variants::VariantStore::new(dir.join("variants")),
+                ha: Default::default(),
             },
             view_tx,
             shutdown.clone(),
@@ -2353,6 +2410,7 @@ spec:
                 given: Default::default(),
                 rolled_back: Default::default(),
                 max_generation: 2,
+                version: 0,
             }],
             ..Default::default()
         };

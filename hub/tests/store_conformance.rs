@@ -211,13 +211,15 @@ fn rollouts_are_stored_replaced_and_deleted(b: &dyn Backend) {
         given: Default::default(),
         rolled_back: Default::default(),
         max_generation: 4,
+        version: 1,
     };
     let s = b.open(5);
     s.commit(vec![Write::PutRollout(Box::new(r.clone()))], 1).unwrap();
     let mut other = r.clone();
     other.bundle = "api".into();
-    // Replaced in place, and a second bundle beside it.
+    // Replaced in place (a newer version), and a second bundle beside it.
     r.max_generation = 5;
+    r.version = 2;
     s.commit(vec![Write::PutRollout(Box::new(r.clone())), Write::PutRollout(Box::new(other.clone()))], 2)
         .unwrap();
     drop(s);
