@@ -347,10 +347,11 @@ async fn rollout_setup(etcd_a: &str, etcd_b: &str, gate: &str, lease_ttl: u64) -
     eventually(|| async { (b.state().view().clusters.len() == 2).then_some(()) }).await;
     pa.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"one").unwrap();
     eventually(|| async { b.state().view().records.contains_key("web").then_some(()) }).await;
-    let (mut eu, _, _) = open(&b, &c_eu, 1).await.unwrap();
-    let (mut us, _, _) = open(&b, &c_us, 1).await.unwrap();
-    let g1 = eu.until_generation("web", 1).await;
-    us.until_generation("web", 1).await;
+    // B published generation 1 before its view: the snapshots hold it.
+    let (mut eu, _, snap) = open(&b, &c_eu, 1).await.unwrap();
+    let (mut us, _, snap_us) = open(&b, &c_us, 1).await.unwrap();
+    let g1 = snap.bundles.iter().find(|d| d.name == "web" && d.generation == 1).cloned().expect("web 1 on eu1");
+    assert!(snap_us.bundles.iter().any(|d| d.name == "web" && d.generation == 1), "web 1 on us1");
     report(&eu, 1, "web", 1, &g1.digest, pb::Phase::Ready).await;
     report(&us, 1, "web", 1, &g1.digest, pb::Phase::Ready).await;
     eu.until_ack(1).await;
@@ -529,8 +530,11 @@ spec:
         (d.digest != art.digest).then_some(d)
     })
     .await;
-    let (mut s, _, _) = open(&b, &c1, 1).await.unwrap();
-    s.until_generation("app", eu.generation).await;
+    let (mut s, _, snap) = open(&b, &c1, 1).await.unwrap();
+    assert!(
+        snap.bundles.iter().any(|d| d.name == "app" && d.generation == eu.generation && d.digest == eu.digest),
+        "the agent on B starts on the eu variant: {snap:?}"
+    );
     let variants = |h: &HubHandle| h.state().view().variants.values().map(|r| (**r).clone()).collect::<Vec<_>>();
     assert_eq!(variants(&a).len(), 1);
 
