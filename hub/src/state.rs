@@ -2070,6 +2070,7 @@ mod tests {
     struct FlakyStore {
         fail: AtomicBool,
         commits: AtomicUsize,
+        failed: AtomicUsize,
     }
 
     impl Store for FlakyStore {
@@ -2084,6 +2085,7 @@ mod tests {
         }
         fn commit(&self, writes: Vec<Write>, _: i64) -> Result<Vec<WriteOutcome>> {
             if self.fail.load(Ordering::SeqCst) {
+                self.failed.fetch_add(1, Ordering::SeqCst);
                 return Err(Error::Store("injected commit failure".into()));
             }
             self.commits.fetch_add(1, Ordering::SeqCst);
@@ -2296,6 +2298,31 @@ spec:
 
     fn prod() -> Labels {
         [("env".to_string(), "prod".to_string())].into()
+    }
+
+    /// A new generation whose commit failed (with several replicas: another
+    /// one wrote the bundle's rollout record meanwhile) is signed again a
+    /// tick later from the same build: no new build is needed.
+    #[tokio::test]
+    async fn a_new_generation_whose_commit_failed_is_signed_again_without_a_new_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = StaticPipeline::new(dir.path());
+        let f = fixture_with(source.builds());
+        // One round trip: the actor runs.
+        assert!(f.state.set_labels("nope".into(), prod()).await.is_err());
+        f.store.fail.store(true, Ordering::SeqCst);
+        source.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:2", b"two").unwrap();
+        async fn within(what: &str, ok: impl Fn() -> bool) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !ok() {
+                assert!(std::time::Instant::now() < deadline, "{what}: not within 10 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        within("the generation's commit is refused", || f.store.failed.load(Ordering::SeqCst) > 0).await;
+        assert_eq!(f.state.view().records["web"].generation, 1, "nothing of it is visible");
+        f.store.fail.store(false, Ordering::SeqCst);
+        within("signed again", || f.state.view().records["web"].generation == 2).await;
     }
 
     #[tokio::test]
