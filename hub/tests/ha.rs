@@ -350,7 +350,8 @@ async fn rollout_setup(etcd_a: &str, etcd_b: &str, gate: &str, lease_ttl: u64) -
     // B published generation 1 before its view: the snapshots hold it.
     let (mut eu, _, snap) = open(&b, &c_eu, 1).await.unwrap();
     let (mut us, _, snap_us) = open(&b, &c_us, 1).await.unwrap();
-    let g1 = snap.bundles.iter().find(|d| d.name == "web" && d.generation == 1).cloned().expect("web 1 on eu1");
+    let g1 =
+        snap.bundles.iter().find(|d| d.name == "web" && d.generation == 1).cloned().expect("web 1 on eu1");
     assert!(snap_us.bundles.iter().any(|d| d.name == "web" && d.generation == 1), "web 1 on us1");
     report(&eu, 1, "web", 1, &g1.digest, pb::Phase::Ready).await;
     report(&us, 1, "web", 1, &g1.digest, pb::Phase::Ready).await;
@@ -366,7 +367,8 @@ async fn rollout_setup(etcd_a: &str, etcd_b: &str, gate: &str, lease_ttl: u64) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_led_by_one_replica_reaches_agents_and_takes_commands_on_another() {
     let etcd = etcd_server::Server::start();
-    let RolloutSetup { a, b, pa, mut eu, us, _dirs } = rollout_setup(&etcd.url, &etcd.url, "approval", 10).await;
+    let RolloutSetup { a, b, pa, mut eu, us, _dirs } =
+        rollout_setup(&etcd.url, &etcd.url, "approval", 10).await;
 
     // Generation 2 starts a rollout (signed and started by A in one commit).
     pa.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:bbbb", b"two").unwrap();
@@ -377,8 +379,10 @@ async fn a_rollout_led_by_one_replica_reaches_agents_and_takes_commands_on_anoth
     report(&eu, 2, "web", 2, &g2.digest, pb::Phase::Ready).await;
     // Wave eu is done; us waits for its approval, on both replicas.
     for r in [&a, &b] {
-        eventually(|| async { (rollout_status(r, "web").as_deref() == Some("AwaitingApproval")).then_some(()) })
-            .await;
+        eventually(|| async {
+            (rollout_status(r, "web").as_deref() == Some("AwaitingApproval")).then_some(())
+        })
+        .await;
     }
     let view_of = |h: &HubHandle| {
         let h = h.state().view();
@@ -387,7 +391,8 @@ async fn a_rollout_led_by_one_replica_reaches_agents_and_takes_commands_on_anoth
     };
     assert_eq!(view_of(&a), view_of(&b), "the same rollout state on every replica");
     let mut fleet_b = admin(&b).await;
-    let on_b = fleet_b.get_rollout(pb::GetRolloutRequest { bundle: "web".into() }).await.unwrap().into_inner();
+    let on_b =
+        fleet_b.get_rollout(pb::GetRolloutRequest { bundle: "web".into() }).await.unwrap().into_inner();
     let on_a = admin(&a).await.get_rollout(pb::GetRolloutRequest { bundle: "web".into() }).await.unwrap();
     assert_eq!(on_b, on_a.into_inner(), "`convoy rollout status` answers the same on both");
     assert_eq!(on_b.status, "AwaitingApproval");
@@ -408,7 +413,8 @@ async fn a_rollout_led_by_one_replica_reaches_agents_and_takes_commands_on_anoth
     assert_eq!(got.digest, g2.digest);
     report(&us, 2, "web", 2, &got.digest, pb::Phase::Ready).await;
     for r in [&a, &b] {
-        eventually(|| async { (rollout_status(r, "web").as_deref() == Some("Complete")).then_some(()) }).await;
+        eventually(|| async { (rollout_status(r, "web").as_deref() == Some("Complete")).then_some(()) })
+            .await;
     }
     // One state machine: each wave started once, one approval recorded
     // (naming the caller), and one generation per revision on both replicas.
@@ -433,7 +439,8 @@ async fn a_rollout_resumes_on_another_replica_when_its_leader_is_cut_off_mid_wav
     const TTL: u64 = 2;
     let etcd = etcd_server::Server::start();
     let proxy = etcd_server::Proxy::start(&etcd.url);
-    let RolloutSetup { a, b, pa, mut eu, mut us, _dirs } = rollout_setup(&proxy.url, &etcd.url, "auto", TTL).await;
+    let RolloutSetup { a, b, pa, mut eu, mut us, _dirs } =
+        rollout_setup(&proxy.url, &etcd.url, "auto", TTL).await;
     pa.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:bbbb", b"two").unwrap();
     let g2 = eu.until_generation("web", 2).await;
     let admitted_at = |h: &HubHandle| {
@@ -509,7 +516,12 @@ spec:
     let c1 = register(&a, "c1", &[("env", "prod")]).await;
     a.state().set_vars("c1".into(), [("region".to_string(), "eu".to_string())].into(), vec![]).await.unwrap();
     eventually(|| async {
-        b.state().view().clusters.get("c1").is_some_and(|c| c.record.vars.contains_key("region")).then_some(())
+        b.state()
+            .view()
+            .clusters
+            .get("c1")
+            .is_some_and(|c| c.record.vars.contains_key("region"))
+            .then_some(())
     })
     .await;
     let art = convoy_artifact::pack::pack_files(
@@ -532,10 +544,13 @@ spec:
     .await;
     let (mut s, _, snap) = open(&b, &c1, 1).await.unwrap();
     assert!(
-        snap.bundles.iter().any(|d| d.name == "app" && d.generation == eu.generation && d.digest == eu.digest),
+        snap.bundles
+            .iter()
+            .any(|d| d.name == "app" && d.generation == eu.generation && d.digest == eu.digest),
         "the agent on B starts on the eu variant: {snap:?}"
     );
-    let variants = |h: &HubHandle| h.state().view().variants.values().map(|r| (**r).clone()).collect::<Vec<_>>();
+    let variants =
+        |h: &HubHandle| h.state().view().variants.values().map(|r| (**r).clone()).collect::<Vec<_>>();
     assert_eq!(variants(&a).len(), 1);
 
     // The vars change on B (its agent is there); A signs the new variant once.

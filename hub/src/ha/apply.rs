@@ -24,9 +24,8 @@ impl Actor {
             let stamp = |c: &str, b: &str| statuses.cluster(c).get().get(b).map(|s| s.updated_unix_ms);
             let seen = |c: &str| clusters.get(c).map(|e| e.shared.last_seen());
             let rollout_version = |b: &str| self.rollouts.version(b);
-            let variant_generation = |b: &str, k: &str| {
-                self.variants.get(&(b.to_string(), k.to_string())).map(|r| r.generation)
-            };
+            let variant_generation =
+                |b: &str, k: &str| self.variants.get(&(b.to_string(), k.to_string())).map(|r| r.generation);
             plan(
                 &Current {
                     clusters: &lookup,

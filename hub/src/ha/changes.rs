@@ -478,7 +478,11 @@ mod tests {
     }
 
     fn variant(key: &str, generation: u64) -> VariantRecord {
-        VariantRecord { key: key.into(), base_digest: "sha256:b".into(), record: deployment("web", generation) }
+        VariantRecord {
+            key: key.into(),
+            base_digest: "sha256:b".into(),
+            record: deployment("web", generation),
+        }
     }
 
     #[test]
@@ -489,7 +493,10 @@ mod tests {
         assert_eq!(decode("rollouts/web", None), Ok(Some(RemoteChange::RolloutDeleted("web".into()))));
         let va = variant("k1", 4);
         let v = serde_json::to_vec(&va).unwrap();
-        assert_eq!(decode("variants/web/k1", Some(&v)), Ok(Some(RemoteChange::Variant(Box::new(va.clone())))));
+        assert_eq!(
+            decode("variants/web/k1", Some(&v)),
+            Ok(Some(RemoteChange::Variant(Box::new(va.clone()))))
+        );
 
         let f = Fixture::new();
         // Version 4 is held: 3 and 4 change nothing, 5 and then 6 are taken.
@@ -506,7 +513,8 @@ mod tests {
         let got: Vec<(String, u64)> = p.rollouts.iter().map(|r| (r.bundle.clone(), r.version)).collect();
         assert_eq!(got, vec![("web".to_string(), 6), ("api".to_string(), 1)]);
         assert!(p.retarget_all);
-        let p = f.plan(vec![RemoteChange::RolloutDeleted("web".into()), RemoteChange::RolloutDeleted("x".into())]);
+        let p = f
+            .plan(vec![RemoteChange::RolloutDeleted("web".into()), RemoteChange::RolloutDeleted("x".into())]);
         assert_eq!(p.rollouts_deleted, vec!["web".to_string()], "only a rollout held here is removed");
 
         // Variant (web, k1) is held at generation 3.

@@ -69,10 +69,10 @@ impl Coordination {
     pub async fn fetch(&self, digest: &str) -> crate::Result<std::path::PathBuf> {
         match &self.peers {
             Some(p) => p.path(digest).await,
-            None => Err(crate::domain::Rejection::NotFound(format!(
-                "artifact {digest} is not stored on the hub"
-            ))
-            .into()),
+            None => {
+                Err(crate::domain::Rejection::NotFound(format!("artifact {digest} is not stored on the hub"))
+                    .into())
+            }
         }
     }
 }
