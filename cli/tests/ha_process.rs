@@ -180,6 +180,7 @@ fn json(dir: &Path, args: &[&str]) -> Vec<Value> {
         .env("CONVOY_LOG", "error")
         .output()
         .unwrap();
+    assert!(out.status.success(), "convoy {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Array(v)) => v,
@@ -276,8 +277,10 @@ async fn heavy_kill_9_of_the_replica_agents_are_connected_to_moves_them_and_lose
         }
     });
     let addresses = ["a", "b", "c"].map(|r| endpoint(&root.join(r))).join(",");
-    let token =
-        json(&root.join("b"), &["token", "create", "--ttl", "1h"])[0]["token"].as_str().unwrap().to_string();
+    let token = json(&root.join("b"), &["token", "create", "--name-prefix", "c", "--ttl", "1h"])[0]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     std::fs::write(root.join("token"), &token).unwrap();
 
     // Two clusters whose agents take the replicas in order: both on a.
