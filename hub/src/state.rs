@@ -692,6 +692,9 @@ impl Actor {
         // follow their records through the change feed ([`crate::ha`]).
         let mut leader = self.deps.ha.leadership.watch();
         let mut leader_open = true;
+        // A replica taking a source's lock (or leadership) signs what its
+        // clusters waited for from the previous holder.
+        let mut held = self.deps.ha.leadership.held_watch();
         loop {
             let leads = *leader.borrow_and_update();
             let retry_at = self.retry_builds_at;
@@ -703,6 +706,19 @@ impl Actor {
                         leader_open = false;
                     } else if *leader.borrow() {
                         info!("this replica leads: it runs the rollouts");
+                        self.on_locks_changed().await;
+                    }
+                }
+                r = async {
+                    match held.as_mut() {
+                        Some(h) => h.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if r.is_err() {
+                        held = None;
+                    } else {
+                        self.on_locks_changed().await;
                     }
                 }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
@@ -1693,7 +1709,11 @@ impl Actor {
         if let Some(r) = self.built_cache.get(&ck) {
             return r.clone();
         }
-        let path = self.deps.pipeline.artifact_path(&base.digest);
+        let path = match self.deps.pipeline.artifact_path(&base.digest) {
+            Some(p) => Some(p),
+            // Built by the previous holder of the source lock (crate::ha).
+            None => self.deps.ha.fetch(&base.digest).await.ok(),
+        };
         let store = self.deps.variant_store.clone();
         let (input, cluster) = (input.clone(), cluster.to_string());
         let digest = base.digest.clone();

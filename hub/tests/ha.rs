@@ -490,7 +490,8 @@ async fn a_rollout_resumes_on_another_replica_when_its_leader_is_cut_off_mid_wav
 /// signs the bundle's variants; a cluster connected to B whose vars change
 /// on B gets exactly one new signed variant, signed by A and brought to B
 /// by the change feed (B fetched the base artifact from A to compute the
-/// variant key).
+/// variant key). When A is cut off, the next vars change waits for the
+/// signer and B signs it once it takes the source lock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_var_change_on_a_follower_gets_one_variant_signed_by_the_source_holder() {
     const VARIANT_FLEET: &str = r#"
@@ -508,11 +509,15 @@ spec:
   substitute: {}
   targets: [{clusterSelector: {matchLabels: {env: prod}}}]
 "#;
+    const TTL: u64 = 2;
     let etcd = etcd_server::Server::start();
+    let proxy = etcd_server::Proxy::start(&etcd.url);
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, pa) = replica_with(da.path(), &etcd.url, None, VARIANT_FLEET, 10).await;
-    eventually(|| async { a.leadership().is_leader().then_some(()) }).await;
-    let (b, _) = replica_with(db.path(), &etcd.url, Some(&da.path().join("data")), VARIANT_FLEET, 10).await;
+    let (a, pa) = replica_with(da.path(), &proxy.url, None, VARIANT_FLEET, TTL).await;
+    eventually(|| async { (a.leadership().is_leader() && a.leadership().signs_for("repo")).then_some(()) })
+        .await;
+    let (b, _) = replica_with(db.path(), &etcd.url, Some(&da.path().join("data")), VARIANT_FLEET, TTL).await;
+    assert!(!b.leadership().signs_for("repo"), "A holds the source lock");
     let c1 = register(&a, "c1", &[("env", "prod")]).await;
     a.state().set_vars("c1".into(), [("region".to_string(), "eu".to_string())].into(), vec![]).await.unwrap();
     eventually(|| async {
@@ -581,8 +586,32 @@ spec:
     let variant_events: Vec<_> = signed_events.iter().filter(|m| m.contains("variant")).collect();
     assert_eq!(variant_events.len(), 2, "one per variant: {signed_events:?}");
     assert!(us.generation > eu.generation, "generations only rise");
-    a.shutdown().await.unwrap();
+
+    // A is cut off from etcd; a vars change on B meanwhile waits for the
+    // signer, and B signs it itself once it holds the source lock (the
+    // base's bytes fetched from A, which still serves them).
+    proxy.cut();
+    b.state().set_vars("c1".into(), [("region".to_string(), "ap".to_string())].into(), vec![]).await.unwrap();
+    assert!(!b.leadership().signs_for("repo"), "A's lease has not expired yet");
+    let ap = s
+        .until(|m| {
+            use convoy_proto::v1::hub_message::Msg as Out;
+            let Out::Update(u) = m else { return None };
+            u.upserts.iter().find(|d| d.name == "app" && d.generation > us.generation).cloned()
+        })
+        .await;
+    assert!(b.leadership().signs_for("repo"), "signed by B once it held the source lock");
+    assert!(ap.digest != us.digest && ap.digest != eu.digest, "the ap variant");
+    let mine = variants(&b);
+    assert_eq!(mine.len(), 3);
+    assert!(mine.iter().any(|r| r.digest == ap.digest && r.generation == ap.generation));
+    let variant_events: Vec<_> =
+        hub_events(&b, "app", "NewGeneration").await.into_iter().filter(|m| m.contains("variant")).collect();
+    assert_eq!(variant_events.len(), 3, "one signing per variant: {variant_events:?}");
+    proxy.heal();
+    drop(s);
     b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
 }
 
 mod locks {

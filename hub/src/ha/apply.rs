@@ -127,4 +127,19 @@ impl Actor {
         }
         self.dirty = true;
     }
+
+    /// This replica's locks changed: it may now sign bundles (it took a
+    /// source's lock, or leadership) whose variants its clusters wait for,
+    /// so those clusters are placed again (signing what is missing).
+    pub(super) async fn on_locks_changed(&mut self) {
+        if self.variants_awaited.is_empty() {
+            return;
+        }
+        info!(
+            clusters = self.variants_awaited.len(),
+            "locks changed; placing the clusters waiting for a variant again"
+        );
+        self.variants_pending.extend(std::mem::take(&mut self.variants_awaited));
+        self.refresh_pending_variants().await;
+    }
 }

@@ -124,6 +124,12 @@ impl Leadership {
         self.held.is_some()
     }
 
+    /// A watch of the locks held (`None` for a hub alone): a replica that
+    /// takes a source's lock becomes the signer of its bundles.
+    pub fn held_watch(&self) -> Option<watch::Receiver<BTreeSet<String>>> {
+        self.held.clone()
+    }
+
     /// Whether this replica runs the singleton work now.
     pub fn is_leader(&self) -> bool {
         *self.rx.borrow()
