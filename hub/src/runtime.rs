@@ -335,7 +335,11 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
             pipeline: pipeline.clone(),
             clock: clock.clone(),
             variant_store: variant_store.clone(),
-            ha: crate::ha::Coordination { leadership: leadership.clone(), peers: peer_artifacts.clone() },
+            ha: crate::ha::Coordination {
+                leadership: leadership.clone(),
+                peers: peer_artifacts.clone(),
+                ..Default::default()
+            },
         },
         view_tx,
         shutdown.clone(),

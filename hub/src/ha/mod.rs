@@ -37,7 +37,14 @@ pub struct Coordination {
     pub leadership: locks::Leadership,
     /// The other replicas' artifacts (a shared store only).
     pub peers: Option<Arc<artifacts::PeerArtifacts>>,
+    /// Digests whose fetch failed lately, and when: not tried again within
+    /// [`FETCH_RETRY`], so the state actor does not wait on a dead peer
+    /// for every cluster it places.
+    pub failed_fetches: Arc<parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
+
+/// How long a failed fetch of a base artifact from the peers is not tried again.
+pub const FETCH_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a cluster another replica heard from counts as connected for
 /// the rollouts this replica leads: replicas store a cluster's liveness when
@@ -67,13 +74,30 @@ impl Coordination {
     /// The file of artifact `digest` fetched from a peer replica (checked
     /// against the digest), for a replica that never built it.
     pub async fn fetch(&self, digest: &str) -> crate::Result<std::path::PathBuf> {
-        match &self.peers {
-            Some(p) => p.path(digest).await,
-            None => {
-                Err(crate::domain::Rejection::NotFound(format!("artifact {digest} is not stored on the hub"))
-                    .into())
+        let Some(p) = &self.peers else {
+            return Err(crate::domain::Rejection::NotFound(format!(
+                "artifact {digest} is not stored on the hub"
+            ))
+            .into());
+        };
+        if self.failed_fetches.lock().get(digest).is_some_and(|at| at.elapsed() < FETCH_RETRY) {
+            return Err(crate::domain::Rejection::NotFound(format!(
+                "artifact {digest}: fetching it from the peer replicas failed less than {FETCH_RETRY:?} ago"
+            ))
+            .into());
+        }
+        let got = p.path(digest).await;
+        let mut failed = self.failed_fetches.lock();
+        match &got {
+            Ok(_) => {
+                failed.remove(digest);
+            }
+            Err(_) => {
+                failed.retain(|_, at| at.elapsed() < FETCH_RETRY);
+                failed.insert(digest.to_string(), std::time::Instant::now());
             }
         }
+        got
     }
 }
 
@@ -135,7 +159,7 @@ mod tests {
         )])
         .unwrap();
         let (tx, rx) = watch::channel(std::collections::BTreeSet::from(["leader".to_string()]));
-        let c = Coordination { leadership: locks::Leadership::from_held(rx), peers: None };
+        let c = Coordination { leadership: locks::Leadership::from_held(rx), ..Default::default() };
         assert!(!c.signs_bundle(&fleet, "repo"), "another replica holds source/repo");
         assert!(c.signs_bundle(&fleet, "charts"), "no lock: the leader signs");
         tx.send(std::collections::BTreeSet::from(["source/repo".to_string()])).unwrap();
