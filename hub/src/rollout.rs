@@ -607,6 +607,47 @@ spec:
     }
 
     #[test]
+    fn every_write_is_a_newer_version_and_only_newer_remote_records_are_taken() {
+        let signer = SigningKey::generate().unwrap();
+        let fleet = fleet("supersede");
+        let (g1, g2, g3) = (
+            signed(&signer, 1, &digest('a')),
+            signed(&signer, 2, &digest('b')),
+            signed(&signer, 3, &digest('c')),
+        );
+        let mut r = Rollouts::default();
+        let p =
+            r.on_new_generation(&fleet, Some(&g1), &g2, [("eu1".to_string(), g1.clone())].into(), 0).unwrap();
+        assert_eq!(p.records[0].version, 1);
+        r.install(p);
+        // Superseded and started again in one commit: the writes of the key
+        // go up within the commit too (2 for the superseded record, 3 for the new one).
+        let p = r.on_new_generation(&fleet, Some(&g2), &g3, BTreeMap::new(), 10).unwrap();
+        let versions: Vec<u64> = p
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::PutRollout(x) => Some(x.version),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(versions, vec![2, 3]);
+        r.install(p);
+        let computed = |_: &str, _: &str| Some(g3.clone());
+        let p = r.command("web", Command::Pause, "admin", &computed, &signer, 20).unwrap();
+        assert_eq!(p.records[0].version, 4);
+
+        // From the feed: an older or equal version changes nothing, a newer one is taken.
+        let mut older = (**r.get("web").unwrap()).clone();
+        older.state.revision = "stale".into();
+        assert!(!r.install_remote(older.clone()), "version 3 is held");
+        older.version = 5;
+        assert!(r.install_remote(older));
+        assert_eq!((r.version("web"), r.get("web").unwrap().state.revision.as_str()), (Some(5), "stale"));
+        assert!(r.remove("web") && r.version("web").is_none());
+    }
+
+    #[test]
     fn a_bundle_whose_rollout_was_removed_is_no_longer_held() {
         let signer = SigningKey::generate().unwrap();
         let with = fleet("queue");
