@@ -429,6 +429,63 @@ async fn a_rollout_led_by_one_replica_reaches_agents_and_takes_commands_on_anoth
     b.shutdown().await.unwrap();
 }
 
+/// The replica that signs a bundle's new generation (B, the holder of the
+/// source lock) is not the leader (A): B starts the rollout in the same
+/// commit as the generation, A runs it, and the agents connected to A never
+/// see the new generation before their wave admits them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_started_by_the_source_holder_is_run_by_the_leader() {
+    const OTHER: &str = r#"
+apiVersion: convoy.dev/v1
+kind: GitSource
+metadata: {name: other}
+spec: {url: "https://git.example/other.git"}
+"#;
+    let etcd = etcd_server::Server::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A starts without the source: it leads, and B takes the source lock.
+    let (a, _) = replica_with(da.path(), &etcd.url, None, OTHER, 10).await;
+    eventually(|| async { a.leadership().is_leader().then_some(()) }).await;
+    let text = rollout_fleet("auto");
+    let (b, pb_b) = replica_with(db.path(), &etcd.url, Some(&da.path().join("data")), &text, 10).await;
+    eventually(|| async { b.leadership().signs_for("repo").then_some(()) }).await;
+    a.set_fleet(fleet(&text)).await.unwrap();
+    assert!(a.leadership().is_leader() && !b.leadership().is_leader());
+    assert!(!a.leadership().signs_for("repo"), "B holds the source lock");
+
+    let c_eu = register(&a, "eu1", &[("env", "prod"), ("region", "eu")]).await;
+    let c_us = register(&a, "us1", &[("env", "prod"), ("region", "us")]).await;
+    pb_b.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"one").unwrap();
+    eventually(|| async { a.state().view().records.contains_key("web").then_some(()) }).await;
+    let (mut eu, _, snap) = open(&a, &c_eu, 1).await.unwrap();
+    let (mut us, _, _) = open(&a, &c_us, 1).await.unwrap();
+    let g1 = snap.bundles.iter().find(|d| d.name == "web").cloned().expect("web on eu1");
+    assert_eq!(g1.generation, 1);
+    report(&eu, 1, "web", 1, &g1.digest, pb::Phase::Ready).await;
+    report(&us, 1, "web", 1, &g1.digest, pb::Phase::Ready).await;
+    us.until_ack(1).await;
+
+    // B signs generation 2 and starts its rollout; A admits eu1 first.
+    pb_b.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:bbbb", b"two").unwrap();
+    let g2 = eu.until_generation("web", 2).await;
+    assert_eq!(given(&a, "us1", "web"), Some(1), "us1 waits for its wave");
+    report(&eu, 2, "web", 2, &g2.digest, pb::Phase::Ready).await;
+    let got = us.until_generation("web", 2).await;
+    assert_eq!(got.digest, g2.digest);
+    report(&us, 2, "web", 2, &got.digest, pb::Phase::Ready).await;
+    for r in [&a, &b] {
+        eventually(|| async { (rollout_status(r, "web").as_deref() == Some("Complete")).then_some(()) })
+            .await;
+    }
+    assert_eq!(hub_events(&a, "web", "RolloutStarted").await.len(), 1);
+    assert_eq!(hub_events(&a, "web", "RolloutWaveStarted").await.len(), 2);
+    for r in [&a, &b] {
+        assert_eq!(r.state().view().records["web"].generation, 2);
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
 /// Failover mid-wave: A leads and is cut off from etcd (a TCP proxy the
 /// test controls) right after it admitted eu1; within one lease TTL B holds
 /// the leader lock and resumes the same wave: eu1 is not admitted again,
