@@ -1,7 +1,9 @@
-//! Two `convoy hub` processes on one etcd prefix (feature `etcd`, real etcd
-//! on loopback) and one git source: kill -9 of the replica holding the
-//! source lock, and the other fetches and signs the next commit once the
-//! dead replica's lease has expired. Generations stay monotonic.
+//! `convoy hub` processes on one etcd prefix (feature `etcd`, real etcd on
+//! loopback) and one git source: kill -9 of the replica holding the source
+//! lock, and another fetches and signs the next commit once the dead
+//! replica's lease has expired; kill -9 of the replica real agents (on
+//! kube-sim) are connected to, and they move to another replica and lose
+//! no status or event. Generations stay monotonic.
 #![cfg(feature = "etcd")]
 
 #[path = "../../hub/tests/etcd_server/mod.rs"]
@@ -161,4 +163,229 @@ fn heavy_kill_9_of_the_source_lock_holder_moves_fetching_to_another_replica() {
     assert_ne!(second.1, first.1);
     assert!(took < Duration::from_secs(TTL_SECS + 10), "took {took:?}");
     assert_eq!(standing_by(&root.join("b")), Some(false), "b polls the source now");
+}
+
+/// The endpoint replica `dir` serves gRPC on (from its admin credentials).
+fn endpoint(dir: &Path) -> String {
+    convoy_hub::runtime::CredentialsFile::load(&dir.join("data/admin-credentials.yaml")).unwrap().hub
+}
+
+/// `convoy ARGS -o json` against replica `dir`, parsed (one document, or
+/// one per line).
+fn json(dir: &Path, args: &[&str]) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_convoy"))
+        .args(args)
+        .args(["-o", "json"])
+        .env("CONVOY_CREDENTIALS", dir.join("data/admin-credentials.yaml"))
+        .env("CONVOY_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "convoy {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Array(v)) => v,
+        Ok(v) => vec![v],
+        Err(_) => text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect(),
+    }
+}
+
+/// Whether replica `dir` holds `cluster`'s Sync stream.
+fn connected_on(dir: &Path, cluster: &str) -> bool {
+    json(dir, &["get", "clusters"]).iter().any(|c| c["name"] == cluster && c["connected"] == true)
+}
+
+/// The `k` value of ConfigMap `default/settings` on a simulated cluster.
+fn settings(sim: &kube_sim::KubeSim) -> Option<String> {
+    sim.objects("", "configmaps")
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == "settings")
+        .and_then(|o| o["data"]["k"].as_str().map(String::from))
+}
+
+/// Every event an agent recorded, by (bundle, reason), from its metrics.
+fn agent_events(m: &convoy_agent::metrics::Metrics) -> std::collections::BTreeMap<(String, String), u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in m.encode().lines() {
+        let Some(rest) = line.strip_prefix("convoy_agent_events_total{") else { continue };
+        let Some((labels, value)) = rest.split_once("} ") else { continue };
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let n: f64 = value.trim().parse().unwrap_or(0.0);
+        if n > 0.0 {
+            out.insert((label("bundle"), label("reason")), n as u64);
+        }
+    }
+    out
+}
+
+/// Three replicas, two clusters on kube-sim with real agents that know
+/// every replica's address (they connect to the first, `a`): kill -9 of
+/// `a`, the replica they are connected to (and that holds the source
+/// lock). They reconnect to another replica, the next commit reaches them,
+/// and the hub stores each of their events exactly once and their last
+/// status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn heavy_kill_9_of_the_replica_agents_are_connected_to_moves_them_and_loses_nothing() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let etcd = etcd_server::Server::start();
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let repo = root.join("repo");
+    std::fs::create_dir_all(repo.join("web")).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let commit_default = |value: &str| {
+        std::fs::write(
+            repo.join("web/cm.yaml"),
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings, namespace: default}}\ndata: {{k: \"{value}\"}}\n"),
+        )
+        .unwrap();
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-q", "-m", value]);
+    };
+    commit_default("1");
+    std::fs::create_dir_all(root.join("fleet")).unwrap();
+    std::fs::write(
+        root.join("fleet/fleet.yaml"),
+        format!(
+            "apiVersion: convoy.dev/v1\nkind: GitSource\nmetadata: {{name: repo}}\nspec:\n  url: file://{}\n  ref: {{branch: main}}\n  interval: 1s\n---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: web}}\nspec:\n  source: repo\n  path: web\n  targets: [{{clusterSelector: {{}}}}]\n",
+            repo.display()
+        ),
+    )
+    .unwrap();
+    let blocking = |f: &mut dyn FnMut()| tokio::task::block_in_place(f);
+    let a = start(root, "a", &etcd.url, None);
+    let mut first = None;
+    blocking(&mut || {
+        first = Some(until("a signs generation 1", Duration::from_secs(60), || {
+            web(&root.join("a")).filter(|g| g.0 > 0)
+        }))
+    });
+    let first = first.unwrap();
+    let shared = root.join("a/data");
+    let _b = start(root, "b", &etcd.url, Some(&shared));
+    let _c = start(root, "c", &etcd.url, Some(&shared));
+    blocking(&mut || {
+        for r in ["b", "c"] {
+            until("every replica serves generation 1", Duration::from_secs(60), || {
+                web(&root.join(r)).filter(|g| *g == first)
+            });
+        }
+    });
+    let addresses = ["a", "b", "c"].map(|r| endpoint(&root.join(r))).join(",");
+    let token = json(&root.join("b"), &["token", "create", "--name-prefix", "c", "--ttl", "1h"])[0]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(root.join("token"), &token).unwrap();
+
+    // Two clusters whose agents take the replicas in order: both on a.
+    let mut clusters = Vec::new();
+    for name in ["c1", "c2"] {
+        let sim = kube_sim::KubeSim::start(kube_sim::SimConfig { name: name.into(), ..Default::default() })
+            .await
+            .unwrap();
+        let mut kcfg = kube::Config::new(sim.url().parse().unwrap());
+        kcfg.read_timeout = Some(Duration::from_secs(60));
+        let mut cfg = convoy_agent::AgentConfig::new(&addresses, name, root.join(name).join("state"));
+        cfg.kube = convoy_agent::KubeSource::Client(kube::Client::try_from(kcfg).unwrap());
+        cfg.hub_ca = Some(shared.join("ca.crt"));
+        cfg.token_file = Some(root.join("token"));
+        cfg.trusted_keys = vec![shared.join("trusted-keys.pem")];
+        cfg.tuning = convoy_agent::Tuning {
+            heartbeat: Duration::from_secs(5),
+            reconnect_base: Duration::from_millis(100),
+            reconnect_cap: Duration::from_secs(1),
+            retry_base: Duration::from_millis(200),
+            retry_cap: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let agent = convoy_agent::Agent::start(cfg, stop.clone()).await.unwrap();
+        clusters.push((name, sim, agent, stop));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !clusters.iter().all(|(_, sim, ..)| settings(sim).as_deref() == Some("1")) {
+        assert!(Instant::now() < deadline, "generation 1 applied on both clusters");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    blocking(&mut || {
+        until("both agents on a", Duration::from_secs(30), || {
+            ["c1", "c2"].iter().all(|c| connected_on(&root.join("a"), c)).then_some(())
+        })
+    });
+
+    // kill -9 of a; then a new commit.
+    a.signal(9);
+    let killed = Instant::now();
+    commit_default("2");
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while !clusters.iter().all(|(_, sim, ..)| settings(sim).as_deref() == Some("2")) {
+        assert!(
+            Instant::now() < deadline,
+            "the next commit reaches both clusters through the other replicas"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "kill -9 of the agents' replica to the next commit applied on both clusters: {:?}",
+        killed.elapsed()
+    );
+    // Every agent's outbox drained: the hub acknowledged everything it sent.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !clusters.iter().all(|(_, _, agent, _)| agent.metrics.outbox_depth.get() == 0) {
+        assert!(Instant::now() < deadline, "the agents' outboxes drain on the other replicas");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    blocking(&mut || {
+        for (name, _, agent, _) in &clusters {
+            until("the agent is connected to b or c", Duration::from_secs(30), || {
+                ["b", "c"].iter().any(|r| connected_on(&root.join(r), name)).then_some(())
+            });
+            // Each event the agent recorded is stored once (not lost with a,
+            // not stored twice by the replica it moved to).
+            let sent = agent_events(&agent.metrics);
+            let mut stored = std::collections::BTreeMap::new();
+            for e in json(&root.join("c"), &["events", "--cluster", name, "--limit", "1000"]) {
+                if e["cluster"] == *name {
+                    let k = (
+                        e["bundle"].as_str().unwrap_or("").to_string(),
+                        e["reason"].as_str().unwrap_or("").to_string(),
+                    );
+                    *stored.entry(k).or_insert(0u64) += 1;
+                }
+            }
+            assert!(!sent.is_empty(), "the agent recorded events");
+            assert_eq!(stored, sent, "{name}: every event exactly once across the replicas");
+            // Its last status is what it applied, on every live replica.
+            for r in ["b", "c"] {
+                until("the last status on every replica", Duration::from_secs(30), || {
+                    let v = json(&root.join(r), &["status", "web"]);
+                    let rows = v
+                        .first()?
+                        .get("clusters")
+                        .and_then(|c| c.as_array().cloned())
+                        .or_else(|| Some(v.clone()))?;
+                    rows.iter()
+                        .any(|row| {
+                            row["cluster"] == *name && row["generation"] == 2 && row["phase"] == "Ready"
+                        })
+                        .then_some(())
+                });
+            }
+        }
+    });
+    for r in ["b", "c"] {
+        let g = web(&root.join(r)).unwrap();
+        assert_eq!(g.0, 2, "one new generation, none skipped or repeated");
+    }
+    for (_, sim, agent, stop) in clusters {
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), agent.join()).await;
+        sim.shutdown().await;
+    }
 }

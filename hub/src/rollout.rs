@@ -58,7 +58,10 @@ pub struct Pending {
 }
 
 impl Pending {
-    fn push(&mut self, rec: RolloutRecord, fx: &[Effect], now: i64) {
+    /// Add the next version of `rec` (its version bumped: on a shared
+    /// store, the write is refused if another replica wrote it meanwhile).
+    fn push(&mut self, mut rec: RolloutRecord, fx: &[Effect], now: i64) {
+        rec.version += 1;
         let events: Vec<(String, EventRecord)> = fx
             .iter()
             .filter_map(|e| match e {
@@ -107,6 +110,26 @@ impl Rollouts {
     /// Install committed records.
     pub fn install(&mut self, pending: Pending) {
         self.install_records(pending.records);
+    }
+
+    /// Take a record another hub replica committed (through the change
+    /// feed) if it is newer than the one held here; whether it was taken.
+    pub fn install_remote(&mut self, rec: RolloutRecord) -> bool {
+        if self.records.get(&rec.bundle).is_some_and(|r| r.version >= rec.version) {
+            return false;
+        }
+        self.records.insert(rec.bundle.clone(), Arc::new(rec));
+        true
+    }
+
+    /// Forget a bundle's rollout (deleted by another replica).
+    pub fn remove(&mut self, bundle: &str) -> bool {
+        self.records.remove(bundle).is_some()
+    }
+
+    /// The version of a bundle's rollout record here, if any.
+    pub fn version(&self, bundle: &str) -> Option<u64> {
+        self.records.get(bundle).map(|r| r.version)
     }
 
     /// Install committed records.
@@ -176,6 +199,16 @@ impl Rollouts {
             Some(p) if !matches!(p.state.status, RolloutStatus::Complete) => p.base.clone(),
             _ => Some(old.clone()),
         };
+        // Versions go on from the record it replaces (and from the
+        // superseded one written in this same commit).
+        let version = pending
+            .records
+            .iter()
+            .rev()
+            .find(|r| r.bundle == new.bundle)
+            .map(|r| r.version)
+            .or(prev.map(|p| p.version))
+            .unwrap_or(0);
         let rec = RolloutRecord {
             bundle: new.bundle.clone(),
             state: RolloutState::new(spec, &revision, now),
@@ -184,6 +217,7 @@ impl Rollouts {
             given: BTreeMap::new(),
             rolled_back: BTreeMap::new(),
             max_generation: self.floor(&new.bundle).max(new.generation),
+            version,
         };
         info!(bundle = %new.bundle, generation = new.generation, "rollout started");
         let fx = [Effect::Event {
@@ -573,6 +607,47 @@ spec:
         let rec = r.get("web").unwrap();
         assert!(rec.state.revision.contains("generation 3") && rec.state.queued.is_none());
         assert_eq!(rec.record_for("eu1"), Some(&g1));
+    }
+
+    #[test]
+    fn every_write_is_a_newer_version_and_only_newer_remote_records_are_taken() {
+        let signer = SigningKey::generate().unwrap();
+        let fleet = fleet("supersede");
+        let (g1, g2, g3) = (
+            signed(&signer, 1, &digest('a')),
+            signed(&signer, 2, &digest('b')),
+            signed(&signer, 3, &digest('c')),
+        );
+        let mut r = Rollouts::default();
+        let p =
+            r.on_new_generation(&fleet, Some(&g1), &g2, [("eu1".to_string(), g1.clone())].into(), 0).unwrap();
+        assert_eq!(p.records[0].version, 1);
+        r.install(p);
+        // Superseded and started again in one commit: the writes of the key
+        // go up within the commit too (2 for the superseded record, 3 for the new one).
+        let p = r.on_new_generation(&fleet, Some(&g2), &g3, BTreeMap::new(), 10).unwrap();
+        let versions: Vec<u64> = p
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::PutRollout(x) => Some(x.version),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(versions, vec![2, 3]);
+        r.install(p);
+        let computed = |_: &str, _: &str| Some(g3.clone());
+        let p = r.command("web", Command::Pause, "admin", &computed, &signer, 20).unwrap();
+        assert_eq!(p.records[0].version, 4);
+
+        // From the feed: an older or equal version changes nothing, a newer one is taken.
+        let mut older = (**r.get("web").unwrap()).clone();
+        older.state.revision = "stale".into();
+        assert!(!r.install_remote(older.clone()), "version 3 is held");
+        older.version = 5;
+        assert!(r.install_remote(older));
+        assert_eq!((r.version("web"), r.get("web").unwrap().state.revision.as_str()), (Some(5), "stale"));
+        assert!(r.remove("web") && r.version("web").is_none());
     }
 
     #[test]

@@ -312,6 +312,15 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     admins.record(admin_record).await?;
     let ca = Arc::new(ca);
     let initial_fleet = fleet.clone();
+    // Artifacts another replica built are fetched from it (crate::ha).
+    let peer_artifacts = store.is_shared().then(|| {
+        Arc::new(crate::ha::artifacts::PeerArtifacts::new(
+            store.clone(),
+            dir.join("peer-artifacts"),
+            ca.cert_pem().to_string(),
+            (admin_cert.clone(), admin_key.clone()),
+        ))
+    });
     let (state, state_task) = crate::state::spawn(
         loaded,
         fleet,
@@ -327,6 +336,11 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
             clock: clock.clone(),
             variant_store: variant_store.clone(),
             rollout_tick: crate::rollout::TICK,
+            ha: crate::ha::Coordination {
+                leadership: leadership.clone(),
+                peers: peer_artifacts.clone(),
+                ..Default::default()
+            },
         },
         view_tx,
         shutdown.clone(),
@@ -350,14 +364,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
         },
         artifacts: ArtifactCache::new(cfg.artifacts.cache_mib << 20),
         trusted_keys_pem: trusted.clone(),
-        peer_artifacts: store.is_shared().then(|| {
-            Arc::new(crate::ha::artifacts::PeerArtifacts::new(
-                store.clone(),
-                dir.join("peer-artifacts"),
-                ca.cert_pem().to_string(),
-                (admin_cert.clone(), admin_key.clone()),
-            ))
-        }),
+        peer_artifacts,
         admins: admins.clone(),
     });
 

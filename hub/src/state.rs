@@ -501,6 +501,9 @@ pub struct StateDeps {
     /// deadlines pass with time); changed statuses also trigger a decision.
     /// [`crate::rollout::TICK`] in the hub.
     pub rollout_tick: Duration,
+    /// The other hub replicas ([`crate::ha`]): whether this one runs the
+    /// rollouts (leader) and which bundles it signs; default: a hub alone.
+    pub ha: crate::ha::Coordination,
 }
 
 /// The liveness that changed since the last call, of the clusters in `view`:
@@ -547,6 +550,11 @@ struct Actor {
     reported_variant_errors: HashMap<(String, String), String>,
     /// Set once the first variant computation after start is published.
     ready_tx: watch::Sender<bool>,
+    /// Clusters waiting for a variant another replica signs ([`crate::ha`]):
+    /// placed again when the change feed brings one.
+    variants_awaited: BTreeSet<String>,
+    /// When to sign the builds again after their commit failed.
+    retry_builds_at: Option<tokio::time::Instant>,
 }
 
 /// Build the actor from the loaded store and start it. The view is published
@@ -606,6 +614,8 @@ pub fn spawn(
         built_cache: HashMap::new(),
         reported_variant_errors: HashMap::new(),
         ready_tx: watch::Sender::new(false),
+        variants_awaited: BTreeSet::new(),
+        retry_builds_at: None,
     };
     actor.rebuild_index();
     actor.retarget(None);
@@ -688,20 +698,56 @@ impl Actor {
         let statuses = self.deps.statuses.clone();
         let mut status_tick: Option<tokio::time::Instant> = None;
         let mut last_tick = tokio::time::Instant::now();
+        // Only the leader runs the rollouts' state machines; the others
+        // follow their records through the change feed ([`crate::ha`]).
+        let mut leader = self.deps.ha.leadership.watch();
+        let mut leader_open = true;
+        // A replica taking a source's lock (or leadership) signs what its
+        // clusters waited for from the previous holder.
+        let mut held = self.deps.ha.leadership.held_watch();
         loop {
+            let leads = *leader.borrow_and_update();
+            let retry_at = self.retry_builds_at;
             let due = status_tick;
             tokio::select! {
-                _ = rollout_tick.tick(), if self.rollouts.is_active() => {
+                _ = rollout_tick.tick(), if leads && self.rollouts.is_active() => {
                     self.tick_rollouts().await;
                     last_tick = tokio::time::Instant::now();
                 }
-                _ = statuses.changed(), if due.is_none() && self.rollouts.is_active() => {
+                _ = statuses.changed(), if due.is_none() && leads && self.rollouts.is_active() => {
                     status_tick = Some((last_tick + crate::rollout::STATUS_TICK_SPACING).max(tokio::time::Instant::now()));
                 }
                 _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                     status_tick = None;
-                    self.tick_rollouts().await;
-                    last_tick = tokio::time::Instant::now();
+                    if leads {
+                        self.tick_rollouts().await;
+                        last_tick = tokio::time::Instant::now();
+                    }
+                }
+                r = leader.changed(), if leader_open => {
+                    // Wakes the loop: a new leader ticks at once.
+                    if r.is_err() {
+                        leader_open = false;
+                    } else if *leader.borrow() {
+                        info!("this replica leads: it runs the rollouts");
+                        self.on_locks_changed().await;
+                    }
+                }
+                r = async {
+                    match held.as_mut() {
+                        Some(h) => h.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if r.is_err() {
+                        held = None;
+                    } else {
+                        self.on_locks_changed().await;
+                    }
+                }
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                    self.retry_builds_at = None;
+                    self.on_builds().await;
                 }
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -1393,7 +1439,10 @@ impl Actor {
             // Agents see a generation only once it is durable: a restart must
             // never re-sign the same generation for another digest.
             if let Err(e) = self.deps.writer.commit(writes).await {
-                warn!(error = %e, "cannot store new generations; agents keep the previous ones");
+                warn!(error = %e, "cannot store new generations; agents keep the previous ones; trying again in 1 s");
+                // Another replica may have written the bundle's rollout
+                // meanwhile: the feed brings it, and the builds are signed again.
+                self.retry_builds_at = Some(tokio::time::Instant::now() + crate::rollout::TICK);
                 return;
             }
             let m = Arc::make_mut(&mut self.records);
@@ -1522,10 +1571,11 @@ impl Actor {
     /// and publish (durable before visible). A queued revision whose
     /// rollout ended starts next.
     async fn tick_rollouts(&mut self) {
-        if !self.rollouts.is_active() {
+        if !self.rollouts.is_active() || !self.deps.ha.leadership.is_leader() {
             return;
         }
         let now = self.deps.clock.now_ms();
+        let shared = self.deps.ha.leadership.is_shared();
         let inputs: Vec<crate::rollout::ClusterInput> = self
             .clusters
             .values()
@@ -1538,7 +1588,8 @@ impl Actor {
                 name: e.record.name.clone(),
                 groups,
                 labels,
-                connected: e.shared.connected(),
+                connected: e.shared.connected()
+                    || (shared && crate::ha::connected_elsewhere(e.shared.last_seen(), now)),
                 statuses: e.shared.statuses(),
             })
             .collect();
@@ -1651,11 +1702,11 @@ impl Actor {
         if let Some(u) = self.used_cache.get(&key) {
             return Ok(u.clone());
         }
-        let path = self
-            .deps
-            .pipeline
-            .artifact_path(&base.digest)
-            .ok_or_else(|| format!("base artifact {} is not stored on the hub", base.digest))?;
+        let path = match self.deps.pipeline.artifact_path(&base.digest) {
+            Some(p) => p,
+            // Built by the replica holding the source lock: fetched from it.
+            None => self.deps.ha.fetch(&base.digest).await.map_err(|e| e.to_string())?,
+        };
         let spec = self.fleet.bundles.get(bundle).map(|b| b.spec.clone()).ok_or("bundle left the fleet")?;
         let used = tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -1682,7 +1733,11 @@ impl Actor {
         if let Some(r) = self.built_cache.get(&ck) {
             return r.clone();
         }
-        let path = self.deps.pipeline.artifact_path(&base.digest);
+        let path = match self.deps.pipeline.artifact_path(&base.digest) {
+            Some(p) => Some(p),
+            // Built by the previous holder of the source lock (crate::ha).
+            None => self.deps.ha.fetch(&base.digest).await.ok(),
+        };
         let store = self.deps.variant_store.clone();
         let (input, cluster) = (input.clone(), cluster.to_string());
         let digest = base.digest.clone();
@@ -1748,6 +1803,11 @@ impl Actor {
                 }
                 continue;
             };
+            // With several replicas, only the one holding the bundle's source
+            // lock signs its variants; the others place clusters on the
+            // variants it signed (the change feed brings them) and keep
+            // what the clusters have meanwhile ([`crate::ha`]).
+            let signer = self.deps.ha.signs_bundle(&fleet, &spec.source);
             // Unreadable base: every targeted cluster fails (and keeps what
             // it has) rather than getting the documents unsubstituted.
             let (used, unreadable) = if spec.substitute.is_some() {
@@ -1781,7 +1841,21 @@ impl Actor {
                     };
                 let placed = match placement(spec, &cf, &used) {
                     Placement::NotTargeted => None,
+                    _ if !signer && unreadable.is_some() => {
+                        self.variants_awaited.insert(name.clone());
+                        None
+                    }
                     _ if unreadable.is_some() => Some(Placed::Failed(unreadable.clone().unwrap_or_default())),
+                    Placement::Base if !signer && !acceptable(base.generation, &base.digest, &held) => {
+                        // The signer re-signs the base above the variant the cluster leaves.
+                        self.variants_awaited.insert(name.clone());
+                        None
+                    }
+                    Placement::MissingVariables(..) if !signer => {
+                        // The signer reports it (once, for the whole hub).
+                        self.variants_awaited.insert(name.clone());
+                        None
+                    }
                     Placement::Base => {
                         if !acceptable(base.generation, &base.digest, &held) {
                             // Back from a variant to a base signed before it:
@@ -1815,6 +1889,10 @@ impl Actor {
                         let existing = signed.get(&k).or(current).cloned();
                         if existing.as_ref().is_some_and(|r| acceptable(r.generation, &r.digest, &held)) {
                             Some(Placed::Variant(key))
+                        } else if !signer {
+                            // Signed by the replica holding the source lock.
+                            self.variants_awaited.insert(name.clone());
+                            None
                         } else if let Some(rec) = existing {
                             // Moving to a variant signed before what the
                             // cluster holds: re-sign it above everything (same digest).
@@ -2036,6 +2114,7 @@ mod tests {
     struct FlakyStore {
         fail: AtomicBool,
         commits: AtomicUsize,
+        failed: AtomicUsize,
     }
 
     impl Store for FlakyStore {
@@ -2050,6 +2129,7 @@ mod tests {
         }
         fn commit(&self, writes: Vec<Write>, _: i64) -> Result<Vec<WriteOutcome>> {
             if self.fail.load(Ordering::SeqCst) {
+                self.failed.fetch_add(1, Ordering::SeqCst);
                 return Err(Error::Store("injected commit failure".into()));
             }
             self.commits.fetch_add(1, Ordering::SeqCst);
@@ -2147,6 +2227,7 @@ spec:
                 clock: convoy_core::clock::system(),
                 variant_store: crate::variants::VariantStore::new(dir.join("variants")),
                 rollout_tick,
+                ha: Default::default(),
             },
             view_tx,
             shutdown.clone(),
@@ -2286,6 +2367,31 @@ spec:
         [("env".to_string(), "prod".to_string())].into()
     }
 
+    /// A new generation whose commit failed (with several replicas: another
+    /// one wrote the bundle's rollout record meanwhile) is signed again a
+    /// tick later from the same build: no new build is needed.
+    #[tokio::test]
+    async fn a_new_generation_whose_commit_failed_is_signed_again_without_a_new_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = StaticPipeline::new(dir.path());
+        let f = fixture_with(source.builds());
+        // One round trip: the actor runs.
+        assert!(f.state.set_labels("nope".into(), prod()).await.is_err());
+        f.store.fail.store(true, Ordering::SeqCst);
+        source.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:2", b"two").unwrap();
+        async fn within(what: &str, ok: impl Fn() -> bool) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !ok() {
+                assert!(std::time::Instant::now() < deadline, "{what}: not within 10 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        within("the generation's commit is refused", || f.store.failed.load(Ordering::SeqCst) > 0).await;
+        assert_eq!(f.state.view().records["web"].generation, 1, "nothing of it is visible");
+        f.store.fail.store(false, Ordering::SeqCst);
+        within("signed again", || f.state.view().records["web"].generation == 2).await;
+    }
+
     #[tokio::test]
     async fn a_failed_commit_publishes_nothing_and_the_next_one_publishes() {
         let f = fixture();
@@ -2398,6 +2504,7 @@ spec:
                 given: Default::default(),
                 rolled_back: Default::default(),
                 max_generation: 2,
+                version: 0,
             }],
             ..Default::default()
         };

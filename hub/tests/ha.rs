@@ -22,6 +22,17 @@ async fn replica(
     etcd: &str,
     shared: Option<&Path>,
 ) -> (HubHandle, std::sync::Arc<StaticPipeline>) {
+    replica_with(dir, etcd, shared, FLEET, 10).await
+}
+
+/// [`replica`] with a fleet of its own and a lease TTL (seconds).
+async fn replica_with(
+    dir: &Path,
+    etcd: &str,
+    shared: Option<&Path>,
+    fleet_text: &str,
+    lease_ttl: u64,
+) -> (HubHandle, std::sync::Arc<StaticPipeline>) {
     init();
     let pipeline = StaticPipeline::new(dir.join("artifacts"));
     let mut cfg = HubConfig::local(dir.join("data"));
@@ -29,6 +40,7 @@ async fn replica(
     cfg.store.type_ = StoreType::Etcd;
     cfg.store.endpoints = vec![etcd.to_string()];
     cfg.store.prefix = "/ha/".into();
+    cfg.store.lease_ttl = convoy_core::duration::HumanDuration::from_secs(lease_ttl);
     if let Some(s) = shared {
         cfg.tls.ca_cert_file = Some(s.join("ca.crt"));
         cfg.tls.ca_key_file = Some(s.join("ca.key"));
@@ -36,7 +48,7 @@ async fn replica(
     }
     let hub = Hub::start(
         cfg,
-        HubOptions { pipeline: Some(pipeline.clone()), fleet: Some(fleet(FLEET)), ..Default::default() },
+        HubOptions { pipeline: Some(pipeline.clone()), fleet: Some(fleet(fleet_text)), ..Default::default() },
     )
     .await
     .unwrap();
@@ -250,6 +262,413 @@ async fn an_agent_moving_to_another_replica_stores_each_status_and_event_once() 
     }
     a.shutdown().await.unwrap();
     c.shutdown().await.unwrap();
+}
+
+/// `web` rolled out in two waves: `eu` (auto), then `us` behind the gate
+/// `GATE` (replaced); no soak.
+const ROLLOUT_FLEET: &str = concat!(
+    repo_and_web!(),
+    r#"  rollout:
+    waves:
+      - {name: eu, selector: {matchLabels: {region: eu}}}
+      - {name: us, selector: {matchLabels: {region: us}}, gate: GATE}
+"#
+);
+
+/// The rollout fleet with wave `us` gated by `gate` (`auto` or `approval`).
+fn rollout_fleet(gate: &str) -> String {
+    ROLLOUT_FLEET.replace("GATE", gate)
+}
+
+/// An agent's status of `bundle` at `generation` and `digest` (what the
+/// rollout compares with what it gave the cluster).
+async fn report(s: &Stream, seq: u64, bundle: &str, generation: u64, digest: &str, phase: pb::Phase) {
+    use convoy_proto::v1::agent_message::Msg as In;
+    let status = pb::BundleStatus {
+        bundle: bundle.into(),
+        generation,
+        digest: digest.into(),
+        phase: phase as i32,
+        message: format!("seq {seq}"),
+        ..Default::default()
+    };
+    s.tx.send(pb::AgentMessage { msg: Some(In::Status(pb::StatusReport { seq, status: Some(status) })) })
+        .await
+        .unwrap();
+}
+
+/// The generation of `bundle` a replica gives `cluster` now.
+fn given(hub: &HubHandle, cluster: &str, bundle: &str) -> Option<u64> {
+    let view = hub.state().view();
+    let d = view.clusters.get(cluster)?.shared.desired();
+    d.bundles.get(bundle).map(|d| d.record.generation)
+}
+
+fn rollout_status(hub: &HubHandle, bundle: &str) -> Option<String> {
+    hub.state().view().rollouts.get(bundle).map(|r| r.state.status.name().to_string())
+}
+
+/// The hub events of `bundle` with `reason`, read from the store (any replica).
+async fn hub_events(hub: &HubHandle, bundle: &str, reason: &str) -> Vec<String> {
+    let mut f = admin(hub).await;
+    f.list_events(pb::ListEventsRequest { bundle: bundle.into(), limit: 1000, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+        .into_iter()
+        .filter_map(|e| e.event)
+        .filter(|e| e.reason == reason)
+        .map(|e| e.message)
+        .collect()
+}
+
+/// Two replicas and two clusters whose agents are connected to B, in two
+/// waves; `web` has generation 1 everywhere, Ready, and A leads (it holds
+/// the `leader` lock and the source's lock, so it also signs).
+struct RolloutSetup {
+    a: HubHandle,
+    b: HubHandle,
+    pa: std::sync::Arc<StaticPipeline>,
+    eu: Stream,
+    us: Stream,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn rollout_setup(etcd_a: &str, etcd_b: &str, gate: &str, lease_ttl: u64) -> RolloutSetup {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let text = rollout_fleet(gate);
+    let (a, pa) = replica_with(da.path(), etcd_a, None, &text, lease_ttl).await;
+    eventually(|| async { a.leadership().is_leader().then_some(()) }).await;
+    let (b, _) = replica_with(db.path(), etcd_b, Some(&da.path().join("data")), &text, lease_ttl).await;
+    assert!(!b.leadership().is_leader(), "A holds the leader lock");
+    let c_eu = register(&a, "eu1", &[("env", "prod"), ("region", "eu")]).await;
+    let c_us = register(&a, "us1", &[("env", "prod"), ("region", "us")]).await;
+    eventually(|| async { (b.state().view().clusters.len() == 2).then_some(()) }).await;
+    pa.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"one").unwrap();
+    eventually(|| async { b.state().view().records.contains_key("web").then_some(()) }).await;
+    // B published generation 1 before its view: the snapshots hold it.
+    let (mut eu, _, snap) = open(&b, &c_eu, 1).await.unwrap();
+    let (mut us, _, snap_us) = open(&b, &c_us, 1).await.unwrap();
+    let g1 =
+        snap.bundles.iter().find(|d| d.name == "web" && d.generation == 1).cloned().expect("web 1 on eu1");
+    assert!(snap_us.bundles.iter().any(|d| d.name == "web" && d.generation == 1), "web 1 on us1");
+    report(&eu, 1, "web", 1, &g1.digest, pb::Phase::Ready).await;
+    report(&us, 1, "web", 1, &g1.digest, pb::Phase::Ready).await;
+    eu.until_ack(1).await;
+    us.until_ack(1).await;
+    RolloutSetup { a, b, pa, eu, us, _dirs: (da, db) }
+}
+
+/// Rollouts on several replicas: the leader (A) runs the state machine;
+/// its records reach B through the change feed, so an agent connected to B
+/// gets the wave's generation, `GetRollout` on B shows A's state, and an
+/// operator's approve sent to B advances the rollout A leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_led_by_one_replica_reaches_agents_and_takes_commands_on_another() {
+    let etcd = etcd_server::Server::start();
+    let RolloutSetup { a, b, pa, mut eu, us, _dirs } =
+        rollout_setup(&etcd.url, &etcd.url, "approval", 10).await;
+
+    // Generation 2 starts a rollout (signed and started by A in one commit).
+    pa.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:bbbb", b"two").unwrap();
+    // A admits eu1 (connected to B: A knows it from the liveness B stored);
+    // the agent on B gets generation 2; us1 stays on generation 1.
+    let g2 = eu.until_generation("web", 2).await;
+    assert_eq!(given(&b, "us1", "web"), Some(1), "the second wave is held");
+    report(&eu, 2, "web", 2, &g2.digest, pb::Phase::Ready).await;
+    // Wave eu is done; us waits for its approval, on both replicas.
+    for r in [&a, &b] {
+        eventually(|| async {
+            (rollout_status(r, "web").as_deref() == Some("AwaitingApproval")).then_some(())
+        })
+        .await;
+    }
+    let view_of = |h: &HubHandle| {
+        let h = h.state().view();
+        let r = h.rollouts["web"].clone();
+        (r.state.clone(), r.version)
+    };
+    assert_eq!(view_of(&a), view_of(&b), "the same rollout state on every replica");
+    let mut fleet_b = admin(&b).await;
+    let on_b =
+        fleet_b.get_rollout(pb::GetRolloutRequest { bundle: "web".into() }).await.unwrap().into_inner();
+    let on_a = admin(&a).await.get_rollout(pb::GetRolloutRequest { bundle: "web".into() }).await.unwrap();
+    assert_eq!(on_b, on_a.into_inner(), "`convoy rollout status` answers the same on both");
+    assert_eq!(on_b.status, "AwaitingApproval");
+    assert_eq!(given(&b, "us1", "web"), Some(1));
+    assert_eq!(given(&a, "us1", "web"), Some(1));
+
+    // Approved on B (a fenced write of the rollout record A picks up): A
+    // admits us1, whose agent on B gets generation 2.
+    fleet_b
+        .rollout_action(pb::RolloutActionRequest {
+            bundle: "web".into(),
+            command: pb::RolloutCommand::Approve as i32,
+        })
+        .await
+        .unwrap();
+    let mut us = us;
+    let got = us.until_generation("web", 2).await;
+    assert_eq!(got.digest, g2.digest);
+    report(&us, 2, "web", 2, &got.digest, pb::Phase::Ready).await;
+    for r in [&a, &b] {
+        eventually(|| async { (rollout_status(r, "web").as_deref() == Some("Complete")).then_some(()) })
+            .await;
+    }
+    // One state machine: each wave started once, one approval recorded
+    // (naming the caller), and one generation per revision on both replicas.
+    assert_eq!(hub_events(&a, "web", "RolloutWaveStarted").await.len(), 2);
+    let approvals = hub_events(&b, "web", "RolloutApproved").await;
+    assert_eq!(approvals.len(), 1, "{approvals:?}");
+    assert!(approvals[0].contains("admin"), "{approvals:?}");
+    for r in [&a, &b] {
+        assert_eq!(r.state().view().records["web"].generation, 2);
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// The replica that signs a bundle's new generation (B, the holder of the
+/// source lock) is not the leader (A): B starts the rollout in the same
+/// commit as the generation, A runs it, and the agents connected to A never
+/// see the new generation before their wave admits them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_started_by_the_source_holder_is_run_by_the_leader() {
+    const OTHER: &str = r#"
+apiVersion: convoy.dev/v1
+kind: GitSource
+metadata: {name: other}
+spec: {url: "https://git.example/other.git"}
+"#;
+    let etcd = etcd_server::Server::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A starts without the source: it leads, and B takes the source lock.
+    let (a, _) = replica_with(da.path(), &etcd.url, None, OTHER, 10).await;
+    eventually(|| async { a.leadership().is_leader().then_some(()) }).await;
+    let text = rollout_fleet("auto");
+    let (b, pb_b) = replica_with(db.path(), &etcd.url, Some(&da.path().join("data")), &text, 10).await;
+    eventually(|| async { b.leadership().signs_for("repo").then_some(()) }).await;
+    a.set_fleet(fleet(&text)).await.unwrap();
+    assert!(a.leadership().is_leader() && !b.leadership().is_leader());
+    assert!(!a.leadership().signs_for("repo"), "B holds the source lock");
+
+    let c_eu = register(&a, "eu1", &[("env", "prod"), ("region", "eu")]).await;
+    let c_us = register(&a, "us1", &[("env", "prod"), ("region", "us")]).await;
+    pb_b.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"one").unwrap();
+    eventually(|| async { a.state().view().records.contains_key("web").then_some(()) }).await;
+    let (mut eu, _, snap) = open(&a, &c_eu, 1).await.unwrap();
+    let (mut us, _, _) = open(&a, &c_us, 1).await.unwrap();
+    let g1 = snap.bundles.iter().find(|d| d.name == "web").cloned().expect("web on eu1");
+    assert_eq!(g1.generation, 1);
+    report(&eu, 1, "web", 1, &g1.digest, pb::Phase::Ready).await;
+    report(&us, 1, "web", 1, &g1.digest, pb::Phase::Ready).await;
+    us.until_ack(1).await;
+
+    // B signs generation 2 and starts its rollout; A admits eu1 first.
+    pb_b.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:bbbb", b"two").unwrap();
+    let g2 = eu.until_generation("web", 2).await;
+    assert_eq!(given(&a, "us1", "web"), Some(1), "us1 waits for its wave");
+    report(&eu, 2, "web", 2, &g2.digest, pb::Phase::Ready).await;
+    let got = us.until_generation("web", 2).await;
+    assert_eq!(got.digest, g2.digest);
+    report(&us, 2, "web", 2, &got.digest, pb::Phase::Ready).await;
+    for r in [&a, &b] {
+        eventually(|| async { (rollout_status(r, "web").as_deref() == Some("Complete")).then_some(()) })
+            .await;
+    }
+    assert_eq!(hub_events(&a, "web", "RolloutStarted").await.len(), 1);
+    assert_eq!(hub_events(&a, "web", "RolloutWaveStarted").await.len(), 2);
+    for r in [&a, &b] {
+        assert_eq!(r.state().view().records["web"].generation, 2);
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// Failover mid-wave: A leads and is cut off from etcd (a TCP proxy the
+/// test controls) right after it admitted eu1; within one lease TTL B holds
+/// the leader lock and resumes the same wave: eu1 is not admitted again,
+/// no wave starts twice, no new generation is signed, and us1 gets the
+/// generation eu1 got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_resumes_on_another_replica_when_its_leader_is_cut_off_mid_wave() {
+    const TTL: u64 = 2;
+    let etcd = etcd_server::Server::start();
+    let proxy = etcd_server::Proxy::start(&etcd.url);
+    let RolloutSetup { a, b, pa, mut eu, mut us, _dirs } =
+        rollout_setup(&proxy.url, &etcd.url, "auto", TTL).await;
+    pa.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:bbbb", b"two").unwrap();
+    let g2 = eu.until_generation("web", 2).await;
+    let admitted_at = |h: &HubHandle| {
+        let v = h.state().view();
+        v.rollouts["web"].state.clusters.get("eu1").map(|c| c.step.clone())
+    };
+    // B published eu1's desired set just before its view.
+    eventually(|| async { admitted_at(&b).filter(|s| s.name() == "Admitted") }).await;
+
+    // A is cut off mid-wave: it stops writing and gives its locks up; B
+    // takes the leader lock within the TTL (plus the lock retry).
+    let cut = std::time::Instant::now();
+    proxy.cut();
+    let mut leads = b.leadership().watch();
+    tokio::time::timeout(Duration::from_secs(TTL + 5), leads.wait_for(|l| *l)).await.unwrap().unwrap();
+    let took = cut.elapsed();
+    eprintln!("B leads {took:?} after A was cut off (lease TTL {TTL}s)");
+    assert!(took < Duration::from_secs(TTL + 3), "failover took {took:?}");
+    assert!(!a.leadership().is_leader(), "a cut-off replica gives its leadership up");
+
+    // eu1 reports Ready on generation 2 to B, which now runs the rollout
+    // from where A left it.
+    report(&eu, 2, "web", 2, &g2.digest, pb::Phase::Ready).await;
+    let got = us.until_generation("web", 2).await;
+    assert_eq!(got.digest, g2.digest, "the same generation, not a new one");
+    report(&us, 2, "web", 2, &got.digest, pb::Phase::Ready).await;
+    eventually(|| async { (rollout_status(&b, "web").as_deref() == Some("Complete")).then_some(()) }).await;
+    let rec = b.state().view().rollouts["web"].clone();
+    assert_eq!(
+        rec.state.clusters["eu1"].step.name(),
+        "Done",
+        "eu1 went on from Admitted, not admitted again"
+    );
+    assert_eq!(rec.given["eu1"], *b.state().view().records["web"], "eu1 kept what A gave it");
+    let started = hub_events(&b, "web", "RolloutWaveStarted").await;
+    assert_eq!(started.len(), 2, "each wave started once across the failover: {started:?}");
+    assert_eq!(b.state().view().records["web"].generation, 2, "no generation issued twice");
+    assert_eq!(rec.max_generation, 2);
+    proxy.heal();
+    drop(eu);
+    drop(us);
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
+/// Per-cluster variants on several replicas: A holds the source lock and
+/// signs the bundle's variants; a cluster connected to B whose vars change
+/// on B gets exactly one new signed variant, signed by A and brought to B
+/// by the change feed (B fetched the base artifact from A to compute the
+/// variant key). When A is cut off, the next vars change waits for the
+/// signer and B signs it once it takes the source lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_var_change_on_a_follower_gets_one_variant_signed_by_the_source_holder() {
+    const VARIANT_FLEET: &str = r#"
+apiVersion: convoy.dev/v1
+kind: GitSource
+metadata: {name: repo}
+spec: {url: "https://git.example/fleet.git"}
+---
+apiVersion: convoy.dev/v1
+kind: Bundle
+metadata: {name: app}
+spec:
+  source: repo
+  path: app
+  substitute: {}
+  targets: [{clusterSelector: {matchLabels: {env: prod}}}]
+"#;
+    const TTL: u64 = 2;
+    let etcd = etcd_server::Server::start();
+    let proxy = etcd_server::Proxy::start(&etcd.url);
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, pa) = replica_with(da.path(), &proxy.url, None, VARIANT_FLEET, TTL).await;
+    eventually(|| async { (a.leadership().is_leader() && a.leadership().signs_for("repo")).then_some(()) })
+        .await;
+    let (b, _) = replica_with(db.path(), &etcd.url, Some(&da.path().join("data")), VARIANT_FLEET, TTL).await;
+    assert!(!b.leadership().signs_for("repo"), "A holds the source lock");
+    let c1 = register(&a, "c1", &[("env", "prod")]).await;
+    a.state().set_vars("c1".into(), [("region".to_string(), "eu".to_string())].into(), vec![]).await.unwrap();
+    eventually(|| async {
+        b.state()
+            .view()
+            .clusters
+            .get("c1")
+            .is_some_and(|c| c.record.vars.contains_key("region"))
+            .then_some(())
+    })
+    .await;
+    let art = convoy_artifact::pack::pack_files(
+        [(
+            "cm.yaml".to_string(),
+            b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app}\ndata:\n  region: \"${{ cluster.vars.region }}\"\n"
+                .to_vec(),
+        )],
+        &convoy_artifact::Limits::default(),
+    )
+    .unwrap();
+    pa.publish("app", "repo", "https://git.example/fleet.git", "main@sha1:1", &art.bytes).unwrap();
+    // B places c1 on the variant A signed (B never built the base).
+    let eu = eventually(|| async {
+        let v = b.state().view();
+        let d = v.clusters.get("c1")?.shared.desired();
+        let d = d.bundles.get("app")?.record.clone();
+        (d.digest != art.digest).then_some(d)
+    })
+    .await;
+    let (mut s, _, snap) = open(&b, &c1, 1).await.unwrap();
+    assert!(
+        snap.bundles
+            .iter()
+            .any(|d| d.name == "app" && d.generation == eu.generation && d.digest == eu.digest),
+        "the agent on B starts on the eu variant: {snap:?}"
+    );
+    let variants =
+        |h: &HubHandle| h.state().view().variants.values().map(|r| (**r).clone()).collect::<Vec<_>>();
+    // A publishes its view after its commit: B may have been faster.
+    eventually(|| async { (variants(&a).len() == 1).then_some(()) }).await;
+
+    // The vars change on B (its agent is there); A signs the new variant once.
+    b.state().set_vars("c1".into(), [("region".to_string(), "us".to_string())].into(), vec![]).await.unwrap();
+    let us = s
+        .until(|m| {
+            use convoy_proto::v1::hub_message::Msg as Out;
+            let Out::Update(u) = m else { return None };
+            u.upserts.iter().find(|d| d.name == "app" && d.generation > eu.generation).cloned()
+        })
+        .await;
+    assert_ne!(us.digest, eu.digest, "the us variant");
+    let on_a = eventually(|| async { (variants(&a).len() == 2).then(|| variants(&a)) }).await;
+    let signed = on_a.iter().find(|r| r.digest == us.digest).expect("A signed the variant the agent got");
+    assert_eq!((signed.generation, signed.statement.as_slice()), (us.generation, us.statement.as_slice()));
+    let statement = convoy_artifact::Statement::parse(&us.statement).unwrap();
+    assert!(statement.variant.is_some(), "a variant statement");
+    eventually(|| async {
+        let mut on_b = variants(&b);
+        let mut on_a = variants(&a);
+        on_b.sort_by_key(|r| r.generation);
+        on_a.sort_by_key(|r| r.generation);
+        (on_a == on_b).then_some(())
+    })
+    .await;
+    // Exactly one signing per variant for the whole hub (events of both replicas are in etcd).
+    let signed_events = hub_events(&b, "app", "NewGeneration").await;
+    let variant_events: Vec<_> = signed_events.iter().filter(|m| m.contains("variant")).collect();
+    assert_eq!(variant_events.len(), 2, "one per variant: {signed_events:?}");
+    assert!(us.generation > eu.generation, "generations only rise");
+
+    // A is cut off from etcd; a vars change on B meanwhile waits for the
+    // signer, and B signs it itself once it holds the source lock (the
+    // base's bytes fetched from A, which still serves them).
+    proxy.cut();
+    b.state().set_vars("c1".into(), [("region".to_string(), "ap".to_string())].into(), vec![]).await.unwrap();
+    assert!(!b.leadership().signs_for("repo"), "A's lease has not expired yet");
+    let ap = s
+        .until(|m| {
+            use convoy_proto::v1::hub_message::Msg as Out;
+            let Out::Update(u) = m else { return None };
+            u.upserts.iter().find(|d| d.name == "app" && d.generation > us.generation).cloned()
+        })
+        .await;
+    assert!(b.leadership().signs_for("repo"), "signed by B once it held the source lock");
+    assert!(ap.digest != us.digest && ap.digest != eu.digest, "the ap variant");
+    let mine = eventually(|| async { (variants(&b).len() == 3).then(|| variants(&b)) }).await;
+    assert!(mine.iter().any(|r| r.digest == ap.digest && r.generation == ap.generation));
+    let variant_events: Vec<_> =
+        hub_events(&b, "app", "NewGeneration").await.into_iter().filter(|m| m.contains("variant")).collect();
+    assert_eq!(variant_events.len(), 3, "one signing per variant: {variant_events:?}");
+    proxy.heal();
+    drop(s);
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
 }
 
 mod locks {

@@ -211,13 +211,15 @@ fn rollouts_are_stored_replaced_and_deleted(b: &dyn Backend) {
         given: Default::default(),
         rolled_back: Default::default(),
         max_generation: 4,
+        version: 1,
     };
     let s = b.open(5);
     s.commit(vec![Write::PutRollout(Box::new(r.clone()))], 1).unwrap();
     let mut other = r.clone();
     other.bundle = "api".into();
-    // Replaced in place, and a second bundle beside it.
+    // Replaced in place (a newer version), and a second bundle beside it.
     r.max_generation = 5;
+    r.version = 2;
     s.commit(vec![Write::PutRollout(Box::new(r.clone())), Write::PutRollout(Box::new(other.clone()))], 2)
         .unwrap();
     drop(s);
@@ -478,6 +480,48 @@ mod etcd {
         other.commit(vec![Write::PutDeployment(deployment(2, "sha256:b"))], 5).unwrap();
         let d = &a.load().unwrap().deployments[0];
         assert_eq!((d.generation, d.digest.as_str()), (2, "sha256:b"));
+    }
+
+    /// A rollout record is fenced on its stored version: a replica that
+    /// decided on a stale copy (another replica wrote the next version in
+    /// between) writes nothing, and the whole commit with it.
+    #[test]
+    fn a_rollout_decided_on_a_stale_copy_is_refused_across_replicas() {
+        use convoy_hub::domain::rollout::{RolloutRecord, RolloutState};
+        let server = Server::start();
+        let b = server.backend("/rollout-fence/");
+        let (leader, follower) = (b.open(100), b.open(100));
+        let spec: convoy_core::rollout::RolloutSpec =
+            serde_json::from_value(serde_json::json!({"waves": [{"name": "eu"}]})).unwrap();
+        let rec = |version: u64, revision: &str| RolloutRecord {
+            bundle: "web".into(),
+            state: RolloutState::new(&spec, revision, 0),
+            held: Default::default(),
+            base: None,
+            given: Default::default(),
+            rolled_back: Default::default(),
+            max_generation: 2,
+            version,
+        };
+        leader.commit(vec![Write::PutRollout(Box::new(rec(1, "r1")))], 1).unwrap();
+        // Both replicas hold version 1; the leader's tick writes version 2 first.
+        leader.commit(vec![Write::PutRollout(Box::new(rec(2, "tick")))], 2).unwrap();
+        let err = follower
+            .commit(
+                vec![
+                    Write::SetSuspended { bundle: "db".into(), suspended: true },
+                    Write::PutRollout(Box::new(rec(2, "approve"))),
+                ],
+                3,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("changed on another hub replica"), "{err}");
+        let l = follower.load().unwrap();
+        assert_eq!(l.rollouts, vec![rec(2, "tick")], "the leader's write stands");
+        assert!(l.suspended.is_empty(), "nothing of the refused commit is written");
+        // Decided again on version 2: taken.
+        follower.commit(vec![Write::PutRollout(Box::new(rec(3, "approve")))], 4).unwrap();
+        assert_eq!(leader.load().unwrap().rollouts[0].version, 3);
     }
 
     /// Prefixes are separate hubs; a prefix written by a newer hub is refused.

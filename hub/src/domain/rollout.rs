@@ -851,6 +851,13 @@ pub struct RolloutRecord {
     /// The newest generation issued for the bundle: rollbacks and later
     /// builds go above it.
     pub max_generation: u64,
+    /// Bumped by every write of the record: on a shared store (several hub
+    /// replicas) a write must be above the stored version, so a replica
+    /// deciding on a stale copy (another replica wrote in between) is
+    /// refused instead of undoing the other's progress. 0 in records
+    /// written before versions existed.
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl RolloutRecord {
@@ -1471,6 +1478,7 @@ mod tests {
             given: [("a1".to_string(), rec(2, "sha256:new"))].into(),
             rolled_back: BTreeMap::new(),
             max_generation: 2,
+            version: 0,
         };
         let computed = |d: &str| -> ClusterBundles {
             [(

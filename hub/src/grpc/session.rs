@@ -64,6 +64,11 @@ pub async fn start(
         core.state.refresh_variants(name.clone()).await.map_err(crate::grpc::status)?;
     }
     shared.touch(now);
+    if core.store.is_shared() {
+        // The other replicas (the rollout leader) learn at once that the
+        // agent is connected here, not at the next liveness tick (crate::ha).
+        drop(core.writer.submit(vec![Write::PutLiveness(vec![(name.clone(), shared.liveness())])]).await);
+    }
     let epoch = hello.outbox_epoch;
     let store = core.store.clone();
     let n = name.clone();

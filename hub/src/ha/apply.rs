@@ -23,6 +23,9 @@ impl Actor {
             let lookup = |n: &str| clusters.get(n).map(|e| e.record.clone());
             let stamp = |c: &str, b: &str| statuses.cluster(c).get().get(b).map(|s| s.updated_unix_ms);
             let seen = |c: &str| clusters.get(c).map(|e| e.shared.last_seen());
+            let rollout_version = |b: &str| self.rollouts.version(b);
+            let variant_generation =
+                |b: &str, k: &str| self.variants.get(&(b.to_string(), k.to_string())).map(|r| r.generation);
             plan(
                 &Current {
                     clusters: &lookup,
@@ -30,6 +33,8 @@ impl Actor {
                     suspended: &self.suspended,
                     status_stamp: &stamp,
                     last_seen: &seen,
+                    rollout_version: &rollout_version,
+                    variant_generation: &variant_generation,
                 },
                 changes,
             )
@@ -53,6 +58,14 @@ impl Actor {
             if t.expires_unix_ms > now {
                 self.tokens.insert(t.id.clone(), t);
             }
+        }
+        // A new base of a customized bundle: every cluster is placed again
+        // (on the variants its signer signs for it).
+        let new_bases = plan.deployments.iter().any(|d| {
+            self.fleet.bundles.get(&d.bundle).is_some_and(|b| crate::domain::variants::is_customized(&b.spec))
+        });
+        if new_bases {
+            self.variants_pending.extend(self.clusters.keys().cloned());
         }
         if !plan.deployments.is_empty() {
             let m = Arc::make_mut(&mut self.records);
@@ -85,10 +98,48 @@ impl Actor {
                 e.shared.age_recipients.store(Arc::new(l.age_recipients));
             }
         }
+        // Rollouts: the leader's progress, a new generation's rollout (in the
+        // same revision as the generation, so no cluster ever sees the new
+        // generation unheld), operators' commands made on another replica.
+        for r in plan.rollouts {
+            info!(bundle = %r.bundle, version = r.version, status = r.state.status.name(), wave = r.state.wave_name(), "rollout changed on another replica");
+            self.rollouts.install_remote(r);
+        }
+        for b in plan.rollouts_deleted {
+            self.rollouts.remove(&b);
+        }
+        // Variants signed by the replica holding their bundle's source lock:
+        // the clusters waiting for one here are placed again.
+        if !plan.variants.is_empty() {
+            let m = Arc::make_mut(&mut self.variants);
+            for v in plan.variants {
+                info!(bundle = %v.record.bundle, variant = %v.key, generation = v.record.generation, "variant signed by another replica");
+                let k = (v.record.bundle.clone(), v.key.clone());
+                self.variant_bases.insert(k.clone(), v.base_digest);
+                m.insert(k, Arc::new(v.record));
+            }
+            self.variants_pending.extend(std::mem::take(&mut self.variants_awaited));
+        }
+        self.variants_pending.extend(plan.recompute_variants);
         if plan.retarget_all {
             self.rebuild_index();
             self.retarget(None);
         }
         self.dirty = true;
+    }
+
+    /// This replica's locks changed: it may now sign bundles (it took a
+    /// source's lock, or leadership) whose variants its clusters wait for,
+    /// so those clusters are placed again (signing what is missing).
+    pub(super) async fn on_locks_changed(&mut self) {
+        if self.variants_awaited.is_empty() {
+            return;
+        }
+        info!(
+            clusters = self.variants_awaited.len(),
+            "locks changed; placing the clusters waiting for a variant again"
+        );
+        self.variants_pending.extend(std::mem::take(&mut self.variants_awaited));
+        self.refresh_pending_variants().await;
     }
 }

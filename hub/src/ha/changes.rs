@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::domain::rollout::RolloutRecord;
+use crate::domain::variants::VariantRecord;
 use crate::domain::{ClusterRecord, DeploymentRecord, Liveness, StatusRecord, TokenRecord};
 
 /// One record another replica committed (a put or a delete under the prefix).
@@ -50,6 +52,15 @@ pub enum RemoteChange {
         /// Last seen and agent version.
         liveness: Liveness,
     },
+    /// A bundle's rollout was started, advanced or commanded (by the
+    /// leader, the replica that signed its new generation, or the replica
+    /// an operator's command reached).
+    Rollout(Box<RolloutRecord>),
+    /// A bundle's rollout record was deleted.
+    RolloutDeleted(String),
+    /// A per-cluster variant was signed (by the replica holding its
+    /// bundle's source lock).
+    Variant(Box<VariantRecord>),
 }
 
 /// Why a key could not be decoded (reported, never silently dropped).
@@ -94,6 +105,11 @@ pub fn decode(rest: &str, value: Option<&[u8]>) -> Result<Option<RemoteChange>, 
         "liveness" => json(value)
             .map_err(bad)?
             .map(|liveness| RemoteChange::Liveness { cluster: name.to_string(), liveness }),
+        "rollouts" => match json::<RolloutRecord>(value).map_err(bad)? {
+            Some(r) => Some(RemoteChange::Rollout(Box::new(r))),
+            None => Some(RemoteChange::RolloutDeleted(name.to_string())),
+        },
+        "variants" => json::<VariantRecord>(value).map_err(bad)?.map(|v| RemoteChange::Variant(Box::new(v))),
         _ => None,
     })
 }
@@ -121,6 +137,15 @@ pub struct RemotePlan {
     pub liveness: BTreeMap<String, Liveness>,
     /// Whether the desired-state index must be rebuilt and clusters re-targeted.
     pub retarget_all: bool,
+    /// Rollout records newer than this replica's (by version).
+    pub rollouts: Vec<RolloutRecord>,
+    /// Rollouts deleted.
+    pub rollouts_deleted: Vec<String>,
+    /// Signed variants this replica does not hold yet (or holds at a lower generation).
+    pub variants: Vec<VariantRecord>,
+    /// Clusters whose variants must be computed again here (new, or their
+    /// labels or vars changed on another replica).
+    pub recompute_variants: Vec<String>,
 }
 
 /// What [`plan`] compares against: this replica's current state.
@@ -135,6 +160,10 @@ pub struct Current<'a> {
     pub status_stamp: &'a dyn Fn(&str, &str) -> Option<i64>,
     /// The last seen stamp of a cluster.
     pub last_seen: &'a dyn Fn(&str) -> Option<i64>,
+    /// The version of a bundle's rollout record held here.
+    pub rollout_version: &'a dyn Fn(&str) -> Option<u64>,
+    /// The generation of the signed variant (bundle, key) held here.
+    pub variant_generation: &'a dyn Fn(&str, &str) -> Option<u64>,
 }
 
 /// Decide what `changes` (in commit order) change here. Pure: a deployment
@@ -158,8 +187,16 @@ pub fn plan(cur: &Current<'_>, changes: Vec<RemoteChange>) -> RemotePlan {
                     if old.labels != rec.labels || old.revoked != rec.revoked {
                         p.retarget_all = true;
                     }
+                    if (old.labels != rec.labels || old.vars != rec.vars || old.revoked != rec.revoked)
+                        && !p.recompute_variants.contains(&rec.name)
+                    {
+                        p.recompute_variants.push(rec.name.clone());
+                    }
                 } else {
                     p.retarget_all = true;
+                    if !p.recompute_variants.contains(&rec.name) {
+                        p.recompute_variants.push(rec.name.clone());
+                    }
                 }
                 p.clusters.retain(|c| c.name != rec.name);
                 p.clusters.push(rec);
@@ -211,6 +248,41 @@ pub fn plan(cur: &Current<'_>, changes: Vec<RemoteChange>) -> RemotePlan {
             RemoteChange::Liveness { cluster, liveness } => {
                 if (cur.last_seen)(&cluster).is_none_or(|l| liveness.last_seen_unix_ms > l) {
                     p.liveness.insert(cluster, liveness);
+                }
+            }
+            RemoteChange::Rollout(r) => {
+                let held = p
+                    .rollouts
+                    .iter()
+                    .find(|x| x.bundle == r.bundle)
+                    .map(|x| x.version)
+                    .or_else(|| (cur.rollout_version)(&r.bundle));
+                if held.is_none_or(|v| r.version > v) {
+                    p.rollouts_deleted.retain(|b| *b != r.bundle);
+                    p.rollouts.retain(|x| x.bundle != r.bundle);
+                    p.rollouts.push(*r);
+                    p.retarget_all = true;
+                }
+            }
+            RemoteChange::RolloutDeleted(bundle) => {
+                p.rollouts.retain(|x| x.bundle != bundle);
+                if (cur.rollout_version)(&bundle).is_some() && !p.rollouts_deleted.contains(&bundle) {
+                    p.rollouts_deleted.push(bundle);
+                    p.retarget_all = true;
+                }
+            }
+            RemoteChange::Variant(v) => {
+                let (bundle, key) = (&v.record.bundle, &v.key);
+                let held = p
+                    .variants
+                    .iter()
+                    .find(|x| x.record.bundle == *bundle && x.key == *key)
+                    .map(|x| x.record.generation)
+                    .or_else(|| (cur.variant_generation)(bundle, key));
+                if held.is_none_or(|g| v.record.generation > g) {
+                    p.variants.retain(|x| !(x.record.bundle == *bundle && x.key == *key));
+                    p.variants.push(*v);
+                    p.retarget_all = true;
                 }
             }
         }
@@ -275,6 +347,8 @@ mod tests {
             let clusters = |n: &str| self.clusters.get(n).cloned();
             let stamp = |c: &str, b: &str| (c == "c1" && b == "web").then_some(100);
             let seen = |c: &str| (c == "c1").then_some(50);
+            let rollout = |b: &str| (b == "web").then_some(4);
+            let variant = |b: &str, k: &str| (b == "web" && k == "k1").then_some(3);
             plan(
                 &Current {
                     clusters: &clusters,
@@ -282,6 +356,8 @@ mod tests {
                     suspended: &self.suspended,
                     status_stamp: &stamp,
                     last_seen: &seen,
+                    rollout_version: &rollout,
+                    variant_generation: &variant,
                 },
                 changes,
             )
@@ -384,6 +460,86 @@ mod tests {
         assert_eq!(p.suspended, BTreeMap::from([("db".to_string(), false), ("web".to_string(), true)]));
         let p = f.plan(vec![RemoteChange::SourceSuspended { source: "git".into(), suspended: true }]);
         assert_eq!(p.source_suspended.get("git"), Some(&true));
+    }
+
+    fn rollout(bundle: &str, version: u64) -> RolloutRecord {
+        let spec: convoy_core::rollout::RolloutSpec =
+            serde_json::from_value(serde_json::json!({"waves": [{"name": "eu"}]})).unwrap();
+        RolloutRecord {
+            bundle: bundle.into(),
+            state: crate::domain::rollout::RolloutState::new(&spec, "r", 0),
+            held: Default::default(),
+            base: None,
+            given: Default::default(),
+            rolled_back: Default::default(),
+            max_generation: 1,
+            version,
+        }
+    }
+
+    fn variant(key: &str, generation: u64) -> VariantRecord {
+        VariantRecord {
+            key: key.into(),
+            base_digest: "sha256:b".into(),
+            record: deployment("web", generation),
+        }
+    }
+
+    #[test]
+    fn rollouts_and_variants_decode_and_only_newer_ones_are_taken() {
+        let r = rollout("web", 5);
+        let v = serde_json::to_vec(&r).unwrap();
+        assert_eq!(decode("rollouts/web", Some(&v)), Ok(Some(RemoteChange::Rollout(Box::new(r.clone())))));
+        assert_eq!(decode("rollouts/web", None), Ok(Some(RemoteChange::RolloutDeleted("web".into()))));
+        let va = variant("k1", 4);
+        let v = serde_json::to_vec(&va).unwrap();
+        assert_eq!(
+            decode("variants/web/k1", Some(&v)),
+            Ok(Some(RemoteChange::Variant(Box::new(va.clone()))))
+        );
+
+        let f = Fixture::new();
+        // Version 4 is held: 3 and 4 change nothing, 5 and then 6 are taken.
+        let p = f.plan(vec![
+            RemoteChange::Rollout(Box::new(rollout("web", 3))),
+            RemoteChange::Rollout(Box::new(rollout("web", 4))),
+        ]);
+        assert!(p.rollouts.is_empty() && !p.retarget_all);
+        let p = f.plan(vec![
+            RemoteChange::Rollout(Box::new(rollout("web", 6))),
+            RemoteChange::Rollout(Box::new(rollout("web", 5))),
+            RemoteChange::Rollout(Box::new(rollout("api", 1))),
+        ]);
+        let got: Vec<(String, u64)> = p.rollouts.iter().map(|r| (r.bundle.clone(), r.version)).collect();
+        assert_eq!(got, vec![("web".to_string(), 6), ("api".to_string(), 1)]);
+        assert!(p.retarget_all);
+        let p = f
+            .plan(vec![RemoteChange::RolloutDeleted("web".into()), RemoteChange::RolloutDeleted("x".into())]);
+        assert_eq!(p.rollouts_deleted, vec!["web".to_string()], "only a rollout held here is removed");
+
+        // Variant (web, k1) is held at generation 3.
+        let p = f.plan(vec![RemoteChange::Variant(Box::new(variant("k1", 3)))]);
+        assert!(p.variants.is_empty() && !p.retarget_all, "the same generation again");
+        let p = f.plan(vec![
+            RemoteChange::Variant(Box::new(variant("k1", 5))),
+            RemoteChange::Variant(Box::new(variant("k2", 5))),
+        ]);
+        assert_eq!(p.variants.len(), 2);
+        assert!(p.retarget_all);
+    }
+
+    #[test]
+    fn a_cluster_new_or_with_new_vars_or_labels_has_its_variants_computed_again() {
+        let f = Fixture::new();
+        let p = f.plan(vec![RemoteChange::Cluster(cluster("c2", &["x"], false))]);
+        assert_eq!(p.recompute_variants, vec!["c2".to_string()]);
+        let mut with_vars = cluster("c1", &["s1"], false);
+        with_vars.vars.insert("region".into(), "eu".into());
+        let p = f.plan(vec![RemoteChange::Cluster(with_vars)]);
+        assert_eq!(p.recompute_variants, vec!["c1".to_string()]);
+        assert!(!p.retarget_all, "vars alone change no base targeting");
+        let p = f.plan(vec![RemoteChange::Cluster(cluster("c1", &["s1", "s2"], false))]);
+        assert!(p.recompute_variants.is_empty(), "a renewal changes no variant");
     }
 
     #[test]

@@ -78,16 +78,26 @@ pub fn admit_builds(passed: &Builds, incoming: &Builds, held: &BTreeSet<String>)
 #[derive(Clone, Debug)]
 pub struct Leadership {
     rx: watch::Receiver<bool>,
+    /// The locks held (`None`: one hub, it holds everything).
+    held: Option<watch::Receiver<BTreeSet<String>>>,
+}
+
+impl Default for Leadership {
+    fn default() -> Self {
+        Self::always()
+    }
 }
 
 impl Leadership {
     /// Always the leader (one hub, no other replica).
     pub fn always() -> Self {
-        Self { rx: watch::channel(true).1 }
+        Self { rx: watch::channel(true).1, held: None }
     }
 
     /// Following the locks this replica holds.
-    pub fn from_held(mut held: watch::Receiver<BTreeSet<String>>) -> Self {
+    pub fn from_held(held: watch::Receiver<BTreeSet<String>>) -> Self {
+        let keep = held.clone();
+        let mut held = held;
         let (tx, rx) = watch::channel(held.borrow().contains(LEADER));
         tokio::spawn(async move {
             loop {
@@ -99,7 +109,26 @@ impl Leadership {
                 tx.send_if_modified(|v| std::mem::replace(v, l) != l);
             }
         });
-        Self { rx }
+        Self { rx, held: Some(keep) }
+    }
+
+    /// Whether this replica signs the generations of bundles built from
+    /// `source`, base and per-cluster variants: it holds the source's lock
+    /// (so it has the base artifact's bytes, and one replica at a time
+    /// issues the bundle's generations). A hub on its own signs everything.
+    pub fn signs_for(&self, source: &str) -> bool {
+        self.held.as_ref().is_none_or(|h| h.borrow().contains(&source_lock(source)))
+    }
+
+    /// Whether other replicas share the work (a shared store).
+    pub fn is_shared(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// A watch of the locks held (`None` for a hub alone): a replica that
+    /// takes a source's lock becomes the signer of its bundles.
+    pub fn held_watch(&self) -> Option<watch::Receiver<BTreeSet<String>>> {
+        self.held.clone()
     }
 
     /// Whether this replica runs the singleton work now.
@@ -195,8 +224,11 @@ mod tests {
         tx.send(set(&["leader", "source/a"])).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), w.wait_for(|v| *v)).await.unwrap().unwrap();
         assert!(l.is_leader());
+        assert!(l.signs_for("a") && !l.signs_for("b"), "variants are signed by the source's holder");
         tx.send(set(&["source/a"])).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(5), w.wait_for(|v| !*v)).await.unwrap().unwrap();
-        assert!(Leadership::always().is_leader());
+        assert!(l.signs_for("a") && l.is_shared());
+        let one = Leadership::always();
+        assert!(one.is_leader() && one.signs_for("anything") && !one.is_shared());
     }
 }

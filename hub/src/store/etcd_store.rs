@@ -582,9 +582,17 @@ async fn resync(c: &mut Client, prefix: &str) -> Result<(i64, Vec<crate::ha::Rem
     let rev = EtcdStore::revision(c, format!("{prefix}meta/schema").into_bytes()).await?;
     let mut changes = Vec::new();
     let mut suspended = BTreeSet::new();
-    for table in
-        ["clusters/", "tokens/", "deployments/", "status/", "liveness/", "suspended-sources/", "admin-certs/"]
-    {
+    for table in [
+        "clusters/",
+        "tokens/",
+        "deployments/",
+        "status/",
+        "liveness/",
+        "suspended-sources/",
+        "admin-certs/",
+        "rollouts/",
+        "variants/",
+    ] {
         for (k, v) in EtcdStore::range(c, format!("{prefix}{table}").into_bytes(), rev).await? {
             let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
             match crate::ha::changes::decode(&rest, Some(&v)) {
@@ -1011,6 +1019,9 @@ async fn apply(tx: &mut Tx, w: Write, now: i64, capacity: u64) -> Result<WriteOu
         }
         Write::PutRollout(r) => {
             let k = tx.key(&format!("rollouts/{}", r.bundle));
+            if let Some(stored) = tx.get(&k).await? {
+                check_rollout_version(&dec(&stored)?, &r)?;
+            }
             tx.put(k, enc(&r)?);
             WriteOutcome::Done
         }
@@ -1085,6 +1096,27 @@ fn check_generation(stored: &DeploymentRecord, new: &DeploymentRecord) -> Result
         "bundle {}: generation {} ({}) is not above the stored generation {} ({}) another replica signed",
         new.bundle, new.generation, new.digest, stored.generation, stored.digest
     )))
+}
+
+/// A rollout record is written only above the stored version: a replica
+/// that decided on a stale copy (another replica advanced, approved or
+/// started the rollout in between) is refused, and decides again on the
+/// record the change feed brings it.
+fn check_rollout_version(
+    stored: &crate::domain::rollout::RolloutRecord,
+    new: &crate::domain::rollout::RolloutRecord,
+) -> Result<()> {
+    if new.version > stored.version {
+        return Ok(());
+    }
+    Err(Rejection::FailedPrecondition(format!(
+        "the rollout of {} changed on another hub replica (stored version {}, this replica's decision \
+         was made on version {}); try again",
+        new.bundle,
+        stored.version,
+        new.version.saturating_sub(1)
+    ))
+    .into())
 }
 
 async fn append_event(
@@ -1220,6 +1252,26 @@ mod tests {
         assert!(check_generation(&d(2, "b"), &d(2, "b")).is_ok(), "the same record again");
         assert!(check_generation(&d(2, "b"), &d(2, "c")).is_err(), "one generation, two artifacts");
         assert!(check_generation(&d(3, "b"), &d(2, "c")).is_err(), "backwards");
+    }
+
+    #[test]
+    fn a_rollout_is_written_only_above_its_stored_version() {
+        let spec: convoy_core::rollout::RolloutSpec =
+            serde_json::from_value(serde_json::json!({"waves": [{"name": "eu"}]})).unwrap();
+        let r = |version: u64| crate::domain::rollout::RolloutRecord {
+            bundle: "web".into(),
+            state: crate::domain::rollout::RolloutState::new(&spec, "r", 0),
+            held: Default::default(),
+            base: None,
+            given: Default::default(),
+            rolled_back: Default::default(),
+            max_generation: 1,
+            version,
+        };
+        assert!(check_rollout_version(&r(3), &r(4)).is_ok());
+        let err = check_rollout_version(&r(4), &r(4)).unwrap_err();
+        assert!(err.to_string().contains("another hub replica"), "{err}");
+        assert!(check_rollout_version(&r(4), &r(2)).is_err(), "backwards");
     }
 
     #[test]
