@@ -886,6 +886,18 @@ impl FleetConfig {
                 if let Some(ns) = &t.namespace {
                     validate_name(ns).map_err(|e| invalid(format!("spec.targets[{i}].namespace: {e}")))?;
                 }
+                // A Helm bundle is customized through its values (its artifact's
+                // layout is Helm's release, which kustomize would flatten).
+                if b.spec.helm.is_some() && (t.namespace.is_some() || !t.patches.is_empty()) {
+                    return Err(invalid(format!(
+                        "spec.targets[{i}]: namespace and patches do not apply to a Helm bundle; use helmValues"
+                    )));
+                }
+                if let Some(v) = &t.helm_values
+                    && !v.is_object()
+                {
+                    return Err(invalid(format!("spec.targets[{i}].helmValues must be a mapping")));
+                }
                 for (j, p) in t.patches.iter().enumerate() {
                     if p.patch.trim().is_empty() {
                         return Err(invalid(format!("spec.targets[{i}].patches[{j}].patch is empty")));

@@ -55,6 +55,10 @@ use crate::{Error, Result};
 #[path = "ha/apply.rs"]
 mod remote;
 
+#[cfg(test)]
+#[path = "state/helm_tests.rs"]
+mod helm_tests;
+
 /// How many certificates of one cluster stay valid at once (renewal overlap).
 const CERTS_KEPT: usize = 3;
 
@@ -85,7 +89,7 @@ impl ClusterShared {
             desired: watch::Sender::new(Arc::default()),
             session: Mutex::new(None),
             liveness_dirty: AtomicBool::new(false),
-            kube: ArcSwap::from_pointee((liveness.kube_version.clone(), Vec::new())),
+            kube: ArcSwap::from_pointee((liveness.kube_version.clone(), liveness.api_versions.clone())),
         })
     }
 
@@ -99,18 +103,17 @@ impl ClusterShared {
         self.kube.load().1.clone()
     }
 
-    /// Record what the agent reported; whether the Kubernetes version changed.
+    /// Record what the agent reported (persisted with the liveness); whether
+    /// the Kubernetes version or the API versions changed (either changes a
+    /// Helm bundle's render on this cluster).
     pub fn set_kube(&self, version: &str, api_versions: &[String]) -> bool {
         let cur = self.kube.load();
         if cur.0 == version && cur.1 == api_versions {
             return false;
         }
-        let changed = cur.0 != version;
         self.kube.store(Arc::new((version.to_string(), api_versions.to_vec())));
-        if changed {
-            self.liveness_dirty.store(true, Ordering::Relaxed);
-        }
-        changed
+        self.liveness_dirty.store(true, Ordering::Relaxed);
+        true
     }
 
     /// The cluster name.
@@ -186,6 +189,7 @@ impl ClusterShared {
             agent_version: (*self.agent_version()).clone(),
             age_recipients: (*self.age_recipients()).clone(),
             kube_version: self.kube_version(),
+            api_versions: self.api_versions(),
         }
     }
 
@@ -538,7 +542,7 @@ struct Actor {
     variants_pending: BTreeSet<String>,
     /// Caches: variables used per base digest; build result per (base digest, key).
     used_cache: HashMap<(String, String), Arc<BTreeMap<convoy_core::substitute::Variable, bool>>>,
-    built_cache: HashMap<(String, String), std::result::Result<(String, u64), String>>,
+    built_cache: HashMap<(String, String), std::result::Result<crate::variants::Built, String>>,
     /// Variant failures already reported as events: (cluster, bundle) → message.
     reported_variant_errors: HashMap<(String, String), String>,
     /// Set once the first variant computation after start is published.
@@ -1648,40 +1652,61 @@ impl Actor {
     }
 
     /// Build (or find in the cache) the variant `key` of `base`; returns its
-    /// digest and size, or the error (located for substitution problems).
+    /// digest, size and Helm statement part, or the error (located for
+    /// substitution problems). The build itself is [`crate::variants::build`].
     async fn build_variant(
         &mut self,
         base: &DeploymentRecord,
         key: &str,
         input: &crate::domain::variants::EffectiveInput,
         cluster: &str,
-    ) -> std::result::Result<(String, u64), String> {
+    ) -> std::result::Result<crate::variants::Built, String> {
         let ck = (base.digest.clone(), key.to_string());
         if let Some(r) = self.built_cache.get(&ck) {
             return r.clone();
         }
-        let path = self.deps.pipeline.artifact_path(&base.digest);
+        let job = self.build_job(base, input, cluster);
         let store = self.deps.variant_store.clone();
-        let (input, cluster) = (input.clone(), cluster.to_string());
-        let digest = base.digest.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let path = path.ok_or_else(|| format!("base artifact {digest} is not stored on the hub"))?;
-            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let files = crate::variants::unpack(&bytes).map_err(|e| e.to_string())?;
-            let rendered = crate::variants::render(&files, &input, &cluster).map_err(|e| e.to_string())?;
-            let packed = crate::variants::pack(&rendered).map_err(|e| e.to_string())?;
-            store.put(&packed).map_err(|e| e.to_string())?;
-            Ok::<_, String>((packed.digest, packed.size))
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
+        let r = tokio::task::spawn_blocking(move || crate::variants::build(&store, &job))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
         // Keep the cache small: only the current bases' entries matter.
         if self.built_cache.len() > 100_000 {
             self.built_cache.clear();
         }
         self.built_cache.insert(ck, r.clone());
         r
+    }
+
+    /// What building a variant of `base` reads: the base artifact and, for a
+    /// Helm bundle, the render input its build stored.
+    fn build_job(
+        &self,
+        base: &DeploymentRecord,
+        input: &crate::domain::variants::EffectiveInput,
+        cluster: &str,
+    ) -> crate::variants::BuildJob {
+        let pipeline = &self.deps.pipeline;
+        let helm = self.fleet.bundles.get(&base.bundle).is_some_and(|b| b.spec.helm.is_some());
+        let helm_input = helm.then(|| {
+            let digest = self
+                .builds
+                .get(&base.bundle)
+                .and_then(|b| b.artifact.as_ref())
+                .filter(|a| a.digest == base.digest)
+                .and_then(|a| a.helm.as_ref())
+                .and_then(|h| h.input.clone())
+                .unwrap_or_default();
+            let path = pipeline.artifact_path(&digest);
+            (digest, path)
+        });
+        crate::variants::BuildJob {
+            base: (base.digest.clone(), pipeline.artifact_path(&base.digest)),
+            helm_input,
+            input: input.clone(),
+            cluster: cluster.to_string(),
+        }
     }
 
     /// Recompute the placements of `only` (every cluster when `None`) for
@@ -1707,12 +1732,12 @@ impl Actor {
         let mut signed: BTreeMap<(String, String), Arc<DeploymentRecord>> = BTreeMap::new();
         let mut rebased: BTreeMap<String, DeploymentRecord> = BTreeMap::new();
         let mut events = Vec::new();
-        let facts: Vec<(&ClusterEntry, Labels, BTreeMap<String, String>, String)> = scope
+        let facts: Vec<(&ClusterEntry, Labels, BTreeMap<String, String>, String, Vec<String>)> = scope
             .iter()
             .map(|e| {
                 let (labels, mut vars) = fleet.cluster_facts(&e.record.name, &e.record.labels);
                 vars.extend(e.record.vars.clone());
-                (*e, labels, vars, e.shared.kube_version())
+                (*e, labels, vars, e.shared.kube_version(), e.shared.api_versions())
             })
             .collect();
         for (bname, bundle) in &fleet.bundles {
@@ -1739,13 +1764,14 @@ impl Actor {
             } else {
                 (Arc::default(), None)
             };
-            for (e, labels, vars, kube) in &facts {
+            for (e, labels, vars, kube, apis) in &facts {
                 let name = &e.record.name;
                 let cf = ClusterFacts {
                     name,
                     labels,
                     vars,
                     kubernetes_version: (!kube.is_empty()).then_some(kube.as_str()),
+                    api_versions: apis,
                 };
                 // What the cluster was last given of this bundle: it must
                 // never be given a lower generation (agents refuse rollback).
@@ -1797,7 +1823,8 @@ impl Actor {
                             // Moving to a variant signed before what the
                             // cluster holds: re-sign it above everything (same digest).
                             let floor = batch_floor(&signed, &rebased);
-                            match self.sign_variant(&base, &key, &rec.digest, rec.size, floor, None) {
+                            let helm = Statement::parse(&rec.statement).ok().and_then(|s| s.helm);
+                            match self.sign_variant(&base, &key, &rec.digest, rec.size, helm, floor, None) {
                                 Ok(v) => {
                                     signed.insert(k, Arc::new(v.record.clone()));
                                     new_variants.push(v);
@@ -1807,14 +1834,14 @@ impl Actor {
                             }
                         } else {
                             match self.build_variant(&base, &key, &input, name).await {
-                                Ok((digest, size)) => {
+                                Ok(crate::variants::Built { digest, size, helm }) => {
                                     let floor = batch_floor(&signed, &rebased);
                                     // A new base's variants share its generation
                                     // (one generation per revision across the
                                     // fleet); a cluster changing variant within a
                                     // revision gets the next one.
                                     let at = (base.generation > held.0).then_some(base.generation);
-                                    match self.sign_variant(&base, &key, &digest, size, floor, at) {
+                                    match self.sign_variant(&base, &key, &digest, size, helm, floor, at) {
                                         Ok(v) => {
                                             signed.insert(k, Arc::new(v.record.clone()));
                                             events.push(hub_event(
@@ -1943,12 +1970,14 @@ impl Actor {
     /// Sign the variant `key` of `base` at generation `at`, or else at the
     /// bundle's next generation (above everything issued for it and above
     /// `floor`, what this computation signed so far).
+    #[allow(clippy::too_many_arguments)]
     fn sign_variant(
         &self,
         base: &DeploymentRecord,
         key: &str,
         digest: &str,
         size: u64,
+        helm: Option<convoy_artifact::StatementHelm>,
         floor: u64,
         at: Option<u64>,
     ) -> std::result::Result<VariantRecord, String> {
@@ -1956,8 +1985,10 @@ impl Actor {
         let generation = at.unwrap_or_else(|| self.bundle_max_generation(bundle).max(floor) + 1);
         let url =
             serde_json::from_slice::<Statement>(&base.statement).map(|s| s.source.url).unwrap_or_default();
-        let statement =
+        let mut statement =
             Statement::new(bundle, &url, &base.revision, digest, size, generation).with_variant(key);
+        // A Helm variant names the chart and the values it was rendered with.
+        statement.helm = helm;
         let (bytes, signature) = self.deps.signer.sign_statement(&statement).map_err(|e| e.to_string())?;
         info!(bundle = %bundle, generation, digest, variant = key, "new variant generation");
         Ok(VariantRecord {

@@ -3,25 +3,33 @@
 //! cluster variables substituted ([`convoy_core::substitute`]), then the
 //! matching `targets[]` layers (namespace, kustomize patches) applied by
 //! running kustomize over a temporary directory, repacked deterministically.
+//! A Helm bundle's variant is instead rendered again from its stored render
+//! input ([`convoy_sources::helmrender::HelmInput`]) with the cluster's
+//! Capabilities and its `helmValues` merged last, through the fleet-wide
+//! render cache ([`HelmVariants`]): identical inputs render once.
 //!
-//! Everything here is blocking (unpacking, kustomize, packing, files): callers
-//! run it in `spawn_blocking`. Variant artifacts live in the hub's
+//! Everything here is blocking (unpacking, kustomize, Helm, packing, files):
+//! callers run it in `spawn_blocking`. Variant artifacts live in the hub's
 //! `variants/` directory, by digest, and are served through
 //! [`ServingVariants`] like the pipeline's own artifacts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use convoy_artifact::{Limits, PackedArtifact};
 use convoy_core::config::BundleSpec;
+use convoy_core::pipeline::BuiltHelm;
 use convoy_core::substitute::{self, Input, Origin, Variable};
 use convoy_core::yaml;
 use serde_json::{Value, json};
 use tokio::sync::watch;
+
+use convoy_sources::helmrender::{Capabilities, HelmInput, HelmRendered};
 
 use crate::domain::variants::{EffectiveInput, VarSource};
 use crate::pipeline::{Builds, SourcePipeline, Statuses};
@@ -32,16 +40,177 @@ const KUSTOMIZE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The file a layered variant's objects are in (kustomize's output).
 pub const LAYERED_FILE: &str = "kustomize.yaml";
 
-/// Variant artifacts on disk, by digest.
-#[derive(Debug)]
+/// Renders one Helm input for one cluster: Helm's engine in a bounded worker
+/// ([`SettingsRender`]) in production, a counting or gated double in tests.
+pub trait HelmRender: Send + Sync {
+    /// Render `input` with `caps` and the per-cluster `extra_values` (merged last).
+    fn render(
+        &self,
+        input: &HelmInput,
+        caps: &Capabilities,
+        extra_values: &[Value],
+    ) -> convoy_sources::Result<HelmRendered>;
+}
+
+/// [`HelmRender`] through Helm's engine, configured like the source pipeline's
+/// builds (HubConfig `helm`).
+pub struct SettingsRender(pub convoy_sources::helmrender::HelmSettings);
+
+impl SettingsRender {
+    /// From the hub config's `helm` settings.
+    pub fn from_config(helm: &crate::config::HelmSettings) -> Self {
+        let mut s = convoy_sources::helmrender::HelmSettings {
+            kube_version: helm.kube_version.clone(),
+            library: helm.library.clone(),
+            ..Default::default()
+        };
+        s.worker = helm.worker.split_first().map(|(program, args)| {
+            convoy_sources::helmrender::WorkerCommand { program: program.into(), args: args.to_vec() }
+        });
+        Self(s)
+    }
+}
+
+impl HelmRender for SettingsRender {
+    fn render(
+        &self,
+        input: &HelmInput,
+        caps: &Capabilities,
+        extra_values: &[Value],
+    ) -> convoy_sources::Result<HelmRendered> {
+        let renderer = self.0.renderer()?;
+        convoy_sources::helmrender::render_input(input, &renderer, caps, extra_values, &Limits::default())
+    }
+}
+
+/// One render's result, as cached: the artifact's files and what the
+/// statement says about the chart (with the values digest of what was rendered).
+#[derive(Debug, Clone)]
+pub struct HelmOut {
+    /// The rendered artifact's files.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Chart, version, chart digest, values digest.
+    pub helm: BuiltHelm,
+}
+
+/// Cached render results kept at most (the oldest half is dropped beyond it).
+const RENDER_CACHE_MAX: usize = 512;
+
+/// The fleet-wide Helm render cache, keyed by
+/// [`HelmInput::render_key`] (chart digest, merged values digest,
+/// Capabilities digest, release name and namespace, options): identical
+/// inputs render once for the whole fleet, whichever bundle or cluster asks.
+/// Failed renders are not cached (a later build retries them).
+pub struct HelmVariants {
+    render: Arc<dyn HelmRender>,
+    cache: parking_lot::Mutex<(HashMap<String, Arc<HelmOut>>, std::collections::VecDeque<String>)>,
+    inputs: parking_lot::Mutex<HashMap<String, Arc<HelmInput>>>,
+    renders: AtomicU64,
+    hits: AtomicU64,
+}
+
+impl HelmVariants {
+    fn new(render: Arc<dyn HelmRender>) -> Self {
+        Self {
+            render,
+            cache: Default::default(),
+            inputs: Default::default(),
+            renders: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    /// Renders run so far (cache misses that reached the renderer).
+    pub fn renders(&self) -> u64 {
+        self.renders.load(Ordering::Relaxed)
+    }
+
+    /// Renders answered from the cache.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// The stored input at `path` (digest `digest`), parsed once.
+    fn input(&self, digest: &str, path: &Path) -> Result<Arc<HelmInput>> {
+        if let Some(i) = self.inputs.lock().get(digest) {
+            return Ok(i.clone());
+        }
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        if convoy_artifact::digest_of(&bytes) != digest {
+            return Err(variant_error(format!("the stored Helm render input {digest} does not match its digest")));
+        }
+        let input = Arc::new(HelmInput::from_bytes(&bytes).map_err(Error::Sources)?);
+        let mut m = self.inputs.lock();
+        if m.len() >= RENDER_CACHE_MAX {
+            m.clear();
+        }
+        m.insert(digest.to_string(), input.clone());
+        Ok(input)
+    }
+
+    /// Render `input` with `caps` and `extra_values`, or take the cached result.
+    pub fn render(&self, input: &HelmInput, caps: &Capabilities, extra_values: &[Value]) -> Result<Arc<HelmOut>> {
+        let key = input.render_key(caps, extra_values).map_err(Error::Sources)?;
+        if let Some(out) = self.cache.lock().0.get(&key) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(out.clone());
+        }
+        self.renders.fetch_add(1, Ordering::Relaxed);
+        let r = self.render.render(input, caps, extra_values).map_err(Error::Sources)?;
+        let out = Arc::new(HelmOut { files: unpack(&r.artifact.bytes)?, helm: r.helm });
+        let mut c = self.cache.lock();
+        if c.0.len() >= RENDER_CACHE_MAX {
+            let drop = c.1.len() / 2;
+            for k in c.1.drain(..drop).collect::<Vec<_>>() {
+                c.0.remove(&k);
+            }
+        }
+        if c.0.insert(key.clone(), out.clone()).is_none() {
+            c.1.push_back(key);
+        }
+        Ok(out)
+    }
+}
+
+/// Without a configured renderer (tests of plain bundles): Helm variants fail `HelmUnavailable`.
+struct NoHelm;
+
+impl HelmRender for NoHelm {
+    fn render(&self, _: &HelmInput, _: &Capabilities, _: &[Value]) -> convoy_sources::Result<HelmRendered> {
+        Err(convoy_sources::Error::Helm(convoy_helm_unavailable()))
+    }
+}
+
+fn convoy_helm_unavailable() -> convoy_sources::helmrender::HelmError {
+    convoy_sources::helmrender::HelmError::HelmUnavailable("the hub has no Helm renderer configured".into())
+}
+
+/// Variant artifacts on disk, by digest, and the Helm render cache.
 pub struct VariantStore {
     dir: PathBuf,
+    helm: HelmVariants,
+}
+
+impl std::fmt::Debug for VariantStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VariantStore").field("dir", &self.dir).finish_non_exhaustive()
+    }
 }
 
 impl VariantStore {
-    /// A store under `dir` (created on first write).
+    /// A store under `dir` (created on first write), without a Helm renderer.
     pub fn new(dir: impl Into<PathBuf>) -> Arc<Self> {
-        Arc::new(Self { dir: dir.into() })
+        Self::with_helm(dir, Arc::new(NoHelm))
+    }
+
+    /// A store under `dir` whose Helm variants render with `render`.
+    pub fn with_helm(dir: impl Into<PathBuf>, render: Arc<dyn HelmRender>) -> Arc<Self> {
+        Arc::new(Self { dir: dir.into(), helm: HelmVariants::new(render) })
+    }
+
+    /// The Helm render cache (its counters).
+    pub fn helm(&self) -> &HelmVariants {
+        &self.helm
     }
 
     /// The file of the variant artifact with `digest`, if stored.
@@ -307,6 +476,65 @@ pub fn render(base: &[(String, Vec<u8>)], input: &EffectiveInput, cluster: &str)
     Ok(Rendered { files: vec![(LAYERED_FILE.to_string(), out)], explain })
 }
 
+/// A built variant: its artifact, and for a Helm bundle what the statement
+/// says about the chart (the values digest is of the values it rendered with).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    /// `sha256:<hex>` of the variant artifact.
+    pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The Helm part of its statement.
+    pub helm: Option<convoy_artifact::statement::StatementHelm>,
+}
+
+/// What one variant build reads: the base artifact's file and, for a Helm
+/// bundle, its stored render input (`BuiltHelm::input`).
+#[derive(Debug, Clone)]
+pub struct BuildJob {
+    /// The base artifact's digest and file (`None`: not stored on the hub).
+    pub base: (String, Option<PathBuf>),
+    /// For a Helm bundle: the render input's digest and file (`None`: not stored).
+    pub helm_input: Option<(String, Option<PathBuf>)>,
+    /// The effective input.
+    pub input: EffectiveInput,
+    /// A cluster of the variant (for `cluster.name`; only a variant whose
+    /// documents use it has one cluster).
+    pub cluster: String,
+}
+
+/// Build and store one variant (blocking). A Helm bundle is rendered again
+/// with the cluster's Capabilities (or the input's default) and the layers'
+/// `helmValues` merged last, through the render cache; then, for every
+/// bundle, variables are substituted and the kustomize layers applied.
+pub fn build(store: &VariantStore, job: &BuildJob) -> std::result::Result<Built, String> {
+    let (files, helm) = match &job.helm_input {
+        Some((digest, path)) => {
+            let path = path.as_ref().ok_or_else(|| {
+                format!("the Helm render input {digest} is not stored on the hub yet (the next build stores it)")
+            })?;
+            let hi = store.helm.input(digest, path).map_err(|e| e.to_string())?;
+            let caps = match &job.input.capabilities {
+                Some(c) => c.to_helm(),
+                None => hi.default_capabilities.clone(),
+            };
+            let extra: Vec<Value> = job.input.layers.iter().filter_map(|l| l.helm_values.clone()).collect();
+            let out = store.helm.render(&hi, &caps, &extra).map_err(|e| e.to_string())?;
+            (out.files.clone(), Some((&out.helm).into()))
+        }
+        None => {
+            let (digest, path) = &job.base;
+            let path = path.as_ref().ok_or_else(|| format!("base artifact {digest} is not stored on the hub"))?;
+            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            (unpack(&bytes).map_err(|e| e.to_string())?, None)
+        }
+    };
+    let rendered = render(&files, &job.input, &job.cluster).map_err(|e| e.to_string())?;
+    let packed = pack(&rendered).map_err(|e| e.to_string())?;
+    store.put(&packed).map_err(|e| e.to_string())?;
+    Ok(Built { digest: packed.digest, size: packed.size, helm })
+}
+
 /// Pack rendered files deterministically (sorted paths, fixed metadata).
 pub fn pack(r: &Rendered) -> Result<PackedArtifact> {
     convoy_artifact::pack::pack_files(r.files.iter().cloned(), &Limits::default()).map_err(Error::Signing)
@@ -377,6 +605,7 @@ pub struct RenderPlan {
     labels: convoy_core::selector::Labels,
     vars: BTreeMap<String, String>,
     kube_version: String,
+    api_versions: Vec<String>,
 }
 
 /// What the cluster gets of the bundle, with the explanation.
@@ -447,7 +676,32 @@ pub fn explain_for(view: &crate::state::FleetView, bundle: &str, cluster: &str) 
         labels,
         vars,
         kube_version: e.shared.kube_version(),
+        api_versions: e.shared.api_versions(),
     })
+}
+
+/// The lines a Helm variant adds to an explanation: the Capabilities it
+/// rendered with and each layer's `helmValues`, in merge order.
+pub fn helm_explain(input: &EffectiveInput) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(c) = &input.capabilities {
+        out.push(format!(
+            "helm capabilities kubeVersion {} and {} API versions <- agent-reported",
+            c.kube_version,
+            c.api_versions.len()
+        ));
+    }
+    for l in &input.layers {
+        if let Some(v) = &l.helm_values {
+            out.push(format!(
+                "helm values {} <- targets[{}] ({})",
+                convoy_sources::helmrender::canonical_values(v),
+                l.index,
+                l.selector
+            ));
+        }
+    }
+    out
 }
 
 /// Read the served artifact and explain it (blocking).
@@ -479,8 +733,10 @@ pub fn render_response(pipeline: &dyn SourcePipeline, plan: RenderPlan) -> Resul
             labels: &plan.labels,
             vars: &plan.vars,
             kubernetes_version: (!plan.kube_version.is_empty()).then_some(plan.kube_version.as_str()),
+            api_versions: &plan.api_versions,
         };
         if let Placement::Variant { input, .. } = placement(&plan.spec, &facts, &used) {
+            out.explain.extend(helm_explain(&input));
             out.explain.extend(render(&base, &input, &plan.cluster)?.explain);
         }
     }

@@ -487,7 +487,8 @@ impl Supervisor {
             .builds_tx
             .borrow()
             .values()
-            .filter_map(|b| b.artifact.as_ref().map(|a| a.digest.clone()))
+            .filter_map(|b| b.artifact.as_ref())
+            .flat_map(|a| std::iter::once(a.digest.clone()).chain(a.helm.as_ref().and_then(|h| h.input.clone())))
             .collect();
         referenced.extend(self.pending.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned());
         let store = self.store.clone();
@@ -909,6 +910,10 @@ impl Worker {
                     )?;
                     for w in &r.helm.warnings {
                         warn!(bundle = %bundle, "helm: {w}");
+                    }
+                    // The render input, for the hub's per-cluster renders.
+                    if let Some(input) = &r.input {
+                        store.put(input)?;
                     }
                     (r.artifact, Some(Box::new(r.helm)))
                 }

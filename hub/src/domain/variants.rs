@@ -12,6 +12,11 @@
 //!   matching entry's `vars` in order (the last one wins);
 //! - only variables the documents use count, and only when the bundle has
 //!   `substitute:`; so two clusters differing in an unused var share a variant.
+//!
+//! A Helm bundle (`spec.helm`) is also rendered per cluster with the
+//! Capabilities its agent reported (Kubernetes version and served API
+//! versions): their digest is part of its variant key, and only of a Helm
+//! bundle's, so plain and kustomize bundles do not split by Kubernetes version.
 
 use std::collections::BTreeMap;
 
@@ -52,6 +57,9 @@ pub struct ClusterFacts<'a> {
     pub vars: &'a BTreeMap<String, String>,
     /// The Kubernetes version its agent reported, if any.
     pub kubernetes_version: Option<&'a str>,
+    /// The API versions its agent reported (`group/version`), for Helm's
+    /// `.Capabilities.APIVersions`.
+    pub api_versions: &'a [String],
 }
 
 /// One matching target entry that carries a layer.
@@ -116,6 +124,42 @@ pub struct EffectiveInput {
     pub layers: Vec<Layer>,
     /// The used variables, by [`Variable`].
     pub variables: BTreeMap<Variable, Binding>,
+    /// For a Helm bundle on a cluster that reported its Kubernetes version:
+    /// the Capabilities it renders with (`None`: the bundle's default).
+    pub capabilities: Option<HelmCapabilities>,
+}
+
+/// What a cluster's `.Capabilities` are for a Helm render: its Kubernetes
+/// version (normalized, `v1.31.0`) and its API versions (sorted, deduplicated).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HelmCapabilities {
+    /// `.Capabilities.KubeVersion`.
+    pub kube_version: String,
+    /// `.Capabilities.APIVersions` on top of Helm's defaults.
+    pub api_versions: Vec<String>,
+}
+
+impl HelmCapabilities {
+    /// From what an agent reported.
+    pub fn reported(kube_version: &str, api_versions: &[String]) -> Self {
+        let mut apis = api_versions.to_vec();
+        apis.sort();
+        apis.dedup();
+        Self { kube_version: convoy_sources::helmrender::normalize_kube_version(kube_version), api_versions: apis }
+    }
+
+    /// As Helm's render request takes them.
+    pub fn to_helm(&self) -> convoy_sources::helmrender::Capabilities {
+        convoy_sources::helmrender::Capabilities {
+            kube_version: self.kube_version.clone(),
+            api_versions: self.api_versions.clone(),
+        }
+    }
+
+    /// `sha256:<hex>` of the capability set (Helm's capabilities digest).
+    pub fn digest(&self) -> String {
+        convoy_sources::helmrender::capabilities_digest(&self.to_helm())
+    }
 }
 
 impl EffectiveInput {
@@ -156,8 +200,13 @@ impl EffectiveInput {
             .collect();
         let vars: BTreeMap<String, Option<&String>> =
             self.variables.iter().map(|(k, b)| (k.to_string(), b.value.as_ref())).collect();
+        let mut doc = json!({"layers": layers, "vars": vars});
+        // Only a Helm bundle's key names Capabilities (other keys keep their bytes).
+        if let Some(c) = &self.capabilities {
+            doc["capabilities"] = json!(c.digest());
+        }
         // serde_json's map is sorted (no preserve_order feature), so this is canonical.
-        let canonical = json!({"layers": layers, "vars": vars}).to_string();
+        let canonical = doc.to_string();
         format!("sha256:{}", hex::encode(Sha256::digest(canonical.as_bytes())))
     }
 }
@@ -183,11 +232,12 @@ pub enum Placement {
     MissingVariables(Vec<Variable>, EffectiveInput),
 }
 
-/// Whether the bundle can differ between clusters at all (`substitute:` or a
-/// target entry with a layer); if not, every cluster gets the base artifact
-/// and no variant is computed.
+/// Whether the bundle can differ between clusters at all (`substitute:`, a
+/// target entry with a layer, or a Helm chart, which renders with each
+/// cluster's Capabilities); if not, every cluster gets the base artifact and
+/// no variant is computed.
 pub fn is_customized(spec: &BundleSpec) -> bool {
-    spec.substitute.is_some() || spec.targets.iter().any(Target::has_layer)
+    spec.substitute.is_some() || spec.helm.is_some() || spec.targets.iter().any(Target::has_layer)
 }
 
 /// How a target entry selects clusters, for explanations.
@@ -263,10 +313,15 @@ pub fn placement(
             input.variables.insert(var.clone(), Binding { value, source });
         }
     }
+    if spec.helm.is_some()
+        && let Some(v) = cluster.kubernetes_version.filter(|v| !v.trim().is_empty())
+    {
+        input.capabilities = Some(HelmCapabilities::reported(v, cluster.api_versions));
+    }
     if !missing.is_empty() {
         return Placement::MissingVariables(missing, input);
     }
-    if input.layers.is_empty() && input.variables.is_empty() {
+    if input.layers.is_empty() && input.variables.is_empty() && input.capabilities.is_none() {
         return Placement::Base;
     }
     Placement::Variant { key: input.key(), input }
@@ -395,7 +450,7 @@ spec:
         let labels = labels(l);
         let vars: BTreeMap<String, String> =
             vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let facts = ClusterFacts { name, labels: &labels, vars: &vars, kubernetes_version: Some("v1.31.0") };
+        let facts = ClusterFacts { name, labels: &labels, vars: &vars, kubernetes_version: Some("v1.31.0"), api_versions: &[] };
         placement(&f.bundles[bundle].spec, &facts, &used(u))
     }
 
@@ -539,6 +594,7 @@ spec:
                 labels: l,
                 vars: v,
                 kubernetes_version: None,
+                api_versions: &[],
             }),
             &u,
         );
@@ -554,6 +610,7 @@ spec:
                 labels: l,
                 vars: v,
                 kubernetes_version: None,
+                api_versions: &[],
             }),
             &u,
         );
