@@ -545,8 +545,26 @@ struct Actor {
     built_cache: HashMap<(String, String), std::result::Result<crate::variants::Built, String>>,
     /// Variant failures already reported as events: (cluster, bundle) → message.
     reported_variant_errors: HashMap<(String, String), String>,
-    /// Set once the first variant computation after start is published.
+    /// Set once the first variant computation after start is published
+    /// (and the builds it started are done).
     ready_tx: watch::Sender<bool>,
+    /// Variant builds run off the actor's turn ([`crate::variants::spawn_builder`]).
+    builder: VariantBuilds,
+}
+
+/// The actor's side of the variant builder task: requests out, results in,
+/// the clusters waiting on each build, failed builds waiting for their retry,
+/// and the answers waiting for a cluster's builds.
+struct VariantBuilds {
+    tx: mpsc::UnboundedSender<crate::variants::BuildRequest>,
+    rx: Option<mpsc::UnboundedReceiver<crate::variants::BuildDone>>,
+    /// (base digest, key) → clusters waiting for it.
+    in_flight: HashMap<(String, String), BTreeSet<String>>,
+    /// Failed builds: (base digest, key) → (consecutive failures, when the
+    /// failure is dropped from the cache and the build retried, clusters to refresh then).
+    retries: HashMap<(String, String), (u32, tokio::time::Instant, BTreeSet<String>)>,
+    /// Answers (SetVars, RefreshVariants) sent once the cluster has no build in flight.
+    deferred: Vec<(String, Box<dyn FnOnce() + Send>)>,
 }
 
 /// Build the actor from the loaded store and start it. The view is published
@@ -570,6 +588,7 @@ pub fn spawn(
         clusters.insert(rec.name.clone(), ClusterEntry { record: Arc::new(rec), shared });
     }
     let now = deps.clock.now_ms();
+    let deps_store = deps.variant_store.clone();
     let mut variants = BTreeMap::new();
     let mut variant_bases = HashMap::new();
     for v in loaded.variants {
@@ -606,6 +625,16 @@ pub fn spawn(
         built_cache: HashMap::new(),
         reported_variant_errors: HashMap::new(),
         ready_tx: watch::Sender::new(false),
+        builder: {
+            let (tx, rx) = crate::variants::spawn_builder(deps_store, shutdown.clone());
+            VariantBuilds {
+                tx,
+                rx: Some(rx),
+                in_flight: HashMap::new(),
+                retries: HashMap::new(),
+                deferred: Vec::new(),
+            }
+        },
     };
     actor.rebuild_index();
     actor.retarget(None);
@@ -675,16 +704,21 @@ impl Actor {
         mut builds: watch::Receiver<Builds>,
         shutdown: CancellationToken,
     ) {
+        let mut built = self.builder.rx.take().expect("the builder's results are taken once");
         // Builds present at start are processed now (new digests since the last run).
         self.on_builds().await;
         self.publish();
-        self.ready_tx.send_replace(true);
+        self.ready_if_idle();
         let mut pipeline_open = true;
         let mut rollout_tick = tokio::time::interval(crate::rollout::TICK);
         rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = rollout_tick.tick(), if self.rollouts.is_active() => self.tick_rollouts().await,
+                Some(done) = built.recv() => self.on_variant_built(done).await,
+                _ = tokio::time::sleep_until(self.next_retry()), if !self.builder.retries.is_empty() => {
+                    self.retry_due_builds().await;
+                }
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     let mut batch = self.begin();
@@ -973,7 +1007,7 @@ impl Actor {
                     Err(e) => Err(e),
                 };
                 self.publish();
-                let _ = reply.send(result);
+                self.answer_when_built(&cluster, Box::new(move || drop(reply.send(result))));
                 *batch = self.begin();
             }
             Cmd::RefreshVariants(cluster, reply) => {
@@ -981,7 +1015,7 @@ impl Actor {
                 self.finish(earlier).await;
                 self.refresh_variants(Some(&cluster)).await;
                 self.publish();
-                let _ = reply.send(Ok(()));
+                self.answer_when_built(&cluster, Box::new(move || drop(reply.send(Ok(())))));
                 *batch = self.begin();
             }
             Cmd::Remote(changes) => {
@@ -1651,32 +1685,118 @@ impl Actor {
         Ok(used)
     }
 
-    /// Build (or find in the cache) the variant `key` of `base`; returns its
-    /// digest, size and Helm statement part, or the error (located for
-    /// substitution problems). The build itself is [`crate::variants::build`].
-    async fn build_variant(
+    /// The variant `key` of `base` from the cache (its digest, size and Helm
+    /// statement part, or the error, located for substitution problems), or
+    /// `None` while it is being built: the build is requested from the
+    /// builder task ([`crate::variants::build`] off the actor's turn) and
+    /// `cluster` is refreshed when it is done.
+    fn build_variant(
         &mut self,
         base: &DeploymentRecord,
         key: &str,
         input: &crate::domain::variants::EffectiveInput,
         cluster: &str,
-    ) -> std::result::Result<crate::variants::Built, String> {
+    ) -> Option<std::result::Result<crate::variants::Built, String>> {
         let ck = (base.digest.clone(), key.to_string());
         if let Some(r) = self.built_cache.get(&ck) {
-            return r.clone();
+            // A failed build is retried later: this cluster is refreshed then too.
+            if let Some((_, _, waiting)) = self.builder.retries.get_mut(&ck) {
+                waiting.insert(cluster.to_string());
+            }
+            return Some(r.clone());
+        }
+        if let Some(waiting) = self.builder.in_flight.get_mut(&ck) {
+            waiting.insert(cluster.to_string());
+            return None;
         }
         let job = self.build_job(base, input, cluster);
-        let store = self.deps.variant_store.clone();
-        let r = tokio::task::spawn_blocking(move || crate::variants::build(&store, &job))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-        // Keep the cache small: only the current bases' entries matter.
+        if self.builder.tx.send(crate::variants::BuildRequest { key: ck.clone(), job }).is_err() {
+            return Some(Err("the hub's variant builder has stopped".into()));
+        }
+        self.builder.in_flight.insert(ck, [cluster.to_string()].into());
+        None
+    }
+
+    /// A variant build finished: cache the result (a failure until its
+    /// retry, with the core backoff), refresh the clusters waiting for it,
+    /// publish, and answer the callers waiting for those clusters.
+    async fn on_variant_built(&mut self, done: crate::variants::BuildDone) {
+        let waiting = self.builder.in_flight.remove(&done.key).unwrap_or_default();
+        match &done.result {
+            Ok(_) => {
+                self.builder.retries.remove(&done.key);
+            }
+            Err(m) => {
+                let failures = self.builder.retries.get(&done.key).map(|r| r.0).unwrap_or(0);
+                let (base, cap) = self.deps.variant_store.retry_backoff();
+                let delay = convoy_core::backoff::delay(failures, base, cap);
+                warn!(key = %done.key.1, error = %m, retry_in = ?delay, "variant build failed; retrying later");
+                self.builder
+                    .retries
+                    .insert(done.key.clone(), (failures + 1, tokio::time::Instant::now() + delay, waiting.clone()));
+            }
+        }
         if self.built_cache.len() > 100_000 {
             self.built_cache.clear();
         }
-        self.built_cache.insert(ck, r.clone());
-        r
+        self.built_cache.insert(done.key, done.result);
+        self.variants_pending.extend(waiting);
+        self.refresh_pending_variants().await;
+        self.answer_deferred();
+        self.ready_if_idle();
+    }
+
+    /// When the next failed build is due for its retry.
+    fn next_retry(&self) -> tokio::time::Instant {
+        self.builder
+            .retries
+            .values()
+            .map(|r| r.1)
+            .min()
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600))
+    }
+
+    /// Drop the failures whose retry is due from the cache and refresh their
+    /// clusters (which requests the builds again).
+    async fn retry_due_builds(&mut self) {
+        let now = tokio::time::Instant::now();
+        for (k, (_, due, waiting)) in self.builder.retries.iter_mut() {
+            if *due <= now {
+                // Not due again until the build fails again.
+                *due = now + Duration::from_secs(365 * 86400);
+                self.built_cache.remove(k);
+                self.variants_pending.extend(std::mem::take(waiting));
+            }
+        }
+        self.refresh_pending_variants().await;
+        self.answer_deferred();
+    }
+
+    /// Answer now, or once `cluster` has no variant build in flight.
+    fn answer_when_built(&mut self, cluster: &str, answer: Box<dyn FnOnce() + Send>) {
+        if self.builder.in_flight.values().any(|w| w.contains(cluster)) {
+            self.builder.deferred.push((cluster.to_string(), answer));
+        } else {
+            answer();
+        }
+    }
+
+    fn answer_deferred(&mut self) {
+        let in_flight = &self.builder.in_flight;
+        let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.builder.deferred)
+            .into_iter()
+            .partition(|(c, _)| !in_flight.values().any(|w| w.contains(c)));
+        self.builder.deferred = wait;
+        for (_, answer) in ready {
+            answer();
+        }
+    }
+
+    /// Ready once the first computation's builds are done.
+    fn ready_if_idle(&self) {
+        if self.builder.in_flight.is_empty() && !*self.ready_tx.borrow() {
+            self.ready_tx.send_replace(true);
+        }
     }
 
     /// What building a variant of `base` reads: the base artifact and, for a
@@ -1803,11 +1923,11 @@ impl Actor {
                         Some(Placed::Base)
                     }
                     Placement::MissingVariables(missing, input) => {
-                        // Render anyway to get the located error.
+                        // Render anyway to get the located error (once built).
                         let key = input.key();
-                        Some(Placed::Failed(match self.build_variant(&base, &key, &input, name).await {
-                            Err(m) => m,
-                            Ok(_) => missing_message(&missing),
+                        Some(Placed::Failed(match self.build_variant(&base, &key, &input, name) {
+                            Some(Err(m)) => m,
+                            _ => missing_message(&missing),
                         }))
                     }
                     Placement::Variant { key, input } => {
@@ -1833,8 +1953,11 @@ impl Actor {
                                 Err(m) => Some(Placed::Failed(m)),
                             }
                         } else {
-                            match self.build_variant(&base, &key, &input, name).await {
-                                Ok(crate::variants::Built { digest, size, helm }) => {
+                            match self.build_variant(&base, &key, &input, name) {
+                                // Being built: the cluster keeps its placement
+                                // until the build is done (then it is refreshed).
+                                None => continue,
+                                Some(Ok(crate::variants::Built { digest, size, helm })) => {
                                     let floor = batch_floor(&signed, &rebased);
                                     // A new base's variants share its generation
                                     // (one generation per revision across the
@@ -1860,7 +1983,7 @@ impl Actor {
                                         Err(m) => Some(Placed::Failed(m)),
                                     }
                                 }
-                                Err(m) => Some(Placed::Failed(m)),
+                                Some(Err(m)) => Some(Placed::Failed(m)),
                             }
                         }
                     }

@@ -35,6 +35,11 @@ use crate::domain::variants::{EffectiveInput, VarSource};
 use crate::pipeline::{Builds, SourcePipeline, Statuses};
 use crate::{Error, Result, files};
 
+/// The first retry of a failed variant build comes within this, then the ceiling doubles...
+const RETRY_BASE: Duration = Duration::from_secs(5);
+/// ...up to this.
+const RETRY_CAP: Duration = Duration::from_secs(300);
+
 /// How long kustomize may run for one variant.
 const KUSTOMIZE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The file a layered variant's objects are in (kustomize's output).
@@ -189,6 +194,8 @@ fn convoy_helm_unavailable() -> convoy_sources::helmrender::HelmError {
 pub struct VariantStore {
     dir: PathBuf,
     helm: HelmVariants,
+    /// Retry backoff of a failed variant build (base, cap), in ms.
+    retry: (AtomicU64, AtomicU64),
 }
 
 impl std::fmt::Debug for VariantStore {
@@ -205,7 +212,26 @@ impl VariantStore {
 
     /// A store under `dir` whose Helm variants render with `render`.
     pub fn with_helm(dir: impl Into<PathBuf>, render: Arc<dyn HelmRender>) -> Arc<Self> {
-        Arc::new(Self { dir: dir.into(), helm: HelmVariants::new(render) })
+        Arc::new(Self {
+            dir: dir.into(),
+            helm: HelmVariants::new(render),
+            retry: (AtomicU64::new(RETRY_BASE.as_millis() as u64), AtomicU64::new(RETRY_CAP.as_millis() as u64)),
+        })
+    }
+
+    /// The backoff (base, cap) of a failed variant build's retries
+    /// ([`convoy_core::backoff`]: delay `n` is uniform in `[0, min(cap, base·2^n)]`).
+    pub fn retry_backoff(&self) -> (Duration, Duration) {
+        (
+            Duration::from_millis(self.retry.0.load(Ordering::Relaxed)),
+            Duration::from_millis(self.retry.1.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Set the retry backoff (tests shorten it).
+    pub fn set_retry_backoff(&self, base: Duration, cap: Duration) {
+        self.retry.0.store(base.as_millis() as u64, Ordering::Relaxed);
+        self.retry.1.store(cap.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// The Helm render cache (its counters).
@@ -533,6 +559,54 @@ pub fn build(store: &VariantStore, job: &BuildJob) -> std::result::Result<Built,
     let packed = pack(&rendered).map_err(|e| e.to_string())?;
     store.put(&packed).map_err(|e| e.to_string())?;
     Ok(Built { digest: packed.digest, size: packed.size, helm })
+}
+
+/// A variant build for the builder task: the cache key (base digest,
+/// variant key) and what the build reads.
+#[derive(Debug)]
+pub struct BuildRequest {
+    /// (base digest, variant key).
+    pub key: (String, String),
+    /// What to build.
+    pub job: BuildJob,
+}
+
+/// A finished variant build, fed back to the state actor.
+#[derive(Debug)]
+pub struct BuildDone {
+    /// (base digest, variant key).
+    pub key: (String, String),
+    /// The variant, or the error (located for substitution problems).
+    pub result: std::result::Result<Built, String>,
+}
+
+/// Start the builder task: it takes [`BuildRequest`]s in order, builds each
+/// in `spawn_blocking` ([`build`]: unpack, Helm, kustomize, pack, store) and
+/// sends a [`BuildDone`] back, so the state actor never waits for a build in
+/// its turn. It stops at `shutdown` or when the actor drops its sender.
+pub fn spawn_builder(
+    store: Arc<VariantStore>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> (tokio::sync::mpsc::UnboundedSender<BuildRequest>, tokio::sync::mpsc::UnboundedReceiver<BuildDone>) {
+    let (req_tx, mut req_rx) = tokio::sync::mpsc::unbounded_channel::<BuildRequest>();
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let req = tokio::select! {
+                r = req_rx.recv() => match r { Some(r) => r, None => break },
+                _ = shutdown.cancelled() => break,
+            };
+            let store = store.clone();
+            let BuildRequest { key, job } = req;
+            let result = tokio::task::spawn_blocking(move || build(&store, &job))
+                .await
+                .unwrap_or_else(|e| Err(format!("variant build task failed: {e}")));
+            if done_tx.send(BuildDone { key, result }).is_err() {
+                break;
+            }
+        }
+    });
+    (req_tx, done_rx)
 }
 
 /// Pack rendered files deterministically (sorted paths, fixed metadata).

@@ -43,10 +43,23 @@ impl Store for NullStore {
 }
 
 /// Helm's engine stand-in: one ConfigMap holding the Kubernetes version,
-/// the API versions and the merged values it was asked to render with.
+/// the API versions and the merged values it was asked to render with. Its
+/// hooks: `failing` makes renders fail (a transient fault), `hold` makes a
+/// render wait for [`FakeHelm::release`] (a slow build), counted in `entered`.
 #[derive(Default)]
 struct FakeHelm {
     renders: AtomicUsize,
+    failing: std::sync::atomic::AtomicBool,
+    hold: std::sync::atomic::AtomicBool,
+    released: (std::sync::Mutex<bool>, std::sync::Condvar),
+    entered: AtomicUsize,
+}
+
+impl FakeHelm {
+    fn release(&self) {
+        *self.released.0.lock().unwrap() = true;
+        self.released.1.notify_all();
+    }
 }
 
 impl HelmRender for FakeHelm {
@@ -57,6 +70,16 @@ impl HelmRender for FakeHelm {
         extra: &[Value],
     ) -> convoy_sources::Result<HelmRendered> {
         self.renders.fetch_add(1, Ordering::SeqCst);
+        if self.hold.load(Ordering::SeqCst) {
+            self.entered.fetch_add(1, Ordering::SeqCst);
+            let mut released = self.released.0.lock().unwrap();
+            while !*released {
+                released = self.released.1.wait(released).unwrap();
+            }
+        }
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(convoy_sources::Error::Config("injected render fault".into()));
+        }
         let values = input.values_with(extra);
         let cm = json!({
             "apiVersion": "v1", "kind": "ConfigMap",
@@ -191,6 +214,8 @@ async fn fleet(clusters: Vec<(String, Labels, &'static str)>, helm: Arc<FakeHelm
         ..Default::default()
     };
     let store = VariantStore::with_helm(dir.path().join("variants"), helm.clone());
+    // Retries within tens of milliseconds (production: 5 s, doubling to 5 min).
+    store.set_retry_backoff(Duration::from_millis(20), Duration::from_millis(50));
     let ca = Ca::load_or_create(&dir.path().join("ca.crt"), &dir.path().join("ca.key"), crate::now_ms()).unwrap();
     let statuses = Arc::new(StatusIndex::default());
     let metrics = Arc::new(Metrics::new());
@@ -311,4 +336,76 @@ async fn a_cluster_that_has_not_reported_renders_with_the_default_capabilities()
     // What it reported is kept for the store (persisted with the liveness).
     assert_eq!(shared.liveness().api_versions, vec!["v1".to_string()]);
     let _ = BTreeMap::<String, String>::new();
+}
+
+/// Poll `cond` until it holds (bounded: the event it waits for would have
+/// happened long before).
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_variant_build_does_not_delay_other_commands() {
+    let clusters = vec![("c0".to_string(), labels("gold"), "v1.30.0"), ("c1".to_string(), labels("silver"), "v1.30.0")];
+    let f = fleet(clusters, Arc::new(FakeHelm::default())).await;
+    let before = given(&f, "c1", "web").1.generation;
+    // c1's agent reports a new version; its new render is held in the engine.
+    f.helm.hold.store(true, Ordering::SeqCst);
+    let shared = f.state.view().clusters["c1"].shared.clone();
+    assert!(shared.set_kube("v1.33.0", &["v1".to_string()]));
+    let state = f.state.clone();
+    let refresh = tokio::spawn(async move { state.refresh_variants("c1".into()).await });
+    until("the render to start", || f.helm.entered.load(Ordering::SeqCst) == 1).await;
+    // While it runs, the actor answers unrelated commands at once.
+    let quick = Duration::from_secs(10);
+    tokio::time::timeout(quick, f.state.create_token(TokenInput::default()))
+        .await
+        .expect("a token is created while a variant builds")
+        .unwrap();
+    tokio::time::timeout(quick, f.state.set_labels("c0".into(), labels("gold")))
+        .await
+        .expect("labels are set while a variant builds")
+        .unwrap();
+    assert!(!refresh.is_finished(), "c1's refresh is answered once its variant is built");
+    assert_eq!(f.helm.entered.load(Ordering::SeqCst), 1);
+    let (cm, _) = given(&f, "c1", "web");
+    assert_eq!(cm["data"]["kubeVersion"], "v1.30.0", "c1 keeps its generation until the new one is built");
+    f.helm.release();
+    tokio::time::timeout(quick, refresh).await.expect("answered once built").unwrap().unwrap();
+    let (cm, st) = given(&f, "c1", "web");
+    assert_eq!(cm["data"]["kubeVersion"], "v1.33.0");
+    assert!(st.generation > before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_variant_build_is_retried_with_backoff_until_it_succeeds() {
+    let helm = Arc::new(FakeHelm::default());
+    helm.failing.store(true, Ordering::SeqCst);
+    let f = fleet(vec![("c1".to_string(), labels("silver"), "v1.30.0")], helm).await;
+    // The build failed: the cluster's placement says why, and it has nothing
+    // of `web` (it never had a good generation).
+    let failed = |f: &Fleet| match f.state.view().placements.get("c1").and_then(|p| p.get("web")) {
+        Some(Placed::Failed(m)) => Some(m.clone()),
+        _ => None,
+    };
+    let m = failed(&f).expect("a failed placement");
+    assert!(m.contains("injected render fault"), "{m}");
+    assert!(!f.state.view().clusters["c1"].shared.desired().bundles.contains_key("web"));
+    // Nothing changes (no new base, no new config), yet the build is retried.
+    until("two retries", || f.helm.renders.load(Ordering::SeqCst) >= 3).await;
+    assert!(failed(&f).is_some(), "still failing, still reported");
+    // The fault clears: the next retry builds and the cluster gets its variant.
+    f.helm.failing.store(false, Ordering::SeqCst);
+    until("the variant", || f.state.view().clusters["c1"].shared.desired().bundles.contains_key("web")).await;
+    let (cm, _) = given(&f, "c1", "web");
+    assert_eq!(cm["data"]["kubeVersion"], "v1.30.0");
+    assert!(failed(&f).is_none());
+    // And it is not retried any more: a successful build stays cached.
+    let renders = f.helm.renders.load(Ordering::SeqCst);
+    f.state.refresh_variants("c1".into()).await.unwrap();
+    assert_eq!(f.helm.renders.load(Ordering::SeqCst), renders);
 }
