@@ -290,6 +290,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     if let Some(stats) = pipeline.render_stats() {
         metrics.register_render_stats(stats);
     }
+    metrics.registry.register_collector(Box::new(crate::variants::VariantCollector(variant_store.clone())));
     let metrics = Arc::new(metrics);
     let (events_tx, _) = broadcast::channel(4096);
     // Subscribed before anything commits, so alerts see every event.

@@ -360,6 +360,8 @@ enum Cmd {
     /// Recompute one cluster's variants (its agent reported a new
     /// Kubernetes version); answered once published.
     RefreshVariants(String, Reply<()>),
+    /// Delete variant artifacts nothing references any more; answers how many.
+    CollectVariants(Reply<usize>),
     /// What another hub replica committed at one store revision ([`crate::ha`]).
     Remote(Vec<crate::ha::RemoteChange>),
 }
@@ -462,6 +464,13 @@ impl StateHandle {
         unset: Vec<String>,
     ) -> Result<BTreeMap<String, String>> {
         self.call(|reply| Cmd::SetVars { cluster, set, unset, reply }).await
+    }
+
+    /// Delete the variant artifacts no cluster, rollout or current variant
+    /// references (older than the grace period); returns how many. The hub
+    /// also does this every [`crate::variants::GC_INTERVAL`].
+    pub async fn collect_variants(&self) -> Result<usize> {
+        self.call(Cmd::CollectVariants).await
     }
 
     /// Recompute a cluster's variants; returns once the result is published.
@@ -710,12 +719,18 @@ impl Actor {
         self.publish();
         self.ready_if_idle();
         let mut pipeline_open = true;
+        let mut gc_tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + crate::variants::GC_INTERVAL,
+            crate::variants::GC_INTERVAL,
+        );
+        gc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rollout_tick = tokio::time::interval(crate::rollout::TICK);
         rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = rollout_tick.tick(), if self.rollouts.is_active() => self.tick_rollouts().await,
                 Some(done) = built.recv() => self.on_variant_built(done).await,
+                _ = gc_tick.tick() => self.collect_variants(None),
                 _ = tokio::time::sleep_until(self.next_retry()), if !self.builder.retries.is_empty() => {
                     self.retry_due_builds().await;
                 }
@@ -1010,6 +1025,7 @@ impl Actor {
                 self.answer_when_built(&cluster, Box::new(move || drop(reply.send(result))));
                 *batch = self.begin();
             }
+            Cmd::CollectVariants(reply) => self.collect_variants(Some(reply)),
             Cmd::RefreshVariants(cluster, reply) => {
                 let earlier = std::mem::replace(batch, self.begin());
                 self.finish(earlier).await;
@@ -1730,6 +1746,7 @@ impl Actor {
                 let failures = self.builder.retries.get(&done.key).map(|r| r.0).unwrap_or(0);
                 let (base, cap) = self.deps.variant_store.retry_backoff();
                 let delay = convoy_core::backoff::delay(failures, base, cap);
+                self.deps.variant_store.count_failure();
                 warn!(key = %done.key.1, error = %m, retry_in = ?delay, "variant build failed; retrying later");
                 self.builder
                     .retries
@@ -1744,6 +1761,60 @@ impl Actor {
         self.refresh_pending_variants().await;
         self.answer_deferred();
         self.ready_if_idle();
+    }
+
+    /// Collect the variant artifacts nothing references: not a current
+    /// variant (built from its bundle's current base), not in any cluster's
+    /// desired set (published or pending), not in a rollout (held, base,
+    /// given, rolled back), not a cached build of a current base. Builds of
+    /// older bases are dropped from the cache first (they are never used
+    /// again). The deletion runs in `spawn_blocking` in a task of its own;
+    /// what was collected is logged and counted (`variant_artifacts_collected`).
+    fn collect_variants(&mut self, reply: Option<Reply<usize>>) {
+        use std::collections::HashSet;
+        let current: HashSet<&str> = self.records.values().map(|r| r.digest.as_str()).collect();
+        self.built_cache.retain(|(base, _), _| current.contains(base.as_str()));
+        let mut keep: HashSet<String> = HashSet::new();
+        for (k, r) in self.variants.iter() {
+            if self.variant_bases.get(k).is_some_and(|b| current.contains(b.as_str())) {
+                keep.insert(r.digest.clone());
+            }
+        }
+        for b in self.built_cache.values().flatten() {
+            keep.insert(b.digest.clone());
+        }
+        for e in self.clusters.values() {
+            keep.extend(e.shared.desired().bundles.values().map(|d| d.record.digest.clone()));
+        }
+        for (_, d) in self.pending_desired.values() {
+            keep.extend(d.bundles.values().map(|d| d.record.digest.clone()));
+        }
+        for r in self.rollouts.all().values() {
+            let records = r.held.values().chain(r.base.as_ref()).chain(r.given.values()).chain(r.rolled_back.values());
+            keep.extend(records.map(|d| d.digest.clone()));
+        }
+        let store = self.deps.variant_store.clone();
+        tokio::spawn(async move {
+            let n = match tokio::task::spawn_blocking(move || store.gc(&keep)).await {
+                Ok(Ok(deleted)) => {
+                    if !deleted.is_empty() {
+                        info!(collected = deleted.len(), digests = ?deleted, "variant artifacts no one references were deleted");
+                    }
+                    deleted.len()
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "variant artifact collection failed");
+                    0
+                }
+                Err(e) => {
+                    warn!(error = %e, "variant artifact collection panicked");
+                    0
+                }
+            };
+            if let Some(r) = reply {
+                let _ = r.send(Ok(n));
+            }
+        });
     }
 
     /// When the next failed build is due for its retry.

@@ -40,6 +40,11 @@ const RETRY_BASE: Duration = Duration::from_secs(5);
 /// ...up to this.
 const RETRY_CAP: Duration = Duration::from_secs(300);
 
+/// Variant artifacts younger than this are never collected.
+const GC_GRACE: Duration = Duration::from_secs(600);
+/// How often the hub collects variant artifacts no one references.
+pub const GC_INTERVAL: Duration = Duration::from_secs(600);
+
 /// How long kustomize may run for one variant.
 const KUSTOMIZE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The file a layered variant's objects are in (kustomize's output).
@@ -196,6 +201,12 @@ pub struct VariantStore {
     helm: HelmVariants,
     /// Retry backoff of a failed variant build (base, cap), in ms.
     retry: (AtomicU64, AtomicU64),
+    /// A variant artifact younger than this (ms) is never collected.
+    gc_grace: AtomicU64,
+    /// Variant artifacts collected so far.
+    collected: AtomicU64,
+    /// Variant builds that failed so far.
+    failed: AtomicU64,
 }
 
 impl std::fmt::Debug for VariantStore {
@@ -216,7 +227,61 @@ impl VariantStore {
             dir: dir.into(),
             helm: HelmVariants::new(render),
             retry: (AtomicU64::new(RETRY_BASE.as_millis() as u64), AtomicU64::new(RETRY_CAP.as_millis() as u64)),
+            gc_grace: AtomicU64::new(GC_GRACE.as_millis() as u64),
+            collected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         })
+    }
+
+    /// How long a variant artifact is kept at least (a build in progress is
+    /// stored before it is signed).
+    pub fn gc_grace(&self) -> Duration {
+        Duration::from_millis(self.gc_grace.load(Ordering::Relaxed))
+    }
+
+    /// Set the grace period (tests shorten it).
+    pub fn set_gc_grace(&self, grace: Duration) {
+        self.gc_grace.store(grace.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Variant artifacts collected since start.
+    pub fn collected(&self) -> u64 {
+        self.collected.load(Ordering::Relaxed)
+    }
+
+    /// Count a failed variant build.
+    pub fn count_failure(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Delete the variant artifacts whose digest is not in `keep` and that
+    /// are older than the grace period (blocking); the digests deleted.
+    pub fn gc(&self, keep: &std::collections::HashSet<String>) -> Result<Vec<String>> {
+        let grace = self.gc_grace();
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&self.dir, e)),
+        };
+        let now = std::time::SystemTime::now();
+        let mut deleted = Vec::new();
+        for e in entries {
+            let e = e.map_err(|e| Error::io(&self.dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(hex) = name.strip_suffix(".tar.gz") else { continue };
+            let digest = format!("sha256:{hex}");
+            if keep.contains(&digest) {
+                continue;
+            }
+            let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| now.duration_since(t).ok());
+            if age.is_none_or(|a| a < grace) {
+                continue;
+            }
+            std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+            deleted.push(digest);
+        }
+        self.collected.fetch_add(deleted.len() as u64, Ordering::Relaxed);
+        Ok(deleted)
     }
 
     /// The backoff (base, cap) of a failed variant build's retries
@@ -258,6 +323,40 @@ impl VariantStore {
             files::write_public(&p, &art.bytes)?;
         }
         Ok(p)
+    }
+}
+
+/// The variant counters on the hub's `/metrics`, read at scrape time:
+/// `helm_variant_renders` (Helm renders run for variants),
+/// `helm_variant_render_cache_hits` (variants answered by the render cache),
+/// `variant_builds_failed` and `variant_artifacts_collected`.
+#[derive(Debug)]
+pub struct VariantCollector(pub Arc<VariantStore>);
+
+impl prometheus_client::collector::Collector for VariantCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let s = &self.0;
+        for (name, help, value) in [
+            ("helm_variant_renders", "Helm renders run for per-cluster variants", s.helm.renders()),
+            (
+                "helm_variant_render_cache_hits",
+                "Per-cluster Helm variants answered by the fleet-wide render cache",
+                s.helm.hits(),
+            ),
+            ("variant_builds_failed", "Variant builds that failed (each is retried with backoff)", s.failed.load(Ordering::Relaxed)),
+            (
+                "variant_artifacts_collected",
+                "Variant artifacts deleted because no cluster, rollout or current variant references them",
+                s.collected(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let m = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(m)?;
+        }
+        Ok(())
     }
 }
 

@@ -173,6 +173,7 @@ fn helm_input(replicas: u32) -> HelmInput {
 
 struct Fleet {
     state: StateHandle,
+    pipeline: Arc<StaticPipeline>,
     helm: Arc<FakeHelm>,
     store: Arc<VariantStore>,
     _dir: tempfile::TempDir,
@@ -230,6 +231,7 @@ async fn fleet(clusters: Vec<(String, Labels, &'static str)>, helm: Arc<FakeHelm
     );
     let (view_tx, _) = watch::channel(Arc::new(FleetView::default()));
     let fleet = Arc::new(FleetConfig::parse([("fleet.yaml", FLEET)]).unwrap());
+    let statics = pipeline.clone();
     let pipeline: Arc<dyn SourcePipeline> = crate::variants::ServingVariants::new(pipeline, store.clone());
     let (state, _) = spawn(
         loaded,
@@ -250,7 +252,7 @@ async fn fleet(clusters: Vec<(String, Labels, &'static str)>, helm: Arc<FakeHelm
         shutdown.clone(),
     );
     assert!(state.wait_ready(Duration::from_secs(60)).await, "first variant computation");
-    Fleet { state, helm, store, _dir: dir, _stop: shutdown.drop_guard() }
+    Fleet { state, pipeline: statics, helm, store, _dir: dir, _stop: shutdown.drop_guard() }
 }
 
 fn labels(tier: &str) -> Labels {
@@ -408,4 +410,46 @@ async fn a_failed_variant_build_is_retried_with_backoff_until_it_succeeds() {
     let renders = f.helm.renders.load(Ordering::SeqCst);
     f.state.refresh_variants("c1".into()).await.unwrap();
     assert_eq!(f.helm.renders.load(Ordering::SeqCst), renders);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variant_artifacts_no_one_references_are_collected_and_those_in_use_are_kept() {
+    let clusters = vec![("c0".to_string(), labels("gold"), "v1.30.0"), ("c1".to_string(), labels("silver"), "v1.30.0")];
+    let f = fleet(clusters, Arc::new(FakeHelm::default())).await;
+    f.store.set_gc_grace(Duration::ZERO);
+    let digest = |c: &str, b: &str| f.state.view().clusters[c].shared.desired().bundles[b].record.digest.clone();
+    let old = [digest("c0", "web"), digest("c1", "web")];
+    let gold = digest("c0", "web-gold");
+    assert_eq!(f.state.collect_variants().await.unwrap(), 0, "everything is in use");
+
+    // A new build of `web` whose variants cannot be built yet: both clusters
+    // keep their old variants, so those stay.
+    f.helm.failing.store(true, Ordering::SeqCst);
+    let mut input = helm_input(1);
+    input.values = json!({"replicas": 1, "image": "web:2"});
+    let base = FakeHelm::default().render(&input, &input.default_capabilities, &[]).unwrap();
+    f.pipeline.publish_helm("web", "main@sha1:2", &base.artifact.bytes, base.helm, &input.to_bytes()).unwrap();
+    until("the new base", || f.state.view().records["web"].revision == "main@sha1:2").await;
+    until("the failed builds", || {
+        let v = f.state.view();
+        ["c0", "c1"].iter().all(|c| matches!(v.placements[*c].get("web"), Some(Placed::Failed(_))))
+    })
+    .await;
+    assert_eq!(f.state.collect_variants().await.unwrap(), 0, "the clusters still run them");
+    assert!(old.iter().all(|d| f.store.path(d).is_some()));
+
+    // The builds succeed on retry: the clusters move on, and the old
+    // variants referenced by nothing now are collected. c0's old `web`
+    // variant is byte for byte `web-gold`'s (same render), which c0 still
+    // runs: it stays.
+    assert_eq!(old[0], gold);
+    f.helm.failing.store(false, Ordering::SeqCst);
+    until("the new variants", || !old.contains(&digest("c0", "web")) && !old.contains(&digest("c1", "web"))).await;
+    assert_eq!(f.state.collect_variants().await.unwrap(), 1);
+    assert!(f.store.path(&old[1]).is_none(), "collected");
+    for d in [digest("c0", "web"), digest("c1", "web"), gold] {
+        assert!(f.store.path(&d).is_some(), "{d} is in use and stays");
+    }
+    assert_eq!(f.store.collected(), 1);
+    assert_eq!(f.state.collect_variants().await.unwrap(), 0);
 }
