@@ -616,4 +616,76 @@ spec:
         );
         assert_eq!(g.variants.len(), 50);
     }
+
+    const HELM_FLEET: &str = r#"
+apiVersion: convoy.dev/v1
+kind: GitSource
+metadata: {name: fleet}
+spec: {url: https://example.com/fleet.git, ref: {branch: main}}
+---
+apiVersion: convoy.dev/v1
+kind: Bundle
+metadata: {name: chart}
+spec:
+  source: fleet
+  helm: {path: charts/web}
+  targets:
+    - clusterSelector: {}
+    - clusterSelector: {matchLabels: {tier: gold}}
+      helmValues: {replicas: 3}
+---
+apiVersion: convoy.dev/v1
+kind: Bundle
+metadata: {name: plain}
+spec:
+  source: fleet
+  targets: [{clusterSelector: {}}]
+"#;
+
+    fn helm_place(bundle: &str, tier: &str, version: Option<&str>, apis: &[&str]) -> Placement {
+        let f = FleetConfig::parse([("f.yaml", HELM_FLEET)]).unwrap();
+        let labels = labels(&format!("tier={tier}"));
+        let apis: Vec<String> = apis.iter().map(|s| s.to_string()).collect();
+        let vars = BTreeMap::new();
+        let facts =
+            ClusterFacts { name: "c1", labels: &labels, vars: &vars, kubernetes_version: version, api_versions: &apis };
+        placement(&f.bundles[bundle].spec, &facts, &BTreeMap::new())
+    }
+
+    #[test]
+    fn a_helm_bundle_renders_with_each_clusters_capabilities_and_only_a_helm_bundle_splits() {
+        // Not reported, no values layer: the base (rendered with the default Capabilities).
+        assert_eq!(helm_place("chart", "silver", None, &[]), Placement::Base);
+        assert_eq!(helm_place("chart", "silver", Some(" "), &[]), Placement::Base);
+        // Not reported, a values layer: a variant without Capabilities (the default).
+        let i = input(helm_place("chart", "gold", None, &[]));
+        assert_eq!(i.capabilities, None);
+        assert_eq!(i.layers[0].helm_values, Some(json!({"replicas": 3})));
+        // Reported: normalized version, API versions sorted and deduplicated.
+        let i = input(helm_place("chart", "silver", Some("1.31"), &["v1", "apps/v1", "v1"]));
+        let caps = i.capabilities.clone().unwrap();
+        assert_eq!(caps.kube_version, "v1.31.0");
+        assert_eq!(caps.api_versions, vec!["apps/v1", "v1"]);
+        // The key follows the Capabilities (version, API set), not their order.
+        let key = |tier, v, apis: &[&str]| input(helm_place("chart", tier, Some(v), apis)).key();
+        assert_eq!(key("silver", "v1.31.0", &["v1", "apps/v1"]), key("silver", "v1.31.0", &["apps/v1", "v1"]));
+        assert_ne!(key("silver", "v1.31.0", &["v1"]), key("silver", "v1.30.0", &["v1"]));
+        assert_ne!(key("silver", "v1.31.0", &["v1"]), key("silver", "v1.31.0", &["v1", "x/v1"]));
+        assert_ne!(key("silver", "v1.31.0", &["v1"]), key("gold", "v1.31.0", &["v1"]));
+        // A plain bundle on a cluster that reported a version: still the base.
+        assert!(is_customized(&FleetConfig::parse([("f.yaml", HELM_FLEET)]).unwrap().bundles["chart"].spec));
+        assert_eq!(helm_place("plain", "gold", Some("v1.31.0"), &["v1"]), Placement::Base);
+    }
+
+    #[test]
+    fn a_helm_bundle_takes_values_not_patches_or_namespaces() {
+        for layer in ["namespace: other", "patches: [{patch: 'kind: ConfigMap'}]"] {
+            let text = HELM_FLEET.replace("helmValues: {replicas: 3}", layer);
+            let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+            assert!(e.contains("spec.targets[1]: namespace and patches do not apply to a Helm bundle"), "{e}");
+        }
+        let text = HELM_FLEET.replace("helmValues: {replicas: 3}", "helmValues: [1]");
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("spec.targets[1].helmValues must be a mapping"), "{e}");
+    }
 }
