@@ -1748,9 +1748,10 @@ impl Actor {
                 let delay = convoy_core::backoff::delay(failures, base, cap);
                 self.deps.variant_store.count_failure();
                 warn!(key = %done.key.1, error = %m, retry_in = ?delay, "variant build failed; retrying later");
-                self.builder
-                    .retries
-                    .insert(done.key.clone(), (failures + 1, tokio::time::Instant::now() + delay, waiting.clone()));
+                self.builder.retries.insert(
+                    done.key.clone(),
+                    (failures + 1, tokio::time::Instant::now() + delay, waiting.clone()),
+                );
             }
         }
         if self.built_cache.len() > 100_000 {
@@ -1790,7 +1791,8 @@ impl Actor {
             keep.extend(d.bundles.values().map(|d| d.record.digest.clone()));
         }
         for r in self.rollouts.all().values() {
-            let records = r.held.values().chain(r.base.as_ref()).chain(r.given.values()).chain(r.rolled_back.values());
+            let records =
+                r.held.values().chain(r.base.as_ref()).chain(r.given.values()).chain(r.rolled_back.values());
             keep.extend(records.map(|d| d.digest.clone()));
         }
         let store = self.deps.variant_store.clone();

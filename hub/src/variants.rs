@@ -147,7 +147,9 @@ impl HelmVariants {
         }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         if convoy_artifact::digest_of(&bytes) != digest {
-            return Err(variant_error(format!("the stored Helm render input {digest} does not match its digest")));
+            return Err(variant_error(format!(
+                "the stored Helm render input {digest} does not match its digest"
+            )));
         }
         let input = Arc::new(HelmInput::from_bytes(&bytes).map_err(Error::Sources)?);
         let mut m = self.inputs.lock();
@@ -159,7 +161,12 @@ impl HelmVariants {
     }
 
     /// Render `input` with `caps` and `extra_values`, or take the cached result.
-    pub fn render(&self, input: &HelmInput, caps: &Capabilities, extra_values: &[Value]) -> Result<Arc<HelmOut>> {
+    pub fn render(
+        &self,
+        input: &HelmInput,
+        caps: &Capabilities,
+        extra_values: &[Value],
+    ) -> Result<Arc<HelmOut>> {
         let key = input.render_key(caps, extra_values).map_err(Error::Sources)?;
         if let Some(out) = self.cache.lock().0.get(&key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
@@ -226,7 +233,10 @@ impl VariantStore {
         Arc::new(Self {
             dir: dir.into(),
             helm: HelmVariants::new(render),
-            retry: (AtomicU64::new(RETRY_BASE.as_millis() as u64), AtomicU64::new(RETRY_CAP.as_millis() as u64)),
+            retry: (
+                AtomicU64::new(RETRY_BASE.as_millis() as u64),
+                AtomicU64::new(RETRY_CAP.as_millis() as u64),
+            ),
             gc_grace: AtomicU64::new(GC_GRACE.as_millis() as u64),
             collected: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -345,7 +355,11 @@ impl prometheus_client::collector::Collector for VariantCollector {
                 "Per-cluster Helm variants answered by the fleet-wide render cache",
                 s.helm.hits(),
             ),
-            ("variant_builds_failed", "Variant builds that failed (each is retried with backoff)", s.failed.load(Ordering::Relaxed)),
+            (
+                "variant_builds_failed",
+                "Variant builds that failed (each is retried with backoff)",
+                s.failed.load(Ordering::Relaxed),
+            ),
             (
                 "variant_artifacts_collected",
                 "Variant artifacts deleted because no cluster, rollout or current variant references them",
@@ -636,7 +650,9 @@ pub fn build(store: &VariantStore, job: &BuildJob) -> std::result::Result<Built,
     let (files, helm) = match &job.helm_input {
         Some((digest, path)) => {
             let path = path.as_ref().ok_or_else(|| {
-                format!("the Helm render input {digest} is not stored on the hub yet (the next build stores it)")
+                format!(
+                    "the Helm render input {digest} is not stored on the hub yet (the next build stores it)"
+                )
             })?;
             let hi = store.helm.input(digest, path).map_err(|e| e.to_string())?;
             let caps = match &job.input.capabilities {
@@ -649,7 +665,8 @@ pub fn build(store: &VariantStore, job: &BuildJob) -> std::result::Result<Built,
         }
         None => {
             let (digest, path) = &job.base;
-            let path = path.as_ref().ok_or_else(|| format!("base artifact {digest} is not stored on the hub"))?;
+            let path =
+                path.as_ref().ok_or_else(|| format!("base artifact {digest} is not stored on the hub"))?;
             let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
             (unpack(&bytes).map_err(|e| e.to_string())?, None)
         }

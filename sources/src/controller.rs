@@ -488,7 +488,9 @@ impl Supervisor {
             .borrow()
             .values()
             .filter_map(|b| b.artifact.as_ref())
-            .flat_map(|a| std::iter::once(a.digest.clone()).chain(a.helm.as_ref().and_then(|h| h.input.clone())))
+            .flat_map(|a| {
+                std::iter::once(a.digest.clone()).chain(a.helm.as_ref().and_then(|h| h.input.clone()))
+            })
             .collect();
         referenced.extend(self.pending.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned());
         let store = self.store.clone();

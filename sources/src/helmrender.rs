@@ -14,8 +14,10 @@ use convoy_artifact::tree::normalize;
 use convoy_artifact::{EntryKind, IgnoreRules, Limits, PackedArtifact, Selection, Tree, select_files};
 use convoy_core::config::{CrdPolicy, HelmSpec, ValuesFrom};
 use convoy_core::pipeline::BuiltHelm;
+pub use convoy_helm::values::{
+    canonical_json as canonical_values, capabilities_digest, normalize_kube_version,
+};
 use convoy_helm::values::{merge_layers, parse_values};
-pub use convoy_helm::values::{canonical_json as canonical_values, capabilities_digest, normalize_kube_version};
 pub use convoy_helm::{Capabilities, Error as HelmError, Renderer, WorkerCommand};
 use convoy_helm::{ChartInput, RenderRequest};
 use serde_json::{Map, Value};

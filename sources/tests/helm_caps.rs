@@ -91,7 +91,10 @@ fn objects(artifact: &[u8]) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for f in files.iter().filter(|f| f.path.starts_with("helm/templates/")) {
         for o in parse_objects(&f.path, std::str::from_utf8(&f.content).unwrap()).unwrap() {
-            out.insert(format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()), o);
+            out.insert(
+                format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()),
+                o,
+            );
         }
     }
     out
@@ -151,7 +154,11 @@ json.dump(out, sys.stdout)
             for (t, text) in m.iter().filter(|(t, _)| !t.ends_with("NOTES.txt")) {
                 for o in parse_objects(t, text).unwrap() {
                     objs.insert(
-                        format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()),
+                        format!(
+                            "{}/{}",
+                            o["kind"].as_str().unwrap(),
+                            o["metadata"]["name"].as_str().unwrap()
+                        ),
                         o,
                     );
                 }
@@ -188,8 +195,14 @@ fn two_kubernetes_versions_and_cluster_values_render_what_the_chart_asks_for_lik
     let r_new = render_input(&input, &renderer, &new, &cluster_values, &Limits::default()).unwrap();
     let (o_old, o_new) = (objects(&r_old.artifact.bytes), objects(&r_new.artifact.bytes));
     let cm = |o: &BTreeMap<String, Value>| o["ConfigMap/web-caps"]["data"].clone();
-    assert_eq!(cm(&o_old), json!({"kube": "v1.29.4", "sidecars": "legacy", "replicas": "1", "image": "web:2"}));
-    assert_eq!(cm(&o_new), json!({"kube": "v1.31.0", "sidecars": "native", "replicas": "3", "image": "web:2"}));
+    assert_eq!(
+        cm(&o_old),
+        json!({"kube": "v1.29.4", "sidecars": "legacy", "replicas": "1", "image": "web:2"})
+    );
+    assert_eq!(
+        cm(&o_new),
+        json!({"kube": "v1.31.0", "sidecars": "native", "replicas": "3", "image": "web:2"})
+    );
     assert!(!o_old.contains_key("ServiceMonitor/web"), "the API is not served there");
     assert_eq!(o_new["ServiceMonitor/web"]["apiVersion"], "monitoring.coreos.com/v1");
     // The statement's values digest is of what was rendered.

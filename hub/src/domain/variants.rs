@@ -145,7 +145,10 @@ impl HelmCapabilities {
         let mut apis = api_versions.to_vec();
         apis.sort();
         apis.dedup();
-        Self { kube_version: convoy_sources::helmrender::normalize_kube_version(kube_version), api_versions: apis }
+        Self {
+            kube_version: convoy_sources::helmrender::normalize_kube_version(kube_version),
+            api_versions: apis,
+        }
     }
 
     /// As Helm's render request takes them.
@@ -450,7 +453,13 @@ spec:
         let labels = labels(l);
         let vars: BTreeMap<String, String> =
             vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let facts = ClusterFacts { name, labels: &labels, vars: &vars, kubernetes_version: Some("v1.31.0"), api_versions: &[] };
+        let facts = ClusterFacts {
+            name,
+            labels: &labels,
+            vars: &vars,
+            kubernetes_version: Some("v1.31.0"),
+            api_versions: &[],
+        };
         placement(&f.bundles[bundle].spec, &facts, &used(u))
     }
 
@@ -647,8 +656,13 @@ spec:
         let labels = labels(&format!("tier={tier}"));
         let apis: Vec<String> = apis.iter().map(|s| s.to_string()).collect();
         let vars = BTreeMap::new();
-        let facts =
-            ClusterFacts { name: "c1", labels: &labels, vars: &vars, kubernetes_version: version, api_versions: &apis };
+        let facts = ClusterFacts {
+            name: "c1",
+            labels: &labels,
+            vars: &vars,
+            kubernetes_version: version,
+            api_versions: &apis,
+        };
         placement(&f.bundles[bundle].spec, &facts, &BTreeMap::new())
     }
 
@@ -668,7 +682,10 @@ spec:
         assert_eq!(caps.api_versions, vec!["apps/v1", "v1"]);
         // The key follows the Capabilities (version, API set), not their order.
         let key = |tier, v, apis: &[&str]| input(helm_place("chart", tier, Some(v), apis)).key();
-        assert_eq!(key("silver", "v1.31.0", &["v1", "apps/v1"]), key("silver", "v1.31.0", &["apps/v1", "v1"]));
+        assert_eq!(
+            key("silver", "v1.31.0", &["v1", "apps/v1"]),
+            key("silver", "v1.31.0", &["apps/v1", "v1"])
+        );
         assert_ne!(key("silver", "v1.31.0", &["v1"]), key("silver", "v1.30.0", &["v1"]));
         assert_ne!(key("silver", "v1.31.0", &["v1"]), key("silver", "v1.31.0", &["v1", "x/v1"]));
         assert_ne!(key("silver", "v1.31.0", &["v1"]), key("gold", "v1.31.0", &["v1"]));
@@ -682,7 +699,10 @@ spec:
         for layer in ["namespace: other", "patches: [{patch: 'kind: ConfigMap'}]"] {
             let text = HELM_FLEET.replace("helmValues: {replicas: 3}", layer);
             let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
-            assert!(e.contains("spec.targets[1]: namespace and patches do not apply to a Helm bundle"), "{e}");
+            assert!(
+                e.contains("spec.targets[1]: namespace and patches do not apply to a Helm bundle"),
+                "{e}"
+            );
         }
         let text = HELM_FLEET.replace("helmValues: {replicas: 3}", "helmValues: [1]");
         let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();

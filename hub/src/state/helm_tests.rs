@@ -205,7 +205,14 @@ async fn fleet(clusters: Vec<(String, Labels, &'static str)>, helm: Arc<FakeHelm
             .iter()
             .filter(|(_, _, v)| !v.is_empty())
             .map(|(n, _, v)| {
-                (n.clone(), Liveness { kube_version: v.to_string(), api_versions: apis.clone(), ..Default::default() })
+                (
+                    n.clone(),
+                    Liveness {
+                        kube_version: v.to_string(),
+                        api_versions: apis.clone(),
+                        ..Default::default()
+                    },
+                )
             })
             .collect(),
         clusters: clusters
@@ -217,7 +224,8 @@ async fn fleet(clusters: Vec<(String, Labels, &'static str)>, helm: Arc<FakeHelm
     let store = VariantStore::with_helm(dir.path().join("variants"), helm.clone());
     // Retries within tens of milliseconds (production: 5 s, doubling to 5 min).
     store.set_retry_backoff(Duration::from_millis(20), Duration::from_millis(50));
-    let ca = Ca::load_or_create(&dir.path().join("ca.crt"), &dir.path().join("ca.key"), crate::now_ms()).unwrap();
+    let ca =
+        Ca::load_or_create(&dir.path().join("ca.crt"), &dir.path().join("ca.key"), crate::now_ms()).unwrap();
     let statuses = Arc::new(StatusIndex::default());
     let metrics = Arc::new(Metrics::new());
     let (events, _) = broadcast::channel(16);
@@ -291,7 +299,9 @@ async fn a_thousand_clusters_on_three_versions_with_two_value_sets_render_six_ti
 
     // Each cluster got its own Capabilities and values; the statement names
     // the values it was rendered with.
-    for (name, kube, replicas) in [("c0", "v1.29.3", 3), ("c1", "v1.30.1", 1), ("c5", "v1.31.0", 1), ("c4", "v1.30.1", 3)] {
+    for (name, kube, replicas) in
+        [("c0", "v1.29.3", 3), ("c1", "v1.30.1", 1), ("c5", "v1.31.0", 1), ("c4", "v1.30.1", 3)]
+    {
         let (cm, st) = given(&f, name, "web");
         assert_eq!(cm["data"]["kubeVersion"], kube, "{name}");
         assert_eq!(cm["data"]["apiVersions"], "apps/v1,v1", "{name}");
@@ -332,7 +342,10 @@ async fn a_cluster_that_has_not_reported_renders_with_the_default_capabilities()
     assert!(shared.set_kube("v1.32.0", &["v1".to_string()]));
     f.state.refresh_variants("quiet".into()).await.unwrap();
     let (cm, st) = given(&f, "quiet", "web");
-    assert_eq!((cm["data"]["kubeVersion"].as_str(), cm["data"]["apiVersions"].as_str()), (Some("v1.32.0"), Some("v1")));
+    assert_eq!(
+        (cm["data"]["kubeVersion"].as_str(), cm["data"]["apiVersions"].as_str()),
+        (Some("v1.32.0"), Some("v1"))
+    );
     assert!(st.generation >= 1 && st.variant.is_some());
     assert_eq!(f.helm.renders.load(Ordering::SeqCst), before + 1, "one new input, one render");
     // What it reported is kept for the store (persisted with the liveness).
@@ -352,7 +365,8 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_variant_build_does_not_delay_other_commands() {
-    let clusters = vec![("c0".to_string(), labels("gold"), "v1.30.0"), ("c1".to_string(), labels("silver"), "v1.30.0")];
+    let clusters =
+        vec![("c0".to_string(), labels("gold"), "v1.30.0"), ("c1".to_string(), labels("silver"), "v1.30.0")];
     let f = fleet(clusters, Arc::new(FakeHelm::default())).await;
     let before = given(&f, "c1", "web").1.generation;
     // c1's agent reports a new version; its new render is held in the engine.
@@ -414,10 +428,12 @@ async fn a_failed_variant_build_is_retried_with_backoff_until_it_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn variant_artifacts_no_one_references_are_collected_and_those_in_use_are_kept() {
-    let clusters = vec![("c0".to_string(), labels("gold"), "v1.30.0"), ("c1".to_string(), labels("silver"), "v1.30.0")];
+    let clusters =
+        vec![("c0".to_string(), labels("gold"), "v1.30.0"), ("c1".to_string(), labels("silver"), "v1.30.0")];
     let f = fleet(clusters, Arc::new(FakeHelm::default())).await;
     f.store.set_gc_grace(Duration::ZERO);
-    let digest = |c: &str, b: &str| f.state.view().clusters[c].shared.desired().bundles[b].record.digest.clone();
+    let digest =
+        |c: &str, b: &str| f.state.view().clusters[c].shared.desired().bundles[b].record.digest.clone();
     let old = [digest("c0", "web"), digest("c1", "web")];
     let gold = digest("c0", "web-gold");
     assert_eq!(f.state.collect_variants().await.unwrap(), 0, "everything is in use");
@@ -428,7 +444,9 @@ async fn variant_artifacts_no_one_references_are_collected_and_those_in_use_are_
     let mut input = helm_input(1);
     input.values = json!({"replicas": 1, "image": "web:2"});
     let base = FakeHelm::default().render(&input, &input.default_capabilities, &[]).unwrap();
-    f.pipeline.publish_helm("web", "main@sha1:2", &base.artifact.bytes, base.helm, &input.to_bytes()).unwrap();
+    f.pipeline
+        .publish_helm("web", "main@sha1:2", &base.artifact.bytes, base.helm, &input.to_bytes())
+        .unwrap();
     until("the new base", || f.state.view().records["web"].revision == "main@sha1:2").await;
     until("the failed builds", || {
         let v = f.state.view();
@@ -444,7 +462,8 @@ async fn variant_artifacts_no_one_references_are_collected_and_those_in_use_are_
     // runs: it stays.
     assert_eq!(old[0], gold);
     f.helm.failing.store(false, Ordering::SeqCst);
-    until("the new variants", || !old.contains(&digest("c0", "web")) && !old.contains(&digest("c1", "web"))).await;
+    until("the new variants", || !old.contains(&digest("c0", "web")) && !old.contains(&digest("c1", "web")))
+        .await;
     assert_eq!(f.state.collect_variants().await.unwrap(), 1);
     assert!(f.store.path(&old[1]).is_none(), "collected");
     for d in [digest("c0", "web"), digest("c1", "web"), gold] {
