@@ -1925,7 +1925,9 @@ impl Actor {
         let mut signed: BTreeMap<(String, String), Arc<DeploymentRecord>> = BTreeMap::new();
         let mut rebased: BTreeMap<String, DeploymentRecord> = BTreeMap::new();
         let mut events = Vec::new();
-        let facts: Vec<(&ClusterEntry, Labels, BTreeMap<String, String>, String, Vec<String>)> = scope
+        // (entry, effective labels, vars, Kubernetes version, API versions)
+        type Facts<'a> = (&'a ClusterEntry, Labels, BTreeMap<String, String>, String, Vec<String>);
+        let facts: Vec<Facts<'_>> = scope
             .iter()
             .map(|e| {
                 let (labels, mut vars) = fleet.cluster_facts(&e.record.name, &e.record.labels);

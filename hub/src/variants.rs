@@ -106,6 +106,9 @@ pub struct HelmOut {
 /// Cached render results kept at most (the oldest half is dropped beyond it).
 const RENDER_CACHE_MAX: usize = 512;
 
+/// Cached renders by key, and their keys oldest first.
+type RenderCache = (HashMap<String, Arc<HelmOut>>, std::collections::VecDeque<String>);
+
 /// The fleet-wide Helm render cache, keyed by
 /// [`HelmInput::render_key`] (chart digest, merged values digest,
 /// Capabilities digest, release name and namespace, options): identical
@@ -113,7 +116,7 @@ const RENDER_CACHE_MAX: usize = 512;
 /// Failed renders are not cached (a later build retries them).
 pub struct HelmVariants {
     render: Arc<dyn HelmRender>,
-    cache: parking_lot::Mutex<(HashMap<String, Arc<HelmOut>>, std::collections::VecDeque<String>)>,
+    cache: parking_lot::Mutex<RenderCache>,
     inputs: parking_lot::Mutex<HashMap<String, Arc<HelmInput>>>,
     renders: AtomicU64,
     hits: AtomicU64,

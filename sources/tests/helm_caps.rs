@@ -215,9 +215,9 @@ fn two_kubernetes_versions_and_cluster_values_render_what_the_chart_asks_for_lik
 
     // helm-python-sdk renders the same inputs to the same objects.
     let chart = dir.path().join("chart");
-    let theirs = python_render(&chart, &json!({"image": "web:2"}), &[old.clone()]);
+    let theirs = python_render(&chart, &json!({"image": "web:2"}), std::slice::from_ref(&old));
     assert_eq!(o_old, theirs[0]);
-    let theirs = python_render(&chart, &json!({"image": "web:2", "replicas": 3}), &[new.clone()]);
+    let theirs = python_render(&chart, &json!({"image": "web:2", "replicas": 3}), std::slice::from_ref(&new));
     assert_eq!(o_new, theirs[0]);
 }
 
