@@ -1032,4 +1032,34 @@ spec:
         assert_eq!(r.explain[1], "namespace web-us <- targets[2] (clusterName=c1)");
         assert_eq!(r.explain[2], "patch Deployment/web <- targets[2].patches[0] (clusterName=c1)");
     }
+
+    #[test]
+    fn a_helm_variant_explains_its_capabilities_and_each_values_layer() {
+        use crate::domain::variants::HelmCapabilities;
+        let mut i = EffectiveInput {
+            capabilities: Some(HelmCapabilities::reported("1.31", &["v1".into(), "apps/v1".into()])),
+            ..Default::default()
+        };
+        for (index, sel, v) in [
+            (1, "clusterSelector=env=prod", json!({"replicas": 3})),
+            (2, "clusterName=c1", json!({"b": {"a": 1}})),
+        ] {
+            i.layers.push(Layer {
+                index,
+                selector: sel.into(),
+                namespace: None,
+                patches: vec![],
+                helm_values: Some(v),
+            });
+        }
+        assert_eq!(
+            helm_explain(&i),
+            vec![
+                "helm capabilities kubeVersion v1.31.0 and 2 API versions <- agent-reported",
+                "helm values {\"replicas\":3} <- targets[1] (clusterSelector=env=prod)",
+                "helm values {\"b\":{\"a\":1}} <- targets[2] (clusterName=c1)",
+            ]
+        );
+        assert!(helm_explain(&EffectiveInput::default()).is_empty());
+    }
 }
