@@ -1062,4 +1062,22 @@ spec:
         );
         assert!(helm_explain(&EffectiveInput::default()).is_empty());
     }
+
+    #[test]
+    fn variant_counters_are_exported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = VariantStore::new(dir.path());
+        store.count_failure();
+        let mut m = crate::metrics::Metrics::new();
+        m.registry.register_collector(Box::new(VariantCollector(store)));
+        let text = m.encode();
+        for name in [
+            "convoy_hub_helm_variant_renders_total 0",
+            "convoy_hub_helm_variant_render_cache_hits_total 0",
+            "convoy_hub_variant_builds_failed_total 1",
+            "convoy_hub_variant_artifacts_collected_total 0",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
 }
