@@ -944,6 +944,13 @@ impl FleetConfig {
                     return Err(invalid(format!("spec.dependsOn: no Bundle named {d:?}")));
                 }
             }
+            if b.spec.substitute.is_some() && b.spec.helm.as_ref().is_some_and(|h| h.path.is_none()) {
+                return Err(invalid(
+                    "spec.substitute: per-cluster renders are not implemented yet for charts from a \
+                     HelmRepository or OCIRepository; use helm.path (a chart in the GitSource)"
+                        .to_string(),
+                ));
+            }
             for (i, t) in b.spec.targets.iter().enumerate() {
                 if t.cluster_name.is_none() && t.cluster_selector.is_none() && t.cluster_group.is_none() {
                     return Err(invalid(format!(
@@ -959,6 +966,26 @@ impl FleetConfig {
                 }
                 if let Some(ns) = &t.namespace {
                     validate_name(ns).map_err(|e| invalid(format!("spec.targets[{i}].namespace: {e}")))?;
+                }
+                // A Helm bundle is customized through its values (its artifact's
+                // layout is Helm's release, which kustomize would flatten).
+                if b.spec.helm.is_some() && (t.namespace.is_some() || !t.patches.is_empty()) {
+                    return Err(invalid(format!(
+                        "spec.targets[{i}]: namespace and patches do not apply to a Helm bundle; use helmValues"
+                    )));
+                }
+                if let Some(v) = &t.helm_values
+                    && !v.is_object()
+                {
+                    return Err(invalid(format!("spec.targets[{i}].helmValues must be a mapping")));
+                }
+                // Per-cluster renders read the render input a git-tree
+                // chart's build stores; repository and OCI builds store none.
+                if t.helm_values.is_some() && b.spec.helm.as_ref().is_some_and(|h| h.path.is_none()) {
+                    return Err(invalid(format!(
+                        "spec.targets[{i}].helmValues: per-cluster values are not implemented yet for charts \
+                         from a HelmRepository or OCIRepository; use helm.path (a chart in the GitSource)"
+                    )));
                 }
                 for (j, p) in t.patches.iter().enumerate() {
                     if p.patch.trim().is_empty() {

@@ -98,6 +98,11 @@ pub struct BuiltHelm {
     /// Render warnings (a template calling `lookup`), surfaced as a condition.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// `sha256:<hex>` of the stored render input (chart files, merged user
+    /// values, release), kept in the artifact store next to the artifact so
+    /// the hub can render the chart again per cluster (docs/helm.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
 }
 
 /// Why the last build of a bundle failed.

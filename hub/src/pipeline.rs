@@ -96,6 +96,46 @@ impl StaticPipeline {
         Ok(art)
     }
 
+    /// Store `bytes` as the new artifact of the Helm bundle `bundle`, with
+    /// its stored render input `input` (what the source controller stores),
+    /// and publish the build with `helm` (its `input` set to the input's digest).
+    pub fn publish_helm(
+        &self,
+        bundle: &str,
+        revision: &str,
+        bytes: &[u8],
+        mut helm: convoy_core::pipeline::BuiltHelm,
+        input: &[u8],
+    ) -> Result<BuiltArtifact> {
+        let hex = hex::encode(Sha256::digest(input));
+        let path = self.dir.join(format!("{hex}.tar.gz"));
+        if !path.exists() {
+            files::write_public(&path, input)?;
+        }
+        helm.input = Some(format!("sha256:{hex}"));
+        let hex = hex::encode(Sha256::digest(bytes));
+        let path = self.dir.join(format!("{hex}.tar.gz"));
+        if !path.exists() {
+            files::write_public(&path, bytes)?;
+        }
+        let art = BuiltArtifact {
+            bundle: bundle.into(),
+            source: "repo".into(),
+            source_url: "https://git.example/fleet.git".into(),
+            revision: revision.into(),
+            digest: format!("sha256:{hex}"),
+            size: bytes.len() as u64,
+            files: 1,
+            built_unix_ms: now_ms(),
+            helm: Some(Box::new(helm)),
+        };
+        let state = BundleBuildState { bundle: bundle.into(), artifact: Some(art.clone()), error: None };
+        self.builds.send_modify(|b| {
+            Arc::make_mut(b).insert(bundle.into(), state);
+        });
+        Ok(art)
+    }
+
     /// Record a failed build of `bundle` (the last good artifact is kept).
     pub fn fail(&self, bundle: &str, reason: &str, message: &str) {
         self.builds.send_modify(|b| {

@@ -270,7 +270,11 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
         }
     };
     // Per-cluster variant artifacts are stored by the hub and served with the pipeline's.
-    let variant_store = crate::variants::VariantStore::new(dir.join("variants"));
+    // Helm variants render per cluster with the same engine settings as the builds.
+    let variant_store = crate::variants::VariantStore::with_helm(
+        dir.join("variants"),
+        Arc::new(crate::variants::SettingsRender::from_config(&cfg.helm)),
+    );
     let pipeline: Arc<dyn SourcePipeline> =
         crate::variants::ServingVariants::new(pipeline, variant_store.clone());
     // Several replicas: only the holder of a source's lock polls it (crate::ha).
@@ -286,6 +290,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     if let Some(stats) = pipeline.render_stats() {
         metrics.register_render_stats(stats);
     }
+    metrics.registry.register_collector(Box::new(crate::variants::VariantCollector(variant_store.clone())));
     let metrics = Arc::new(metrics);
     let (events_tx, _) = broadcast::channel(4096);
     // Subscribed before anything commits, so alerts see every event.

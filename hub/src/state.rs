@@ -55,6 +55,14 @@ use crate::{Error, Result};
 #[path = "ha/apply.rs"]
 mod remote;
 
+#[path = "state/builds.rs"]
+mod builds;
+use builds::VariantBuilds;
+
+#[cfg(test)]
+#[path = "state/helm_tests.rs"]
+mod helm_tests;
+
 /// How many certificates of one cluster stay valid at once (renewal overlap).
 const CERTS_KEPT: usize = 3;
 
@@ -85,7 +93,7 @@ impl ClusterShared {
             desired: watch::Sender::new(Arc::default()),
             session: Mutex::new(None),
             liveness_dirty: AtomicBool::new(false),
-            kube: ArcSwap::from_pointee((liveness.kube_version.clone(), Vec::new())),
+            kube: ArcSwap::from_pointee((liveness.kube_version.clone(), liveness.api_versions.clone())),
         })
     }
 
@@ -99,18 +107,17 @@ impl ClusterShared {
         self.kube.load().1.clone()
     }
 
-    /// Record what the agent reported; whether the Kubernetes version changed.
+    /// Record what the agent reported (persisted with the liveness); whether
+    /// the Kubernetes version or the API versions changed (either changes a
+    /// Helm bundle's render on this cluster).
     pub fn set_kube(&self, version: &str, api_versions: &[String]) -> bool {
         let cur = self.kube.load();
         if cur.0 == version && cur.1 == api_versions {
             return false;
         }
-        let changed = cur.0 != version;
         self.kube.store(Arc::new((version.to_string(), api_versions.to_vec())));
-        if changed {
-            self.liveness_dirty.store(true, Ordering::Relaxed);
-        }
-        changed
+        self.liveness_dirty.store(true, Ordering::Relaxed);
+        true
     }
 
     /// The cluster name.
@@ -186,6 +193,7 @@ impl ClusterShared {
             agent_version: (*self.agent_version()).clone(),
             age_recipients: (*self.age_recipients()).clone(),
             kube_version: self.kube_version(),
+            api_versions: self.api_versions(),
         }
     }
 
@@ -356,6 +364,8 @@ enum Cmd {
     /// Recompute one cluster's variants (its agent reported a new
     /// Kubernetes version); answered once published.
     RefreshVariants(String, Reply<()>),
+    /// Delete variant artifacts nothing references any more; answers how many.
+    CollectVariants(Reply<usize>),
     /// What another hub replica committed at one store revision ([`crate::ha`]).
     Remote(Vec<crate::ha::RemoteChange>),
 }
@@ -460,6 +470,13 @@ impl StateHandle {
         self.call(|reply| Cmd::SetVars { cluster, set, unset, reply }).await
     }
 
+    /// Delete the variant artifacts no cluster, rollout or current variant
+    /// references (older than the grace period); returns how many. The hub
+    /// also does this every [`crate::variants::GC_INTERVAL`].
+    pub async fn collect_variants(&self) -> Result<usize> {
+        self.call(Cmd::CollectVariants).await
+    }
+
     /// Recompute a cluster's variants; returns once the result is published.
     pub async fn refresh_variants(&self, cluster: String) -> Result<()> {
         self.call(|r| Cmd::RefreshVariants(cluster, r)).await
@@ -545,16 +562,19 @@ struct Actor {
     variants_pending: BTreeSet<String>,
     /// Caches: variables used per base digest; build result per (base digest, key).
     used_cache: HashMap<(String, String), Arc<BTreeMap<convoy_core::substitute::Variable, bool>>>,
-    built_cache: HashMap<(String, String), std::result::Result<(String, u64), String>>,
+    built_cache: HashMap<(String, String), std::result::Result<crate::variants::Built, String>>,
     /// Variant failures already reported as events: (cluster, bundle) → message.
     reported_variant_errors: HashMap<(String, String), String>,
-    /// Set once the first variant computation after start is published.
+    /// Set once the first variant computation after start is published
+    /// (and the builds it started are done).
     ready_tx: watch::Sender<bool>,
     /// Clusters waiting for a variant another replica signs ([`crate::ha`]):
     /// placed again when the change feed brings one.
     variants_awaited: BTreeSet<String>,
     /// When to sign the builds again after their commit failed.
     retry_builds_at: Option<tokio::time::Instant>,
+    /// Variant builds run off the actor's turn ([`crate::variants::spawn_builder`]).
+    builder: VariantBuilds,
 }
 
 /// Build the actor from the loaded store and start it. The view is published
@@ -578,6 +598,8 @@ pub fn spawn(
         clusters.insert(rec.name.clone(), ClusterEntry { record: Arc::new(rec), shared });
     }
     let now = deps.clock.now_ms();
+    let deps_store = deps.variant_store.clone();
+    let deps_ha = deps.ha.clone();
     let mut variants = BTreeMap::new();
     let mut variant_bases = HashMap::new();
     for v in loaded.variants {
@@ -616,6 +638,16 @@ pub fn spawn(
         ready_tx: watch::Sender::new(false),
         variants_awaited: BTreeSet::new(),
         retry_builds_at: None,
+        builder: {
+            let (tx, rx) = crate::variants::spawn_builder(deps_store, deps_ha, shutdown.clone());
+            VariantBuilds {
+                tx,
+                rx: Some(rx),
+                in_flight: HashMap::new(),
+                retries: HashMap::new(),
+                deferred: Vec::new(),
+            }
+        },
     };
     actor.rebuild_index();
     actor.retarget(None);
@@ -685,11 +717,17 @@ impl Actor {
         mut builds: watch::Receiver<Builds>,
         shutdown: CancellationToken,
     ) {
+        let mut built = self.builder.rx.take().expect("the builder's results are taken once");
         // Builds present at start are processed now (new digests since the last run).
         self.on_builds().await;
         self.publish();
-        self.ready_tx.send_replace(true);
+        self.ready_if_idle();
         let mut pipeline_open = true;
+        let mut gc_tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + crate::variants::GC_INTERVAL,
+            crate::variants::GC_INTERVAL,
+        );
+        gc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rollout_tick = tokio::time::interval(self.deps.rollout_tick);
         rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Rollouts are also decided when statuses change (a wave completes
@@ -748,6 +786,11 @@ impl Actor {
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
                     self.retry_builds_at = None;
                     self.on_builds().await;
+                }
+                Some(done) = built.recv() => self.on_variant_built(done).await,
+                _ = gc_tick.tick() => self.collect_variants(None),
+                _ = tokio::time::sleep_until(self.next_retry()), if !self.builder.retries.is_empty() => {
+                    self.retry_due_builds().await;
                 }
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -1037,15 +1080,16 @@ impl Actor {
                     Err(e) => Err(e),
                 };
                 self.publish();
-                let _ = reply.send(result);
+                self.answer_when_built(&cluster, Box::new(move || drop(reply.send(result))));
                 *batch = self.begin();
             }
+            Cmd::CollectVariants(reply) => self.collect_variants(Some(reply)),
             Cmd::RefreshVariants(cluster, reply) => {
                 let earlier = std::mem::replace(batch, self.begin());
                 self.finish(earlier).await;
                 self.refresh_variants(Some(&cluster)).await;
                 self.publish();
-                let _ = reply.send(Ok(()));
+                self.answer_when_built(&cluster, Box::new(move || drop(reply.send(Ok(())))));
                 *batch = self.begin();
             }
             Cmd::Remote(changes) => {
@@ -1720,47 +1764,6 @@ impl Actor {
         Ok(used)
     }
 
-    /// Build (or find in the cache) the variant `key` of `base`; returns its
-    /// digest and size, or the error (located for substitution problems).
-    async fn build_variant(
-        &mut self,
-        base: &DeploymentRecord,
-        key: &str,
-        input: &crate::domain::variants::EffectiveInput,
-        cluster: &str,
-    ) -> std::result::Result<(String, u64), String> {
-        let ck = (base.digest.clone(), key.to_string());
-        if let Some(r) = self.built_cache.get(&ck) {
-            return r.clone();
-        }
-        let path = match self.deps.pipeline.artifact_path(&base.digest) {
-            Some(p) => Some(p),
-            // Built by the previous holder of the source lock (crate::ha).
-            None => self.deps.ha.fetch(&base.digest).await.ok(),
-        };
-        let store = self.deps.variant_store.clone();
-        let (input, cluster) = (input.clone(), cluster.to_string());
-        let digest = base.digest.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let path = path.ok_or_else(|| format!("base artifact {digest} is not stored on the hub"))?;
-            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let files = crate::variants::unpack(&bytes).map_err(|e| e.to_string())?;
-            let rendered = crate::variants::render(&files, &input, &cluster).map_err(|e| e.to_string())?;
-            let packed = crate::variants::pack(&rendered).map_err(|e| e.to_string())?;
-            store.put(&packed).map_err(|e| e.to_string())?;
-            Ok::<_, String>((packed.digest, packed.size))
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
-        // Keep the cache small: only the current bases' entries matter.
-        if self.built_cache.len() > 100_000 {
-            self.built_cache.clear();
-        }
-        self.built_cache.insert(ck, r.clone());
-        r
-    }
-
     /// Recompute the placements of `only` (every cluster when `None`) for
     /// every customized bundle: build and sign the variants that are new
     /// (one artifact per distinct effective input), record failures, commit,
@@ -1784,12 +1787,14 @@ impl Actor {
         let mut signed: BTreeMap<(String, String), Arc<DeploymentRecord>> = BTreeMap::new();
         let mut rebased: BTreeMap<String, DeploymentRecord> = BTreeMap::new();
         let mut events = Vec::new();
-        let facts: Vec<(&ClusterEntry, Labels, BTreeMap<String, String>, String)> = scope
+        // (entry, effective labels, vars, Kubernetes version, API versions)
+        type Facts<'a> = (&'a ClusterEntry, Labels, BTreeMap<String, String>, String, Vec<String>);
+        let facts: Vec<Facts<'_>> = scope
             .iter()
             .map(|e| {
                 let (labels, mut vars) = fleet.cluster_facts(&e.record.name, &e.record.labels);
                 vars.extend(e.record.vars.clone());
-                (*e, labels, vars, e.shared.kube_version())
+                (*e, labels, vars, e.shared.kube_version(), e.shared.api_versions())
             })
             .collect();
         for (bname, bundle) in &fleet.bundles {
@@ -1821,13 +1826,14 @@ impl Actor {
             } else {
                 (Arc::default(), None)
             };
-            for (e, labels, vars, kube) in &facts {
+            for (e, labels, vars, kube, apis) in &facts {
                 let name = &e.record.name;
                 let cf = ClusterFacts {
                     name,
                     labels,
                     vars,
                     kubernetes_version: (!kube.is_empty()).then_some(kube.as_str()),
+                    api_versions: apis,
                 };
                 // What the cluster was last given of this bundle: it must
                 // never be given a lower generation (agents refuse rollback).
@@ -1873,11 +1879,11 @@ impl Actor {
                         Some(Placed::Base)
                     }
                     Placement::MissingVariables(missing, input) => {
-                        // Render anyway to get the located error.
+                        // Render anyway to get the located error (once built).
                         let key = input.key();
-                        Some(Placed::Failed(match self.build_variant(&base, &key, &input, name).await {
-                            Err(m) => m,
-                            Ok(_) => missing_message(&missing),
+                        Some(Placed::Failed(match self.build_variant(&base, &key, &input, name) {
+                            Some(Err(m)) => m,
+                            _ => missing_message(&missing),
                         }))
                     }
                     Placement::Variant { key, input } => {
@@ -1897,7 +1903,8 @@ impl Actor {
                             // Moving to a variant signed before what the
                             // cluster holds: re-sign it above everything (same digest).
                             let floor = batch_floor(&signed, &rebased);
-                            match self.sign_variant(&base, &key, &rec.digest, rec.size, floor, None) {
+                            let helm = Statement::parse(&rec.statement).ok().and_then(|s| s.helm);
+                            match self.sign_variant(&base, &key, &rec.digest, rec.size, helm, floor, None) {
                                 Ok(v) => {
                                     signed.insert(k, Arc::new(v.record.clone()));
                                     new_variants.push(v);
@@ -1906,15 +1913,18 @@ impl Actor {
                                 Err(m) => Some(Placed::Failed(m)),
                             }
                         } else {
-                            match self.build_variant(&base, &key, &input, name).await {
-                                Ok((digest, size)) => {
+                            match self.build_variant(&base, &key, &input, name) {
+                                // Being built: the cluster keeps its placement
+                                // until the build is done (then it is refreshed).
+                                None => continue,
+                                Some(Ok(crate::variants::Built { digest, size, helm })) => {
                                     let floor = batch_floor(&signed, &rebased);
                                     // A new base's variants share its generation
                                     // (one generation per revision across the
                                     // fleet); a cluster changing variant within a
                                     // revision gets the next one.
                                     let at = (base.generation > held.0).then_some(base.generation);
-                                    match self.sign_variant(&base, &key, &digest, size, floor, at) {
+                                    match self.sign_variant(&base, &key, &digest, size, helm, floor, at) {
                                         Ok(v) => {
                                             signed.insert(k, Arc::new(v.record.clone()));
                                             events.push(hub_event(
@@ -1933,7 +1943,7 @@ impl Actor {
                                         Err(m) => Some(Placed::Failed(m)),
                                     }
                                 }
-                                Err(m) => Some(Placed::Failed(m)),
+                                Some(Err(m)) => Some(Placed::Failed(m)),
                             }
                         }
                     }
@@ -2043,12 +2053,14 @@ impl Actor {
     /// Sign the variant `key` of `base` at generation `at`, or else at the
     /// bundle's next generation (above everything issued for it and above
     /// `floor`, what this computation signed so far).
+    #[allow(clippy::too_many_arguments)]
     fn sign_variant(
         &self,
         base: &DeploymentRecord,
         key: &str,
         digest: &str,
         size: u64,
+        helm: Option<convoy_artifact::StatementHelm>,
         floor: u64,
         at: Option<u64>,
     ) -> std::result::Result<VariantRecord, String> {
@@ -2056,8 +2068,10 @@ impl Actor {
         let generation = at.unwrap_or_else(|| self.bundle_max_generation(bundle).max(floor) + 1);
         let url =
             serde_json::from_slice::<Statement>(&base.statement).map(|s| s.source.url).unwrap_or_default();
-        let statement =
+        let mut statement =
             Statement::new(bundle, &url, &base.revision, digest, size, generation).with_variant(key);
+        // A Helm variant names the chart and the values it was rendered with.
+        statement.helm = helm;
         let (bytes, signature) = self.deps.signer.sign_statement(&statement).map_err(|e| e.to_string())?;
         info!(bundle = %bundle, generation, digest, variant = key, "new variant generation");
         Ok(VariantRecord {
@@ -2586,6 +2600,7 @@ spec:
                 given: Default::default(),
                 rolled_back: Default::default(),
                 max_generation: 2,
+                version: 0,
             }],
             ..Default::default()
         };

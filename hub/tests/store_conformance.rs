@@ -261,6 +261,27 @@ fn variants_round_trip_keyed_by_bundle_and_key(b: &dyn Backend) {
     assert!(b.open(5).load().unwrap().deployments.is_empty(), "variants are not base deployments");
 }
 
+/// What an agent reported (Kubernetes version and API versions, which Helm
+/// bundles render with) is kept across a restart.
+fn liveness_keeps_kube_and_api_versions(b: &dyn Backend) {
+    use convoy_hub::domain::Liveness;
+    let s = b.open(5);
+    let l = Liveness {
+        last_seen_unix_ms: 7,
+        agent_version: "1.0".into(),
+        age_recipients: vec![],
+        kube_version: "v1.31.2".into(),
+        api_versions: vec!["apps/v1".into(), "policy/v1".into(), "v1".into()],
+    };
+    s.commit(vec![Write::PutLiveness(vec![("c1".into(), l.clone())])], 1).unwrap();
+    let older = Liveness { api_versions: vec![], kube_version: "v1.29.0".into(), ..l.clone() };
+    s.commit(vec![Write::PutLiveness(vec![("c2".into(), older.clone())])], 2).unwrap();
+    drop(s);
+    let mut got = b.open(5).load().unwrap().liveness;
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got, vec![("c1".to_string(), l), ("c2".to_string(), older)]);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {$(
         mod $case {
@@ -285,6 +306,7 @@ conformance!(
     records_round_trip_and_seeding_never_overwrites,
     rollouts_are_stored_replaced_and_deleted,
     variants_round_trip_keyed_by_bundle_and_key,
+    liveness_keeps_kube_and_api_versions,
 );
 
 #[cfg(feature = "etcd")]

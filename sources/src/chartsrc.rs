@@ -909,7 +909,11 @@ pub fn render_chart_archive(
             chart_digest: build.chart_digest,
             values_digest: build.values_digest,
             warnings: rendered.warnings.clone(),
+            // No render input: a repository chart is not rendered per
+            // cluster yet (docs/helm.md, "What is not done").
+            input: None,
         },
+        input: None,
     })
 }
 

@@ -526,7 +526,10 @@ impl Supervisor {
             .builds_tx
             .borrow()
             .values()
-            .filter_map(|b| b.artifact.as_ref().map(|a| a.digest.clone()))
+            .filter_map(|b| b.artifact.as_ref())
+            .flat_map(|a| {
+                std::iter::once(a.digest.clone()).chain(a.helm.as_ref().and_then(|h| h.input.clone()))
+            })
             .collect();
         referenced.extend(self.pending.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned());
         // The chart cache: charts no bundle resolves to go the same way.
@@ -963,6 +966,10 @@ impl Worker {
                     )?;
                     for w in &r.helm.warnings {
                         warn!(bundle = %bundle, "helm: {w}");
+                    }
+                    // The render input, for the hub's per-cluster renders.
+                    if let Some(input) = &r.input {
+                        store.put(input)?;
                     }
                     (r.artifact, Some(Box::new(r.helm)))
                 }

@@ -14,8 +14,11 @@ use convoy_artifact::tree::normalize;
 use convoy_artifact::{EntryKind, IgnoreRules, Limits, PackedArtifact, Selection, Tree, select_files};
 use convoy_core::config::{CrdPolicy, HelmSpec, ValuesFrom};
 use convoy_core::pipeline::BuiltHelm;
-use convoy_helm::values::{merge_layers, normalize_kube_version, parse_values};
-pub use convoy_helm::{Capabilities, Renderer, WorkerCommand};
+pub use convoy_helm::values::{
+    canonical_json as canonical_values, capabilities_digest, normalize_kube_version,
+};
+use convoy_helm::values::{merge_layers, parse_values};
+pub use convoy_helm::{Capabilities, Error as HelmError, Renderer, WorkerCommand};
 use convoy_helm::{ChartInput, RenderRequest};
 use serde_json::{Map, Value};
 
@@ -67,6 +70,9 @@ pub struct HelmRendered {
     pub artifact: PackedArtifact,
     /// What the statement says about the chart, and the render warnings.
     pub helm: BuiltHelm,
+    /// The stored form of the render input ([`HelmInput::to_bytes`]), set by
+    /// [`render_helm`]; the controller stores it next to the artifact.
+    pub input: Option<Vec<u8>>,
 }
 
 /// The release name and namespace of a bundle: `releaseName` (default the
@@ -130,21 +136,120 @@ pub fn merge_values(
     merge_layers(values_files.iter().chain(inline).chain(values_from).chain(extra_values))
 }
 
-/// Render the Helm bundle `bundle` from `tree` (a commit of its GitSource).
-/// `revision` names the tree in messages; `extra_values` are per-cluster
-/// values (merged last); `capabilities` are the target's. Blocking.
-#[allow(clippy::too_many_arguments)]
-pub fn render_helm(
+/// Everything a Helm bundle's render reads besides the Capabilities and the
+/// per-cluster values: the chart's files, the merged user values (chart
+/// defaults < `valuesFiles` < `values` < `valuesFrom`), the release and the
+/// options. The source controller stores it (content-addressed, as
+/// [`HelmInput::to_bytes`]) with each build, so the hub re-renders the same
+/// chart per cluster without the git tree ([`render_input`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmInput {
+    /// The chart's path in the source (for messages).
+    pub chart_path: String,
+    /// The chart directory's files, `(relative path, base64 content)`, sorted.
+    pub files: Vec<(String, String)>,
+    /// The merged user values, without per-cluster values.
+    pub values: Value,
+    /// The release name.
+    pub release: String,
+    /// The release namespace.
+    pub namespace: String,
+    /// `maxHistory` (0: the agent's default).
+    pub max_history: u32,
+    /// Whether the chart's `crds/` go into the artifact.
+    pub include_crds: bool,
+    /// `helm.chart`: the chart must have this name.
+    pub expect_chart: Option<String>,
+    /// `helm.version`: the chart must have this version.
+    pub expect_version: Option<String>,
+    /// The Capabilities of a cluster that has not reported its own (the
+    /// bundle's `kubeVersion`, else the hub's, else Helm's default).
+    pub default_capabilities: Capabilities,
+}
+
+impl HelmInput {
+    /// The stored form: canonical JSON (sorted keys), so equal inputs have
+    /// equal bytes and one digest.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let v = serde_json::to_value(self).expect("a HelmInput always serializes");
+        convoy_helm::values::canonical_json(&v).into_bytes()
+    }
+
+    /// Parse the stored form.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| Error::Config(format!("stored Helm render input: {e}")))
+    }
+
+    /// The chart digest, computed from the files as
+    /// [`convoy_helm::bundle::chart_digest`] computes it for a directory.
+    pub fn chart_digest(&self) -> Result<String> {
+        use sha2::{Digest as _, Sha256};
+        let mut entries = Vec::with_capacity(self.files.len());
+        for (path, b64) in &self.files {
+            entries.push((path.clone(), hex::encode(Sha256::digest(decode(path, b64)?))));
+        }
+        entries.sort();
+        let mut h = Sha256::new();
+        for (path, digest) in entries {
+            h.update(path.as_bytes());
+            h.update([0]);
+            h.update(digest.as_bytes());
+            h.update(b"\n");
+        }
+        Ok(format!("sha256:{}", hex::encode(h.finalize())))
+    }
+
+    /// The values a cluster renders with: the input's, then `extra_values`
+    /// (its per-cluster layers, in order) last. Pure.
+    pub fn values_with(&self, extra_values: &[Value]) -> Value {
+        merge_layers(std::iter::once(&self.values).chain(extra_values))
+    }
+
+    /// The fleet-wide render cache key of this input with `caps` and the
+    /// per-cluster `extra_values`: chart digest, merged values digest,
+    /// Capabilities digest, release name and namespace, and the options that
+    /// change the artifact (`maxHistory`, CRDs, the expected chart/version).
+    pub fn render_key(&self, caps: &Capabilities, extra_values: &[Value]) -> Result<String> {
+        let base = convoy_helm::values::render_key(
+            &self.chart_digest()?,
+            &self.values_with(extra_values),
+            caps,
+            &self.release,
+            &self.namespace,
+        );
+        let opts = serde_json::json!({
+            "base": base,
+            "maxHistory": self.max_history,
+            "crds": self.include_crds,
+            "chart": self.expect_chart,
+            "version": self.expect_version,
+        });
+        Ok(convoy_helm::values::sha256(convoy_helm::values::canonical_json(&opts).as_bytes()))
+    }
+}
+
+fn decode(path: &str, b64: &str) -> Result<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| Error::Config(format!("stored Helm render input: {path}: {e}")))
+}
+
+/// Read what the Helm bundle `bundle` renders from `tree` (a commit of its
+/// GitSource): the chart directory (refused over `max_chart_bytes`), the
+/// values layers merged, the release. `revision` names the tree in messages.
+/// Blocking.
+pub fn prepare_helm(
     tree: &dyn Tree,
     bundle: &str,
     spec: &HelmSpec,
     target_namespace: Option<&str>,
     revision: &str,
-    renderer: &Renderer,
-    capabilities: &Capabilities,
-    extra_values: &[Value],
-    limits: &Limits,
-) -> Result<HelmRendered> {
+    default_capabilities: &Capabilities,
+    max_chart_bytes: u64,
+) -> Result<HelmInput> {
+    use base64::Engine;
     let Some(chart_path) = &spec.path else {
         return Err(Error::Config("spec.helm: only charts from a GitSource path are supported".into()));
     };
@@ -172,21 +277,61 @@ pub fn render_helm(
         };
         from.extend(values_from_layer(v, text.as_deref())?);
     }
-    let values = merge_values(&files, spec.values.as_ref(), &from, extra_values);
-
-    let dir = materialize(tree, &chart_path, renderer.limits().max_chart_bytes)?;
-    let chart = ChartInput::Path(dir.path().to_path_buf());
+    let values = merge_values(&files, spec.values.as_ref(), &from, &[]);
     let (release, namespace) = release_of(bundle, spec, target_namespace);
+    let rules = IgnoreRules::without_defaults(None)?;
+    let mut total = 0u64;
+    let mut chart_files = Vec::new();
+    for f in select_files(tree, &chart_path, &rules, Selection::All)? {
+        let content = tree.read_file(&f.source)?;
+        total += content.len() as u64;
+        if total > max_chart_bytes {
+            return Err(Error::Helm(convoy_helm::Error::ChartTooLarge {
+                chart: chart_path.to_string(),
+                size: total,
+                limit: max_chart_bytes,
+            }));
+        }
+        chart_files.push((f.path.clone(), base64::engine::general_purpose::STANDARD.encode(&content)));
+    }
+    chart_files.sort();
+    Ok(HelmInput {
+        chart_path,
+        files: chart_files,
+        values,
+        release,
+        namespace,
+        max_history: spec.max_history.unwrap_or(0),
+        include_crds: spec.crds != CrdPolicy::Skip,
+        expect_chart: spec.chart.clone(),
+        expect_version: spec.version.clone(),
+        default_capabilities: default_capabilities.clone(),
+    })
+}
+
+/// Render a prepared input with `capabilities` and the per-cluster
+/// `extra_values` (merged last), and pack it. Blocking (one worker process).
+pub fn render_input(
+    input: &HelmInput,
+    renderer: &Renderer,
+    capabilities: &Capabilities,
+    extra_values: &[Value],
+    limits: &Limits,
+) -> Result<HelmRendered> {
+    let dir = materialize(input, renderer.limits().max_chart_bytes)?;
+    let chart = ChartInput::Path(dir.path().to_path_buf());
+    let values = input.values_with(extra_values);
+    let chart_path = &input.chart_path;
     let rendered = renderer.render(&RenderRequest {
         chart: chart.clone(),
         values: values.clone(),
-        release_name: release.clone(),
-        namespace: namespace.clone(),
+        release_name: input.release.clone(),
+        namespace: input.namespace.clone(),
         revision: 1,
         is_upgrade: false,
         capabilities: capabilities.clone(),
     })?;
-    if let Some(name) = &spec.chart
+    if let Some(name) = &input.expect_chart
         && *name != rendered.chart.name
     {
         return Err(Error::Config(format!(
@@ -194,7 +339,7 @@ pub fn render_helm(
             rendered.chart.name
         )));
     }
-    if let Some(v) = &spec.version
+    if let Some(v) = &input.expect_version
         && *v != rendered.chart.version
     {
         return Err(Error::Config(format!(
@@ -206,10 +351,10 @@ pub fn render_helm(
         &rendered,
         &chart,
         values,
-        &release,
-        &namespace,
-        spec.max_history.unwrap_or(0),
-        spec.crds != CrdPolicy::Skip,
+        &input.release,
+        &input.namespace,
+        input.max_history,
+        input.include_crds,
     )?;
     let artifact = convoy_artifact::pack_files(build.files, limits)?;
     Ok(HelmRendered {
@@ -220,28 +365,63 @@ pub fn render_helm(
             chart_digest: build.chart_digest,
             values_digest: build.values_digest,
             warnings: rendered.warnings.clone(),
+            input: None,
         },
+        input: None,
     })
 }
 
-/// Copy the chart directory out of the tree (every file: `.helmignore` is
-/// Helm's to apply), refusing more than `max_bytes` before Helm sees it.
-fn materialize(tree: &dyn Tree, chart_path: &str, max_bytes: u64) -> Result<tempfile::TempDir> {
+/// Render the Helm bundle `bundle` from `tree` (a commit of its GitSource).
+/// `revision` names the tree in messages; `extra_values` are per-cluster
+/// values (merged last); `capabilities` are the target's. The result carries
+/// the stored form of its [`HelmInput`] (`HelmRendered::input`) and its
+/// digest (`BuiltHelm::input`). Blocking.
+#[allow(clippy::too_many_arguments)]
+pub fn render_helm(
+    tree: &dyn Tree,
+    bundle: &str,
+    spec: &HelmSpec,
+    target_namespace: Option<&str>,
+    revision: &str,
+    renderer: &Renderer,
+    capabilities: &Capabilities,
+    extra_values: &[Value],
+    limits: &Limits,
+) -> Result<HelmRendered> {
+    let input = prepare_helm(
+        tree,
+        bundle,
+        spec,
+        target_namespace,
+        revision,
+        capabilities,
+        renderer.limits().max_chart_bytes,
+    )?;
+    let mut r = render_input(&input, renderer, capabilities, extra_values, limits)?;
+    let bytes = input.to_bytes();
+    r.helm.input = Some(convoy_artifact::digest_of(&bytes));
+    r.input = Some(bytes);
+    Ok(r)
+}
+
+/// Write the input's chart files into a private temp directory, refusing
+/// more than `max_bytes` before Helm sees them (`.helmignore` is Helm's to apply).
+fn materialize(input: &HelmInput, max_bytes: u64) -> Result<tempfile::TempDir> {
     let tmp =
         tempfile::Builder::new().prefix("convoy-chart-").tempdir().map_err(|e| Error::io("tempdir", e))?;
-    let rules = IgnoreRules::without_defaults(None)?;
     let mut total = 0u64;
-    for f in select_files(tree, chart_path, &rules, Selection::All)? {
-        let content = tree.read_file(&f.source)?;
+    for (path, b64) in &input.files {
+        let content = decode(path, b64)?;
         total += content.len() as u64;
         if total > max_bytes {
             return Err(Error::Helm(convoy_helm::Error::ChartTooLarge {
-                chart: chart_path.to_string(),
+                chart: input.chart_path.clone(),
                 size: total,
                 limit: max_bytes,
             }));
         }
-        let target: PathBuf = tmp.path().join(&f.path);
+        normalize(path).map_err(|m| Error::Config(format!("stored Helm render input: {path:?}: {m}")))?;
+        let target: PathBuf = tmp.path().join(path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }

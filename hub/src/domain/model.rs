@@ -70,6 +70,10 @@ pub struct Liveness {
     /// so that a restarted hub renders variants before the agent reconnects.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kube_version: String,
+    /// The API versions it reported (`group/version`, sorted), kept for the
+    /// same reason: a Helm bundle renders with them (`.Capabilities.APIVersions`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_versions: Vec<String>,
 }
 
 /// A bootstrap token, as stored (the secret itself is never stored).

@@ -12,6 +12,11 @@
 //!   matching entry's `vars` in order (the last one wins);
 //! - only variables the documents use count, and only when the bundle has
 //!   `substitute:`; so two clusters differing in an unused var share a variant.
+//!
+//! A Helm bundle (`spec.helm`) is also rendered per cluster with the
+//! Capabilities its agent reported (Kubernetes version and served API
+//! versions): their digest is part of its variant key, and only of a Helm
+//! bundle's, so plain and kustomize bundles do not split by Kubernetes version.
 
 use std::collections::BTreeMap;
 
@@ -52,6 +57,9 @@ pub struct ClusterFacts<'a> {
     pub vars: &'a BTreeMap<String, String>,
     /// The Kubernetes version its agent reported, if any.
     pub kubernetes_version: Option<&'a str>,
+    /// The API versions its agent reported (`group/version`), for Helm's
+    /// `.Capabilities.APIVersions`.
+    pub api_versions: &'a [String],
 }
 
 /// One matching target entry that carries a layer.
@@ -116,6 +124,45 @@ pub struct EffectiveInput {
     pub layers: Vec<Layer>,
     /// The used variables, by [`Variable`].
     pub variables: BTreeMap<Variable, Binding>,
+    /// For a Helm bundle on a cluster that reported its Kubernetes version:
+    /// the Capabilities it renders with (`None`: the bundle's default).
+    pub capabilities: Option<HelmCapabilities>,
+}
+
+/// What a cluster's `.Capabilities` are for a Helm render: its Kubernetes
+/// version (normalized, `v1.31.0`) and its API versions (sorted, deduplicated).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HelmCapabilities {
+    /// `.Capabilities.KubeVersion`.
+    pub kube_version: String,
+    /// `.Capabilities.APIVersions` on top of Helm's defaults.
+    pub api_versions: Vec<String>,
+}
+
+impl HelmCapabilities {
+    /// From what an agent reported.
+    pub fn reported(kube_version: &str, api_versions: &[String]) -> Self {
+        let mut apis = api_versions.to_vec();
+        apis.sort();
+        apis.dedup();
+        Self {
+            kube_version: convoy_sources::helmrender::normalize_kube_version(kube_version),
+            api_versions: apis,
+        }
+    }
+
+    /// As Helm's render request takes them.
+    pub fn to_helm(&self) -> convoy_sources::helmrender::Capabilities {
+        convoy_sources::helmrender::Capabilities {
+            kube_version: self.kube_version.clone(),
+            api_versions: self.api_versions.clone(),
+        }
+    }
+
+    /// `sha256:<hex>` of the capability set (Helm's capabilities digest).
+    pub fn digest(&self) -> String {
+        convoy_sources::helmrender::capabilities_digest(&self.to_helm())
+    }
 }
 
 impl EffectiveInput {
@@ -156,8 +203,13 @@ impl EffectiveInput {
             .collect();
         let vars: BTreeMap<String, Option<&String>> =
             self.variables.iter().map(|(k, b)| (k.to_string(), b.value.as_ref())).collect();
+        let mut doc = json!({"layers": layers, "vars": vars});
+        // Only a Helm bundle's key names Capabilities (other keys keep their bytes).
+        if let Some(c) = &self.capabilities {
+            doc["capabilities"] = json!(c.digest());
+        }
         // serde_json's map is sorted (no preserve_order feature), so this is canonical.
-        let canonical = json!({"layers": layers, "vars": vars}).to_string();
+        let canonical = doc.to_string();
         format!("sha256:{}", hex::encode(Sha256::digest(canonical.as_bytes())))
     }
 }
@@ -183,11 +235,12 @@ pub enum Placement {
     MissingVariables(Vec<Variable>, EffectiveInput),
 }
 
-/// Whether the bundle can differ between clusters at all (`substitute:` or a
-/// target entry with a layer); if not, every cluster gets the base artifact
-/// and no variant is computed.
+/// Whether the bundle can differ between clusters at all (`substitute:`, a
+/// target entry with a layer, or a Helm chart, which renders with each
+/// cluster's Capabilities); if not, every cluster gets the base artifact and
+/// no variant is computed.
 pub fn is_customized(spec: &BundleSpec) -> bool {
-    spec.substitute.is_some() || spec.targets.iter().any(Target::has_layer)
+    spec.substitute.is_some() || spec.helm.is_some() || spec.targets.iter().any(Target::has_layer)
 }
 
 /// How a target entry selects clusters, for explanations.
@@ -263,10 +316,18 @@ pub fn placement(
             input.variables.insert(var.clone(), Binding { value, source });
         }
     }
+    // Only a chart from the GitSource (`helm.path`) renders per cluster: its
+    // build stores the render input; a repository or OCI chart's does not
+    // (yet), so it goes everywhere as built, with the hub's Capabilities.
+    if spec.helm.as_ref().is_some_and(|h| h.path.is_some())
+        && let Some(v) = cluster.kubernetes_version.filter(|v| !v.trim().is_empty())
+    {
+        input.capabilities = Some(HelmCapabilities::reported(v, cluster.api_versions));
+    }
     if !missing.is_empty() {
         return Placement::MissingVariables(missing, input);
     }
-    if input.layers.is_empty() && input.variables.is_empty() {
+    if input.layers.is_empty() && input.variables.is_empty() && input.capabilities.is_none() {
         return Placement::Base;
     }
     Placement::Variant { key: input.key(), input }
@@ -395,7 +456,13 @@ spec:
         let labels = labels(l);
         let vars: BTreeMap<String, String> =
             vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let facts = ClusterFacts { name, labels: &labels, vars: &vars, kubernetes_version: Some("v1.31.0") };
+        let facts = ClusterFacts {
+            name,
+            labels: &labels,
+            vars: &vars,
+            kubernetes_version: Some("v1.31.0"),
+            api_versions: &[],
+        };
         placement(&f.bundles[bundle].spec, &facts, &used(u))
     }
 
@@ -539,6 +606,7 @@ spec:
                 labels: l,
                 vars: v,
                 kubernetes_version: None,
+                api_versions: &[],
             }),
             &u,
         );
@@ -554,9 +622,124 @@ spec:
                 labels: l,
                 vars: v,
                 kubernetes_version: None,
+                api_versions: &[],
             }),
             &u,
         );
         assert_eq!(g.variants.len(), 50);
+    }
+
+    const HELM_FLEET: &str = r#"
+apiVersion: convoy.dev/v1
+kind: GitSource
+metadata: {name: fleet}
+spec: {url: https://example.com/fleet.git, ref: {branch: main}}
+---
+apiVersion: convoy.dev/v1
+kind: Bundle
+metadata: {name: chart}
+spec:
+  source: fleet
+  helm: {path: charts/web}
+  targets:
+    - clusterSelector: {}
+    - clusterSelector: {matchLabels: {tier: gold}}
+      helmValues: {replicas: 3}
+---
+apiVersion: convoy.dev/v1
+kind: Bundle
+metadata: {name: plain}
+spec:
+  source: fleet
+  targets: [{clusterSelector: {}}]
+---
+apiVersion: convoy.dev/v1
+kind: HelmRepository
+metadata: {name: charts}
+spec: {url: https://charts.example.com}
+---
+apiVersion: convoy.dev/v1
+kind: Bundle
+metadata: {name: repochart}
+spec:
+  helm: {repository: charts, chart: web, version: 1.0.0}
+  targets: [{clusterSelector: {}}]
+"#;
+
+    fn helm_place(bundle: &str, tier: &str, version: Option<&str>, apis: &[&str]) -> Placement {
+        let f = FleetConfig::parse([("f.yaml", HELM_FLEET)]).unwrap();
+        let labels = labels(&format!("tier={tier}"));
+        let apis: Vec<String> = apis.iter().map(|s| s.to_string()).collect();
+        let vars = BTreeMap::new();
+        let facts = ClusterFacts {
+            name: "c1",
+            labels: &labels,
+            vars: &vars,
+            kubernetes_version: version,
+            api_versions: &apis,
+        };
+        placement(&f.bundles[bundle].spec, &facts, &BTreeMap::new())
+    }
+
+    #[test]
+    fn a_helm_bundle_renders_with_each_clusters_capabilities_and_only_a_helm_bundle_splits() {
+        // Not reported, no values layer: the base (rendered with the default Capabilities).
+        assert_eq!(helm_place("chart", "silver", None, &[]), Placement::Base);
+        assert_eq!(helm_place("chart", "silver", Some(" "), &[]), Placement::Base);
+        // Not reported, a values layer: a variant without Capabilities (the default).
+        let i = input(helm_place("chart", "gold", None, &[]));
+        assert_eq!(i.capabilities, None);
+        assert_eq!(i.layers[0].helm_values, Some(json!({"replicas": 3})));
+        // Reported: normalized version, API versions sorted and deduplicated.
+        let i = input(helm_place("chart", "silver", Some("1.31"), &["v1", "apps/v1", "v1"]));
+        let caps = i.capabilities.clone().unwrap();
+        assert_eq!(caps.kube_version, "v1.31.0");
+        assert_eq!(caps.api_versions, vec!["apps/v1", "v1"]);
+        // The key follows the Capabilities (version, API set), not their order.
+        let key = |tier, v, apis: &[&str]| input(helm_place("chart", tier, Some(v), apis)).key();
+        assert_eq!(
+            key("silver", "v1.31.0", &["v1", "apps/v1"]),
+            key("silver", "v1.31.0", &["apps/v1", "v1"])
+        );
+        assert_ne!(key("silver", "v1.31.0", &["v1"]), key("silver", "v1.30.0", &["v1"]));
+        assert_ne!(key("silver", "v1.31.0", &["v1"]), key("silver", "v1.31.0", &["v1", "x/v1"]));
+        assert_ne!(key("silver", "v1.31.0", &["v1"]), key("gold", "v1.31.0", &["v1"]));
+        // A plain bundle on a cluster that reported a version: still the base.
+        assert!(is_customized(&FleetConfig::parse([("f.yaml", HELM_FLEET)]).unwrap().bundles["chart"].spec));
+        assert_eq!(helm_place("plain", "gold", Some("v1.31.0"), &["v1"]), Placement::Base);
+        // A repository chart's build stores no render input: it is not
+        // rendered per cluster, whatever the cluster reported.
+        assert_eq!(helm_place("repochart", "gold", Some("v1.31.0"), &["v1"]), Placement::Base);
+    }
+
+    #[test]
+    fn a_helm_bundle_takes_values_not_patches_or_namespaces() {
+        for layer in ["namespace: other", "patches: [{patch: 'kind: ConfigMap'}]"] {
+            let text = HELM_FLEET.replace("helmValues: {replicas: 3}", layer);
+            let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+            assert!(
+                e.contains("spec.targets[1]: namespace and patches do not apply to a Helm bundle"),
+                "{e}"
+            );
+        }
+        let text = HELM_FLEET.replace("helmValues: {replicas: 3}", "helmValues: [1]");
+        let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("spec.targets[1].helmValues must be a mapping"), "{e}");
+        // A repository chart takes no per-cluster values or substitution yet:
+        // refused with the reason, never built half-way.
+        let last = "  targets: [{clusterSelector: {}}]\n";
+        let (head, tail) = HELM_FLEET.rsplit_once(last).expect("repochart is last");
+        assert!(tail.is_empty() && head.ends_with("version: 1.0.0}\n"));
+        for (extra, field) in [
+            ("  targets: [{clusterSelector: {}, helmValues: {a: 1}}]\n", "spec.targets[0].helmValues"),
+            ("  targets: [{clusterSelector: {}}]\n  substitute: {}\n", "spec.substitute"),
+        ] {
+            let text = format!("{head}{extra}");
+            let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
+            assert!(
+                e.contains(field) && e.contains("not implemented yet for charts from a HelmRepository"),
+                "{e}"
+            );
+        }
     }
 }
