@@ -2202,7 +2202,9 @@ spec:
         )
     }
 
-    /// [`spawn_actor`] over a status index the test also writes to.
+    /// [`spawn_actor`] over a status index the test also writes to, with
+    /// its own rollout timer (every input of the actor is a parameter here).
+    #[allow(clippy::too_many_arguments)]
     fn spawn_actor_with(
         dir: &std::path::Path,
         loaded: Loaded,
