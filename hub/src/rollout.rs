@@ -212,10 +212,10 @@ impl Rollouts {
         let rec = RolloutRecord {
             bundle: new.bundle.clone(),
             state: RolloutState::new(spec, &revision, now),
-            held: current,
+            held: current.into_iter().collect(),
             base,
-            given: BTreeMap::new(),
-            rolled_back: BTreeMap::new(),
+            given: Default::default(),
+            rolled_back: Default::default(),
             max_generation: self.floor(&new.bundle).max(new.generation),
             version,
         };

@@ -8,7 +8,7 @@
 //! the tick at which it first observed a state (never from agent timestamps),
 //! so a skewed agent clock cannot shorten a soak.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use convoy_core::rollout::{Gate, NotInAnyWave, OfflineClusters, OnFailure, RolloutSpec};
@@ -831,6 +831,138 @@ pub fn on_new_revision(
     }
 }
 
+/// Deployment records by cluster, each distinct record kept once: most
+/// clusters of a rollout are held on the same previous record and given the
+/// same new one, so 1,000 clusters share one or two records, in memory
+/// (through `Arc`) and in the stored form (`{records: [...], clusters:
+/// {name: index}}`). The older stored form, a plain map of cluster to
+/// record, is still read.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterRecords {
+    by_cluster: BTreeMap<String, Arc<DeploymentRecord>>,
+    /// The distinct records, by (generation, digest), to share on insert.
+    pool: BTreeMap<(u64, String), Vec<Arc<DeploymentRecord>>>,
+}
+
+impl ClusterRecords {
+    /// The record of `cluster`.
+    pub fn get(&self, cluster: &str) -> Option<&DeploymentRecord> {
+        self.by_cluster.get(cluster).map(|r| &**r)
+    }
+
+    /// Whether `cluster` has a record.
+    pub fn contains_key(&self, cluster: &str) -> bool {
+        self.by_cluster.contains_key(cluster)
+    }
+
+    /// Set the record of `cluster`, sharing an equal record already held.
+    pub fn insert(&mut self, cluster: String, record: DeploymentRecord) {
+        let same = self.pool.entry((record.generation, record.digest.clone())).or_default();
+        let shared = match same.iter().find(|r| ***r == record) {
+            Some(r) => r.clone(),
+            None => {
+                let r = Arc::new(record);
+                same.push(r.clone());
+                r
+            }
+        };
+        self.by_cluster.insert(cluster, shared);
+    }
+
+    /// Every cluster's record, by cluster name.
+    pub fn values(&self) -> impl Iterator<Item = &DeploymentRecord> {
+        self.by_cluster.values().map(|r| &**r)
+    }
+
+    /// How many clusters have a record.
+    pub fn len(&self) -> usize {
+        self.by_cluster.len()
+    }
+
+    /// Whether no cluster has a record.
+    pub fn is_empty(&self) -> bool {
+        self.by_cluster.is_empty()
+    }
+
+    /// How many distinct records the clusters have.
+    pub fn distinct(&self) -> usize {
+        self.by_cluster.values().map(Arc::as_ptr).collect::<BTreeSet<_>>().len()
+    }
+}
+
+/// Equal when every cluster has an equal record (however they are shared).
+impl PartialEq for ClusterRecords {
+    fn eq(&self, other: &Self) -> bool {
+        self.by_cluster == other.by_cluster
+    }
+}
+
+impl Eq for ClusterRecords {}
+
+impl FromIterator<(String, DeploymentRecord)> for ClusterRecords {
+    fn from_iter<I: IntoIterator<Item = (String, DeploymentRecord)>>(iter: I) -> Self {
+        let mut out = Self::default();
+        for (c, r) in iter {
+            out.insert(c, r);
+        }
+        out
+    }
+}
+
+impl<const N: usize> From<[(String, DeploymentRecord); N]> for ClusterRecords {
+    fn from(a: [(String, DeploymentRecord); N]) -> Self {
+        a.into_iter().collect()
+    }
+}
+
+/// The stored form of [`ClusterRecords`].
+#[derive(Serialize, Deserialize)]
+struct StoredClusterRecords {
+    records: Vec<DeploymentRecord>,
+    clusters: BTreeMap<String, usize>,
+}
+
+impl Serialize for ClusterRecords {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        // Only the records some cluster has (a replaced one may linger in the pool).
+        let mut records: Vec<DeploymentRecord> = Vec::new();
+        let mut index: HashMap<*const DeploymentRecord, usize> = HashMap::new();
+        let mut clusters = BTreeMap::new();
+        for (c, r) in &self.by_cluster {
+            let i = *index.entry(Arc::as_ptr(r)).or_insert_with(|| {
+                records.push((**r).clone());
+                records.len() - 1
+            });
+            clusters.insert(c.clone(), i);
+        }
+        StoredClusterRecords { records, clusters }.serialize(ser)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClusterRecords {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Shared(StoredClusterRecords),
+            Plain(BTreeMap<String, DeploymentRecord>),
+        }
+        Ok(match Form::deserialize(de)? {
+            Form::Plain(m) => m.into_iter().collect(),
+            Form::Shared(StoredClusterRecords { records, clusters }) => {
+                let mut out = Self::default();
+                for (c, i) in clusters {
+                    let r = records.get(i).cloned().ok_or_else(|| {
+                        serde::de::Error::custom(format!("cluster {c}: no stored record {i}"))
+                    })?;
+                    out.insert(c, r);
+                }
+                out
+            }
+        })
+    }
+}
+
 /// A rollout as stored: the machine's state and the signed deployments it
 /// holds clusters on. Everything an agent may be sent is a signed record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -840,14 +972,14 @@ pub struct RolloutRecord {
     /// The machine's state.
     pub state: RolloutState,
     /// What each cluster had before the rollout began (its held deployment).
-    pub held: BTreeMap<String, DeploymentRecord>,
+    pub held: ClusterRecords,
     /// What a cluster that had nothing recorded gets while held: the
     /// bundle's last completed revision (joiners get this).
     pub base: Option<DeploymentRecord>,
     /// What each admitted cluster was given (its computed deployment at admission).
-    pub given: BTreeMap<String, DeploymentRecord>,
+    pub given: ClusterRecords,
     /// The re-signed previous content of each rolled-back cluster.
-    pub rolled_back: BTreeMap<String, DeploymentRecord>,
+    pub rolled_back: ClusterRecords,
     /// The newest generation issued for the bundle: rollbacks and later
     /// builds go above it.
     pub max_generation: u64,
@@ -1452,6 +1584,42 @@ mod tests {
         assert!(on_new_revision(&done, &spec, "r3").2);
     }
 
+    /// 1,000 clusters held on one record and given another keep two
+    /// records, in memory and in the stored form (so a rollout over a big
+    /// fleet fits in one etcd value), and both stored forms read back.
+    #[test]
+    fn cluster_records_share_equal_records_in_memory_and_when_stored() {
+        let mut old = rec(1, "sha256:old");
+        old.statement = vec![b'x'; 1024];
+        let mut new = rec(2, "sha256:new");
+        new.statement = vec![b'y'; 1024];
+        let held: ClusterRecords = (0..1000).map(|i| (format!("c{i:04}"), old.clone())).collect();
+        let mut given = ClusterRecords::default();
+        for i in 0..1000 {
+            given.insert(format!("c{i:04}"), new.clone());
+        }
+        // One re-signed record differs only in its signature: kept apart.
+        let mut resigned = new.clone();
+        resigned.signature = vec![9];
+        given.insert("c0000".into(), resigned.clone());
+        assert_eq!((held.len(), held.distinct()), (1000, 1));
+        assert_eq!((given.len(), given.distinct()), (1000, 2));
+        assert_eq!(given.get("c0000"), Some(&resigned));
+        assert_eq!(given.get("c0001"), Some(&new));
+        let json = serde_json::to_string(&held).unwrap();
+        assert!(json.len() < 30_000, "stored form is {} bytes", json.len());
+        let back: ClusterRecords = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, held);
+        let back: ClusterRecords = serde_json::from_str(&serde_json::to_string(&given).unwrap()).unwrap();
+        assert_eq!(back, given);
+        // The older form: a plain map of cluster to record.
+        let plain: BTreeMap<String, DeploymentRecord> = [("a".to_string(), old.clone())].into();
+        let back: ClusterRecords = serde_json::from_str(&serde_json::to_string(&plain).unwrap()).unwrap();
+        assert_eq!(back.get("a"), Some(&old));
+        // A stored form naming a record that is not there is refused.
+        assert!(serde_json::from_str::<ClusterRecords>(r#"{"records":[],"clusters":{"a":0}}"#).is_err());
+    }
+
     fn rec(generation: u64, digest: &str) -> DeploymentRecord {
         DeploymentRecord {
             bundle: "web".into(),
@@ -1476,7 +1644,7 @@ mod tests {
             held: [("b1".to_string(), rec(1, "sha256:old"))].into(),
             base: Some(rec(1, "sha256:base")),
             given: [("a1".to_string(), rec(2, "sha256:new"))].into(),
-            rolled_back: BTreeMap::new(),
+            rolled_back: Default::default(),
             max_generation: 2,
             version: 0,
         };
