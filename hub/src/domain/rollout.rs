@@ -1020,7 +1020,7 @@ impl RolloutRecord {
         self.state
             .clusters
             .iter()
-            .filter(|(n, c)| c.step == ClusterStep::RolledBack && !self.rolled_back.contains_key(*n))
+            .filter(|(n, c)| c.step == ClusterStep::RolledBack && !self.rolled_back.contains_key(n))
             .map(|(n, _)| n.clone())
             .collect()
     }
