@@ -163,6 +163,13 @@ pub fn set_condition(conds: &mut Vec<Condition>, mut cond: Condition, now_unix_m
     }
 }
 
+/// Mark a resource stalled: `Ready` false and `Stalled` true, both with
+/// `reason` and `message`.
+pub fn set_stalled(conds: &mut Vec<Condition>, reason: &str, message: &str, now_unix_ms: i64) {
+    set_condition(conds, Condition::new(READY, false, reason, message), now_unix_ms);
+    set_condition(conds, Condition::new(STALLED, true, reason, message), now_unix_ms);
+}
+
 /// Find a condition by type.
 pub fn find_condition<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conds.iter().find(|c| c.type_ == type_)

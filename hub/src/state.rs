@@ -2379,6 +2379,21 @@ spec:
         shutdown.cancel();
     }
 
+    /// A record of `web` at `generation` with digest `sha256:<d × 64>`.
+    fn web_record(generation: u64, d: char) -> DeploymentRecord {
+        DeploymentRecord {
+            bundle: "web".into(),
+            generation,
+            digest: format!("sha256:{}", d.to_string().repeat(64)),
+            size: 1,
+            revision: "main@sha1:0".into(),
+            source: "repo".into(),
+            statement: Vec::new(),
+            signature: Vec::new(),
+            created_unix_ms: 0,
+        }
+    }
+
     fn prod() -> Labels {
         [("env".to_string(), "prod".to_string())].into()
     }
@@ -2495,17 +2510,7 @@ spec:
         );
         let fleet = Arc::new(FleetConfig::parse([("fleet.yaml", fleet_yaml.as_str())]).unwrap());
         let spec = fleet.bundles["web"].spec.rollout.clone().unwrap();
-        let rec = |generation: u64, d: char| DeploymentRecord {
-            bundle: "web".into(),
-            generation,
-            digest: format!("sha256:{}", d.to_string().repeat(64)),
-            size: 1,
-            revision: "main@sha1:0".into(),
-            source: "repo".into(),
-            statement: Vec::new(),
-            signature: Vec::new(),
-            created_unix_ms: 0,
-        };
+        let rec = web_record;
         let dir = tempfile::tempdir().unwrap();
         let shutdown = CancellationToken::new();
         let _stop = shutdown.clone().drop_guard();
@@ -2569,17 +2574,7 @@ spec:
         );
         let fleet = Arc::new(FleetConfig::parse([("fleet.yaml", fleet_yaml.as_str())]).unwrap());
         let spec = fleet.bundles["web"].spec.rollout.clone().unwrap();
-        let rec = |generation: u64, d: char| DeploymentRecord {
-            bundle: "web".into(),
-            generation,
-            digest: format!("sha256:{}", d.to_string().repeat(64)),
-            size: 1,
-            revision: "main@sha1:0".into(),
-            source: "repo".into(),
-            statement: Vec::new(),
-            signature: Vec::new(),
-            created_unix_ms: 0,
-        };
+        let rec = web_record;
         let labels = |tier: &str| {
             let mut l = prod();
             l.insert("tier".into(), tier.into());

@@ -1,6 +1,7 @@
 //! The gRPC codec every convoy.v1 client and server uses: prost encoding
 //! with small per-stream buffers, because the hub holds one long-lived Sync
-//! stream per agent and an idle stream should not pin 8 KiB buffers.
+//! stream per agent and an idle stream should not pin 8 KiB buffers; bulk
+//! streams (artifact chunks) keep tonic's 8 KiB, which downloads need.
 
 use std::marker::PhantomData;
 
@@ -14,6 +15,10 @@ use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 pub const STREAM_BUFFER_BYTES: usize = 1024;
 /// Encoded bytes gathered before they are handed to HTTP/2 (tonic's default).
 pub const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
+/// The buffer of streams of [`crate::v1::ArtifactChunk`] (tonic's default):
+/// with 1 KiB, 1,000 concurrent 1 MiB downloads took 1.46x nginx instead of
+/// 1.14x (docs/benchmarks.md, 2026-12-07).
+pub const BULK_BUFFER_BYTES: usize = 8 * 1024;
 
 /// `application/grpc+proto` via prost, with [`STREAM_BUFFER_BYTES`] buffers.
 #[derive(Debug, Clone)]
@@ -25,8 +30,10 @@ impl<T, U> Default for LeanCodec<T, U> {
     }
 }
 
-fn settings() -> BufferSettings {
-    BufferSettings::new(STREAM_BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
+/// The buffer settings of a stream of messages `M`.
+fn settings<M: 'static>() -> BufferSettings {
+    let bulk = std::any::TypeId::of::<M>() == std::any::TypeId::of::<crate::v1::ArtifactChunk>();
+    BufferSettings::new(if bulk { BULK_BUFFER_BYTES } else { STREAM_BUFFER_BYTES }, YIELD_THRESHOLD_BYTES)
 }
 
 impl<T, U> Codec for LeanCodec<T, U>
@@ -40,11 +47,11 @@ where
     type Decoder = ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::raw_encoder(settings())
+        ProstCodec::<T, U>::raw_encoder(settings::<T>())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(settings())
+        ProstCodec::<T, U>::raw_decoder(settings::<U>())
     }
 }
 
@@ -64,11 +71,17 @@ mod tests {
         assert!(generated.contains("crate::codec::LeanCodec"));
         assert!(!generated.contains("tonic_prost::ProstCodec::default"));
 
+        let small = format!("{:?}", BufferSettings::new(STREAM_BUFFER_BYTES, YIELD_THRESHOLD_BYTES));
+        let bulk = format!("{:?}", BufferSettings::new(BULK_BUFFER_BYTES, YIELD_THRESHOLD_BYTES));
         let mut codec = LeanCodec::<pb::StatusReport, pb::StatusReport>::default();
-        let enc = codec.encoder();
-        assert_eq!(format!("{:?}", enc.buffer_settings()), format!("{:?}", settings()));
-        let dec = codec.decoder();
-        assert_eq!(format!("{:?}", dec.buffer_settings()), format!("{:?}", settings()));
+        assert_eq!(format!("{:?}", codec.encoder().buffer_settings()), small);
+        assert_eq!(format!("{:?}", codec.decoder().buffer_settings()), small);
+        // A download: the server encodes chunks, the client decodes them.
+        let mut server = LeanCodec::<pb::ArtifactChunk, pb::DownloadArtifactRequest>::default();
+        assert_eq!(format!("{:?}", server.encoder().buffer_settings()), bulk);
+        assert_eq!(format!("{:?}", server.decoder().buffer_settings()), small);
+        let mut client = LeanCodec::<pb::DownloadArtifactRequest, pb::ArtifactChunk>::default();
+        assert_eq!(format!("{:?}", client.decoder().buffer_settings()), bulk);
 
         // A 100 KiB message through a real server stream: encode with the
         // codec into gRPC frames, decode them back.

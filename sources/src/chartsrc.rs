@@ -570,16 +570,7 @@ impl ChartWorker {
                 self.status.phase = Phase::Stalled;
                 let (reason, message) = (error.reason(), error.to_string());
                 warn!(%error, failures = self.status.failures, "repository read failed");
-                set_condition(
-                    &mut self.status.conditions,
-                    Condition::new(READY, false, reason, message.clone()),
-                    now,
-                );
-                set_condition(
-                    &mut self.status.conditions,
-                    Condition::new(STALLED, true, reason, message.clone()),
-                    now,
-                );
+                convoy_core::status::set_stalled(&mut self.status.conditions, reason, &message, now);
                 self.publish().await;
                 let error = BuildError {
                     revision: self.status.revision.clone(),

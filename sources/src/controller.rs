@@ -754,16 +754,7 @@ impl Worker {
                 let reason = error.reason();
                 let message = error.to_string();
                 warn!(%error, failures = self.status.failures, "fetch failed");
-                set_condition(
-                    &mut self.status.conditions,
-                    Condition::new(READY, false, reason, message.clone()),
-                    now,
-                );
-                set_condition(
-                    &mut self.status.conditions,
-                    Condition::new(STALLED, true, reason, message.clone()),
-                    now,
-                );
+                convoy_core::status::set_stalled(&mut self.status.conditions, reason, &message, now);
                 self.publish().await;
                 let error = BuildError {
                     revision: self.status.revision.clone(),
