@@ -19,6 +19,7 @@ mod incremental;
 mod kubesim;
 mod rollout;
 mod scale;
+mod variants;
 
 /// Command line of `convoy-bench`.
 #[derive(Debug, Parser)]
@@ -66,6 +67,7 @@ const AREAS: &[(&str, AreaFn)] = &[
     ("e2e", e2e::run),
     ("incremental", incremental::run),
     ("rollout", rollout::run),
+    ("variants", variants::run),
     ("scale", scale::run),
 ];
 
