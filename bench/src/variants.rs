@@ -154,7 +154,7 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
             }
         };
         // The registrations' own variants settle first.
-        all_variants(&mut fleet, &vec![0; BUNDLES], (REGIONS * ENVS) as u32, 600).await?;
+        all_variants(&mut fleet, &[0; BUNDLES], (REGIONS * ENVS) as u32, 600).await?;
 
         // A commit that changes every bundle: every variant is built again.
         write_bundles(&repo, 1)?;
