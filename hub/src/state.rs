@@ -1730,8 +1730,11 @@ impl Actor {
 
     /// Recompute the variants of the clusters a batch touched, then publish.
     async fn refresh_pending_variants(&mut self) {
-        for cluster in std::mem::take(&mut self.variants_pending) {
-            self.refresh_variants(Some(&cluster)).await;
+        let pending: Vec<String> = std::mem::take(&mut self.variants_pending).into_iter().collect();
+        if !pending.is_empty() {
+            // One pass for all of them: per cluster, each pass copied and
+            // compared every cluster's placements (quadratic in the fleet).
+            self.refresh_variants_of(Some(&pending)).await;
         }
         self.publish();
     }
@@ -1769,11 +1772,21 @@ impl Actor {
     /// (one artifact per distinct effective input), record failures, commit,
     /// then re-target those clusters. One cluster costs O(its bundles).
     async fn refresh_variants(&mut self, only: Option<&str>) {
+        match only {
+            Some(c) => self.refresh_variants_of(Some(&[c.to_string()])).await,
+            None => self.refresh_variants_of(None).await,
+        }
+    }
+
+    /// [`Actor::refresh_variants`] for a set of clusters at once (`None`:
+    /// all): the placements are copied and compared once per call, so a
+    /// batch of clusters costs one pass over the fleet, not one per cluster.
+    async fn refresh_variants_of(&mut self, only: Option<&[String]>) {
         use crate::domain::variants::{ClusterFacts, Placement, is_customized, missing_message, placement};
         let fleet = self.fleet.clone();
         let clusters = self.clusters.clone();
         let scope: Vec<&ClusterEntry> = match only {
-            Some(n) => clusters.get(n).into_iter().collect(),
+            Some(names) => names.iter().filter_map(|n| clusters.get(n.as_str())).collect(),
             None => clusters.values().collect(),
         };
         if scope.is_empty() {
@@ -2010,7 +2023,7 @@ impl Actor {
         if new_variants.is_empty() && placements == *self.placements {
             // Nothing changed for these clusters; still re-target them (a
             // new cluster or new labels may add or remove base bundles).
-            self.retarget(only);
+            self.retarget_all_of(only);
             return;
         }
         if !new_variants.is_empty() {
@@ -2024,8 +2037,20 @@ impl Actor {
         }
         self.placements = Arc::new(placements);
         self.rebuild_index();
-        self.retarget(if resigned { None } else { only });
+        self.retarget_all_of(if resigned { None } else { only });
         self.dirty = true;
+    }
+
+    /// [`Actor::retarget`] each of `only` (`None`: every cluster).
+    fn retarget_all_of(&mut self, only: Option<&[String]>) {
+        match only {
+            Some(names) => {
+                for n in names {
+                    self.retarget(Some(n));
+                }
+            }
+            None => self.retarget(None),
+        }
     }
 
     /// The generation `cluster` was last given of `bundle` (published or
