@@ -134,14 +134,14 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         let registrar = pb::registration_client::RegistrationClient::new(
             Endpoint::from_shared(creds.hub.clone())?.tls_config(hub_tls(&creds.ca, None))?.connect().await?,
         );
-        let failed = futures::stream::iter(0..n)
+        let errors: Vec<anyhow::Error> = futures::stream::iter(0..n)
             .map(|i| register(registrar.clone(), tokens[i % tokens.len()].clone(), csr.clone(), i))
             .buffer_unordered(REGISTER_CONCURRENCY)
-            .filter(|r| std::future::ready(r.is_err()))
-            .count()
+            .filter_map(|r| std::future::ready(r.err()))
+            .collect()
             .await;
-        if failed > 0 {
-            bail!("{failed} of {n} registrations failed");
+        if let Some(e) = errors.first() {
+            bail!("{} of {n} registrations failed, first: {e:#}", errors.len());
         }
         let gens = |f: &mut pb::fleet_client::FleetClient<Channel>| {
             let mut f = f.clone();
