@@ -20,7 +20,7 @@ use convoy_core::chartsrc::{HelmRepositorySpec, OciRepositorySpec};
 use convoy_core::clock::now_ms;
 use convoy_core::config::{CrdPolicy, FleetConfig, HelmSpec};
 use convoy_core::duration::HumanDuration;
-use convoy_core::pipeline::{BuildError, BuiltArtifact, BuiltHelm, ResolvedChart, SourceStatus};
+use convoy_core::pipeline::{BuildError, BuiltArtifact, ResolvedChart, SourceStatus};
 use convoy_core::status::{Condition, Phase, READY, RECONCILING, STALLED, set_condition};
 use convoy_helm::{ChartInput, RenderRequest};
 use serde_json::Value;
@@ -32,7 +32,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::controller::{BundleRef, Event, Pending, Report, SourcesConfig, Trigger, unpend};
 use crate::helmrender::{
-    Capabilities, HelmRendered, HelmSettings, Renderer, merge_values, release_of, values_from_layer,
+    Capabilities, HelmRendered, HelmSettings, Renderer, merge_values, pack_release, release_of,
+    values_from_layer,
 };
 use crate::helmrepo::{HelmRepo, Index, IndexEntry, RepoAuth};
 use crate::oci::{OciAuth, OciChart, OciClient, pick_tag};
@@ -865,15 +866,16 @@ pub fn render_chart_archive(
     let values = merge_values(&[], spec.values.as_ref(), &from, extra_values);
     let chart = ChartInput::Archive(archive);
     let (release, namespace) = release_of(bundle, spec, target_namespace);
-    let rendered = renderer.render(&RenderRequest {
-        chart: chart.clone(),
-        values: values.clone(),
-        release_name: release.clone(),
-        namespace: namespace.clone(),
+    let req = RenderRequest {
+        chart,
+        values,
+        release_name: release,
+        namespace,
         revision: 1,
         is_upgrade: false,
         capabilities: capabilities.clone(),
-    })?;
+    };
+    let rendered = renderer.render(&req)?;
     if let Some(name) = &spec.chart
         && *name != rendered.chart.name
     {
@@ -882,30 +884,9 @@ pub fn render_chart_archive(
             rendered.chart.name
         )));
     }
-    let build = convoy_helm::bundle::release_build(
-        &rendered,
-        &chart,
-        values,
-        &release,
-        &namespace,
-        spec.max_history.unwrap_or(0),
-        spec.crds != CrdPolicy::Skip,
-    )?;
-    let artifact = convoy_artifact::pack_files(build.files, limits)?;
-    Ok(HelmRendered {
-        artifact,
-        helm: BuiltHelm {
-            chart: build.chart,
-            version: build.version,
-            chart_digest: build.chart_digest,
-            values_digest: build.values_digest,
-            warnings: rendered.warnings.clone(),
-            // No render input: a repository chart is not rendered per
-            // cluster yet (docs/helm.md, "What is not done").
-            input: None,
-        },
-        input: None,
-    })
+    // No render input: a repository chart is not rendered per cluster yet
+    // (docs/helm.md, "What is not done").
+    pack_release(&rendered, req, spec.max_history.unwrap_or(0), spec.crds != CrdPolicy::Skip, limits)
 }
 
 #[cfg(test)]

@@ -322,15 +322,16 @@ pub fn render_input(
     let chart = ChartInput::Path(dir.path().to_path_buf());
     let values = input.values_with(extra_values);
     let chart_path = &input.chart_path;
-    let rendered = renderer.render(&RenderRequest {
-        chart: chart.clone(),
-        values: values.clone(),
+    let req = RenderRequest {
+        chart,
+        values,
         release_name: input.release.clone(),
         namespace: input.namespace.clone(),
         revision: 1,
         is_upgrade: false,
         capabilities: capabilities.clone(),
-    })?;
+    };
+    let rendered = renderer.render(&req)?;
     if let Some(name) = &input.expect_chart
         && *name != rendered.chart.name
     {
@@ -347,14 +348,26 @@ pub fn render_input(
             rendered.chart.version
         )));
     }
+    pack_release(&rendered, req, input.max_history, input.include_crds, limits)
+}
+
+/// Pack what `req` rendered in Helm's release layout into an artifact, with
+/// the statement's chart part (no render input: the caller sets it).
+pub fn pack_release(
+    rendered: &convoy_helm::Rendered,
+    req: RenderRequest,
+    max_history: u32,
+    include_crds: bool,
+    limits: &Limits,
+) -> Result<HelmRendered> {
     let build = convoy_helm::bundle::release_build(
-        &rendered,
-        &chart,
-        values,
-        &input.release,
-        &input.namespace,
-        input.max_history,
-        input.include_crds,
+        rendered,
+        &req.chart,
+        req.values,
+        &req.release_name,
+        &req.namespace,
+        max_history,
+        include_crds,
     )?;
     let artifact = convoy_artifact::pack_files(build.files, limits)?;
     Ok(HelmRendered {
