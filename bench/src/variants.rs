@@ -75,6 +75,31 @@ async fn all_variants(
     }
 }
 
+/// Wait until every one of `n` clusters is given a generation of every
+/// bundle above `before` (its variant of the new revision).
+async fn all_given(
+    fleet: &mut pb::fleet_client::FleetClient<Channel>,
+    before: &[u64],
+    n: usize,
+    secs: u64,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    'poll: loop {
+        for (i, b) in (1..=BUNDLES).enumerate() {
+            let v = bundle(fleet, &format!("v{b}")).await?;
+            let given = v.clusters.iter().filter(|c| c.desired_generation > before[i]).count();
+            if given < n {
+                if t0.elapsed() > Duration::from_secs(secs) {
+                    bail!("v{b}: {given} of {n} clusters were given the new generation within {secs} s");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue 'poll;
+            }
+        }
+        return Ok(());
+    }
+}
+
 /// The area entry point.
 pub fn run(
     ctx: Ctx,
@@ -160,8 +185,11 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         write_bundles(&repo, 1)?;
         git(&repo, &["commit", "-q", "-am", "rev 1"])?;
         let before = gens(&mut fleet).await?;
+        let t0 = Instant::now();
         fleet.reconcile(pb::ObjectRef { kind: pb::ObjectKind::Source as i32, name: "repo".into() }).await?;
         let took = all_variants(&mut fleet, &before, (REGIONS * ENVS) as u32, 600).await?;
+        all_given(&mut fleet, &before, n, 600).await?;
+        let given = t0.elapsed();
         let rss1 = rss_kib(pid)?;
         out.push(Measurement::from_samples(
             AREA,
@@ -171,6 +199,16 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
             ),
             "ms",
             &[took.as_secs_f64() * 1e3],
+            "",
+            None,
+        ));
+        out.push(Measurement::from_samples(
+            AREA,
+            &format!(
+                "a commit to {BUNDLES} bundles: Reconcile until all {n} clusters are given their new variants"
+            ),
+            "ms",
+            &[given.as_secs_f64() * 1e3],
             "",
             None,
         ));

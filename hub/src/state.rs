@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::domain::desired::{
-    ClusterDesired, DesiredIndex, Placed, Placements, above_floor, next_generation, recovery_generation,
+    ClusterDesired, DesiredIndex, FleetPlacements, Placed, above_floor, next_generation, recovery_generation,
     same_bundles,
 };
 use crate::domain::tokens::{self, check_registration};
@@ -256,7 +256,7 @@ pub struct FleetView {
     /// The signed per-cluster variants, by (bundle, variant key).
     pub variants: Arc<BTreeMap<(String, String), Arc<DeploymentRecord>>>,
     /// Each cluster's non-base placements, by cluster then bundle.
-    pub placements: Arc<BTreeMap<String, Placements>>,
+    pub placements: FleetPlacements,
 }
 
 /// A registration request, converted from the proto at the edge.
@@ -557,7 +557,7 @@ struct Actor {
     variants: Arc<BTreeMap<(String, String), Arc<DeploymentRecord>>>,
     variant_bases: HashMap<(String, String), String>,
     /// Each cluster's placements of customized bundles.
-    placements: Arc<BTreeMap<String, Placements>>,
+    placements: FleetPlacements,
     /// Clusters whose variants must be recomputed after this batch.
     variants_pending: BTreeSet<String>,
     /// Caches: variables used per base digest; build result per (base digest, key).
@@ -630,7 +630,7 @@ pub fn spawn(
         rollouts: crate::rollout::Rollouts::load(loaded.rollouts),
         variants: Arc::new(variants),
         variant_bases,
-        placements: Arc::default(),
+        placements: FleetPlacements::default(),
         variants_pending: BTreeSet::new(),
         used_cache: HashMap::new(),
         built_cache: HashMap::new(),
@@ -673,6 +673,8 @@ fn hub_event(
 thread_local! {
     /// Turns of the actor loop on this thread (current-thread test runtimes).
     static TURNS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The clusters [`Actor::retarget`] recomputed on this thread, in order.
+    static RETARGETED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// What the actor's state was when it last published: restored when a
@@ -787,7 +789,18 @@ impl Actor {
                     self.retry_builds_at = None;
                     self.on_builds().await;
                 }
-                Some(done) = built.recv() => self.on_variant_built(done).await,
+                Some(done) = built.recv() => {
+                    // Take every result already queued: one refresh of the
+                    // clusters waiting on any of them, not one per build.
+                    let mut all = vec![done];
+                    while all.len() < 1024 {
+                        match built.try_recv() {
+                            Ok(d) => all.push(d),
+                            Err(_) => break,
+                        }
+                    }
+                    self.on_variants_built(all).await;
+                }
                 _ = gc_tick.tick() => self.collect_variants(None),
                 _ = tokio::time::sleep_until(self.next_retry()), if !self.builder.retries.is_empty() => {
                     self.retry_due_builds().await;
@@ -922,6 +935,8 @@ impl Actor {
         };
         let mut changed = 0usize;
         for entry in targets {
+            #[cfg(test)]
+            RETARGETED.with(|r| r.borrow_mut().push(entry.record.name.clone()));
             let current = match self.pending_desired.get(&entry.record.name) {
                 Some((_, d)) => d.clone(),
                 None => entry.shared.desired.borrow().clone(),
@@ -931,7 +946,7 @@ impl Actor {
                 &self.fleet,
                 &entry.record.name,
                 &labels,
-                self.placements.get(&entry.record.name),
+                self.placements.get(&entry.record.name).map(|p| &**p),
                 &current.bundles,
             );
             self.rollouts.overlay(&self.fleet, &entry.record.name, &mut bundles);
@@ -1605,8 +1620,13 @@ impl Actor {
             // The cluster's own variant of the bundle, if it has one.
             let (labels, _) = fleet.cluster_facts(cluster, &e.record.labels);
             let current = e.shared.desired();
-            let bundles =
-                index.for_cluster_placed(&fleet, cluster, &labels, placements.get(cluster), &current.bundles);
+            let bundles = index.for_cluster_placed(
+                &fleet,
+                cluster,
+                &labels,
+                placements.get(cluster).map(|p| &**p),
+                &current.bundles,
+            );
             bundles.get(bundle).map(|d| (*d.record).clone())
         }
     }
@@ -1792,9 +1812,17 @@ impl Actor {
         if scope.is_empty() {
             return;
         }
-        let mut placements = (*self.placements).clone();
+        // A persistent map: this copy is O(1), and each change below costs
+        // O(log fleet) (only the clusters in scope are touched).
+        let mut placements = self.placements.clone();
+        let mut placements_changed = false;
         if only.is_none() {
-            placements.retain(|c, _| clusters.contains_key(c));
+            let gone: Vec<String> =
+                placements.keys().filter(|c| !clusters.contains_key(*c)).cloned().collect();
+            for c in gone {
+                placements.remove(&c);
+                placements_changed = true;
+            }
         }
         let mut new_variants: Vec<VariantRecord> = Vec::new();
         let mut signed: BTreeMap<(String, String), Arc<DeploymentRecord>> = BTreeMap::new();
@@ -1815,8 +1843,11 @@ impl Actor {
             let base = self.records.get(bname).cloned();
             let (Some(mut base), true) = (base, is_customized(spec)) else {
                 for (e, ..) in &facts {
-                    if let Some(p) = placements.get_mut(&e.record.name) {
-                        p.remove(bname);
+                    if let Some(p) = placements.get_mut(&e.record.name)
+                        && p.contains_key(bname)
+                    {
+                        Arc::make_mut(p).remove(bname);
+                        placements_changed = true;
                     }
                 }
                 continue;
@@ -1983,13 +2014,25 @@ impl Actor {
                         self.reported_variant_errors.remove(&rk);
                     }
                 }
-                let p = placements.entry(name.clone()).or_default();
-                match placed {
-                    Some(pl) => {
-                        p.insert(bname.clone(), pl);
-                    }
-                    None => {
-                        p.remove(bname);
+                let had = placements.get(name).and_then(|p| p.get(bname));
+                if had != placed.as_ref() {
+                    placements_changed = true;
+                    match placed {
+                        Some(pl) => {
+                            let p = match placements.get_mut(name) {
+                                Some(p) => p,
+                                None => {
+                                    placements.insert(name.clone(), Arc::default());
+                                    placements.get_mut(name).expect("just inserted")
+                                }
+                            };
+                            Arc::make_mut(p).insert(bname.clone(), pl);
+                        }
+                        None => {
+                            if let Some(p) = placements.get_mut(name) {
+                                Arc::make_mut(p).remove(bname);
+                            }
+                        }
                     }
                 }
             }
@@ -2006,12 +2049,15 @@ impl Actor {
                 return;
             }
         }
-        // A re-signed base or variant (same digest, higher generation) is
-        // for every cluster on it, not only those recomputed here.
-        let resigned = !rebased.is_empty()
-            || new_variants
-                .iter()
-                .any(|v| self.variants.contains_key(&(v.record.bundle.clone(), v.key.clone())));
+        // A re-signed base or variant (same digest, higher generation), or a
+        // new base's variant under a key clusters are placed on, is for every
+        // cluster on it, not only those recomputed here.
+        let replaced: BTreeSet<(String, String)> = new_variants
+            .iter()
+            .map(|v| (v.record.bundle.clone(), v.key.clone()))
+            .filter(|k| self.variants.contains_key(k))
+            .collect();
+        let rebased_bundles: BTreeSet<String> = rebased.keys().cloned().collect();
         if !rebased.is_empty() {
             let m = Arc::make_mut(&mut self.records);
             for (b, r) in rebased {
@@ -2020,7 +2066,7 @@ impl Actor {
             }
             self.rebuild_index();
         }
-        if new_variants.is_empty() && placements == *self.placements {
+        if new_variants.is_empty() && !placements_changed {
             // Nothing changed for these clusters; still re-target them (a
             // new cluster or new labels may add or remove base bundles).
             self.retarget_all_of(only);
@@ -2035,9 +2081,16 @@ impl Actor {
                 self.deps.metrics.generations_created.inc();
             }
         }
-        self.placements = Arc::new(placements);
+        self.placements = placements;
         self.rebuild_index();
-        self.retarget_all_of(if resigned { None } else { only });
+        if replaced.is_empty() && rebased_bundles.is_empty() {
+            self.retarget_all_of(only);
+        } else {
+            let on = clusters_on(&self.placements, &replaced, &rebased_bundles);
+            let scope: BTreeSet<String> = on.into_iter().chain(only.into_iter().flatten().cloned()).collect();
+            let scope: Vec<String> = scope.into_iter().collect();
+            self.retarget_all_of(if only.is_none() { None } else { Some(&scope) });
+        }
         self.dirty = true;
     }
 
@@ -2131,6 +2184,31 @@ fn random_b64(n: usize) -> String {
 }
 
 /// The build state of a bundle, for views.
+/// The clusters placed on one of `variants` ((bundle, key)), or on the base
+/// of one of `bases`: those a re-signed variant or base must reach. One pass
+/// over the placements, without allocating per cluster.
+fn clusters_on(
+    placements: &FleetPlacements,
+    variants: &BTreeSet<(String, String)>,
+    bases: &BTreeSet<String>,
+) -> Vec<String> {
+    let mut keys: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (b, k) in variants {
+        keys.entry(b.as_str()).or_default().insert(k.as_str());
+    }
+    placements
+        .iter()
+        .filter(|(_, p)| {
+            p.iter().any(|(b, pl)| match pl {
+                Placed::Variant(k) => keys.get(b.as_str()).is_some_and(|ks| ks.contains(k.as_str())),
+                Placed::Base => bases.contains(b),
+                Placed::Failed(_) => false,
+            })
+        })
+        .map(|(c, _)| c.clone())
+        .collect()
+}
+
 pub fn build_of<'a>(view: &'a FleetView, bundle: &str) -> Option<&'a BundleBuildState> {
     view.builds.get(bundle)
 }
@@ -2380,18 +2458,26 @@ spec:
         assert!(pipeline.artifact_path(&c1.record.digest).is_none(), "variants are the hub's own");
         assert_eq!(state.view().variants.len(), 2);
 
-        // One cluster's var changes: it alone moves; the others keep their Arcs.
+        // One cluster's var changes: it alone moves; the others keep their
+        // Arcs, and are not even recomputed (O(its bundles), not O(fleet)).
+        let retargeted = || RETARGETED.with(|r| std::mem::take(&mut *r.borrow_mut()));
+        retargeted();
         state.set_vars("c3".into(), [("region".to_string(), "ap".to_string())].into(), vec![]).await.unwrap();
         let c3b = app(&state, "c3");
         assert!(Arc::ptr_eq(&app(&state, "c1"), &c1) && Arc::ptr_eq(&app(&state, "c2"), &c2));
         assert!(c3b.record.generation > c1.record.generation.max(c2.record.generation));
+        let touched: BTreeSet<String> = retargeted().into_iter().collect();
+        assert_eq!(touched, BTreeSet::from(["c3".to_string()]), "only the changed cluster is recomputed");
         // Back to the eu variant, signed before what c3 holds now: re-signed
-        // above it (same digest), never a lower generation.
+        // above it (same digest), never a lower generation. The re-signed
+        // variant reaches c1, which is on it, and only c1 besides c3.
         state.set_vars("c3".into(), [("region".to_string(), "eu".to_string())].into(), vec![]).await.unwrap();
         let c3c = app(&state, "c3");
         assert_eq!(c3c.record.digest, c1.record.digest);
         assert!(c3c.record.generation > c3b.record.generation);
         assert!(Arc::ptr_eq(&app(&state, "c1"), &c3c), "c1 shares the re-signed variant");
+        let touched: BTreeSet<String> = retargeted().into_iter().collect();
+        assert_eq!(touched, BTreeSet::from(["c1".to_string(), "c3".to_string()]), "c2 is on another variant");
 
         // A missing variable: c2 keeps its last good generation, the others are untouched.
         let c1_now = app(&state, "c1");

@@ -163,6 +163,11 @@ pub enum Placed {
 /// A cluster's non-base placements, by bundle.
 pub type Placements = BTreeMap<String, Placed>;
 
+/// Every cluster's placements, by cluster: a persistent map, so that a copy
+/// (for the published view) is O(1) and changing one cluster's placements
+/// costs O(its bundles + log fleet), never a copy of the fleet's.
+pub type FleetPlacements = imbl::OrdMap<String, Arc<Placements>>;
+
 /// Every bundle of the fleet that has a signed generation, with its options.
 #[derive(Debug, Clone, Default)]
 pub struct DesiredIndex {

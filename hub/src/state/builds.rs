@@ -62,10 +62,21 @@ impl Actor {
         None
     }
 
-    /// A variant build finished: cache the result (a failure until its
-    /// retry, with the core backoff), refresh the clusters waiting for it,
-    /// publish, and answer the callers waiting for those clusters.
-    pub(super) async fn on_variant_built(&mut self, done: crate::variants::BuildDone) {
+    /// Variant builds finished: cache each result (a failure until its
+    /// retry, with the core backoff), refresh the clusters waiting for any of
+    /// them in one pass, publish, and answer the callers waiting for those
+    /// clusters.
+    pub(super) async fn on_variants_built(&mut self, done: Vec<crate::variants::BuildDone>) {
+        for d in done {
+            self.variant_built(d);
+        }
+        self.refresh_pending_variants().await;
+        self.answer_deferred();
+        self.ready_if_idle();
+    }
+
+    /// One finished build: cached, and its waiting clusters marked pending.
+    fn variant_built(&mut self, done: crate::variants::BuildDone) {
         let waiting = self.builder.in_flight.remove(&done.key).unwrap_or_default();
         match &done.result {
             Ok(_) => {
@@ -88,9 +99,6 @@ impl Actor {
         }
         self.built_cache.insert(done.key, done.result);
         self.variants_pending.extend(waiting);
-        self.refresh_pending_variants().await;
-        self.answer_deferred();
-        self.ready_if_idle();
     }
 
     /// Collect the variant artifacts nothing references: not a current
