@@ -183,6 +183,16 @@ struct Fleet {
 /// A state actor with `clusters` (name, labels, reported Kubernetes version)
 /// loaded from the store, the fleet above, and builds of its three bundles.
 async fn fleet(clusters: Vec<(String, Labels, &'static str)>, helm: Arc<FakeHelm>) -> Fleet {
+    fleet_with(clusters, helm, |_, _| {}).await
+}
+
+/// [`fleet`], with `setup` given what the store loads and the variant store
+/// before the actor starts.
+async fn fleet_with(
+    clusters: Vec<(String, Labels, &'static str)>,
+    helm: Arc<FakeHelm>,
+    setup: impl FnOnce(&mut Loaded, &VariantStore),
+) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let shutdown = CancellationToken::new();
     let pipeline = StaticPipeline::new(dir.path());
@@ -200,7 +210,7 @@ async fn fleet(clusters: Vec<(String, Labels, &'static str)>, helm: Arc<FakeHelm
     .unwrap();
     pipeline.publish("plain", "repo", "https://git.example/fleet.git", "main@sha1:1", &plain.bytes).unwrap();
     let apis = vec!["apps/v1".to_string(), "v1".to_string()];
-    let loaded = Loaded {
+    let mut loaded = Loaded {
         liveness: clusters
             .iter()
             .filter(|(_, _, v)| !v.is_empty())
@@ -224,6 +234,7 @@ async fn fleet(clusters: Vec<(String, Labels, &'static str)>, helm: Arc<FakeHelm
     let store = VariantStore::with_helm(dir.path().join("variants"), helm.clone());
     // Retries within tens of milliseconds (production: 5 s, doubling to 5 min).
     store.set_retry_backoff(Duration::from_millis(20), Duration::from_millis(50));
+    setup(&mut loaded, &store);
     let ca =
         Ca::load_or_create(&dir.path().join("ca.crt"), &dir.path().join("ca.key"), crate::now_ms()).unwrap();
     let statuses = Arc::new(StatusIndex::default());
@@ -473,4 +484,67 @@ async fn variant_artifacts_no_one_references_are_collected_and_those_in_use_are_
     }
     assert_eq!(f.store.collected(), 1);
     assert_eq!(f.state.collect_variants().await.unwrap(), 0);
+}
+
+/// A rollout record keeps the variant artifacts it names (what clusters held
+/// before the rollout, its base, what it gave, what it rolled back to), even
+/// when no cluster's desired set and no current variant names them: a
+/// rollback must be able to serve them again. The clusters the record names
+/// are not registered here, so nothing but the record refers to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variant_artifacts_a_rollout_record_names_are_kept() {
+    use crate::domain::rollout::{RolloutRecord, RolloutState, RolloutStatus};
+    let clusters = vec![("c0".to_string(), labels("gold"), "v1.30.0")];
+    let digests = std::sync::Mutex::new(BTreeMap::new());
+    let f = fleet_with(clusters, Arc::new(FakeHelm::default()), |loaded, store| {
+        let record = |name: &str| {
+            let cm = format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\n");
+            let art = convoy_artifact::pack_files(
+                [("cm.yaml".to_string(), cm.into_bytes())],
+                &convoy_artifact::Limits::default(),
+            )
+            .unwrap();
+            store.put(&art).unwrap();
+            digests.lock().unwrap().insert(name.to_string(), art.digest.clone());
+            DeploymentRecord {
+                bundle: "web".into(),
+                generation: 1,
+                digest: art.digest.clone(),
+                size: art.bytes.len() as u64,
+                revision: "main@sha1:0".into(),
+                source: "repo".into(),
+                statement: Vec::new(),
+                signature: Vec::new(),
+                created_unix_ms: 0,
+            }
+        };
+        let spec: convoy_core::rollout::RolloutSpec =
+            serde_saphyr::from_str("waves: [{name: all}]\n").unwrap();
+        let mut state = RolloutState::new(&spec, "main@sha1:0", 0);
+        state.status = RolloutStatus::RolledBack { reason: "test".into() };
+        let mut rec = RolloutRecord {
+            bundle: "web".into(),
+            state,
+            held: Default::default(),
+            base: Some(record("base")),
+            given: Default::default(),
+            rolled_back: Default::default(),
+            max_generation: 1,
+            version: 1,
+        };
+        rec.held.insert("gone-held".into(), record("held"));
+        rec.given.insert("gone-given".into(), record("given"));
+        rec.rolled_back.insert("gone-rolled-back".into(), record("rolled-back"));
+        loaded.rollouts.push(rec);
+        // And one artifact nothing names.
+        record("stray");
+    })
+    .await;
+    f.store.set_gc_grace(Duration::ZERO);
+    let digests = digests.into_inner().unwrap();
+    assert_eq!(f.state.collect_variants().await.unwrap(), 1, "only the stray artifact goes");
+    assert!(f.store.path(&digests["stray"]).is_none());
+    for name in ["base", "held", "given", "rolled-back"] {
+        assert!(f.store.path(&digests[name]).is_some(), "{name}: named by the rollout record, kept");
+    }
 }
