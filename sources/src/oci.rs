@@ -76,6 +76,36 @@ pub fn pick_tag(tags: &[String], constraint: &str) -> Result<Option<(String, Str
         .map(|(_, x)| x))
 }
 
+/// The most pages of tags read from one repository.
+pub const MAX_TAG_PAGES: usize = 100;
+
+/// The target of a `Link` header value's `rel="next"` entry, if it has one.
+/// Pure.
+pub fn next_link(header: &str) -> Option<&str> {
+    header.split(',').find_map(|entry| {
+        let (target, params) = entry.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        params
+            .split(';')
+            .any(|p| {
+                p.trim()
+                    .split_once('=')
+                    .is_some_and(|(k, v)| k.trim() == "rel" && v.trim().trim_matches('"') == "next")
+            })
+            .then_some(target)
+    })
+}
+
+/// The URL of a next page on the registry at `base` (`scheme://host`): a
+/// path (`/v2/…`), or an absolute URL on the same registry. Anything else is
+/// refused (credentials never go to another host). Pure.
+pub fn resolve_next(base: &str, next: &str) -> Option<String> {
+    if next.starts_with("/v2/") {
+        return Some(format!("{base}{next}"));
+    }
+    next.strip_prefix(base).filter(|rest| rest.starts_with("/v2/")).map(|_| next.to_string())
+}
+
 #[derive(Deserialize)]
 struct Tags {
     #[serde(default)]
@@ -283,12 +313,45 @@ impl OciClient {
         Ok(if t.token.is_empty() { t.access_token } else { t.token })
     }
 
-    /// The repository's tags.
+    /// The repository's tags, every page of them (the registry's page size).
     pub async fn tags(&self) -> Result<Vec<String>> {
-        let (_, body) = self.get(&self.url("tags/list"), None, 8 << 20).await?;
-        let t: Tags = serde_json::from_slice(&body)
-            .map_err(|e| Error::Fetch { url: self.shown(), message: format!("tags list: {e}") })?;
-        Ok(t.tags.unwrap_or_default())
+        self.tags_in_pages(None).await
+    }
+
+    /// The repository's tags, asking for pages of at most `n` (`None`: the
+    /// registry's default). Each page's `Link: <…>; rel="next"` is followed
+    /// (OCI distribution spec, "Listing Tags"), on this registry only, for at
+    /// most [`MAX_TAG_PAGES`] pages.
+    pub async fn tags_in_pages(&self, n: Option<u32>) -> Result<Vec<String>> {
+        let mut url = match n {
+            Some(n) => self.url(&format!("tags/list?n={n}")),
+            None => self.url("tags/list"),
+        };
+        let mut all = Vec::new();
+        for _ in 0..MAX_TAG_PAGES {
+            let (headers, body) = self.get(&url, None, 8 << 20).await?;
+            let t: Tags = serde_json::from_slice(&body)
+                .map_err(|e| Error::Fetch { url: self.shown(), message: format!("tags list: {e}") })?;
+            all.extend(t.tags.unwrap_or_default());
+            let link = headers
+                .get_all(reqwest::header::LINK)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(next_link);
+            match link {
+                None => return Ok(all),
+                Some(next) => {
+                    url = resolve_next(&self.base, next).ok_or_else(|| Error::Fetch {
+                        url: self.shown(),
+                        message: format!("tags list: next page {next:?} is not on this registry"),
+                    })?
+                }
+            }
+        }
+        Err(Error::Fetch {
+            url: self.shown(),
+            message: format!("tags list: more than {MAX_TAG_PAGES} pages"),
+        })
     }
 
     /// The chart manifest at a tag or digest: its digest and the chart layer.
@@ -388,6 +451,34 @@ mod tests {
         );
         for bad in ["https://x/y", "oci://x", "oci:///y", "oci://x//y", "oci://x/../y", "oci://u:p@x/y"] {
             assert!(parse_oci_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn next_page_links() {
+        let h = r#"</v2/charts/podinfo/tags/list?last=6.14.1&n=1>; rel="next""#;
+        assert_eq!(next_link(h), Some("/v2/charts/podinfo/tags/list?last=6.14.1&n=1"));
+        assert_eq!(
+            next_link(r#"<https://r.example/v2/a/tags/list?n=2>; rel=next"#),
+            Some("https://r.example/v2/a/tags/list?n=2")
+        );
+        assert_eq!(next_link(r#"</x>; rel="prev", </y>; rel="next""#), Some("/y"));
+        for none in ["", r#"</x>; rel="prev""#, "/x; rel=next", r#"<x> rel="next""#] {
+            assert_eq!(next_link(none), None, "{none}");
+        }
+        let base = "http://127.0.0.1:5000";
+        assert_eq!(
+            resolve_next(base, "/v2/a/tags/list?n=1").as_deref(),
+            Some("http://127.0.0.1:5000/v2/a/tags/list?n=1")
+        );
+        assert_eq!(
+            resolve_next(base, "http://127.0.0.1:5000/v2/a").as_deref(),
+            Some("http://127.0.0.1:5000/v2/a")
+        );
+        for elsewhere in
+            ["http://127.0.0.1:50001/v2/a", "https://evil.example/v2/a", "//evil.example/v2/a", "v2/a"]
+        {
+            assert_eq!(resolve_next(base, elsewhere), None, "{elsewhere}");
         }
     }
 

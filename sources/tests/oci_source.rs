@@ -325,3 +325,68 @@ async fn a_registry_token_challenge_is_answered_with_the_basic_credentials() {
     let e = client.manifest(&wrong).await.unwrap_err();
     assert_eq!(e.reason(), "DigestMismatch", "{e}");
 }
+
+/// A registry that pages its tag list as the OCI distribution spec allows
+/// (`?n=` and `&last=`, `Link: <…>; rel="next"`), as ghcr.io and Harbor do
+/// (Debian's docker-registry 2.8 returns every tag at once, so it cannot test
+/// this). With `evil` in the path, the next page points to another host.
+const PAGING_REGISTRY: &str = r#"
+import http.server, json, urllib.parse
+tags = ["6.%d.0" % i for i in range(7)]
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        u = urllib.parse.urlparse(self.path)
+        q = urllib.parse.parse_qs(u.query)
+        n = int(q.get("n", ["3"])[0])
+        last = q.get("last", [None])[0]
+        start = tags.index(last) + 1 if last else 0
+        page = tags[start:start + n]
+        body = json.dumps({"name": "charts/podinfo", "tags": page}).encode()
+        self.send_response(200)
+        if start + n < len(tags):
+            nxt = "%s?n=%d&last=%s" % (u.path, n, page[-1])
+            if "evil" in u.path:
+                nxt = "http://evil.example" + nxt
+            self.send_header("Link", '<%s>; rel="next"' % nxt)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_are_read_page_by_page_and_a_next_page_elsewhere_is_refused() {
+    use convoy_sources::oci::{OciAuth, OciClient};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut server = ProcessGuard::spawn(
+        "paging registry",
+        Command::new("python3").args(["-c", PAGING_REGISTRY]).stdout(Stdio::piped()),
+    )
+    .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.child_mut().stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port: u16 = line.trim().parse().unwrap();
+    let open = |path: &str| {
+        OciClient::new(
+            &format!("oci://127.0.0.1:{port}/{path}"),
+            &OciAuth { plain_http: true, ..Default::default() },
+        )
+        .unwrap()
+    };
+    let all: Vec<String> = (0..7).map(|i| format!("6.{i}.0")).collect();
+    // The registry's default page (3 tags), and pages of 2: every tag, once.
+    assert_eq!(open("charts/podinfo").tags().await.unwrap(), all);
+    assert_eq!(open("charts/podinfo").tags_in_pages(Some(2)).await.unwrap(), all);
+    // A next page on another host is refused, naming it (credentials for
+    // this registry never go elsewhere).
+    let e = open("charts/evil").tags().await.unwrap_err().to_string();
+    assert!(e.contains("evil.example") && e.contains("not on this registry"), "{e}");
+}
