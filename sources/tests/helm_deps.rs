@@ -153,6 +153,8 @@ fn sha256_file(p: &Path) -> String {
 
 #[test]
 fn heavy_dependencies_from_a_chart_repository_are_fetched_checked_cached_and_rendered_by_helm() {
+    // The one crypto provider, as every binary installs it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let work = tempfile::tempdir().unwrap();
     let served = work.path().join("www");
     let repo = served.join("charts");
