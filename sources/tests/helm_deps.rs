@@ -265,3 +265,87 @@ fn heavy_dependencies_from_a_chart_repository_are_fetched_checked_cached_and_ren
     assert_eq!(e.reason(), "ChartDependencyFailed");
     assert!(e.to_string().contains("404") && e.to_string().contains("child"), "{e}");
 }
+
+/// Through the source pipeline (what the hub runs): a chart in a GitSource
+/// whose dependency is fetched builds, with the archive in the hub's
+/// `<dataDir>/chart-deps` cache; a chart whose dependency no version
+/// matches is Stalled `ChartDependencyFailed`, naming the dependency, while
+/// the other bundle of the same source builds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_dependency_that_cannot_be_fetched_stalls_its_bundle_naming_it() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use convoy_core::config::FleetConfig;
+    use convoy_core::pipeline::BundleBuildState;
+    use convoy_sources::{Sources, SourcesConfig};
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let work = tempfile::tempdir().unwrap();
+    let served = work.path().join("www");
+    publish(work.path(), &served.join("charts"), &["1.0.0"]);
+    let (_server, url) = serve(&served);
+    let chart = |range: &str| {
+        format!(
+            "apiVersion: v2\nname: app\nversion: 1.0.0\ndependencies:\n- name: child\n  version: \"{range}\"\n  repository: {url}\n"
+        )
+    };
+    let (good, bad) = (chart("1.0.0"), chart(">=5.0.0"));
+    let tpl = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-app\ndata: {}\n";
+    let up = common::Upstream::new(
+        "fleet",
+        &[
+            ("good/Chart.yaml", good.as_str()),
+            ("good/templates/app.yaml", tpl),
+            ("bad/Chart.yaml", bad.as_str()),
+            ("bad/templates/app.yaml", tpl),
+        ],
+    );
+    let bundle = |name: &str| {
+        format!(
+            "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: {name}\nspec:\n  source: fleet\n  targets:\n  - clusterSelector: {{}}\n  helm:\n    path: {name}\n    releaseName: {name}\n"
+        )
+    };
+    let text = format!(
+        "apiVersion: convoy.dev/v1\nkind: GitSource\nmetadata:\n  name: fleet\nspec:\n  url: {}\n  interval: 1h\n  timeout: 60s\n{}{}",
+        up.bare.display(),
+        bundle("good"),
+        bundle("bad")
+    );
+    let (_fleet_tx, fleet_rx) =
+        watch::channel(Arc::new(FleetConfig::parse([("fleet.yaml", text.as_str())]).unwrap()));
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = SourcesConfig::new(data.path());
+    cfg.helm = settings();
+    let shutdown = CancellationToken::new();
+    let (sources, task) = Sources::start(cfg, fleet_rx, shutdown.clone()).unwrap();
+    let mut builds = sources.builds();
+    let done = |b: &BTreeMap<String, BundleBuildState>, n: &str| {
+        b.get(n).is_some_and(|s| s.artifact.is_some() || s.error.is_some())
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let b = loop {
+        let b = builds.borrow_and_update().clone();
+        if done(&b, "good") && done(&b, "bad") {
+            break b;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "both builds within 90 s: {b:?}");
+        let _ = tokio::time::timeout(left, builds.changed()).await;
+    };
+    let good = b["good"].artifact.clone().unwrap_or_else(|| panic!("{:?}", b["good"].error));
+    let cms = configmaps(&sources.store().read(&good.digest).unwrap());
+    assert_eq!(cms["good-child"]["version"], "1.0.0", "{cms:?}");
+    let archive = sha256_file(&served.join("charts/child-1.0.0.tgz"));
+    assert!(data.path().join("chart-deps/sha256").read_dir().unwrap().count() >= 1);
+    assert!(ArtifactStore::open(&data.path().join("chart-deps")).unwrap().path(&archive).is_some());
+    let err = b["bad"].error.clone().expect("the bad dependency stalls its bundle");
+    assert_eq!(err.reason, "ChartDependencyFailed", "{err:?}");
+    assert!(err.message.contains("chart dependency child version \">=5.0.0\""), "{}", err.message);
+    assert_eq!(b["bad"].phase(), convoy_core::status::Phase::Stalled);
+    assert!(b["bad"].artifact.is_none(), "nothing built");
+    shutdown.cancel();
+    task.await.unwrap();
+}
