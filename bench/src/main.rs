@@ -14,6 +14,7 @@ use convoy_bench::report::{self, Measurement};
 mod agent;
 mod artifacts;
 mod e2e;
+mod helm;
 mod hub;
 mod incremental;
 mod kubesim;
@@ -68,6 +69,7 @@ const AREAS: &[(&str, AreaFn)] = &[
     ("incremental", incremental::run),
     ("rollout", rollout::run),
     ("variants", variants::run),
+    ("helm", helm::run),
     ("scale", scale::run),
 ];
 

@@ -150,7 +150,8 @@ fn init_logging(filter: &str, format: LogFormat, path: &Path) -> Result<()> {
 }
 
 /// git is needed (the repository, and gix runs `git-upload-pack` for
-/// `file://`); kustomize or kubectl renders the web overlays.
+/// `file://`); kustomize or kubectl renders the web overlays; Helm's engine
+/// (helm-python-sdk) renders the podinfo chart.
 fn check_tools() -> Result<()> {
     let ok = |cmd: &str, arg: &str| {
         Command::new(cmd)
@@ -175,6 +176,11 @@ fn check_tools() -> Result<()> {
     {
         eprintln!(
             "warning: neither kustomize nor kubectl is on the PATH: the hub renders the web overlays with one of them, so web-staging and web-prod will not build (they will show KustomizeFailed)"
+        );
+    }
+    if let Err(e) = convoy_helm::locate::find_library() {
+        eprintln!(
+            "warning: Helm's engine was not found ({e}): podinfo-staging and podinfo-prod (the Helm example) will not build (they will show HelmUnavailable); `pip install helm-python-sdk` installs it (docs/helm.md)"
         );
     }
     Ok(())
@@ -378,6 +384,7 @@ impl DevFleet {
         )?;
         std::fs::write(fleet_dir.join("bundles.yaml"), embedded::BUNDLES_YAML)?;
         std::fs::write(fleet_dir.join("dev-secrets.yaml"), DEV_SECRETS_BUNDLE)?;
+        std::fs::write(fleet_dir.join("helm-bundles.yaml"), embedded::HELM_BUNDLES_YAML)?;
         let cfg = HubConfig::from_file(&hub_config)?;
         let cfg = crate::cmd_helm::with_worker(cfg);
         let hub = Hub::start(cfg, HubOptions::default()).await.context("start the hub")?;
@@ -509,10 +516,17 @@ impl DevFleet {
         println!("  convoy get bundles");
         println!("  convoy status web-prod");
         println!(
+            "  convoy status podinfo-prod                          # the Helm example: a chart in the repository"
+        );
+        println!(
             "  convoy render web-prod --cluster prod-us --explain   # its REGION, and where it came from"
         );
         if let Some(a) = self.agents.iter().find(|a| a.name == "prod-eu") {
             println!("  kubectl --kubeconfig {} get deploy,svc,pdb -A", a.kubeconfig.display());
+            println!(
+                "  kubectl --kubeconfig {} -n web get secret -l owner=helm   # podinfo's Helm release record",
+                a.kubeconfig.display()
+            );
         }
         println!("  cd {}", self.repo.display());
         println!("  sed -i 's/podinfo:6.7.0/podinfo:6.7.1/' apps/web/base/deployment.yaml");
@@ -844,19 +858,40 @@ mod tests {
             ("source.yaml", source.as_str()),
             ("bundles.yaml", embedded::BUNDLES_YAML),
             ("dev-secrets.yaml", DEV_SECRETS_BUNDLE),
+            ("helm-bundles.yaml", embedded::HELM_BUNDLES_YAML),
         ])
         .expect("the embedded bundles are a valid fleet with dev's source");
-        assert_eq!(fleet.bundles.len(), 5);
+        assert_eq!(fleet.bundles.len(), 7);
         // Every bundle path exists in the repository dev creates (the embedded
         // files plus the encrypted Secret written at start).
         for b in fleet.bundles.values() {
-            let prefix = format!("{}/", b.spec.path);
+            let path = b.spec.helm.as_ref().and_then(|h| h.path.as_deref()).unwrap_or(&b.spec.path);
+            let prefix = format!("{path}/");
             assert!(
                 paths.iter().any(|p| p.starts_with(&prefix)) || SECRET_FILE.starts_with(&prefix),
-                "{}",
-                b.spec.path
+                "{path}"
             );
+            // A Helm bundle's values files are in the repository too.
+            for f in b.spec.helm.iter().flat_map(|h| &h.values_files) {
+                assert!(paths.contains(&f.as_str()), "{}: {f}", b.name);
+            }
         }
+        // The Helm example: one chart, a values file per environment, the
+        // chart's own values.yaml, a helper template, .Capabilities and a hook.
+        let chart = |f: &str| {
+            let p = format!("charts/podinfo/{f}");
+            let (_, bytes) = embedded::FLEET_FILES.iter().find(|(x, _)| *x == p).expect("chart file");
+            String::from_utf8(bytes.to_vec()).unwrap()
+        };
+        assert!(chart("templates/_helpers.tpl").contains("define \"podinfo.fullname\""));
+        assert!(chart("templates/configmap.yaml").contains(".Capabilities.KubeVersion"));
+        assert!(chart("templates/preflight-job.yaml").contains("helm.sh/hook: pre-install,pre-upgrade"));
+        let staging = &fleet.bundles["podinfo-staging"].spec;
+        let prod = &fleet.bundles["podinfo-prod"].spec;
+        let (hs, hp) = (staging.helm.as_ref().unwrap(), prod.helm.as_ref().unwrap());
+        assert_eq!(hs.path, hp.path);
+        assert_eq!(hs.values_files, ["apps/podinfo/values-staging.yaml"]);
+        assert_eq!(hp.values_files, ["apps/podinfo/values-prod.yaml"]);
         // The example Secret is SOPS ciphertext that decrypts with the dev key.
         let keys = convoy_sops::AgeKeys::generate();
         let text = String::from_utf8(encrypted_secret(keys.recipients()).unwrap()).unwrap();

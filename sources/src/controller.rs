@@ -934,6 +934,8 @@ impl Worker {
         let opts = self.render_options();
         let (bundle, path, source) = (b.name.clone(), b.path.clone(), self.name.clone());
         let (helm, target_ns, helm_cfg) = (b.helm.clone(), b.target_namespace.clone(), self.cfg.helm.clone());
+        // Chart dependencies fetched from repositories (crate::chartdeps).
+        let deps_dir = self.cfg.data_dir.join("chart-deps");
         let (commit, revision) = (resolved.commit.clone(), resolved.revision());
         let url = redact_url(&self.spec.url);
         tokio::task::spawn_blocking(move || {
@@ -944,7 +946,8 @@ impl Worker {
                 Some(spec) => {
                     let renderer = helm_cfg.renderer()?;
                     let caps = helm_cfg.default_capabilities(&spec);
-                    let r = crate::helmrender::render_helm(
+                    let deps_cache = ArtifactStore::open(&deps_dir)?;
+                    let r = crate::helmrender::render_helm_with_deps(
                         &tree,
                         &bundle,
                         &spec,
@@ -954,6 +957,7 @@ impl Worker {
                         &caps,
                         &[],
                         &opts.limits,
+                        Some(&deps_cache),
                     )?;
                     for w in &r.helm.warnings {
                         warn!(bundle = %bundle, "helm: {w}");

@@ -111,6 +111,20 @@ pub enum Error {
         /// The digest of the downloaded bytes.
         actual: String,
     },
+    /// A chart dependency listed in `Chart.yaml` (not vendored in `charts/`)
+    /// could not be fetched or checked.
+    #[error("chart dependency {name} version {version:?} from {repository}: {source}")]
+    ChartDependency {
+        /// The dependency's chart name.
+        name: String,
+        /// Its version constraint.
+        version: String,
+        /// Its repository (redacted).
+        repository: String,
+        /// Why it could not be fetched.
+        #[source]
+        source: Box<Error>,
+    },
     /// Rendering a Helm chart failed (or Helm's engine is not available).
     #[error("helm: {0}")]
     Helm(#[from] convoy_helm::Error),
@@ -142,6 +156,7 @@ impl Error {
             Error::LocalRepo { .. } => "GitRepositoryError",
             Error::Shutdown => "Shutdown",
             Error::DigestMismatch { .. } => "DigestMismatch",
+            Error::ChartDependency { .. } => "ChartDependencyFailed",
             Error::Helm(h) => h.reason(),
         }
     }

@@ -239,7 +239,8 @@ fn decode(path: &str, b64: &str) -> Result<Vec<u8>> {
 /// Read what the Helm bundle `bundle` renders from `tree` (a commit of its
 /// GitSource): the chart directory (refused over `max_chart_bytes`), the
 /// values layers merged, the release. `revision` names the tree in messages.
-/// Blocking.
+/// Dependencies the chart lists but does not vendor are fetched without a
+/// cache ([`prepare_helm_with_deps`]). Blocking.
 pub fn prepare_helm(
     tree: &dyn Tree,
     bundle: &str,
@@ -248,6 +249,35 @@ pub fn prepare_helm(
     revision: &str,
     default_capabilities: &Capabilities,
     max_chart_bytes: u64,
+) -> Result<HelmInput> {
+    prepare_helm_with_deps(
+        tree,
+        bundle,
+        spec,
+        target_namespace,
+        revision,
+        default_capabilities,
+        max_chart_bytes,
+        None,
+    )
+}
+
+/// [`prepare_helm`], with the chart's non-vendored dependencies
+/// (`Chart.yaml` `dependencies:` missing from `charts/`) fetched from their
+/// repositories through `deps_cache` (content-addressed) and added to the
+/// input as `charts/<name>-<version>.tgz` (`crate::chartdeps`), so the input
+/// and its chart digest hold them and Helm's engine renders them as it
+/// renders vendored ones. They count towards `max_chart_bytes`. Blocking.
+#[allow(clippy::too_many_arguments)]
+pub fn prepare_helm_with_deps(
+    tree: &dyn Tree,
+    bundle: &str,
+    spec: &HelmSpec,
+    target_namespace: Option<&str>,
+    revision: &str,
+    default_capabilities: &Capabilities,
+    max_chart_bytes: u64,
+    deps_cache: Option<&crate::ArtifactStore>,
 ) -> Result<HelmInput> {
     use base64::Engine;
     let Some(chart_path) = &spec.path else {
@@ -282,6 +312,7 @@ pub fn prepare_helm(
     let rules = IgnoreRules::without_defaults(None)?;
     let mut total = 0u64;
     let mut chart_files = Vec::new();
+    let mut chart_yaml = String::new();
     for f in select_files(tree, &chart_path, &rules, Selection::All)? {
         let content = tree.read_file(&f.source)?;
         total += content.len() as u64;
@@ -292,7 +323,23 @@ pub fn prepare_helm(
                 limit: max_chart_bytes,
             }));
         }
+        if f.path == "Chart.yaml" {
+            chart_yaml = String::from_utf8_lossy(&content).into_owned();
+        }
         chart_files.push((f.path.clone(), base64::engine::general_purpose::STANDARD.encode(&content)));
+    }
+    let paths: Vec<&str> = chart_files.iter().map(|(p, _)| p.as_str()).collect();
+    let fetched = crate::chartdeps::fetch_missing(&chart_yaml, &paths, deps_cache, max_chart_bytes)?;
+    for d in fetched {
+        total += d.bytes.len() as u64;
+        if total > max_chart_bytes {
+            return Err(Error::Helm(convoy_helm::Error::ChartTooLarge {
+                chart: format!("{chart_path} (with dependency {} {})", d.name, d.version),
+                size: total,
+                limit: max_chart_bytes,
+            }));
+        }
+        chart_files.push((d.file, base64::engine::general_purpose::STANDARD.encode(&d.bytes)));
     }
     chart_files.sort();
     Ok(HelmInput {
@@ -401,7 +448,36 @@ pub fn render_helm(
     extra_values: &[Value],
     limits: &Limits,
 ) -> Result<HelmRendered> {
-    let input = prepare_helm(
+    render_helm_with_deps(
+        tree,
+        bundle,
+        spec,
+        target_namespace,
+        revision,
+        renderer,
+        capabilities,
+        extra_values,
+        limits,
+        None,
+    )
+}
+
+/// [`render_helm`], fetching the chart's non-vendored dependencies through
+/// `deps_cache` (see [`prepare_helm_with_deps`]). Blocking.
+#[allow(clippy::too_many_arguments)]
+pub fn render_helm_with_deps(
+    tree: &dyn Tree,
+    bundle: &str,
+    spec: &HelmSpec,
+    target_namespace: Option<&str>,
+    revision: &str,
+    renderer: &Renderer,
+    capabilities: &Capabilities,
+    extra_values: &[Value],
+    limits: &Limits,
+    deps_cache: Option<&crate::ArtifactStore>,
+) -> Result<HelmRendered> {
+    let input = prepare_helm_with_deps(
         tree,
         bundle,
         spec,
@@ -409,6 +485,7 @@ pub fn render_helm(
         revision,
         capabilities,
         renderer.limits().max_chart_bytes,
+        deps_cache,
     )?;
     let mut r = render_input(&input, renderer, capabilities, extra_values, limits)?;
     let bytes = input.to_bytes();

@@ -1,6 +1,7 @@
 //! Git sources and the artifact pipeline of the hub: fetch with gix, render
 //! bundles (plain YAML or kustomize), store artifacts by digest, webhooks.
 
+pub mod chartdeps;
 pub mod chartsrc;
 pub mod controller;
 pub mod deps;

@@ -127,6 +127,91 @@ fn processes_mentioning(path: &Path) -> Vec<String> {
     out
 }
 
+/// Helm's own view (helm-python-sdk) of release `podinfo` in `web`: `list()`
+/// and `get_values()`.
+fn helm_view(kubeconfig: &str) -> serde_json::Value {
+    let script = r#"
+import json, sys
+from helm_python import Config
+with Config(kubeconfig_path=sys.argv[1], namespace="web") as cfg:
+    out = {"list": cfg.list(), "values": cfg.get_values("podinfo")}
+json.dump(out, sys.stdout, default=str)
+"#;
+    let out = std::env::temp_dir().join(format!("convoy-dev-helm-view-{}.json", std::process::id()));
+    let file = std::fs::File::create(&out).unwrap();
+    let mut child = ProcessGuard::spawn(
+        "python3 helm view",
+        Command::new("python3")
+            .args(["-c", script, kubeconfig])
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(Stdio::inherit()),
+    )
+    .expect("python3 starts (scripts/setup.sh installs helm-python-sdk)");
+    let status = child.child_mut().wait().unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    assert!(status.success(), "helm-python-sdk failed: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// The Helm example of `convoy dev` (examples/helm-bundles.yaml): podinfo
+/// from the chart directory in the example repository, Ready on every
+/// cluster, each environment's values file visible in the applied objects,
+/// rendered with the Kubernetes version the cluster's agent reported, its
+/// pre-install hook Job complete, and a Helm release Helm itself lists.
+/// `kubeconfigs` are staging, prod-eu, prod-us (the banner's order).
+fn assert_helm_example(creds: &str, kubeconfigs: &[String]) {
+    for (bundle, n) in [("podinfo-staging", 1), ("podinfo-prod", 2)] {
+        let status = convoy_json(creds, &["status", bundle]);
+        let cells = status["clusters"].as_array().unwrap();
+        assert_eq!(cells.len(), n, "{status}");
+        assert!(cells.iter().all(|c| c["phase"] == "Ready"), "{status}");
+    }
+    let expect = [
+        (&kubeconfigs[0], 1, "podinfo on staging", "debug"),
+        (&kubeconfigs[1], 3, "podinfo on prod", "warn"),
+        (&kubeconfigs[2], 3, "podinfo on prod", "warn"),
+    ];
+    for (kc, replicas, message, level) in expect {
+        let get = |what: &[&str]| {
+            run(Command::new("kubectl").args(["--kubeconfig", kc, "-n", "web", "get"]).args(what))
+        };
+        assert_eq!(
+            get(&["deploy", "podinfo", "-o", "jsonpath={.spec.replicas}"]),
+            replicas.to_string(),
+            "{kc}"
+        );
+        let cm: serde_json::Value =
+            serde_json::from_str(&get(&["configmap", "podinfo", "-o", "json"])).expect("configmap json");
+        assert_eq!(cm["data"]["PODINFO_UI_MESSAGE"], message, "{kc}: {cm}");
+        assert_eq!(cm["data"]["PODINFO_LEVEL"], level, "{kc}: {cm}");
+        // .Capabilities: the version kube-sim's /version reports, through the agent.
+        assert_eq!(cm["data"]["RENDERED_FOR_KUBE"], "v1.32.0-kube-sim", "{kc}: {cm}");
+        assert_eq!(cm["metadata"]["labels"]["helm.sh/chart"], "podinfo-0.1.0", "{kc}: {cm}");
+        let job = get(&[
+            "job",
+            "podinfo-preflight",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Complete\")].status}",
+        ]);
+        assert_eq!(job, "True", "{kc}: the pre-install hook Job completed");
+        let svc = get(&["svc", "podinfo", "-o", "jsonpath={.spec.ipFamilyPolicy}"]);
+        assert_eq!(svc, "SingleStack", "{kc}");
+
+        let h = helm_view(kc);
+        let list = h["list"].as_array().unwrap();
+        assert_eq!(list.len(), 1, "{kc}: {h}");
+        assert_eq!(list[0]["name"], "podinfo", "{kc}: {h}");
+        assert_eq!(list[0]["status"], "deployed", "{kc}: {h}");
+        assert_eq!(
+            h["values"]["ui"]["message"], message,
+            "{kc}: helm get values shows the environment's file"
+        );
+        assert_eq!(h["values"]["replicaCount"], replicas, "{kc}: {h}");
+    }
+}
+
 /// The README tour, automated: converge, kubectl on a printed kubeconfig,
 /// `convoy status` with the printed credentials, a commit in the printed
 /// repository rolls out, Ctrl-C stops everything (exit 0, no process left).
@@ -160,6 +245,7 @@ fn heavy_convoy_dev_converges_rolls_out_a_commit_and_stops_on_ctrl_c() {
     let cells = status["clusters"].as_array().unwrap();
     assert_eq!(cells.len(), 2, "{status}");
     assert!(cells.iter().all(|c| c["phase"] == "Ready"), "{status}");
+    assert_helm_example(&creds, &kubeconfigs);
 
     // Commit in the printed repository, as the tour says (its local identity
     // is set by convoy dev, so this works without any git config).

@@ -156,6 +156,25 @@ impl Stats {
     }
 }
 
+/// One committed change to one object (see [`KubeSim::changes`]).
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The resourceVersion the change got.
+    pub resource_version: u64,
+    /// `ADDED`, `MODIFIED` or `DELETED`, as in a watch event.
+    pub kind: &'static str,
+    /// The API group ("" for core).
+    pub group: String,
+    /// The resource (plural).
+    pub resource: String,
+    /// The namespace ("" for cluster-scoped objects).
+    pub namespace: String,
+    /// The object's name.
+    pub name: String,
+    /// The object after the change (its last state for `DELETED`).
+    pub object: Value,
+}
+
 /// A running simulated cluster.
 pub struct KubeSim {
     inner: Arc<api::Inner>,
@@ -291,6 +310,35 @@ impl KubeSim {
     /// Number of stored objects.
     pub fn object_count(&self) -> usize {
         self.inner.store.object_count()
+    }
+
+    /// The changes to objects of these resource types (`(group, plural)`)
+    /// still in the watch history (`SimConfig::watch_history` per type), in
+    /// resourceVersion order across the types: the order the API server
+    /// committed them, as watches from the oldest retained version see it.
+    /// Deleted objects stay visible here (tests assert the order in which
+    /// hook Jobs were created and deleted).
+    pub fn changes(&self, resources: &[(&str, &str)]) -> Vec<Change> {
+        let mut out: Vec<Change> = resources
+            .iter()
+            .flat_map(|(g, r)| self.inner.store.history(&api::gr(g, r)))
+            .map(|e| Change {
+                resource_version: e.rv,
+                kind: e.typ.as_str(),
+                group: e.gr.group.clone(),
+                resource: e.gr.resource.clone(),
+                namespace: e
+                    .object
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .into(),
+                name: e.object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").into(),
+                object: (*e.object).clone(),
+            })
+            .collect();
+        out.sort_by_key(|c| c.resource_version);
+        out
     }
 
     /// Save all objects to a JSON file.

@@ -211,6 +211,12 @@ impl Store {
         }
     }
 
+    /// The events still in the watch history of `gr`, oldest first (what a
+    /// watch from the oldest retained resourceVersion replays).
+    pub fn history(&self, gr: &GroupResource) -> Vec<Arc<Event>> {
+        self.ts(gr).lock().history.iter().cloned().collect()
+    }
+
     /// Snapshot of current objects plus a subscription that starts right after them.
     pub fn snapshot_and_watch(
         &self,

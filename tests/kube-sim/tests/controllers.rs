@@ -611,3 +611,56 @@ async fn pdb_status_follows_a_rollout() {
     assert_eq!(c["message"], "daemonsets.apps does not implement the scale subresource");
     assert_eq!(p["status"]["disruptionsAllowed"], 0, "{p}");
 }
+
+/// `KubeSim::changes`: every committed change of the asked resource types,
+/// in resourceVersion order across types, deletions included, with the
+/// resourceVersions a real client (kubectl) saw on the objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_list_commits_across_types_in_resource_version_order() {
+    let s = Sim::start().await;
+    let cm = |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "v"}});
+    let (c, a) = s.apply("/api/v1/namespaces/default/configmaps/a", "t", false, cm("a")).await;
+    assert_eq!(c, 201, "{a}");
+    let (c, _) = s
+        .apply(
+            "/apis/batch/v1/namespaces/default/jobs/j",
+            "t",
+            false,
+            workload("Job", "j", "busybox:1", json!({})),
+        )
+        .await;
+    assert_eq!(c, 201);
+    let (c, b) = s.apply("/api/v1/namespaces/default/configmaps/b", "t", false, cm("b")).await;
+    assert_eq!(c, 201, "{b}");
+    // The Job completes (the job controller writes its status), then goes.
+    eventually(10, || async {
+        let (_, j) = s.get("/apis/batch/v1/namespaces/default/jobs/j").await;
+        cond(&j, "Complete").map(|_| ())
+    })
+    .await;
+    let out = s.kubectl_ok(&["delete", "job", "j", "--cascade=orphan"]).await;
+    assert!(out.contains("deleted"), "{out}");
+
+    let changes = s.sim.changes(&[("", "configmaps"), ("batch", "jobs")]);
+    let rvs: Vec<u64> = changes.iter().map(|c| c.resource_version).collect();
+    assert!(rvs.windows(2).all(|w| w[0] < w[1]), "resourceVersion order: {rvs:?}");
+    let of = |name: &str, kind: &str| {
+        changes
+            .iter()
+            .position(|c| c.name == name && c.kind == kind)
+            .unwrap_or_else(|| panic!("{name} {kind}: {changes:?}"))
+    };
+    assert!(of("a", "ADDED") < of("j", "ADDED") && of("j", "ADDED") < of("b", "ADDED"));
+    assert!(of("j", "MODIFIED") < of("j", "DELETED"), "the Job's status was written before it was deleted");
+    let added_a = &changes[of("a", "ADDED")];
+    assert_eq!(added_a.resource_version.to_string(), common::rv(&a), "the rv kubectl's server returned");
+    assert_eq!(
+        (added_a.group.as_str(), added_a.resource.as_str(), added_a.namespace.as_str()),
+        ("", "configmaps", "default")
+    );
+    let deleted = &changes[of("j", "DELETED")];
+    assert_eq!(deleted.object["kind"], "Job");
+    assert!(cond(&deleted.object, "Complete").is_some(), "the last state of the deleted Job");
+    // Only the asked types: the Job's pods are not listed.
+    assert!(changes.iter().all(|c| c.resource == "configmaps" || c.resource == "jobs"), "{changes:?}");
+}

@@ -1,0 +1,267 @@
+//! Chart dependencies that a chart directory lists in `Chart.yaml` but does
+//! not vendor in `charts/`: which ones are missing ([`missing`], pure), and
+//! fetching each from the repository it names (an HTTP(S) chart repository's
+//! `index.yaml`, or `oci://`) at its version constraint, checked against the
+//! digest the index or the registry manifest gives, and kept in a
+//! content-addressed cache ([`fetch_missing`]). The archives go into the
+//! render input's `charts/`, so Helm's engine itself applies `condition`,
+//! `tags`, `alias` and the subchart's values, exactly as for vendored
+//! dependencies.
+
+use serde::Deserialize;
+
+use crate::helmrepo::{HelmRepo, RepoAuth};
+use crate::oci::{OciAuth, OciClient, pick_tag};
+use crate::redact::redact_url;
+use crate::{ArtifactStore, Error, Result};
+
+/// One entry of `Chart.yaml`'s `dependencies:` (the fields Convoy reads;
+/// `condition`, `tags` and `import-values` are Helm's to apply).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Dependency {
+    /// The chart's name in its repository.
+    pub name: String,
+    /// The version constraint (exact or a semver range; empty: the highest release).
+    #[serde(default)]
+    pub version: String,
+    /// `https://…` / `http://…` (a chart repository), `oci://…`, `file://…`
+    /// or a repository alias (`@name`).
+    #[serde(default)]
+    pub repository: String,
+    /// The name the parent chart uses for it.
+    #[serde(default)]
+    pub alias: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChartYaml {
+    #[serde(default)]
+    dependencies: Vec<Dependency>,
+}
+
+/// The dependencies of `chart_yaml` (a `Chart.yaml`'s text) that the chart
+/// does not vendor: no `charts/<name>/Chart.yaml` directory and no
+/// `charts/<name>-*.tgz` archive among `files` (paths relative to the chart
+/// directory). Pure.
+pub fn missing(chart_yaml: &str, files: &[&str]) -> Result<Vec<Dependency>> {
+    let c: ChartYaml = serde_saphyr::from_str(chart_yaml).map_err(|e| {
+        Error::Config(format!("Chart.yaml: {}", e.to_string().lines().next().unwrap_or_default()))
+    })?;
+    Ok(c.dependencies.into_iter().filter(|d| !vendored(d, files)).collect())
+}
+
+fn vendored(d: &Dependency, files: &[&str]) -> bool {
+    let dir = format!("{}/Chart.yaml", d.name);
+    let archive = format!("{}-", d.name);
+    files.iter().filter_map(|f| f.strip_prefix("charts/")).any(|rest| {
+        rest == dir || (rest.starts_with(&archive) && rest.ends_with(".tgz") && !rest.contains('/'))
+    })
+}
+
+/// Where a dependency is fetched from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A chart repository (the URL of the directory holding `index.yaml`).
+    Index(String),
+    /// An OCI chart repository, the chart's name appended (`oci://host/path/name`).
+    Oci(String),
+}
+
+/// Where `d` is fetched from; an error for what Convoy does not fetch
+/// (`file://`, repository aliases, nothing). Pure.
+pub fn origin(d: &Dependency) -> Result<Origin> {
+    let r = d.repository.trim().trim_end_matches('/');
+    if r.starts_with("https://") || r.starts_with("http://") {
+        Ok(Origin::Index(r.to_string()))
+    } else if r.starts_with("oci://") {
+        Ok(Origin::Oci(format!("{r}/{}", d.name)))
+    } else {
+        Err(Error::Config(format!(
+            "repository {r:?} is not fetched (only https://, http:// and oci:// are); vendor the chart in charts/ (helm dependency build)"
+        )))
+    }
+}
+
+/// A fetched, checked dependency archive.
+#[derive(Debug, Clone)]
+pub struct FetchedDependency {
+    /// The dependency's chart name.
+    pub name: String,
+    /// The version the constraint resolved to.
+    pub version: String,
+    /// `sha256:<hex>` of the archive (what the index or manifest gives).
+    pub digest: String,
+    /// Where it goes in the chart: `charts/<name>-<version>.tgz`.
+    pub file: String,
+    /// The archive.
+    pub bytes: Vec<u8>,
+}
+
+fn stalled(d: &Dependency, e: Error) -> Error {
+    Error::ChartDependency {
+        name: d.name.clone(),
+        version: if d.version.is_empty() { "*".into() } else { d.version.clone() },
+        repository: redact_url(&d.repository),
+        source: Box::new(e),
+    }
+}
+
+/// Fetch one dependency: resolve its constraint against the repository, take
+/// the archive from `cache` when the resolved digest is there, else download
+/// it, check it against the digest, and keep it in `cache`.
+pub async fn fetch(
+    d: &Dependency,
+    cache: Option<&ArtifactStore>,
+    max_bytes: u64,
+) -> Result<FetchedDependency> {
+    let cached = |digest: &str| cache.and_then(|c| c.path(digest).and_then(|_| c.read(digest).ok()));
+    let (version, digest, bytes) = match origin(d)? {
+        Origin::Index(url) => {
+            let repo =
+                HelmRepo::new(&url, &RepoAuth { max_chart_bytes: Some(max_bytes), ..Default::default() })?;
+            let index = repo.index().await?;
+            let entry = repo.resolve(&index, &d.name, &d.version)?;
+            let digest =
+                format!("sha256:{}", entry.digest.trim_start_matches("sha256:").to_ascii_lowercase());
+            match cached(&digest) {
+                Some(b) => (entry.version.clone(), digest, b),
+                None => {
+                    let f = repo.download(&d.name, entry).await?;
+                    (f.version, f.digest, f.bytes)
+                }
+            }
+        }
+        Origin::Oci(reference) => {
+            let client = OciClient::new(
+                &reference,
+                &OciAuth { max_chart_bytes: Some(max_bytes), ..Default::default() },
+            )?;
+            let tags = client.tags().await?;
+            let (tag, version) = pick_tag(&tags, &d.version)?.ok_or_else(|| Error::RefNotFound {
+                url: redact_url(&reference),
+                reference: format!("version {:?}", if d.version.is_empty() { "*" } else { &d.version }),
+            })?;
+            let m = client.manifest(&tag).await?;
+            match cached(&m.chart_digest) {
+                Some(b) => (version, m.chart_digest, b),
+                None => {
+                    let b = client.chart(&m).await?;
+                    (version, m.chart_digest, b)
+                }
+            }
+        }
+    };
+    if let Some(c) = cache {
+        c.put(&bytes)?;
+    }
+    Ok(FetchedDependency {
+        name: d.name.clone(),
+        file: format!("charts/{}-{version}.tgz", d.name),
+        version,
+        digest,
+        bytes,
+    })
+}
+
+/// Fetch every dependency of `chart_yaml` that `files` do not vendor, in
+/// `Chart.yaml` order (see [`fetch`]); the first that cannot be fetched is
+/// an [`Error::ChartDependency`] naming it. Blocking: call it from a
+/// blocking thread (it runs the fetches on the current Tokio runtime, or on
+/// its own when there is none). A chart without missing dependencies does
+/// no I/O.
+pub fn fetch_missing(
+    chart_yaml: &str,
+    files: &[&str],
+    cache: Option<&ArtifactStore>,
+    max_bytes: u64,
+) -> Result<Vec<FetchedDependency>> {
+    let deps = missing(chart_yaml, files)?;
+    if deps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let run = async {
+        let mut out = Vec::with_capacity(deps.len());
+        for d in &deps {
+            out.push(fetch(d, cache, max_bytes).await.map_err(|e| stalled(d, e))?);
+        }
+        Ok(out)
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => h.block_on(run),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Config(format!("a runtime to fetch chart dependencies: {e}")))?
+            .block_on(run),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHART: &str = "apiVersion: v2\nname: app\nversion: 1.0.0\ndependencies:\n- name: redis\n  version: \"^17.0.0\"\n  repository: https://charts.example.com/stable/\n  condition: redis.enabled\n- name: common\n  version: 2.x\n  repository: oci://registry.example.com/charts\n- name: local\n  version: 0.1.0\n  repository: file://../local\n- name: vendored\n  version: 1.0.0\n  repository: https://x\n- name: packed\n  alias: p\n  version: 1.0.0\n  repository: https://x\n";
+
+    #[test]
+    fn missing_dependencies_are_those_not_in_charts() {
+        let files = [
+            "Chart.yaml",
+            "charts/vendored/Chart.yaml",
+            "charts/vendored/templates/a.yaml",
+            "charts/packed-1.0.0.tgz",
+            "charts/redis/values.yaml",
+            "charts/commonx-1.0.0.tgz",
+        ];
+        let m = missing(CHART, &files).unwrap();
+        let names: Vec<&str> = m.iter().map(|d| d.name.as_str()).collect();
+        // A directory without Chart.yaml is not a chart; `commonx-` is another chart.
+        assert_eq!(names, ["redis", "common", "local"]);
+        assert_eq!(m[0].version, "^17.0.0");
+        assert_eq!(missing("apiVersion: v2\nname: x\nversion: 1.0.0\n", &[]).unwrap(), []);
+        assert!(missing("dependencies: 3\n", &[]).is_err());
+    }
+
+    #[test]
+    fn origins_by_repository_scheme() {
+        let m = missing(CHART, &[]).unwrap();
+        assert_eq!(origin(&m[0]).unwrap(), Origin::Index("https://charts.example.com/stable".into()));
+        assert_eq!(origin(&m[1]).unwrap(), Origin::Oci("oci://registry.example.com/charts/common".into()));
+        let e = origin(&m[2]).unwrap_err().to_string();
+        assert!(e.contains("file://../local") && e.contains("vendor"), "{e}");
+        let alias = Dependency {
+            name: "x".into(),
+            version: String::new(),
+            repository: "@stable".into(),
+            alias: None,
+        };
+        assert!(origin(&alias).is_err());
+    }
+
+    #[test]
+    fn a_failed_dependency_names_itself_and_its_repository_without_credentials() {
+        let d = Dependency {
+            name: "redis".into(),
+            version: String::new(),
+            repository: "https://user:pw@charts.example.com/x".into(),
+            alias: None,
+        };
+        let e = stalled(&d, Error::Config("boom".into()));
+        let s = e.to_string();
+        assert!(
+            s.contains("redis")
+                && s.contains("\"*\"")
+                && s.contains("charts.example.com")
+                && s.contains("boom"),
+            "{s}"
+        );
+        assert!(!s.contains("pw"), "{s}");
+        assert_eq!(e.reason(), "ChartDependencyFailed");
+    }
+
+    #[test]
+    fn nothing_missing_does_no_io() {
+        // No runtime, no server: a chart whose dependencies are vendored returns at once.
+        let chart = "apiVersion: v2\nname: a\nversion: 1.0.0\ndependencies:\n- {name: b, version: 1.0.0, repository: \"https://127.0.0.1:1\"}\n";
+        assert!(fetch_missing(chart, &["charts/b-1.0.0.tgz"], None, 1 << 20).unwrap().is_empty());
+    }
+}
