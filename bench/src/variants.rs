@@ -84,20 +84,23 @@ async fn all_given(
     secs: u64,
 ) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    'poll: loop {
-        for (i, b) in (1..=BUNDLES).enumerate() {
+    // A cluster given a bundle's new generation keeps it: each bundle is
+    // polled until it is done, then the next (one query at a time, so the
+    // polling does not load the hub it measures).
+    for (i, b) in (1..=BUNDLES).enumerate() {
+        loop {
             let v = bundle(fleet, &format!("v{b}")).await?;
             let given = v.clusters.iter().filter(|c| c.desired_generation > before[i]).count();
-            if given < n {
-                if t0.elapsed() > Duration::from_secs(secs) {
-                    bail!("v{b}: {given} of {n} clusters were given the new generation within {secs} s");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue 'poll;
+            if given >= n {
+                break;
             }
+            if t0.elapsed() > Duration::from_secs(secs) {
+                bail!("v{b}: {given} of {n} clusters were given the new generation within {secs} s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        return Ok(());
     }
+    Ok(())
 }
 
 /// The area entry point.
