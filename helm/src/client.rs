@@ -1,5 +1,7 @@
-//! The caller's side of rendering: start one worker process per render,
-//! bounded in time (killed, with its process group, at the deadline), in
+//! The caller's side of rendering: worker processes, reused across renders
+//! (loading Helm's library and starting its Go runtime once per worker, not
+//! once per render), each render bounded in time (the worker is killed, with
+//! its process group, at the deadline, and never reused after a failure), in
 //! memory (`RLIMIT_AS` set in the child before exec, and `GOMEMLIMIT` so Go's
 //! collector works under it) and in input size (charts over the limit are
 //! refused before a worker starts). Blocking: async callers use
@@ -9,7 +11,7 @@ use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use crate::locate::find_library;
@@ -97,6 +99,8 @@ pub struct Renderer {
     worker: WorkerCommand,
     library: PathBuf,
     limits: Limits,
+    /// Idle workers, reused across renders (and clones of this renderer).
+    pool: Arc<Pool>,
 }
 
 impl Renderer {
@@ -107,7 +111,12 @@ impl Renderer {
 
     /// A renderer with an explicit library path.
     pub fn with_library(worker: WorkerCommand, library: PathBuf, limits: Limits) -> Self {
-        Self { worker, library, limits }
+        Self { worker, library, limits, pool: Arc::default() }
+    }
+
+    /// Idle workers waiting for a render.
+    pub fn idle_workers(&self) -> usize {
+        self.pool.idle()
     }
 
     /// The library in use.
@@ -149,14 +158,35 @@ impl Renderer {
         }
     }
 
-    /// Run the worker on `input`; returns its stdout.
+    /// Run `input` on a worker (an idle one, or a new one); returns its
+    /// reply. A reused worker that turns out to be gone is replaced once.
     fn run(&self, input: &[u8], chart: &str) -> Result<Vec<u8>> {
+        let reused = self.pool.take();
+        let was_reused = reused.is_some();
+        let worker = match reused {
+            Some(w) => w,
+            None => self.spawn()?,
+        };
+        match self.exchange(worker, input, chart) {
+            Err(Exchange::Gone(_)) if was_reused => match self.exchange(self.spawn()?, input, chart) {
+                Ok(out) => Ok(out),
+                Err(Exchange::Failed(e) | Exchange::Gone(e)) => Err(e),
+            },
+            Ok(out) => Ok(out),
+            Err(Exchange::Failed(e) | Exchange::Gone(e)) => Err(e),
+        }
+    }
+
+    /// Start a worker: its own process group, `RLIMIT_AS`, `GOMEMLIMIT`, no
+    /// core dumps, framed requests ([`crate::worker::FRAMES_ENV`]).
+    fn spawn(&self) -> Result<Worker> {
         let limit = self.limits.memory_bytes;
         let mut cmd = Command::new(&self.worker.program);
         cmd.args(&self.worker.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .env(crate::worker::FRAMES_ENV, "1")
             // Go's collector aims under this, well inside the hard RLIMIT_AS.
             .env("GOMEMLIMIT", format!("{}MiB", (limit / 2) >> 20))
             .env("GOTRACEBACK", "none")
@@ -182,50 +212,153 @@ impl Renderer {
             program: self.worker.program.display().to_string(),
             source,
         })?;
-        let guard = KillGroup(child.id() as i32);
-        let mut stdin = child.stdin.take().expect("piped");
-        let input = input.to_vec();
-        let writer = std::thread::spawn(move || {
-            // A worker that dies early closes the pipe; its exit status tells why.
-            let _ = stdin.write_all(&input);
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        // Drained all along (a full pipe would stall the worker); the last
+        // 64 KiB are kept to say why it died.
+        let tail = Arc::new(Mutex::new(Vec::new()));
+        let keep = tail.clone();
+        let stderr_reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut t = keep.lock().unwrap_or_else(|p| p.into_inner());
+                t.extend_from_slice(&buf[..n]);
+                let over = t.len().saturating_sub(64 << 10);
+                t.drain(..over);
+            }
         });
+        Ok(Worker { child, stdin, stdout, stderr: tail, stderr_reader: Some(stderr_reader), renders: 0 })
+    }
+
+    /// One request on `worker`, within the time limit. A worker that
+    /// answered goes back to the pool (until it has served
+    /// [`RENDERS_PER_WORKER`]); one that overran, died or broke the protocol
+    /// is killed with its process group.
+    fn exchange(
+        &self,
+        mut worker: Worker,
+        input: &[u8],
+        chart: &str,
+    ) -> std::result::Result<Vec<u8>, Exchange> {
+        let pgid = worker.child.id() as i32;
+        let frame = [&(input.len() as u64).to_be_bytes()[..], input].concat();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut stdout = child.stdout.take().expect("piped");
-            let mut stderr = child.stderr.take().expect("piped");
-            let err_reader = std::thread::spawn(move || {
-                let mut e = Vec::new();
-                let _ = stderr.read_to_end(&mut e);
-                e
+            let r = worker.stdin.write_all(&frame).and_then(|()| worker.stdin.flush()).and_then(|()| {
+                let mut len = [0u8; 8];
+                worker.stdout.read_exact(&mut len)?;
+                let n = u64::from_be_bytes(len);
+                if n > crate::worker::MAX_FRAME {
+                    return Err(std::io::Error::other(format!("a reply of {n} bytes")));
+                }
+                let mut out = vec![0u8; n as usize];
+                worker.stdout.read_exact(&mut out)?;
+                Ok(out)
             });
-            let mut out = Vec::new();
-            let _ = stdout.read_to_end(&mut out);
-            let status = child.wait();
-            let err = err_reader.join().unwrap_or_default();
-            let _ = tx.send((status, out, err));
+            let _ = tx.send((worker, r));
         });
-        let result = rx.recv_timeout(self.limits.time);
-        let _ = writer.join();
-        let (status, out, err) = match result {
-            Ok(r) => r,
-            Err(_) => {
-                drop(guard); // kills the group; the waiter thread then reaps it
-                let _ = rx.recv_timeout(Duration::from_secs(5));
-                return Err(Error::Timeout { chart: chart.to_string(), limit: self.limits.time });
+        match rx.recv_timeout(self.limits.time) {
+            Ok((mut worker, Ok(out))) => {
+                worker.renders += 1;
+                if worker.renders < RENDERS_PER_WORKER {
+                    self.pool.put(worker);
+                }
+                Ok(out)
             }
-        };
-        guard.disarm();
-        let status = status.map_err(|e| Error::Worker(format!("waiting for the worker: {e}")))?;
-        if status.success() {
-            return Ok(out);
+            Ok((worker, Err(io))) => Err(Exchange::Gone(self.died(worker, io, chart))),
+            Err(_) => {
+                // SAFETY: signalling our own child's process group; the
+                // exchange thread then sees its pipes close and hands the
+                // worker back to be reaped.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                drop(rx.recv_timeout(Duration::from_secs(5)));
+                Err(Exchange::Failed(Error::Timeout { chart: chart.to_string(), limit: self.limits.time }))
+            }
         }
-        let stderr = String::from_utf8_lossy(&err);
+    }
+
+    /// Why a worker stopped answering: its exit status and the end of its stderr.
+    fn died(&self, mut worker: Worker, io: std::io::Error, chart: &str) -> Error {
+        // SAFETY: as above; it is no use any more (a broken frame leaves it
+        // out of step with us).
+        unsafe { libc::kill(-(worker.child.id() as i32), libc::SIGKILL) };
+        let status = worker.child.wait();
+        if let Some(r) = worker.stderr_reader.take() {
+            let _ = r.join();
+        }
+        let stderr =
+            String::from_utf8_lossy(&worker.stderr.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
         if is_out_of_memory(&stderr) {
-            return Err(Error::MemoryLimit { chart: chart.to_string(), limit_bytes: limit });
+            return Error::MemoryLimit { chart: chart.to_string(), limit_bytes: self.limits.memory_bytes };
         }
         let tail: String =
             stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-        Err(Error::Worker(format!("exited with {status}: {tail}")))
+        match status {
+            Ok(s) => Error::Worker(format!("exited with {s} ({io}): {tail}")),
+            Err(e) => Error::Worker(format!("waiting for the worker: {e}")),
+        }
+    }
+}
+
+/// A request that did not get an answer: the worker is gone (it may be
+/// retried on a new one if it was reused), or the render itself failed.
+enum Exchange {
+    Gone(Error),
+    Failed(Error),
+}
+
+/// How many renders one worker serves before it is retired (bounds what a
+/// long-lived Go heap can accumulate), and how many idle workers are kept.
+pub const RENDERS_PER_WORKER: u32 = 200;
+const MAX_IDLE: usize = 2;
+
+/// A running worker process, its own process group leader. Killed (with its
+/// group) and reaped when dropped.
+struct Worker {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::process::ChildStdout,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
+    renders: u32,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Idle workers, shared by a renderer's clones.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Worker>>);
+
+impl Pool {
+    fn take(&self) -> Option<Worker> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn put(&self, w: Worker) {
+        let mut idle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(w);
+        }
+    }
+
+    fn idle(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pool({} idle)", self.idle())
     }
 }
 
@@ -234,22 +367,6 @@ fn is_out_of_memory(stderr: &str) -> bool {
     ["out of memory", "cannot allocate memory", "failed to reserve", "pthread_create failed"]
         .iter()
         .any(|m| stderr.contains(m))
-}
-
-/// Kills a process group on drop unless disarmed.
-struct KillGroup(i32);
-
-impl KillGroup {
-    fn disarm(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for KillGroup {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child's process group.
-        unsafe { libc::kill(-self.0, libc::SIGKILL) };
-    }
 }
 
 /// Archive bytes, a file's size, or the sum of a directory's file sizes.

@@ -4,7 +4,7 @@
 //! can only take down that process.
 //!
 //! - [`locate`] finds the library (`CONVOY_HELM_LIBRARY`, then the Python package).
-//! - [`client::Renderer`] runs one worker per render with a time limit, a
+//! - [`client::Renderer`] runs renders on reused workers, each with a time limit, a
 //!   memory bound and a chart size limit.
 //! - [`worker::serve`] is the worker's main (binary `convoy-helm-worker`, or
 //!   `convoy helm-worker`); [`ffi`] is the C ABI it calls.

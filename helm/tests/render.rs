@@ -371,3 +371,45 @@ fn without_the_library_rendering_is_helm_unavailable() {
     let e = r.render(&request(&chart, json!({}), Capabilities::default())).unwrap_err();
     assert_eq!(e.reason(), "HelmUnavailable", "{e}");
 }
+
+/// Workers are reused: one that answered (a render, or Helm's own error) goes
+/// back to the pool; one that overran its time limit is killed and never
+/// reused, and the next render gets a new one.
+#[test]
+fn a_worker_serves_many_renders_and_one_that_overran_is_never_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = write_chart(
+        &tmp.path().join("good"),
+        &[CHART_YAML, ("templates/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n")],
+    );
+    let bad = write_chart(
+        &tmp.path().join("bad"),
+        &[
+            CHART_YAML,
+            ("templates/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Values.a.b }}\n"),
+        ],
+    );
+    let looping = write_chart(
+        &tmp.path().join("loop"),
+        &[
+            CHART_YAML,
+            (
+                "templates/loop.yaml",
+                "{{- range $i := until 100000 }}{{- range $j := until 100000 }}{{- end }}{{- end }}\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n",
+            ),
+        ],
+    );
+    let r = renderer(Limits { time: Duration::from_millis(1500), ..Limits::default() });
+    let req = |c: &Path| request(c, json!({}), Capabilities::default());
+    assert_eq!(r.idle_workers(), 0);
+    r.render(&req(&good)).unwrap();
+    assert_eq!(r.idle_workers(), 1, "the worker waits for the next render");
+    r.render(&req(&good)).unwrap();
+    assert_eq!(r.idle_workers(), 1, "the same worker served it and waits again");
+    assert!(matches!(r.render(&req(&bad)), Err(Error::Render { .. })));
+    assert_eq!(r.idle_workers(), 1, "a render error is an answer: the worker stays");
+    assert!(matches!(r.render(&req(&looping)), Err(Error::Timeout { .. })));
+    assert_eq!(r.idle_workers(), 0, "the worker that overran was killed");
+    r.render(&req(&good)).unwrap();
+    assert_eq!(r.idle_workers(), 1);
+}
