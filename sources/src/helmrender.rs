@@ -9,6 +9,7 @@
 //! ([`merge_values`], [`values_from_layer`]) is pure.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use convoy_artifact::tree::normalize;
 use convoy_artifact::{EntryKind, IgnoreRules, Limits, PackedArtifact, Selection, Tree, select_files};
@@ -38,19 +39,29 @@ pub struct HelmSettings {
     /// The hub's default `.Capabilities.KubeVersion` (`1.31`); a bundle's
     /// `helm.kubeVersion` wins over it.
     pub kube_version: Option<String>,
+    /// The renderer once made, shared by this value's clones, so that its
+    /// idle workers serve every render (not one new process per render).
+    pub shared: Arc<Mutex<Option<Renderer>>>,
 }
 
 impl HelmSettings {
     /// A renderer, or `HelmUnavailable` saying where the library or worker was looked for.
+    /// Made once and then shared (its worker pool with it); a failure is
+    /// not remembered, so a library installed later is found.
     pub fn renderer(&self) -> Result<Renderer> {
+        if let Some(r) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(r.clone());
+        }
         let worker = match &self.worker {
             Some(w) => w.clone(),
             None => WorkerCommand::discover()?,
         };
-        Ok(match &self.library {
+        let r = match &self.library {
             Some(p) => Renderer::with_library(worker, convoy_helm::locate::library_at(p)?, self.limits),
             None => Renderer::new(worker, self.limits)?,
-        })
+        };
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
+        Ok(r)
     }
 
     /// The Capabilities a bundle renders with when nothing more specific is
