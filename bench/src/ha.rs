@@ -90,9 +90,8 @@ fn sample(text: &str, names: &[&str]) -> Option<f64> {
 
 fn counters(url: &str) -> anyhow::Result<EtcdCounters> {
     let m = etcd::metrics(url)?;
-    let get = |names: &[&str]| {
-        sample(&m, names).with_context(|| format!("etcd's /metrics has none of {names:?}"))
-    };
+    let get =
+        |names: &[&str]| sample(&m, names).with_context(|| format!("etcd's /metrics has none of {names:?}"));
     Ok(EtcdCounters {
         revision: get(&["etcd_debugging_mvcc_current_revision"])?,
         puts: get(&["etcd_mvcc_put_total", "etcd_debugging_mvcc_put_total"])?,
@@ -103,8 +102,9 @@ fn counters(url: &str) -> anyhow::Result<EtcdCounters> {
 /// etcd's database file size and the part of it in use, bytes.
 fn db_size(url: &str) -> anyhow::Result<(f64, f64)> {
     let m = etcd::metrics(url)?;
-    let total = sample(&m, &["etcd_mvcc_db_total_size_in_bytes", "etcd_debugging_mvcc_db_total_size_in_bytes"])
-        .context("etcd's /metrics has no database size")?;
+    let total =
+        sample(&m, &["etcd_mvcc_db_total_size_in_bytes", "etcd_debugging_mvcc_db_total_size_in_bytes"])
+            .context("etcd's /metrics has no database size")?;
     let in_use = sample(&m, &["etcd_mvcc_db_total_size_in_use_in_bytes"]).unwrap_or(total);
     Ok((total, in_use))
 }
@@ -136,9 +136,8 @@ async fn start_replica(
 ) -> anyhow::Result<Replica> {
     let dir = root.join(format!("r{k}"));
     std::fs::create_dir_all(&dir)?;
-    let mut spec = format!(
-        "  store: {{type: etcd, endpoints: [\"{url}\"], prefix: {PREFIX}, leaseTtl: {ttl_s}s}}\n"
-    );
+    let mut spec =
+        format!("  store: {{type: etcd, endpoints: [\"{url}\"], prefix: {PREFIX}, leaseTtl: {ttl_s}s}}\n");
     if k > 0 {
         let shared = root.join("r0/data");
         spec.push_str(&format!(
@@ -237,7 +236,10 @@ fn one(name: String, unit: &str, value: f64, target: &str, pass: Option<bool>) -
 
 /// Agents whose last status is not acked yet.
 fn unacked(agents: &[Arc<HaAgent>]) -> usize {
-    agents.iter().filter(|a| a.state.acked.load(Ordering::Acquire) < a.state.sent.load(Ordering::Acquire)).count()
+    agents
+        .iter()
+        .filter(|a| a.state.acked.load(Ordering::Acquire) < a.state.sent.load(Ordering::Acquire))
+        .count()
 }
 
 /// The area entry point.
@@ -269,21 +271,25 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     }
     git(&repo, &["add", "-A"])?;
     git(&repo, &["commit", "-q", "-m", "init"])?;
-    let names: Vec<String> = std::iter::once("app".to_string()).chain((1..nb).map(|i| format!("b{i}"))).collect();
+    let names: Vec<String> =
+        std::iter::once("app".to_string()).chain((1..nb).map(|i| format!("b{i}"))).collect();
     let docs: String = names
         .iter()
         .map(|b| {
-            let path = if b == "app" { "app".to_string() } else { b.clone() };
             format!(
-                "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: {b}}}\nspec: {{source: repo, path: {path}, targets: [{{clusterSelector: {{}}}}]}}\n"
+                "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: {b}}}\nspec: {{source: repo, path: {b}, targets: [{{clusterSelector: {{}}}}]}}\n"
             )
         })
         .collect();
     // The hub with the etcd store (feature `etcd`).
-    let convoy = workspace_binary_with("convoy-cli", "convoy", None, &["convoy-hub/etcd", "convoy-cli/etcd"])?;
+    let convoy =
+        workspace_binary_with("convoy-cli", "convoy", None, &["convoy-hub/etcd", "convoy-cli/etcd"])?;
     // A quota well above N × B statuses and their history (2 GiB by default).
     let etcd = etcd::Server::start_with(&["--quota-backend-bytes", "8589934592"]);
-    eprintln!("ha bench: etcd at {}; {n} agents × {nb} bundles on {REPLICAS} replicas, lease TTL {ttl_s}s", etcd.url);
+    eprintln!(
+        "ha bench: etcd at {}; {n} agents × {nb} bundles on {REPLICAS} replicas, lease TTL {ttl_s}s",
+        etcd.url
+    );
 
     let mut replicas = Vec::new();
     replicas.push(start_replica(&convoy, root, 0, &etcd.url, ttl_s, &repo, &docs).await?);
@@ -371,7 +377,11 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     let sent = seqs.iter().filter(|s| s.is_some()).count();
     let t0 = Instant::now();
     wait_all("the ack of their status", 600, || {
-        agents.iter().zip(&seqs).filter(|(a, s)| s.is_some_and(|s| a.state.acked.load(Ordering::Acquire) < s)).count()
+        agents
+            .iter()
+            .zip(&seqs)
+            .filter(|(a, s)| s.is_some_and(|s| a.state.acked.load(Ordering::Acquire) < s))
+            .count()
     })
     .await?;
     let storm_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -393,7 +403,10 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         None,
     ));
     out.push(one(
-        format!("etcd keys put per status (storm of {sent}; {puts:.0} puts, {:.0} deletes)", c1.deletes - c0.deletes),
+        format!(
+            "etcd keys put per status (storm of {sent}; {puts:.0} puts, {:.0} deletes)",
+            c1.deletes - c0.deletes
+        ),
         "puts/status",
         puts / (sent.max(1)) as f64,
         "",
@@ -443,7 +456,9 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     }
     out.push(Measurement::from_samples(
         AREA,
-        &format!("new revision to every agent, p99 ({n} agents on {REPLICAS} replicas; git commit to receipt)"),
+        &format!(
+            "new revision to every agent, p99 ({n} agents on {REPLICAS} replicas; git commit to receipt)"
+        ),
         "ms",
         &p99,
         "p99 < 1000 ms",
@@ -472,14 +487,20 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     let (total_c, in_use_c) = db_size(&etcd.url)?;
     let mib = |b: f64| b / (1 << 20) as f64;
     out.push(one(
-        format!("etcd database, {n} clusters × {nb} bundles, as the hub leaves it (file; {:.1} MiB in use)", mib(in_use)),
+        format!(
+            "etcd database, {n} clusters × {nb} bundles, as the hub leaves it (file; {:.1} MiB in use)",
+            mib(in_use)
+        ),
         "MiB",
         mib(total),
         "",
         None,
     ));
     out.push(one(
-        format!("etcd database, {n} clusters × {nb} bundles, after compaction + defrag (in use {:.1} MiB)", mib(in_use_c)),
+        format!(
+            "etcd database, {n} clusters × {nb} bundles, after compaction + defrag (in use {:.1} MiB)",
+            mib(in_use_c)
+        ),
         "MiB",
         mib(total_c),
         "",
@@ -525,8 +546,14 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
                 }
             }
         }
-        if reconnected_after.is_none() && orphans.iter().all(|(a, s)| a.state.snapshots.load(Ordering::Acquire) > *s) {
-            let last = orphans.iter().map(|(a, _)| a.state.snapshot_ns.load(Ordering::Acquire)).max().unwrap_or(killed_ns);
+        if reconnected_after.is_none()
+            && orphans.iter().all(|(a, s)| a.state.snapshots.load(Ordering::Acquire) > *s)
+        {
+            let last = orphans
+                .iter()
+                .map(|(a, _)| a.state.snapshot_ns.load(Ordering::Acquire))
+                .max()
+                .unwrap_or(killed_ns);
             reconnected_after = Some(Duration::from_nanos(last.saturating_sub(killed_ns)));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -89,11 +89,15 @@ mod tests {
         let f = refused(tonic::Status::failed_precondition(
             "rollout of \"web\": resume refused: the rollout is not paused",
         ));
-        assert_eq!((f.code, f.message.as_str()), (1, "refused: rollout of \"web\": resume refused: the rollout is not paused"));
+        assert_eq!(
+            (f.code, f.message.as_str()),
+            (1, "refused: rollout of \"web\": resume refused: the rollout is not paused")
+        );
         let f = refused(tonic::Status::aborted("the rollout changed on another hub replica; try again"));
         assert_eq!(f.code, 1);
         assert!(f.message.starts_with("refused (changed on another hub replica"), "{}", f.message);
-        let f = refused(tonic::Status::not_found("rollout of \"web\": pause refused: the bundle has no rollout"));
+        let f =
+            refused(tonic::Status::not_found("rollout of \"web\": pause refused: the bundle has no rollout"));
         assert_eq!(f.code, 5);
         assert!(f.message.ends_with("the bundle has no rollout"), "{}", f.message);
     }

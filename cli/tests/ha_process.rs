@@ -416,7 +416,8 @@ fn etcd_range(url: &str, prefix: &str, at: i64, only_at: bool) -> (i64, Vec<(Str
         let raw = base64::engine::general_purpose::STANDARD.decode(f.as_str().unwrap_or_default()).unwrap();
         String::from_utf8_lossy(&raw).to_string()
     };
-    let kvs = v["kvs"].as_array().map(|kvs| kvs.iter().map(|kv| (text(&kv["key"]), text(&kv["value"]))).collect());
+    let kvs: Option<Vec<(String, String)>> =
+        v["kvs"].as_array().map(|kvs| kvs.iter().map(|kv| (text(&kv["key"]), text(&kv["value"]))).collect());
     (rev, kvs.unwrap_or_default())
 }
 
@@ -465,7 +466,8 @@ fn heavy_a_replica_cut_off_from_etcd_stops_writing_and_claiming_work_and_rejoins
         web(&root.join("b")).filter(|g| *g == first)
     });
     until("b stands by", Duration::from_secs(10), || standing_by(&root.join("b")).filter(|s| *s));
-    let lock_holder = || etcd_range(&etcd.url, "locks/source/repo", 0, false).1.first().map(|kv| kv.1.clone());
+    let lock_holder =
+        || etcd_range(&etcd.url, "locks/source/repo", 0, false).1.first().map(|kv| kv.1.clone());
     assert_eq!(lock_holder(), Some(a_id.clone()), "a holds the source lock");
     let b_id = until("b's replica key", Duration::from_secs(10), || {
         let (_, kvs) = etcd_range(&etcd.url, "replicas/", 0, false);
@@ -481,7 +483,9 @@ fn heavy_a_replica_cut_off_from_etcd_stops_writing_and_claiming_work_and_rejoins
         web(&root.join("b")).filter(|g| g.0 > 1)
     });
     let took = cut.elapsed();
-    eprintln!("etcd cut-off of the lock holder to the next commit signed by the other replica: {took:?} (lease TTL {TTL_SECS}s, poll 1s)");
+    eprintln!(
+        "etcd cut-off of the lock holder to the next commit signed by the other replica: {took:?} (lease TTL {TTL_SECS}s, poll 1s)"
+    );
     assert_eq!(second.0, 2, "the next generation, none skipped or repeated");
     assert_ne!(second.1, first.1);
     assert!(took < Duration::from_secs(TTL_SECS + 10), "took {took:?}");
@@ -501,7 +505,10 @@ fn heavy_a_replica_cut_off_from_etcd_stops_writing_and_claiming_work_and_rejoins
     for rev in cut_rev + 1..=heal_rev {
         let (_, kvs) = etcd_range(&etcd.url, "", rev, true);
         for kv in &kvs {
-            assert!(!written_by(&a_id, kv), "a wrote {kv:?} at etcd revision {rev}, after the cut at {cut_rev}");
+            assert!(
+                !written_by(&a_id, kv),
+                "a wrote {kv:?} at etcd revision {rev}, after the cut at {cut_rev}"
+            );
         }
         puts += kvs.len();
     }

@@ -1469,9 +1469,17 @@ mod tests {
         assert_eq!(command(&s, Command::Approve, "ops", 0).unwrap_err(), Refusal::NoWaveLeft);
         let all = [
             (Refusal::NoRollout, RefusalKind::NotFound, "no rollout"),
-            (Refusal::Ended { revision: "r".into(), status: "Complete" }, RefusalKind::State, "Complete already"),
+            (
+                Refusal::Ended { revision: "r".into(), status: "Complete" },
+                RefusalKind::State,
+                "Complete already",
+            ),
             (Refusal::NoWaveLeft, RefusalKind::State, "no wave left"),
-            (Refusal::NotAwaitingApproval { wave: "eu".into() }, RefusalKind::State, "wave eu is not waiting"),
+            (
+                Refusal::NotAwaitingApproval { wave: "eu".into() },
+                RefusalKind::State,
+                "wave eu is not waiting",
+            ),
             (Refusal::AlreadyPaused, RefusalKind::State, "paused already"),
             (Refusal::NotPaused, RefusalKind::State, "not paused"),
             (

@@ -235,7 +235,11 @@ mod tests {
             let text = reason.to_string();
             let s = refused(reason);
             assert_eq!(s.code(), Code::FailedPrecondition, "{text}");
-            assert!(s.message().ends_with(&text) && s.message().contains("resume refused"), "{}", s.message());
+            assert!(
+                s.message().ends_with(&text) && s.message().contains("resume refused"),
+                "{}",
+                s.message()
+            );
         }
     }
 
