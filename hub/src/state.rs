@@ -2502,10 +2502,7 @@ spec:
             f.pipeline.actions()
         );
         let e = f.state.set_source_suspended("nope".into(), true).await.unwrap_err();
-        assert!(
-            matches!(&e, Error::RolloutRefused { reason: crate::domain::rollout::Refusal::NoRollout, .. }),
-            "{e}"
-        );
+        assert!(matches!(e, Error::Rejected(Rejection::NotFound(_))), "{e}");
     }
 
     #[tokio::test]
