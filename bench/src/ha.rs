@@ -41,7 +41,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::Ctx;
 use crate::hub::{bundle, git, unix_ns};
 use crate::scale::{
-    REGISTER_CONCURRENCY, Sim, SimAgent, open, raise_nofile, register, wait_all, write_app, write_other,
+    REGISTER_CONCURRENCY, Sim, SimAgent, fleet_repo, open, raise_nofile, register, wait_all, write_app,
 };
 
 const AREA: &str = "ha";
@@ -263,24 +263,7 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     let tmp = tempfile::tempdir()?;
     let root = tmp.path();
     let repo = root.join("repo");
-    std::fs::create_dir_all(&repo)?;
-    git(&repo, &["init", "-q", "-b", "main"])?;
-    write_app(&repo, 0)?;
-    for i in 1..nb {
-        write_other(&repo, i)?;
-    }
-    git(&repo, &["add", "-A"])?;
-    git(&repo, &["commit", "-q", "-m", "init"])?;
-    let names: Vec<String> =
-        std::iter::once("app".to_string()).chain((1..nb).map(|i| format!("b{i}"))).collect();
-    let docs: String = names
-        .iter()
-        .map(|b| {
-            format!(
-                "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: {b}}}\nspec: {{source: repo, path: {b}, targets: [{{clusterSelector: {{}}}}]}}\n"
-            )
-        })
-        .collect();
+    let (names, docs) = fleet_repo(&repo, nb)?;
     // The hub with the etcd store (feature `etcd`).
     let convoy =
         workspace_binary_with("convoy-cli", "convoy", None, &["convoy-hub/etcd", "convoy-cli/etcd"])?;
@@ -464,22 +447,15 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         "p99 < 1000 ms",
         Some(median(&p99) < 1000.0),
     ));
-    out.push(Measurement::from_samples(
-        AREA,
-        &format!("etcd write transactions per revision (the generation, then {n} × 1 statuses acked)"),
+    let stated = |name: String, unit: &str, samples: &[f64]| {
+        Measurement::from_samples(AREA, &name, unit, samples, "", None)
+    };
+    out.push(stated(
+        format!("etcd write transactions per revision (the generation, then {n} × 1 statuses acked)"),
         "txns",
         &rev_txns,
-        "",
-        None,
     ));
-    out.push(Measurement::from_samples(
-        AREA,
-        &format!("etcd keys put per revision ({n} agents)"),
-        "puts",
-        &rev_puts,
-        "",
-        None,
-    ));
+    out.push(stated(format!("etcd keys put per revision ({n} agents)"), "puts", &rev_puts));
 
     // etcd's database for N clusters × B bundles.
     let (total, in_use) = db_size(&etcd.url)?;

@@ -114,6 +114,31 @@ pub(crate) fn write_other(repo: &Path, i: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A git repository at `repo` with bundle `app` (revision 0) and `b1`..
+/// (`bundles` in all), committed; returns the bundle names and their Bundle
+/// documents, each targeting every cluster.
+pub(crate) fn fleet_repo(repo: &Path, bundles: usize) -> anyhow::Result<(Vec<String>, String)> {
+    std::fs::create_dir_all(repo)?;
+    git(repo, &["init", "-q", "-b", "main"])?;
+    write_app(repo, 0)?;
+    for i in 1..bundles {
+        write_other(repo, i)?;
+    }
+    git(repo, &["add", "-A"])?;
+    git(repo, &["commit", "-q", "-m", "init"])?;
+    let names: Vec<String> =
+        std::iter::once("app".to_string()).chain((1..bundles).map(|i| format!("b{i}"))).collect();
+    let docs = names
+        .iter()
+        .map(|b| {
+            format!(
+                "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: {b}}}\nspec: {{source: repo, path: {b}, targets: [{{clusterSelector: {{}}}}]}}\n"
+            )
+        })
+        .collect();
+    Ok((names, docs))
+}
+
 /// The hub's CPU time so far (user + system), in seconds.
 pub(crate) fn cpu_s(pid: u32) -> anyhow::Result<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -342,23 +367,8 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let repo = dir.join("repo");
-    std::fs::create_dir_all(&repo)?;
-    git(&repo, &["init", "-q", "-b", "main"])?;
-    write_app(&repo, 0)?;
-    for i in 1..nb {
-        write_other(&repo, i)?;
-    }
-    git(&repo, &["add", "-A"])?;
-    git(&repo, &["commit", "-q", "-m", "init"])?;
+    let (_, docs) = fleet_repo(&repo, nb)?;
     let convoy = workspace_binary("convoy-cli", "convoy", None)?;
-    let mut docs = String::from(
-        "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {name: app}\nspec: {source: repo, path: app, targets: [{clusterSelector: {}}]}\n",
-    );
-    for i in 1..nb {
-        docs.push_str(&format!(
-            "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: b{i}}}\nspec: {{source: repo, path: b{i}, targets: [{{clusterSelector: {{}}}}]}}\n"
-        ));
-    }
     let (hub, creds) = start_hub(&convoy, dir, &repo.display().to_string(), &docs).await?;
     let pid = hub.0.id();
     let admin = Endpoint::from_shared(creds.hub.clone())?.tls_config(creds.admin_tls())?.connect().await?;

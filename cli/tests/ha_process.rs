@@ -56,6 +56,16 @@ fn write_fleet(root: &Path, repo: &Path) {
     .unwrap();
 }
 
+/// `root/repo` with commit "1" of `web/cm.yaml`, and the fleet on it.
+fn repo_and_fleet(root: &Path) -> std::path::PathBuf {
+    let repo = root.join("repo");
+    std::fs::create_dir_all(repo.join("web")).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    commit(&repo, "1");
+    write_fleet(root, &repo);
+    repo
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -138,11 +148,7 @@ fn heavy_kill_9_of_the_source_lock_holder_moves_fetching_to_another_replica() {
     let etcd = etcd_server::Server::start();
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
-    let repo = root.join("repo");
-    std::fs::create_dir_all(repo.join("web")).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    commit(&repo, "1");
-    write_fleet(root, &repo);
+    let repo = repo_and_fleet(root);
 
     let a = start(root, "a", &etcd.url, None);
     let first = until("replica a signs generation 1", Duration::from_secs(60), || {
@@ -446,11 +452,7 @@ fn heavy_a_replica_cut_off_from_etcd_stops_writing_and_claiming_work_and_rejoins
     let proxy = etcd_server::Proxy::start(&etcd.url);
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
-    let repo = root.join("repo");
-    std::fs::create_dir_all(repo.join("web")).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    commit(&repo, "1");
-    write_fleet(root, &repo);
+    let repo = repo_and_fleet(root);
 
     // a, through the proxy, starts first: it takes the source lock.
     let _a = start(root, "a", &proxy.url, None);

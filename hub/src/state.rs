@@ -1057,7 +1057,7 @@ impl Actor {
                         batch.add(Vec::new(), reply, ());
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(e.into()));
+                        let _ = reply.send(Err(e));
                     }
                 }
             }
