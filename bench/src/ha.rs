@@ -568,3 +568,30 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     drop(etcd);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_are_full_jitter_below_an_exponential_ceiling_capped_at_60_s() {
+        for attempt in 0..40u32 {
+            let ceiling = RECONNECT_BASE.saturating_mul(1 << attempt.min(16)).min(RECONNECT_CAP);
+            for i in 0..50 {
+                assert!(backoff(i, attempt) < ceiling, "agent {i}, attempt {attempt}");
+            }
+        }
+        // Spread: the first retries of many agents do not all land together.
+        let first: std::collections::BTreeSet<u128> = (0..50).map(|i| backoff(i, 0).as_millis()).collect();
+        assert!(first.len() > 10, "{first:?}");
+    }
+
+    #[test]
+    fn an_etcd_sample_is_read_under_its_current_or_older_name() {
+        let text = "etcd_debugging_mvcc_put_total 7\netcd_debugging_mvcc_current_revision 12\n";
+        assert_eq!(sample(text, &["etcd_mvcc_put_total", "etcd_debugging_mvcc_put_total"]), Some(7.0));
+        let text = "etcd_mvcc_put_total 9\netcd_debugging_mvcc_put_total 7\n";
+        assert_eq!(sample(text, &["etcd_mvcc_put_total", "etcd_debugging_mvcc_put_total"]), Some(9.0));
+        assert_eq!(sample(text, &["etcd_mvcc_txn_total"]), None);
+    }
+}
