@@ -5,7 +5,9 @@
 //! `scale` area's (real mTLS, Sync streams, Ready statuses, acks), plus what
 //! real agents do when their hub dies: they reconnect with exponential
 //! backoff and full jitter (500 ms .. 60 s, the agent's defaults) to the
-//! next address of their list. Agent `i` starts on replica `i % 3`.
+//! next address of their list, where an agent whose last statuses were not
+//! acknowledged reports its current status again (the real agent replays
+//! its outbox). Agent `i` starts on replica `i % 3`.
 //! Reported:
 //! - a new revision to every agent: p99 from the git commit (then
 //!   `Reconcile` on the source-lock holder) to each agent's receipt,
@@ -206,6 +208,12 @@ async fn run_agent(
             _ = stop.cancelled() => return,
         };
         if let Ok((link, mut task)) = opened {
+            // Statuses the last stream left unacknowledged (the hub closes a
+            // stream whose reports it could not store): report again, as the
+            // real agent replays its outbox after a reconnect.
+            if agent.state.acked.load(Ordering::Acquire) < agent.state.sent.load(Ordering::Acquire) {
+                link.report("replayed after a reconnect");
+            }
             *agent.link.lock() = Some(link);
             agent.on.store(k, Ordering::Release);
             agent.streams.fetch_add(1, Ordering::AcqRel);
