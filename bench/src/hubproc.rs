@@ -14,11 +14,28 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 /// it is) with the benchmark's own profile, or with `profile` when the
 /// benchmark runs optimized, so a benchmark never measures a stale binary.
 pub fn workspace_binary(package: &str, bin: &str, profile: Option<&str>) -> anyhow::Result<PathBuf> {
+    workspace_binary_with(package, bin, profile, &[])
+}
+
+/// [`workspace_binary`] with cargo `features` (e.g. `convoy-hub/etcd`). With
+/// features, the build names the whole workspace (`--workspace --bin`), as
+/// scripts/test.sh does, so cargo unifies features as for that build and
+/// reuses its dependencies instead of building them again.
+pub fn workspace_binary_with(
+    package: &str,
+    bin: &str,
+    profile: Option<&str>,
+    features: &[&str],
+) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().ok_or_else(|| anyhow!("no exe dir"))?;
     let release = exe.to_string_lossy().contains("/release/");
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if features.is_empty() {
+        cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    } else {
+        cmd.args(["build", "--quiet", "--workspace", "--bin", bin, "--features", &features.join(",")]);
+    }
     let path = match (release, profile) {
         (true, Some(p)) => {
             cmd.args(["--profile", p]);
@@ -62,12 +79,44 @@ pub async fn start_hub_with_metrics(
     bundles: &str,
     metrics_listen: &str,
 ) -> anyhow::Result<(Kill, Creds)> {
+    let opts = HubOpts { metrics_listen: metrics_listen.into(), ..Default::default() };
+    start_hub_with(convoy, dir, repo_url, bundles, &opts).await
+}
+
+/// What a benchmark changes in the hub's config ([`start_hub_with`]).
+#[derive(Debug, Clone)]
+pub struct HubOpts {
+    /// `metrics.listen` (`127.0.0.1:0` by default).
+    pub metrics_listen: String,
+    /// The GitSource's poll interval (`1h` by default: only webhooks and
+    /// Reconcile fetch).
+    pub interval: String,
+    /// More lines of the HubConfig `spec`, each indented by two spaces and
+    /// ending with a newline (e.g. `  store: {type: etcd, ...}\n`).
+    pub spec: String,
+}
+
+impl Default for HubOpts {
+    fn default() -> Self {
+        HubOpts { metrics_listen: "127.0.0.1:0".into(), interval: "1h".into(), spec: String::new() }
+    }
+}
+
+/// [`start_hub`] with `opts`.
+pub async fn start_hub_with(
+    convoy: &Path,
+    dir: &Path,
+    repo_url: &str,
+    bundles: &str,
+    opts: &HubOpts,
+) -> anyhow::Result<(Kill, Creds)> {
+    let HubOpts { metrics_listen, interval, spec } = opts;
     let cfg = dir.join("hub.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "apiVersion: convoy.dev/v1\nkind: HubConfig\nspec:\n  dataDir: data\n  grpc: {{listen: \"127.0.0.1:0\"}}\n  http: {{listen: \"127.0.0.1:0\"}}\n  metrics: {{listen: \"{metrics_listen}\"}}\n\
----\napiVersion: convoy.dev/v1\nkind: GitSource\nmetadata: {{name: repo}}\nspec: {{url: \"{repo_url}\", interval: 1h}}\n{bundles}"
+            "apiVersion: convoy.dev/v1\nkind: HubConfig\nspec:\n  dataDir: data\n  grpc: {{listen: \"127.0.0.1:0\"}}\n  http: {{listen: \"127.0.0.1:0\"}}\n  metrics: {{listen: \"{metrics_listen}\"}}\n{spec}\
+---\napiVersion: convoy.dev/v1\nkind: GitSource\nmetadata: {{name: repo}}\nspec: {{url: \"{repo_url}\", interval: {interval}}}\n{bundles}"
         ),
     )?;
     // Its scratch dirs (kustomize renders) under `dir`, removed with it.

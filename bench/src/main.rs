@@ -14,6 +14,7 @@ use convoy_bench::report::{self, Measurement};
 mod agent;
 mod artifacts;
 mod e2e;
+mod ha;
 mod helm;
 mod hub;
 mod incremental;
@@ -35,10 +36,11 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-    /// Simulated agents of the `scale` area (default 100000, 500 with --quick).
+    /// Simulated agents of the `scale` area (default 100000, 500 with --quick)
+    /// and of the `ha` area (default 10000, 300 with --quick).
     #[arg(long)]
     agents: Option<usize>,
-    /// Bundles every agent of the `scale` area gets (default 1).
+    /// Bundles every agent of the `scale` area gets (default 1; `ha`: 20, 3 with --quick).
     #[arg(long)]
     bundles: Option<usize>,
 }
@@ -71,6 +73,7 @@ const AREAS: &[(&str, AreaFn)] = &[
     ("variants", variants::run),
     ("helm", helm::run),
     ("scale", scale::run),
+    ("ha", ha::run),
 ];
 
 fn main() -> ExitCode {

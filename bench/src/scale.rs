@@ -58,12 +58,24 @@ pub(crate) struct Sim {
     pub(crate) others: Box<[AtomicU64]>,
     /// The snapshot arrived.
     pub(crate) ready: AtomicU64,
+    /// Snapshots received over all of the agent's streams, and when the
+    /// last one arrived (unix ns): a reconnected agent (the `ha` area) has
+    /// one more.
+    pub(crate) snapshots: AtomicU64,
+    pub(crate) snapshot_ns: AtomicU64,
     /// Next outbox sequence number to use.
     seq: AtomicU64,
     /// Highest seq acknowledged by the hub.
     pub(crate) acked: AtomicU64,
     /// Highest seq actually sent (a full queue drops a status).
     pub(crate) sent: AtomicU64,
+}
+
+impl Sim {
+    /// A fresh agent with `bundles` bundles (`app`, `b1`..).
+    pub(crate) fn new(bundles: usize) -> Arc<Sim> {
+        Arc::new(Sim { others: (1..bundles).map(|_| AtomicU64::new(0)).collect(), ..Default::default() })
+    }
 }
 
 pub(crate) struct SimAgent {
@@ -73,7 +85,7 @@ pub(crate) struct SimAgent {
 
 impl SimAgent {
     /// Report `app` at its current generation with `message`; returns the seq.
-    fn report(&self, message: &str) -> Option<u64> {
+    pub(crate) fn report(&self, message: &str) -> Option<u64> {
         let seq = self.state.seq.fetch_add(1, Ordering::AcqRel) + 1;
         let status = pb::BundleStatus {
             bundle: "app".into(),
@@ -100,6 +112,31 @@ pub(crate) fn write_other(repo: &Path, i: usize) -> anyhow::Result<()> {
         ),
     )?;
     Ok(())
+}
+
+/// A git repository at `repo` with bundle `app` (revision 0) and `b1`..
+/// (`bundles` in all), committed; returns the bundle names and their Bundle
+/// documents, each targeting every cluster.
+pub(crate) fn fleet_repo(repo: &Path, bundles: usize) -> anyhow::Result<(Vec<String>, String)> {
+    std::fs::create_dir_all(repo)?;
+    git(repo, &["init", "-q", "-b", "main"])?;
+    write_app(repo, 0)?;
+    for i in 1..bundles {
+        write_other(repo, i)?;
+    }
+    git(repo, &["add", "-A"])?;
+    git(repo, &["commit", "-q", "-m", "init"])?;
+    let names: Vec<String> =
+        std::iter::once("app".to_string()).chain((1..bundles).map(|i| format!("b{i}"))).collect();
+    let docs = names
+        .iter()
+        .map(|b| {
+            format!(
+                "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: {b}}}\nspec: {{source: repo, path: {b}, targets: [{{clusterSelector: {{}}}}]}}\n"
+            )
+        })
+        .collect();
+    Ok((names, docs))
 }
 
 /// The hub's CPU time so far (user + system), in seconds.
@@ -193,6 +230,24 @@ pub(crate) async fn connect(
     i: usize,
     bundles: usize,
 ) -> anyhow::Result<SimAgent> {
+    let epoch = unix_ns() ^ i as u64;
+    Ok(open(endpoint, ca, cert, key, i, bundles, Sim::new(bundles), epoch).await?.0)
+}
+
+/// Open one Sync stream for agent `i` (outbox epoch `epoch`) that records
+/// what it receives in `state`; the task returned ends with the stream (the
+/// `ha` area reconnects then, with the same state and epoch).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn open(
+    endpoint: &str,
+    ca: &str,
+    cert: &str,
+    key: &str,
+    i: usize,
+    bundles: usize,
+    state: Arc<Sim>,
+    epoch: u64,
+) -> anyhow::Result<(SimAgent, tokio::task::JoinHandle<()>)> {
     let local =
         IpAddr::V4(Ipv4Addr::new(127, 0, (i / PER_ADDRESS / 250) as u8, 2 + (i / PER_ADDRESS % 250) as u8));
     let ch = Endpoint::from_shared(endpoint.to_string())?
@@ -209,16 +264,14 @@ pub(crate) async fn connect(
     tx.send(pb::AgentMessage {
         msg: Some(In::Hello(pb::Hello {
             agent_version: "bench-scale/1".into(),
-            outbox_epoch: unix_ns() ^ i as u64,
+            outbox_epoch: epoch,
             ..Default::default()
         })),
     })
     .await?;
     let mut stream = client.sync(ReceiverStream::new(rx)).await?.into_inner();
-    let state =
-        Arc::new(Sim { others: (1..bundles).map(|_| AtomicU64::new(0)).collect(), ..Default::default() });
     let agent = SimAgent { state: state.clone(), tx: tx.clone() };
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut hb = tokio::time::interval(Duration::from_secs(15));
         hb.tick().await;
         loop {
@@ -229,7 +282,12 @@ pub(crate) async fn connect(
                 m = stream.message() => {
                     let Ok(Some(m)) = m else { return };
                     let list = match m.msg {
-                        Some(Out::Snapshot(s)) => { state.ready.store(1, Ordering::Release); s.bundles }
+                        Some(Out::Snapshot(s)) => {
+                            state.ready.store(1, Ordering::Release);
+                            state.snapshot_ns.store(unix_ns(), Ordering::Release);
+                            state.snapshots.fetch_add(1, Ordering::AcqRel);
+                            s.bundles
+                        }
                         Some(Out::Update(u)) => u.upserts,
                         Some(Out::Ack(a)) => { state.acked.fetch_max(a.acked_seq, Ordering::AcqRel); continue }
                         None => continue,
@@ -262,7 +320,7 @@ pub(crate) async fn connect(
             }
         }
     });
-    Ok(agent)
+    Ok((agent, task))
 }
 
 pub(crate) async fn wait_all(
@@ -309,23 +367,8 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     let repo = dir.join("repo");
-    std::fs::create_dir_all(&repo)?;
-    git(&repo, &["init", "-q", "-b", "main"])?;
-    write_app(&repo, 0)?;
-    for i in 1..nb {
-        write_other(&repo, i)?;
-    }
-    git(&repo, &["add", "-A"])?;
-    git(&repo, &["commit", "-q", "-m", "init"])?;
+    let (_, docs) = fleet_repo(&repo, nb)?;
     let convoy = workspace_binary("convoy-cli", "convoy", None)?;
-    let mut docs = String::from(
-        "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {name: app}\nspec: {source: repo, path: app, targets: [{clusterSelector: {}}]}\n",
-    );
-    for i in 1..nb {
-        docs.push_str(&format!(
-            "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: b{i}}}\nspec: {{source: repo, path: b{i}, targets: [{{clusterSelector: {{}}}}]}}\n"
-        ));
-    }
     let (hub, creds) = start_hub(&convoy, dir, &repo.display().to_string(), &docs).await?;
     let pid = hub.0.id();
     let admin = Endpoint::from_shared(creds.hub.clone())?.tls_config(creds.admin_tls())?.connect().await?;

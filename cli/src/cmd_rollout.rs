@@ -4,7 +4,9 @@
 use convoy_proto::v1 as pb;
 use serde::Serialize;
 
-use crate::cmd_fleet::{Conn, Output, Result, age, connect, print_data, print_table, table, term_safe};
+use crate::cmd_fleet::{
+    Conn, Failure, Output, Result, age, connect, print_data, print_table, table, term_safe,
+};
 
 /// `convoy rollout ...`
 #[derive(Debug, clap::Subcommand)]
@@ -58,10 +60,47 @@ pub async fn run(cmd: RolloutCommand) -> Result<()> {
         RolloutCommand::Rollback(a) => (a, pb::RolloutCommand::Rollback),
     };
     let mut client = connect(&a.conn).await?;
-    let r =
-        client.rollout_action(pb::RolloutActionRequest { bundle: a.bundle, command: command as i32 }).await?;
+    let r = client
+        .rollout_action(pb::RolloutActionRequest { bundle: a.bundle, command: command as i32 })
+        .await
+        .map_err(refused)?;
     println!("{}", term_safe(&r.into_inner().message));
     Ok(())
+}
+
+/// A refused rollout command as the CLI prints it: the hub's reason, after
+/// what kind of refusal it is (docs/rollouts.md#operations).
+fn refused(s: tonic::Status) -> Failure {
+    use tonic::Code;
+    let what = match s.code() {
+        Code::FailedPrecondition => "refused",
+        Code::Aborted => "refused (changed on another hub replica; run it again)",
+        _ => return s.into(),
+    };
+    Failure::new(1, format!("{what}: {}", term_safe(s.message())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_command_prints_the_hubs_reason() {
+        let f = refused(tonic::Status::failed_precondition(
+            "rollout of \"web\": resume refused: the rollout is not paused",
+        ));
+        assert_eq!(
+            (f.code, f.message.as_str()),
+            (1, "refused: rollout of \"web\": resume refused: the rollout is not paused")
+        );
+        let f = refused(tonic::Status::aborted("the rollout changed on another hub replica; try again"));
+        assert_eq!(f.code, 1);
+        assert!(f.message.starts_with("refused (changed on another hub replica"), "{}", f.message);
+        let f =
+            refused(tonic::Status::not_found("rollout of \"web\": pause refused: the bundle has no rollout"));
+        assert_eq!(f.code, 5);
+        assert!(f.message.ends_with("the bundle has no rollout"), "{}", f.message);
+    }
 }
 
 /// The stable JSON/YAML shape of `convoy rollout status`.

@@ -3,7 +3,10 @@
 //! lock, and another fetches and signs the next commit once the dead
 //! replica's lease has expired; kill -9 of the replica real agents (on
 //! kube-sim) are connected to, and they move to another replica and lose
-//! no status or event. Generations stay monotonic.
+//! no status or event; a replica whose etcd connection goes through a TCP
+//! proxy the test cuts stops writing (checked in etcd's own history) and
+//! stops claiming work, and rejoins as a follower once healed. Generations
+//! stay monotonic.
 #![cfg(feature = "etcd")]
 
 #[path = "../../hub/tests/etcd_server/mod.rs"]
@@ -37,6 +40,30 @@ fn commit(repo: &Path, value: &str) {
     .unwrap();
     git(repo, &["add", "-A"]);
     git(repo, &["commit", "-q", "-m", value]);
+}
+
+/// The fleet every replica reads: GitSource `repo` (polled every second)
+/// and Bundle `web` (its `web` directory) on every cluster.
+fn write_fleet(root: &Path, repo: &Path) {
+    std::fs::create_dir_all(root.join("fleet")).unwrap();
+    std::fs::write(
+        root.join("fleet/fleet.yaml"),
+        format!(
+            "apiVersion: convoy.dev/v1\nkind: GitSource\nmetadata: {{name: repo}}\nspec:\n  url: file://{}\n  ref: {{branch: main}}\n  interval: 1s\n---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: web}}\nspec:\n  source: repo\n  path: web\n  targets: [{{clusterSelector: {{}}}}]\n",
+            repo.display()
+        ),
+    )
+    .unwrap();
+}
+
+/// `root/repo` with commit "1" of `web/cm.yaml`, and the fleet on it.
+fn repo_and_fleet(root: &Path) -> std::path::PathBuf {
+    let repo = root.join("repo");
+    std::fs::create_dir_all(repo.join("web")).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    commit(&repo, "1");
+    write_fleet(root, &repo);
+    repo
 }
 
 fn free_port() -> u16 {
@@ -121,19 +148,7 @@ fn heavy_kill_9_of_the_source_lock_holder_moves_fetching_to_another_replica() {
     let etcd = etcd_server::Server::start();
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
-    let repo = root.join("repo");
-    std::fs::create_dir_all(repo.join("web")).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    commit(&repo, "1");
-    std::fs::create_dir_all(root.join("fleet")).unwrap();
-    std::fs::write(
-        root.join("fleet/fleet.yaml"),
-        format!(
-            "apiVersion: convoy.dev/v1\nkind: GitSource\nmetadata: {{name: repo}}\nspec:\n  url: file://{}\n  ref: {{branch: main}}\n  interval: 1s\n---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: web}}\nspec:\n  source: repo\n  path: web\n  targets: [{{clusterSelector: {{}}}}]\n",
-            repo.display()
-        ),
-    )
-    .unwrap();
+    let repo = repo_and_fleet(root);
 
     let a = start(root, "a", &etcd.url, None);
     let first = until("replica a signs generation 1", Duration::from_secs(60), || {
@@ -248,15 +263,7 @@ async fn heavy_kill_9_of_the_replica_agents_are_connected_to_moves_them_and_lose
         git(&repo, &["commit", "-q", "-m", value]);
     };
     commit_default("1");
-    std::fs::create_dir_all(root.join("fleet")).unwrap();
-    std::fs::write(
-        root.join("fleet/fleet.yaml"),
-        format!(
-            "apiVersion: convoy.dev/v1\nkind: GitSource\nmetadata: {{name: repo}}\nspec:\n  url: file://{}\n  ref: {{branch: main}}\n  interval: 1s\n---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: web}}\nspec:\n  source: repo\n  path: web\n  targets: [{{clusterSelector: {{}}}}]\n",
-            repo.display()
-        ),
-    )
-    .unwrap();
+    write_fleet(root, &repo);
     let blocking = |f: &mut dyn FnMut()| tokio::task::block_in_place(f);
     let a = start(root, "a", &etcd.url, None);
     let mut first = None;
@@ -388,4 +395,144 @@ async fn heavy_kill_9_of_the_replica_agents_are_connected_to_moves_them_and_lose
         let _ = tokio::time::timeout(Duration::from_secs(30), agent.join()).await;
         sim.shutdown().await;
     }
+}
+
+/// One etcd `Range` through its JSON gateway: `(revision, [(key, value)])`
+/// of the keys under `prefix` (relative to the hub's `/proc/`) at store
+/// revision `at` (0: now), only those put at revision `at` when `only_at`.
+fn etcd_range(url: &str, prefix: &str, at: i64, only_at: bool) -> (i64, Vec<(String, String)>) {
+    use base64::Engine;
+    let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+    let key = format!("/proc/{prefix}").into_bytes();
+    let mut end = key.clone();
+    *end.last_mut().unwrap() += 1;
+    let mut body = serde_json::json!({"key": b64(&key), "range_end": b64(&end)});
+    if at > 0 {
+        body["revision"] = at.into();
+    }
+    if only_at {
+        body["min_mod_revision"] = at.into();
+        body["max_mod_revision"] = at.into();
+    }
+    let http = etcd_server::gateway(url, "/v3/kv/range", &body.to_string());
+    let json = http.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("etcd range: {e}: {http}"));
+    let rev = v["header"]["revision"].as_str().and_then(|r| r.parse().ok()).expect("a revision");
+    let text = |f: &Value| {
+        let raw = base64::engine::general_purpose::STANDARD.decode(f.as_str().unwrap_or_default()).unwrap();
+        String::from_utf8_lossy(&raw).to_string()
+    };
+    let kvs: Option<Vec<(String, String)>> =
+        v["kvs"].as_array().map(|kvs| kvs.iter().map(|kv| (text(&kv["key"]), text(&kv["value"]))).collect());
+    (rev, kvs.unwrap_or_default())
+}
+
+/// Whether a key put in etcd was written by replica `id`: a commit (every
+/// commit puts `meta/commit` = `<counter> <replica>`), a lock it took (the
+/// lock's value is its holder), or its own lease keys.
+fn written_by(id: &str, (key, value): &(String, String)) -> bool {
+    let key = key.trim_start_matches("/proc/");
+    (key == "meta/commit" && value.split_whitespace().nth(1) == Some(id))
+        || (key.starts_with("locks/") && value == id)
+        || key == format!("replicas/{id}")
+        || key == format!("peers/{id}")
+}
+
+/// A `convoy hub` process whose etcd connection goes through a TCP proxy the
+/// test controls holds the source lock; the proxy is cut. From the cut to
+/// the heal, nothing it writes lands in etcd (every key put at every etcd
+/// revision in between is read back and none is its), it drops its lock
+/// (its pipeline stands by) and publishes nothing it could not commit, and
+/// the other replica takes the lock within the lease TTL and fetches and
+/// signs the next commit. Healed, it rejoins as a follower: it gets a new
+/// lease, serves what the other signed, and leaves the lock where it is.
+#[test]
+fn heavy_a_replica_cut_off_from_etcd_stops_writing_and_claiming_work_and_rejoins_as_a_follower() {
+    let etcd = etcd_server::Server::start();
+    let proxy = etcd_server::Proxy::start(&etcd.url);
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let repo = repo_and_fleet(root);
+
+    // a, through the proxy, starts first: it takes the source lock.
+    let _a = start(root, "a", &proxy.url, None);
+    let first = until("replica a signs generation 1", Duration::from_secs(60), || {
+        web(&root.join("a")).filter(|g| g.0 > 0)
+    });
+    let a_id = until("a's replica key", Duration::from_secs(10), || {
+        let (_, kvs) = etcd_range(&etcd.url, "replicas/", 0, false);
+        kvs.first().map(|(k, _)| k.trim_start_matches("/proc/replicas/").to_string())
+    });
+    let _b = start(root, "b", &etcd.url, Some(&root.join("a/data")));
+    until("replica b serves generation 1", Duration::from_secs(60), || {
+        web(&root.join("b")).filter(|g| *g == first)
+    });
+    until("b stands by", Duration::from_secs(10), || standing_by(&root.join("b")).filter(|s| *s));
+    let lock_holder =
+        || etcd_range(&etcd.url, "locks/source/repo", 0, false).1.first().map(|kv| kv.1.clone());
+    assert_eq!(lock_holder(), Some(a_id.clone()), "a holds the source lock");
+    let b_id = until("b's replica key", Duration::from_secs(10), || {
+        let (_, kvs) = etcd_range(&etcd.url, "replicas/", 0, false);
+        kvs.iter().map(|(k, _)| k.trim_start_matches("/proc/replicas/").to_string()).find(|id| *id != a_id)
+    });
+
+    // Cut a off, then commit: a would fetch it (it held the lock), b must.
+    proxy.cut();
+    let cut = Instant::now();
+    let (cut_rev, _) = etcd_range(&etcd.url, "meta/", 0, false);
+    commit(&repo, "2");
+    let second = until("b takes the lock and signs the next commit", Duration::from_secs(30), || {
+        web(&root.join("b")).filter(|g| g.0 > 1)
+    });
+    let took = cut.elapsed();
+    eprintln!(
+        "etcd cut-off of the lock holder to the next commit signed by the other replica: {took:?} (lease TTL {TTL_SECS}s, poll 1s)"
+    );
+    assert_eq!(second.0, 2, "the next generation, none skipped or repeated");
+    assert_ne!(second.1, first.1);
+    assert!(took < Duration::from_secs(TTL_SECS + 10), "took {took:?}");
+    assert_eq!(lock_holder(), Some(b_id.clone()), "b holds the source lock");
+    // a stops claiming work: its pipeline stands by (it dropped the lock on
+    // its own, no renewal heard), and it published no generation it could
+    // not commit (durable before visible).
+    until("a stands by while cut off", Duration::from_secs(TTL_SECS * 3), || {
+        standing_by(&root.join("a")).filter(|s| *s)
+    });
+    assert_eq!(web(&root.join("a")), Some(first.clone()), "a serves only what it committed");
+
+    // Nothing a wrote landed in etcd after the cut: every key put at every
+    // revision since is someone else's.
+    let (heal_rev, _) = etcd_range(&etcd.url, "meta/", 0, false);
+    let mut puts = 0;
+    for rev in cut_rev + 1..=heal_rev {
+        let (_, kvs) = etcd_range(&etcd.url, "", rev, true);
+        for kv in &kvs {
+            assert!(
+                !written_by(&a_id, kv),
+                "a wrote {kv:?} at etcd revision {rev}, after the cut at {cut_rev}"
+            );
+        }
+        puts += kvs.len();
+    }
+    assert!(puts > 0, "b's commits are in etcd's history between revisions {cut_rev} and {heal_rev}");
+
+    // Healed: a rejoins as a follower.
+    proxy.heal();
+    until("a serves what b signed", Duration::from_secs(30), || {
+        web(&root.join("a")).filter(|g| *g == second)
+    });
+    until("a has a lease again", Duration::from_secs(30), || {
+        etcd_range(&etcd.url, &format!("replicas/{a_id}"), 0, false).1.first().map(|_| ())
+    });
+    assert_eq!(standing_by(&root.join("a")), Some(true), "a follows");
+    assert_eq!(lock_holder(), Some(b_id.clone()), "the lock stays with b");
+    commit(&repo, "3");
+    let third = until("b signs the next commit", Duration::from_secs(30), || {
+        web(&root.join("b")).filter(|g| g.0 > 2)
+    });
+    assert_eq!(third.0, 3, "generations stay monotonic across the cut");
+    until("a gets it through the change feed", Duration::from_secs(30), || {
+        web(&root.join("a")).filter(|g| *g == third)
+    });
+    assert_eq!(lock_holder(), Some(b_id), "the lock stays with b");
 }

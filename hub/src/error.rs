@@ -45,6 +45,41 @@ pub enum Error {
     /// The hub is shutting down.
     #[error("the hub is shutting down")]
     ShuttingDown,
+    /// An operator's rollout command was refused; the gRPC edge maps the
+    /// reason's [`kind`](crate::domain::rollout::Refusal::kind) to a code.
+    #[error("rollout of {bundle:?}: {command} refused: {reason}")]
+    RolloutRefused {
+        /// The bundle.
+        bundle: String,
+        /// The command's verb (`pause`, ...).
+        command: &'static str,
+        /// Why.
+        reason: crate::domain::rollout::Refusal,
+    },
+    /// A rollout record was not written: another hub replica wrote a newer
+    /// version after this replica read it (the version fence of the etcd store).
+    #[error(
+        "the rollout of {bundle} changed on another hub replica (stored version {stored}, this \
+         replica's decision was made on version {seen}); try again"
+    )]
+    RolloutChanged {
+        /// The bundle.
+        bundle: String,
+        /// The stored record's version.
+        stored: u64,
+        /// The version this replica decided on.
+        seen: u64,
+    },
+    /// This hub replica lost its etcd lease (etcd unreachable or the lease
+    /// expired): it writes nothing until etcd grants it a new one.
+    #[error(
+        "etcd: hub replica {replica} lost its lease (etcd unreachable or the lease expired); it writes \
+         nothing until etcd grants it a new one"
+    )]
+    LeaseLost {
+        /// The replica's id.
+        replica: String,
+    },
 }
 
 impl Error {

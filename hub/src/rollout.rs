@@ -18,7 +18,7 @@ use crate::domain::desired::ClusterBundles;
 use crate::domain::rollout::{
     self, ClusterObs, Command, Effect, Observations, RolloutRecord, RolloutState, RolloutStatus,
 };
-use crate::domain::{DeploymentRecord, EventRecord, HUB_EVENT_SOURCE, Rejection};
+use crate::domain::{DeploymentRecord, EventRecord, HUB_EVENT_SOURCE};
 use crate::index::BundleStatuses;
 use crate::store::Write;
 
@@ -311,13 +311,11 @@ impl Rollouts {
         computed: &dyn Fn(&str, &str) -> Option<DeploymentRecord>,
         signer: &SigningKey,
         now: i64,
-    ) -> Result<Pending, Rejection> {
-        let rec = self
-            .records
-            .get(bundle)
-            .ok_or_else(|| Rejection::NotFound(format!("no rollout of bundle {bundle:?}")))?;
-        let (state, fx) =
-            rollout::command(&rec.state, cmd, who, now).map_err(Rejection::FailedPrecondition)?;
+    ) -> Result<Pending, crate::Error> {
+        let refused =
+            |reason| crate::Error::RolloutRefused { bundle: bundle.to_string(), command: cmd.verb(), reason };
+        let rec = self.records.get(bundle).ok_or_else(|| refused(rollout::Refusal::NoRollout))?;
+        let (state, fx) = rollout::command(&rec.state, cmd, who, now).map_err(refused)?;
         let next = RolloutRecord { state, ..(**rec).clone() };
         let next = self.apply_effects(next, &fx, computed, signer, now);
         let mut pending = Pending::default();
@@ -362,6 +360,21 @@ impl Rollouts {
             rec.max_generation = generation;
         }
         rec
+    }
+}
+
+/// An operator command's commit error as the command's refusal: the etcd
+/// store's version fence refusing the record (another replica wrote it in
+/// between) becomes [`rollout::Refusal::ChangedOnAnotherReplica`]; any other
+/// error (the store failed, the replica lost its lease) is returned as is.
+pub fn command_error(e: crate::Error, bundle: &str, cmd: Command) -> crate::Error {
+    match e {
+        crate::Error::RolloutChanged { stored, seen, .. } => crate::Error::RolloutRefused {
+            bundle: bundle.to_string(),
+            command: cmd.verb(),
+            reason: rollout::Refusal::ChangedOnAnotherReplica { stored, seen },
+        },
+        e => e,
     }
 }
 

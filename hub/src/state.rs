@@ -456,7 +456,9 @@ impl StateHandle {
         cmd: crate::domain::rollout::Command,
         who: String,
     ) -> Result<()> {
-        self.call(|reply| Cmd::Rollout { bundle, cmd, who, reply }).await
+        let b = bundle.clone();
+        let r = self.call(|reply| Cmd::Rollout { bundle, cmd, who, reply }).await;
+        r.map_err(|e| crate::rollout::command_error(e, &b, cmd))
     }
 
     /// Set (`set`) and remove (`unset`) variables of a cluster; returns its
@@ -1070,7 +1072,7 @@ impl Actor {
                         batch.add(Vec::new(), reply, ());
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(e.into()));
+                        let _ = reply.send(Err(e));
                     }
                 }
             }
@@ -2661,7 +2663,10 @@ spec:
         assert!(matches!(e, Error::Store(_)), "{e}");
         assert_eq!(status(&state.view()), Some(RolloutStatus::AwaitingApproval), "nothing published");
         let e = state.rollout_command("nope".into(), Command::Pause, "admin:alice".into()).await.unwrap_err();
-        assert!(matches!(e, Error::Rejected(Rejection::NotFound(_))), "{e}");
+        assert!(
+            matches!(&e, Error::RolloutRefused { reason: crate::domain::rollout::Refusal::NoRollout, .. }),
+            "{e}"
+        );
 
         store.fail.store(false, Ordering::SeqCst);
         state.rollout_command("web".into(), Command::Pause, "admin:alice".into()).await.unwrap();

@@ -538,6 +538,7 @@ mod etcd {
             )
             .unwrap_err();
         assert!(err.to_string().contains("changed on another hub replica"), "{err}");
+        assert!(matches!(err, convoy_hub::Error::RolloutChanged { stored: 2, seen: 1, .. }), "{err}");
         let l = follower.load().unwrap();
         assert_eq!(l.rollouts, vec![rec(2, "tick")], "the leader's write stands");
         assert!(l.suspended.is_empty(), "nothing of the refused commit is written");

@@ -700,27 +700,108 @@ impl Command {
     }
 }
 
-/// Apply an operator's command; `who` names the caller in the event. An
-/// error (a command that makes no sense in this state) leaves the state as is.
+/// Why an operator's rollout command was refused: a value the gRPC edge
+/// maps to a status code ([`Refusal::kind`]) and the CLI prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The bundle has no rollout (none was ever started, or it is unknown).
+    NoRollout,
+    /// The rollout has ended (complete, aborted, rolled back, superseded).
+    Ended {
+        /// The revision it rolled out.
+        revision: String,
+        /// Its terminal status (`Complete`, ...).
+        status: &'static str,
+    },
+    /// `approve` with every wave started.
+    NoWaveLeft,
+    /// `approve` of a wave that is not waiting for its approval.
+    NotAwaitingApproval {
+        /// The current wave.
+        wave: String,
+    },
+    /// `pause` of a paused rollout.
+    AlreadyPaused,
+    /// `resume` of a rollout that is not paused.
+    NotPaused,
+    /// Another hub replica wrote the rollout record after this replica read
+    /// it: the command was decided on a stale copy and is not applied.
+    ChangedOnAnotherReplica {
+        /// The stored record's version.
+        stored: u64,
+        /// The version this replica decided on.
+        seen: u64,
+    },
+}
+
+/// The class of a [`Refusal`], which the gRPC edge maps to a code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// Nothing to act on (gRPC `NOT_FOUND`).
+    NotFound,
+    /// The rollout's state does not allow the command (`FAILED_PRECONDITION`).
+    State,
+    /// A concurrent write on another replica; retrying may succeed (`ABORTED`).
+    Conflict,
+}
+
+impl Refusal {
+    /// The class of this refusal.
+    pub fn kind(&self) -> RefusalKind {
+        match self {
+            Refusal::NoRollout => RefusalKind::NotFound,
+            Refusal::Ended { .. }
+            | Refusal::NoWaveLeft
+            | Refusal::NotAwaitingApproval { .. }
+            | Refusal::AlreadyPaused
+            | Refusal::NotPaused => RefusalKind::State,
+            Refusal::ChangedOnAnotherReplica { .. } => RefusalKind::Conflict,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NoRollout => write!(f, "the bundle has no rollout"),
+            Refusal::Ended { revision, status } => {
+                write!(f, "the rollout of {revision} is {status} already")
+            }
+            Refusal::NoWaveLeft => write!(f, "no wave left to approve"),
+            Refusal::NotAwaitingApproval { wave } => write!(f, "wave {wave} is not waiting for approval"),
+            Refusal::AlreadyPaused => write!(f, "the rollout is paused already"),
+            Refusal::NotPaused => write!(f, "the rollout is not paused"),
+            Refusal::ChangedOnAnotherReplica { stored, seen } => write!(
+                f,
+                "the rollout changed on another hub replica (stored version {stored}, this replica's \
+                 decision was made on version {seen}); try again"
+            ),
+        }
+    }
+}
+
+/// Apply an operator's command; `who` names the caller in the event. A
+/// [`Refusal`] (a command that makes no sense in this state) leaves the
+/// state as is.
 pub fn command(
     state: &RolloutState,
     cmd: Command,
     who: &str,
     now: i64,
-) -> Result<(RolloutState, Vec<Effect>), String> {
+) -> Result<(RolloutState, Vec<Effect>), Refusal> {
     let _ = now;
     let mut s = state.clone();
     let mut fx = Vec::new();
     if s.status.is_terminal() {
-        return Err(format!("the rollout of {} is {} already", s.revision, s.status.name()));
+        return Err(Refusal::Ended { revision: s.revision.clone(), status: s.status.name() });
     }
     match cmd {
         Command::Approve => {
             let Some(w) = s.waves.get_mut(s.wave) else {
-                return Err("no wave left to approve".into());
+                return Err(Refusal::NoWaveLeft);
             };
             if w.started_ms.is_some() || w.approved {
-                return Err(format!("wave {} is not waiting for approval", w.name));
+                return Err(Refusal::NotAwaitingApproval { wave: w.name.clone() });
             }
             w.approved = true;
             let name = w.name.clone();
@@ -736,7 +817,7 @@ pub fn command(
         }
         Command::Pause => {
             if matches!(s.status, RolloutStatus::Paused { .. }) {
-                return Err("the rollout is paused already".into());
+                return Err(Refusal::AlreadyPaused);
             }
             let reason = format!("paused by {who}");
             s.status = RolloutStatus::Paused { reason: reason.clone() };
@@ -750,7 +831,7 @@ pub fn command(
         }
         Command::Resume => {
             if !matches!(s.status, RolloutStatus::Paused { .. }) {
-                return Err("the rollout is not paused".into());
+                return Err(Refusal::NotPaused);
             }
             if s.waves.get(s.wave).is_some_and(|w| w.failed) {
                 // Resuming a failed wave: its failures are tolerated from now on.
@@ -1373,7 +1454,44 @@ mod tests {
         assert_eq!(admitted(&fx), ["b1", "b2"]);
         assert_eq!(s.status, RolloutStatus::Progressing);
         // Approving twice is refused.
-        assert!(command(&s, Command::Approve, "x", 0).is_err());
+        assert_eq!(
+            command(&s, Command::Approve, "x", 0).unwrap_err(),
+            Refusal::NotAwaitingApproval { wave: "w2".into() }
+        );
+    }
+
+    #[test]
+    fn every_refusal_has_its_kind_and_names_its_reason() {
+        let spec = spec3();
+        // Approving when every wave has started: no wave left.
+        let mut s = RolloutState::new(&spec, "r", 0);
+        s.wave = s.waves.len();
+        assert_eq!(command(&s, Command::Approve, "ops", 0).unwrap_err(), Refusal::NoWaveLeft);
+        let all = [
+            (Refusal::NoRollout, RefusalKind::NotFound, "no rollout"),
+            (
+                Refusal::Ended { revision: "r".into(), status: "Complete" },
+                RefusalKind::State,
+                "Complete already",
+            ),
+            (Refusal::NoWaveLeft, RefusalKind::State, "no wave left"),
+            (
+                Refusal::NotAwaitingApproval { wave: "eu".into() },
+                RefusalKind::State,
+                "wave eu is not waiting",
+            ),
+            (Refusal::AlreadyPaused, RefusalKind::State, "paused already"),
+            (Refusal::NotPaused, RefusalKind::State, "not paused"),
+            (
+                Refusal::ChangedOnAnotherReplica { stored: 4, seen: 3 },
+                RefusalKind::Conflict,
+                "stored version 4, this replica's decision was made on version 3",
+            ),
+        ];
+        for (r, kind, text) in all {
+            assert_eq!(r.kind(), kind, "{r:?}");
+            assert!(r.to_string().contains(text), "{r}");
+        }
     }
 
     #[test]
@@ -1394,20 +1512,23 @@ mod tests {
         let (s, fx) = command(&s, Command::Pause, "ops", S).unwrap();
         assert!(matches!(s.status, RolloutStatus::Paused { .. }));
         assert!(fx.iter().any(|e| matches!(e, Effect::Pause(_))));
-        assert!(command(&s, Command::Pause, "ops", S).is_err());
+        assert_eq!(command(&s, Command::Pause, "ops", S).unwrap_err(), Refusal::AlreadyPaused);
         // Paused: even a Ready cluster does not advance.
         set(&mut o, &["a1", "a2"], true, Phase::Ready);
         let (s, _) = decide(&s, &spec, &o, 2 * S);
         assert_eq!(step(&s, "a1"), "Admitted");
         let (s, _) = command(&s, Command::Resume, "ops", 3 * S).unwrap();
-        assert!(command(&s, Command::Resume, "ops", 3 * S).is_err());
+        assert_eq!(command(&s, Command::Resume, "ops", 3 * S).unwrap_err(), Refusal::NotPaused);
         let (s, _) = decide(&s, &spec, &o, 3 * S);
         assert_eq!(step(&s, "a1"), "Soaking");
         // Operator rollback.
         let (rb, fx) = command(&s, Command::Rollback, "ops", 4 * S).unwrap();
         assert!(matches!(&rb.status, RolloutStatus::RolledBack { reason } if reason.contains("ops")));
         assert!(fx.contains(&Effect::Rollback(vec!["a1".into(), "a2".into()])));
-        assert!(command(&rb, Command::Abort, "ops", 0).is_err());
+        assert_eq!(
+            command(&rb, Command::Abort, "ops", 0).unwrap_err(),
+            Refusal::Ended { revision: "r".into(), status: "RolledBack" }
+        );
         // Abort: clusters keep what they have.
         let (ab, fx) = command(&s, Command::Abort, "ops", 4 * S).unwrap();
         assert_eq!(ab.status, RolloutStatus::Aborted);

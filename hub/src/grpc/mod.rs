@@ -185,6 +185,88 @@ pub fn status(e: Error) -> Status {
         Error::ShuttingDown => Status::unavailable("the hub is shutting down"),
         Error::Core(e) => Status::invalid_argument(e.to_string()),
         Error::Sources(e) => Status::failed_precondition(e.to_string()),
+        e @ Error::RolloutRefused { .. } => rollout_refused(e),
+        e @ Error::RolloutChanged { .. } => Status::aborted(e.to_string()),
+        e @ Error::LeaseLost { .. } => Status::unavailable(e.to_string()),
         other => Status::internal(other.to_string()),
+    }
+}
+
+/// A refused rollout command: no rollout is `NOT_FOUND`, a state that does
+/// not allow the command is `FAILED_PRECONDITION`, another replica's write in
+/// between is `ABORTED` (retry). The message names the bundle, the command
+/// and the reason.
+fn rollout_refused(e: Error) -> Status {
+    use crate::domain::rollout::RefusalKind;
+    let Error::RolloutRefused { reason, .. } = &e else { return Status::internal(e.to_string()) };
+    match reason.kind() {
+        RefusalKind::NotFound => Status::not_found(e.to_string()),
+        RefusalKind::State => Status::failed_precondition(e.to_string()),
+        RefusalKind::Conflict => Status::aborted(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::rollout::Refusal;
+    use tonic::Code;
+
+    fn refused(reason: Refusal) -> Status {
+        status(Error::RolloutRefused { bundle: "web".into(), command: "resume", reason })
+    }
+
+    #[test]
+    fn a_rollout_command_on_a_bundle_without_rollout_is_not_found() {
+        let s = refused(Refusal::NoRollout);
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.message(), "rollout of \"web\": resume refused: the bundle has no rollout");
+    }
+
+    #[test]
+    fn a_rollout_command_the_state_does_not_allow_is_failed_precondition() {
+        for reason in [
+            Refusal::Ended { revision: "main@abc".into(), status: "Complete" },
+            Refusal::NoWaveLeft,
+            Refusal::NotAwaitingApproval { wave: "eu".into() },
+            Refusal::AlreadyPaused,
+            Refusal::NotPaused,
+        ] {
+            let text = reason.to_string();
+            let s = refused(reason);
+            assert_eq!(s.code(), Code::FailedPrecondition, "{text}");
+            assert!(
+                s.message().ends_with(&text) && s.message().contains("resume refused"),
+                "{}",
+                s.message()
+            );
+        }
+    }
+
+    #[test]
+    fn a_rollout_command_raced_by_another_replica_is_aborted() {
+        let s = refused(Refusal::ChangedOnAnotherReplica { stored: 5, seen: 4 });
+        assert_eq!(s.code(), Code::Aborted);
+        assert!(s.message().contains("another hub replica") && s.message().contains("try again"));
+        // A rollout record the store refused outside a command (a leader's tick).
+        let s = status(Error::RolloutChanged { bundle: "web".into(), stored: 5, seen: 4 });
+        assert_eq!(s.code(), Code::Aborted);
+    }
+
+    #[test]
+    fn a_replica_that_lost_its_lease_is_unavailable() {
+        let s = status(Error::LeaseLost { replica: "r1".into() });
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.message().contains("lost its lease"), "{}", s.message());
+    }
+
+    #[test]
+    fn a_rollout_command_from_a_caller_that_is_not_an_admin_is_permission_denied() {
+        // Checked before the command reaches the rollout (Fleet access).
+        let caller = Caller::Cluster { name: "c1".into(), serial: "01".into() };
+        let r = authorize(&caller, Access::Fleet, None, &Default::default(), 0).unwrap_err();
+        let s = status(Error::Rejected(r));
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert!(s.message().contains("may not call fleet"), "{}", s.message());
     }
 }

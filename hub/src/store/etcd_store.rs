@@ -400,13 +400,8 @@ async fn follow_loop(client: Client, prefix: String, replica: String, mut rev: i
     }
 }
 
-const LEASE_LOST: &str = "lost its lease";
-
 fn lease_lost(replica: &str) -> Error {
-    Error::Store(format!(
-        "etcd: hub replica {replica} {LEASE_LOST} (etcd unreachable or the lease expired); \
-         it writes nothing until etcd grants it a new one"
-    ))
+    Error::LeaseLost { replica: replica.to_string() }
 }
 
 /// Hold a lease for this replica for as long as the process lives: grant
@@ -834,7 +829,7 @@ impl Store for EtcdStore {
                     Ok(true) => return Ok(outcomes),
                     Ok(false) => {}
                     Err(e) => {
-                        if matches!(&e, Error::Store(m) if m.contains(LEASE_LOST)) {
+                        if matches!(&e, Error::LeaseLost { .. }) {
                             // etcd no longer has the lease: the lease task gets a new one.
                             lease_gone.notify_one();
                         }
@@ -1109,14 +1104,11 @@ fn check_rollout_version(
     if new.version > stored.version {
         return Ok(());
     }
-    Err(Rejection::FailedPrecondition(format!(
-        "the rollout of {} changed on another hub replica (stored version {}, this replica's decision \
-         was made on version {}); try again",
-        new.bundle,
-        stored.version,
-        new.version.saturating_sub(1)
-    ))
-    .into())
+    Err(Error::RolloutChanged {
+        bundle: new.bundle.clone(),
+        stored: stored.version,
+        seen: new.version.saturating_sub(1),
+    })
 }
 
 async fn append_event(
@@ -1270,6 +1262,7 @@ mod tests {
         };
         assert!(check_rollout_version(&r(3), &r(4)).is_ok());
         let err = check_rollout_version(&r(4), &r(4)).unwrap_err();
+        assert!(matches!(err, Error::RolloutChanged { stored: 4, seen: 3, .. }), "{err}");
         assert!(err.to_string().contains("another hub replica"), "{err}");
         assert!(check_rollout_version(&r(4), &r(2)).is_err(), "backwards");
     }

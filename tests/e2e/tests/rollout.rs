@@ -282,6 +282,8 @@ async fn heavy_approval_gate_holds_wave_two_until_approved() {
     // Approving the rollout of a bundle that has none is refused.
     let out = fleet.convoy(&convoy_bin(), &["rollout", "approve", "nope"]).await.unwrap();
     assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("approve refused: the bundle has no rollout"), "{stderr}");
     // Pause and resume show at once; resuming what is not paused is refused.
     fleet.convoy_ok(&convoy_bin(), &["rollout", "pause", "web"]).await.unwrap();
     assert_eq!(get_rollout(&fleet).await.unwrap().status, "Paused");
@@ -289,6 +291,11 @@ async fn heavy_approval_gate_holds_wave_two_until_approved() {
     assert_ne!(get_rollout(&fleet).await.unwrap().status, "Paused");
     let out = fleet.convoy(&convoy_bin(), &["rollout", "resume", "web"]).await.unwrap();
     assert_eq!(out.status.code(), Some(1), "not paused: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refused: rollout of \"web\": resume refused: the rollout is not paused"),
+        "the CLI prints the hub's reason: {stderr}"
+    );
     wait_rollout(&fleet, 30, "wave two awaiting approval again", |r| r.status == "AwaitingApproval").await;
     assert_eq!(fleet.cluster("b1").deployment_image("app", "web").as_deref(), Some(GOOD));
     fleet.convoy_ok(&convoy_bin(), &["rollout", "approve", "web"]).await.unwrap();

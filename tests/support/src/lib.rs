@@ -9,10 +9,13 @@
 //! - [`TestDir`] is a temporary directory removed on drop, or kept with its
 //!   path printed when the test is failing (panicking) or `CONVOY_KEEP_TMP`
 //!   is set.
+//! - [`etcd`]: a real etcd on loopback and a TCP proxy to it that a test
+//!   cuts and heals (the HA tests and the `ha` benchmark area).
 //! - [`leaked`] lists every live process that carries the run marker
 //!   ([`MARKER_VAR`], exported by `scripts/test.sh` and inherited by every
 //!   child); the `convoy-leakcheck` binary fails a run that left any.
 
+pub mod etcd;
 pub mod process;
 pub mod procscan;
 pub mod tmp;
