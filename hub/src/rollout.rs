@@ -292,12 +292,14 @@ impl Rollouts {
             }
             let Some(b) = fleet.bundles.get(bundle) else { continue };
             let Some(spec) = effective_rollout(&b.spec) else { continue };
-            let obs = observe(rec, &b.spec, clusters);
-            let (state, mut fx) = rollout::decide(&rec.state, &spec, &obs, now);
-            if state == rec.state && fx.is_empty() {
+            let mut now_rec = (**rec).clone();
+            let repinned = pin_admitted(&mut now_rec, computed);
+            let obs = observe(&now_rec, &b.spec, clusters);
+            let (state, mut fx) = rollout::decide(&now_rec.state, &spec, &obs, now);
+            if state == now_rec.state && fx.is_empty() && !repinned {
                 continue;
             }
-            let next = RolloutRecord { state, ..(**rec).clone() };
+            let next = RolloutRecord { state, ..now_rec };
             let next = self.apply_effects(next, &fx, computed, signer, now);
             helm_rollback_event(&b.spec, rec, &next, &mut fx);
             pending.push(next, &fx, now);
@@ -336,12 +338,17 @@ impl Rollouts {
         signer: &SigningKey,
         now: i64,
     ) -> RolloutRecord {
+        let target = rollout_generation(&rec.state.revision);
         for e in fx {
             if let Effect::Admit(clusters) = e {
                 for c in clusters {
                     // Pin what the cluster is given, so a queued newer revision
-                    // does not leak into this rollout.
-                    if let Some(d) = computed(&rec.bundle, c) {
+                    // does not leak into this rollout. A cluster whose own
+                    // variant of the new generation is not built yet is
+                    // pinned later ([`pin_admitted`]).
+                    if let Some(d) = computed(&rec.bundle, c)
+                        && target.is_none_or(|g| d.generation == g)
+                    {
                         rec.given.insert(c.clone(), d);
                     }
                 }
@@ -366,6 +373,37 @@ impl Rollouts {
         }
         rec
     }
+}
+
+/// The generation a rollout rolls out, from its revision label
+/// (`"<revision> (generation N, <digest>)"`, [`Rollouts::on_new_generation`]).
+fn rollout_generation(revision: &str) -> Option<u64> {
+    let rest = &revision[revision.rfind("(generation ")? + "(generation ".len()..];
+    rest.split(',').next()?.trim().parse().ok()
+}
+
+/// Pin the admitted clusters that have no record of the rollout's
+/// generation yet: a per-cluster variant (a Helm bundle's render with the
+/// cluster's Capabilities) is built after the base generation, so at
+/// admission the cluster's computed deployment may still be its previous
+/// one, which must not count as "on the new revision". Whether a pin changed.
+fn pin_admitted(rec: &mut RolloutRecord, computed: &dyn Fn(&str, &str) -> Option<DeploymentRecord>) -> bool {
+    let Some(target) = rollout_generation(&rec.state.revision) else { return false };
+    let mut changed = false;
+    let admitted: Vec<String> = rec
+        .state
+        .clusters
+        .keys()
+        .filter(|c| rec.state.has_new(c) && rec.given.get(*c).is_none_or(|g| g.generation != target))
+        .cloned()
+        .collect();
+    for c in admitted {
+        if let Some(d) = computed(&rec.bundle, &c).filter(|d| d.generation == target) {
+            rec.given.insert(c, d);
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// A `rollbackOnFailure` bundle whose rollback was just signed (`next`
@@ -641,6 +679,43 @@ spec:
         ];
         assert!(r.tick(&fleet, &clusters, &computed, &signer, 3_000).is_empty());
         assert!(!r.is_active());
+    }
+
+    /// A cluster's own variant of the new generation is built after the
+    /// base: admitted while its computed deployment is still the previous
+    /// one, it is not pinned to it (its Ready status on the previous
+    /// generation must not complete the rollout), and is pinned once the
+    /// variant of the rollout's generation exists.
+    #[test]
+    fn an_admitted_cluster_is_pinned_only_to_the_rollouts_generation() {
+        let signer = SigningKey::generate().unwrap();
+        let fleet = fleet("queue");
+        let (old, new) = (signed(&signer, 1, &digest('a')), signed(&signer, 2, &digest('b')));
+        let mut r = Rollouts::default();
+        let current = [("eu1".to_string(), old.clone())].into();
+        r.install(r.on_new_generation(&fleet, Some(&old), &new, current, 0).unwrap());
+        let ready_old = [input("eu1", "eu", Some((1, &old.digest, Phase::Ready)))];
+        // The variant is not built yet: the cluster's computed record is its old one.
+        let stale = |_: &str, _: &str| Some(old.clone());
+        let p = r.tick(&fleet, &ready_old, &stale, &signer, 1_000);
+        r.install(p);
+        let rec = r.get("web").unwrap().clone();
+        assert!(rec.state.has_new("eu1") && rec.given.get("eu1").is_none(), "admitted, not pinned");
+        assert_eq!(rec.state.status, RolloutStatus::Progressing, "Ready on generation 1 is not done");
+        // The variant of generation 2 exists now: pinned at the next tick.
+        let variant = DeploymentRecord { digest: digest('v'), ..new.clone() };
+        let built = |_: &str, _: &str| Some(variant.clone());
+        let p = r.tick(&fleet, &ready_old, &built, &signer, 2_000);
+        r.install(p);
+        let rec = r.get("web").unwrap().clone();
+        assert_eq!(rec.given.get("eu1"), Some(&variant));
+        assert_eq!(rec.state.status, RolloutStatus::Progressing);
+        let ready_new = [input("eu1", "eu", Some((2, &variant.digest, Phase::Ready)))];
+        let p = r.tick(&fleet, &ready_new, &built, &signer, 3_000);
+        r.install(p);
+        assert_eq!(r.get("web").unwrap().state.clusters["eu1"].step.name(), "Done");
+        assert_eq!(rollout_generation("main@sha1:aa (generation 12, sha256:x)"), Some(12));
+        assert_eq!(rollout_generation("rev2"), None);
     }
 
     #[test]
