@@ -394,7 +394,7 @@ fn pin_admitted(rec: &mut RolloutRecord, computed: &dyn Fn(&str, &str) -> Option
         .state
         .clusters
         .keys()
-        .filter(|c| rec.state.has_new(c) && rec.given.get(*c).is_none_or(|g| g.generation != target))
+        .filter(|c| rec.state.has_new(c) && rec.given.get(c).is_none_or(|g| g.generation != target))
         .cloned()
         .collect();
     for c in admitted {
