@@ -187,6 +187,16 @@ mod tests {
         }
     }
 
+    /// The flag is serialized only when set: a Helm bundle without it keeps
+    /// the exact spec bytes it had before the field existed.
+    #[test]
+    fn the_flag_is_left_out_of_a_spec_without_it() {
+        let without = serde_json::to_value(bundle(HELM).helm.unwrap()).unwrap();
+        assert!(without.get("rollbackOnFailure").is_none(), "{without}");
+        let with = serde_json::to_value(bundle(HELM_RB).helm.unwrap()).unwrap();
+        assert_eq!(with["rollbackOnFailure"], true);
+    }
+
     #[test]
     fn the_implicit_wave_holds_every_cluster_whatever_its_labels() {
         let r = implicit_spec(&bundle(HELM_RB));
