@@ -525,9 +525,13 @@ impl Controller {
 
     fn start_reconcile(&mut self, name: &str, d: Deployment) {
         let applied = self.slots[name].b.applied.clone();
-        // Same artifact and namespace as applied (e.g. only `force` changed): reuse the plan.
+        // Same artifact, generation and namespace as applied (e.g. only
+        // `force` changed): reuse the plan. A new generation of the same
+        // artifact (a rollback) is planned again, so a Helm release gets its
+        // new revision (docs/helm.md, "Remediation").
         let cached = self.slots[name].plan.clone().filter(|p| {
             p.digest == d.digest
+                && p.generation == d.generation
                 && applied.as_ref().is_some_and(|a| a.options.target_namespace == d.options.target_namespace)
         });
         // Bundles still desired here: an inventory of a bundle that left the

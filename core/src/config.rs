@@ -355,6 +355,12 @@ pub struct HelmSpec {
     /// instead of `version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// An upgrade that fails on a cluster (apply error, hook failure, or not
+    /// Ready within `timeout`) gives every cluster that got it its previous
+    /// content back as a new signed generation (docs/helm.md, "Remediation").
+    /// A bundle's own `rollout:` wins over it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback_on_failure: bool,
 }
 
 /// One `valuesFrom` entry: a YAML file on the hub.

@@ -15,6 +15,7 @@ use convoy_core::status::{Phase, Severity};
 use tracing::{info, warn};
 
 use crate::domain::desired::ClusterBundles;
+use crate::domain::helmops::effective_rollout;
 use crate::domain::rollout::{
     self, ClusterObs, Command, Effect, Observations, RolloutRecord, RolloutState, RolloutStatus,
 };
@@ -143,7 +144,7 @@ impl Rollouts {
     /// it. A bundle whose `rollout:` was removed from the fleet config is no
     /// longer overlaid: it goes to every target at once, as without rollouts.
     pub fn overlay(&self, fleet: &FleetConfig, cluster: &str, bundles: &mut ClusterBundles) {
-        let active = |b: &str| fleet.bundles.get(b).is_some_and(|x| x.spec.rollout.is_some());
+        let active = |b: &str| fleet.bundles.get(b).is_some_and(|x| effective_rollout(&x.spec).is_some());
         if self.records.keys().all(|b| active(b)) {
             rollout::overlay(&self.records, cluster, bundles);
         } else {
@@ -173,7 +174,8 @@ impl Rollouts {
         current: BTreeMap<String, DeploymentRecord>,
         now: i64,
     ) -> Option<Pending> {
-        let spec = fleet.bundles.get(&new.bundle)?.spec.rollout.as_ref()?;
+        let spec = effective_rollout(&fleet.bundles.get(&new.bundle)?.spec)?;
+        let spec = spec.as_ref();
         let old = old?;
         let mut pending = Pending::default();
         let revision = format!("{} (generation {}, {})", new.revision, new.generation, new.digest);
@@ -289,14 +291,17 @@ impl Rollouts {
                 continue;
             }
             let Some(b) = fleet.bundles.get(bundle) else { continue };
-            let Some(spec) = &b.spec.rollout else { continue };
-            let obs = observe(rec, &b.spec, clusters);
-            let (state, fx) = rollout::decide(&rec.state, spec, &obs, now);
-            if state == rec.state && fx.is_empty() {
+            let Some(spec) = effective_rollout(&b.spec) else { continue };
+            let mut now_rec = (**rec).clone();
+            let repinned = pin_admitted(&mut now_rec, computed);
+            let obs = observe(&now_rec, &b.spec, clusters);
+            let (state, mut fx) = rollout::decide(&now_rec.state, &spec, &obs, now);
+            if state == now_rec.state && fx.is_empty() && !repinned {
                 continue;
             }
-            let next = RolloutRecord { state, ..(**rec).clone() };
+            let next = RolloutRecord { state, ..now_rec };
             let next = self.apply_effects(next, &fx, computed, signer, now);
+            helm_rollback_event(&b.spec, rec, &next, &mut fx);
             pending.push(next, &fx, now);
         }
         pending
@@ -331,12 +336,17 @@ impl Rollouts {
         signer: &SigningKey,
         now: i64,
     ) -> RolloutRecord {
+        let target = rollout_generation(&rec.state.revision);
         for e in fx {
             if let Effect::Admit(clusters) = e {
                 for c in clusters {
                     // Pin what the cluster is given, so a queued newer revision
-                    // does not leak into this rollout.
-                    if let Some(d) = computed(&rec.bundle, c) {
+                    // does not leak into this rollout. A cluster whose own
+                    // variant of the new generation is not built yet is
+                    // pinned later ([`pin_admitted`]).
+                    if let Some(d) = computed(&rec.bundle, c)
+                        && target.is_none_or(|g| d.generation == g)
+                    {
                         rec.given.insert(c.clone(), d);
                     }
                 }
@@ -375,6 +385,58 @@ pub fn command_error(e: crate::Error, bundle: &str, cmd: Command) -> crate::Erro
             reason: rollout::Refusal::ChangedOnAnotherReplica { stored, seen },
         },
         e => e,
+    }
+}
+
+/// The generation a rollout rolls out, from its revision label
+/// (`"<revision> (generation N, <digest>)"`, [`Rollouts::on_new_generation`]).
+fn rollout_generation(revision: &str) -> Option<u64> {
+    let rest = &revision[revision.rfind("(generation ")? + "(generation ".len()..];
+    rest.split(',').next()?.trim().parse().ok()
+}
+
+/// Pin the admitted clusters that have no record of the rollout's
+/// generation yet: a per-cluster variant (a Helm bundle's render with the
+/// cluster's Capabilities) is built after the base generation, so at
+/// admission the cluster's computed deployment may still be its previous
+/// one, which must not count as "on the new revision". Whether a pin changed.
+fn pin_admitted(rec: &mut RolloutRecord, computed: &dyn Fn(&str, &str) -> Option<DeploymentRecord>) -> bool {
+    let Some(target) = rollout_generation(&rec.state.revision) else { return false };
+    let mut changed = false;
+    let admitted: Vec<String> = rec
+        .state
+        .clusters
+        .keys()
+        .filter(|c| rec.state.has_new(c) && rec.given.get(c).is_none_or(|g| g.generation != target))
+        .cloned()
+        .collect();
+    for c in admitted {
+        if let Some(d) = computed(&rec.bundle, &c).filter(|d| d.generation == target) {
+            rec.given.insert(c, d);
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// A `rollbackOnFailure` bundle whose rollback was just signed (`next`
+/// re-signed clusters `prev` had not): the `HelmRolledBack` event naming the
+/// failed generation and the one restored on each cluster.
+fn helm_rollback_event(
+    spec: &convoy_core::config::BundleSpec,
+    prev: &RolloutRecord,
+    next: &RolloutRecord,
+    fx: &mut Vec<Effect>,
+) {
+    if !crate::domain::helmops::is_helm_rollback(spec) || next.rolled_back.len() <= prev.rolled_back.len() {
+        return;
+    }
+    if let Some((reason, rows)) = crate::domain::helmops::rollback_report(next) {
+        fx.push(Effect::Event {
+            severity: Severity::Error,
+            reason: "HelmRolledBack",
+            message: crate::domain::helmops::rollback_message(&next.bundle, &reason, &rows),
+        });
     }
 }
 
@@ -566,6 +628,107 @@ spec:
         assert_eq!(r.floor("web"), 3, "the next build is signed above the rollback");
         // Nothing moves any more.
         assert!(r.tick(&fleet, &clusters, &computed, &signer, 20_000).is_empty());
+    }
+
+    /// `helm.rollbackOnFailure` runs the same machine with its implicit
+    /// one-wave spec: a Stalled cluster rolls back every cluster that got the
+    /// generation, re-signed by the one `resign`, and a `HelmRolledBack`
+    /// event names the failed and the restored generations.
+    #[test]
+    fn a_helm_bundle_with_rollback_on_failure_is_rolled_back_and_reported() {
+        let yaml = r#"
+apiVersion: convoy.dev/v1
+kind: GitSource
+metadata: {name: repo}
+spec: {url: "https://example.com/repo.git"}
+---
+apiVersion: convoy.dev/v1
+kind: Bundle
+metadata: {name: web}
+spec:
+  source: repo
+  targets: [{clusterSelector: {}}]
+  helm: {path: chart, rollbackOnFailure: true}
+"#;
+        let fleet = FleetConfig::parse([("fleet.yaml", yaml)]).unwrap();
+        let signer = SigningKey::generate().unwrap();
+        let (old, new) = (signed(&signer, 1, &digest('a')), signed(&signer, 2, &digest('b')));
+        let mut r = Rollouts::default();
+        let current = [("eu1".to_string(), old.clone()), ("us1".to_string(), old.clone())].into();
+        r.install(r.on_new_generation(&fleet, Some(&old), &new, current, 0).unwrap());
+        let computed = |_: &str, _: &str| Some(new.clone());
+        let ready = |c: &str, r: &str| input(c, r, Some((1, &old.digest, Phase::Ready)));
+        let p = r.tick(&fleet, &[ready("eu1", "eu"), ready("us1", "us")], &computed, &signer, 1_000);
+        r.install(p);
+        let rec = r.get("web").unwrap().clone();
+        assert_eq!((rec.record_for("eu1"), rec.record_for("us1")), (Some(&new), Some(&new)), "all at once");
+        let clusters = [
+            input("eu1", "eu", Some((2, &new.digest, Phase::Stalled))),
+            input("us1", "us", Some((2, &new.digest, Phase::Ready))),
+        ];
+        let p = r.tick(&fleet, &clusters, &computed, &signer, 2_000);
+        assert!(has_event(&p, "RolloutRolledBack") && has_event(&p, "HelmRolledBack"));
+        let msg = p
+            .writes
+            .iter()
+            .find_map(|w| match w {
+                Write::AppendEvents(evs) => evs.iter().find(|(_, e)| e.reason == "HelmRolledBack"),
+                _ => None,
+            })
+            .map(|(_, e)| e.message.clone())
+            .unwrap();
+        assert!(msg.contains("eu1: generation 2 failed, generation 1 restored as generation 3"), "{msg}");
+        r.install(p);
+        let rec = r.get("web").unwrap().clone();
+        for c in ["eu1", "us1"] {
+            let back = rec.record_for(c).unwrap();
+            assert_eq!((back.generation, back.digest.as_str()), (3, old.digest.as_str()), "{c}");
+            assert!(signer.public_key().verify(&back.statement, &back.signature));
+        }
+        // Terminal: the rolled-back generation failing as well decides nothing.
+        let clusters = [
+            input("eu1", "eu", Some((3, &old.digest, Phase::Stalled))),
+            input("us1", "us", Some((3, &old.digest, Phase::Stalled))),
+        ];
+        assert!(r.tick(&fleet, &clusters, &computed, &signer, 3_000).is_empty());
+        assert!(!r.is_active());
+    }
+
+    /// A cluster's own variant of the new generation is built after the
+    /// base: admitted while its computed deployment is still the previous
+    /// one, it is not pinned to it (its Ready status on the previous
+    /// generation must not complete the rollout), and is pinned once the
+    /// variant of the rollout's generation exists.
+    #[test]
+    fn an_admitted_cluster_is_pinned_only_to_the_rollouts_generation() {
+        let signer = SigningKey::generate().unwrap();
+        let fleet = fleet("queue");
+        let (old, new) = (signed(&signer, 1, &digest('a')), signed(&signer, 2, &digest('b')));
+        let mut r = Rollouts::default();
+        let current = [("eu1".to_string(), old.clone())].into();
+        r.install(r.on_new_generation(&fleet, Some(&old), &new, current, 0).unwrap());
+        let ready_old = [input("eu1", "eu", Some((1, &old.digest, Phase::Ready)))];
+        // The variant is not built yet: the cluster's computed record is its old one.
+        let stale = |_: &str, _: &str| Some(old.clone());
+        let p = r.tick(&fleet, &ready_old, &stale, &signer, 1_000);
+        r.install(p);
+        let rec = r.get("web").unwrap().clone();
+        assert!(rec.state.has_new("eu1") && rec.given.get("eu1").is_none(), "admitted, not pinned");
+        assert_eq!(rec.state.status, RolloutStatus::Progressing, "Ready on generation 1 is not done");
+        // The variant of generation 2 exists now: pinned at the next tick.
+        let variant = DeploymentRecord { digest: digest('v'), ..new.clone() };
+        let built = |_: &str, _: &str| Some(variant.clone());
+        let p = r.tick(&fleet, &ready_old, &built, &signer, 2_000);
+        r.install(p);
+        let rec = r.get("web").unwrap().clone();
+        assert_eq!(rec.given.get("eu1"), Some(&variant));
+        assert_eq!(rec.state.status, RolloutStatus::Progressing);
+        let ready_new = [input("eu1", "eu", Some((2, &variant.digest, Phase::Ready)))];
+        let p = r.tick(&fleet, &ready_new, &built, &signer, 3_000);
+        r.install(p);
+        assert_eq!(r.get("web").unwrap().state.clusters["eu1"].step.name(), "Done");
+        assert_eq!(rollout_generation("main@sha1:aa (generation 12, sha256:x)"), Some(12));
+        assert_eq!(rollout_generation("rev2"), None);
     }
 
     #[test]

@@ -2228,6 +2228,9 @@ mod tests {
     use crate::pipeline::{SourcePipeline, StaticPipeline};
     use crate::store::{Store, WriteOutcome};
 
+    // `helm.rollbackOnFailure` through the actor (state/tests/helmops.rs).
+    mod helmops;
+
     /// A store whose commits fail while `fail` is set.
     #[derive(Default)]
     struct FlakyStore {

@@ -6,6 +6,7 @@
 pub mod admins;
 pub mod authz;
 pub mod desired;
+pub mod helmops;
 pub mod model;
 pub mod rollout;
 pub mod summary;

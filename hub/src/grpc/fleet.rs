@@ -182,6 +182,15 @@ fn build_conditions(view: &FleetView, bundle: &str) -> Vec<Condition> {
     {
         out.push(Condition::new("Warning", true, "HelmRenderWarning", h.warnings.join("; ")));
     }
+    // A `rollbackOnFailure` Helm bundle whose last upgrade was rolled back.
+    if let Some(b) = view.fleet.bundles.get(bundle)
+        && crate::domain::helmops::is_helm_rollback(&b.spec)
+        && let Some((reason, rows)) =
+            view.rollouts.get(bundle).and_then(|r| crate::domain::helmops::rollback_report(r))
+    {
+        let msg = crate::domain::helmops::rollback_message(bundle, &reason, &rows);
+        out.push(Condition::new("RolledBack", true, "HelmRolledBack", msg));
+    }
     out
 }
 

@@ -16,7 +16,12 @@ pub fn get(core: &Core, bundle: &str) -> Result<pb::RolloutView, Status> {
         .rollouts
         .get(bundle)
         .ok_or_else(|| Status::not_found(format!("bundle {bundle:?} has no rollout")))?;
-    let spec = view.fleet.bundles.get(bundle).and_then(|b| b.spec.rollout.clone());
+    // A `rollbackOnFailure` Helm bundle's rollout runs its implicit spec.
+    let spec = view
+        .fleet
+        .bundles
+        .get(bundle)
+        .and_then(|b| crate::domain::helmops::effective_rollout(&b.spec).map(|r| r.into_owned()));
     Ok(to_view(rec, spec.as_ref()))
 }
 
