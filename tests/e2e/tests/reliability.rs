@@ -78,6 +78,9 @@ async fn heavy_kube_api_errors_latency_dropped_watches_and_pause() {
     faults.set_error_rate(0.2);
     faults.set_throttle_rate(0.15);
     faults.set_latency(Duration::from_millis(50));
+    // The rates are random: an apply of few requests can draw none of them.
+    // The first two requests fail whatever the draw.
+    faults.fail_next(2);
     fleet.repo.replace(DEPLOYMENT, IMAGE, "ghcr.io/stefanprodan/podinfo:6.7.1").unwrap();
     fleet.repo.commit("web 6.7.1").unwrap();
     let c1 = fleet.push().await.unwrap();

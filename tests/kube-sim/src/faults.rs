@@ -34,13 +34,21 @@ pub struct Faults {
     paused: watch::Sender<bool>,
     drop_epoch: AtomicU64,
     drops: watch::Sender<u64>,
+    /// Matching requests still to be answered 500, whatever the rates.
+    fail_next: AtomicU64,
 }
 
 impl Faults {
     pub fn new(cfg: FaultConfig) -> Faults {
         let (paused, _) = watch::channel(cfg.paused);
         let (drops, _) = watch::channel(0);
-        Faults { cfg: RwLock::new(cfg), paused, drop_epoch: AtomicU64::new(0), drops }
+        Faults {
+            cfg: RwLock::new(cfg),
+            paused,
+            drop_epoch: AtomicU64::new(0),
+            drops,
+            fail_next: AtomicU64::new(0),
+        }
     }
 
     /// The current settings.
@@ -66,6 +74,12 @@ impl Faults {
         self.cfg.write().throttle_rate = rate.clamp(0.0, 1.0);
     }
 
+    /// Answer the next `n` matching API requests 500 InternalError, whatever
+    /// the rates: a fault a test can count on (the rates are random).
+    pub fn fail_next(&self, n: u64) {
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+
     /// Hold every API request until `resume`.
     pub fn pause(&self) {
         self.cfg.write().paused = true;
@@ -79,6 +93,7 @@ impl Faults {
 
     /// Turn every fault off.
     pub fn clear(&self) {
+        self.fail_next.store(0, Ordering::SeqCst);
         self.set(FaultConfig::default());
     }
 
@@ -116,6 +131,9 @@ impl Faults {
         }
         if cfg.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(cfg.latency_ms)).await;
+        }
+        if self.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(500);
         }
         if cfg.error_rate > 0.0 && rand::random::<f64>() < cfg.error_rate {
             return Err(500);

@@ -341,6 +341,9 @@ async fn fault_injection_errors_latency_pause() {
     }
     assert!(codes.contains(&500) && codes.contains(&200), "{codes:?}");
     s.sim.faults().clear();
+    // the next N requests fail, whatever the rates; then they are served
+    s.sim.faults().fail_next(2);
+    assert_eq!((s.get(path).await.0, s.get(path).await.0, s.get(path).await.0), (500, 500, 200));
     // latency
     s.sim.faults().set_latency(Duration::from_millis(300));
     let t = Instant::now();
