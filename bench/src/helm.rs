@@ -3,9 +3,9 @@
 //! simulated agents on three Kubernetes versions with two value sets.
 //!
 //! - **Render:** the corpus ingress-nginx chart with its default values,
-//!   rendered N times by `convoy_helm::Renderer` (one `convoy-helm-worker`
-//!   process per render: spawn, load `libhelm_c.so`, load the chart
-//!   directory, render, parse) and N times by helm-python-sdk in one Python
+//!   rendered N times by `convoy_helm::Renderer` (after a warm-up render that
+//!   starts the worker and loads `libhelm_c.so`, each render reuses that
+//!   worker process: load the chart directory, render, parse) and N times by helm-python-sdk in one Python
 //!   process (`bench/helm_render.py`: `Chart.load` + `Chart.render` of the same
 //!   directory, same values, release name and namespace, per iteration; the
 //!   render alone is reported too). Medians and their ratio (goal ≤ 1.5×).
@@ -123,7 +123,7 @@ async fn render(ctx: &Ctx) -> anyhow::Result<Vec<Measurement>> {
     Ok(vec![
         Measurement::from_samples(
             AREA,
-            &format!("render ingress-nginx through the worker (process per render; {objects} objects)"),
+            &format!("render ingress-nginx through a reused worker process ({objects} objects)"),
             "ms",
             &ours,
             "",
