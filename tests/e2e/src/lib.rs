@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod examples;
 pub mod fleet;
 pub mod git;
+pub mod helmview;
 pub mod hub;
 pub mod proxy;
 pub mod receiver;

@@ -127,32 +127,9 @@ fn processes_mentioning(path: &Path) -> Vec<String> {
     out
 }
 
-/// Helm's own view (helm-python-sdk) of release `podinfo` in `web`: `list()`
-/// and `get_values()`.
+/// Helm's own view (helm-python-sdk) of release `podinfo` in `web`.
 fn helm_view(kubeconfig: &str) -> serde_json::Value {
-    let script = r#"
-import json, sys
-from helm_python import Config
-with Config(kubeconfig_path=sys.argv[1], namespace="web") as cfg:
-    out = {"list": cfg.list(), "values": cfg.get_values("podinfo")}
-json.dump(out, sys.stdout, default=str)
-"#;
-    let out = std::env::temp_dir().join(format!("convoy-dev-helm-view-{}.json", std::process::id()));
-    let file = std::fs::File::create(&out).unwrap();
-    let mut child = ProcessGuard::spawn(
-        "python3 helm view",
-        Command::new("python3")
-            .args(["-c", script, kubeconfig])
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(Stdio::inherit()),
-    )
-    .expect("python3 starts (scripts/setup.sh installs helm-python-sdk)");
-    let status = child.child_mut().wait().unwrap();
-    let text = std::fs::read_to_string(&out).unwrap();
-    let _ = std::fs::remove_file(&out);
-    assert!(status.success(), "helm-python-sdk failed: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    convoy_e2e::helmview::helm_release(std::path::Path::new(kubeconfig), "web", "podinfo")
 }
 
 /// The Helm example of `convoy dev` (examples/helm-bundles.yaml): podinfo

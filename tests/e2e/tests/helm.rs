@@ -8,11 +8,9 @@
 //! our values, and two revisions after an upgrade commit.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use convoy_e2e::fleet::{all_ready, condition};
 use convoy_e2e::{Fleet, FleetOptions, HubMode, commit_of};
-use convoy_testsupport::ProcessGuard;
 use serde_json::{Value, json};
 
 fn convoy_bin() -> PathBuf {
@@ -48,30 +46,7 @@ fn bundle(name: &str, env: &str, color: &str) -> String {
 
 /// Ask Helm (helm-python-sdk) about release `web` in `default`.
 fn helm_view(kubeconfig: &Path) -> Value {
-    let script = r#"
-import json, sys
-from helm_python import Config
-with Config(kubeconfig_path=sys.argv[1], namespace="default") as cfg:
-    out = {"list": cfg.list(), "values": cfg.get_values("web"), "history": cfg.history("web")}
-json.dump(out, sys.stdout, default=str)
-"#;
-    let out = std::env::temp_dir().join(format!("convoy-helm-view-{}.json", rand::random::<u64>()));
-    let file = std::fs::File::create(&out).unwrap();
-    let mut child = ProcessGuard::spawn(
-        "python3 helm view",
-        Command::new("python3")
-            .args(["-c", script])
-            .arg(kubeconfig)
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(Stdio::inherit()),
-    )
-    .expect("python3 starts (scripts/setup.sh installs helm-python-sdk)");
-    let status = child.child_mut().wait().unwrap();
-    let text = std::fs::read_to_string(&out).unwrap();
-    let _ = std::fs::remove_file(&out);
-    assert!(status.success(), "helm-python-sdk failed: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    convoy_e2e::helmview::helm_release(kubeconfig, "default", "web")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,11 +19,9 @@
 //! Helm's own record (helm-python-sdk).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use convoy_e2e::cluster::ClusterSpec;
 use convoy_e2e::{Fleet, FleetOptions, HubMode};
-use convoy_testsupport::ProcessGuard;
 use kube_sim::Change;
 use serde_json::Value;
 
@@ -234,30 +232,7 @@ fn assert_hook_phases(changes: &[&Change], upgrade: bool) {
 
 /// Helm's view (helm-python-sdk) of release `ingress-nginx` in `default`.
 fn helm_view(kubeconfig: &Path) -> Value {
-    let script = r#"
-import json, sys
-from helm_python import Config
-with Config(kubeconfig_path=sys.argv[1], namespace="default") as cfg:
-    out = {"list": cfg.list(), "history": cfg.history("ingress-nginx"), "values": cfg.get_values("ingress-nginx")}
-json.dump(out, sys.stdout, default=str)
-"#;
-    let out = std::env::temp_dir().join(format!("convoy-helm-hooks-{}.json", rand::random::<u64>()));
-    let file = std::fs::File::create(&out).unwrap();
-    let mut child = ProcessGuard::spawn(
-        "python3 helm view",
-        Command::new("python3")
-            .args(["-c", script])
-            .arg(kubeconfig)
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(Stdio::inherit()),
-    )
-    .expect("python3 starts (scripts/setup.sh installs helm-python-sdk)");
-    let status = child.child_mut().wait().unwrap();
-    let text = std::fs::read_to_string(&out).unwrap();
-    let _ = std::fs::remove_file(&out);
-    assert!(status.success(), "helm-python-sdk failed: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    convoy_e2e::helmview::helm_release(kubeconfig, "default", "ingress-nginx")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
