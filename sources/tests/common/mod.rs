@@ -307,8 +307,18 @@ http {{
         )
         .expect("nginx starts");
         nginx.watch_pid_file(d.join("nginx.pid"));
-        std::thread::sleep(Duration::from_millis(150));
-        if nginx.try_wait().unwrap().is_none() {
+        // nginx writes its pid file only once it holds its listening socket;
+        // if another process took the port first, nginx exits instead. Only
+        // then is the port known to be ours: a bare connect could reach the
+        // other process (seen once: a TLS handshake with an unknown CA).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !d.join("nginx.pid").exists()
+            && nginx.try_wait().unwrap().is_none()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if nginx.try_wait().unwrap().is_none() && d.join("nginx.pid").exists() {
             wait_port(port, &mut nginx, "nginx");
             server.children.push(nginx);
             server.port = port;
