@@ -231,7 +231,15 @@ impl Renderer {
                 t.drain(..over);
             }
         });
-        Ok(Worker { child, stdin, stdout, stderr: tail, stderr_reader: Some(stderr_reader), renders: 0 })
+        Ok(Worker {
+            child,
+            stdin,
+            stdout,
+            stderr: tail,
+            stderr_reader: Some(stderr_reader),
+            renders: 0,
+            reaped: false,
+        })
     }
 
     /// One request on `worker`, within the time limit. A worker that
@@ -287,6 +295,7 @@ impl Renderer {
         // out of step with us).
         unsafe { libc::kill(-(worker.child.id() as i32), libc::SIGKILL) };
         let status = worker.child.wait();
+        worker.reaped = true;
         if let Some(r) = worker.stderr_reader.take() {
             let _ = r.join();
         }
@@ -325,11 +334,16 @@ struct Worker {
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_reader: Option<std::thread::JoinHandle<()>>,
     renders: u32,
+    /// Waited for already: its pid may belong to someone else now.
+    reaped: bool,
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child's process group.
+        if self.reaped {
+            return;
+        }
+        // SAFETY: signalling our own child's process group, not reaped yet.
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
