@@ -23,7 +23,7 @@ pub struct HelmBuildArgs {
     /// A chart to render instead of `--dir`: a directory, a packaged `.tgz`,
     /// `oci://host/path/chart` (an OCI registry) or `REPO_URL/NAME` (the
     /// chart NAME of an HTTP(S) chart repository), pulled with the hub's
-    /// resolvers (digests checked; anonymous access).
+    /// resolvers (digests checked; credentials from the files below).
     #[arg(long, env = "CONVOY_BUILD_CHART")]
     pub chart: Option<String>,
     /// A local chart must be this version; a remote chart: an exact version,
@@ -34,6 +34,21 @@ pub struct HelmBuildArgs {
     /// Talk plain http to an `oci://` registry (no TLS).
     #[arg(long, requires = "chart")]
     pub plain_http: bool,
+    /// A file with `user:password` for a remote chart's repository or
+    /// registry (as a HelmRepository/OCIRepository `basicAuthFile`).
+    #[arg(
+        long,
+        requires = "chart",
+        env = "CONVOY_BUILD_BASIC_AUTH_FILE",
+        conflicts_with = "bearer_token_file"
+    )]
+    pub basic_auth_file: Option<PathBuf>,
+    /// A file with a bearer token for a remote chart's repository or registry.
+    #[arg(long, requires = "chart", env = "CONVOY_BUILD_BEARER_TOKEN_FILE")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// A PEM CA bundle trusted for a remote chart's repository or registry.
+    #[arg(long, requires = "chart", env = "CONVOY_BUILD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Values files, merged in order (later files win).
     #[arg(long = "values", requires = "chart")]
     pub values: Vec<PathBuf>,
@@ -78,7 +93,17 @@ pub(crate) fn build_chart(a: &BuildArgs) -> anyhow::Result<ExitCode> {
         let constraint = h.chart_version.clone().unwrap_or_default();
         let limit = convoy_helm::Limits::default().max_chart_bytes;
         let pulled = tokio::runtime::Handle::current()
-            .block_on(convoy_sources::chartsrc::pull_chart(chart_ref, &constraint, h.plain_http, limit))
+            .block_on(convoy_sources::chartsrc::pull_chart(
+                chart_ref,
+                &constraint,
+                &convoy_sources::chartsrc::PullAuth {
+                    plain_http: h.plain_http,
+                    basic_auth_file: h.basic_auth_file.clone(),
+                    bearer_token_file: h.bearer_token_file.clone(),
+                    ca_file: h.ca_file.clone(),
+                },
+                limit,
+            ))
             .with_context(|| format!("--chart {}", convoy_sources::redact::redact_url(chart_ref)))?;
         eprintln!(
             "pulled chart version {} ({}{})",

@@ -160,3 +160,64 @@ fn heavy_build_pulls_charts_from_a_repository_and_a_registry() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("manifest sha256:"), "the manifest digest is reported: {stderr}");
 }
+
+/// A chart repository that answers only `user:secret` (basic auth), serving
+/// the files under its directory argument.
+const PRIVATE_REPO: &str = r#"
+import base64, functools, http.server, sys
+want = "Basic " + base64.b64encode(b"user:secret").decode()
+class H(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        if self.headers.get("Authorization") != want:
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(H, directory=sys.argv[1]))
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+/// `--basic-auth-file` reaches a private repository; without it, or with
+/// the wrong password, the pull is refused as an authentication failure and
+/// nothing is written.
+#[test]
+fn heavy_build_pulls_a_chart_from_a_private_repository_with_credentials_from_a_file() {
+    let d = tempfile::tempdir().unwrap();
+    let keys = d.path().join("keys");
+    assert!(convoy(&["keygen", "--out", keys.to_str().unwrap()]).status.success());
+    let key = keys.join("signing.key");
+    let repo = d.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let tgz = package(&repo, "6.15.0");
+    let mut server = ProcessGuard::spawn(
+        "private chart repository",
+        Command::new("python3").args(["-u", "-c", PRIVATE_REPO]).arg(&repo).stdout(Stdio::piped()),
+    )
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.child_mut().stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let chart = format!("http://127.0.0.1:{}/podinfo", line.trim());
+    let (good, bad) = (d.path().join("good"), d.path().join("bad"));
+    std::fs::write(&good, "user:secret\n").unwrap();
+    std::fs::write(&bad, "user:wrong\n").unwrap();
+
+    for (name, extra) in [("anonymous", vec![]), ("wrong", vec!["--basic-auth-file", bad.to_str().unwrap()])]
+    {
+        let out = d.path().join(name);
+        let o = build(&key, &out, &chart, &extra);
+        assert!(!o.status.success(), "{name}: pulled without the right credentials");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("401"), "{name}: {err}");
+        assert!(!out.join("statement.json").exists(), "{name}: nothing is written");
+    }
+    let out = d.path().join("with-credentials");
+    let o = build(&key, &out, &chart, &["--basic-auth-file", good.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = statement(&out);
+    assert_eq!(st["helm"]["version"], "6.15.0", "{st}");
+    assert_eq!(st["helm"]["chartDigest"], sha256_file(&tgz));
+}

@@ -772,22 +772,43 @@ pub struct PulledChart {
     pub bytes: Vec<u8>,
 }
 
+/// How [`pull_chart`] reaches a repository or registry: the same files a
+/// `HelmRepository`/`OCIRepository` source names (docs/helm.md).
+#[derive(Debug, Clone, Default)]
+pub struct PullAuth {
+    /// Talk plain http to an `oci://` registry (no TLS).
+    pub plain_http: bool,
+    /// A file with `user:password`.
+    pub basic_auth_file: Option<PathBuf>,
+    /// A file with a bearer token.
+    pub bearer_token_file: Option<PathBuf>,
+    /// A PEM CA bundle trusted for this repository or registry.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// Pull a chart by reference, with the resolvers the hub uses:
 /// `oci://host/path/chart` (a tag, a semver range over tags, or a manifest
-/// digest `sha256:…` as `constraint`; `plain_http` for a registry without
-/// TLS) or `http(s)://repo/NAME` (the chart NAME in the repository's
-/// `index.yaml`, exact version or semver range). Anonymous, or the
-/// registry's anonymous token challenge. Digests are checked.
+/// digest `sha256:…` as `constraint`) or `http(s)://repo/NAME` (the chart
+/// NAME in the repository's `index.yaml`, exact version or semver range).
+/// With `auth`'s credentials, or anonymous (a registry's token challenge is
+/// answered either way). Digests are checked.
 pub async fn pull_chart(
     reference: &str,
     constraint: &str,
-    plain_http: bool,
+    auth: &PullAuth,
     max_bytes: u64,
 ) -> Result<PulledChart> {
     if reference.starts_with("oci://") {
         let client = OciClient::new(
             reference,
-            &OciAuth { plain_http, max_chart_bytes: Some(max_bytes), ..Default::default() },
+            &OciAuth {
+                plain_http: auth.plain_http,
+                basic_auth_file: auth.basic_auth_file.clone(),
+                bearer_token_file: auth.bearer_token_file.clone(),
+                ca_file: auth.ca_file.clone(),
+                max_chart_bytes: Some(max_bytes),
+                ..Default::default()
+            },
         )?;
         let (version, reference) = if constraint.starts_with("sha256:") {
             (String::new(), constraint.to_string())
@@ -813,7 +834,16 @@ pub async fn pull_chart(
         .rsplit_once('/')
         .filter(|(r, c)| r.contains("://") && !r.ends_with(':') && !r.ends_with('/') && !c.is_empty())
         .ok_or_else(|| Error::Config(format!("{}: expected REPO_URL/NAME", redact_url(reference))))?;
-    let client = HelmRepo::new(repo, &RepoAuth { max_chart_bytes: Some(max_bytes), ..Default::default() })?;
+    let client = HelmRepo::new(
+        repo,
+        &RepoAuth {
+            basic_auth_file: auth.basic_auth_file.clone(),
+            bearer_token_file: auth.bearer_token_file.clone(),
+            ca_file: auth.ca_file.clone(),
+            max_chart_bytes: Some(max_bytes),
+            ..Default::default()
+        },
+    )?;
     let f = client.fetch(chart, constraint).await?;
     Ok(PulledChart { version: f.version, chart_digest: f.digest, manifest_digest: None, bytes: f.bytes })
 }
