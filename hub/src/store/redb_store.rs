@@ -41,7 +41,11 @@ pub const SCHEMA_VERSION: u64 = 1;
 
 /// The redb-backed store.
 pub struct RedbStore {
-    db: Database,
+    /// `None` after an I/O error closed it, until it is reopened.
+    db: std::sync::RwLock<Option<Database>>,
+    /// Opens the database again: redb refuses every operation after an I/O
+    /// error (`StorageError::PreviousIo`) until the file is closed and reopened.
+    reopen: Box<dyn Fn() -> Result<Database> + Send + Sync>,
     event_capacity: u64,
 }
 
@@ -58,7 +62,89 @@ impl RedbStore {
     /// log: the oldest events are dropped beyond it. `cache_bytes` bounds
     /// redb's page cache.
     pub fn open(path: &Path, event_capacity: u64, cache_bytes: usize) -> Result<Self> {
-        let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
+        let path = path.to_path_buf();
+        Self::open_with(
+            move || {
+                let db = Database::builder().set_cache_size(cache_bytes).create(&path)?;
+                prepare(db, &path.display().to_string())
+            },
+            event_capacity,
+        )
+    }
+
+    /// A store on the database `open` makes (and makes again after an I/O
+    /// error; `open` also prepares the tables, see [`prepare`]).
+    pub(crate) fn open_with(
+        open: impl Fn() -> Result<Database> + Send + Sync + 'static,
+        event_capacity: u64,
+    ) -> Result<Self> {
+        let db = open()?;
+        Ok(Self {
+            db: std::sync::RwLock::new(Some(db)),
+            reopen: Box::new(open),
+            event_capacity: event_capacity.max(1),
+        })
+    }
+
+    /// Run `f` on the database. If it fails and the database is latched by an
+    /// I/O error (redb answers `PreviousIo` to everything after one: a full
+    /// disk inside a commit), close and reopen it, so the next call can work
+    /// once the cause is gone; without this only a restart would recover.
+    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        if self.db.read().unwrap_or_else(|p| p.into_inner()).is_none() {
+            // Closed after an I/O error and not reopened yet: try now.
+            self.reopen_closed(false);
+        }
+        let (r, latched) = {
+            let g = self.db.read().unwrap_or_else(|p| p.into_inner());
+            match g.as_ref() {
+                None => {
+                    (Err(Error::Store("the database was closed after an I/O error; reopening".into())), false)
+                }
+                Some(db) => {
+                    let r = f(db);
+                    // A write transaction meets the latch (a read may not).
+                    let latched = r.is_err()
+                        && match db.begin_write() {
+                            Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => true,
+                            Ok(tx) => matches!(tx.abort(), Err(redb::StorageError::PreviousIo)),
+                            Err(_) => false,
+                        };
+                    (r, latched)
+                }
+            }
+        };
+        if latched {
+            self.reopen_closed(true);
+        }
+        r
+    }
+
+    /// Close the database (`close`: a latched one) and open it again; if that
+    /// fails (the disk is still full), it stays closed and the next call
+    /// tries again.
+    fn reopen_closed(&self, close: bool) {
+        let mut g = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if close {
+            // Close it first: redb holds a lock on the file while open.
+            *g = None;
+        }
+        if g.is_some() {
+            return;
+        }
+        match (self.reopen)() {
+            Ok(db) => {
+                tracing::warn!("the state database was reopened after an I/O error");
+                *g = Some(db);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reopen the state database yet"),
+        }
+    }
+}
+
+/// Create every table and check the schema version (`what` names the file).
+fn prepare(db: Database, what: &str) -> Result<Database> {
+    {
         let tx = db.begin_write()?;
         {
             // Create every table so read transactions never meet a missing one.
@@ -81,9 +167,8 @@ impl RedbStore {
             match found {
                 Some(v) if v > SCHEMA_VERSION => {
                     return Err(Error::Store(format!(
-                        "{} was written by a newer hub (state schema v{v}; this hub knows v{SCHEMA_VERSION}): \
-                         run the newer hub, or restore a backup of the data dir made with this version",
-                        path.display()
+                        "{what} was written by a newer hub (state schema v{v}; this hub knows v{SCHEMA_VERSION}): \
+                         run the newer hub, or restore a backup of the data dir made with this version"
                     )));
                 }
                 Some(_) => {}
@@ -93,214 +178,222 @@ impl RedbStore {
             }
         }
         tx.commit()?;
-        Ok(Self { db, event_capacity: event_capacity.max(1) })
     }
+    Ok(db)
 }
 
 impl Store for RedbStore {
     fn load(&self) -> Result<Loaded> {
-        let tx = self.db.begin_read()?;
-        let mut out = Loaded::default();
-        for row in tx.open_table(CLUSTERS)?.iter()? {
-            let (_, v) = row?;
-            out.clusters.push(dec(v.value())?);
-        }
-        for row in tx.open_table(TOKENS)?.iter()? {
-            let (_, v) = row?;
-            out.tokens.push(dec(v.value())?);
-        }
-        for row in tx.open_table(LIVENESS)?.iter()? {
-            let (k, v) = row?;
-            out.liveness.push((k.value().to_string(), dec(v.value())?));
-        }
-        for row in tx.open_table(DEPLOYMENTS)?.iter()? {
-            let (_, v) = row?;
-            out.deployments.push(dec(v.value())?);
-        }
-        for row in tx.open_table(VARIANTS)?.iter()? {
-            let (_, v) = row?;
-            out.variants.push(dec(v.value())?);
-        }
-        for row in tx.open_table(SUSPENDED)?.iter()? {
-            let (k, _) = row?;
-            out.suspended.insert(k.value().to_string());
-        }
-        for row in tx.open_table(SUSPENDED_SOURCES)?.iter()? {
-            let (k, _) = row?;
-            out.suspended_sources.insert(k.value().to_string());
-        }
-        for row in tx.open_table(ROLLOUTS)?.iter()? {
-            let (_, v) = row?;
-            out.rollouts.push(dec(v.value())?);
-        }
-        for row in tx.open_table(STATUSES)?.iter()? {
-            let (k, v) = row?;
-            let (cluster, _) = k.value();
-            out.statuses.push((cluster.to_string(), dec(v.value())?));
-        }
-        out.last_event_id = tx.open_table(EVENTS)?.last()?.map(|(k, _)| k.value()).unwrap_or(0);
-        for row in tx.open_table(ADMIN_CERTS)?.iter()? {
-            let (_, v) = row?;
-            out.admin_certs.push(dec(v.value())?);
-        }
-        Ok(out)
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let mut out = Loaded::default();
+            for row in tx.open_table(CLUSTERS)?.iter()? {
+                let (_, v) = row?;
+                out.clusters.push(dec(v.value())?);
+            }
+            for row in tx.open_table(TOKENS)?.iter()? {
+                let (_, v) = row?;
+                out.tokens.push(dec(v.value())?);
+            }
+            for row in tx.open_table(LIVENESS)?.iter()? {
+                let (k, v) = row?;
+                out.liveness.push((k.value().to_string(), dec(v.value())?));
+            }
+            for row in tx.open_table(DEPLOYMENTS)?.iter()? {
+                let (_, v) = row?;
+                out.deployments.push(dec(v.value())?);
+            }
+            for row in tx.open_table(VARIANTS)?.iter()? {
+                let (_, v) = row?;
+                out.variants.push(dec(v.value())?);
+            }
+            for row in tx.open_table(SUSPENDED)?.iter()? {
+                let (k, _) = row?;
+                out.suspended.insert(k.value().to_string());
+            }
+            for row in tx.open_table(SUSPENDED_SOURCES)?.iter()? {
+                let (k, _) = row?;
+                out.suspended_sources.insert(k.value().to_string());
+            }
+            for row in tx.open_table(ROLLOUTS)?.iter()? {
+                let (_, v) = row?;
+                out.rollouts.push(dec(v.value())?);
+            }
+            for row in tx.open_table(STATUSES)?.iter()? {
+                let (k, v) = row?;
+                let (cluster, _) = k.value();
+                out.statuses.push((cluster.to_string(), dec(v.value())?));
+            }
+            out.last_event_id = tx.open_table(EVENTS)?.last()?.map(|(k, _)| k.value()).unwrap_or(0);
+            for row in tx.open_table(ADMIN_CERTS)?.iter()? {
+                let (_, v) = row?;
+                out.admin_certs.push(dec(v.value())?);
+            }
+            Ok(out)
+        })
     }
 
     fn last_seq(&self, cluster: &str, epoch: u64) -> Result<u64> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(SEQS)?;
-        Ok(t.get((cluster, epoch))?.map(|v| v.value()).unwrap_or(0))
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(SEQS)?;
+            Ok(t.get((cluster, epoch))?.map(|v| v.value()).unwrap_or(0))
+        })
     }
 
     fn list_events(&self, f: &EventFilter) -> Result<Vec<StoredEvent>> {
         let limit = if f.limit == 0 { 100 } else { f.limit };
-        let tx = self.db.begin_read()?;
-        let events = tx.open_table(EVENTS)?;
-        let mut out = Vec::new();
-        let start = f.after_id.saturating_add(1);
-        // Walk the most selective index newest-first, keep the newest `limit`.
-        let mut ids: Box<dyn Iterator<Item = Result<u64>>> = if let Some(c) = &f.cluster {
-            let idx = tx.open_table(EVENTS_BY_CLUSTER)?;
-            let rows: Vec<_> = idx
-                .range((c.as_str(), start)..=(c.as_str(), u64::MAX))?
-                .rev()
-                .map(|r| r.map(|(k, _)| k.value().1).map_err(Error::from))
-                .collect();
-            Box::new(rows.into_iter())
-        } else if let Some(b) = &f.bundle {
-            let idx = tx.open_table(EVENTS_BY_BUNDLE)?;
-            let rows: Vec<_> = idx
-                .range((b.as_str(), start)..=(b.as_str(), u64::MAX))?
-                .rev()
-                .map(|r| r.map(|(k, _)| k.value().1).map_err(Error::from))
-                .collect();
-            Box::new(rows.into_iter())
-        } else {
-            let rows: Vec<_> = events
-                .range(start..)?
-                .rev()
-                .map(|r| r.map(|(k, _)| k.value()).map_err(Error::from))
-                .collect();
-            Box::new(rows.into_iter())
-        };
-        for id in ids.by_ref() {
-            let id = id?;
-            let Some(v) = events.get(id)? else { continue };
-            let e: StoredEvent = dec(v.value())?;
-            if f.matches(&e) {
-                out.push(e);
-                if out.len() >= limit {
-                    break;
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let events = tx.open_table(EVENTS)?;
+            let mut out = Vec::new();
+            let start = f.after_id.saturating_add(1);
+            // Walk the most selective index newest-first, keep the newest `limit`.
+            let mut ids: Box<dyn Iterator<Item = Result<u64>>> = if let Some(c) = &f.cluster {
+                let idx = tx.open_table(EVENTS_BY_CLUSTER)?;
+                let rows: Vec<_> = idx
+                    .range((c.as_str(), start)..=(c.as_str(), u64::MAX))?
+                    .rev()
+                    .map(|r| r.map(|(k, _)| k.value().1).map_err(Error::from))
+                    .collect();
+                Box::new(rows.into_iter())
+            } else if let Some(b) = &f.bundle {
+                let idx = tx.open_table(EVENTS_BY_BUNDLE)?;
+                let rows: Vec<_> = idx
+                    .range((b.as_str(), start)..=(b.as_str(), u64::MAX))?
+                    .rev()
+                    .map(|r| r.map(|(k, _)| k.value().1).map_err(Error::from))
+                    .collect();
+                Box::new(rows.into_iter())
+            } else {
+                let rows: Vec<_> = events
+                    .range(start..)?
+                    .rev()
+                    .map(|r| r.map(|(k, _)| k.value()).map_err(Error::from))
+                    .collect();
+                Box::new(rows.into_iter())
+            };
+            for id in ids.by_ref() {
+                let id = id?;
+                let Some(v) = events.get(id)? else { continue };
+                let e: StoredEvent = dec(v.value())?;
+                if f.matches(&e) {
+                    out.push(e);
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
             }
-        }
-        out.reverse();
-        Ok(out)
+            out.reverse();
+            Ok(out)
+        })
     }
 
     fn commit(&self, writes: Vec<Write>, now: i64) -> Result<Vec<WriteOutcome>> {
-        let tx = self.db.begin_write()?;
-        let mut outcomes = Vec::with_capacity(writes.len());
-        {
-            let mut clusters = tx.open_table(CLUSTERS)?;
-            let mut liveness = tx.open_table(LIVENESS)?;
-            let mut tokens = tx.open_table(TOKENS)?;
-            let mut deployments = tx.open_table(DEPLOYMENTS)?;
-            let mut variants = tx.open_table(VARIANTS)?;
-            let mut suspended = tx.open_table(SUSPENDED)?;
-            let mut suspended_sources = tx.open_table(SUSPENDED_SOURCES)?;
-            let mut rollouts = tx.open_table(ROLLOUTS)?;
-            let mut statuses = tx.open_table(STATUSES)?;
-            let mut seqs = tx.open_table(SEQS)?;
-            let mut log = EventLog {
-                events: tx.open_table(EVENTS)?,
-                by_cluster: tx.open_table(EVENTS_BY_CLUSTER)?,
-                by_bundle: tx.open_table(EVENTS_BY_BUNDLE)?,
-                meta: tx.open_table(META)?,
-                capacity: self.event_capacity,
-            };
-            for w in writes {
-                let outcome = match w {
-                    Write::PutCluster(c) => {
-                        clusters.insert(c.name.as_str(), enc(&c)?.as_slice())?;
-                        WriteOutcome::Done
-                    }
-                    Write::PutToken(t) => {
-                        tokens.insert(t.id.as_str(), enc(&t)?.as_slice())?;
-                        WriteOutcome::Done
-                    }
-                    Write::PutDeployment(d) => {
-                        deployments.insert(d.bundle.as_str(), enc(&d)?.as_slice())?;
-                        WriteOutcome::Done
-                    }
-                    Write::PutVariant(v) => {
-                        variants.insert(v.store_key().as_str(), enc(&v)?.as_slice())?;
-                        WriteOutcome::Done
-                    }
-                    Write::SetSuspended { bundle, suspended: s } => {
-                        if s {
-                            suspended.insert(bundle.as_str(), 0)?;
-                        } else {
-                            suspended.remove(bundle.as_str())?;
-                        }
-                        WriteOutcome::Done
-                    }
-                    Write::SetSourceSuspended { source, suspended: s } => {
-                        if s {
-                            suspended_sources.insert(source.as_str(), 0)?;
-                        } else {
-                            suspended_sources.remove(source.as_str())?;
-                        }
-                        WriteOutcome::Done
-                    }
-                    Write::PutRollout(r) => {
-                        rollouts.insert(r.bundle.as_str(), enc(&r)?.as_slice())?;
-                        WriteOutcome::Done
-                    }
-                    Write::DeleteRollout(bundle) => {
-                        rollouts.remove(bundle.as_str())?;
-                        WriteOutcome::Done
-                    }
-                    Write::PutLiveness(rows) => {
-                        for (name, l) in rows {
-                            liveness.insert(name.as_str(), enc(&l)?.as_slice())?;
-                        }
-                        WriteOutcome::Done
-                    }
-                    Write::SeedStatuses { cluster, statuses: seeds } => {
-                        let mut stored = Vec::new();
-                        for mut s in seeds {
-                            if statuses.get((cluster.as_str(), s.status.bundle.as_str()))?.is_none() {
-                                s.updated_unix_ms = now;
-                                statuses.insert(
-                                    (cluster.as_str(), s.status.bundle.as_str()),
-                                    enc(&s)?.as_slice(),
-                                )?;
-                                stored.push(s);
-                            }
-                        }
-                        WriteOutcome::Seeded { cluster, statuses: stored }
-                    }
-                    Write::AppendEvents(evs) => {
-                        let mut stored = Vec::with_capacity(evs.len());
-                        for (cluster, event) in evs {
-                            stored.push(log.append(cluster, event, now)?);
-                        }
-                        WriteOutcome::Events(stored)
-                    }
-                    Write::AgentBatch(batch) => {
-                        WriteOutcome::Batch(store_batch(batch, now, &mut statuses, &mut seqs, &mut log)?)
-                    }
-                    Write::PutAdminCert(r) => {
-                        tx.open_table(ADMIN_CERTS)?.insert(r.serial.as_str(), enc(&r)?.as_slice())?;
-                        WriteOutcome::Done
-                    }
+        self.with_db(|db| {
+            let tx = db.begin_write()?;
+            let mut outcomes = Vec::with_capacity(writes.len());
+            {
+                let mut clusters = tx.open_table(CLUSTERS)?;
+                let mut liveness = tx.open_table(LIVENESS)?;
+                let mut tokens = tx.open_table(TOKENS)?;
+                let mut deployments = tx.open_table(DEPLOYMENTS)?;
+                let mut variants = tx.open_table(VARIANTS)?;
+                let mut suspended = tx.open_table(SUSPENDED)?;
+                let mut suspended_sources = tx.open_table(SUSPENDED_SOURCES)?;
+                let mut rollouts = tx.open_table(ROLLOUTS)?;
+                let mut statuses = tx.open_table(STATUSES)?;
+                let mut seqs = tx.open_table(SEQS)?;
+                let mut log = EventLog {
+                    events: tx.open_table(EVENTS)?,
+                    by_cluster: tx.open_table(EVENTS_BY_CLUSTER)?,
+                    by_bundle: tx.open_table(EVENTS_BY_BUNDLE)?,
+                    meta: tx.open_table(META)?,
+                    capacity: self.event_capacity,
                 };
-                outcomes.push(outcome);
+                for w in writes {
+                    let outcome = match w {
+                        Write::PutCluster(c) => {
+                            clusters.insert(c.name.as_str(), enc(&c)?.as_slice())?;
+                            WriteOutcome::Done
+                        }
+                        Write::PutToken(t) => {
+                            tokens.insert(t.id.as_str(), enc(&t)?.as_slice())?;
+                            WriteOutcome::Done
+                        }
+                        Write::PutDeployment(d) => {
+                            deployments.insert(d.bundle.as_str(), enc(&d)?.as_slice())?;
+                            WriteOutcome::Done
+                        }
+                        Write::PutVariant(v) => {
+                            variants.insert(v.store_key().as_str(), enc(&v)?.as_slice())?;
+                            WriteOutcome::Done
+                        }
+                        Write::SetSuspended { bundle, suspended: s } => {
+                            if s {
+                                suspended.insert(bundle.as_str(), 0)?;
+                            } else {
+                                suspended.remove(bundle.as_str())?;
+                            }
+                            WriteOutcome::Done
+                        }
+                        Write::SetSourceSuspended { source, suspended: s } => {
+                            if s {
+                                suspended_sources.insert(source.as_str(), 0)?;
+                            } else {
+                                suspended_sources.remove(source.as_str())?;
+                            }
+                            WriteOutcome::Done
+                        }
+                        Write::PutRollout(r) => {
+                            rollouts.insert(r.bundle.as_str(), enc(&r)?.as_slice())?;
+                            WriteOutcome::Done
+                        }
+                        Write::DeleteRollout(bundle) => {
+                            rollouts.remove(bundle.as_str())?;
+                            WriteOutcome::Done
+                        }
+                        Write::PutLiveness(rows) => {
+                            for (name, l) in rows {
+                                liveness.insert(name.as_str(), enc(&l)?.as_slice())?;
+                            }
+                            WriteOutcome::Done
+                        }
+                        Write::SeedStatuses { cluster, statuses: seeds } => {
+                            let mut stored = Vec::new();
+                            for mut s in seeds {
+                                if statuses.get((cluster.as_str(), s.status.bundle.as_str()))?.is_none() {
+                                    s.updated_unix_ms = now;
+                                    statuses.insert(
+                                        (cluster.as_str(), s.status.bundle.as_str()),
+                                        enc(&s)?.as_slice(),
+                                    )?;
+                                    stored.push(s);
+                                }
+                            }
+                            WriteOutcome::Seeded { cluster, statuses: stored }
+                        }
+                        Write::AppendEvents(evs) => {
+                            let mut stored = Vec::with_capacity(evs.len());
+                            for (cluster, event) in evs {
+                                stored.push(log.append(cluster, event, now)?);
+                            }
+                            WriteOutcome::Events(stored)
+                        }
+                        Write::AgentBatch(batch) => {
+                            WriteOutcome::Batch(store_batch(batch, now, &mut statuses, &mut seqs, &mut log)?)
+                        }
+                        Write::PutAdminCert(r) => {
+                            tx.open_table(ADMIN_CERTS)?.insert(r.serial.as_str(), enc(&r)?.as_slice())?;
+                            WriteOutcome::Done
+                        }
+                    };
+                    outcomes.push(outcome);
+                }
             }
-        }
-        tx.commit()?;
-        Ok(outcomes)
+            tx.commit()?;
+            Ok(outcomes)
+        })
     }
 }
 
@@ -397,6 +490,7 @@ mod tests {
     use super::*;
     use crate::domain::{ClusterRecord, EventRecord, StatusRecord};
     use convoy_core::status::{BundleStatus, Phase, Severity};
+    use std::sync::Arc;
 
     #[test]
     fn refuses_a_state_file_from_a_newer_hub() {
@@ -406,7 +500,8 @@ mod tests {
         {
             // Reopening the same version is fine, and the version was recorded.
             let s = RedbStore::open(&path, 10, 1 << 20).unwrap();
-            let tx = s.db.begin_write().unwrap();
+            let g = s.db.read().unwrap();
+            let tx = g.as_ref().unwrap().begin_write().unwrap();
             {
                 let mut meta = tx.open_table(META).unwrap();
                 assert_eq!(meta.get(SCHEMA_VERSION_KEY).unwrap().unwrap().value(), SCHEMA_VERSION);
@@ -416,6 +511,81 @@ mod tests {
         }
         let err = RedbStore::open(&path, 10, 1 << 20).err().expect("a newer schema must be refused");
         assert!(err.to_string().contains("newer hub"), "{err}");
+    }
+
+    /// A file backend whose writes and syncs fail while `full` is set (a
+    /// full disk).
+    #[derive(Debug)]
+    struct FlakyDisk {
+        file: redb::backends::FileBackend,
+        full: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl redb::StorageBackend for FlakyDisk {
+        fn len(&self) -> std::result::Result<u64, std::io::Error> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::result::Result<(), std::io::Error> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::result::Result<(), std::io::Error> {
+            self.fail()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::result::Result<(), std::io::Error> {
+            self.fail()?;
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {
+            self.fail()?;
+            self.file.write(offset, data)
+        }
+    }
+
+    impl FlakyDisk {
+        fn fail(&self) -> std::result::Result<(), std::io::Error> {
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            Ok(())
+        }
+    }
+
+    /// A commit that meets a full disk latches redb (every later call is
+    /// `PreviousIo`); the store reopens the database, so once space returns
+    /// the next commit works, without a restart, and nothing of the failed
+    /// commit is there.
+    #[test]
+    fn a_commit_that_met_a_full_disk_does_not_latch_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = full.clone();
+        let store = RedbStore::open_with(
+            move || {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path)
+                    .map_err(|e| Error::Store(e.to_string()))?;
+                let backend = FlakyDisk { file: redb::backends::FileBackend::new(file)?, full: f.clone() };
+                prepare(Database::builder().create_with_backend(backend)?, "state.redb")
+            },
+            10,
+        )
+        .unwrap();
+        let put = |n: &str| {
+            store.commit(vec![Write::PutCluster(ClusterRecord { name: n.into(), ..Default::default() })], 1)
+        };
+        put("before").unwrap();
+        full.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(put("during").is_err(), "a commit on a full disk fails");
+        full.store(false, std::sync::atomic::Ordering::SeqCst);
+        put("after").expect("the store works again once space returns");
+        let names: Vec<String> = store.load().unwrap().clusters.into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["after", "before"]);
     }
 
     fn open(dir: &tempfile::TempDir, cap: u64) -> RedbStore {
