@@ -11,7 +11,7 @@
 use serde::Deserialize;
 
 use crate::helmrepo::{HelmRepo, RepoAuth};
-use crate::oci::{OciAuth, OciClient, pick_tag};
+use crate::oci::{OciAuth, OciClient};
 use crate::redact::redact_url;
 use crate::{ArtifactStore, Error, Result};
 
@@ -136,11 +136,7 @@ pub async fn fetch(
                 &reference,
                 &OciAuth { max_chart_bytes: Some(max_bytes), ..Default::default() },
             )?;
-            let tags = client.tags().await?;
-            let (tag, version) = pick_tag(&tags, &d.version)?.ok_or_else(|| Error::RefNotFound {
-                url: redact_url(&reference),
-                reference: format!("version {:?}", if d.version.is_empty() { "*" } else { &d.version }),
-            })?;
+            let (tag, version) = client.resolve(&d.version).await?;
             let m = client.manifest(&tag).await?;
             match cached(&m.chart_digest) {
                 Some(b) => (version, m.chart_digest, b),

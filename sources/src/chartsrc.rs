@@ -813,11 +813,7 @@ pub async fn pull_chart(
         let (version, reference) = if constraint.starts_with("sha256:") {
             (String::new(), constraint.to_string())
         } else {
-            let tags = client.tags().await?;
-            let (tag, version) = pick_tag(&tags, constraint)?.ok_or_else(|| Error::RefNotFound {
-                url: redact_url(reference),
-                reference: format!("version {:?}", if constraint.is_empty() { "*" } else { constraint }),
-            })?;
+            let (tag, version) = client.resolve(constraint).await?;
             (version, tag)
         };
         let m = client.manifest(&reference).await?;

@@ -354,6 +354,16 @@ impl OciClient {
         })
     }
 
+    /// The tag `constraint` picks ([`pick_tag`] over every tag), with the
+    /// version it stands for; `RefNotFound` naming the constraint if none.
+    pub async fn resolve(&self, constraint: &str) -> Result<(String, String)> {
+        let tags = self.tags().await?;
+        pick_tag(&tags, constraint)?.ok_or_else(|| Error::RefNotFound {
+            url: self.shown(),
+            reference: format!("version {:?}", if constraint.is_empty() { "*" } else { constraint }),
+        })
+    }
+
     /// The chart manifest at a tag or digest: its digest and the chart layer.
     pub async fn manifest(&self, reference: &str) -> Result<OciChart> {
         let (headers, body) =
