@@ -77,6 +77,9 @@ pub struct Metrics {
     pub store_commit_seconds: Histogram,
     /// Writes per store commit (group commit size).
     pub store_commit_writes: Histogram,
+    /// Commits computed again because another hub replica changed a key
+    /// they read (etcd store; always 0 on redb).
+    pub store_commit_retries: Counter,
     /// Signed bundle generations created.
     pub generations_created: Counter,
     /// Fleet config reloads by result.
@@ -148,6 +151,12 @@ impl Metrics {
             "Writes grouped into one store commit",
             store_commit_writes.clone(),
         );
+        let store_commit_retries = Counter::default();
+        registry.register(
+            "store_commit_retries",
+            "Commits computed again because another hub replica changed a key they read",
+            store_commit_retries.clone(),
+        );
         let generations_created = Counter::default();
         registry.register(
             "generations_created",
@@ -197,6 +206,7 @@ impl Metrics {
             registrations,
             store_commit_seconds,
             store_commit_writes,
+            store_commit_retries,
             generations_created,
             config_reloads,
             alerts_sent,

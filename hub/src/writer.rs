@@ -161,6 +161,8 @@ async fn run(
         };
         metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
         metrics.store_commit_writes.observe(n as f64);
+        let retries = store.commit_retries();
+        metrics.store_commit_retries.inc_by(retries.saturating_sub(metrics.store_commit_retries.get()));
         match result {
             Ok(mut outcomes) => {
                 if has_liveness {

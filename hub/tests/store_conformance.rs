@@ -387,6 +387,101 @@ mod etcd {
         assert_eq!(s.load().unwrap().last_event_id, 60);
     }
 
+    /// Commits fence on the keys they read, not on one counter: three
+    /// replicas storing status batches of their own clusters at the same time
+    /// never make each other compute a commit again, and each stores its
+    /// statuses and outbox seqs once. (Fenced on one commit counter, as
+    /// before, these commits retried each other.)
+    #[test]
+    fn replicas_writing_different_clusters_never_retry() {
+        let server = Server::start();
+        let b = server.backend("/disjoint/");
+        let stores: Vec<std::sync::Arc<dyn Store>> = (0..3).map(|_| b.open(100).into()).collect();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let handles: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(r, s)| {
+                let (s, start) = (s.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    for seq in 1..=30u64 {
+                        // Each replica holds 4 clusters of its own; one batch each per round.
+                        let writes = (0..4)
+                            .map(|c| {
+                                Write::AgentBatch(AgentBatch {
+                                    cluster: format!("r{r}-c{c}"),
+                                    epoch: 1,
+                                    entries: vec![(seq, super::status("web", seq))],
+                                })
+                            })
+                            .collect();
+                        let out = s.commit(writes, seq as i64).unwrap();
+                        assert_eq!(out.len(), 4);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let retries: Vec<u64> = stores.iter().map(|s| s.commit_retries()).collect();
+        assert_eq!(retries, vec![0, 0, 0], "disjoint commits made each other retry");
+        let l = b.open(100).load().unwrap();
+        assert_eq!(l.statuses.len(), 12);
+        assert!(l.statuses.iter().all(|(_, s)| s.status.generation == 30), "{:?}", l.statuses);
+        for r in 0..3 {
+            assert_eq!(stores[0].last_seq(&format!("r{r}-c0"), 1).unwrap(), 30);
+        }
+    }
+
+    /// Two replicas storing the same cluster's outbox (an agent moving
+    /// between them) conflict on its stored seq: the second recomputes on
+    /// the first's seq and stores only what is new, so nothing is stored twice.
+    #[test]
+    fn replicas_storing_the_same_outbox_store_each_entry_once() {
+        let server = Server::start();
+        let b = server.backend("/same-outbox/");
+        let stores: Vec<std::sync::Arc<dyn Store>> = (0..2).map(|_| b.open(1000).into()).collect();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let handles: Vec<_> = stores
+            .iter()
+            .map(|s| {
+                let (s, start) = (s.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut stored = 0;
+                    for seq in 1..=20u64 {
+                        // Both replicas got the same resent outbox entries.
+                        let out = s
+                            .commit(
+                                vec![Write::AgentBatch(AgentBatch {
+                                    cluster: "moving".into(),
+                                    epoch: 1,
+                                    entries: vec![(seq, super::event("web", &format!("e{seq}")))],
+                                })],
+                                seq as i64,
+                            )
+                            .unwrap();
+                        stored += super::batch_outcome(&out).events.len();
+                    }
+                    stored
+                })
+            })
+            .collect();
+        let stored: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(stored, 20, "each entry stored by exactly one replica");
+        let evs = stores[0]
+            .list_events(&convoy_hub::domain::EventFilter {
+                cluster: Some("moving".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        let reasons: Vec<String> = evs.iter().map(|e| e.event.reason.clone()).collect();
+        assert_eq!(reasons, (1..=20).map(|i| format!("e{i}")).collect::<Vec<_>>());
+    }
+
     fn next_changes(
         rt: &tokio::runtime::Runtime,
         feed: &mut tokio::sync::mpsc::Receiver<convoy_hub::ha::follow::Feed>,

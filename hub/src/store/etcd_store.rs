@@ -1,13 +1,13 @@
 //! [`Store`] on etcd (feature `etcd`): small records under one key prefix,
-//! every [`Store::commit`] one etcd transaction, serialized across hub
-//! replicas by a commit counter key. Artifacts never go into etcd.
+//! every [`Store::commit`] one etcd transaction, fenced on the keys it read
+//! (optimistic concurrency, as etcd's STM). Artifacts never go into etcd.
 //!
 //! Layout under `prefix` (`/convoy/` by default):
 //!
 //! | key | value |
 //! |---|---|
 //! | `meta/schema` | the layout version |
-//! | `meta/commit` | `<counter> <replica id>`: every commit bumps it (the fence) and names its replica |
+//! | `meta/commit` | `<counter> <replica id>`: every commit puts it, naming its replica (never compared) |
 //! | `meta/next-event-id` | the next event id |
 //! | `clusters/<name>`, `tokens/<id>`, `liveness/<name>`, `deployments/<bundle>` | JSON records |
 //! | `variants/<bundle>/<variant key>` | JSON per-cluster variant records |
@@ -17,16 +17,30 @@
 //! | `seq/<cluster>/<epoch:020>` | last stored outbox seq |
 //! | `events/<id:020>`, `ev-cluster/<cluster>/<id:020>`, `ev-bundle/<bundle>/<id:020>` | the event ring and its indexes |
 //!
-//! A commit reads what it needs (through an overlay, so later writes of the
-//! same commit see earlier ones), then sends one transaction whose only
-//! condition is that `meta/commit` did not move since the commit started. A
-//! commit by another replica in between makes it fail, and the whole commit
-//! is computed again from fresh reads. So commits are serializable across
-//! replicas with no lock held between them.
+//! A commit first reads every key its writes decide on (a token's uses, a
+//! bundle's generation, a rollout's version, an outbox's stored seq, the
+//! next event id), 128 keys per round trip, then reads through an overlay
+//! (later writes of the same commit see earlier ones). It sends one
+//! transaction whose condition is its read set: each key read still has the
+//! mod revision it had when read (or is still absent), and no key under a
+//! prefix it listed changed since. If another replica changed one of them
+//! in between, the transaction fails and the whole commit is computed again
+//! from fresh reads. So commits are serializable across replicas with no
+//! lock held between them, and commits that touch different keys (status
+//! batches of different clusters, say) never make each other retry. Writes
+//! that decide on nothing they read (a status, a cluster record) are
+//! last-writer-wins in etcd's order. Commits that append events all read
+//! `meta/next-event-id`, so those serialize among themselves.
 //!
-//! etcd limits one transaction to `--max-txn-ops` operations (128 by default)
-//! and `--max-request-bytes` (1.5 MiB). A group commit of many statuses needs
-//! more: run etcd with `--max-txn-ops=10000 --max-request-bytes=10485760`
+//! Hubs up to commit 0d36d23 fenced every commit on `meta/commit` alone (the
+//! layout, schema v1, is the same). Every commit still puts it, so such a
+//! replica's commit still fails when any other commit landed in between,
+//! and the two kinds can run side by side during a rolling upgrade.
+//!
+//! etcd limits one transaction to `--max-txn-ops` operations (128 by default;
+//! the writes and the conditions count separately) and `--max-request-bytes`
+//! (1.5 MiB). A group commit of many statuses needs more (a batch of N
+//! clusters writes 2N keys and is conditioned on N outbox seq keys): run etcd with `--max-txn-ops=10000 --max-request-bytes=10485760`
 //! (docs/operations.md). A commit over the server's limits fails as a whole
 //! with the server's error: nothing is half-written.
 //!
@@ -59,7 +73,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions,
@@ -130,6 +144,10 @@ pub struct EtcdStore {
     loaded_rev: AtomicI64,
     /// The lease this replica writes under (0: lost, being granted again).
     lease: watch::Receiver<i64>,
+    /// Commits sent by this replica (the counter in `meta/commit`).
+    commits: Arc<AtomicU64>,
+    /// Commits computed again because a key they read changed meanwhile.
+    retries: Arc<AtomicU64>,
     /// Wakes the lease task when a commit found the lease gone at etcd.
     lease_gone: Arc<Notify>,
     /// The gRPC endpoint this replica advertises (`peers/<id>`, on the lease).
@@ -241,6 +259,8 @@ impl EtcdStore {
             replica,
             loaded_rev: AtomicI64::new(0),
             lease,
+            commits: Arc::new(AtomicU64::new(0)),
+            retries: Arc::new(AtomicU64::new(0)),
             lease_gone,
             advertised,
         };
@@ -719,6 +739,10 @@ impl Store for EtcdStore {
         })
     }
 
+    fn commit_retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
     fn peers(&self) -> Result<Vec<String>> {
         let mut c = self.client.clone();
         let prefix = self.key("peers/");
@@ -814,18 +838,22 @@ impl Store for EtcdStore {
         let replica = self.replica.clone();
         let lease = self.lease.clone();
         let lease_gone = self.lease_gone.clone();
+        let commits = self.commits.clone();
+        let retries = self.retries.clone();
         self.run(async move {
             for _ in 0..COMMIT_ATTEMPTS {
                 let lease_id = *lease.borrow();
                 if lease_id == 0 {
                     return Err(lease_lost(&replica));
                 }
-                let mut tx = Tx::begin(client.clone(), &prefix, &replica, lease_id).await?;
+                let mut tx = Tx::begin(client.clone(), &prefix, &replica, lease_id);
+                tx.prefetch(writes.iter().flat_map(|w| read_set(&prefix, w))).await?;
                 let mut outcomes = Vec::with_capacity(writes.len());
                 for w in writes.iter().cloned() {
                     outcomes.push(apply(&mut tx, w, now, capacity).await?);
                 }
-                match tx.commit().await {
+                let counter = commits.fetch_add(1, Ordering::Relaxed) + 1;
+                match tx.commit(counter).await {
                     Ok(true) => return Ok(outcomes),
                     Ok(false) => {}
                     Err(e) => {
@@ -836,70 +864,95 @@ impl Store for EtcdStore {
                         return Err(e);
                     }
                 }
-                tracing::debug!("etcd commit raced another replica; recomputing");
+                retries.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("etcd commit: a key it read changed meanwhile; recomputing");
             }
             Err(Error::Store(format!(
-                "etcd: commit lost the race {COMMIT_ATTEMPTS} times in a row to other replicas"
+                "etcd: commit found a key it read changed by another replica {COMMIT_ATTEMPTS} times in a row"
             )))
         })
     }
 }
 
-/// One commit in progress: reads through an overlay of its own writes.
+/// How many reads go into one read-only etcd transaction (etcd's default
+/// `--max-txn-ops` is 128, so this works on an etcd left at its defaults).
+const READS_PER_TXN: usize = 128;
+
+/// One commit in progress: reads through an overlay of its own writes, and
+/// remembers every key it read with the key's mod revision at the time (its
+/// read set), which [`Tx::commit`] makes the transaction's condition.
 struct Tx {
     client: Client,
     prefix: String,
-    /// `meta/commit`'s mod revision when the commit started (0: absent).
-    fence: i64,
-    counter: u64,
     replica: String,
     /// The lease every write of this commit is fenced on.
     lease: i64,
-    reads: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The read set: each key's value and mod revision when read (0: absent).
+    reads: BTreeMap<Vec<u8>, (Option<Vec<u8>>, i64)>,
+    /// Listed prefixes, each with the revision it was listed at.
+    ranges: Vec<(Vec<u8>, i64)>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// How many etcd round trips this commit's reads took.
+    round_trips: usize,
 }
 
 impl Tx {
-    async fn begin(mut client: Client, prefix: &str, replica: &str, lease: i64) -> Result<Self> {
-        let key = format!("{prefix}meta/commit");
-        let r = client.get(key, None).await.map_err(etcd_err("read commit counter"))?;
-        let (fence, counter) = match r.kvs().first() {
-            Some(kv) => (
-                kv.mod_revision(),
-                std::str::from_utf8(kv.value())
-                    .ok()
-                    .and_then(|s| s.split_whitespace().next()?.parse().ok())
-                    .unwrap_or(0),
-            ),
-            None => (0, 0),
-        };
-        Ok(Self {
+    fn begin(client: Client, prefix: &str, replica: &str, lease: i64) -> Self {
+        Self {
             client,
             prefix: prefix.to_string(),
-            fence,
-            counter,
             replica: replica.to_string(),
             lease,
             reads: BTreeMap::new(),
+            ranges: Vec::new(),
             writes: BTreeMap::new(),
-        })
+            round_trips: 0,
+        }
     }
 
     fn key(&self, rest: &str) -> Vec<u8> {
         format!("{}{rest}", self.prefix).into_bytes()
     }
 
+    /// Read `keys` not read yet into the read set, [`READS_PER_TXN`] per
+    /// round trip (a read-only transaction of gets), instead of one round
+    /// trip per key as [`Tx::get`] alone would.
+    async fn prefetch(&mut self, keys: impl IntoIterator<Item = Vec<u8>>) -> Result<()> {
+        let wanted: BTreeSet<Vec<u8>> = keys
+            .into_iter()
+            .filter(|k| !self.reads.contains_key(k) && !self.writes.contains_key(k))
+            .collect();
+        let wanted: Vec<Vec<u8>> = wanted.into_iter().collect();
+        for chunk in wanted.chunks(READS_PER_TXN) {
+            let ops: Vec<TxnOp> = chunk.iter().map(|k| TxnOp::get(k.clone(), None)).collect();
+            let r = self.client.txn(Txn::new().and_then(ops)).await.map_err(etcd_err("read"))?;
+            self.round_trips += 1;
+            for (key, resp) in chunk.iter().zip(r.op_responses()) {
+                let TxnOpResponse::Get(g) = resp else {
+                    return Err(Error::Store(
+                        "etcd: a read transaction answered a get with something else".into(),
+                    ));
+                };
+                let got = g.kvs().first().map(|kv| (Some(kv.value().to_vec()), kv.mod_revision()));
+                self.reads.insert(key.clone(), got.unwrap_or((None, 0)));
+            }
+        }
+        Ok(())
+    }
+
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         if let Some(w) = self.writes.get(key) {
             return Ok(w.clone());
         }
-        if let Some(r) = self.reads.get(key) {
-            return Ok(r.clone());
+        if let Some((v, _)) = self.reads.get(key) {
+            return Ok(v.clone());
         }
         let r = self.client.get(key.to_vec(), None).await.map_err(etcd_err("read"))?;
-        let v = r.kvs().first().map(|kv| kv.value().to_vec());
-        self.reads.insert(key.to_vec(), v.clone());
-        Ok(v)
+        self.round_trips += 1;
+        let got = r.kvs().first().map(|kv| (Some(kv.value().to_vec()), kv.mod_revision()));
+        let got = got.unwrap_or((None, 0));
+        self.reads.insert(key.to_vec(), got.clone());
+        Ok(got.0)
     }
 
     /// Keys under `prefix`, as this commit sees them.
@@ -909,6 +962,9 @@ impl Tx {
             .get(prefix.to_vec(), Some(GetOptions::new().with_prefix().with_keys_only()))
             .await
             .map_err(etcd_err("range"))?;
+        self.round_trips += 1;
+        let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+        self.ranges.push((prefix.to_vec(), rev));
         let mut keys: BTreeSet<Vec<u8>> = r.kvs().iter().map(|kv| kv.key().to_vec()).collect();
         for (k, v) in self.writes.range(prefix.to_vec()..prefix_end(prefix)) {
             match v {
@@ -927,17 +983,36 @@ impl Tx {
         self.writes.insert(key, None);
     }
 
-    /// Send the transaction; false when another commit moved the fence.
-    async fn commit(mut self) -> Result<bool> {
+    /// The transaction's condition: every key read is as it was read, and
+    /// no key under a listed prefix changed since it was listed.
+    fn fences(&self) -> Vec<Compare> {
+        let mut cmps = Vec::with_capacity(self.reads.len() + self.ranges.len() + 1);
+        for (k, (_, rev)) in &self.reads {
+            cmps.push(if *rev == 0 {
+                Compare::version(k.clone(), CompareOp::Equal, 0)
+            } else {
+                Compare::mod_revision(k.clone(), CompareOp::Equal, *rev)
+            });
+        }
+        for (prefix, rev) in &self.ranges {
+            cmps.push(
+                Compare::mod_revision(prefix.clone(), CompareOp::Less, rev + 1)
+                    .with_range(prefix_end(prefix)),
+            );
+        }
+        cmps
+    }
+
+    /// Send the transaction; false when another commit changed a key this
+    /// one read (its decisions are stale and must be made again).
+    async fn commit(mut self, counter: u64) -> Result<bool> {
         if self.writes.is_empty() {
             return Ok(true);
         }
-        let fence_key = self.key("meta/commit");
-        let cmp = if self.fence == 0 {
-            Compare::version(fence_key.clone(), CompareOp::Equal, 0)
-        } else {
-            Compare::mod_revision(fence_key.clone(), CompareOp::Equal, self.fence)
-        };
+        let mut cmps = self.fences();
+        // The lease fence: this replica's key still lives on the lease it writes under.
+        let own = self.key(&format!("replicas/{}", self.replica));
+        cmps.push(Compare::lease(own.clone(), CompareOp::Equal, self.lease));
         let mut ops: Vec<TxnOp> = Vec::with_capacity(self.writes.len() + 1);
         for (k, v) in std::mem::take(&mut self.writes) {
             ops.push(match v {
@@ -945,11 +1020,10 @@ impl Tx {
                 None => TxnOp::delete(k, None),
             });
         }
-        ops.push(TxnOp::put(fence_key, format!("{} {}", self.counter + 1, self.replica), None));
-        // The lease fence: this replica's key still lives on the lease it writes under.
-        let own = self.key(&format!("replicas/{}", self.replica));
-        let on_lease = Compare::lease(own.clone(), CompareOp::Equal, self.lease);
-        let txn = Txn::new().when([cmp, on_lease]).and_then(ops).or_else([TxnOp::get(own, None)]);
+        // Names this replica as the writer, for the change feed (a put, never
+        // compared: commits that touch different keys do not serialize on it).
+        ops.push(TxnOp::put(self.key("meta/commit"), format!("{counter} {}", self.replica), None));
+        let txn = Txn::new().when(cmps).and_then(ops).or_else([TxnOp::get(own, None)]);
         let r = self.client.txn(txn).await.map_err(etcd_err("commit"))?;
         if r.succeeded() {
             return Ok(true);
@@ -962,6 +1036,36 @@ impl Tx {
             return Err(lease_lost(&self.replica));
         }
         Ok(false)
+    }
+}
+
+/// The keys `w` will read, so that a commit reads them all in a few round
+/// trips before [`apply`] decides on them one by one.
+fn read_set(prefix: &str, w: &Write) -> Vec<Vec<u8>> {
+    let key = |rest: String| format!("{prefix}{rest}").into_bytes();
+    match w {
+        Write::PutToken(t) => vec![key(format!("tokens/{}", t.id))],
+        Write::PutDeployment(d) => vec![key(format!("deployments/{}", d.bundle))],
+        Write::PutRollout(r) => vec![key(format!("rollouts/{}", r.bundle))],
+        Write::SeedStatuses { cluster, statuses } => {
+            statuses.iter().map(|s| key(format!("status/{cluster}/{}", s.status.bundle))).collect()
+        }
+        Write::AppendEvents(evs) if !evs.is_empty() => vec![key("meta/next-event-id".into())],
+        Write::AgentBatch(b) => {
+            let mut keys = vec![key(format!("seq/{}/{}", b.cluster, id_key(b.epoch)))];
+            if b.entries.iter().any(|(_, e)| matches!(e, OutboxEntry::Event(_))) {
+                keys.push(key("meta/next-event-id".into()));
+            }
+            keys
+        }
+        Write::PutCluster(_)
+        | Write::PutVariant(_)
+        | Write::SetSuspended { .. }
+        | Write::SetSourceSuspended { .. }
+        | Write::DeleteRollout(_)
+        | Write::PutLiveness(_)
+        | Write::AppendEvents(_)
+        | Write::PutAdminCert(_) => Vec::new(),
     }
 }
 

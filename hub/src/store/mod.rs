@@ -162,4 +162,9 @@ pub trait Store: Send + Sync + 'static {
     fn peers(&self) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
+    /// How many commits were computed again since the store opened, because
+    /// another hub replica changed a key they read (0 for redb).
+    fn commit_retries(&self) -> u64 {
+        0
+    }
 }
