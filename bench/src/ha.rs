@@ -60,6 +60,24 @@ struct Replica {
     hub: Option<Kill>,
     creds: Creds,
     fleet: pb::fleet_client::FleetClient<Channel>,
+    /// Its metrics endpoint, `http://127.0.0.1:<port>`.
+    metrics: String,
+}
+
+/// Commits the live replicas computed again because another replica
+/// changed a key they read (`convoy_hub_store_commit_retries_total`, summed).
+fn commit_retries(replicas: &[Replica]) -> f64 {
+    replicas
+        .iter()
+        .filter(|r| r.hub.is_some())
+        .filter_map(|r| etcd::metrics(&r.metrics).ok())
+        .filter_map(|m| etcd::metric(&m, "convoy_hub_store_commit_retries_total"))
+        .sum()
+}
+
+/// Sync streams the agents opened after their first one.
+fn reopened(agents: &[Arc<HaAgent>]) -> u64 {
+    agents.iter().map(|a| a.streams.load(Ordering::Acquire).saturating_sub(1)).sum()
 }
 
 /// A simulated agent that reconnects.
@@ -151,10 +169,16 @@ async fn start_replica(
     }
     // Polled every second, as the HA tests do: the replica that takes the
     // source lock after a failover fetches within a second.
-    let opts = HubOpts { interval: "1s".into(), spec, ..Default::default() };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let opts = HubOpts { interval: "1s".into(), spec, metrics_listen: format!("127.0.0.1:{port}") };
     let (hub, creds) = start_hub_with(convoy, &dir, &repo.display().to_string(), docs, &opts).await?;
     let admin = Endpoint::from_shared(creds.hub.clone())?.tls_config(creds.admin_tls())?.connect().await?;
-    Ok(Replica { hub: Some(hub), creds, fleet: pb::fleet_client::FleetClient::new(admin) })
+    Ok(Replica {
+        hub: Some(hub),
+        creds,
+        fleet: pb::fleet_client::FleetClient::new(admin),
+        metrics: format!("http://127.0.0.1:{port}"),
+    })
 }
 
 /// Wait until `fleet` serves every bundle of `names` at a generation above
@@ -363,6 +387,7 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     // etcd writes per status batch: every agent reports once, at once.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let c0 = counters(&etcd.url)?;
+    let (retries0, reopened0) = (commit_retries(&replicas), reopened(&agents));
     let seqs: Vec<Option<u64>> =
         agents.iter().map(|a| a.link.lock().as_ref().and_then(|l| l.report("ha-storm"))).collect();
     let sent = seqs.iter().filter(|s| s.is_some()).count();
@@ -377,6 +402,8 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
     .await?;
     let storm_ms = t0.elapsed().as_secs_f64() * 1e3;
     let c1 = counters(&etcd.url)?;
+    let storm_retries = commit_retries(&replicas) - retries0;
+    let storm_reopened = reopened(&agents) - reopened0;
     let txns = c1.revision - c0.revision;
     let puts = c1.puts - c0.puts;
     out.push(one(
@@ -403,11 +430,21 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         "",
         None,
     ));
+    out.push(one(
+        format!(
+            "status storm: commits computed again because another replica changed a key they read (all replicas; {storm_reopened} agent streams reopened)"
+        ),
+        "commits",
+        storm_retries,
+        "",
+        None,
+    ));
 
     // A new revision to every agent, from the commit.
     let mut p99 = Vec::new();
     let mut rev_txns = Vec::new();
     let mut rev_puts = Vec::new();
+    let (retries0, reopened0) = (commit_retries(&replicas), reopened(&agents));
     for rev in 1..=trials {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = bundle(&mut replicas[0].fleet, "app").await?.generation;
@@ -464,6 +501,16 @@ async fn run_inner(ctx: Ctx) -> anyhow::Result<Vec<Measurement>> {
         &rev_txns,
     ));
     out.push(stated(format!("etcd keys put per revision ({n} agents)"), "puts", &rev_puts));
+    out.push(one(
+        format!(
+            "revisions: commits computed again over {trials} revisions (all replicas; {} agent streams reopened)",
+            reopened(&agents) - reopened0
+        ),
+        "commits",
+        commit_retries(&replicas) - retries0,
+        "",
+        None,
+    ));
 
     // etcd's database for N clusters × B bundles.
     let (total, in_use) = db_size(&etcd.url)?;
