@@ -328,7 +328,7 @@ impl Release {
         let hooks = phase(&self.parts.hooks, event);
         for (i, h) in hooks.iter().enumerate() {
             let hook = format!("{}/{}", h.kind(), h.name());
-            if let Err(e) = self.run_hook(h, timeout, cancel).await {
+            if let Err(e) = self.run_hook(h, false, timeout, cancel).await {
                 // As Helm: the failed hook goes with `hook-failed`, the ones that
                 // succeeded before it with `hook-succeeded`.
                 if h.has_policy("hook-failed") {
@@ -364,8 +364,9 @@ impl Release {
     /// Run the test hooks (`helm test`), one at a time in Helm's order
     /// (crate::helmtest::order), each waited for until its Pod succeeded or
     /// its Job completed, within `timeout`. Stops at the first failing test.
-    /// Delete policies as for other hooks: `before-hook-creation` before each
-    /// is created, `hook-failed` deletes the one that failed, `hook-succeeded`
+    /// Delete policies as for other hooks: an existing object of a test's name
+    /// is always deleted before it is created (`before-hook-creation`, also
+    /// when not asked for: test names are stable in an artifact), `hook-failed` deletes the one that failed, `hook-succeeded`
     /// the ones that passed once the run is over (also when a later one
     /// failed, as `run_hooks` does).
     pub async fn run_tests(&self, timeout: Duration, cancel: &CancellationToken) -> Vec<TestRun> {
@@ -373,7 +374,7 @@ impl Release {
         let mut runs = Vec::with_capacity(tests.len());
         for h in &tests {
             let started = rel::now_rfc3339();
-            let result = self.run_hook(h, timeout, cancel).await;
+            let result = self.run_hook(h, true, timeout, cancel).await;
             let failure = match result {
                 Ok(()) => None,
                 Err(e) => {
@@ -493,10 +494,20 @@ impl Release {
         })
     }
 
-    async fn run_hook(&self, h: &HookObject, timeout: Duration, cancel: &CancellationToken) -> Result<()> {
+    /// Apply a hook and wait for it. `fresh`: delete an existing object of
+    /// its name first whatever its policy (test hooks: Helm's charts give
+    /// them random names so each run creates new ones; an artifact's are
+    /// stable, convoy_helm::output::stable_test_name).
+    async fn run_hook(
+        &self,
+        h: &HookObject,
+        fresh: bool,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
         let api = self.api(h).await?;
         let name = h.name().to_string();
-        if h.has_policy("before-hook-creation") {
+        if fresh || h.has_policy("before-hook-creation") {
             delete_and_wait(&api, &name, timeout).await?;
         }
         let mut body = h.object.clone();
