@@ -113,7 +113,8 @@ mod tests {
                 timeout_seconds: 30
             })
         );
-        let cases: Vec<(RunTestsInput, fn(&Rejection) -> bool, &str)> = vec![
+        type Case = (RunTestsInput, fn(&Rejection) -> bool, &'static str);
+        let cases: Vec<Case> = vec![
             (
                 RunTestsInput { cluster_known: false, ..ok() },
                 |r| matches!(r, Rejection::NotFound(_)),
