@@ -50,6 +50,9 @@ pub enum HubInput {
         /// Removed.
         removed: Vec<String>,
     },
+    /// Run a Helm bundle's test hooks (`convoy test`, crate::helmtest): a
+    /// command, answered by one event.
+    RunTests(crate::helmtest::TestRequest),
 }
 
 /// What the jobs share.
@@ -114,6 +117,9 @@ struct Slot {
     /// The applied revision's planned objects (compact JSON), kept for drift
     /// correction and re-applies without unpacking and parsing again.
     plan: Option<Arc<Plan>>,
+    /// Test runs asked for (`convoy test`), started one at a time when the
+    /// bundle is idle.
+    tests: std::collections::VecDeque<crate::helmtest::TestRequest>,
 }
 
 impl Slot {
@@ -128,6 +134,7 @@ impl Slot {
             drift_dirty: BTreeSet::new(),
             detected: BTreeMap::new(),
             plan: None,
+            tests: Default::default(),
         }
     }
 
@@ -181,6 +188,7 @@ enum JobOut {
     Removed(String, ApplyReport),
     Drift(String, Vec<(ObjKey, Result<DriftOutcome>)>, Result<()>, Option<Arc<Plan>>),
     Health(String, Result<Vec<ObjectHealth>>),
+    Tested(String, crate::helmtest::TestRequest, u64, crate::helmtest::Outcome),
 }
 
 /// The controller task.
@@ -315,6 +323,25 @@ impl Controller {
                 (all, removed, true)
             }
             HubInput::Update { upserts, removed } => (upserts, removed, false),
+            HubInput::RunTests(req) => {
+                match self.slots.get_mut(&req.bundle) {
+                    // Started by `schedule` once the bundle is idle.
+                    Some(slot) => slot.tests.push_back(req),
+                    None => {
+                        let ev = crate::helmtest::event(
+                            &req,
+                            0,
+                            &crate::helmtest::Outcome::Refused(format!(
+                                "bundle {} is not deployed to this cluster",
+                                req.bundle
+                            )),
+                            now_ms(),
+                        );
+                        self.emit(ev);
+                    }
+                }
+                return;
+            }
         };
         tracing::debug!(snapshot, upserts = upserts.len(), removed = removed.len(), "desired state");
         let mut changed: Vec<String> = Vec::new();
@@ -425,6 +452,10 @@ impl Controller {
                 Some(d) => self.deps_ready(d),
                 None => Ok(()),
             };
+            if self.slots.get(&name).is_some_and(|s| !s.b.busy && !s.tests.is_empty()) {
+                self.start_tests(&name);
+                continue;
+            }
             let Some(slot) = self.slots.get_mut(&name) else { continue };
             slot.b.restored = slot.tracked.is_some();
             slot.b.phase = slot.state.phase;
@@ -510,6 +541,33 @@ impl Controller {
         }
         let span = tracing::info_span!("bundle-job", bundle = %name, job = what);
         self.jobs.spawn(fut.instrument(span));
+    }
+
+    /// Start the bundle's next queued test run, or refuse it with its event
+    /// (crate::helmtest::decide).
+    fn start_tests(&mut self, name: &str) {
+        let Some(slot) = self.slots.get_mut(name) else { return };
+        let Some(req) = slot.tests.pop_front() else { return };
+        let applied = slot.b.applied.clone();
+        let start =
+            crate::helmtest::decide(&req, slot.b.desired.is_some(), applied.as_ref().map(|a| a.generation));
+        let (crate::helmtest::Start::Run(generation), Some(applied)) = (&start, applied) else {
+            let why = match start {
+                crate::helmtest::Start::Refuse(why) => why,
+                crate::helmtest::Start::Run(_) => unreachable!("Run comes with an applied revision"),
+            };
+            let ev = crate::helmtest::event(&req, 0, &crate::helmtest::Outcome::Refused(why), now_ms());
+            self.emit(ev);
+            return;
+        };
+        let generation = *generation;
+        let ctx = self.ctx.clone();
+        let n = name.to_string();
+        tracing::info!(bundle = %name, generation, request = %req.request_id, "running helm tests");
+        self.spawn(name, "test", async move {
+            let outcome = run_tests(&ctx, &n, &applied, &req).await;
+            JobOut::Tested(n, req, generation, outcome)
+        });
     }
 
     fn start_restore(&mut self, name: &str) {
@@ -604,7 +662,8 @@ impl Controller {
             | JobOut::Reconciled(n, _, _)
             | JobOut::Removed(n, _)
             | JobOut::Drift(n, _, _, _)
-            | JobOut::Health(n, _) => n.clone(),
+            | JobOut::Health(n, _)
+            | JobOut::Tested(n, _, _, _) => n.clone(),
         };
         if let Some(s) = self.slots.get_mut(&name) {
             s.b.busy = false;
@@ -624,6 +683,11 @@ impl Controller {
                 self.on_drift_done(&name, results, saved)
             }
             JobOut::Health(name, r) => self.on_health(&name, r),
+            JobOut::Tested(name, req, generation, outcome) => {
+                let ev = crate::helmtest::event(&req, generation, &outcome, now_ms());
+                tracing::info!(bundle = %name, request = %req.request_id, reason = %ev.reason, "{}", ev.message);
+                self.emit(ev);
+            }
         }
         self.publish(&name);
         if heavy {
@@ -1380,6 +1444,54 @@ async fn reconcile(
         waited: opts.wait,
         ready_ms: start.elapsed().as_millis() as u64,
     })
+}
+
+/// Run a Helm bundle's test hooks against its applied revision (the
+/// artifact re-verified from the stored statement, as for a restore).
+async fn run_tests(
+    ctx: &Ctx,
+    name: &str,
+    a: &AppliedRevision,
+    req: &crate::helmtest::TestRequest,
+) -> crate::helmtest::Outcome {
+    use crate::helmtest::Outcome;
+    let parts = async {
+        let st = convoy_artifact::verify_statement(&a.statement, &a.signature, &ctx.trusted)
+            .map_err(|e| Error::verification(e.reason(), e.to_string()))?;
+        let bytes = artifact(ctx, &a.digest, st.artifact.size).await?;
+        bundle::verify_artifact(&st, name, &bytes)?;
+        let ms = manifests(ctx, bytes).await?;
+        Ok::<_, Error>(crate::helmrelease::split(ms)?.1)
+    };
+    let parts = match parts.await {
+        Ok(Some(p)) => p,
+        Ok(None) => return Outcome::Refused(format!("bundle {name} is not a Helm bundle")),
+        Err(e) => return Outcome::Error(e.to_string()),
+    };
+    let release = match crate::helmrelease::Release::prepare(ctx.engine.client().clone(), parts).await {
+        Ok(r) => r,
+        Err(e) => return Outcome::Error(e.to_string()),
+    };
+    let revision = match crate::helmtest::deployed(release.name(), &release.revisions()) {
+        Ok(v) => v,
+        Err(why) => return Outcome::Refused(why),
+    };
+    let guard = crate::helmrelease::Guard {
+        bundle: name,
+        agent_namespace: ctx.engine.namespace(),
+        tenancy: &a.options.tenancy,
+    };
+    match release.judge_tests(&guard).await {
+        Ok(()) => {}
+        Err(e @ Error::Policy(_)) => return Outcome::Refused(e.to_string()),
+        Err(e) => return Outcome::Error(e.to_string()),
+    }
+    let timeout = req.timeout.unwrap_or(crate::helmtest::DEFAULT_TIMEOUT);
+    let runs = release.run_tests(timeout, &ctx.shutdown).await;
+    if let Err(e) = release.record_tests(revision, &runs).await {
+        tracing::warn!(bundle = %name, revision, "could not record the test run on the release: {e}");
+    }
+    Outcome::Ran { release: release.name().to_string(), revision, runs }
 }
 
 /// Rebuild the plan of an applied revision from the local cache (the hub

@@ -32,6 +32,9 @@ const MANAGER: &str = "convoy-helm";
 /// A hook object from the artifact.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HookObject {
+    /// The template it came from (`c/templates/tests/t.yaml`), for Helm's
+    /// release record.
+    pub path: String,
     /// Its events.
     pub events: Vec<String>,
     /// `helm.sh/hook-weight`.
@@ -43,14 +46,34 @@ pub struct HookObject {
 }
 
 impl HookObject {
-    fn kind(&self) -> &str {
+    /// `kind`.
+    pub fn kind(&self) -> &str {
         self.object["kind"].as_str().unwrap_or_default()
     }
-    fn name(&self) -> &str {
+    /// `metadata.name`.
+    pub fn name(&self) -> &str {
         self.object["metadata"]["name"].as_str().unwrap_or_default()
     }
-    fn has_policy(&self, p: &str) -> bool {
+    /// Whether `helm.sh/hook-delete-policy` names `p`.
+    pub fn has_policy(&self, p: &str) -> bool {
         self.delete_policies.iter().any(|x| x == p)
+    }
+    /// Whether this is a test hook (`test`, or Helm 2's `test-success`).
+    pub fn is_test(&self) -> bool {
+        self.events.iter().any(|e| e == "test" || e == "test-success")
+    }
+    /// The hook as Helm's release record lists it.
+    fn record(&self, last_run: Option<(String, String, String)>) -> rel::HookRecord {
+        rel::HookRecord {
+            name: self.name().into(),
+            kind: self.kind().into(),
+            path: self.path.clone(),
+            manifest: serde_saphyr::to_string(&self.object).unwrap_or_default(),
+            events: self.events.clone(),
+            weight: self.weight,
+            delete_policies: self.delete_policies.clone(),
+            last_run,
+        }
     }
 }
 
@@ -59,14 +82,18 @@ impl HookObject {
 pub struct HelmParts {
     /// The release record.
     pub spec: ReleaseSpec,
-    /// Hooks (test hooks are not in artifacts).
+    /// Hooks run around installs and upgrades.
     pub hooks: Vec<HookObject>,
+    /// Test hooks (`helm/tests/` in the artifact): run only by `convoy test`
+    /// (crate::helmtest), never with an install or upgrade.
+    pub tests: Vec<HookObject>,
 }
 
 /// Split a bundle's manifests into the release's objects and, for a Helm
 /// bundle, its record and hooks. Pure.
 pub fn split(manifests: Vec<Manifest>) -> Result<(Vec<Manifest>, Option<HelmParts>)> {
     let (mut objects, mut spec, mut hooks) = (Vec::with_capacity(manifests.len()), None, Vec::new());
+    let mut tests = Vec::new();
     let mut hook_manifests = Vec::new();
     for m in manifests {
         let is_record = m.api_version == rel::RECORD_API_VERSION && m.kind == rel::RECORD_KIND;
@@ -103,12 +130,23 @@ pub fn split(manifests: Vec<Manifest>) -> Result<(Vec<Manifest>, Option<HelmPart
         if delete_policies.is_empty() {
             delete_policies.push("before-hook-creation".into());
         }
-        hooks.push(HookObject { events: list(events), weight, delete_policies, object: v });
+        let file = &m.origin.file;
+        let path = file
+            .strip_prefix(convoy_helm::bundle::HOOKS_DIR)
+            .or_else(|| file.strip_prefix(convoy_helm::bundle::TESTS_DIR))
+            .unwrap_or(file)
+            .to_string();
+        let h = HookObject { path, events: list(events), weight, delete_policies, object: v };
+        if h.is_test() {
+            tests.push(h)
+        } else {
+            hooks.push(h)
+        }
         hook_manifests.push(m);
     }
     match spec {
-        Some(spec) => Ok((objects, Some(HelmParts { spec, hooks }))),
-        None if hooks.is_empty() => Ok((objects, None)),
+        Some(spec) => Ok((objects, Some(HelmParts { spec, hooks, tests }))),
+        None if hooks.is_empty() && tests.is_empty() => Ok((objects, None)),
         // Hook annotations without a record: not a Convoy Helm bundle; apply as plain objects.
         None => {
             objects.extend(hook_manifests);
@@ -182,10 +220,14 @@ fn kind_rank(kind: &str) -> usize {
 /// install order, then name. Pure.
 pub fn phase<'a>(hooks: &'a [HookObject], event: &str) -> Vec<&'a HookObject> {
     let mut v: Vec<_> = hooks.iter().filter(|h| h.events.iter().any(|e| e == event)).collect();
-    v.sort_by(|a, b| {
-        (a.weight, kind_rank(a.kind()), a.name()).cmp(&(b.weight, kind_rank(b.kind()), b.name()))
-    });
+    v.sort_by(|a, b| helm_order(a, b));
     v
+}
+
+/// Helm's order of hooks within a phase: by weight, then kind install
+/// order, then name. Pure.
+pub fn helm_order(a: &HookObject, b: &HookObject) -> std::cmp::Ordering {
+    (a.weight, kind_rank(a.kind()), a.name()).cmp(&(b.weight, kind_rank(b.kind()), b.name()))
 }
 
 /// What ran in a phase, for the report.
@@ -197,6 +239,21 @@ pub struct HookRun {
     pub event: String,
     /// `succeeded`, `failed: ...`.
     pub outcome: String,
+}
+
+/// One test hook's run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRun {
+    /// `Kind/name`.
+    pub hook: String,
+    /// Its template.
+    pub path: String,
+    /// When it was created (RFC 3339).
+    pub started: String,
+    /// When it finished or failed (RFC 3339).
+    pub completed: String,
+    /// Why it failed; `None` when it passed.
+    pub failure: Option<String>,
 }
 
 /// The rules a release's hooks and record are judged by before anything of
@@ -271,7 +328,7 @@ impl Release {
         let hooks = phase(&self.parts.hooks, event);
         for (i, h) in hooks.iter().enumerate() {
             let hook = format!("{}/{}", h.kind(), h.name());
-            if let Err(e) = self.run_hook(h, timeout, cancel).await {
+            if let Err(e) = self.run_hook(h, false, timeout, cancel).await {
                 // As Helm: the failed hook goes with `hook-failed`, the ones that
                 // succeeded before it with `hook-succeeded`.
                 if h.has_policy("hook-failed") {
@@ -299,6 +356,119 @@ impl Release {
         Ok(runs)
     }
 
+    /// The release's revisions found in the cluster.
+    pub fn revisions(&self) -> Vec<Revision> {
+        self.existing.iter().filter_map(revision_of).collect()
+    }
+
+    /// Run the test hooks (`helm test`), one at a time in Helm's order
+    /// (crate::helmtest::order), each waited for until its Pod succeeded or
+    /// its Job completed, within `timeout`. Stops at the first failing test.
+    /// Delete policies as for other hooks: an existing object of a test's name
+    /// is always deleted before it is created (`before-hook-creation`, also
+    /// when not asked for: test names are stable in an artifact), `hook-failed` deletes the one that failed, `hook-succeeded`
+    /// the ones that passed once the run is over (also when a later one
+    /// failed, as `run_hooks` does).
+    pub async fn run_tests(&self, timeout: Duration, cancel: &CancellationToken) -> Vec<TestRun> {
+        let tests = crate::helmtest::order(&self.parts.tests);
+        let mut runs = Vec::with_capacity(tests.len());
+        for h in &tests {
+            let started = rel::now_rfc3339();
+            let result = self.run_hook(h, true, timeout, cancel).await;
+            let failure = match result {
+                Ok(()) => None,
+                Err(e) => {
+                    let mut why = e.to_string();
+                    if h.has_policy("hook-failed")
+                        && let Err(d) = self.delete_hook(h, timeout).await
+                    {
+                        why.push_str(&format!(" (and deleting it failed: {d})"));
+                    }
+                    Some(why)
+                }
+            };
+            let failed = failure.is_some();
+            runs.push(TestRun {
+                hook: format!("{}/{}", h.kind(), h.name()),
+                path: h.path.clone(),
+                started,
+                completed: rel::now_rfc3339(),
+                failure,
+            });
+            if failed {
+                break;
+            }
+        }
+        for (h, run) in tests.iter().zip(runs.iter_mut()) {
+            if run.failure.is_none()
+                && h.has_policy("hook-succeeded")
+                && let Err(e) = self.delete_hook(h, timeout).await
+            {
+                tracing::warn!(hook = %run.hook, "could not delete a test hook that passed: {e}");
+            }
+        }
+        runs
+    }
+
+    /// Record a test run on the deployed revision's record, as `helm test`
+    /// does: each test hook's `last_run` (started, completed, phase).
+    pub async fn record_tests(&self, version: u64, runs: &[TestRun]) -> Result<()> {
+        let spec = &self.parts.spec;
+        let Some(secret) =
+            self.existing.iter().find(|s| revision_of(s).is_some_and(|r| r.version == version))
+        else {
+            return Ok(());
+        };
+        let mut release = decode(secret)?;
+        let hooks: Vec<Value> = self
+            .parts
+            .hooks
+            .iter()
+            .map(|h| h.record(None))
+            .chain(self.parts.tests.iter().map(|h| {
+                let run = runs.iter().find(|r| r.hook == format!("{}/{}", h.kind(), h.name()));
+                h.record(run.map(|r| {
+                    let phase = if r.failure.is_some() { "Failed" } else { "Succeeded" };
+                    (r.started.clone(), r.completed.clone(), phase.to_string())
+                }))
+            }))
+            .map(|h| h.to_json())
+            .collect();
+        release["hooks"] = hooks.into();
+        let status = revision_of(secret).map(|r| r.status).unwrap_or(Status::Deployed);
+        let body = release_secret(spec, version, &release, status);
+        let name = rel::secret_name(&spec.name, version);
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &spec.namespace);
+        secrets
+            .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+            .await
+            .map_err(|e| Error::kube(format!("write {name}"), e))?;
+        Ok(())
+    }
+
+    /// Judge the test hooks under the bundle's rules before any is written
+    /// (the rules may have changed since the install judged them).
+    pub async fn judge_tests(&self, guard: &Guard<'_>) -> Result<()> {
+        let mut keys = Vec::with_capacity(self.parts.tests.len());
+        for h in &self.parts.tests {
+            let api = self.api(h).await?;
+            let api_version = h.object["apiVersion"].as_str().unwrap_or_default();
+            let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+            keys.push(ObjKey::new(group, h.kind(), api.namespace(), h.name()));
+        }
+        let candidates: Vec<policy::Candidate<'_>> =
+            keys.iter().map(|key| policy::Candidate { key, takeover_from: None }).collect();
+        let (own, owners) = (Default::default(), Default::default());
+        let ctx = policy::Context {
+            bundle: guard.bundle,
+            agent_namespace: guard.agent_namespace,
+            tenancy: guard.tenancy,
+            own: &own,
+            owners: &owners,
+        };
+        policy::check(&ctx, &candidates).map(drop).map_err(Error::Policy)
+    }
+
     async fn delete_hook(&self, h: &HookObject, timeout: Duration) -> Result<()> {
         let api = self.api(h).await?;
         delete_and_wait(&api, h.name(), timeout).await
@@ -324,10 +494,20 @@ impl Release {
         })
     }
 
-    async fn run_hook(&self, h: &HookObject, timeout: Duration, cancel: &CancellationToken) -> Result<()> {
+    /// Apply a hook and wait for it. `fresh`: delete an existing object of
+    /// its name first whatever its policy (test hooks: Helm's charts give
+    /// them random names so each run creates new ones; an artifact's are
+    /// stable, convoy_helm::output::stable_test_name).
+    async fn run_hook(
+        &self,
+        h: &HookObject,
+        fresh: bool,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
         let api = self.api(h).await?;
         let name = h.name().to_string();
-        if h.has_policy("before-hook-creation") {
+        if fresh || h.has_policy("before-hook-creation") {
             delete_and_wait(&api, &name, timeout).await?;
         }
         let mut body = h.object.clone();
@@ -407,8 +587,8 @@ impl Release {
     /// in their namespace or the release's, by discovery) and the release
     /// record Secret in the release namespace.
     async fn side_keys(&self) -> Result<Vec<ObjKey>> {
-        let mut keys = Vec::with_capacity(self.parts.hooks.len() + 1);
-        for h in &self.parts.hooks {
+        let mut keys = Vec::with_capacity(self.parts.hooks.len() + self.parts.tests.len() + 1);
+        for h in self.parts.hooks.iter().chain(&self.parts.tests) {
             let api = self.api(h).await?;
             let api_version = h.object["apiVersion"].as_str().unwrap_or_default();
             let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
@@ -432,7 +612,9 @@ impl Release {
             .and_then(|s| decode(s).ok())
             .and_then(|r| r.pointer("/info/first_deployed").and_then(Value::as_str).map(String::from))
             .unwrap_or_else(|| now.clone());
-        let release = release_json(spec, self.version(), status, &first, &now, description);
+        let hooks: Vec<rel::HookRecord> =
+            self.parts.hooks.iter().chain(&self.parts.tests).map(|h| h.record(None)).collect();
+        let release = release_json(spec, self.version(), status, &first, &now, description, &hooks);
         let secret = release_secret(spec, self.version(), &release, status);
         let pp = PatchParams::apply(MANAGER).force();
         let name = rel::secret_name(&spec.name, self.version());
@@ -529,7 +711,10 @@ async fn wait_done(
             HookState::Running => {}
         }
         if Instant::now() > deadline {
-            return Err(Error::Timeout(format!("hook {kind}/{name} did not finish in {timeout:?}")));
+            return Err(Error::Timeout(format!(
+                "hook {kind}/{name} did not finish in {timeout:?} ({})",
+                describe(kind, &o.data)
+            )));
         }
         tokio::select! {
             () = cancel.cancelled() => return Err(Error::Timeout(format!("hook {kind}/{name}: cancelled"))),
@@ -554,7 +739,7 @@ pub fn hook_state(kind: &str, o: &Value) -> HookState {
     if kind == "Pod" {
         return match o.pointer("/status/phase").and_then(Value::as_str) {
             Some("Succeeded") => HookState::Succeeded,
-            Some("Failed") => HookState::Failed("the Pod failed".into()),
+            Some("Failed") => HookState::Failed(format!("the Pod failed: {}", describe(kind, o))),
             _ => HookState::Running,
         };
     }
@@ -569,6 +754,50 @@ pub fn hook_state(kind: &str, o: &Value) -> HookState {
     } else {
         HookState::Running
     }
+}
+
+/// Where a hook Pod or Job is, in words: a Pod's phase, reason and message
+/// and each container's waiting or terminated state; a Job's conditions.
+/// Pure.
+pub fn describe(kind: &str, o: &Value) -> String {
+    let st = |p: &str| o.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    let mut parts = Vec::new();
+    if kind == "Pod" {
+        parts.push(format!(
+            "phase {}",
+            if st("/status/phase").is_empty() { "Pending" } else { st("/status/phase") }
+        ));
+        for f in ["/status/reason", "/status/message"] {
+            if !st(f).is_empty() {
+                parts.push(st(f).to_string());
+            }
+        }
+        for c in o.pointer("/status/containerStatuses").and_then(Value::as_array).into_iter().flatten() {
+            let name = c["name"].as_str().unwrap_or_default();
+            if let Some(w) = c.pointer("/state/waiting") {
+                let why =
+                    [w["reason"].as_str(), w["message"].as_str()].into_iter().flatten().collect::<Vec<_>>();
+                parts.push(format!("container {name} waiting: {}", why.join(": ")));
+            } else if let Some(t) = c.pointer("/state/terminated") {
+                parts.push(format!(
+                    "container {name} terminated: {} (exit code {})",
+                    t["reason"].as_str().unwrap_or("?"),
+                    t["exitCode"].as_i64().unwrap_or(-1)
+                ));
+            }
+        }
+    } else {
+        for c in o.pointer("/status/conditions").and_then(Value::as_array).into_iter().flatten() {
+            if c["status"] == "True" {
+                let msg = c["message"].as_str().unwrap_or_default();
+                parts.push(format!("{} {msg}", c["type"].as_str().unwrap_or_default()).trim().to_string());
+            }
+        }
+        if parts.is_empty() {
+            parts.push("no condition yet".into());
+        }
+    }
+    parts.join(", ")
 }
 
 #[cfg(test)]
@@ -661,5 +890,50 @@ mod tests {
         assert_eq!(hook_state("Pod", &json!({"status": {"phase": "Succeeded"}})), HookState::Succeeded);
         assert!(matches!(hook_state("Pod", &json!({"status": {"phase": "Failed"}})), HookState::Failed(_)));
         assert_eq!(hook_state("Pod", &json!({"status": {"phase": "Running"}})), HookState::Running);
+        let failed = json!({"status": {"phase": "Failed", "containerStatuses": [
+            {"name": "t", "state": {"terminated": {"reason": "Error", "exitCode": 1}}}]}});
+        assert_eq!(
+            hook_state("Pod", &failed),
+            HookState::Failed(
+                "the Pod failed: phase Failed, container t terminated: Error (exit code 1)".into()
+            )
+        );
+        let pulling = json!({"status": {"phase": "Pending", "containerStatuses": [
+            {"name": "t", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"x:does-not-exist\""}}}]}});
+        assert_eq!(
+            describe("Pod", &pulling),
+            "phase Pending, container t waiting: ImagePullBackOff: Back-off pulling image \"x:does-not-exist\""
+        );
+        assert_eq!(describe("Pod", &json!({})), "phase Pending");
+        assert_eq!(describe("Job", &json!({})), "no condition yet");
+        assert_eq!(
+            describe(
+                "Job",
+                &json!({"status": {"conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]}})
+            ),
+            "Failed BackoffLimitExceeded"
+        );
+    }
+
+    #[test]
+    fn split_keeps_test_hooks_apart_with_their_template() {
+        let mut t = m(hook("t", "Pod", "test", "0"));
+        t.origin.file = "helm/tests/c/templates/tests/t.yaml".into();
+        let mut legacy = m(hook("s", "Pod", "test-success", "1"));
+        legacy.origin.file = "helm/tests/c/templates/tests/s.yaml".into();
+        let mut pre = m(hook("j", "Job", "pre-install", "0"));
+        pre.origin.file = "helm/hooks/c/templates/j.yaml".into();
+        let (objects, parts) = split(vec![m(spec().to_object()), t, legacy, pre]).unwrap();
+        assert!(objects.is_empty());
+        let parts = parts.unwrap();
+        assert_eq!(parts.hooks.iter().map(|h| h.path.as_str()).collect::<Vec<_>>(), ["c/templates/j.yaml"]);
+        assert_eq!(
+            parts.tests.iter().map(|h| (h.name(), h.path.as_str())).collect::<Vec<_>>(),
+            [("t", "c/templates/tests/t.yaml"), ("s", "c/templates/tests/s.yaml")]
+        );
+        // Test hooks never run in an install or upgrade phase.
+        for e in ["pre-install", "post-install", "pre-upgrade", "post-upgrade"] {
+            assert!(phase(&parts.hooks, e).iter().all(|h| !h.is_test()));
+        }
     }
 }

@@ -34,6 +34,7 @@ mod discovery;
 mod drift;
 mod error;
 mod helmsync;
+mod helmtest;
 mod identity;
 mod kubeapi;
 mod outbox;

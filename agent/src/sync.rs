@@ -279,6 +279,16 @@ async fn session(ctx: &SyncCtx, id: &ClusterIdentity, address: &str) -> Result<E
                             .await
                             .map_err(|_| Error::Cancelled)?;
                     }
+                    Some(In::RunTests(r)) => {
+                        let req = crate::helmtest::TestRequest {
+                            request_id: r.request_id,
+                            bundle: r.bundle,
+                            generation: r.generation,
+                            timeout: (r.timeout_seconds > 0)
+                                .then(|| Duration::from_secs(u64::from(r.timeout_seconds))),
+                        };
+                        ctx.to_controller.send(HubInput::RunTests(req)).await.map_err(|_| Error::Cancelled)?;
+                    }
                     None => {}
                 }
             }

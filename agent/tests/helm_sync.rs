@@ -270,3 +270,191 @@ async fn heavy_controller_refuses_a_helm_release_whose_hook_breaks_the_tenancy_r
     assert!(env.sim.object("", "configmaps", "apps", "web-settings").is_none(), "nothing applied");
     env.stop().await;
 }
+
+fn test_pod(name: &str, weight: i64, extra_annotations: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations:\n    helm.sh/hook: test\n    helm.sh/hook-weight: \"{weight}\"\n{extra_annotations}spec:\n  restartPolicy: Never\n  containers:\n  - name: t\n    image: curlimages/curl:7.69.0\n"
+    )
+}
+
+fn artifact_with_tests(greeting: &str, tests: &[(&str, String)]) -> Vec<u8> {
+    let mut files = vec![
+        ("helm/release.yaml".to_string(), record(greeting)),
+        ("helm/templates/cm.yaml".to_string(), configmap("web-settings", greeting)),
+    ];
+    for (name, body) in tests {
+        files.push((format!("helm/tests/demo/templates/tests/{name}.yaml"), body.clone()));
+    }
+    let refs: Vec<(&str, String)> = files.iter().map(|(p, b)| (p.as_str(), b.clone())).collect();
+    pack(&refs).bytes
+}
+
+/// Publish a Helm build (its statement names the chart, as the hub's Helm
+/// builds do).
+fn publish_helm(env: &Env, generation: u64, bytes: &[u8]) {
+    let helm = convoy_core::pipeline::BuiltHelm {
+        chart: "demo".into(),
+        version: "1.0.0".into(),
+        chart_digest: format!("sha256:{}", "a".repeat(64)),
+        values_digest: format!("sha256:{}", "b".repeat(64)),
+        warnings: Vec::new(),
+        input: None,
+    };
+    env.pipeline
+        .publish_helm("web", &format!("main@sha1:{generation:040x}"), bytes, helm, b"render input")
+        .unwrap();
+}
+
+/// Run the tests through the hub and wait for the run's one event.
+async fn run_tests(env: &Env) -> (pb::RunTestsResponse, pb::Event) {
+    let mut fleet = env.fleet.clone();
+    let r = fleet
+        .run_tests(pb::RunTestsRequest { bundle: "web".into(), cluster: "c1".into(), timeout_seconds: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = r.request_id.clone();
+    let ev = eventually(60, "the test run's event", || {
+        let (mut f, id) = (env.fleet.clone(), id.clone());
+        async move {
+            let evs = f
+                .list_events(pb::ListEventsRequest {
+                    cluster: "c1".into(),
+                    bundle: "web".into(),
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .events;
+            let mine: Vec<pb::Event> = evs
+                .into_iter()
+                .filter_map(|e| e.event)
+                .filter(|e| e.details.get("requestId") == Some(&id))
+                .collect();
+            assert!(mine.len() <= 1, "one event per run: {mine:?}");
+            mine.into_iter().next()
+        }
+    })
+    .await;
+    (r, ev)
+}
+
+/// `convoy test` on the agent against kube-sim: test hooks are never run by
+/// the install; on demand they run in weight order, each waited for until
+/// its Pod ends, with their delete policies; one event reports the run
+/// (TestSucceeded, or TestFailed naming the hook, its phase and exit code,
+/// later tests not run); the release record lists the test hooks with their
+/// last run; a release whose newest revision failed is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_convoy_test_runs_test_hooks_in_order_and_reports_one_event() {
+    let env = Env::start(FLEET).await;
+    let sim = &env.sim;
+    let pods = |sim: &kube_sim::KubeSim| -> Vec<String> {
+        let mut v: Vec<String> = sim
+            .objects("", "pods")
+            .into_iter()
+            .filter(|p| p["metadata"]["namespace"] == "apps")
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let passing = vec![
+        ("a", test_pod("web-test-a", 0, "")),
+        ("b", test_pod("web-test-b", -1, "    helm.sh/hook-delete-policy: hook-succeeded\n")),
+    ];
+    publish_helm(&env, 1, &artifact_with_tests("hi", &passing));
+    let st = env.phase(1, pb::Phase::Ready).await;
+    assert_eq!(st.objects.unwrap().total, 1, "test hooks are not objects of the bundle");
+    assert!(pods(sim).is_empty(), "the install runs no test hook");
+    // The release record lists the test hooks, never run yet.
+    let recs = records(sim);
+    let hooks = recs[0].2["hooks"].as_array().expect("the record lists the hooks");
+    let names: Vec<_> =
+        hooks.iter().map(|h| (h["name"].as_str().unwrap(), h["events"][0].as_str().unwrap())).collect();
+    assert_eq!(names, [("web-test-a", "test"), ("web-test-b", "test")]);
+    assert_eq!(hooks[0]["path"], "demo/templates/tests/a.yaml");
+    assert_eq!(hooks[0]["last_run"]["phase"], "");
+
+    // A passing run: b (weight -1) before a; b deleted (hook-succeeded),
+    // a kept (before-hook-creation only).
+    let (r, ev) = run_tests(&env).await;
+    assert_eq!(r.generation, 1);
+    assert_eq!(ev.reason, "TestSucceeded", "{ev:?}");
+    assert_eq!(ev.message, "helm release web revision 1: 2 test(s) passed: Pod/web-test-b, Pod/web-test-a");
+    assert_eq!(ev.details["releaseRevision"], "1");
+    let created: Vec<String> = sim
+        .changes(&[("", "pods")])
+        .iter()
+        .filter(|c| c.kind == "ADDED")
+        .map(|c| c.object["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(created, ["web-test-b", "web-test-a"], "weight order");
+    assert_eq!(pods(sim), ["web-test-a"]);
+    assert_eq!(sim.object("", "pods", "apps", "web-test-a").unwrap()["status"]["phase"], "Succeeded");
+    let rec = eventually(10, "the run recorded on revision 1", || async {
+        let r = records(sim).into_iter().next()?;
+        (r.2["hooks"][0]["last_run"]["phase"] == "Succeeded").then_some(r)
+    })
+    .await;
+    assert_eq!(rec.1, "deployed");
+    assert!(rec.2["hooks"][1]["last_run"]["completed_at"].as_str().is_some_and(|t| !t.is_empty()));
+
+    // A failing run: a fails (exit code 1), c (weight 5) never runs; a
+    // second run recreates a first (before-hook-creation).
+    let failing = vec![
+        ("a", test_pod("web-test-a", 0, "    kube-sim.convoy.dev/exit-code: \"1\"\n")),
+        ("b", test_pod("web-test-b", -1, "    helm.sh/hook-delete-policy: hook-succeeded\n")),
+        ("c", test_pod("web-test-c", 5, "")),
+    ];
+    publish_helm(&env, 2, &artifact_with_tests("hello", &failing));
+    env.phase(2, pb::Phase::Ready).await;
+    let (r, ev) = run_tests(&env).await;
+    assert_eq!(r.generation, 2);
+    assert_eq!(ev.reason, "TestFailed", "{ev:?}");
+    assert_eq!(ev.severity, pb::Severity::Error as i32);
+    assert_eq!(ev.details["failedHook"], "Pod/web-test-a");
+    assert!(
+        ev.message.starts_with("helm release web revision 2: test Pod/web-test-a failed: "),
+        "{}",
+        ev.message
+    );
+    assert!(ev.message.contains("phase Failed") && ev.message.contains("exit code 1"), "{}", ev.message);
+    assert!(ev.message.ends_with("passed before it: Pod/web-test-b"), "{}", ev.message);
+    // The run is over (its event was sent): c was never created.
+    assert!(sim.object("", "pods", "apps", "web-test-c").is_none());
+    assert_eq!(sim.object("", "pods", "apps", "web-test-a").unwrap()["status"]["phase"], "Failed");
+    let rec = eventually(10, "the failed run recorded on revision 2", || async {
+        records(sim).into_iter().find(|r| r.0 == 2 && r.2["hooks"][0]["last_run"]["phase"] == "Failed")
+    })
+    .await;
+    assert_eq!(rec.2["hooks"][2]["last_run"]["phase"], "", "c never ran");
+
+    // An upgrade whose pre-upgrade hook never finishes leaves a `failed`
+    // newest revision: tests of the applied generation are refused, as
+    // `helm test` refuses a release that is not deployed; nothing is created.
+    let stuck = hook_job("migrate-stuck", "pre-upgrade", "    kube-sim.convoy.dev/unpullable: \"true\"\n");
+    let mut files = vec![
+        ("helm/release.yaml", record("broken")),
+        ("helm/hooks/pre.yaml", stuck),
+        ("helm/templates/cm.yaml", configmap("web-settings", "broken")),
+    ];
+    files.extend(
+        failing.iter().map(|(_, body)| ("helm/tests/demo/templates/tests/all.yaml", body.clone())).take(1),
+    );
+    publish_helm(&env, 3, &pack(&files).bytes);
+    eventually(60, "a failed revision 3", || async {
+        records(sim).into_iter().find(|r| r.0 == 3 && r.1 == "failed")
+    })
+    .await;
+    let pods_before = pods(sim);
+    let (r, ev) = run_tests(&env).await;
+    assert_eq!(r.generation, 2, "the generation applied");
+    assert_eq!(ev.reason, "TestRefused", "{ev:?}");
+    assert!(ev.message.contains("helm release web is not deployed: revision"), "{}", ev.message);
+    assert_eq!(pods(sim), pods_before, "a refused run writes nothing");
+
+    env.stop().await;
+}

@@ -290,7 +290,7 @@ pub(crate) async fn open(
                         }
                         Some(Out::Update(u)) => u.upserts,
                         Some(Out::Ack(a)) => { state.acked.fetch_max(a.acked_seq, Ordering::AcqRel); continue }
-                        None => continue,
+                        Some(Out::RunTests(_)) | None => continue,
                     };
                     for b in &list {
                         let slot = if b.name == "app" {

@@ -114,6 +114,8 @@ pub enum Command {
     Vars(Box<crate::cmd_custom::VarsArgs>),
     /// What one cluster gets of a bundle: `convoy render BUNDLE --cluster C [--explain]`.
     Render(Box<crate::cmd_custom::RenderArgs>),
+    /// Run a Helm bundle's test hooks on a cluster: `convoy test BUNDLE --cluster C [--timeout 5m]`.
+    Test(Box<crate::cmd_test::TestArgs>),
 }
 
 /// `convoy token ...`
@@ -339,6 +341,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Rollout(c) => crate::cmd_rollout::run(c).await,
         Command::Vars(a) => crate::cmd_custom::vars(*a).await,
         Command::Render(a) => crate::cmd_custom::render(*a).await,
+        Command::Test(a) => crate::cmd_test::run(*a).await,
     };
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -822,7 +825,7 @@ fn source_revision_cell(s: &SourceOut) -> String {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct EventOut {
+pub(crate) struct EventOut {
     id: u64,
     cluster: String,
     severity: String,
@@ -836,7 +839,7 @@ struct EventOut {
     details: BTreeMap<String, String>,
 }
 
-fn event_out(e: pb::StoredEvent) -> EventOut {
+pub(crate) fn event_out(e: pb::StoredEvent) -> EventOut {
     let ev = e.event.unwrap_or_default();
     EventOut {
         id: e.id,

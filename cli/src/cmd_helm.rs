@@ -178,7 +178,7 @@ pub(crate) fn build_chart(a: &BuildArgs) -> anyhow::Result<ExitCode> {
     write_atomic(&a.out.join(SIGNATURE_FILE), &signature)?;
     println!("{}", art.digest);
     eprintln!(
-        "built {name}: chart {} {} rendered by Helm {}: {} objects, {} hooks ({} test hooks not applied), {} CRDs, {} bytes; signed by {}",
+        "built {name}: chart {} {} rendered by Helm {}: {} objects, {} hooks, {} test hooks (run by `convoy test`), {} CRDs, {} bytes; signed by {}",
         rendered.chart.name,
         rendered.chart.version,
         rendered.helm_version,

@@ -22,6 +22,7 @@ pub mod cmd_helm;
 pub mod cmd_hub;
 pub mod cmd_rollout;
 pub mod cmd_sops;
+pub mod cmd_test;
 pub mod logging;
 
 /// Convoy: a GitOps fleet manager.

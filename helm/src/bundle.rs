@@ -6,9 +6,11 @@
 //!   ([`crate::release::ReleaseSpec`]); agents use it, never apply it;
 //! - `helm/crds/<file>`: the chart's `crds/` (omitted with `crds: Skip`);
 //! - `helm/templates/<template>`: the release's objects, one file per template;
-//! - `helm/hooks/<template>`: hooks, with their `helm.sh/hook*` annotations.
-//!
-//! Test hooks are not in the artifact.
+//! - `helm/hooks/<template>`: hooks, with their `helm.sh/hook*` annotations;
+//! - `helm/tests/<template>`: test hooks (`helm.sh/hook: test`), apart from
+//!   the release: the agent runs them only on `convoy test`, never with an
+//!   install or upgrade. A chart without test hooks has no such file, so its
+//!   artifact bytes are what they were before test hooks were packed.
 
 use std::path::Path;
 
@@ -20,6 +22,10 @@ use crate::{ChartInput, Error, Result};
 
 /// The release record's path in an artifact.
 pub const RECORD_FILE: &str = "helm/release.yaml";
+/// Where test hooks go in an artifact.
+pub const TESTS_DIR: &str = "helm/tests/";
+/// Where hooks go in an artifact.
+pub const HOOKS_DIR: &str = "helm/hooks/";
 
 /// The artifact files of a rendered release, sorted by path.
 pub fn artifact_files(
@@ -48,6 +54,13 @@ pub fn artifact_files(
     }
     for (template, objects) in hooks {
         files.push((format!("helm/hooks/{}", yaml_name(template)), yaml(&objects)?));
+    }
+    let mut tests: std::collections::BTreeMap<&str, Vec<&serde_json::Value>> = Default::default();
+    for h in &r.tests {
+        tests.entry(&h.template).or_default().push(&h.object);
+    }
+    for (template, objects) in tests {
+        files.push((format!("{TESTS_DIR}{}", yaml_name(template)), yaml(&objects)?));
     }
     files.sort();
     files.dedup_by(|a, b| a.0 == b.0);

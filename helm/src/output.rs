@@ -111,6 +111,53 @@ pub fn uses_lookup(source: &str) -> bool {
     re.is_match(source)
 }
 
+/// Whether a template's source calls one of sprig's random functions inside
+/// an action (`randAlphaNum`, `randAlpha`, `randNumeric`, `randAscii`,
+/// `randBytes`, `randInt`, `uuidv4`).
+pub fn uses_random(source: &str) -> bool {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| {
+        Regex::new(r"\{\{[^}]*?\b(randAlphaNum|randAlpha|randNumeric|randAscii|randBytes|randInt|uuidv4)\b")
+            .expect("valid regex")
+    });
+    re.is_match(source)
+}
+
+/// A test hook's name made stable: charts name test Pods with a random
+/// suffix (`{{ ... }}-grpc-test-{{ randAlphaNum 5 | lower }}`) so that each
+/// `helm test` creates new ones; in an artifact that would change the digest
+/// on every render. The last `-` segment of the name of a test hook from a
+/// template that calls a random function is replaced by as many characters
+/// of `[a-z0-9]` derived from the template, the document's position and the
+/// name before it, so the same render input gives the same name (the agent
+/// deletes a test hook's previous object before each run instead). Pure.
+pub fn stable_test_name(name: &str, template: &str, index: usize) -> String {
+    use sha2::{Digest as _, Sha256};
+    let (prefix, random) = match name.rsplit_once('-') {
+        Some((p, r)) if !r.is_empty() => (format!("{p}-"), r),
+        _ => (String::new(), name),
+    };
+    let mut out = prefix.clone();
+    let mut counter = 0u32;
+    while out.len() < prefix.len() + random.len() {
+        let h = Sha256::new()
+            .chain_update(template.as_bytes())
+            .chain_update([0])
+            .chain_update(index.to_le_bytes())
+            .chain_update(prefix.as_bytes())
+            .chain_update(counter.to_le_bytes())
+            .finalize();
+        for b in h {
+            if out.len() == prefix.len() + random.len() {
+                break;
+            }
+            out.push(b"abcdefghijklmnopqrstuvwxyz0123456789"[usize::from(b) % 36] as char);
+        }
+        counter += 1;
+    }
+    out
+}
+
 /// Turn the worker's raw output into a [`Rendered`].
 pub fn assemble(raw: RawRender) -> Result<Rendered> {
     let meta = &raw.metadata;
@@ -132,9 +179,16 @@ pub fn assemble(raw: RawRender) -> Result<Rendered> {
             }
             continue;
         }
-        for object in parse_objects(template, text)? {
+        let random = raw.random_templates.iter().any(|t| t == template);
+        for (index, object) in parse_objects(template, text)?.into_iter().enumerate() {
             match hook_of(template, &object) {
-                Some(h) if h.is_test() => tests.push(h),
+                Some(mut h) if h.is_test() => {
+                    if random && let Some(n) = h.object.pointer_mut("/metadata/name") {
+                        let stable = stable_test_name(n.as_str().unwrap_or_default(), template, index);
+                        *n = stable.into();
+                    }
+                    tests.push(h)
+                }
                 Some(h) => hooks.push(h),
                 None => objects.push(RenderedObject { template: template.clone(), object }),
             }
@@ -262,6 +316,31 @@ mod tests {
     }
 
     #[test]
+    fn random_functions_are_detected_and_test_names_made_stable() {
+        assert!(uses_random("name: x-{{ randAlphaNum 5 | lower }}"));
+        assert!(uses_random("{{- $id := uuidv4 }}"));
+        assert!(!uses_random("# randAlphaNum in a comment\nname: x"));
+        assert!(!uses_random("{{ .Values.randAlphaNumber }}"));
+        let a = stable_test_name("web-podinfo-grpc-test-ab1cd", "podinfo/templates/tests/grpc.yaml", 0);
+        let b = stable_test_name("web-podinfo-grpc-test-zz9qx", "podinfo/templates/tests/grpc.yaml", 0);
+        assert_eq!(a, b, "the random segment does not matter");
+        assert!(
+            a.starts_with("web-podinfo-grpc-test-") && a.len() == "web-podinfo-grpc-test-ab1cd".len(),
+            "{a}"
+        );
+        assert!(
+            a["web-podinfo-grpc-test-".len()..].chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
+        assert_ne!(a, stable_test_name("web-podinfo-grpc-test-ab1cd", "podinfo/templates/tests/jwt.yaml", 0));
+        assert_ne!(
+            a,
+            stable_test_name("web-podinfo-grpc-test-ab1cd", "podinfo/templates/tests/grpc.yaml", 1)
+        );
+        assert_eq!(stable_test_name("abc", "t", 0).len(), 3, "no dash: the whole name");
+        assert_eq!(stable_test_name("x-", "t", 0).len(), 2);
+    }
+
+    #[test]
     fn render_errors_name_template_and_line() {
         let e = error_from_helm(
             -23,
@@ -313,6 +392,7 @@ mod tests {
             metadata: serde_json::json!({"name": "c", "version": "1.2.3", "appVersion": "9"}),
             default_values: serde_json::json!({}),
             lookup_templates: vec!["c/templates/a.yaml".into()],
+            random_templates: vec!["c/templates/t.yaml".into()],
             helm_version: "v4".into(),
         };
         let r = assemble(raw).unwrap();
@@ -325,6 +405,8 @@ mod tests {
         assert_eq!(r.hooks[0].delete_policies, vec!["before-hook-creation"]);
         assert_eq!(r.tests.len(), 1);
         assert_eq!(r.tests[0].delete_policies, vec!["hook-succeeded", "hook-failed"]);
+        // A test from a template calling a random function gets a stable name.
+        assert_eq!(r.tests[0].object["metadata"]["name"], stable_test_name("t", "c/templates/t.yaml", 0));
         assert_eq!(r.warnings.len(), 1);
         assert!(r.warnings[0].contains("c/templates/a.yaml"));
         assert!(r.manifest().starts_with("---\n# Source: c/templates/a.yaml\n"));

@@ -79,6 +79,9 @@ pub struct RawRender {
     pub default_values: serde_json::Value,
     /// Templates whose source calls `lookup` (it returns empty here).
     pub lookup_templates: Vec<String>,
+    /// Templates whose source calls a random function (`randAlphaNum`, ...).
+    #[serde(default)]
+    pub random_templates: Vec<String>,
     /// The Helm SDK version of the library.
     pub helm_version: String,
 }

@@ -116,7 +116,55 @@ pub fn secret_name(release: &str, version: u64) -> String {
     format!("sh.helm.release.v1.{release}.v{version}")
 }
 
-/// Helm's release JSON (package `release/v1`).
+/// A hook as Helm's release JSON lists it (`release/v1` `Hook`): what
+/// `helm status`/`helm test` read. `last_run` is Helm's `HookExecution`
+/// (`started_at`, `completed_at`, `phase`: `Unknown`, `Running`,
+/// `Succeeded`, `Failed`); empty strings for a hook that never ran.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HookRecord {
+    /// `metadata.name`.
+    pub name: String,
+    /// `kind`.
+    pub kind: String,
+    /// The template path (`podinfo/templates/tests/grpc.yaml`).
+    pub path: String,
+    /// The object as YAML.
+    pub manifest: String,
+    /// The events (`test`, `pre-install`, ...).
+    pub events: Vec<String>,
+    /// `helm.sh/hook-weight`.
+    pub weight: i64,
+    /// `helm.sh/hook-delete-policy`.
+    pub delete_policies: Vec<String>,
+    /// The last run: started, completed (RFC 3339), phase.
+    pub last_run: Option<(String, String, String)>,
+}
+
+impl HookRecord {
+    /// Helm's JSON of the hook.
+    pub fn to_json(&self) -> Value {
+        let (started, completed, phase) = self.last_run.clone().unwrap_or_default();
+        let mut v = json!({
+            "name": self.name,
+            "kind": self.kind,
+            "path": self.path,
+            "manifest": self.manifest,
+            "events": self.events,
+            "last_run": {"started_at": started, "completed_at": completed, "phase": phase},
+        });
+        // Go's `omitempty`.
+        if self.weight != 0 {
+            v["weight"] = self.weight.into();
+        }
+        if !self.delete_policies.is_empty() {
+            v["delete_policies"] = json!(self.delete_policies);
+        }
+        v
+    }
+}
+
+/// Helm's release JSON (package `release/v1`). `hooks` are listed as Helm
+/// lists them (omitted when there are none, as Go's `omitempty` does).
 pub fn release_json(
     spec: &ReleaseSpec,
     version: u64,
@@ -124,8 +172,9 @@ pub fn release_json(
     first: &str,
     last: &str,
     description: &str,
+    hooks: &[HookRecord],
 ) -> Value {
-    json!({
+    let mut v = json!({
         "name": spec.name,
         "info": {
             "first_deployed": first,
@@ -147,7 +196,11 @@ pub fn release_json(
         "manifest": spec.manifest,
         "version": version,
         "namespace": spec.namespace,
-    })
+    });
+    if !hooks.is_empty() {
+        v["hooks"] = hooks.iter().map(HookRecord::to_json).collect();
+    }
+    v
 }
 
 /// base64(gzip(JSON)), as Helm's storage driver encodes a release.
@@ -280,7 +333,9 @@ mod tests {
             "2026-01-01T00:00:00Z",
             "2026-01-02T00:00:00Z",
             "Upgrade complete",
+            &[],
         );
+        assert!(r.get("hooks").is_none(), "no hooks: omitted as Go's omitempty does");
         let s = release_secret(&spec(), 3, &r, Status::Deployed);
         assert_eq!(s["metadata"]["name"], "sh.helm.release.v1.web.v3");
         assert_eq!(s["type"], "helm.sh/release.v1");
@@ -295,6 +350,35 @@ mod tests {
         assert_eq!(decoded["config"], json!({"replicaCount": 2}));
         // The stored text is gzip, as Helm writes it.
         assert_eq!(&STANDARD.decode(&stored).unwrap()[..2], &[0x1f, 0x8b]);
+    }
+
+    #[test]
+    fn hooks_are_listed_in_helms_shape() {
+        let t = HookRecord {
+            name: "web-test".into(),
+            kind: "Pod".into(),
+            path: "c/templates/tests/t.yaml".into(),
+            manifest: "kind: Pod\n".into(),
+            events: vec!["test".into()],
+            weight: 0,
+            delete_policies: vec!["before-hook-creation".into()],
+            last_run: None,
+        };
+        let ran = HookRecord {
+            weight: -1,
+            last_run: Some(("2026-01-01T00:00:00Z".into(), "2026-01-01T00:00:05Z".into(), "Failed".into())),
+            ..t.clone()
+        };
+        let r = release_json(&spec(), 1, Status::Deployed, "a", "b", "Install complete", &[t, ran]);
+        let h = r["hooks"].as_array().unwrap();
+        assert_eq!(
+            h[0],
+            json!({"name": "web-test", "kind": "Pod", "path": "c/templates/tests/t.yaml", "manifest": "kind: Pod\n",
+                "events": ["test"], "last_run": {"started_at": "", "completed_at": "", "phase": ""},
+                "delete_policies": ["before-hook-creation"]})
+        );
+        assert_eq!(h[1]["weight"], -1);
+        assert_eq!(h[1]["last_run"]["phase"], "Failed");
     }
 
     #[test]

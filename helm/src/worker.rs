@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use crate::ffi::{CallError, Engine};
-use crate::output::uses_lookup;
+use crate::output::{uses_lookup, uses_random};
 use crate::protocol::{CODE_UNAVAILABLE, ChartInput, CrdFile, RawRender, WorkerReply, WorkerRequest};
 
 /// Set in a worker's environment: it serves framed requests until its input
@@ -147,6 +147,11 @@ fn render(engine: &Engine, req: &WorkerRequest) -> Result<RawRender, CallError> 
         .filter(|t| uses_lookup(&t.data))
         .map(|t| format!("{chart_name}/{}", t.name))
         .collect();
+    let random_templates = templates
+        .iter()
+        .filter(|t| uses_random(&t.data))
+        .map(|t| format!("{chart_name}/{}", t.name))
+        .collect();
     let mut opts = serde_json::json!({
         "name": req.release_name,
         "namespace": req.namespace,
@@ -169,6 +174,7 @@ fn render(engine: &Engine, req: &WorkerRequest) -> Result<RawRender, CallError> 
         metadata,
         default_values,
         lookup_templates,
+        random_templates,
         helm_version: engine.sdk_version(),
     })
 }

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::domain::commands::AgentCommand;
 use crate::domain::desired::{
     ClusterDesired, DesiredIndex, FleetPlacements, Placed, above_floor, next_generation, recovery_generation,
     same_bundles,
@@ -75,7 +76,8 @@ pub struct ClusterShared {
     age_recipients: ArcSwap<Vec<String>>,
     statuses: Arc<ClusterStatuses>,
     desired: watch::Sender<Arc<ClusterDesired>>,
-    session: Mutex<Option<(u64, CancellationToken)>>,
+    /// The open Sync session: its id, its token and its command queue.
+    session: Mutex<Option<(u64, CancellationToken, mpsc::Sender<AgentCommand>)>>,
     liveness_dirty: AtomicBool,
     /// The Kubernetes version and API versions the agent reported in its Hello.
     kube: ArcSwap<(String, Vec<String>)>,
@@ -199,10 +201,15 @@ impl ClusterShared {
 
     /// A Sync session starts: the previous one of this cluster (a half-dead
     /// connection the agent gave up on) is closed. Returns the session id.
-    pub(crate) fn begin_session(&self, token: CancellationToken) -> u64 {
+    /// Commands for the agent go to `commands` (crate::grpc::session sends them).
+    pub(crate) fn begin_session(
+        &self,
+        token: CancellationToken,
+        commands: mpsc::Sender<AgentCommand>,
+    ) -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        if let Some((_, old)) = self.session.lock().replace((id, token)) {
+        if let Some((_, old, _)) = self.session.lock().replace((id, token, commands)) {
             old.cancel();
         }
         self.streams.fetch_add(1, Ordering::Relaxed);
@@ -212,7 +219,7 @@ impl ClusterShared {
     /// A Sync session ended.
     pub(crate) fn end_session(&self, id: u64) {
         let mut s = self.session.lock();
-        if s.as_ref().is_some_and(|(cur, _)| *cur == id) {
+        if s.as_ref().is_some_and(|(cur, _, _)| *cur == id) {
             *s = None;
         }
         drop(s);
@@ -221,10 +228,37 @@ impl ClusterShared {
 
     /// Close every open session of this cluster (revocation).
     pub(crate) fn kill_sessions(&self) {
-        if let Some((_, t)) = self.session.lock().take() {
+        if let Some((_, t, _)) = self.session.lock().take() {
             t.cancel();
         }
     }
+
+    /// Queue a command for the agent's open Sync session on this replica.
+    /// Fails when no session is open here, or its command queue is full.
+    pub fn send_command(&self, cmd: AgentCommand) -> std::result::Result<(), CommandRefused> {
+        let tx = match &*self.session.lock() {
+            Some((_, _, tx)) => tx.clone(),
+            None => return Err(CommandRefused::NotConnected),
+        };
+        tx.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => CommandRefused::Busy,
+            mpsc::error::TrySendError::Closed(_) => CommandRefused::NotConnected,
+        })
+    }
+
+    /// Whether a Sync session of this cluster is open on this replica.
+    pub fn has_session(&self) -> bool {
+        self.session.lock().is_some()
+    }
+}
+
+/// Why a command could not be queued for an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandRefused {
+    /// No Sync session of the cluster on this replica.
+    NotConnected,
+    /// The session's command queue is full.
+    Busy,
 }
 
 /// A registered cluster: its stored record and its live state.
@@ -2735,8 +2769,8 @@ spec:
         // Both agents are connected, so the waves admit them.
         let shared = |c: &str| state.view().clusters[c].shared.clone();
         let (c1, c2) = (shared("c1"), shared("c2"));
-        let _s1 = c1.begin_session(CancellationToken::new());
-        let _s2 = c2.begin_session(CancellationToken::new());
+        let _s1 = c1.begin_session(CancellationToken::new(), mpsc::channel(1).0);
+        let _s2 = c2.begin_session(CancellationToken::new(), mpsc::channel(1).0);
         let generation = |c: &Arc<ClusterShared>| c.desired().bundles["web"].record.generation;
         let mut d1 = c1.subscribe_desired();
         tokio::time::timeout(

@@ -136,6 +136,43 @@ mod tests {
         assert!(authorize(&other, Access::Agent, Some(&rec), &none, 10).is_err());
     }
 
+    /// RunTests (`convoy test`) sends a command to a cluster's agent: a fleet
+    /// call, admins only (an admin certificate that is honoured, or the admin
+    /// token); a cluster may not run tests, not even on itself.
+    #[test]
+    fn run_tests_is_admin_only() {
+        let rec = |revoked| AdminCertRecord {
+            serial: "a1".into(),
+            name: "alice".into(),
+            issued_unix_ms: 0,
+            not_after_unix_ms: 100,
+            revoked,
+        };
+        let admins: AdminCerts = [("a1".to_string(), rec(false))].into();
+        let revoked: AdminCerts = [("a1".to_string(), rec(true))].into();
+        let admin = Caller::Admin { name: "alice".into(), serial: Some("a1".into()) };
+        let token = Caller::Admin { name: "token".into(), serial: None };
+        let cluster = Caller::Cluster { name: "one".into(), serial: "01".into() };
+        let own = ClusterRecord {
+            name: "one".into(),
+            certs: vec![CertRef { serial: "01".into(), not_after_unix_ms: 100 }],
+            ..Default::default()
+        };
+        for (caller, certs, allowed) in [
+            (&admin, &admins, true),
+            (&token, &admins, true),
+            (&admin, &revoked, false),
+            (&cluster, &admins, false),
+            (&Caller::Anonymous, &admins, false),
+        ] {
+            assert_eq!(
+                authorize(caller, Access::Fleet, Some(&own), certs, 10).is_ok(),
+                allowed,
+                "{caller:?} {certs:?}"
+            );
+        }
+    }
+
     /// The rollout RPCs (GetRollout, RolloutAction: approve, pause, resume,
     /// abort, rollback) are fleet calls: admins only; their events name the
     /// caller by identity.

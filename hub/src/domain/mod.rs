@@ -5,6 +5,7 @@
 
 pub mod admins;
 pub mod authz;
+pub mod commands;
 pub mod desired;
 pub mod helmops;
 pub mod model;

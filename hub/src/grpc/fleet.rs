@@ -624,6 +624,52 @@ impl pb::fleet_server::Fleet for FleetService {
             error: out.error,
         }))
     }
+
+    async fn run_tests(
+        &self,
+        req: Request<pb::RunTestsRequest>,
+    ) -> Result<Response<pb::RunTestsResponse>, Status> {
+        let _t = self.timed("RunTests");
+        let caller = self.core.admin(&req)?;
+        let r = req.into_inner();
+        let view = self.core.state.view();
+        let entry = view.clusters.get(&r.cluster);
+        let input = crate::domain::commands::RunTestsInput {
+            cluster_known: entry.is_some(),
+            cluster_revoked: entry.is_some_and(|e| e.record.revoked),
+            bundle_known: view.fleet.bundles.contains_key(&r.bundle),
+            deployed_helm: entry.and_then(|e| {
+                e.shared.desired().bundles.get(&r.bundle).map(|d| helm_chart(&d.record.statement).is_some())
+            }),
+            applied_generation: entry
+                .and_then(|e| e.shared.statuses().get(&r.bundle).map(|s| s.status.applied_generation))
+                .unwrap_or(0),
+            connected_here: entry.is_some_and(|e| e.shared.has_session()),
+        };
+        let request_id = format!("{:032x}", rand::random::<u128>());
+        let cmd = crate::domain::commands::run_tests(
+            &r.cluster,
+            &r.bundle,
+            &input,
+            request_id.clone(),
+            r.timeout_seconds,
+        )
+        .map_err(super::rejection)?;
+        let generation = input.applied_generation;
+        let entry = entry.expect("checked by the decision");
+        entry.shared.send_command(cmd).map_err(|e| match e {
+            crate::state::CommandRefused::NotConnected => Status::failed_precondition(format!(
+                "the agent of cluster {:?} is not connected to this hub replica",
+                r.cluster
+            )),
+            crate::state::CommandRefused::Busy => Status::resource_exhausted(format!(
+                "too many commands queued for cluster {:?}; retry",
+                r.cluster
+            )),
+        })?;
+        info!(caller = %caller.identity(), cluster = %r.cluster, bundle = %r.bundle, generation, request = %request_id, "helm tests sent to the agent");
+        Ok(Response::new(pb::RunTestsResponse { request_id, generation }))
+    }
 }
 
 impl FleetService {

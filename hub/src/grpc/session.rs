@@ -7,6 +7,12 @@
 //! latest value; while the agent is slow to read, changes collapse into one
 //! diff against what was last sent. A slow agent therefore holds a few
 //! messages of memory and never slows the fan-out to others.
+//!
+//! Commands (`convoy test`: crate::domain::commands) are not desired state:
+//! each arrives on the session's own bounded queue and is sent exactly once,
+//! in order, never coalesced with desired-state changes or acks. A command
+//! for a session that ends before sending it is lost with the session (the
+//! caller sees no result event and times out).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -22,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::domain::commands::AgentCommand;
 use crate::domain::desired::{ClusterDesired, diff};
 use crate::domain::{AgentBatch, OutboxEntry, StatusRecord};
 use crate::grpc::Core;
@@ -30,6 +37,9 @@ use crate::state::{ClusterEntry, ClusterShared};
 use crate::store::{Write, WriteOutcome};
 use crate::{Result, now_ms};
 use convoy_core::status::BundleStatus;
+
+/// Commands queued for one agent; a caller beyond this is told to retry.
+const COMMAND_QUEUE: usize = 16;
 
 /// Entries received but not yet submitted are bounded; past this the session
 /// stops reading from the agent until the store catches up.
@@ -122,7 +132,8 @@ pub async fn start(
     core.metrics.desired_pushes.inc();
 
     let token = core.drain.child_token();
-    let id = shared.begin_session(token.clone());
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let id = shared.begin_session(token.clone(), cmd_tx);
     core.metrics.connected_agents.inc();
     info!(cluster = %name, epoch, acked, bundles = snapshot.bundles.len(), agent_version = %hello.agent_version, "agent connected");
     let session = Session {
@@ -139,7 +150,7 @@ pub async fn start(
     };
     tokio::spawn(
         async move {
-            let reason = session.run(inbound, tx, desired, token, id).await;
+            let reason = session.run(inbound, tx, desired, cmd_rx, token, id).await;
             debug!(reason, "sync session ended");
         }
         .instrument(info_span!("sync", cluster = %name)),
@@ -149,6 +160,14 @@ pub async fn start(
 
 fn ack(seq: u64) -> pb::HubMessage {
     pb::HubMessage { msg: Some(Out::Ack(pb::Ack { acked_seq: seq })) }
+}
+
+fn command_msg(c: AgentCommand) -> pb::HubMessage {
+    match c {
+        AgentCommand::RunTests { request_id, bundle, generation, timeout_seconds } => pb::HubMessage {
+            msg: Some(Out::RunTests(pb::RunTests { request_id, bundle, generation, timeout_seconds })),
+        },
+    }
 }
 
 fn snapshot_msg(d: &ClusterDesired) -> pb::HubMessage {
@@ -182,6 +201,7 @@ impl Session {
         mut inbound: Streaming<pb::AgentMessage>,
         tx: mpsc::Sender<Reply>,
         mut desired: watch::Receiver<Arc<ClusterDesired>>,
+        mut commands: mpsc::Receiver<AgentCommand>,
         token: CancellationToken,
         id: u64,
     ) -> &'static str {
@@ -218,7 +238,8 @@ impl Session {
                 permit = tx.reserve(), if !out.is_empty() || dirty => {
                     let Ok(permit) = permit else { break "agent went away" };
                     if let Some(m) = out.pop_front() {
-                        self.core.metrics.message("out", "ack");
+                        let kind = if matches!(m.msg, Some(Out::RunTests(_))) { "run_tests" } else { "ack" };
+                        self.core.metrics.message("out", kind);
                         permit.send(Ok(m));
                     } else {
                         dirty = false;
@@ -235,6 +256,12 @@ impl Session {
                             }))}));
                         }
                     }
+                }
+                // Commands queue behind what is already queued and are sent
+                // once each; acks raised later never merge into them.
+                Some(cmd) = commands.recv() => {
+                    debug!(?cmd, "command for the agent");
+                    out.push_back(command_msg(cmd));
                 }
                 changed = desired.changed(), if !dirty => {
                     if changed.is_err() {

@@ -265,7 +265,7 @@ impl Stream {
             let list = match m {
                 Out::Update(u) => &u.upserts,
                 Out::Snapshot(s) => &s.bundles,
-                Out::Ack(_) => return None,
+                Out::Ack(_) | Out::RunTests(_) => return None,
             };
             list.iter().find(|b| b.name == bundle && b.generation == generation).cloned()
         })

@@ -23,6 +23,10 @@ use crate::store::{Event, EventType};
 
 /// The annotation that makes a workload's image unpullable.
 pub const UNPULLABLE_ANNOTATION: &str = "kube-sim.convoy.dev/unpullable";
+/// The annotation giving the exit code of a run-to-completion Pod's
+/// containers (`restartPolicy: Never`, not a Job's): non-zero ends it
+/// `Failed` (terminated, reason `Error`); absent or 0 ends it `Succeeded`.
+pub const EXIT_CODE_ANNOTATION: &str = "kube-sim.convoy.dev/exit-code";
 const MANAGER: &str = "kube-controller-manager";
 const NODE: &str = "kube-sim-node";
 
@@ -1176,6 +1180,20 @@ impl Controllers {
                     .pointer("/metadata/ownerReferences")
                     .and_then(Value::as_array)
                     .is_some_and(|a| a.iter().any(|r| r["kind"] == "Job"));
+                // A Pod that runs to completion (`restartPolicy` Never or
+                // OnFailure, as Helm test hooks are) finishes once started,
+                // like a Job's; `Never` with a non-zero exit code fails.
+                let restart = spec.get("restartPolicy").and_then(Value::as_str).unwrap_or("Always");
+                let completes = job_pod || restart == "Never" || restart == "OnFailure";
+                let exit_code = if job_pod || restart != "Never" {
+                    0
+                } else {
+                    obj.pointer("/metadata/annotations")
+                        .and_then(|a| a.get(EXIT_CODE_ANNOTATION))
+                        .and_then(Value::as_str)
+                        .and_then(|c| c.trim().parse::<i64>().ok())
+                        .unwrap_or(0)
+                };
                 let pod_ip = {
                     use std::hash::{Hash, Hasher};
                     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -1183,20 +1201,28 @@ impl Controllers {
                     let n = h.finish();
                     format!("10.244.{}.{}", (n >> 8) % 256, n % 253 + 2)
                 };
-                if job_pod && ready {
+                if completes && ready {
                     let changed = self.write_status(k, &mut |cur| {
+                        if matches!(cur.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed")) {
+                            return cur["status"].clone();
+                        }
                         let start = cur.pointer("/status/startTime").cloned().unwrap_or(json!(now));
+                        let (phase, reason, why) = if exit_code == 0 {
+                            ("Succeeded", "Completed", "PodCompleted")
+                        } else {
+                            ("Failed", "Error", "PodFailed")
+                        };
                         let statuses: Vec<Value> = containers
                             .iter()
                             .map(|c| json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": false, "restartCount": 0, "started": false,
-                                "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": start, "finishedAt": now}}}))
+                                "state": {"terminated": {"exitCode": exit_code, "reason": reason, "startedAt": start, "finishedAt": now}}}))
                             .collect();
-                        json!({"phase": "Succeeded", "hostIP": "172.18.0.2", "startTime": start, "qosClass": "BestEffort",
+                        json!({"phase": phase, "hostIP": "172.18.0.2", "startTime": start, "qosClass": "BestEffort",
                             "conditions": [
                                 {"type": "PodScheduled", "status": "True", "lastTransitionTime": start, "lastProbeTime": null},
                                 {"type": "Initialized", "status": "True", "lastTransitionTime": start, "lastProbeTime": null, "reason": "PodCompleted"},
-                                {"type": "ContainersReady", "status": "False", "lastTransitionTime": now, "lastProbeTime": null, "reason": "PodCompleted"},
-                                {"type": "Ready", "status": "False", "lastTransitionTime": now, "lastProbeTime": null, "reason": "PodCompleted"}
+                                {"type": "ContainersReady", "status": "False", "lastTransitionTime": now, "lastProbeTime": null, "reason": why},
+                                {"type": "Ready", "status": "False", "lastTransitionTime": now, "lastProbeTime": null, "reason": why}
                             ],
                             "containerStatuses": statuses})
                     });

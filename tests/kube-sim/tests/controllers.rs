@@ -667,3 +667,57 @@ async fn changes_list_commits_across_types_in_resource_version_order() {
     // Only the asked types: the Job's pods are not listed.
     assert!(changes.iter().all(|c| c.resource == "configmaps" || c.resource == "jobs"), "{changes:?}");
 }
+
+/// A bare Pod that runs to completion (`restartPolicy: Never`, as Helm test
+/// hooks are) ends Succeeded once started, or Failed with the exit code
+/// `kube-sim.convoy.dev/exit-code` gives; an unpullable one stays Pending
+/// in ImagePullBackOff; a `restartPolicy: Always` Pod keeps Running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_to_completion_pods_succeed_or_fail_with_their_exit_code() {
+    let s = Sim::with(SimConfig { readiness_delay: Duration::from_millis(200), ..Default::default() }).await;
+    let pod = |name: &str, image: &str, restart: &str, annotations: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "annotations": annotations},
+            "spec": {"restartPolicy": restart, "containers": [{"name": "t", "image": image}]}})
+    };
+    for p in [
+        pod("ok", "curlimages/curl:7.69.0", "Never", json!({})),
+        pod("fails", "alpine:3.11", "Never", json!({"kube-sim.convoy.dev/exit-code": "3"})),
+        pod("pull", "alpine:does-not-exist", "Never", json!({})),
+        pod("server", "nginx:1", "Always", json!({"kube-sim.convoy.dev/exit-code": "3"})),
+    ] {
+        let name = p["metadata"]["name"].as_str().unwrap().to_string();
+        let (code, body) = s.apply(&format!("/api/v1/namespaces/default/pods/{name}"), "t", false, p).await;
+        assert!(code < 300, "{body}");
+    }
+    let phase_of = |name: &'static str, want: &'static str| {
+        let s = &s;
+        async move {
+            eventually(30, || async {
+                let (_, v) = s.get(&format!("/api/v1/namespaces/default/pods/{name}")).await;
+                (v["status"]["phase"] == want).then_some(v)
+            })
+            .await
+        }
+    };
+    let ok = phase_of("ok", "Succeeded").await;
+    let t = &ok["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!((t["exitCode"].as_i64(), t["reason"].as_str()), (Some(0), Some("Completed")));
+    let failed = phase_of("fails", "Failed").await;
+    let t = &failed["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!((t["exitCode"].as_i64(), t["reason"].as_str()), (Some(3), Some("Error")));
+    let server = phase_of("server", "Running").await;
+    assert_eq!(server["status"]["containerStatuses"][0]["ready"], true, "Always: never completes");
+    // The unpullable one reports the back-off (it never starts).
+    let pull = eventually(30, || async {
+        let (_, v) = s.get("/api/v1/namespaces/default/pods/pull").await;
+        (v["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff").then_some(v)
+    })
+    .await;
+    assert_eq!(pull["status"]["phase"], "Pending");
+    // Finished pods stay finished: the ok and failed pods did not change
+    // while the others were observed (their resourceVersion is the same).
+    for (name, before) in [("ok", &ok), ("fails", &failed)] {
+        let (_, now) = s.get(&format!("/api/v1/namespaces/default/pods/{name}")).await;
+        assert_eq!(now["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"], "{name}");
+    }
+}

@@ -97,8 +97,8 @@ async fn a_failed_helm_upgrade_is_rolled_back_as_a_new_signed_generation_of_the_
     );
     let shared = |c: &str| state.view().clusters[c].shared.clone();
     let (c1, c2) = (shared("c1"), shared("c2"));
-    let _s1 = c1.begin_session(CancellationToken::new());
-    let _s2 = c2.begin_session(CancellationToken::new());
+    let _s1 = c1.begin_session(CancellationToken::new(), tokio::sync::mpsc::channel(1).0);
+    let _s2 = c2.begin_session(CancellationToken::new(), tokio::sync::mpsc::channel(1).0);
 
     // Generation 1 (the first install) goes everywhere at once and is Ready.
     let g1 = until(&c1, "generation 1", |r| r.digest == one.digest).await;
