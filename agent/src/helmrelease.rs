@@ -6,14 +6,17 @@
 //! and Pods to finish, honouring `helm.sh/hook-delete-policy`), and writing
 //! Helm's own release Secret so that `helm list`, `helm get values` and
 //! `helm history` see the release; `maxHistory` bounds the kept revisions.
-//! Decisions ([`split`], [`phase`], convoy_helm::release::plan_history) are
-//! pure; [`Release`] runs their effects.
+//! It also carries the chart's CRD policy into the plan ([`crd_policy`]:
+//! with `crds: Create` the chart's `crds/` are created when missing and
+//! never changed). Decisions ([`split`], [`phase`], [`crd_policy`],
+//! convoy_helm::release::plan_history) are pure; [`Release`] runs their effects.
 
 use std::time::{Duration, Instant};
 
 use convoy_helm::output::{HOOK_ANNOTATION, HOOK_DELETE_POLICY_ANNOTATION, HOOK_WEIGHT_ANNOTATION};
 use convoy_helm::release::{
-    self as rel, HistoryPlan, ReleaseSpec, Revision, Status, plan_history, release_json, release_secret,
+    self as rel, CrdPolicy, HistoryPlan, ReleaseSpec, Revision, Status, plan_history, release_json,
+    release_secret,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -22,7 +25,8 @@ use kube::discovery::Scope;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::objects::{Manifest, ObjKey};
+use crate::engine::Plan;
+use crate::objects::{Manifest, ObjKey, WriteMode};
 use crate::policy;
 use crate::{Error, Result};
 
@@ -114,6 +118,24 @@ pub fn split(manifests: Vec<Manifest>) -> Result<(Vec<Manifest>, Option<HelmPart
             objects.extend(hook_manifests);
             Ok((objects, None))
         }
+    }
+}
+
+/// Where the chart's `crds/` are in a Helm bundle's artifact (convoy_helm::bundle).
+pub const CRDS_DIR: &str = "helm/crds/";
+
+/// Carry the release's CRD policy into its plan: under `crds: Create` every
+/// object of the chart's `crds/` is created when missing and never changed
+/// ([`WriteMode::CreateOnly`]); under `CreateReplace` they are applied like
+/// every object (and `Skip` left them out of the artifact). Objects of the
+/// templates are never touched, CRDs included (Helm upgrades those). Pure.
+pub fn crd_policy(plan: &mut Plan, spec: &ReleaseSpec) {
+    let mode = match spec.crds {
+        CrdPolicy::Create => WriteMode::CreateOnly,
+        CrdPolicy::CreateReplace | CrdPolicy::Skip => WriteMode::Apply,
+    };
+    for o in plan.objects.iter_mut().filter(|o| o.origin.file.starts_with(CRDS_DIR)) {
+        o.write = mode;
     }
 }
 
@@ -592,6 +614,7 @@ mod tests {
             chart_digest: "sha256:a".into(),
             values_digest: "sha256:b".into(),
             max_history: 0,
+            crds: CrdPolicy::CreateReplace,
         }
     }
 
@@ -650,6 +673,53 @@ mod tests {
         assert_eq!(names("pre-upgrade"), vec!["b"]);
         assert_eq!(names("post-install"), vec!["p"]);
         assert!(names("post-upgrade").is_empty());
+    }
+
+    #[test]
+    fn the_crd_policy_marks_the_charts_crds_only() {
+        use crate::objects::DesiredObject;
+        use crate::resource::ResourceInfo;
+        let crd = |name: &str| {
+            json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                   "metadata": {"name": name}, "spec": {"group": "example.com"}})
+        };
+        let crd_res = ResourceInfo::test(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            false,
+        );
+        let cm_res = ResourceInfo::test("", "v1", "ConfigMap", "configmaps", true);
+        let object = |file: &str, v: Value, res: &ResourceInfo| {
+            let mut man = manifest_of(&v);
+            man.origin.file = file.into();
+            DesiredObject::build(man, res.clone(), "web", "apps").unwrap()
+        };
+        let plan = || Plan {
+            bundle: "web".into(),
+            objects: vec![
+                object("helm/crds/widgets.yaml", crd("widgets.example.com"), &crd_res),
+                // A CRD of the templates is a release object: Helm upgrades it.
+                object("helm/templates/gadgets.yaml", crd("gadgets.example.com"), &crd_res),
+                object(
+                    "helm/templates/cm.yaml",
+                    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}),
+                    &cm_res,
+                ),
+            ],
+            ..Default::default()
+        };
+        let modes = |policy: CrdPolicy| {
+            let mut p = plan();
+            crd_policy(&mut p, &ReleaseSpec { crds: policy, ..spec() });
+            p.objects.iter().map(|o| o.write).collect::<Vec<_>>()
+        };
+        use WriteMode::{Apply, CreateOnly};
+        assert_eq!(modes(CrdPolicy::Create), vec![CreateOnly, Apply, Apply]);
+        assert_eq!(modes(CrdPolicy::CreateReplace), vec![Apply, Apply, Apply]);
+        // Skip leaves them out of the artifact; whatever is there is applied.
+        assert_eq!(modes(CrdPolicy::Skip), vec![Apply, Apply, Apply]);
     }
 
     #[test]
