@@ -380,3 +380,40 @@ async fn heavy_crds_create_creates_missing_crds_and_never_changes_or_prunes_an_e
 
     env.stop().await;
 }
+
+/// A hook Job with `ttlSecondsAfterFinished: 0` (ingress-nginx's admission
+/// Jobs) is deleted by the TTL-after-finished controller the moment it
+/// completes. The agent watches the hook from its creation, so it sees the
+/// Job complete (or deleted), and counts it done as Helm does: the release
+/// is `deployed`, the Jobs are gone, and both completed before they went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_hook_job_deleted_by_its_ttl_when_it_completes_counts_as_done() {
+    let env = Env::start(FLEET).await;
+    let sim = &env.sim;
+    let ttl_job = |name: &str, events: &str| {
+        hook_job(name, events, "")
+            .replace("spec:\n  template:", "spec:\n  ttlSecondsAfterFinished: 0\n  template:")
+    };
+    let pre = format!("{}---\n{}", ttl_job("create-secret", "pre-install"), ttl_job("patch", "post-install"));
+    assert!(pre.contains("ttlSecondsAfterFinished: 0"), "{pre}");
+    env.publish(1, &helm_artifact("hi", &pre));
+    env.phase(1, pb::Phase::Ready).await;
+    let recs = records(sim);
+    assert_eq!((recs.len(), recs[0].1.as_str()), (1, "deployed"), "{recs:?}");
+    let changes = sim.changes(&[("batch", "jobs")]);
+    for job in ["create-secret", "patch"] {
+        assert!(sim.object("batch", "jobs", "apps", job).is_none(), "{job}: deleted by its TTL");
+        let of = |f: &dyn Fn(&kube_sim::Change) -> bool| changes.iter().position(|c| c.name == job && f(c));
+        let complete = of(&|c| {
+            c.object["status"]["conditions"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["type"] == "Complete" && x["status"] == "True"))
+        })
+        .unwrap_or_else(|| panic!("{job} completed: {changes:?}"));
+        let deleted = of(&|c| c.kind == "DELETED").unwrap_or_else(|| panic!("{job} deleted: {changes:?}"));
+        assert!(complete < deleted, "{job}: {changes:?}");
+    }
+    // The post-install hook ran after the release's object was written.
+    assert_eq!(sim.object("", "configmaps", "apps", "web-settings").unwrap()["data"]["k"], "hi");
+    env.stop().await;
+}
