@@ -209,4 +209,13 @@ mod tests {
         assert_eq!(super::kube_version("v1.20.15"), "v1.20.15");
         assert_eq!(super::kube_version("1.29.3"), "v1.29.3");
     }
+
+    #[test]
+    fn crd_policies_are_the_configs_spellings() {
+        use convoy_helm::release::CrdPolicy;
+        assert_eq!(super::crd_policy("CreateReplace"), Ok(CrdPolicy::CreateReplace));
+        assert_eq!(super::crd_policy("Create"), Ok(CrdPolicy::Create));
+        assert_eq!(super::crd_policy("Skip"), Ok(CrdPolicy::Skip));
+        assert!(super::crd_policy("create").unwrap_err().contains("CreateReplace, Create or Skip"));
+    }
 }
