@@ -436,7 +436,7 @@ impl Engine {
         if obj.write == WriteMode::CreateOnly {
             let live = api.get_meta().await?;
             return match createonly::step(obj, Some(entry), live.as_ref()) {
-                createonly::Step::Keep(e) => Ok(DriftOutcome::InSync(e)),
+                createonly::Step::Keep(e) => Ok(DriftOutcome::InSync(*e)),
                 createonly::Step::Create if detect_only => {
                     Ok(DriftOutcome::Detected { fields: vec!["(deleted)".into()] })
                 }

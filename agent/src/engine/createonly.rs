@@ -19,7 +19,7 @@ pub(super) enum Step {
     /// It does not exist: create it.
     Create,
     /// It exists: write nothing, record this inventory entry.
-    Keep(Entry),
+    Keep(Box<Entry>),
 }
 
 /// Decide for `obj` (create-only) with its previous inventory entry and its
@@ -37,9 +37,9 @@ pub(super) fn step(obj: &DesiredObject, prev: Option<&Entry>, live: Option<&Meta
     let Some(live) = live else { return Step::Create };
     match prev {
         Some(p) if !p.hash.is_empty() && p.hash == obj.hash && live_matches(p, live, &obj.meta_keys) => {
-            Step::Keep(p.clone())
+            Step::Keep(Box::new(p.clone()))
         }
-        _ => Step::Keep(entry_for(obj, Some(live), String::new())),
+        _ => Step::Keep(Box::new(entry_for(obj, Some(live), String::new()))),
     }
 }
 
@@ -108,9 +108,12 @@ mod tests {
         let l = live("5", 1, Some("web"));
         let created = entry_for(&o, Some(&l), o.hash.clone());
         // Unchanged since this bundle created it: the same entry (no inventory write).
-        assert_eq!(step(&o, Some(&created), Some(&l)), Step::Keep(created.clone()));
+        assert_eq!(step(&o, Some(&created), Some(&l)), Step::Keep(Box::new(created.clone())));
         // Status moved the resourceVersion only: still ours as created.
-        assert_eq!(step(&o, Some(&created), Some(&live("6", 1, Some("web")))), Step::Keep(created.clone()));
+        assert_eq!(
+            step(&o, Some(&created), Some(&live("6", 1, Some("web")))),
+            Step::Keep(Box::new(created.clone()))
+        );
         // Changed out of band (generation moved): left alone, no longer claimed.
         let edited = live("8", 2, Some("web"));
         let Step::Keep(e) = step(&o, Some(&created), Some(&edited)) else { panic!() };

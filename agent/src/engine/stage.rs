@@ -306,7 +306,7 @@ impl Engine {
             createonly::Step::Keep(entry) => Ok(Applied {
                 action: Action::Unchanged,
                 fields: Vec::new(),
-                entry,
+                entry: *entry,
                 established: false,
                 message: createonly::KEPT,
             }),
