@@ -1369,7 +1369,7 @@ async fn reconcile(
             let (ms, parts) = crate::helmrelease::split(ms).map_err(Failure::Refused)?;
             let ns = opts.target_namespace.clone().or(parts.as_ref().map(|h| h.spec.namespace.clone()));
             helm = parts;
-            let plan = ctx
+            let mut plan = ctx
                 .engine
                 .plan(&d.name, &st.source.revision, st.generation, &st.artifact.digest, ms, ns.as_deref())
                 .await
@@ -1377,6 +1377,9 @@ async fn reconcile(
                     e @ Error::Manifest { .. } => Failure::Refused(e),
                     e => Failure::Failed(e, false, None),
                 })?;
+            if let Some(h) = &helm {
+                crate::helmrelease::crd_policy(&mut plan, &h.spec);
+            }
             Arc::new(plan)
         }
     };
@@ -1504,8 +1507,12 @@ async fn applied_plan(ctx: &Ctx, name: &str, a: &AppliedRevision) -> Result<Plan
     let ms = manifests(ctx, bytes).await?;
     // A Helm bundle's record and hooks are never drift-corrected as objects.
     let (ms, helm) = crate::helmrelease::split(ms)?;
-    let ns = a.options.target_namespace.clone().or(helm.map(|h| h.spec.namespace));
-    ctx.engine.plan(name, &a.revision, a.generation, &a.digest, ms, ns.as_deref()).await
+    let ns = a.options.target_namespace.clone().or(helm.as_ref().map(|h| h.spec.namespace.clone()));
+    let mut plan = ctx.engine.plan(name, &a.revision, a.generation, &a.digest, ms, ns.as_deref()).await?;
+    if let Some(h) = &helm {
+        crate::helmrelease::crd_policy(&mut plan, &h.spec);
+    }
+    Ok(plan)
 }
 
 async fn restore(ctx: &Ctx, name: &str, a: &AppliedRevision) -> Result<Restored> {

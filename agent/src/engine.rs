@@ -15,7 +15,8 @@
 //! costs zero writes.
 //!
 //! The steps live in submodules: `plan` (resolve and normalize), `stage`
-//! (prepare, apply stages, one object, recreate), `prune` (what left).
+//! (prepare, apply stages, one object, recreate), `prune` (what left),
+//! `createonly` (objects created when missing and never changed).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -29,10 +30,11 @@ use crate::diff::changed_fields;
 use crate::discovery::Discovery;
 use crate::inventory::{self, Entry, Inventory};
 use crate::kubeapi::{MetaOnly, ObjApi};
-use crate::objects::{DesiredObject, MetaKey, ObjKey, Stage, meta_hash};
+use crate::objects::{DesiredObject, MetaKey, ObjKey, Stage, WriteMode, meta_hash};
 use crate::resource::ResourceInfo;
 use crate::{Error, Result};
 
+mod createonly;
 mod plan;
 mod prune;
 mod stage;
@@ -358,11 +360,25 @@ impl Engine {
     /// that would be created, configured (with fields) or pruned. Writes nothing.
     pub async fn diff(&self, plan: &Plan, prune: bool) -> Result<Vec<ObjectResult>> {
         let prev = self.inventory(&plan.bundle).await?.unwrap_or_default();
+        let recorded: BTreeMap<ObjKey, &Entry> = prev.entries.iter().map(|e| (e.key(), e)).collect();
+        let recorded = &recorded;
         let results: Vec<Result<ObjectResult>> = futures::stream::iter(
             plan.objects
                 .iter()
                 .map(|o| async move {
                     let api = ObjApi::new(&self.client, &o.resource, &o.key);
+                    if o.write == WriteMode::CreateOnly {
+                        let live = api.get_meta().await?;
+                        let prev = recorded.get(&o.key).copied();
+                        return Ok(match createonly::step(o, prev, live.as_ref()) {
+                            createonly::Step::Create => ObjectResult::new(o.key.clone(), Action::WouldCreate),
+                            createonly::Step::Keep(_) => {
+                                let mut r = ObjectResult::new(o.key.clone(), Action::Unchanged);
+                                r.message = createonly::KEPT.into();
+                                r
+                            }
+                        });
+                    }
                     let Some(live) = api.get().await? else {
                         return Ok(ObjectResult::new(o.key.clone(), Action::WouldCreate));
                     };
@@ -407,7 +423,9 @@ impl Engine {
     }
 
     /// Compare one applied object with the cluster and, unless `detect_only`,
-    /// put it back. `entry` is what the inventory recorded for it.
+    /// put it back. `entry` is what the inventory recorded for it. A
+    /// create-only object is only put back when it was deleted; a change to
+    /// it is never drift.
     pub async fn check_drift(
         &self,
         obj: &DesiredObject,
@@ -415,6 +433,22 @@ impl Engine {
         detect_only: bool,
     ) -> Result<DriftOutcome> {
         let api = ObjApi::new(&self.client, &obj.resource, &obj.key);
+        if obj.write == WriteMode::CreateOnly {
+            let live = api.get_meta().await?;
+            return match createonly::step(obj, Some(entry), live.as_ref()) {
+                createonly::Step::Keep(e) => Ok(DriftOutcome::InSync(*e)),
+                createonly::Step::Create if detect_only => {
+                    Ok(DriftOutcome::Detected { fields: vec!["(deleted)".into()] })
+                }
+                createonly::Step::Create => {
+                    let m = api.apply(&obj.body, true).await?;
+                    Ok(DriftOutcome::Corrected {
+                        fields: vec!["(deleted)".into()],
+                        entry: entry_for(obj, Some(&m), obj.hash.clone()),
+                    })
+                }
+            };
+        }
         let Some(live) = api.get().await? else {
             if detect_only {
                 return Ok(DriftOutcome::Detected { fields: vec!["(deleted)".into()] });

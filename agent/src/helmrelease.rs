@@ -3,26 +3,32 @@
 //! objects (layout in convoy_helm::bundle). This module owns splitting them
 //! out, running hooks as ordered phases around the release's apply
 //! (pre-install/pre-upgrade before, post-* after, by weight, waiting for Jobs
-//! and Pods to finish, honouring `helm.sh/hook-delete-policy`), and writing
+//! and Pods to finish by watching them (a hook deleted while waited for is
+//! done, as in Helm), honouring `helm.sh/hook-delete-policy`), and writing
 //! Helm's own release Secret so that `helm list`, `helm get values` and
 //! `helm history` see the release; `maxHistory` bounds the kept revisions.
-//! Decisions ([`split`], [`phase`], convoy_helm::release::plan_history) are
-//! pure; [`Release`] runs their effects.
+//! It also carries the chart's CRD policy into the plan ([`crd_policy`]:
+//! with `crds: Create` the chart's `crds/` are created when missing and
+//! never changed). Decisions ([`split`], [`phase`], [`crd_policy`],
+//! convoy_helm::release::plan_history) are pure; [`Release`] runs their effects.
 
 use std::time::{Duration, Instant};
 
 use convoy_helm::output::{HOOK_ANNOTATION, HOOK_DELETE_POLICY_ANNOTATION, HOOK_WEIGHT_ANNOTATION};
 use convoy_helm::release::{
-    self as rel, HistoryPlan, ReleaseSpec, Revision, Status, plan_history, release_json, release_secret,
+    self as rel, CrdPolicy, HistoryPlan, ReleaseSpec, Revision, Status, plan_history, release_json,
+    release_secret,
 };
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::Scope;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::objects::{Manifest, ObjKey};
+use crate::engine::Plan;
+use crate::objects::{Manifest, ObjKey, WriteMode};
 use crate::policy;
 use crate::{Error, Result};
 
@@ -152,6 +158,24 @@ pub fn split(manifests: Vec<Manifest>) -> Result<(Vec<Manifest>, Option<HelmPart
             objects.extend(hook_manifests);
             Ok((objects, None))
         }
+    }
+}
+
+/// Where the chart's `crds/` are in a Helm bundle's artifact (convoy_helm::bundle).
+pub const CRDS_DIR: &str = "helm/crds/";
+
+/// Carry the release's CRD policy into its plan: under `crds: Create` every
+/// object of the chart's `crds/` is created when missing and never changed
+/// ([`WriteMode::CreateOnly`]); under `CreateReplace` they are applied like
+/// every object (and `Skip` left them out of the artifact). Objects of the
+/// templates are never touched, CRDs included (Helm upgrades those). Pure.
+pub fn crd_policy(plan: &mut Plan, spec: &ReleaseSpec) {
+    let mode = match spec.crds {
+        CrdPolicy::Create => WriteMode::CreateOnly,
+        CrdPolicy::CreateReplace | CrdPolicy::Skip => WriteMode::Apply,
+    };
+    for o in plan.objects.iter_mut().filter(|o| o.origin.file.starts_with(CRDS_DIR)) {
+        o.write = mode;
     }
 }
 
@@ -515,10 +539,11 @@ impl Release {
             body["metadata"]["namespace"] = self.namespace().into();
         }
         let pp = PatchParams::apply(MANAGER).force();
-        api.patch(&name, &pp, &Patch::Apply(&body))
+        let created = api
+            .patch(&name, &pp, &Patch::Apply(&body))
             .await
             .map_err(|e| Error::kube(format!("apply hook {}/{name}", h.kind()), e))?;
-        wait_done(&api, h.kind(), &name, timeout, cancel).await
+        wait_done(&api, h.kind(), &created, timeout, cancel).await
     }
 
     /// Prepare the release, judge what it writes besides its objects (hooks,
@@ -691,35 +716,131 @@ async fn delete_and_wait(api: &Api<DynamicObject>, name: &str, timeout: Duration
     Ok(())
 }
 
-/// Wait for a Job to complete or a Pod to succeed; other kinds are done once applied.
+/// Wait for a Job to complete or a Pod to succeed; other kinds are done once
+/// applied. `created` is the object the apply returned: its uid tells our
+/// hook from a later one of the same name, and the watch starts at its
+/// resourceVersion, so no change after the apply is missed, a deletion
+/// included (a Job's `ttlSecondsAfterFinished` can remove it the moment it
+/// completes). [`hook_progress`] judges each change.
 async fn wait_done(
     api: &Api<DynamicObject>,
     kind: &str,
-    name: &str,
+    created: &DynamicObject,
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<()> {
     if kind != "Job" && kind != "Pod" {
         return Ok(());
     }
-    let deadline = Instant::now() + timeout;
+    let name = created.metadata.name.clone().unwrap_or_default();
+    let uid = created.metadata.uid.clone().unwrap_or_default();
+    let mut rv = created.metadata.resource_version.clone().unwrap_or_default();
+    let what = format!("hook {kind}/{name}");
+    let value = |o: &DynamicObject| serde_json::to_value(o).unwrap_or(Value::Null);
+    let decided = |state: HookState| match state {
+        HookState::Running => None,
+        HookState::Succeeded => Some(Ok(())),
+        HookState::Failed(why) => Some(Err(Error::Apply { message: why, transient: false })),
+    };
+    if let Some(r) = decided(hook_progress(kind, &uid, HookEvent::Seen(&value(created)))) {
+        return r;
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    // The last state seen, to say where the hook was when time ran out.
+    let mut last = value(created);
+    let timed_out =
+        |last: &Value| Error::Timeout(format!("{what} did not finish in {timeout:?} ({})", describe(kind, last)));
     loop {
-        let o = api.get(name).await.map_err(|e| Error::kube(format!("get hook {kind}/{name}"), e))?;
-        match hook_state(kind, &o.data) {
-            HookState::Succeeded => return Ok(()),
-            HookState::Failed(why) => return Err(Error::Apply { message: why, transient: false }),
-            HookState::Running => {}
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Timeout(format!(
-                "hook {kind}/{name} did not finish in {timeout:?} ({})",
-                describe(kind, &o.data)
-            )));
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let wp = WatchParams::default()
+            .fields(&format!("metadata.name={name}"))
+            .timeout(left.as_secs().clamp(1, 290) as u32);
+        // `false`: the watch cannot go on from `rv` (expired, or an error):
+        // read the hook again before watching anew.
+        let resumable = match api.watch(&wp, &rv).await {
+            Ok(stream) => {
+                let mut stream = std::pin::pin!(stream);
+                loop {
+                    let next = tokio::select! {
+                        () = cancel.cancelled() => return Err(Error::Timeout(format!("{what}: cancelled"))),
+                        () = tokio::time::sleep_until(deadline) => return Err(timed_out(&last)),
+                        next = stream.next() => next,
+                    };
+                    let (event, o) = match next {
+                        // The server ended the watch (its timeout): go on from `rv`.
+                        None => break true,
+                        Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => ("seen", o),
+                        Some(Ok(WatchEvent::Deleted(o))) => ("deleted", o),
+                        Some(Ok(WatchEvent::Bookmark(b))) => {
+                            rv = b.metadata.resource_version;
+                            continue;
+                        }
+                        Some(Ok(WatchEvent::Error(_)) | Err(_)) => break false,
+                    };
+                    if let Some(v) = &o.metadata.resource_version {
+                        rv.clone_from(v);
+                    }
+                    let v = value(&o);
+                    let ev = if event == "seen" { HookEvent::Seen(&v) } else { HookEvent::Deleted(&v) };
+                    if let Some(r) = decided(hook_progress(kind, &uid, ev)) {
+                        return r;
+                    }
+                    last = v;
+                }
+            }
+            Err(_) => false,
+        };
+        if resumable {
+            continue;
         }
         tokio::select! {
-            () = cancel.cancelled() => return Err(Error::Timeout(format!("hook {kind}/{name}: cancelled"))),
+            () = cancel.cancelled() => return Err(Error::Timeout(format!("{what}: cancelled"))),
+            () = tokio::time::sleep_until(deadline) => return Err(timed_out(&last)),
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
+        let o = api.get_opt(&name).await.map_err(|e| Error::kube(format!("get {what}"), e))?;
+        let v = o.as_ref().map(value);
+        let ev = v.as_ref().map_or(HookEvent::Missing, HookEvent::Seen);
+        if let Some(r) = decided(hook_progress(kind, &uid, ev)) {
+            return r;
+        }
+        if let Some(v) = v {
+            last = v;
+        }
+        if let Some(v) = o.and_then(|o| o.metadata.resource_version) {
+            rv = v;
+        }
+    }
+}
+
+/// A change to a hook Job or Pod being waited for.
+#[derive(Debug, Clone, Copy)]
+pub enum HookEvent<'a> {
+    /// The object as read or watched (created or changed).
+    Seen(&'a Value),
+    /// A watch saw it deleted: its last state.
+    Deleted(&'a Value),
+    /// A read found no object of that name.
+    Missing,
+}
+
+/// Where the hook this apply created (`uid`) is after `ev`. Helm's rule
+/// (its legacy waiter: Helm 3's, `--wait=legacy` in Helm 4): a hook that is
+/// deleted while it is waited for is done, so a Job removed by its
+/// `ttlSecondsAfterFinished` the moment it completes counts as succeeded.
+/// Stricter than Helm: a deleted hook whose last state says it failed is
+/// failed. An object of that name with another uid means ours is gone. Pure.
+pub fn hook_progress(kind: &str, uid: &str, ev: HookEvent<'_>) -> HookState {
+    let ours = |o: &Value| o.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid);
+    match ev {
+        HookEvent::Seen(o) if ours(o) => hook_state(kind, o),
+        HookEvent::Seen(_) | HookEvent::Missing => HookState::Succeeded,
+        HookEvent::Deleted(o) if ours(o) => match hook_state(kind, o) {
+            HookState::Failed(why) => HookState::Failed(format!("{why} (then deleted)")),
+            HookState::Succeeded | HookState::Running => HookState::Succeeded,
+        },
+        // Not ours (an older object of that name): nothing about ours.
+        HookEvent::Deleted(_) => HookState::Running,
     }
 }
 
@@ -821,6 +942,7 @@ mod tests {
             chart_digest: "sha256:a".into(),
             values_digest: "sha256:b".into(),
             max_history: 0,
+            crds: CrdPolicy::CreateReplace,
         }
     }
 
@@ -879,6 +1001,93 @@ mod tests {
         assert_eq!(names("pre-upgrade"), vec!["b"]);
         assert_eq!(names("post-install"), vec!["p"]);
         assert!(names("post-upgrade").is_empty());
+    }
+
+    #[test]
+    fn the_crd_policy_marks_the_charts_crds_only() {
+        use crate::objects::DesiredObject;
+        use crate::resource::ResourceInfo;
+        let crd = |name: &str| {
+            json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                   "metadata": {"name": name}, "spec": {"group": "example.com"}})
+        };
+        let crd_res = ResourceInfo::test(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            false,
+        );
+        let cm_res = ResourceInfo::test("", "v1", "ConfigMap", "configmaps", true);
+        let object = |file: &str, v: Value, res: &ResourceInfo| {
+            let mut man = manifest_of(&v);
+            man.origin.file = file.into();
+            DesiredObject::build(man, res.clone(), "web", "apps").unwrap()
+        };
+        let plan = || Plan {
+            bundle: "web".into(),
+            objects: vec![
+                object("helm/crds/widgets.yaml", crd("widgets.example.com"), &crd_res),
+                // A CRD of the templates is a release object: Helm upgrades it.
+                object("helm/templates/gadgets.yaml", crd("gadgets.example.com"), &crd_res),
+                object(
+                    "helm/templates/cm.yaml",
+                    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}}),
+                    &cm_res,
+                ),
+            ],
+            ..Default::default()
+        };
+        let modes = |policy: CrdPolicy| {
+            let mut p = plan();
+            crd_policy(&mut p, &ReleaseSpec { crds: policy, ..spec() });
+            p.objects.iter().map(|o| o.write).collect::<Vec<_>>()
+        };
+        use WriteMode::{Apply, CreateOnly};
+        assert_eq!(modes(CrdPolicy::Create), vec![CreateOnly, Apply, Apply]);
+        assert_eq!(modes(CrdPolicy::CreateReplace), vec![Apply, Apply, Apply]);
+        // Skip leaves them out of the artifact; whatever is there is applied.
+        assert_eq!(modes(CrdPolicy::Skip), vec![Apply, Apply, Apply]);
+    }
+
+    #[test]
+    fn hook_progress_follows_helms_rule_for_deleted_hooks() {
+        let job = |uid: &str, cond: Option<&str>| {
+            let mut j = json!({"kind": "Job", "metadata": {"name": "j", "uid": uid}});
+            if let Some(t) = cond {
+                j["status"] = json!({"conditions": [{"type": t, "status": "True", "message": "backoff"}]});
+            }
+            j
+        };
+        fn p(ev: HookEvent<'_>) -> HookState {
+            hook_progress("Job", "u1", ev)
+        }
+        // Ours, as seen: its own state.
+        assert_eq!(p(HookEvent::Seen(&job("u1", None))), HookState::Running);
+        assert_eq!(p(HookEvent::Seen(&job("u1", Some("Complete")))), HookState::Succeeded);
+        assert!(matches!(p(HookEvent::Seen(&job("u1", Some("Failed")))), HookState::Failed(_)));
+        // Ours, deleted (a TTL of 0 deletes it as it completes; or deleted while
+        // running): done, as Helm counts it; unless its last state is Failed.
+        assert_eq!(p(HookEvent::Deleted(&job("u1", Some("Complete")))), HookState::Succeeded);
+        assert_eq!(p(HookEvent::Deleted(&job("u1", None))), HookState::Succeeded);
+        assert!(
+            matches!(p(HookEvent::Deleted(&job("u1", Some("Failed")))), HookState::Failed(m) if m.contains("backoff"))
+        );
+        // Gone when read again, or replaced by another object of that name: ours was deleted.
+        assert_eq!(p(HookEvent::Missing), HookState::Succeeded);
+        assert_eq!(p(HookEvent::Seen(&job("u2", None))), HookState::Succeeded);
+        // Another object of that name deleted: says nothing about ours.
+        assert_eq!(p(HookEvent::Deleted(&job("u0", Some("Complete")))), HookState::Running);
+        // Pods by their phase, the same rule.
+        let pod = |uid: &str, phase: &str| json!({"metadata": {"uid": uid}, "status": {"phase": phase}});
+        assert_eq!(
+            hook_progress("Pod", "u1", HookEvent::Deleted(&pod("u1", "Running"))),
+            HookState::Succeeded
+        );
+        assert!(matches!(
+            hook_progress("Pod", "u1", HookEvent::Deleted(&pod("u1", "Failed"))),
+            HookState::Failed(_)
+        ));
     }
 
     #[test]

@@ -185,6 +185,18 @@ pub enum MetaKey {
     Annotation(String),
 }
 
+/// How the engine writes an object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Server-side apply: create it, or bring it to the desired state.
+    #[default]
+    Apply,
+    /// Create it when it is missing; never change an existing one (a Helm
+    /// chart's `crds/` under `crds: Create`). It stays in the plan, so in the
+    /// inventory: it is never pruned because it was left alone.
+    CreateOnly,
+}
+
 /// An object exactly as the agent applies it.
 #[derive(Debug, Clone)]
 pub struct DesiredObject {
@@ -202,6 +214,8 @@ pub struct DesiredObject {
     pub origin: Origin,
     /// Label and annotation keys it sets.
     pub meta_keys: Vec<MetaKey>,
+    /// How it is written ([`WriteMode::Apply`] unless the bundle says otherwise).
+    pub write: WriteMode,
 }
 
 impl DesiredObject {
@@ -270,7 +284,7 @@ impl DesiredObject {
         let hash = hash_hex(body.as_bytes());
         let key = ObjKey { group: resource.group.clone(), kind, namespace, name };
         let stage = Stage::of(&key.group, &key.kind);
-        Ok(DesiredObject { key, resource, stage, body, hash, origin, meta_keys })
+        Ok(DesiredObject { key, resource, stage, body, hash, origin, meta_keys, write: WriteMode::Apply })
     }
 
     /// The body as a JSON value (parsed on demand; bodies are kept as text to

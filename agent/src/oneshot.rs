@@ -251,7 +251,12 @@ async fn plan_dir(
             target_namespace,
         )
         .await
-        .map(|p| (p, helm))
+        .map(|mut p| {
+            if let Some(h) = &helm {
+                crate::helmrelease::crd_policy(&mut p, &h.spec);
+            }
+            (p, helm)
+        })
 }
 
 /// Verify and apply a build directory: same engine, inventory, prune and

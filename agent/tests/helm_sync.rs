@@ -4,7 +4,9 @@
 //! written after success, an upgrade is numbered from the existing records
 //! (revision 1 superseded, 2 deployed), and a failing pre-upgrade hook is
 //! recorded as a `failed` revision without touching the release's objects,
-//! then retried with backoff as a new revision (never left pending).
+//! then retried with backoff as a new revision (never left pending); the
+//! chart's `crds/` under `crds: Create` (created when missing, never changed,
+//! never pruned) and `CreateReplace` (updated).
 
 mod common;
 
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use convoy_agent::{Agent, AgentConfig, KubeSource, Tuning};
-use convoy_helm::release::{ReleaseSpec, decode_release};
+use convoy_helm::release::{CrdPolicy, ReleaseSpec, decode_release};
 use convoy_proto::v1 as pb;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +23,10 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 const FLEET: &str = "apiVersion: convoy.dev/v1\nkind: GitSource\nmetadata:\n  name: repo\nspec:\n  url: https://git.example/fleet.git\n---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: web\nspec:\n  source: repo\n  path: web\n  prune: true\n  wait: true\n  timeout: 4s\n  targets:\n    - clusterSelector: {}\n";
 
 fn record(greeting: &str) -> String {
+    record_with(greeting, CrdPolicy::CreateReplace)
+}
+
+fn record_with(greeting: &str, crds: CrdPolicy) -> String {
     let spec = ReleaseSpec {
         name: "web".into(),
         namespace: "apps".into(),
@@ -32,6 +38,7 @@ fn record(greeting: &str) -> String {
         chart_digest: format!("sha256:{}", "a".repeat(64)),
         values_digest: format!("sha256:{}", "b".repeat(64)),
         max_history: 0,
+        crds,
     };
     serde_json::to_string(&spec.to_object()).unwrap()
 }
@@ -456,5 +463,145 @@ async fn heavy_convoy_test_runs_test_hooks_in_order_and_reports_one_event() {
     assert!(ev.message.contains("helm release web is not deployed: revision"), "{}", ev.message);
     assert_eq!(pods(sim), pods_before, "a refused run writes nothing");
 
+    env.stop().await;
+}
+
+/// The chart's CRD, `description` marking its content.
+fn widget_crd(description: &str) -> String {
+    format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.example.com\nspec:\n  group: example.com\n  scope: Namespaced\n  names:\n    plural: widgets\n    singular: widget\n    kind: Widget\n    listKind: WidgetList\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        description: {description}\n        x-kubernetes-preserve-unknown-fields: true\n"
+    )
+}
+
+/// A Helm artifact whose chart has a CRD in `crds/` and a custom resource of it in its templates.
+fn crd_artifact(crds: CrdPolicy, crd_description: &str, greeting: &str) -> Vec<u8> {
+    pack(&[
+        ("helm/release.yaml", record_with(greeting, crds)),
+        ("helm/crds/widgets.yaml", widget_crd(crd_description)),
+        (
+            "helm/templates/widget.yaml",
+            format!(
+                "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: {greeting}\n"
+            ),
+        ),
+        ("helm/templates/cm.yaml", configmap("web-settings", greeting)),
+    ])
+    .bytes
+}
+
+const CRD: &str = "widgets.example.com";
+
+/// `crds: Create` (Flux helm-controller's semantics): the install creates the
+/// chart's CRD; an upgrade whose chart changes the CRD leaves the live CRD
+/// exactly as it is (its generation does not move) and keeps its custom
+/// resources, and a revision that still has the CRD never deletes it (prune
+/// is on); a CRD deleted out of band is created again. Then `CreateReplace`
+/// updates it, custom resources kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_crds_create_creates_missing_crds_and_never_changes_or_prunes_an_existing_one() {
+    let env = Env::start(FLEET).await;
+    let sim = &env.sim;
+    let description = |sim: &kube_sim::KubeSim| {
+        let crd = sim.object("apiextensions.k8s.io", "customresourcedefinitions", "", CRD)?;
+        let d = crd.pointer("/spec/versions/0/schema/openAPIV3Schema/description")?.as_str()?.to_string();
+        Some((d, crd["metadata"]["generation"].as_i64().unwrap_or(0), crd["metadata"]["uid"].clone()))
+    };
+    let widget_uid = |sim: &kube_sim::KubeSim| {
+        sim.object("example.com", "widgets", "apps", "w1").map(|w| w["metadata"]["uid"].clone())
+    };
+    let crd_changes = |sim: &kube_sim::KubeSim, kind: &str| {
+        sim.changes(&[("apiextensions.k8s.io", "customresourcedefinitions"), ("example.com", "widgets")])
+            .into_iter()
+            .filter(|c| c.kind == kind)
+            .count()
+    };
+
+    // Install: the CRD is created (it is missing), then its custom resource.
+    env.publish(1, &crd_artifact(CrdPolicy::Create, "one", "s"));
+    let st = env.phase(1, pb::Phase::Ready).await;
+    assert_eq!(st.objects.unwrap().total, 3, "the CRD is in the bundle's inventory");
+    let (d, generation, crd_uid) = description(sim).expect("the install created the chart's CRD");
+    assert_eq!((d.as_str(), generation), ("one", 1));
+    let w1 = widget_uid(sim).expect("the custom resource is applied");
+    let recs = records(sim);
+    assert_eq!((recs[0].0, recs[0].1.as_str()), (1, "deployed"));
+
+    // Upgrade under Create with a changed CRD: the live CRD is not written.
+    env.publish(2, &crd_artifact(CrdPolicy::Create, "two", "m"));
+    let st = env.phase(2, pb::Phase::Ready).await;
+    assert_eq!(st.objects.unwrap().total, 3, "the CRD left alone stays in the inventory");
+    assert_eq!(
+        description(sim).unwrap(),
+        ("one".to_string(), 1, crd_uid.clone()),
+        "crds: Create never changes an existing CRD"
+    );
+    assert_eq!(widget_uid(sim), Some(w1.clone()), "the custom resource is the same object");
+    assert_eq!(sim.object("example.com", "widgets", "apps", "w1").unwrap()["spec"]["size"], "m");
+    assert_eq!(crd_changes(sim, "DELETED"), 0, "nothing of the CRD or its resources was deleted");
+    // A later revision under Create that still has the CRD: still never pruned.
+    env.publish(3, &crd_artifact(CrdPolicy::Create, "two", "l"));
+    env.phase(3, pb::Phase::Ready).await;
+    assert_eq!(description(sim).unwrap(), ("one".to_string(), 1, crd_uid.clone()));
+    assert_eq!(widget_uid(sim), Some(w1.clone()));
+    assert_eq!(crd_changes(sim, "DELETED"), 0);
+    assert!(records(sim).iter().any(|r| r.0 == 3 && r.1 == "deployed"));
+
+    // Deleted out of band: created again (from the chart as it is now).
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client(sim));
+    crds.delete(CRD, &Default::default()).await.unwrap();
+    let (d, _, uid) = eventually(30, "the deleted CRD created again", || async {
+        description(sim).filter(|(_, _, uid)| *uid != crd_uid)
+    })
+    .await;
+    assert_eq!(d, "two");
+    eventually(30, "the custom resource applied again", || async { widget_uid(sim) }).await;
+
+    // CreateReplace: the CRD is updated in place; its custom resource stays.
+    let w1 = widget_uid(sim).unwrap();
+    env.publish(4, &crd_artifact(CrdPolicy::CreateReplace, "three", "l"));
+    env.phase(4, pb::Phase::Ready).await;
+    let (d, generation, same_uid) = description(sim).unwrap();
+    assert_eq!((d.as_str(), same_uid), ("three", uid));
+    assert!(generation >= 2, "updated in place: generation {generation}");
+    assert_eq!(widget_uid(sim), Some(w1));
+
+    env.stop().await;
+}
+
+/// A hook Job with `ttlSecondsAfterFinished: 0` (ingress-nginx's admission
+/// Jobs) is deleted by the TTL-after-finished controller the moment it
+/// completes. The agent watches the hook from its creation, so it sees the
+/// Job complete (or deleted), and counts it done as Helm does: the release
+/// is `deployed`, the Jobs are gone, and both completed before they went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_hook_job_deleted_by_its_ttl_when_it_completes_counts_as_done() {
+    let env = Env::start(FLEET).await;
+    let sim = &env.sim;
+    let ttl_job = |name: &str, events: &str| {
+        hook_job(name, events, "")
+            .replace("spec:\n  template:", "spec:\n  ttlSecondsAfterFinished: 0\n  template:")
+    };
+    let pre = format!("{}---\n{}", ttl_job("create-secret", "pre-install"), ttl_job("patch", "post-install"));
+    assert!(pre.contains("ttlSecondsAfterFinished: 0"), "{pre}");
+    env.publish(1, &helm_artifact("hi", &pre));
+    env.phase(1, pb::Phase::Ready).await;
+    let recs = records(sim);
+    assert_eq!((recs.len(), recs[0].1.as_str()), (1, "deployed"), "{recs:?}");
+    let changes = sim.changes(&[("batch", "jobs")]);
+    for job in ["create-secret", "patch"] {
+        assert!(sim.object("batch", "jobs", "apps", job).is_none(), "{job}: deleted by its TTL");
+        let of = |f: &dyn Fn(&kube_sim::Change) -> bool| changes.iter().position(|c| c.name == job && f(c));
+        let complete = of(&|c| {
+            c.object["status"]["conditions"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["type"] == "Complete" && x["status"] == "True"))
+        })
+        .unwrap_or_else(|| panic!("{job} completed: {changes:?}"));
+        let deleted = of(&|c| c.kind == "DELETED").unwrap_or_else(|| panic!("{job} deleted: {changes:?}"));
+        assert!(complete < deleted, "{job}: {changes:?}");
+    }
+    // The post-install hook ran after the release's object was written.
+    assert_eq!(sim.object("", "configmaps", "apps", "web-settings").unwrap()["data"]["k"], "hi");
     env.stop().await;
 }

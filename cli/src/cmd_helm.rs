@@ -64,6 +64,15 @@ pub struct HelmBuildArgs {
     /// Revisions of the release record kept in the cluster.
     #[arg(long, requires = "chart", default_value_t = convoy_helm::release::DEFAULT_MAX_HISTORY)]
     pub max_history: u32,
+    /// The chart's `crds/`: `CreateReplace` (create and update), `Create`
+    /// (create missing ones, never change an existing one) or `Skip`.
+    #[arg(long, requires = "chart", default_value = "CreateReplace", value_parser = crd_policy)]
+    pub crds: convoy_helm::release::CrdPolicy,
+}
+
+fn crd_policy(s: &str) -> Result<convoy_helm::release::CrdPolicy, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("{s:?}: expected CreateReplace, Create or Skip"))
 }
 
 /// `X.Y` -> `v X.Y.0`; `vX.Y.Z` and `X.Y.Z` are kept (with a `v`).
@@ -162,7 +171,7 @@ pub(crate) fn build_chart(a: &BuildArgs) -> anyhow::Result<ExitCode> {
     for w in &rendered.warnings {
         eprintln!("warning: {w}");
     }
-    let build = release_build(&rendered, &chart, values, &release, &h.namespace, h.max_history, true)?;
+    let build = release_build(&rendered, &chart, values, &release, &h.namespace, h.max_history, h.crds)?;
     let art = convoy_artifact::pack_files(build.files, &Limits::default())?;
     let statement = Statement::new(&name, &a.source_url, &a.revision, &art.digest, art.size, a.generation)
         .with_helm(StatementHelm {
@@ -199,5 +208,14 @@ mod tests {
         assert_eq!(super::kube_version("1.31"), "v1.31.0");
         assert_eq!(super::kube_version("v1.20.15"), "v1.20.15");
         assert_eq!(super::kube_version("1.29.3"), "v1.29.3");
+    }
+
+    #[test]
+    fn crd_policies_are_the_configs_spellings() {
+        use convoy_helm::release::CrdPolicy;
+        assert_eq!(super::crd_policy("CreateReplace"), Ok(CrdPolicy::CreateReplace));
+        assert_eq!(super::crd_policy("Create"), Ok(CrdPolicy::Create));
+        assert_eq!(super::crd_policy("Skip"), Ok(CrdPolicy::Skip));
+        assert!(super::crd_policy("create").unwrap_err().contains("CreateReplace, Create or Skip"));
     }
 }

@@ -340,8 +340,8 @@ pub struct HelmSpec {
     /// Values files on the hub's disk, merged in order over `values`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values_from: Vec<ValuesFrom>,
-    /// The chart's `crds/`: `CreateReplace` (default) or `Skip`
-    /// (`Create` is accepted and treated as `CreateReplace` for now).
+    /// The chart's `crds/`: `CreateReplace` (default), `Create` or `Skip`
+    /// (docs/helm.md, "CRDs").
     #[serde(default)]
     pub crds: CrdPolicy,
     /// Release records the agent keeps. Default 10.
@@ -381,16 +381,23 @@ pub struct ValuesFrom {
     pub optional: bool,
 }
 
-/// What to do with a chart's `crds/`.
+/// What to do with a chart's `crds/` (Flux helm-controller's policies).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CrdPolicy {
-    /// Apply them in the CRD stage (the default).
+    /// Create missing CRDs and update existing ones, in the CRD stage (the default).
     #[default]
     CreateReplace,
-    /// Same as `CreateReplace` for now.
+    /// Create missing CRDs, on install and upgrade; never change an existing one.
     Create,
     /// Leave them out of the artifact.
     Skip,
+}
+
+impl CrdPolicy {
+    /// Whether this is the default (`CreateReplace`).
+    pub fn is_default(&self) -> bool {
+        *self == CrdPolicy::CreateReplace
+    }
 }
 
 impl HelmSpec {

@@ -4,7 +4,8 @@
 //! usual artifact checks apply):
 //! - `helm/release.yaml`: the `convoy.dev/v1 HelmRelease` record
 //!   ([`crate::release::ReleaseSpec`]); agents use it, never apply it;
-//! - `helm/crds/<file>`: the chart's `crds/` (omitted with `crds: Skip`);
+//! - `helm/crds/<file>`: the chart's `crds/` (omitted with `crds: Skip`; the
+//!   record's `crds` says how the agent applies them);
 //! - `helm/templates/<template>`: the release's objects, one file per template;
 //! - `helm/hooks/<template>`: hooks, with their `helm.sh/hook*` annotations;
 //! - `helm/tests/<template>`: test hooks (`helm.sh/hook: test`), apart from
@@ -17,7 +18,7 @@ use std::path::Path;
 use sha2::{Digest as _, Sha256};
 
 use crate::output::{Rendered, by_template};
-use crate::release::ReleaseSpec;
+use crate::release::{CrdPolicy, ReleaseSpec};
 use crate::{ChartInput, Error, Result};
 
 /// The release record's path in an artifact.
@@ -28,14 +29,10 @@ pub const TESTS_DIR: &str = "helm/tests/";
 pub const HOOKS_DIR: &str = "helm/hooks/";
 
 /// The artifact files of a rendered release, sorted by path.
-pub fn artifact_files(
-    r: &Rendered,
-    spec: &ReleaseSpec,
-    include_crds: bool,
-) -> Result<Vec<(String, Vec<u8>)>> {
+pub fn artifact_files(r: &Rendered, spec: &ReleaseSpec) -> Result<Vec<(String, Vec<u8>)>> {
     let mut files = Vec::new();
     files.push((RECORD_FILE.to_string(), yaml(&[&spec.to_object()])?));
-    if include_crds {
+    if spec.crds != CrdPolicy::Skip {
         for c in &r.crds {
             let name = if c.filename.is_empty() {
                 c.name.rsplit('/').next().unwrap_or(&c.name)
@@ -85,7 +82,9 @@ pub struct ReleaseBuild {
 }
 
 /// The release record of `rendered` (rendered from `chart` with the merged
-/// user `values`) and its artifact files.
+/// user `values`) and its artifact files; `crds` is the chart's CRD policy
+/// (`Skip` leaves `helm/crds/` out; the record carries any other but the default).
+#[allow(clippy::too_many_arguments)]
 pub fn release_build(
     rendered: &Rendered,
     chart: &ChartInput,
@@ -93,7 +92,7 @@ pub fn release_build(
     release: &str,
     namespace: &str,
     max_history: u32,
-    include_crds: bool,
+    crds: CrdPolicy,
 ) -> Result<ReleaseBuild> {
     let (chart_digest, values_digest) = (chart_digest(chart)?, crate::values::values_digest(&values));
     let spec = ReleaseSpec {
@@ -107,9 +106,10 @@ pub fn release_build(
         chart_digest: chart_digest.clone(),
         values_digest: values_digest.clone(),
         max_history,
+        crds,
     };
     Ok(ReleaseBuild {
-        files: artifact_files(rendered, &spec, include_crds)?,
+        files: artifact_files(rendered, &spec)?,
         chart: rendered.chart.name.clone(),
         version: rendered.chart.version.clone(),
         chart_digest,

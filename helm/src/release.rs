@@ -13,6 +13,8 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use convoy_core::config::CrdPolicy;
+
 use crate::{Error, Result};
 
 /// `apiVersion` of the release record in an artifact.
@@ -51,6 +53,11 @@ pub struct ReleaseSpec {
     /// Revisions kept (older records are deleted). 0 means the default.
     #[serde(default)]
     pub max_history: u32,
+    /// How the agent applies the chart's `crds/` (`helm/crds/` in the
+    /// artifact). Written only when it is not the default `CreateReplace`, so
+    /// records of default bundles keep their bytes.
+    #[serde(default, skip_serializing_if = "CrdPolicy::is_default")]
+    pub crds: CrdPolicy,
 }
 
 impl ReleaseSpec {
@@ -312,6 +319,7 @@ mod tests {
             chart_digest: "sha256:a".into(),
             values_digest: "sha256:b".into(),
             max_history: 0,
+            crds: CrdPolicy::CreateReplace,
         }
     }
 
@@ -320,6 +328,15 @@ mod tests {
         let o = spec().to_object();
         assert!(ReleaseSpec::is_record(&o));
         assert_eq!(ReleaseSpec::from_object(&o).unwrap(), spec());
+        // The default CRD policy is not written (records keep their bytes);
+        // any other is, and reads back.
+        assert!(o["spec"].get("crds").is_none(), "{o}");
+        for policy in [CrdPolicy::Create, CrdPolicy::Skip] {
+            let s = ReleaseSpec { crds: policy, ..spec() };
+            let o = s.to_object();
+            assert_eq!(o["spec"]["crds"], serde_json::to_value(policy).unwrap());
+            assert_eq!(ReleaseSpec::from_object(&o).unwrap(), s);
+        }
         assert_eq!(spec().history_limit(), 10);
         assert!(!ReleaseSpec::is_record(&json!({"apiVersion": "v1", "kind": "HelmRelease"})));
     }

@@ -18,7 +18,7 @@ use convoy_artifact::Limits;
 use convoy_core::backoff;
 use convoy_core::chartsrc::{HelmRepositorySpec, OciRepositorySpec};
 use convoy_core::clock::now_ms;
-use convoy_core::config::{CrdPolicy, FleetConfig, HelmSpec};
+use convoy_core::config::{FleetConfig, HelmSpec};
 use convoy_core::duration::HumanDuration;
 use convoy_core::pipeline::{BuildError, BuiltArtifact, ResolvedChart, SourceStatus};
 use convoy_core::status::{Condition, Phase, READY, RECONCILING, STALLED, set_condition};
@@ -912,7 +912,7 @@ pub fn render_chart_archive(
     }
     // No render input: a repository chart is not rendered per cluster yet
     // (docs/helm.md, "What is not done").
-    pack_release(&rendered, req, spec.max_history.unwrap_or(0), spec.crds != CrdPolicy::Skip, limits)
+    pack_release(&rendered, req, spec.max_history.unwrap_or(0), spec.crds, limits)
 }
 
 #[cfg(test)]

@@ -170,6 +170,11 @@ pub struct HelmInput {
     pub max_history: u32,
     /// Whether the chart's `crds/` go into the artifact.
     pub include_crds: bool,
+    /// `crds: Create`: the agent creates missing CRDs and never changes an
+    /// existing one. Absent (false) in inputs stored before it existed, and
+    /// not written when false, so those inputs keep their bytes and digest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub crds_create_only: bool,
     /// `helm.chart`: the chart must have this name.
     pub expect_chart: Option<String>,
     /// `helm.version`: the chart must have this version.
@@ -185,6 +190,15 @@ impl HelmInput {
     pub fn to_bytes(&self) -> Vec<u8> {
         let v = serde_json::to_value(self).expect("a HelmInput always serializes");
         convoy_helm::values::canonical_json(&v).into_bytes()
+    }
+
+    /// The chart's CRD policy this input renders with.
+    pub fn crd_policy(&self) -> CrdPolicy {
+        match (self.include_crds, self.crds_create_only) {
+            (false, _) => CrdPolicy::Skip,
+            (true, true) => CrdPolicy::Create,
+            (true, false) => CrdPolicy::CreateReplace,
+        }
     }
 
     /// Parse the stored form.
@@ -229,13 +243,16 @@ impl HelmInput {
             &self.release,
             &self.namespace,
         );
-        let opts = serde_json::json!({
+        let mut opts = serde_json::json!({
             "base": base,
             "maxHistory": self.max_history,
             "crds": self.include_crds,
             "chart": self.expect_chart,
             "version": self.expect_version,
         });
+        if self.crds_create_only {
+            opts["crdsCreateOnly"] = true.into();
+        }
         Ok(convoy_helm::values::sha256(convoy_helm::values::canonical_json(&opts).as_bytes()))
     }
 }
@@ -361,6 +378,7 @@ pub fn prepare_helm_with_deps(
         namespace,
         max_history: spec.max_history.unwrap_or(0),
         include_crds: spec.crds != CrdPolicy::Skip,
+        crds_create_only: spec.crds == CrdPolicy::Create,
         expect_chart: spec.chart.clone(),
         expect_version: spec.version.clone(),
         default_capabilities: default_capabilities.clone(),
@@ -406,7 +424,7 @@ pub fn render_input(
             rendered.chart.version
         )));
     }
-    pack_release(&rendered, req, input.max_history, input.include_crds, limits)
+    pack_release(&rendered, req, input.max_history, input.crd_policy(), limits)
 }
 
 /// Pack what `req` rendered in Helm's release layout into an artifact, with
@@ -415,7 +433,7 @@ pub fn pack_release(
     rendered: &convoy_helm::Rendered,
     req: RenderRequest,
     max_history: u32,
-    include_crds: bool,
+    crds: CrdPolicy,
     limits: &Limits,
 ) -> Result<HelmRendered> {
     let build = convoy_helm::bundle::release_build(
@@ -425,7 +443,7 @@ pub fn pack_release(
         &req.release_name,
         &req.namespace,
         max_history,
-        include_crds,
+        crds,
     )?;
     let artifact = convoy_artifact::pack_files(build.files, limits)?;
     Ok(HelmRendered {

@@ -5,7 +5,8 @@
 //! `.Capabilities`, the artifact in `convoy build --chart`'s layout (release
 //! record, hooks apart), the chart named for the statement, a `lookup`
 //! warning naming its template, a wrong chart version refused, `crds: Skip`
-//! leaving `crds/` out, a failing template named with its line; and, without
+//! leaving `crds/` out, `crds: Create` in the release record (the default
+//! not written), a failing template named with its line; and, without
 //! Helm's library, a Helm bundle fails `HelmUnavailable` while a plain bundle
 //! of the same source builds.
 
@@ -109,6 +110,7 @@ async fn heavy_a_chart_directory_in_a_gitsource_renders_with_merged_values() {
         "---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: web\nspec:\n  source: fleet\n  targets:\n  - clusterSelector: {{}}\n  helm:\n    path: charts/greeter\n    chart: greeter\n    version: 0.3.0\n    releaseName: web\n    namespace: apps\n    kubeVersion: \"1.29\"\n    valuesFiles: [envs/prod.yaml]\n    values:\n      color: inline\n      size: inline\n    valuesFrom:\n    - file: {}\n      key: sizes\n      targetPath: size\n\
          ---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: wrong-version\nspec:\n  source: fleet\n  targets:\n  - clusterSelector: {{}}\n  helm:\n    path: charts/greeter\n    version: 9.9.9\n\
          ---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: no-crds\nspec:\n  source: fleet\n  targets:\n  - clusterSelector: {{}}\n  helm:\n    path: charts/greeter\n    crds: Skip\n\
+         ---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: crds-create\nspec:\n  source: fleet\n  targets:\n  - clusterSelector: {{}}\n  helm:\n    path: charts/greeter\n    crds: Create\n\
          ---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata:\n  name: broken\nspec:\n  source: fleet\n  targets:\n  - clusterSelector: {{}}\n  helm:\n    path: charts/broken\n",
         from.display()
     );
@@ -122,8 +124,8 @@ async fn heavy_a_chart_directory_in_a_gitsource_renders_with_merged_values() {
     let shutdown = CancellationToken::new();
     let (sources, task) = Sources::start(cfg, fleet_rx, shutdown.clone()).unwrap();
     let mut builds = sources.builds();
-    let b = wait_for(&mut builds, "five builds", |m| {
-        ["web", "wrong-version", "plain", "no-crds", "broken"].iter().all(|n| done(m, n))
+    let b = wait_for(&mut builds, "six builds", |m| {
+        ["web", "wrong-version", "plain", "no-crds", "crds-create", "broken"].iter().all(|n| done(m, n))
     })
     .await;
 
@@ -171,6 +173,9 @@ async fn heavy_a_chart_directory_in_a_gitsource_renders_with_merged_values() {
     assert_eq!((spec.name.as_str(), spec.namespace.as_str()), ("web", "apps"));
     assert_eq!(spec.config, merged, "the record holds the merged user values (what helm get values shows)");
     assert_eq!(spec.values_digest, helm.values_digest);
+    // The default CRD policy is not written: default records keep their bytes.
+    assert!(record["spec"].get("crds").is_none(), "{record}");
+    assert_eq!(spec.crds, convoy_helm::release::CrdPolicy::CreateReplace);
 
     let err = b["wrong-version"].error.clone().expect("a wrong chart version fails the build");
     assert_eq!(err.reason, "InvalidConfig");
@@ -184,6 +189,13 @@ async fn heavy_a_chart_directory_in_a_gitsource_renders_with_merged_values() {
         fs.contains_key("helm/release.yaml") && !fs.keys().any(|k| k.starts_with("helm/crds/")),
         "{fs:?}"
     );
+    // crds: Create keeps them and tells the agent in the release record.
+    let create = b["crds-create"].artifact.clone().expect("crds-create builds");
+    let fs = files(&sources.store().read(&create.digest).unwrap());
+    assert!(fs.contains_key("helm/crds/greeter/crds/widgets.yaml"), "{fs:?}");
+    assert_eq!(fs["helm/release.yaml"][0]["spec"]["crds"], "Create");
+    let spec = convoy_helm::release::ReleaseSpec::from_object(&fs["helm/release.yaml"][0]).unwrap();
+    assert_eq!(spec.crds, convoy_helm::release::CrdPolicy::Create);
 
     // A template that fails names the template and the line; nothing is built.
     let err = b["broken"].error.clone().expect("a broken template fails the build");

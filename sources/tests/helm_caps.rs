@@ -242,6 +242,7 @@ fn the_render_key_follows_every_input_that_changes_the_output() {
         |i: &mut HelmInput| i.namespace = "other".into(),
         |i: &mut HelmInput| i.max_history = 3,
         |i: &mut HelmInput| i.include_crds = false,
+        |i: &mut HelmInput| i.crds_create_only = true,
         |i: &mut HelmInput| i.files[0].1 = "YQ==".into(),
     ] {
         let mut other = input.clone();

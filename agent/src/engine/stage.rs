@@ -12,14 +12,14 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Action, ApplyOptions, ApplyReport, Engine, ObjectResult, Plan, entry_for, live_matches, merge_errors,
-    meta_of,
+    Action, ApplyOptions, ApplyReport, Engine, ObjectResult, Plan, createonly, entry_for, live_matches,
+    merge_errors, meta_of,
 };
 use crate::diff::changed_fields;
 use crate::health::{self, HealthStatus};
 use crate::inventory::{self, Entry, Inventory};
 use crate::kubeapi::{MetaOnly, ObjApi};
-use crate::objects::{DesiredObject, ObjKey, Stage};
+use crate::objects::{DesiredObject, ObjKey, Stage, WriteMode};
 use crate::resource::ResourceInfo;
 use crate::{Error, Result};
 
@@ -38,12 +38,14 @@ struct Applied {
     entry: Entry,
     /// The API server's answer already says Established=True (CRDs).
     established: bool,
+    /// Detail for the report (a create-only object left alone).
+    message: &'static str,
 }
 
 impl Applied {
     fn new(action: Action, fields: Vec<String>, entry: Entry, m: Option<&MetaOnly>) -> Self {
         let established = m.is_some_and(|m| m.condition_true("Established"));
-        Applied { action, fields, entry, established }
+        Applied { action, fields, entry, established, message: "" }
     }
 }
 
@@ -180,7 +182,7 @@ impl Engine {
             let mut to_establish: Vec<&DesiredObject> = Vec::new();
             for (key, r) in results {
                 match r {
-                    Ok(Applied { action, fields, entry, established }) => {
+                    Ok(Applied { action, fields, entry, established, message }) => {
                         if matches!(action, Action::Created | Action::Configured | Action::Recreated) {
                             report.writes += 1;
                             if !established
@@ -193,7 +195,7 @@ impl Engine {
                             key: key.clone(),
                             action,
                             fields,
-                            message: String::new(),
+                            message: message.into(),
                         });
                         entries.insert(key, entry);
                     }
@@ -234,6 +236,7 @@ impl Engine {
 
     /// Apply one object; with `force`, an object the API server refuses to
     /// change in place (immutable fields) is deleted, awaited and created again.
+    /// A create-only object is created when missing and otherwise left alone.
     async fn apply_one(
         &self,
         obj: &DesiredObject,
@@ -241,6 +244,9 @@ impl Engine {
         live: Option<&Option<MetaOnly>>,
         force: bool,
     ) -> Result<Applied> {
+        if obj.write == WriteMode::CreateOnly {
+            return self.create_only(obj, prev, live, force).await;
+        }
         match self.apply_in_place(obj, prev, live, force).await {
             Err(Error::Immutable(fields)) if force => self.recreate(obj, fields).await,
             r => r,
@@ -280,6 +286,38 @@ impl Engine {
         }
         let (_, m) = api.apply_created(&obj.body, true).await?;
         Ok(Applied::new(Action::Recreated, names, entry_for(obj, Some(&m), obj.hash.clone()), Some(&m)))
+    }
+
+    /// A create-only object: created (server-side apply) when the cluster
+    /// does not have it, else not written (super::createonly decides).
+    async fn create_only(
+        &self,
+        obj: &DesiredObject,
+        prev: Option<&Entry>,
+        live: Option<&Option<MetaOnly>>,
+        force: bool,
+    ) -> Result<Applied> {
+        let api = ObjApi::new(&self.client, &obj.resource, &obj.key);
+        let live = match live {
+            Some(l) => l.clone(),
+            None => api.get_meta().await?,
+        };
+        match createonly::step(obj, prev, live.as_ref()) {
+            createonly::Step::Keep(entry) => Ok(Applied {
+                action: Action::Unchanged,
+                fields: Vec::new(),
+                entry: *entry,
+                established: false,
+                message: createonly::KEPT,
+            }),
+            createonly::Step::Create => {
+                // Created between the read and this apply by someone else, it
+                // is applied over (200 instead of 201): reported as configured.
+                let (created, m) = api.apply_created(&obj.body, force).await?;
+                let action = if created { Action::Created } else { Action::Configured };
+                Ok(Applied::new(action, Vec::new(), entry_for(obj, Some(&m), obj.hash.clone()), Some(&m)))
+            }
+        }
     }
 
     async fn apply_in_place(

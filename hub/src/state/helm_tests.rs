@@ -165,6 +165,7 @@ fn helm_input(replicas: u32) -> HelmInput {
         namespace: "apps".into(),
         max_history: 0,
         include_crds: true,
+        crds_create_only: false,
         expect_chart: None,
         expect_version: None,
         default_capabilities: Capabilities { kube_version: "v1.28.0".into(), api_versions: vec![] },

@@ -2,7 +2,8 @@
 //! StatefulSets, DaemonSets, Jobs, Pods) after a readiness delay, unpullable
 //! images that never become ready, PVC binding, LoadBalancer IPs, namespace
 //! termination, garbage collection through ownerReferences (background,
-//! foreground, orphan), and per-namespace defaults (ServiceAccount `default`,
+//! foreground, orphan), finished Jobs deleted after `ttlSecondsAfterFinished`
+//! (the TTL-after-finished controller), and per-namespace defaults (ServiceAccount `default`,
 //! ConfigMap `kube-root-ca.crt`). Also the objects every cluster starts with.
 
 use std::cmp::Reverse;
@@ -603,6 +604,32 @@ impl Controllers {
         }
     }
 
+    /// The TTL-after-finished controller: a finished Job (Complete or Failed)
+    /// with `spec.ttlSecondsAfterFinished` is deleted, with foreground
+    /// propagation as the real controller does, that many seconds after the
+    /// `lastTransitionTime` of its finished condition (at once for 0).
+    fn ttl_after_finished(&mut self, k: &ObjKey, obj: &Value) {
+        let Some(ttl) = obj.pointer("/spec/ttlSecondsAfterFinished").and_then(Value::as_i64) else { return };
+        let conds = obj.pointer("/status/conditions").and_then(Value::as_array);
+        let Some(finished) = conds
+            .into_iter()
+            .flatten()
+            .filter(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True")
+            .filter_map(|c| c["lastTransitionTime"].as_str()?.parse::<jiff::Timestamp>().ok())
+            .min()
+        else {
+            return;
+        };
+        let Ok(expire) = finished.checked_add(jiff::SignedDuration::from_secs(ttl.max(0))) else { return };
+        let left = expire.duration_since(jiff::Timestamp::now());
+        if left.is_positive() {
+            let left = Duration::try_from(left).unwrap_or_default();
+            self.schedule(Instant::now() + left, k.clone());
+        } else if let Some(rt) = self.rt_for(&k.0) {
+            self.delete_with(&rt, &k.1, &k.2, "Foreground");
+        }
+    }
+
     fn delete_child(&self, g: &GroupResource, ns: &str, name: &str) {
         if let Some(rt) = self.rt_for(g) {
             self.delete_with(&rt, ns, name, "Background");
@@ -1034,8 +1061,12 @@ impl Controllers {
                 });
             }
             ("batch", "jobs") => {
+                if condition(obj, "Complete") == Some("True") || condition(obj, "Failed") == Some("True") {
+                    self.ttl_after_finished(k, obj);
+                    return;
+                }
                 let suspended = obj.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false);
-                if suspended || condition(obj, "Complete") == Some("True") {
+                if suspended {
                     return;
                 }
                 let completions = obj.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1);

@@ -720,4 +720,63 @@ async fn run_to_completion_pods_succeed_or_fail_with_their_exit_code() {
         let (_, now) = s.get(&format!("/api/v1/namespaces/default/pods/{name}")).await;
         assert_eq!(now["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"], "{name}");
     }
+
+/// The TTL-after-finished controller (kube-controller-manager's
+/// `ttlafterfinished`): a finished Job with `ttlSecondsAfterFinished` is
+/// deleted that many seconds after it finished (0: at once), with foreground
+/// propagation, so its pods go first; its last state (Complete) is what a
+/// watcher sees deleted. A Job without the field stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_with_a_ttl_are_deleted_after_it() {
+    let s = Sim::with(SimConfig { readiness_delay: Duration::from_millis(50), ..Default::default() }).await;
+    let job = |name: &str, ttl: Option<i64>| {
+        let mut j = workload("Job", name, "busybox:1", json!({}));
+        if let Some(ttl) = ttl {
+            j["spec"]["ttlSecondsAfterFinished"] = json!(ttl);
+        }
+        j
+    };
+    for (name, ttl) in [("keep", None), ("now", Some(0)), ("later", Some(2))] {
+        let (c, v) = s
+            .apply(&format!("/apis/batch/v1/namespaces/default/jobs/{name}"), "t", false, job(name, ttl))
+            .await;
+        assert_eq!(c, 201, "{v}");
+    }
+    let path = |name: &str| format!("/apis/batch/v1/namespaces/default/jobs/{name}");
+    // `later` is seen Complete, then deleted no sooner than its TTL allows
+    // (lastTransitionTime has whole seconds: at least 1 s of the 2 remain).
+    eventually(20, || async {
+        let (_, j) = s.get(&path("later")).await;
+        cond(&j, "Complete").map(|_| ())
+    })
+    .await;
+    let complete_seen = Instant::now();
+    for name in ["now", "later"] {
+        eventually(20, || async { (s.get(&path(name)).await.0 == 404).then_some(()) }).await;
+    }
+    let waited = complete_seen.elapsed();
+    assert!(waited >= Duration::from_millis(800), "deleted {waited:?} after it was seen Complete");
+    let changes = s.sim.changes(&[("batch", "jobs"), ("", "pods")]);
+    for name in ["now", "later"] {
+        let deleted = changes
+            .iter()
+            .find(|c| c.resource == "jobs" && c.name == name && c.kind == "DELETED")
+            .unwrap_or_else(|| panic!("{name} deleted: {changes:?}"));
+        let complete = cond(&deleted.object, "Complete").expect("it finished before it was deleted");
+        assert_eq!(complete["status"], "True");
+        // Foreground: the Job's pods were deleted before the Job.
+        let pods_deleted: Vec<u64> = changes
+            .iter()
+            .filter(|c| {
+                c.resource == "pods" && c.kind == "DELETED" && c.name.starts_with(&format!("{name}-"))
+            })
+            .map(|c| c.resource_version)
+            .collect();
+        assert!(!pods_deleted.is_empty(), "{name}'s pods deleted: {changes:?}");
+        assert!(pods_deleted.iter().all(|rv| *rv < deleted.resource_version), "{changes:?}");
+    }
+    // The Job without a TTL finished with the others and is still there.
+    let (c, keep) = s.get(&path("keep")).await;
+    assert_eq!(c, 200);
+    assert_eq!(cond(&keep, "Complete").unwrap()["status"], "True");
 }
