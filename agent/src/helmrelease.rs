@@ -748,8 +748,9 @@ async fn wait_done(
     let deadline = tokio::time::Instant::now() + timeout;
     // The last state seen, to say where the hook was when time ran out.
     let mut last = value(created);
-    let timed_out =
-        |last: &Value| Error::Timeout(format!("{what} did not finish in {timeout:?} ({})", describe(kind, last)));
+    let timed_out = |last: &Value| {
+        Error::Timeout(format!("{what} did not finish in {timeout:?} ({})", describe(kind, last)))
+    };
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let wp = WatchParams::default()

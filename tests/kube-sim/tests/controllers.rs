@@ -720,6 +720,7 @@ async fn run_to_completion_pods_succeed_or_fail_with_their_exit_code() {
         let (_, now) = s.get(&format!("/api/v1/namespaces/default/pods/{name}")).await;
         assert_eq!(now["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"], "{name}");
     }
+}
 
 /// The TTL-after-finished controller (kube-controller-manager's
 /// `ttlafterfinished`): a finished Job with `ttlSecondsAfterFinished` is
