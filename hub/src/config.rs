@@ -280,6 +280,16 @@ pub struct StoreSettings {
     /// chart sets it). Default: the gRPC listen address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
+    /// `type: etcd`: etcd's `--max-txn-ops` (operations per transaction).
+    /// The hub never sends a commit with more keys put or compared; a
+    /// smaller value means smaller group commits. Default 10000, what
+    /// docs/operations.md asks etcd to run with.
+    #[serde(default = "default_max_txn_ops")]
+    pub max_txn_ops: usize,
+}
+
+fn default_max_txn_ops() -> usize {
+    10_000
 }
 
 fn default_lease_ttl() -> HumanDuration {
@@ -293,6 +303,7 @@ impl Default for StoreSettings {
             type_: StoreType::default(),
             endpoints: Vec::new(),
             prefix: default_store_prefix(),
+            max_txn_ops: default_max_txn_ops(),
             tls: None,
             lease_ttl: default_lease_ttl(),
             advertise: None,

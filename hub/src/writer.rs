@@ -92,9 +92,20 @@ async fn run(
     liveness_tick.tick().await;
     let mut stopping = false;
     let mut final_flush = false;
+    // Most `Write::ops` in one commit (etcd's transaction bound), and the
+    // job that did not fit into the last group: it starts the next one.
+    let budget = store.max_commit_ops();
+    let mut pending: Option<Job> = None;
+    // Liveness rows that did not fit into a commit: they go with the next ones.
+    let mut liveness_left: Vec<(String, Liveness)> = Vec::new();
     loop {
         let mut flush_liveness = false;
-        let first = tokio::select! {
+        let first = if let Some(j) = pending.take() {
+            Some(j)
+        } else if !liveness_left.is_empty() {
+            rx.try_recv().ok()
+        } else {
+            tokio::select! {
             job = rx.recv() => match job {
                 Some(j) => Some(j),
                 None => {
@@ -118,25 +129,40 @@ async fn run(
                 flush_liveness = true;
                 None
             }
+            }
         };
         let mut jobs = Vec::new();
         let mut n = 0;
+        let mut ops = 0;
         if let Some(j) = first {
             n += j.writes.len();
+            ops += job_ops(&j);
             jobs.push(j);
             while n < MAX_GROUP {
                 match rx.try_recv() {
+                    Ok(j) if ops + job_ops(&j) > budget => {
+                        pending = Some(j);
+                        break;
+                    }
                     Ok(j) => {
                         n += j.writes.len();
+                        ops += job_ops(&j);
                         jobs.push(j);
                     }
                     Err(_) => break,
                 }
             }
         }
-        let liveness = if flush_liveness { dirty_liveness() } else { Vec::new() };
+        if flush_liveness {
+            liveness_left.extend(dirty_liveness());
+        }
+        // As many liveness rows as fit beside the jobs; the rest go with the
+        // next commits (the loop comes back at once while rows are left).
+        let room = budget.saturating_sub(ops).min(liveness_left.len());
+        let room = if room == 0 && jobs.is_empty() { budget.min(liveness_left.len()) } else { room };
+        let liveness: Vec<(String, Liveness)> = liveness_left.drain(..room).collect();
         if jobs.is_empty() && liveness.is_empty() {
-            if final_flush {
+            if final_flush && pending.is_none() {
                 break;
             }
             continue;
@@ -187,6 +213,11 @@ async fn run(
     debug!("store writer stopped");
 }
 
+/// The store operations a job's writes take ([`Write::ops`]).
+fn job_ops(j: &Job) -> usize {
+    j.writes.iter().map(Write::ops).sum()
+}
+
 /// Feed committed results into the in-memory indexes, then the event feed.
 fn apply_outcomes(
     index: &StatusIndex,
@@ -209,5 +240,123 @@ fn apply_outcomes(
     }
     for e in stored_events {
         let _ = events.send(Arc::new(e.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::domain::{AgentBatch, Liveness, OutboxEntry, StatusRecord};
+    use crate::store::{Loaded, RedbStore};
+    use convoy_core::status::BundleStatus;
+
+    /// A redb store that takes at most `max` ops per commit, as etcd's
+    /// `--max-txn-ops` bounds a transaction, and records each commit's ops.
+    struct Bounded {
+        inner: RedbStore,
+        max: usize,
+        commits: Mutex<Vec<usize>>,
+    }
+
+    impl Store for Bounded {
+        fn load(&self) -> Result<Loaded> {
+            self.inner.load()
+        }
+        fn last_seq(&self, cluster: &str, epoch: u64) -> Result<u64> {
+            self.inner.last_seq(cluster, epoch)
+        }
+        fn list_events(&self, f: &crate::domain::EventFilter) -> Result<Vec<StoredEvent>> {
+            self.inner.list_events(f)
+        }
+        fn commit(&self, writes: Vec<Write>, now: i64) -> Result<Vec<WriteOutcome>> {
+            let ops: usize = writes.iter().map(Write::ops).sum();
+            self.commits.lock().unwrap().push(ops);
+            if ops > self.max {
+                return Err(Error::Store(format!("too many operations: {ops} > {}", self.max)));
+            }
+            self.inner.commit(writes, now)
+        }
+        fn max_commit_ops(&self) -> usize {
+            self.max
+        }
+    }
+
+    fn batch(cluster: &str) -> Write {
+        let status = |b: &str| {
+            OutboxEntry::Status(StatusRecord {
+                status: BundleStatus { bundle: b.into(), generation: 1, ..Default::default() },
+                ..Default::default()
+            })
+        };
+        Write::AgentBatch(AgentBatch {
+            cluster: cluster.into(),
+            epoch: 1,
+            entries: vec![(1, status("a")), (2, status("b"))],
+        })
+    }
+
+    /// Group commits stay within the store's bound: queued jobs that would
+    /// not fit start the next commit, and liveness rows beyond the bound are
+    /// split over several commits; everything is stored, nothing refused.
+    #[tokio::test]
+    async fn group_commits_never_exceed_the_stores_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Bounded {
+            inner: RedbStore::open(&dir.path().join("s.redb"), 100, 1 << 20).unwrap(),
+            max: 10,
+            commits: Mutex::new(Vec::new()),
+        });
+        let rows: Vec<(String, Liveness)> = (0..25)
+            .map(|i| (format!("c{i}"), Liveness { last_seen_unix_ms: i, ..Default::default() }))
+            .collect();
+        let once = Mutex::new(Some(rows));
+        let liveness: LivenessSource = Box::new(move || once.lock().unwrap().take().unwrap_or_default());
+        let shutdown = CancellationToken::new();
+        let (events, _) = broadcast::channel(16);
+        let (writer, task) = spawn(
+            store.clone(),
+            Arc::new(StatusIndex::default()),
+            liveness,
+            events,
+            Arc::new(Metrics::new()),
+            shutdown.clone(),
+        );
+        // 30 jobs of 4 ops each, all queued before the writer looks.
+        let mut pending = Vec::new();
+        for i in 0..30 {
+            pending.push(writer.submit(vec![batch(&format!("c{i}"))]).await);
+        }
+        for rx in pending {
+            rx.await.unwrap().expect("every job is committed");
+        }
+        // Shutdown flushes the 25 liveness rows.
+        shutdown.cancel();
+        drop(writer);
+        task.await.unwrap();
+        let commits = store.commits.lock().unwrap().clone();
+        assert!(commits.iter().all(|&ops| ops <= 10), "{commits:?}");
+        assert!(commits.len() >= 3 + 12, "30 × 4 ops and 25 rows need at least 15 commits: {commits:?}");
+        let l = store.load().unwrap();
+        assert_eq!(l.statuses.len(), 60);
+        assert_eq!(l.liveness.len(), 25);
+    }
+
+    #[test]
+    fn ops_count_keys_put_deleted_or_compared() {
+        assert_eq!(batch("c").ops(), 4);
+        assert_eq!(Write::PutLiveness(vec![Default::default(); 7]).ops(), 7);
+        let ev = |b: &str| {
+            (String::from("c"), crate::domain::EventRecord { bundle: b.into(), ..Default::default() })
+        };
+        assert_eq!(Write::AppendEvents(vec![ev("a"), ev("b")]).ops(), 13);
+        let with_event = Write::AgentBatch(AgentBatch {
+            cluster: "c".into(),
+            epoch: 1,
+            entries: vec![(1, OutboxEntry::Event(ev("a").1))],
+        });
+        assert_eq!(with_event.ops(), 8);
+        assert_eq!(Write::DeleteRollout("web".into()).ops(), 1);
     }
 }

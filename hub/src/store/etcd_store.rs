@@ -115,6 +115,8 @@ pub struct EtcdOptions {
     /// The replica's lease TTL (whole seconds, at least 1): how long its
     /// locks outlive it, and how long a cut-off replica may still write.
     pub lease_ttl: Duration,
+    /// etcd's `--max-txn-ops`: no commit puts, deletes or compares more keys.
+    pub max_txn_ops: usize,
 }
 
 impl EtcdOptions {
@@ -128,6 +130,7 @@ impl EtcdOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             lease_ttl: Duration::from_secs(10),
+            max_txn_ops: 10_000,
         }
     }
 }
@@ -146,6 +149,8 @@ pub struct EtcdStore {
     lease: watch::Receiver<i64>,
     /// Commits sent by this replica (the counter in `meta/commit`).
     commits: Arc<AtomicU64>,
+    /// etcd's `--max-txn-ops`.
+    max_txn_ops: usize,
     /// Commits computed again because a key they read changed meanwhile.
     retries: Arc<AtomicU64>,
     /// Wakes the lease task when a commit found the lease gone at etcd.
@@ -260,6 +265,7 @@ impl EtcdStore {
             loaded_rev: AtomicI64::new(0),
             lease,
             commits: Arc::new(AtomicU64::new(0)),
+            max_txn_ops: opts.max_txn_ops,
             retries: Arc::new(AtomicU64::new(0)),
             lease_gone,
             advertised,
@@ -737,6 +743,12 @@ impl Store for EtcdStore {
                 .map_err(etcd_err("advertise"))?;
             Ok(())
         })
+    }
+
+    fn max_commit_ops(&self) -> usize {
+        // Room for the commit's own keys (`meta/commit`, the lease condition)
+        // and an outbox's finished epochs deleted with its first batch.
+        self.max_txn_ops.saturating_sub(16).max(1)
     }
 
     fn commit_retries(&self) -> u64 {

@@ -24,7 +24,7 @@ pub use redb_store::RedbStore;
 use crate::Result;
 use crate::domain::{
     AgentBatch, BatchOutcome, ClusterRecord, DeploymentRecord, EventFilter, EventRecord, Liveness,
-    StatusRecord, StoredEvent, TokenRecord,
+    OutboxEntry, StatusRecord, StoredEvent, TokenRecord,
 };
 
 /// Everything the in-memory indexes are rebuilt from at start.
@@ -102,6 +102,35 @@ pub enum Write {
     PutAdminCert(crate::domain::admins::AdminCertRecord),
 }
 
+impl Write {
+    /// At most how many keys this write puts, deletes or conditions on in a
+    /// store transaction (etcd bounds each of those per transaction by
+    /// `--max-txn-ops`). An event counts its record, its two index keys and
+    /// the three keys of the event it pushes out of the ring. Pure.
+    pub fn ops(&self) -> usize {
+        const EVENT: usize = 6;
+        match self {
+            Write::PutLiveness(rows) => rows.len(),
+            Write::SeedStatuses { statuses, .. } => statuses.len(),
+            Write::AppendEvents(evs) => 1 + EVENT * evs.len(),
+            Write::AgentBatch(b) => {
+                let events = b.entries.iter().filter(|(_, e)| matches!(e, OutboxEntry::Event(_))).count();
+                // The outbox position (read and put), old epochs deleted, the next event id.
+                2 + (b.entries.len() - events) + EVENT * events
+            }
+            Write::PutCluster(_)
+            | Write::PutToken(_)
+            | Write::PutDeployment(_)
+            | Write::SetSuspended { .. }
+            | Write::SetSourceSuspended { .. }
+            | Write::PutRollout(_)
+            | Write::DeleteRollout(_)
+            | Write::PutVariant(_)
+            | Write::PutAdminCert(_) => 1,
+        }
+    }
+}
+
 /// What one [`Write`] produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -161,6 +190,13 @@ pub trait Store: Send + Sync + 'static {
     /// The gRPC endpoints the other live replicas advertised.
     fn peers(&self) -> Result<Vec<String>> {
         Ok(Vec::new())
+    }
+    /// At most how many [`Write::ops`] one commit may carry (etcd's
+    /// `--max-txn-ops`, less room for the commit's own keys); unbounded for
+    /// redb. The writer never groups more into one commit, and splits
+    /// liveness rows to fit.
+    fn max_commit_ops(&self) -> usize {
+        usize::MAX
     }
     /// How many commits were computed again since the store opened, because
     /// another hub replica changed a key they read (0 for redb).

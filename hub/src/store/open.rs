@@ -25,6 +25,7 @@ pub fn open_configured(s: &StoreSettings, data_dir: &Path, event_capacity: u64) 
 fn open_etcd(s: &StoreSettings, event_capacity: u64) -> Result<Arc<dyn Store>> {
     let mut o = super::EtcdOptions::new(s.endpoints.clone(), &s.prefix);
     o.lease_ttl = s.lease_ttl.get();
+    o.max_txn_ops = s.max_txn_ops;
     if let Some(tls) = &s.tls {
         let read = |p: &Path| {
             std::fs::read_to_string(p)
