@@ -628,6 +628,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_etcd_transaction_bound_is_configurable() {
+        let s: StoreSettings =
+            serde_saphyr::from_str("{type: etcd, endpoints: [\"http://e:2379\"], maxTxnOps: 128}").unwrap();
+        assert_eq!((s.type_, s.max_txn_ops), (StoreType::Etcd, 128));
+    }
+
+    #[test]
     fn parses_with_defaults_resolves_paths_and_loads_fleet_docs() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("hub.yaml");
@@ -659,6 +666,7 @@ spec: {url: "https://example.com/r.git"}
         assert_eq!(cfg.data_dir, dir.path().join("data"));
         assert_eq!(cfg.http.listen, "0.0.0.0:8080");
         assert_eq!(cfg.certificates.cluster_ttl.get().as_secs(), 3600);
+        assert_eq!(cfg.store.max_txn_ops, 10_000, "etcd's bound as docs/operations.md asks etcd to run");
         let fleet = load_fleet(&cfg).unwrap();
         assert!(fleet.sources.contains_key("repo"));
         assert!(fleet.bundles.contains_key("web"));

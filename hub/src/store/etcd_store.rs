@@ -319,12 +319,31 @@ impl EtcdStore {
         &self.replica
     }
 
+    /// Every key under `prefix` at revision `rev`, [`RANGE_PAGE`] keys per
+    /// request, so that no answer outgrows gRPC's message limit (200,000
+    /// statuses of 10,000 clusters × 20 bundles are far above 4 MiB).
     async fn range(c: &mut Client, prefix: Vec<u8>, rev: i64) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut resp = c
-            .get(prefix, Some(GetOptions::new().with_prefix().with_revision(rev)))
-            .await
-            .map_err(etcd_err("range"))?;
-        Ok(resp.take_kvs().into_iter().map(|kv| (kv.key().to_vec(), kv.value().to_vec())).collect())
+        let end = prefix_end(&prefix);
+        let mut from = prefix;
+        let mut out = Vec::new();
+        loop {
+            let mut resp = c
+                .get(
+                    from.clone(),
+                    Some(GetOptions::new().with_range(end.clone()).with_revision(rev).with_limit(RANGE_PAGE)),
+                )
+                .await
+                .map_err(etcd_err("range"))?;
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            let Some(last) = kvs.last().map(|kv| kv.key().to_vec()) else { break };
+            out.extend(kvs.into_iter().map(|kv| (kv.key().to_vec(), kv.value().to_vec())));
+            if !more {
+                break;
+            }
+            from = [last, vec![0]].concat();
+        }
+        Ok(out)
     }
 
     /// The current revision of the etcd cluster.
@@ -346,7 +365,8 @@ async fn follow_loop(client: Client, prefix: String, replica: String, mut rev: i
     loop {
         let mut c = client.clone();
         let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
-        let mut stream = match c.watch(prefix.clone(), Some(opts)).await {
+        let mut watcher = c.watch_client().max_decoding_message_size(WATCH_MESSAGE_LIMIT);
+        let mut stream = match watcher.watch(prefix.clone(), Some(opts)).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, "etcd watch: cannot start; retrying");
@@ -885,6 +905,16 @@ impl Store for EtcdStore {
         })
     }
 }
+
+/// Keys per request when reading a whole table ([`EtcdStore::range`]).
+const RANGE_PAGE: i64 = 1000;
+
+/// The largest watch message this replica accepts. etcd sends the events of
+/// several revisions in one message when a watcher catches up, and a group
+/// commit of thousands of statuses is one revision: gRPC's default of 4 MiB
+/// left a replica that fell behind unable ever to catch up (seen at 10,000
+/// agents × 20 bundles: a 36 MiB message, refused on every retry).
+const WATCH_MESSAGE_LIMIT: usize = 1 << 30;
 
 /// How many reads go into one read-only etcd transaction (etcd's default
 /// `--max-txn-ops` is 128, so this works on an etcd left at its defaults).
