@@ -10,22 +10,38 @@ pub fn dir() -> PathBuf {
 
 /// Every file of `examples/fleet` as (path relative to it, bytes), sorted.
 pub fn fleet_files() -> Vec<(String, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        let mut entries: Vec<_> =
-            std::fs::read_dir(dir).expect("read examples").flatten().map(|e| e.path()).collect();
+    files_under(&dir().join("fleet"), "")
+}
+
+/// The shared real-world corpus (`../shared/corpus` beside the repository,
+/// or `CONVOY_CORPUS`): read at test time, never copied into the repository.
+pub fn corpus() -> PathBuf {
+    std::env::var_os("CONVOY_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"))
+}
+
+/// Every file below `root` as (`prefix` + path relative to it, bytes),
+/// sorted by path.
+pub fn files_under(root: &Path, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<(String, Vec<u8>)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         entries.sort();
         for p in entries {
             if p.is_dir() {
-                walk(root, &p, out);
+                walk(root, &p, prefix, out);
             } else {
                 let rel = p.strip_prefix(root).expect("below root").to_string_lossy().replace('\\', "/");
-                out.push((rel, std::fs::read(&p).expect("read example file")));
+                out.push((format!("{prefix}{rel}"), std::fs::read(&p).expect("read a file")));
             }
         }
     }
-    let root = dir().join("fleet");
     let mut out = Vec::new();
-    walk(&root, &root, &mut out);
+    walk(root, root, prefix, &mut out);
     out
 }
 

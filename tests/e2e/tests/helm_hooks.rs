@@ -21,6 +21,7 @@
 use std::path::{Path, PathBuf};
 
 use convoy_e2e::cluster::ClusterSpec;
+use convoy_e2e::examples::{corpus, files_under};
 use convoy_e2e::{Fleet, FleetOptions, HubMode};
 use kube_sim::Change;
 use serde_json::Value;
@@ -29,30 +30,10 @@ fn convoy_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_convoy-e2e-convoy"))
 }
 
-fn corpus() -> PathBuf {
-    std::env::var_os("CONVOY_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"))
-}
-
 /// The corpus chart's files as repository files under `charts/ingress-nginx/`.
 fn chart_files() -> Vec<(String, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        let mut entries: Vec<PathBuf> =
-            std::fs::read_dir(dir).expect("read the corpus chart").flatten().map(|e| e.path()).collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
-                out.push((format!("charts/ingress-nginx/{rel}"), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
     let root = corpus().join("charts/ingress-nginx");
-    let mut out = Vec::new();
-    walk(&root, &root, &mut out);
+    let out = files_under(&root, "charts/ingress-nginx/");
     assert!(out.iter().any(|(p, _)| p.ends_with("job-createSecret.yaml")), "{}", root.display());
     out
 }

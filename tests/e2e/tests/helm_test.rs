@@ -9,39 +9,20 @@
 //! `hook-succeeded` policy says), exit 1 and `TestFailed` naming the failing
 //! Pod and its exit code for ours.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use convoy_e2e::examples::{corpus, files_under};
 use convoy_e2e::{ClusterSpec, Fleet, FleetOptions, HubMode};
 
 fn convoy_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_convoy-e2e-convoy"))
 }
 
-fn corpus() -> PathBuf {
-    std::env::var_os("CONVOY_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"))
-}
-
 /// The corpus podinfo chart as repository files under `charts/podinfo/`
 /// (read at test time, never copied into this repository).
 fn podinfo_files() -> Vec<(String, Vec<u8>)> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-        let mut entries: Vec<PathBuf> =
-            std::fs::read_dir(dir).expect("read the corpus chart").flatten().map(|e| e.path()).collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
-                out.push((format!("charts/podinfo/{rel}"), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
     let root = corpus().join("charts/podinfo");
-    let mut out = Vec::new();
-    walk(&root, &root, &mut out);
+    let out = files_under(&root, "charts/podinfo/");
     assert!(out.iter().any(|(p, _)| p.ends_with("templates/tests/grpc.yaml")), "{}", root.display());
     out
 }
