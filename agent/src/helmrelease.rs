@@ -293,6 +293,24 @@ pub struct Guard<'a> {
     pub tenancy: &'a convoy_core::tenancy::Tenancy,
 }
 
+impl Guard<'_> {
+    /// Judge objects the release writes beside its manifest (hooks, tests,
+    /// the release record) under the bundle's rules; none is taken over.
+    fn check(&self, keys: &[ObjKey]) -> Result<()> {
+        let candidates: Vec<policy::Candidate<'_>> =
+            keys.iter().map(|key| policy::Candidate { key, takeover_from: None }).collect();
+        let (own, owners) = (Default::default(), Default::default());
+        let ctx = policy::Context {
+            bundle: self.bundle,
+            agent_namespace: self.agent_namespace,
+            tenancy: self.tenancy,
+            own: &own,
+            owners: &owners,
+        };
+        policy::check(&ctx, &candidates).map(drop).map_err(Error::Policy)
+    }
+}
+
 /// A release being installed or upgraded in one cluster.
 pub struct Release {
     client: kube::Client,
@@ -480,17 +498,7 @@ impl Release {
             let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
             keys.push(ObjKey::new(group, h.kind(), api.namespace(), h.name()));
         }
-        let candidates: Vec<policy::Candidate<'_>> =
-            keys.iter().map(|key| policy::Candidate { key, takeover_from: None }).collect();
-        let (own, owners) = (Default::default(), Default::default());
-        let ctx = policy::Context {
-            bundle: guard.bundle,
-            agent_namespace: guard.agent_namespace,
-            tenancy: guard.tenancy,
-            own: &own,
-            owners: &owners,
-        };
-        policy::check(&ctx, &candidates).map(drop).map_err(Error::Policy)
+        guard.check(&keys)
     }
 
     async fn delete_hook(&self, h: &HookObject, timeout: Duration) -> Result<()> {
@@ -561,17 +569,7 @@ impl Release {
     ) -> Result<(Self, Vec<HookRun>)> {
         let r = Self::prepare(client, parts).await?;
         let keys = r.side_keys().await?;
-        let candidates: Vec<policy::Candidate<'_>> =
-            keys.iter().map(|key| policy::Candidate { key, takeover_from: None }).collect();
-        let (own, owners) = (Default::default(), Default::default());
-        let ctx = policy::Context {
-            bundle: guard.bundle,
-            agent_namespace: guard.agent_namespace,
-            tenancy: guard.tenancy,
-            own: &own,
-            owners: &owners,
-        };
-        policy::check(&ctx, &candidates).map_err(Error::Policy)?;
+        guard.check(&keys)?;
         match r.run_hooks(true, timeout, cancel).await {
             Ok(runs) => Ok((r, runs)),
             Err(e) => {
