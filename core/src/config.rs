@@ -957,13 +957,6 @@ impl FleetConfig {
                     return Err(invalid(format!("spec.dependsOn: no Bundle named {d:?}")));
                 }
             }
-            if b.spec.substitute.is_some() && b.spec.helm.as_ref().is_some_and(|h| h.path.is_none()) {
-                return Err(invalid(
-                    "spec.substitute: per-cluster renders are not implemented yet for charts from a \
-                     HelmRepository or OCIRepository; use helm.path (a chart in the GitSource)"
-                        .to_string(),
-                ));
-            }
             for (i, t) in b.spec.targets.iter().enumerate() {
                 if t.cluster_name.is_none() && t.cluster_selector.is_none() && t.cluster_group.is_none() {
                     return Err(invalid(format!(
@@ -991,14 +984,6 @@ impl FleetConfig {
                     && !v.is_object()
                 {
                     return Err(invalid(format!("spec.targets[{i}].helmValues must be a mapping")));
-                }
-                // Per-cluster renders read the render input a git-tree
-                // chart's build stores; repository and OCI builds store none.
-                if t.helm_values.is_some() && b.spec.helm.as_ref().is_some_and(|h| h.path.is_none()) {
-                    return Err(invalid(format!(
-                        "spec.targets[{i}].helmValues: per-cluster values are not implemented yet for charts \
-                         from a HelmRepository or OCIRepository; use helm.path (a chart in the GitSource)"
-                    )));
                 }
                 for (j, p) in t.patches.iter().enumerate() {
                     if p.patch.trim().is_empty() {

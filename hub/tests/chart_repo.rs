@@ -70,7 +70,7 @@ async fn heavy_a_helm_repository_chart_is_signed_with_its_version_and_digest() {
     let (_server, url) = serve(&repo);
     let fleet_text = format!(
         "apiVersion: convoy.dev/v1\nkind: HelmRepository\nmetadata: {{name: charts}}\nspec: {{url: \"{url}\", interval: 1h}}\n\
-         ---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: web}}\nspec:\n  targets: [{{clusterSelector: {{matchLabels: {{env: prod}}}}}}]\n  helm:\n    repository: charts\n    chart: podinfo\n    version: \"^6.14\"\n    namespace: apps\n"
+         ---\napiVersion: convoy.dev/v1\nkind: Bundle\nmetadata: {{name: web}}\nspec:\n  targets:\n  - clusterSelector: {{matchLabels: {{env: prod}}}}\n  - clusterSelector: {{matchLabels: {{tier: gold}}}}\n    helmValues: {{replicaCount: 3}}\n  helm:\n    repository: charts\n    chart: podinfo\n    version: \"^6.14\"\n    namespace: apps\n"
     );
     let mut cfg = HubConfig::local(dir.path().join("data"));
     cfg.certificates.cluster_ttl = convoy_core::duration::HumanDuration::from_secs(3600);
@@ -125,6 +125,50 @@ async fn heavy_a_helm_repository_chart_is_signed_with_its_version_and_digest() {
     let h = b.helm.unwrap();
     assert_eq!((h.chart.as_str(), h.version.as_str()), ("podinfo", "6.15.0"));
     assert_eq!(h.chart_digest, format!("sha256:{d15}"));
+
+    // Per cluster, as for a chart directory: c2 reports its Kubernetes
+    // version and has a `helmValues` layer; its artifact is rendered again by
+    // the hub from the build's stored input (the archive), with its values
+    // merged last, and signed with the same chart digest.
+    let c2 = register(&hub, "c2", &[("env", "prod"), ("tier", "gold")]).await;
+    let mut hello = hello(1);
+    if let Some(pb::agent_message::Msg::Hello(h)) = &mut hello.msg {
+        h.kube_version = "v1.30.2".into();
+        h.api_versions = vec!["v1".into(), "apps/v1".into()];
+    }
+    let (mut s2, _, snap) = open_with_hello(&hub, &c2, hello, 0).await.unwrap();
+    let dep2 = match snap.bundles.into_iter().find(|b| b.name == "web" && b.generation == 2) {
+        Some(d) => d,
+        None => s2.until_generation("web", 2).await,
+    };
+    let dep1 = dep; // c1's generation 2, received above
+    assert_ne!(dep2.digest, dep1.digest, "c2 has its own render");
+    let st2: Value = serde_json::from_slice(&dep2.statement).unwrap();
+    let st1: Value = serde_json::from_slice(&dep1.statement).unwrap();
+    assert_eq!(st2["helm"]["chartDigest"], format!("sha256:{d15}"), "{st2}");
+    assert_eq!(st2["helm"]["version"], "6.15.0");
+    assert_ne!(st2["helm"]["valuesDigest"], st1["helm"]["valuesDigest"], "of the values c2 rendered with");
+    let replicas = |bytes: &[u8]| -> Vec<Value> {
+        let files = convoy_artifact::unpack(bytes, &convoy_artifact::Limits::default()).unwrap();
+        files
+            .iter()
+            .filter(|f| f.path.starts_with("helm/templates/"))
+            .flat_map(|f| {
+                convoy_helm::output::parse_objects(&f.path, std::str::from_utf8(&f.content).unwrap()).unwrap()
+            })
+            .filter(|o| o["kind"] == "Deployment")
+            .map(|o| o["spec"]["replicas"].clone())
+            .collect()
+    };
+    let a2 = s2.download(&dep2.digest).await;
+    let a1 = s.download(&dep1.digest).await;
+    assert_eq!(replicas(&a2), [Value::from(3)], "c2's helmValues");
+    assert_eq!(replicas(&a1), [Value::from(1)], "the chart's default");
+    let record = |bytes: &[u8]| -> String {
+        let files = convoy_artifact::unpack(bytes, &convoy_artifact::Limits::default()).unwrap();
+        String::from_utf8(files.into_iter().find(|f| f.path == "helm/release.yaml").unwrap().content).unwrap()
+    };
+    assert!(record(&a2).contains("replicaCount: 3"), "{}", record(&a2));
     hub.shutdown().await.unwrap();
 }
 

@@ -18,11 +18,10 @@ use convoy_artifact::Limits;
 use convoy_core::backoff;
 use convoy_core::chartsrc::{HelmRepositorySpec, OciRepositorySpec};
 use convoy_core::clock::now_ms;
-use convoy_core::config::{FleetConfig, HelmSpec};
+use convoy_core::config::{CrdPolicy, FleetConfig, HelmSpec};
 use convoy_core::duration::HumanDuration;
 use convoy_core::pipeline::{BuildError, BuiltArtifact, ResolvedChart, SourceStatus};
 use convoy_core::status::{Condition, Phase, READY, RECONCILING, STALLED, set_condition};
-use convoy_helm::{ChartInput, RenderRequest};
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -32,7 +31,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::controller::{BundleRef, Event, Pending, Report, SourcesConfig, Trigger, unpend};
 use crate::helmrender::{
-    Capabilities, HelmRendered, HelmSettings, Renderer, merge_values, pack_release, release_of,
+    Capabilities, HelmInput, HelmRendered, HelmSettings, Renderer, merge_values, release_of, render_input,
     values_from_layer,
 };
 use crate::helmrepo::{HelmRepo, Index, IndexEntry, RepoAuth};
@@ -727,11 +726,25 @@ impl ChartWorker {
         let (bundle, target_ns, source) = (b.name.clone(), b.target_namespace.clone(), self.name.clone());
         let url = redact_url(self.spec.url());
         let pinned = res.manifest_digest.clone().unwrap_or_else(|| res.chart_digest.clone());
+        let chart = spec.chart.clone().unwrap_or_else(|| bundle.clone());
+        let archive_name = format!("{chart}-{}.tgz", res.version);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let r = render_from_repository(&helm_cfg, &bundle, &spec, target_ns.as_deref(), bytes, &limits)?;
+            let r = render_from_repository(
+                &helm_cfg,
+                &bundle,
+                &spec,
+                target_ns.as_deref(),
+                bytes,
+                &archive_name,
+                &limits,
+            )?;
             for w in &r.helm.warnings {
                 warn!(bundle = %bundle, "helm: {w}");
+            }
+            // The render input, for the hub's per-cluster renders.
+            if let Some(input) = &r.input {
+                store.put(input)?;
             }
             *pending
                 .lock()
@@ -856,30 +869,32 @@ fn render_from_repository(
     spec: &HelmSpec,
     target_namespace: Option<&str>,
     archive: Vec<u8>,
+    archive_name: &str,
     limits: &Limits,
 ) -> Result<HelmRendered> {
     let renderer = helm.renderer()?;
     let caps = helm.default_capabilities(spec);
-    render_chart_archive(&renderer, bundle, spec, target_namespace, archive, &caps, &[], limits)
+    let input = prepare_chart_archive(bundle, spec, target_namespace, archive, archive_name, &caps)?;
+    render_chart_archive(&renderer, &input, &caps, &[], limits)
 }
 
-/// Render a Helm bundle whose chart is a packaged archive (from a chart
-/// repository): values merged as for a chart in a GitSource (chart defaults
-/// < `values` < `valuesFrom` < `extra_values`; a repository chart has no
-/// `valuesFiles`), rendered by Helm's engine in a bounded worker, packed as
-/// `convoy build --chart` packs. The chart must have the name `spec.chart`.
-/// Blocking.
-#[allow(clippy::too_many_arguments)]
-pub fn render_chart_archive(
-    renderer: &Renderer,
+/// The render input of a Helm bundle whose chart is a packaged archive
+/// (from a chart repository or an OCI registry; `archive_name` names it in
+/// messages): the archive itself, values merged as for a chart in a
+/// GitSource (chart defaults < `values` < `valuesFrom`; a repository chart
+/// has no `valuesFiles`), the release and the options. The chart must have
+/// the name `spec.chart` (its version was resolved from the repository).
+/// The hub renders it again per cluster from this input, as a chart
+/// directory's. Reads the `valuesFrom` files. Blocking.
+pub fn prepare_chart_archive(
     bundle: &str,
     spec: &HelmSpec,
     target_namespace: Option<&str>,
     archive: Vec<u8>,
-    capabilities: &Capabilities,
-    extra_values: &[Value],
-    limits: &Limits,
-) -> Result<HelmRendered> {
+    archive_name: &str,
+    default_capabilities: &Capabilities,
+) -> Result<HelmInput> {
+    use base64::Engine;
     let mut from = Vec::new();
     for v in &spec.values_from {
         let text = match std::fs::read_to_string(&v.file) {
@@ -889,30 +904,42 @@ pub fn render_chart_archive(
         };
         from.extend(values_from_layer(v, text.as_deref())?);
     }
-    let values = merge_values(&[], spec.values.as_ref(), &from, extra_values);
-    let chart = ChartInput::Archive(archive);
+    let values = merge_values(&[], spec.values.as_ref(), &from, &[]);
     let (release, namespace) = release_of(bundle, spec, target_namespace);
-    let req = RenderRequest {
-        chart,
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&archive);
+    Ok(HelmInput {
+        chart_path: archive_name.to_string(),
+        files: vec![(archive_name.to_string(), b64)],
         values,
-        release_name: release,
+        release,
         namespace,
-        revision: 1,
-        is_upgrade: false,
-        capabilities: capabilities.clone(),
-    };
-    let rendered = renderer.render(&req)?;
-    if let Some(name) = &spec.chart
-        && *name != rendered.chart.name
-    {
-        return Err(Error::Config(format!(
-            "helm.chart {name:?}: the repository's archive holds chart {:?}",
-            rendered.chart.name
-        )));
-    }
-    // No render input: a repository chart is not rendered per cluster yet
-    // (docs/helm.md, "What is not done").
-    pack_release(&rendered, req, spec.max_history.unwrap_or(0), spec.crds, limits)
+        max_history: spec.max_history.unwrap_or(0),
+        include_crds: spec.crds != CrdPolicy::Skip,
+        crds_create_only: spec.crds == CrdPolicy::Create,
+        expect_chart: spec.chart.clone(),
+        expect_version: None,
+        default_capabilities: default_capabilities.clone(),
+        archive: true,
+    })
+}
+
+/// Render a chart archive's input ([`prepare_chart_archive`]) with
+/// `capabilities` and the per-cluster `extra_values` (merged last) through
+/// Helm's engine in a bounded worker, packed as `convoy build --chart`
+/// packs. The result carries the stored form of the input and its digest,
+/// as a chart directory's build does. Blocking.
+pub fn render_chart_archive(
+    renderer: &Renderer,
+    input: &HelmInput,
+    capabilities: &Capabilities,
+    extra_values: &[Value],
+    limits: &Limits,
+) -> Result<HelmRendered> {
+    let mut r = render_input(input, renderer, capabilities, extra_values, limits)?;
+    let bytes = input.to_bytes();
+    r.helm.input = Some(convoy_artifact::digest_of(&bytes));
+    r.input = Some(bytes);
+    Ok(r)
 }
 
 #[cfg(test)]

@@ -182,6 +182,13 @@ pub struct HelmInput {
     /// The Capabilities of a cluster that has not reported its own (the
     /// bundle's `kubeVersion`, else the hub's, else Helm's default).
     pub default_capabilities: Capabilities,
+    /// The chart is a packaged archive (a chart repository's or an OCI
+    /// registry's `.tgz`), held as the one entry of `files`; its chart digest
+    /// is the archive's, as Helm's. Absent (false) for a chart directory, and
+    /// not written when false, so inputs stored before it existed keep their
+    /// bytes and digest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub archive: bool,
 }
 
 impl HelmInput {
@@ -206,10 +213,13 @@ impl HelmInput {
         serde_json::from_slice(bytes).map_err(|e| Error::Config(format!("stored Helm render input: {e}")))
     }
 
-    /// The chart digest, computed from the files as
-    /// [`convoy_helm::bundle::chart_digest`] computes it for a directory.
+    /// The chart digest, computed as [`convoy_helm::bundle::chart_digest`]
+    /// computes it: of the archive's bytes, or of a directory's files.
     pub fn chart_digest(&self) -> Result<String> {
         use sha2::{Digest as _, Sha256};
+        if self.archive {
+            return Ok(convoy_helm::values::sha256(&self.archive_bytes(u64::MAX)?));
+        }
         let mut entries = Vec::with_capacity(self.files.len());
         for (path, b64) in &self.files {
             entries.push((path.clone(), hex::encode(Sha256::digest(decode(path, b64)?))));
@@ -223,6 +233,27 @@ impl HelmInput {
             h.update(b"\n");
         }
         Ok(format!("sha256:{}", hex::encode(h.finalize())))
+    }
+
+    /// The archive of an `archive` input (its one file), refused over
+    /// `max_bytes` before Helm sees it.
+    fn archive_bytes(&self, max_bytes: u64) -> Result<Vec<u8>> {
+        let [(path, b64)] = self.files.as_slice() else {
+            return Err(Error::Config(format!(
+                "stored Helm render input of {}: a chart archive input holds {} files, not one",
+                self.chart_path,
+                self.files.len()
+            )));
+        };
+        let bytes = decode(path, b64)?;
+        if bytes.len() as u64 > max_bytes {
+            return Err(Error::Helm(convoy_helm::Error::ChartTooLarge {
+                chart: self.chart_path.clone(),
+                size: bytes.len() as u64,
+                limit: max_bytes,
+            }));
+        }
+        Ok(bytes)
     }
 
     /// The values a cluster renders with: the input's, then `extra_values`
@@ -382,6 +413,7 @@ pub fn prepare_helm_with_deps(
         expect_chart: spec.chart.clone(),
         expect_version: spec.version.clone(),
         default_capabilities: default_capabilities.clone(),
+        archive: false,
     })
 }
 
@@ -394,8 +426,14 @@ pub fn render_input(
     extra_values: &[Value],
     limits: &Limits,
 ) -> Result<HelmRendered> {
-    let dir = materialize(input, renderer.limits().max_chart_bytes)?;
-    let chart = ChartInput::Path(dir.path().to_path_buf());
+    let max_bytes = renderer.limits().max_chart_bytes;
+    // A directory input is written to a private temp directory, kept until the render is over.
+    let (chart, _dir) = if input.archive {
+        (ChartInput::Archive(input.archive_bytes(max_bytes)?), None)
+    } else {
+        let dir = materialize(input, max_bytes)?;
+        (ChartInput::Path(dir.path().to_path_buf()), Some(dir))
+    };
     let values = input.values_with(extra_values);
     let chart_path = &input.chart_path;
     let req = RenderRequest {

@@ -253,3 +253,86 @@ fn the_render_key_follows_every_input_that_changes_the_output() {
     assert_eq!(HelmInput::from_bytes(&input.to_bytes()).unwrap(), input);
     assert_eq!(input.to_bytes(), input.clone().to_bytes());
 }
+
+/// A chart from a repository or registry (a packaged `.tgz`, here packaged by
+/// helm-python-sdk) renders per cluster from its stored input as a chart
+/// directory does: the input holds the archive and its chart digest is the
+/// archive's (Helm's, the one the index or manifest names); each cluster's
+/// Capabilities and values give the outputs helm-python-sdk renders from the
+/// same archive.
+#[test]
+fn a_chart_archive_renders_per_cluster_from_its_stored_input_like_helm() {
+    let dir = tempfile::tempdir().unwrap();
+    write_chart(dir.path());
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys\nfrom helm_python import package\npackage(sys.argv[1], destination=sys.argv[2])\n",
+        ])
+        .arg(dir.path().join("chart"))
+        .arg(dir.path())
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tgz = dir.path().join("caps-0.2.0.tgz");
+    let archive = std::fs::read(&tgz).unwrap();
+    let spec = HelmSpec {
+        repository: Some("charts".into()),
+        chart: Some("caps".into()),
+        version: Some("^0.2".into()),
+        values: Some(json!({"image": "web:2"})),
+        release_name: Some("web".into()),
+        namespace: Some("apps".into()),
+        ..Default::default()
+    };
+    let renderer = settings().renderer().expect("libhelm_c is installed (scripts/setup.sh)");
+    let default = caps("v1.28.0", &[]);
+    let input = convoy_sources::chartsrc::prepare_chart_archive(
+        "web",
+        &spec,
+        None,
+        archive.clone(),
+        "caps-0.2.0.tgz",
+        &default,
+    )
+    .unwrap();
+    assert!(input.archive);
+    assert_eq!(input.chart_digest().unwrap(), convoy_helm::values::sha256(&archive), "Helm's archive digest");
+    // The base build carries its stored input, which reads back the same.
+    let base =
+        convoy_sources::chartsrc::render_chart_archive(&renderer, &input, &default, &[], &Limits::default())
+            .unwrap();
+    let stored = base.input.clone().expect("the build carries its render input");
+    assert_eq!(base.helm.input.as_deref(), Some(convoy_artifact::digest_of(&stored).as_str()));
+    let input = HelmInput::from_bytes(&stored).unwrap();
+    assert_eq!(base.helm.chart_digest, convoy_helm::values::sha256(&archive));
+
+    let old = caps("v1.29.4", &[]);
+    let new = caps("v1.31.0", &["monitoring.coreos.com/v1"]);
+    let r_old = render_input(&input, &renderer, &old, &[], &Limits::default()).unwrap();
+    let r_new = render_input(&input, &renderer, &new, &[json!({"replicas": 3})], &Limits::default()).unwrap();
+    let (o_old, o_new) = (objects(&r_old.artifact.bytes), objects(&r_new.artifact.bytes));
+    assert_eq!(o_old["ConfigMap/web-caps"]["data"]["sidecars"], "legacy");
+    assert_eq!(o_new["ConfigMap/web-caps"]["data"]["sidecars"], "native");
+    assert_eq!(o_new["ConfigMap/web-caps"]["data"]["replicas"], "3");
+    assert!(!o_old.contains_key("ServiceMonitor/web"));
+    assert!(o_new.contains_key("ServiceMonitor/web"));
+    assert_eq!(r_new.helm.chart_digest, base.helm.chart_digest, "one chart digest for every cluster");
+    assert_eq!(o_old, python_render(&tgz, &json!({"image": "web:2"}), std::slice::from_ref(&old))[0]);
+    let theirs = python_render(&tgz, &json!({"image": "web:2", "replicas": 3}), std::slice::from_ref(&new));
+    assert_eq!(o_new, theirs[0]);
+
+    // A chart of another name is refused, naming the archive.
+    let wrong = HelmSpec { chart: Some("other".into()), ..spec };
+    let input = convoy_sources::chartsrc::prepare_chart_archive(
+        "web",
+        &wrong,
+        None,
+        archive,
+        "caps-0.2.0.tgz",
+        &default,
+    )
+    .unwrap();
+    let e = render_input(&input, &renderer, &default, &[], &Limits::default()).unwrap_err().to_string();
+    assert!(e.contains("helm.chart \"other\"") && e.contains("caps-0.2.0.tgz"), "{e}");
+}

@@ -316,10 +316,9 @@ pub fn placement(
             input.variables.insert(var.clone(), Binding { value, source });
         }
     }
-    // Only a chart from the GitSource (`helm.path`) renders per cluster: its
-    // build stores the render input; a repository or OCI chart's does not
-    // (yet), so it goes everywhere as built, with the hub's Capabilities.
-    if spec.helm.as_ref().is_some_and(|h| h.path.is_some())
+    // A Helm bundle renders per cluster from the render input its build
+    // stored (a chart directory's, or a repository or OCI chart's archive).
+    if spec.helm.is_some()
         && let Some(v) = cluster.kubernetes_version.filter(|v| !v.trim().is_empty())
     {
         input.capabilities = Some(HelmCapabilities::reported(v, cluster.api_versions));
@@ -707,9 +706,11 @@ spec:
         // A plain bundle on a cluster that reported a version: still the base.
         assert!(is_customized(&FleetConfig::parse([("f.yaml", HELM_FLEET)]).unwrap().bundles["chart"].spec));
         assert_eq!(helm_place("plain", "gold", Some("v1.31.0"), &["v1"]), Placement::Base);
-        // A repository chart's build stores no render input: it is not
-        // rendered per cluster, whatever the cluster reported.
-        assert_eq!(helm_place("repochart", "gold", Some("v1.31.0"), &["v1"]), Placement::Base);
+        // A repository chart's build stores its render input (the archive):
+        // it renders per cluster as a chart directory does.
+        assert_eq!(helm_place("repochart", "gold", None, &[]), Placement::Base);
+        let i = input(helm_place("repochart", "gold", Some("1.31"), &["v1"]));
+        assert_eq!(i.capabilities.unwrap().kube_version, "v1.31.0");
     }
 
     #[test]
@@ -725,21 +726,26 @@ spec:
         let text = HELM_FLEET.replace("helmValues: {replicas: 3}", "helmValues: [1]");
         let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
         assert!(e.contains("spec.targets[1].helmValues must be a mapping"), "{e}");
-        // A repository chart takes no per-cluster values or substitution yet:
-        // refused with the reason, never built half-way.
+        // A repository chart takes per-cluster values and substitution as a
+        // chart directory does.
         let last = "  targets: [{clusterSelector: {}}]\n";
         let (head, tail) = HELM_FLEET.rsplit_once(last).expect("repochart is last");
         assert!(tail.is_empty() && head.ends_with("version: 1.0.0}\n"));
-        for (extra, field) in [
-            ("  targets: [{clusterSelector: {}, helmValues: {a: 1}}]\n", "spec.targets[0].helmValues"),
-            ("  targets: [{clusterSelector: {}}]\n  substitute: {}\n", "spec.substitute"),
-        ] {
-            let text = format!("{head}{extra}");
-            let e = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap_err().to_string();
-            assert!(
-                e.contains(field) && e.contains("not implemented yet for charts from a HelmRepository"),
-                "{e}"
-            );
-        }
+        let text = format!(
+            "{head}  targets: [{{clusterSelector: {{}}, helmValues: {{a: 1}}}}]\n  substitute: {{}}\n"
+        );
+        let f = FleetConfig::parse([("f.yaml", text.as_str())]).unwrap();
+        let spec = &f.bundles["repochart"].spec;
+        assert!(spec.substitute.is_some());
+        let (labels, vars, apis) = (labels("tier=gold"), BTreeMap::new(), Vec::new());
+        let facts = ClusterFacts {
+            name: "c1",
+            labels: &labels,
+            vars: &vars,
+            kubernetes_version: None,
+            api_versions: &apis,
+        };
+        let i = input(placement(spec, &facts, &BTreeMap::new()));
+        assert_eq!(i.layers[0].helm_values, Some(json!({"a": 1})));
     }
 }

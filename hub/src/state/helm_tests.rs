@@ -169,6 +169,7 @@ fn helm_input(replicas: u32) -> HelmInput {
         expect_chart: None,
         expect_version: None,
         default_capabilities: Capabilities { kube_version: "v1.28.0".into(), api_versions: vec![] },
+        archive: false,
     }
 }
 

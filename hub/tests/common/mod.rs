@@ -193,11 +193,22 @@ pub async fn open_with_window(
     epoch: u64,
     window: u32,
 ) -> Result<(Stream, u64, pb::DesiredState), Status> {
+    open_with_hello(hub, id, hello(epoch), window).await
+}
+
+/// Open a Sync stream whose first message is `hello` (e.g. with the
+/// cluster's Kubernetes version and API versions).
+pub async fn open_with_hello(
+    hub: &HubHandle,
+    id: &AgentIdentity,
+    hello: pb::AgentMessage,
+    window: u32,
+) -> Result<(Stream, u64, pb::DesiredState), Status> {
     let ch =
         channel_with_window(hub, Some((&id.cert_pem, &id.key_pem)), (window > 0).then_some(window)).await;
     let mut client = pb::agent_client::AgentClient::new(ch);
     let (tx, rx) = mpsc::channel(64);
-    tx.send(hello(epoch)).await.unwrap();
+    tx.send(hello).await.unwrap();
     let mut rx = client.sync(Request::new(ReceiverStream::new(rx))).await?.into_inner();
     let ack = match rx.message().await?.and_then(|m| m.msg) {
         Some(Out::Ack(a)) => a.acked_seq,
@@ -253,6 +264,21 @@ impl Stream {
         })
         .await
         .expect("timed out waiting for a hub message")
+    }
+
+    /// Download the artifact `digest` whole, over this stream's connection.
+    pub async fn download(&mut self, digest: &str) -> Vec<u8> {
+        let mut chunks = self
+            .client
+            .download_artifact(pb::DownloadArtifactRequest { digest: digest.into(), offset: 0 })
+            .await
+            .expect("download starts")
+            .into_inner();
+        let mut got = Vec::new();
+        while let Some(c) = chunks.message().await.expect("download chunk") {
+            got.extend_from_slice(&c.data);
+        }
+        got
     }
 
     pub async fn until_ack(&mut self, seq: u64) {
