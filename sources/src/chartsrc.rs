@@ -199,6 +199,7 @@ fn bundle_refs(fleet: &FleetConfig, repo: &str) -> Vec<BundleRef> {
             path: b.spec.path.clone(),
             helm: b.spec.helm.clone().map(Box::new),
             target_namespace: b.spec.target_namespace.clone(),
+            dep_repositories: Vec::new(),
         })
         .collect()
 }
@@ -957,6 +958,7 @@ mod tests {
                 ..Default::default()
             })),
             target_namespace: None,
+            dep_repositories: Vec::new(),
         }
     }
 

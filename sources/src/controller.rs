@@ -121,6 +121,11 @@ pub(crate) struct BundleRef {
     /// A Helm bundle's chart and values (crate::helmrender).
     pub(crate) helm: Option<Box<HelmSpec>>,
     pub(crate) target_namespace: Option<String>,
+    /// For a chart directory (`helm.path`): the fleet's chart repositories,
+    /// whose credentials its non-vendored dependencies use
+    /// (crate::chartdeps); empty for every other bundle. A change to them
+    /// rebuilds the chart, as a spec change does.
+    pub(crate) dep_repositories: Vec<crate::chartdeps::KnownRepository>,
 }
 
 struct WorkerHandle {
@@ -372,6 +377,7 @@ impl Supervisor {
                 self.inner.triggers.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
             }
         }
+        let known = crate::chartdeps::known_repositories(&fleet);
         for (name, src) in &fleet.sources {
             let bundles: Vec<BundleRef> = fleet
                 .bundles_of_source(name)
@@ -380,6 +386,11 @@ impl Supervisor {
                     path: b.spec.path.clone(),
                     helm: b.spec.helm.clone().map(Box::new),
                     target_namespace: b.spec.target_namespace.clone(),
+                    dep_repositories: if b.spec.helm.as_ref().is_some_and(|h| h.path.is_some()) {
+                        known.clone()
+                    } else {
+                        Vec::new()
+                    },
                 })
                 .collect();
             match self.workers.get_mut(name) {
@@ -600,6 +611,7 @@ struct BuildKey {
     path: String,
     ignore: Option<String>,
     helm: Option<Box<HelmSpec>>,
+    dep_repositories: Vec<crate::chartdeps::KnownRepository>,
 }
 
 struct Worker {
@@ -814,6 +826,7 @@ impl Worker {
             path: b.path.clone(),
             ignore: self.spec.ignore.clone(),
             helm: b.helm.clone(),
+            dep_repositories: b.dep_repositories.clone(),
         };
         let todo: Vec<BundleRef> = self
             .bundles
@@ -934,6 +947,7 @@ impl Worker {
         let opts = self.render_options();
         let (bundle, path, source) = (b.name.clone(), b.path.clone(), self.name.clone());
         let (helm, target_ns, helm_cfg) = (b.helm.clone(), b.target_namespace.clone(), self.cfg.helm.clone());
+        let dep_repositories = b.dep_repositories.clone();
         // Chart dependencies fetched from repositories (crate::chartdeps).
         let deps_dir = self.cfg.data_dir.join("chart-deps");
         let (commit, revision) = (resolved.commit.clone(), resolved.revision());
@@ -957,7 +971,10 @@ impl Worker {
                         &caps,
                         &[],
                         &opts.limits,
-                        Some(&deps_cache),
+                        crate::chartdeps::Lookup {
+                            cache: Some(&deps_cache),
+                            repositories: &dep_repositories,
+                        },
                     )?;
                     for w in &r.helm.warnings {
                         warn!(bundle = %bundle, "helm: {w}");

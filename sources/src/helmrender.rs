@@ -317,13 +317,14 @@ pub fn prepare_helm(
         revision,
         default_capabilities,
         max_chart_bytes,
-        None,
+        crate::chartdeps::Lookup::default(),
     )
 }
 
 /// [`prepare_helm`], with the chart's non-vendored dependencies
 /// (`Chart.yaml` `dependencies:` missing from `charts/`) fetched from their
-/// repositories through `deps_cache` (content-addressed) and added to the
+/// repositories through `deps` (its content-addressed cache and the fleet's
+/// declared repositories, whose credentials they use) and added to the
 /// input as `charts/<name>-<version>.tgz` (`crate::chartdeps`), so the input
 /// and its chart digest hold them and Helm's engine renders them as it
 /// renders vendored ones. They count towards `max_chart_bytes`. Blocking.
@@ -336,7 +337,7 @@ pub fn prepare_helm_with_deps(
     revision: &str,
     default_capabilities: &Capabilities,
     max_chart_bytes: u64,
-    deps_cache: Option<&crate::ArtifactStore>,
+    deps: crate::chartdeps::Lookup<'_>,
 ) -> Result<HelmInput> {
     use base64::Engine;
     let Some(chart_path) = &spec.path else {
@@ -388,7 +389,7 @@ pub fn prepare_helm_with_deps(
         chart_files.push((f.path.clone(), base64::engine::general_purpose::STANDARD.encode(&content)));
     }
     let paths: Vec<&str> = chart_files.iter().map(|(p, _)| p.as_str()).collect();
-    let fetched = crate::chartdeps::fetch_missing(&chart_yaml, &paths, deps_cache, max_chart_bytes)?;
+    let fetched = crate::chartdeps::fetch_missing(&chart_yaml, &paths, deps, max_chart_bytes)?;
     for d in fetched {
         total += d.bytes.len() as u64;
         if total > max_chart_bytes {
@@ -525,12 +526,12 @@ pub fn render_helm(
         capabilities,
         extra_values,
         limits,
-        None,
+        crate::chartdeps::Lookup::default(),
     )
 }
 
 /// [`render_helm`], fetching the chart's non-vendored dependencies through
-/// `deps_cache` (see [`prepare_helm_with_deps`]). Blocking.
+/// `deps` (see [`prepare_helm_with_deps`]). Blocking.
 #[allow(clippy::too_many_arguments)]
 pub fn render_helm_with_deps(
     tree: &dyn Tree,
@@ -542,7 +543,7 @@ pub fn render_helm_with_deps(
     capabilities: &Capabilities,
     extra_values: &[Value],
     limits: &Limits,
-    deps_cache: Option<&crate::ArtifactStore>,
+    deps: crate::chartdeps::Lookup<'_>,
 ) -> Result<HelmRendered> {
     let input = prepare_helm_with_deps(
         tree,
@@ -552,7 +553,7 @@ pub fn render_helm_with_deps(
         revision,
         capabilities,
         renderer.limits().max_chart_bytes,
-        deps_cache,
+        deps,
     )?;
     let mut r = render_input(&input, renderer, capabilities, extra_values, limits)?;
     let bytes = input.to_bytes();

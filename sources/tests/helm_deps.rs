@@ -24,6 +24,7 @@ use convoy_artifact::{FsTree, Limits};
 use convoy_core::config::HelmSpec;
 use convoy_helm::output::parse_objects;
 use convoy_sources::ArtifactStore;
+use convoy_sources::chartdeps::{KnownRepository, Lookup, RepositoryKind};
 use convoy_sources::helmrender::{
     Capabilities, HelmInput, HelmSettings, WorkerCommand, render_helm_with_deps,
 };
@@ -31,11 +32,20 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 const SERVER: &str = r#"
-import http.server, sys
+import base64, http.server, sys
 root = sys.argv[1]
+auth = sys.argv[2] if len(sys.argv) > 2 else None
 class H(http.server.SimpleHTTPRequestHandler):
     def __init__(self, *a, **k):
         super().__init__(*a, directory=root, **k)
+    def do_GET(self):
+        if auth and self.headers.get("Authorization") != "Basic " + base64.b64encode(auth.encode()).decode():
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="charts"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
     def log_message(self, *a):
         pass
 s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
@@ -44,11 +54,17 @@ s.serve_forever()
 "#;
 
 fn serve(root: &Path) -> (ProcessGuard, String) {
+    serve_with(root, None)
+}
+
+/// The server, requiring basic auth `user:password` when given.
+fn serve_with(root: &Path, basic_auth: Option<&str>) -> (ProcessGuard, String) {
     let mut child = ProcessGuard::spawn(
         "chart repository",
         Command::new("python3")
             .args(["-u", "-c", SERVER])
             .arg(root)
+            .args(basic_auth)
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
     )
@@ -177,7 +193,7 @@ fn heavy_dependencies_from_a_chart_repository_are_fetched_checked_cached_and_ren
             &caps,
             &[],
             &Limits::default(),
-            Some(cache),
+            Lookup { cache: Some(cache), repositories: &[] },
         )
     };
 
@@ -237,7 +253,7 @@ fn heavy_dependencies_from_a_chart_repository_are_fetched_checked_cached_and_ren
         &caps,
         &[],
         &Limits::default(),
-        Some(&cache),
+        Lookup { cache: Some(&cache), repositories: &[] },
     )
     .unwrap_err();
     assert_eq!(e.reason(), "ChartDependencyFailed");
@@ -259,11 +275,67 @@ fn heavy_dependencies_from_a_chart_repository_are_fetched_checked_cached_and_ren
         &caps,
         &[],
         &Limits::default(),
-        Some(&cache),
+        Lookup { cache: Some(&cache), repositories: &[] },
     )
     .unwrap_err();
     assert_eq!(e.reason(), "ChartDependencyFailed");
     assert!(e.to_string().contains("404") && e.to_string().contains("child"), "{e}");
+}
+
+/// A dependency in a private chart repository: fetched anonymously it fails
+/// (401, naming the dependency); with the credentials of the fleet's
+/// `HelmRepository` of the same URL it is fetched; `@name` names that
+/// repository; an unknown `@name` fails naming it. Nothing is rendered when
+/// it fails.
+#[test]
+fn heavy_a_private_dependency_uses_the_credentials_of_the_fleets_repository() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let work = tempfile::tempdir().unwrap();
+    let served = work.path().join("www");
+    let repo = served.join("charts");
+    publish(work.path(), &repo, &["1.0.0", "2.0.0"]);
+    let (_server, url) = serve_with(&served, Some("robot:s3cret"));
+    let creds = work.path().join("creds");
+    std::fs::write(&creds, "robot:s3cret\n").unwrap();
+    let known = [KnownRepository {
+        kind: RepositoryKind::Http,
+        name: "private".into(),
+        url: url.clone(),
+        basic_auth_file: Some(creds),
+        bearer_token_file: None,
+        ca_file: None,
+        plain_http: false,
+        timeout: std::time::Duration::from_secs(10),
+    }];
+    let renderer = settings().renderer().expect("libhelm_c is installed (scripts/setup.sh)");
+    let render = |repository: &str, known: &[KnownRepository]| {
+        let src = work.path().join(format!("src-{}", known.len()));
+        let _ = std::fs::remove_dir_all(&src);
+        parent(&src, repository, "^1.0.0");
+        render_helm_with_deps(
+            &FsTree::new(&src),
+            "web",
+            &spec(json!({})),
+            None,
+            "rev",
+            &renderer,
+            &Capabilities::default(),
+            &[],
+            &Limits::default(),
+            Lookup { cache: None, repositories: known },
+        )
+    };
+    let e = render(&url, &[]).unwrap_err();
+    assert_eq!(e.reason(), "ChartDependencyFailed");
+    assert!(e.to_string().contains("child") && e.to_string().contains("401"), "{e}");
+    let r = render(&url, &known).unwrap();
+    assert_eq!(configmaps(&r.artifact.bytes)["web-child"]["version"], "1.0.0");
+    let r = render("@private", &known).unwrap();
+    assert_eq!(configmaps(&r.artifact.bytes)["web-child"]["version"], "1.0.0");
+    let e = render("@nope", &known).unwrap_err();
+    assert_eq!(e.reason(), "ChartDependencyFailed");
+    assert!(e.to_string().contains("no HelmRepository or OCIRepository named \"nope\""), "{e}");
+    assert!(!e.to_string().contains("s3cret"), "{e}");
 }
 
 /// Through the source pipeline (what the hub runs): a chart in a GitSource
