@@ -4,7 +4,7 @@
 //! and the chart and values digests; the artifact carries the release record
 //! the agent turns into Helm's release Secret (layout in convoy_helm::bundle).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -70,6 +70,42 @@ pub struct HelmBuildArgs {
     pub crds: convoy_helm::release::CrdPolicy,
 }
 
+/// A chart directory's dependencies that its `Chart.yaml` lists but
+/// `charts/` does not vendor, fetched as the hub fetches them
+/// (`convoy_sources::chartdeps`: the version range resolved, the digest
+/// checked; anonymously, with the system's CAs) into a copy of the chart as
+/// `charts/<name>-<version>.tgz`, with the files the hub's build reads, so
+/// the chart digest is the one the hub computes. `None`: nothing is missing
+/// (or `dir` is not a chart directory; the render says why).
+fn with_dependencies(dir: &Path, max_bytes: u64) -> anyhow::Result<Option<tempfile::TempDir>> {
+    use convoy_artifact::{FsTree, IgnoreRules, Selection, Tree as _, select_files};
+    use convoy_sources::chartdeps;
+    let Ok(chart_yaml) = std::fs::read_to_string(dir.join("Chart.yaml")) else { return Ok(None) };
+    let tree = FsTree::new(dir);
+    let files = select_files(&tree, "", &IgnoreRules::without_defaults(None)?, Selection::All)?;
+    let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    if chartdeps::missing(&chart_yaml, &paths)?.is_empty() {
+        return Ok(None);
+    }
+    let fetched = chartdeps::fetch_missing(&chart_yaml, &paths, chartdeps::Lookup::default(), max_bytes)?;
+    let copy = tempfile::Builder::new().prefix("convoy-chart-").tempdir()?;
+    let write = |rel: &str, bytes: &[u8]| -> anyhow::Result<()> {
+        let target = copy.path().join(rel);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&target, bytes).with_context(|| format!("writing {}", target.display()))
+    };
+    for f in &files {
+        write(&f.path, &tree.read_file(&f.source)?)?;
+    }
+    for d in fetched {
+        eprintln!("fetched dependency {} {} ({}) from its repository", d.name, d.version, d.digest);
+        write(&d.file, &d.bytes)?;
+    }
+    Ok(Some(copy))
+}
+
 fn crd_policy(s: &str) -> Result<convoy_helm::release::CrdPolicy, String> {
     serde_json::from_value(serde_json::Value::String(s.into()))
         .map_err(|_| format!("{s:?}: expected CreateReplace, Create or Skip"))
@@ -96,7 +132,9 @@ pub(crate) fn build_chart(a: &BuildArgs) -> anyhow::Result<ExitCode> {
     let h = &a.helm;
     let chart_ref = h.chart.as_deref().context("--dir or --chart is required")?;
     let remote = ["oci://", "http://", "https://"].iter().any(|p| chart_ref.starts_with(p));
-    let (chart, path) = if remote {
+    // A chart directory with fetched dependencies is rendered from a copy,
+    // kept (`_copy`) until the end.
+    let (chart, path, _copy) = if remote {
         // The hub's resolvers (convoy_sources::chartsrc), on the runtime this
         // blocking task runs beside.
         let constraint = h.chart_version.clone().unwrap_or_default();
@@ -122,10 +160,15 @@ pub(crate) fn build_chart(a: &BuildArgs) -> anyhow::Result<ExitCode> {
         );
         // The bundle is named after the chart: the last path segment.
         let last = chart_ref.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string();
-        (ChartInput::Archive(pulled.bytes), PathBuf::from(last))
+        (ChartInput::Archive(pulled.bytes), PathBuf::from(last), None)
     } else {
         let path = PathBuf::from(chart_ref).canonicalize().with_context(|| format!("--chart {chart_ref}"))?;
-        (ChartInput::Path(path.clone()), path)
+        match with_dependencies(&path, convoy_helm::Limits::default().max_chart_bytes)
+            .with_context(|| format!("--chart {chart_ref}: dependencies"))?
+        {
+            Some(copy) => (ChartInput::Path(copy.path().to_path_buf()), path, Some(copy)),
+            None => (ChartInput::Path(path.clone()), path, None),
+        }
     };
     let name = match &a.name {
         Some(n) => n.clone(),

@@ -221,3 +221,68 @@ fn heavy_build_pulls_a_chart_from_a_private_repository_with_credentials_from_a_f
     assert_eq!(st["helm"]["version"], "6.15.0", "{st}");
     assert_eq!(st["helm"]["chartDigest"], sha256_file(&tgz));
 }
+
+/// `convoy build --chart DIR` fetches the dependencies the chart lists in
+/// `Chart.yaml` but does not vendor, as the hub's build does (range
+/// resolved, digest checked), and Helm renders them; the chart directory
+/// itself is left untouched. A dependency no version matches fails naming
+/// it, with nothing written.
+#[test]
+fn heavy_build_of_a_chart_directory_fetches_its_dependencies() {
+    let d = tempfile::tempdir().unwrap();
+    let keys = d.path().join("keys");
+    assert!(convoy(&["keygen", "--out", keys.to_str().unwrap()]).status.success());
+    let key = keys.join("signing.key");
+    let repo = d.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    package(&repo, "6.14.1");
+    let t15 = package(&repo, "6.15.0");
+    let (_http, url) = http_server(&repo);
+    let app = d.path().join("app");
+    let chart_yaml = |range: &str| {
+        format!(
+            "apiVersion: v2\nname: app\nversion: 1.0.0\ndependencies:\n- name: podinfo\n  version: \"{range}\"\n  repository: {url}\n"
+        )
+    };
+    std::fs::create_dir_all(app.join("templates")).unwrap();
+    std::fs::write(app.join("Chart.yaml"), chart_yaml("^6.14.0")).unwrap();
+    std::fs::write(app.join("values.yaml"), "podinfo:\n  replicaCount: 2\n").unwrap();
+    std::fs::write(
+        app.join("templates/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-app\ndata: {}\n",
+    )
+    .unwrap();
+
+    let out = d.path().join("out");
+    let o = build(&key, &out, app.to_str().unwrap(), &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("fetched dependency podinfo 6.15.0 ({})", sha256_file(&t15))),
+        "{stderr}"
+    );
+    assert!(!app.join("charts").exists(), "the chart directory is not changed");
+    let files =
+        convoy_artifact::unpack(&std::fs::read(out.join("artifact.tar.gz")).unwrap(), &Default::default())
+            .unwrap();
+    let objects: Vec<Value> = files
+        .iter()
+        .filter(|f| f.path.starts_with("helm/templates/"))
+        .flat_map(|f| {
+            convoy_helm::output::parse_objects(&f.path, std::str::from_utf8(&f.content).unwrap()).unwrap()
+        })
+        .collect();
+    let deployment =
+        objects.iter().find(|o| o["kind"] == "Deployment").expect("podinfo's Deployment is rendered");
+    assert_eq!(deployment["spec"]["replicas"], 2, "the parent's values for the subchart");
+    assert!(objects.iter().any(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "app-app"));
+
+    // No version matches: refused naming the dependency, nothing written.
+    std::fs::write(app.join("Chart.yaml"), chart_yaml("^7.0.0")).unwrap();
+    let out = d.path().join("out2");
+    let o = build(&key, &out, app.to_str().unwrap(), &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(stderr.contains("podinfo") && stderr.contains("^7.0.0"), "{stderr}");
+    assert!(!out.exists(), "nothing written");
+}
