@@ -909,7 +909,7 @@ async fn a_test_run_asked_on_one_replica_reaches_the_agent_on_another_once() {
             timeout_seconds: 30
         }
     );
-    assert_eq!(stored_commands(&etcd.url, "c1").await, [r1.request_id.clone()]);
+    assert_eq!(stored_commands(&etcd.url, "c1").await, vec![r1.request_id.clone()]);
 
     // The agent's answer, stored by B, deletes the record in the same commit.
     let answer = |seq: u64, id: &str| pb::AgentMessage {

@@ -206,7 +206,6 @@ async fn start_with_clock(dir: &std::path::Path, clock: convoy_core::clock::Shar
         pipeline: Some(pipeline.clone()),
         fleet: Some(fleet(FLEET_HELM)),
         clock: Some(clock),
-        ..Default::default()
     };
     let hub = convoy_hub::Hub::start(cfg, options).await.unwrap();
     TestHub { hub, pipeline, dir: dir.to_path_buf() }
