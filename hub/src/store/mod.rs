@@ -237,3 +237,41 @@ pub trait Store: Send + Sync + 'static {
         0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::commands::CommandRecord;
+
+    #[test]
+    fn command_writes_count_their_keys() {
+        let rec = CommandRecord {
+            cluster: "c".into(),
+            request_id: "r".into(),
+            bundle: "web".into(),
+            generation: 1,
+            timeout_seconds: 0,
+            created_unix_ms: 0,
+            expires_unix_ms: 0,
+        };
+        assert_eq!(Write::PutCommand(rec.clone()).ops(), 2, "the cluster's listing and the put");
+        let expire = Write::ExpireCommand {
+            cluster: "c".into(),
+            request_id: "r".into(),
+            event: crate::domain::commands::expired_event(&rec, 0),
+        };
+        assert_eq!(expire.ops(), 8, "the record read and deleted, and an event");
+        let mut answer = EventRecord { reason: "TestSucceeded".into(), ..Default::default() };
+        answer.details.insert("requestId".into(), "r".into());
+        let batch = |e: EventRecord| {
+            Write::AgentBatch(AgentBatch {
+                cluster: "c".into(),
+                epoch: 1,
+                entries: vec![(1, OutboxEntry::Event(e))],
+            })
+        };
+        assert_eq!(batch(answer.clone()).ops(), 9, "an answer also deletes its command");
+        answer.reason = "Applied".into();
+        assert_eq!(batch(answer).ops(), 8);
+    }
+}
