@@ -211,6 +211,9 @@ pub struct Controller {
     trim_due: Option<Instant>,
     /// Bundles to delete from the store (left without anything applied).
     forget: Vec<String>,
+    /// The test runs the hub gave, by request id: a pending run is sent
+    /// again after a reconnect, and runs once (crate::helmtest::Seen).
+    tests_seen: crate::helmtest::Seen,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -259,6 +262,7 @@ impl Controller {
             restore_pending: HashSet::new(),
             trim_due: None,
             forget: Vec::new(),
+            tests_seen: crate::helmtest::Seen::new(crate::helmtest::SEEN_KEPT),
         }
     }
 
@@ -324,6 +328,10 @@ impl Controller {
             }
             HubInput::Update { upserts, removed } => (upserts, removed, false),
             HubInput::RunTests(req) => {
+                if !self.tests_seen.first(&req.request_id) {
+                    tracing::debug!(bundle = %req.bundle, request = %req.request_id, "test run sent again by the hub; it ran or runs once");
+                    return;
+                }
                 match self.slots.get_mut(&req.bundle) {
                     // Started by `schedule` once the bundle is idle.
                     Some(slot) => slot.tests.push_back(req),

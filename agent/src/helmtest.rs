@@ -164,10 +164,55 @@ pub fn event(req: &TestRequest, generation: u64, outcome: &Outcome, now_ms: i64)
     ev
 }
 
+/// How many request ids the agent remembers ([`Seen`]).
+pub const SEEN_KEPT: usize = 1024;
+
+/// The request ids of the test runs the hub gave this agent process, the
+/// newest `cap`: the hub keeps a run pending (stored) until its answer is
+/// stored, and sends it again to each new Sync session, so a run is taken
+/// once however often it arrives. Not persisted: an agent restarted before
+/// its answer reached the hub may run it again.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    ids: std::collections::VecDeque<String>,
+    cap: usize,
+}
+
+impl Seen {
+    /// Remember at most `cap` ids (at least one).
+    pub fn new(cap: usize) -> Self {
+        Self { ids: Default::default(), cap: cap.max(1) }
+    }
+
+    /// Whether `id` is new (then it is remembered, the oldest forgotten
+    /// beyond the bound). Pure.
+    pub fn first(&mut self, id: &str) -> bool {
+        if self.ids.iter().any(|s| s == id) {
+            return false;
+        }
+        if self.ids.len() >= self.cap {
+            self.ids.pop_front();
+        }
+        self.ids.push_back(id.to_string());
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_request_sent_again_is_taken_once_within_the_bound() {
+        let mut s = Seen::new(2);
+        assert!(s.first("a") && s.first("b"));
+        assert!(!s.first("a") && !s.first("b"), "sent again after a reconnect");
+        assert!(s.first("c"), "a new run");
+        assert!(s.first("a"), "beyond the bound the oldest is forgotten");
+        let mut one = Seen::new(0);
+        assert!(one.first("x") && !one.first("x"), "a bound of at least one");
+    }
 
     fn req(generation: u64) -> TestRequest {
         TestRequest { request_id: "r1".into(), bundle: "web".into(), generation, timeout: None }

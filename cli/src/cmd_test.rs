@@ -2,7 +2,8 @@
 //! cluster (Helm's `helm test`). The hub hands the run to the cluster's
 //! agent (Fleet `RunTests`); the agent reports ONE event (`TestSucceeded`,
 //! `TestFailed`, `TestRefused`) carrying the run's request id, which this
-//! command follows (FollowEvents) and prints. Exit code 0 when the tests
+//! command follows (FollowEvents) and prints; the hub's `TestExpired` (no
+//! answer within the run's window) ends it too. Exit code 0 when the tests
 //! passed, 1 when one failed, the run was refused or no result came within
 //! `--timeout`; 3 hub unreachable, 4 not authorized, 5 not found.
 
@@ -39,7 +40,8 @@ pub fn verdict(request_id: &str, e: &pb::Event) -> Option<(u8, String)> {
     }
     let code = match e.reason.as_str() {
         "TestSucceeded" => 0,
-        "TestFailed" | "TestRefused" => 1,
+        // The hub stopped offering the run: no answer came in its window.
+        "TestFailed" | "TestRefused" | "TestExpired" => 1,
         // Another event naming the run: not its result.
         _ => return None,
     };
@@ -132,6 +134,7 @@ mod tests {
         assert_eq!(verdict("r1", &ev("TestSucceeded", "r1")), Some((0, "TestSucceeded: m".into())));
         assert_eq!(verdict("r1", &ev("TestFailed", "r1")), Some((1, "TestFailed: m".into())));
         assert_eq!(verdict("r1", &ev("TestRefused", "r1")), Some((1, "TestRefused: m".into())));
+        assert_eq!(verdict("r1", &ev("TestExpired", "r1")), Some((1, "TestExpired: m".into())));
         assert_eq!(verdict("r1", &ev("TestSucceeded", "r2")), None, "another run");
         assert_eq!(verdict("r1", &ev("Applied", "r1")), None, "not a result");
         assert_eq!(verdict("r1", &pb::Event { reason: "TestFailed".into(), ..Default::default() }), None);

@@ -18,6 +18,7 @@
 pub mod accept;
 pub mod admins;
 pub mod alerts;
+pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod files;

@@ -317,6 +317,7 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
     admins.record(admin_record).await?;
     let ca = Arc::new(ca);
     let initial_fleet = fleet.clone();
+    let commands = Arc::new(crate::commands::Commands::new(std::mem::take(&mut loaded.commands)));
     // Artifacts another replica built are fetched from it (crate::ha).
     let peer_artifacts = store.is_shared().then(|| {
         Arc::new(crate::ha::artifacts::PeerArtifacts::new(
@@ -371,6 +372,8 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
         trusted_keys_pem: trusted.clone(),
         peer_artifacts,
         admins: admins.clone(),
+        commands: commands.clone(),
+        clock: clock.clone(),
     });
 
     let alerts_task = crate::alerts::spawn(
@@ -388,11 +391,28 @@ async fn start(cfg: HubConfig, options: HubOptions) -> Result<HubHandle> {
 
     let mut tasks = vec![("fleet_state", state_task), ("alerts", alerts_task)];
     tasks.extend(ha_tasks);
+    tasks.push((
+        "command_expiry",
+        crate::commands::spawn_expiry(
+            commands.clone(),
+            writer.clone(),
+            leadership.clone(),
+            clock.clone(),
+            shutdown.clone(),
+        ),
+    ));
     // Several replicas on one store: the others' commits reach this one's state.
     if let Some(feed) = store.follow() {
         tasks.push((
             "replica_follower",
-            crate::ha::follow::spawn(feed, state.clone(), admins.clone(), shutdown.clone()),
+            crate::ha::follow::spawn(
+                feed,
+                state.clone(),
+                admins.clone(),
+                commands.clone(),
+                clock.clone(),
+                shutdown.clone(),
+            ),
         ));
     }
     if let Some(t) = sources_task {

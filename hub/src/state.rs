@@ -2283,6 +2283,9 @@ mod tests {
         fn list_events(&self, _: &EventFilter) -> Result<Vec<StoredEvent>> {
             Ok(Vec::new())
         }
+        fn commands(&self, _: &str) -> Result<Vec<crate::domain::commands::CommandRecord>> {
+            Ok(Vec::new())
+        }
         fn commit(&self, writes: Vec<Write>, _: i64) -> Result<Vec<WriteOutcome>> {
             if self.fail.load(Ordering::SeqCst) {
                 self.failed.fetch_add(1, Ordering::SeqCst);

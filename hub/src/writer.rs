@@ -235,7 +235,7 @@ fn apply_outcomes(
             }
             WriteOutcome::Seeded { cluster, statuses } => index.put(cluster, statuses),
             WriteOutcome::Events(evs) => stored_events.extend(evs.iter()),
-            WriteOutcome::Done => {}
+            WriteOutcome::Done | WriteOutcome::CommandQueued(_) => {}
         }
     }
     for e in stored_events {
@@ -269,6 +269,9 @@ mod tests {
         }
         fn list_events(&self, f: &crate::domain::EventFilter) -> Result<Vec<StoredEvent>> {
             self.inner.list_events(f)
+        }
+        fn commands(&self, cluster: &str) -> Result<Vec<crate::domain::commands::CommandRecord>> {
+            self.inner.commands(cluster)
         }
         fn commit(&self, writes: Vec<Write>, now: i64) -> Result<Vec<WriteOutcome>> {
             let ops: usize = writes.iter().map(Write::ops).sum();

@@ -33,6 +33,18 @@ async fn replica_with(
     fleet_text: &str,
     lease_ttl: u64,
 ) -> (HubHandle, std::sync::Arc<StaticPipeline>) {
+    replica_clocked(dir, etcd, shared, fleet_text, lease_ttl, None).await
+}
+
+/// [`replica_with`] on a clock of its own (`None`: the system clock).
+async fn replica_clocked(
+    dir: &Path,
+    etcd: &str,
+    shared: Option<&Path>,
+    fleet_text: &str,
+    lease_ttl: u64,
+    clock: Option<convoy_core::clock::SharedClock>,
+) -> (HubHandle, std::sync::Arc<StaticPipeline>) {
     init();
     let pipeline = StaticPipeline::new(dir.join("artifacts"));
     let mut cfg = HubConfig::local(dir.join("data"));
@@ -48,7 +60,7 @@ async fn replica_with(
     }
     let hub = Hub::start(
         cfg,
-        HubOptions { pipeline: Some(pipeline.clone()), fleet: Some(fleet(fleet_text)), ..Default::default() },
+        HubOptions { pipeline: Some(pipeline.clone()), fleet: Some(fleet(fleet_text)), clock },
     )
     .await
     .unwrap();
@@ -820,4 +832,249 @@ mod locks {
         }
         assert_ne!(lease_of(&etcd.url, a.replica_id()), lease, "a new lease");
     }
+}
+
+fn built_helm() -> convoy_core::pipeline::BuiltHelm {
+    convoy_core::pipeline::BuiltHelm {
+        chart: "web".into(),
+        version: "1.0.0".into(),
+        chart_digest: format!("sha256:{}", "c".repeat(64)),
+        values_digest: format!("sha256:{}", "d".repeat(64)),
+        warnings: Vec::new(),
+        input: None,
+    }
+}
+
+/// The pending commands of `cluster` in the shared store, read by a store
+/// of its own (as a third replica would).
+async fn stored_commands(etcd: &str, cluster: &str) -> Vec<String> {
+    let (url, cluster) = (etcd.to_string(), cluster.to_string());
+    tokio::task::spawn_blocking(move || {
+        use convoy_hub::store::{EtcdOptions, EtcdStore, Store};
+        let s = EtcdStore::open(&EtcdOptions::new(vec![url], "/ha/"), 100).unwrap();
+        let mut ids: Vec<String> = s.commands(&cluster).unwrap().into_iter().map(|c| c.request_id).collect();
+        ids.sort();
+        ids
+    })
+    .await
+    .unwrap()
+}
+
+/// `convoy test` across replicas: asked on A while the agent's stream is on
+/// B, the command is stored, reaches the agent on B through B's change feed
+/// exactly once, its answer (stored by B) is stored once and deletes the
+/// record; one asked on A while the agent is away is delivered when it
+/// connects to B again, with the one still unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_run_asked_on_one_replica_reaches_the_agent_on_another_once() {
+    use convoy_proto::v1::agent_message::Msg as In;
+    use convoy_proto::v1::hub_message::Msg as Out;
+    let etcd = etcd_server::Server::start();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, pa) = replica(da.path(), &etcd.url, None).await;
+    let (b, _pb) = replica(db.path(), &etcd.url, Some(&da.path().join("data"))).await;
+    let c1 = register(&a, "c1", &[("env", "prod")]).await;
+    eventually(|| async { b.state().view().clusters.contains_key("c1").then_some(()) }).await;
+    pa.publish_helm("web", "main@sha1:1", b"release one", built_helm(), b"input one").unwrap();
+    eventually(|| async { b.state().view().records.contains_key("web").then_some(()) }).await;
+
+    // The agent is on B and reports the release applied there.
+    let (mut s, _, snap) = open(&b, &c1, 1).await.unwrap();
+    if !snap.bundles.iter().any(|d| d.name == "web" && d.generation == 1) {
+        s.until_generation("web", 1).await;
+    }
+    let applied = pb::BundleStatus {
+        bundle: "web".into(),
+        generation: 1,
+        applied_generation: 1,
+        phase: pb::Phase::Ready as i32,
+        ..Default::default()
+    };
+    s.tx.send(pb::AgentMessage { msg: Some(In::Status(pb::StatusReport { seq: 1, status: Some(applied) })) })
+        .await
+        .unwrap();
+    s.until_ack(1).await;
+    eventually(|| async {
+        let view = a.state().view();
+        let st = view.clusters.get("c1")?.shared.statuses();
+        (st.get("web")?.status.applied_generation == 1).then_some(())
+    })
+    .await;
+
+    // Asked on A: stored, then sent on B's stream.
+    let mut fa = admin(&a).await;
+    let req = || pb::RunTestsRequest { bundle: "web".into(), cluster: "c1".into(), timeout_seconds: 30 };
+    let r1 = fa.run_tests(req()).await.unwrap().into_inner();
+    assert_eq!(r1.generation, 1);
+    let got = s
+        .until(|m| match m {
+            Out::RunTests(c) => Some(c.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        got,
+        pb::RunTests {
+            request_id: r1.request_id.clone(),
+            bundle: "web".into(),
+            generation: 1,
+            timeout_seconds: 30
+        }
+    );
+    assert_eq!(stored_commands(&etcd.url, "c1").await, vec![r1.request_id.clone()]);
+
+    // The agent's answer, stored by B, deletes the record in the same commit.
+    let answer = |seq: u64, id: &str| pb::AgentMessage {
+        msg: Some(In::Event(pb::EventReport {
+            seq,
+            event: Some(pb::Event {
+                severity: pb::Severity::Info as i32,
+                reason: "TestSucceeded".into(),
+                message: "3 test(s) passed".into(),
+                bundle: "web".into(),
+                details: [("requestId".to_string(), id.to_string())].into(),
+                ..Default::default()
+            }),
+        })),
+    };
+    s.tx.send(answer(2, &r1.request_id)).await.unwrap();
+    s.until_ack(2).await;
+    assert!(stored_commands(&etcd.url, "c1").await.is_empty());
+
+    // Exactly once on B: the next run command the agent sees is the next run's.
+    let r2 = fa.run_tests(req()).await.unwrap().into_inner().request_id;
+    let next = s
+        .until(|m| match m {
+            Out::RunTests(c) => Some(c.request_id.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(next, r2, "{} was sent twice", r1.request_id);
+    // Its answer is in the log once, read on A.
+    let evs = fa
+        .list_events(pb::ListEventsRequest { cluster: "c1".into(), limit: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let answers = evs
+        .iter()
+        .filter_map(|e| e.event.as_ref())
+        .filter(|e| e.reason == "TestSucceeded" && e.details.get("requestId") == Some(&r1.request_id))
+        .count();
+    assert_eq!(answers, 1);
+
+    // The agent goes away; a run asked on A meanwhile is stored and, with
+    // r2 (sent, never answered), delivered when it connects to B again.
+    drop(s);
+    eventually(|| async { (!b.state().view().clusters["c1"].shared.connected()).then_some(()) }).await;
+    let r3 = fa.run_tests(req()).await.unwrap().into_inner().request_id;
+    let mut want = vec![r2.clone(), r3.clone()];
+    want.sort();
+    assert_eq!(stored_commands(&etcd.url, "c1").await, want);
+    let (mut s, _, _) = open(&b, &c1, 1).await.unwrap();
+    let mut got = Vec::new();
+    s.until(|m| {
+        if let Out::RunTests(c) = m {
+            got.push(c.request_id.clone());
+        }
+        (got.len() == 2).then_some(())
+    })
+    .await;
+    got.sort();
+    assert_eq!(got, want);
+    drop(s);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// A run asked on one replica for an agent that is away expires on the
+/// replicas' clock: the leader deletes it and stores one `TestExpired` event
+/// (whichever replica it was asked on), and the agent connecting to the
+/// other replica afterwards is sent only the run asked for next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_run_that_expires_is_reported_once_for_all_replicas_and_never_sent() {
+    use convoy_proto::v1::agent_message::Msg as In;
+    use convoy_proto::v1::hub_message::Msg as Out;
+    let etcd = etcd_server::Server::start();
+    let clock = convoy_core::clock::FakeClock::at_system_now();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, pa) = replica_clocked(da.path(), &etcd.url, None, FLEET, 10, Some(clock.shared())).await;
+    let shared = da.path().join("data");
+    let (b, _pb) =
+        replica_clocked(db.path(), &etcd.url, Some(&shared), FLEET, 10, Some(clock.shared())).await;
+    let c1 = register(&a, "c1", &[("env", "prod")]).await;
+    eventually(|| async { b.state().view().clusters.contains_key("c1").then_some(()) }).await;
+    pa.publish_helm("web", "main@sha1:1", b"release one", built_helm(), b"input one").unwrap();
+    eventually(|| async { b.state().view().records.contains_key("web").then_some(()) }).await;
+    // One replica leads (it expires commands).
+    eventually(|| async { (a.leadership().is_leader() || b.leadership().is_leader()).then_some(()) }).await;
+
+    // The agent reports the release applied on A, then goes away.
+    let (mut s, _, snap) = open(&a, &c1, 1).await.unwrap();
+    if !snap.bundles.iter().any(|d| d.name == "web" && d.generation == 1) {
+        s.until_generation("web", 1).await;
+    }
+    let applied = pb::BundleStatus {
+        bundle: "web".into(),
+        generation: 1,
+        applied_generation: 1,
+        phase: pb::Phase::Ready as i32,
+        ..Default::default()
+    };
+    s.tx.send(pb::AgentMessage { msg: Some(In::Status(pb::StatusReport { seq: 1, status: Some(applied) })) })
+        .await
+        .unwrap();
+    s.until_ack(1).await;
+    drop(s);
+    eventually(|| async { (!a.state().view().clusters["c1"].shared.connected()).then_some(()) }).await;
+    eventually(|| async {
+        let view = b.state().view();
+        let st = view.clusters.get("c1")?.shared.statuses();
+        (st.get("web")?.status.applied_generation == 1).then_some(())
+    })
+    .await;
+
+    // Asked on B (which never held the stream); stored; expired at 90 s.
+    let mut fb = admin(&b).await;
+    let req = || pb::RunTestsRequest { bundle: "web".into(), cluster: "c1".into(), timeout_seconds: 30 };
+    let old = fb.run_tests(req()).await.unwrap().into_inner().request_id;
+    assert_eq!(stored_commands(&etcd.url, "c1").await, vec![old.clone()]);
+    clock.advance(Duration::from_secs(90));
+    let expired = |fleet: pb::fleet_client::FleetClient<tonic::transport::Channel>, id: String| async move {
+        let mut fleet = fleet;
+        let evs = fleet
+            .list_events(pb::ListEventsRequest { cluster: "c1".into(), limit: 100, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        evs.iter()
+            .filter_map(|e| e.event.as_ref())
+            .filter(|e| e.reason == "TestExpired" && e.details.get("requestId") == Some(&id))
+            .count()
+    };
+    let fa = admin(&a).await;
+    eventually(|| {
+        let (fa, old) = (fa.clone(), old.clone());
+        async move { (expired(fa, old).await > 0).then_some(()) }
+    })
+    .await;
+    assert!(stored_commands(&etcd.url, "c1").await.is_empty());
+
+    // The next run is the first the agent gets, on B; the expired one was
+    // reported once.
+    let new = fb.run_tests(req()).await.unwrap().into_inner().request_id;
+    let (mut s, _, _) = open(&b, &c1, 1).await.unwrap();
+    let first = s
+        .until(|m| match m {
+            Out::RunTests(c) => Some(c.request_id.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(first, new, "the expired run {old} is never sent");
+    assert_eq!(expired(fa.clone(), old.clone()).await, 1);
+    drop(s);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }

@@ -1,8 +1,10 @@
 //! `RunTests` (`convoy test`) at the gRPC edge, in process: admin only; a
 //! clear status for an unknown cluster or bundle, a bundle that is not Helm,
-//! nothing applied yet, or an agent not connected to this replica; and the
-//! command delivered on the agent's Sync stream, once per call, never
-//! coalesced with desired-state changes.
+//! or nothing applied yet; the command stored and delivered on the agent's
+//! Sync stream, once per call, never coalesced with desired-state changes;
+//! one asked for while the agent is away delivered when it connects, and
+//! one that expired first reported and never delivered. (Across replicas:
+//! hub/tests/ha.rs.)
 
 mod common;
 
@@ -139,19 +141,143 @@ async fn run_tests_is_admin_only_refused_clearly_and_delivered_once_per_call() {
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("not a Helm bundle"), "{e:?}");
 
-    // An agent that reported and went away: not connected to this replica.
+    // An agent that reported and went away: the runs asked for meanwhile
+    // are stored (at most MAX_PENDING per cluster, then RESOURCE_EXHAUSTED)
+    // and sent, in order, when it connects again.
     let mut s2 = connect(hub, &c2, "web", 2).await;
     report_applied(&mut s2, 1, "web", 2).await;
-    assert_eq!(admin.run_tests(req("web", "c2")).await.unwrap().into_inner().generation, 2);
+    let first = admin.run_tests(req("web", "c2")).await.unwrap().into_inner();
+    assert_eq!(first.generation, 2);
+    s2.until(|m| matches!(m, Out::RunTests(c) if c.request_id == first.request_id).then_some(())).await;
     drop(s2);
-    let e = eventually(|| {
-        let mut admin = admin.clone();
-        async move { admin.run_tests(req("web", "c2")).await.err() }
+    eventually(|| async { (!hub.state().view().clusters["c2"].shared.connected()).then_some(()) }).await;
+    // `first` was sent and not answered: it is pending too.
+    let mut asked = vec![first.request_id.clone()];
+    for _ in 1..convoy_hub::domain::commands::MAX_PENDING {
+        asked.push(admin.run_tests(req("web", "c2")).await.unwrap().into_inner().request_id);
+    }
+    let e = admin.run_tests(req("web", "c2")).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("commands pending already"), "{e:?}");
+    let (mut s2, _, _) = open(hub, &c2, 1).await.unwrap();
+    let mut got = Vec::new();
+    s2.until(|m| {
+        if let Out::RunTests(c) = m {
+            got.push(c.request_id.clone());
+        }
+        (got.len() == asked.len()).then_some(())
     })
     .await;
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("is not connected to this hub replica"), "{e:?}");
+    // In the order asked to the millisecond (ties in request id order).
+    got.sort();
+    asked.sort();
+    assert_eq!(got, asked, "every pending run once");
+
+    // Answered: the record goes with the stored answer, and a new run is
+    // queued again (the bound counts pending records only).
+    let answer = |seq: u64, id: &str| pb::AgentMessage {
+        msg: Some(In::Event(pb::EventReport {
+            seq,
+            event: Some(pb::Event {
+                severity: pb::Severity::Info as i32,
+                reason: "TestSucceeded".into(),
+                bundle: "web".into(),
+                details: [("requestId".to_string(), id.to_string())].into(),
+                ..Default::default()
+            }),
+        })),
+    };
+    s2.tx.send(answer(2, &first.request_id)).await.unwrap();
+    s2.until_ack(2).await;
+    let next = admin.run_tests(req("web", "c2")).await.unwrap().into_inner().request_id;
+    s2.until(|m| matches!(m, Out::RunTests(c) if c.request_id == next).then_some(())).await;
 
     drop(s1);
+    drop(s2);
+    t.hub.shutdown().await.unwrap();
+}
+
+async fn start_with_clock(dir: &std::path::Path, clock: convoy_core::clock::SharedClock) -> TestHub {
+    init();
+    let pipeline = convoy_hub::StaticPipeline::new(dir.join("artifacts"));
+    let mut cfg = convoy_hub::HubConfig::local(dir.join("data"));
+    cfg.certificates.cluster_ttl = convoy_core::duration::HumanDuration::from_secs(3600);
+    let options = convoy_hub::HubOptions {
+        pipeline: Some(pipeline.clone()),
+        fleet: Some(fleet(FLEET_HELM)),
+        clock: Some(clock),
+    };
+    let hub = convoy_hub::Hub::start(cfg, options).await.unwrap();
+    TestHub { hub, pipeline, dir: dir.to_path_buf() }
+}
+
+/// A run asked for while the agent is away waits for it until it expires
+/// (its timeout plus the slack, on the hub's clock); then the leader deletes
+/// it and stores one `TestExpired` event naming it, and the agent that
+/// connects afterwards never gets it (it gets the run asked for next).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_expired_before_the_agent_connected_is_reported_and_never_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = convoy_core::clock::FakeClock::at_system_now();
+    let t = start_with_clock(dir.path(), clock.shared()).await;
+    let hub = &t.hub;
+    let c1 = register(hub, "c1", &[("env", "prod")]).await;
+    t.pipeline.publish_helm("web", "main@sha1:1", b"release one", built(), b"input one").unwrap();
+    let mut admin = admin(hub).await;
+    let mut s = connect(hub, &c1, "web", 1).await;
+    report_applied(&mut s, 1, "web", 1).await;
+    drop(s);
+    eventually(|| async { (!hub.state().view().clusters["c1"].shared.connected()).then_some(()) }).await;
+
+    let old = admin.run_tests(req("web", "c1")).await.unwrap().into_inner().request_id;
+    // 30 s per hook + 60 s: expired at 90 s.
+    clock.advance(std::time::Duration::from_secs(90));
+    let events = |after: u64| pb::ListEventsRequest {
+        cluster: "c1".into(),
+        bundle: "web".into(),
+        after_id: after,
+        limit: 100,
+        min_severity: 0,
+    };
+    let expired = eventually(|| {
+        let mut admin = admin.clone();
+        let old = old.clone();
+        async move {
+            let evs = admin.list_events(events(0)).await.unwrap().into_inner().events;
+            evs.into_iter().find(|e| {
+                e.event.as_ref().is_some_and(|e| e.reason == "TestExpired" && e.details["requestId"] == old)
+            })
+        }
+    })
+    .await;
+    let ev = expired.event.unwrap();
+    assert_eq!(ev.severity, pb::Severity::Warning as i32);
+    assert!(ev.message.contains("no answer from the agent of cluster c1 within 90s"), "{}", ev.message);
+
+    // The next run, asked for after the expiry, is the first the agent gets.
+    let new = admin.run_tests(req("web", "c1")).await.unwrap().into_inner().request_id;
+    let (mut s, _, _) = open(hub, &c1, 1).await.unwrap();
+    let first = s
+        .until(|m| match m {
+            Out::RunTests(c) => Some(c.request_id.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(first, new, "the expired run {old} is never sent");
+    // Reported once, however many expiry ticks passed.
+    clock.advance(std::time::Duration::from_secs(1));
+    let (mut later, _, _) = open(hub, &c1, 1).await.unwrap();
+    let again = later
+        .until(|m| match m {
+            Out::RunTests(c) => Some(c.request_id.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(again, new, "a new session sends the pending run again; still not the expired one");
+    let evs = admin.list_events(events(0)).await.unwrap().into_inner().events;
+    let n = evs.iter().filter(|e| e.event.as_ref().is_some_and(|e| e.reason == "TestExpired")).count();
+    assert_eq!(n, 1);
+    drop(s);
+    drop(later);
     t.hub.shutdown().await.unwrap();
 }

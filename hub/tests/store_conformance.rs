@@ -282,6 +282,102 @@ fn liveness_keeps_kube_and_api_versions(b: &dyn Backend) {
     assert_eq!(got, vec![("c1".to_string(), l), ("c2".to_string(), older)]);
 }
 
+/// Pending agent commands: stored per cluster (a cluster's name is no
+/// prefix of another's), bounded per cluster in the store, deleted with the
+/// answer that names them, and expired once (the second expiry finds it gone
+/// and reports nothing); they survive a reopen.
+fn commands_are_listed_per_cluster_bounded_answered_and_expired_once(b: &dyn Backend) {
+    use convoy_hub::domain::commands::{CommandRecord, MAX_PENDING, expired_event};
+    let rec = |cluster: &str, id: &str, at: i64| CommandRecord {
+        cluster: cluster.into(),
+        request_id: id.into(),
+        bundle: "web".into(),
+        generation: 3,
+        timeout_seconds: 30,
+        created_unix_ms: at,
+        expires_unix_ms: at + 90_000,
+    };
+    let queued = |out: Vec<WriteOutcome>| match out.as_slice() {
+        [WriteOutcome::CommandQueued(q)] => *q,
+        other => panic!("not a command outcome: {other:?}"),
+    };
+    let ids = |v: Vec<CommandRecord>| {
+        let mut ids: Vec<String> = v.into_iter().map(|c| c.request_id).collect();
+        ids.sort();
+        ids
+    };
+    let s = b.open(100);
+    assert!(queued(s.commit(vec![Write::PutCommand(rec("c1", "r1", 1))], 1).unwrap()));
+    assert!(queued(s.commit(vec![Write::PutCommand(rec("c1", "r2", 2))], 2).unwrap()));
+    assert!(queued(s.commit(vec![Write::PutCommand(rec("c10", "r3", 3))], 3).unwrap()));
+    assert_eq!(s.commands("c1").unwrap(), vec![rec("c1", "r1", 1), rec("c1", "r2", 2)]);
+    assert_eq!(ids(s.commands("c10").unwrap()), ["r3"]);
+    assert!(s.commands("c").unwrap().is_empty(), "a name that is a prefix of others has none");
+
+    // The bound per cluster: MAX_PENDING stored, the next refused (and not
+    // stored), another cluster unaffected, the same record again accepted.
+    for i in 2..MAX_PENDING {
+        assert!(queued(s.commit(vec![Write::PutCommand(rec("c1", &format!("x{i:02}"), 10))], 4).unwrap()));
+    }
+    assert_eq!(s.commands("c1").unwrap().len(), MAX_PENDING);
+    assert!(!queued(s.commit(vec![Write::PutCommand(rec("c1", "over", 11))], 5).unwrap()));
+    assert!(!s.commands("c1").unwrap().iter().any(|c| c.request_id == "over"));
+    assert!(queued(s.commit(vec![Write::PutCommand(rec("c1", "r1", 1))], 6).unwrap()));
+    assert!(queued(s.commit(vec![Write::PutCommand(rec("c10", "r4", 12))], 7).unwrap()));
+
+    // The agent's answer deletes its command in the same commit; an event
+    // naming another request, or not an answer, deletes nothing.
+    let answer = |reason: &str, id: &str| {
+        let mut e = EventRecord { bundle: "web".into(), reason: reason.into(), ..Default::default() };
+        e.details.insert("requestId".into(), id.into());
+        OutboxEntry::Event(e)
+    };
+    let batch = AgentBatch {
+        cluster: "c1".into(),
+        epoch: 1,
+        entries: vec![
+            (1, answer("TestSucceeded", "r1")),
+            (2, answer("Applied", "r2")),
+            (3, answer("TestFailed", "r3")),
+        ],
+    };
+    let out = s.commit(vec![Write::AgentBatch(batch)], 8).unwrap();
+    assert_eq!(batch_outcome(&out).events.len(), 3);
+    let c1 = ids(s.commands("c1").unwrap());
+    assert!(!c1.contains(&"r1".to_string()) && c1.contains(&"r2".to_string()), "{c1:?}");
+    assert_eq!(ids(s.commands("c10").unwrap()), ["r3", "r4"], "r3 is c10's: c1's answer leaves it");
+
+    // Expired: deleted with its report, once.
+    let r2 = rec("c1", "r2", 2);
+    let expire = || Write::ExpireCommand {
+        cluster: "c1".into(),
+        request_id: "r2".into(),
+        event: expired_event(&r2, 100_000),
+    };
+    let out = s.commit(vec![expire()], 9).unwrap();
+    let WriteOutcome::Events(evs) = &out[0] else { panic!("{out:?}") };
+    assert_eq!(evs.len(), 1);
+    assert_eq!((evs[0].cluster.as_str(), evs[0].event.reason.as_str()), ("c1", "TestExpired"));
+    assert_eq!(evs[0].event.details["requestId"], "r2");
+    let out = s.commit(vec![expire()], 10).unwrap();
+    assert_eq!(out, vec![WriteOutcome::Events(vec![])], "gone already: nothing reported");
+    drop(s);
+
+    let s = b.open(100);
+    let left = ids(s.commands("c1").unwrap());
+    assert_eq!(left.len(), MAX_PENDING - 2, "r1 answered, r2 expired: {left:?}");
+    let mut all = ids(s.load().unwrap().commands);
+    all.retain(|id| id.starts_with('r'));
+    assert_eq!(all, ["r3", "r4"]);
+    let reported = s
+        .list_events(&EventFilter { cluster: Some("c1".into()), limit: 100, ..Default::default() })
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event.reason == "TestExpired")
+        .count();
+    assert_eq!(reported, 1);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {$(
         mod $case {
@@ -307,6 +403,7 @@ conformance!(
     rollouts_are_stored_replaced_and_deleted,
     variants_round_trip_keyed_by_bundle_and_key,
     liveness_keeps_kube_and_api_versions,
+    commands_are_listed_per_cluster_bounded_answered_and_expired_once,
 );
 
 #[cfg(feature = "etcd")]

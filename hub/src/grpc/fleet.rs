@@ -644,30 +644,38 @@ impl pb::fleet_server::Fleet for FleetService {
             applied_generation: entry
                 .and_then(|e| e.shared.statuses().get(&r.bundle).map(|s| s.status.applied_generation))
                 .unwrap_or(0),
-            connected_here: entry.is_some_and(|e| e.shared.has_session()),
         };
         let request_id = format!("{:032x}", rand::random::<u128>());
-        let cmd = crate::domain::commands::run_tests(
+        let rec = crate::domain::commands::run_tests(
             &r.cluster,
             &r.bundle,
             &input,
             request_id.clone(),
             r.timeout_seconds,
+            self.core.clock.now_ms(),
         )
         .map_err(super::rejection)?;
-        let generation = input.applied_generation;
+        let generation = rec.generation;
+        // Durable before visible: stored first (on any replica), then sent by
+        // whichever replica holds the agent's stream (crate::commands).
+        let out = self
+            .core
+            .writer
+            .commit(vec![crate::store::Write::PutCommand(rec.clone())])
+            .await
+            .map_err(status)?;
+        if !matches!(out.first(), Some(crate::store::WriteOutcome::CommandQueued(true))) {
+            return Err(Status::resource_exhausted(format!(
+                "cluster {:?} has {} commands pending already (not yet answered by its agent, nor expired); retry later",
+                r.cluster,
+                crate::domain::commands::MAX_PENDING
+            )));
+        }
+        self.core.commands.insert(rec.clone());
         let entry = entry.expect("checked by the decision");
-        entry.shared.send_command(cmd).map_err(|e| match e {
-            crate::state::CommandRefused::NotConnected => Status::failed_precondition(format!(
-                "the agent of cluster {:?} is not connected to this hub replica",
-                r.cluster
-            )),
-            crate::state::CommandRefused::Busy => Status::resource_exhausted(format!(
-                "too many commands queued for cluster {:?}; retry",
-                r.cluster
-            )),
-        })?;
-        info!(caller = %caller.identity(), cluster = %r.cluster, bundle = %r.bundle, generation, request = %request_id, "helm tests sent to the agent");
+        let here = entry.shared.has_session();
+        crate::commands::offer(&entry.shared, &rec, self.core.clock.now_ms());
+        info!(caller = %caller.identity(), cluster = %r.cluster, bundle = %r.bundle, generation, request = %request_id, connected_here = here, "helm tests queued for the agent");
         Ok(Response::new(pb::RunTestsResponse { request_id, generation }))
     }
 }

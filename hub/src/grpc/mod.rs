@@ -79,6 +79,10 @@ pub struct Core {
     pub peer_artifacts: Option<Arc<crate::ha::artifacts::PeerArtifacts>>,
     /// The admin certificates the hub issued, revoked ones included.
     pub admins: Arc<crate::admins::AdminRegistry>,
+    /// The pending agent commands this replica knows.
+    pub commands: Arc<crate::commands::Commands>,
+    /// The hub clock (`HubOptions::clock`): command times and expiry.
+    pub clock: convoy_core::clock::SharedClock,
 }
 
 impl Core {

@@ -9,10 +9,13 @@
 //! messages of memory and never slows the fan-out to others.
 //!
 //! Commands (`convoy test`: crate::domain::commands) are not desired state:
-//! each arrives on the session's own bounded queue and is sent exactly once,
-//! in order, never coalesced with desired-state changes or acks. A command
-//! for a session that ends before sending it is lost with the session (the
-//! caller sees no result event and times out).
+//! they are stored first (crate::commands), then arrive on the session's own
+//! bounded queue (from the Fleet RPC on this replica, or the change feed for
+//! one committed on another), and at session start the cluster's pending
+//! records are read from the store. A session sends each request id once,
+//! in order, never coalesced with desired-state changes or acks. A command a
+//! session did not get to send stays stored and is sent by the agent's next
+//! session, on whichever replica, until it is answered or expires.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -38,8 +41,12 @@ use crate::store::{Write, WriteOutcome};
 use crate::{Result, now_ms};
 use convoy_core::status::BundleStatus;
 
-/// Commands queued for one agent; a caller beyond this is told to retry.
-const COMMAND_QUEUE: usize = 16;
+/// Commands queued for one session: twice the pending bound of a cluster
+/// (crate::domain::commands::MAX_PENDING), for resends that overlap.
+const COMMAND_QUEUE: usize = 2 * crate::domain::commands::MAX_PENDING;
+
+/// How many request ids a session remembers having sent (it sends each once).
+const SENT_KEPT: usize = 64;
 
 /// Entries received but not yet submitted are bounded; past this the session
 /// stops reading from the agent until the store catches up.
@@ -134,6 +141,31 @@ pub async fn start(
     let token = core.drain.child_token();
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let id = shared.begin_session(token.clone(), cmd_tx);
+    // The cluster's pending commands, read after the session registered: one
+    // committed later reaches it through its queue (the session sends each
+    // request id once).
+    let mut initial = Vec::new();
+    if core.commands.has_pending(&name) {
+        let store = core.store.clone();
+        let n = name.clone();
+        match tokio::task::spawn_blocking(move || store.commands(&n)).await {
+            Ok(Ok(recs)) => {
+                let now = core.clock.now_ms();
+                let mut recs: Vec<_> = recs.into_iter().filter(|c| !c.expired(now)).collect();
+                // In the order they were asked for.
+                recs.sort_by(|a, b| {
+                    (a.created_unix_ms, &a.request_id).cmp(&(b.created_unix_ms, &b.request_id))
+                });
+                initial = recs.iter().map(|c| c.command()).collect();
+            }
+            Ok(Err(e)) => {
+                warn!(cluster = %name, error = %e, "cannot read the pending commands; they are sent at the next connect")
+            }
+            Err(e) => {
+                warn!(cluster = %name, error = %e, "cannot read the pending commands; they are sent at the next connect")
+            }
+        }
+    }
     core.metrics.connected_agents.inc();
     info!(cluster = %name, epoch, acked, bundles = snapshot.bundles.len(), agent_version = %hello.agent_version, "agent connected");
     let session = Session {
@@ -147,6 +179,8 @@ pub async fn start(
         pending: Vec::new(),
         queue_depth: 0,
         guard: crate::limits::InputGuard::new(),
+        sent: VecDeque::new(),
+        initial,
     };
     tokio::spawn(
         async move {
@@ -193,6 +227,10 @@ struct Session {
     queue_depth: i64,
     /// Input limits of this stream (crate::limits).
     guard: crate::limits::InputGuard,
+    /// The request ids of the commands this session sent, newest last.
+    sent: VecDeque<String>,
+    /// The cluster's pending commands read at start, sent first.
+    initial: Vec<AgentCommand>,
 }
 
 impl Session {
@@ -206,6 +244,12 @@ impl Session {
         id: u64,
     ) -> &'static str {
         let mut out: VecDeque<pb::HubMessage> = VecDeque::new();
+        for cmd in std::mem::take(&mut self.initial) {
+            if self.first_send(&cmd) {
+                debug!(?cmd, "pending command for the agent");
+                out.push_back(command_msg(cmd));
+            }
+        }
         let mut inflight: Option<oneshot::Receiver<Result<Vec<WriteOutcome>>>> = None;
         let mut dirty = false;
         let idle = self.core.sessions.idle_timeout;
@@ -220,6 +264,12 @@ impl Session {
                     match r {
                         Ok(Ok(outcomes)) => {
                             if let Some(WriteOutcome::Batch(b)) = outcomes.into_iter().next() {
+                                // Answers stored: their commands were deleted with them.
+                                for e in &b.events {
+                                    if let Some(rid) = crate::domain::commands::answered(&e.event) {
+                                        self.core.commands.remove(&self.name, rid);
+                                    }
+                                }
                                 self.stored_seq = b.acked_seq;
                                 out.push_back(ack(b.acked_seq));
                             }
@@ -260,8 +310,10 @@ impl Session {
                 // Commands queue behind what is already queued and are sent
                 // once each; acks raised later never merge into them.
                 Some(cmd) = commands.recv() => {
-                    debug!(?cmd, "command for the agent");
-                    out.push_back(command_msg(cmd));
+                    if self.first_send(&cmd) {
+                        debug!(?cmd, "command for the agent");
+                        out.push_back(command_msg(cmd));
+                    }
                 }
                 changed = desired.changed(), if !dirty => {
                     if changed.is_err() {
@@ -312,6 +364,20 @@ impl Session {
         self.core.metrics.connected_agents.dec();
         info!(cluster = %self.name, reason, "agent disconnected");
         reason
+    }
+
+    /// Whether `cmd` was not sent on this session yet (then it is recorded
+    /// as sent): the store, the feed and the Fleet RPC may each offer it.
+    fn first_send(&mut self, cmd: &AgentCommand) -> bool {
+        let rid = cmd.request_id();
+        if self.sent.iter().any(|s| s == rid) {
+            return false;
+        }
+        if self.sent.len() >= SENT_KEPT {
+            self.sent.pop_front();
+        }
+        self.sent.push_back(rid.to_string());
+        true
     }
 
     /// Account this session's queued messages in the global gauge.

@@ -61,6 +61,17 @@ pub enum RemoteChange {
     /// A per-cluster variant was signed (by the replica holding its
     /// bundle's source lock).
     Variant(Box<VariantRecord>),
+    /// An agent command was queued (on any replica): the replica holding
+    /// the cluster's Sync stream sends it (applied by the follower to
+    /// [`crate::commands`], not to the fleet state).
+    Command(Box<crate::domain::commands::CommandRecord>),
+    /// An agent command was answered or expired.
+    CommandDeleted {
+        /// The cluster.
+        cluster: String,
+        /// The request id.
+        request_id: String,
+    },
 }
 
 /// Why a key could not be decoded (reported, never silently dropped).
@@ -110,6 +121,18 @@ pub fn decode(rest: &str, value: Option<&[u8]>) -> Result<Option<RemoteChange>, 
             None => Some(RemoteChange::RolloutDeleted(name.to_string())),
         },
         "variants" => json::<VariantRecord>(value).map_err(bad)?.map(|v| RemoteChange::Variant(Box::new(v))),
+        "commands" => {
+            let Some((cluster, request_id)) = name.split_once('/') else {
+                return Err(bad("a command key is commands/<cluster>/<request id>".into()));
+            };
+            match json(value).map_err(bad)? {
+                Some(c) => Some(RemoteChange::Command(Box::new(c))),
+                None => Some(RemoteChange::CommandDeleted {
+                    cluster: cluster.to_string(),
+                    request_id: request_id.to_string(),
+                }),
+            }
+        }
         _ => None,
     })
 }
@@ -175,8 +198,8 @@ pub fn plan(cur: &Current<'_>, changes: Vec<RemoteChange>) -> RemotePlan {
     let mut gens: BTreeMap<String, u64> = BTreeMap::new();
     for c in changes {
         match c {
-            // The admin registry takes these (crate::ha::follow).
-            RemoteChange::AdminCert(_) => {}
+            // The admin registry and the command registry take these (crate::ha::follow).
+            RemoteChange::AdminCert(_) | RemoteChange::Command(_) | RemoteChange::CommandDeleted { .. } => {}
             RemoteChange::Cluster(rec) => {
                 if let Some(old) = (cur.clusters)(&rec.name) {
                     let old_newest = old.certs.last().map(|c| &c.serial);
@@ -400,6 +423,22 @@ mod tests {
         let err = decode("tokens/t1", Some(b"{not json")).unwrap_err();
         assert_eq!(err.key, "tokens/t1");
         assert!(decode("status/c1", Some(&v)).is_err(), "a status key names cluster and bundle");
+        let cmd = crate::domain::commands::CommandRecord {
+            cluster: "c1".into(),
+            request_id: "r1".into(),
+            bundle: "web".into(),
+            generation: 2,
+            timeout_seconds: 30,
+            created_unix_ms: 1,
+            expires_unix_ms: 2,
+        };
+        let v = serde_json::to_vec(&cmd).unwrap();
+        assert_eq!(decode("commands/c1/r1", Some(&v)), Ok(Some(RemoteChange::Command(Box::new(cmd)))));
+        assert_eq!(
+            decode("commands/c1/r1", None),
+            Ok(Some(RemoteChange::CommandDeleted { cluster: "c1".into(), request_id: "r1".into() }))
+        );
+        assert!(decode("commands/c1", None).is_err(), "a command key names cluster and request");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! commits, [`crate::store::Store::follow`]) and hands each revision's
 //! changes to the state actor, which applies them ([`crate::ha::plan`]) and
 //! publishes, so agents connected to this replica get what another replica
-//! committed.
+//! committed. Admin certificates go to the admin registry, agent commands to
+//! the command registry ([`crate::commands`]), which sends them to the
+//! cluster's session when it is here.
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +32,8 @@ pub fn spawn(
     mut feed: mpsc::Receiver<Feed>,
     state: StateHandle,
     admins: std::sync::Arc<crate::admins::AdminRegistry>,
+    commands: std::sync::Arc<crate::commands::Commands>,
+    clock: convoy_core::clock::SharedClock,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -62,6 +66,14 @@ pub fn spawn(
                 })
                 .collect();
             admins.apply_remote(&certs);
+            // Agent commands go to the command registry, which hands a new
+            // one to the cluster's session if it is on this replica.
+            let (cmds, changes): (Vec<_>, Vec<_>) = changes
+                .into_iter()
+                .partition(|c| matches!(c, RemoteChange::Command(_) | RemoteChange::CommandDeleted { .. }));
+            if !cmds.is_empty() {
+                commands.apply_remote(cmds, &state.view(), clock.now_ms());
+            }
             if state.apply_remote(changes).await.is_err() {
                 return;
             }

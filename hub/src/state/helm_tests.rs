@@ -37,6 +37,9 @@ impl Store for NullStore {
     fn list_events(&self, _: &EventFilter) -> Result<Vec<StoredEvent>> {
         Ok(Vec::new())
     }
+    fn commands(&self, _: &str) -> Result<Vec<crate::domain::commands::CommandRecord>> {
+        Ok(Vec::new())
+    }
     fn commit(&self, writes: Vec<Write>, _: i64) -> Result<Vec<WriteOutcome>> {
         Ok(writes.iter().map(|_| WriteOutcome::Done).collect())
     }

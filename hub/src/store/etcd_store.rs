@@ -16,6 +16,12 @@
 //! | `status/<cluster>/<bundle>` | JSON status |
 //! | `seq/<cluster>/<epoch:020>` | last stored outbox seq |
 //! | `events/<id:020>`, `ev-cluster/<cluster>/<id:020>`, `ev-bundle/<bundle>/<id:020>` | the event ring and its indexes |
+//! | `commands/<cluster>/<request id>` | JSON pending agent command (`convoy test`), deleted with its answer or expiry |
+//!
+//! `commands/` was added without a new schema version: a hub that does not
+//! know it neither reads nor deletes it (its change feed skips unknown
+//! tables), so it may run beside newer replicas; commands answered through
+//! such a replica stay until they expire and are then reported expired.
 //!
 //! A commit first reads every key its writes decide on (a token's uses, a
 //! bundle's generation, a rollout's version, an outbox's stored seq, the
@@ -82,6 +88,7 @@ use etcd_client::{
 use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, watch};
 
+use crate::domain::commands::CommandRecord;
 use crate::domain::{DeploymentRecord, Rejection, TokenRecord};
 use crate::ha::follow::Feed;
 
@@ -633,6 +640,7 @@ async fn resync(c: &mut Client, prefix: &str) -> Result<(i64, Vec<crate::ha::Rem
         "admin-certs/",
         "rollouts/",
         "variants/",
+        "commands/",
     ] {
         for (k, v) in EtcdStore::range(c, format!("{prefix}{table}").into_bytes(), rev).await? {
             let rest = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
@@ -692,6 +700,9 @@ impl Store for EtcdStore {
             }
             for (_, v) in Self::range(&mut c, key("rollouts/"), rev).await? {
                 out.rollouts.push(dec(&v)?);
+            }
+            for (_, v) in Self::range(&mut c, key("commands/"), rev).await? {
+                out.commands.push(dec(&v)?);
             }
             for (k, v) in Self::range(&mut c, key("status/"), rev).await? {
                 let rest = suffix(&k, "status/");
@@ -803,6 +814,15 @@ impl Store for EtcdStore {
         self.run(async move {
             let r = c.get(key, None).await.map_err(etcd_err("get seq"))?;
             Ok(r.kvs().first().and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse().ok()).unwrap_or(0))
+        })
+    }
+
+    fn commands(&self, cluster: &str) -> Result<Vec<CommandRecord>> {
+        let mut c = self.client.clone();
+        let key = self.key(&format!("commands/{cluster}/"));
+        self.run(async move {
+            let r = c.get(key, Some(GetOptions::new().with_prefix())).await.map_err(etcd_err("commands"))?;
+            r.kvs().iter().map(|kv| dec(kv.value())).collect()
         })
     }
 
@@ -1093,6 +1113,9 @@ fn read_set(prefix: &str, w: &Write) -> Vec<Vec<u8>> {
             statuses.iter().map(|s| key(format!("status/{cluster}/{}", s.status.bundle))).collect()
         }
         Write::AppendEvents(evs) if !evs.is_empty() => vec![key("meta/next-event-id".into())],
+        Write::ExpireCommand { cluster, request_id, .. } => {
+            vec![key(format!("commands/{cluster}/{request_id}")), key("meta/next-event-id".into())]
+        }
         Write::AgentBatch(b) => {
             let mut keys = vec![key(format!("seq/{}/{}", b.cluster, id_key(b.epoch)))];
             if b.entries.iter().any(|(_, e)| matches!(e, OutboxEntry::Event(_))) {
@@ -1107,6 +1130,7 @@ fn read_set(prefix: &str, w: &Write) -> Vec<Vec<u8>> {
         | Write::DeleteRollout(_)
         | Write::PutLiveness(_)
         | Write::AppendEvents(_)
+        | Write::PutCommand(_)
         | Write::PutAdminCert(_) => Vec::new(),
     }
 }
@@ -1197,7 +1221,39 @@ async fn apply(tx: &mut Tx, w: Write, now: i64, capacity: u64) -> Result<WriteOu
             }
             WriteOutcome::Events(stored)
         }
-        Write::AgentBatch(batch) => WriteOutcome::Batch(store_batch(tx, batch, now, capacity).await?),
+        Write::AgentBatch(batch) => {
+            let out = store_batch(tx, batch, now, capacity).await?;
+            // A stored answer ends its command (a delete of an absent key is nothing).
+            for e in &out.events {
+                if let Some(id) = crate::domain::commands::answered(&e.event) {
+                    let k = tx.key(&format!("commands/{}/{id}", out.cluster));
+                    tx.delete(k);
+                }
+            }
+            WriteOutcome::Batch(out)
+        }
+        Write::PutCommand(c) => {
+            // Counted in the store and fenced on the listing: the bound holds
+            // whichever replicas queue commands for the cluster at once.
+            let k = tx.key(&format!("commands/{}", c.store_key()));
+            let dir = tx.key(&format!("commands/{}/", c.cluster));
+            let pending = tx.keys(&dir).await?;
+            let queued = pending.contains(&k) || pending.len() < crate::domain::commands::MAX_PENDING;
+            if queued {
+                tx.put(k, enc(&c)?);
+            }
+            WriteOutcome::CommandQueued(queued)
+        }
+        Write::ExpireCommand { cluster, request_id, event } => {
+            // Read (so fenced): of two replicas expiring it at once, one reports it.
+            let k = tx.key(&format!("commands/{cluster}/{request_id}"));
+            let mut stored = Vec::new();
+            if tx.get(&k).await?.is_some() {
+                tx.delete(k);
+                stored.push(append_event(tx, cluster, event, now, capacity).await?);
+            }
+            WriteOutcome::Events(stored)
+        }
         Write::PutAdminCert(r) => {
             let k = tx.key(&format!("admin-certs/{}", r.serial));
             tx.put(k, enc(&r)?);

@@ -22,6 +22,7 @@ pub use open::open_configured;
 pub use redb_store::RedbStore;
 
 use crate::Result;
+use crate::domain::commands::CommandRecord;
 use crate::domain::{
     AgentBatch, BatchOutcome, ClusterRecord, DeploymentRecord, EventFilter, EventRecord, Liveness,
     OutboxEntry, StatusRecord, StoredEvent, TokenRecord,
@@ -52,6 +53,8 @@ pub struct Loaded {
     pub variants: Vec<crate::domain::variants::VariantRecord>,
     /// Admin certificates the hub issued, revoked ones included.
     pub admin_certs: Vec<crate::domain::admins::AdminCertRecord>,
+    /// Pending agent commands ([`crate::domain::commands`]), every cluster's.
+    pub commands: Vec<CommandRecord>,
 }
 
 /// One mutation, applied inside a [`Store::commit`] transaction.
@@ -100,6 +103,22 @@ pub enum Write {
     PutVariant(crate::domain::variants::VariantRecord),
     /// Insert or replace an admin certificate record (keyed by serial).
     PutAdminCert(crate::domain::admins::AdminCertRecord),
+    /// Store a pending agent command, unless its cluster already has
+    /// [`crate::domain::commands::MAX_PENDING`] (counted in the store, so the
+    /// bound holds across replicas): [`WriteOutcome::CommandQueued`] says
+    /// which. A refusal fails nothing else of the commit.
+    PutCommand(CommandRecord),
+    /// A pending command expired: if it is still stored (not answered, not
+    /// expired by another replica), delete it and append `event` (its report);
+    /// else do nothing. [`WriteOutcome::Events`] holds the event if stored.
+    ExpireCommand {
+        /// The cluster.
+        cluster: String,
+        /// The command's request id.
+        request_id: String,
+        /// The event reporting it ([`crate::domain::commands::expired_event`]).
+        event: EventRecord,
+    },
 }
 
 impl Write {
@@ -109,6 +128,8 @@ impl Write {
     /// the three keys of the event it pushes out of the ring. Pure.
     pub fn ops(&self) -> usize {
         const EVENT: usize = 6;
+        // An event answering a command also deletes the command's record.
+        let answers = |e: &OutboxEntry| matches!(e, OutboxEntry::Event(ev) if crate::domain::commands::answered(ev).is_some());
         match self {
             Write::PutLiveness(rows) => rows.len(),
             Write::SeedStatuses { statuses, .. } => statuses.len(),
@@ -116,8 +137,14 @@ impl Write {
             Write::AgentBatch(b) => {
                 let events = b.entries.iter().filter(|(_, e)| matches!(e, OutboxEntry::Event(_))).count();
                 // The outbox position (read and put), old epochs deleted, the next event id.
-                2 + (b.entries.len() - events) + EVENT * events
+                2 + (b.entries.len() - events)
+                    + EVENT * events
+                    + b.entries.iter().filter(|(_, e)| answers(e)).count()
             }
+            // The cluster's pending commands listed (a range condition), the put.
+            Write::PutCommand(_) => 2,
+            // The record read and deleted, the event.
+            Write::ExpireCommand { .. } => 2 + EVENT,
             Write::PutCluster(_)
             | Write::PutToken(_)
             | Write::PutDeployment(_)
@@ -147,6 +174,9 @@ pub enum WriteOutcome {
     Events(Vec<StoredEvent>),
     /// The result of an AgentBatch.
     Batch(BatchOutcome),
+    /// Whether a PutCommand was stored (false: its cluster has
+    /// [`crate::domain::commands::MAX_PENDING`] pending commands already).
+    CommandQueued(bool),
 }
 
 /// The hub's durable state.
@@ -157,6 +187,9 @@ pub trait Store: Send + Sync + 'static {
     fn last_seq(&self, cluster: &str, epoch: u64) -> Result<u64>;
     /// Events matching a filter, oldest first, at most `filter.limit` (the newest).
     fn list_events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>>;
+    /// The pending commands of one cluster ([`Write::PutCommand`]), expired
+    /// ones included (the caller compares with its clock).
+    fn commands(&self, cluster: &str) -> Result<Vec<CommandRecord>>;
     /// Apply `writes` in order in one transaction: all or nothing. `now` stamps
     /// stored statuses and events.
     fn commit(&self, writes: Vec<Write>, now_unix_ms: i64) -> Result<Vec<WriteOutcome>>;
@@ -202,5 +235,43 @@ pub trait Store: Send + Sync + 'static {
     /// another hub replica changed a key they read (0 for redb).
     fn commit_retries(&self) -> u64 {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::commands::CommandRecord;
+
+    #[test]
+    fn command_writes_count_their_keys() {
+        let rec = CommandRecord {
+            cluster: "c".into(),
+            request_id: "r".into(),
+            bundle: "web".into(),
+            generation: 1,
+            timeout_seconds: 0,
+            created_unix_ms: 0,
+            expires_unix_ms: 0,
+        };
+        assert_eq!(Write::PutCommand(rec.clone()).ops(), 2, "the cluster's listing and the put");
+        let expire = Write::ExpireCommand {
+            cluster: "c".into(),
+            request_id: "r".into(),
+            event: crate::domain::commands::expired_event(&rec, 0),
+        };
+        assert_eq!(expire.ops(), 8, "the record read and deleted, and an event");
+        let mut answer = EventRecord { reason: "TestSucceeded".into(), ..Default::default() };
+        answer.details.insert("requestId".into(), "r".into());
+        let batch = |e: EventRecord| {
+            Write::AgentBatch(AgentBatch {
+                cluster: "c".into(),
+                epoch: 1,
+                entries: vec![(1, OutboxEntry::Event(e))],
+            })
+        };
+        assert_eq!(batch(answer.clone()).ops(), 9, "an answer also deletes its command");
+        answer.reason = "Applied".into();
+        assert_eq!(batch(answer).ops(), 8);
     }
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Loaded, Store, Write, WriteOutcome};
+use crate::domain::commands::CommandRecord;
 use crate::domain::{AgentBatch, BatchOutcome, EventFilter, OutboxEntry, StoredEvent, fresh_entries};
 use crate::{Error, Result};
 
@@ -31,12 +32,16 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
 /// Admin certificate records by serial.
 const ADMIN_CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("admin_certs");
+/// (cluster, request id) -> pending agent command (JSON `CommandRecord`).
+const COMMANDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("commands");
 const NEXT_EVENT_ID: &str = "next_event_id";
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 
 /// The layout version of `state.redb` this hub writes. A hub refuses to open a
 /// file written by a newer layout (a downgrade would misread it); older
-/// layouts are migrated on open (there are none yet).
+/// layouts are migrated on open (there are none yet). A new table is not a
+/// new layout: it is created on open, and a hub that does not know it leaves
+/// it alone (`admin_certs`, `commands` were added so).
 pub const SCHEMA_VERSION: u64 = 1;
 
 /// The redb-backed store.
@@ -150,6 +155,7 @@ fn prepare(db: Database, what: &str) -> Result<Database> {
             // Create every table so read transactions never meet a missing one.
             tx.open_table(CLUSTERS)?;
             tx.open_table(ADMIN_CERTS)?;
+            tx.open_table(COMMANDS)?;
             tx.open_table(LIVENESS)?;
             tx.open_table(TOKENS)?;
             tx.open_table(DEPLOYMENTS)?;
@@ -229,6 +235,10 @@ impl Store for RedbStore {
                 let (_, v) = row?;
                 out.admin_certs.push(dec(v.value())?);
             }
+            for row in tx.open_table(COMMANDS)?.iter()? {
+                let (_, v) = row?;
+                out.commands.push(dec(v.value())?);
+            }
             Ok(out)
         })
     }
@@ -238,6 +248,22 @@ impl Store for RedbStore {
             let tx = db.begin_read()?;
             let t = tx.open_table(SEQS)?;
             Ok(t.get((cluster, epoch))?.map(|v| v.value()).unwrap_or(0))
+        })
+    }
+
+    fn commands(&self, cluster: &str) -> Result<Vec<CommandRecord>> {
+        self.with_db(|db| {
+            let tx = db.begin_read()?;
+            let t = tx.open_table(COMMANDS)?;
+            let mut out = Vec::new();
+            for row in t.range((cluster, "")..)? {
+                let (k, v) = row?;
+                if k.value().0 != cluster {
+                    break;
+                }
+                out.push(dec(v.value())?);
+            }
+            Ok(out)
         })
     }
 
@@ -304,6 +330,7 @@ impl Store for RedbStore {
                 let mut rollouts = tx.open_table(ROLLOUTS)?;
                 let mut statuses = tx.open_table(STATUSES)?;
                 let mut seqs = tx.open_table(SEQS)?;
+                let mut commands = tx.open_table(COMMANDS)?;
                 let mut log = EventLog {
                     events: tx.open_table(EVENTS)?,
                     by_cluster: tx.open_table(EVENTS_BY_CLUSTER)?,
@@ -381,7 +408,35 @@ impl Store for RedbStore {
                             WriteOutcome::Events(stored)
                         }
                         Write::AgentBatch(batch) => {
-                            WriteOutcome::Batch(store_batch(batch, now, &mut statuses, &mut seqs, &mut log)?)
+                            let out = store_batch(batch, now, &mut statuses, &mut seqs, &mut log)?;
+                            // A stored answer ends its command.
+                            for e in &out.events {
+                                if let Some(id) = crate::domain::commands::answered(&e.event) {
+                                    commands.remove((out.cluster.as_str(), id))?;
+                                }
+                            }
+                            WriteOutcome::Batch(out)
+                        }
+                        Write::PutCommand(c) => {
+                            let key = (c.cluster.as_str(), c.request_id.as_str());
+                            let pending = commands
+                                .range((c.cluster.as_str(), "")..)?
+                                .take_while(|r| r.as_ref().is_ok_and(|(k, _)| k.value().0 == c.cluster))
+                                .count();
+                            let queued = commands.get(key)?.is_some()
+                                || pending < crate::domain::commands::MAX_PENDING;
+                            if queued {
+                                commands.insert(key, enc(&c)?.as_slice())?;
+                            }
+                            WriteOutcome::CommandQueued(queued)
+                        }
+                        Write::ExpireCommand { cluster, request_id, event } => {
+                            let existed = commands.remove((cluster.as_str(), request_id.as_str()))?.is_some();
+                            let mut stored = Vec::new();
+                            if existed {
+                                stored.push(log.append(cluster, event, now)?);
+                            }
+                            WriteOutcome::Events(stored)
                         }
                         Write::PutAdminCert(r) => {
                             tx.open_table(ADMIN_CERTS)?.insert(r.serial.as_str(), enc(&r)?.as_slice())?;
