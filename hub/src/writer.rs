@@ -19,7 +19,7 @@ use tracing::{Instrument, debug, error, info_span};
 use crate::domain::{Liveness, StoredEvent};
 use crate::index::StatusIndex;
 use crate::metrics::Metrics;
-use crate::store::{Store, Write, WriteOutcome};
+use crate::store::{CommitSize, Store, Write, WriteOutcome, liveness_row_bytes};
 use crate::{Error, Result, now_ms};
 
 /// Most writes committed in one transaction.
@@ -92,10 +92,12 @@ async fn run(
     liveness_tick.tick().await;
     let mut stopping = false;
     let mut final_flush = false;
-    // Most `Write::ops` in one commit (etcd's transaction bound), and the
-    // job that did not fit into the last group: it starts the next one.
-    let budget = store.max_commit_ops();
-    let mut pending: Option<Job> = None;
+    // Most `Write::ops` and `Write::bytes` in one commit (etcd's transaction
+    // bounds), and the job that did not fit into the last group, with its
+    // size: it starts the next one.
+    let bound = store.commit_bound();
+    let with_bytes = bound.bounds_bytes();
+    let mut pending: Option<(Job, CommitSize)> = None;
     // Liveness rows that did not fit into a commit: they go with the next ones.
     let mut liveness_left: Vec<(String, Liveness)> = Vec::new();
     loop {
@@ -103,11 +105,11 @@ async fn run(
         let first = if let Some(j) = pending.take() {
             Some(j)
         } else if !liveness_left.is_empty() {
-            rx.try_recv().ok()
+            rx.try_recv().ok().map(|j| sized(j, with_bytes))
         } else {
             tokio::select! {
             job = rx.recv() => match job {
-                Some(j) => Some(j),
+                Some(j) => Some(sized(j, with_bytes)),
                 None => {
                     if final_flush {
                         break;
@@ -133,20 +135,22 @@ async fn run(
         };
         let mut jobs = Vec::new();
         let mut n = 0;
-        let mut ops = 0;
-        if let Some(j) = first {
+        let mut used = CommitSize::default();
+        if let Some((j, size)) = first {
+            // A first job over the bound on its own is still tried alone.
             n += j.writes.len();
-            ops += job_ops(&j);
+            used = used.plus(size);
             jobs.push(j);
             while n < MAX_GROUP {
                 match rx.try_recv() {
-                    Ok(j) if ops + job_ops(&j) > budget => {
-                        pending = Some(j);
-                        break;
-                    }
                     Ok(j) => {
+                        let (j, size) = sized(j, with_bytes);
+                        if !used.plus(size).fits(bound) {
+                            pending = Some((j, size));
+                            break;
+                        }
                         n += j.writes.len();
-                        ops += job_ops(&j);
+                        used = used.plus(size);
                         jobs.push(j);
                     }
                     Err(_) => break,
@@ -158,8 +162,7 @@ async fn run(
         }
         // As many liveness rows as fit beside the jobs; the rest go with the
         // next commits (the loop comes back at once while rows are left).
-        let room = budget.saturating_sub(ops).min(liveness_left.len());
-        let room = if room == 0 && jobs.is_empty() { budget.min(liveness_left.len()) } else { room };
+        let room = liveness_room(used, &liveness_left, bound, jobs.is_empty());
         let liveness: Vec<(String, Liveness)> = liveness_left.drain(..room).collect();
         if jobs.is_empty() && liveness.is_empty() {
             if final_flush && pending.is_none() {
@@ -213,9 +216,30 @@ async fn run(
     debug!("store writer stopped");
 }
 
-/// The store operations a job's writes take ([`Write::ops`]).
-fn job_ops(j: &Job) -> usize {
-    j.writes.iter().map(Write::ops).sum()
+/// A job with the share of a commit its writes take ([`Write::size`]).
+fn sized(j: Job, with_bytes: bool) -> (Job, CommitSize) {
+    let size = j.writes.iter().fold(CommitSize::default(), |s, w| s.plus(w.size(with_bytes)));
+    (j, size)
+}
+
+/// How many of the first `rows` fit into a commit that already carries
+/// `used` within `bound`, as one [`Write::PutLiveness`]. A commit that
+/// carries nothing else (`alone`) takes at least one row, so that a row
+/// over the bound on its own is still tried (and reported) instead of
+/// waiting forever. Pure.
+fn liveness_room(used: CommitSize, rows: &[(String, Liveness)], bound: CommitSize, alone: bool) -> usize {
+    let with_bytes = bound.bounds_bytes();
+    let mut total = used;
+    let mut fit = 0;
+    for (name, l) in rows {
+        let size = CommitSize { ops: 1, bytes: if with_bytes { liveness_row_bytes(name, l) } else { 0 } };
+        total = total.plus(size);
+        if !total.fits(bound) {
+            break;
+        }
+        fit += 1;
+    }
+    if fit == 0 && alone { rows.len().min(1) } else { fit }
 }
 
 /// Feed committed results into the in-memory indexes, then the event feed.
@@ -252,12 +276,21 @@ mod tests {
     use crate::store::{Loaded, RedbStore};
     use convoy_core::status::BundleStatus;
 
-    /// A redb store that takes at most `max` ops per commit, as etcd's
-    /// `--max-txn-ops` bounds a transaction, and records each commit's ops.
+    /// A redb store that takes at most `max` ops and bytes per commit, as
+    /// etcd's `--max-txn-ops` and `--max-request-bytes` bound a
+    /// transaction, refuses a larger commit whole (as etcd does), and
+    /// records each commit's size.
     struct Bounded {
         inner: RedbStore,
-        max: usize,
-        commits: Mutex<Vec<usize>>,
+        max: CommitSize,
+        commits: Mutex<Vec<CommitSize>>,
+    }
+
+    impl Bounded {
+        fn open(dir: &std::path::Path, max: CommitSize) -> Arc<Bounded> {
+            let inner = RedbStore::open(&dir.join("s.redb"), 100, 1 << 20).unwrap();
+            Arc::new(Bounded { inner, max, commits: Mutex::new(Vec::new()) })
+        }
     }
 
     impl Store for Bounded {
@@ -271,16 +304,59 @@ mod tests {
             self.inner.list_events(f)
         }
         fn commit(&self, writes: Vec<Write>, now: i64) -> Result<Vec<WriteOutcome>> {
-            let ops: usize = writes.iter().map(Write::ops).sum();
-            self.commits.lock().unwrap().push(ops);
-            if ops > self.max {
-                return Err(Error::Store(format!("too many operations: {ops} > {}", self.max)));
+            let size = writes.iter().fold(CommitSize::default(), |s, w| s.plus(w.size(true)));
+            self.commits.lock().unwrap().push(size);
+            if !size.fits(self.max) {
+                return Err(Error::Store(format!("request too large: {size:?} > {:?}", self.max)));
             }
             self.inner.commit(writes, now)
         }
         fn max_commit_ops(&self) -> usize {
-            self.max
+            self.max.ops
         }
+        fn max_commit_bytes(&self) -> usize {
+            self.max.bytes
+        }
+    }
+
+    /// The writer over `store`, with `rows` as the liveness it flushes once.
+    fn writer_over(
+        store: Arc<Bounded>,
+        rows: Vec<(String, Liveness)>,
+    ) -> (WriterHandle, tokio::task::JoinHandle<()>, CancellationToken) {
+        let once = Mutex::new(Some(rows));
+        let liveness: LivenessSource = Box::new(move || once.lock().unwrap().take().unwrap_or_default());
+        let shutdown = CancellationToken::new();
+        let (events, _) = broadcast::channel(16);
+        let (writer, task) = spawn(
+            store,
+            Arc::new(StatusIndex::default()),
+            liveness,
+            events,
+            Arc::new(Metrics::new()),
+            shutdown.clone(),
+        );
+        (writer, task, shutdown)
+    }
+
+    /// An agent batch of one status whose message is `message_len` bytes.
+    fn long_status(cluster: &str, message_len: usize) -> Write {
+        Write::AgentBatch(AgentBatch {
+            cluster: cluster.into(),
+            epoch: 1,
+            entries: vec![(
+                1,
+                OutboxEntry::Status(StatusRecord {
+                    status: BundleStatus {
+                        bundle: "web".into(),
+                        generation: 1,
+                        message: "m".repeat(message_len),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                }),
+            )],
+        })
     }
 
     fn batch(cluster: &str) -> Write {
@@ -303,26 +379,11 @@ mod tests {
     #[tokio::test]
     async fn group_commits_never_exceed_the_stores_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Bounded {
-            inner: RedbStore::open(&dir.path().join("s.redb"), 100, 1 << 20).unwrap(),
-            max: 10,
-            commits: Mutex::new(Vec::new()),
-        });
+        let store = Bounded::open(dir.path(), CommitSize { ops: 10, bytes: usize::MAX });
         let rows: Vec<(String, Liveness)> = (0..25)
             .map(|i| (format!("c{i}"), Liveness { last_seen_unix_ms: i, ..Default::default() }))
             .collect();
-        let once = Mutex::new(Some(rows));
-        let liveness: LivenessSource = Box::new(move || once.lock().unwrap().take().unwrap_or_default());
-        let shutdown = CancellationToken::new();
-        let (events, _) = broadcast::channel(16);
-        let (writer, task) = spawn(
-            store.clone(),
-            Arc::new(StatusIndex::default()),
-            liveness,
-            events,
-            Arc::new(Metrics::new()),
-            shutdown.clone(),
-        );
+        let (writer, task, shutdown) = writer_over(store.clone(), rows);
         // 30 jobs of 4 ops each, all queued before the writer looks.
         let mut pending = Vec::new();
         for i in 0..30 {
@@ -335,12 +396,134 @@ mod tests {
         shutdown.cancel();
         drop(writer);
         task.await.unwrap();
-        let commits = store.commits.lock().unwrap().clone();
+        let commits: Vec<usize> = store.commits.lock().unwrap().iter().map(|c| c.ops).collect();
         assert!(commits.iter().all(|&ops| ops <= 10), "{commits:?}");
         assert!(commits.len() >= 3 + 12, "30 × 4 ops and 25 rows need at least 15 commits: {commits:?}");
         let l = store.load().unwrap();
         assert_eq!(l.statuses.len(), 60);
         assert_eq!(l.liveness.len(), 25);
+    }
+
+    /// The byte bound is the second dimension of the same budget: statuses
+    /// with long messages are grouped only as far as their bytes fit (the
+    /// ops bound is far away), liveness rows are split by bytes too, and
+    /// everything is stored.
+    #[tokio::test]
+    async fn group_commits_never_exceed_the_stores_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = long_status("c0", 1000).bytes();
+        // Room for three such jobs, not four.
+        let max = CommitSize { ops: 10_000, bytes: 3 * one + one / 2 };
+        let store = Bounded::open(dir.path(), max);
+        let row = |i: usize| {
+            (format!("cluster-{i:04}"), Liveness { agent_version: "v".repeat(200), ..Default::default() })
+        };
+        let rows: Vec<(String, Liveness)> = (0..40).map(row).collect();
+        let row_bytes = liveness_row_bytes(&rows[0].0, &rows[0].1);
+        let (writer, task, shutdown) = writer_over(store.clone(), rows);
+        let mut pending = Vec::new();
+        for i in 0..30 {
+            pending.push(writer.submit(vec![long_status(&format!("c{i}"), 1000)]).await);
+        }
+        for rx in pending {
+            rx.await.unwrap().expect("every job is committed");
+        }
+        shutdown.cancel();
+        drop(writer);
+        task.await.unwrap();
+        let commits = store.commits.lock().unwrap().clone();
+        assert!(commits.iter().all(|c| c.fits(max)), "{commits:?}");
+        let rows_per_commit = max.bytes / row_bytes;
+        assert!(
+            commits.len() >= 30 / 3 + 40usize.div_ceil(rows_per_commit),
+            "30 jobs at 3 per commit and 40 rows at {rows_per_commit} per commit: {commits:?}"
+        );
+        let l = store.load().unwrap();
+        assert_eq!(l.statuses.len(), 30);
+        assert_eq!(l.liveness.len(), 40);
+    }
+
+    /// A job over the bound on its own is still tried, alone: the store
+    /// refuses it whole and its caller gets that error; the jobs queued
+    /// around it are committed in commits of their own.
+    #[tokio::test]
+    async fn a_job_over_the_bound_is_tried_alone_and_its_error_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let max = CommitSize { ops: 10_000, bytes: 4 * long_status("c", 1000).bytes() };
+        let store = Bounded::open(dir.path(), max);
+        let (writer, task, shutdown) = writer_over(store.clone(), Vec::new());
+        let before = writer.submit(vec![long_status("before", 1000)]).await;
+        let huge = writer.submit(vec![long_status("huge", 10_000)]).await;
+        let after = writer.submit(vec![long_status("after", 1000)]).await;
+        before.await.unwrap().expect("committed");
+        let err = huge.await.unwrap().expect_err("refused by the store");
+        assert!(err.to_string().contains("request too large"), "the store's error: {err}");
+        after.await.unwrap().expect("committed");
+        shutdown.cancel();
+        drop(writer);
+        task.await.unwrap();
+        let commits = store.commits.lock().unwrap().clone();
+        assert_eq!(commits.len(), 3, "before, huge alone, after: {commits:?}");
+        assert!(!commits[1].fits(max) && commits[0].fits(max) && commits[2].fits(max), "{commits:?}");
+        let mut stored: Vec<String> = store.load().unwrap().statuses.into_iter().map(|(c, _)| c).collect();
+        stored.sort();
+        assert_eq!(stored, vec!["after".to_string(), "before".to_string()]);
+    }
+
+    #[test]
+    fn liveness_rows_take_the_room_left_in_both_dimensions() {
+        let rows: Vec<(String, Liveness)> = (0..5).map(|i| (format!("c{i}"), Liveness::default())).collect();
+        let b = liveness_row_bytes("c0", &Liveness::default());
+        let bound = |ops, bytes| CommitSize { ops, bytes };
+        let used = |ops, bytes| CommitSize { ops, bytes };
+        // Unbounded bytes: the ops left.
+        assert_eq!(liveness_room(used(0, 0), &rows, bound(3, usize::MAX), true), 3);
+        assert_eq!(liveness_room(used(2, 0), &rows, bound(10, usize::MAX), false), 5);
+        assert_eq!(liveness_room(used(9, 0), &rows, bound(10, usize::MAX), false), 1);
+        // The bytes left bound it.
+        assert_eq!(liveness_room(used(0, 0), &rows, bound(100, 2 * b), true), 2);
+        assert_eq!(liveness_room(used(1, b), &rows, bound(100, 3 * b + 1), false), 2);
+        // The tighter dimension wins.
+        assert_eq!(liveness_room(used(0, 0), &rows, bound(1, 4 * b), true), 1);
+        // A full commit takes none beside its jobs; an empty one takes one
+        // row even over the bound, so that it is tried and reported.
+        assert_eq!(liveness_room(used(10, 0), &rows, bound(10, usize::MAX), false), 0);
+        assert_eq!(liveness_room(used(0, 0), &rows, bound(100, b - 1), false), 0);
+        assert_eq!(liveness_room(used(0, 0), &rows, bound(100, b - 1), true), 1);
+        assert_eq!(liveness_room(used(0, 0), &[], bound(100, b - 1), true), 0);
+    }
+
+    #[test]
+    fn bytes_bound_the_encoded_keys_and_values() {
+        // A value counts as encoded: a longer message, that many more bytes.
+        let short = long_status("c", 10).bytes();
+        assert_eq!(long_status("c", 1010).bytes(), short + 1000);
+        // At least the JSON of the status and its key.
+        let Write::AgentBatch(b) = long_status("c", 1000) else { unreachable!() };
+        let OutboxEntry::Status(s) = &b.entries[0].1 else { unreachable!() };
+        assert!(short + 990 >= serde_json::to_vec(s).unwrap().len() + "status/c/web".len());
+        // An event counts its record and the index keys of the event it
+        // pushes out of the ring, whose names it cannot know: at their longest.
+        let ev = crate::domain::EventRecord {
+            bundle: "web".into(),
+            message: "x".repeat(500),
+            ..Default::default()
+        };
+        let one = Write::AppendEvents(vec![("c".into(), ev.clone())]).bytes();
+        let two = Write::AppendEvents(vec![("c".into(), ev.clone()), ("c".into(), ev)]).bytes();
+        assert!(one > 500 + 2 * 253, "{one}");
+        assert!(two > one && two < 2 * one, "the next event id once per write: {one} {two}");
+        // Liveness, per row; records of one key.
+        let rows = vec![("a".to_string(), Liveness::default()), ("bb".to_string(), Liveness::default())];
+        assert_eq!(
+            Write::PutLiveness(rows.clone()).bytes(),
+            liveness_row_bytes("a", &rows[0].1) + liveness_row_bytes("bb", &rows[1].1)
+        );
+        assert_eq!(
+            Write::DeleteRollout("web".into()).bytes(),
+            "rollouts/web".len() + crate::store::KEY_OVERHEAD_BYTES
+        );
+        assert_eq!(Write::PutLiveness(rows).size(false), CommitSize { ops: 2, bytes: 0 });
     }
 
     #[test]
