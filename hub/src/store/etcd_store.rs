@@ -1509,6 +1509,37 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_bound_leaves_room_for_prefixes_and_the_commits_own_keys() {
+        // etcd's defaults, the default prefix: 1.5 MiB less 8 KiB and 8 bytes of 260 keys.
+        assert_eq!(commit_bytes_bound(1_572_864, 128, 8), 1_572_864 - 8192 - 8 * 260);
+        // The raised limits docs/operations.md recommends.
+        assert_eq!(commit_bytes_bound(10_485_760, 10_000, 8), 10_485_760 - 8192 - 8 * 20_004);
+        // A longer prefix leaves less; a bound too small for anything still lets one job through alone.
+        assert!(commit_bytes_bound(1_572_864, 128, 64) < commit_bytes_bound(1_572_864, 128, 8));
+        assert_eq!(commit_bytes_bound(4096, 128, 8), 1);
+    }
+
+    #[test]
+    fn a_request_is_measured_as_protobuf_encodes_it() {
+        // put "abc" = "xy": PutRequest 0a 03 abc 12 02 xy (9), RequestOp 12 09 .. (11), success 12 0b .. (13).
+        assert_eq!(txn_request_len(&[], &[(3, Some(2))], &[]), 13);
+        // delete "abc": DeleteRangeRequest 0a 03 abc (5), RequestOp 1a 05 .. (7), success (9).
+        assert_eq!(txn_request_len(&[], &[(3, None)], &[]), 9);
+        // get "abc" in the failure branch: the same shape.
+        assert_eq!(txn_request_len(&[], &[], &[3]), 9);
+        // mod_revision("abc") == 5 is 11 bytes on the wire (result EQUAL is the
+        // default, not sent); counted with both enums: 2 bytes over at most.
+        assert_eq!(txn_request_len(&[(3, 0, 5)], &[], &[]), 13);
+        // A range compare adds its range end (field 64: a 2-byte tag).
+        assert_eq!(txn_request_len(&[(3, 3, 5)], &[], &[]), 13 + 2 + 1 + 3);
+        // Long values take multi-byte lengths.
+        assert_eq!(
+            txn_request_len(&[], &[(3, Some(1000))], &[]),
+            1 + 2 + (1 + 2 + ((1 + 1 + 3) + (1 + 2 + 1000)))
+        );
+    }
+
+    #[test]
     fn ids_sort_as_keys() {
         assert!(id_key(9) < id_key(10));
         assert!(id_key(u64::MAX) > id_key(u64::MAX - 1));

@@ -17,7 +17,7 @@ mod redb_store;
 use std::collections::BTreeSet;
 
 #[cfg(feature = "etcd")]
-pub use etcd_store::{EtcdOptions, EtcdStore};
+pub use etcd_store::{COMMIT_MARGIN_BYTES, ETCD_DEFAULT_MAX_REQUEST_BYTES, EtcdOptions, EtcdStore};
 pub use open::open_configured;
 pub use redb_store::RedbStore;
 
