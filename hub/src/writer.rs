@@ -41,6 +41,7 @@ pub type LivenessSource = Box<dyn Fn() -> Vec<(String, Liveness)> + Send + Sync>
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Job>,
+    bound: CommitSize,
 }
 
 impl WriterHandle {
@@ -51,6 +52,12 @@ impl WriterHandle {
             let _ = job.reply.send(Err(Error::ShuttingDown));
         }
         rx
+    }
+
+    /// The most one commit carries ([`Store::commit_bound`]): a job over it
+    /// is tried alone, and a store with limits (etcd) refuses it whole.
+    pub fn bound(&self) -> CommitSize {
+        self.bound
     }
 
     /// Queue writes and wait for the commit.
@@ -70,10 +77,11 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(8192);
+    let bound = store.commit_bound();
     let task = tokio::spawn(
         run(store, statuses, liveness, events, metrics, rx, shutdown).instrument(info_span!("store_writer")),
     );
-    (WriterHandle { tx }, task)
+    (WriterHandle { tx, bound }, task)
 }
 
 async fn run(
@@ -100,6 +108,9 @@ async fn run(
     let mut pending: Option<(Job, CommitSize)> = None;
     // Liveness rows that did not fit into a commit: they go with the next ones.
     let mut liveness_left: Vec<(String, Liveness)> = Vec::new();
+    // Liveness rows of a commit that failed: they go with the next flush,
+    // unless that flush has a newer row of the same cluster.
+    let mut liveness_failed: Vec<(String, Liveness)> = Vec::new();
     loop {
         let mut flush_liveness = false;
         let first = if let Some(j) = pending.take() {
@@ -158,7 +169,9 @@ async fn run(
             }
         }
         if flush_liveness {
-            liveness_left.extend(dirty_liveness());
+            let fresh = dirty_liveness();
+            liveness_left.extend(not_superseded(std::mem::take(&mut liveness_failed), &fresh));
+            liveness_left.extend(fresh);
         }
         // As many liveness rows as fit beside the jobs; the rest go with the
         // next commits (the loop comes back at once while rows are left).
@@ -179,7 +192,10 @@ async fn run(
             replies.push(j.reply);
         }
         let has_liveness = !liveness.is_empty();
+        // Kept until the commit's outcome: a failed commit's rows are tried again.
+        let mut rows = Vec::new();
         if has_liveness {
+            rows.clone_from(&liveness);
             writes.push(Write::PutLiveness(liveness));
         }
         let started = Instant::now();
@@ -205,7 +221,8 @@ async fn run(
                 }
             }
             Err(e) => {
-                error!(error = %e, writes = n, "store commit failed");
+                error!(error = %e, writes = n, liveness = rows.len(), "store commit failed");
+                liveness_failed.extend(rows);
                 let msg = e.to_string();
                 for reply in replies {
                     let _ = reply.send(Err(Error::Store(msg.clone())));
@@ -214,6 +231,13 @@ async fn run(
         }
     }
     debug!("store writer stopped");
+}
+
+/// The liveness rows of a failed commit that a fresh flush does not
+/// replace (a cluster heard from again has a newer row). Pure.
+fn not_superseded(failed: Vec<(String, Liveness)>, fresh: &[(String, Liveness)]) -> Vec<(String, Liveness)> {
+    let newer: std::collections::HashSet<&str> = fresh.iter().map(|(c, _)| c.as_str()).collect();
+    failed.into_iter().filter(|(c, _)| !newer.contains(c.as_str())).collect()
 }
 
 /// A job with the share of a commit its writes take ([`Write::size`]).
@@ -284,12 +308,14 @@ mod tests {
         inner: RedbStore,
         max: CommitSize,
         commits: Mutex<Vec<CommitSize>>,
+        /// How many of the next commits to refuse (a failing store).
+        refuse: Mutex<usize>,
     }
 
     impl Bounded {
         fn open(dir: &std::path::Path, max: CommitSize) -> Arc<Bounded> {
             let inner = RedbStore::open(&dir.join("s.redb"), 100, 1 << 20).unwrap();
-            Arc::new(Bounded { inner, max, commits: Mutex::new(Vec::new()) })
+            Arc::new(Bounded { inner, max, commits: Mutex::new(Vec::new()), refuse: Mutex::new(0) })
         }
     }
 
@@ -309,6 +335,11 @@ mod tests {
             if !size.fits(self.max) {
                 return Err(Error::Store(format!("request too large: {size:?} > {:?}", self.max)));
             }
+            let mut refuse = self.refuse.lock().unwrap();
+            if *refuse > 0 {
+                *refuse -= 1;
+                return Err(Error::Store("store unavailable".into()));
+            }
             self.inner.commit(writes, now)
         }
         fn max_commit_ops(&self) -> usize {
@@ -324,8 +355,17 @@ mod tests {
         store: Arc<Bounded>,
         rows: Vec<(String, Liveness)>,
     ) -> (WriterHandle, tokio::task::JoinHandle<()>, CancellationToken) {
-        let once = Mutex::new(Some(rows));
-        let liveness: LivenessSource = Box::new(move || once.lock().unwrap().take().unwrap_or_default());
+        writer_with(store, vec![rows])
+    }
+
+    /// The writer over `store`; each liveness flush takes the next of `flushes`.
+    fn writer_with(
+        store: Arc<Bounded>,
+        flushes: Vec<Vec<(String, Liveness)>>,
+    ) -> (WriterHandle, tokio::task::JoinHandle<()>, CancellationToken) {
+        let flushes = Mutex::new(std::collections::VecDeque::from(flushes));
+        let liveness: LivenessSource =
+            Box::new(move || flushes.lock().unwrap().pop_front().unwrap_or_default());
         let shutdown = CancellationToken::new();
         let (events, _) = broadcast::channel(16);
         let (writer, task) = spawn(
@@ -468,6 +508,71 @@ mod tests {
         let mut stored: Vec<String> = store.load().unwrap().statuses.into_iter().map(|(c, _)| c).collect();
         stored.sort();
         assert_eq!(stored, vec!["after".to_string(), "before".to_string()]);
+    }
+
+    /// The liveness rows of a commit the store refused are not lost: they
+    /// go with the next flush, where a newer row of the same cluster wins.
+    #[tokio::test]
+    async fn liveness_rows_of_a_failed_commit_go_with_the_next_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Bounded::open(dir.path(), CommitSize::UNBOUNDED);
+        *store.refuse.lock().unwrap() = 1;
+        let seen =
+            |c: &str, at: i64| (c.to_string(), Liveness { last_seen_unix_ms: at, ..Default::default() });
+        let first = vec![seen("a", 1), seen("b", 1), seen("c", 1)];
+        let (writer, task, shutdown) = writer_with(store.clone(), vec![first, vec![seen("b", 2)]]);
+        // Shutdown begins with a flush: the store refuses it.
+        shutdown.cancel();
+        while store.commits.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(store.load().unwrap().liveness.is_empty());
+        // The last handle gone, the final flush: the refused rows, with b's
+        // newer row instead of its old one.
+        drop(writer);
+        task.await.unwrap();
+        let mut l = store.load().unwrap().liveness;
+        l.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(l, vec![seen("a", 1), seen("b", 2), seen("c", 1)]);
+        assert_eq!(store.commits.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_batch_takes_the_outbox_entries_that_fit_and_leaves_the_rest() {
+        use crate::store::agent_batch_fitting;
+        let entries: Vec<(u64, OutboxEntry)> = (1..=10)
+            .map(|seq| {
+                let Write::AgentBatch(b) = long_status("c", 500) else { unreachable!() };
+                let mut e = b.entries[0].1.clone();
+                if seq % 3 == 0 {
+                    e = OutboxEntry::Event(crate::domain::EventRecord {
+                        bundle: "web".into(),
+                        ..Default::default()
+                    });
+                }
+                (seq, e)
+            })
+            .collect();
+        let size = |n: usize| {
+            Write::AgentBatch(AgentBatch { cluster: "c".into(), epoch: 1, entries: entries[..n].to_vec() })
+                .size(true)
+        };
+        // Unbounded (redb): all of them.
+        assert_eq!(agent_batch_fitting("c", &entries, CommitSize::UNBOUNDED), 10);
+        // Each bound, in either dimension, takes the longest prefix that fits.
+        for bound in [
+            CommitSize { ops: 9, bytes: usize::MAX },
+            CommitSize { ops: 20, bytes: usize::MAX },
+            CommitSize { ops: 1000, bytes: size(4).bytes },
+            CommitSize { ops: 1000, bytes: size(7).bytes - 1 },
+            CommitSize { ops: 12, bytes: size(6).bytes },
+        ] {
+            let n = agent_batch_fitting("c", &entries, bound);
+            assert!(size(n).fits(bound) && !size(n + 1).fits(bound), "{bound:?}: {n}");
+        }
+        // An entry over the bound alone is still taken, alone; nothing of nothing.
+        assert_eq!(agent_batch_fitting("c", &entries, CommitSize { ops: 1000, bytes: 10 }), 1);
+        assert_eq!(agent_batch_fitting("c", &[], CommitSize { ops: 1, bytes: 1 }), 0);
     }
 
     #[test]

@@ -394,7 +394,11 @@ impl Session {
     }
 
     async fn submit(&mut self) -> oneshot::Receiver<Result<Vec<WriteOutcome>>> {
-        let entries = std::mem::take(&mut self.pending);
+        // As many entries as one commit carries (etcd's transaction bounds):
+        // the rest go with the next submit, once this one is stored.
+        let n = crate::store::agent_batch_fitting(&self.name, &self.pending, self.core.writer.bound());
+        let rest = self.pending.split_off(n);
+        let entries = std::mem::replace(&mut self.pending, rest);
         let batch = AgentBatch { cluster: self.name.clone(), epoch: self.epoch, entries };
         self.core.writer.submit(vec![Write::AgentBatch(batch)]).await
     }

@@ -108,7 +108,7 @@ impl Write {
     /// `--max-txn-ops`). An event counts its record, its two index keys and
     /// the three keys of the event it pushes out of the ring. Pure.
     pub fn ops(&self) -> usize {
-        const EVENT: usize = 6;
+        const EVENT: usize = EVENT_OPS;
         match self {
             Write::PutLiveness(rows) => rows.len(),
             Write::SeedStatuses { statuses, .. } => statuses.len(),
@@ -162,26 +162,10 @@ impl Write {
                 NEXT_EVENT_ID_BYTES + evs.iter().map(|(cluster, e)| event_bytes(cluster, e)).sum::<usize>()
             }
             Write::AgentBatch(b) => {
-                // The outbox position, compared and put, and its cluster's
-                // epochs listed (a range compare: the key and its end).
-                let seq = 2 * key_bytes("seq//".len() + b.cluster.len() + NUMBER_MAX) + NUMBER_MAX;
-                let epochs = key_bytes(2 * ("seq//".len() + b.cluster.len()));
-                let mut bytes = seq + epochs;
-                let mut events = false;
-                for (_, e) in &b.entries {
-                    bytes += match e {
-                        OutboxEntry::Status(s) => {
-                            key_bytes("status//".len() + b.cluster.len() + s.status.bundle.len())
-                                + json_len(s)
-                                + NUMBER_MAX
-                        }
-                        OutboxEntry::Event(e) => {
-                            events = true;
-                            event_bytes(&b.cluster, e)
-                        }
-                    };
-                }
-                bytes + if events { NEXT_EVENT_ID_BYTES } else { 0 }
+                let events = b.entries.iter().any(|(_, e)| matches!(e, OutboxEntry::Event(_)));
+                batch_base_bytes(&b.cluster)
+                    + b.entries.iter().map(|(_, e)| entry_bytes(&b.cluster, e)).sum::<usize>()
+                    + if events { NEXT_EVENT_ID_BYTES } else { 0 }
             }
             Write::PutVariant(v) => key("variants/", &v.store_key()) + json_len(v),
             Write::PutAdminCert(r) => key("admin-certs/", &r.serial) + json_len(r),
@@ -282,6 +266,60 @@ fn event_bytes(cluster: &str, event: &EventRecord) -> usize {
         + key_bytes("ev-bundle//".len() + NAME_MAX + NUMBER_MAX);
     record + indexes + old
 }
+
+/// [`Write::bytes`] of an agent batch of `cluster` besides its entries:
+/// the outbox position, compared and put, and its cluster's epochs listed
+/// (a range compare: the key and its end).
+fn batch_base_bytes(cluster: &str) -> usize {
+    let seq = 2 * key_bytes("seq//".len() + cluster.len() + NUMBER_MAX) + NUMBER_MAX;
+    seq + key_bytes(2 * ("seq//".len() + cluster.len()))
+}
+
+/// [`Write::bytes`] of one outbox entry of an agent batch of `cluster`
+/// (the next event id is counted once per batch, by the caller).
+fn entry_bytes(cluster: &str, entry: &OutboxEntry) -> usize {
+    match entry {
+        OutboxEntry::Status(s) => {
+            key_bytes("status//".len() + cluster.len() + s.status.bundle.len()) + json_len(s) + NUMBER_MAX
+        }
+        OutboxEntry::Event(e) => event_bytes(cluster, e),
+    }
+}
+
+/// How many of `entries`, from the first, one [`Write::AgentBatch`] of
+/// `cluster` carries within `bound` ([`Write::size`] of that batch): the
+/// rest go in the next batch. At least one of a non-empty list, so that an
+/// entry over the bound on its own is still tried (and its error reported).
+/// Pure.
+pub fn agent_batch_fitting(cluster: &str, entries: &[(u64, OutboxEntry)], bound: CommitSize) -> usize {
+    if bound == CommitSize::UNBOUNDED {
+        return entries.len();
+    }
+    let with_bytes = bound.bounds_bytes();
+    let mut size = CommitSize { ops: 2, bytes: if with_bytes { batch_base_bytes(cluster) } else { 0 } };
+    let mut events = false;
+    for (i, (_, e)) in entries.iter().enumerate() {
+        let is_event = matches!(e, OutboxEntry::Event(_));
+        let ops = if is_event { EVENT_OPS } else { 1 };
+        let bytes = if !with_bytes {
+            0
+        } else if is_event && !events {
+            entry_bytes(cluster, e) + NEXT_EVENT_ID_BYTES
+        } else {
+            entry_bytes(cluster, e)
+        };
+        events |= is_event;
+        size = size.plus(CommitSize { ops, bytes });
+        if !size.fits(bound) {
+            return i.max(1);
+        }
+    }
+    entries.len()
+}
+
+/// [`Write::ops`] of one event: its record, its two index keys and the
+/// three keys of the event it pushes out of the ring.
+const EVENT_OPS: usize = 6;
 
 /// The next event id, read (compared) and put once per write that appends events.
 const NEXT_EVENT_ID_BYTES: usize = 2 * ("meta/next-event-id".len() + KEY_OVERHEAD_BYTES) + NUMBER_MAX;
