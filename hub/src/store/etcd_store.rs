@@ -39,10 +39,19 @@
 //!
 //! etcd limits one transaction to `--max-txn-ops` operations (128 by default;
 //! the writes and the conditions count separately) and `--max-request-bytes`
-//! (1.5 MiB). A group commit of many statuses needs more (a batch of N
-//! clusters writes 2N keys and is conditioned on N outbox seq keys): run etcd with `--max-txn-ops=10000 --max-request-bytes=10485760`
-//! (docs/operations.md). A commit over the server's limits fails as a whole
-//! with the server's error: nothing is half-written.
+//! (1.5 MiB). A group commit of many statuses could need more (a batch of N
+//! clusters writes 2N keys and is conditioned on N outbox seq keys): the
+//! store tells the writer both bounds ([`Store::max_commit_ops`],
+//! [`Store::max_commit_bytes`], from `store.maxTxnOps` and
+//! `store.maxTxnBytes`), and the writer never groups beyond them. A commit
+//! over the server's limits (one job too large on its own, or limits set
+//! above the server's) fails as a whole with the server's error: nothing is
+//! half-written. [`EtcdStore::last_request_bytes`] measures what was sent.
+//! The store's other requests are small: reads go [`READS_PER_TXN`] keys per
+//! transaction, locks, the lease and the schema one key each; whole tables
+//! are read in pages; the event ring and an outbox's old epochs are trimmed
+//! inside the commit that pushes them out (counted in [`Write::ops`] and
+//! [`Write::bytes`]).
 //!
 //! Two records are also fenced on their stored value, since replicas decide
 //! on their in-memory copy: a token's use counts the stored uses (a
