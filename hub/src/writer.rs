@@ -576,6 +576,34 @@ mod tests {
     }
 
     #[test]
+    fn a_seed_takes_the_statuses_that_fit_and_leaves_the_rest() {
+        use crate::store::seed_fitting;
+        let statuses: Vec<StatusRecord> = (0..10)
+            .map(|i| StatusRecord {
+                status: BundleStatus {
+                    bundle: format!("b{i}"),
+                    message: "m".repeat(i * 100),
+                    ..Default::default()
+                },
+                ..Default::default()
+            })
+            .collect();
+        let size = |n: usize| {
+            Write::SeedStatuses { cluster: "c".into(), statuses: statuses[..n].to_vec() }.size(true)
+        };
+        assert_eq!(seed_fitting("c", &statuses, CommitSize::UNBOUNDED), 10);
+        for bound in [
+            CommitSize { ops: 3, bytes: usize::MAX },
+            CommitSize { ops: 100, bytes: size(5).bytes },
+            CommitSize { ops: 100, bytes: size(8).bytes - 1 },
+        ] {
+            let n = seed_fitting("c", &statuses, bound);
+            assert!(size(n).fits(bound) && !size(n + 1).fits(bound), "{bound:?}: {n}");
+        }
+        assert_eq!(seed_fitting("c", &statuses, CommitSize { ops: 100, bytes: 1 }), 1);
+    }
+
+    #[test]
     fn liveness_rows_take_the_room_left_in_both_dimensions() {
         let rows: Vec<(String, Liveness)> = (0..5).map(|i| (format!("c{i}"), Liveness::default())).collect();
         let b = liveness_row_bytes("c0", &Liveness::default());

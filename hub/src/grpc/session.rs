@@ -107,8 +107,12 @@ pub async fn start(
             ..Default::default()
         })
         .collect();
-    if !seeds.is_empty() {
+    // In as many commits as the store's transaction bounds take.
+    let mut seeds = seeds;
+    while !seeds.is_empty() {
+        let rest = seeds.split_off(crate::store::seed_fitting(&name, &seeds, core.writer.bound()));
         drop(core.writer.submit(vec![Write::SeedStatuses { cluster: name.clone(), statuses: seeds }]).await);
+        seeds = rest;
     }
     // A hub behind what its agents hold continues above them (crate::state).
     if !hello.applied.is_empty() {

@@ -147,14 +147,9 @@ impl Write {
             Write::SetSuspended { bundle, .. } => key("suspended/", bundle),
             Write::SetSourceSuspended { source, .. } => key("suspended-sources/", source),
             Write::PutLiveness(rows) => rows.iter().map(|(name, l)| liveness_row_bytes(name, l)).sum(),
-            Write::SeedStatuses { cluster, statuses } => statuses
-                .iter()
-                .map(|s| {
-                    2 * key_bytes("status//".len() + cluster.len() + s.status.bundle.len())
-                        + json_len(s)
-                        + NUMBER_MAX
-                })
-                .sum(),
+            Write::SeedStatuses { cluster, statuses } => {
+                statuses.iter().map(|s| seed_bytes(cluster, s)).sum()
+            }
             Write::PutRollout(r) => 2 * key("rollouts/", &r.bundle) + json_len(r),
             Write::DeleteRollout(bundle) => key("rollouts/", bundle),
             Write::AppendEvents(evs) if evs.is_empty() => 0,
@@ -292,13 +287,10 @@ fn entry_bytes(cluster: &str, entry: &OutboxEntry) -> usize {
 /// entry over the bound on its own is still tried (and its error reported).
 /// Pure.
 pub fn agent_batch_fitting(cluster: &str, entries: &[(u64, OutboxEntry)], bound: CommitSize) -> usize {
-    if bound == CommitSize::UNBOUNDED {
-        return entries.len();
-    }
     let with_bytes = bound.bounds_bytes();
-    let mut size = CommitSize { ops: 2, bytes: if with_bytes { batch_base_bytes(cluster) } else { 0 } };
+    let base = CommitSize { ops: 2, bytes: if with_bytes { batch_base_bytes(cluster) } else { 0 } };
     let mut events = false;
-    for (i, (_, e)) in entries.iter().enumerate() {
+    prefix_fitting(entries, base, bound, |(_, e)| {
         let is_event = matches!(e, OutboxEntry::Event(_));
         let ops = if is_event { EVENT_OPS } else { 1 };
         let bytes = if !with_bytes {
@@ -309,12 +301,45 @@ pub fn agent_batch_fitting(cluster: &str, entries: &[(u64, OutboxEntry)], bound:
             entry_bytes(cluster, e)
         };
         events |= is_event;
-        size = size.plus(CommitSize { ops, bytes });
-        if !size.fits(bound) {
+        CommitSize { ops, bytes }
+    })
+}
+
+/// How many of `statuses`, from the first, one [`Write::SeedStatuses`] of
+/// `cluster` carries within `bound` (at least one of a non-empty list). Pure.
+pub fn seed_fitting(cluster: &str, statuses: &[StatusRecord], bound: CommitSize) -> usize {
+    let with_bytes = bound.bounds_bytes();
+    prefix_fitting(statuses, CommitSize::default(), bound, |s| CommitSize {
+        ops: 1,
+        bytes: if with_bytes { seed_bytes(cluster, s) } else { 0 },
+    })
+}
+
+/// The longest prefix of `items` whose sizes, added to `base`, fit `bound`;
+/// at least one item of a non-empty list.
+fn prefix_fitting<T>(
+    items: &[T],
+    base: CommitSize,
+    bound: CommitSize,
+    mut size: impl FnMut(&T) -> CommitSize,
+) -> usize {
+    if bound == CommitSize::UNBOUNDED {
+        return items.len();
+    }
+    let mut total = base;
+    for (i, item) in items.iter().enumerate() {
+        total = total.plus(size(item));
+        if !total.fits(bound) {
             return i.max(1);
         }
     }
-    entries.len()
+    items.len()
+}
+
+/// [`Write::bytes`] of one status of a [`Write::SeedStatuses`]: its key,
+/// compared (absent) and put, and the status with its stamped time.
+fn seed_bytes(cluster: &str, s: &StatusRecord) -> usize {
+    2 * key_bytes("status//".len() + cluster.len() + s.status.bundle.len()) + json_len(s) + NUMBER_MAX
 }
 
 /// [`Write::ops`] of one event: its record, its two index keys and the
