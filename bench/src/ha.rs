@@ -156,8 +156,9 @@ async fn start_replica(
 ) -> anyhow::Result<Replica> {
     let dir = root.join(format!("r{k}"));
     std::fs::create_dir_all(&dir)?;
-    let mut spec =
-        format!("  store: {{type: etcd, endpoints: [\"{url}\"], prefix: {PREFIX}, leaseTtl: {ttl_s}s}}\n");
+    let mut spec = format!(
+        "  store: {{type: etcd, endpoints: [\"{url}\"], prefix: {PREFIX}, leaseTtl: {ttl_s}s, maxTxnBytes: 10485760}}\n"
+    );
     if k > 0 {
         let shared = root.join("r0/data");
         spec.push_str(&format!(

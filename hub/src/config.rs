@@ -286,10 +286,21 @@ pub struct StoreSettings {
     /// docs/operations.md asks etcd to run with.
     #[serde(default = "default_max_txn_ops")]
     pub max_txn_ops: usize,
+    /// `type: etcd`: etcd's `--max-request-bytes` (the largest request).
+    /// The hub never sends a commit larger: it groups writes up to this
+    /// less the key prefix of every key a commit may name and 8 KiB for the
+    /// commit's own keys and framing (docs/config.md). Default 1572864
+    /// (1.5 MiB), etcd's default.
+    #[serde(default = "default_max_txn_bytes")]
+    pub max_txn_bytes: usize,
 }
 
 fn default_max_txn_ops() -> usize {
     10_000
+}
+
+fn default_max_txn_bytes() -> usize {
+    1536 * 1024
 }
 
 fn default_lease_ttl() -> HumanDuration {
@@ -304,6 +315,7 @@ impl Default for StoreSettings {
             endpoints: Vec::new(),
             prefix: default_store_prefix(),
             max_txn_ops: default_max_txn_ops(),
+            max_txn_bytes: default_max_txn_bytes(),
             tls: None,
             lease_ttl: default_lease_ttl(),
             advertise: None,
@@ -632,6 +644,11 @@ mod tests {
         let s: StoreSettings =
             serde_saphyr::from_str("{type: etcd, endpoints: [\"http://e:2379\"], maxTxnOps: 128}").unwrap();
         assert_eq!((s.type_, s.max_txn_ops), (StoreType::Etcd, 128));
+        assert_eq!(s.max_txn_bytes, 1_572_864, "etcd's default --max-request-bytes");
+        let s: StoreSettings =
+            serde_saphyr::from_str("{type: etcd, endpoints: [\"http://e:2379\"], maxTxnBytes: 10485760}")
+                .unwrap();
+        assert_eq!((s.max_txn_ops, s.max_txn_bytes), (10_000, 10_485_760));
     }
 
     #[test]

@@ -33,7 +33,7 @@ async fn replica_with(
     fleet_text: &str,
     lease_ttl: u64,
 ) -> (HubHandle, std::sync::Arc<StaticPipeline>) {
-    replica_clocked(dir, etcd, shared, fleet_text, lease_ttl, None).await
+    replica_opts(dir, etcd, shared, fleet_text, lease_ttl, None, 10_000).await
 }
 
 /// [`replica_with`] on a clock of its own (`None`: the system clock).
@@ -45,6 +45,31 @@ async fn replica_clocked(
     lease_ttl: u64,
     clock: Option<convoy_core::clock::SharedClock>,
 ) -> (HubHandle, std::sync::Arc<StaticPipeline>) {
+    replica_opts(dir, etcd, shared, fleet_text, lease_ttl, clock, 10_000).await
+}
+
+/// [`replica_with`] told etcd's `--max-txn-ops` (`store.maxTxnOps`).
+async fn replica_limited(
+    dir: &Path,
+    etcd: &str,
+    shared: Option<&Path>,
+    fleet_text: &str,
+    lease_ttl: u64,
+    max_txn_ops: usize,
+) -> (HubHandle, std::sync::Arc<StaticPipeline>) {
+    replica_opts(dir, etcd, shared, fleet_text, lease_ttl, None, max_txn_ops).await
+}
+
+/// A replica with its clock and its `store.maxTxnOps`.
+async fn replica_opts(
+    dir: &Path,
+    etcd: &str,
+    shared: Option<&Path>,
+    fleet_text: &str,
+    lease_ttl: u64,
+    clock: Option<convoy_core::clock::SharedClock>,
+    max_txn_ops: usize,
+) -> (HubHandle, std::sync::Arc<StaticPipeline>) {
     init();
     let pipeline = StaticPipeline::new(dir.join("artifacts"));
     let mut cfg = HubConfig::local(dir.join("data"));
@@ -53,6 +78,7 @@ async fn replica_clocked(
     cfg.store.endpoints = vec![etcd.to_string()];
     cfg.store.prefix = "/ha/".into();
     cfg.store.lease_ttl = convoy_core::duration::HumanDuration::from_secs(lease_ttl);
+    cfg.store.max_txn_ops = max_txn_ops;
     if let Some(s) = shared {
         cfg.tls.ca_cert_file = Some(s.join("ca.crt"));
         cfg.tls.ca_key_file = Some(s.join("ca.key"));
@@ -274,6 +300,42 @@ async fn an_agent_moving_to_another_replica_stores_each_status_and_event_once() 
     }
     a.shutdown().await.unwrap();
     c.shutdown().await.unwrap();
+}
+
+/// etcd at its default limits (128 operations per transaction) and a hub
+/// told so (`store.maxTxnOps: 128`): an agent's burst of reports, which
+/// its session gathers while a commit is in flight (up to 1,024 entries,
+/// far more than 128 keys), is stored in batches that fit: every entry is
+/// acknowledged on the one stream (a refused commit would close it), every
+/// event is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agents_burst_is_stored_within_etcds_default_limits() {
+    let etcd = etcd_server::Server::start_with_default_limits(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, p) = replica_limited(dir.path(), &etcd.url, None, FLEET, 10, 128).await;
+    let c1 = register(&hub, "c1", &[("env", "prod")]).await;
+    p.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"one").unwrap();
+    eventually(|| async { hub.state().view().records.contains_key("web").then_some(()) }).await;
+    let (mut s, _, _) = open(&hub, &c1, 1).await.unwrap();
+    for seq in 1..=800u64 {
+        if seq % 4 == 0 {
+            s.send_event(seq, "web", &format!("E{seq}")).await;
+        } else {
+            s.send_status(seq, "web", 1, pb::Phase::Ready).await;
+        }
+    }
+    s.until_ack(800).await;
+    let mut fleet = admin(&hub).await;
+    let evs = fleet
+        .list_events(pb::ListEventsRequest { cluster: "c1".into(), limit: 1000, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let stored = evs.iter().filter(|e| e.event.as_ref().is_some_and(|e| e.reason.starts_with('E'))).count();
+    assert_eq!(stored, 200, "every event stored once");
+    assert_eq!(status_on(&hub, "c1", "web"), Some(1));
+    hub.shutdown().await.unwrap();
 }
 
 /// `web` rolled out in two waves: `eu` (auto), then `us` behind the gate

@@ -413,8 +413,8 @@ mod etcd_server;
 mod etcd {
     use std::time::Duration;
 
-    use convoy_hub::domain::AgentBatch;
-    use convoy_hub::store::{EtcdOptions, EtcdStore, Store, Write};
+    use convoy_hub::domain::{AgentBatch, OutboxEntry};
+    use convoy_hub::store::{CommitSize, EtcdOptions, EtcdStore, Store, Write, WriteOutcome};
 
     use super::Backend;
 
@@ -737,6 +737,192 @@ mod etcd {
         // Decided again on version 2: taken.
         follower.commit(vec![Write::PutRollout(Box::new(rec(3, "approve")))], 4).unwrap();
         assert_eq!(leader.load().unwrap().rollouts[0].version, 3);
+    }
+
+    /// The etcd store, recording for each commit the size its writes were
+    /// measured at ([`Write::size`]), the encoded size of the request it
+    /// sent, and whether etcd took it.
+    struct Measured {
+        inner: EtcdStore,
+        commits: std::sync::Mutex<Vec<(CommitSize, usize, bool)>>,
+    }
+
+    impl Store for Measured {
+        fn load(&self) -> convoy_hub::Result<convoy_hub::store::Loaded> {
+            self.inner.load()
+        }
+        fn last_seq(&self, cluster: &str, epoch: u64) -> convoy_hub::Result<u64> {
+            self.inner.last_seq(cluster, epoch)
+        }
+        fn list_events(
+            &self,
+            f: &convoy_hub::domain::EventFilter,
+        ) -> convoy_hub::Result<Vec<convoy_hub::domain::StoredEvent>> {
+            self.inner.list_events(f)
+        }
+        fn commit(&self, writes: Vec<Write>, now: i64) -> convoy_hub::Result<Vec<WriteOutcome>> {
+            let size = writes.iter().fold(CommitSize::default(), |s, w| s.plus(w.size(true)));
+            let r = self.inner.commit(writes, now);
+            self.commits.lock().unwrap().push((size, self.inner.last_request_bytes(), r.is_ok()));
+            r
+        }
+        fn commands(
+            &self,
+            cluster: &str,
+        ) -> convoy_hub::Result<Vec<convoy_hub::domain::commands::CommandRecord>> {
+            self.inner.commands(cluster)
+        }
+        fn max_commit_ops(&self) -> usize {
+            self.inner.max_commit_ops()
+        }
+        fn max_commit_bytes(&self) -> usize {
+            self.inner.max_commit_bytes()
+        }
+    }
+
+    /// A burst of `agents` agent batches (a status with a `message_len`
+    /// message and an event each) queued at once, then the liveness of
+    /// every agent flushed at shutdown, through the hub's writer into an
+    /// etcd store with `max_txn_ops` and the default `maxTxnBytes`. Every
+    /// job is stored, and every commit's request stays within etcd's
+    /// default `--max-request-bytes`: the commits it made.
+    fn burst(
+        server: &Server,
+        prefix: &str,
+        max_txn_ops: usize,
+        agents: usize,
+        message_len: usize,
+    ) -> Vec<(CommitSize, usize, bool)> {
+        use convoy_hub::domain::{Liveness, StatusRecord};
+        let mut opts = EtcdOptions::new(vec![server.url.clone()], prefix);
+        opts.max_txn_ops = max_txn_ops;
+        assert_eq!(opts.max_txn_bytes, 1_572_864, "etcd's default --max-request-bytes");
+        let capacity = (agents * 3 / 4) as u64;
+        let store = std::sync::Arc::new(Measured {
+            inner: EtcdStore::open(&opts, capacity).unwrap(),
+            commits: std::sync::Mutex::new(Vec::new()),
+        });
+        let bound = store.commit_bound();
+        let name = |i: usize| format!("cluster-{i:05}");
+        let rows: Vec<(String, Liveness)> = (0..agents)
+            .map(|i| {
+                (
+                    name(i),
+                    Liveness {
+                        last_seen_unix_ms: i as i64,
+                        agent_version: "0.1.0".into(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        let once = std::sync::Mutex::new(Some(rows));
+        let liveness: convoy_hub::writer::LivenessSource =
+            Box::new(move || once.lock().unwrap().take().unwrap_or_default());
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let failed = rt.block_on(async {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let (events, _) = tokio::sync::broadcast::channel(16);
+            let (writer, task) = convoy_hub::writer::spawn(
+                store.clone(),
+                std::sync::Arc::new(convoy_hub::index::StatusIndex::default()),
+                liveness,
+                events,
+                std::sync::Arc::new(convoy_hub::metrics::Metrics::new()),
+                shutdown.clone(),
+            );
+            let mut pending = Vec::new();
+            for i in 0..agents {
+                let status = StatusRecord {
+                    status: convoy_core::status::BundleStatus {
+                        bundle: "web".into(),
+                        generation: 1,
+                        message: "m".repeat(message_len),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                let mut event = super::event("web", "Applied");
+                if let OutboxEntry::Event(e) = &mut event {
+                    e.message = "e".repeat(message_len / 4);
+                }
+                let batch = AgentBatch {
+                    cluster: name(i),
+                    epoch: 1,
+                    entries: vec![(1, OutboxEntry::Status(status)), (2, event)],
+                };
+                pending.push(writer.submit(vec![Write::AgentBatch(batch)]).await);
+            }
+            let mut failed = 0;
+            for rx in pending {
+                if rx.await.unwrap().is_err() {
+                    failed += 1;
+                }
+            }
+            shutdown.cancel();
+            drop(writer);
+            task.await.unwrap();
+            failed
+        });
+        let commits = store.commits.lock().unwrap().clone();
+        assert_eq!(failed, 0, "no job failed");
+        assert!(commits.iter().all(|c| c.2), "every commit was taken by etcd: {commits:?}");
+        for (size, request, _) in &commits {
+            assert!(size.fits(bound), "within the bound: {size:?} {bound:?}");
+            // The request as sent, with the room etcd's raft header takes.
+            assert!(request + 512 <= 1_572_864, "{request} bytes sent");
+            // Write::bytes and the margin are an upper bound of what was sent.
+            assert!(
+                *request
+                    <= size.bytes
+                        + prefix.len() * (2 * size.ops + 4)
+                        + convoy_hub::store::COMMIT_MARGIN_BYTES,
+                "estimated {size:?}, sent {request}"
+            );
+        }
+        let l = store.load().unwrap();
+        assert_eq!(l.statuses.len(), agents, "every status stored");
+        assert!(l.statuses.iter().all(|(_, s)| s.status.message.len() == message_len));
+        assert_eq!(l.liveness.len(), agents, "every liveness row stored");
+        assert_eq!(l.last_event_id, agents as u64, "every event stored");
+        let evs = store
+            .list_events(&convoy_hub::domain::EventFilter { limit: agents, ..Default::default() })
+            .unwrap();
+        assert_eq!(evs.len() as u64, capacity, "the ring keeps its capacity, older events trimmed");
+        for i in [0, agents / 2, agents - 1] {
+            assert_eq!(store.last_seq(&name(i), 1).unwrap(), 2, "outbox of {} acknowledged", name(i));
+        }
+        drop(rt);
+        commits
+    }
+
+    /// etcd at its defaults (128 operations, 1.5 MiB per request) with
+    /// `store.maxTxnOps: 128`: a burst of 2,000 statuses with 1 KiB
+    /// messages and their events is stored completely in many small
+    /// commits, none refused.
+    #[test]
+    fn etcd_at_its_default_limits_stores_a_burst_with_max_txn_ops_128() {
+        let server = Server::start_with_default_limits(&[]);
+        let commits = burst(&server, "/defaults/", 128, 2000, 1024);
+        assert!(commits.iter().all(|(s, _, _)| s.ops <= 128 - 16), "{commits:?}");
+        // 2,000 jobs of 9 ops at 112 per commit, and 2,000 liveness rows.
+        assert!(commits.len() >= 2000 / 12 + 2000 / 112, "{} commits", commits.len());
+    }
+
+    /// etcd with raised `--max-txn-ops` but its default `--max-request-bytes`:
+    /// the ops bound would take the whole burst in two commits of several
+    /// MiB each, which etcd refuses; the byte bound splits it instead.
+    #[test]
+    fn the_byte_bound_splits_a_burst_etcd_would_refuse_whole() {
+        let server = Server::start_with_default_limits(&["--max-txn-ops", "10000"]);
+        let commits = burst(&server, "/bytes/", 10_000, 2000, 2048);
+        let total: usize = commits.iter().map(|(s, _, _)| s.bytes).sum();
+        assert!(total > 4 * 1_572_864, "the burst is several requests' worth: {total} bytes");
+        let by_ops = commits.iter().map(|(s, _, _)| s.ops).sum::<usize>().div_ceil(10_000 - 16);
+        assert!(commits.len() > by_ops, "split by bytes, not only by ops: {} commits", commits.len());
+        assert!(commits.len() >= total.div_ceil(1_572_864), "{} commits", commits.len());
+        let largest = commits.iter().map(|(_, r, _)| *r).max().unwrap();
+        assert!(largest > 1_572_864 / 2, "commits are filled up to the byte bound: {largest}");
     }
 
     /// Prefixes are separate hubs; a prefix written by a newer hub is refused.

@@ -114,8 +114,12 @@ pub async fn start(
             ..Default::default()
         })
         .collect();
-    if !seeds.is_empty() {
+    // In as many commits as the store's transaction bounds take.
+    let mut seeds = seeds;
+    while !seeds.is_empty() {
+        let rest = seeds.split_off(crate::store::seed_fitting(&name, &seeds, core.writer.bound()));
         drop(core.writer.submit(vec![Write::SeedStatuses { cluster: name.clone(), statuses: seeds }]).await);
+        seeds = rest;
     }
     // A hub behind what its agents hold continues above them (crate::state).
     if !hello.applied.is_empty() {
@@ -460,7 +464,11 @@ impl Session {
     }
 
     async fn submit(&mut self) -> oneshot::Receiver<Result<Vec<WriteOutcome>>> {
-        let entries = std::mem::take(&mut self.pending);
+        // As many entries as one commit carries (etcd's transaction bounds):
+        // the rest go with the next submit, once this one is stored.
+        let n = crate::store::agent_batch_fitting(&self.name, &self.pending, self.core.writer.bound());
+        let rest = self.pending.split_off(n);
+        let entries = std::mem::replace(&mut self.pending, rest);
         let batch = AgentBatch { cluster: self.name.clone(), epoch: self.epoch, entries };
         self.core.writer.submit(vec![Write::AgentBatch(batch)]).await
     }

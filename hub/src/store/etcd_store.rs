@@ -45,10 +45,19 @@
 //!
 //! etcd limits one transaction to `--max-txn-ops` operations (128 by default;
 //! the writes and the conditions count separately) and `--max-request-bytes`
-//! (1.5 MiB). A group commit of many statuses needs more (a batch of N
-//! clusters writes 2N keys and is conditioned on N outbox seq keys): run etcd with `--max-txn-ops=10000 --max-request-bytes=10485760`
-//! (docs/operations.md). A commit over the server's limits fails as a whole
-//! with the server's error: nothing is half-written.
+//! (1.5 MiB). A group commit of many statuses could need more (a batch of N
+//! clusters writes 2N keys and is conditioned on N outbox seq keys): the
+//! store tells the writer both bounds ([`Store::max_commit_ops`],
+//! [`Store::max_commit_bytes`], from `store.maxTxnOps` and
+//! `store.maxTxnBytes`), and the writer never groups beyond them. A commit
+//! over the server's limits (one job too large on its own, or limits set
+//! above the server's) fails as a whole with the server's error: nothing is
+//! half-written. [`EtcdStore::last_request_bytes`] measures what was sent.
+//! The store's other requests are small: reads go [`READS_PER_TXN`] keys per
+//! transaction, locks, the lease and the schema one key each; whole tables
+//! are read in pages; the event ring and an outbox's old epochs are trimmed
+//! inside the commit that pushes them out (counted in [`Write::ops`] and
+//! [`Write::bytes`]).
 //!
 //! Two records are also fenced on their stored value, since replicas decide
 //! on their in-memory copy: a token's use counts the stored uses (a
@@ -79,7 +88,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, PutOptions,
@@ -124,7 +133,21 @@ pub struct EtcdOptions {
     pub lease_ttl: Duration,
     /// etcd's `--max-txn-ops`: no commit puts, deletes or compares more keys.
     pub max_txn_ops: usize,
+    /// etcd's `--max-request-bytes`: no commit's request is larger
+    /// ([`EtcdStore::max_commit_bytes`] says what room that leaves).
+    pub max_txn_bytes: usize,
 }
+
+/// etcd's default `--max-request-bytes` (1.5 MiB).
+pub const ETCD_DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+
+/// The room a commit keeps under `--max-request-bytes` besides its writes'
+/// [`Write::bytes`] and the key prefix: the commit's own keys
+/// (`meta/commit`, the lease condition and the failure branch's read), an
+/// outbox's finished epochs deleted with its first batch (as many as the
+/// ops margin of [`Store::max_commit_ops`]), the raft request's header
+/// (request id, user name) and the framing of the request itself.
+pub const COMMIT_MARGIN_BYTES: usize = 8 * 1024;
 
 impl EtcdOptions {
     /// Plain options for `endpoints` under `prefix`.
@@ -138,6 +161,7 @@ impl EtcdOptions {
             request_timeout: Duration::from_secs(10),
             lease_ttl: Duration::from_secs(10),
             max_txn_ops: 10_000,
+            max_txn_bytes: ETCD_DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }
@@ -158,6 +182,10 @@ pub struct EtcdStore {
     commits: Arc<AtomicU64>,
     /// etcd's `--max-txn-ops`.
     max_txn_ops: usize,
+    /// etcd's `--max-request-bytes`.
+    max_txn_bytes: usize,
+    /// The encoded size of the last commit request sent ([`txn_request_len`]).
+    last_request: Arc<AtomicUsize>,
     /// Commits computed again because a key they read changed meanwhile.
     retries: Arc<AtomicU64>,
     /// Wakes the lease task when a commit found the lease gone at etcd.
@@ -273,6 +301,8 @@ impl EtcdStore {
             lease,
             commits: Arc::new(AtomicU64::new(0)),
             max_txn_ops: opts.max_txn_ops,
+            max_txn_bytes: opts.max_txn_bytes,
+            last_request: Arc::new(AtomicUsize::new(0)),
             retries: Arc::new(AtomicU64::new(0)),
             lease_gone,
             advertised,
@@ -319,6 +349,13 @@ impl EtcdStore {
                 }
             }
         })
+    }
+
+    /// The encoded size of the last commit request this store sent (0 if
+    /// none): what etcd compares with `--max-request-bytes`, less the raft
+    /// header's few dozen bytes.
+    pub fn last_request_bytes(&self) -> usize {
+        self.last_request.load(Ordering::SeqCst)
     }
 
     /// This replica's id (in `meta/commit` after each of its commits).
@@ -782,6 +819,10 @@ impl Store for EtcdStore {
         self.max_txn_ops.saturating_sub(16).max(1)
     }
 
+    fn max_commit_bytes(&self) -> usize {
+        commit_bytes_bound(self.max_txn_bytes, self.max_txn_ops, self.prefix.len())
+    }
+
     fn commit_retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
     }
@@ -891,6 +932,7 @@ impl Store for EtcdStore {
         let lease = self.lease.clone();
         let lease_gone = self.lease_gone.clone();
         let commits = self.commits.clone();
+        let last_request = self.last_request.clone();
         let retries = self.retries.clone();
         self.run(async move {
             for _ in 0..COMMIT_ATTEMPTS {
@@ -905,7 +947,7 @@ impl Store for EtcdStore {
                     outcomes.push(apply(&mut tx, w, now, capacity).await?);
                 }
                 let counter = commits.fetch_add(1, Ordering::Relaxed) + 1;
-                match tx.commit(counter).await {
+                match tx.commit(counter, &last_request).await {
                     Ok(true) => return Ok(outcomes),
                     Ok(false) => {}
                     Err(e) => {
@@ -1065,15 +1107,33 @@ impl Tx {
         cmps
     }
 
+    /// The encoded size of the request [`Tx::commit`] sends ([`txn_request_len`]).
+    fn request_len(&self, own: &[u8], commit_key: &[u8], commit_value: usize) -> usize {
+        let mut compares: Vec<(usize, usize, u64)> = self
+            .reads
+            .iter()
+            .map(|(k, (_, rev))| (k.len(), 0, *rev as u64))
+            .chain(self.ranges.iter().map(|(p, rev)| (p.len(), prefix_end(p).len(), (*rev + 1) as u64)))
+            .collect();
+        compares.push((own.len(), 0, self.lease as u64));
+        let mut success: Vec<(usize, Option<usize>)> =
+            self.writes.iter().map(|(k, v)| (k.len(), v.as_ref().map(Vec::len))).collect();
+        success.push((commit_key.len(), Some(commit_value)));
+        txn_request_len(&compares, &success, &[own.len()])
+    }
+
     /// Send the transaction; false when another commit changed a key this
     /// one read (its decisions are stale and must be made again).
-    async fn commit(mut self, counter: u64) -> Result<bool> {
+    async fn commit(mut self, counter: u64, request_bytes: &AtomicUsize) -> Result<bool> {
         if self.writes.is_empty() {
             return Ok(true);
         }
+        let own = self.key(&format!("replicas/{}", self.replica));
+        let commit_key = self.key("meta/commit");
+        let commit_value = format!("{counter} {}", self.replica);
+        request_bytes.store(self.request_len(&own, &commit_key, commit_value.len()), Ordering::SeqCst);
         let mut cmps = self.fences();
         // The lease fence: this replica's key still lives on the lease it writes under.
-        let own = self.key(&format!("replicas/{}", self.replica));
         cmps.push(Compare::lease(own.clone(), CompareOp::Equal, self.lease));
         let mut ops: Vec<TxnOp> = Vec::with_capacity(self.writes.len() + 1);
         for (k, v) in std::mem::take(&mut self.writes) {
@@ -1084,7 +1144,7 @@ impl Tx {
         }
         // Names this replica as the writer, for the change feed (a put, never
         // compared: commits that touch different keys do not serialize on it).
-        ops.push(TxnOp::put(self.key("meta/commit"), format!("{counter} {}", self.replica), None));
+        ops.push(TxnOp::put(commit_key, commit_value, None));
         let txn = Txn::new().when(cmps).and_then(ops).or_else([TxnOp::get(own, None)]);
         let r = self.client.txn(txn).await.map_err(etcd_err("commit"))?;
         if r.succeeded() {
@@ -1099,6 +1159,50 @@ impl Tx {
         }
         Ok(false)
     }
+}
+
+/// The encoded size of an etcd `TxnRequest` (etcd's rpc.proto, by prost's
+/// length rules): `compares` as (key length, range end length, compared
+/// value), `success` as (key length, the put value's length or `None` for
+/// a delete), `failure` as the key lengths of gets. Enum fields are counted
+/// as if set, so this is exact or a few bytes over. etcd refuses a request
+/// whose raft entry (this plus a header of a few dozen bytes and the user
+/// name) is over `--max-request-bytes`. Pure.
+fn txn_request_len(
+    compares: &[(usize, usize, u64)],
+    success: &[(usize, Option<usize>)],
+    failure: &[usize],
+) -> usize {
+    use prost::encoding::encoded_len_varint as varint;
+    let bytes = |tag_len: usize, len: usize| if len == 0 { 0 } else { tag_len + varint(len as u64) + len };
+    let message = |tag_len: usize, len: usize| tag_len + varint(len as u64) + len;
+    let mut total = 0;
+    for &(key, range_end, target) in compares {
+        // result and target (1 + 1 each at most), key (3), the target
+        // union (4..8, encoded even when 0), range_end (64: a 2-byte tag).
+        let inner = 2 + 2 + bytes(1, key) + 1 + varint(target) + bytes(2, range_end);
+        total += message(1, inner);
+    }
+    for &(key, value) in success {
+        // RequestOp.request_put (2) { key (1), value (2) } or request_delete_range (3) { key (1) }.
+        let inner = bytes(1, key) + value.map_or(0, |v| bytes(1, v));
+        total += message(1, message(1, inner));
+    }
+    for &key in failure {
+        // RequestOp.request_range (1) { key (1) }.
+        total += message(1, message(1, bytes(1, key)));
+    }
+    total
+}
+
+/// The bound of [`Write::bytes`] in one commit: etcd's
+/// `--max-request-bytes` less [`COMMIT_MARGIN_BYTES`] and the key prefix,
+/// which [`Write::bytes`] leaves out, of every key a commit may name (it
+/// puts or deletes at most `--max-txn-ops` keys and compares at most as
+/// many, plus its own few keys). Pure.
+fn commit_bytes_bound(max_txn_bytes: usize, max_txn_ops: usize, prefix_len: usize) -> usize {
+    let prefixes = prefix_len.saturating_mul(max_txn_ops.saturating_mul(2).saturating_add(4));
+    max_txn_bytes.saturating_sub(COMMIT_MARGIN_BYTES).saturating_sub(prefixes).max(1)
 }
 
 /// The keys `w` will read, so that a commit reads them all in a few round
@@ -1467,6 +1571,37 @@ mod tests {
         assert!(matches!(err, Error::RolloutChanged { stored: 4, seen: 3, .. }), "{err}");
         assert!(err.to_string().contains("another hub replica"), "{err}");
         assert!(check_rollout_version(&r(4), &r(2)).is_err(), "backwards");
+    }
+
+    #[test]
+    fn the_byte_bound_leaves_room_for_prefixes_and_the_commits_own_keys() {
+        // etcd's defaults, the default prefix: 1.5 MiB less 8 KiB and 8 bytes of 260 keys.
+        assert_eq!(commit_bytes_bound(1_572_864, 128, 8), 1_572_864 - 8192 - 8 * 260);
+        // The raised limits docs/operations.md recommends.
+        assert_eq!(commit_bytes_bound(10_485_760, 10_000, 8), 10_485_760 - 8192 - 8 * 20_004);
+        // A longer prefix leaves less; a bound too small for anything still lets one job through alone.
+        assert!(commit_bytes_bound(1_572_864, 128, 64) < commit_bytes_bound(1_572_864, 128, 8));
+        assert_eq!(commit_bytes_bound(4096, 128, 8), 1);
+    }
+
+    #[test]
+    fn a_request_is_measured_as_protobuf_encodes_it() {
+        // put "abc" = "xy": PutRequest 0a 03 abc 12 02 xy (9), RequestOp 12 09 .. (11), success 12 0b .. (13).
+        assert_eq!(txn_request_len(&[], &[(3, Some(2))], &[]), 13);
+        // delete "abc": DeleteRangeRequest 0a 03 abc (5), RequestOp 1a 05 .. (7), success (9).
+        assert_eq!(txn_request_len(&[], &[(3, None)], &[]), 9);
+        // get "abc" in the failure branch: the same shape.
+        assert_eq!(txn_request_len(&[], &[], &[3]), 9);
+        // mod_revision("abc") == 5 is 11 bytes on the wire (result EQUAL is the
+        // default, not sent); counted with both enums: 2 bytes over at most.
+        assert_eq!(txn_request_len(&[(3, 0, 5)], &[], &[]), 13);
+        // A range compare adds its range end (field 64: a 2-byte tag).
+        assert_eq!(txn_request_len(&[(3, 3, 5)], &[], &[]), 13 + 2 + 1 + 3);
+        // Long values take multi-byte lengths.
+        assert_eq!(
+            txn_request_len(&[], &[(3, Some(1000))], &[]),
+            1 + 2 + (1 + 2 + ((1 + 1 + 3) + (1 + 2 + 1000)))
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ fn open_etcd(s: &StoreSettings, event_capacity: u64) -> Result<Arc<dyn Store>> {
     let mut o = super::EtcdOptions::new(s.endpoints.clone(), &s.prefix);
     o.lease_ttl = s.lease_ttl.get();
     o.max_txn_ops = s.max_txn_ops;
+    o.max_txn_bytes = s.max_txn_bytes;
     if let Some(tls) = &s.tls {
         let read = |p: &Path| {
             std::fs::read_to_string(p)

@@ -33,6 +33,19 @@ impl Server {
 
     /// [`Server::start`] with extra command-line flags (e.g. a quota).
     pub fn start_with(extra: &[&str]) -> Server {
+        // A group commit of many statuses is one transaction (docs/operations.md).
+        let raised = ["--max-txn-ops", "10000", "--max-request-bytes", "10485760"];
+        Server::spawn(&[&raised[..], extra].concat())
+    }
+
+    /// etcd left at its own transaction limits (`--max-txn-ops` 128,
+    /// `--max-request-bytes` 1.5 MiB), with `extra` flags (which may raise
+    /// one of them).
+    pub fn start_with_default_limits(extra: &[&str]) -> Server {
+        Server::spawn(extra)
+    }
+
+    fn spawn(flags: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let (client, peer) = (free_port(), free_port());
         let url = format!("http://127.0.0.1:{client}");
@@ -45,9 +58,7 @@ impl Server {
                 .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
                 .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
                 .args(["--initial-cluster", &format!("t={peer_url}")])
-                // A group commit of many statuses is one transaction (docs/operations.md).
-                .args(["--max-txn-ops", "10000", "--max-request-bytes", "10485760"])
-                .args(extra)
+                .args(flags)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         )
