@@ -92,6 +92,8 @@ struct Tracked {
     entry: Entry,
     meta_keys: Vec<MetaKey>,
     resource: ResourceInfo,
+    /// Deleted by the cluster once finished (health::Target).
+    gone_when_finished: bool,
 }
 
 /// One bundle: the pure state machine's state and what the loop keeps
@@ -654,8 +656,14 @@ impl Controller {
         let slot = self.slots.get_mut(name).expect("slot");
         slot.b.health_due = None;
         let Some(tracked) = slot.tracked.as_ref() else { return };
-        let targets: Vec<(ObjKey, ResourceInfo)> =
-            tracked.iter().map(|(k, t)| (k.clone(), t.resource.clone())).collect();
+        let targets: Vec<health::Target> = tracked
+            .iter()
+            .map(|(k, t)| health::Target {
+                key: k.clone(),
+                resource: t.resource.clone(),
+                gone_when_finished: t.gone_when_finished,
+            })
+            .collect();
         let ctx = self.ctx.clone();
         let n = name.to_string();
         self.spawn(name, "health", async move {
@@ -1298,7 +1306,12 @@ fn tracked_from(plan: &Plan, inv: &Inventory) -> HashMap<ObjKey, Tracked> {
             let e = entries.get(&o.key)?;
             Some((
                 o.key.clone(),
-                Tracked { entry: (*e).clone(), meta_keys: o.meta_keys.clone(), resource: o.resource.clone() },
+                Tracked {
+                    entry: (*e).clone(),
+                    meta_keys: o.meta_keys.clone(),
+                    resource: o.resource.clone(),
+                    gone_when_finished: o.gone_when_finished(),
+                },
             ))
         })
         .collect()

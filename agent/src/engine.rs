@@ -31,7 +31,6 @@ use crate::discovery::Discovery;
 use crate::inventory::{self, Entry, Inventory};
 use crate::kubeapi::{MetaOnly, ObjApi};
 use crate::objects::{DesiredObject, MetaKey, ObjKey, Stage, WriteMode, meta_hash};
-use crate::resource::ResourceInfo;
 use crate::{Error, Result};
 
 mod createonly;
@@ -183,9 +182,17 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Health targets: every object and how it is served.
-    pub fn targets(&self) -> Vec<(ObjKey, ResourceInfo)> {
-        self.objects.iter().map(|o| (o.key.clone(), o.resource.clone())).collect()
+    /// Health targets: every object, how it is served, and whether it is
+    /// deleted by the cluster once finished.
+    pub fn targets(&self) -> Vec<crate::health::Target> {
+        self.objects
+            .iter()
+            .map(|o| crate::health::Target {
+                key: o.key.clone(),
+                resource: o.resource.clone(),
+                gone_when_finished: o.gone_when_finished(),
+            })
+            .collect()
     }
 
     /// The object with this key.
@@ -450,6 +457,11 @@ impl Engine {
             };
         }
         let Some(live) = api.get().await? else {
+            // Deleted by the cluster once finished: done, not drift (putting
+            // it back would run it again).
+            if obj.gone_when_finished() {
+                return Ok(DriftOutcome::InSync(entry.clone()));
+            }
             if detect_only {
                 return Ok(DriftOutcome::Detected { fields: vec!["(deleted)".into()] });
             }

@@ -386,36 +386,55 @@ pub async fn get_slim(
     Ok(Some((v, crate::kubeapi::MetaOnly { metadata: s.metadata, ..Default::default() })))
 }
 
-/// The objects to check, with how they are served.
-pub type Targets = Vec<(ObjKey, ResourceInfo)>;
+/// One object to check.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The object.
+    pub key: ObjKey,
+    /// How it is served.
+    pub resource: ResourceInfo,
+    /// It is deleted by the cluster once it finished (a Job with
+    /// `ttlSecondsAfterFinished`, [`crate::objects::DesiredObject::gone_when_finished`]):
+    /// once applied, its absence means it finished (Helm 3's rule for hooks).
+    pub gone_when_finished: bool,
+}
+
+impl Target {
+    /// An object whose absence is `NotFound`.
+    pub fn new(key: ObjKey, resource: ResourceInfo) -> Self {
+        Self { key, resource, gone_when_finished: false }
+    }
+}
 
 /// Check every object once.
 pub async fn check(
     client: &kube::Client,
-    targets: &[(ObjKey, ResourceInfo)],
+    targets: &[Target],
     concurrency: usize,
 ) -> Result<Vec<ObjectHealth>> {
-    let results: Vec<Result<ObjectHealth>> = futures::stream::iter(
-        targets.iter().map(|(key, res)| check_one(client, key, res, false)).collect::<Vec<_>>(),
-    )
-    .buffered(concurrency.max(1))
-    .collect()
-    .await;
+    let results: Vec<Result<ObjectHealth>> =
+        futures::stream::iter(targets.iter().map(|t| check_one(client, t, false)).collect::<Vec<_>>())
+            .buffered(concurrency.max(1))
+            .collect()
+            .await;
     results.into_iter().collect()
 }
 
-async fn check_one(
-    client: &kube::Client,
-    key: &ObjKey,
-    res: &ResourceInfo,
-    explain: bool,
-) -> Result<ObjectHealth> {
-    let api = ObjApi::new(client, res, key);
+/// What a gone object that is deleted once finished reports.
+pub const FINISHED_AND_GONE: &str = "finished: deleted by its ttlSecondsAfterFinished";
+
+async fn check_one(client: &kube::Client, target: &Target, explain: bool) -> Result<ObjectHealth> {
+    let key = &target.key;
+    let api = ObjApi::new(client, &target.resource, key);
     let Some(obj) = api.get().await? else {
-        return Ok(ObjectHealth {
-            key: key.clone(),
-            status: HealthStatus::NotFound,
-            message: "not found".into(),
+        return Ok(if target.gone_when_finished {
+            ObjectHealth {
+                key: key.clone(),
+                status: HealthStatus::Current,
+                message: FINISHED_AND_GONE.into(),
+            }
+        } else {
+            ObjectHealth { key: key.clone(), status: HealthStatus::NotFound, message: "not found".into() }
         });
     };
     let (status, mut message) = assess(&key.group, &key.kind, &obj);
@@ -433,23 +452,22 @@ async fn check_one(
 /// reasons their pods give).
 pub async fn wait(
     client: &kube::Client,
-    targets: &[(ObjKey, ResourceInfo)],
+    targets: &[Target],
     timeout: Duration,
     concurrency: usize,
     cancel: &CancellationToken,
 ) -> Result<Vec<ObjectHealth>> {
     let deadline = Instant::now() + timeout;
     let mut done: Vec<ObjectHealth> = Vec::with_capacity(targets.len());
-    let mut pending: Vec<&(ObjKey, ResourceInfo)> = targets.iter().collect();
+    let mut pending: Vec<&Target> = targets.iter().collect();
     let mut interval = Duration::from_millis(25);
     loop {
         let last = Instant::now() >= deadline;
-        let results: Vec<Result<ObjectHealth>> = futures::stream::iter(
-            pending.iter().map(|(k, r)| check_one(client, k, r, last)).collect::<Vec<_>>(),
-        )
-        .buffered(concurrency.max(1))
-        .collect()
-        .await;
+        let results: Vec<Result<ObjectHealth>> =
+            futures::stream::iter(pending.iter().map(|t| check_one(client, t, last)).collect::<Vec<_>>())
+                .buffered(concurrency.max(1))
+                .collect()
+                .await;
         let mut still = Vec::new();
         for (t, r) in pending.iter().zip(results) {
             let h = match r {
@@ -480,7 +498,7 @@ pub async fn wait(
     }
     // Keep the caller's order.
     let order: std::collections::HashMap<&ObjKey, usize> =
-        targets.iter().enumerate().map(|(i, (k, _))| (k, i)).collect();
+        targets.iter().enumerate().map(|(i, t)| (&t.key, i)).collect();
     done.sort_by_key(|h| order.get(&h.key).copied().unwrap_or(usize::MAX));
     Ok(done)
 }

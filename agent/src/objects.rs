@@ -219,6 +219,28 @@ pub struct DesiredObject {
 }
 
 impl DesiredObject {
+    /// Whether the cluster deletes it once it finished: a Job with
+    /// `spec.ttlSecondsAfterFinished` (the TTL-after-finished controller).
+    /// Once applied, its absence means it finished: health counts it done
+    /// and drift correction does not create it again (which would run it
+    /// again); the next revision applies it again, as `kubectl apply` and
+    /// `helm upgrade` do.
+    pub fn gone_when_finished(&self) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Job {
+            #[serde(default)]
+            spec: Spec,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct Spec {
+            #[serde(rename = "ttlSecondsAfterFinished")]
+            ttl: Option<serde::de::IgnoredAny>,
+        }
+        self.key.group == "batch"
+            && self.key.kind == "Job"
+            && serde_json::from_str::<Job>(&self.body).is_ok_and(|j| j.spec.ttl.is_some())
+    }
+
     /// Normalize a manifest for `bundle`: set the namespace of namespaced
     /// objects that have none, drop a namespace on cluster-scoped objects,
     /// remove server-owned metadata, and add the bundle label.
@@ -330,6 +352,39 @@ pub fn meta_hash(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_job_with_a_ttl_after_finished_is_gone_when_finished() {
+        let obj = |group: &str, kind: &str, body: &str| DesiredObject {
+            key: ObjKey {
+                group: group.into(),
+                kind: kind.into(),
+                namespace: Some("a".into()),
+                name: "j".into(),
+            },
+            resource: ResourceInfo {
+                group: group.into(),
+                version: "v1".into(),
+                kind: kind.into(),
+                plural: "jobs".into(),
+                namespaced: true,
+            },
+            stage: Stage::Workloads,
+            body: body.into(),
+            hash: String::new(),
+            origin: Origin { file: "j.yaml".into(), index: 0 },
+            meta_keys: vec![],
+            write: WriteMode::Apply,
+        };
+        let with = r#"{"kind":"Job","spec":{"ttlSecondsAfterFinished":0,"template":{}}}"#;
+        let without = r#"{"kind":"Job","spec":{"template":{}}}"#;
+        assert!(obj("batch", "Job", with).gone_when_finished());
+        assert!(obj("batch", "Job", &with.replace(":0,", ":3600,")).gone_when_finished());
+        assert!(!obj("batch", "Job", without).gone_when_finished());
+        assert!(!obj("batch", "Job", &with.replace(":0,", ":null,")).gone_when_finished());
+        assert!(!obj("batch", "CronJob", with).gone_when_finished(), "a CronJob stays");
+        assert!(!obj("example.com", "Job", with).gone_when_finished(), "another group's Job");
+    }
     use serde_json::json;
 
     fn origin() -> Origin {

@@ -818,3 +818,55 @@ async fn heavy_immutable_selector_stalls_and_force_recreates() {
     assert_eq!(ev.severity, pb::Severity::Warning as i32);
     stop(agent, token).await;
 }
+
+/// A Job with `ttlSecondsAfterFinished` (ingress-nginx's static manifest has
+/// two): the cluster deletes it once it completes. The bundle is Ready (the
+/// Job counts as done, not NotFound), its deletion is not drift (creating it
+/// again would run it again), and the next revision applies it again, as
+/// `kubectl apply` and `helm upgrade` do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_a_job_deleted_by_its_ttl_counts_as_done_and_is_not_run_again() {
+    let env = Env::new(Duration::from_secs(3600)).await;
+    let kc = env.kubeconfig();
+    let job = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: migrate\nspec:\n  ttlSecondsAfterFinished: 0\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: m\n        image: busybox:1.36\n".to_string();
+    let files =
+        |greeting: &str| vec![("job.yaml", job.clone()), ("cm.yaml", configmap("settings", greeting))];
+    env.hub.set_desired(vec![env.deployment("jobs", 1, &files("hi"), opts("apps"))]);
+    let (agent, token) = env.start(env.config()).await;
+    let st = phase_of(&env.hub, "jobs", 1, pb::Phase::Ready).await;
+    assert_eq!(st.objects.unwrap().total, 2);
+    let created = || env.sim.changes(&[("batch", "jobs")]).iter().filter(|c| c.kind == "ADDED").count();
+    eventually(30, "the Job completed and deleted by its TTL", || async {
+        (created() == 1 && env.sim.object("batch", "jobs", "apps", "migrate").is_none()).then_some(())
+    })
+    .await;
+
+    // A drift the agent must correct, made after the Job was gone: once it
+    // is corrected, the Job's deletion (seen before it) was judged too.
+    kubectl(&kc, &["-n", "apps", "patch", "configmap", "settings", "-p", r#"{"data":{"k":"edited"}}"#]).await;
+    eventually(30, "the ConfigMap put back", || async {
+        env.hub
+            .events()
+            .into_iter()
+            .find(|e| e.reason == "DriftCorrected" && e.object == "ConfigMap/apps/settings")
+    })
+    .await;
+    assert_eq!(created(), 1, "the Job was not created again");
+    assert!(env.sim.object("batch", "jobs", "apps", "migrate").is_none());
+    let drift: Vec<_> = env
+        .hub
+        .events()
+        .into_iter()
+        .filter(|e| e.reason.starts_with("Drift") && e.object.contains("Job"))
+        .collect();
+    assert!(drift.is_empty(), "a Job gone after it finished is not drift: {drift:?}");
+    // The periodic health check counts it done: the bundle stays Ready.
+    let st = env.hub.status("jobs").unwrap();
+    assert_eq!((st.generation, st.phase), (1, pb::Phase::Ready as i32), "{st:?}");
+
+    // The next revision applies it again (it runs again), and is Ready.
+    env.hub.set_desired(vec![env.deployment("jobs", 2, &files("hello"), opts("apps"))]);
+    phase_of(&env.hub, "jobs", 2, pb::Phase::Ready).await;
+    assert_eq!(created(), 2, "applied again by the next revision");
+    stop(agent, token).await;
+}

@@ -63,14 +63,12 @@ async fn ingress_nginx_applies_with_namespace_first_and_webhook_last() {
     let key = SigningKey::generate().unwrap();
     let pubkey = write_pub(tmp.path(), &key);
     // Its two admission Jobs have `ttlSecondsAfterFinished: 0`: deleted by the
-    // TTL-after-finished controller as they complete, they are NotFound to
-    // `--wait`, which then times out (a plain Job with a TTL is not handled
-    // by health yet: docs/agent.md, "Not done"). Without the TTL here, this
-    // test is about the apply order and the wait for everything else.
+    // TTL-after-finished controller as they complete, they count as done for
+    // `--wait` (a Job deleted by its TTL finished).
     let text =
         std::fs::read_to_string(corpus().join("ingress-nginx/deploy/static/provider/cloud/deploy.yaml"))
-            .unwrap()
-            .replace("  ttlSecondsAfterFinished: 0\n", "");
+            .unwrap();
+    assert_eq!(text.matches("  ttlSecondsAfterFinished: 0\n").count(), 2, "the corpus manifest as described");
     let packed = pack(&[("deploy.yaml", text)]);
     let dir = tmp.path().join("out");
     write_build_dir(&dir, &key, "ingress-nginx", 1, &packed);

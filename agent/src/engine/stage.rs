@@ -20,7 +20,6 @@ use crate::health::{self, HealthStatus};
 use crate::inventory::{self, Entry, Inventory};
 use crate::kubeapi::{MetaOnly, ObjApi};
 use crate::objects::{DesiredObject, ObjKey, Stage, WriteMode};
-use crate::resource::ResourceInfo;
 use crate::{Error, Result};
 
 /// How long a recreate (`force`) waits for the deleted object to be gone.
@@ -221,8 +220,10 @@ impl Engine {
                 return Err(merge_errors(failures));
             }
             if stage == Stage::Definitions {
-                let pending: Vec<(ObjKey, ResourceInfo)> =
-                    to_establish.iter().map(|o| (o.key.clone(), o.resource.clone())).collect();
+                let pending: Vec<health::Target> = to_establish
+                    .iter()
+                    .map(|o| health::Target::new(o.key.clone(), o.resource.clone()))
+                    .collect();
                 let served: Vec<String> =
                     objs.iter().filter(|o| is_crd(&o.key)).flat_map(|o| crd_versions(o)).collect();
                 establishing = Some(Box::pin(self.wait_crds_established(pending, served, cancel)));
@@ -387,7 +388,7 @@ impl Engine {
     /// make discovery forget the group-versions they serve.
     async fn wait_crds_established(
         &self,
-        pending: Vec<(ObjKey, ResourceInfo)>,
+        pending: Vec<health::Target>,
         served: Vec<String>,
         cancel: &CancellationToken,
     ) -> Result<()> {
