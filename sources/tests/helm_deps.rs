@@ -116,7 +116,7 @@ fn parent(root: &Path, url: &str, child_range: &str) {
         root,
         "app/Chart.yaml",
         &format!(
-            "apiVersion: v2\nname: app\nversion: 1.0.0\ndependencies:\n- name: child\n  version: \"{child_range}\"\n  repository: {url}\n  condition: child.enabled\n- name: child\n  alias: extra\n  version: 2.0.0\n  repository: {url}/\n  condition: extra.enabled\n"
+            "apiVersion: v2\nname: app\nversion: 1.0.0\ndependencies:\n- name: child\n  version: \"{child_range}\"\n  repository: \"{url}\"\n  condition: child.enabled\n- name: child\n  alias: extra\n  version: 2.0.0\n  repository: \"{url}/\"\n  condition: extra.enabled\n"
         ),
     );
     write(
