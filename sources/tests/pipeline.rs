@@ -29,7 +29,11 @@ fn fleet(url: &str, extra_source: &str, bundles: &[(&str, &str)]) -> Arc<FleetCo
     Arc::new(FleetConfig::parse([("fleet.yaml", text.as_str())]).unwrap())
 }
 
-async fn wait_for<T: Clone>(rx: &mut watch::Receiver<T>, what: &str, mut ok: impl FnMut(&T) -> bool) -> T {
+async fn wait_for<T: Clone + std::fmt::Debug>(
+    rx: &mut watch::Receiver<T>,
+    what: &str,
+    mut ok: impl FnMut(&T) -> bool,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         {
@@ -40,7 +44,7 @@ async fn wait_for<T: Clone>(rx: &mut watch::Receiver<T>, what: &str, mut ok: imp
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || tokio::time::timeout(left, rx.changed()).await.is_err() {
-            panic!("timed out waiting for {what}");
+            panic!("timed out waiting for {what}; last seen: {:#?}", rx.borrow());
         }
     }
 }
@@ -69,6 +73,10 @@ async fn heavy_polls_builds_keeps_last_good_and_follows_config() {
     let mut cfg = SourcesConfig::new(data.path());
     cfg.artifact_retention = Some(Duration::ZERO);
     cfg.gc_interval = Duration::from_millis(200);
+    // A fetch that meets a push half-done fails and is retried: quickly here
+    // (the default backoff, 2 s doubling, could outlast a wait below).
+    cfg.backoff_base = Duration::from_millis(100);
+    cfg.backoff_max = Duration::from_secs(1);
     let shutdown = CancellationToken::new();
     let (sources, task) = Sources::start(cfg, fleet_rx, shutdown.clone()).unwrap();
     let mut st = sources.statuses();
