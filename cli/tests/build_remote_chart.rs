@@ -94,23 +94,35 @@ fn build(key: &Path, out: &Path, chart: &str, extra: &[&str]) -> Output {
     convoy(&args)
 }
 
+/// A work directory and a signing key made by `convoy keygen` in it.
+fn workdir_with_key() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let keys = d.path().join("keys");
+    assert!(convoy(&["keygen", "--out", keys.to_str().unwrap()]).status.success());
+    (d, keys.join("signing.key"))
+}
+
+/// podinfo 6.14.1 and 6.15.0 in a chart repository under `d` served over
+/// HTTP: the repository, the 6.15.0 archive, the server and its URL.
+fn served_podinfo(d: &tempfile::TempDir) -> (PathBuf, PathBuf, ProcessGuard, String) {
+    let repo = d.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    package(&repo, "6.14.1");
+    let t15 = package(&repo, "6.15.0");
+    let (http, url) = http_server(&repo);
+    (repo, t15, http, url)
+}
+
 fn statement(out: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(out.join("statement.json")).unwrap()).unwrap()
 }
 
 #[test]
 fn heavy_build_pulls_charts_from_a_repository_and_a_registry() {
-    let d = tempfile::tempdir().unwrap();
-    let keys = d.path().join("keys");
-    assert!(convoy(&["keygen", "--out", keys.to_str().unwrap()]).status.success());
-    let key = keys.join("signing.key");
+    let (d, key) = workdir_with_key();
 
     // An HTTP chart repository, a semver range.
-    let repo = d.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    package(&repo, "6.14.1");
-    let t15 = package(&repo, "6.15.0");
-    let (_http, url) = http_server(&repo);
+    let (repo, t15, _http, url) = served_podinfo(&d);
     let out = d.path().join("from-repo");
     let o = build(&key, &out, &format!("{url}/podinfo"), &["--chart-version", ">=6.0.0 <7.0.0"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -186,10 +198,7 @@ s.serve_forever()
 /// nothing is written.
 #[test]
 fn heavy_build_pulls_a_chart_from_a_private_repository_with_credentials_from_a_file() {
-    let d = tempfile::tempdir().unwrap();
-    let keys = d.path().join("keys");
-    assert!(convoy(&["keygen", "--out", keys.to_str().unwrap()]).status.success());
-    let key = keys.join("signing.key");
+    let (d, key) = workdir_with_key();
     let repo = d.path().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
     let tgz = package(&repo, "6.15.0");
@@ -229,15 +238,8 @@ fn heavy_build_pulls_a_chart_from_a_private_repository_with_credentials_from_a_f
 /// it, with nothing written.
 #[test]
 fn heavy_build_of_a_chart_directory_fetches_its_dependencies() {
-    let d = tempfile::tempdir().unwrap();
-    let keys = d.path().join("keys");
-    assert!(convoy(&["keygen", "--out", keys.to_str().unwrap()]).status.success());
-    let key = keys.join("signing.key");
-    let repo = d.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    package(&repo, "6.14.1");
-    let t15 = package(&repo, "6.15.0");
-    let (_http, url) = http_server(&repo);
+    let (d, key) = workdir_with_key();
+    let (_repo, t15, _http, url) = served_podinfo(&d);
     let app = d.path().join("app");
     let chart_yaml = |range: &str| {
         format!(

@@ -93,6 +93,32 @@ async fn replica_opts(
     (hub, pipeline)
 }
 
+/// Open `id`'s Sync stream on `hub`, wait for `web` generation 1 and report it
+/// applied and Ready (seq 1, acknowledged).
+async fn report_web_applied(hub: &HubHandle, id: &AgentIdentity) -> Stream {
+    let (mut s, _, snap) = open(hub, id, 1).await.unwrap();
+    if !snap.bundles.iter().any(|d| d.name == "web" && d.generation == 1) {
+        s.until_generation("web", 1).await;
+    }
+    let applied = pb::BundleStatus {
+        bundle: "web".into(),
+        generation: 1,
+        applied_generation: 1,
+        phase: pb::Phase::Ready as i32,
+        ..Default::default()
+    };
+    s.tx.send(pb::AgentMessage {
+        msg: Some(convoy_proto::v1::agent_message::Msg::Status(pb::StatusReport {
+            seq: 1,
+            status: Some(applied),
+        })),
+    })
+    .await
+    .unwrap();
+    s.until_ack(1).await;
+    s
+}
+
 fn status_on(hub: &HubHandle, cluster: &str, bundle: &str) -> Option<u64> {
     let view = hub.state().view();
     let s = view.clusters.get(cluster)?.shared.statuses();
@@ -929,7 +955,6 @@ async fn stored_commands(etcd: &str, cluster: &str) -> Vec<String> {
 /// connects to B again, with the one still unanswered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_run_asked_on_one_replica_reaches_the_agent_on_another_once() {
-    use convoy_proto::v1::agent_message::Msg as In;
     use convoy_proto::v1::hub_message::Msg as Out;
     let etcd = etcd_server::Server::start();
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -941,21 +966,7 @@ async fn a_test_run_asked_on_one_replica_reaches_the_agent_on_another_once() {
     eventually(|| async { b.state().view().records.contains_key("web").then_some(()) }).await;
 
     // The agent is on B and reports the release applied there.
-    let (mut s, _, snap) = open(&b, &c1, 1).await.unwrap();
-    if !snap.bundles.iter().any(|d| d.name == "web" && d.generation == 1) {
-        s.until_generation("web", 1).await;
-    }
-    let applied = pb::BundleStatus {
-        bundle: "web".into(),
-        generation: 1,
-        applied_generation: 1,
-        phase: pb::Phase::Ready as i32,
-        ..Default::default()
-    };
-    s.tx.send(pb::AgentMessage { msg: Some(In::Status(pb::StatusReport { seq: 1, status: Some(applied) })) })
-        .await
-        .unwrap();
-    s.until_ack(1).await;
+    let mut s = report_web_applied(&b, &c1).await;
     eventually(|| async {
         let view = a.state().view();
         let st = view.clusters.get("c1")?.shared.statuses();
@@ -986,20 +997,7 @@ async fn a_test_run_asked_on_one_replica_reaches_the_agent_on_another_once() {
     assert_eq!(stored_commands(&etcd.url, "c1").await, vec![r1.request_id.clone()]);
 
     // The agent's answer, stored by B, deletes the record in the same commit.
-    let answer = |seq: u64, id: &str| pb::AgentMessage {
-        msg: Some(In::Event(pb::EventReport {
-            seq,
-            event: Some(pb::Event {
-                severity: pb::Severity::Info as i32,
-                reason: "TestSucceeded".into(),
-                message: "3 test(s) passed".into(),
-                bundle: "web".into(),
-                details: [("requestId".to_string(), id.to_string())].into(),
-                ..Default::default()
-            }),
-        })),
-    };
-    s.tx.send(answer(2, &r1.request_id)).await.unwrap();
+    s.tx.send(test_answer(2, &r1.request_id)).await.unwrap();
     s.until_ack(2).await;
     assert!(stored_commands(&etcd.url, "c1").await.is_empty());
 
@@ -1056,7 +1054,6 @@ async fn a_test_run_asked_on_one_replica_reaches_the_agent_on_another_once() {
 /// other replica afterwards is sent only the run asked for next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_run_that_expires_is_reported_once_for_all_replicas_and_never_sent() {
-    use convoy_proto::v1::agent_message::Msg as In;
     use convoy_proto::v1::hub_message::Msg as Out;
     let etcd = etcd_server::Server::start();
     let clock = convoy_core::clock::FakeClock::at_system_now();
@@ -1073,21 +1070,7 @@ async fn a_test_run_that_expires_is_reported_once_for_all_replicas_and_never_sen
     eventually(|| async { (a.leadership().is_leader() || b.leadership().is_leader()).then_some(()) }).await;
 
     // The agent reports the release applied on A, then goes away.
-    let (mut s, _, snap) = open(&a, &c1, 1).await.unwrap();
-    if !snap.bundles.iter().any(|d| d.name == "web" && d.generation == 1) {
-        s.until_generation("web", 1).await;
-    }
-    let applied = pb::BundleStatus {
-        bundle: "web".into(),
-        generation: 1,
-        applied_generation: 1,
-        phase: pb::Phase::Ready as i32,
-        ..Default::default()
-    };
-    s.tx.send(pb::AgentMessage { msg: Some(In::Status(pb::StatusReport { seq: 1, status: Some(applied) })) })
-        .await
-        .unwrap();
-    s.until_ack(1).await;
+    let s = report_web_applied(&a, &c1).await;
     drop(s);
     eventually(|| async { (!a.state().view().clusters["c1"].shared.connected()).then_some(()) }).await;
     eventually(|| async {

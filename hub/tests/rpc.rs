@@ -16,27 +16,12 @@ fn labels(kv: &[(&str, &str)]) -> Labels {
     kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
-/// [`start`] with the hub reading `clock` (token expiry, certificate times).
-async fn start_with_clock(dir: &std::path::Path, clock: convoy_core::clock::SharedClock) -> TestHub {
-    init();
-    let pipeline = convoy_hub::StaticPipeline::new(dir.join("artifacts"));
-    let mut cfg = convoy_hub::HubConfig::local(dir.join("data"));
-    cfg.certificates.cluster_ttl = convoy_core::duration::HumanDuration::from_secs(3600);
-    let options = convoy_hub::HubOptions {
-        pipeline: Some(pipeline.clone()),
-        fleet: Some(fleet(FLEET)),
-        clock: Some(clock),
-    };
-    let hub = convoy_hub::Hub::start(cfg, options).await.unwrap();
-    TestHub { hub, pipeline, dir: dir.to_path_buf() }
-}
-
 #[tokio::test]
 async fn registration_enforces_token_rules() {
     let dir = tempfile::tempdir().unwrap();
     // The hub's clock moves only when the test says so: expiry without sleeping.
     let clock = convoy_core::clock::FakeClock::at_system_now();
-    let t = start_with_clock(dir.path(), clock.shared()).await;
+    let t = start_clocked(dir.path(), FLEET, Some(clock.shared())).await;
     let hub = &t.hub;
 
     // Garbage and unknown tokens.

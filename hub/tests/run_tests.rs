@@ -175,19 +175,7 @@ async fn run_tests_is_admin_only_refused_clearly_and_delivered_once_per_call() {
 
     // Answered: the record goes with the stored answer, and a new run is
     // queued again (the bound counts pending records only).
-    let answer = |seq: u64, id: &str| pb::AgentMessage {
-        msg: Some(In::Event(pb::EventReport {
-            seq,
-            event: Some(pb::Event {
-                severity: pb::Severity::Info as i32,
-                reason: "TestSucceeded".into(),
-                bundle: "web".into(),
-                details: [("requestId".to_string(), id.to_string())].into(),
-                ..Default::default()
-            }),
-        })),
-    };
-    s2.tx.send(answer(2, &first.request_id)).await.unwrap();
+    s2.tx.send(test_answer(2, &first.request_id)).await.unwrap();
     s2.until_ack(2).await;
     let next = admin.run_tests(req("web", "c2")).await.unwrap().into_inner().request_id;
     s2.until(|m| matches!(m, Out::RunTests(c) if c.request_id == next).then_some(())).await;
@@ -195,20 +183,6 @@ async fn run_tests_is_admin_only_refused_clearly_and_delivered_once_per_call() {
     drop(s1);
     drop(s2);
     t.hub.shutdown().await.unwrap();
-}
-
-async fn start_with_clock(dir: &std::path::Path, clock: convoy_core::clock::SharedClock) -> TestHub {
-    init();
-    let pipeline = convoy_hub::StaticPipeline::new(dir.join("artifacts"));
-    let mut cfg = convoy_hub::HubConfig::local(dir.join("data"));
-    cfg.certificates.cluster_ttl = convoy_core::duration::HumanDuration::from_secs(3600);
-    let options = convoy_hub::HubOptions {
-        pipeline: Some(pipeline.clone()),
-        fleet: Some(fleet(FLEET_HELM)),
-        clock: Some(clock),
-    };
-    let hub = convoy_hub::Hub::start(cfg, options).await.unwrap();
-    TestHub { hub, pipeline, dir: dir.to_path_buf() }
 }
 
 /// A run asked for while the agent is away waits for it until it expires
@@ -219,7 +193,7 @@ async fn start_with_clock(dir: &std::path::Path, clock: convoy_core::clock::Shar
 async fn a_run_that_expired_before_the_agent_connected_is_reported_and_never_sent() {
     let dir = tempfile::tempdir().unwrap();
     let clock = convoy_core::clock::FakeClock::at_system_now();
-    let t = start_with_clock(dir.path(), clock.shared()).await;
+    let t = start_clocked(dir.path(), FLEET_HELM, Some(clock.shared())).await;
     let hub = &t.hub;
     let c1 = register(hub, "c1", &[("env", "prod")]).await;
     t.pipeline.publish_helm("web", "main@sha1:1", b"release one", built(), b"input one").unwrap();

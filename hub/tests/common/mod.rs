@@ -71,17 +71,44 @@ pub struct TestHub {
 }
 
 pub async fn start(dir: &std::path::Path, fleet_text: &str) -> TestHub {
+    start_clocked(dir, fleet_text, None).await
+}
+
+/// [`start`] with the hub reading `clock` (`None`: the system clock).
+pub async fn start_clocked(
+    dir: &std::path::Path,
+    fleet_text: &str,
+    clock: Option<convoy_core::clock::SharedClock>,
+) -> TestHub {
     init();
     let pipeline = StaticPipeline::new(dir.join("artifacts"));
     let mut cfg = HubConfig::local(dir.join("data"));
     cfg.certificates.cluster_ttl = convoy_core::duration::HumanDuration::from_secs(3600);
     let hub = Hub::start(
         cfg,
-        HubOptions { pipeline: Some(pipeline.clone()), fleet: Some(fleet(fleet_text)), ..Default::default() },
+        HubOptions { pipeline: Some(pipeline.clone()), fleet: Some(fleet(fleet_text)), clock },
     )
     .await
     .unwrap();
     TestHub { hub, pipeline, dir: dir.to_path_buf() }
+}
+
+/// An agent's `TestSucceeded` event answering the `convoy test` request `id`.
+#[allow(dead_code)]
+pub fn test_answer(seq: u64, id: &str) -> pb::AgentMessage {
+    pb::AgentMessage {
+        msg: Some(In::Event(pb::EventReport {
+            seq,
+            event: Some(pb::Event {
+                severity: pb::Severity::Info as i32,
+                reason: "TestSucceeded".into(),
+                message: "3 test(s) passed".into(),
+                bundle: "web".into(),
+                details: [("requestId".to_string(), id.to_string())].into(),
+                ..Default::default()
+            }),
+        })),
+    }
 }
 
 pub async fn channel(hub: &HubHandle, identity: Option<(&str, &str)>) -> Channel {
