@@ -728,7 +728,11 @@ impl ChartWorker {
         let url = redact_url(self.spec.url());
         let pinned = res.manifest_digest.clone().unwrap_or_else(|| res.chart_digest.clone());
         let chart = spec.chart.clone().unwrap_or_else(|| bundle.clone());
-        let archive_name = format!("{chart}-{}.tgz", res.version);
+        // Named as Helm names a packaged chart (a chart pinned by digest has no version yet).
+        let archive_name = match res.version.as_str() {
+            "" => format!("{chart}.tgz"),
+            v => format!("{chart}-{v}.tgz"),
+        };
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let r = render_from_repository(
