@@ -36,31 +36,8 @@ async fn replica_with(
     replica_opts(dir, etcd, shared, fleet_text, lease_ttl, None, 10_000).await
 }
 
-/// [`replica_with`] on a clock of its own (`None`: the system clock).
-async fn replica_clocked(
-    dir: &Path,
-    etcd: &str,
-    shared: Option<&Path>,
-    fleet_text: &str,
-    lease_ttl: u64,
-    clock: Option<convoy_core::clock::SharedClock>,
-) -> (HubHandle, std::sync::Arc<StaticPipeline>) {
-    replica_opts(dir, etcd, shared, fleet_text, lease_ttl, clock, 10_000).await
-}
-
-/// [`replica_with`] told etcd's `--max-txn-ops` (`store.maxTxnOps`).
-async fn replica_limited(
-    dir: &Path,
-    etcd: &str,
-    shared: Option<&Path>,
-    fleet_text: &str,
-    lease_ttl: u64,
-    max_txn_ops: usize,
-) -> (HubHandle, std::sync::Arc<StaticPipeline>) {
-    replica_opts(dir, etcd, shared, fleet_text, lease_ttl, None, max_txn_ops).await
-}
-
-/// A replica with its clock and its `store.maxTxnOps`.
+/// A replica on its own clock (`None`: the system clock), told etcd's
+/// `--max-txn-ops` (`store.maxTxnOps`).
 async fn replica_opts(
     dir: &Path,
     etcd: &str,
@@ -338,7 +315,7 @@ async fn an_agent_moving_to_another_replica_stores_each_status_and_event_once() 
 async fn an_agents_burst_is_stored_within_etcds_default_limits() {
     let etcd = etcd_server::Server::start_with_default_limits(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let (hub, p) = replica_limited(dir.path(), &etcd.url, None, FLEET, 10, 128).await;
+    let (hub, p) = replica_opts(dir.path(), &etcd.url, None, FLEET, 10, None, 128).await;
     let c1 = register(&hub, "c1", &[("env", "prod")]).await;
     p.publish("web", "repo", "https://git.example/fleet.git", "main@sha1:aaaa", b"one").unwrap();
     eventually(|| async { hub.state().view().records.contains_key("web").then_some(()) }).await;
@@ -922,17 +899,6 @@ mod locks {
     }
 }
 
-fn built_helm() -> convoy_core::pipeline::BuiltHelm {
-    convoy_core::pipeline::BuiltHelm {
-        chart: "web".into(),
-        version: "1.0.0".into(),
-        chart_digest: format!("sha256:{}", "c".repeat(64)),
-        values_digest: format!("sha256:{}", "d".repeat(64)),
-        warnings: Vec::new(),
-        input: None,
-    }
-}
-
 /// The pending commands of `cluster` in the shared store, read by a store
 /// of its own (as a third replica would).
 async fn stored_commands(etcd: &str, cluster: &str) -> Vec<String> {
@@ -1058,10 +1024,10 @@ async fn a_test_run_that_expires_is_reported_once_for_all_replicas_and_never_sen
     let etcd = etcd_server::Server::start();
     let clock = convoy_core::clock::FakeClock::at_system_now();
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, pa) = replica_clocked(da.path(), &etcd.url, None, FLEET, 10, Some(clock.shared())).await;
+    let (a, pa) = replica_opts(da.path(), &etcd.url, None, FLEET, 10, Some(clock.shared()), 10_000).await;
     let shared = da.path().join("data");
     let (b, _pb) =
-        replica_clocked(db.path(), &etcd.url, Some(&shared), FLEET, 10, Some(clock.shared())).await;
+        replica_opts(db.path(), &etcd.url, Some(&shared), FLEET, 10, Some(clock.shared()), 10_000).await;
     let c1 = register(&a, "c1", &[("env", "prod")]).await;
     eventually(|| async { b.state().view().clusters.contains_key("c1").then_some(()) }).await;
     pa.publish_helm("web", "main@sha1:1", b"release one", built_helm(), b"input one").unwrap();

@@ -27,17 +27,6 @@ spec:
 "#
 );
 
-fn built() -> convoy_core::pipeline::BuiltHelm {
-    convoy_core::pipeline::BuiltHelm {
-        chart: "web".into(),
-        version: "1.0.0".into(),
-        chart_digest: format!("sha256:{}", "c".repeat(64)),
-        values_digest: format!("sha256:{}", "d".repeat(64)),
-        warnings: Vec::new(),
-        input: None,
-    }
-}
-
 /// Report `bundle` applied at `generation` (seq `seq`) and wait for the ack
 /// (the hub stores it before it acknowledges, and shows it once stored).
 async fn report_applied(s: &mut Stream, seq: u64, bundle: &str, generation: u64) {
@@ -74,7 +63,7 @@ async fn run_tests_is_admin_only_refused_clearly_and_delivered_once_per_call() {
     let hub = &t.hub;
     let c1 = register(hub, "c1", &[("env", "prod")]).await;
     let c2 = register(hub, "c2", &[("env", "prod")]).await;
-    t.pipeline.publish_helm("web", "main@sha1:1", b"release one", built(), b"input one").unwrap();
+    t.pipeline.publish_helm("web", "main@sha1:1", b"release one", built_helm(), b"input one").unwrap();
     t.pipeline
         .publish("plain", "repo", "https://git.example/fleet.git", "main@sha1:1", b"plain one")
         .unwrap();
@@ -120,7 +109,7 @@ async fn run_tests_is_admin_only_refused_clearly_and_delivered_once_per_call() {
     // Not coalesced: two calls around a desired-state change are two
     // commands, in order, and the change arrives too.
     let a = admin.run_tests(req("web", "c1")).await.unwrap().into_inner().request_id;
-    t.pipeline.publish_helm("web", "main@sha1:2", b"release two", built(), b"input two").unwrap();
+    t.pipeline.publish_helm("web", "main@sha1:2", b"release two", built_helm(), b"input two").unwrap();
     let b = admin.run_tests(req("web", "c1")).await.unwrap().into_inner().request_id;
     assert_ne!(a, b);
     let mut seen = Vec::new();
@@ -196,7 +185,7 @@ async fn a_run_that_expired_before_the_agent_connected_is_reported_and_never_sen
     let t = start_clocked(dir.path(), FLEET_HELM, Some(clock.shared())).await;
     let hub = &t.hub;
     let c1 = register(hub, "c1", &[("env", "prod")]).await;
-    t.pipeline.publish_helm("web", "main@sha1:1", b"release one", built(), b"input one").unwrap();
+    t.pipeline.publish_helm("web", "main@sha1:1", b"release one", built_helm(), b"input one").unwrap();
     let mut admin = admin(hub).await;
     let mut s = connect(hub, &c1, "web", 1).await;
     report_applied(&mut s, 1, "web", 1).await;

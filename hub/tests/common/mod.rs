@@ -93,6 +93,19 @@ pub async fn start_clocked(
     TestHub { hub, pipeline, dir: dir.to_path_buf() }
 }
 
+/// What a Helm bundle's build records (chart `web` 1.0.0, fixed digests).
+#[allow(dead_code)]
+pub fn built_helm() -> convoy_core::pipeline::BuiltHelm {
+    convoy_core::pipeline::BuiltHelm {
+        chart: "web".into(),
+        version: "1.0.0".into(),
+        chart_digest: format!("sha256:{}", "c".repeat(64)),
+        values_digest: format!("sha256:{}", "d".repeat(64)),
+        warnings: Vec::new(),
+        input: None,
+    }
+}
+
 /// An agent's `TestSucceeded` event answering the `convoy test` request `id`.
 #[allow(dead_code)]
 pub fn test_answer(seq: u64, id: &str) -> pb::AgentMessage {
